@@ -1,1 +1,57 @@
-fn main() {}
+//! `bakeoff`: the only binary. Parses arguments with clap, turns them into validated engine
+//! options, and prints errors with their cause chain and a non-zero exit code.
+
+mod args;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bakeoff", version, about = "Put small local chat models side by side, with measured numbers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt or a chat, streamed to stdout with a timing summary on stderr.
+    Generate(commands::generate::GenerateArgs),
+    /// Show a model's architecture, size, context, stop tokens and chat template.
+    Info(commands::info::InfoArgs),
+    /// Print the token ids of a text as a JSON array (or decode ids with --decode).
+    Tokenize(commands::tokenize::TokenizeArgs),
+    /// Write a random-weight model with the exact architecture of a real one.
+    Synth(commands::synth::SynthArgs),
+    /// Synthesize a full-size model and chat with it: the offline demo of the engine.
+    Demo(commands::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => commands::generate::run(a),
+        Command::Info(a) => commands::info::run(a),
+        Command::Tokenize(a) => commands::tokenize::run(a),
+        Command::Synth(a) => commands::synth::run(a),
+        Command::Demo(a) => commands::demo::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

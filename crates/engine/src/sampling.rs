@@ -1,1 +1,233 @@
-//! (in progress)
+//! Choosing the next token: greedy, or temperature sampling with top-k, top-p, min-p and a
+//! repetition penalty, in the order transformers applies them. A seed makes sampling repeatable.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Keep the smallest set whose probability reaches p (1 = off).
+    pub top_p: f32,
+    /// Drop tokens less likely than min_p × the most likely one (0 = off).
+    pub min_p: f32,
+    /// Penalise tokens already in the context (1 = off), as in the CTRL paper and transformers.
+    pub repetition_penalty: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, seed: 0 }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        Self::default()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return bad(format!("temperature must be ≥ 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad(format!("min_p must be in [0, 1], got {}", self.min_p));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
+        }
+        Ok(())
+    }
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+    probs: Vec<(u32, f32)>,
+}
+
+/// The chosen token and its log-probability under the model (before any sampling filter).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampled {
+    pub id: u32,
+    pub logprob: f32,
+}
+
+/// Index of the largest value; the first one on ties, as `torch.argmax` does.
+pub fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in xs.iter().enumerate() {
+        if v > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+pub fn log_softmax_at(logits: &[f32], id: usize) -> f32 {
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let lse = logits.iter().map(|v| ((v - m) as f64).exp()).sum::<f64>().ln() as f32 + m;
+    logits[id] - lse
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Result<Self> {
+        params.validate()?;
+        let rng = StdRng::seed_from_u64(params.seed);
+        Ok(Self { params, rng, probs: Vec::new() })
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Picks a token from `logits` (modified in place); `context` feeds the repetition penalty.
+    pub fn sample(&mut self, logits: &mut [f32], context: &[u32]) -> Sampled {
+        if self.params.repetition_penalty != 1.0 {
+            let p = self.params.repetition_penalty;
+            let mut seen = std::collections::HashSet::new();
+            for &t in context {
+                if let Some(l) = logits.get_mut(t as usize)
+                    && seen.insert(t)
+                {
+                    *l = if *l > 0.0 { *l / p } else { *l * p };
+                }
+            }
+        }
+        if self.params.temperature == 0.0 {
+            let id = argmax(logits);
+            return Sampled { id, logprob: log_softmax_at(logits, id as usize) };
+        }
+        let inv_t = 1.0 / self.params.temperature;
+        let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        self.probs.clear();
+        let mut sum = 0f64;
+        for (i, &l) in logits.iter().enumerate() {
+            let p = (((l - m) * inv_t) as f64).exp();
+            sum += p;
+            self.probs.push((i as u32, p as f32));
+        }
+        for p in self.probs.iter_mut() {
+            p.1 = (p.1 as f64 / sum) as f32;
+        }
+        let needs_sort = self.params.top_k > 0 || self.params.top_p < 1.0 || self.params.min_p > 0.0;
+        if needs_sort {
+            self.probs.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let mut keep = self.probs.len();
+            if self.params.top_k > 0 {
+                keep = keep.min(self.params.top_k);
+            }
+            if self.params.top_p < 1.0 {
+                let mut acc = 0.0;
+                for (i, p) in self.probs.iter().enumerate().take(keep) {
+                    acc += p.1;
+                    if acc >= self.params.top_p {
+                        keep = i + 1;
+                        break;
+                    }
+                }
+            }
+            if self.params.min_p > 0.0 {
+                let floor = self.probs[0].1 * self.params.min_p;
+                keep = keep.min(self.probs.iter().take_while(|p| p.1 >= floor).count().max(1));
+            }
+            self.probs.truncate(keep.max(1));
+        }
+        let total: f32 = self.probs.iter().map(|p| p.1).sum();
+        let mut r = self.rng.random::<f32>() * total;
+        let mut id = self.probs[self.probs.len() - 1].0;
+        for &(i, p) in &self.probs {
+            if r < p {
+                id = i;
+                break;
+            }
+            r -= p;
+        }
+        // The reported log-probability is the model's, at temperature 1.
+        Sampled { id, logprob: log_softmax_at(logits, id as usize) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_first_maximum() {
+        let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
+        let mut l = vec![0.1, 2.0, 2.0, -1.0];
+        assert_eq!(s.sample(&mut l, &[]).id, 1);
+    }
+
+    #[test]
+    fn same_seed_same_tokens_and_filters_apply() {
+        let p = SamplingParams { temperature: 0.8, top_k: 3, top_p: 0.9, seed: 42, ..Default::default() };
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let run = |p: SamplingParams| {
+            let mut s = Sampler::new(p).unwrap();
+            (0..200).map(|_| s.sample(&mut logits.clone(), &[]).id).collect::<Vec<_>>()
+        };
+        let a = run(p.clone());
+        assert_eq!(a, run(p.clone()));
+        let mut sorted: Vec<u32> = (0..50).collect();
+        sorted.sort_by(|&x, &y| logits[y as usize].total_cmp(&logits[x as usize]));
+        let top3: Vec<u32> = sorted[..3].to_vec();
+        assert!(a.iter().all(|t| top3.contains(t)), "top-k=3 must keep only the 3 best");
+        assert_ne!(a, run(SamplingParams { seed: 7, ..p }), "another seed should differ");
+    }
+
+    #[test]
+    fn min_p_and_top_p_keep_only_the_head() {
+        let logits = vec![5.0, 4.9, 0.0, -3.0];
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, min_p: 0.5, seed: 1, ..Default::default() }).unwrap();
+        for _ in 0..100 {
+            assert!(s.sample(&mut logits.clone(), &[]).id < 2);
+        }
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.3, seed: 1, ..Default::default() }).unwrap();
+        for _ in 0..100 {
+            assert_eq!(s.sample(&mut logits.clone(), &[]).id, 0);
+        }
+    }
+
+    #[test]
+    fn repetition_penalty_follows_transformers() {
+        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..Default::default() }).unwrap();
+        let mut l = vec![3.0, 2.0, -1.0];
+        // token 0 seen twice is penalised once: 3/2 = 1.5 < 2.0, so greedy picks 1.
+        assert_eq!(s.sample(&mut l, &[0, 0, 2]).id, 1);
+        assert_eq!(l, vec![1.5, 2.0, -2.0]);
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        for p in [
+            SamplingParams { temperature: -1.0, ..Default::default() },
+            SamplingParams { top_p: 0.0, ..Default::default() },
+            SamplingParams { top_p: 1.5, ..Default::default() },
+            SamplingParams { min_p: 2.0, ..Default::default() },
+            SamplingParams { repetition_penalty: 0.0, ..Default::default() },
+            SamplingParams { temperature: f32::NAN, ..Default::default() },
+        ] {
+            let e = Sampler::new(p).err().expect("must fail").to_string();
+            assert!(e.contains("must be"), "{e}");
+        }
+    }
+
+    #[test]
+    fn logprob_is_normalised() {
+        let l = vec![1.0f32, 2.0, 3.0];
+        let total: f32 = (0..3).map(|i| log_softmax_at(&l, i).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+    }
+}

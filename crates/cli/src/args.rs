@@ -1,0 +1,115 @@
+//! Arguments shared by the commands that load a model or sample from one.
+
+use anyhow::{Context, Result};
+use bakeoff_engine::backend::DeviceKind;
+use bakeoff_engine::generate::GenParams;
+use bakeoff_engine::loader::{FloatType, LoadOptions};
+use bakeoff_engine::model::LoadedModel;
+use bakeoff_engine::sampling::SamplingParams;
+use clap::Args;
+
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// A Hugging Face folder, a .gguf file, or a hub id `owner/name[@revision]`.
+    #[arg(long, short = 'm')]
+    pub model: String,
+    /// The file to use from a GGUF hub repository.
+    #[arg(long)]
+    pub gguf_file: Option<String>,
+    /// cpu, cuda or metal (the latter two need a build with that cargo feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Weight type for safetensors models: f32, f16 or bf16 (default: as stored).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Use at most this many positions of the model's context.
+    #[arg(long)]
+    pub max_context: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn options(&self, progress: bool) -> Result<LoadOptions> {
+        let device: DeviceKind = self.device.parse()?;
+        let dtype: Option<FloatType> = self.dtype.as_deref().map(str::parse).transpose()?;
+        if self.threads == Some(0) {
+            anyhow::bail!("--threads must be at least 1");
+        }
+        Ok(LoadOptions { device, threads: self.threads, dtype, max_context: self.max_context, progress })
+    }
+
+    pub fn load(&self, progress: bool) -> Result<LoadedModel> {
+        let opts = self.options(progress)?;
+        bakeoff_engine::loader::load(&self.model, self.gguf_file.as_deref(), &opts)
+            .with_context(|| format!("cannot load model `{}`", self.model))
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// Maximum new tokens.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// 0 = greedy (the default, so runs are reproducible).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Nucleus sampling threshold (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Drop tokens below min-p × the top probability (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Penalise repeated tokens (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// Random seed: the same seed gives the same output.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens until --max-tokens (for timing runs).
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> Result<GenParams> {
+        let sampling = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+        };
+        sampling.validate()?;
+        if self.max_tokens == 0 {
+            anyhow::bail!("--max-tokens must be at least 1");
+        }
+        Ok(GenParams { max_tokens: self.max_tokens, sampling, stop: self.stop.clone(), ignore_eos: self.ignore_eos })
+    }
+}
+
+/// Reads all of stdin as UTF-8, naming the problem when it is not.
+pub fn read_stdin() -> Result<String> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::io::stdin().read_to_end(&mut buf).context("cannot read standard input")?;
+    String::from_utf8(buf).map_err(|e| {
+        anyhow::anyhow!("standard input is not valid UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to())
+    })
+}
+
+pub fn gib(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
+}

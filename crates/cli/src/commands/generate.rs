@@ -1,0 +1,128 @@
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use bakeoff_engine::generate::{Flow, Summary, generate};
+use bakeoff_engine::template::Message;
+use clap::Args;
+
+use crate::args::{ModelArgs, SamplingArgs, gib, read_stdin};
+
+/// Generation stops at any end-of-sequence id (tokenizer, config and generation_config), at a
+/// --stop string, at --max-tokens, or when the context window is full (finish reason
+/// `context_full`). A prompt longer than the context is an error: nothing is truncated.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// The prompt (read from stdin when neither --prompt nor --messages is given).
+    #[arg(long, short = 'p')]
+    pub prompt: Option<String>,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message (implies --chat).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// A JSON file with an OpenAI-style list of {role, content} messages (implies --chat).
+    #[arg(long)]
+    pub messages: Option<std::path::PathBuf>,
+    /// Print one JSON object (prompt_ids, generated_ids, text, summary) instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    let params = a.sampling.params()?;
+    let messages = build_messages(&a)?;
+    let prompt_text = match (&messages, &a.prompt) {
+        (Some(_), _) => None,
+        (None, Some(p)) => Some(p.clone()),
+        (None, None) => Some(read_stdin()?),
+    };
+    let mut lm = a.model.load(!a.json)?;
+    let ids = match (&messages, &prompt_text) {
+        (Some(m), _) => lm.encode_chat(m)?,
+        (None, Some(p)) => lm.encode_prompt(p)?,
+        (None, None) => unreachable!("a prompt source was chosen above"),
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut write_err = None;
+    let gen_result = generate(&mut lm, &ids, &params, |ev| {
+        if a.json {
+            return Flow::Continue;
+        }
+        if let Err(e) = out.write_all(ev.text.as_bytes()).and_then(|_| out.flush()) {
+            write_err = Some(e);
+            return Flow::Stop;
+        }
+        Flow::Continue
+    })?;
+    if let Some(e) = write_err {
+        return Err(e).context("cannot write to stdout");
+    }
+    if a.json {
+        let v = serde_json::json!({
+            "prompt_ids": gen_result.prompt_ids,
+            "generated_ids": gen_result.ids,
+            "text": gen_result.text,
+            "summary": gen_result.summary,
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(out)?;
+        drop(out);
+        eprintln!("{}", format_summary(&gen_result.summary));
+    }
+    Ok(())
+}
+
+fn build_messages(a: &GenerateArgs) -> Result<Option<Vec<Message>>> {
+    if let Some(path) = &a.messages {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut msgs: Vec<Message> = serde_json::from_str(&text)
+            .with_context(|| format!("{}: expected a JSON list of {{\"role\", \"content\"}} objects", path.display()))?;
+        if msgs.is_empty() {
+            anyhow::bail!("{}: the message list is empty", path.display());
+        }
+        for m in &msgs {
+            if !["system", "user", "assistant", "tool"].contains(&m.role.as_str()) {
+                anyhow::bail!("{}: unknown role `{}` (system, user, assistant, tool)", path.display(), m.role);
+            }
+        }
+        if let Some(s) = &a.system {
+            msgs.insert(0, Message { role: "system".into(), content: s.clone() });
+        }
+        return Ok(Some(msgs));
+    }
+    if !a.chat && a.system.is_none() {
+        return Ok(None);
+    }
+    let user = match &a.prompt {
+        Some(p) => p.clone(),
+        None => read_stdin()?,
+    };
+    let mut msgs = Vec::new();
+    if let Some(s) = &a.system {
+        msgs.push(Message { role: "system".into(), content: s.clone() });
+    }
+    msgs.push(Message { role: "user".into(), content: user });
+    Ok(Some(msgs))
+}
+
+pub fn format_summary(s: &Summary) -> String {
+    format!(
+        "-- prompt {} tok ({} computed) | generated {} tok | load {:.2} s | ttft {:.1} ms | prefill {:.1} tok/s | decode {:.1} tok/s | finish {} | peak rss {}",
+        s.prompt_tokens,
+        s.prefilled_tokens,
+        s.generated_tokens,
+        s.load_s,
+        s.ttft_ms,
+        s.prefill_tok_s,
+        s.decode_tok_s,
+        s.finish_reason.as_str(),
+        gib(s.peak_rss_bytes)
+    )
+}

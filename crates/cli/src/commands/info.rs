@@ -1,0 +1,48 @@
+use anyhow::Result;
+use clap::Args;
+
+use crate::args::{ModelArgs, gib};
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: InfoArgs) -> Result<()> {
+    let lm = a.model.load(false)?;
+    let i = &lm.info;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(i)?);
+        return Ok(());
+    }
+    let c = &i.config;
+    println!("model         {}", i.source);
+    println!("path          {}", i.path.display());
+    println!("format        {:?}", i.format);
+    println!("architecture  {} ({} layers, hidden {}, {} heads / {} kv heads, head dim {}, ffn {})",
+        i.arch.name(), c.n_layers, c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim, c.intermediate_size);
+    println!("parameters    {} ({:.3} B, counted from the tensors)", i.parameters, i.parameters as f64 / 1e9);
+    println!("weights       {}", i.weight_dtype);
+    println!("file size     {} ({} bytes)", gib(i.file_bytes), i.file_bytes);
+    println!("context       {}", c.max_context);
+    println!("vocabulary    {} (tokenizer: {})", c.vocab_size, lm.tokenizer.vocab_size());
+    println!("rope          theta {} ({:?}), rms eps {}", c.rope_theta, c.rope_style, c.rms_eps);
+    println!("bias / tied   qkv bias {}, tied embeddings {}", c.qkv_bias, c.tied_embeddings);
+    let eos: Vec<String> = i
+        .eos_token_ids
+        .iter()
+        .map(|&id| format!("{id} {}", lm.tokenizer.id_to_token(id).unwrap_or_default()))
+        .collect();
+    println!("eos ids       {}", eos.join(", "));
+    println!("device        {}", i.device);
+    println!("load time     {:.3} s", i.load_s);
+    match &i.chat_template {
+        Some(t) => println!("chat template\n{t}"),
+        None => println!("chat template none"),
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+pub mod demo;
+pub mod generate;
+pub mod info;
+pub mod synth;
+pub mod tokenize;

@@ -1,0 +1,203 @@
+//! The CPU backend: bakeoff's kernels over memory-mapped weights, on a private thread pool.
+
+use candle_core::quantized::GgmlDType;
+
+use super::Backend;
+use crate::kernels::matmul::{QMatrix, matmul};
+use crate::kernels::ops::{self, RopeTable};
+use crate::kernels::{CpuCaps, dequant::dequantize_into};
+use crate::loader::store::{Blob, RawTensor};
+use crate::models::DecoderConfig;
+use crate::{Error, Result};
+
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    caps: CpuCaps,
+}
+
+impl CpuBackend {
+    pub fn new(threads: usize, caps: CpuCaps) -> Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("bakeoff-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::Device(format!("cannot start {threads} CPU threads: {e}")))?;
+        Ok(Self { pool, caps })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    pub fn caps(&self) -> CpuCaps {
+        self.caps
+    }
+}
+
+/// `[rows, cols]` activations.
+#[derive(Clone, Debug)]
+pub struct Mat {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+pub struct CpuMatrix {
+    pub name: String,
+    pub dtype: GgmlDType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Blob,
+}
+
+impl CpuMatrix {
+    fn view(&self) -> QMatrix<'_> {
+        QMatrix { dtype: self.dtype, rows: self.rows, cols: self.cols, data: self.data.bytes() }
+    }
+}
+
+/// Keys and values per layer, position-major (`[pos][kv_heads·head_dim]`) so that appending a
+/// token is a push and the cache grows with use instead of reserving the whole context.
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    kv_dim: usize,
+}
+
+impl Backend for CpuBackend {
+    type Act = Mat;
+    type Matrix = CpuMatrix;
+    type Vector = Vec<f32>;
+    type Cache = KvCache;
+
+    fn describe(&self) -> String {
+        format!("cpu ({} threads, {})", self.threads(), self.caps.describe())
+    }
+
+    fn matrix(&self, t: RawTensor) -> Result<CpuMatrix> {
+        if t.shape.len() != 2 {
+            return Err(Error::tensor(&t.name, format!("expected a matrix, got shape {:?}", t.shape)));
+        }
+        let m = CpuMatrix { name: t.name, dtype: t.dtype, rows: t.shape[0], cols: t.shape[1], data: t.data };
+        m.view().check().map_err(|e| Error::tensor(&m.name, e))?;
+        Ok(m)
+    }
+
+    fn vector(&self, t: RawTensor) -> Result<Vec<f32>> {
+        t.to_f32()
+    }
+
+    fn new_cache(&self, cfg: &DecoderConfig) -> Result<KvCache> {
+        Ok(KvCache {
+            k: vec![Vec::new(); cfg.n_layers],
+            v: vec![Vec::new(); cfg.n_layers],
+            kv_dim: cfg.n_kv_heads * cfg.head_dim,
+        })
+    }
+
+    fn cache_len(&self, c: &KvCache) -> usize {
+        c.k.first().map_or(0, |k| k.len() / c.kv_dim.max(1))
+    }
+
+    fn cache_truncate(&self, c: &mut KvCache, len: usize) {
+        for (k, v) in c.k.iter_mut().zip(c.v.iter_mut()) {
+            k.truncate(len * c.kv_dim);
+            v.truncate(len * c.kv_dim);
+        }
+    }
+
+    fn cache_bytes(&self, c: &KvCache) -> usize {
+        c.k.iter().chain(c.v.iter()).map(|x| x.capacity() * 4).sum()
+    }
+
+    fn embed(&self, table: &CpuMatrix, ids: &[u32]) -> Result<Mat> {
+        let cols = table.cols;
+        let mut data = vec![0f32; ids.len() * cols];
+        let view = table.view();
+        for (row, &id) in data.chunks_exact_mut(cols).zip(ids) {
+            let id = id as usize;
+            if id >= table.rows {
+                return Err(Error::InvalidArgument(format!(
+                    "token id {id} is outside the vocabulary of {} tokens",
+                    table.rows
+                )));
+            }
+            dequantize_into(table.dtype, view.row(id), row).map_err(|e| Error::tensor(&table.name, e))?;
+        }
+        Ok(Mat { data, rows: ids.len(), cols })
+    }
+
+    fn rms_norm(&self, x: &Mat, w: &Vec<f32>, eps: f32) -> Result<Mat> {
+        let mut out = vec![0f32; x.data.len()];
+        ops::rms_norm(&x.data, w, eps, &mut out);
+        Ok(Mat { data: out, rows: x.rows, cols: x.cols })
+    }
+
+    fn linear(&self, x: &Mat, w: &CpuMatrix, bias: Option<&Vec<f32>>) -> Result<Mat> {
+        let mut out = vec![0f32; x.rows * w.rows];
+        matmul(&self.pool, self.caps, &w.view(), &x.data, x.rows, &mut out)
+            .map_err(|e| Error::tensor(&w.name, e))?;
+        if let Some(b) = bias {
+            for row in out.chunks_exact_mut(w.rows) {
+                for (o, b) in row.iter_mut().zip(b) {
+                    *o += b;
+                }
+            }
+        }
+        Ok(Mat { data: out, rows: x.rows, cols: w.rows })
+    }
+
+    fn attention(
+        &self,
+        mut q: Mat,
+        mut k: Mat,
+        v: Mat,
+        cache: &mut KvCache,
+        layer: usize,
+        rope: &RopeTable,
+        cfg: &DecoderConfig,
+    ) -> Result<Mat> {
+        let n = q.rows;
+        let pos = cache.k[layer].len() / cache.kv_dim;
+        ops::rope(&mut q.data, cfg.n_heads, cfg.head_dim, rope, cfg.rope_style);
+        ops::rope(&mut k.data, cfg.n_kv_heads, cfg.head_dim, rope, cfg.rope_style);
+        cache.k[layer].extend_from_slice(&k.data);
+        cache.v[layer].extend_from_slice(&v.data);
+        let mut out = vec![0f32; n * cfg.n_heads * cfg.head_dim];
+        ops::attention(
+            &self.pool,
+            self.caps,
+            &q.data,
+            &cache.k[layer],
+            &cache.v[layer],
+            n,
+            pos,
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.head_dim,
+            &mut out,
+        );
+        Ok(Mat { data: out, rows: n, cols: cfg.n_heads * cfg.head_dim })
+    }
+
+    fn silu_mul(&self, mut gate: Mat, up: &Mat) -> Result<Mat> {
+        ops::silu_mul(&mut gate.data, &up.data);
+        Ok(gate)
+    }
+
+    fn add_assign(&self, x: &mut Mat, y: &Mat) -> Result<()> {
+        for (a, b) in x.data.iter_mut().zip(&y.data) {
+            *a += b;
+        }
+        Ok(())
+    }
+
+    fn last_row(&self, x: Mat) -> Result<Mat> {
+        let start = (x.rows.saturating_sub(1)) * x.cols;
+        Ok(Mat { data: x.data[start..].to_vec(), rows: 1, cols: x.cols })
+    }
+
+    fn to_host(&self, x: &Mat) -> Result<Vec<f32>> {
+        Ok(x.data.clone())
+    }
+}

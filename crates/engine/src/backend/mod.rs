@@ -1,0 +1,80 @@
+//! Compute backends. The decoder is written once against [`Backend`]; the CPU backend runs
+//! bakeoff's own kernels on memory-mapped weights, the candle backend runs on CUDA, Metal or CPU
+//! through candle tensors.
+
+pub mod candle;
+pub mod cpu;
+
+use crate::Result;
+use crate::kernels::ops::RopeTable;
+use crate::loader::store::RawTensor;
+use crate::models::DecoderConfig;
+
+/// Where a model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+impl std::str::FromStr for DeviceKind {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(DeviceKind::Cpu),
+            "cuda" => Ok(DeviceKind::Cuda),
+            "metal" => Ok(DeviceKind::Metal),
+            o => Err(crate::Error::InvalidArgument(format!("unknown device `{o}` (cpu, cuda, metal)"))),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Metal => "metal",
+        })
+    }
+}
+
+/// The operations a Llama-style decoder needs. Activations are `[n, d]` row-major matrices.
+pub trait Backend: Send + Sync + 'static {
+    type Act: Send;
+    /// A weight matrix `[out, in]`, dense or quantized.
+    type Matrix: Send + Sync;
+    /// A norm weight or bias, kept in f32.
+    type Vector: Send + Sync;
+    type Cache: Send;
+
+    fn describe(&self) -> String;
+    fn matrix(&self, t: RawTensor) -> Result<Self::Matrix>;
+    fn vector(&self, t: RawTensor) -> Result<Self::Vector>;
+    fn new_cache(&self, cfg: &DecoderConfig) -> Result<Self::Cache>;
+    fn cache_len(&self, cache: &Self::Cache) -> usize;
+    fn cache_truncate(&self, cache: &mut Self::Cache, len: usize);
+    fn cache_bytes(&self, cache: &Self::Cache) -> usize;
+
+    fn embed(&self, table: &Self::Matrix, ids: &[u32]) -> Result<Self::Act>;
+    fn rms_norm(&self, x: &Self::Act, w: &Self::Vector, eps: f32) -> Result<Self::Act>;
+    fn linear(&self, x: &Self::Act, w: &Self::Matrix, bias: Option<&Self::Vector>) -> Result<Self::Act>;
+    /// Applies RoPE to `q` and `k`, appends `k`/`v` to the layer's cache and attends causally.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: Self::Act,
+        k: Self::Act,
+        v: Self::Act,
+        cache: &mut Self::Cache,
+        layer: usize,
+        rope: &RopeTable,
+        cfg: &DecoderConfig,
+    ) -> Result<Self::Act>;
+    fn silu_mul(&self, gate: Self::Act, up: &Self::Act) -> Result<Self::Act>;
+    fn add_assign(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()>;
+    fn last_row(&self, x: Self::Act) -> Result<Self::Act>;
+    fn to_host(&self, x: &Self::Act) -> Result<Vec<f32>>;
+}

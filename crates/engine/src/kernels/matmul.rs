@@ -1,0 +1,241 @@
+//! `out = x · Wᵀ` for a weight matrix in any stored format, split over the thread pool by rows.
+//! One code path serves decode (one activation row) and prefill (many).
+
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::k_quants::{self, GgmlType};
+use rayon::prelude::*;
+
+use super::dequant::as_blocks;
+use super::{BlockQ8, CpuCaps, QK, dot, quantize_row_q8};
+
+/// A weight matrix as stored: `rows` output features, each a row of `cols` inputs.
+#[derive(Clone, Copy)]
+pub struct QMatrix<'a> {
+    pub dtype: GgmlDType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+impl QMatrix<'_> {
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.dtype.block_size() * self.dtype.type_size()
+    }
+
+    pub fn row(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        if self.cols % self.dtype.block_size() != 0 {
+            return Err(format!(
+                "{} columns is not a multiple of the {:?} block size {}",
+                self.cols,
+                self.dtype,
+                self.dtype.block_size()
+            ));
+        }
+        if self.data.len() != self.rows * self.row_bytes() {
+            return Err(format!(
+                "{:?} matrix {}x{} needs {} bytes, has {}",
+                self.dtype,
+                self.rows,
+                self.cols,
+                self.rows * self.row_bytes(),
+                self.data.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: every task writes a disjoint set of output elements.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+/// Runs `f(row, token) -> value` over all rows × tokens, rows split across the pool.
+fn par_rows(
+    pool: &rayon::ThreadPool,
+    rows: usize,
+    n: usize,
+    out: &mut [f32],
+    f: impl Fn(usize, usize) -> f32 + Sync,
+) {
+    assert_eq!(out.len(), rows * n, "output buffer has the wrong size");
+    let threads = pool.current_num_threads().max(1);
+    let per_task = rows.div_ceil(threads * 4).max(8);
+    let tasks = rows.div_ceil(per_task);
+    let ptr = SyncPtr(out.as_mut_ptr());
+    let run = |ti: usize| {
+        let p = ptr;
+        let r0 = ti * per_task;
+        let r1 = (r0 + per_task).min(rows);
+        for r in r0..r1 {
+            for t in 0..n {
+                // SAFETY: (t, r) pairs are disjoint across tasks and inside the buffer.
+                unsafe { *p.0.add(t * rows + r) = f(r, t) };
+            }
+        }
+    };
+    if tasks == 1 || threads == 1 {
+        (0..tasks).for_each(run);
+    } else {
+        pool.install(|| (0..tasks).into_par_iter().for_each(run));
+    }
+}
+
+/// Like `par_rows`, but computes four rows per call of `f4`; `f1` finishes leftover rows.
+#[cfg(target_arch = "x86_64")]
+fn par_rows4(
+    pool: &rayon::ThreadPool,
+    w: &QMatrix<'_>,
+    n: usize,
+    out: &mut [f32],
+    f4: impl Fn(usize, usize) -> [f32; 4] + Sync,
+    f1: impl Fn(usize, usize) -> f32 + Sync,
+) {
+    let rows = w.rows;
+    assert_eq!(out.len(), rows * n, "output buffer has the wrong size");
+    let threads = pool.current_num_threads().max(1);
+    let per_task = (rows.div_ceil(threads * 4).max(8)).div_ceil(4) * 4;
+    let tasks = rows.div_ceil(per_task);
+    let ptr = SyncPtr(out.as_mut_ptr());
+    let run = |ti: usize| {
+        let p = ptr;
+        let r0 = ti * per_task;
+        let r1 = (r0 + per_task).min(rows);
+        let mut r = r0;
+        while r + 4 <= r1 {
+            for t in 0..n {
+                let v = f4(r, t);
+                for (i, v) in v.iter().enumerate() {
+                    // SAFETY: (t, r+i) pairs are disjoint across tasks and inside the buffer.
+                    unsafe { *p.0.add(t * rows + r + i) = *v };
+                }
+            }
+            r += 4;
+        }
+        for r in r..r1 {
+            for t in 0..n {
+                // SAFETY: as above.
+                unsafe { *p.0.add(t * rows + r) = f1(r, t) };
+            }
+        }
+    };
+    if tasks == 1 || threads == 1 {
+        (0..tasks).for_each(run);
+    } else {
+        pool.install(|| (0..tasks).into_par_iter().for_each(run));
+    }
+}
+
+fn quantize_q8(pool: &rayon::ThreadPool, x: &[f32], n: usize, cols: usize) -> Vec<BlockQ8> {
+    let nb = cols / QK;
+    let mut q = vec![BlockQ8::default(); n * nb];
+    if n > 4 {
+        pool.install(|| {
+            q.par_chunks_mut(nb).zip(x.par_chunks(cols)).for_each(|(qr, xr)| quantize_row_q8(xr, qr))
+        });
+    } else {
+        q.chunks_mut(nb).zip(x.chunks(cols)).for_each(|(qr, xr)| quantize_row_q8(xr, qr));
+    }
+    q
+}
+
+fn matmul_ggml<T: GgmlType>(
+    pool: &rayon::ThreadPool,
+    w: &QMatrix<'_>,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), String> {
+    let vb = T::VecDotType::BLCK_SIZE;
+    if w.cols % vb != 0 {
+        return Err(format!("{} columns is not a multiple of {vb}", w.cols));
+    }
+    let nbx = w.cols / vb;
+    let mut xq: Vec<T::VecDotType> = (0..n * nbx).map(|_| T::VecDotType::zeros()).collect();
+    for (qr, xr) in xq.chunks_mut(nbx).zip(x.chunks(w.cols)) {
+        T::VecDotType::from_float(xr, qr);
+    }
+    let blocks = as_blocks::<T>(w.data)?;
+    let nbw = w.cols / T::BLCK_SIZE;
+    par_rows(pool, w.rows, n, out, |r, t| {
+        T::vec_dot(w.cols, &blocks[r * nbw..(r + 1) * nbw], &xq[t * nbx..(t + 1) * nbx])
+    });
+    Ok(())
+}
+
+/// `out[t][r] = Σ_c x[t][c] · W[r][c]` for `n` activation rows.
+pub fn matmul(
+    pool: &rayon::ThreadPool,
+    caps: CpuCaps,
+    w: &QMatrix<'_>,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), String> {
+    w.check()?;
+    if x.len() != n * w.cols || out.len() != n * w.rows {
+        return Err(format!(
+            "matmul shapes: x has {} values for {n}x{}, out has {} for {n}x{}",
+            x.len(),
+            w.cols,
+            out.len(),
+            w.rows
+        ));
+    }
+    let cols = w.cols;
+    match w.dtype {
+        GgmlDType::F32 => par_rows(pool, w.rows, n, out, |r, t| {
+            dot::dot_f32_bytes(caps, w.row(r), &x[t * cols..(t + 1) * cols])
+        }),
+        GgmlDType::F16 => par_rows(pool, w.rows, n, out, |r, t| {
+            dot::dot_f16(caps, w.row(r), &x[t * cols..(t + 1) * cols])
+        }),
+        GgmlDType::BF16 => par_rows(pool, w.rows, n, out, |r, t| {
+            dot::dot_bf16(caps, w.row(r), &x[t * cols..(t + 1) * cols])
+        }),
+        GgmlDType::Q8_0 | GgmlDType::Q4_0 => {
+            let nb = cols / QK;
+            let xq = quantize_q8(pool, x, n, cols);
+            let q4 = w.dtype == GgmlDType::Q4_0;
+            #[cfg(target_arch = "x86_64")]
+            if caps.avx512vnni {
+                par_rows4(pool, w, n, out, |r, t| {
+                    let xs = &xq[t * nb..(t + 1) * nb];
+                    let p = w.data[r * w.row_bytes()..].as_ptr();
+                    // SAFETY: par_rows4 hands out r with r + 4 <= rows; detected features.
+                    unsafe {
+                        if q4 {
+                            super::x86::dot4_q4_0_vnni(p, w.row_bytes(), xs)
+                        } else {
+                            super::x86::dot4_q8_0_vnni(p, w.row_bytes(), xs)
+                        }
+                    }
+                }, |r, t| {
+                    let xs = &xq[t * nb..(t + 1) * nb];
+                    if q4 { dot::dot_q4_0(caps, w.row(r), xs) } else { dot::dot_q8_0(caps, w.row(r), xs) }
+                });
+                return Ok(());
+            }
+            par_rows(pool, w.rows, n, out, |r, t| {
+                let xs = &xq[t * nb..(t + 1) * nb];
+                if q4 { dot::dot_q4_0(caps, w.row(r), xs) } else { dot::dot_q8_0(caps, w.row(r), xs) }
+            })
+        }
+        GgmlDType::Q4_1 => matmul_ggml::<k_quants::BlockQ4_1>(pool, w, x, n, out)?,
+        GgmlDType::Q5_0 => matmul_ggml::<k_quants::BlockQ5_0>(pool, w, x, n, out)?,
+        GgmlDType::Q5_1 => matmul_ggml::<k_quants::BlockQ5_1>(pool, w, x, n, out)?,
+        GgmlDType::Q2K => matmul_ggml::<k_quants::BlockQ2K>(pool, w, x, n, out)?,
+        GgmlDType::Q3K => matmul_ggml::<k_quants::BlockQ3K>(pool, w, x, n, out)?,
+        GgmlDType::Q4K => matmul_ggml::<k_quants::BlockQ4K>(pool, w, x, n, out)?,
+        GgmlDType::Q5K => matmul_ggml::<k_quants::BlockQ5K>(pool, w, x, n, out)?,
+        GgmlDType::Q6K => matmul_ggml::<k_quants::BlockQ6K>(pool, w, x, n, out)?,
+        other => return Err(format!("{other:?} weights cannot be used in a matrix product")),
+    }
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! AVX2 + FMA + F16C kernels (x86-64-v3). Callers check `CpuCaps::avx2` first.
+
+use std::arch::x86_64::*;
+
+use super::{BlockQ8, Q4_0_BYTES, Q8_0_BYTES};
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps(v, 1);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_scale(p: *const u8) -> f32 {
+    // SAFETY: the caller points at the two scale bytes of a block.
+    let bits = unsafe { std::ptr::read_unaligned(p as *const u16) };
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+    let n = w.len().min(x.len());
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    // SAFETY: every load stays below n.
+    unsafe {
+        while i + 16 <= n {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w.as_ptr().add(i)), _mm256_loadu_ps(x.as_ptr().add(i)), a0);
+            a1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(w.as_ptr().add(i + 8)),
+                _mm256_loadu_ps(x.as_ptr().add(i + 8)),
+                a1,
+            );
+            i += 16;
+        }
+        let mut s = hsum(_mm256_add_ps(a0, a1));
+        while i < n {
+            s += w[i] * x[i];
+            i += 1;
+        }
+        s
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f32_bytes(w: &[u8], x: &[f32]) -> f32 {
+    let n = (w.len() / 4).min(x.len());
+    let p = w.as_ptr() as *const f32;
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    // SAFETY: every load stays below n; loadu tolerates misalignment.
+    unsafe {
+        while i + 16 <= n {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(i)), _mm256_loadu_ps(x.as_ptr().add(i)), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(i + 8)), _mm256_loadu_ps(x.as_ptr().add(i + 8)), a1);
+            i += 16;
+        }
+        let mut s = hsum(_mm256_add_ps(a0, a1));
+        while i < n {
+            s += std::ptr::read_unaligned(p.add(i)) * x[i];
+            i += 1;
+        }
+        s
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16(w: &[u8], x: &[f32]) -> f32 {
+    let n = (w.len() / 2).min(x.len());
+    let p = w.as_ptr();
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    // SAFETY: every load stays below n elements.
+    unsafe {
+        while i + 16 <= n {
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * i) as *const __m128i));
+            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * i + 16) as *const __m128i));
+            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x.as_ptr().add(i)), a0);
+            a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.as_ptr().add(i + 8)), a1);
+            i += 16;
+        }
+        let mut s = hsum(_mm256_add_ps(a0, a1));
+        while i < n {
+            s += f16_scale(p.add(2 * i)) * x[i];
+            i += 1;
+        }
+        s
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
+    let n = (w.len() / 2).min(x.len());
+    let p = w.as_ptr();
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    // SAFETY: every load stays below n elements.
+    unsafe {
+        while i + 16 <= n {
+            let r0 = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(2 * i) as *const __m128i));
+            let r1 = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(2 * i + 16) as *const __m128i));
+            let w0 = _mm256_castsi256_ps(_mm256_slli_epi32(r0, 16));
+            let w1 = _mm256_castsi256_ps(_mm256_slli_epi32(r1, 16));
+            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x.as_ptr().add(i)), a0);
+            a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.as_ptr().add(i + 8)), a1);
+            i += 16;
+        }
+        let mut s = hsum(_mm256_add_ps(a0, a1));
+        while i < n {
+            let b = std::ptr::read_unaligned(p.add(2 * i) as *const u16);
+            s += f32::from_bits((b as u32) << 16) * x[i];
+            i += 1;
+        }
+        s
+    }
+}
+
+/// Signed 8-bit products of 32 pairs summed into eight i32 lanes. `maddubs` wants an unsigned
+/// operand, so the sign of `w` moves onto `x` first (llama.cpp's trick).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mul_sum_i8(w: __m256i, x: __m256i) -> __m256i {
+    let aw = _mm256_sign_epi8(w, w);
+    let sx = _mm256_sign_epi8(x, w);
+    _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_0(w: &[u8], x: &[BlockQ8]) -> f32 {
+    let nb = x.len().min(w.len() / Q8_0_BYTES);
+    let p = w.as_ptr();
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut b = 0;
+    // SAFETY: block b starts at b*34 and nb blocks fit in `w`.
+    unsafe {
+        while b + 2 <= nb {
+            let b0 = p.add(b * Q8_0_BYTES);
+            let b1 = p.add((b + 1) * Q8_0_BYTES);
+            let s0 = mul_sum_i8(
+                _mm256_loadu_si256(b0.add(2) as *const __m256i),
+                _mm256_loadu_si256(x[b].qs.as_ptr() as *const __m256i),
+            );
+            let s1 = mul_sum_i8(
+                _mm256_loadu_si256(b1.add(2) as *const __m256i),
+                _mm256_loadu_si256(x[b + 1].qs.as_ptr() as *const __m256i),
+            );
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b0) * x[b].d), _mm256_cvtepi32_ps(s0), a0);
+            a1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b1) * x[b + 1].d), _mm256_cvtepi32_ps(s1), a1);
+            b += 2;
+        }
+        if b < nb {
+            let b0 = p.add(b * Q8_0_BYTES);
+            let s0 = mul_sum_i8(
+                _mm256_loadu_si256(b0.add(2) as *const __m256i),
+                _mm256_loadu_si256(x[b].qs.as_ptr() as *const __m256i),
+            );
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b0) * x[b].d), _mm256_cvtepi32_ps(s0), a0);
+        }
+        hsum(_mm256_add_ps(a0, a1))
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_q4(p: *const u8) -> __m256i {
+    // SAFETY: the caller points at 16 bytes of nibbles.
+    let raw = unsafe { _mm_loadu_si128(p as *const __m128i) };
+    let m4 = _mm_set1_epi8(0x0f);
+    let lo = _mm_and_si128(raw, m4);
+    let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+    _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_0(w: &[u8], x: &[BlockQ8]) -> f32 {
+    let nb = x.len().min(w.len() / Q4_0_BYTES);
+    let p = w.as_ptr();
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut b = 0;
+    // SAFETY: block b starts at b*18 and nb blocks fit in `w`.
+    unsafe {
+        while b + 2 <= nb {
+            let b0 = p.add(b * Q4_0_BYTES);
+            let b1 = p.add((b + 1) * Q4_0_BYTES);
+            let s0 = mul_sum_i8(unpack_q4(b0.add(2)), _mm256_loadu_si256(x[b].qs.as_ptr() as *const __m256i));
+            let s1 =
+                mul_sum_i8(unpack_q4(b1.add(2)), _mm256_loadu_si256(x[b + 1].qs.as_ptr() as *const __m256i));
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b0) * x[b].d), _mm256_cvtepi32_ps(s0), a0);
+            a1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b1) * x[b + 1].d), _mm256_cvtepi32_ps(s1), a1);
+            b += 2;
+        }
+        if b < nb {
+            let b0 = p.add(b * Q4_0_BYTES);
+            let s0 = mul_sum_i8(unpack_q4(b0.add(2)), _mm256_loadu_si256(x[b].qs.as_ptr() as *const __m256i));
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b0) * x[b].d), _mm256_cvtepi32_ps(s0), a0);
+        }
+        hsum(_mm256_add_ps(a0, a1))
+    }
+}
+
+/// Four Q8_0 rows against one activation row: the activation loads are shared and the four
+/// rows give the core independent chains. `dpbusd` needs an unsigned operand, so the sign of
+/// each weight moves onto the activation.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot4_q8_0_vnni(w: *const u8, row_bytes: usize, x: &[BlockQ8]) -> [f32; 4] {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    // SAFETY: the caller guarantees 4 rows of x.len() blocks at `w` with stride `row_bytes`.
+    unsafe {
+        for (b, xb) in x.iter().enumerate() {
+            let xq = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+            for r in 0..4 {
+                let blk = w.add(r * row_bytes + b * Q8_0_BYTES);
+                let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                let aw = _mm256_abs_epi8(wq);
+                let sx = _mm256_sign_epi8(xq, wq);
+                let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx);
+                let d = _mm256_set1_ps(f16_scale(blk) * xb.d);
+                acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot), acc[r]);
+            }
+        }
+        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+    }
+}
+
+/// Four Q4_0 rows against one activation row. Nibbles stay unsigned (0..15) for `dpbusd`; the
+/// `-8` offset is applied once per block through the activation block sum `s`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot4_q4_0_vnni(w: *const u8, row_bytes: usize, x: &[BlockQ8]) -> [f32; 4] {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut corr = [0f32; 4];
+    let m4 = _mm_set1_epi8(0x0f);
+    // SAFETY: the caller guarantees 4 rows of x.len() blocks at `w` with stride `row_bytes`.
+    unsafe {
+        for (b, xb) in x.iter().enumerate() {
+            let xq = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+            for r in 0..4 {
+                let blk = w.add(r * row_bytes + b * Q4_0_BYTES);
+                let raw = _mm_loadu_si128(blk.add(2) as *const __m128i);
+                let lo = _mm_and_si128(raw, m4);
+                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+                let q = _mm256_set_m128i(hi, lo);
+                let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, xq);
+                let dw = f16_scale(blk);
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xb.d), _mm256_cvtepi32_ps(dot), acc[r]);
+                corr[r] += dw * xb.s;
+            }
+        }
+        [
+            hsum(acc[0]) - 8.0 * corr[0],
+            hsum(acc[1]) - 8.0 * corr[1],
+            hsum(acc[2]) - 8.0 * corr[2],
+            hsum(acc[3]) - 8.0 * corr[3],
+        ]
+    }
+}

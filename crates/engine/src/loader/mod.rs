@@ -1,0 +1,475 @@
+//! From a `--model` argument to a [`LoadedModel`]: probe the source, read the config, map the
+//! weights, build the tokenizer and chat template, and put the decoder on its device.
+
+pub mod gguf;
+pub mod hub;
+pub mod safetensors;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::quantized::GgmlDType;
+
+use crate::backend::DeviceKind;
+use crate::backend::cpu::CpuBackend;
+use crate::kernels::CpuCaps;
+use crate::model::{CausalLm, GenerationDefaults, LoadedModel, ModelFormat, ModelInfo};
+use crate::models::decoder::Decoder;
+use crate::models::{Arch, DecoderConfig, GgufMeta};
+use crate::template::ChatTemplate;
+use crate::tokenizer::{Tokenizer, TokenizerConfig};
+use crate::{Error, Result};
+use hub::HubId;
+use store::{Blob, RawTensor, TensorStore};
+
+/// Where a model comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A Hugging Face folder: config.json, safetensors, tokenizer files.
+    Dir(PathBuf),
+    Gguf(PathBuf),
+    Hub { id: HubId, gguf_file: Option<String> },
+}
+
+impl ModelSource {
+    /// Existing paths win; otherwise `owner/name[@rev]` is a hub id.
+    pub fn parse(s: &str, gguf_file: Option<&str>) -> Result<Self> {
+        let p = Path::new(s);
+        if p.is_dir() {
+            return Ok(ModelSource::Dir(p.to_path_buf()));
+        }
+        if p.is_file() {
+            return Ok(ModelSource::Gguf(p.to_path_buf()));
+        }
+        if let Some(id) = HubId::parse(s)
+            && !s.starts_with('.')
+            && !s.starts_with('/')
+        {
+            return Ok(ModelSource::Hub { id, gguf_file: gguf_file.map(str::to_string) });
+        }
+        Err(Error::NotFound(format!(
+            "`{s}` is neither an existing folder or .gguf file nor a hub id like owner/name[@revision]"
+        )))
+    }
+}
+
+/// Storage type for safetensors weights (`--dtype`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FloatType {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl std::str::FromStr for FloatType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(FloatType::F32),
+            "f16" => Ok(FloatType::F16),
+            "bf16" => Ok(FloatType::Bf16),
+            o => Err(Error::InvalidArgument(format!("unknown dtype `{o}` (f32, f16, bf16)"))),
+        }
+    }
+}
+
+impl FloatType {
+    fn ggml(self) -> GgmlDType {
+        match self {
+            FloatType::F32 => GgmlDType::F32,
+            FloatType::F16 => GgmlDType::F16,
+            FloatType::Bf16 => GgmlDType::BF16,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub device: DeviceKind,
+    /// CPU threads; all cores when `None`.
+    pub threads: Option<usize>,
+    /// Convert safetensors weights to this type at load; as stored when `None`.
+    pub dtype: Option<FloatType>,
+    /// Lower the usable context (memory bound); the model's own when `None`.
+    pub max_context: Option<usize>,
+    /// Draw progress bars on stderr.
+    pub progress: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { device: DeviceKind::Cpu, threads: None, dtype: None, max_context: None, progress: false }
+    }
+}
+
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Everything about a model except its weights on a device.
+struct Parts {
+    cfg: DecoderConfig,
+    store: Box<dyn TensorStore>,
+    tokenizer: Tokenizer,
+    template: Option<String>,
+    defaults: GenerationDefaults,
+    add_bos: bool,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    format: ModelFormat,
+    path: PathBuf,
+}
+
+pub fn load(source: &str, gguf_file: Option<&str>, opts: &LoadOptions) -> Result<LoadedModel> {
+    let start = Instant::now();
+    let parsed = ModelSource::parse(source, gguf_file)?;
+    let (local, revision) = match &parsed {
+        ModelSource::Dir(p) => (ModelSource::Dir(p.clone()), None),
+        ModelSource::Gguf(p) => (ModelSource::Gguf(p.clone()), None),
+        ModelSource::Hub { id, gguf_file } => match gguf_file {
+            Some(f) => {
+                let dir = hub::fetch(id, std::slice::from_ref(f), &[])?;
+                (ModelSource::Gguf(dir.join(f)), Some(id.revision.clone()))
+            }
+            None => (ModelSource::Dir(hub::fetch_hf_model(id)?), Some(id.revision.clone())),
+        },
+    };
+    let mut parts = match &local {
+        ModelSource::Dir(dir) => open_hf_dir(dir)?,
+        ModelSource::Gguf(path) => open_gguf(path)?,
+        ModelSource::Hub { .. } => unreachable_hub()?,
+    };
+    if let Some(ctx) = opts.max_context {
+        if ctx == 0 {
+            return Err(Error::InvalidArgument("--max-context must be positive".into()));
+        }
+        parts.cfg.max_context = parts.cfg.max_context.min(ctx);
+    }
+    if opts.dtype.is_some() && parts.format == ModelFormat::Gguf {
+        return Err(Error::InvalidArgument(
+            "--dtype applies to safetensors models; GGUF weights run in their stored types \
+             (use `bakeoff quantize` to change them)"
+                .into(),
+        ));
+    }
+    let listed = list_matrices(parts.store.as_ref(), &parts.cfg);
+    let parameters = count_parameters(parts.store.as_ref(), &parts.cfg);
+    let files = parts.store.files();
+    let file_bytes = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    let target = opts.dtype.map(FloatType::ggml);
+    let transform = move |t: RawTensor| -> Result<RawTensor> {
+        match target {
+            Some(to) if to != t.dtype => convert_float(t, to),
+            _ => Ok(t),
+        }
+    };
+    let mut weight_dtype = describe_dtypes(&listed);
+    if let Some(t) = target {
+        weight_dtype = dtype_name(t).to_string();
+    }
+    let model = build_model(&parts.cfg, parts.store.as_ref(), opts, &transform)?;
+    let template = match &parts.template {
+        Some(src) => Some(ChatTemplate::new(src)?),
+        None => None,
+    };
+    let info = ModelInfo {
+        source: source.to_string(),
+        revision,
+        path: parts.path.clone(),
+        format: parts.format,
+        arch: parts.cfg.arch,
+        config: parts.cfg.clone(),
+        weight_dtype,
+        parameters,
+        file_bytes,
+        files,
+        eos_token_ids: parts.cfg.eos_token_ids.clone(),
+        chat_template: parts.template.clone(),
+        device: model.describe(),
+        load_s: start.elapsed().as_secs_f64(),
+    };
+    Ok(LoadedModel {
+        model,
+        tokenizer: parts.tokenizer,
+        template,
+        info,
+        defaults: parts.defaults,
+        add_bos: parts.add_bos,
+        bos_token: parts.bos_token,
+        eos_token: parts.eos_token,
+        history: Vec::new(),
+    })
+}
+
+/// Puts the decoder for `cfg` on the device `opts` names, reading weights from `store`.
+pub fn build_model(
+    cfg: &DecoderConfig,
+    store: &dyn TensorStore,
+    opts: &LoadOptions,
+    transform: &dyn Fn(RawTensor) -> Result<RawTensor>,
+) -> Result<Box<dyn CausalLm>> {
+    let bar = progress_bar(opts.progress, cfg.n_layers as u64 + 2, "loading");
+    let progress = |done: usize, _total: usize| {
+        if let Some(b) = &bar {
+            b.set_position(done as u64);
+        }
+    };
+    let model: Box<dyn CausalLm> = match opts.device {
+        DeviceKind::Cpu => {
+            let threads = opts.threads.unwrap_or_else(default_threads);
+            let backend = CpuBackend::new(threads, CpuCaps::detect())?;
+            Box::new(Decoder::load(cfg.clone(), store, backend, transform, progress)?)
+        }
+        device => {
+            let backend = crate::backend::candle::CandleBackend::new(device)?;
+            Box::new(Decoder::load(cfg.clone(), store, backend, transform, progress)?)
+        }
+    };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(model)
+}
+
+/// Config and weights of a local folder or GGUF file, without tokenizer or template: for tools
+/// and tests that work on token ids.
+pub fn open_weights(path: &Path) -> Result<(DecoderConfig, Box<dyn TensorStore>)> {
+    if path.is_dir() {
+        let cfg_path = path.join("config.json");
+        if !cfg_path.is_file() {
+            return Err(Error::NotFound(format!("{}: missing config.json", path.display())));
+        }
+        let mut cfg = DecoderConfig::from_hf_json(&read_json(&cfg_path)?).map_err(|e| match e {
+            Error::InvalidArgument(m) => Error::format(&cfg_path, m),
+            other => other,
+        })?;
+        let store = safetensors::SafetensorsStore::open_dir(path)?;
+        if !cfg.tied_embeddings && !store.has("lm_head.weight") {
+            cfg.tied_embeddings = true;
+        }
+        Ok((cfg, Box::new(store)))
+    } else {
+        let store = gguf::GgufStore::open(path)?;
+        let mut cfg = DecoderConfig::from_gguf(&GgufMeta { map: store.metadata() })
+            .map_err(|e| match e {
+                Error::InvalidArgument(m) => Error::format(path, m),
+                other => other,
+            })?;
+        cfg.tied_embeddings = !store.has("lm_head.weight");
+        if let Some(emb) = store.content.tensor_infos.get("token_embd.weight") {
+            cfg.vocab_size = emb.shape.dims()[0];
+        }
+        Ok((cfg, Box::new(store)))
+    }
+}
+
+/// [`open_weights`] then [`build_model`], with `--dtype` applied.
+pub fn load_model_only(path: &Path, opts: &LoadOptions) -> Result<Box<dyn CausalLm>> {
+    let (mut cfg, store) = open_weights(path)?;
+    if let Some(ctx) = opts.max_context {
+        cfg.max_context = cfg.max_context.min(ctx);
+    }
+    let target = opts.dtype.map(FloatType::ggml);
+    let transform = move |t: RawTensor| -> Result<RawTensor> {
+        match target {
+            Some(to) if to != t.dtype => convert_float(t, to),
+            _ => Ok(t),
+        }
+    };
+    build_model(&cfg, store.as_ref(), opts, &transform)
+}
+
+fn unreachable_hub() -> Result<Parts> {
+    Err(Error::InvalidArgument("hub sources are resolved to local files first".into()))
+}
+
+pub(crate) fn progress_bar(show: bool, len: u64, what: &str) -> Option<indicatif::ProgressBar> {
+    if !show {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {elapsed}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    Some(bar)
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
+}
+
+fn open_hf_dir(dir: &Path) -> Result<Parts> {
+    let cfg_path = dir.join("config.json");
+    if !cfg_path.is_file() {
+        return Err(Error::NotFound(format!(
+            "{}: missing config.json (is this a Hugging Face model folder?)",
+            dir.display()
+        )));
+    }
+    let cfg_json = read_json(&cfg_path)?;
+    let mut cfg = DecoderConfig::from_hf_json(&cfg_json).map_err(|e| match e {
+        Error::InvalidArgument(m) => Error::format(&cfg_path, m),
+        other => other,
+    })?;
+    let tok_path = dir.join("tokenizer.json");
+    if !tok_path.is_file() {
+        return Err(Error::NotFound(format!("{}: missing tokenizer.json", dir.display())));
+    }
+    let tokenizer = Tokenizer::from_file(&tok_path)?;
+    let tc_path = dir.join("tokenizer_config.json");
+    let tc = if tc_path.is_file() { Some(TokenizerConfig::from_file(&tc_path)?) } else { None };
+    let gen_path = dir.join("generation_config.json");
+    let mut defaults = GenerationDefaults::default();
+    if gen_path.is_file() {
+        let g = read_json(&gen_path)?;
+        for id in crate::models::eos_ids_from_json(g.get("eos_token_id")) {
+            if !cfg.eos_token_ids.contains(&id) {
+                cfg.eos_token_ids.push(id);
+            }
+        }
+        defaults = serde_json::from_value(g).unwrap_or_default();
+    }
+    let eos_token = tc.as_ref().and_then(|t| t.eos_token());
+    if let Some(id) = eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t))
+        && !cfg.eos_token_ids.contains(&id)
+    {
+        cfg.eos_token_ids.push(id);
+    }
+    let store = safetensors::SafetensorsStore::open_dir(dir)?;
+    // Tied checkpoints may still ship lm_head; untied ones must.
+    if !cfg.tied_embeddings && !store.has("lm_head.weight") {
+        cfg.tied_embeddings = true;
+    }
+    Ok(Parts {
+        add_bos: tc.as_ref().and_then(|t| t.add_bos_token).unwrap_or(cfg.arch == Arch::Llama),
+        bos_token: tc.as_ref().and_then(|t| t.bos_token()),
+        eos_token,
+        template: tc.as_ref().and_then(|t| t.chat_template()),
+        cfg,
+        store: Box::new(store),
+        tokenizer,
+        defaults,
+        format: ModelFormat::Safetensors,
+        path: dir.to_path_buf(),
+    })
+}
+
+fn open_gguf(path: &Path) -> Result<Parts> {
+    let store = gguf::GgufStore::open(path)?;
+    let md = GgufMeta { map: store.metadata() };
+    let mut cfg = DecoderConfig::from_gguf(&md).map_err(|e| match e {
+        Error::InvalidArgument(m) => Error::format(path, m),
+        other => other,
+    })?;
+    cfg.tied_embeddings = !store.has("lm_head.weight");
+    let tokenizer = Tokenizer::from_gguf(&store.content, path)?;
+    if cfg.vocab_size == 0 {
+        cfg.vocab_size = tokenizer.vocab_size();
+    }
+    if let Some(emb) = store.content.tensor_infos.get("token_embd.weight") {
+        cfg.vocab_size = emb.shape.dims()[0];
+    }
+    if cfg.arch == Arch::Qwen2 {
+        for t in crate::models::qwen2::END_OF_TURN_TOKENS {
+            if let Some(id) = tokenizer.token_to_id(t)
+                && !cfg.eos_token_ids.contains(&id)
+            {
+                cfg.eos_token_ids.push(id);
+            }
+        }
+    }
+    let template = md.str("tokenizer.chat_template").ok().map(str::to_string);
+    let add_bos = match store.metadata().get("tokenizer.ggml.add_bos_token") {
+        Some(v) => v.to_bool().unwrap_or(false),
+        None => cfg.arch == Arch::Llama,
+    };
+    let bos_token = cfg.bos_token_id.and_then(|id| tokenizer.id_to_token(id));
+    let eos_token = cfg.eos_token_ids.first().and_then(|&id| tokenizer.id_to_token(id));
+    Ok(Parts {
+        cfg,
+        tokenizer,
+        template,
+        defaults: GenerationDefaults::default(),
+        add_bos,
+        bos_token,
+        eos_token,
+        format: ModelFormat::Gguf,
+        path: path.to_path_buf(),
+        store: Box::new(store),
+    })
+}
+
+fn list_matrices(store: &dyn TensorStore, cfg: &DecoderConfig) -> Vec<GgmlDType> {
+    let mut names: Vec<String> = (0..cfg.n_layers)
+        .flat_map(|i| crate::models::layer_tensor_names(i, false))
+        .filter(|n| !n.ends_with("layernorm.weight"))
+        .collect();
+    names.push("model.embed_tokens.weight".into());
+    names.push("lm_head.weight".into());
+    names.iter().filter_map(|n| store.tensor(n).ok()).map(|t| t.dtype).collect()
+}
+
+fn count_parameters(store: &dyn TensorStore, cfg: &DecoderConfig) -> u64 {
+    let mut names: Vec<String> =
+        (0..cfg.n_layers).flat_map(|i| crate::models::layer_tensor_names(i, cfg.qkv_bias)).collect();
+    names.extend(["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"].map(String::from));
+    names.iter().filter_map(|n| store.tensor(n).ok()).map(|t| t.elem_count() as u64).sum()
+}
+
+pub fn dtype_name(d: GgmlDType) -> &'static str {
+    match d {
+        GgmlDType::F32 => "f32",
+        GgmlDType::F16 => "f16",
+        GgmlDType::BF16 => "bf16",
+        GgmlDType::Q4_0 => "q4_0",
+        GgmlDType::Q4_1 => "q4_1",
+        GgmlDType::Q5_0 => "q5_0",
+        GgmlDType::Q5_1 => "q5_1",
+        GgmlDType::Q8_0 => "q8_0",
+        GgmlDType::Q8_1 => "q8_1",
+        GgmlDType::Q2K => "q2_k",
+        GgmlDType::Q3K => "q3_k",
+        GgmlDType::Q4K => "q4_k",
+        GgmlDType::Q5K => "q5_k",
+        GgmlDType::Q6K => "q6_k",
+        GgmlDType::Q8K => "q8_k",
+    }
+}
+
+fn describe_dtypes(ds: &[GgmlDType]) -> String {
+    let mut names: Vec<&str> = ds.iter().map(|d| dtype_name(*d)).collect();
+    // The most common type first: it is the one people name the file after.
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for n in &names {
+        match counts.iter_mut().find(|(k, _)| k == n) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((n, 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    names = counts.iter().map(|(k, _)| *k).collect();
+    match names.len() {
+        0 => "unknown".into(),
+        1 => names[0].to_string(),
+        _ => format!("mixed({})", names.join(",")),
+    }
+}
+
+/// Float-to-float conversion of a stored tensor for `--dtype`.
+pub fn convert_float(t: RawTensor, to: GgmlDType) -> Result<RawTensor> {
+    if !matches!(t.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+        return Err(Error::tensor(&t.name, format!("cannot convert {:?} weights with --dtype", t.dtype)));
+    }
+    let vals = t.to_f32()?;
+    let bytes: Vec<u8> = match to {
+        GgmlDType::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        GgmlDType::F16 => vals.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        GgmlDType::BF16 => vals.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+        other => return Err(Error::tensor(&t.name, format!("--dtype cannot target {other:?}"))),
+    };
+    Ok(RawTensor { name: t.name, dtype: to, shape: t.shape, data: Blob::Owned(std::sync::Arc::new(bytes)) })
+}
