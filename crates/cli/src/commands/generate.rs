@@ -28,6 +28,10 @@ pub struct GenerateArgs {
     /// A JSON file with an OpenAI-style list of {role, content} messages (implies --chat).
     #[arg(long)]
     pub messages: Option<std::path::PathBuf>,
+    /// The prompt as a JSON array of token ids, used as given (for timing runs that must feed
+    /// every engine the same tokens).
+    #[arg(long, conflicts_with_all = ["prompt", "messages", "chat", "system"])]
+    pub prompt_ids: Option<String>,
     /// Print one JSON object (prompt_ids, generated_ids, text, summary) instead of streaming.
     #[arg(long)]
     pub json: bool,
@@ -35,17 +39,28 @@ pub struct GenerateArgs {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     let params = a.sampling.params()?;
-    let messages = build_messages(&a)?;
-    let prompt_text = match (&messages, &a.prompt) {
-        (Some(_), _) => None,
-        (None, Some(p)) => Some(p.clone()),
-        (None, None) => Some(read_stdin()?),
+    let given_ids: Option<Vec<u32>> = match &a.prompt_ids {
+        Some(s) => Some(serde_json::from_str(s).context("--prompt-ids expects a JSON array of token ids")?),
+        None => None,
+    };
+    let messages = if given_ids.is_some() { None } else { build_messages(&a)? };
+    let prompt_text = match (&given_ids, &messages, &a.prompt) {
+        (Some(_), _, _) | (None, Some(_), _) => None,
+        (None, None, Some(p)) => Some(p.clone()),
+        (None, None, None) => Some(read_stdin()?),
     };
     let mut lm = a.model.load(!a.json)?;
-    let ids = match (&messages, &prompt_text) {
-        (Some(m), _) => lm.encode_chat(m)?,
-        (None, Some(p)) => lm.encode_prompt(p)?,
-        (None, None) => unreachable!("a prompt source was chosen above"),
+    let ids = match (given_ids, &messages, &prompt_text) {
+        (Some(ids), _, _) => {
+            let vocab = lm.model.config().vocab_size as u32;
+            if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
+                anyhow::bail!("--prompt-ids: token id {bad} is outside the vocabulary of {vocab} tokens");
+            }
+            ids
+        }
+        (None, Some(m), _) => lm.encode_chat(m)?,
+        (None, None, Some(p)) => lm.encode_prompt(p)?,
+        (None, None, None) => anyhow::bail!("no prompt given"),
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -169,6 +169,73 @@ fn matmul_ggml<T: GgmlType>(
     Ok(())
 }
 
+/// Prefill on 16/32-bit weights: each task converts 4 rows to f32 once, then runs 4×2 tiles
+/// over all tokens, so conversion is amortised over the prompt and every load feeds 2 FMAs.
+fn dense_tiles(
+    pool: &rayon::ThreadPool,
+    caps: CpuCaps,
+    w: &QMatrix<'_>,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), String> {
+    let (rows, k) = (w.rows, w.cols);
+    let threads = pool.current_num_threads().max(1);
+    let groups = rows.div_ceil(4);
+    let per_task = groups.div_ceil(threads * 4).max(1);
+    let tasks = groups.div_ceil(per_task);
+    let ptr = SyncPtr(out.as_mut_ptr());
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let run = |ti: usize| {
+        let p = ptr;
+        let mut buf = vec![0f32; 4 * k];
+        for g in ti * per_task..((ti + 1) * per_task).min(groups) {
+            let r0 = g * 4;
+            let nr = (rows - r0).min(4);
+            buf.iter_mut().for_each(|v| *v = 0.0);
+            let bytes = &w.data[r0 * w.row_bytes()..(r0 + nr) * w.row_bytes()];
+            if super::dequant::dequantize_into(w.dtype, bytes, &mut buf[..nr * k]).is_err() {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            let mut t = 0;
+            while t < n {
+                let t1 = (t + 1).min(n - 1);
+                let x0 = &x[t * k..(t + 1) * k];
+                let x1 = &x[t1 * k..(t1 + 1) * k];
+                // SAFETY: caps come from run-time detection; buf holds 4·k values.
+                let v = unsafe {
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        if caps.avx512vnni {
+                            super::x86::dot4x2_f32_avx512(&buf, k, x0, x1)
+                        } else {
+                            super::x86::dot4x2_f32_avx2(&buf, k, x0, x1)
+                        }
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    {
+                        let _ = (caps, x0, x1);
+                        unreachable!("dense tiles are only chosen on x86-64")
+                    }
+                };
+                for (dt, vt) in v.iter().enumerate().take(if t1 > t { 2 } else { 1 }) {
+                    for (i, val) in vt.iter().enumerate().take(nr) {
+                        // SAFETY: (t+dt, r0+i) is inside the buffer and owned by this task.
+                        unsafe { *p.0.add((t + dt) * rows + r0 + i) = *val };
+                    }
+                }
+                t += 2;
+            }
+        }
+    };
+    pool.install(|| (0..tasks).into_par_iter().for_each(run));
+    if failed.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(format!("cannot convert {:?} rows", w.dtype));
+    }
+    Ok(())
+}
+
 /// `out[t][r] = Σ_c x[t][c] · W[r][c]` for `n` activation rows.
 pub fn matmul(
     pool: &rayon::ThreadPool,
@@ -189,6 +256,9 @@ pub fn matmul(
         ));
     }
     let cols = w.cols;
+    if n >= 4 && matches!(w.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) && caps.avx2 {
+        return dense_tiles(pool, caps, w, x, n, out);
+    }
     match w.dtype {
         GgmlDType::F32 => par_rows(pool, w.rows, n, out, |r, t| {
             dot::dot_f32_bytes(caps, w.row(r), &x[t * cols..(t + 1) * cols])

@@ -319,9 +319,12 @@ fn open_hf_dir(dir: &Path) -> Result<Parts> {
     if !tok_path.is_file() {
         return Err(Error::NotFound(format!("{}: missing tokenizer.json", dir.display())));
     }
-    let tokenizer = Tokenizer::from_file(&tok_path)?;
+    let mut tokenizer = Tokenizer::from_file(&tok_path)?;
     let tc_path = dir.join("tokenizer_config.json");
     let tc = if tc_path.is_file() { Some(TokenizerConfig::from_file(&tc_path)?) } else { None };
+    if let Some(tc) = &tc {
+        tokenizer.apply_config(tc);
+    }
     let gen_path = dir.join("generation_config.json");
     let mut defaults = GenerationDefaults::default();
     if gen_path.is_file() {
