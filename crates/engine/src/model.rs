@@ -21,6 +21,17 @@ pub trait CausalLm: Send {
     fn truncate(&mut self, len: usize);
     fn kv_cache_bytes(&self) -> usize;
     fn describe(&self) -> String;
+
+    /// A new, empty KV-cache slot for an independent sequence (slot 0 is the one `forward`
+    /// uses). Slots let a server batch several conversations through one pass.
+    fn alloc_slot(&mut self) -> Result<usize>;
+    /// Releases a slot's memory; its number may be reused.
+    fn free_slot(&mut self, slot: usize);
+    fn slot_position(&self, slot: usize) -> usize;
+    fn truncate_slot(&mut self, slot: usize, len: usize);
+    /// Runs each `(slot, ids)` after that slot's cached positions, all in one pass so every
+    /// weight is read once per step; returns the last-token logits of each item.
+    fn forward_batch(&mut self, items: &[(usize, &[u32])]) -> Result<Vec<Vec<f32>>>;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

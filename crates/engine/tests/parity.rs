@@ -163,3 +163,34 @@ fn prompt_longer_than_context_is_refused() {
     let e = m.forward(&[100_000], false).unwrap_err().to_string();
     assert!(e.contains("outside the vocabulary"), "{e}");
 }
+
+#[test]
+fn batched_sequences_equal_running_each_alone() {
+    for name in ["tiny-llama", "tiny-qwen2"] {
+        let r = reference(name);
+        let mut m = load(name, DeviceKind::Cpu, None, 2);
+        let slots: Vec<usize> = (0..r.prompts.len()).map(|_| m.alloc_slot().unwrap()).collect();
+        // Prefill every sequence in one batched pass, then decode all of them together.
+        let items: Vec<(usize, &[u32])> =
+            slots.iter().zip(&r.prompts).map(|(&s, c)| (s, c.ids.as_slice())).collect();
+        let mut logits = m.forward_batch(&items).unwrap();
+        let mut got: Vec<Vec<u32>> = vec![Vec::new(); slots.len()];
+        for _ in 0..r.prompts[0].greedy.len() {
+            let next: Vec<u32> = logits.iter().map(|l| argmax(l)).collect();
+            for (g, t) in got.iter_mut().zip(&next) {
+                g.push(*t);
+            }
+            let steps: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+            let items: Vec<(usize, &[u32])> = slots.iter().zip(&steps).map(|(&s, t)| (s, &t[..])).collect();
+            logits = m.forward_batch(&items).unwrap();
+        }
+        for (g, case) in got.iter().zip(&r.prompts) {
+            assert_eq!(g, &case.greedy, "{name}: a batched sequence diverged from transformers");
+        }
+        for s in &slots {
+            assert_eq!(m.slot_position(*s), r.prompts[slots.iter().position(|x| x == s).unwrap()].ids.len() + 20);
+            m.free_slot(*s);
+        }
+        assert!(m.forward_batch(&[(slots[0], &[1u32][..])]).unwrap_err().to_string().contains("not allocated"));
+    }
+}

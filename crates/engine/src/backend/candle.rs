@@ -200,6 +200,14 @@ impl Backend for CandleBackend {
         Ok(x.narrow(0, n - 1, 1)?)
     }
 
+    fn rows(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        Ok(x.narrow(0, start, len)?)
+    }
+
+    fn concat_rows(&self, parts: Vec<Tensor>) -> Result<Tensor> {
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
     fn to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
         Ok(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
     }

@@ -197,6 +197,20 @@ impl Backend for CpuBackend {
         Ok(Mat { data: x.data[start..].to_vec(), rows: 1, cols: x.cols })
     }
 
+    fn rows(&self, x: &Mat, start: usize, len: usize) -> Result<Mat> {
+        Ok(Mat { data: x.data[start * x.cols..(start + len) * x.cols].to_vec(), rows: len, cols: x.cols })
+    }
+
+    fn concat_rows(&self, parts: Vec<Mat>) -> Result<Mat> {
+        let cols = parts.first().map_or(0, |p| p.cols);
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let mut data = Vec::with_capacity(rows * cols);
+        for p in parts {
+            data.extend_from_slice(&p.data);
+        }
+        Ok(Mat { data, rows, cols })
+    }
+
     fn to_host(&self, x: &Mat) -> Result<Vec<f32>> {
         Ok(x.data.clone())
     }

@@ -76,5 +76,9 @@ pub trait Backend: Send + Sync + 'static {
     fn silu_mul(&self, gate: Self::Act, up: &Self::Act) -> Result<Self::Act>;
     fn add_assign(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()>;
     fn last_row(&self, x: Self::Act) -> Result<Self::Act>;
+    /// Rows `start..start+len` of `x`.
+    fn rows(&self, x: &Self::Act, start: usize, len: usize) -> Result<Self::Act>;
+    /// Stacks activations row-wise.
+    fn concat_rows(&self, parts: Vec<Self::Act>) -> Result<Self::Act>;
     fn to_host(&self, x: &Self::Act) -> Result<Vec<f32>>;
 }

@@ -31,7 +31,8 @@ pub struct Decoder<B: Backend> {
     layers: Vec<Layer<B>>,
     norm: B::Vector,
     lm_head: Option<B::Matrix>,
-    cache: B::Cache,
+    /// KV caches by slot; `None` marks a free slot. Slot 0 always exists.
+    caches: Vec<Option<B::Cache>>,
 }
 
 /// Converts a stored tensor before it reaches the backend (for `--dtype`).
@@ -91,7 +92,7 @@ impl<B: Backend> Decoder<B> {
         };
         progress(total, total);
         let cache = backend.new_cache(&cfg)?;
-        Ok(Self { cfg, backend, embed, layers, norm, lm_head, cache })
+        Ok(Self { cfg, backend, embed, layers, norm, lm_head, caches: vec![Some(cache)] })
     }
 
     pub fn backend(&self) -> &B {
@@ -99,48 +100,58 @@ impl<B: Backend> Decoder<B> {
     }
 }
 
-impl<B: Backend> CausalLm for Decoder<B> {
-    fn config(&self) -> &DecoderConfig {
-        &self.cfg
+impl<B: Backend> Decoder<B> {
+    fn cache(&self, slot: usize) -> Result<&B::Cache> {
+        self.caches
+            .get(slot)
+            .and_then(|c| c.as_ref())
+            .ok_or_else(|| Error::InvalidArgument(format!("KV-cache slot {slot} is not allocated")))
     }
 
-    fn position(&self) -> usize {
-        self.backend.cache_len(&self.cache)
-    }
-
-    fn truncate(&mut self, len: usize) {
-        self.backend.cache_truncate(&mut self.cache, len);
-    }
-
-    fn kv_cache_bytes(&self) -> usize {
-        self.backend.cache_bytes(&self.cache)
-    }
-
-    fn describe(&self) -> String {
-        self.backend.describe()
-    }
-
-    fn forward(&mut self, ids: &[u32], all_logits: bool) -> Result<Vec<f32>> {
-        if ids.is_empty() {
-            return Err(Error::InvalidArgument("forward needs at least one token".into()));
-        }
-        let pos = self.position();
-        if pos + ids.len() > self.cfg.max_context {
-            return Err(Error::ContextOverflow {
-                prompt_tokens: pos + ids.len(),
-                context: self.cfg.max_context,
-            });
+    /// The shared forward pass over one or more sequences; returns per item the logits of the
+    /// last token, or of every token when `all_logits`.
+    fn run(&mut self, items: &[(usize, &[u32])], all_logits: bool) -> Result<Vec<Vec<f32>>> {
+        let mut starts = Vec::with_capacity(items.len());
+        let mut ids: Vec<u32> = Vec::new();
+        let mut ropes = Vec::with_capacity(items.len());
+        for (i, &(slot, toks)) in items.iter().enumerate() {
+            if toks.is_empty() {
+                return Err(Error::InvalidArgument("forward needs at least one token".into()));
+            }
+            if items[..i].iter().any(|(s, _)| *s == slot) {
+                return Err(Error::InvalidArgument(format!("slot {slot} appears twice in one batch")));
+            }
+            let pos = self.backend.cache_len(self.cache(slot)?);
+            if pos + toks.len() > self.cfg.max_context {
+                return Err(Error::ContextOverflow {
+                    prompt_tokens: pos + toks.len(),
+                    context: self.cfg.max_context,
+                });
+            }
+            starts.push(ids.len());
+            ids.extend_from_slice(toks);
+            ropes.push(RopeTable::new(self.cfg.rope_theta, self.cfg.head_dim, pos, toks.len()));
         }
         let b = &self.backend;
         let cfg = &self.cfg;
-        let rope = RopeTable::new(cfg.rope_theta, cfg.head_dim, pos, ids.len());
-        let mut hs = b.embed(&self.embed, ids)?;
-        for (i, l) in self.layers.iter().enumerate() {
+        let mut hs = b.embed(&self.embed, &ids)?;
+        for (li, l) in self.layers.iter().enumerate() {
             let x = b.rms_norm(&hs, &l.attn_norm, cfg.rms_eps)?;
             let q = b.linear(&x, &l.wq, l.bq.as_ref())?;
             let k = b.linear(&x, &l.wk, l.bk.as_ref())?;
             let v = b.linear(&x, &l.wv, l.bv.as_ref())?;
-            let a = b.attention(q, k, v, &mut self.cache, i, &rope, cfg)?;
+            let a = if items.len() == 1 {
+                let cache = self.caches[items[0].0].as_mut().ok_or_else(|| Error::InvalidArgument("slot freed".into()))?;
+                b.attention(q, k, v, cache, li, &ropes[0], cfg)?
+            } else {
+                let mut outs = Vec::with_capacity(items.len());
+                for (i, &(slot, toks)) in items.iter().enumerate() {
+                    let (s, n) = (starts[i], toks.len());
+                    let cache = self.caches[slot].as_mut().ok_or_else(|| Error::InvalidArgument("slot freed".into()))?;
+                    outs.push(b.attention(b.rows(&q, s, n)?, b.rows(&k, s, n)?, b.rows(&v, s, n)?, cache, li, &ropes[i], cfg)?);
+                }
+                b.concat_rows(outs)?
+            };
             let o = b.linear(&a, &l.wo, None)?;
             b.add_assign(&mut hs, &o)?;
             let x = b.rms_norm(&hs, &l.mlp_norm, cfg.rms_eps)?;
@@ -151,10 +162,85 @@ impl<B: Backend> CausalLm for Decoder<B> {
             b.add_assign(&mut hs, &d)?;
         }
         if !all_logits {
-            hs = b.last_row(hs)?;
+            let lasts = items
+                .iter()
+                .enumerate()
+                .map(|(i, (_, toks))| b.rows(&hs, starts[i] + toks.len() - 1, 1))
+                .collect::<Result<Vec<_>>>()?;
+            hs = if lasts.len() == 1 { lasts.into_iter().next().ok_or_else(|| Error::InvalidArgument("empty batch".into()))? } else { b.concat_rows(lasts)? };
         }
         let x = b.rms_norm(&hs, &self.norm, cfg.rms_eps)?;
-        let logits = b.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)?;
-        b.to_host(&logits)
+        let logits = b.to_host(&b.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)?)?;
+        let vocab = cfg.vocab_size;
+        let mut out = Vec::with_capacity(items.len());
+        let mut row = 0;
+        for (_, toks) in items {
+            let n = if all_logits { toks.len() } else { 1 };
+            out.push(logits[row * vocab..(row + n) * vocab].to_vec());
+            row += n;
+        }
+        Ok(out)
+    }
+}
+
+impl<B: Backend> CausalLm for Decoder<B> {
+    fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    fn position(&self) -> usize {
+        self.slot_position(0)
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.truncate_slot(0, len);
+    }
+
+    fn kv_cache_bytes(&self) -> usize {
+        self.caches.iter().flatten().map(|c| self.backend.cache_bytes(c)).sum()
+    }
+
+    fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    fn forward(&mut self, ids: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        let mut out = self.run(&[(0, ids)], all_logits)?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    fn alloc_slot(&mut self) -> Result<usize> {
+        let cache = self.backend.new_cache(&self.cfg)?;
+        if let Some(free) = self.caches.iter().skip(1).position(|c| c.is_none()) {
+            self.caches[free + 1] = Some(cache);
+            return Ok(free + 1);
+        }
+        self.caches.push(Some(cache));
+        Ok(self.caches.len() - 1)
+    }
+
+    fn free_slot(&mut self, slot: usize) {
+        if slot == 0 {
+            self.truncate_slot(0, 0);
+        } else if let Some(c) = self.caches.get_mut(slot) {
+            *c = None;
+        }
+    }
+
+    fn slot_position(&self, slot: usize) -> usize {
+        self.cache(slot).map(|c| self.backend.cache_len(c)).unwrap_or(0)
+    }
+
+    fn truncate_slot(&mut self, slot: usize, len: usize) {
+        if let Some(Some(c)) = self.caches.get_mut(slot) {
+            self.backend.cache_truncate(c, len);
+        }
+    }
+
+    fn forward_batch(&mut self, items: &[(usize, &[u32])]) -> Result<Vec<Vec<f32>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(items, false)
     }
 }
