@@ -27,6 +27,11 @@ enum Command {
     Synth(commands::synth::SynthArgs),
     /// Synthesize a full-size model and chat with it: the offline demo of the engine.
     Demo(commands::demo::DemoArgs),
+    /// Measure speed, latency and memory of models, each in its own process, with repetitions.
+    Bench(commands::bench::BenchArgs),
+    /// Internal: the child process of `bench` (a JSON job on stdin, the result on stdout).
+    #[command(hide = true)]
+    BenchWorker(commands::bench::BenchWorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +42,8 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Synth(a) => commands::synth::run(a),
         Command::Demo(a) => commands::demo::run(a),
+        Command::Bench(a) => commands::bench::run(a),
+        Command::BenchWorker(a) => commands::bench::run_worker(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

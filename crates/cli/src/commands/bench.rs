@@ -1,0 +1,187 @@
+//! `bakeoff bench` and its hidden child, `bakeoff bench-worker`. The arguments become a
+//! validated [`BenchConfig`]; the bench crate does the rest (see docs/bench.md for the method).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use bakeoff_bench::job::BenchConfig;
+use bakeoff_bench::output::{Format, render, summary_table};
+use bakeoff_bench::results::BenchReport;
+use bakeoff_bench::runner::{WorkerCommand, check_out_path, run as run_bench};
+use bakeoff_bench::scenarios::ScenarioId;
+use clap::Args;
+
+/// Each model (× each --threads / --dtype value) runs in its own child process, one after the
+/// other: load (cold when the page cache can be dropped, then warm), warm-up, then
+/// --repetitions greedy runs of every scenario and context depth with EOS ignored.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// A Hugging Face folder, .gguf file, hub id, or `openai:http://HOST:PORT/v1#MODEL` (repeatable).
+    #[arg(long = "model", short = 'm', required_unless_present = "from")]
+    pub models: Vec<String>,
+    /// The file to use from GGUF hub repositories.
+    #[arg(long)]
+    pub gguf_file: Option<String>,
+    /// cpu, cuda or metal, the same for every local model.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// CPU threads; a list sweeps them (default: all cores, the same for every model).
+    #[arg(long, value_delimiter = ',')]
+    pub threads: Vec<usize>,
+    /// Weight type for safetensors models (f32, f16, bf16); a list sweeps them.
+    #[arg(long, value_delimiter = ',')]
+    pub dtype: Vec<String>,
+    /// Use at most this many positions of each model's context.
+    #[arg(long)]
+    pub max_context: Option<usize>,
+    /// Measured runs per scenario and depth.
+    #[arg(long, default_value_t = 5)]
+    pub repetitions: usize,
+    /// Unmeasured warm-up runs before each scenario's repetitions (and before the depths).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Tokens generated per scenario run (EOS ignored).
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Scenarios to run: short, medium, long, code, creative, or none.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "short,medium,long,code,creative"
+    )]
+    pub scenarios: Vec<String>,
+    /// Context depths (prompt tokens) for the scaling runs, or none.
+    #[arg(long, value_delimiter = ',', default_value = "128,256,512,1024,2048")]
+    pub depths: Vec<String>,
+    /// Tokens generated at each depth.
+    #[arg(long, default_value_t = 32)]
+    pub depth_tokens: usize,
+    /// The results file (JSON; default: results/bench-<time>.json).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// What to print on stdout: table, json, jsonl, csv or md.
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    /// Do not drop the page cache to measure a cold load.
+    #[arg(long)]
+    pub no_cold_load: bool,
+    /// A non-loopback host that remote engines may be reached at (repeatable).
+    #[arg(long)]
+    pub allow_host: Vec<String>,
+    /// Seconds a remote engine may stay silent before the request fails.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Print an existing results file in --format instead of running anything.
+    #[arg(long, conflicts_with = "models")]
+    pub from: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchWorkerArgs {}
+
+fn list_or_none(v: &[String]) -> Vec<String> {
+    if v.len() == 1 && v[0] == "none" {
+        Vec::new()
+    } else {
+        v.to_vec()
+    }
+}
+
+impl BenchArgs {
+    fn config(&self) -> Result<BenchConfig> {
+        let scenarios = list_or_none(&self.scenarios)
+            .iter()
+            .map(|s| s.trim().parse::<ScenarioId>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let depths = list_or_none(&self.depths)
+            .iter()
+            .map(|d| {
+                d.trim()
+                    .parse::<usize>()
+                    .with_context(|| format!("--depths: `{d}` is not a number"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let cfg = BenchConfig {
+            models: self.models.clone(),
+            gguf_file: self.gguf_file.clone(),
+            device: self.device.clone(),
+            threads: self.threads.clone(),
+            dtypes: self.dtype.clone(),
+            max_context: self.max_context,
+            scenarios,
+            depths,
+            repetitions: self.repetitions,
+            warmup: self.warmup,
+            max_tokens: self.max_tokens,
+            depth_tokens: self.depth_tokens,
+            cold_load: !self.no_cold_load,
+            allowed_hosts: self.allow_host.clone(),
+            timeout_s: self.timeout,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let format: Format = a.format.parse()?;
+    let report = match &a.from {
+        Some(path) => BenchReport::read(path)?,
+        None => {
+            let cfg = a.config()?;
+            let out = a.out.clone().unwrap_or_else(|| {
+                PathBuf::from("results").join(format!(
+                    "bench-{}.json",
+                    bakeoff_bench::env::compact_time(bakeoff_bench::env::unix_now())
+                ))
+            });
+            check_out_path(&out)?;
+            let worker = WorkerCommand::current_exe()?;
+            let progress = !a.no_progress && std::io::stderr().is_terminal();
+            let report = run_bench(&cfg, &worker, std::env::args().collect(), progress)?;
+            report.write(&out)?;
+            eprintln!("results written to {}", out.display());
+            report
+        }
+    };
+    let text = render(&report, format)?;
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    lock.write_all(text.as_bytes())
+        .context("cannot write to stdout")?;
+    lock.flush().context("cannot write to stdout")?;
+    drop(lock);
+    // Machine-readable formats keep stdout clean; people still get the comparison on stderr.
+    if format != Format::Table && format != Format::Md && a.from.is_none() {
+        eprint!("{}", summary_table(&report));
+    }
+    let failed: Vec<&str> = report
+        .models
+        .iter()
+        .filter(|m| m.error.is_some())
+        .map(|m| m.label.as_str())
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} models failed: {}",
+            failed.len(),
+            report.models.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The child side: a job on stdin, the result on stdout, progress on stderr.
+pub fn run_worker(_a: BenchWorkerArgs) -> Result<()> {
+    bakeoff_bench::worker::worker_main(
+        std::io::stdin().lock(),
+        std::io::stdout().lock(),
+        std::io::stderr().lock(),
+    )?;
+    Ok(())
+}
