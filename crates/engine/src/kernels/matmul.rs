@@ -256,7 +256,11 @@ pub fn matmul(
         ));
     }
     let cols = w.cols;
-    if n >= 4 && matches!(w.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) && caps.avx2 {
+    // Dense tiles pay one conversion per weight per call, so they win once it is spread over
+    // enough tokens: at 4 for 16/32-bit weights, at 16 for quantized ones (which then also keep
+    // the activations in f32 instead of rounding them to 8 bits).
+    let dense = matches!(w.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+    if caps.avx2 && ((dense && n >= 4) || (!dense && n >= 16)) {
         return dense_tiles(pool, caps, w, x, n, out);
     }
     match w.dtype {
