@@ -8,10 +8,14 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -19,34 +23,63 @@ fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
 
 fn encode(dtype: GgmlDType, vals: &[f32], rows: usize, cols: usize) -> Vec<u8> {
     let t = Tensor::from_slice(vals, (rows, cols), &Device::Cpu).unwrap();
-    QTensor::quantize(&t, dtype).unwrap().data().unwrap().to_vec()
+    QTensor::quantize(&t, dtype)
+        .unwrap()
+        .data()
+        .unwrap()
+        .to_vec()
 }
 
 fn pool(n: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap()
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .unwrap()
 }
 
 fn check(dtype: GgmlDType, cols: usize, tol: f32) {
-    let (rows, n) = (70, 5);
+    check_n(dtype, cols, tol, 5);
+}
+
+fn check_n(dtype: GgmlDType, cols: usize, tol: f32, n: usize) {
+    let rows = 70;
     let w = rand_vec(rows * cols, 1);
     let x = rand_vec(n * cols, 2);
     let bytes = encode(dtype, &w, rows, cols);
-    let m = QMatrix { dtype, rows, cols, data: &bytes };
+    let m = QMatrix {
+        dtype,
+        rows,
+        cols,
+        data: &bytes,
+    };
     let mut wd = vec![0f32; rows * cols];
     dequantize_into(dtype, &bytes, &mut wd).unwrap();
     let mut reference = vec![0f32; n * rows];
     for t in 0..n {
         for r in 0..rows {
-            reference[t * rows + r] =
-                (0..cols).map(|c| wd[r * cols + c] as f64 * x[t * cols + c] as f64).sum::<f64>() as f32;
+            reference[t * rows + r] = (0..cols)
+                .map(|c| wd[r * cols + c] as f64 * x[t * cols + c] as f64)
+                .sum::<f64>() as f32;
         }
     }
     let scale = (cols as f32).sqrt();
-    for (caps, threads) in [(CpuCaps::portable(), 1), (CpuCaps::detect(), 1), (CpuCaps::detect(), 3)] {
+    for (caps, threads) in [
+        (CpuCaps::portable(), 1),
+        (CpuCaps::detect(), 1),
+        (CpuCaps::detect(), 3),
+    ] {
         let mut out = vec![0f32; n * rows];
         matmul(&pool(threads), caps, &m, &x, n, &mut out).unwrap();
-        let worst = out.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst <= tol * scale, "{dtype:?} {caps:?} x{threads}: max error {worst} > {}", tol * scale);
+        let worst = out
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= tol * scale,
+            "{dtype:?} {caps:?} x{threads}: max error {worst} > {}",
+            tol * scale
+        );
     }
 }
 
@@ -65,6 +98,14 @@ fn q8_0_and_q4_0_match_dequantized_reference() {
 }
 
 #[test]
+fn quantized_prefill_tiles_match_reference() {
+    // 16+ tokens take the dequantize-to-f32 tile path, which keeps activations exact.
+    for dt in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4K] {
+        check_n(dt, 256, 1e-5, 19);
+    }
+}
+
+#[test]
 fn k_quants_run_through_candle_blocks() {
     check(GgmlDType::Q4K, 256, 0.02);
     check(GgmlDType::Q6K, 256, 0.02);
@@ -75,7 +116,12 @@ fn simd_and_portable_agree_closely_on_q8_0() {
     let (rows, cols) = (33, 256);
     let w = encode(GgmlDType::Q8_0, &rand_vec(rows * cols, 5), rows, cols);
     let x = rand_vec(cols, 6);
-    let m = QMatrix { dtype: GgmlDType::Q8_0, rows, cols, data: &w };
+    let m = QMatrix {
+        dtype: GgmlDType::Q8_0,
+        rows,
+        cols,
+        data: &w,
+    };
     let (mut a, mut b) = (vec![0f32; rows], vec![0f32; rows]);
     matmul(&pool(1), CpuCaps::portable(), &m, &x, 1, &mut a).unwrap();
     matmul(&pool(2), CpuCaps::detect(), &m, &x, 1, &mut b).unwrap();
@@ -87,7 +133,12 @@ fn simd_and_portable_agree_closely_on_q8_0() {
 #[test]
 fn shape_mismatch_is_an_error_not_a_panic() {
     let w = vec![0u8; 10];
-    let m = QMatrix { dtype: GgmlDType::F32, rows: 2, cols: 2, data: &w };
+    let m = QMatrix {
+        dtype: GgmlDType::F32,
+        rows: 2,
+        cols: 2,
+        data: &w,
+    };
     let mut out = vec![0f32; 2];
     let e = matmul(&pool(1), CpuCaps::detect(), &m, &[0.0; 2], 1, &mut out).unwrap_err();
     assert!(e.contains("needs 16 bytes"), "{e}");
@@ -101,7 +152,13 @@ fn rope_styles_are_permutations_of_each_other() {
     let x = rand_vec(2 * hd, 9);
     let table = ops::RopeTable::new(10000.0, hd, 3, 1);
     let mut neox = x.clone();
-    ops::rope(&mut neox, 2, hd, &table, bakeoff_engine::models::RopeStyle::Neox);
+    ops::rope(
+        &mut neox,
+        2,
+        hd,
+        &table,
+        bakeoff_engine::models::RopeStyle::Neox,
+    );
     let perm = |v: &[f32]| -> Vec<f32> {
         let mut o = vec![0f32; v.len()];
         for h in 0..2 {
@@ -113,7 +170,13 @@ fn rope_styles_are_permutations_of_each_other() {
         o
     };
     let mut inter = perm(&x);
-    ops::rope(&mut inter, 2, hd, &table, bakeoff_engine::models::RopeStyle::Interleaved);
+    ops::rope(
+        &mut inter,
+        2,
+        hd,
+        &table,
+        bakeoff_engine::models::RopeStyle::Interleaved,
+    );
     for (a, b) in perm(&neox).iter().zip(&inter) {
         assert!((a - b).abs() < 1e-6);
     }
