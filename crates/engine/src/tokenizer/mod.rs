@@ -1,0 +1,387 @@
+//! Text to token ids and back, on Hugging Face `tokenizers`.
+//!
+//! A tokenizer comes from a model folder's tokenizer.json, or is rebuilt from a GGUF file's
+//! `tokenizer.ggml.*` metadata into the same pipeline transformers would build (Llama-2
+//! SentencePiece with byte fallback, Qwen2 byte-level BPE). Either way the result can be saved as
+//! tokenizer.json, which is how synthetic Hugging Face models get a real vocabulary.
+
+mod build;
+mod config;
+mod gguf;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use serde::{Deserialize, Serialize};
+
+pub use config::{ChatTemplateField, NamedTemplate, TokenField, TokenizerConfig};
+pub use gguf::{QWEN25_TOKENIZER_SIZE, qwen25_special_tokens, upgrade_to_qwen25};
+
+use crate::{Error, Result};
+
+/// The tokenizer layouts bakeoff can rebuild from GGUF or synthesize.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerFamily {
+    /// SentencePiece BPE with byte fallback, in Llama-2's legacy layout (TinyLlama).
+    Llama,
+    /// Byte-level BPE with Qwen2's pre-tokenizer regex (Qwen2, Qwen2.5).
+    Qwen2,
+}
+
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    family: Option<TokenizerFamily>,
+    bos: Option<u32>,
+    eos: Vec<u32>,
+    unk: Option<u32>,
+    pad: Option<u32>,
+    add_bos: bool,
+    vocab_size: usize,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("family", &self.family)
+            .field("vocab_size", &self.vocab_size)
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tok_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(format!("{what}: {e}"))
+}
+
+impl Tokenizer {
+    fn assemble(
+        inner: tokenizers::Tokenizer,
+        family: Option<TokenizerFamily>,
+        bos: Option<u32>,
+        eos: Vec<u32>,
+        unk: Option<u32>,
+        pad: Option<u32>,
+        add_bos: bool,
+    ) -> Self {
+        // Ids, not a count: added tokens may sit past the model vocabulary, and GGUF
+        // vocabularies are padded to the embedding size.
+        let vocab_size = inner
+            .get_vocab(true)
+            .values()
+            .copied()
+            .max()
+            .map_or(0, |m| m as usize + 1);
+        Tokenizer {
+            inner,
+            family,
+            bos,
+            eos,
+            unk,
+            pad,
+            add_bos,
+            vocab_size,
+        }
+    }
+
+    /// Wraps an existing `tokenizers::Tokenizer`; special ids are guessed from token names as in
+    /// [`Tokenizer::from_file`].
+    pub fn from_inner(inner: tokenizers::Tokenizer) -> Self {
+        let family = detect_family(&inner);
+        // Only special added tokens count: Qwen2's vocabulary has plain-text "<s>" and "</s>"
+        // entries that must not become BOS/EOS.
+        let added = inner.get_added_vocabulary();
+        let id = |t: &str| inner.token_to_id(t).filter(|_| added.is_special_token(t));
+        let bos = ["<s>", "<|begin_of_text|>"].iter().find_map(|t| id(t));
+        let eos: Vec<u32> = [
+            "</s>",
+            "<|im_end|>",
+            "<|endoftext|>",
+            "<|eot_id|>",
+            "<|end_of_text|>",
+        ]
+        .iter()
+        .filter_map(|t| id(t))
+        .collect();
+        let unk = ["<unk>"].iter().find_map(|t| id(t));
+        // Whether encode(add_special=true) puts BOS first is the post-processor's business;
+        // probe it rather than parse it.
+        let add_bos = match (bos, inner.encode("a", true)) {
+            (Some(b), Ok(e)) => e.get_ids().first() == Some(&b),
+            _ => false,
+        };
+        Self::assemble(inner, family, bos, eos, unk, None, add_bos)
+    }
+
+    /// Loads a tokenizer.json. BOS is `<s>` when it is a special token; EOS ids are every one of
+    /// `</s>`, `<|im_end|>`, `<|endoftext|>` that is one (use [`Tokenizer::apply_config`] to take
+    /// the names from tokenizer_config.json instead).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+            .map_err(|e| Error::format(path, format!("not a valid tokenizer.json: {e}")))?;
+        Ok(Self::from_inner(inner))
+    }
+
+    /// Rebuilds the tokenizer a GGUF file describes. `path` names the file in errors.
+    pub fn from_gguf(content: &Content, path: &Path) -> Result<Self> {
+        gguf::from_metadata(&content.metadata, path)
+    }
+
+    /// As [`Tokenizer::from_gguf`], from the metadata map alone.
+    pub fn from_gguf_metadata(metadata: &HashMap<String, Value>, path: &Path) -> Result<Self> {
+        gguf::from_metadata(metadata, path)
+    }
+
+    /// A vocabulary for tiny synthetic models: every text is encodable and round-trips, with
+    /// the family's real pipeline and special tokens but no learned merges.
+    ///
+    /// Llama: `<unk>`, `<s>`, `</s>` (0, 1, 2), byte tokens `<0x00>`..`<0xFF>` (3..=258) and
+    /// `▁` (259; without it the byte-fallback `▁` would decode as a literal `▁`, since the
+    /// decoder replaces `▁` before it fuses bytes). Qwen2: the 256 GPT-2 byte characters in
+    /// Qwen2's order, then `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` (256, 257, 258).
+    pub fn tiny(family: TokenizerFamily) -> Result<Self> {
+        match family {
+            TokenizerFamily::Llama => {
+                let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
+                tokens.push("▁".to_string());
+                let added = [(0, "<unk>"), (1, "<s>"), (2, "</s>")].map(|(id, t)| build::Added {
+                    id,
+                    content: t.to_string(),
+                    special: true,
+                });
+                let inner = build::llama_spm(
+                    &tokens,
+                    Vec::new(),
+                    Some("<unk>"),
+                    &added,
+                    Some((1, "<s>")),
+                    None,
+                )?;
+                Ok(Self::assemble(
+                    inner,
+                    Some(family),
+                    Some(1),
+                    vec![2],
+                    Some(0),
+                    None,
+                    true,
+                ))
+            }
+            TokenizerFamily::Qwen2 => {
+                let mut tokens: Vec<String> = build::gpt2_byte_alphabet()
+                    .into_iter()
+                    .map(|(_, c)| c.to_string())
+                    .collect();
+                let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+                let added: Vec<build::Added> = specials
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| build::Added {
+                        id: 256 + i as u32,
+                        content: t.to_string(),
+                        special: true,
+                    })
+                    .collect();
+                tokens.extend(specials.iter().map(|s| s.to_string()));
+                let inner = build::qwen2_bpe(&tokens, Vec::new(), &added)?;
+                // As Qwen2.5-Instruct's generation_config: end of turn, then end of text.
+                Ok(Self::assemble(
+                    inner,
+                    Some(family),
+                    None,
+                    vec![258, 256],
+                    None,
+                    Some(256),
+                    false,
+                ))
+            }
+        }
+    }
+
+    /// Takes BOS/EOS/UNK/PAD and `add_bos_token` from tokenizer_config.json where it names them.
+    pub fn apply_config(&mut self, cfg: &TokenizerConfig) {
+        if let Some(b) = &cfg.bos_token {
+            self.bos = self.inner.token_to_id(b.content());
+        }
+        if let Some(e) = cfg
+            .eos_token
+            .as_ref()
+            .and_then(|e| self.inner.token_to_id(e.content()))
+        {
+            self.eos.retain(|&x| x != e);
+            self.eos.insert(0, e);
+        }
+        if let Some(u) = &cfg.unk_token {
+            self.unk = self.inner.token_to_id(u.content());
+        }
+        if let Some(p) = &cfg.pad_token {
+            self.pad = self.inner.token_to_id(p.content());
+        }
+        if let Some(a) = cfg.add_bos_token {
+            self.add_bos = a && self.bos.is_some();
+        }
+    }
+
+    /// Token ids of `text`. Special-token text such as `<|im_start|>` or `</s>` becomes its one
+    /// token. `add_special` adds what the family adds for a new sequence: BOS for Llama, nothing
+    /// for Qwen2.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode_fast(text, add_special)
+            .map_err(|e| tok_err("encode", e))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+            return Err(Error::Tokenizer(format!(
+                "cannot decode token id {bad}: the vocabulary has {} tokens",
+                self.vocab_size
+            )));
+        }
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| tok_err("decode", e))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Whether `id` is a special (control) token, which `decode(.., skip_special = true)` drops.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner
+            .get_added_vocabulary()
+            .simple_id_to_token(id)
+            .is_some_and(|t| self.inner.get_added_vocabulary().is_special_token(&t))
+    }
+
+    /// One past the largest token id (added tokens included).
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    pub fn family(&self) -> Option<TokenizerFamily> {
+        self.family
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// End-of-sequence ids, the primary one first.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos
+    }
+
+    pub fn unk_id(&self) -> Option<u32> {
+        self.unk
+    }
+
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad
+    }
+
+    /// Whether `encode(text, true)` starts with BOS.
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    pub fn bos_token(&self) -> Option<String> {
+        self.bos.and_then(|id| self.id_to_token(id))
+    }
+
+    pub fn eos_token(&self) -> Option<String> {
+        self.eos.first().and_then(|&id| self.id_to_token(id))
+    }
+
+    /// The tokenizer.json text (pretty-printed when `pretty`).
+    pub fn to_json_string(&self, pretty: bool) -> Result<String> {
+        self.inner
+            .to_string(pretty)
+            .map_err(|e| tok_err("serializing tokenizer.json", e))
+    }
+
+    /// Writes tokenizer.json.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let text = self.to_json_string(true)?;
+        std::fs::write(path, text).map_err(|e| Error::io(path, e))
+    }
+
+    /// `tokenizer.ggml.*` metadata from which [`Tokenizer::from_gguf`] rebuilds this tokenizer
+    /// (Llama and Qwen2 families only).
+    pub fn to_gguf_metadata(&self) -> Result<Vec<(String, Value)>> {
+        gguf::to_metadata(self)
+    }
+
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}
+
+fn detect_family(inner: &tokenizers::Tokenizer) -> Option<TokenizerFamily> {
+    use tokenizers::{DecoderWrapper, ModelWrapper};
+    match (inner.get_model(), inner.get_decoder()) {
+        (ModelWrapper::BPE(b), _) if b.byte_fallback => Some(TokenizerFamily::Llama),
+        (ModelWrapper::BPE(_), Some(DecoderWrapper::ByteLevel(_))) => Some(TokenizerFamily::Qwen2),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_llama_round_trips() {
+        let t = Tokenizer::tiny(TokenizerFamily::Llama).unwrap();
+        assert_eq!(t.vocab_size(), 260);
+        let ids = t.encode(" Hi 你</s>", true).unwrap();
+        // BOS, ▁, ▁ (the space), then bytes.
+        assert_eq!(&ids[..3], &[1, 259, 259]);
+        assert_eq!(*ids.last().unwrap(), 2);
+        assert_eq!(t.decode(&ids, true).unwrap(), " Hi 你");
+        assert_eq!(t.decode(&ids, false).unwrap(), "<s>  Hi 你</s>");
+        assert_eq!(t.bos_token().as_deref(), Some("<s>"));
+        assert_eq!(t.eos_token().as_deref(), Some("</s>"));
+    }
+
+    #[test]
+    fn tiny_qwen_round_trips() {
+        let t = Tokenizer::tiny(TokenizerFamily::Qwen2).unwrap();
+        assert_eq!(t.vocab_size(), 259);
+        let ids = t.encode("<|im_start|>user\nhé<|im_end|>", true).unwrap();
+        assert_eq!(ids[0], 257);
+        assert_eq!(*ids.last().unwrap(), 258);
+        assert_eq!(ids.len(), 1 + 5 + 3 + 1);
+        assert_eq!(t.decode(&ids, true).unwrap(), "user\nhé");
+        assert_eq!(t.bos_id(), None);
+        assert_eq!(t.eos_ids(), &[258, 256]);
+        assert!(t.is_special(257) && !t.is_special(5));
+    }
+
+    #[test]
+    fn decode_rejects_out_of_range_ids() {
+        let t = Tokenizer::tiny(TokenizerFamily::Qwen2).unwrap();
+        assert!(matches!(
+            t.decode(&[1_000_000], false),
+            Err(Error::Tokenizer(_))
+        ));
+    }
+}
