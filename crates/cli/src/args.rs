@@ -37,7 +37,13 @@ impl ModelArgs {
         if self.threads == Some(0) {
             anyhow::bail!("--threads must be at least 1");
         }
-        Ok(LoadOptions { device, threads: self.threads, dtype, max_context: self.max_context, progress })
+        Ok(LoadOptions {
+            device,
+            threads: self.threads,
+            dtype,
+            max_context: self.max_context,
+            progress,
+        })
     }
 
     pub fn load(&self, progress: bool) -> Result<LoadedModel> {
@@ -92,7 +98,12 @@ impl SamplingArgs {
         if self.max_tokens == 0 {
             anyhow::bail!("--max-tokens must be at least 1");
         }
-        Ok(GenParams { max_tokens: self.max_tokens, sampling, stop: self.stop.clone(), ignore_eos: self.ignore_eos })
+        Ok(GenParams {
+            max_tokens: self.max_tokens,
+            sampling,
+            stop: self.stop.clone(),
+            ignore_eos: self.ignore_eos,
+        })
     }
 }
 
@@ -100,9 +111,14 @@ impl SamplingArgs {
 pub fn read_stdin() -> Result<String> {
     use std::io::Read;
     let mut buf = Vec::new();
-    std::io::stdin().read_to_end(&mut buf).context("cannot read standard input")?;
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .context("cannot read standard input")?;
     String::from_utf8(buf).map_err(|e| {
-        anyhow::anyhow!("standard input is not valid UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to())
+        anyhow::anyhow!(
+            "standard input is not valid UTF-8 (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
     })
 }
 

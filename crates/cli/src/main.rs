@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bakeoff", version, about = "Put small local chat models side by side, with measured numbers")]
+#[command(
+    name = "bakeoff",
+    version,
+    about = "Put small local chat models side by side, with measured numbers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }

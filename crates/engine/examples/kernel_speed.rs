@@ -10,16 +10,32 @@ use bakeoff_engine::kernels::matmul::{QMatrix, matmul};
 use candle_core::quantized::GgmlDType;
 
 fn main() {
-    let threads: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(2);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+    let threads: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
     let paths = [("avx2", CpuCaps::avx2_only()), ("best", CpuCaps::detect())];
     println!("threads {threads}, best = {}", CpuCaps::detect().describe());
-    for dt in [GgmlDType::Q4_0, GgmlDType::Q8_0, GgmlDType::F16, GgmlDType::BF16] {
+    for dt in [
+        GgmlDType::Q4_0,
+        GgmlDType::Q8_0,
+        GgmlDType::F16,
+        GgmlDType::BF16,
+    ] {
         let bpe = dt.type_size() as f64 / dt.block_size() as f64;
         // Decode: a matrix far larger than the last-level cache, as a model's weights are.
         let (rows, cols) = (48_000usize, 2048usize);
         let bytes = vec![0x11u8; (rows as f64 * cols as f64 * bpe) as usize];
-        let m = QMatrix { dtype: dt, rows, cols, data: &bytes };
+        let m = QMatrix {
+            dtype: dt,
+            rows,
+            cols,
+            data: &bytes,
+        };
         let x = vec![0.25f32; cols];
         let mut out = vec![0f32; rows];
         let mut best = [f64::MAX; 2];
@@ -31,11 +47,20 @@ fn main() {
             }
         }
         let gbs = |s: f64| bytes.len() as f64 / s / 1e9;
-        println!("{dt:?} decode: avx2 {:.1} GB/s, best {:.1} GB/s", gbs(best[0]), gbs(best[1]));
+        println!(
+            "{dt:?} decode: avx2 {:.1} GB/s, best {:.1} GB/s",
+            gbs(best[0]),
+            gbs(best[1])
+        );
         // Prefill: 2048x2048 weights, 256 tokens.
         let (rows, n) = (2048usize, 256usize);
         let bytes = vec![0x11u8; (rows as f64 * cols as f64 * bpe) as usize];
-        let m = QMatrix { dtype: dt, rows, cols, data: &bytes };
+        let m = QMatrix {
+            dtype: dt,
+            rows,
+            cols,
+            data: &bytes,
+        };
         let x = vec![0.25f32; n * cols];
         let mut out = vec![0f32; n * rows];
         let mut best = [f64::MAX; 2];
@@ -47,6 +72,10 @@ fn main() {
             }
         }
         let gf = |s: f64| 2.0 * rows as f64 * cols as f64 * n as f64 / s / 1e9;
-        println!("{dt:?} prefill: avx2 {:.1} GFLOP/s, best {:.1} GFLOP/s", gf(best[0]), gf(best[1]));
+        println!(
+            "{dt:?} prefill: avx2 {:.1} GFLOP/s, best {:.1} GFLOP/s",
+            gf(best[0]),
+            gf(best[1])
+        );
     }
 }

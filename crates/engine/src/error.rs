@@ -14,7 +14,9 @@ pub enum Error {
     /// A file that exists but whose content is not what its format promises.
     #[error("{}: {msg}", path.display())]
     Format { path: PathBuf, msg: String },
-    #[error("unsupported architecture `{0}`: bakeoff runs `llama` (TinyLlama, Llama-2) and `qwen2` (Qwen2, Qwen2.5) models")]
+    #[error(
+        "unsupported architecture `{0}`: bakeoff runs `llama` (TinyLlama, Llama-2) and `qwen2` (Qwen2, Qwen2.5) models"
+    )]
     UnsupportedArch(String),
     #[error("tensor `{name}`: {msg}")]
     Tensor { name: String, msg: String },
@@ -30,7 +32,10 @@ pub enum Error {
         "the prompt has {prompt_tokens} tokens but the model's context holds {context} \
          (nothing was truncated; shorten the prompt or use --max-context)"
     )]
-    ContextOverflow { prompt_tokens: usize, context: usize },
+    ContextOverflow {
+        prompt_tokens: usize,
+        context: usize,
+    },
     #[error("hub: {0}")]
     Hub(String),
     #[error("device: {0}")]
@@ -41,13 +46,22 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Format { path: path.into(), msg: msg.into() }
+        Error::Format {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
     pub fn tensor(name: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Tensor { name: name.into(), msg: msg.into() }
+        Error::Tensor {
+            name: name.into(),
+            msg: msg.into(),
+        }
     }
 }
 

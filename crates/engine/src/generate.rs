@@ -23,7 +23,12 @@ pub struct GenParams {
 
 impl Default for GenParams {
     fn default() -> Self {
-        Self { max_tokens: 256, sampling: SamplingParams::greedy(), stop: Vec::new(), ignore_eos: false }
+        Self {
+            max_tokens: 256,
+            sampling: SamplingParams::greedy(),
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
     }
 }
 
@@ -167,17 +172,28 @@ pub fn generate(
     mut on_token: impl FnMut(&TokenEvent<'_>) -> Flow,
 ) -> Result<Generation> {
     if prompt.is_empty() {
-        return Err(Error::InvalidArgument("the prompt is empty (no tokens)".into()));
+        return Err(Error::InvalidArgument(
+            "the prompt is empty (no tokens)".into(),
+        ));
     }
     if params.max_tokens == 0 {
-        return Err(Error::InvalidArgument("max_tokens must be at least 1".into()));
+        return Err(Error::InvalidArgument(
+            "max_tokens must be at least 1".into(),
+        ));
     }
     let ctx = lm.model.config().max_context;
     if prompt.len() > ctx {
-        return Err(Error::ContextOverflow { prompt_tokens: prompt.len(), context: ctx });
+        return Err(Error::ContextOverflow {
+            prompt_tokens: prompt.len(),
+            context: ctx,
+        });
     }
     let mut sampler = Sampler::new(params.sampling.clone())?;
-    let eos: Vec<u32> = if params.ignore_eos { Vec::new() } else { lm.info.eos_token_ids.clone() };
+    let eos: Vec<u32> = if params.ignore_eos {
+        Vec::new()
+    } else {
+        lm.info.eos_token_ids.clone()
+    };
     let start = Instant::now();
 
     let mut reuse = common_prefix(&lm.history, prompt).min(lm.model.position());
@@ -198,7 +214,11 @@ pub fn generate(
     let prefill_s = start.elapsed().as_secs_f64();
 
     let mut detok = Detokenizer::new(&lm.tokenizer);
-    let mut stops = StopMatcher { stops: params.stop.clone(), text: String::new(), emitted: 0 };
+    let mut stops = StopMatcher {
+        stops: params.stop.clone(),
+        text: String::new(),
+        emitted: 0,
+    };
     let mut context: Vec<u32> = prompt.to_vec();
     let (mut ids, mut logprobs, mut times) = (Vec::new(), Vec::new(), Vec::new());
     let mut text = String::new();
@@ -215,7 +235,12 @@ pub fn generate(
         let piece = detok.push(s.id)?.unwrap_or_default();
         let (out, hit) = stops.push(&piece);
         text.push_str(&out);
-        let flow = on_token(&TokenEvent { id: s.id, text: &out, logprob: s.logprob, index: ids.len() - 1 });
+        let flow = on_token(&TokenEvent {
+            id: s.id,
+            text: &out,
+            logprob: s.logprob,
+            index: ids.len() - 1,
+        });
         if hit {
             break FinishReason::Stop;
         }
@@ -237,7 +262,12 @@ pub fn generate(
         out.push_str(&stops.flush());
         if !out.is_empty() {
             text.push_str(&out);
-            on_token(&TokenEvent { id: u32::MAX, text: &out, logprob: 0.0, index: ids.len() });
+            on_token(&TokenEvent {
+                id: u32::MAX,
+                text: &out,
+                logprob: 0.0,
+                index: ids.len(),
+            });
         }
     }
     let ttft = times.first().copied().unwrap_or(prefill_s);
@@ -252,12 +282,24 @@ pub fn generate(
         generated_tokens: ids.len(),
         load_s: lm.info.load_s,
         ttft_ms: ttft * 1e3,
-        prefill_tok_s: if prefill_s > 0.0 { prefilled as f64 / prefill_s } else { 0.0 },
+        prefill_tok_s: if prefill_s > 0.0 {
+            prefilled as f64 / prefill_s
+        } else {
+            0.0
+        },
         decode_tok_s,
         finish_reason: finish,
         peak_rss_bytes: crate::memory::peak_rss_bytes(),
     };
-    Ok(Generation { prompt_ids: prompt.to_vec(), ids, text, logprobs, token_times: times, prefill_s, summary })
+    Ok(Generation {
+        prompt_ids: prompt.to_vec(),
+        ids,
+        text,
+        logprobs,
+        token_times: times,
+        prefill_s,
+        summary,
+    })
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
@@ -269,7 +311,11 @@ mod tests {
     use super::StopMatcher;
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
-        let mut m = StopMatcher { stops: stops.iter().map(|s| s.to_string()).collect(), text: String::new(), emitted: 0 };
+        let mut m = StopMatcher {
+            stops: stops.iter().map(|s| s.to_string()).collect(),
+            text: String::new(),
+            emitted: 0,
+        };
         let mut out = String::new();
         for p in pieces {
             let (o, hit) = m.push(p);
@@ -284,7 +330,10 @@ mod tests {
 
     #[test]
     fn stop_string_split_across_pieces_is_cut() {
-        assert_eq!(run(&["\nUser:"], &["Hello", "\nUs", "er:", " more"]), ("Hello".into(), true));
+        assert_eq!(
+            run(&["\nUser:"], &["Hello", "\nUs", "er:", " more"]),
+            ("Hello".into(), true)
+        );
     }
 
     #[test]
@@ -295,6 +344,9 @@ mod tests {
 
     #[test]
     fn multibyte_text_near_stops_is_safe() {
-        assert_eq!(run(&["é!"], &["café", " ok é", "!"]), ("café ok ".into(), true));
+        assert_eq!(
+            run(&["é!"], &["café", " ok é", "!"]),
+            ("café ok ".into(), true)
+        );
     }
 }

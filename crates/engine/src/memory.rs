@@ -9,13 +9,23 @@ pub fn peak_rss_bytes() -> u64 {
         return 0;
     }
     let v = ru.ru_maxrss.max(0) as u64;
-    if cfg!(target_os = "macos") { v } else { v * 1024 }
+    if cfg!(target_os = "macos") {
+        v
+    } else {
+        v * 1024
+    }
 }
 
 /// Current resident set size in bytes, where the OS tells it (Linux); 0 elsewhere.
 pub fn current_rss_bytes() -> u64 {
-    let Ok(s) = std::fs::read_to_string("/proc/self/statm") else { return 0 };
-    let pages: u64 = s.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let Ok(s) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
     pages * page

@@ -92,7 +92,10 @@ impl LoadedModel {
     /// Renders messages with the model's own chat template.
     pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let t = self.template.as_ref().ok_or_else(|| {
-            Error::Template(format!("{} has no chat template; use a plain prompt", self.info.source))
+            Error::Template(format!(
+                "{} has no chat template; use a plain prompt",
+                self.info.source
+            ))
         })?;
         t.render(
             messages,

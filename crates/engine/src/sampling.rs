@@ -24,7 +24,14 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, seed: 0 }
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -45,7 +52,10 @@ impl SamplingParams {
             return bad(format!("min_p must be in [0, 1], got {}", self.min_p));
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return bad(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
+            return bad(format!(
+                "repetition_penalty must be > 0, got {}",
+                self.repetition_penalty
+            ));
         }
         Ok(())
     }
@@ -77,7 +87,12 @@ pub fn argmax(xs: &[f32]) -> u32 {
 
 pub fn log_softmax_at(logits: &[f32], id: usize) -> f32 {
     let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let lse = logits.iter().map(|v| ((v - m) as f64).exp()).sum::<f64>().ln() as f32 + m;
+    let lse = logits
+        .iter()
+        .map(|v| ((v - m) as f64).exp())
+        .sum::<f64>()
+        .ln() as f32
+        + m;
     logits[id] - lse
 }
 
@@ -85,7 +100,11 @@ impl Sampler {
     pub fn new(params: SamplingParams) -> Result<Self> {
         params.validate()?;
         let rng = StdRng::seed_from_u64(params.seed);
-        Ok(Self { params, rng, probs: Vec::new() })
+        Ok(Self {
+            params,
+            rng,
+            probs: Vec::new(),
+        })
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -107,7 +126,10 @@ impl Sampler {
         }
         if self.params.temperature == 0.0 {
             let id = argmax(logits);
-            return Sampled { id, logprob: log_softmax_at(logits, id as usize) };
+            return Sampled {
+                id,
+                logprob: log_softmax_at(logits, id as usize),
+            };
         }
         let inv_t = 1.0 / self.params.temperature;
         let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
@@ -121,9 +143,11 @@ impl Sampler {
         for p in self.probs.iter_mut() {
             p.1 = (p.1 as f64 / sum) as f32;
         }
-        let needs_sort = self.params.top_k > 0 || self.params.top_p < 1.0 || self.params.min_p > 0.0;
+        let needs_sort =
+            self.params.top_k > 0 || self.params.top_p < 1.0 || self.params.min_p > 0.0;
         if needs_sort {
-            self.probs.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            self.probs
+                .sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             let mut keep = self.probs.len();
             if self.params.top_k > 0 {
                 keep = keep.min(self.params.top_k);
@@ -140,7 +164,13 @@ impl Sampler {
             }
             if self.params.min_p > 0.0 {
                 let floor = self.probs[0].1 * self.params.min_p;
-                keep = keep.min(self.probs.iter().take_while(|p| p.1 >= floor).count().max(1));
+                keep = keep.min(
+                    self.probs
+                        .iter()
+                        .take_while(|p| p.1 >= floor)
+                        .count()
+                        .max(1),
+                );
             }
             self.probs.truncate(keep.max(1));
         }
@@ -155,7 +185,10 @@ impl Sampler {
             r -= p;
         }
         // The reported log-probability is the model's, at temperature 1.
-        Sampled { id, logprob: log_softmax_at(logits, id as usize) }
+        Sampled {
+            id,
+            logprob: log_softmax_at(logits, id as usize),
+        }
     }
 }
 
@@ -172,29 +205,56 @@ mod tests {
 
     #[test]
     fn same_seed_same_tokens_and_filters_apply() {
-        let p = SamplingParams { temperature: 0.8, top_k: 3, top_p: 0.9, seed: 42, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 0.8,
+            top_k: 3,
+            top_p: 0.9,
+            seed: 42,
+            ..Default::default()
+        };
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
         let run = |p: SamplingParams| {
             let mut s = Sampler::new(p).unwrap();
-            (0..200).map(|_| s.sample(&mut logits.clone(), &[]).id).collect::<Vec<_>>()
+            (0..200)
+                .map(|_| s.sample(&mut logits.clone(), &[]).id)
+                .collect::<Vec<_>>()
         };
         let a = run(p.clone());
         assert_eq!(a, run(p.clone()));
         let mut sorted: Vec<u32> = (0..50).collect();
         sorted.sort_by(|&x, &y| logits[y as usize].total_cmp(&logits[x as usize]));
         let top3: Vec<u32> = sorted[..3].to_vec();
-        assert!(a.iter().all(|t| top3.contains(t)), "top-k=3 must keep only the 3 best");
-        assert_ne!(a, run(SamplingParams { seed: 7, ..p }), "another seed should differ");
+        assert!(
+            a.iter().all(|t| top3.contains(t)),
+            "top-k=3 must keep only the 3 best"
+        );
+        assert_ne!(
+            a,
+            run(SamplingParams { seed: 7, ..p }),
+            "another seed should differ"
+        );
     }
 
     #[test]
     fn min_p_and_top_p_keep_only_the_head() {
         let logits = vec![5.0, 4.9, 0.0, -3.0];
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, min_p: 0.5, seed: 1, ..Default::default() }).unwrap();
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            min_p: 0.5,
+            seed: 1,
+            ..Default::default()
+        })
+        .unwrap();
         for _ in 0..100 {
             assert!(s.sample(&mut logits.clone(), &[]).id < 2);
         }
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.3, seed: 1, ..Default::default() }).unwrap();
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.3,
+            seed: 1,
+            ..Default::default()
+        })
+        .unwrap();
         for _ in 0..100 {
             assert_eq!(s.sample(&mut logits.clone(), &[]).id, 0);
         }
@@ -202,7 +262,11 @@ mod tests {
 
     #[test]
     fn repetition_penalty_follows_transformers() {
-        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..Default::default() }).unwrap();
+        let mut s = Sampler::new(SamplingParams {
+            repetition_penalty: 2.0,
+            ..Default::default()
+        })
+        .unwrap();
         let mut l = vec![3.0, 2.0, -1.0];
         // token 0 seen twice is penalised once: 3/2 = 1.5 < 2.0, so greedy picks 1.
         assert_eq!(s.sample(&mut l, &[0, 0, 2]).id, 1);
@@ -212,12 +276,30 @@ mod tests {
     #[test]
     fn invalid_values_are_refused() {
         for p in [
-            SamplingParams { temperature: -1.0, ..Default::default() },
-            SamplingParams { top_p: 0.0, ..Default::default() },
-            SamplingParams { top_p: 1.5, ..Default::default() },
-            SamplingParams { min_p: 2.0, ..Default::default() },
-            SamplingParams { repetition_penalty: 0.0, ..Default::default() },
-            SamplingParams { temperature: f32::NAN, ..Default::default() },
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 1.5,
+                ..Default::default()
+            },
+            SamplingParams {
+                min_p: 2.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                repetition_penalty: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: f32::NAN,
+                ..Default::default()
+            },
         ] {
             let e = Sampler::new(p).err().expect("must fail").to_string();
             assert!(e.contains("must be"), "{e}");

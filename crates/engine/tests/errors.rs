@@ -8,7 +8,9 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// A writable copy of a fixture folder.
@@ -30,7 +32,8 @@ fn err_of(path: &Path) -> String {
 
 fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let p = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     f(&mut v);
     std::fs::write(&p, v.to_string()).unwrap();
 }
@@ -45,7 +48,14 @@ fn missing_config_names_the_file() {
 #[test]
 fn missing_tokenizer_names_the_file() {
     // The parity fixtures carry no tokenizer: the full loader must say so.
-    let e = load(&fixture("tiny-llama").to_string_lossy(), None, &LoadOptions::default()).err().unwrap().to_string();
+    let e = load(
+        &fixture("tiny-llama").to_string_lossy(),
+        None,
+        &LoadOptions::default(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("missing tokenizer.json"), "{e}");
 }
 
@@ -54,9 +64,17 @@ fn truncated_safetensors_names_the_file() {
     let d = copy_fixture("tiny-llama");
     let p = d.path().join("model.safetensors");
     let len = std::fs::metadata(&p).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let e = err_of(d.path());
-    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -77,7 +95,10 @@ fn wrong_tensor_shape_names_the_tensor() {
     let d = copy_fixture("tiny-llama");
     edit_config(d.path(), |v| v["intermediate_size"] = 96.into());
     let e = err_of(d.path());
-    assert!(e.contains("mlp.gate_proj.weight") && e.contains("shape"), "{e}");
+    assert!(
+        e.contains("mlp.gate_proj.weight") && e.contains("shape"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -93,11 +114,18 @@ fn corrupt_config_json_names_the_file() {
     let d = copy_fixture("tiny-qwen2");
     std::fs::write(d.path().join("config.json"), "{ not json").unwrap();
     let e = err_of(d.path());
-    assert!(e.contains("config.json") && e.contains("invalid JSON"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("invalid JSON"),
+        "{e}"
+    );
 }
 
 fn tiny_gguf(path: &Path, arch: &str) {
-    let t = QTensor::quantize(&Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap();
+    let t = QTensor::quantize(
+        &Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap();
     let arch_v = Value::String(arch.into());
     let md = vec![("general.architecture", &arch_v)];
     let mut f = std::fs::File::create(path).unwrap();
@@ -110,7 +138,10 @@ fn gguf_with_bad_magic_is_refused() {
     let p = d.path().join("bad.gguf");
     std::fs::write(&p, b"NOPE this is not a gguf file at all").unwrap();
     let e = err_of(&p);
-    assert!(e.contains("bad.gguf") && e.contains("not a valid GGUF"), "{e}");
+    assert!(
+        e.contains("bad.gguf") && e.contains("not a valid GGUF"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -119,9 +150,17 @@ fn gguf_with_truncated_tensor_data_is_refused() {
     let p = d.path().join("cut.gguf");
     tiny_gguf(&p, "llama");
     let len = std::fs::metadata(&p).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 100).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
     let e = err_of(&p);
-    assert!(e.contains("cut.gguf") && e.contains("truncated") && e.contains("token_embd.weight"), "{e}");
+    assert!(
+        e.contains("cut.gguf") && e.contains("truncated") && e.contains("token_embd.weight"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -135,7 +174,10 @@ fn gguf_of_unknown_architecture_is_named() {
 
 #[test]
 fn missing_path_is_neither_file_nor_hub_id() {
-    let e = load("./no/such/model", None, &LoadOptions::default()).err().unwrap().to_string();
+    let e = load("./no/such/model", None, &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("neither an existing folder"), "{e}");
 }
 
@@ -147,6 +189,16 @@ fn offline_hub_id_explains_how_to_provide_the_model() {
         std::env::set_var("HF_HUB_OFFLINE", "1");
         std::env::set_var("HF_HUB_CACHE", cache.path());
     }
-    let e = load("TinyLlama/TinyLlama-1.1B-Chat-v1.0", None, &LoadOptions::default()).err().unwrap().to_string();
-    assert!(e.contains("not in the Hugging Face cache") && e.contains("HF_HUB_OFFLINE"), "{e}");
+    let e = load(
+        "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+        None,
+        &LoadOptions::default(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("not in the Hugging Face cache") && e.contains("HF_HUB_OFFLINE"),
+        "{e}"
+    );
 }

@@ -23,7 +23,9 @@ struct Case {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn reference(name: &str) -> Reference {
@@ -32,14 +34,27 @@ fn reference(name: &str) -> Reference {
     serde_json::from_str(&text).unwrap()
 }
 
-fn load(name: &str, device: DeviceKind, dtype: Option<FloatType>, threads: usize) -> Box<dyn CausalLm> {
-    let opts = LoadOptions { device, threads: Some(threads), dtype, ..Default::default() };
+fn load(
+    name: &str,
+    device: DeviceKind,
+    dtype: Option<FloatType>,
+    threads: usize,
+) -> Box<dyn CausalLm> {
+    let opts = LoadOptions {
+        device,
+        threads: Some(threads),
+        dtype,
+        ..Default::default()
+    };
     load_model_only(&fixture(name), &opts).unwrap()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn greedy(m: &mut dyn CausalLm, prompt: &[u32], n: usize) -> Vec<u32> {
@@ -66,10 +81,16 @@ fn check_model(name: &str, device: DeviceKind, threads: usize, tol: f32) {
         for (pos, want) in case.logits.iter().enumerate() {
             let got = &all[pos * vocab..(pos + 1) * vocab];
             let d = max_abs_diff(got, want);
-            assert!(d <= tol, "{name} {device} prompt {ci} position {pos}: max |Δlogit| = {d} > {tol}");
+            assert!(
+                d <= tol,
+                "{name} {device} prompt {ci} position {pos}: max |Δlogit| = {d} > {tol}"
+            );
         }
         let g = greedy(m.as_mut(), &case.ids, case.greedy.len());
-        assert_eq!(g, case.greedy, "{name} {device} prompt {ci}: greedy tokens differ from transformers");
+        assert_eq!(
+            g, case.greedy,
+            "{name} {device} prompt {ci}: greedy tokens differ from transformers"
+        );
     }
 }
 
@@ -96,7 +117,14 @@ fn candle_backend_equals_transformers() {
         let r = reference(name);
         let (cfg, store) = bakeoff_engine::loader::open_weights(&fixture(name)).unwrap();
         let backend = bakeoff_engine::backend::candle::CandleBackend::new(DeviceKind::Cpu).unwrap();
-        let mut m = bakeoff_engine::models::decoder::Decoder::load(cfg, store.as_ref(), backend, &|t| Ok(t), |_, _| {}).unwrap();
+        let mut m = bakeoff_engine::models::decoder::Decoder::load(
+            cfg,
+            store.as_ref(),
+            backend,
+            &|t| Ok(t),
+            |_, _| {},
+        )
+        .unwrap();
         let vocab = m.config().vocab_size;
         for case in &r.prompts {
             m.truncate(0);
@@ -105,7 +133,11 @@ fn candle_backend_equals_transformers() {
                 let d = max_abs_diff(&all[pos * vocab..(pos + 1) * vocab], want);
                 assert!(d <= 1e-4, "candle {name} position {pos}: {d}");
             }
-            assert_eq!(greedy(&mut m, &case.ids, case.greedy.len()), case.greedy, "candle {name}");
+            assert_eq!(
+                greedy(&mut m, &case.ids, case.greedy.len()),
+                case.greedy,
+                "candle {name}"
+            );
         }
     }
 }
@@ -122,7 +154,10 @@ fn cached_decoding_equals_recomputing() {
         for (i, &t) in ids.iter().enumerate() {
             let step = m.forward(&[t], false).unwrap();
             let d = max_abs_diff(&step, &batch[i * vocab..(i + 1) * vocab]);
-            assert!(d <= 1e-5, "{name} position {i}: token-by-token differs from batch by {d}");
+            assert!(
+                d <= 1e-5,
+                "{name} position {i}: token-by-token differs from batch by {d}"
+            );
         }
         // Rewinding the cache and running again gives the same logits.
         m.truncate(3);
@@ -158,8 +193,14 @@ fn half_precision_within_tolerance() {
 fn prompt_longer_than_context_is_refused() {
     let mut m = load("tiny-llama", DeviceKind::Cpu, None, 1);
     let ctx = m.config().max_context;
-    let e = m.forward(&vec![1u32; ctx + 1], false).unwrap_err().to_string();
-    assert!(e.contains(&format!("{} tokens", ctx + 1)) && e.contains(&ctx.to_string()), "{e}");
+    let e = m
+        .forward(&vec![1u32; ctx + 1], false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("{} tokens", ctx + 1)) && e.contains(&ctx.to_string()),
+        "{e}"
+    );
     let e = m.forward(&[100_000], false).unwrap_err().to_string();
     assert!(e.contains("outside the vocabulary"), "{e}");
 }
@@ -169,10 +210,15 @@ fn batched_sequences_equal_running_each_alone() {
     for name in ["tiny-llama", "tiny-qwen2"] {
         let r = reference(name);
         let mut m = load(name, DeviceKind::Cpu, None, 2);
-        let slots: Vec<usize> = (0..r.prompts.len()).map(|_| m.alloc_slot().unwrap()).collect();
+        let slots: Vec<usize> = (0..r.prompts.len())
+            .map(|_| m.alloc_slot().unwrap())
+            .collect();
         // Prefill every sequence in one batched pass, then decode all of them together.
-        let items: Vec<(usize, &[u32])> =
-            slots.iter().zip(&r.prompts).map(|(&s, c)| (s, c.ids.as_slice())).collect();
+        let items: Vec<(usize, &[u32])> = slots
+            .iter()
+            .zip(&r.prompts)
+            .map(|(&s, c)| (s, c.ids.as_slice()))
+            .collect();
         let mut logits = m.forward_batch(&items).unwrap();
         let mut got: Vec<Vec<u32>> = vec![Vec::new(); slots.len()];
         for _ in 0..r.prompts[0].greedy.len() {
@@ -181,16 +227,34 @@ fn batched_sequences_equal_running_each_alone() {
                 g.push(*t);
             }
             let steps: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-            let items: Vec<(usize, &[u32])> = slots.iter().zip(&steps).map(|(&s, t)| (s, &t[..])).collect();
+            let items: Vec<(usize, &[u32])> = slots
+                .iter()
+                .zip(&steps)
+                .map(|(&s, t)| (s, &t[..]))
+                .collect();
             logits = m.forward_batch(&items).unwrap();
         }
         for (g, case) in got.iter().zip(&r.prompts) {
-            assert_eq!(g, &case.greedy, "{name}: a batched sequence diverged from transformers");
+            assert_eq!(
+                g, &case.greedy,
+                "{name}: a batched sequence diverged from transformers"
+            );
         }
         for s in &slots {
-            assert_eq!(m.slot_position(*s), r.prompts[slots.iter().position(|x| x == s).unwrap()].ids.len() + 20);
+            assert_eq!(
+                m.slot_position(*s),
+                r.prompts[slots.iter().position(|x| x == s).unwrap()]
+                    .ids
+                    .len()
+                    + 20
+            );
             m.free_slot(*s);
         }
-        assert!(m.forward_batch(&[(slots[0], &[1u32][..])]).unwrap_err().to_string().contains("not allocated"));
+        assert!(
+            m.forward_batch(&[(slots[0], &[1u32][..])])
+                .unwrap_err()
+                .to_string()
+                .contains("not allocated")
+        );
     }
 }

@@ -41,20 +41,42 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let vocab = a.vocab_dir.join(vocab_file);
     let vocab = vocab.is_file().then_some(vocab);
     if vocab.is_none() {
-        eprintln!("note: {} not found; using a byte-level stand-in tokenizer", a.vocab_dir.join(vocab_file).display());
+        eprintln!(
+            "note: {} not found; using a byte-level stand-in tokenizer",
+            a.vocab_dir.join(vocab_file).display()
+        );
     }
-    std::fs::create_dir_all(&a.models_dir).with_context(|| format!("cannot create {}", a.models_dir.display()))?;
-    let path = a.models_dir.join(format!("synthetic-{}-{}.gguf", a.preset, a.quant));
+    std::fs::create_dir_all(&a.models_dir)
+        .with_context(|| format!("cannot create {}", a.models_dir.display()))?;
+    let path = a
+        .models_dir
+        .join(format!("synthetic-{}-{}.gguf", a.preset, a.quant));
     if !path.is_file() {
-        eprintln!("synthesizing {} ({}) into {} ...", a.preset, a.quant, path.display());
-        let opts = SynthOptions { preset, out: path.clone(), format: SynthFormat::Gguf, quant, vocab, seed: 0 };
+        eprintln!(
+            "synthesizing {} ({}) into {} ...",
+            a.preset,
+            a.quant,
+            path.display()
+        );
+        let opts = SynthOptions {
+            preset,
+            out: path.clone(),
+            format: SynthFormat::Gguf,
+            quant,
+            vocab,
+            seed: 0,
+        };
         synth(&opts, true)?;
     }
     chat(&path, a.threads, a.max_tokens)
 }
 
 fn chat(path: &Path, threads: Option<usize>, max_tokens: usize) -> Result<()> {
-    let opts = bakeoff_engine::loader::LoadOptions { threads, progress: true, ..Default::default() };
+    let opts = bakeoff_engine::loader::LoadOptions {
+        threads,
+        progress: true,
+        ..Default::default()
+    };
     let mut lm = bakeoff_engine::loader::load(&path.to_string_lossy(), None, &opts)?;
     eprintln!(
         "loaded {} ({}, {:.2} B parameters, {}) in {:.2} s on {}",
@@ -66,10 +88,19 @@ fn chat(path: &Path, threads: Option<usize>, max_tokens: usize) -> Result<()> {
         lm.info.device
     );
     eprintln!("random weights: the text below is noise; the timings are real.\n");
-    let params = GenParams { max_tokens, ..Default::default() };
+    let params = GenParams {
+        max_tokens,
+        ..Default::default()
+    };
     let mut messages = Vec::new();
-    for prompt in ["Explain artificial intelligence in simple terms", "Write a simple Python function to calculate fibonacci numbers"] {
-        messages.push(Message { role: "user".into(), content: prompt.into() });
+    for prompt in [
+        "Explain artificial intelligence in simple terms",
+        "Write a simple Python function to calculate fibonacci numbers",
+    ] {
+        messages.push(Message {
+            role: "user".into(),
+            content: prompt.into(),
+        });
         println!("user> {prompt}");
         print!("assistant> ");
         std::io::stdout().flush()?;
@@ -81,7 +112,10 @@ fn chat(path: &Path, threads: Option<usize>, max_tokens: usize) -> Result<()> {
         })?;
         println!();
         eprintln!("{}\n", format_summary(&g.summary));
-        messages.push(Message { role: "assistant".into(), content: g.text });
+        messages.push(Message {
+            role: "assistant".into(),
+            content: g.text,
+        });
     }
     Ok(())
 }

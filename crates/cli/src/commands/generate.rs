@@ -40,10 +40,16 @@ pub struct GenerateArgs {
 pub fn run(a: GenerateArgs) -> Result<()> {
     let params = a.sampling.params()?;
     let given_ids: Option<Vec<u32>> = match &a.prompt_ids {
-        Some(s) => Some(serde_json::from_str(s).context("--prompt-ids expects a JSON array of token ids")?),
+        Some(s) => Some(
+            serde_json::from_str(s).context("--prompt-ids expects a JSON array of token ids")?,
+        ),
         None => None,
     };
-    let messages = if given_ids.is_some() { None } else { build_messages(&a)? };
+    let messages = if given_ids.is_some() {
+        None
+    } else {
+        build_messages(&a)?
+    };
     let prompt_text = match (&given_ids, &messages, &a.prompt) {
         (Some(_), _, _) | (None, Some(_), _) => None,
         (None, None, Some(p)) => Some(p.clone()),
@@ -54,7 +60,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         (Some(ids), _, _) => {
             let vocab = lm.model.config().vocab_size as u32;
             if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
-                anyhow::bail!("--prompt-ids: token id {bad} is outside the vocabulary of {vocab} tokens");
+                anyhow::bail!(
+                    "--prompt-ids: token id {bad} is outside the vocabulary of {vocab} tokens"
+                );
             }
             ids
         }
@@ -96,19 +104,34 @@ pub fn run(a: GenerateArgs) -> Result<()> {
 
 fn build_messages(a: &GenerateArgs) -> Result<Option<Vec<Message>>> {
     if let Some(path) = &a.messages {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let mut msgs: Vec<Message> = serde_json::from_str(&text)
-            .with_context(|| format!("{}: expected a JSON list of {{\"role\", \"content\"}} objects", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut msgs: Vec<Message> = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: expected a JSON list of {{\"role\", \"content\"}} objects",
+                path.display()
+            )
+        })?;
         if msgs.is_empty() {
             anyhow::bail!("{}: the message list is empty", path.display());
         }
         for m in &msgs {
             if !["system", "user", "assistant", "tool"].contains(&m.role.as_str()) {
-                anyhow::bail!("{}: unknown role `{}` (system, user, assistant, tool)", path.display(), m.role);
+                anyhow::bail!(
+                    "{}: unknown role `{}` (system, user, assistant, tool)",
+                    path.display(),
+                    m.role
+                );
             }
         }
         if let Some(s) = &a.system {
-            msgs.insert(0, Message { role: "system".into(), content: s.clone() });
+            msgs.insert(
+                0,
+                Message {
+                    role: "system".into(),
+                    content: s.clone(),
+                },
+            );
         }
         return Ok(Some(msgs));
     }
@@ -121,9 +144,15 @@ fn build_messages(a: &GenerateArgs) -> Result<Option<Vec<Message>>> {
     };
     let mut msgs = Vec::new();
     if let Some(s) = &a.system {
-        msgs.push(Message { role: "system".into(), content: s.clone() });
+        msgs.push(Message {
+            role: "system".into(),
+            content: s.clone(),
+        });
     }
-    msgs.push(Message { role: "user".into(), content: user });
+    msgs.push(Message {
+        role: "user".into(),
+        content: user,
+    });
     Ok(Some(msgs))
 }
 

@@ -23,15 +23,41 @@ pub fn run(a: InfoArgs) -> Result<()> {
     println!("model         {}", i.source);
     println!("path          {}", i.path.display());
     println!("format        {:?}", i.format);
-    println!("architecture  {} ({} layers, hidden {}, {} heads / {} kv heads, head dim {}, ffn {})",
-        i.arch.name(), c.n_layers, c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim, c.intermediate_size);
-    println!("parameters    {} ({:.3} B, counted from the tensors)", i.parameters, i.parameters as f64 / 1e9);
+    println!(
+        "architecture  {} ({} layers, hidden {}, {} heads / {} kv heads, head dim {}, ffn {})",
+        i.arch.name(),
+        c.n_layers,
+        c.hidden_size,
+        c.n_heads,
+        c.n_kv_heads,
+        c.head_dim,
+        c.intermediate_size
+    );
+    println!(
+        "parameters    {} ({:.3} B, counted from the tensors)",
+        i.parameters,
+        i.parameters as f64 / 1e9
+    );
     println!("weights       {}", i.weight_dtype);
-    println!("file size     {} ({} bytes)", gib(i.file_bytes), i.file_bytes);
+    println!(
+        "file size     {} ({} bytes)",
+        gib(i.file_bytes),
+        i.file_bytes
+    );
     println!("context       {}", c.max_context);
-    println!("vocabulary    {} (tokenizer: {})", c.vocab_size, lm.tokenizer.vocab_size());
-    println!("rope          theta {} ({:?}), rms eps {}", c.rope_theta, c.rope_style, c.rms_eps);
-    println!("bias / tied   qkv bias {}, tied embeddings {}", c.qkv_bias, c.tied_embeddings);
+    println!(
+        "vocabulary    {} (tokenizer: {})",
+        c.vocab_size,
+        lm.tokenizer.vocab_size()
+    );
+    println!(
+        "rope          theta {} ({:?}), rms eps {}",
+        c.rope_theta, c.rope_style, c.rms_eps
+    );
+    println!(
+        "bias / tied   qkv bias {}, tied embeddings {}",
+        c.qkv_bias, c.tied_embeddings
+    );
     let eos: Vec<String> = i
         .eos_token_ids
         .iter()

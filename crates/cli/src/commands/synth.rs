@@ -37,7 +37,14 @@ pub fn run(a: SynthArgs) -> Result<()> {
             SynthFormat::Gguf => SynthQuant::F16,
         },
     };
-    let opts = SynthOptions { preset, out: a.out, format, quant, vocab: a.vocab, seed: a.seed };
+    let opts = SynthOptions {
+        preset,
+        out: a.out,
+        format,
+        quant,
+        vocab: a.vocab,
+        seed: a.seed,
+    };
     let report = synth(&opts, true)?;
     for f in &report.files {
         println!("{}", f.display());

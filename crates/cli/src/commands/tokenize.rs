@@ -25,7 +25,8 @@ pub fn run(a: TokenizeArgs) -> Result<()> {
     };
     let lm = a.model.load(false)?;
     if a.decode {
-        let ids: Vec<u32> = serde_json::from_str(input.trim()).context("--decode expects a JSON array of token ids")?;
+        let ids: Vec<u32> = serde_json::from_str(input.trim())
+            .context("--decode expects a JSON array of token ids")?;
         let vocab = lm.tokenizer.vocab_size() as u32;
         if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
             anyhow::bail!("token id {bad} is outside the vocabulary of {vocab} tokens");

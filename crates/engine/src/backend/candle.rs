@@ -62,9 +62,14 @@ impl Backend for CandleBackend {
     }
 
     fn matrix(&self, t: RawTensor) -> Result<CandleMatrix> {
-        let q = qtensor_from_ggml(t.dtype, t.data.bytes(), t.shape.clone(), &self.device).map_err(err(&t.name))?;
+        let q = qtensor_from_ggml(t.dtype, t.data.bytes(), t.shape.clone(), &self.device)
+            .map_err(err(&t.name))?;
         let mm = QMatMul::from_qtensor(q).map_err(err(&t.name))?;
-        Ok(CandleMatrix { name: t.name.clone(), mm, raw: t })
+        Ok(CandleMatrix {
+            name: t.name.clone(),
+            mm,
+            raw: t,
+        })
     }
 
     fn vector(&self, t: RawTensor) -> Result<Tensor> {
@@ -73,7 +78,11 @@ impl Backend for CandleBackend {
     }
 
     fn new_cache(&self, cfg: &DecoderConfig) -> Result<CandleCache> {
-        Ok(CandleCache { k: vec![None; cfg.n_layers], v: vec![None; cfg.n_layers], len: 0 })
+        Ok(CandleCache {
+            k: vec![None; cfg.n_layers],
+            v: vec![None; cfg.n_layers],
+            len: 0,
+        })
     }
 
     fn cache_len(&self, c: &CandleCache) -> usize {
@@ -85,13 +94,21 @@ impl Backend for CandleBackend {
             return;
         }
         for slot in c.k.iter_mut().chain(c.v.iter_mut()) {
-            *slot = if len == 0 { None } else { slot.as_ref().and_then(|t| t.narrow(1, 0, len).ok()) };
+            *slot = if len == 0 {
+                None
+            } else {
+                slot.as_ref().and_then(|t| t.narrow(1, 0, len).ok())
+            };
         }
         c.len = len;
     }
 
     fn cache_bytes(&self, c: &CandleCache) -> usize {
-        c.k.iter().chain(c.v.iter()).flatten().map(|t| t.elem_count() * 4).sum()
+        c.k.iter()
+            .chain(c.v.iter())
+            .flatten()
+            .map(|t| t.elem_count() * 4)
+            .sum()
     }
 
     fn embed(&self, table: &CandleMatrix, ids: &[u32]) -> Result<Tensor> {
@@ -101,7 +118,9 @@ impl Backend for CandleBackend {
         for (out, &id) in data.chunks_exact_mut(cols).zip(ids) {
             let id = id as usize;
             if id >= rows {
-                return Err(Error::InvalidArgument(format!("token id {id} is outside the vocabulary of {rows} tokens")));
+                return Err(Error::InvalidArgument(format!(
+                    "token id {id} is outside the vocabulary of {rows} tokens"
+                )));
             }
             let b = &table.raw.data.bytes()[id * row_bytes..(id + 1) * row_bytes];
             dequantize_into(table.raw.dtype, b, out).map_err(|e| Error::tensor(&table.name, e))?;
@@ -139,7 +158,10 @@ impl Backend for CandleBackend {
         let sin = Tensor::from_slice(&rope.sin, (n, rope.half), &self.device)?;
         // [n, h·d] → [1, h, n, d]
         let shape = |x: Tensor, h: usize| -> Result<Tensor> {
-            Ok(x.reshape((n, h, hd))?.transpose(0, 1)?.unsqueeze(0)?.contiguous()?)
+            Ok(x.reshape((n, h, hd))?
+                .transpose(0, 1)?
+                .unsqueeze(0)?
+                .contiguous()?)
         };
         let rot = |x: &Tensor| -> Result<Tensor> {
             Ok(match cfg.rope_style {
@@ -169,14 +191,18 @@ impl Backend for CandleBackend {
             if group == 1 {
                 return Ok(t);
             }
-            Ok(t.unsqueeze(1)?.expand((cfg.n_kv_heads, group, total, hd))?.reshape((cfg.n_heads, total, hd))?)
+            Ok(t.unsqueeze(1)?
+                .expand((cfg.n_kv_heads, group, total, hd))?
+                .reshape((cfg.n_heads, total, hd))?)
         };
         let (k, v) = (expand(k)?, expand(v)?);
         let scale = 1.0 / (hd as f64).sqrt();
         let mut scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
         if n > 1 {
             let mask: Vec<f32> = (0..n)
-                .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+                .flat_map(|i| {
+                    (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
+                })
                 .collect();
             let mask = Tensor::from_vec(mask, (n, total), &self.device)?;
             scores = scores.broadcast_add(&mask)?;
@@ -212,4 +238,3 @@ impl Backend for CandleBackend {
         Ok(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
     }
 }
-

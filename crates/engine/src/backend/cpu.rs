@@ -52,7 +52,12 @@ pub struct CpuMatrix {
 
 impl CpuMatrix {
     fn view(&self) -> QMatrix<'_> {
-        QMatrix { dtype: self.dtype, rows: self.rows, cols: self.cols, data: self.data.bytes() }
+        QMatrix {
+            dtype: self.dtype,
+            rows: self.rows,
+            cols: self.cols,
+            data: self.data.bytes(),
+        }
     }
 }
 
@@ -76,9 +81,18 @@ impl Backend for CpuBackend {
 
     fn matrix(&self, t: RawTensor) -> Result<CpuMatrix> {
         if t.shape.len() != 2 {
-            return Err(Error::tensor(&t.name, format!("expected a matrix, got shape {:?}", t.shape)));
+            return Err(Error::tensor(
+                &t.name,
+                format!("expected a matrix, got shape {:?}", t.shape),
+            ));
         }
-        let m = CpuMatrix { name: t.name, dtype: t.dtype, rows: t.shape[0], cols: t.shape[1], data: t.data };
+        let m = CpuMatrix {
+            name: t.name,
+            dtype: t.dtype,
+            rows: t.shape[0],
+            cols: t.shape[1],
+            data: t.data,
+        };
         m.view().check().map_err(|e| Error::tensor(&m.name, e))?;
         Ok(m)
     }
@@ -122,15 +136,24 @@ impl Backend for CpuBackend {
                     table.rows
                 )));
             }
-            dequantize_into(table.dtype, view.row(id), row).map_err(|e| Error::tensor(&table.name, e))?;
+            dequantize_into(table.dtype, view.row(id), row)
+                .map_err(|e| Error::tensor(&table.name, e))?;
         }
-        Ok(Mat { data, rows: ids.len(), cols })
+        Ok(Mat {
+            data,
+            rows: ids.len(),
+            cols,
+        })
     }
 
     fn rms_norm(&self, x: &Mat, w: &Vec<f32>, eps: f32) -> Result<Mat> {
         let mut out = vec![0f32; x.data.len()];
         ops::rms_norm(&x.data, w, eps, &mut out);
-        Ok(Mat { data: out, rows: x.rows, cols: x.cols })
+        Ok(Mat {
+            data: out,
+            rows: x.rows,
+            cols: x.cols,
+        })
     }
 
     fn linear(&self, x: &Mat, w: &CpuMatrix, bias: Option<&Vec<f32>>) -> Result<Mat> {
@@ -144,7 +167,11 @@ impl Backend for CpuBackend {
                 }
             }
         }
-        Ok(Mat { data: out, rows: x.rows, cols: w.rows })
+        Ok(Mat {
+            data: out,
+            rows: x.rows,
+            cols: w.rows,
+        })
     }
 
     fn attention(
@@ -160,7 +187,13 @@ impl Backend for CpuBackend {
         let n = q.rows;
         let pos = cache.k[layer].len() / cache.kv_dim;
         ops::rope(&mut q.data, cfg.n_heads, cfg.head_dim, rope, cfg.rope_style);
-        ops::rope(&mut k.data, cfg.n_kv_heads, cfg.head_dim, rope, cfg.rope_style);
+        ops::rope(
+            &mut k.data,
+            cfg.n_kv_heads,
+            cfg.head_dim,
+            rope,
+            cfg.rope_style,
+        );
         cache.k[layer].extend_from_slice(&k.data);
         cache.v[layer].extend_from_slice(&v.data);
         let mut out = vec![0f32; n * cfg.n_heads * cfg.head_dim];
@@ -177,7 +210,11 @@ impl Backend for CpuBackend {
             cfg.head_dim,
             &mut out,
         );
-        Ok(Mat { data: out, rows: n, cols: cfg.n_heads * cfg.head_dim })
+        Ok(Mat {
+            data: out,
+            rows: n,
+            cols: cfg.n_heads * cfg.head_dim,
+        })
     }
 
     fn silu_mul(&self, mut gate: Mat, up: &Mat) -> Result<Mat> {
@@ -194,11 +231,19 @@ impl Backend for CpuBackend {
 
     fn last_row(&self, x: Mat) -> Result<Mat> {
         let start = (x.rows.saturating_sub(1)) * x.cols;
-        Ok(Mat { data: x.data[start..].to_vec(), rows: 1, cols: x.cols })
+        Ok(Mat {
+            data: x.data[start..].to_vec(),
+            rows: 1,
+            cols: x.cols,
+        })
     }
 
     fn rows(&self, x: &Mat, start: usize, len: usize) -> Result<Mat> {
-        Ok(Mat { data: x.data[start * x.cols..(start + len) * x.cols].to_vec(), rows: len, cols: x.cols })
+        Ok(Mat {
+            data: x.data[start * x.cols..(start + len) * x.cols].to_vec(),
+            rows: len,
+            cols: x.cols,
+        })
     }
 
     fn concat_rows(&self, parts: Vec<Mat>) -> Result<Mat> {

@@ -26,7 +26,9 @@ impl std::str::FromStr for DeviceKind {
             "cpu" => Ok(DeviceKind::Cpu),
             "cuda" => Ok(DeviceKind::Cuda),
             "metal" => Ok(DeviceKind::Metal),
-            o => Err(crate::Error::InvalidArgument(format!("unknown device `{o}` (cpu, cuda, metal)"))),
+            o => Err(crate::Error::InvalidArgument(format!(
+                "unknown device `{o}` (cpu, cuda, metal)"
+            ))),
         }
     }
 }
@@ -60,7 +62,12 @@ pub trait Backend: Send + Sync + 'static {
 
     fn embed(&self, table: &Self::Matrix, ids: &[u32]) -> Result<Self::Act>;
     fn rms_norm(&self, x: &Self::Act, w: &Self::Vector, eps: f32) -> Result<Self::Act>;
-    fn linear(&self, x: &Self::Act, w: &Self::Matrix, bias: Option<&Self::Vector>) -> Result<Self::Act>;
+    fn linear(
+        &self,
+        x: &Self::Act,
+        w: &Self::Matrix,
+        bias: Option<&Self::Vector>,
+    ) -> Result<Self::Act>;
     /// Applies RoPE to `q` and `k`, appends `k`/`v` to the layer's cache and attends causally.
     #[allow(clippy::too_many_arguments)]
     fn attention(

@@ -11,13 +11,18 @@ use super::{Q4_0_BYTES, Q8_0_BYTES, QK, f16_bits_to_f32};
 pub(crate) fn as_blocks<T: GgmlType>(bytes: &[u8]) -> Result<Cow<'_, [T]>, String> {
     let size = std::mem::size_of::<T>();
     if bytes.len() % size != 0 {
-        return Err(format!("{} bytes is not a whole number of {size}-byte blocks", bytes.len()));
+        return Err(format!(
+            "{} bytes is not a whole number of {size}-byte blocks",
+            bytes.len()
+        ));
     }
     let n = bytes.len() / size;
     if (bytes.as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
         // SAFETY: ggml block types are plain-old-data `repr(C)` structs of integers and f16; the
         // pointer is aligned and the length is a whole number of blocks.
-        Ok(Cow::Borrowed(unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, n) }))
+        Ok(Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(bytes.as_ptr() as *const T, n)
+        }))
     } else {
         let mut v: Vec<T> = (0..n).map(|_| T::zeros()).collect();
         // SAFETY: as above; the destination has room for exactly `bytes.len()` bytes.
@@ -31,7 +36,11 @@ pub(crate) fn as_blocks<T: GgmlType>(bytes: &[u8]) -> Result<Cow<'_, [T]>, Strin
 fn via_candle<T: GgmlType>(bytes: &[u8], out: &mut [f32]) -> Result<(), String> {
     let blocks = as_blocks::<T>(bytes)?;
     if blocks.len() * T::BLCK_SIZE != out.len() {
-        return Err(format!("{} blocks cannot fill {} values", blocks.len(), out.len()));
+        return Err(format!(
+            "{} blocks cannot fill {} values",
+            blocks.len(),
+            out.len()
+        ));
     }
     T::to_float(&blocks, out);
     Ok(())
@@ -43,7 +52,10 @@ pub fn dequantize_into(dtype: GgmlDType, bytes: &[u8], out: &mut [f32]) -> Resul
     let need = super::super::loader::store::storage_bytes(dtype, n)
         .ok_or_else(|| format!("{n} values do not fill whole {dtype:?} blocks"))?;
     if bytes.len() != need {
-        return Err(format!("{dtype:?}: expected {need} bytes for {n} values, got {}", bytes.len()));
+        return Err(format!(
+            "{dtype:?}: expected {need} bytes for {n} values, got {}",
+            bytes.len()
+        ));
     }
     match dtype {
         GgmlDType::F32 => {

@@ -22,7 +22,10 @@ pub fn dot_f32_bytes(caps: CpuCaps, w: &[u8], x: &[f32]) -> f32 {
         return unsafe { super::x86::dot_f32_bytes(w, x) };
     }
     let _ = caps;
-    w.chunks_exact(4).zip(x).map(|(c, b)| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * b).sum()
+    w.chunks_exact(4)
+        .zip(x)
+        .map(|(c, b)| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * b)
+        .sum()
 }
 
 pub fn dot_f16(caps: CpuCaps, w: &[u8], x: &[f32]) -> f32 {
@@ -32,7 +35,10 @@ pub fn dot_f16(caps: CpuCaps, w: &[u8], x: &[f32]) -> f32 {
         return unsafe { super::x86::dot_f16(w, x) };
     }
     let _ = caps;
-    w.chunks_exact(2).zip(x).map(|(c, b)| f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]])) * b).sum()
+    w.chunks_exact(2)
+        .zip(x)
+        .map(|(c, b)| f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]])) * b)
+        .sum()
 }
 
 pub fn dot_bf16(caps: CpuCaps, w: &[u8], x: &[f32]) -> f32 {
@@ -58,7 +64,11 @@ pub fn dot_q8_0(caps: CpuCaps, w: &[u8], x: &[BlockQ8]) -> f32 {
     let mut sum = 0f32;
     for (b, xb) in w.chunks_exact(Q8_0_BYTES).zip(x) {
         let d = f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]));
-        let s: i32 = b[2..].iter().zip(&xb.qs).map(|(&q, &v)| (q as i8) as i32 * v as i32).sum();
+        let s: i32 = b[2..]
+            .iter()
+            .zip(&xb.qs)
+            .map(|(&q, &v)| (q as i8) as i32 * v as i32)
+            .sum();
         sum += d * xb.d * s as f32;
     }
     sum

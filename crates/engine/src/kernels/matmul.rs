@@ -137,10 +137,14 @@ fn quantize_q8(pool: &rayon::ThreadPool, x: &[f32], n: usize, cols: usize) -> Ve
     let mut q = vec![BlockQ8::default(); n * nb];
     if n > 4 {
         pool.install(|| {
-            q.par_chunks_mut(nb).zip(x.par_chunks(cols)).for_each(|(qr, xr)| quantize_row_q8(xr, qr))
+            q.par_chunks_mut(nb)
+                .zip(x.par_chunks(cols))
+                .for_each(|(qr, xr)| quantize_row_q8(xr, qr))
         });
     } else {
-        q.chunks_mut(nb).zip(x.chunks(cols)).for_each(|(qr, xr)| quantize_row_q8(xr, qr));
+        q.chunks_mut(nb)
+            .zip(x.chunks(cols))
+            .for_each(|(qr, xr)| quantize_row_q8(xr, qr));
     }
     q
 }
@@ -164,7 +168,11 @@ fn matmul_ggml<T: GgmlType>(
     let blocks = as_blocks::<T>(w.data)?;
     let nbw = w.cols / T::BLCK_SIZE;
     par_rows(pool, w.rows, n, out, |r, t| {
-        T::vec_dot(w.cols, &blocks[r * nbw..(r + 1) * nbw], &xq[t * nbx..(t + 1) * nbx])
+        T::vec_dot(
+            w.cols,
+            &blocks[r * nbw..(r + 1) * nbw],
+            &xq[t * nbx..(t + 1) * nbx],
+        )
     });
     Ok(())
 }
@@ -279,26 +287,41 @@ pub fn matmul(
             let q4 = w.dtype == GgmlDType::Q4_0;
             #[cfg(target_arch = "x86_64")]
             if caps.avx512vnni {
-                par_rows4(pool, w, n, out, |r, t| {
-                    let xs = &xq[t * nb..(t + 1) * nb];
-                    let p = w.data[r * w.row_bytes()..].as_ptr();
-                    // SAFETY: par_rows4 hands out r with r + 4 <= rows; detected features.
-                    unsafe {
-                        if q4 {
-                            super::x86::dot4_q4_0_vnni(p, w.row_bytes(), xs)
-                        } else {
-                            super::x86::dot4_q8_0_vnni(p, w.row_bytes(), xs)
+                par_rows4(
+                    pool,
+                    w,
+                    n,
+                    out,
+                    |r, t| {
+                        let xs = &xq[t * nb..(t + 1) * nb];
+                        let p = w.data[r * w.row_bytes()..].as_ptr();
+                        // SAFETY: par_rows4 hands out r with r + 4 <= rows; detected features.
+                        unsafe {
+                            if q4 {
+                                super::x86::dot4_q4_0_vnni(p, w.row_bytes(), xs)
+                            } else {
+                                super::x86::dot4_q8_0_vnni(p, w.row_bytes(), xs)
+                            }
                         }
-                    }
-                }, |r, t| {
-                    let xs = &xq[t * nb..(t + 1) * nb];
-                    if q4 { dot::dot_q4_0(caps, w.row(r), xs) } else { dot::dot_q8_0(caps, w.row(r), xs) }
-                });
+                    },
+                    |r, t| {
+                        let xs = &xq[t * nb..(t + 1) * nb];
+                        if q4 {
+                            dot::dot_q4_0(caps, w.row(r), xs)
+                        } else {
+                            dot::dot_q8_0(caps, w.row(r), xs)
+                        }
+                    },
+                );
                 return Ok(());
             }
             par_rows(pool, w.rows, n, out, |r, t| {
                 let xs = &xq[t * nb..(t + 1) * nb];
-                if q4 { dot::dot_q4_0(caps, w.row(r), xs) } else { dot::dot_q8_0(caps, w.row(r), xs) }
+                if q4 {
+                    dot::dot_q4_0(caps, w.row(r), xs)
+                } else {
+                    dot::dot_q8_0(caps, w.row(r), xs)
+                }
             })
         }
         GgmlDType::Q4_1 => matmul_ggml::<k_quants::BlockQ4_1>(pool, w, x, n, out)?,
@@ -309,7 +332,11 @@ pub fn matmul(
         GgmlDType::Q4K => matmul_ggml::<k_quants::BlockQ4K>(pool, w, x, n, out)?,
         GgmlDType::Q5K => matmul_ggml::<k_quants::BlockQ5K>(pool, w, x, n, out)?,
         GgmlDType::Q6K => matmul_ggml::<k_quants::BlockQ6K>(pool, w, x, n, out)?,
-        other => return Err(format!("{other:?} weights cannot be used in a matrix product")),
+        other => {
+            return Err(format!(
+                "{other:?} weights cannot be used in a matrix product"
+            ));
+        }
     }
     Ok(())
 }

@@ -34,19 +34,28 @@ impl CpuCaps {
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            CpuCaps { avx2: false, avx512vnni: false }
+            CpuCaps {
+                avx2: false,
+                avx512vnni: false,
+            }
         }
     }
 
     /// Portable kernels only: the reference the SIMD paths are tested against.
     pub fn portable() -> Self {
-        CpuCaps { avx2: false, avx512vnni: false }
+        CpuCaps {
+            avx2: false,
+            avx512vnni: false,
+        }
     }
 
     /// AVX2 without the AVX-512 kernels, to test and compare the two paths.
     pub fn avx2_only() -> Self {
         let d = Self::detect();
-        CpuCaps { avx2: d.avx2, avx512vnni: false }
+        CpuCaps {
+            avx2: d.avx2,
+            avx512vnni: false,
+        }
     }
 
     pub fn describe(&self) -> &'static str {

@@ -29,8 +29,9 @@ pub struct RopeTable {
 impl RopeTable {
     pub fn new(theta: f32, head_dim: usize, pos: usize, n: usize) -> Self {
         let half = head_dim / 2;
-        let inv: Vec<f32> =
-            (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
         let mut cos = Vec::with_capacity(n * half);
         let mut sin = Vec::with_capacity(n * half);
         for p in pos..pos + n {

@@ -31,7 +31,11 @@ pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     // SAFETY: every load stays below n.
     unsafe {
         while i + 16 <= n {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w.as_ptr().add(i)), _mm256_loadu_ps(x.as_ptr().add(i)), a0);
+            a0 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(w.as_ptr().add(i)),
+                _mm256_loadu_ps(x.as_ptr().add(i)),
+                a0,
+            );
             a1 = _mm256_fmadd_ps(
                 _mm256_loadu_ps(w.as_ptr().add(i + 8)),
                 _mm256_loadu_ps(x.as_ptr().add(i + 8)),
@@ -57,8 +61,16 @@ pub unsafe fn dot_f32_bytes(w: &[u8], x: &[f32]) -> f32 {
     // SAFETY: every load stays below n; loadu tolerates misalignment.
     unsafe {
         while i + 16 <= n {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(i)), _mm256_loadu_ps(x.as_ptr().add(i)), a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(i + 8)), _mm256_loadu_ps(x.as_ptr().add(i + 8)), a1);
+            a0 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(p.add(i)),
+                _mm256_loadu_ps(x.as_ptr().add(i)),
+                a0,
+            );
+            a1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(p.add(i + 8)),
+                _mm256_loadu_ps(x.as_ptr().add(i + 8)),
+                a1,
+            );
             i += 16;
         }
         let mut s = hsum(_mm256_add_ps(a0, a1));
@@ -150,8 +162,16 @@ pub unsafe fn dot_q8_0(w: &[u8], x: &[BlockQ8]) -> f32 {
                 _mm256_loadu_si256(b1.add(2) as *const __m256i),
                 _mm256_loadu_si256(x[b + 1].qs.as_ptr() as *const __m256i),
             );
-            a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b0) * x[b].d), _mm256_cvtepi32_ps(s0), a0);
-            a1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b1) * x[b + 1].d), _mm256_cvtepi32_ps(s1), a1);
+            a0 = _mm256_fmadd_ps(
+                _mm256_set1_ps(f16_scale(b0) * x[b].d),
+                _mm256_cvtepi32_ps(s0),
+                a0,
+            );
+            a1 = _mm256_fmadd_ps(
+                _mm256_set1_ps(f16_scale(b1) * x[b + 1].d),
+                _mm256_cvtepi32_ps(s1),
+                a1,
+            );
             b += 2;
         }
         if b < nb {
@@ -160,7 +180,11 @@ pub unsafe fn dot_q8_0(w: &[u8], x: &[BlockQ8]) -> f32 {
                 _mm256_loadu_si256(b0.add(2) as *const __m256i),
                 _mm256_loadu_si256(x[b].qs.as_ptr() as *const __m256i),
             );
-            a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b0) * x[b].d), _mm256_cvtepi32_ps(s0), a0);
+            a0 = _mm256_fmadd_ps(
+                _mm256_set1_ps(f16_scale(b0) * x[b].d),
+                _mm256_cvtepi32_ps(s0),
+                a0,
+            );
         }
         hsum(_mm256_add_ps(a0, a1))
     }
@@ -188,17 +212,37 @@ pub unsafe fn dot_q4_0(w: &[u8], x: &[BlockQ8]) -> f32 {
         while b + 2 <= nb {
             let b0 = p.add(b * Q4_0_BYTES);
             let b1 = p.add((b + 1) * Q4_0_BYTES);
-            let s0 = mul_sum_i8(unpack_q4(b0.add(2)), _mm256_loadu_si256(x[b].qs.as_ptr() as *const __m256i));
-            let s1 =
-                mul_sum_i8(unpack_q4(b1.add(2)), _mm256_loadu_si256(x[b + 1].qs.as_ptr() as *const __m256i));
-            a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b0) * x[b].d), _mm256_cvtepi32_ps(s0), a0);
-            a1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b1) * x[b + 1].d), _mm256_cvtepi32_ps(s1), a1);
+            let s0 = mul_sum_i8(
+                unpack_q4(b0.add(2)),
+                _mm256_loadu_si256(x[b].qs.as_ptr() as *const __m256i),
+            );
+            let s1 = mul_sum_i8(
+                unpack_q4(b1.add(2)),
+                _mm256_loadu_si256(x[b + 1].qs.as_ptr() as *const __m256i),
+            );
+            a0 = _mm256_fmadd_ps(
+                _mm256_set1_ps(f16_scale(b0) * x[b].d),
+                _mm256_cvtepi32_ps(s0),
+                a0,
+            );
+            a1 = _mm256_fmadd_ps(
+                _mm256_set1_ps(f16_scale(b1) * x[b + 1].d),
+                _mm256_cvtepi32_ps(s1),
+                a1,
+            );
             b += 2;
         }
         if b < nb {
             let b0 = p.add(b * Q4_0_BYTES);
-            let s0 = mul_sum_i8(unpack_q4(b0.add(2)), _mm256_loadu_si256(x[b].qs.as_ptr() as *const __m256i));
-            a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scale(b0) * x[b].d), _mm256_cvtepi32_ps(s0), a0);
+            let s0 = mul_sum_i8(
+                unpack_q4(b0.add(2)),
+                _mm256_loadu_si256(x[b].qs.as_ptr() as *const __m256i),
+            );
+            a0 = _mm256_fmadd_ps(
+                _mm256_set1_ps(f16_scale(b0) * x[b].d),
+                _mm256_cvtepi32_ps(s0),
+                a0,
+            );
         }
         hsum(_mm256_add_ps(a0, a1))
     }
@@ -247,7 +291,8 @@ pub unsafe fn dot4_q4_0_vnni(w: *const u8, row_bytes: usize, x: &[BlockQ8]) -> [
                 let q = _mm256_set_m128i(hi, lo);
                 let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, xq);
                 let dw = f16_scale(blk);
-                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xb.d), _mm256_cvtepi32_ps(dot), acc[r]);
+                acc[r] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(dw * xb.d), _mm256_cvtepi32_ps(dot), acc[r]);
                 corr[r] += dw * xb.s;
             }
         }

@@ -24,7 +24,11 @@ impl GgufStore {
         let content = Content::read(&mut file)
             .map_err(|e| Error::format(path, format!("not a valid GGUF file: {e}")))?;
         let map = map_file(path)?;
-        let store = Self { path: path.to_path_buf(), map, content };
+        let store = Self {
+            path: path.to_path_buf(),
+            map,
+            content,
+        };
         store.check_bounds()?;
         Ok(store)
     }
@@ -42,7 +46,13 @@ impl GgufStore {
         for (name, info) in &self.content.tensor_infos {
             let count = info.shape.elem_count();
             let len = storage_bytes(info.ggml_dtype, count).ok_or_else(|| {
-                Error::format(&self.path, format!("tensor `{name}`: {count} elements do not fill whole {:?} blocks", info.ggml_dtype))
+                Error::format(
+                    &self.path,
+                    format!(
+                        "tensor `{name}`: {count} elements do not fill whole {:?} blocks",
+                        info.ggml_dtype
+                    ),
+                )
             })?;
             let start = self.content.tensor_data_offset + info.offset;
             let end = start.checked_add(len as u64);
@@ -62,7 +72,13 @@ impl GgufStore {
 
     fn raw(&self, gguf_name: &str, hf_name: &str) -> Result<RawTensor> {
         let info = self.content.tensor_infos.get(gguf_name).ok_or_else(|| {
-            Error::tensor(hf_name, format!("missing from {} (GGUF name `{gguf_name}`)", self.path.display()))
+            Error::tensor(
+                hf_name,
+                format!(
+                    "missing from {} (GGUF name `{gguf_name}`)",
+                    self.path.display()
+                ),
+            )
         })?;
         let count = info.shape.elem_count();
         let len = storage_bytes(info.ggml_dtype, count).unwrap_or(0);
@@ -71,7 +87,11 @@ impl GgufStore {
             name: hf_name.to_string(),
             dtype: info.ggml_dtype,
             shape: info.shape.dims().to_vec(),
-            data: Blob::Mapped { map: self.map.clone(), start, len },
+            data: Blob::Mapped {
+                map: self.map.clone(),
+                start,
+                len,
+            },
         })
     }
 }

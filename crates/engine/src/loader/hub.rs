@@ -27,9 +27,14 @@ impl HubId {
             return None;
         };
         let ok = |p: &str| {
-            !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         };
-        (ok(owner) && ok(name)).then(|| HubId { repo: repo.to_string(), revision })
+        (ok(owner) && ok(name)).then(|| HubId {
+            repo: repo.to_string(),
+            revision,
+        })
     }
 }
 
@@ -40,12 +45,17 @@ pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("HF_HOME") {
         return PathBuf::from(p).join("hub");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("huggingface").join("hub")
 }
 
 fn offline() -> bool {
-    matches!(std::env::var("HF_HUB_OFFLINE").as_deref(), Ok("1") | Ok("true") | Ok("TRUE") | Ok("yes"))
+    matches!(
+        std::env::var("HF_HUB_OFFLINE").as_deref(),
+        Ok("1") | Ok("true") | Ok("TRUE") | Ok("yes")
+    )
 }
 
 /// Fetches `files` (required) and `optional` files of a repository; returns the local folder.
@@ -73,12 +83,19 @@ pub fn fetch(id: &HubId, files: &[String], optional: &[&str]) -> Result<PathBuf>
             id.repo,
             id.revision,
             cache_dir().display(),
-            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+            missing
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             id.repo
         )
     };
     if offline() {
-        return Err(Error::NotFound(format!("{} (HF_HUB_OFFLINE is set)", not_cached())));
+        return Err(Error::NotFound(format!(
+            "{} (HF_HUB_OFFLINE is set)",
+            not_cached()
+        )));
     }
     let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache).with_progress(true);
     if let Ok(token) = std::env::var("HF_TOKEN") {
@@ -91,7 +108,9 @@ pub fn fetch(id: &HubId, files: &[String], optional: &[&str]) -> Result<PathBuf>
     let handle = api.repo(repo);
     let mut dir = None;
     for f in files {
-        let p = handle.get(f).map_err(|e| Error::Hub(format!("{}: {e}. {}", f, not_cached())))?;
+        let p = handle
+            .get(f)
+            .map_err(|e| Error::Hub(format!("{}: {e}. {}", f, not_cached())))?;
         dir = p.parent().map(|p| p.to_path_buf());
     }
     for f in optional {
@@ -102,7 +121,10 @@ pub fn fetch(id: &HubId, files: &[String], optional: &[&str]) -> Result<PathBuf>
 
 /// The files of a Hugging Face model repository bakeoff needs, learnt from the index if sharded.
 pub fn fetch_hf_model(id: &HubId) -> Result<PathBuf> {
-    let base: Vec<String> = ["config.json", "tokenizer.json"].iter().map(|s| s.to_string()).collect();
+    let base: Vec<String> = ["config.json", "tokenizer.json"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let optional = ["tokenizer_config.json", "generation_config.json"];
     // Try the single-file layout first, then the sharded one.
     let mut files = base.clone();
@@ -115,11 +137,15 @@ pub fn fetch_hf_model(id: &HubId) -> Result<PathBuf> {
             let dir = fetch(id, &files, &optional).map_err(|_| first)?;
             let index = dir.join("model.safetensors.index.json");
             let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-            let json: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Error::format(&index, e.to_string()))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::format(&index, e.to_string()))?;
             let mut shards: Vec<String> = json["weight_map"]
                 .as_object()
-                .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+                .map(|m| {
+                    m.values()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
             shards.sort();
             shards.dedup();

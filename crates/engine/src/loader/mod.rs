@@ -29,7 +29,10 @@ pub enum ModelSource {
     /// A Hugging Face folder: config.json, safetensors, tokenizer files.
     Dir(PathBuf),
     Gguf(PathBuf),
-    Hub { id: HubId, gguf_file: Option<String> },
+    Hub {
+        id: HubId,
+        gguf_file: Option<String>,
+    },
 }
 
 impl ModelSource {
@@ -46,7 +49,10 @@ impl ModelSource {
             && !s.starts_with('.')
             && !s.starts_with('/')
         {
-            return Ok(ModelSource::Hub { id, gguf_file: gguf_file.map(str::to_string) });
+            return Ok(ModelSource::Hub {
+                id,
+                gguf_file: gguf_file.map(str::to_string),
+            });
         }
         Err(Error::NotFound(format!(
             "`{s}` is neither an existing folder or .gguf file nor a hub id like owner/name[@revision]"
@@ -70,7 +76,9 @@ impl std::str::FromStr for FloatType {
             "f32" => Ok(FloatType::F32),
             "f16" => Ok(FloatType::F16),
             "bf16" => Ok(FloatType::Bf16),
-            o => Err(Error::InvalidArgument(format!("unknown dtype `{o}` (f32, f16, bf16)"))),
+            o => Err(Error::InvalidArgument(format!(
+                "unknown dtype `{o}` (f32, f16, bf16)"
+            ))),
         }
     }
 }
@@ -100,12 +108,20 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: DeviceKind::Cpu, threads: None, dtype: None, max_context: None, progress: false }
+        Self {
+            device: DeviceKind::Cpu,
+            threads: None,
+            dtype: None,
+            max_context: None,
+            progress: false,
+        }
     }
 }
 
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Everything about a model except its weights on a device.
@@ -133,7 +149,10 @@ pub fn load(source: &str, gguf_file: Option<&str>, opts: &LoadOptions) -> Result
                 let dir = hub::fetch(id, std::slice::from_ref(f), &[])?;
                 (ModelSource::Gguf(dir.join(f)), Some(id.revision.clone()))
             }
-            None => (ModelSource::Dir(hub::fetch_hf_model(id)?), Some(id.revision.clone())),
+            None => (
+                ModelSource::Dir(hub::fetch_hf_model(id)?),
+                Some(id.revision.clone()),
+            ),
         },
     };
     let mut parts = match &local {
@@ -143,7 +162,9 @@ pub fn load(source: &str, gguf_file: Option<&str>, opts: &LoadOptions) -> Result
     };
     if let Some(ctx) = opts.max_context {
         if ctx == 0 {
-            return Err(Error::InvalidArgument("--max-context must be positive".into()));
+            return Err(Error::InvalidArgument(
+                "--max-context must be positive".into(),
+            ));
         }
         parts.cfg.max_context = parts.cfg.max_context.min(ctx);
     }
@@ -157,7 +178,11 @@ pub fn load(source: &str, gguf_file: Option<&str>, opts: &LoadOptions) -> Result
     let listed = list_matrices(parts.store.as_ref(), &parts.cfg);
     let parameters = count_parameters(parts.store.as_ref(), &parts.cfg);
     let files = parts.store.files();
-    let file_bytes = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    let file_bytes = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
     let target = opts.dtype.map(FloatType::ggml);
     let transform = move |t: RawTensor| -> Result<RawTensor> {
         match target {
@@ -220,11 +245,23 @@ pub fn build_model(
         DeviceKind::Cpu => {
             let threads = opts.threads.unwrap_or_else(default_threads);
             let backend = CpuBackend::new(threads, CpuCaps::detect())?;
-            Box::new(Decoder::load(cfg.clone(), store, backend, transform, progress)?)
+            Box::new(Decoder::load(
+                cfg.clone(),
+                store,
+                backend,
+                transform,
+                progress,
+            )?)
         }
         device => {
             let backend = crate::backend::candle::CandleBackend::new(device)?;
-            Box::new(Decoder::load(cfg.clone(), store, backend, transform, progress)?)
+            Box::new(Decoder::load(
+                cfg.clone(),
+                store,
+                backend,
+                transform,
+                progress,
+            )?)
         }
     };
     if let Some(b) = bar {
@@ -239,7 +276,10 @@ pub fn open_weights(path: &Path) -> Result<(DecoderConfig, Box<dyn TensorStore>)
     if path.is_dir() {
         let cfg_path = path.join("config.json");
         if !cfg_path.is_file() {
-            return Err(Error::NotFound(format!("{}: missing config.json", path.display())));
+            return Err(Error::NotFound(format!(
+                "{}: missing config.json",
+                path.display()
+            )));
         }
         let mut cfg = DecoderConfig::from_hf_json(&read_json(&cfg_path)?).map_err(|e| match e {
             Error::InvalidArgument(m) => Error::format(&cfg_path, m),
@@ -252,11 +292,13 @@ pub fn open_weights(path: &Path) -> Result<(DecoderConfig, Box<dyn TensorStore>)
         Ok((cfg, Box::new(store)))
     } else {
         let store = gguf::GgufStore::open(path)?;
-        let mut cfg = DecoderConfig::from_gguf(&GgufMeta { map: store.metadata() })
-            .map_err(|e| match e {
-                Error::InvalidArgument(m) => Error::format(path, m),
-                other => other,
-            })?;
+        let mut cfg = DecoderConfig::from_gguf(&GgufMeta {
+            map: store.metadata(),
+        })
+        .map_err(|e| match e {
+            Error::InvalidArgument(m) => Error::format(path, m),
+            other => other,
+        })?;
         cfg.tied_embeddings = !store.has("lm_head.weight");
         if let Some(emb) = store.content.tensor_infos.get("token_embd.weight") {
             cfg.vocab_size = emb.shape.dims()[0];
@@ -282,7 +324,9 @@ pub fn load_model_only(path: &Path, opts: &LoadOptions) -> Result<Box<dyn Causal
 }
 
 fn unreachable_hub() -> Result<Parts> {
-    Err(Error::InvalidArgument("hub sources are resolved to local files first".into()))
+    Err(Error::InvalidArgument(
+        "hub sources are resolved to local files first".into(),
+    ))
 }
 
 pub(crate) fn progress_bar(show: bool, len: u64, what: &str) -> Option<indicatif::ProgressBar> {
@@ -290,7 +334,9 @@ pub(crate) fn progress_bar(show: bool, len: u64, what: &str) -> Option<indicatif
         return None;
     }
     let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {elapsed}") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {elapsed}")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(what.to_string());
@@ -317,11 +363,18 @@ fn open_hf_dir(dir: &Path) -> Result<Parts> {
     })?;
     let tok_path = dir.join("tokenizer.json");
     if !tok_path.is_file() {
-        return Err(Error::NotFound(format!("{}: missing tokenizer.json", dir.display())));
+        return Err(Error::NotFound(format!(
+            "{}: missing tokenizer.json",
+            dir.display()
+        )));
     }
     let mut tokenizer = Tokenizer::from_file(&tok_path)?;
     let tc_path = dir.join("tokenizer_config.json");
-    let tc = if tc_path.is_file() { Some(TokenizerConfig::from_file(&tc_path)?) } else { None };
+    let tc = if tc_path.is_file() {
+        Some(TokenizerConfig::from_file(&tc_path)?)
+    } else {
+        None
+    };
     if let Some(tc) = &tc {
         tokenizer.apply_config(tc);
     }
@@ -348,7 +401,10 @@ fn open_hf_dir(dir: &Path) -> Result<Parts> {
         cfg.tied_embeddings = true;
     }
     Ok(Parts {
-        add_bos: tc.as_ref().and_then(|t| t.add_bos_token).unwrap_or(cfg.arch == Arch::Llama),
+        add_bos: tc
+            .as_ref()
+            .and_then(|t| t.add_bos_token)
+            .unwrap_or(cfg.arch == Arch::Llama),
         bos_token: tc.as_ref().and_then(|t| t.bos_token()),
         eos_token,
         template: tc.as_ref().and_then(|t| t.chat_template()),
@@ -363,7 +419,9 @@ fn open_hf_dir(dir: &Path) -> Result<Parts> {
 
 fn open_gguf(path: &Path) -> Result<Parts> {
     let store = gguf::GgufStore::open(path)?;
-    let md = GgufMeta { map: store.metadata() };
+    let md = GgufMeta {
+        map: store.metadata(),
+    };
     let mut cfg = DecoderConfig::from_gguf(&md).map_err(|e| match e {
         Error::InvalidArgument(m) => Error::format(path, m),
         other => other,
@@ -391,7 +449,10 @@ fn open_gguf(path: &Path) -> Result<Parts> {
         None => cfg.arch == Arch::Llama,
     };
     let bos_token = cfg.bos_token_id.and_then(|id| tokenizer.id_to_token(id));
-    let eos_token = cfg.eos_token_ids.first().and_then(|&id| tokenizer.id_to_token(id));
+    let eos_token = cfg
+        .eos_token_ids
+        .first()
+        .and_then(|&id| tokenizer.id_to_token(id));
     Ok(Parts {
         cfg,
         tokenizer,
@@ -413,14 +474,30 @@ fn list_matrices(store: &dyn TensorStore, cfg: &DecoderConfig) -> Vec<GgmlDType>
         .collect();
     names.push("model.embed_tokens.weight".into());
     names.push("lm_head.weight".into());
-    names.iter().filter_map(|n| store.tensor(n).ok()).map(|t| t.dtype).collect()
+    names
+        .iter()
+        .filter_map(|n| store.tensor(n).ok())
+        .map(|t| t.dtype)
+        .collect()
 }
 
 fn count_parameters(store: &dyn TensorStore, cfg: &DecoderConfig) -> u64 {
-    let mut names: Vec<String> =
-        (0..cfg.n_layers).flat_map(|i| crate::models::layer_tensor_names(i, cfg.qkv_bias)).collect();
-    names.extend(["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"].map(String::from));
-    names.iter().filter_map(|n| store.tensor(n).ok()).map(|t| t.elem_count() as u64).sum()
+    let mut names: Vec<String> = (0..cfg.n_layers)
+        .flat_map(|i| crate::models::layer_tensor_names(i, cfg.qkv_bias))
+        .collect();
+    names.extend(
+        [
+            "model.embed_tokens.weight",
+            "model.norm.weight",
+            "lm_head.weight",
+        ]
+        .map(String::from),
+    );
+    names
+        .iter()
+        .filter_map(|n| store.tensor(n).ok())
+        .map(|t| t.elem_count() as u64)
+        .sum()
 }
 
 pub fn dtype_name(d: GgmlDType) -> &'static str {
@@ -465,14 +542,33 @@ fn describe_dtypes(ds: &[GgmlDType]) -> String {
 /// Float-to-float conversion of a stored tensor for `--dtype`.
 pub fn convert_float(t: RawTensor, to: GgmlDType) -> Result<RawTensor> {
     if !matches!(t.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
-        return Err(Error::tensor(&t.name, format!("cannot convert {:?} weights with --dtype", t.dtype)));
+        return Err(Error::tensor(
+            &t.name,
+            format!("cannot convert {:?} weights with --dtype", t.dtype),
+        ));
     }
     let vals = t.to_f32()?;
     let bytes: Vec<u8> = match to {
         GgmlDType::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        GgmlDType::F16 => vals.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-        GgmlDType::BF16 => vals.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
-        other => return Err(Error::tensor(&t.name, format!("--dtype cannot target {other:?}"))),
+        GgmlDType::F16 => vals
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        GgmlDType::BF16 => vals
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        other => {
+            return Err(Error::tensor(
+                &t.name,
+                format!("--dtype cannot target {other:?}"),
+            ));
+        }
     };
-    Ok(RawTensor { name: t.name, dtype: to, shape: t.shape, data: Blob::Owned(std::sync::Arc::new(bytes)) })
+    Ok(RawTensor {
+        name: t.name,
+        dtype: to,
+        shape: t.shape,
+        data: Blob::Owned(std::sync::Arc::new(bytes)),
+    })
 }

@@ -51,9 +51,8 @@ impl SafetensorsStore {
             let map = map_file(path)?;
             // Validates the header and that every tensor lies inside the file, so a truncated
             // download is reported here rather than as a fault later.
-            let st = SafeTensors::deserialize(&map).map_err(|e| {
-                Error::format(path, format!("not a valid safetensors file: {e}"))
-            })?;
+            let st = SafeTensors::deserialize(&map)
+                .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
             let base = map.as_ptr() as usize;
             for (name, view) in st.tensors() {
                 let dtype = match view.dtype() {
@@ -63,7 +62,9 @@ impl SafetensorsStore {
                     other => {
                         return Err(Error::format(
                             path,
-                            format!("tensor `{name}` has dtype {other:?}; bakeoff reads F32, F16 and BF16"),
+                            format!(
+                                "tensor `{name}` has dtype {other:?}; bakeoff reads F32, F16 and BF16"
+                            ),
                         ));
                     }
                 };
@@ -71,12 +72,22 @@ impl SafetensorsStore {
                 let start = data.as_ptr() as usize - base;
                 entries.insert(
                     name.clone(),
-                    Entry { file: fi, dtype, shape: view.shape().to_vec(), start, len: data.len() },
+                    Entry {
+                        file: fi,
+                        dtype,
+                        shape: view.shape().to_vec(),
+                        start,
+                        len: data.len(),
+                    },
                 );
             }
             maps.push(map);
         }
-        Ok(Self { paths, maps, entries })
+        Ok(Self {
+            paths,
+            maps,
+            entries,
+        })
     }
 }
 
@@ -89,8 +100,10 @@ fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
         .and_then(|m| m.as_object())
         .ok_or_else(|| Error::format(index, "no `weight_map` object"))?;
     let dir = index.parent().unwrap_or(Path::new("."));
-    let mut files: Vec<String> =
-        map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    let mut files: Vec<String> = map
+        .values()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
     files.sort();
     files.dedup();
     if files.is_empty() {
@@ -114,13 +127,20 @@ fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
 impl TensorStore for SafetensorsStore {
     fn tensor(&self, hf_name: &str) -> Result<RawTensor> {
         let e = self.entries.get(hf_name).ok_or_else(|| {
-            Error::tensor(hf_name, format!("missing from {}", display_paths(&self.paths)))
+            Error::tensor(
+                hf_name,
+                format!("missing from {}", display_paths(&self.paths)),
+            )
         })?;
         Ok(RawTensor {
             name: hf_name.to_string(),
             dtype: e.dtype,
             shape: e.shape.clone(),
-            data: Blob::Mapped { map: self.maps[e.file].clone(), start: e.start, len: e.len },
+            data: Blob::Mapped {
+                map: self.maps[e.file].clone(),
+                start: e.start,
+                len: e.len,
+            },
         })
     }
 
@@ -134,5 +154,9 @@ impl TensorStore for SafetensorsStore {
 }
 
 pub(crate) fn display_paths(paths: &[PathBuf]) -> String {
-    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -12,7 +12,11 @@ use crate::{Error, Result};
 /// Bytes of one tensor: a window into a mapped file, or an owned buffer for converted data.
 #[derive(Clone)]
 pub enum Blob {
-    Mapped { map: Arc<Mmap>, start: usize, len: usize },
+    Mapped {
+        map: Arc<Mmap>,
+        start: usize,
+        len: usize,
+    },
     Owned(Arc<Vec<u8>>),
 }
 
@@ -49,7 +53,10 @@ impl RawTensor {
         if self.shape != shape {
             return Err(Error::tensor(
                 &self.name,
-                format!("has shape {:?} but the config implies {:?}", self.shape, shape),
+                format!(
+                    "has shape {:?} but the config implies {:?}",
+                    self.shape, shape
+                ),
             ));
         }
         Ok(())

@@ -36,7 +36,8 @@ pub struct Decoder<B: Backend> {
 }
 
 /// Converts a stored tensor before it reaches the backend (for `--dtype`).
-pub type Transform<'a> = &'a dyn Fn(crate::loader::store::RawTensor) -> Result<crate::loader::store::RawTensor>;
+pub type Transform<'a> =
+    &'a dyn Fn(crate::loader::store::RawTensor) -> Result<crate::loader::store::RawTensor>;
 
 impl<B: Backend> Decoder<B> {
     /// Loads every tensor the config implies, checking each shape against it.
@@ -66,8 +67,12 @@ impl<B: Backend> Decoder<B> {
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let names = layer_tensor_names(i, cfg.qkv_bias);
-            let m = |j: usize, shape: &[usize]| -> Result<B::Matrix> { backend.matrix(get(&names[j], shape)?) };
-            let v = |j: usize, len: usize| -> Result<B::Vector> { backend.vector(get_vec(&names[j], len)?) };
+            let m = |j: usize, shape: &[usize]| -> Result<B::Matrix> {
+                backend.matrix(get(&names[j], shape)?)
+            };
+            let v = |j: usize, len: usize| -> Result<B::Vector> {
+                backend.vector(get_vec(&names[j], len)?)
+            };
             layers.push(Layer {
                 attn_norm: v(0, h)?,
                 wq: m(1, &[q_dim, h])?,
@@ -78,9 +83,21 @@ impl<B: Backend> Decoder<B> {
                 gate: m(6, &[cfg.intermediate_size, h])?,
                 up: m(7, &[cfg.intermediate_size, h])?,
                 down: m(8, &[h, cfg.intermediate_size])?,
-                bq: if cfg.qkv_bias { Some(v(9, q_dim)?) } else { None },
-                bk: if cfg.qkv_bias { Some(v(10, kv_dim)?) } else { None },
-                bv: if cfg.qkv_bias { Some(v(11, kv_dim)?) } else { None },
+                bq: if cfg.qkv_bias {
+                    Some(v(9, q_dim)?)
+                } else {
+                    None
+                },
+                bk: if cfg.qkv_bias {
+                    Some(v(10, kv_dim)?)
+                } else {
+                    None
+                },
+                bv: if cfg.qkv_bias {
+                    Some(v(11, kv_dim)?)
+                } else {
+                    None
+                },
             });
             progress(i + 2, total);
         }
@@ -92,7 +109,15 @@ impl<B: Backend> Decoder<B> {
         };
         progress(total, total);
         let cache = backend.new_cache(&cfg)?;
-        Ok(Self { cfg, backend, embed, layers, norm, lm_head, caches: vec![Some(cache)] })
+        Ok(Self {
+            cfg,
+            backend,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            caches: vec![Some(cache)],
+        })
     }
 
     pub fn backend(&self) -> &B {
@@ -116,10 +141,14 @@ impl<B: Backend> Decoder<B> {
         let mut ropes = Vec::with_capacity(items.len());
         for (i, &(slot, toks)) in items.iter().enumerate() {
             if toks.is_empty() {
-                return Err(Error::InvalidArgument("forward needs at least one token".into()));
+                return Err(Error::InvalidArgument(
+                    "forward needs at least one token".into(),
+                ));
             }
             if items[..i].iter().any(|(s, _)| *s == slot) {
-                return Err(Error::InvalidArgument(format!("slot {slot} appears twice in one batch")));
+                return Err(Error::InvalidArgument(format!(
+                    "slot {slot} appears twice in one batch"
+                )));
             }
             let pos = self.backend.cache_len(self.cache(slot)?);
             if pos + toks.len() > self.cfg.max_context {
@@ -130,7 +159,12 @@ impl<B: Backend> Decoder<B> {
             }
             starts.push(ids.len());
             ids.extend_from_slice(toks);
-            ropes.push(RopeTable::new(self.cfg.rope_theta, self.cfg.head_dim, pos, toks.len()));
+            ropes.push(RopeTable::new(
+                self.cfg.rope_theta,
+                self.cfg.head_dim,
+                pos,
+                toks.len(),
+            ));
         }
         let b = &self.backend;
         let cfg = &self.cfg;
@@ -141,14 +175,26 @@ impl<B: Backend> Decoder<B> {
             let k = b.linear(&x, &l.wk, l.bk.as_ref())?;
             let v = b.linear(&x, &l.wv, l.bv.as_ref())?;
             let a = if items.len() == 1 {
-                let cache = self.caches[items[0].0].as_mut().ok_or_else(|| Error::InvalidArgument("slot freed".into()))?;
+                let cache = self.caches[items[0].0]
+                    .as_mut()
+                    .ok_or_else(|| Error::InvalidArgument("slot freed".into()))?;
                 b.attention(q, k, v, cache, li, &ropes[0], cfg)?
             } else {
                 let mut outs = Vec::with_capacity(items.len());
                 for (i, &(slot, toks)) in items.iter().enumerate() {
                     let (s, n) = (starts[i], toks.len());
-                    let cache = self.caches[slot].as_mut().ok_or_else(|| Error::InvalidArgument("slot freed".into()))?;
-                    outs.push(b.attention(b.rows(&q, s, n)?, b.rows(&k, s, n)?, b.rows(&v, s, n)?, cache, li, &ropes[i], cfg)?);
+                    let cache = self.caches[slot]
+                        .as_mut()
+                        .ok_or_else(|| Error::InvalidArgument("slot freed".into()))?;
+                    outs.push(b.attention(
+                        b.rows(&q, s, n)?,
+                        b.rows(&k, s, n)?,
+                        b.rows(&v, s, n)?,
+                        cache,
+                        li,
+                        &ropes[i],
+                        cfg,
+                    )?);
                 }
                 b.concat_rows(outs)?
             };
@@ -167,10 +213,18 @@ impl<B: Backend> Decoder<B> {
                 .enumerate()
                 .map(|(i, (_, toks))| b.rows(&hs, starts[i] + toks.len() - 1, 1))
                 .collect::<Result<Vec<_>>>()?;
-            hs = if lasts.len() == 1 { lasts.into_iter().next().ok_or_else(|| Error::InvalidArgument("empty batch".into()))? } else { b.concat_rows(lasts)? };
+            hs = if lasts.len() == 1 {
+                lasts
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Error::InvalidArgument("empty batch".into()))?
+            } else {
+                b.concat_rows(lasts)?
+            };
         }
         let x = b.rms_norm(&hs, &self.norm, cfg.rms_eps)?;
-        let logits = b.to_host(&b.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)?)?;
+        let logits =
+            b.to_host(&b.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)?)?;
         let vocab = cfg.vocab_size;
         let mut out = Vec::with_capacity(items.len());
         let mut row = 0;
@@ -197,7 +251,11 @@ impl<B: Backend> CausalLm for Decoder<B> {
     }
 
     fn kv_cache_bytes(&self) -> usize {
-        self.caches.iter().flatten().map(|c| self.backend.cache_bytes(c)).sum()
+        self.caches
+            .iter()
+            .flatten()
+            .map(|c| self.backend.cache_bytes(c))
+            .sum()
     }
 
     fn describe(&self) -> String {
@@ -228,7 +286,9 @@ impl<B: Backend> CausalLm for Decoder<B> {
     }
 
     fn slot_position(&self, slot: usize) -> usize {
-        self.cache(slot).map(|c| self.backend.cache_len(c)).unwrap_or(0)
+        self.cache(slot)
+            .map(|c| self.backend.cache_len(c))
+            .unwrap_or(0)
     }
 
     fn truncate_slot(&mut self, slot: usize, len: usize) {

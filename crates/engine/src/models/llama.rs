@@ -21,7 +21,10 @@ pub fn config_from_hf(json: &serde_json::Value) -> Result<DecoderConfig> {
         max_context: c.max_position_embeddings.unwrap_or(2048),
         rope_theta: c.rope_theta.unwrap_or(10_000.0),
         rms_eps: c.rms_norm_eps.unwrap_or(1e-6),
-        qkv_bias: json.get("attention_bias").and_then(|v| v.as_bool()).unwrap_or(false),
+        qkv_bias: json
+            .get("attention_bias")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
         tied_embeddings: c.tie_word_embeddings.unwrap_or(false),
         rope_style: RopeStyle::Neox,
         bos_token_id: c.bos_token_id,
@@ -31,7 +34,14 @@ pub fn config_from_hf(json: &serde_json::Value) -> Result<DecoderConfig> {
 
 /// llama.cpp's converter permutes Llama's Q and K rows for interleaved RoPE, hence the style.
 pub fn config_from_gguf(md: &GgufMeta<'_>) -> Result<DecoderConfig> {
-    common_from_gguf(md, "llama", Arch::Llama, RopeStyle::Interleaved, 10_000.0, false)
+    common_from_gguf(
+        md,
+        "llama",
+        Arch::Llama,
+        RopeStyle::Interleaved,
+        10_000.0,
+        false,
+    )
 }
 
 /// Shared by both architectures: llama.cpp names the keys after `general.architecture`.
@@ -46,8 +56,12 @@ pub(crate) fn common_from_gguf(
     let k = |s: &str| format!("{prefix}.{s}");
     let hidden = md.usize(&k("embedding_length"))?;
     let n_heads = md.usize(&k("attention.head_count"))?;
-    let n_kv_heads = md.opt_usize(&k("attention.head_count_kv"))?.unwrap_or(n_heads);
-    let head_dim = md.opt_usize(&k("attention.key_length"))?.unwrap_or(hidden / n_heads.max(1));
+    let n_kv_heads = md
+        .opt_usize(&k("attention.head_count_kv"))?
+        .unwrap_or(n_heads);
+    let head_dim = md
+        .opt_usize(&k("attention.key_length"))?
+        .unwrap_or(hidden / n_heads.max(1));
     let vocab_size = match md.opt_usize(&k("vocab_size"))? {
         Some(v) => v,
         None => match md.map.get("tokenizer.ggml.tokens") {
@@ -78,7 +92,9 @@ pub(crate) fn common_from_gguf(
         // Decided by the loader from whether `output.weight` exists.
         tied_embeddings: false,
         rope_style,
-        bos_token_id: md.opt_usize("tokenizer.ggml.bos_token_id")?.map(|b| b as u32),
+        bos_token_id: md
+            .opt_usize("tokenizer.ggml.bos_token_id")?
+            .map(|b| b as u32),
         eos_token_ids,
     })
 }

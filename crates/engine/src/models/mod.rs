@@ -160,7 +160,9 @@ impl GgufMeta<'_> {
             _ => None,
         };
         n.map(|n| n as usize).ok_or_else(|| {
-            Error::InvalidArgument(format!("GGUF metadata `{key}` is not a non-negative integer"))
+            Error::InvalidArgument(format!(
+                "GGUF metadata `{key}` is not a non-negative integer"
+            ))
         })
     }
     pub fn f32(&self, key: &str) -> Result<f32> {
@@ -168,14 +170,24 @@ impl GgufMeta<'_> {
         match self.get(key)? {
             V::F32(x) => Ok(*x),
             V::F64(x) => Ok(*x as f32),
-            _ => Err(Error::InvalidArgument(format!("GGUF metadata `{key}` is not a float"))),
+            _ => Err(Error::InvalidArgument(format!(
+                "GGUF metadata `{key}` is not a float"
+            ))),
         }
     }
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
-        if self.map.contains_key(key) { self.usize(key).map(Some) } else { Ok(None) }
+        if self.map.contains_key(key) {
+            self.usize(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
     pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
-        if self.map.contains_key(key) { self.f32(key).map(Some) } else { Ok(None) }
+        if self.map.contains_key(key) {
+            self.f32(key).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 }
 
@@ -225,17 +237,22 @@ impl HfCommon {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 }
 
 /// `eos_token_id` is an integer or a list of integers in Hugging Face configs.
 pub fn eos_ids_from_json(v: Option<&serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => {
-            a.iter().filter_map(|x| x.as_u64()).map(|n| n as u32).collect()
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|n| vec![n as u32]).unwrap_or_default()
         }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|n| n as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }
