@@ -9,8 +9,14 @@ fn bakeoff() -> Command {
 }
 
 fn vocab(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vocab").join(name);
-    assert!(p.is_file(), "{} is missing: the shared vocabularies must sit beside the repository", p.display());
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/vocab")
+        .join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: the shared vocabularies must sit beside the repository",
+        p.display()
+    );
     p
 }
 
@@ -20,15 +26,26 @@ fn run(cmd: &mut Command) -> Output {
 
 fn ok(cmd: &mut Command) -> String {
     let out = run(cmd);
-    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("stdout is UTF-8")
 }
 
 fn fails(cmd: &mut Command) -> String {
     let out = run(cmd);
-    assert!(!out.status.success(), "should have failed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!err.contains("panicked"), "panic instead of an error: {err}");
+    assert!(
+        !err.contains("panicked"),
+        "panic instead of an error: {err}"
+    );
     err
 }
 
@@ -37,8 +54,34 @@ fn tiny_models(dir: &Path) -> (PathBuf, PathBuf) {
     let hf = dir.join("hf");
     let gguf = dir.join("tiny.gguf");
     let v = vocab("ggml-vocab-llama-spm.gguf");
-    ok(bakeoff().args(["synth", "--preset", "tiny-llama", "--format", "hf", "--quant", "f32", "--out"]).arg(&hf).arg("--vocab").arg(&v));
-    ok(bakeoff().args(["synth", "--preset", "tiny-llama", "--format", "gguf", "--quant", "q8_0", "--out"]).arg(&gguf).arg("--vocab").arg(&v));
+    ok(bakeoff()
+        .args([
+            "synth",
+            "--preset",
+            "tiny-llama",
+            "--format",
+            "hf",
+            "--quant",
+            "f32",
+            "--out",
+        ])
+        .arg(&hf)
+        .arg("--vocab")
+        .arg(&v));
+    ok(bakeoff()
+        .args([
+            "synth",
+            "--preset",
+            "tiny-llama",
+            "--format",
+            "gguf",
+            "--quant",
+            "q8_0",
+            "--out",
+        ])
+        .arg(&gguf)
+        .arg("--vocab")
+        .arg(&v));
     (hf, gguf)
 }
 
@@ -47,13 +90,29 @@ fn generate_json_has_the_documented_keys_and_counts() {
     let d = tempfile::tempdir().unwrap();
     let (hf, gguf) = tiny_models(d.path());
     for m in [&hf, &gguf] {
-        let out = ok(bakeoff().arg("generate").arg("--model").arg(m).args(["--prompt", "Hello there", "--max-tokens", "7", "--ignore-eos", "--json"]));
+        let out = ok(bakeoff().arg("generate").arg("--model").arg(m).args([
+            "--prompt",
+            "Hello there",
+            "--max-tokens",
+            "7",
+            "--ignore-eos",
+            "--json",
+        ]));
         let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         for k in ["prompt_ids", "generated_ids", "text", "summary"] {
             assert!(v.get(k).is_some(), "missing {k}: {v}");
         }
         let s = &v["summary"];
-        for k in ["prompt_tokens", "generated_tokens", "load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "finish_reason", "peak_rss_bytes"] {
+        for k in [
+            "prompt_tokens",
+            "generated_tokens",
+            "load_s",
+            "ttft_ms",
+            "prefill_tok_s",
+            "decode_tok_s",
+            "finish_reason",
+            "peak_rss_bytes",
+        ] {
             assert!(s.get(k).is_some(), "summary lacks {k}: {s}");
         }
         assert_eq!(s["generated_tokens"], 7);
@@ -68,12 +127,29 @@ fn generate_json_has_the_documented_keys_and_counts() {
 fn streaming_output_equals_json_text_and_summary_goes_to_stderr() {
     let d = tempfile::tempdir().unwrap();
     let (hf, _) = tiny_models(d.path());
-    let args = ["--chat", "--system", "Be brief.", "--prompt", "Write a haiku", "--max-tokens", "12", "--ignore-eos"];
+    let args = [
+        "--chat",
+        "--system",
+        "Be brief.",
+        "--prompt",
+        "Write a haiku",
+        "--max-tokens",
+        "12",
+        "--ignore-eos",
+    ];
     let out = run(bakeoff().arg("generate").arg("--model").arg(&hf).args(args));
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("decode") && stderr.contains("tok/s") && stderr.contains("finish length"), "{stderr}");
-    let json = ok(bakeoff().arg("generate").arg("--model").arg(&hf).args(args).arg("--json"));
+    assert!(
+        stderr.contains("decode") && stderr.contains("tok/s") && stderr.contains("finish length"),
+        "{stderr}"
+    );
+    let json = ok(bakeoff()
+        .arg("generate")
+        .arg("--model")
+        .arg(&hf)
+        .args(args)
+        .arg("--json"));
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     let streamed = String::from_utf8(out.stdout).unwrap();
     assert_eq!(streamed.trim_end_matches('\n'), v["text"].as_str().unwrap());
@@ -83,12 +159,27 @@ fn streaming_output_equals_json_text_and_summary_goes_to_stderr() {
 fn same_seed_same_text_when_sampling() {
     let d = tempfile::tempdir().unwrap();
     let (_, gguf) = tiny_models(d.path());
-    let gen = |seed: &str| {
-        ok(bakeoff().arg("generate").arg("--model").arg(&gguf).args(["--prompt", "Once", "--max-tokens", "16", "--ignore-eos", "--json", "--temperature", "1.0", "--top-k", "50", "--seed", seed]))
+    let run_seed = |seed: &str| {
+        ok(bakeoff().arg("generate").arg("--model").arg(&gguf).args([
+            "--prompt",
+            "Once",
+            "--max-tokens",
+            "16",
+            "--ignore-eos",
+            "--json",
+            "--temperature",
+            "1.0",
+            "--top-k",
+            "50",
+            "--seed",
+            seed,
+        ]))
     };
-    let ids = |s: String| serde_json::from_str::<serde_json::Value>(s.trim()).unwrap()["generated_ids"].clone();
-    assert_eq!(ids(gen("7")), ids(gen("7")));
-    assert_ne!(ids(gen("7")), ids(gen("8")));
+    let ids = |s: String| {
+        serde_json::from_str::<serde_json::Value>(s.trim()).unwrap()["generated_ids"].clone()
+    };
+    assert_eq!(ids(run_seed("7")), ids(run_seed("7")));
+    assert_ne!(ids(run_seed("7")), ids(run_seed("8")));
 }
 
 #[test]
@@ -96,14 +187,32 @@ fn info_and_tokenize() {
     let d = tempfile::tempdir().unwrap();
     let (hf, gguf) = tiny_models(d.path());
     let info = ok(bakeoff().arg("info").arg("--model").arg(&gguf));
-    assert!(info.contains("architecture  llama") && info.contains("q8_0") && info.contains("<|assistant|>"), "{info}");
-    let j: serde_json::Value = serde_json::from_str(&ok(bakeoff().arg("info").arg("--json").arg("--model").arg(&hf))).unwrap();
+    assert!(
+        info.contains("architecture  llama")
+            && info.contains("q8_0")
+            && info.contains("<|assistant|>"),
+        "{info}"
+    );
+    let j: serde_json::Value = serde_json::from_str(&ok(bakeoff()
+        .arg("info")
+        .arg("--json")
+        .arg("--model")
+        .arg(&hf)))
+    .unwrap();
     assert_eq!(j["arch"], "llama");
     assert!(j["parameters"].as_u64().unwrap() > 0);
     for m in [&hf, &gguf] {
-        let ids = ok(bakeoff().arg("tokenize").arg("--model").arg(m).args(["--text", " Hello world"]));
+        let ids = ok(bakeoff()
+            .arg("tokenize")
+            .arg("--model")
+            .arg(m)
+            .args(["--text", " Hello world"]));
         assert_eq!(ids.trim(), "[29871,15043,3186]");
-        let text = ok(bakeoff().arg("tokenize").arg("--model").arg(m).args(["--decode", "--text", "[15043,3186]"]));
+        let text = ok(bakeoff().arg("tokenize").arg("--model").arg(m).args([
+            "--decode",
+            "--text",
+            "[15043,3186]",
+        ]));
         assert_eq!(text, "Hello world");
     }
 }
@@ -114,22 +223,67 @@ fn bad_input_gets_clear_errors() {
     let (hf, _) = tiny_models(d.path());
     let e = fails(bakeoff().args(["generate", "--model", "/no/such/dir", "--prompt", "x"]));
     assert!(e.contains("neither an existing folder"), "{e}");
-    let e = fails(bakeoff().arg("generate").arg("--model").arg(&hf).args(["--prompt", "x", "--top-p", "1.5"]));
+    let e = fails(
+        bakeoff()
+            .arg("generate")
+            .arg("--model")
+            .arg(&hf)
+            .args(["--prompt", "x", "--top-p", "1.5"]),
+    );
     assert!(e.contains("top_p must be in (0, 1]"), "{e}");
-    let e = fails(bakeoff().arg("generate").arg("--model").arg(&hf).args(["--prompt", "x", "--temperature", "-1"]));
+    let e = fails(bakeoff().arg("generate").arg("--model").arg(&hf).args([
+        "--prompt",
+        "x",
+        "--temperature",
+        "-1",
+    ]));
     assert!(e.contains("temperature must be"), "{e}");
     let long = "word ".repeat(100);
-    let e = fails(bakeoff().arg("generate").arg("--model").arg(&hf).args(["--max-context", "16", "--prompt", &long]));
-    assert!(e.contains("the model's context holds 16") && e.contains("nothing was truncated"), "{e}");
-    let e = fails(bakeoff().arg("generate").arg("--model").arg(&hf).args(["--prompt-ids", "[1, 99999999]"]));
+    let e = fails(bakeoff().arg("generate").arg("--model").arg(&hf).args([
+        "--max-context",
+        "16",
+        "--prompt",
+        &long,
+    ]));
+    assert!(
+        e.contains("the model's context holds 16") && e.contains("nothing was truncated"),
+        "{e}"
+    );
+    let e = fails(
+        bakeoff()
+            .arg("generate")
+            .arg("--model")
+            .arg(&hf)
+            .args(["--prompt-ids", "[1, 99999999]"]),
+    );
     assert!(e.contains("outside the vocabulary"), "{e}");
     let msgs = d.path().join("m.json");
     std::fs::write(&msgs, r#"[{"role": "wizard", "content": "hi"}]"#).unwrap();
-    let e = fails(bakeoff().arg("generate").arg("--model").arg(&hf).arg("--messages").arg(&msgs));
+    let e = fails(
+        bakeoff()
+            .arg("generate")
+            .arg("--model")
+            .arg(&hf)
+            .arg("--messages")
+            .arg(&msgs),
+    );
     assert!(e.contains("unknown role `wizard`"), "{e}");
     // Invalid UTF-8 on stdin.
-    let mut child = bakeoff().arg("tokenize").arg("--model").arg(&hf).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(b"ok \xff\xfe bad").unwrap();
+    let mut child = bakeoff()
+        .arg("tokenize")
+        .arg("--model")
+        .arg(&hf)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"ok \xff\xfe bad")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid UTF-8"));
@@ -141,14 +295,39 @@ fn multi_turn_messages_file_uses_the_chat_template() {
     let (hf, _) = tiny_models(d.path());
     let msgs = d.path().join("m.json");
     std::fs::write(&msgs, r#"[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello!"},{"role":"user","content":"And now?"}]"#).unwrap();
-    let out = ok(bakeoff().arg("generate").arg("--model").arg(&hf).arg("--messages").arg(&msgs).args(["--max-tokens", "3", "--json"]));
+    let out = ok(bakeoff()
+        .arg("generate")
+        .arg("--model")
+        .arg(&hf)
+        .arg("--messages")
+        .arg(&msgs)
+        .args(["--max-tokens", "3", "--json"]));
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let ids: Vec<u32> = serde_json::from_value(v["prompt_ids"].clone()).unwrap();
-    let text = ok(bakeoff().arg("tokenize").arg("--model").arg(&hf).arg("--decode").arg("--text").arg(serde_json::to_string(&ids).unwrap()));
+    let text = ok(bakeoff()
+        .arg("tokenize")
+        .arg("--model")
+        .arg(&hf)
+        .arg("--decode")
+        .arg("--text")
+        .arg(serde_json::to_string(&ids).unwrap()));
     // Three turns in template order, ending with the generation prompt.
     let mut at = 0;
-    for part in ["<|user|>", "Hi", "</s>", "<|assistant|>", "Hello!", "</s>", "<|user|>", "And now?", "</s>", "<|assistant|>"] {
-        let i = text[at..].find(part).unwrap_or_else(|| panic!("`{part}` missing after byte {at} in {text:?}"));
+    for part in [
+        "<|user|>",
+        "Hi",
+        "</s>",
+        "<|assistant|>",
+        "Hello!",
+        "</s>",
+        "<|user|>",
+        "And now?",
+        "</s>",
+        "<|assistant|>",
+    ] {
+        let i = text[at..]
+            .find(part)
+            .unwrap_or_else(|| panic!("`{part}` missing after byte {at} in {text:?}"));
         at += i + part.len();
     }
     assert!(text[at..].trim().is_empty(), "{text:?}");
