@@ -10,14 +10,14 @@ use super::{Q4_0_BYTES, Q8_0_BYTES, QK, f16_bits_to_f32};
 /// Reinterprets bytes as ggml blocks, copying only when the bytes are misaligned for `T`.
 pub(crate) fn as_blocks<T: GgmlType>(bytes: &[u8]) -> Result<Cow<'_, [T]>, String> {
     let size = std::mem::size_of::<T>();
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(format!(
             "{} bytes is not a whole number of {size}-byte blocks",
             bytes.len()
         ));
     }
     let n = bytes.len() / size;
-    if (bytes.as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
+    if (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
         // SAFETY: ggml block types are plain-old-data `repr(C)` structs of integers and f16; the
         // pointer is aligned and the length is a whole number of blocks.
         Ok(Cow::Borrowed(unsafe {

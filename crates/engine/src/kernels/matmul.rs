@@ -28,7 +28,7 @@ impl QMatrix<'_> {
     }
 
     pub fn check(&self) -> Result<(), String> {
-        if self.cols % self.dtype.block_size() != 0 {
+        if !self.cols.is_multiple_of(self.dtype.block_size()) {
             return Err(format!(
                 "{} columns is not a multiple of the {:?} block size {}",
                 self.cols,
@@ -157,7 +157,7 @@ fn matmul_ggml<T: GgmlType>(
     out: &mut [f32],
 ) -> Result<(), String> {
     let vb = T::VecDotType::BLCK_SIZE;
-    if w.cols % vb != 0 {
+    if !w.cols.is_multiple_of(vb) {
         return Err(format!("{} columns is not a multiple of {vb}", w.cols));
     }
     let nbx = w.cols / vb;

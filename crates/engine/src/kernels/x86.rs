@@ -258,14 +258,14 @@ pub unsafe fn dot4_q8_0_vnni(w: *const u8, row_bytes: usize, x: &[BlockQ8]) -> [
     unsafe {
         for (b, xb) in x.iter().enumerate() {
             let xq = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            for r in 0..4 {
+            for (r, acc) in acc.iter_mut().enumerate() {
                 let blk = w.add(r * row_bytes + b * Q8_0_BYTES);
                 let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
                 let aw = _mm256_abs_epi8(wq);
                 let sx = _mm256_sign_epi8(xq, wq);
                 let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx);
                 let d = _mm256_set1_ps(f16_scale(blk) * xb.d);
-                acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot), acc[r]);
+                *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot), *acc);
             }
         }
         [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
@@ -316,10 +316,11 @@ pub unsafe fn dot4x2_f32_avx512(w: &[f32], k: usize, x0: &[f32], x1: &[f32]) -> 
         while i + 16 <= k {
             let xa = _mm512_loadu_ps(x0.as_ptr().add(i));
             let xb = _mm512_loadu_ps(x1.as_ptr().add(i));
-            for r in 0..4 {
+            let [a0, a1] = &mut a;
+            for (r, (s0, s1)) in a0.iter_mut().zip(a1.iter_mut()).enumerate() {
                 let wr = _mm512_loadu_ps(w.as_ptr().add(r * k + i));
-                a[0][r] = _mm512_fmadd_ps(wr, xa, a[0][r]);
-                a[1][r] = _mm512_fmadd_ps(wr, xb, a[1][r]);
+                *s0 = _mm512_fmadd_ps(wr, xa, *s0);
+                *s1 = _mm512_fmadd_ps(wr, xb, *s1);
             }
             i += 16;
         }
@@ -350,10 +351,11 @@ pub unsafe fn dot4x2_f32_avx2(w: &[f32], k: usize, x0: &[f32], x1: &[f32]) -> [[
         while i + 8 <= k {
             let xa = _mm256_loadu_ps(x0.as_ptr().add(i));
             let xb = _mm256_loadu_ps(x1.as_ptr().add(i));
-            for r in 0..4 {
+            let [a0, a1] = &mut a;
+            for (r, (s0, s1)) in a0.iter_mut().zip(a1.iter_mut()).enumerate() {
                 let wr = _mm256_loadu_ps(w.as_ptr().add(r * k + i));
-                a[0][r] = _mm256_fmadd_ps(wr, xa, a[0][r]);
-                a[1][r] = _mm256_fmadd_ps(wr, xb, a[1][r]);
+                *s0 = _mm256_fmadd_ps(wr, xa, *s0);
+                *s1 = _mm256_fmadd_ps(wr, xb, *s1);
             }
             i += 8;
         }

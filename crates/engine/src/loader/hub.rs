@@ -70,10 +70,10 @@ pub fn fetch(id: &HubId, files: &[String], optional: &[&str]) -> Result<PathBuf>
             folder = p.parent().map(|p| p.to_path_buf());
         }
     }
-    if missing.is_empty() {
-        if let Some(dir) = folder {
-            return Ok(dir);
-        }
+    if missing.is_empty()
+        && let Some(dir) = folder
+    {
+        return Ok(dir);
     }
     let not_cached = || {
         format!(

@@ -530,7 +530,7 @@ fn describe_dtypes(ds: &[GgmlDType]) -> String {
             None => counts.push((n, 1)),
         }
     }
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
     names = counts.iter().map(|(k, _)| *k).collect();
     match names.len() {
         0 => "unknown".into(),

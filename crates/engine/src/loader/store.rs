@@ -90,7 +90,7 @@ pub(crate) fn map_file(path: &Path) -> Result<Arc<Mmap>> {
 /// Bytes that `count` elements of `dtype` occupy.
 pub fn storage_bytes(dtype: GgmlDType, count: usize) -> Option<usize> {
     let bs = dtype.block_size();
-    if count % bs != 0 {
+    if !count.is_multiple_of(bs) {
         return None;
     }
     Some(count / bs * dtype.type_size())

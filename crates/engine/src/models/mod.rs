@@ -73,16 +73,23 @@ impl DecoderConfig {
         if self.vocab_size == 0 || self.hidden_size == 0 || self.n_layers == 0 {
             return bad("vocab_size, hidden_size and num_hidden_layers must be positive".into());
         }
-        if self.n_heads == 0 || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_heads == 0
+            || self.n_kv_heads == 0
+            || !self.n_heads.is_multiple_of(self.n_kv_heads)
+        {
             return bad(format!(
                 "num_attention_heads ({}) must be a positive multiple of num_key_value_heads ({})",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim ({}) must be even", self.head_dim));
         }
-        if !(self.rope_theta > 0.0) || !(self.rms_eps > 0.0) {
+        if self.rope_theta.is_nan()
+            || self.rope_theta <= 0.0
+            || self.rms_eps.is_nan()
+            || self.rms_eps <= 0.0
+        {
             return bad("rope_theta and rms_norm_eps must be positive".into());
         }
         Ok(())
