@@ -187,24 +187,36 @@ fn model_heading(m: &ModelResult) -> String {
         parts.push(d.clone());
     }
     if let Some(p) = id.parameters {
-        parts.push(format!("{:.2} B parameters", p as f64 / 1e9));
+        parts.push(format!("{} parameters", count(p)));
     }
     if let Some(b) = id.file_bytes {
         parts.push(mib(b));
     }
-    let threads = m
-        .run
-        .threads
-        .map(|t| format!(", {t} threads"))
-        .unwrap_or_default();
-    format!(
-        "{} ({}) on {}{}: {}",
-        m.label,
-        parts.join(", "),
-        m.run.device,
-        threads,
-        m.run.backend
-    )
+    let on = if m.run.backend.is_empty() {
+        let threads = m
+            .run
+            .threads
+            .map(|t| format!(", {t} threads"))
+            .unwrap_or_default();
+        format!("{}{threads}", m.run.device)
+    } else {
+        m.run.backend.clone()
+    };
+    format!("{} ({}) on {on}", m.label, parts.join(", "))
+}
+
+/// 1.10 B, 131.9 K: parameter counts as people say them.
+fn count(n: u64) -> String {
+    let x = n as f64;
+    if x >= 1e9 {
+        format!("{:.2} B", x / 1e9)
+    } else if x >= 1e6 {
+        format!("{:.1} M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1} K", x / 1e3)
+    } else {
+        n.to_string()
+    }
 }
 
 fn model_facts(m: &ModelResult) -> String {
@@ -245,14 +257,20 @@ fn scenario_table(m: &ModelResult) -> Table {
     ]);
     for s in &m.scenarios {
         let st = &s.stats;
-        let gen_tok = if st.generated_tokens_min == st.generated_tokens_max {
+        let gen_tok = if s.samples.is_empty() {
+            "skipped".to_string()
+        } else if st.generated_tokens_min == st.generated_tokens_max {
             st.generated_tokens_min.to_string()
         } else {
             format!("{}-{}", st.generated_tokens_min, st.generated_tokens_max)
         };
         t.rows.push(vec![
             s.scenario.to_string(),
-            st.prompt_tokens.to_string(),
+            if s.samples.is_empty() {
+                "-".to_string()
+            } else {
+                st.prompt_tokens.to_string()
+            },
             gen_tok,
             pm(st.ttft_ms.as_ref()),
             mean(st.prefill_tok_s.as_ref()),
@@ -358,6 +376,11 @@ fn text_report(r: &BenchReport, md: bool) -> String {
         }
         if !m.scenarios.is_empty() {
             out += &scenario_table(m).render(md);
+            for s in &m.scenarios {
+                if let Some(n) = &s.note {
+                    out += &format!("{}{}: {n}\n", if md { "\n" } else { "" }, s.scenario);
+                }
+            }
             out += "\n";
         }
         if !m.depths.is_empty() {

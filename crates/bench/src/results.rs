@@ -117,6 +117,9 @@ pub struct ScenarioResult {
     pub content_tokens: Vec<usize>,
     pub samples: Vec<RunSample>,
     pub stats: Stats,
+    /// Why the scenario has no samples (e.g. its prompt does not fit the model's context).
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -152,6 +155,8 @@ pub struct ModelResult {
     pub overhead: Option<Overhead>,
     /// Seconds the whole job took.
     pub job_s: f64,
+    /// Process id of the worker that measured this model (each model gets its own process).
+    pub worker_pid: u32,
     /// Set when the worker failed; the other fields hold what was measured before.
     pub error: Option<String>,
 }

@@ -86,6 +86,7 @@ pub fn run(
 /// A result that only says what went wrong, for a child that returned nothing readable.
 fn failed(job: &Job, msg: &str) -> ModelResult {
     let mut r = crate::worker::empty_result(job);
+    r.worker_pid = 0;
     r.error = Some(msg.to_string());
     r
 }

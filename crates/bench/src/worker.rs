@@ -76,6 +76,10 @@ pub fn run_job(job: &Job, progress: &mut dyn FnMut(&Progress)) -> ModelResult {
     if let Err(e) = outcome {
         result.error = Some(error_chain(&e));
     }
+    if job.model.is_local() {
+        // Read last, so it covers the whole job, including a failed one.
+        result.memory.peak_rss_bytes = Some(bakeoff_engine::memory::peak_rss_bytes());
+    }
     result.overhead = overhead(
         &result,
         result.overhead.as_ref().map_or(0.0, |o| o.clock_read_ns),
@@ -161,6 +165,7 @@ pub(crate) fn empty_result(job: &Job) -> ModelResult {
         depths: Vec::new(),
         overhead: None,
         job_s: 0.0,
+        worker_pid: std::process::id(),
         error: None,
     }
 }
@@ -316,7 +321,6 @@ fn run_local(
         local_depths(&mut lm, job, &probes, &mut kv_max, result, steps)?;
     }
     result.memory.kv_cache_bytes = Some(kv_max);
-    result.memory.peak_rss_bytes = Some(bakeoff_engine::memory::peak_rss_bytes());
     Ok(())
 }
 
@@ -356,6 +360,24 @@ fn local_scenario(
         prompts.push(lm.encode_chat(&user(text))?);
         content_tokens.push(n);
     }
+    // A prompt that leaves no room for the tokens asked would end early: skip, and say so.
+    let ctx = lm.model.config().max_context;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if longest + job.max_tokens > ctx {
+        for _ in 0..job.warmup + job.repetitions {
+            steps.tick(format!("{id} skipped"));
+        }
+        return Ok(ScenarioResult {
+            scenario: id,
+            content_tokens,
+            samples: Vec::new(),
+            stats: Stats::of(&[], probes.cores),
+            note: Some(format!(
+                "skipped: a {longest}-token prompt and {} generated tokens exceed the context of {ctx}",
+                job.max_tokens
+            )),
+        });
+    }
     for w in 0..job.warmup {
         measure(
             lm,
@@ -389,6 +411,7 @@ fn local_scenario(
         content_tokens,
         samples,
         stats,
+        note: None,
     })
 }
 
@@ -407,18 +430,20 @@ fn local_depths(
         let target = depth.min(room);
         let mut count =
             |t: &str| -> Result<usize> { Ok(lm.encode_chat(&user(t.to_string()))?.len()) };
-        if target == 0 || count(DEPTH_PROMPT)? > target {
-            return Err(BenchError::InvalidArgument(format!(
-                "depth {depth} does not fit: the model's context is {ctx} tokens and {} are generated",
-                job.depth_tokens
-            )));
-        }
-        let (text, _) = fit_to_tokens(
+        let (text, n) = fit_to_tokens(
             DEPTH_PROMPT,
             crate::scenarios::LONG.filler,
             target,
             &mut count,
         )?;
+        // Not even one word of the instruction fits beside the chat template.
+        if n > target {
+            return Err(BenchError::InvalidArgument(format!(
+                "depth {depth} is too small: the chat template with one word takes {n} tokens \
+                 (context {ctx}, {} generated)",
+                job.depth_tokens
+            )));
+        }
         prompts.push((depth, depth > room, lm.encode_chat(&user(text))?));
     }
     for w in 0..job.warmup {
@@ -555,6 +580,7 @@ fn run_remote(
             content_tokens,
             samples,
             stats,
+            note: None,
         });
     }
     let mut depth_prompts = Vec::new();

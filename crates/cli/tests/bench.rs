@@ -1,0 +1,247 @@
+//! `bakeoff bench` end to end: the real binary, tiny synthetic models written with
+//! `bakeoff synth`, one child process per model, every output format, and the error paths.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use bakeoff_bench::results::BenchReport;
+
+fn bakeoff(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bakeoff"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Two tiny models (Llama and Qwen2 architectures), written once for this test binary.
+fn models() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
+    static M: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
+    M.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut paths = Vec::new();
+        for preset in ["tiny-llama", "tiny-qwen2"] {
+            let out = dir.path().join(format!("{preset}.gguf"));
+            let o = bakeoff(&[
+                "synth",
+                "--preset",
+                preset,
+                "--format",
+                "gguf",
+                "--quant",
+                "f32",
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+            assert!(o.status.success(), "synth {preset}: {}", text(&o.stderr));
+            paths.push(out);
+        }
+        let b = paths.pop().unwrap();
+        let a = paths.pop().unwrap();
+        (dir, a, b)
+    })
+}
+
+/// One real bench run shared by the tests that only read its results.
+fn run_once() -> &'static (PathBuf, Output) {
+    static R: OnceLock<(PathBuf, Output)> = OnceLock::new();
+    R.get_or_init(|| {
+        let (dir, a, b) = models();
+        let out = dir.path().join("results/run.json");
+        let o = bakeoff(&[
+            "bench",
+            "--model",
+            a.to_str().unwrap(),
+            "--model",
+            b.to_str().unwrap(),
+            "--repetitions",
+            "2",
+            "--max-tokens",
+            "10",
+            "--scenarios",
+            "short,code",
+            "--depths",
+            "160",
+            "--depth-tokens",
+            "5",
+            "--threads",
+            "1",
+            "--no-cold-load",
+            "--out",
+            out.to_str().unwrap(),
+            "--format",
+            "json",
+        ]);
+        (out, o)
+    })
+}
+
+#[test]
+fn bench_measures_each_model_in_its_own_process() {
+    let (file, o) = run_once();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let stdout: BenchReport = BenchReport::from_json(&text(&o.stdout)).unwrap();
+    let saved = BenchReport::read(file).unwrap();
+    assert_eq!(stdout, saved, "stdout JSON is the results file");
+    assert_eq!(saved.models.len(), 2);
+    let pids: Vec<u32> = saved.models.iter().map(|m| m.worker_pid).collect();
+    assert!(
+        pids[0] != pids[1] && !pids.contains(&std::process::id()) && !pids.contains(&0),
+        "{pids:?}"
+    );
+    for m in &saved.models {
+        assert_eq!(m.error, None, "{}", m.label);
+        assert_eq!(m.run.threads, Some(1));
+        assert_eq!(m.scenarios.len(), 2);
+        for s in &m.scenarios {
+            assert!(s.samples.iter().all(|x| x.generated_tokens == 10));
+            let st = &s.stats;
+            assert!(st.e2e_s.as_ref().unwrap().mean >= st.ttft_ms.as_ref().unwrap().mean / 1e3);
+        }
+        assert_eq!(m.depths.iter().map(|d| d.depth).collect::<Vec<_>>(), [160]);
+        assert!(m.memory.peak_rss_bytes.unwrap() >= m.model.file_bytes.unwrap());
+        assert!(m.overhead.as_ref().unwrap().fraction < 0.01);
+    }
+    assert_eq!(saved.settings.repetitions, 2);
+    assert!(saved.command.iter().any(|a| a == "bench"));
+    // The human summary goes to stderr when stdout is JSON.
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("short: decode tok/s") && err.contains("winner"),
+        "{err}"
+    );
+}
+
+#[test]
+fn results_render_in_every_format() {
+    let (file, o) = run_once();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let f = file.to_str().unwrap();
+    let table = bakeoff(&["bench", "--from", f]);
+    assert!(table.status.success(), "{}", text(&table.stderr));
+    let t = text(&table.stdout);
+    for needle in [
+        "== tiny-llama",
+        "== tiny-qwen2",
+        "decode tok/s",
+        "ITL p50/p90/p99 ms",
+        "winner",
+        "ratio",
+    ] {
+        assert!(t.contains(needle), "table lacks `{needle}`:\n{t}");
+    }
+    let md = text(&bakeoff(&["bench", "--from", f, "--format", "md"]).stdout);
+    assert!(md.contains("| metric |") && md.contains("|---|"), "{md}");
+    let csv = text(&bakeoff(&["bench", "--from", f, "--format", "csv"]).stdout);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("run_id,label,"), "{csv}");
+    assert_eq!(
+        lines.len(),
+        1 + 2 * 3,
+        "header + 2 models × (2 scenarios + 1 depth)"
+    );
+    let jsonl = text(&bakeoff(&["bench", "--from", f, "--format", "jsonl"]).stdout);
+    assert_eq!(jsonl.lines().count(), 6);
+    for l in jsonl.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(
+            v["generated_tokens"] == 10 || v["generated_tokens"] == 5,
+            "{l}"
+        );
+    }
+}
+
+#[test]
+fn bench_errors_name_the_problem() {
+    let (dir, a, _) = models();
+    let missing = dir.path().join("nope.gguf");
+    let out = dir.path().join("err.json");
+    let o = bakeoff(&[
+        "bench",
+        "-m",
+        a.to_str().unwrap(),
+        "-m",
+        missing.to_str().unwrap(),
+        "--repetitions",
+        "1",
+        "--max-tokens",
+        "4",
+        "--scenarios",
+        "short",
+        "--depths",
+        "none",
+        "--no-cold-load",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(err.contains("1 of 2 models failed: nope"), "{err}");
+    // The good model's numbers are kept beside the failure.
+    let saved = BenchReport::read(&out).unwrap();
+    assert_eq!(saved.models[0].error, None);
+    assert!(
+        saved.models[1]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("nope.gguf")
+    );
+
+    let bad = |args: &[&str], needle: &str| {
+        let o = bakeoff(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let e = text(&o.stderr);
+        assert!(e.contains(needle), "{args:?}: {e}");
+    };
+    let m = a.to_str().unwrap();
+    bad(
+        &["bench", "-m", m, "--format", "xml"],
+        "unknown format `xml`",
+    );
+    bad(
+        &["bench", "-m", m, "--repetitions", "0"],
+        "--repetitions must be at least 1",
+    );
+    bad(
+        &["bench", "-m", m, "--scenarios", "huge"],
+        "unknown scenario `huge`",
+    );
+    bad(
+        &["bench", "-m", m, "--depths", "deep"],
+        "`deep` is not a number",
+    );
+    bad(
+        &["bench", "-m", "openai:http://127.0.0.1:9/v1"],
+        "name the served model after `#`",
+    );
+    bad(
+        &[
+            "bench",
+            "--from",
+            &dir.path().join("none.json").to_string_lossy(),
+        ],
+        "none.json",
+    );
+}
+
+#[test]
+fn worker_rejects_a_malformed_job() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bakeoff"))
+        .arg("bench-worker")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"{not json").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("JSON"), "{}", text(&o.stderr));
+}
