@@ -17,6 +17,7 @@
 //! [`Sandbox::new`] probes which layers work here and records them in [`Isolation`]; runs are
 //! serialised within the process.
 
+use std::ffi::CString;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -127,6 +128,15 @@ fn tail(bytes: &[u8], n: usize) -> String {
     String::from_utf8_lossy(&bytes[from..]).into_owned()
 }
 
+fn python_version_of(exe: &Path) -> String {
+    Command::new(exe)
+        .args(["-c", "import sys; print(sys.version.split()[0])"])
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
 /// Finds the real python3 binary (following version-manager shims) and its version.
 fn find_python() -> Result<(PathBuf, String)> {
     let out = Command::new("python3")
@@ -172,39 +182,44 @@ fn count_processes_of(uid: u32) -> u64 {
         .count() as u64
 }
 
+/// Real uid of a process.
 fn proc_uid(dir: &Path) -> Option<u32> {
     let s = std::fs::read_to_string(dir.join("status")).ok()?;
     let line = s.lines().find(|l| l.starts_with("Uid:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// SIGKILLs every process whose real uid is the sandbox uid (only used when it was dropped to).
+/// SIGKILLs every process whose real uid is the sandbox uid (only used when it was dropped to):
+/// a helper switches to that uid and calls `kill(-1, SIGKILL)`, which reaches all of them at
+/// once (a fork bomb cannot outrun it), until none is left.
 fn reap_uid(uid: u32) {
-    for _ in 0..3 {
-        let Ok(rd) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        let pids: Vec<i32> = rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<i32>().ok())
-                    .map(|p| (p, e.path()))
-            })
-            .filter(|(_, p)| proc_uid(p) == Some(uid))
-            .map(|(p, _)| p)
-            .collect();
-        if pids.is_empty() {
+    for _ in 0..200 {
+        if count_processes_of(uid) == 0 {
             return;
         }
-        for p in pids {
-            // SAFETY: kill(2) with a positive pid only sends a signal.
-            unsafe {
-                libc::kill(p, libc::SIGKILL);
-            }
+        // Zombies (already dead, waiting for init to reap them) still count against
+        // RLIMIT_NPROC, so wait for them too; killing them again is harmless.
+        let mut cmd = Command::new("/bin/true");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: only async-signal-safe system calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(uid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::kill(-1, libc::SIGKILL);
+                Ok(())
+            });
         }
-        std::thread::sleep(Duration::from_millis(20));
+        if let Ok(mut c) = cmd.spawn() {
+            let _ = c.wait();
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -220,10 +235,76 @@ fn set_limit(res: libc::__rlimit_resource_t, soft: u64, hard: u64) -> std::io::R
     Ok(())
 }
 
+/// Everything the child needs, prepared before fork (the child must not allocate).
+struct Prep {
+    dir: CString,
+
+    /// Folders to create inside a fresh tmpfs, outermost first, ending with the work dir.
+    recreate: Vec<CString>,
+    uid_map: Vec<u8>,
+    gid_map: Vec<u8>,
+}
+
+const HELD_FD: i32 = 1000;
+const HELD_FD_PATH: &std::ffi::CStr = c"/proc/self/fd/1000";
+
+const TMPFS_DIRS: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+
+impl Prep {
+    fn new(dir: &Path) -> Result<Self> {
+        let c =
+            |s: &str| CString::new(s).map_err(|_| Error::Sandbox(format!("path with NUL: {s:?}")));
+        let dir_s = dir
+            .to_str()
+            .ok_or_else(|| Error::Sandbox(format!("non-UTF-8 path {}", dir.display())))?;
+        let mut recreate = Vec::new();
+        if let Some(base) = TMPFS_DIRS.iter().find(|b| dir.starts_with(b)) {
+            let mut cur = PathBuf::from(base);
+            for comp in dir
+                .strip_prefix(base)
+                .map_err(|e| Error::Sandbox(e.to_string()))?
+                .components()
+            {
+                cur.push(comp);
+                recreate.push(c(&cur.to_string_lossy())?);
+            }
+        }
+        // SAFETY: getuid/getgid have no preconditions.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        Ok(Self {
+            dir: c(dir_s)?,
+            recreate,
+            uid_map: format!("{uid} {uid} 1\n").into_bytes(),
+            gid_map: format!("{gid} {gid} 1\n").into_bytes(),
+        })
+    }
+}
+
+/// Writes `data` to a /proc file (child side, no allocation).
+unsafe fn write_proc(path: &std::ffi::CStr, data: &[u8]) -> bool {
+    // SAFETY: valid C string and buffer; the fd is closed before returning.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return false;
+        }
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
+        libc::close(fd);
+        n == data.len() as isize
+    }
+}
+
 /// Runs in the child between fork and exec: only async-signal-safe system calls, no allocation.
-fn child_setup(mode: Mode, limits: &Limits, nproc: u64, is_root: bool) -> std::io::Result<()> {
+fn child_setup(
+    mode: Mode,
+    limits: &Limits,
+    nproc: u64,
+    is_root: bool,
+    prep: &Prep,
+) -> std::io::Result<()> {
     let err = std::io::Error::last_os_error;
-    // SAFETY: plain system calls on the forked child's own state; pointers are static C strings.
+    // SAFETY: plain system calls on the forked child's own state; every pointer is a C string
+    // prepared before fork or a static one.
     unsafe {
         if libc::setsid() < 0 {
             return Err(err());
@@ -237,6 +318,15 @@ fn child_setup(mode: Mode, limits: &Limits, nproc: u64, is_root: bool) -> std::i
             if libc::unshare(flags) != 0 {
                 return Err(err());
             }
+            if !is_root {
+                // Identity map, so files keep their owner; setgroups must be denied first.
+                if !write_proc(c"/proc/self/setgroups", b"deny")
+                    || !write_proc(c"/proc/self/uid_map", &prep.uid_map)
+                    || !write_proc(c"/proc/self/gid_map", &prep.gid_map)
+                {
+                    return Err(err());
+                }
+            }
             // Never let a mount below propagate back to the host.
             if libc::mount(
                 c"none".as_ptr(),
@@ -248,23 +338,64 @@ fn child_setup(mode: Mode, limits: &Limits, nproc: u64, is_root: bool) -> std::i
             {
                 return Err(err());
             }
+            // Give the work dir its own writable mount before the root goes read-only, and keep
+            // a handle on it (fd HELD_FD) in case a tmpfs below covers its path.
+            if libc::mount(
+                prep.dir.as_ptr(),
+                prep.dir.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(err());
+            }
+            let fd = libc::open(prep.dir.as_ptr(), libc::O_PATH | libc::O_DIRECTORY);
+            if fd < 0 || libc::dup2(fd, HELD_FD) < 0 {
+                return Err(err());
+            }
+            libc::close(fd);
             for dir in [c"/tmp", c"/var/tmp", c"/dev/shm"] {
-                // Missing folders are fine; the cwd (possibly under /tmp) keeps its own inode.
+                // A missing folder is fine.
                 libc::mount(
                     c"tmpfs".as_ptr(),
                     dir.as_ptr(),
                     c"tmpfs".as_ptr(),
-                    0,
-                    c"size=16m".as_ptr().cast(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    c"size=16m,mode=1777".as_ptr().cast(),
                 );
             }
-            libc::mount(
+            if !prep.recreate.is_empty() {
+                // The work dir's path is now inside a fresh tmpfs: recreate it there and bind
+                // the real folder onto it.
+                for d in &prep.recreate {
+                    libc::mkdir(d.as_ptr(), 0o755);
+                }
+                if libc::mount(
+                    HELD_FD_PATH.as_ptr(),
+                    prep.dir.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(err());
+                }
+            }
+            libc::close(HELD_FD);
+            if libc::mount(
                 std::ptr::null(),
                 c"/".as_ptr(),
                 std::ptr::null(),
                 libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
                 std::ptr::null(),
-            );
+            ) != 0
+            {
+                return Err(err());
+            }
+            if libc::chdir(prep.dir.as_ptr()) != 0 {
+                return Err(err());
+            }
         }
         if mode.drop_uid {
             if libc::setgroups(0, std::ptr::null()) != 0 {
@@ -282,6 +413,23 @@ fn child_setup(mode: Mode, limits: &Limits, nproc: u64, is_root: bool) -> std::i
     set_limit(libc::RLIMIT_CORE, 0, 0)?;
     set_limit(libc::RLIMIT_NPROC, nproc, nproc)?;
     Ok(())
+}
+
+/// Whether any user may execute `path` (every ancestor folder and the file itself have o+x).
+fn world_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    real.ancestors()
+        .all(|p| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+}
+
+/// A python3 that an unprivileged uid can run: `preferred` if world-executable, else a system one.
+fn python_for_other_uid(preferred: &Path) -> Option<PathBuf> {
+    std::iter::once(preferred.to_path_buf())
+        .chain(["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"].map(PathBuf::from))
+        .find(|p| world_executable(p))
 }
 
 impl Sandbox {
@@ -310,10 +458,23 @@ impl Sandbox {
         ];
         let mut chosen = None;
         for mode in candidates {
+            let exe = if mode.drop_uid {
+                match python_for_other_uid(&python) {
+                    Some(p) => p,
+                    None => continue,
+                }
+            } else {
+                python.clone()
+            };
+            let version = if exe == python {
+                python_version.clone()
+            } else {
+                python_version_of(&exe)
+            };
             let sb = Sandbox {
                 isolation: Isolation {
-                    python: python.clone(),
-                    python_version: python_version.clone(),
+                    python: exe,
+                    python_version: version,
                     network_namespace: mode.net_mount,
                     mount_namespace: mode.net_mount,
                     dropped_uid: mode.drop_uid.then_some(SANDBOX_UID),
@@ -329,7 +490,11 @@ impl Sandbox {
             } else {
                 "print('ok')\n"
             };
-            if let Ok(out) = sb.run_python(probe)
+            let r = sb.run_python(probe);
+            if std::env::var_os("BAKEOFF_SANDBOX_DEBUG").is_some() {
+                eprintln!("sandbox probe {mode:?}: {r:?}");
+            }
+            if let Ok(out) = r
                 && out.passed
             {
                 chosen = Some(sb);
@@ -392,11 +557,12 @@ impl Sandbox {
         let mode = self.mode;
         let limits = self.isolation.limits.clone();
         let nproc = self.nproc_limit;
+        let prep = Prep::new(dir)?;
         // SAFETY: getuid has no preconditions.
         let is_root = unsafe { libc::getuid() } == 0;
         // SAFETY: the closure only makes async-signal-safe system calls (see child_setup).
         unsafe {
-            cmd.pre_exec(move || child_setup(mode, &limits, nproc, is_root));
+            cmd.pre_exec(move || child_setup(mode, &limits, nproc, is_root, &prep));
         }
         let start = Instant::now();
         let mut child = cmd
