@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The `bakeoff` binary end to end on tiny synthetic models: what a user types, what they see.
 
 use std::io::Write;

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Bad input gets an error that names the file, tensor or value at fault: never a panic.
 
 use std::path::{Path, PathBuf};

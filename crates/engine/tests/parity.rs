@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The engine against Hugging Face transformers on the same random weights. The fixtures are
 //! written by `scripts/reference/make_fixtures.py` (transformers, float32, eager attention):
 //! logits for every prompt position and 20 greedy tokens per prompt.
