@@ -31,6 +31,9 @@ enum Command {
     Synth(commands::synth::SynthArgs),
     /// Synthesize a full-size model and chat with it: the offline demo of the engine.
     Demo(commands::demo::DemoArgs),
+    /// Quality scores per category from public benchmarks and verifiable checks, with intervals,
+    /// paired tests and an audit trail.
+    Eval(commands::eval::EvalArgs),
     /// Measure speed, latency and memory of models, each in its own process, with repetitions.
     Bench(commands::bench::BenchArgs),
     /// Internal: the child process of `bench` (a JSON job on stdin, the result on stdout).
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Synth(a) => commands::synth::run(a),
         Command::Demo(a) => commands::demo::run(a),
+        Command::Eval(a) => commands::eval::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::BenchWorker(a) => commands::bench::run_worker(a),
     };

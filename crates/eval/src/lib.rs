@@ -16,6 +16,7 @@ pub mod error;
 pub mod gsm8k;
 pub mod hygiene;
 pub mod ifeval;
+pub mod judge;
 pub mod report;
 pub mod sandbox;
 pub mod score;

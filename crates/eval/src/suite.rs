@@ -253,6 +253,31 @@ impl Run<'_> {
         self.audit.record(v)
     }
 
+    /// A generation; an engine error (e.g. a prompt longer than the context) becomes an empty
+    /// output with finish reason `error: …`, so the item fails and the run goes on.
+    fn chat(
+        &mut self,
+        messages: &[Message],
+        prefix: &str,
+        max_tokens: usize,
+        stop: &[String],
+    ) -> GenOut {
+        match self.cand.chat(messages, prefix, max_tokens, stop) {
+            Ok(g) => g,
+            Err(e) => GenOut {
+                prompt: messages
+                    .iter()
+                    .map(|m| m.content.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                text: String::new(),
+                tokens: 0,
+                finish: format!("error: {e}"),
+                seconds: 0.0,
+            },
+        }
+    }
+
     fn tick(&mut self, comp: &str, i: usize, n: usize) {
         if n > 0 && (i + 1 == n || (i + 1) % 10 == 0) {
             (self.progress)(&format!("{}: {comp} {}/{n}", self.model, i + 1));
@@ -403,12 +428,12 @@ impl Run<'_> {
         let (mut strict, mut flex, mut per_item) = (Vec::new(), Vec::new(), BTreeMap::new());
         for (i, it) in items.iter().enumerate() {
             let user = format!("{}\n\n{}", it.question, gsm8k::INSTRUCTION);
-            let g = self.cand.chat(
+            let g = self.chat(
                 &[Message::user(user.clone())],
                 "",
                 self.sizes.gsm8k_max_tokens,
                 &[],
-            )?;
+            );
             let es = gsm8k::extract_strict(&g.text);
             let ef = gsm8k::extract_flexible(&g.text);
             let (vs, vf) = (
@@ -446,12 +471,12 @@ impl Run<'_> {
         let (mut ps, mut pl, mut per_item) = (Vec::new(), Vec::new(), BTreeMap::new());
         let (mut is_k, mut il_k, mut i_n) = (0.0, 0.0, 0usize);
         for (i, it) in items.iter().enumerate() {
-            let g = self.cand.chat(
+            let g = self.chat(
                 &[Message::user(it.prompt.clone())],
                 "",
                 self.sizes.ifeval_max_tokens,
                 &[],
-            )?;
+            );
             let r = ifeval::evaluate(it, &g.text);
             ps.push(bit(r.prompt_strict));
             pl.push(bit(r.prompt_loose));
@@ -496,12 +521,12 @@ impl Run<'_> {
             let Some(turn) = q.turns.first() else {
                 continue;
             };
-            let g = self.cand.chat(
+            let g = self.chat(
                 &[Message::user(turn.clone())],
                 "",
                 self.sizes.mt_bench_max_tokens,
                 &[],
-            )?;
+            );
             let mut r = gen_record("mt_bench", &q.id(), &g);
             r["category"] = json!(q.category);
             self.record(r)?;
@@ -545,12 +570,12 @@ impl Run<'_> {
                 )
             };
             let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
-            let g = self.cand.chat(
+            let g = self.chat(
                 &[Message::user(user.clone())],
                 &prefix,
                 self.sizes.code_max_tokens,
                 &stops,
-            )?;
+            );
             let prog = if name == "humaneval" {
                 code::humaneval_program(&plan.humaneval[i], &g.text)
             } else {

@@ -1,0 +1,349 @@
+//! `bakeoff eval`: quality scores per category from public benchmarks and verifiable checks,
+//! with n, 95% intervals, paired tests between models, a results file and a JSONL audit trail.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use bakeoff_engine::loader::LoadOptions;
+use bakeoff_eval::audit::Audit;
+use bakeoff_eval::candidate::EngineCandidate;
+use bakeoff_eval::data::{self, DataDir};
+use bakeoff_eval::judge::{self, Backend, Judge};
+use bakeoff_eval::report::{ModelResult, Results, Scale, table};
+use bakeoff_eval::sandbox::{Limits, Sandbox};
+use bakeoff_eval::score::{self, Component};
+use bakeoff_eval::select::{Profile, RULE_SALT};
+use bakeoff_eval::suite::{COMPONENTS, Generated, Plan, run_model};
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A model to evaluate (repeat for a paired comparison): folder, .gguf file or hub id.
+    #[arg(long = "model", short = 'm', required = true)]
+    pub models: Vec<String>,
+    /// quick (minutes), standard (about an hour per 1.5B model on 2 cores) or full (everything).
+    #[arg(long, default_value = "quick")]
+    pub profile: String,
+    /// Data sets laid out like ../shared/evaldata.
+    #[arg(long, env = "BAKEOFF_EVAL_DATA", default_value = "../shared/evaldata")]
+    pub data_dir: PathBuf,
+    /// Judge for MT-Bench: a local model (folder, .gguf, hub id) or an OpenAI-compatible base URL
+    /// (http://host:port/v1). Must not be a candidate or of a candidate's family.
+    #[arg(long)]
+    pub judge: Option<String>,
+    /// Model name to send to a judge endpoint.
+    #[arg(long)]
+    pub judge_model: Option<String>,
+    /// Environment variable holding the judge endpoint's API key.
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    pub judge_key_env: String,
+    /// Folder for results.json and audit.jsonl.
+    #[arg(long, default_value = "eval-results")]
+    pub out: PathBuf,
+    /// Summary on stdout: table or json.
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    /// Run only these components (comma-separated): mmlu, arc_challenge, hellaswag, truthfulqa_mc,
+    /// wikitext, gsm8k, ifeval, creativity_proxy, mt_bench, humaneval, mbpp, hygiene.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Wall-clock seconds per HumanEval/MBPP program.
+    #[arg(long, default_value_t = 10.0)]
+    pub code_timeout: f64,
+    /// cpu, cuda or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print the item ids the profile's rule selects on this data (JSON) and exit.
+    #[arg(long, hide = true)]
+    pub print_ids: bool,
+}
+
+fn label_for(source: &str, taken: &[String]) -> String {
+    let p = Path::new(source);
+    let base = if p.exists() {
+        p.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| source.to_string())
+    } else {
+        source.to_string()
+    };
+    let mut label = base.clone();
+    let mut i = 2;
+    while taken.contains(&label) {
+        label = format!("{base}#{i}");
+        i += 1;
+    }
+    label
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    let started = Instant::now();
+    let profile: Profile = a.profile.parse()?;
+    if a.format != "table" && a.format != "json" {
+        bail!("--format must be table or json");
+    }
+    for o in &a.only {
+        if !COMPONENTS.contains(&o.as_str()) {
+            bail!(
+                "--only: unknown component `{o}` ({})",
+                COMPONENTS.join(", ")
+            );
+        }
+    }
+    let mut plan = Plan::load(&a.data_dir, profile).with_context(|| {
+        format!(
+            "cannot read the evaluation data in {}",
+            a.data_dir.display()
+        )
+    })?;
+    if a.print_ids {
+        println!("{}", serde_json::to_string_pretty(&plan.derived_ids)?);
+        return Ok(());
+    }
+    plan.only = a.only.clone();
+    if !plan.ids_match_rule {
+        eprintln!(
+            "warning: the frozen item lists differ from the selection rule on this data; using the frozen lists"
+        );
+    }
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let results_path = a.out.join("results.json");
+    let audit_path = a.out.join("audit.jsonl");
+    let mut audit = Audit::to_file(&audit_path)?;
+
+    let wants_code = (plan.only.is_empty()
+        || plan.only.iter().any(|o| o == "humaneval" || o == "mbpp"))
+        && (!plan.humaneval.is_empty() || !plan.mbpp.is_empty());
+    let sandbox = if wants_code {
+        let limits = Limits {
+            timeout_s: a.code_timeout,
+            cpu_s: a.code_timeout.ceil() as u64,
+            ..Limits::default()
+        };
+        match Sandbox::new(limits) {
+            Ok(s) => {
+                if !s.isolation.network_namespace {
+                    eprintln!(
+                        "warning: no network namespace on this system: code runs without network isolation"
+                    );
+                }
+                Some(s)
+            }
+            Err(e) => {
+                eprintln!("warning: {e}; HumanEval and MBPP are skipped");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let opts = LoadOptions {
+        device: a.device.parse()?,
+        threads: a.threads,
+        dtype: None,
+        max_context: None,
+        progress: false,
+    };
+
+    // The judge is checked before any model runs.
+    let mut judge = match &a.judge {
+        None => None,
+        Some(j) => {
+            let mut names: Vec<Vec<String>> = a.models.iter().map(|m| vec![m.clone()]).collect();
+            let judge_names: Vec<String>;
+            let backend = if j.starts_with("http://") || j.starts_with("https://") {
+                let model = a
+                    .judge_model
+                    .clone()
+                    .context("--judge URL needs --judge-model NAME")?;
+                judge_names = vec![model.clone()];
+                Backend::Endpoint {
+                    url: j.clone(),
+                    model,
+                    api_key: std::env::var(&a.judge_key_env).ok(),
+                }
+            } else {
+                eprintln!("loading judge {j}");
+                let lm = bakeoff_engine::loader::load(j, None, &opts)
+                    .with_context(|| format!("cannot load judge `{j}`"))?;
+                judge_names = vec![j.clone(), format!("{:?}", lm.info.arch).to_lowercase()];
+                Backend::Local(Box::new(EngineCandidate::new(lm, j.clone())))
+            };
+            // Candidates' architectures count as their family too (loaded lazily below; names here).
+            for n in &mut names {
+                n.push(n[0].clone());
+            }
+            judge::check_independent(&judge_names, &names)?;
+            let identity = match &backend {
+                Backend::Local(_) => format!("local model {j}"),
+                Backend::Endpoint { model, .. } => format!("{model} at {j}"),
+            };
+            Some((
+                Judge {
+                    backend,
+                    identity,
+                    max_tokens: 1024,
+                },
+                judge_names,
+            ))
+        }
+    };
+
+    let mut models: Vec<ModelResult> = Vec::new();
+    let mut all_gens: Vec<(String, Vec<Generated>)> = Vec::new();
+    let mut labels: Vec<String> = Vec::new();
+    for source in &a.models {
+        let t = Instant::now();
+        eprintln!("loading {source}");
+        let lm = bakeoff_engine::loader::load(source, None, &opts)
+            .with_context(|| format!("cannot load model `{source}`"))?;
+        if let Some((_, jn)) = &judge {
+            let arch = format!("{:?}", lm.info.arch).to_lowercase();
+            judge::check_independent(jn, &[vec![source.clone(), arch]])?;
+        }
+        let label = label_for(source, &labels);
+        labels.push(label.clone());
+        let mut files_sha256 = Vec::new();
+        for f in &lm.info.files {
+            files_sha256.push((f.display().to_string(), data::sha256_file(f)?));
+        }
+        let info = serde_json::to_value(&lm.info)?;
+        let mut cand = EngineCandidate::new(lm, label.clone());
+        if !cand.has_template {
+            eprintln!(
+                "warning: {label} has no chat template; generative tasks use a plain User:/Assistant: format"
+            );
+        }
+        let mut progress = |m: &str| eprintln!("  {m}");
+        let run = run_model(
+            &mut cand,
+            &plan,
+            sandbox.as_ref(),
+            &mut audit,
+            &mut progress,
+        )?;
+        drop(cand);
+        let mut components: Vec<Component> = run.components;
+        if let Some((j, _)) = judge.as_mut() {
+            let mut d = DataDir::open(&a.data_dir)?;
+            let prompts = data::load_judge_prompts(&mut d)?;
+            let refs = data::load_mt_bench_references(&mut d)?;
+            if let Some(c) = judge::grade_single(
+                j,
+                &prompts,
+                &plan.mt_bench,
+                &refs,
+                &label,
+                &run.generations,
+                &mut audit,
+            )? {
+                components.push(c);
+            }
+        }
+        let categories = score::categories(&components);
+        let overall = score::overall(&categories);
+        models.push(ModelResult {
+            label: label.clone(),
+            info,
+            files_sha256,
+            components,
+            categories,
+            overall,
+            seconds: t.elapsed().as_secs_f64(),
+        });
+        all_gens.push((label, run.generations));
+        audit.flush()?;
+    }
+
+    let mut comparisons = Vec::new();
+    for i in 0..models.len() {
+        for k in i + 1..models.len() {
+            comparisons.extend(score::compare_models(
+                &models[i].label,
+                &models[i].components,
+                &models[k].label,
+                &models[k].components,
+            ));
+        }
+    }
+
+    let mut judge_info = None;
+    if let Some((j, _)) = judge.as_mut() {
+        let mut d = DataDir::open(&a.data_dir)?;
+        let prompts = data::load_judge_prompts(&mut d)?;
+        let refs = data::load_mt_bench_references(&mut d)?;
+        let mut pairs = Vec::new();
+        for i in 0..all_gens.len() {
+            for k in i + 1..all_gens.len() {
+                let (la, ga) = &all_gens[i];
+                let (lb, gb) = &all_gens[k];
+                pairs.push(judge::pairwise(
+                    j,
+                    &prompts,
+                    &plan.mt_bench,
+                    &refs,
+                    (la, ga),
+                    (lb, gb),
+                    &mut audit,
+                )?);
+            }
+        }
+        judge_info = Some(serde_json::json!({
+            "identity": j.identity,
+            "temperature": 0,
+            "prompts": prompts.iter().filter(|p| ["single-v1", "single-math-v1", "pair-v2", "pair-math-v1"].contains(&p.name.as_str())).collect::<Vec<_>>(),
+            "turns_judged": "first turn of each selected MT-Bench question",
+            "pairwise": pairs,
+            "pairwise_rule": "each question judged in both orders; a win only when both orders agree, else a tie",
+        }));
+    } else {
+        judge_info = judge_info.or(Some(serde_json::json!({"identity": null, "note": "no judge: creativity is a low-confidence proxy; MT-Bench answers are generated and audited but not graded"})));
+    }
+    audit.flush()?;
+
+    let mut data_files = plan.files.clone();
+    data_files.sort_by(|x, y| x.path.cmp(&y.path));
+    let results = Results {
+        tool: format!("bakeoff-eval {}", env!("CARGO_PKG_VERSION")),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        profile: profile.as_str().into(),
+        selection_rule: format!(
+            "sort ids by sha256(\"{RULE_SALT}\" + id), take the first N (MMLU: per subject); frozen in crates/eval/profiles/"
+        ),
+        ids_match_rule: plan.ids_match_rule,
+        item_counts: plan.counts(),
+        data_dir: a.data_dir.display().to_string(),
+        data_files,
+        sandbox: sandbox.as_ref().map(|s| s.isolation.clone()),
+        scale: Scale::default(),
+        models,
+        comparisons,
+        judge: judge_info,
+        audit_file: audit_path.display().to_string(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let json = serde_json::to_string_pretty(&results)?;
+    std::fs::write(&results_path, &json)
+        .with_context(|| format!("cannot write {}", results_path.display()))?;
+    eprintln!(
+        "wrote {} and {} ({} audit records)",
+        results_path.display(),
+        audit_path.display(),
+        audit.records
+    );
+    if a.format == "json" {
+        println!("{json}");
+    } else {
+        print!("{}", table(&results));
+    }
+    Ok(())
+}
