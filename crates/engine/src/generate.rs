@@ -102,15 +102,20 @@ pub enum Flow {
 }
 
 /// Holds back text that might be the start of a stop string, so nothing past one is streamed.
-struct StopMatcher {
+/// Shared by the generation loop and the server's batched scheduler.
+pub struct StopMatcher {
     stops: Vec<String>,
     text: String,
     emitted: usize,
 }
 
 impl StopMatcher {
+    pub fn new(stops: Vec<String>) -> Self {
+        Self { stops, text: String::new(), emitted: 0 }
+    }
+
     /// Adds text; returns (text safe to emit, whether a stop string was hit).
-    fn push(&mut self, piece: &str) -> (String, bool) {
+    pub fn push(&mut self, piece: &str) -> (String, bool) {
         self.text.push_str(piece);
         if self.stops.is_empty() {
             let out = self.text[self.emitted..].to_string();
@@ -150,7 +155,8 @@ impl StopMatcher {
         (out, false)
     }
 
-    fn flush(&mut self) -> String {
+    /// Releases any text still held back (at the end of generation).
+    pub fn flush(&mut self) -> String {
         let out = self.text[self.emitted..].to_string();
         self.emitted = self.text.len();
         out
