@@ -111,7 +111,11 @@ pub struct StopMatcher {
 
 impl StopMatcher {
     pub fn new(stops: Vec<String>) -> Self {
-        Self { stops, text: String::new(), emitted: 0 }
+        Self {
+            stops,
+            text: String::new(),
+            emitted: 0,
+        }
     }
 
     /// Adds text; returns (text safe to emit, whether a stop string was hit).
@@ -220,11 +224,7 @@ pub fn generate(
     let prefill_s = start.elapsed().as_secs_f64();
 
     let mut detok = Detokenizer::new(&lm.tokenizer);
-    let mut stops = StopMatcher {
-        stops: params.stop.clone(),
-        text: String::new(),
-        emitted: 0,
-    };
+    let mut stops = StopMatcher::new(params.stop.clone());
     let mut context: Vec<u32> = prompt.to_vec();
     let (mut ids, mut logprobs, mut times) = (Vec::new(), Vec::new(), Vec::new());
     let mut text = String::new();
