@@ -21,19 +21,29 @@ def run_llama_cpp(a, ids):
                           n_threads=a.threads, n_threads_batch=a.threads, n_batch=512,
                           n_ubatch=512, verbose=False)
     load_s = time.perf_counter() - t0
+    n_vocab = llm.n_vocab()
+
+    def last_logits():
+        # The last token's logits straight from the context: asking llama-cpp-python for all
+        # logits (logits_all) would make llama.cpp compute the output head for every prompt token.
+        ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+
     t0 = time.perf_counter()
     llm.eval(ids)
     prefill_s = time.perf_counter() - t0
     times = []
-    tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    tok = int(np.argmax(last_logits()))
     times.append(time.perf_counter())
+    generated = [tok]
     for _ in range(a.max_tokens - 1):
         llm.eval([tok])
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = int(np.argmax(last_logits()))
+        generated.append(tok)
         times.append(time.perf_counter())
     decode = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
     return {"engine": "llama.cpp", "version": llama_cpp.__version__, "load_s": load_s,
-            "prefill_tok_s": len(ids) / prefill_s, "decode_tok_s": decode}
+            "prefill_tok_s": len(ids) / prefill_s, "decode_tok_s": decode, "generated_ids": generated}
 
 
 def run_transformers(a, ids):
