@@ -393,7 +393,7 @@ pub fn load_hellaswag(d: &mut DataDir) -> Result<Vec<McItem>> {
         .read_to_string(&mut text)
         .map_err(|e| Error::format(d.path(rel), format!("bzip2: {e}")))?;
     let lines: Vec<&str> = text.lines().collect();
-    if lines.len() % 6 != 0 {
+    if !lines.len().is_multiple_of(6) {
         return Err(Error::format(
             d.path(rel),
             format!("{} lines is not a multiple of 6", lines.len()),

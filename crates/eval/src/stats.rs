@@ -18,7 +18,18 @@ pub fn wilson(k: f64, n: f64) -> (f64, f64) {
     let denom = 1.0 + z2 / n;
     let center = (p + z2 / (2.0 * n)) / denom;
     let half = Z95 / denom * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    ((center - half).max(0.0), (center + half).min(1.0))
+    // Exact bounds at the ends (rounding would otherwise leave e.g. 1e-17 for k = 0).
+    let lo = if k <= 0.0 {
+        0.0
+    } else {
+        (center - half).max(0.0)
+    };
+    let hi = if k >= n {
+        1.0
+    } else {
+        (center + half).min(1.0)
+    };
+    (lo, hi)
 }
 
 /// Exact two-sided McNemar test: `b` items only A got right, `c` items only B got right.

@@ -279,7 +279,7 @@ impl Run<'_> {
     }
 
     fn tick(&mut self, comp: &str, i: usize, n: usize) {
-        if n > 0 && (i + 1 == n || (i + 1) % 10 == 0) {
+        if n > 0 && (i + 1 == n || (i + 1).is_multiple_of(10)) {
             (self.progress)(&format!("{}: {comp} {}/{n}", self.model, i + 1));
         }
     }

@@ -162,9 +162,9 @@ mod tests {
         assert!(r.prompt_strict && r.prompt_loose);
         // A preamble line breaks strict quotation but the loose variant without it passes.
         let r = evaluate(&it, "Sure here it is:\n\"Hello there.\"");
-        assert_eq!(r.instructions[0].strict, true);
-        assert_eq!(r.instructions[1].strict, false);
-        assert_eq!(r.instructions[1].loose, true);
+        assert!(r.instructions[0].strict);
+        assert!(!r.instructions[1].strict);
+        assert!(r.instructions[1].loose);
         assert!(!r.prompt_strict && r.prompt_loose);
         assert_eq!(r.inst_strict_fraction(), 0.5);
         assert_eq!(r.inst_loose_fraction(), 1.0);
