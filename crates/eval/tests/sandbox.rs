@@ -179,7 +179,10 @@ fn unbounded_allocation_is_contained() {
     assert!(!r.passed, "{r:?}");
     // Normally a MemoryError well before the timeout; on a heavily loaded machine the wall-clock
     // limit may come first, which contains it just as well.
-    assert!(r.stderr_tail.contains("MemoryError") || r.timed_out || r.signal.is_some(), "{r:?}");
+    assert!(
+        r.stderr_tail.contains("MemoryError") || r.timed_out || r.signal.is_some(),
+        "{r:?}"
+    );
     assert_still_works();
 }
 
