@@ -39,6 +39,12 @@ enum Command {
     /// Internal: the child process of `bench` (a JSON job on stdin, the result on stdout).
     #[command(hide = true)]
     BenchWorker(commands::bench::BenchWorkerArgs),
+    /// An OpenAI-compatible server with a tiered router (fast/strong), batching and metrics.
+    Serve(commands::serve::ServeArgs),
+    /// An interactive streaming chat in the terminal (--vs B: two models side by side).
+    Chat(commands::chat::ChatArgs),
+    /// Router tools: calibrate the complexity threshold from eval results, score a prompt.
+    Route(commands::route::RouteArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +58,9 @@ fn main() -> ExitCode {
         Command::Eval(a) => commands::eval::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::BenchWorker(a) => commands::bench::run_worker(a),
+        Command::Serve(a) => commands::serve::run(a),
+        Command::Chat(a) => commands::chat::run(a),
+        Command::Route(a) => commands::route::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,10 @@
 pub mod bench;
+pub mod chat;
 pub mod demo;
 pub mod eval;
 pub mod generate;
 pub mod info;
+pub mod route;
+pub mod serve;
 pub mod synth;
 pub mod tokenize;

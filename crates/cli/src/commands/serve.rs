@@ -1,0 +1,116 @@
+use std::path::PathBuf;
+
+use anyhow::{Result, anyhow};
+use bakeoff_serve::{ConfigFile, ModelEntry, Settings};
+use clap::Args;
+
+/// An OpenAI-compatible server with a tiered router. Flags override the config file.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A replica as TIER=SOURCE: TIER is `fast` or `strong`; SOURCE a model folder, .gguf file,
+    /// hub id, or the URL of an OpenAI-compatible server (http://host:port/v1). Repeat for
+    /// several replicas per tier (balanced by least outstanding requests).
+    #[arg(long = "model", short = 'm', value_name = "TIER=SOURCE")]
+    pub models: Vec<String>,
+    /// How `"model": "auto"` is routed: complexity, cascade or fixed.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// complexity: requests scoring at or above this go to the strong tier (0..1).
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// cascade: fast answers whose mean token log-probability is below this go to the strong tier.
+    #[arg(long, allow_hyphen_values = true)]
+    pub cascade_threshold: Option<f32>,
+    /// fixed: the tier that serves `auto` (fast or strong).
+    #[arg(long)]
+    pub fixed_tier: Option<String>,
+    /// Do not serve from the other tier when one fails.
+    #[arg(long)]
+    pub no_fallback: bool,
+    /// Address to listen on (loopback by default).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port (0 picks a free one; the address is printed on stderr).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Allow listening on an address other machines can reach.
+    #[arg(long)]
+    pub allow_non_loopback: bool,
+    /// Require `Authorization: Bearer KEY` on /v1/* (also read from BAKEOFF_API_KEY).
+    #[arg(long, env = "BAKEOFF_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// A TOML config file (see docs/serve.md).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Sequences generated together per local model.
+    #[arg(long)]
+    pub max_batch: Option<usize>,
+    /// Requests waiting per local model before 429.
+    #[arg(long)]
+    pub queue: Option<usize>,
+    /// CPU threads per local model (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Use at most this many positions of each local model's context.
+    #[arg(long)]
+    pub max_context: Option<usize>,
+    /// cpu, cuda or metal.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Seconds a request may take from arrival to its last token.
+    #[arg(long)]
+    pub request_timeout: Option<f64>,
+    /// Largest accepted request body in bytes.
+    #[arg(long)]
+    pub max_body_bytes: Option<usize>,
+}
+
+/// The config file with the flags laid over it.
+pub fn settings(a: &ServeArgs) -> Result<Settings> {
+    let mut cfg = match &a.config {
+        Some(p) => ConfigFile::read(p).map_err(|e| anyhow!(e))?,
+        None => ConfigFile::default(),
+    };
+    if !a.models.is_empty() {
+        cfg.models = a
+            .models
+            .iter()
+            .map(|s| ModelEntry::parse_flag(s))
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow!(e))?;
+    }
+    macro_rules! over {
+        ($field:expr, $flag:expr) => {
+            if let Some(v) = $flag.clone() {
+                $field = Some(v);
+            }
+        };
+    }
+    over!(cfg.host, a.host);
+    over!(cfg.port, a.port);
+    over!(cfg.api_key, a.api_key);
+    over!(cfg.max_body_bytes, a.max_body_bytes);
+    over!(cfg.request_timeout_s, a.request_timeout);
+    over!(cfg.router.policy, a.policy);
+    over!(cfg.router.complexity_threshold, a.threshold);
+    over!(cfg.router.cascade_logprob_threshold, a.cascade_threshold);
+    over!(cfg.router.fixed_tier, a.fixed_tier);
+    over!(cfg.engine.max_batch, a.max_batch);
+    over!(cfg.engine.queue, a.queue);
+    over!(cfg.engine.threads, a.threads);
+    over!(cfg.engine.max_context, a.max_context);
+    over!(cfg.engine.device, a.device);
+    if a.allow_non_loopback {
+        cfg.allow_non_loopback = Some(true);
+    }
+    if a.no_fallback {
+        cfg.router.fallback = Some(false);
+    }
+    Settings::resolve(cfg).map_err(|e| anyhow!(e))
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let s = settings(&a)?;
+    bakeoff_serve::run_blocking(s)?;
+    Ok(())
+}

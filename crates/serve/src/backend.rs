@@ -1,0 +1,129 @@
+//! The contract between the HTTP side and whatever generates tokens: a local engine on its own
+//! thread ([`crate::engine::LocalModel`]) or a remote OpenAI-compatible upstream
+//! ([`crate::remote::RemoteModel`]). The router only sees [`Backend`], so replicas of either
+//! kind balance and fall back the same way.
+
+use std::time::Duration;
+
+use bakeoff_engine::sampling::SamplingParams;
+use bakeoff_engine::template::Message;
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+
+/// What to generate from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// A conversation, rendered with the model's chat template.
+    Chat(Vec<Message>),
+    /// A plain prompt (`/v1/completions`).
+    Text(String),
+}
+
+impl Input {
+    /// All the text a request carries, for the complexity scorer and for logs.
+    pub fn text_len(&self) -> usize {
+        match self {
+            Input::Chat(m) => m.iter().map(|m| m.content.len()).sum(),
+            Input::Text(t) => t.len(),
+        }
+    }
+}
+
+/// A validated request, independent of the endpoint it came through.
+#[derive(Clone, Debug)]
+pub struct GenRequest {
+    /// `auto`, a tier name or a model id.
+    pub model: String,
+    pub input: Input,
+    /// None: as many as the context allows.
+    pub max_tokens: Option<usize>,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub ignore_eos: bool,
+    /// None: no log-probabilities; Some(k): the chosen token's and the k most likely.
+    pub logprobs: Option<usize>,
+    /// The answer must be a JSON object (`response_format: {"type": "json_object"}`); the
+    /// cascade's check uses it.
+    pub json_object: bool,
+}
+
+/// One of the most likely tokens at a position.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenOut {
+    /// Newly complete text; may be empty (an unfinished character, text held back while it
+    /// might start a stop string) or hold a flushed tail with no token of its own.
+    pub text: String,
+    /// The token's own text, for logprobs; None for a flushed tail.
+    pub token: Option<String>,
+    pub logprob: Option<f32>,
+    pub top: Vec<TopLogprob>,
+    /// Held-back text flushed at the end: not a generated token of its own.
+    pub tail: bool,
+}
+
+/// Engine-side timings of one request, in the response's `timings` object.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct EngineTimings {
+    /// Waiting for a batch slot.
+    pub queue_ms: f64,
+    /// From admission to the first token (the prompt's forward passes).
+    pub prefill_ms: f64,
+    /// Decode speed of this sequence: tokens after the first over the time they took.
+    pub decode_tok_s: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DoneOut {
+    /// `stop` or `length` (OpenAI's vocabulary; a full context is `length`).
+    pub finish_reason: &'static str,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens reused from a KV-cache slot.
+    pub cached_tokens: usize,
+    pub timings: Option<EngineTimings>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Token(TokenOut),
+    Done(DoneOut),
+    Error(ApiError),
+}
+
+/// The receiving end of a generation. Dropping it cancels the generation: the engine checks
+/// for a closed channel before every step, and a remote stream's reader task stops sending.
+pub type EventRx = mpsc::UnboundedReceiver<Event>;
+
+/// Load of a replica, for /health and /metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Load {
+    pub queued: usize,
+    pub active: usize,
+}
+
+pub trait Backend: Send + Sync + 'static {
+    /// The model id clients may name, and the `model` field of responses.
+    fn model_id(&self) -> &str;
+    /// `local` or `remote`.
+    fn kind(&self) -> &'static str;
+    /// Context window in tokens, when known.
+    fn context_len(&self) -> Option<usize>;
+    /// Starts a generation; errors that happen before it is accepted (bad prompt, full
+    /// queue, unreachable upstream) come back here, later ones as an [`Event::Error`].
+    fn start(&self, req: GenRequest) -> BoxFuture<'_, Result<EventRx, ApiError>>;
+    /// A cheap liveness probe for the health checker.
+    fn health(&self, timeout: Duration) -> BoxFuture<'_, bool>;
+    /// Queue and batch occupancy, when the backend knows them.
+    fn load(&self) -> Option<Load> {
+        None
+    }
+}

@@ -1,0 +1,411 @@
+//! The TOML config file and the settings resolved from it. Every field is optional; the CLI
+//! sets the fields its flags name before resolving, which is how flags override the file.
+//!
+//! ```toml
+//! host = "127.0.0.1"
+//! port = 8080
+//! allow_non_loopback = false
+//! api_key_env = "BAKEOFF_API_KEY"
+//! max_body_bytes = 1048576
+//! request_timeout_s = 600
+//!
+//! [engine]
+//! max_batch = 8
+//! queue = 64
+//! prefill_chunk = 512
+//!
+//! [router]
+//! policy = "complexity"
+//! complexity_threshold = 0.35
+//!
+//! [[models]]
+//! tier = "fast"
+//! source = "/models/tinyllama-q8_0.gguf"
+//!
+//! [[models]]
+//! tier = "strong"
+//! url = "http://127.0.0.1:8081/v1"
+//! upstream_model = "qwen2.5-1.5b-instruct"
+//! ```
+
+use std::net::{IpAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::EngineOptions;
+use crate::router::{Policy, RouterConfig, Tier};
+use crate::routes::HttpSettings;
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// Required to bind anything but a loopback address.
+    pub allow_non_loopback: Option<bool>,
+    /// The bearer key itself (prefer `api_key_env`, which keeps it out of the file).
+    pub api_key: Option<String>,
+    /// The environment variable holding the bearer key.
+    pub api_key_env: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub request_timeout_s: Option<f64>,
+    #[serde(default)]
+    pub engine: EngineSection,
+    #[serde(default)]
+    pub router: RouterSection,
+    #[serde(default)]
+    pub models: Vec<ModelEntry>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    pub max_batch: Option<usize>,
+    pub queue: Option<usize>,
+    pub prefill_chunk: Option<usize>,
+    pub retry_after_s: Option<u64>,
+    pub threads: Option<usize>,
+    pub max_context: Option<usize>,
+    pub device: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSection {
+    pub policy: Option<String>,
+    pub complexity_threshold: Option<f32>,
+    pub cascade_logprob_threshold: Option<f32>,
+    pub fixed_tier: Option<String>,
+    pub fallback: Option<bool>,
+    pub first_token_timeout_s: Option<f64>,
+    pub cascade_timeout_s: Option<f64>,
+    pub failures_before_cooldown: Option<u32>,
+    pub cooldown_s: Option<f64>,
+    pub health_interval_s: Option<f64>,
+    pub health_timeout_s: Option<f64>,
+}
+
+/// One replica: a local model (`source`) or a remote upstream (`url`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    pub tier: String,
+    /// Hugging Face folder, .gguf file or hub id.
+    pub source: Option<String>,
+    /// Base URL of an OpenAI-compatible server.
+    pub url: Option<String>,
+    /// The id clients use; by default the file or folder name, or the upstream's host:port.
+    pub name: Option<String>,
+    /// The model name sent upstream; asked from the upstream's /v1/models when absent.
+    pub upstream_model: Option<String>,
+    pub api_key_env: Option<String>,
+    pub gguf_file: Option<String>,
+    /// Context of a remote model, when known (local models report their own).
+    pub context_length: Option<usize>,
+}
+
+impl ModelEntry {
+    /// `--model TIER=SOURCE`, where SOURCE is a local model or `http(s)://…` / `openai:URL`.
+    pub fn parse_flag(s: &str) -> Result<Self, String> {
+        let (tier, source) = s.split_once('=').ok_or_else(|| {
+            format!("--model `{s}`: expected TIER=SOURCE, e.g. fast=/models/tinyllama.gguf")
+        })?;
+        if Tier::parse(tier).is_none() {
+            return Err(format!(
+                "--model `{s}`: the tier must be `fast` or `strong`, not `{tier}`"
+            ));
+        }
+        if source.is_empty() {
+            return Err(format!("--model `{s}`: the source is empty"));
+        }
+        let url = source.strip_prefix("openai:").unwrap_or(source);
+        if url.starts_with("http://") || url.starts_with("https://") {
+            return Ok(ModelEntry {
+                tier: tier.into(),
+                url: Some(url.into()),
+                ..Default::default()
+            });
+        }
+        Ok(ModelEntry {
+            tier: tier.into(),
+            source: Some(source.into()),
+            ..Default::default()
+        })
+    }
+
+    pub fn tier(&self) -> Result<Tier, String> {
+        Tier::parse(&self.tier)
+            .ok_or_else(|| format!("model tier `{}` must be `fast` or `strong`", self.tier))
+    }
+
+    /// The client-facing id.
+    pub fn id(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        if let Some(src) = &self.source {
+            let p = Path::new(src.trim_end_matches('/'));
+            let stem = if p.extension().is_some_and(|e| e == "gguf") {
+                p.file_stem()
+            } else {
+                p.file_name()
+            };
+            return stem.map_or_else(|| src.clone(), |s| s.to_string_lossy().into_owned());
+        }
+        self.url.clone().unwrap_or_default()
+    }
+}
+
+impl ConfigFile {
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// Everything `serve` needs, with defaults filled in and values checked.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    pub allow_non_loopback: bool,
+    pub http: HttpSettings,
+    pub engine: EngineOptions,
+    pub threads: Option<usize>,
+    pub max_context: Option<usize>,
+    pub device: String,
+    pub router: RouterConfig,
+    pub models: Vec<ModelEntry>,
+}
+
+fn secs(v: Option<f64>, default: Duration, name: &str) -> Result<Duration, String> {
+    match v {
+        None => Ok(default),
+        Some(s) if s.is_finite() && s > 0.0 => Ok(Duration::from_secs_f64(s)),
+        Some(s) => Err(format!(
+            "{name} must be a positive number of seconds, got {s}"
+        )),
+    }
+}
+
+fn positive(v: Option<usize>, default: usize, name: &str) -> Result<usize, String> {
+    match v {
+        None => Ok(default),
+        Some(0) => Err(format!("{name} must be at least 1")),
+        Some(n) => Ok(n),
+    }
+}
+
+impl Settings {
+    pub fn resolve(cfg: ConfigFile) -> Result<Self, String> {
+        let api_key = match (&cfg.api_key, &cfg.api_key_env) {
+            (Some(k), _) => Some(k.clone()),
+            (None, Some(var)) => Some(
+                std::env::var(var)
+                    .map_err(|_| format!("api_key_env names `{var}`, which is not set"))?,
+            ),
+            (None, None) => None,
+        };
+        if api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+            return Err("the API key is empty".into());
+        }
+        let d = EngineOptions::default();
+        let e = &cfg.engine;
+        let engine = EngineOptions {
+            max_batch: positive(e.max_batch, d.max_batch, "engine.max_batch")?,
+            queue_capacity: positive(e.queue, d.queue_capacity, "engine.queue")?,
+            prefill_chunk: positive(e.prefill_chunk, d.prefill_chunk, "engine.prefill_chunk")?,
+            retry_after_s: e.retry_after_s.unwrap_or(d.retry_after_s).max(1),
+            step_delay: Duration::ZERO,
+        };
+        let rd = RouterConfig::default();
+        let r = &cfg.router;
+        let policy: Policy = match &r.policy {
+            Some(p) => p.parse()?,
+            None => rd.policy,
+        };
+        let fixed_tier = match &r.fixed_tier {
+            Some(t) => Tier::parse(t)
+                .ok_or_else(|| format!("router.fixed_tier `{t}` must be `fast` or `strong`"))?,
+            None => rd.fixed_tier,
+        };
+        let threshold = r.complexity_threshold.unwrap_or(rd.complexity_threshold);
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(format!(
+                "router.complexity_threshold must be in [0, 1], got {threshold}"
+            ));
+        }
+        let lp = r
+            .cascade_logprob_threshold
+            .unwrap_or(rd.cascade_logprob_threshold);
+        if !(lp.is_finite() && lp <= 0.0) {
+            return Err(format!(
+                "router.cascade_logprob_threshold must be ≤ 0 (a log-probability), got {lp}"
+            ));
+        }
+        let router = RouterConfig {
+            policy,
+            complexity_threshold: threshold,
+            cascade_logprob_threshold: lp,
+            fixed_tier,
+            fallback: r.fallback.unwrap_or(rd.fallback),
+            first_token_timeout: secs(
+                r.first_token_timeout_s,
+                rd.first_token_timeout,
+                "router.first_token_timeout_s",
+            )?,
+            cascade_timeout: secs(
+                r.cascade_timeout_s,
+                rd.cascade_timeout,
+                "router.cascade_timeout_s",
+            )?,
+            failures_before_cooldown: r
+                .failures_before_cooldown
+                .unwrap_or(rd.failures_before_cooldown)
+                .max(1),
+            cooldown: secs(r.cooldown_s, rd.cooldown, "router.cooldown_s")?,
+            health_interval: secs(
+                r.health_interval_s,
+                rd.health_interval,
+                "router.health_interval_s",
+            )?,
+            health_timeout: secs(
+                r.health_timeout_s,
+                rd.health_timeout,
+                "router.health_timeout_s",
+            )?,
+        };
+        let hd = HttpSettings::default();
+        let http = HttpSettings {
+            api_key,
+            max_body_bytes: positive(cfg.max_body_bytes, hd.max_body_bytes, "max_body_bytes")?,
+            request_timeout: secs(
+                cfg.request_timeout_s,
+                hd.request_timeout,
+                "request_timeout_s",
+            )?,
+        };
+        if cfg.models.is_empty() {
+            return Err("no models: give --model fast=SOURCE (and --model strong=SOURCE), or [[models]] in the config".into());
+        }
+        let mut ids = Vec::new();
+        for m in &cfg.models {
+            m.tier()?;
+            match (&m.source, &m.url) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => {
+                    return Err(format!(
+                        "model `{}`: give exactly one of `source` (local) or `url` (remote)",
+                        m.id()
+                    ));
+                }
+            }
+            let id = m.id();
+            if ["auto", "fast", "strong"].contains(&id.as_str()) {
+                return Err(format!(
+                    "model name `{id}` is reserved; set `name` in the config"
+                ));
+            }
+            ids.push(id);
+        }
+        Ok(Settings {
+            host: cfg.host.unwrap_or_else(|| "127.0.0.1".into()),
+            port: cfg.port.unwrap_or(8080),
+            allow_non_loopback: cfg.allow_non_loopback.unwrap_or(false),
+            http,
+            engine,
+            threads: e.threads,
+            max_context: e.max_context,
+            device: e.device.clone().unwrap_or_else(|| "cpu".into()),
+            router,
+            models: cfg.models,
+        })
+    }
+
+    /// Refuses non-loopback addresses unless allowed: the server has no TLS and, without
+    /// `--api-key`, no authentication.
+    pub fn check_bind(&self) -> Result<(), String> {
+        let addrs: Vec<IpAddr> = match self.host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => (self.host.as_str(), self.port)
+                .to_socket_addrs()
+                .map_err(|e| format!("cannot resolve host `{}`: {e}", self.host))?
+                .map(|a| a.ip())
+                .collect(),
+        };
+        if addrs.iter().all(IpAddr::is_loopback) || self.allow_non_loopback {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to listen on `{}`, which is reachable from other machines; pass --allow-non-loopback \
+             (and set --api-key) if that is what you want",
+            self.host
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_into_local_and_remote_replicas() {
+        let m = ModelEntry::parse_flag("fast=/m/tiny-q8_0.gguf").unwrap();
+        assert_eq!(
+            (m.source.as_deref(), m.id()),
+            (Some("/m/tiny-q8_0.gguf"), "tiny-q8_0".to_string())
+        );
+        let m = ModelEntry::parse_flag("strong=http://127.0.0.1:9/v1").unwrap();
+        assert_eq!(m.url.as_deref(), Some("http://127.0.0.1:9/v1"));
+        let m = ModelEntry::parse_flag("strong=openai:https://x.example/v1").unwrap();
+        assert_eq!(m.url.as_deref(), Some("https://x.example/v1"));
+        assert!(
+            ModelEntry::parse_flag("medium=x")
+                .unwrap_err()
+                .contains("fast")
+        );
+        assert!(
+            ModelEntry::parse_flag("x")
+                .unwrap_err()
+                .contains("TIER=SOURCE")
+        );
+    }
+
+    #[test]
+    fn config_file_resolves_with_defaults_and_checks() {
+        let cfg: ConfigFile = toml::from_str(
+            r#"
+            port = 9000
+            [router]
+            policy = "cascade"
+            cascade_logprob_threshold = -2.0
+            [[models]]
+            tier = "fast"
+            source = "/m/a"
+            "#,
+        )
+        .unwrap();
+        let s = Settings::resolve(cfg).unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 9000));
+        assert_eq!(s.router.policy, Policy::Cascade);
+        assert_eq!(s.engine.max_batch, 8);
+        assert!(s.check_bind().is_ok());
+        let mut open = s.clone();
+        open.host = "0.0.0.0".into();
+        assert!(
+            open.check_bind()
+                .unwrap_err()
+                .contains("--allow-non-loopback")
+        );
+        open.allow_non_loopback = true;
+        assert!(open.check_bind().is_ok());
+
+        let bad: Result<ConfigFile, _> = toml::from_str("prot = 1");
+        assert!(bad.unwrap_err().to_string().contains("prot"));
+        let no_models = Settings::resolve(ConfigFile::default()).unwrap_err();
+        assert!(no_models.contains("no models"), "{no_models}");
+    }
+}

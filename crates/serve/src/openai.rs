@@ -1,0 +1,621 @@
+//! The OpenAI wire format: request bodies parsed with the path of any field at fault, checked,
+//! and turned into a [`GenRequest`]; response bodies and stream chunks built from events.
+//!
+//! Accepted beyond OpenAI's own fields, as vLLM accepts them: `top_k`, `min_p`,
+//! `repetition_penalty`, `ignore_eos`. Unknown fields are ignored, as OpenAI does.
+
+use bakeoff_engine::sampling::SamplingParams;
+use bakeoff_engine::template::Message;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::backend::{DoneOut, GenRequest, Input, TopLogprob};
+use crate::error::ApiError;
+
+/// Roles the chat templates understand. `developer` (OpenAI's newer name) becomes `system`.
+pub const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
+/// OpenAI's limit on stop sequences.
+const MAX_STOPS: usize = 4;
+/// OpenAI's limit on `top_logprobs`.
+const MAX_TOP_LOGPROBS: usize = 20;
+
+/// Parses a JSON body, naming the field at fault: `messages[0].content: invalid type: ...`.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    from_value(&parse_json(bytes)?)
+}
+
+/// The body as a JSON object; syntax errors say where they are.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::invalid(format!(
+            "the request body is not valid UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        ))
+    })?;
+    if text.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "the request body is empty; send a JSON object",
+        ));
+    }
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| ApiError::invalid(format!("malformed JSON in the request body: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::invalid(format!(
+            "the request body must be a JSON object, not {}",
+            json_type(&v)
+        )));
+    }
+    Ok(v)
+}
+
+/// Typed view of a JSON value, with the path of a field of the wrong type.
+fn from_value<T: DeserializeOwned>(v: &Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            ApiError::invalid(format!("invalid request body: {inner}"))
+        } else {
+            ApiError::invalid_param(path.clone(), format!("`{path}`: {inner}"))
+        }
+    })
+}
+
+/// Chat request: its own fields, then the shared ones from the same object. (Not one struct
+/// with `#[serde(flatten)]`: flattening loses the path of the field at fault.)
+pub fn parse_chat(bytes: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
+    let v = parse_json(bytes)?;
+    let mut r: ChatCompletionRequest = from_value(&v)?;
+    r.common = from_value(&v)?;
+    Ok(r)
+}
+
+pub fn parse_completion(bytes: &[u8]) -> Result<CompletionRequest, ApiError> {
+    let v = parse_json(bytes)?;
+    let mut r: CompletionRequest = from_value(&v)?;
+    r.common = from_value(&v)?;
+    Ok(r)
+}
+
+#[derive(Deserialize, Debug, Default)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+/// `stop`: a string or a list of strings.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Debug)]
+pub struct ChatMessageIn {
+    pub role: String,
+    /// A string, or a list of content parts of which only `text` parts are supported.
+    #[serde(default)]
+    pub content: Value,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Sampling and length fields shared by both endpoints.
+#[derive(Deserialize, Debug, Default)]
+pub struct Common {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub n: Option<u32>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    pub min_p: Option<f32>,
+    #[serde(default)]
+    pub repetition_penalty: Option<f32>,
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct ChatCompletionRequest {
+    pub messages: Vec<ChatMessageIn>,
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    #[serde(default)]
+    pub top_logprobs: Option<u32>,
+    #[serde(default)]
+    pub response_format: Option<Value>,
+    #[serde(skip)]
+    pub common: Common,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct CompletionRequest {
+    pub prompt: Value,
+    /// For completions, the number of top log-probabilities (0 = only the chosen token's).
+    #[serde(default)]
+    pub logprobs: Option<u32>,
+    #[serde(default)]
+    pub echo: Option<bool>,
+    #[serde(default)]
+    pub suffix: Option<String>,
+    #[serde(skip)]
+    pub common: Common,
+}
+
+/// What the HTTP layer needs besides the generation request.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    pub stream: bool,
+    pub include_usage: bool,
+    /// The client asked for log-probabilities (the cascade may compute them anyway).
+    pub logprobs: bool,
+}
+
+fn content_text(c: &Value, i: usize, role: &str) -> Result<String, ApiError> {
+    let param = format!("messages[{i}].content");
+    match c {
+        Value::String(s) => Ok(s.clone()),
+        // Assistant turns that only called tools have no content.
+        Value::Null if role == "assistant" || role == "tool" => Ok(String::new()),
+        Value::Null => Err(ApiError::invalid_param(
+            &param,
+            format!("`{param}` is missing"),
+        )),
+        Value::Array(parts) => {
+            let mut out = String::new();
+            for (j, p) in parts.iter().enumerate() {
+                let kind = p.get("type").and_then(Value::as_str).unwrap_or("");
+                match (kind, p.get("text")) {
+                    ("text", Some(Value::String(t))) => out.push_str(t),
+                    ("text", _) => {
+                        return Err(ApiError::invalid_param(
+                            format!("{param}[{j}].text"),
+                            format!("`{param}[{j}].text` must be a string"),
+                        ));
+                    }
+                    (other, _) => {
+                        return Err(ApiError::invalid_param(
+                            format!("{param}[{j}].type"),
+                            format!(
+                                "`{param}[{j}]`: content parts of type `{other}` are not supported (text only)"
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(out)
+        }
+        other => Err(ApiError::invalid_param(
+            &param,
+            format!(
+                "`{param}` must be a string or a list of text parts, not {}",
+                json_type(other)
+            ),
+        )),
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn check_common(
+    c: &Common,
+) -> Result<(String, Option<usize>, SamplingParams, Vec<String>), ApiError> {
+    if let Some(n) = c.n
+        && n != 1
+    {
+        return Err(ApiError::invalid_param(
+            "n",
+            format!("`n` must be 1 (one choice per request), got {n}"),
+        ));
+    }
+    for (name, v) in [
+        ("frequency_penalty", c.frequency_penalty),
+        ("presence_penalty", c.presence_penalty),
+    ] {
+        if let Some(v) = v
+            && v != 0.0
+        {
+            return Err(ApiError::invalid_param(
+                name,
+                format!("`{name}` is not supported (use `repetition_penalty`); got {v}"),
+            ));
+        }
+    }
+    let max_tokens = match (c.max_completion_tokens, c.max_tokens) {
+        (Some(m), _) | (None, Some(m)) => {
+            if m == 0 {
+                return Err(ApiError::invalid_param(
+                    "max_tokens",
+                    "`max_tokens` must be at least 1",
+                ));
+            }
+            Some(usize::try_from(m).unwrap_or(usize::MAX))
+        }
+        (None, None) => None,
+    };
+    let stop = match &c.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) => v.clone(),
+    };
+    if stop.len() > MAX_STOPS {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!("at most {MAX_STOPS} stop sequences, got {}", stop.len()),
+        ));
+    }
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::invalid_param(
+            "stop",
+            "stop sequences must not be empty strings",
+        ));
+    }
+    // OpenAI's default temperature is 1; 0 is greedy.
+    let temperature = c.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::invalid_param(
+            "temperature",
+            format!("`temperature` must be in [0, 2], got {temperature}"),
+        ));
+    }
+    let sampling = SamplingParams {
+        temperature,
+        top_k: c.top_k.unwrap_or(0),
+        top_p: c.top_p.unwrap_or(1.0),
+        min_p: c.min_p.unwrap_or(0.0),
+        repetition_penalty: c.repetition_penalty.unwrap_or(1.0),
+        seed: match c.seed {
+            Some(s) => s as u64,
+            None => fresh_seed(),
+        },
+    };
+    sampling.validate().map_err(|e| {
+        let msg = e.to_string();
+        let msg = msg
+            .strip_prefix("invalid argument: ")
+            .unwrap_or(&msg)
+            .to_string();
+        ApiError::invalid(msg)
+    })?;
+    let model = c.model.clone().unwrap_or_else(|| "auto".to_string());
+    if model.trim().is_empty() {
+        return Err(ApiError::invalid_param(
+            "model",
+            "`model` must not be empty (use \"auto\" to let the router choose)",
+        ));
+    }
+    Ok((model, max_tokens, sampling, stop))
+}
+
+/// Without a seed, sampled answers differ from call to call, as with OpenAI.
+fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+fn shape(c: &Common, logprobs: bool) -> Shape {
+    let stream = c.stream.unwrap_or(false);
+    Shape {
+        stream,
+        include_usage: stream
+            && c.stream_options
+                .as_ref()
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+        logprobs,
+    }
+}
+
+impl ChatCompletionRequest {
+    pub fn validate(self) -> Result<(GenRequest, Shape), ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid_param(
+                "messages",
+                "`messages` is empty; send at least one message",
+            ));
+        }
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for (i, m) in self.messages.iter().enumerate() {
+            if !ROLES.contains(&m.role.as_str()) {
+                return Err(ApiError::invalid_param(
+                    format!("messages[{i}].role"),
+                    format!(
+                        "`messages[{i}].role` is `{}`; use one of {}",
+                        m.role,
+                        ROLES.join(", ")
+                    ),
+                ));
+            }
+            let role = if m.role == "developer" {
+                "system"
+            } else {
+                m.role.as_str()
+            };
+            messages.push(Message::new(role, content_text(&m.content, i, &m.role)?));
+        }
+        let top = self.top_logprobs.map(|k| k as usize);
+        if let Some(k) = top {
+            if k > MAX_TOP_LOGPROBS {
+                return Err(ApiError::invalid_param(
+                    "top_logprobs",
+                    format!("`top_logprobs` must be at most {MAX_TOP_LOGPROBS}"),
+                ));
+            }
+            if self.logprobs != Some(true) {
+                return Err(ApiError::invalid_param(
+                    "top_logprobs",
+                    "`top_logprobs` needs `logprobs: true`",
+                ));
+            }
+        }
+        let json_object = match &self.response_format {
+            None | Some(Value::Null) => false,
+            Some(v) => match v.get("type").and_then(Value::as_str) {
+                Some("text") => false,
+                Some("json_object") => true,
+                _ => {
+                    return Err(ApiError::invalid_param(
+                        "response_format",
+                        "`response_format.type` must be `text` or `json_object` (json_schema is not supported)",
+                    ));
+                }
+            },
+        };
+        let (model, max_tokens, sampling, stop) = check_common(&self.common)?;
+        let logprobs = self.logprobs == Some(true);
+        let req = GenRequest {
+            model,
+            input: Input::Chat(messages),
+            max_tokens,
+            sampling,
+            stop,
+            ignore_eos: self.common.ignore_eos.unwrap_or(false),
+            logprobs: logprobs.then_some(top.unwrap_or(0)),
+            json_object,
+        };
+        Ok((req, shape(&self.common, logprobs)))
+    }
+}
+
+impl CompletionRequest {
+    pub fn validate(self) -> Result<(GenRequest, Shape), ApiError> {
+        let prompt = match &self.prompt {
+            Value::String(s) => s.clone(),
+            Value::Array(v) if v.len() == 1 && v[0].is_string() => {
+                v[0].as_str().unwrap_or_default().to_string()
+            }
+            Value::Array(v) if v.len() > 1 && v.iter().all(Value::is_string) => {
+                return Err(ApiError::invalid_param(
+                    "prompt",
+                    "one prompt per request (a list of prompts is not supported)",
+                ));
+            }
+            other => {
+                return Err(ApiError::invalid_param(
+                    "prompt",
+                    format!("`prompt` must be a string, not {}", json_type(other)),
+                ));
+            }
+        };
+        if prompt.is_empty() {
+            return Err(ApiError::invalid_param("prompt", "`prompt` is empty"));
+        }
+        if self.echo == Some(true) {
+            return Err(ApiError::invalid_param("echo", "`echo` is not supported"));
+        }
+        if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::invalid_param(
+                "suffix",
+                "`suffix` is not supported",
+            ));
+        }
+        let top = self.logprobs.map(|k| k as usize);
+        if top.is_some_and(|k| k > 5) {
+            return Err(ApiError::invalid_param(
+                "logprobs",
+                "`logprobs` must be at most 5 for completions",
+            ));
+        }
+        let (model, max_tokens, sampling, stop) = check_common(&self.common)?;
+        // The completions API defaults to 16 tokens.
+        let max_tokens = max_tokens.or(Some(16));
+        let req = GenRequest {
+            model,
+            input: Input::Text(prompt),
+            max_tokens,
+            sampling,
+            stop,
+            ignore_eos: self.common.ignore_eos.unwrap_or(false),
+            logprobs: top,
+            json_object: false,
+        };
+        Ok((req, shape(&self.common, top.is_some())))
+    }
+}
+
+// ---------------------------------------------------------------- responses
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+    pub prompt_tokens_details: PromptDetails,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct PromptDetails {
+    pub cached_tokens: usize,
+}
+
+impl Usage {
+    pub fn from_done(d: &DoneOut) -> Self {
+        Usage {
+            prompt_tokens: d.prompt_tokens,
+            completion_tokens: d.completion_tokens,
+            total_tokens: d.prompt_tokens + d.completion_tokens,
+            prompt_tokens_details: PromptDetails {
+                cached_tokens: d.cached_tokens,
+            },
+        }
+    }
+}
+
+/// One token in a chat `logprobs.content` list.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct ChatLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<ChatTopLogprob>,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct ChatTopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+impl ChatLogprob {
+    pub fn new(token: &str, logprob: f32, top: &[TopLogprob]) -> Self {
+        ChatLogprob {
+            token: token.to_string(),
+            logprob,
+            bytes: token.as_bytes().to_vec(),
+            top_logprobs: top
+                .iter()
+                .map(|t| ChatTopLogprob {
+                    token: t.token.clone(),
+                    logprob: t.logprob,
+                    bytes: t.token.as_bytes().to_vec(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The legacy completions `logprobs` object.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    pub top_logprobs: Vec<serde_json::Map<String, Value>>,
+    pub text_offset: Vec<usize>,
+}
+
+/// A random-looking id, unique within the process (`chatcmpl-…`, `cmpl-…`).
+pub fn new_id(prefix: &str) -> String {
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let h = RandomState::new().hash_one((n, std::time::SystemTime::now()));
+    format!("{prefix}-{h:016x}{n:04x}")
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> Result<(GenRequest, Shape), ApiError> {
+        parse_chat(body.as_bytes())?.validate()
+    }
+
+    #[test]
+    fn errors_name_the_field_at_fault() {
+        let e = chat(r#"{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}"#)
+            .unwrap_err();
+        assert!(
+            e.message.contains("temperature") && e.message.contains("invalid type"),
+            "{e:?}"
+        );
+        let e = chat(r#"{"messages": [{"role": "wizard", "content": "hi"}]}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+        assert!(e.message.contains("wizard"), "{e:?}");
+        let e = chat(r#"{"messages": []}"#).unwrap_err();
+        assert!(e.message.contains("empty"), "{e:?}");
+        let e = chat(r#"{"messages": [{"role": "user", "content": "hi"}"#).unwrap_err();
+        assert!(e.message.contains("malformed JSON"), "{e:?}");
+        let e = parse_chat(b"{\"messages\": \"\xff\"}").unwrap_err();
+        assert!(e.message.contains("UTF-8"), "{e:?}");
+        let e = chat(r#"{"messages": [{"role": "user", "content": 3}]}"#).unwrap_err();
+        assert!(e.message.contains("messages[0].content"), "{e:?}");
+        let e = chat(r#"{"messages": [{"role": "user", "content": "x"}], "n": 2}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("n"));
+        let e = chat(r#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}"#)
+            .unwrap_err();
+        assert!(e.message.contains("at least 1"), "{e:?}");
+        let e =
+            chat(r#"{"messages": [{"role": "user", "content": "x"}], "top_p": 0}"#).unwrap_err();
+        assert!(e.message.contains("top_p"), "{e:?}");
+    }
+
+    #[test]
+    fn valid_requests_keep_every_field() {
+        let (r, s) = chat(
+            r#"{"model": "fast", "messages": [{"role": "developer", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+                "max_completion_tokens": 7, "temperature": 0, "stop": "x", "seed": 3, "stream": true,
+                "stream_options": {"include_usage": true}, "logprobs": true, "top_logprobs": 2}"#,
+        )
+        .unwrap();
+        assert_eq!(r.model, "fast");
+        assert_eq!(
+            r.input,
+            Input::Chat(vec![Message::system("be brief"), Message::user("ab")])
+        );
+        assert_eq!(r.max_tokens, Some(7));
+        assert_eq!(r.stop, vec!["x".to_string()]);
+        assert_eq!(r.sampling.seed, 3);
+        assert_eq!(r.logprobs, Some(2));
+        assert!(s.stream && s.include_usage && s.logprobs);
+        let (r, s) = parse_completion(br#"{"prompt": ["once"], "logprobs": 1}"#)
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(
+            (r.model.as_str(), r.max_tokens, r.logprobs, s.stream),
+            ("auto", Some(16), Some(1), false)
+        );
+    }
+}

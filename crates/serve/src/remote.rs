@@ -1,0 +1,466 @@
+//! A remote OpenAI-compatible upstream (vLLM, llama-server, Ollama, another bakeoff) as a
+//! replica. Requests are always streamed from the upstream, so the router sees the first token
+//! (or the failure before it) exactly as it does for a local engine, and a client that goes away
+//! closes the upstream connection too.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use serde_json::{Value, json};
+use tokio::sync::{OnceCell, mpsc};
+
+use crate::backend::{Backend, DoneOut, Event, EventRx, GenRequest, Input, TokenOut, TopLogprob};
+use crate::error::{ApiError, ErrorKind};
+
+pub struct RemoteModel {
+    id: String,
+    /// Base URL ending in `/v1`.
+    base: String,
+    /// The model name to send upstream; asked from `/models` when not configured.
+    upstream_model: OnceCell<String>,
+    api_key: Option<String>,
+    context: Option<usize>,
+    client: reqwest::Client,
+}
+
+impl RemoteModel {
+    /// `url` is the upstream's base (`http://host:port` or `http://host:port/v1`).
+    pub fn new(
+        id: Option<String>,
+        url: &str,
+        upstream_model: Option<String>,
+        api_key: Option<String>,
+        context: Option<usize>,
+        connect_timeout: Duration,
+    ) -> Result<Self, ApiError> {
+        let trimmed = url.trim_end_matches('/');
+        if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) {
+            return Err(ApiError::invalid(format!(
+                "upstream URL `{url}` must start with http:// or https://"
+            )));
+        }
+        let base = if trimmed.ends_with("/v1") {
+            trimmed.to_string()
+        } else {
+            format!("{trimmed}/v1")
+        };
+        let id = id.unwrap_or_else(|| {
+            trimmed
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .trim_end_matches("/v1")
+                .to_string()
+        });
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .build()
+            .map_err(|e| ApiError::internal(format!("HTTP client: {e}")))?;
+        let cell = OnceCell::new();
+        if let Some(m) = upstream_model {
+            let _ = cell.set(m);
+        }
+        Ok(RemoteModel {
+            id,
+            base,
+            upstream_model: cell,
+            api_key,
+            context,
+            client,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(k) => rb.bearer_auth(k),
+            None => rb,
+        }
+    }
+
+    async fn model_name(&self) -> Result<String, ApiError> {
+        self.upstream_model
+            .get_or_try_init(|| async {
+                let resp = self
+                    .auth(self.client.get(format!("{}/models", self.base)))
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await
+                    .map_err(|e| unreachable(&self.id, &e))?;
+                let v: Value = resp
+                    .json()
+                    .await
+                    .map_err(|e| ApiError::upstream(format!("`{}`: /models: {e}", self.id)))?;
+                v.pointer("/data/0/id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        ApiError::upstream(format!(
+                            "`{}`: /models lists no model; set `upstream_model` in the config",
+                            self.id
+                        ))
+                    })
+            })
+            .await
+            .cloned()
+    }
+
+    fn body(&self, req: &GenRequest, model: &str) -> (String, Value) {
+        let mut b =
+            json!({ "model": model, "stream": true, "stream_options": {"include_usage": true} });
+        let path = match &req.input {
+            Input::Chat(messages) => {
+                b["messages"] = json!(messages);
+                if let Some(k) = req.logprobs {
+                    b["logprobs"] = json!(true);
+                    if k > 0 {
+                        b["top_logprobs"] = json!(k);
+                    }
+                }
+                if req.json_object {
+                    b["response_format"] = json!({"type": "json_object"});
+                }
+                "chat/completions"
+            }
+            Input::Text(p) => {
+                b["prompt"] = json!(p);
+                if let Some(k) = req.logprobs {
+                    b["logprobs"] = json!(k);
+                }
+                "completions"
+            }
+        };
+        if let Some(m) = req.max_tokens {
+            b["max_tokens"] = json!(m);
+        }
+        let s = &req.sampling;
+        b["temperature"] = json!(s.temperature);
+        b["top_p"] = json!(s.top_p);
+        b["seed"] = json!(s.seed as i64);
+        if !req.stop.is_empty() {
+            b["stop"] = json!(req.stop);
+        }
+        // Extensions only when used: OpenAI itself refuses unknown parameters.
+        if s.top_k > 0 {
+            b["top_k"] = json!(s.top_k);
+        }
+        if s.min_p > 0.0 {
+            b["min_p"] = json!(s.min_p);
+        }
+        if s.repetition_penalty != 1.0 {
+            b["repetition_penalty"] = json!(s.repetition_penalty);
+        }
+        if req.ignore_eos {
+            b["ignore_eos"] = json!(true);
+        }
+        (format!("{}/{path}", self.base), b)
+    }
+
+    async fn submit(&self, req: GenRequest) -> Result<EventRx, ApiError> {
+        let model = self.model_name().await?;
+        let (url, body) = self.body(&req, &model);
+        let resp = self
+            .auth(self.client.post(&url).json(&body))
+            .send()
+            .await
+            .map_err(|e| unreachable(&self.id, &e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let retry = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let text = resp.text().await.unwrap_or_default();
+            let msg = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/error/message")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| text.chars().take(300).collect());
+            let msg = format!("upstream `{}` answered {}: {msg}", self.id, status.as_u16());
+            return Err(match status.as_u16() {
+                429 => ApiError {
+                    retry_after: Some(retry.unwrap_or(1)),
+                    ..ApiError::new(ErrorKind::Overloaded, msg)
+                },
+                400 | 422 => ApiError::invalid(msg),
+                _ => ApiError::upstream(msg),
+            });
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = self.id.clone();
+        let chat = matches!(req.input, Input::Chat(_));
+        tokio::spawn(async move {
+            let mut stream = resp.bytes_stream();
+            let mut reader = SseReader::new(chat);
+            loop {
+                tokio::select! {
+                    // The client went away: dropping the response closes the upstream connection.
+                    _ = tx.closed() => return,
+                    chunk = stream.next() => match chunk {
+                        Some(Ok(bytes)) => {
+                            for ev in reader.feed(&bytes) {
+                                let end = !matches!(ev, Event::Token(_));
+                                if tx.send(ev).is_err() || end {
+                                    return;
+                                }
+                            }
+                        }
+                        Some(Err(e)) => {
+                            let _ = tx.send(Event::Error(ApiError::upstream(format!("upstream `{id}`: stream broke: {e}"))));
+                            return;
+                        }
+                        None => {
+                            let _ = tx.send(reader.end(&id));
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+fn unreachable(id: &str, e: &reqwest::Error) -> ApiError {
+    let kind = if e.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Unavailable
+    };
+    ApiError::new(kind, format!("upstream `{id}` is unreachable: {e}"))
+}
+
+impl Backend for RemoteModel {
+    fn model_id(&self) -> &str {
+        &self.id
+    }
+    fn kind(&self) -> &'static str {
+        "remote"
+    }
+    fn context_len(&self) -> Option<usize> {
+        self.context
+    }
+    fn start(&self, req: GenRequest) -> BoxFuture<'_, Result<EventRx, ApiError>> {
+        Box::pin(self.submit(req))
+    }
+    fn health(&self, timeout: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let r = self
+                .auth(self.client.get(format!("{}/models", self.base)))
+                .timeout(timeout)
+                .send()
+                .await;
+            r.is_ok_and(|r| r.status().is_success())
+        })
+    }
+}
+
+/// Turns an upstream's server-sent events into [`Event`]s.
+struct SseReader {
+    chat: bool,
+    buf: Vec<u8>,
+    finish: Option<&'static str>,
+    usage: Option<Value>,
+    tokens: usize,
+    done: bool,
+}
+
+impl SseReader {
+    fn new(chat: bool) -> Self {
+        SseReader {
+            chat,
+            buf: Vec::new(),
+            finish: None,
+            usage: None,
+            tokens: 0,
+            done: false,
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) -> Vec<Event> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\r', '\n']);
+            let Some(data) = line.strip_prefix("data:") else {
+                continue;
+            };
+            let data = data.trim();
+            if data == "[DONE]" {
+                self.done = true;
+                out.push(self.done_event());
+                return out;
+            }
+            match serde_json::from_str::<Value>(data) {
+                Ok(v) => {
+                    if let Some(e) = v.get("error") {
+                        let msg = e
+                            .get("message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("unknown error");
+                        out.push(Event::Error(ApiError::upstream(format!(
+                            "upstream error mid-stream: {msg}"
+                        ))));
+                        return out;
+                    }
+                    self.chunk(&v, &mut out);
+                }
+                Err(e) => {
+                    out.push(Event::Error(ApiError::upstream(format!(
+                        "upstream sent a chunk that is not JSON: {e}"
+                    ))));
+                    return out;
+                }
+            }
+        }
+        out
+    }
+
+    fn chunk(&mut self, v: &Value, out: &mut Vec<Event>) {
+        if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+            self.usage = Some(u.clone());
+        }
+        let Some(c) = v.pointer("/choices/0") else {
+            return;
+        };
+        let text = if self.chat {
+            c.pointer("/delta/content")
+        } else {
+            c.get("text")
+        };
+        let text = text.and_then(Value::as_str).unwrap_or("").to_string();
+        let mut tokens: Vec<(Option<String>, Option<f32>, Vec<TopLogprob>)> = Vec::new();
+        if self.chat {
+            if let Some(list) = c.pointer("/logprobs/content").and_then(Value::as_array) {
+                for t in list {
+                    let top = t
+                        .get("top_logprobs")
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|x| {
+                                    Some(TopLogprob {
+                                        token: x.get("token")?.as_str()?.to_string(),
+                                        logprob: x.get("logprob")?.as_f64()? as f32,
+                                    })
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    tokens.push((
+                        t.get("token").and_then(Value::as_str).map(str::to_string),
+                        t.get("logprob").and_then(Value::as_f64).map(|x| x as f32),
+                        top,
+                    ));
+                }
+            }
+        } else if let Some(lps) = c
+            .pointer("/logprobs/token_logprobs")
+            .and_then(Value::as_array)
+        {
+            let toks = c.pointer("/logprobs/tokens").and_then(Value::as_array);
+            for (i, lp) in lps.iter().enumerate() {
+                let tok = toks
+                    .and_then(|t| t.get(i))
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                tokens.push((tok, lp.as_f64().map(|x| x as f32), Vec::new()));
+            }
+        }
+        if tokens.is_empty() && !text.is_empty() {
+            tokens.push((None, None, Vec::new()));
+        }
+        // One event per upstream token; the chunk's text goes with the first.
+        for (i, (token, logprob, top)) in tokens.into_iter().enumerate() {
+            self.tokens += 1;
+            let text = if i == 0 { text.clone() } else { String::new() };
+            out.push(Event::Token(TokenOut {
+                text,
+                token,
+                logprob,
+                top,
+                tail: false,
+            }));
+        }
+        if let Some(f) = c.get("finish_reason").and_then(Value::as_str) {
+            self.finish = Some(if f == "length" { "length" } else { "stop" });
+        }
+    }
+
+    fn done_event(&self) -> Event {
+        let u = self.usage.as_ref();
+        let num = |p: &str| {
+            u.and_then(|u| u.pointer(p))
+                .and_then(Value::as_u64)
+                .map(|x| x as usize)
+        };
+        Event::Done(DoneOut {
+            finish_reason: self.finish.unwrap_or("stop"),
+            prompt_tokens: num("/prompt_tokens").unwrap_or(0),
+            completion_tokens: num("/completion_tokens").unwrap_or(self.tokens),
+            cached_tokens: num("/prompt_tokens_details/cached_tokens").unwrap_or(0),
+            timings: None,
+        })
+    }
+
+    /// The connection closed: a stream with a finish reason is complete even without
+    /// `[DONE]` (some servers omit it); one without is broken.
+    fn end(&self, id: &str) -> Event {
+        if self.done || self.finish.is_some() {
+            self.done_event()
+        } else {
+            Event::Error(ApiError::upstream(format!(
+                "upstream `{id}` closed the stream before finishing"
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_chunks_become_events() {
+        let mut r = SseReader::new(true);
+        let mut evs = r.feed(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"con");
+        assert!(evs.is_empty());
+        evs.extend(r.feed(b"tent\":\"Hi\"},\"logprobs\":{\"content\":[{\"token\":\"Hi\",\"logprob\":-0.5,\"top_logprobs\":[]}]}}]}\n\n"));
+        evs.extend(r.feed(b"data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"length\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n"));
+        assert_eq!(evs.len(), 2, "{evs:?}");
+        assert_eq!(
+            evs[0],
+            Event::Token(TokenOut {
+                text: "Hi".into(),
+                token: Some("Hi".into()),
+                logprob: Some(-0.5),
+                top: vec![],
+                tail: false
+            })
+        );
+        match &evs[1] {
+            Event::Done(d) => assert_eq!(
+                (d.finish_reason, d.prompt_tokens, d.completion_tokens),
+                ("length", 3, 1)
+            ),
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stream_cut_before_finishing_is_an_error() {
+        let mut r = SseReader::new(false);
+        let evs = r.feed(b"data: {\"choices\":[{\"text\":\"a\"}]}\n\n");
+        assert_eq!(evs.len(), 1);
+        assert!(matches!(r.end("u"), Event::Error(_)));
+    }
+}

@@ -1,0 +1,706 @@
+//! The axum application: endpoints, authentication, body limit, request counting, and the
+//! conversion of event streams into OpenAI JSON bodies and server-sent events.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::backend::{DoneOut, Event, EventRx, GenRequest, TokenOut};
+use crate::error::{ApiError, ErrorKind};
+use crate::metrics::Metrics;
+use crate::openai::{
+    ChatCompletionRequest, ChatLogprob, CompletionLogprobs, CompletionRequest, Shape, Usage,
+    new_id, parse_chat, parse_completion, unix_now,
+};
+use crate::router::{Lease, RouteInfo, Router, Served};
+
+/// HTTP-level settings.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// Bearer key required on `/v1/*` when set.
+    pub api_key: Option<String>,
+    pub max_body_bytes: usize,
+    /// The whole request, from arrival to the last token.
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            api_key: None,
+            max_body_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub router: Arc<Router>,
+    pub metrics: Arc<Metrics>,
+    pub settings: Arc<HttpSettings>,
+    /// Unix time the server started (the `created` of `/v1/models`).
+    pub started: u64,
+}
+
+impl AppState {
+    pub fn new(router: Arc<Router>, metrics: Arc<Metrics>, settings: HttpSettings) -> Self {
+        AppState {
+            router,
+            metrics,
+            settings: Arc::new(settings),
+            started: unix_now(),
+        }
+    }
+}
+
+pub const ROUTE_HEADER: &str = "x-bakeoff-route";
+
+/// The application, ready for `axum::serve` or for `tower::ServiceExt::oneshot` in tests.
+pub fn app(state: AppState) -> axum::Router {
+    let v1 = axum::Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    axum::Router::new()
+        .merge(v1)
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        ErrorKind::NotFound,
+        format!("no route for {} {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let e = ApiError::invalid(format!(
+        "{} is not allowed on {}",
+        req.method(),
+        req.uri().path()
+    ));
+    let mut r = e.into_response();
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r
+}
+
+/// Counts every response by endpoint and status, and error responses by kind.
+async fn count_requests(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    // Matched route templates only, so unknown paths cannot blow up the label set.
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("other", |p| p.as_str())
+        .to_string();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    st.metrics.inc(
+        "bakeoff_requests_total",
+        &[("endpoint", &endpoint), ("status", status.as_str())],
+    );
+    if let Some(kind) = resp.extensions().get::<ErrorKind>() {
+        st.metrics
+            .inc("bakeoff_errors_total", &[("kind", kind.label())]);
+    } else if status == StatusCode::PAYLOAD_TOO_LARGE {
+        st.metrics.inc(
+            "bakeoff_errors_total",
+            &[("kind", ErrorKind::PayloadTooLarge.label())],
+        );
+    }
+    resp
+}
+
+/// Bearer-key check. Both sides are hashed first so the comparison takes the same time
+/// whatever the key's length and wherever it differs.
+async fn require_key(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(key) = &st.settings.api_key {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let ok = given.is_some_and(|g| {
+            let a = Sha256::digest(g.as_bytes());
+            let b = Sha256::digest(key.as_bytes());
+            bool::from(a.as_slice().ct_eq(b.as_slice()))
+        });
+        if !ok {
+            let msg = if given.is_none() {
+                "missing API key: send `Authorization: Bearer <key>`"
+            } else {
+                "invalid API key"
+            };
+            return ApiError::unauthorized(msg).into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn body_bytes(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "the request body is over the limit of {} bytes",
+                    st.settings.max_body_bytes
+                ),
+            )
+        } else {
+            ApiError::invalid(format!("cannot read the request body: {r}"))
+        }
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Chat,
+    Completions,
+}
+
+async fn chat_completions(
+    State(st): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let parsed = body_bytes(&st, body)
+        .and_then(|b| parse_chat(&b))
+        .and_then(ChatCompletionRequest::validate);
+    match parsed {
+        Ok((req, shape)) => respond(st, req, shape, Endpoint::Chat).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn completions(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let parsed = body_bytes(&st, body)
+        .and_then(|b| parse_completion(&b))
+        .and_then(CompletionRequest::validate);
+    match parsed {
+        Ok((req, shape)) => respond(st, req, shape, Endpoint::Completions).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn respond(st: AppState, req: GenRequest, shape: Shape, ep: Endpoint) -> Response {
+    let arrived = Instant::now();
+    let deadline = arrived + st.settings.request_timeout;
+    let served = match tokio::time::timeout_at(deadline.into(), st.router.dispatch(req)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return e.into_response(),
+        Err(_) => {
+            return ApiError::timeout(format!(
+                "no model started answering within the request timeout of {} s",
+                st.settings.request_timeout.as_secs_f32()
+            ))
+            .into_response();
+        }
+    };
+    let Served {
+        route,
+        first,
+        rx,
+        lease,
+    } = served;
+    let tracker = Tracker::new(st.metrics.clone(), route.model.clone(), arrived);
+    let out = Output {
+        id: new_id(if ep == Endpoint::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        }),
+        created: unix_now(),
+        ep,
+        shape,
+        route,
+    };
+    let header = HeaderValue::from_str(&out.route.header()).ok();
+    let mut resp = if out.shape.stream {
+        stream_response(out, first, rx, lease, tracker, deadline)
+    } else {
+        json_response(out, first, rx, lease, tracker, deadline).await
+    };
+    if let Some(h) = header {
+        resp.headers_mut().insert(ROUTE_HEADER, h);
+    }
+    resp
+}
+
+/// Metrics of one response as its events pass: time to first token, inter-token latency,
+/// tokens, duration, and a disconnect when it is dropped before the end.
+struct Tracker {
+    metrics: Arc<Metrics>,
+    model: String,
+    arrived: Instant,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    finished: bool,
+}
+
+impl Tracker {
+    fn new(metrics: Arc<Metrics>, model: String, arrived: Instant) -> Self {
+        Tracker {
+            metrics,
+            model,
+            arrived,
+            first: None,
+            last: None,
+            finished: false,
+        }
+    }
+
+    fn token(&mut self, t: &TokenOut) {
+        if t.tail {
+            return;
+        }
+        let now = Instant::now();
+        let l = [("model", self.model.as_str())];
+        match self.last {
+            None => {
+                self.first = Some(now);
+                self.metrics.observe(
+                    "bakeoff_time_to_first_token_seconds",
+                    &l,
+                    (now - self.arrived).as_secs_f64(),
+                );
+            }
+            Some(prev) => self.metrics.observe(
+                "bakeoff_inter_token_latency_seconds",
+                &l,
+                (now - prev).as_secs_f64(),
+            ),
+        }
+        self.last = Some(now);
+    }
+
+    fn done(&mut self, d: &DoneOut) {
+        self.finished = true;
+        let l = [("model", self.model.as_str())];
+        self.metrics
+            .add("bakeoff_prompt_tokens_total", &l, d.prompt_tokens as f64);
+        self.metrics.add(
+            "bakeoff_generated_tokens_total",
+            &l,
+            d.completion_tokens as f64,
+        );
+        self.metrics.observe(
+            "bakeoff_request_duration_seconds",
+            &l,
+            self.arrived.elapsed().as_secs_f64(),
+        );
+    }
+
+    /// An error ends the response too; it is counted as an error, not a disconnect.
+    fn failed(&mut self, kind: ErrorKind) {
+        self.finished = true;
+        self.metrics
+            .inc("bakeoff_errors_total", &[("kind", kind.label())]);
+    }
+
+    fn timings(&self, d: &DoneOut) -> Value {
+        let ms = |t: Option<Instant>| t.map(|t| (t - self.arrived).as_secs_f64() * 1e3);
+        let mut v = json!({
+            "ttft_ms": ms(self.first),
+            "total_ms": self.arrived.elapsed().as_secs_f64() * 1e3,
+        });
+        if let Some(e) = &d.timings {
+            v["queue_ms"] = json!(e.queue_ms);
+            v["prefill_ms"] = json!(e.prefill_ms);
+            v["decode_tok_s"] = json!(e.decode_tok_s);
+        }
+        v
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.metrics.inc(
+                "bakeoff_client_disconnects_total",
+                &[("model", self.model.as_str())],
+            );
+        }
+    }
+}
+
+struct Output {
+    id: String,
+    created: u64,
+    ep: Endpoint,
+    shape: Shape,
+    route: RouteInfo,
+}
+
+impl Output {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.ep, chunk) {
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Completions, _) => "text_completion",
+        }
+    }
+
+    fn envelope(&self, chunk: bool, choices: Value) -> Value {
+        json!({
+            "id": self.id,
+            "object": self.object(chunk),
+            "created": self.created,
+            "model": self.route.model,
+            "system_fingerprint": concat!("bakeoff-", env!("CARGO_PKG_VERSION")),
+            "choices": choices,
+        })
+    }
+
+    /// The chunk for one token (None when it carries nothing to send).
+    fn token_chunk(&self, t: &TokenOut, text_offset: usize) -> Option<Value> {
+        let lp = if self.shape.logprobs { t.logprob } else { None };
+        if t.text.is_empty() && lp.is_none() {
+            return None;
+        }
+        let choice = match self.ep {
+            Endpoint::Chat => {
+                let logprobs = match (lp, &t.token) {
+                    (Some(l), Some(tok)) => {
+                        json!({ "content": [ChatLogprob::new(tok, l, &t.top)] })
+                    }
+                    _ => Value::Null,
+                };
+                json!({ "index": 0, "delta": { "content": t.text }, "logprobs": logprobs, "finish_reason": null })
+            }
+            Endpoint::Completions => {
+                let logprobs = match (lp, &t.token) {
+                    (Some(l), Some(tok)) => {
+                        let mut c = CompletionLogprobs::default();
+                        push_completion_logprob(&mut c, tok, l, t, text_offset);
+                        json!(c)
+                    }
+                    _ => Value::Null,
+                };
+                json!({ "index": 0, "text": t.text, "logprobs": logprobs, "finish_reason": null })
+            }
+        };
+        Some(self.envelope(true, json!([choice])))
+    }
+
+    fn finish_chunk(&self, d: &DoneOut, timings: Value) -> Value {
+        let choice = match self.ep {
+            Endpoint::Chat => {
+                json!({ "index": 0, "delta": {}, "logprobs": null, "finish_reason": d.finish_reason })
+            }
+            Endpoint::Completions => {
+                json!({ "index": 0, "text": "", "logprobs": null, "finish_reason": d.finish_reason })
+            }
+        };
+        let mut v = self.envelope(true, json!([choice]));
+        v["route"] = json!(self.route);
+        v["timings"] = timings;
+        v
+    }
+}
+
+fn push_completion_logprob(
+    c: &mut CompletionLogprobs,
+    tok: &str,
+    l: f32,
+    t: &TokenOut,
+    text_offset: usize,
+) {
+    c.tokens.push(tok.to_string());
+    c.token_logprobs.push(l);
+    c.text_offset.push(text_offset);
+    let mut top = serde_json::Map::new();
+    for x in &t.top {
+        top.insert(x.token.clone(), json!(x.logprob));
+    }
+    c.top_logprobs.push(top);
+}
+
+/// Collects the whole answer into one JSON body.
+async fn json_response(
+    out: Output,
+    first: Event,
+    mut rx: EventRx,
+    lease: Option<Lease>,
+    mut tr: Tracker,
+    deadline: Instant,
+) -> Response {
+    let mut text = String::new();
+    let mut chat_lps: Vec<ChatLogprob> = Vec::new();
+    let mut comp_lps = CompletionLogprobs::default();
+    let mut next = Some(first);
+    let done = loop {
+        let ev = match next.take() {
+            Some(e) => Some(e),
+            None => match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+                Ok(e) => e,
+                Err(_) => {
+                    tr.failed(ErrorKind::Timeout);
+                    // Dropping the receiver (on return) stops the generation.
+                    return ApiError::timeout(
+                        "the answer did not finish within the request timeout",
+                    )
+                    .into_response();
+                }
+            },
+        };
+        match ev {
+            Some(Event::Token(t)) => {
+                tr.token(&t);
+                if let (true, Some(l), Some(tok)) = (out.shape.logprobs, t.logprob, &t.token) {
+                    match out.ep {
+                        Endpoint::Chat => chat_lps.push(ChatLogprob::new(tok, l, &t.top)),
+                        Endpoint::Completions => {
+                            push_completion_logprob(&mut comp_lps, tok, l, &t, text.len())
+                        }
+                    }
+                }
+                text.push_str(&t.text);
+            }
+            Some(Event::Done(d)) => break d,
+            Some(Event::Error(e)) => {
+                tr.failed(e.kind);
+                if let Some(l) = &lease {
+                    l.failed(e.kind);
+                }
+                return e.into_response();
+            }
+            None => {
+                let e = ApiError::internal("the model stopped without finishing the answer");
+                tr.failed(e.kind);
+                return e.into_response();
+            }
+        }
+    };
+    tr.done(&done);
+    let choice = match out.ep {
+        Endpoint::Chat => json!({
+            "index": 0,
+            "message": { "role": "assistant", "content": text },
+            "logprobs": if out.shape.logprobs { json!({ "content": chat_lps }) } else { Value::Null },
+            "finish_reason": done.finish_reason,
+        }),
+        Endpoint::Completions => json!({
+            "index": 0,
+            "text": text,
+            "logprobs": if out.shape.logprobs { json!(comp_lps) } else { Value::Null },
+            "finish_reason": done.finish_reason,
+        }),
+    };
+    let mut body = out.envelope(false, json!([choice]));
+    body["usage"] = json!(Usage::from_done(&done));
+    body["route"] = json!(out.route);
+    body["timings"] = tr.timings(&done);
+    drop(lease);
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+struct StreamState {
+    out: Output,
+    next: Option<Event>,
+    rx: EventRx,
+    lease: Option<Lease>,
+    tracker: Tracker,
+    deadline: Instant,
+    pending: VecDeque<SseEvent>,
+    finished: bool,
+    text_len: usize,
+}
+
+fn data(v: &Value) -> SseEvent {
+    SseEvent::default().data(v.to_string())
+}
+
+/// Streams the answer as server-sent events: a role chunk (chat), one chunk per token, a
+/// finish chunk with the route and timings, a usage chunk when asked for, then `[DONE]`.
+/// Dropping the body (the client disconnected) drops the receiver, which stops the generation.
+fn stream_response(
+    out: Output,
+    first: Event,
+    rx: EventRx,
+    lease: Option<Lease>,
+    tracker: Tracker,
+    deadline: Instant,
+) -> Response {
+    let mut pending = VecDeque::new();
+    if out.ep == Endpoint::Chat {
+        let mut v = out.envelope(
+            true,
+            json!([{ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null }]),
+        );
+        v["route"] = json!(out.route);
+        pending.push_back(data(&v));
+    }
+    let state = StreamState {
+        out,
+        next: Some(first),
+        rx,
+        lease,
+        tracker,
+        deadline,
+        pending,
+        finished: false,
+        text_len: 0,
+    };
+    let stream = futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(ev) = s.pending.pop_front() {
+                return Some((Ok::<_, Infallible>(ev), s));
+            }
+            if s.finished {
+                return None;
+            }
+            let ev = match s.next.take() {
+                Some(e) => Some(e),
+                None => match tokio::time::timeout_at(s.deadline.into(), s.rx.recv()).await {
+                    Ok(e) => e,
+                    Err(_) => Some(Event::Error(ApiError::timeout(
+                        "the answer did not finish within the request timeout",
+                    ))),
+                },
+            };
+            s.step(ev);
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+impl StreamState {
+    fn step(&mut self, ev: Option<Event>) {
+        match ev {
+            Some(Event::Token(t)) => {
+                self.tracker.token(&t);
+                if let Some(v) = self.out.token_chunk(&t, self.text_len) {
+                    self.pending.push_back(data(&v));
+                }
+                self.text_len += t.text.len();
+            }
+            Some(Event::Done(d)) => {
+                self.tracker.done(&d);
+                let timings = self.tracker.timings(&d);
+                self.pending
+                    .push_back(data(&self.out.finish_chunk(&d, timings)));
+                if self.out.shape.include_usage {
+                    let mut v = self.out.envelope(true, json!([]));
+                    v["usage"] = json!(Usage::from_done(&d));
+                    self.pending.push_back(data(&v));
+                }
+                self.pending.push_back(SseEvent::default().data("[DONE]"));
+                self.finished = true;
+                self.lease = None;
+            }
+            Some(Event::Error(e)) => self.fail(e),
+            None => self.fail(ApiError::internal(
+                "the model stopped without finishing the answer",
+            )),
+        }
+    }
+
+    /// Headers are gone by now: the error travels as a data event, OpenAI's way.
+    fn fail(&mut self, e: ApiError) {
+        self.tracker.failed(e.kind);
+        if let Some(l) = &self.lease {
+            l.failed(e.kind);
+        }
+        self.pending.push_back(data(&e.body()));
+        self.finished = true;
+        self.lease = None;
+    }
+}
+
+async fn models(State(st): State<AppState>) -> Response {
+    let mut data = Vec::new();
+    let r = &st.router;
+    for name in r.names() {
+        let rep = r.replicas().iter().find(|x| x.backend.model_id() == name);
+        let mut m =
+            json!({ "id": name, "object": "model", "created": st.started, "owned_by": "bakeoff" });
+        match rep {
+            Some(rep) => {
+                m["tier"] = json!(rep.tier);
+                m["kind"] = json!(rep.backend.kind());
+                if let Some(c) = rep.backend.context_len() {
+                    m["context_length"] = json!(c);
+                }
+            }
+            None if name == "auto" => {
+                m["route"] = json!(format!("policy `{}`", r.config().policy.as_str()))
+            }
+            None => m["route"] = json!(format!("tier `{name}`")),
+        }
+        data.push(m);
+    }
+    axum::Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+async fn health(State(st): State<AppState>) -> Response {
+    let reps: Vec<_> = st.router.replicas().iter().map(|r| r.status()).collect();
+    let up = st
+        .router
+        .replicas()
+        .iter()
+        .filter(|r| r.available())
+        .count();
+    let status = if up == reps.len() {
+        "ok"
+    } else if up > 0 {
+        "degraded"
+    } else {
+        "down"
+    };
+    let code = if up > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({ "status": status, "policy": st.router.config().policy, "replicas": reps });
+    (code, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    for r in st.router.replicas() {
+        if let Some(l) = r.backend.load() {
+            let lab = [("model", r.backend.model_id())];
+            st.metrics.set("bakeoff_queue_depth", &lab, l.queued as f64);
+            st.metrics
+                .set("bakeoff_active_sequences", &lab, l.active as f64);
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        st.metrics.render(),
+    )
+        .into_response()
+}

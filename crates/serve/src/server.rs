@@ -1,0 +1,182 @@
+//! Starting a server from [`Settings`]: load the local models, connect the remote ones, bind
+//! (loopback unless allowed otherwise), serve until Ctrl-C.
+
+use std::sync::Arc;
+
+use bakeoff_engine::backend::DeviceKind;
+use bakeoff_engine::loader::{LoadOptions, load};
+
+use crate::backend::Backend;
+use crate::config::Settings;
+use crate::engine::LocalModel;
+use crate::metrics::Metrics;
+use crate::remote::RemoteModel;
+use crate::router::{Replica, Router};
+use crate::routes::{AppState, app};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot load model `{source_arg}`: {error}")]
+    Load {
+        source_arg: String,
+        #[source]
+        error: bakeoff_engine::Error,
+    },
+    #[error("{0}")]
+    Start(String),
+    #[error("cannot listen on {addr}: {error}")]
+    Bind {
+        addr: String,
+        #[source]
+        error: std::io::Error,
+    },
+}
+
+/// Loads every replica and builds the router (blocking: loading reads weights from disk).
+pub fn build_state(settings: &Settings, metrics: Arc<Metrics>) -> Result<AppState, ServeError> {
+    let device: DeviceKind = settings
+        .device
+        .parse()
+        .map_err(|e: bakeoff_engine::Error| ServeError::Config(e.to_string()))?;
+    let mut replicas = Vec::new();
+    for m in &settings.models {
+        let tier = m.tier().map_err(ServeError::Config)?;
+        let id = m.id();
+        let backend: Arc<dyn Backend> = match (&m.source, &m.url) {
+            (Some(src), _) => {
+                let opts = LoadOptions {
+                    device,
+                    threads: settings.threads,
+                    dtype: None,
+                    max_context: settings.max_context,
+                    progress: true,
+                };
+                eprintln!("loading `{id}` ({}) from {src} ...", tier.as_str());
+                let lm =
+                    load(src, m.gguf_file.as_deref(), &opts).map_err(|error| ServeError::Load {
+                        source_arg: src.clone(),
+                        error,
+                    })?;
+                eprintln!(
+                    "  {} {} · {} · context {} · {:.1} s",
+                    format!("{:?}", lm.info.arch).to_lowercase(),
+                    lm.info.weight_dtype,
+                    lm.info.device,
+                    lm.model.config().max_context,
+                    lm.info.load_s
+                );
+                Arc::new(
+                    LocalModel::spawn(&id, lm, settings.engine.clone(), metrics.clone())
+                        .map_err(|e| ServeError::Start(e.message))?,
+                )
+            }
+            (None, Some(url)) => {
+                let key = match &m.api_key_env {
+                    Some(var) => Some(std::env::var(var).map_err(|_| {
+                        ServeError::Config(format!("model `{id}`: api_key_env `{var}` is not set"))
+                    })?),
+                    None => None,
+                };
+                let r = RemoteModel::new(
+                    Some(id.clone()),
+                    url,
+                    m.upstream_model.clone(),
+                    key,
+                    m.context_length,
+                    settings
+                        .router
+                        .health_timeout
+                        .max(std::time::Duration::from_secs(2)),
+                )
+                .map_err(|e| ServeError::Config(e.message))?;
+                eprintln!("remote `{id}` ({}) at {}", tier.as_str(), r.base_url());
+                Arc::new(r)
+            }
+            (None, None) => {
+                return Err(ServeError::Config(format!(
+                    "model `{id}` has neither source nor url"
+                )));
+            }
+        };
+        replicas.push(Replica::new(tier, backend));
+    }
+    let router = Router::new(replicas, settings.router.clone(), metrics.clone())
+        .map_err(|e| ServeError::Config(e.message))?;
+    Ok(AppState::new(
+        Arc::new(router),
+        metrics,
+        settings.http.clone(),
+    ))
+}
+
+/// Runs the server until Ctrl-C (or SIGTERM). Prints `listening on http://ADDR` to stderr once
+/// the socket is bound, so scripts that pass `--port 0` can find the port.
+pub fn run_blocking(settings: Settings) -> Result<(), ServeError> {
+    settings.check_bind().map_err(ServeError::Config)?;
+    if settings.http.api_key.is_none() && settings.allow_non_loopback {
+        eprintln!(
+            "warning: listening beyond loopback without an API key: anyone who can reach it can use it"
+        );
+    }
+    let metrics = Arc::new(Metrics::new());
+    let state = build_state(&settings, metrics)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("serve-io")
+        // The HTTP side only shuffles bytes; the engines have their own threads.
+        .worker_threads(2)
+        .build()
+        .map_err(|e| ServeError::Start(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", settings.host, settings.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|error| ServeError::Bind {
+                addr: addr.clone(),
+                error,
+            })?;
+        let local = listener.local_addr().map_err(|error| ServeError::Bind {
+            addr: addr.clone(),
+            error,
+        })?;
+        state.router.spawn_health_checks();
+        eprintln!(
+            "listening on http://{local} (policy {}, {} replica(s){})",
+            settings.router.policy.as_str(),
+            state.router.replicas().len(),
+            if settings.http.api_key.is_some() {
+                ", API key required"
+            } else {
+                ""
+            }
+        );
+        axum::serve(listener, app(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|e| ServeError::Start(format!("server error: {e}")))
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("shutting down");
+}

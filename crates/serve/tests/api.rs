@@ -1,0 +1,417 @@
+//! Every endpoint and error path of the axum app, in-process (no socket), on tiny synthetic
+//! models: OpenAI response shapes, SSE framing, logprobs, stop strings, context limits,
+//! authentication, body limits, and a server that keeps serving after bad requests.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use bakeoff_serve::HttpSettings;
+use bakeoff_serve::engine::EngineOptions;
+use bakeoff_serve::metrics::Metrics;
+use bakeoff_serve::router::{Policy, RouterConfig, Tier};
+use common::*;
+use serde_json::Value;
+
+fn fixed() -> RouterConfig {
+    RouterConfig {
+        policy: Policy::Fixed,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_completion_has_the_openai_shape() {
+    let (app, _) = two_tier(fixed(), EngineOptions::default());
+    let r = send(
+        &app,
+        post(
+            "/v1/chat/completions",
+            chat_body("auto", "Hello there!", r#""max_tokens": 12"#),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "tiny-llama");
+    assert!(v["created"].as_u64().unwrap() > 1_600_000_000);
+    let c = &v["choices"][0];
+    assert_eq!(c["index"], 0);
+    assert_eq!(c["message"]["role"], "assistant");
+    assert!(c["message"]["content"].is_string());
+    assert!(["stop", "length"].contains(&c["finish_reason"].as_str().unwrap()));
+    let u = &v["usage"];
+    assert!(u["prompt_tokens"].as_u64().unwrap() > 3);
+    assert!(u["completion_tokens"].as_u64().unwrap() <= 12);
+    assert_eq!(
+        u["total_tokens"].as_u64().unwrap(),
+        u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(v["route"]["tier"], "fast");
+    assert_eq!(v["route"]["policy"], "fixed");
+    assert!(v["timings"]["ttft_ms"].as_f64().unwrap() > 0.0);
+    assert!(
+        r.route()
+            .contains("tier=fast; model=tiny-llama; policy=fixed"),
+        "{}",
+        r.route()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_equals_non_streaming_and_ends_with_usage_and_done() {
+    let (app, _) = two_tier(fixed(), EngineOptions::default());
+    let body = chat_body(
+        "fast",
+        "Count to five.",
+        r#""max_tokens": 20, "ignore_eos": true"#,
+    );
+    let whole = send(&app, post("/v1/chat/completions", body.clone()))
+        .await
+        .json();
+    let stream_body = chat_body(
+        "fast",
+        "Count to five.",
+        r#""max_tokens": 20, "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}"#,
+    );
+    let r = send(&app, post("/v1/chat/completions", stream_body)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-type"], "text/event-stream");
+    let events = r.events();
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let first: Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(first["object"], "chat.completion.chunk");
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(usage["choices"].as_array().unwrap().len(), 0);
+    assert_eq!(usage["usage"]["completion_tokens"], 20);
+    let fin: Value = serde_json::from_str(&events[events.len() - 3]).unwrap();
+    assert_eq!(fin["choices"][0]["finish_reason"], "length");
+    assert_eq!(fin["route"]["tier"], "fast");
+    assert_eq!(
+        r.streamed_content(),
+        whole["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    // Every chunk has the same id.
+    let ids: std::collections::HashSet<String> = events[..events.len() - 1]
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(e).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_and_logprobs() {
+    let (app, _) = two_tier(fixed(), EngineOptions::default());
+    let r = send(&app, post("/v1/completions", r#"{"model": "strong", "prompt": "Once upon a time", "max_tokens": 5, "temperature": 0, "ignore_eos": true, "logprobs": 2}"#)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["model"], "tiny-qwen2");
+    let lp = &v["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 5);
+    assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
+    assert!(
+        lp["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x.as_f64().unwrap() <= 0.0)
+    );
+    // Greedy: the chosen token is the most likely, so its logprob is the top one.
+    let top0 = lp["top_logprobs"][0]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|x| x.as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
+    assert!((top0 - lp["token_logprobs"][0].as_f64().unwrap()).abs() < 1e-5);
+
+    let r = send(
+        &app,
+        post(
+            "/v1/chat/completions",
+            chat_body(
+                "fast",
+                "hi",
+                r#""max_tokens": 4, "ignore_eos": true, "logprobs": true, "top_logprobs": 3"#,
+            ),
+        ),
+    )
+    .await;
+    let v = r.json();
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 4);
+    assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 3);
+    assert!(content[0]["bytes"].is_array());
+
+    let r = send(
+        &app,
+        post(
+            "/v1/completions",
+            r#"{"prompt": "abc", "max_tokens": 3, "stream": true, "temperature": 0}"#,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let evs = r.events();
+    assert_eq!(evs.last().unwrap(), "[DONE]");
+    assert!(evs[0].contains("text_completion"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_strings_cut_the_answer_and_max_tokens_is_capped_by_the_context() {
+    let (app, _) = two_tier(fixed(), EngineOptions::default());
+    let base = send(
+        &app,
+        post(
+            "/v1/chat/completions",
+            chat_body(
+                "fast",
+                "Tell me a story.",
+                r#""max_tokens": 40, "ignore_eos": true"#,
+            ),
+        ),
+    )
+    .await
+    .json();
+    let text = base["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let chars: Vec<char> = text.chars().collect();
+    assert!(chars.len() > 12, "{text:?}");
+    let stop: String = chars[8..11].iter().collect();
+    let cut = text.find(&stop).unwrap();
+    let r = send(
+        &app,
+        post(
+            "/v1/chat/completions",
+            chat_body(
+                "fast",
+                "Tell me a story.",
+                &format!(
+                    r#""max_tokens": 40, "ignore_eos": true, "stop": [{}]"#,
+                    serde_json::to_string(&stop).unwrap()
+                ),
+            ),
+        ),
+    )
+    .await
+    .json();
+    assert_eq!(
+        r["choices"][0]["message"]["content"].as_str().unwrap(),
+        &text[..cut]
+    );
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+
+    // A max_tokens far past the context ends with `length` when the context is full.
+    let r = send(&app, post("/v1/completions", r#"{"model": "fast", "prompt": "a", "max_tokens": 100000, "temperature": 0, "ignore_eos": true}"#)).await.json();
+    let u = &r["usage"];
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
+    assert_eq!(u["total_tokens"].as_u64().unwrap(), 512, "{u}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_health_and_metrics() {
+    let (app, _) = two_tier(fixed(), EngineOptions::default());
+    let v = send(&app, get("/v1/models")).await.json();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["auto", "fast", "strong", "tiny-llama", "tiny-qwen2"]
+    );
+    assert_eq!(v["data"][3]["context_length"], 512);
+    assert_eq!(v["data"][3]["tier"], "fast");
+
+    let h = send(&app, get("/health")).await;
+    assert_eq!(h.status, 200);
+    let hv = h.json();
+    assert_eq!(hv["status"], "ok");
+    assert_eq!(hv["replicas"].as_array().unwrap().len(), 2);
+
+    send(
+        &app,
+        post(
+            "/v1/chat/completions",
+            chat_body("auto", "hi", r#""max_tokens": 3"#),
+        ),
+    )
+    .await;
+    send(&app, post("/v1/chat/completions", "{")).await;
+    let m = send(&app, get("/metrics")).await;
+    assert_eq!(
+        m.headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    for family in [
+        "# TYPE bakeoff_requests_total counter",
+        "# TYPE bakeoff_time_to_first_token_seconds histogram",
+        "# TYPE bakeoff_inter_token_latency_seconds histogram",
+        "# TYPE bakeoff_queue_depth gauge",
+        "# TYPE bakeoff_route_decisions_total counter",
+        "# TYPE bakeoff_errors_total counter",
+        "bakeoff_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"} 1",
+        "bakeoff_requests_total{endpoint=\"/v1/chat/completions\",status=\"400\"} 1",
+        "bakeoff_errors_total{kind=\"invalid_request\"} 1",
+        "bakeoff_route_decisions_total{reason=\"policy\",tier=\"fast\"} 1",
+        "bakeoff_time_to_first_token_seconds_count{model=\"tiny-llama\"} 1",
+        "bakeoff_queue_depth{model=\"tiny-llama\"} 0",
+    ] {
+        assert!(m.text.contains(family), "missing `{family}` in\n{}", m.text);
+    }
+}
+
+fn assert_error(r: &Reply, status: u16, needle: &str) {
+    assert_eq!(r.status, status, "{}", r.text);
+    let v = r.json();
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(needle), "`{needle}` not in `{msg}`");
+    assert!(v["error"]["type"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_400s_and_the_server_keeps_serving() {
+    let (app, _) = two_tier(fixed(), EngineOptions::default());
+    let cases: Vec<(&[u8], u16, &str)> = vec![
+        (b"{\"messages\": [", 400, "malformed JSON"),
+        (b"", 400, "empty"),
+        (b"[1, 2]", 400, "JSON object"),
+        (
+            b"{\"messages\": [{\"role\": \"user\", \"content\": \"\xff\xfe\"}]}",
+            400,
+            "UTF-8",
+        ),
+        (
+            br#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}"#,
+            400,
+            "`max_tokens`: invalid type",
+        ),
+        (
+            br#"{"messages": [{"role": "user", "content": "hi"}], "temperature": 5}"#,
+            400,
+            "temperature",
+        ),
+        (
+            br#"{"messages": [{"role": "robot", "content": "hi"}]}"#,
+            400,
+            "`messages[0].role` is `robot`",
+        ),
+        (br#"{"messages": []}"#, 400, "`messages` is empty"),
+        (br#"{"model": "auto"}"#, 400, "missing field `messages`"),
+        (
+            br#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#,
+            400,
+            "not supported",
+        ),
+        (
+            br#"{"messages": [{"role": "user", "content": "x"}], "n": 3}"#,
+            400,
+            "`n` must be 1",
+        ),
+        (
+            br#"{"messages": [{"role": "user", "content": "x"}], "stop": ["a","b","c","d","e"]}"#,
+            400,
+            "at most 4",
+        ),
+        (
+            br#"{"messages": [{"role": "user", "content": "x"}], "model": "gpt-9"}"#,
+            404,
+            "model `gpt-9` does not exist",
+        ),
+    ];
+    for (body, status, needle) in cases {
+        let r = send(&app, post("/v1/chat/completions", body.to_vec())).await;
+        assert_error(&r, status, needle);
+    }
+    let r = send(
+        &app,
+        post(
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "robot", "content": "hi"}]}"#,
+        ),
+    )
+    .await;
+    assert_eq!(r.json()["error"]["param"], "messages[0].role");
+
+    // Longer than the 512-token context: refused, not truncated, whichever tier is asked.
+    let long = "word ".repeat(600);
+    let r = send(
+        &app,
+        post("/v1/chat/completions", chat_body("fast", &long, "")),
+    )
+    .await;
+    assert_error(&r, 400, "context of 512 tokens");
+    assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
+    let r = send(
+        &app,
+        post(
+            "/v1/completions",
+            format!(r#"{{"prompt": {}}}"#, serde_json::to_string(&long).unwrap()),
+        ),
+    )
+    .await;
+    assert_error(&r, 400, "nothing was truncated");
+
+    let r = send(&app, get("/v1/nothing")).await;
+    assert_error(&r, 404, "no route");
+    let r = send(&app, get("/v1/chat/completions")).await;
+    assert_error(&r, 405, "not allowed");
+
+    let ok = send(
+        &app,
+        post(
+            "/v1/chat/completions",
+            chat_body("auto", "still there?", r#""max_tokens": 2"#),
+        ),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_and_body_limit() {
+    let m = Arc::new(Metrics::new());
+    let fast = local("tiny-llama", "tiny-llama", EngineOptions::default(), &m);
+    let http = HttpSettings {
+        api_key: Some("s3cret-key".into()),
+        max_body_bytes: 4096,
+        ..Default::default()
+    };
+    let (app, _) = app_with(vec![(Tier::Fast, fast)], fixed(), http, m);
+    let body = chat_body("auto", "hi", r#""max_tokens": 2"#);
+    let r = send(&app, post("/v1/chat/completions", body.clone())).await;
+    assert_error(&r, 401, "missing API key");
+    let mut req = post("/v1/chat/completions", body.clone());
+    req.headers_mut()
+        .insert("authorization", "Bearer s3cret-kex".parse().unwrap());
+    assert_error(&send(&app, req).await, 401, "invalid API key");
+    let mut req = post("/v1/chat/completions", body.clone());
+    req.headers_mut()
+        .insert("authorization", "Bearer s3cret-key".parse().unwrap());
+    assert_eq!(send(&app, req).await.status, 200);
+    // Health and metrics stay open for probes and scrapers.
+    assert_eq!(send(&app, get("/health")).await.status, 200);
+
+    let mut req = post(
+        "/v1/chat/completions",
+        chat_body("auto", &"x".repeat(5000), ""),
+    );
+    req.headers_mut()
+        .insert("authorization", "Bearer s3cret-key".parse().unwrap());
+    assert_error(&send(&app, req).await, 413, "over the limit of 4096 bytes");
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# System and Python dependencies of the end-to-end serve/chat tests (crates/cli/tests/serve_e2e.rs):
+# tmux and curl for the chat and SSE tests, and the official `openai` SDK in a small venv at
+# .venv-ci (the tests look for .venv-ci/bin/python, or $BAKEOFF_PYTHON). Safe to run twice.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v tmux >/dev/null || missing+=(tmux)
+command -v curl >/dev/null || missing+=(curl)
+if ((${#missing[@]})); then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+if [ ! -x .venv-ci/bin/python ]; then
+    python3 -m venv .venv-ci
+fi
+.venv-ci/bin/python -m pip install --quiet --upgrade pip
+.venv-ci/bin/python -m pip install --quiet "openai>=1.40"
+.venv-ci/bin/python -c "import openai; print('openai', openai.__version__)"
