@@ -29,6 +29,8 @@ enum Command {
     Tokenize(commands::tokenize::TokenizeArgs),
     /// Write a random-weight model with the exact architecture of a real one.
     Synth(commands::synth::SynthArgs),
+    /// Quantize a model to a GGUF file (q8_0, q4_0, q4_k, q5_k, q6_k), or measure the quality cost.
+    Quantize(commands::quantize::QuantizeArgs),
     /// Synthesize a full-size model and chat with it: the offline demo of the engine.
     Demo(commands::demo::DemoArgs),
     /// Quality scores per category from public benchmarks and verifiable checks, with intervals,
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Info(a) => commands::info::run(a),
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Synth(a) => commands::synth::run(a),
+        Command::Quantize(a) => commands::quantize::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Bench(a) => commands::bench::run(a),

@@ -4,6 +4,7 @@ pub mod demo;
 pub mod eval;
 pub mod generate;
 pub mod info;
+pub mod quantize;
 pub mod route;
 pub mod serve;
 pub mod synth;

@@ -15,7 +15,7 @@ use super::{SynthOptions, SynthQuant, Vocab, write_atomically, write_tensor_data
 use crate::models::{Arch, DecoderConfig, gguf_tensor_name};
 use crate::{Error, Result};
 
-const ALIGNMENT: u64 = 32;
+pub(crate) const ALIGNMENT: u64 = 32;
 
 /// llama.cpp's `llama_ftype` for a file whose matrices are all `q`.
 fn file_type(q: SynthQuant) -> u32 {
@@ -105,31 +105,16 @@ pub(super) fn write(
     }
     write_atomically(&path, |w| {
         let io = |e: std::io::Error| Error::io(&path, e);
-        let mut header = Vec::new();
-        header.extend_from_slice(b"GGUF");
-        header.extend_from_slice(&3u32.to_le_bytes());
-        header.extend_from_slice(&(infos.len() as u64).to_le_bytes());
-        header.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
-        for (k, v) in &metadata {
-            put_string(&mut header, k);
-            put_value(&mut header, v, true)
-                .map_err(|m| Error::format(&path, format!("metadata `{k}`: {m}")))?;
-        }
-        for (name, s, t, off, _) in &infos {
-            put_string(&mut header, name);
-            let dims = s.shape();
-            header.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-            // ggml lists dimensions innermost first.
-            for d in dims.iter().rev() {
-                header.extend_from_slice(&(*d as u64).to_le_bytes());
-            }
-            header.extend_from_slice(&ggml_type_id(*t).to_le_bytes());
-            header.extend_from_slice(&off.to_le_bytes());
-        }
-        header.resize(
-            (header.len() as u64).div_ceil(ALIGNMENT) as usize * ALIGNMENT as usize,
-            0,
-        );
+        let entries: Vec<TensorEntry<'_>> = infos
+            .iter()
+            .map(|(name, s, t, off, _)| TensorEntry {
+                name,
+                dims: s.shape(),
+                type_id: ggml_type_id(*t),
+                offset: *off,
+            })
+            .collect();
+        let header = encode_header(&metadata, &entries).map_err(|m| Error::format(&path, m))?;
         w.write_all(&header).map_err(io)?;
         let order: Vec<&Spec> = infos.iter().map(|i| i.1).collect();
         let pad = |w: &mut dyn Write, n: u64| -> Result<()> {
@@ -151,7 +136,6 @@ pub(super) fn write(
 /// llama.cpp's keys for the architecture, then the tokenizer's, then the real chat template.
 fn metadata(opts: &SynthOptions, cfg: &DecoderConfig, vocab: &Vocab) -> Vec<(String, Value)> {
     let arch = cfg.arch.name();
-    let u = |v: usize| Value::U32(v as u32);
     let mut md: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
         (
@@ -174,8 +158,21 @@ fn metadata(opts: &SynthOptions, cfg: &DecoderConfig, vocab: &Vocab) -> Vec<(Str
         ),
         ("bakeoff.synth.seed".into(), Value::U64(opts.seed)),
     ];
+    md.extend(arch_metadata(cfg));
+    md.extend(vocab.metadata.iter().cloned());
+    md.push((
+        "tokenizer.chat_template".into(),
+        Value::String(opts.preset.chat_template().into()),
+    ));
+    md
+}
+
+/// llama.cpp's `{arch}.*` hyper-parameter keys for `cfg` (shared with `bakeoff quantize`).
+pub(crate) fn arch_metadata(cfg: &DecoderConfig) -> Vec<(String, Value)> {
+    let arch = cfg.arch.name();
+    let u = |v: usize| Value::U32(v as u32);
     let k = |s: &str| format!("{arch}.{s}");
-    md.extend([
+    vec![
         (k("vocab_size"), u(cfg.vocab_size)),
         (k("context_length"), u(cfg.max_context)),
         (k("embedding_length"), u(cfg.hidden_size)),
@@ -189,13 +186,71 @@ fn metadata(opts: &SynthOptions, cfg: &DecoderConfig, vocab: &Vocab) -> Vec<(Str
             k("attention.layer_norm_rms_epsilon"),
             Value::F32(cfg.rms_eps),
         ),
-    ]);
-    md.extend(vocab.metadata.iter().cloned());
-    md.push((
-        "tokenizer.chat_template".into(),
-        Value::String(opts.preset.chat_template().into()),
-    ));
-    md
+    ]
+}
+
+/// One entry of a GGUF file's tensor table.
+pub(crate) struct TensorEntry<'a> {
+    pub name: &'a str,
+    /// Row-major (outermost first), as bakeoff addresses tensors.
+    pub dims: Vec<usize>,
+    /// ggml's `enum ggml_type` id.
+    pub type_id: u32,
+    /// Offset of the data from the start of the data section.
+    pub offset: u64,
+}
+
+/// A GGUF v3 header (magic, counts, metadata, tensor table), padded to [`ALIGNMENT`] so the
+/// tensor data can follow directly (shared with `bakeoff quantize`).
+pub(crate) fn encode_header(
+    metadata: &[(String, Value)],
+    tensors: &[TensorEntry<'_>],
+) -> std::result::Result<Vec<u8>, String> {
+    let mut header = Vec::new();
+    header.extend_from_slice(b"GGUF");
+    header.extend_from_slice(&3u32.to_le_bytes());
+    header.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    header.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata {
+        put_string(&mut header, k);
+        match v {
+            // An empty array has no element to take its type from, and llama.cpp checks the
+            // type of the tokenizer arrays (a BPE vocabulary without merges still needs an
+            // empty *string* array), so the type comes from the key.
+            Value::Array(a) if a.is_empty() => {
+                header.extend_from_slice(&type_id(v).to_le_bytes());
+                header.extend_from_slice(&empty_array_type(k).to_le_bytes());
+                header.extend_from_slice(&0u64.to_le_bytes());
+            }
+            _ => put_value(&mut header, v, true).map_err(|m| format!("metadata `{k}`: {m}"))?,
+        }
+    }
+    for t in tensors {
+        put_string(&mut header, t.name);
+        header.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+        // ggml lists dimensions innermost first.
+        for d in t.dims.iter().rev() {
+            header.extend_from_slice(&(*d as u64).to_le_bytes());
+        }
+        header.extend_from_slice(&t.type_id.to_le_bytes());
+        header.extend_from_slice(&t.offset.to_le_bytes());
+    }
+    header.resize(
+        (header.len() as u64).div_ceil(ALIGNMENT) as usize * ALIGNMENT as usize,
+        0,
+    );
+    Ok(header)
+}
+
+/// The element type of an empty array under `key`: the GGUF spec's for the tokenizer arrays,
+/// U32 (as candle writes empty arrays) otherwise.
+fn empty_array_type(key: &str) -> u32 {
+    match key {
+        "tokenizer.ggml.tokens" | "tokenizer.ggml.merges" => type_id(&Value::String(String::new())),
+        "tokenizer.ggml.scores" => type_id(&Value::F32(0.0)),
+        "tokenizer.ggml.token_type" => type_id(&Value::I32(0)),
+        _ => type_id(&Value::U32(0)),
+    }
 }
 
 fn put_string(out: &mut Vec<u8>, s: &str) {

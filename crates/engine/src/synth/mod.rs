@@ -18,6 +18,10 @@ mod gguf;
 mod hf;
 mod weights;
 
+// Shared with `bakeoff quantize`, which writes GGUF files the same way.
+pub(crate) use gguf::{ALIGNMENT, TensorEntry, arch_metadata, encode_header};
+pub(crate) use weights::{llama_qk_source_row, quantize_q4_0, quantize_q8_0};
+
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -514,7 +518,7 @@ fn read_vocab_file(path: &Path, preset: Preset) -> Result<HashMap<String, Value>
 
 /// Appends unused `[PAD{id}]` tokens until there are `rows`: with random weights the model can
 /// emit any embedding row, and every emitted id must decode.
-fn pad_vocab(md: &mut HashMap<String, Value>, rows: usize, origin: &Path) -> Result<()> {
+pub(crate) fn pad_vocab(md: &mut HashMap<String, Value>, rows: usize, origin: &Path) -> Result<()> {
     let n = match md.get("tokenizer.ggml.tokens") {
         Some(Value::Array(a)) => a.len(),
         _ => 0,

@@ -232,7 +232,7 @@ pub(super) fn write_tensor(
 /// Hugging Face's half-split rotary pairs (`i`, `i + d/2`) into adjacent ones (`2i`, `2i+1`) for
 /// llama.cpp's interleaved RoPE. Output row `(h, i, j)` of shape `(n_head, d/2, 2)` is input row
 /// `(h, j, i)` of shape `(n_head, 2, d/2)`.
-pub(super) fn llama_qk_source_row(r: usize, rows: usize, n_head: usize) -> usize {
+pub(crate) fn llama_qk_source_row(r: usize, rows: usize, n_head: usize) -> usize {
     let hd = rows / n_head;
     let half = hd / 2;
     let (h, within) = (r / hd, r % hd);
@@ -264,7 +264,7 @@ pub(super) fn encode(q: SynthQuant, xs: &[f32], out: &mut [u8]) {
 }
 
 /// llama.cpp's `quantize_row_q8_0_ref`: scale = max |x| / 127, values rounded half away from zero.
-fn quantize_q8_0(xs: &[f32], out: &mut [u8]) {
+pub(crate) fn quantize_q8_0(xs: &[f32], out: &mut [u8]) {
     for (x, b) in xs.chunks_exact(QK).zip(out.chunks_exact_mut(Q8_0_BYTES)) {
         let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -278,7 +278,7 @@ fn quantize_q8_0(xs: &[f32], out: &mut [u8]) {
 
 /// llama.cpp's `quantize_row_q4_0_ref`: scale = (the value of largest magnitude) / -8, nibble
 /// `j` of byte `j` holds value `j`, the high nibble value `j + 16`.
-fn quantize_q4_0(xs: &[f32], out: &mut [u8]) {
+pub(crate) fn quantize_q4_0(xs: &[f32], out: &mut [u8]) {
     for (x, b) in xs.chunks_exact(QK).zip(out.chunks_exact_mut(Q4_0_BYTES)) {
         let (mut amax, mut max) = (0f32, 0f32);
         for &v in x {
