@@ -228,7 +228,7 @@ fn model_facts(m: &ModelResult) -> String {
     let overhead = m
         .overhead
         .as_ref()
-        .map_or_else(|| "n/a".into(), |o| format!("{:.4}%", o.fraction * 100.0));
+        .map_or_else(|| "n/a".into(), |o| percent(o.fraction));
     format!(
         "load warm {}, cold {} | peak RSS {} | bench overhead {} of decode time",
         opt_s(m.load.warm_s),
@@ -685,4 +685,14 @@ fn csv(rows: &[Vec<(&'static str, Value)>]) -> String {
         out += &(cells.join(",") + "\n");
     }
     out
+}
+
+/// A small fraction as a percentage with two significant digits (the overhead is often < 0.001%).
+fn percent(fraction: f64) -> String {
+    let p = fraction * 100.0;
+    if p == 0.0 || p >= 0.01 {
+        format!("{p:.2}%")
+    } else {
+        format!("{p:.1e}%")
+    }
 }

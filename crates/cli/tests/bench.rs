@@ -245,3 +245,77 @@ fn worker_rejects_a_malformed_job() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("JSON"), "{}", text(&o.stderr));
 }
+
+/// A remote engine through the real binary and its child process: a fake OpenAI server in this
+/// test process streams 6 tokens per request.
+#[test]
+fn bench_measures_a_remote_engine_through_the_worker() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut h = String::new();
+                reader.read_line(&mut h).unwrap();
+                if h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0u8; length];
+            reader.read_exact(&mut body).unwrap();
+            let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let n = req["max_tokens"].as_u64().unwrap();
+            let mut out = conn;
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            for i in 0..n {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                let chunk = serde_json::json!({"choices": [{"index": 0, "delta": {"content": format!("t{i} ")}}]});
+                write!(out, "data: {chunk}\n\n").unwrap();
+                out.flush().unwrap();
+            }
+            let usage = serde_json::json!({"choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": n}});
+            write!(out, "data: {usage}\n\ndata: [DONE]\n\n").unwrap();
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("remote.json");
+    let model = format!("openai:{base}#fake");
+    let o = bakeoff(&[
+        "bench",
+        "-m",
+        &model,
+        "--repetitions",
+        "2",
+        "--max-tokens",
+        "6",
+        "--scenarios",
+        "short",
+        "--depths",
+        "none",
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "csv",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let r = BenchReport::read(&out).unwrap();
+    let m = &r.models[0];
+    assert_eq!((m.label.as_str(), m.error.as_deref()), ("fake", None));
+    assert!(
+        m.scenarios[0]
+            .samples
+            .iter()
+            .all(|s| s.generated_tokens == 6 && s.prompt_tokens == 30)
+    );
+    assert!(text(&o.stdout).contains(",fake,"));
+}
