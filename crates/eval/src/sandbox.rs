@@ -604,6 +604,9 @@ impl Sandbox {
         };
         let stdout = read(&out_path);
         let stderr = read(&err_path);
+        // A busy loop can reach RLIMIT_CPU (SIGXCPU) before the wall-clock deadline on an idle
+        // machine; either way the program ran out of time, and the audit says so.
+        let timed_out = timed_out || status.signal() == Some(libc::SIGXCPU);
         Ok(RunOutcome {
             passed: !timed_out && status.success(),
             exit_code: status.code(),
