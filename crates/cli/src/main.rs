@@ -19,6 +19,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process, so the size of the largest variant (compare's options) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Generate text from a prompt or a chat, streamed to stdout with a timing summary on stderr.
@@ -36,6 +38,12 @@ enum Command {
     /// Quality scores per category from public benchmarks and verifiable checks, with intervals,
     /// paired tests and an audit trail.
     Eval(commands::eval::EvalArgs),
+    /// Benchmark and evaluate two models and write the comparison report (Markdown, HTML, SVG).
+    Compare(commands::compare::CompareArgs),
+    /// Re-render the comparison report from results files (or a compare output folder).
+    Report(commands::report::ReportArgs),
+    /// List recorded compare/report runs, or show the difference between two.
+    History(commands::history::HistoryArgs),
     /// Measure speed, latency and memory of models, each in its own process, with repetitions.
     Bench(commands::bench::BenchArgs),
     /// Internal: the child process of `bench` (a JSON job on stdin, the result on stdout).
@@ -59,6 +67,9 @@ fn main() -> ExitCode {
         Command::Quantize(a) => commands::quantize::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Eval(a) => commands::eval::run(a),
+        Command::Compare(a) => commands::compare::run(a),
+        Command::Report(a) => commands::report::run(a),
+        Command::History(a) => commands::history::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::BenchWorker(a) => commands::bench::run_worker(a),
         Command::Serve(a) => commands::serve::run(a),

@@ -17,6 +17,7 @@ pub mod gsm8k;
 pub mod hygiene;
 pub mod ifeval;
 pub mod judge;
+pub mod nan;
 pub mod report;
 pub mod sandbox;
 pub mod score;

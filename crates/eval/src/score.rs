@@ -10,10 +10,12 @@ use crate::stats::{self, Paired};
 /// A metric with its sample size and 95% Wilson interval.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Metric {
+    #[serde(deserialize_with = "crate::nan::f64_or_nan")]
     pub value: f64,
     /// Successes (instructions passed, items right).
     pub k: f64,
     pub n: usize,
+    #[serde(deserialize_with = "crate::nan::pair_or_nan")]
     pub ci95: (f64, f64),
 }
 
@@ -45,12 +47,16 @@ pub struct Component {
     pub metric: String,
     pub headline: Metric,
     /// Chance level b of the headline metric.
+    #[serde(deserialize_with = "crate::nan::f64_or_nan")]
     pub chance: f64,
+    #[serde(deserialize_with = "crate::nan::f64_or_nan")]
     pub score10: f64,
+    #[serde(deserialize_with = "crate::nan::pair_or_nan")]
     pub score10_ci: (f64, f64),
     /// Other metrics reported alongside (not scored).
     pub other: BTreeMap<String, Metric>,
     /// Extra numbers (distinct-2, mean length, perplexity, bits per byte, ...).
+    #[serde(deserialize_with = "crate::nan::map_or_nan")]
     pub numbers: BTreeMap<String, f64>,
     /// Headline value per item id (0/1 or a fraction): the input of the paired tests.
     pub per_item: BTreeMap<String, f64>,
@@ -116,9 +122,11 @@ pub const CATEGORIES: [(&str, &[(&str, f64)]); 6] = [
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Category {
     pub name: String,
+    #[serde(deserialize_with = "crate::nan::f64_or_nan")]
     pub score10: f64,
     /// Weighted mean of the components' mapped interval endpoints (a conservative band, not an
     /// exact interval).
+    #[serde(deserialize_with = "crate::nan::pair_or_nan")]
     pub band: (f64, f64),
     /// Weights actually used (renormalised over the components present).
     pub weights: Vec<(String, f64)>,
@@ -174,6 +182,7 @@ pub fn categories(components: &[Component]) -> Vec<Category> {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Overall {
+    #[serde(deserialize_with = "crate::nan::f64_or_nan")]
     pub score10: f64,
     pub weights: Vec<(String, f64)>,
     pub note: String,

@@ -126,8 +126,11 @@ pub struct Paired {
     pub only_a: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub only_b: Option<u64>,
+    #[serde(deserialize_with = "crate::nan::f64_or_nan")]
     pub mean_a: f64,
+    #[serde(deserialize_with = "crate::nan::f64_or_nan")]
     pub mean_b: f64,
+    #[serde(deserialize_with = "crate::nan::f64_or_nan")]
     pub p_value: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diff_ci: Option<(f64, f64)>,

@@ -299,7 +299,9 @@ pub fn format_list(rows: &[RunRow]) -> String {
             r.id,
             bakeoff_bench::env::compact_time(r.created_unix as f64),
             r.kind,
-            r.git_commit.as_deref().unwrap_or("-"),
+            r.git_commit
+                .as_deref()
+                .map_or("-", |c| &c[..c.len().min(12)]),
             r.models.join(" vs "),
             r.out_dir
         );

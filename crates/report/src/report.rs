@@ -177,6 +177,9 @@ pub fn sig(x: f64) -> String {
     if !x.is_finite() {
         return "n/a".into();
     }
+    if x == 0.0 {
+        return "0".into();
+    }
     let a = x.abs();
     let d = if a >= 100.0 {
         0
@@ -212,8 +215,11 @@ fn measured(e: Option<&Estimate>) -> Option<Measured> {
 }
 
 fn gib(b: Option<u64>) -> String {
-    b.map(|b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64))
-        .unwrap_or_else(|| "n/a".into())
+    match b {
+        Some(b) if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        Some(b) => format!("{} MiB", sig(b as f64 / (1u64 << 20) as f64)),
+        None => "n/a".into(),
+    }
 }
 
 fn ratio(x: f64) -> String {
@@ -980,6 +986,26 @@ fn performance(d: &mut Doc, inp: &Inputs, pair: &Pair, f: &Facts) -> Result<()> 
         ],
         rows,
     );
+    let skipped: Vec<String> = pair
+        .models()
+        .iter()
+        .flat_map(|v| {
+            v.bench.into_iter().flat_map(move |b| {
+                b.scenarios
+                    .iter()
+                    .filter(|s| s.samples.is_empty())
+                    .map(move |s| {
+                        format!(
+                            "{}: scenario {} not measured: {}",
+                            v.label,
+                            s.scenario.name(),
+                            s.note.as_deref().unwrap_or("no samples")
+                        )
+                    })
+            })
+        })
+        .collect();
+    d.list(skipped);
     d.p("Decode tok/s = (tokens − 1) / (last − first token time), per repetition; mean ± 95% interval half-width over the repetitions. Prompt tokens differ between models because each is measured in its own tokenizer, chat template included.");
     let names = all_scenarios(pair);
     let bars = |v: &View| -> Vec<Option<Bar>> {
@@ -1917,7 +1943,9 @@ fn methodology(d: &mut Doc, inp: &Inputs, pair: &Pair) {
             if s.depths.is_empty() { "none".into() } else { s.depths.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ") },
             s.depth_tokens
         ));
-        items.push(format!("Bench command: `{}`.", b.command.join(" ")));
+        if inp.manifest.is_none() {
+            items.push(format!("Bench command: `{}`.", b.command.join(" ")));
+        }
     }
     if let Some(e) = &inp.eval {
         items.push(format!(

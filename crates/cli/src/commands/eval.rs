@@ -57,6 +57,14 @@ pub struct EvalArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Keep only the first N items of each component of the profile (in the rule's order), for
+    /// smoke runs such as `compare --demo`; the results record it in `profile`.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Cap the new tokens of every generative component (GSM8K, IFEval, code, MT-Bench) below the
+    /// profile's own caps.
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
     /// Print the item ids the profile's rule selects on this data (JSON) and exit.
     #[arg(long, hide = true)]
     pub print_ids: bool,
@@ -78,6 +86,45 @@ fn label_for(source: &str, taken: &[String]) -> String {
         i += 1;
     }
     label
+}
+
+/// Applies `--limit` and `--max-new-tokens`; returns the profile's name as the results record it.
+fn shorten_plan(
+    plan: &mut Plan,
+    profile: Profile,
+    limit: Option<usize>,
+    max_new: Option<usize>,
+) -> Result<String> {
+    let mut label = profile.as_str().to_string();
+    if let Some(n) = limit {
+        if n == 0 {
+            bail!("--limit must be at least 1");
+        }
+        plan.mmlu.truncate(n);
+        plan.arc_challenge.truncate(n);
+        plan.hellaswag.truncate(n);
+        plan.truthfulqa.truncate(n);
+        plan.gsm8k.truncate(n);
+        plan.ifeval.truncate(n);
+        plan.ifeval_creative.truncate(n);
+        plan.humaneval.truncate(n);
+        plan.mbpp.truncate(n);
+        plan.mt_bench.truncate(n);
+        plan.sizes.wikitext_chunks = Some(plan.sizes.wikitext_chunks.map_or(n, |c| c.min(n)));
+        label.push_str(&format!(", first {n} items per component"));
+    }
+    if let Some(m) = max_new {
+        if m == 0 {
+            bail!("--max-new-tokens must be at least 1");
+        }
+        let s = &mut plan.sizes;
+        s.gsm8k_max_tokens = s.gsm8k_max_tokens.min(m);
+        s.ifeval_max_tokens = s.ifeval_max_tokens.min(m);
+        s.code_max_tokens = s.code_max_tokens.min(m);
+        s.mt_bench_max_tokens = s.mt_bench_max_tokens.min(m);
+        label.push_str(&format!(", at most {m} new tokens"));
+    }
+    Ok(label)
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -105,6 +152,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         return Ok(());
     }
     plan.only = a.only.clone();
+    let profile_label = shorten_plan(&mut plan, profile, a.limit, a.max_new_tokens)?;
     if !plan.ids_match_rule {
         eprintln!(
             "warning: the frozen item lists differ from the selection rule on this data; using the frozen lists"
@@ -149,6 +197,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         dtype: None,
         max_context: None,
         progress: false,
+        cpu_kernels: None,
     };
 
     // The judge is checked before any model runs.
@@ -315,7 +364,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        profile: profile.as_str().into(),
+        profile: profile_label,
         selection_rule: format!(
             "sort ids by sha256(\"{RULE_SALT}\" + id), take the first N (MMLU: per subject); frozen in crates/eval/profiles/"
         ),

@@ -1,10 +1,13 @@
 pub mod bench;
 pub mod chat;
+pub mod compare;
 pub mod demo;
 pub mod eval;
 pub mod generate;
+pub mod history;
 pub mod info;
 pub mod quantize;
+pub mod report;
 pub mod route;
 pub mod serve;
 pub mod synth;

@@ -1,0 +1,429 @@
+//! `bakeoff compare`: the main job. Benchmarks and evaluates two models (each step is the
+//! `bench` and `eval` command with the options passed through), records both models' answers
+//! to fixed prompts, and renders the comparison report from the results files it wrote.
+//! `--demo` does the same offline on the full-size synthetic pair.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use bakeoff_engine::generate::{Flow, GenParams, generate};
+use bakeoff_engine::loader::{LoadOptions, gguf::GgufStore};
+use bakeoff_engine::synth::{Preset, SynthFormat, SynthOptions, SynthQuant, synth};
+use bakeoff_engine::template::Message;
+use bakeoff_report::Inputs;
+use bakeoff_report::inputs::{
+    ANSWERS_SCHEMA, Answer, Answers, FIXED_PROMPTS, MANIFEST_SCHEMA, Manifest, ManifestModel,
+    ModelAnswers,
+};
+use clap::Args;
+
+use super::bench::BenchArgs;
+use super::eval::EvalArgs;
+
+pub const DEFAULT_MODELS: [&str; 2] = [
+    "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+    "Qwen/Qwen2.5-1.5B-Instruct",
+];
+
+/// The short profile of `--demo`: enough repetitions for intervals, few enough tokens that the
+/// two full-size models finish in minutes on 2 cores. Explicit options override each value.
+const DEMO_REPETITIONS: usize = 3;
+const DEMO_MAX_TOKENS: usize = 32;
+const DEMO_DEPTHS: &str = "128,512";
+const DEMO_DEPTH_TOKENS: usize = 16;
+const DEMO_LIMIT: usize = 2;
+const DEMO_MAX_NEW_TOKENS: usize = 32;
+const DEMO_ANSWER_TOKENS: usize = 48;
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// The two models (folder, .gguf file or hub id); default TinyLlama-1.1B-Chat vs Qwen2.5-1.5B-Instruct.
+    #[arg(long = "model", short = 'm')]
+    pub models: Vec<String>,
+    /// Output folder: bench.json, eval/, answers.json, compare.json, report.md, report.html, charts/.
+    #[arg(long, default_value = "bakeoff-report")]
+    pub out: PathBuf,
+    /// Offline demo: synthesize the full-size TinyLlama-1.1B and Qwen2.5-1.5B architectures with
+    /// random weights and real tokenizers, and run a short profile (speed is real, quality is not).
+    #[arg(long, conflicts_with = "models")]
+    pub demo: bool,
+    /// Where --demo keeps its synthesized models (default: bakeoff/synthetic in the user cache folder).
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+    /// Real tokenizer vocabularies (GGUF vocab files) for --demo.
+    #[arg(long, default_value = "../shared/vocab")]
+    pub vocab_dir: PathBuf,
+    /// Weight type of the --demo models.
+    #[arg(long, default_value = "q4_0")]
+    pub quant: String,
+
+    // ---- passed to `bakeoff bench`
+    /// Measured runs per scenario and depth (bench; default 5, 3 with --demo).
+    #[arg(long)]
+    pub repetitions: Option<usize>,
+    /// Unmeasured warm-up runs (bench).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Tokens per scenario run (bench; default 128, 32 with --demo).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Scenarios (bench): short, medium, long, code, creative, or none.
+    #[arg(long, default_value = "short,medium,long,code,creative")]
+    pub scenarios: String,
+    /// Context depths (bench; default 128,256,512,1024,2048, 128,512 with --demo), or none.
+    #[arg(long)]
+    pub depths: Option<String>,
+    /// Tokens generated at each depth (bench; default 32, 16 with --demo).
+    #[arg(long)]
+    pub depth_tokens: Option<usize>,
+    /// Do not drop the page cache for a cold load (bench).
+    #[arg(long)]
+    pub no_cold_load: bool,
+    /// The file to use from GGUF hub repositories.
+    #[arg(long)]
+    pub gguf_file: Option<String>,
+    /// Use at most this many positions of each model's context (bench).
+    #[arg(long)]
+    pub max_context: Option<usize>,
+
+    // ---- passed to `bakeoff eval`
+    /// Eval profile: quick, standard or full.
+    #[arg(long, default_value = "quick")]
+    pub profile: String,
+    /// Evaluation data laid out like ../shared/evaldata.
+    #[arg(long, env = "BAKEOFF_EVAL_DATA", default_value = "../shared/evaldata")]
+    pub data_dir: PathBuf,
+    /// Only these eval components (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// First N items per eval component (default: the whole profile; 2 with --demo).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Cap on new tokens for generative eval items (default: the profile's; 32 with --demo).
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Judge for MT-Bench (see `bakeoff eval --help`).
+    #[arg(long)]
+    pub judge: Option<String>,
+    #[arg(long)]
+    pub judge_model: Option<String>,
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    pub judge_key_env: String,
+    /// Wall-clock seconds per HumanEval/MBPP program.
+    #[arg(long, default_value_t = 10.0)]
+    pub code_timeout: f64,
+
+    // ---- shared
+    /// cpu, cuda or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// CPU threads (default: all cores), the same for every step.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// New tokens per answer to the fixed prompts (default 256, 48 with --demo).
+    #[arg(long)]
+    pub answer_tokens: Option<usize>,
+    /// The history database (default: bakeoff/history.sqlite under the user's data folder).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Do not record this run in the history database.
+    #[arg(long)]
+    pub no_history: bool,
+    /// No progress bars.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+fn demo_models(a: &CompareArgs) -> Result<Vec<String>> {
+    let quant: SynthQuant = a.quant.parse()?;
+    let dir = match &a.models_dir {
+        Some(d) => d.clone(),
+        None => dirs::cache_dir()
+            .context("no user cache folder on this system: pass --models-dir")?
+            .join("bakeoff")
+            .join("synthetic"),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut out = Vec::new();
+    for (preset, vocab_file) in [
+        (Preset::TinyLlama1B, "ggml-vocab-llama-spm.gguf"),
+        (Preset::Qwen25_1B5, "ggml-vocab-qwen2.gguf"),
+    ] {
+        let path = dir.join(format!("synthetic-{}-{}.gguf", preset.name(), a.quant));
+        if !path.is_file() {
+            let vocab = a.vocab_dir.join(vocab_file);
+            let vocab = if vocab.is_file() {
+                Some(vocab)
+            } else {
+                eprintln!(
+                    "note: {} not found; {} gets a byte-level stand-in tokenizer",
+                    vocab.display(),
+                    preset.name()
+                );
+                None
+            };
+            eprintln!(
+                "synthesizing {} ({}) into {} ...",
+                preset.name(),
+                a.quant,
+                path.display()
+            );
+            // Written under a temporary name and renamed, so an interrupted run leaves no
+            // half-written file that a later run would take for a finished one.
+            let tmp = path.with_extension("gguf.partial");
+            synth(
+                &SynthOptions {
+                    preset,
+                    out: tmp.clone(),
+                    format: SynthFormat::Gguf,
+                    quant,
+                    vocab,
+                    seed: 0,
+                },
+                !a.no_progress,
+            )?;
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+        }
+        out.push(path.display().to_string());
+    }
+    Ok(out)
+}
+
+/// Whether a model is one of `bakeoff synth`'s, from the GGUF file's own metadata.
+fn is_synthetic(source: &str) -> bool {
+    let p = Path::new(source);
+    if p.extension().is_some_and(|e| e == "gguf") && p.is_file() {
+        return GgufStore::open(p)
+            .map(|g| g.metadata().contains_key("bakeoff.synth.preset"))
+            .unwrap_or(false);
+    }
+    false
+}
+
+fn answers(
+    models: &[String],
+    labels: &[String],
+    opts: &LoadOptions,
+    max_tokens: usize,
+) -> Result<Answers> {
+    let mut out = Vec::new();
+    for (source, label) in models.iter().zip(labels) {
+        eprintln!("answering the fixed prompts with {label}");
+        let mut lm = bakeoff_engine::loader::load(source, None, opts)
+            .with_context(|| format!("cannot load model `{source}`"))?;
+        let chat_template = lm.template.is_some();
+        let params = GenParams {
+            max_tokens,
+            ..Default::default()
+        };
+        let mut list = Vec::new();
+        for prompt in FIXED_PROMPTS {
+            let messages = vec![Message {
+                role: "user".into(),
+                content: prompt.into(),
+            }];
+            let ids = lm.encode_chat(&messages)?;
+            lm.model.truncate(0);
+            let t = Instant::now();
+            let g = generate(&mut lm, &ids, &params, |_| Flow::Continue)?;
+            list.push(Answer {
+                prompt: prompt.into(),
+                text: g.text,
+                generated_tokens: g.summary.generated_tokens,
+                finish_reason: g.summary.finish_reason.as_str().into(),
+                ttft_s: g.token_times.first().copied(),
+                total_s: t.elapsed().as_secs_f64(),
+            });
+        }
+        out.push(ModelAnswers {
+            label: label.clone(),
+            source: source.clone(),
+            synthetic: is_synthetic(source),
+            chat_template,
+            answers: list,
+        });
+    }
+    Ok(Answers {
+        schema: ANSWERS_SCHEMA.into(),
+        created_unix: now(),
+        max_tokens,
+        sampling: "greedy (temperature 0)".into(),
+        models: out,
+    })
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(v)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn run(a: CompareArgs) -> Result<()> {
+    let started = Instant::now();
+    let models: Vec<String> = if a.demo {
+        demo_models(&a)?
+    } else if a.models.is_empty() {
+        DEFAULT_MODELS.iter().map(|s| s.to_string()).collect()
+    } else {
+        a.models.clone()
+    };
+    if models.len() != 2 {
+        bail!(
+            "compare takes exactly two models (--model A --model B); got {}",
+            models.len()
+        );
+    }
+    if models[0] == models[1] {
+        bail!(
+            "compare needs two different models; both are `{}`",
+            models[0]
+        );
+    }
+    if !a.data_dir.is_dir() {
+        bail!(
+            "the evaluation data folder {} does not exist (--data-dir or BAKEOFF_EVAL_DATA; see docs/eval.md)",
+            a.data_dir.display()
+        );
+    }
+    let d = a.demo;
+    let pick =
+        |v: Option<usize>, demo: usize, full: usize| v.unwrap_or(if d { demo } else { full });
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let bench_path = a.out.join("bench.json");
+    let eval_dir = a.out.join("eval");
+
+    eprintln!("== 1/3 bench: {} vs {}", models[0], models[1]);
+    super::bench::run(BenchArgs {
+        models: models.clone(),
+        gguf_file: a.gguf_file.clone(),
+        device: a.device.clone(),
+        threads: a.threads.into_iter().collect(),
+        dtype: Vec::new(),
+        max_context: a.max_context,
+        repetitions: pick(a.repetitions, DEMO_REPETITIONS, 5),
+        warmup: a.warmup,
+        max_tokens: pick(a.max_tokens, DEMO_MAX_TOKENS, 128),
+        scenarios: a
+            .scenarios
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect(),
+        depths: a
+            .depths
+            .clone()
+            .unwrap_or_else(|| {
+                if d {
+                    DEMO_DEPTHS.into()
+                } else {
+                    "128,256,512,1024,2048".into()
+                }
+            })
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect(),
+        depth_tokens: pick(a.depth_tokens, DEMO_DEPTH_TOKENS, 32),
+        out: Some(bench_path.clone()),
+        format: "table".into(),
+        no_cold_load: a.no_cold_load,
+        allow_host: Vec::new(),
+        timeout: 600,
+        no_progress: a.no_progress,
+        from: None,
+    })
+    .context("the bench step failed")?;
+    let bench = bakeoff_bench::results::BenchReport::read(&bench_path)?;
+    let labels: Vec<String> = bench.models.iter().map(|m| m.label.clone()).collect();
+
+    eprintln!("== 2/3 eval: profile {}", a.profile);
+    super::eval::run(EvalArgs {
+        models: models.clone(),
+        profile: a.profile.clone(),
+        data_dir: a.data_dir.clone(),
+        judge: a.judge.clone(),
+        judge_model: a.judge_model.clone(),
+        judge_key_env: a.judge_key_env.clone(),
+        out: eval_dir.clone(),
+        format: "table".into(),
+        only: a.only.clone(),
+        code_timeout: a.code_timeout,
+        device: a.device.clone(),
+        threads: a.threads,
+        print_ids: false,
+        limit: if d {
+            a.limit.or(Some(DEMO_LIMIT))
+        } else {
+            a.limit
+        },
+        max_new_tokens: if d {
+            a.max_new_tokens.or(Some(DEMO_MAX_NEW_TOKENS))
+        } else {
+            a.max_new_tokens
+        },
+    })
+    .context("the eval step failed")?;
+
+    eprintln!("== 3/3 answers to the fixed prompts");
+    let opts = LoadOptions {
+        device: a.device.parse()?,
+        threads: a.threads,
+        dtype: None,
+        max_context: a.max_context,
+        progress: false,
+        cpu_kernels: None,
+    };
+    let ans = answers(
+        &models,
+        &labels,
+        &opts,
+        pick(a.answer_tokens, DEMO_ANSWER_TOKENS, 256),
+    )?;
+    let answers_path = a.out.join("answers.json");
+    write_json(&answers_path, &ans)?;
+
+    let manifest = Manifest {
+        schema: MANIFEST_SCHEMA.into(),
+        created_unix: now(),
+        command: std::env::args().collect(),
+        demo: a.demo,
+        models: models
+            .iter()
+            .zip(&labels)
+            .map(|(s, l)| ManifestModel {
+                label: l.clone(),
+                source: s.clone(),
+                synthetic: is_synthetic(s),
+            })
+            .collect(),
+        measure_s: Some(started.elapsed().as_secs_f64()),
+    };
+    let manifest_path = a.out.join("compare.json");
+    write_json(&manifest_path, &manifest)?;
+
+    let inputs = Inputs::load(&[
+        manifest_path,
+        bench_path,
+        eval_dir.join("results.json"),
+        answers_path,
+    ])?;
+    let db = if a.no_history {
+        None
+    } else {
+        Some(super::history::db_path(&a.db)?)
+    };
+    let kind = if a.demo { "compare --demo" } else { "compare" };
+    super::report::render_and_record(&inputs, &a.out, kind, db.as_deref())?;
+    eprintln!(
+        "compare finished in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! End to end: `bakeoff compare` on the two tiny synthetic models (bench, eval, answers, report,
+//! history), then `bakeoff report` re-rendering from the folder and `bakeoff history` diffing
+//! the two runs. Runs in about a second of model time.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bakeoff");
+
+fn shared() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared"))
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn synth(dir: &Path, preset: &str) -> String {
+    let p = dir.join(format!("synthetic-{preset}.gguf"));
+    ok(&run(&[
+        "synth",
+        "--preset",
+        preset,
+        "--format",
+        "gguf",
+        "--out",
+        p.to_str().unwrap(),
+    ]));
+    p.display().to_string()
+}
+
+#[test]
+fn compare_report_and_history_on_tiny_models() {
+    let data = shared().join("evaldata");
+    assert!(
+        data.join("SHA256SUMS").is_file(),
+        "the evaluation data is missing: expected ../shared/evaldata ({})",
+        data.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        synth(dir.path(), "tiny-llama"),
+        synth(dir.path(), "tiny-qwen2"),
+    );
+    let out = dir.path().join("report");
+    let db = dir.path().join("history.sqlite");
+    let (out_s, db_s, data_s) = (
+        out.to_str().unwrap(),
+        db.to_str().unwrap(),
+        data.to_str().unwrap(),
+    );
+    let o = run(&[
+        "compare",
+        "-m",
+        &a,
+        "-m",
+        &b,
+        "--out",
+        out_s,
+        "--db",
+        db_s,
+        "--data-dir",
+        data_s,
+        "--repetitions",
+        "2",
+        "--max-tokens",
+        "12",
+        "--depths",
+        "128,256",
+        "--depth-tokens",
+        "4",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--answer-tokens",
+        "8",
+        "--no-cold-load",
+        "--no-progress",
+    ]);
+    ok(&o);
+    for f in [
+        "bench.json",
+        "eval/results.json",
+        "eval/audit.jsonl",
+        "answers.json",
+        "compare.json",
+        "report.md",
+        "report.html",
+        "charts/tok_s_per_scenario.svg",
+        "charts/context_scaling_decode.svg",
+        "charts/latency_distribution.svg",
+        "charts/quality_per_category.svg",
+        "charts/quality_vs_speed.svg",
+    ] {
+        assert!(out.join(f).is_file(), "missing {f}");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for section in [
+        "## Executive summary",
+        "## Test environment",
+        "## Model overview",
+        "### Generation speed",
+        "### Context scaling",
+        "## Quality",
+        "### Side-by-side answers",
+        "Explain artificial intelligence in simple terms",
+        "## Chat interface",
+        "## Resource utilisation",
+        "## Cost-benefit",
+        "### Deployment matrix",
+        "## Hardware requirements",
+        "## Quantization",
+        "## Tiered routing",
+        "## Methodology",
+        "## Appendix: raw data",
+    ] {
+        assert!(md.contains(section), "report lacks {section}");
+    }
+    assert!(
+        md.contains("**Synthetic models:"),
+        "synthetic models must be labelled"
+    );
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.matches("<svg").count() >= 5);
+
+    // Re-render from the folder alone into another folder: the same report, but for its sources.
+    let again = dir.path().join("again");
+    ok(&run(&[
+        "report",
+        out_s,
+        "--out",
+        again.to_str().unwrap(),
+        "--db",
+        db_s,
+    ]));
+    let md2 = std::fs::read_to_string(again.join("report.md")).unwrap();
+    let body = |s: &str| {
+        s.lines()
+            .skip(3)
+            .filter(|l| !l.contains(".json"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(body(&md), body(&md2));
+
+    let list = ok(&run(&["history", "--db", db_s]));
+    assert!(
+        list.contains("compare") && list.contains("report"),
+        "{list}"
+    );
+    let diff = ok(&run(&["history", "--db", db_s, "--diff", "1", "2"]));
+    assert!(
+        diff.contains("decode_tok_s.short") && diff.contains("+0.0%"),
+        "{diff}"
+    );
+}
+
+#[test]
+fn compare_and_report_refuse_bad_input() {
+    let o = run(&["compare", "-m", "only-one.gguf"]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("exactly two models"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("x.json");
+    std::fs::write(&junk, "[1, 2]").unwrap();
+    let o = run(&["report", junk.to_str().unwrap(), "--no-history"]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("not a bakeoff results file"), "{e}");
+    let o = run(&[
+        "history",
+        "--db",
+        dir.path().join("none.sqlite").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no history database"));
+}
