@@ -237,6 +237,7 @@ fn run_local(
         dtype: job.dtype.as_deref().map(str::parse).transpose()?,
         max_context: job.max_context,
         progress: false,
+        cpu_kernels: None,
     };
     // First load: cold when the page cache can be dropped. It also names the files to hash.
     let cold = job.cold_load && env::can_drop_caches();

@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use bakeoff_engine::backend::DeviceKind;
 use bakeoff_engine::generate::GenParams;
+use bakeoff_engine::kernels::CpuCaps;
 use bakeoff_engine::loader::{FloatType, LoadOptions};
 use bakeoff_engine::model::LoadedModel;
 use bakeoff_engine::sampling::SamplingParams;
@@ -28,6 +29,9 @@ pub struct ModelArgs {
     /// Use at most this many positions of the model's context.
     #[arg(long)]
     pub max_context: Option<usize>,
+    /// CPU kernels: best (default), avx2 or portable; lower levels are for comparing paths.
+    #[arg(long, default_value = "best")]
+    pub cpu_kernels: String,
 }
 
 impl ModelArgs {
@@ -43,6 +47,14 @@ impl ModelArgs {
             dtype,
             max_context: self.max_context,
             progress,
+            cpu_kernels: match self.cpu_kernels.as_str() {
+                "best" => None,
+                "avx2" => Some(CpuCaps::avx2_only()),
+                "portable" => Some(CpuCaps::portable()),
+                other => anyhow::bail!(
+                    "--cpu-kernels {other:?} is not one of best, avx2, portable"
+                ),
+            },
         })
     }
 

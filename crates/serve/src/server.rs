@@ -52,6 +52,7 @@ pub fn build_state(settings: &Settings, metrics: Arc<Metrics>) -> Result<AppStat
                     dtype: None,
                     max_context: settings.max_context,
                     progress: true,
+                    cpu_kernels: None,
                 };
                 eprintln!("loading `{id}` ({}) from {src} ...", tier.as_str());
                 let lm =

@@ -75,6 +75,7 @@ fn chat(path: &Path, threads: Option<usize>, max_tokens: usize) -> Result<()> {
     let opts = bakeoff_engine::loader::LoadOptions {
         threads,
         progress: true,
+        cpu_kernels: None,
         ..Default::default()
     };
     let mut lm = bakeoff_engine::loader::load(&path.to_string_lossy(), None, &opts)?;

@@ -131,6 +131,7 @@ fn load_opts(a: &QuantizeArgs, progress: bool) -> LoadOptions {
     LoadOptions {
         threads: a.threads,
         progress,
+        cpu_kernels: None,
         ..LoadOptions::default()
     }
 }

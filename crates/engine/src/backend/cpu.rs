@@ -5,7 +5,7 @@ use candle_core::quantized::GgmlDType;
 use super::Backend;
 use crate::kernels::matmul::{QMatrix, matmul};
 use crate::kernels::ops::{self, RopeTable};
-use crate::kernels::{CpuCaps, dequant::dequantize_into};
+use crate::kernels::{CpuCaps, packed};
 use crate::loader::store::{Blob, RawTensor};
 use crate::models::DecoderConfig;
 use crate::{Error, Result};
@@ -32,6 +32,27 @@ impl CpuBackend {
     pub fn caps(&self) -> CpuCaps {
         self.caps
     }
+
+    /// Copies a Q4_0 / Q8_0 matrix into the packed layout, rows split across the pool, then
+    /// lets the mapped original go.
+    fn pack(&self, m: &CpuMatrix) -> std::io::Result<Blob> {
+        use rayon::prelude::*;
+        let src = m.data.bytes();
+        let rb = m.view().row_bytes();
+        let blob = Blob::anon(src.len(), |out| {
+            self.pool.install(|| {
+                out.par_chunks_mut(rb * 64)
+                    .zip(src.par_chunks(rb * 64))
+                    .for_each(|(o, s)| {
+                        for (o, s) in o.chunks_exact_mut(rb).zip(s.chunks_exact(rb)) {
+                            packed::pack_row(m.dtype, s, o);
+                        }
+                    })
+            })
+        })?;
+        m.data.release();
+        Ok(blob)
+    }
 }
 
 /// `[rows, cols]` activations.
@@ -48,6 +69,8 @@ pub struct CpuMatrix {
     pub rows: usize,
     pub cols: usize,
     pub data: Blob,
+    /// Repacked at load for the AVX-512 VNNI kernel (see `kernels::packed`).
+    pub packed: bool,
 }
 
 impl CpuMatrix {
@@ -57,6 +80,7 @@ impl CpuMatrix {
             rows: self.rows,
             cols: self.cols,
             data: self.data.bytes(),
+            packed: self.packed,
         }
     }
 }
@@ -86,14 +110,21 @@ impl Backend for CpuBackend {
                 format!("expected a matrix, got shape {:?}", t.shape),
             ));
         }
-        let m = CpuMatrix {
+        let mut m = CpuMatrix {
             name: t.name,
             dtype: t.dtype,
             rows: t.shape[0],
             cols: t.shape[1],
             data: t.data,
+            packed: false,
         };
         m.view().check().map_err(|e| Error::tensor(&m.name, e))?;
+        if self.caps.avx512vnni && packed::packable(m.dtype, m.cols) {
+            m.data = self
+                .pack(&m)
+                .map_err(|e| Error::tensor(&m.name, e.to_string()))?;
+            m.packed = true;
+        }
         Ok(m)
     }
 
@@ -136,7 +167,7 @@ impl Backend for CpuBackend {
                     table.rows
                 )));
             }
-            dequantize_into(table.dtype, view.row(id), row)
+            view.dequantize_row(id, row)
                 .map_err(|e| Error::tensor(&table.name, e))?;
         }
         Ok(Mat {
@@ -258,5 +289,64 @@ impl Backend for CpuBackend {
 
     fn to_host(&self, x: &Mat) -> Result<Vec<f32>> {
         Ok(x.data.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use candle_core::quantized::QTensor;
+
+    fn quantized(dtype: GgmlDType, rows: usize, cols: usize) -> RawTensor {
+        let vals: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+            .collect();
+        let t = candle_core::Tensor::from_slice(&vals, (rows, cols), &candle_core::Device::Cpu)
+            .unwrap();
+        let bytes = QTensor::quantize(&t, dtype).unwrap().data().unwrap().to_vec();
+        RawTensor {
+            name: "w".into(),
+            dtype,
+            shape: vec![rows, cols],
+            data: Blob::Owned(std::sync::Arc::new(bytes)),
+        }
+    }
+
+    /// The repacked matrices a VNNI processor loads must give what ggml's layout gives, for
+    /// products (decode and prompt sizes) and for embedding lookups.
+    #[test]
+    fn packed_matrices_behave_like_ggml_ones() {
+        let best = CpuCaps::detect();
+        if !best.avx512vnni {
+            return;
+        }
+        let (rows, cols) = (40, 512);
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q8_0] {
+            let fast = CpuBackend::new(2, best).unwrap();
+            let plain = CpuBackend::new(2, CpuCaps::avx2_only()).unwrap();
+            let a = fast.matrix(quantized(dtype, rows, cols)).unwrap();
+            let b = plain.matrix(quantized(dtype, rows, cols)).unwrap();
+            assert!(a.packed && !b.packed);
+            let ea = fast.embed(&a, &[0, 39, 7]).unwrap();
+            let eb = plain.embed(&b, &[0, 39, 7]).unwrap();
+            assert_eq!(ea.data, eb.data);
+            for n in [1, 5] {
+                let x = Mat {
+                    data: (0..n * cols).map(|i| ((i % 13) as f32 - 6.0) / 6.0).collect(),
+                    rows: n,
+                    cols,
+                };
+                let ya = fast.linear(&x, &a, None).unwrap();
+                let yb = plain.linear(&x, &b, None).unwrap();
+                let worst = ya
+                    .data
+                    .iter()
+                    .zip(&yb.data)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0f32, f32::max);
+                assert!(worst < 1e-3, "{dtype:?} n={n}: {worst}");
+            }
+        }
     }
 }

@@ -15,6 +15,8 @@ pub struct QMatrix<'a> {
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
+    /// Q4_0 / Q8_0 rows in the superblock layout of [`super::packed`] instead of ggml's.
+    pub packed: bool,
 }
 
 impl QMatrix<'_> {
@@ -27,7 +29,32 @@ impl QMatrix<'_> {
         &self.data[r * rb..(r + 1) * rb]
     }
 
+    /// Converts whole rows (`bytes` holds `out.len() / cols` of them) to f32.
+    fn dequantize_rows(&self, bytes: &[u8], out: &mut [f32]) -> Result<(), String> {
+        if self.packed {
+            for (src, o) in bytes
+                .chunks_exact(self.row_bytes())
+                .zip(out.chunks_exact_mut(self.cols))
+            {
+                super::packed::dequantize_row(self.dtype, src, o);
+            }
+            return Ok(());
+        }
+        super::dequant::dequantize_into(self.dtype, bytes, out).map_err(|e| e.to_string())
+    }
+
+    /// Row `r` as f32 (embedding lookups).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), String> {
+        self.dequantize_rows(self.row(r), out)
+    }
+
     pub fn check(&self) -> Result<(), String> {
+        if self.packed && !super::packed::packable(self.dtype, self.cols) {
+            return Err(format!(
+                "{:?} matrix with {} columns cannot be in the packed layout",
+                self.dtype, self.cols
+            ));
+        }
         if !self.cols.is_multiple_of(self.dtype.block_size()) {
             return Err(format!(
                 "{} columns is not a multiple of the {:?} block size {}",
@@ -202,7 +229,7 @@ fn dense_tiles(
             let nr = (rows - r0).min(4);
             buf.iter_mut().for_each(|v| *v = 0.0);
             let bytes = &w.data[r0 * w.row_bytes()..(r0 + nr) * w.row_bytes()];
-            if super::dequant::dequantize_into(w.dtype, bytes, &mut buf[..nr * k]).is_err() {
+            if w.dequantize_rows(bytes, &mut buf[..nr * k]).is_err() {
                 failed.store(true, std::sync::atomic::Ordering::Relaxed);
                 return;
             }
@@ -244,6 +271,113 @@ fn dense_tiles(
     Ok(())
 }
 
+/// Packed Q4_0 / Q8_0 rows: each task streams a contiguous run of rows once, and every row is
+/// dotted with all `n` activation rows while it is in L1.
+fn matmul_packed(
+    pool: &rayon::ThreadPool,
+    caps: CpuCaps,
+    w: &QMatrix<'_>,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), String> {
+    let nb = w.cols / QK;
+    let xq = quantize_q8(pool, x, n, w.cols);
+    let acts: Vec<super::packed::PackedActs> = xq
+        .chunks_exact(nb)
+        .map(super::packed::PackedActs::new)
+        .collect();
+    let q4 = w.dtype == GgmlDType::Q4_0;
+    let superblocks = w.cols / super::packed::SB_COLS;
+    par_rows(pool, w.rows, n, out, |r, t| {
+        #[cfg(target_arch = "x86_64")]
+        if caps.avx512vnni {
+            let a = &acts[t];
+            // SAFETY: the row holds `superblocks` packed superblocks (checked by `check`), the
+            // activations 256 quants and 8 scales per superblock; features detected at run time.
+            return unsafe {
+                super::x86::dot_packed_vnni(
+                    q4,
+                    w.row(r).as_ptr(),
+                    superblocks,
+                    a.qs.as_ptr(),
+                    a.d.as_ptr(),
+                    a.s.as_ptr(),
+                )
+            };
+        }
+        let _ = (caps, superblocks, q4);
+        super::packed::dot_row(w.dtype, w.row(r), &xq[t * nb..(t + 1) * nb])
+    });
+    Ok(())
+}
+
+/// Rows converted to bf16 per task.
+const BF16_GROUP: usize = 16;
+
+/// Prefill in bf16 (`vdpbf16ps`) on AVX-512 BF16 processors: the activations are rounded to
+/// bf16 once, each task dequantizes a group of 16 weight rows to bf16 once (kept in L2), then
+/// sweeps all tokens 4 at a time, each 4-token slice of activations (L1) meeting the group's 4
+/// row quartets. Rounding matches PyTorch's bf16 inference; the f32 accumulation does not
+/// round.
+#[cfg(target_arch = "x86_64")]
+fn bf16_tiles(
+    pool: &rayon::ThreadPool,
+    w: &QMatrix<'_>,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), String> {
+    let (rows, k) = (w.rows, w.cols);
+    let nt = n.div_ceil(4) * 4;
+    let mut xb = vec![0u16; nt * k];
+    {
+        let chunks: Vec<(&[f32], &mut [u16])> = x.chunks(k).zip(xb.chunks_mut(k)).collect();
+        pool.install(|| {
+            chunks.into_par_iter().for_each(|(src, dst)| {
+                // SAFETY: k is a multiple of 32 (checked by the caller); both hold k values.
+                unsafe { super::x86::f32_to_bf16(src.as_ptr(), dst.as_mut_ptr(), k) }
+            })
+        });
+    }
+    let groups = rows.div_ceil(BF16_GROUP);
+    let ptr = SyncPtr(out.as_mut_ptr());
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let run = |g: usize| {
+        let p = ptr;
+        let r0 = g * BF16_GROUP;
+        let nr = (rows - r0).min(BF16_GROUP);
+        let mut f = vec![0f32; BF16_GROUP * k];
+        let mut wb = vec![0u16; BF16_GROUP * k];
+        let bytes = &w.data[r0 * w.row_bytes()..(r0 + nr) * w.row_bytes()];
+        if w.dequantize_rows(bytes, &mut f[..nr * k]).is_err() {
+            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        // SAFETY: both buffers hold BF16_GROUP·k values, a multiple of 16.
+        unsafe { super::x86::f32_to_bf16(f.as_ptr(), wb.as_mut_ptr(), BF16_GROUP * k) };
+        for t in (0..nt).step_by(4) {
+            for q in (0..nr).step_by(4) {
+                // SAFETY: wb holds rows q..q+4 (zero past nr), xb tokens t..t+4 (zero past n).
+                let v = unsafe {
+                    super::x86::tile4x4_bf16(wb.as_ptr().add(q * k), xb.as_ptr().add(t * k), k)
+                };
+                for (dt, vt) in v.iter().enumerate().take(n.saturating_sub(t).min(4)) {
+                    for (i, val) in vt.iter().enumerate().take(nr.saturating_sub(q).min(4)) {
+                        // SAFETY: (t+dt, r0+q+i) is inside the buffer and owned by this group.
+                        unsafe { *p.0.add((t + dt) * rows + r0 + q + i) = *val };
+                    }
+                }
+            }
+        }
+    };
+    pool.install(|| (0..groups).into_par_iter().for_each(run));
+    if failed.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(format!("cannot convert {:?} rows", w.dtype));
+    }
+    Ok(())
+}
+
 /// `out[t][r] = Σ_c x[t][c] · W[r][c]` for `n` activation rows.
 pub fn matmul(
     pool: &rayon::ThreadPool,
@@ -268,8 +402,21 @@ pub fn matmul(
     // enough tokens: at 4 for 16/32-bit weights, at 16 for quantized ones (which then also keep
     // the activations in f32 instead of rounding them to 8 bits).
     let dense = matches!(w.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+    // bf16 tiles for prompts on weights that have at most bf16's precision already (BF16) or
+    // are quantized; F32 and F16 weights keep exact f32 products.
+    #[cfg(target_arch = "x86_64")]
+    if caps.avx512bf16
+        && n >= 16
+        && w.cols.is_multiple_of(32)
+        && !matches!(w.dtype, GgmlDType::F32 | GgmlDType::F16)
+    {
+        return bf16_tiles(pool, w, x, n, out);
+    }
     if caps.avx2 && ((dense && n >= 4) || (!dense && n >= 16)) {
         return dense_tiles(pool, caps, w, x, n, out);
+    }
+    if w.packed {
+        return matmul_packed(pool, caps, w, x, n, out);
     }
     match w.dtype {
         GgmlDType::F32 => par_rows(pool, w.rows, n, out, |r, t| {

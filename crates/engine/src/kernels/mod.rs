@@ -6,6 +6,7 @@ pub mod dequant;
 pub mod dot;
 pub mod matmul;
 pub mod ops;
+pub mod packed;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -16,6 +17,8 @@ pub struct CpuCaps {
     pub avx2: bool,
     /// AVX-512 F/BW/VL with VNNI 8-bit dot products (Ice Lake, Zen 4 and later).
     pub avx512vnni: bool,
+    /// AVX-512 BF16 (`vdpbf16ps`, Cooper Lake, Sapphire Rapids, Zen 4): prefill tiles.
+    pub avx512bf16: bool,
 }
 
 impl CpuCaps {
@@ -30,13 +33,19 @@ impl CpuCaps {
                 && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx512vnni");
-            CpuCaps { avx2, avx512vnni }
+            let avx512bf16 = avx512vnni && std::arch::is_x86_feature_detected!("avx512bf16");
+            CpuCaps {
+                avx2,
+                avx512vnni,
+                avx512bf16,
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
             CpuCaps {
                 avx2: false,
                 avx512vnni: false,
+                avx512bf16: false,
             }
         }
     }
@@ -46,6 +55,7 @@ impl CpuCaps {
         CpuCaps {
             avx2: false,
             avx512vnni: false,
+            avx512bf16: false,
         }
     }
 
@@ -55,11 +65,14 @@ impl CpuCaps {
         CpuCaps {
             avx2: d.avx2,
             avx512vnni: false,
+            avx512bf16: false,
         }
     }
 
     pub fn describe(&self) -> &'static str {
-        if self.avx512vnni {
+        if self.avx512bf16 {
+            "avx512-vnni+bf16"
+        } else if self.avx512vnni {
             "avx512-vnni"
         } else if self.avx2 {
             "avx2+fma+f16c"

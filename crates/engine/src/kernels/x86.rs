@@ -375,3 +375,116 @@ pub unsafe fn dot4x2_f32_avx2(w: &[f32], k: usize, x0: &[f32], x1: &[f32]) -> [[
         out
     }
 }
+
+/// One packed Q4_0 or Q8_0 row (see `packed.rs`) against one activation row. Per superblock of
+/// 8 blocks: four 64-quant `vpdpbusd`, a reduction tree that leaves the 8 block sums in
+/// `SCALE_ORDER`, and one conversion and FMA for all 8 scales.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_packed_vnni(
+    q4: bool,
+    row: *const u8,
+    superblocks: usize,
+    xq: *const i8,
+    xd: *const f32,
+    xs: *const f32,
+) -> f32 {
+    // SAFETY: the caller guarantees `superblocks` packed superblocks at `row`, and
+    // 256·superblocks quants and 8·superblocks scales/sums at xq, xd, xs.
+    unsafe {
+        let m4 = _mm512_set1_epi8(0x0f);
+        let pick = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 0, 0, 0, 0, 0, 0, 0, 0);
+        let sbb = if q4 { 144 } else { 272 };
+        let mut acc = _mm256_setzero_ps();
+        let mut corr = _mm256_setzero_ps();
+        for s in 0..superblocks {
+            let w = row.add(s * sbb);
+            let quants = w.add(16);
+            let x = xq.add(s * 256);
+            let mut p = [_mm512_setzero_si512(); 4];
+            for (i, p) in p.iter_mut().enumerate() {
+                let wq = if q4 {
+                    let y = _mm256_loadu_si256(quants.add(32 * i) as *const __m256i);
+                    let z =
+                        _mm512_inserti64x4(_mm512_castsi256_si512(y), _mm256_srli_epi16(y, 4), 1);
+                    _mm512_and_si512(z, m4)
+                } else {
+                    _mm512_loadu_si512(quants.add(64 * i) as *const __m512i)
+                };
+                let xv = _mm512_loadu_si512(x.add(64 * i) as *const __m512i);
+                *p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, xv);
+            }
+            let t0 = _mm512_add_epi32(
+                _mm512_unpacklo_epi32(p[0], p[1]),
+                _mm512_unpackhi_epi32(p[0], p[1]),
+            );
+            let t1 = _mm512_add_epi32(
+                _mm512_unpacklo_epi32(p[2], p[3]),
+                _mm512_unpackhi_epi32(p[2], p[3]),
+            );
+            let u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+            let v = _mm512_add_epi32(u, _mm512_shuffle_i32x4(u, u, 0xb1));
+            let sums = _mm512_castsi512_si256(_mm512_permutexvar_epi32(pick, v));
+            let sw = _mm256_cvtph_ps(_mm_loadu_si128(w as *const __m128i));
+            let d = _mm256_mul_ps(sw, _mm256_loadu_ps(xd.add(s * 8)));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), d, acc);
+            corr = _mm256_fmadd_ps(sw, _mm256_loadu_ps(xs.add(s * 8)), corr);
+        }
+        let offset = if q4 { 8.0 } else { 128.0 };
+        hsum(acc) - offset * hsum(corr)
+    }
+}
+
+/// Rounds f32 to bf16 (nearest even), 16 values per instruction; `src` and `dst` hold `n`
+/// values, `n` a multiple of 16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub unsafe fn f32_to_bf16(src: *const f32, dst: *mut u16, n: usize) {
+    // SAFETY: the caller guarantees n values at src and room for n at dst.
+    unsafe {
+        let mut i = 0;
+        while i < n {
+            let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.add(i)));
+            _mm256_storeu_si256(
+                dst.add(i) as *mut __m256i,
+                std::mem::transmute::<__m256bh, __m256i>(v),
+            );
+            i += 16;
+        }
+    }
+}
+
+/// A 4-row × 4-token tile of bf16 dot products (`vdpbf16ps`: 32 multiply-adds per
+/// instruction, twice f32 FMA): 8 loads feed 16 of them. `w` holds 4 rows and `x` 4 tokens of
+/// `k` bf16 values each (row stride `k`), `k` a multiple of 32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+pub unsafe fn tile4x4_bf16(w: *const u16, x: *const u16, k: usize) -> [[f32; 4]; 4] {
+    // SAFETY: the caller guarantees 4·k values at w and at x.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        let ld = |p: *const u16| {
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p as *const __m512i))
+        };
+        let mut i = 0;
+        while i < k {
+            let wv = [
+                ld(w.add(i)),
+                ld(w.add(k + i)),
+                ld(w.add(2 * k + i)),
+                ld(w.add(3 * k + i)),
+            ];
+            for (t, row) in acc.iter_mut().enumerate() {
+                let xv = ld(x.add(t * k + i));
+                for (a, wv) in row.iter_mut().zip(wv) {
+                    *a = _mm512_dpbf16_ps(*a, wv, xv);
+                }
+            }
+            i += 32;
+        }
+        let mut out = [[0f32; 4]; 4];
+        for (o, a) in out.iter_mut().zip(acc) {
+            for (o, a) in o.iter_mut().zip(a) {
+                *o = _mm512_reduce_add_ps(a);
+            }
+        }
+        out
+    }
+}

@@ -104,6 +104,9 @@ pub struct LoadOptions {
     pub max_context: Option<usize>,
     /// Draw progress bars on stderr.
     pub progress: bool,
+    /// CPU kernel level; the best the processor supports when `None`. Lower levels exist to
+    /// compare the paths (`--cpu-kernels avx2` against the AVX-512 packed kernels).
+    pub cpu_kernels: Option<CpuCaps>,
 }
 
 impl Default for LoadOptions {
@@ -114,6 +117,7 @@ impl Default for LoadOptions {
             dtype: None,
             max_context: None,
             progress: false,
+            cpu_kernels: None,
         }
     }
 }
@@ -244,7 +248,8 @@ pub fn build_model(
     let model: Box<dyn CausalLm> = match opts.device {
         DeviceKind::Cpu => {
             let threads = opts.threads.unwrap_or_else(default_threads);
-            let backend = CpuBackend::new(threads, CpuCaps::detect())?;
+            let backend =
+                CpuBackend::new(threads, opts.cpu_kernels.unwrap_or_else(CpuCaps::detect))?;
             Box::new(Decoder::load(
                 cfg.clone(),
                 store,

@@ -18,6 +18,9 @@ pub enum Blob {
         len: usize,
     },
     Owned(Arc<Vec<u8>>),
+    /// Anonymous memory (repacked weights): transparent huge pages where the kernel allows,
+    /// so filling it costs 512× fewer page faults and streaming it fewer TLB misses.
+    Anon(Arc<Mmap>),
 }
 
 impl Blob {
@@ -25,6 +28,36 @@ impl Blob {
         match self {
             Blob::Mapped { map, start, len } => &map[*start..*start + *len],
             Blob::Owned(v) => v,
+            Blob::Anon(m) => m,
+        }
+    }
+
+    /// Fills `len` bytes of fresh anonymous memory with `fill` and seals them read-only.
+    pub fn anon(len: usize, fill: impl FnOnce(&mut [u8])) -> std::io::Result<Blob> {
+        if len == 0 {
+            return Ok(Blob::Owned(Arc::new(Vec::new())));
+        }
+        let mut m = memmap2::MmapOptions::new().len(len).map_anon()?;
+        #[cfg(target_os = "linux")]
+        let _ = m.advise(memmap2::Advice::HugePage);
+        fill(&mut m);
+        Ok(Blob::Anon(Arc::new(m.make_read_only()?)))
+    }
+
+    /// Drops a mapped window's pages from this process (after its bytes were copied into a
+    /// repacked buffer), so they stop counting in its resident memory.
+    pub fn release(&self) {
+        if let Blob::Mapped { map, start, len } = self {
+            // SAFETY: the map is a read-only file mapping that is never written, so a page
+            // dropped here reads back the same bytes from the file if anything touches it again
+            // (a neighbouring tensor sharing the first or last page). The call is advisory; a
+            // failure only leaves the pages resident.
+            #[cfg(unix)]
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, *start, *len)
+            };
+            #[cfg(not(unix))]
+            let _ = (map, start, len);
         }
     }
 }
@@ -83,7 +116,11 @@ pub(crate) fn map_file(path: &Path) -> Result<Arc<Mmap>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: the map is read-only; bakeoff never writes model files while they are loaded.
     // A file truncated behind our back would fault, as with any mmap-based loader.
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    // MAP_POPULATE maps every page up front in one call (as llama.cpp does): the weights are
+    // all read by the first token or by repacking anyway, and one bulk fault costs far less
+    // than one per 4 KiB page.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+        .map_err(|e| Error::io(path, e))?;
     Ok(Arc::new(map))
 }
 
