@@ -51,9 +51,9 @@ impl ModelArgs {
                 "best" => None,
                 "avx2" => Some(CpuCaps::avx2_only()),
                 "portable" => Some(CpuCaps::portable()),
-                other => anyhow::bail!(
-                    "--cpu-kernels {other:?} is not one of best, avx2, portable"
-                ),
+                other => {
+                    anyhow::bail!("--cpu-kernels {other:?} is not one of best, avx2, portable")
+                }
             },
         })
     }
