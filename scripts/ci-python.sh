@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System and Python dependencies of the end-to-end serve/chat tests (crates/cli/tests/serve_e2e.rs):
-# tmux and curl for the chat and SSE tests, and the official `openai` SDK in a small venv at
+# tmux and curl for the chat and SSE tests, chromium for the headless check of the HTML report
+# (crates/report/tests/chromium.rs), and the official `openai` SDK in a small venv at
 # .venv-ci (the tests look for .venv-ci/bin/python, or $BAKEOFF_PYTHON). Safe to run twice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v tmux >/dev/null || missing+=(tmux)
 command -v curl >/dev/null || missing+=(curl)
+command -v chromium >/dev/null || missing+=(chromium)
 if ((${#missing[@]})); then
     sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"

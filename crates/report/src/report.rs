@@ -687,7 +687,7 @@ fn environment(d: &mut Doc, inp: &Inputs) {
         rows.push(vec![
             "bakeoff".into(),
             format!(
-                "{} (commit {}), rustc {}",
+                "{} (commit {}), {}",
                 e.bakeoff_version,
                 e.git_commit.as_deref().unwrap_or("unknown"),
                 e.rustc
