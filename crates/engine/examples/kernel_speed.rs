@@ -44,8 +44,9 @@ fn main() {
         // The packed layout (AVX-512 VNNI, Q4_0 / Q8_0), timed in the same alternation.
         let packed_bytes = packed::packable(dt, cols).then(|| {
             let rb = m.row_bytes();
-            let mut p = vec![0u8; bytes.len()];
-            for (s, o) in bytes.chunks_exact(rb).zip(p.chunks_exact_mut(rb)) {
+            let pb = packed::row_bytes(dt, cols);
+            let mut p = vec![0u8; rows * pb];
+            for (s, o) in bytes.chunks_exact(rb).zip(p.chunks_exact_mut(pb)) {
                 packed::pack_row(dt, s, o);
             }
             p
@@ -91,17 +92,41 @@ fn main() {
         };
         let x = vec![0.25f32; n * cols];
         let mut out = vec![0f32; n * rows];
-        let mut best = [f64::MAX; 2];
+        let pk = packed::packable(dt, cols).then(|| {
+            let rb = m.row_bytes();
+            let pb = packed::row_bytes(dt, cols);
+            let mut p = vec![0u8; rows * pb];
+            for (s, o) in bytes.chunks_exact(rb).zip(p.chunks_exact_mut(pb)) {
+                packed::pack_row(dt, s, o);
+            }
+            p
+        });
+        let pm = pk.as_ref().map(|p| QMatrix {
+            data: p,
+            packed: true,
+            ..m
+        });
+        let mut best = [f64::MAX; 3];
         for _ in 0..3 {
             for (i, (_, caps)) in paths.iter().enumerate() {
                 let t = Instant::now();
                 matmul(&pool, *caps, &m, &x, n, &mut out).expect("matmul");
                 best[i] = best[i].min(t.elapsed().as_secs_f64());
             }
+            if let Some(pm) = &pm {
+                let t = Instant::now();
+                matmul(&pool, CpuCaps::detect(), pm, &x, n, &mut out).expect("matmul");
+                best[2] = best[2].min(t.elapsed().as_secs_f64());
+            }
         }
         let gf = |s: f64| 2.0 * rows as f64 * cols as f64 * n as f64 / s / 1e9;
+        let packed_figure = if pm.is_some() {
+            format!(", packed VNNI tiles {:.1} GFLOP/s", gf(best[2]))
+        } else {
+            String::new()
+        };
         println!(
-            "{dt:?} prefill: avx2 {:.1} GFLOP/s, best {:.1} GFLOP/s",
+            "{dt:?} prefill: avx2 {:.1} GFLOP/s, best ggml layout {:.1} GFLOP/s{packed_figure}",
             gf(best[0]),
             gf(best[1])
         );

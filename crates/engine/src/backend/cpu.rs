@@ -39,12 +39,13 @@ impl CpuBackend {
         use rayon::prelude::*;
         let src = m.data.bytes();
         let rb = m.view().row_bytes();
-        let blob = Blob::anon(src.len(), |out| {
+        let pb = packed::row_bytes(m.dtype, m.cols);
+        let blob = Blob::anon(pb * m.rows, |out| {
             self.pool.install(|| {
-                out.par_chunks_mut(rb * 64)
+                out.par_chunks_mut(pb * 64)
                     .zip(src.par_chunks(rb * 64))
                     .for_each(|(o, s)| {
-                        for (o, s) in o.chunks_exact_mut(rb).zip(s.chunks_exact(rb)) {
+                        for (o, s) in o.chunks_exact_mut(pb).zip(s.chunks_exact(rb)) {
                             packed::pack_row(m.dtype, s, o);
                         }
                     })
@@ -304,7 +305,11 @@ mod tests {
             .collect();
         let t = candle_core::Tensor::from_slice(&vals, (rows, cols), &candle_core::Device::Cpu)
             .unwrap();
-        let bytes = QTensor::quantize(&t, dtype).unwrap().data().unwrap().to_vec();
+        let bytes = QTensor::quantize(&t, dtype)
+            .unwrap()
+            .data()
+            .unwrap()
+            .to_vec();
         RawTensor {
             name: "w".into(),
             dtype,
@@ -333,7 +338,9 @@ mod tests {
             assert_eq!(ea.data, eb.data);
             for n in [1, 5] {
                 let x = Mat {
-                    data: (0..n * cols).map(|i| ((i % 13) as f32 - 6.0) / 6.0).collect(),
+                    data: (0..n * cols)
+                        .map(|i| ((i % 13) as f32 - 6.0) / 6.0)
+                        .collect(),
                     rows: n,
                     cols,
                 };

@@ -21,6 +21,9 @@ pub struct QMatrix<'a> {
 
 impl QMatrix<'_> {
     pub fn row_bytes(&self) -> usize {
+        if self.packed {
+            return super::packed::row_bytes(self.dtype, self.cols);
+        }
         self.cols / self.dtype.block_size() * self.dtype.type_size()
     }
 
@@ -271,8 +274,9 @@ fn dense_tiles(
     Ok(())
 }
 
-/// Packed Q4_0 / Q8_0 rows: each task streams a contiguous run of rows once, and every row is
-/// dotted with all `n` activation rows while it is in L1.
+/// Packed Q4_0 / Q8_0 rows (see `packed.rs`). One token: each task streams a contiguous run
+/// of rows once. More tokens: 2-row × 4-token VNNI tiles, each task sweeping its rows for every
+/// group of 4 tokens while those rows sit in L1/L2.
 fn matmul_packed(
     pool: &rayon::ThreadPool,
     caps: CpuCaps,
@@ -281,35 +285,99 @@ fn matmul_packed(
     n: usize,
     out: &mut [f32],
 ) -> Result<(), String> {
+    use super::packed::{self, PackedActs};
     let nb = w.cols / QK;
     let xq = quantize_q8(pool, x, n, w.cols);
-    let acts: Vec<super::packed::PackedActs> = xq
-        .chunks_exact(nb)
-        .map(super::packed::PackedActs::new)
-        .collect();
+    let nsb = packed::superblocks(w.cols);
     let q4 = w.dtype == GgmlDType::Q4_0;
-    let superblocks = w.cols / super::packed::SB_COLS;
-    par_rows(pool, w.rows, n, out, |r, t| {
-        #[cfg(target_arch = "x86_64")]
-        if caps.avx512vnni {
-            let a = &acts[t];
-            // SAFETY: the row holds `superblocks` packed superblocks (checked by `check`), the
-            // activations 256 quants and 8 scales per superblock; features detected at run time.
-            return unsafe {
-                super::x86::dot_packed_vnni(
-                    q4,
-                    w.row(r).as_ptr(),
-                    superblocks,
-                    a.qs.as_ptr(),
-                    a.d.as_ptr(),
-                    a.s.as_ptr(),
-                )
-            };
+    #[cfg(target_arch = "x86_64")]
+    if caps.avx512vnni {
+        let mut acts: Vec<PackedActs> = xq
+            .chunks_exact(nb)
+            .map(|b| PackedActs::new(b, w.dtype))
+            .collect();
+        if n == 1 {
+            let a = &acts[0];
+            par_rows(pool, w.rows, 1, out, |r, _| {
+                // SAFETY: the row holds `nsb` packed superblocks (checked by `check`), the
+                // activations 512 quants and 16 factors per superblock; features detected.
+                unsafe {
+                    super::x86::dot_packed_vnni(
+                        q4,
+                        w.row(r).as_ptr(),
+                        nsb,
+                        a.qs.as_ptr(),
+                        a.d.as_ptr(),
+                        a.so.as_ptr(),
+                    )
+                }
+            });
+            return Ok(());
         }
-        let _ = (caps, superblocks, q4);
-        super::packed::dot_row(w.dtype, w.row(r), &xq[t * nb..(t + 1) * nb])
+        acts.resize(n.div_ceil(4) * 4, PackedActs::zeros(nsb));
+        tiles_packed(pool, w, &acts, n, q4, nsb, out);
+        return Ok(());
+    }
+    let _ = (caps, nsb, q4);
+    par_rows(pool, w.rows, n, out, |r, t| {
+        packed::dot_row(w.dtype, w.row(r), &xq[t * nb..(t + 1) * nb])
     });
     Ok(())
+}
+
+#[cfg(target_arch = "x86_64")]
+fn tiles_packed(
+    pool: &rayon::ThreadPool,
+    w: &QMatrix<'_>,
+    acts: &[super::packed::PackedActs],
+    n: usize,
+    q4: bool,
+    nsb: usize,
+    out: &mut [f32],
+) {
+    let rows = w.rows;
+    let threads = pool.current_num_threads().max(1);
+    let pairs = rows.div_ceil(2);
+    let per_task = pairs.div_ceil(threads * 4).clamp(1, 32);
+    let tasks = pairs.div_ceil(per_task);
+    let ptr = SyncPtr(out.as_mut_ptr());
+    let run = |ti: usize| {
+        let p = ptr;
+        let (p0, p1) = (ti * per_task, ((ti + 1) * per_task).min(pairs));
+        for t in (0..n).step_by(4) {
+            let a = &acts[t..t + 4];
+            let xq = [0, 1, 2, 3].map(|i| a[i].qs.as_ptr());
+            let xd = [0, 1, 2, 3].map(|i| a[i].d.as_ptr());
+            let xso = [0, 1, 2, 3].map(|i| a[i].so.as_ptr());
+            for pair in p0..p1 {
+                let r0 = 2 * pair;
+                let r1 = (r0 + 1).min(rows - 1);
+                // SAFETY: rows r0, r1 < rows hold `nsb` packed superblocks; the four tokens'
+                // activations exist (padded with zeros); features detected by the caller.
+                let v = unsafe {
+                    super::x86::tile2x4_packed_vnni(
+                        q4,
+                        [w.row(r0).as_ptr(), w.row(r1).as_ptr()],
+                        nsb,
+                        xq,
+                        xd,
+                        xso,
+                    )
+                };
+                for (dt, vt) in v.iter().enumerate().take((n - t).min(4)) {
+                    for (i, val) in vt.iter().enumerate().take(if r1 > r0 { 2 } else { 1 }) {
+                        // SAFETY: (t+dt, r0+i) is inside the buffer and owned by this task.
+                        unsafe { *p.0.add((t + dt) * rows + r0 + i) = *val };
+                    }
+                }
+            }
+        }
+    };
+    if tasks == 1 || threads == 1 {
+        (0..tasks).for_each(run);
+    } else {
+        pool.install(|| (0..tasks).into_par_iter().for_each(run));
+    }
 }
 
 /// Rows converted to bf16 per task.
@@ -406,13 +474,14 @@ pub fn matmul(
     // are quantized; F32 and F16 weights keep exact f32 products.
     #[cfg(target_arch = "x86_64")]
     if caps.avx512bf16
+        && !w.packed
         && n >= 16
         && w.cols.is_multiple_of(32)
         && !matches!(w.dtype, GgmlDType::F32 | GgmlDType::F16)
     {
         return bf16_tiles(pool, w, x, n, out);
     }
-    if caps.avx2 && ((dense && n >= 4) || (!dense && n >= 16)) {
+    if caps.avx2 && !w.packed && ((dense && n >= 4) || (!dense && n >= 16)) {
         return dense_tiles(pool, caps, w, x, n, out);
     }
     if w.packed {

@@ -376,9 +376,30 @@ pub unsafe fn dot4x2_f32_avx2(w: &[f32], k: usize, x0: &[f32], x1: &[f32]) -> [[
     }
 }
 
-/// One packed Q4_0 or Q8_0 row (see `packed.rs`) against one activation row. Per superblock of
-/// 8 blocks: four 64-quant `vpdpbusd`, a reduction tree that leaves the 8 block sums in
-/// `SCALE_ORDER`, and one conversion and FMA for all 8 scales.
+/// The `STEPS` dot-product operands of one packed superblock row, handed to `f` in order:
+/// Q8_0 loads them, Q4_0 splits each 64-byte chunk into low and high nibbles.
+#[inline(always)]
+unsafe fn for_each_operand(q4: bool, quants: *const u8, mut f: impl FnMut(usize, __m512i)) {
+    // SAFETY: the caller guarantees a packed superblock's quants at `quants`.
+    unsafe {
+        if q4 {
+            let m4 = _mm512_set1_epi8(0x0f);
+            for u in 0..4 {
+                let z = _mm512_loadu_si512(quants.add(64 * u) as *const __m512i);
+                f(2 * u, _mm512_and_si512(z, m4));
+                f(2 * u + 1, _mm512_and_si512(_mm512_srli_epi16(z, 4), m4));
+            }
+        } else {
+            for s in 0..8 {
+                f(s, _mm512_loadu_si512(quants.add(64 * s) as *const __m512i));
+            }
+        }
+    }
+}
+
+/// One packed Q4_0 / Q8_0 row (see `packed.rs`) against one token's packed activations: per
+/// superblock 8 `vpdpbusd` leave the 16 block sums in 16 lanes, then one conversion, one
+/// multiply and two FMAs apply the scales and the offset.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn dot_packed_vnni(
     q4: bool,
@@ -386,51 +407,82 @@ pub unsafe fn dot_packed_vnni(
     superblocks: usize,
     xq: *const i8,
     xd: *const f32,
-    xs: *const f32,
+    xso: *const f32,
 ) -> f32 {
-    // SAFETY: the caller guarantees `superblocks` packed superblocks at `row`, and
-    // 256·superblocks quants and 8·superblocks scales/sums at xq, xd, xs.
+    // SAFETY: the caller guarantees `superblocks` packed superblocks at `row`, and 512 quants
+    // and 16 factors per superblock at xq, xd, xso.
     unsafe {
-        let m4 = _mm512_set1_epi8(0x0f);
-        let pick = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 0, 0, 0, 0, 0, 0, 0, 0);
-        let sbb = if q4 { 144 } else { 272 };
-        let mut acc = _mm256_setzero_ps();
-        let mut corr = _mm256_setzero_ps();
+        let sbb = if q4 { 288 } else { 544 };
+        let mut acc = _mm512_setzero_ps();
         for s in 0..superblocks {
             let w = row.add(s * sbb);
-            let quants = w.add(16);
-            let x = xq.add(s * 256);
-            let mut p = [_mm512_setzero_si512(); 4];
-            for (i, p) in p.iter_mut().enumerate() {
-                let wq = if q4 {
-                    let y = _mm256_loadu_si256(quants.add(32 * i) as *const __m256i);
-                    let z =
-                        _mm512_inserti64x4(_mm512_castsi256_si512(y), _mm256_srli_epi16(y, 4), 1);
-                    _mm512_and_si512(z, m4)
-                } else {
-                    _mm512_loadu_si512(quants.add(64 * i) as *const __m512i)
-                };
-                let xv = _mm512_loadu_si512(x.add(64 * i) as *const __m512i);
-                *p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, xv);
-            }
-            let t0 = _mm512_add_epi32(
-                _mm512_unpacklo_epi32(p[0], p[1]),
-                _mm512_unpackhi_epi32(p[0], p[1]),
-            );
-            let t1 = _mm512_add_epi32(
-                _mm512_unpacklo_epi32(p[2], p[3]),
-                _mm512_unpackhi_epi32(p[2], p[3]),
-            );
-            let u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
-            let v = _mm512_add_epi32(u, _mm512_shuffle_i32x4(u, u, 0xb1));
-            let sums = _mm512_castsi512_si256(_mm512_permutexvar_epi32(pick, v));
-            let sw = _mm256_cvtph_ps(_mm_loadu_si128(w as *const __m128i));
-            let d = _mm256_mul_ps(sw, _mm256_loadu_ps(xd.add(s * 8)));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), d, acc);
-            corr = _mm256_fmadd_ps(sw, _mm256_loadu_ps(xs.add(s * 8)), corr);
+            let x = xq.add(s * 512);
+            let mut p = _mm512_setzero_si512();
+            for_each_operand(q4, w.add(32), |step, wq| {
+                let xv = _mm512_loadu_si512(x.add(64 * step) as *const __m512i);
+                p = _mm512_dpbusd_epi32(p, wq, xv);
+            });
+            let sw = _mm512_cvtph_ps(_mm256_loadu_si256(w as *const __m256i));
+            let d = _mm512_mul_ps(sw, _mm512_loadu_ps(xd.add(s * 16)));
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), d, acc);
+            acc = _mm512_fnmadd_ps(sw, _mm512_loadu_ps(xso.add(s * 16)), acc);
         }
-        let offset = if q4 { 8.0 } else { 128.0 };
-        hsum(acc) - offset * hsum(corr)
+        _mm512_reduce_add_ps(acc)
+    }
+}
+
+/// Two packed rows × four tokens: each weight operand feeds four `vpdpbusd`, each activation
+/// operand two, so the Q4_0 unpacking and the loads are shared and the kernel runs on the dot
+/// instructions (64 multiply-adds each, about five times f32 FMA on this class of processor).
+/// `rows[i]` points at row i, `xq/xd/xso[t]` at token t's packed activations.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn tile2x4_packed_vnni(
+    q4: bool,
+    rows: [*const u8; 2],
+    superblocks: usize,
+    xq: [*const i8; 4],
+    xd: [*const f32; 4],
+    xso: [*const f32; 4],
+) -> [[f32; 2]; 4] {
+    // SAFETY: as for `dot_packed_vnni`, for both rows and all four tokens.
+    unsafe {
+        let sbb = if q4 { 288 } else { 544 };
+        let mut acc = [[_mm512_setzero_ps(); 2]; 4];
+        for s in 0..superblocks {
+            let mut p = [[_mm512_setzero_si512(); 2]; 4];
+            let w0 = rows[0].add(s * sbb);
+            let w1 = rows[1].add(s * sbb);
+            let mut ops1 = [_mm512_setzero_si512(); 8];
+            for_each_operand(q4, w1.add(32), |step, wq| ops1[step] = wq);
+            for_each_operand(q4, w0.add(32), |step, wq0| {
+                let wq1 = ops1[step];
+                for (t, p) in p.iter_mut().enumerate() {
+                    let xv = _mm512_loadu_si512(xq[t].add(s * 512 + 64 * step) as *const __m512i);
+                    p[0] = _mm512_dpbusd_epi32(p[0], wq0, xv);
+                    p[1] = _mm512_dpbusd_epi32(p[1], wq1, xv);
+                }
+            });
+            let sw = [
+                _mm512_cvtph_ps(_mm256_loadu_si256(w0 as *const __m256i)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(w1 as *const __m256i)),
+            ];
+            for t in 0..4 {
+                let d = _mm512_loadu_ps(xd[t].add(s * 16));
+                let so = _mm512_loadu_ps(xso[t].add(s * 16));
+                for r in 0..2 {
+                    let f = _mm512_mul_ps(sw[r], d);
+                    acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[t][r]), f, acc[t][r]);
+                    acc[t][r] = _mm512_fnmadd_ps(sw[r], so, acc[t][r]);
+                }
+            }
+        }
+        let mut out = [[0f32; 2]; 4];
+        for (o, a) in out.iter_mut().zip(acc) {
+            for (o, a) in o.iter_mut().zip(a) {
+                *o = _mm512_reduce_add_ps(a);
+            }
+        }
+        out
     }
 }
 
