@@ -162,19 +162,33 @@ fn par_rows4(
     }
 }
 
-fn quantize_q8(pool: &rayon::ThreadPool, x: &[f32], n: usize, cols: usize) -> Vec<BlockQ8> {
+fn quantize_q8(
+    pool: &rayon::ThreadPool,
+    caps: CpuCaps,
+    x: &[f32],
+    n: usize,
+    cols: usize,
+) -> Vec<BlockQ8> {
     let nb = cols / QK;
     let mut q = vec![BlockQ8::default(); n * nb];
+    let one = |qr: &mut [BlockQ8], xr: &[f32]| {
+        #[cfg(target_arch = "x86_64")]
+        if caps.avx2 {
+            // SAFETY: run-time detected features.
+            return unsafe { super::x86::quantize_row_q8(xr, qr) };
+        }
+        quantize_row_q8(xr, qr)
+    };
     if n > 4 {
         pool.install(|| {
             q.par_chunks_mut(nb)
                 .zip(x.par_chunks(cols))
-                .for_each(|(qr, xr)| quantize_row_q8(xr, qr))
+                .for_each(|(qr, xr)| one(qr, xr))
         });
     } else {
         q.chunks_mut(nb)
             .zip(x.chunks(cols))
-            .for_each(|(qr, xr)| quantize_row_q8(xr, qr));
+            .for_each(|(qr, xr)| one(qr, xr));
     }
     q
 }
@@ -287,7 +301,7 @@ fn matmul_packed(
 ) -> Result<(), String> {
     use super::packed::{self, PackedActs};
     let nb = w.cols / QK;
-    let xq = quantize_q8(pool, x, n, w.cols);
+    let xq = quantize_q8(pool, caps, x, n, w.cols);
     let nsb = packed::superblocks(w.cols);
     let q4 = w.dtype == GgmlDType::Q4_0;
     #[cfg(target_arch = "x86_64")]
@@ -499,7 +513,7 @@ pub fn matmul(
         }),
         GgmlDType::Q8_0 | GgmlDType::Q4_0 => {
             let nb = cols / QK;
-            let xq = quantize_q8(pool, x, n, cols);
+            let xq = quantize_q8(pool, caps, x, n, cols);
             let q4 = w.dtype == GgmlDType::Q4_0;
             #[cfg(target_arch = "x86_64")]
             if caps.avx512vnni {

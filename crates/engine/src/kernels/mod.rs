@@ -117,3 +117,39 @@ pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
 pub(crate) fn f16_bits_to_f32(b: u16) -> f32 {
     half::f16::from_bits(b).to_f32()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SIMD activation quantizer must write the same bytes as the portable one, ties
+    /// (exact halves) included.
+    #[test]
+    fn simd_q8_quantizer_is_bit_identical() {
+        if !CpuCaps::detect().avx2 {
+            return;
+        }
+        let mut x: Vec<f32> = (0..32 * 40)
+            .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 97.0)
+            .collect();
+        // A block whose values land exactly on halves after scaling (amax 127 → scale 1).
+        for (i, v) in x[..32].iter_mut().enumerate() {
+            *v = i as f32 - 15.5;
+        }
+        x[31] = 127.0;
+        x[32..64].iter_mut().for_each(|v| *v = 0.0);
+        let mut a = vec![BlockQ8::default(); 40];
+        let mut b = vec![BlockQ8::default(); 40];
+        quantize_row_q8(&x, &mut a);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: avx2 detected above.
+        unsafe {
+            x86::quantize_row_q8(&x, &mut b)
+        };
+        for (p, q) in a.iter().zip(&b) {
+            assert_eq!(p.qs, q.qs);
+            assert_eq!(p.d.to_bits(), q.d.to_bits());
+            assert_eq!(p.s.to_bits(), q.s.to_bits());
+        }
+    }
+}

@@ -128,9 +128,7 @@ pub fn attention(
             let o = &mut res[t * head_dim..(t + 1) * head_dim];
             for (j, &p) in scores.iter().enumerate() {
                 let v = &v_cache[j * kv_dim + kvh * head_dim..j * kv_dim + (kvh + 1) * head_dim];
-                for (o, v) in o.iter_mut().zip(v) {
-                    *o += p * v;
-                }
+                super::dot::axpy_f32(caps, p, v, o);
             }
         }
         res

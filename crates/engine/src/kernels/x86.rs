@@ -52,6 +52,78 @@ pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     }
 }
 
+/// `o += p · v` (attention's weighted sum of values).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy_f32(p: f32, v: &[f32], o: &mut [f32]) {
+    let n = v.len().min(o.len());
+    let pv = _mm256_set1_ps(p);
+    let mut i = 0;
+    // SAFETY: every access stays below n.
+    unsafe {
+        while i + 8 <= n {
+            let r = _mm256_fmadd_ps(
+                pv,
+                _mm256_loadu_ps(v.as_ptr().add(i)),
+                _mm256_loadu_ps(o.as_ptr().add(i)),
+            );
+            _mm256_storeu_ps(o.as_mut_ptr().add(i), r);
+            i += 8;
+        }
+    }
+    while i < n {
+        o[i] += p * v[i];
+        i += 1;
+    }
+}
+
+/// Quantizes activations to 8 bits in blocks of 32, as `quantize_row_q8` does (rounding half
+/// away from zero, like ggml), 8 values per instruction.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
+    let sign = _mm256_set1_ps(-0.0);
+    let half = _mm256_set1_ps(0.5);
+    for (blk, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
+        // SAFETY: xs holds 32 values.
+        unsafe {
+            let v = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(xs.as_ptr().add(o)));
+            let mut m = _mm256_setzero_ps();
+            for v in v {
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v));
+            }
+            let amax = hmax(m);
+            let d = amax / 127.0;
+            let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+            blk.d = d;
+            let mut sum = _mm256_setzero_si256();
+            for (k, v) in v.into_iter().enumerate() {
+                let y = _mm256_mul_ps(v, id);
+                // Round half away from zero: truncate(y + copysign(0.5, y)).
+                let r = _mm256_add_ps(y, _mm256_or_ps(half, _mm256_and_ps(sign, y)));
+                let q = _mm256_cvttps_epi32(r);
+                sum = _mm256_add_epi32(sum, q);
+                let mut lanes = [0i32; 8];
+                _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, q);
+                for (o, l) in blk.qs[8 * k..8 * k + 8].iter_mut().zip(lanes) {
+                    *o = l as i8;
+                }
+            }
+            let mut lanes = [0i32; 8];
+            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum);
+            blk.s = d * lanes.iter().sum::<i32>() as f32;
+        }
+    }
+}
+
+unsafe fn hmax(v: __m256) -> f32 {
+    // SAFETY: plain register arithmetic; only called from avx2 functions.
+    unsafe {
+        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+        _mm_cvtss_f32(m)
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_f32_bytes(w: &[u8], x: &[f32]) -> f32 {
     let n = (w.len() / 4).min(x.len());
