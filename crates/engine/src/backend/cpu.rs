@@ -11,7 +11,7 @@ use crate::models::DecoderConfig;
 use crate::{Error, Result};
 
 pub struct CpuBackend {
-    pool: rayon::ThreadPool,
+    pool: std::sync::Arc<rayon::ThreadPool>,
     caps: CpuCaps,
 }
 
@@ -22,7 +22,10 @@ impl CpuBackend {
             .thread_name(|i| format!("bakeoff-cpu-{i}"))
             .build()
             .map_err(|e| Error::Device(format!("cannot start {threads} CPU threads: {e}")))?;
-        Ok(Self { pool, caps })
+        Ok(Self {
+            pool: std::sync::Arc::new(pool),
+            caps,
+        })
     }
 
     pub fn threads(&self) -> usize {
@@ -102,6 +105,10 @@ impl Backend for CpuBackend {
 
     fn describe(&self) -> String {
         format!("cpu ({} threads, {})", self.threads(), self.caps.describe())
+    }
+
+    fn pool(&self) -> Option<std::sync::Arc<rayon::ThreadPool>> {
+        Some(self.pool.clone())
     }
 
     fn matrix(&self, t: RawTensor) -> Result<CpuMatrix> {

@@ -53,6 +53,12 @@ pub trait Backend: Send + Sync + 'static {
     type Cache: Send;
 
     fn describe(&self) -> String;
+    /// The thread pool a whole forward pass should run inside, if the backend has one: the
+    /// pass's thread then takes part in every parallel operation, instead of handing each one
+    /// to sleeping workers and sleeping itself (two wake-ups per matrix product).
+    fn pool(&self) -> Option<std::sync::Arc<rayon::ThreadPool>> {
+        None
+    }
     fn matrix(&self, t: RawTensor) -> Result<Self::Matrix>;
     fn vector(&self, t: RawTensor) -> Result<Self::Vector>;
     fn new_cache(&self, cfg: &DecoderConfig) -> Result<Self::Cache>;

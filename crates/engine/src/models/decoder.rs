@@ -136,6 +136,13 @@ impl<B: Backend> Decoder<B> {
     /// The shared forward pass over one or more sequences; returns per item the logits of the
     /// last token, or of every token when `all_logits`.
     fn run(&mut self, items: &[(usize, &[u32])], all_logits: bool) -> Result<Vec<Vec<f32>>> {
+        match self.backend.pool() {
+            Some(pool) => pool.install(|| self.run_inner(items, all_logits)),
+            None => self.run_inner(items, all_logits),
+        }
+    }
+
+    fn run_inner(&mut self, items: &[(usize, &[u32])], all_logits: bool) -> Result<Vec<Vec<f32>>> {
         let mut starts = Vec::with_capacity(items.len());
         let mut ids: Vec<u32> = Vec::new();
         let mut ropes = Vec::with_capacity(items.len());
