@@ -319,3 +319,30 @@ fn bench_measures_a_remote_engine_through_the_worker() {
     );
     assert!(text(&o.stdout).contains(",fake,"));
 }
+
+#[test]
+fn membw_reports_bandwidth_cap_and_share() {
+    let (_dir, tl, _qw) = models();
+    let o = bakeoff(&[
+        "bench",
+        "--membw",
+        "--membw-mib",
+        "16",
+        "--threads",
+        "1",
+        "--model",
+        tl.to_str().unwrap(),
+    ]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", text(&o.stderr));
+    assert!(out.contains("1 thread:") && out.contains("GB/s"), "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(&format!("| {}", tl.display())))
+        .unwrap_or_else(|| panic!("no row for the model:\n{out}"));
+    assert!(row.trim_end().ends_with("% |"), "{row}");
+    // A bad model path is an error that names it, not a panic.
+    let o = bakeoff(&["bench", "--membw", "--membw-mib", "16", "--model", "/nope.gguf"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("/nope.gguf"), "{}", text(&o.stderr));
+}

@@ -18,7 +18,7 @@ use clap::Args;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// A Hugging Face folder, .gguf file, hub id, or `openai:http://HOST:PORT/v1#MODEL` (repeatable).
-    #[arg(long = "model", short = 'm', required_unless_present = "from")]
+    #[arg(long = "model", short = 'm', required_unless_present_any = ["from", "membw"])]
     pub models: Vec<String>,
     /// The file to use from GGUF hub repositories.
     #[arg(long)]
@@ -78,6 +78,13 @@ pub struct BenchArgs {
     /// Print an existing results file in --format instead of running anything.
     #[arg(long, conflicts_with = "models")]
     pub from: Option<PathBuf>,
+    /// Measure the streaming read bandwidth on 1 and N threads instead; with --model, also each
+    /// model's decode cap (bandwidth ÷ weight bytes read per token) and the share of it reached.
+    #[arg(long, conflicts_with = "from")]
+    pub membw: bool,
+    /// Buffer size for --membw, in MiB (keep it far above the last-level cache).
+    #[arg(long, default_value_t = 2048)]
+    pub membw_mib: usize,
 }
 
 #[derive(Args, Debug)]
@@ -128,6 +135,9 @@ impl BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.membw {
+        return membw(&a);
+    }
     let format: Format = a.format.parse()?;
     let report = match &a.from {
         Some(path) => BenchReport::read(path)?,
@@ -183,5 +193,73 @@ pub fn run_worker(_a: BenchWorkerArgs) -> Result<()> {
         std::io::stdout().lock(),
         std::io::stderr().lock(),
     )?;
+    Ok(())
+}
+
+/// `--membw`: bandwidth on 1 and N threads, then per model the cap and the decode share.
+fn membw(a: &BenchArgs) -> Result<()> {
+    use bakeoff_bench::membw::{cap_tok_s, stream_read_gbs};
+    use bakeoff_engine::loader::{LoadOptions, bytes_read_per_token, default_threads, load};
+    if a.membw_mib < 1 {
+        anyhow::bail!("--membw-mib must be at least 1");
+    }
+    let n = match a.threads.as_slice() {
+        [] => default_threads(),
+        [t] if *t > 0 => *t,
+        _ => anyhow::bail!("--membw takes one --threads value (at least 1)"),
+    };
+    let bytes = a.membw_mib << 20;
+    println!("streaming read over {} MiB, best of 5:", a.membw_mib);
+    let one = stream_read_gbs(bytes, 1, 5);
+    println!("  1 thread:  {one:.1} GB/s");
+    let all = if n > 1 {
+        let g = stream_read_gbs(bytes, n, 5);
+        println!("  {n} threads: {g:.1} GB/s");
+        g
+    } else {
+        one
+    };
+    if a.models.is_empty() {
+        return Ok(());
+    }
+    println!();
+    println!(
+        "| model | weights read per token | cap at {all:.1} GB/s | decode (64 tokens) | share of cap |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for m in &a.models {
+        let path = std::path::Path::new(m);
+        let per_token = bytes_read_per_token(path)
+            .with_context(|| format!("{m}: --membw needs a local folder or .gguf file"))?;
+        let opts = LoadOptions {
+            threads: Some(n),
+            ..Default::default()
+        };
+        let mut loaded = load(m, a.gguf_file.as_deref(), &opts)?;
+        let model = &mut loaded.model;
+        let argmax = |l: &[f32]| {
+            l.iter()
+                .enumerate()
+                .fold(
+                    (0usize, f32::MIN),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                )
+                .0 as u32
+        };
+        let mut tok = argmax(&model.forward(&[1, 2, 3, 4, 5, 6, 7, 8], false)?);
+        // One unmeasured step, then 64 timed ones.
+        tok = argmax(&model.forward(&[tok], false)?);
+        let t = std::time::Instant::now();
+        for _ in 0..64 {
+            tok = argmax(&model.forward(&[tok], false)?);
+        }
+        let tok_s = 64.0 / t.elapsed().as_secs_f64();
+        let cap = cap_tok_s(all, per_token);
+        println!(
+            "| {m} | {:.0} MB | {cap:.1} tok/s | {tok_s:.1} tok/s | {:.0}% |",
+            per_token as f64 / 1e6,
+            100.0 * tok_s / cap
+        );
+    }
     Ok(())
 }

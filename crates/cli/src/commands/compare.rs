@@ -354,6 +354,8 @@ pub fn run(a: CompareArgs) -> Result<()> {
         timeout: 600,
         no_progress: a.no_progress,
         from: None,
+        membw: false,
+        membw_mib: 2048,
     })
     .context("the bench step failed")?;
     let bench = bakeoff_bench::results::BenchReport::read(&bench_path)?;

@@ -577,3 +577,24 @@ pub fn convert_float(t: RawTensor, to: GgmlDType) -> Result<RawTensor> {
         data: Blob::Owned(std::sync::Arc::new(bytes)),
     })
 }
+
+/// Bytes of weights one decode step reads: every layer tensor, the final norm and the output
+/// head (the embedding table when tied; an untied table is only indexed, one row per token).
+/// Divided into the memory bandwidth this gives the decode speed cap.
+pub fn bytes_read_per_token(path: &Path) -> Result<u64> {
+    let (cfg, store) = open_weights(path)?;
+    let mut names: Vec<String> = (0..cfg.n_layers)
+        .flat_map(|i| crate::models::layer_tensor_names(i, cfg.qkv_bias))
+        .collect();
+    names.push("model.norm.weight".into());
+    names.push(if cfg.tied_embeddings || !store.has("lm_head.weight") {
+        "model.embed_tokens.weight".into()
+    } else {
+        "lm_head.weight".into()
+    });
+    let mut total = 0u64;
+    for n in names {
+        total += store.tensor(&n)?.data.bytes().len() as u64;
+    }
+    Ok(total)
+}
