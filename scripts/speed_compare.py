@@ -39,7 +39,7 @@ def peer(a, engine, model, ids, max_tokens, dtype="bf16"):
                 "--threads", str(a.threads), "--dtype", dtype])
 
 
-def compare(a, label, model, engine, rows, dtype=None):
+def compare(a, label, model, engine, rows, dtype=None, peer_model=None):
     tests = [("decode", list(range(1000, 1000 + a.short)), a.gen, "decode_tok_s"),
              ("prefill", list(range(1000, 1000 + a.long)), 1, "prefill_tok_s")]
     for test, ids, gen, key in tests:
@@ -52,7 +52,7 @@ def compare(a, label, model, engine, rows, dtype=None):
                 if side == 0:
                     res[0] = bakeoff(a, model, ids, gen, dtype)
                 else:
-                    res[1] = peer(a, engine, model, ids, gen, dtype or "bf16")
+                    res[1] = peer(a, engine, peer_model or model, ids, gen, dtype or "bf16")
             ours.append(res[0])
             theirs.append(res[1])
         o = [r[key] for r in ours]
@@ -74,6 +74,9 @@ def main():
     p.add_argument("--bakeoff", default="target/release/bakeoff")
     p.add_argument("--gguf", action="append", default=[], help="LABEL=PATH, compared with llama.cpp")
     p.add_argument("--hf", action="append", default=[], help="LABEL=DIR, compared with transformers (bf16)")
+    p.add_argument("--vs-transformers", action="append", default=[],
+                   help="LABEL=PATH,HF_DIR: bakeoff on PATH (any format it loads) against transformers "
+                        "bf16 on HF_DIR (same architecture); the issue's 'whatever format' prefill check")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--short", type=int, default=16, help="prompt tokens for the decode test")
@@ -88,6 +91,10 @@ def main():
     for spec in a.hf:
         label, path = spec.split("=", 1)
         compare(a, label, path, "transformers", rows, dtype="bf16")
+    for spec in a.vs_transformers:
+        label, paths = spec.split("=", 1)
+        ours, theirs = paths.split(",", 1)
+        compare(a, label, ours, "transformers", rows, peer_model=theirs)
     print(f"Measured {time.strftime('%Y-%m-%d')}, {a.threads} threads, {a.reps} alternating pairs "
           f"per cell; decode = {a.gen} tokens after a {a.short}-token prompt, prefill = {a.long}-token prompt.\n")
     print("| model | test | bakeoff tok/s | peer | peer tok/s | ratio (median, min-max) | load s (bakeoff / peer) |")
