@@ -42,15 +42,7 @@ fn main() {
         let x = vec![0.25f32; cols];
         let mut out = vec![0f32; rows];
         // The packed layout (AVX-512 VNNI, Q4_0 / Q8_0), timed in the same alternation.
-        let packed_bytes = packed::packable(dt, cols).then(|| {
-            let rb = m.row_bytes();
-            let pb = packed::row_bytes(dt, cols);
-            let mut p = vec![0u8; rows * pb];
-            for (s, o) in bytes.chunks_exact(rb).zip(p.chunks_exact_mut(pb)) {
-                packed::pack_row(dt, s, o);
-            }
-            p
-        });
+        let packed_bytes = packed::packable(dt, cols).then(|| pack(&m));
         let pm = packed_bytes.as_ref().map(|p| QMatrix {
             data: p,
             packed: true,
@@ -92,15 +84,7 @@ fn main() {
         };
         let x = vec![0.25f32; n * cols];
         let mut out = vec![0f32; n * rows];
-        let pk = packed::packable(dt, cols).then(|| {
-            let rb = m.row_bytes();
-            let pb = packed::row_bytes(dt, cols);
-            let mut p = vec![0u8; rows * pb];
-            for (s, o) in bytes.chunks_exact(rb).zip(p.chunks_exact_mut(pb)) {
-                packed::pack_row(dt, s, o);
-            }
-            p
-        });
+        let pk = packed::packable(dt, cols).then(|| pack(&m));
         let pm = pk.as_ref().map(|p| QMatrix {
             data: p,
             packed: true,
@@ -131,4 +115,14 @@ fn main() {
             gf(best[1])
         );
     }
+}
+
+/// The matrix in the packed layout the CPU backend builds at load on VNNI processors.
+fn pack(m: &QMatrix<'_>) -> Vec<u8> {
+    let (rb, pb) = (m.row_bytes(), packed::row_bytes(m.dtype, m.cols));
+    let mut p = vec![0u8; m.rows * pb];
+    for (s, o) in m.data.chunks_exact(rb).zip(p.chunks_exact_mut(pb)) {
+        packed::pack_row(m.dtype, s, o);
+    }
+    p
 }
