@@ -342,7 +342,18 @@ fn membw_reports_bandwidth_cap_and_share() {
         .unwrap_or_else(|| panic!("no row for the model:\n{out}"));
     assert!(row.trim_end().ends_with("% |"), "{row}");
     // A bad model path is an error that names it, not a panic.
-    let o = bakeoff(&["bench", "--membw", "--membw-mib", "16", "--model", "/nope.gguf"]);
+    let o = bakeoff(&[
+        "bench",
+        "--membw",
+        "--membw-mib",
+        "16",
+        "--model",
+        "/nope.gguf",
+    ]);
     assert!(!o.status.success());
-    assert!(text(&o.stderr).contains("/nope.gguf"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("/nope.gguf"),
+        "{}",
+        text(&o.stderr)
+    );
 }
