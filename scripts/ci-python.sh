@@ -2,7 +2,10 @@
 # System and Python dependencies of the end-to-end serve/chat tests (crates/cli/tests/serve_e2e.rs):
 # tmux and curl for the chat and SSE tests, chromium for the headless check of the HTML report
 # (crates/report/tests/chromium.rs), and the official `openai` SDK in a small venv at
-# .venv-ci (the tests look for .venv-ci/bin/python, or $BAKEOFF_PYTHON). Safe to run twice.
+# .venv-ci (the tests look for .venv-ci/bin/python, or $BAKEOFF_PYTHON), plus llama-cpp-python,
+# numpy, safetensors and gguf there for the llama.cpp interop test (crates/cli/tests/quantize.rs).
+# llama-cpp-python is compiled from its sdist: about 10 minutes on 2 cores the first time, then
+# pip's wheel cache or the existing install makes it instant. Safe to run twice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,3 +26,14 @@ fi
 .venv-ci/bin/python -m pip install --quiet --upgrade pip
 .venv-ci/bin/python -m pip install --quiet "openai>=1.40"
 .venv-ci/bin/python -c "import openai; print('openai', openai.__version__)"
+
+# Pinned as in scripts/reference/requirements.txt.
+pin() { grep "^$1==" scripts/reference/requirements.txt; }
+.venv-ci/bin/python -m pip install --quiet "$(pin numpy)" "$(pin safetensors)" "$(pin gguf)"
+if ! .venv-ci/bin/python -c "import llama_cpp" 2>/dev/null; then
+    # shellcheck source=reference/llama_cpp_env.sh
+    source scripts/reference/llama_cpp_env.sh
+    echo "building $(pin llama-cpp-python) (compiles llama.cpp, about 10 minutes on 2 cores)"
+    .venv-ci/bin/python -m pip install --quiet --no-binary llama-cpp-python "$(pin llama-cpp-python)"
+fi
+.venv-ci/bin/python -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__)"

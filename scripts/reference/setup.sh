@@ -37,10 +37,8 @@ fi
 
 # llama-cpp-python: built from the sdist.
 LLAMA_PIN="$(grep '^llama-cpp-python' "$REQ")"
-# AMX is off: on the project's VMs the CPU advertises AMX but ggml's AMX path crashes (SIGSEGV in
-# decode for every quantized type), while every AVX-512 extension it uses (VNNI, BF16, VBMI) works.
-export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF}"
-export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+# shellcheck source=llama_cpp_env.sh
+source "$ROOT/scripts/reference/llama_cpp_env.sh"
 $PIP install --no-binary llama-cpp-python "$LLAMA_PIN"
 
 "$VENV/bin/python" - <<'PY'

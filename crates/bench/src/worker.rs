@@ -542,6 +542,18 @@ pub fn measure(
     })
 }
 
+/// Servers such as llama.cpp's reuse the KV cache of a previous request's matching prompt
+/// prefix, while the local bench starts every run from an empty cache. Tagging each remote
+/// request with its own number makes prompts differ right after the chat template's header, so
+/// time to first token includes the whole prompt on both sides (a few more prompt tokens).
+fn tagged(counter: &mut usize, text: &str) -> String {
+    *counter += 1;
+    format!("[{counter}] {text}")
+}
+
+/// What scenario and depth results of a remote engine say about [`tagged`].
+const TAG_NOTE: &str = "each request starts with a unique tag such as `[3] ` so that a server's prompt-prefix cache cannot serve it";
+
 fn run_remote(
     job: &Job,
     base_url: &str,
@@ -554,6 +566,7 @@ fn run_remote(
     result.model.arch = Some(model.to_string());
     result.load.note = Some("not measured: remote engine".into());
     let mut count = |t: &str| -> Result<usize> { Ok(estimate_tokens(t)) };
+    let mut sent = 0usize;
     for &id in &job.scenarios {
         let s = id.scenario();
         let mut prompts = Vec::new();
@@ -562,7 +575,7 @@ fn run_remote(
         }
         for w in 0..job.warmup {
             client.stream(
-                &prompts[w % prompts.len()].0,
+                &tagged(&mut sent, &prompts[w % prompts.len()].0),
                 WARMUP_TOKENS.min(job.max_tokens),
             )?;
             steps.tick(format!("{id} warm-up"));
@@ -571,7 +584,11 @@ fn run_remote(
         for r in 0..job.repetitions {
             let i = r % prompts.len();
             let (text, n) = &prompts[i];
-            samples.push(client.stream(text, job.max_tokens)?.into_sample(r, i, *n));
+            samples.push(
+                client
+                    .stream(&tagged(&mut sent, text), job.max_tokens)?
+                    .into_sample(r, i, *n),
+            );
             steps.tick(format!("{id} {}/{}", r + 1, job.repetitions));
         }
         let content_tokens = prompts.iter().map(|p| p.1).collect();
@@ -581,7 +598,7 @@ fn run_remote(
             content_tokens,
             samples,
             stats,
-            note: None,
+            note: Some(TAG_NOTE.into()),
         });
     }
     let mut depth_prompts = Vec::new();
@@ -598,14 +615,21 @@ fn run_remote(
     }
     if let Some((_, (text, _))) = depth_prompts.first() {
         for _ in 0..job.warmup {
-            client.stream(text, WARMUP_TOKENS.min(job.depth_tokens))?;
+            client.stream(
+                &tagged(&mut sent, text),
+                WARMUP_TOKENS.min(job.depth_tokens),
+            )?;
             steps.tick("depth warm-up".into());
         }
     }
     for (depth, (text, n)) in depth_prompts {
         let mut samples = Vec::new();
         for r in 0..job.repetitions {
-            samples.push(client.stream(&text, job.depth_tokens)?.into_sample(r, 0, n));
+            samples.push(
+                client
+                    .stream(&tagged(&mut sent, &text), job.depth_tokens)?
+                    .into_sample(r, 0, n),
+            );
             steps.tick(format!("depth {depth} {}/{}", r + 1, job.repetitions));
         }
         let stats = Stats::of(&samples, env::cores());

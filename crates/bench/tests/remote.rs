@@ -168,6 +168,18 @@ fn remote_engine_is_measured_from_its_stream() {
         assert_eq!(q["ignore_eos"], true);
         assert_eq!(q["messages"][0]["role"], "user");
     }
+    // Every request is tagged with its own number, so no two share a prompt prefix that a
+    // server's cache could reuse; the repetitions of one prompt differ only by the tag.
+    let contents: Vec<&str> = reqs
+        .iter()
+        .map(|q| q["messages"][0]["content"].as_str().unwrap())
+        .collect();
+    for (i, c) in contents.iter().enumerate() {
+        assert!(c.starts_with(&format!("[{}] ", i + 1)), "{c}");
+    }
+    let untagged = |c: &str| c.split_once("] ").unwrap().1.to_string();
+    assert_eq!(untagged(contents[4]), untagged(contents[5]));
+    assert!(short.note.as_deref().unwrap().contains("prefix cache"));
     assert_eq!(reqs[1]["max_tokens"], 12);
     assert_eq!(
         reqs[0]["max_tokens"], 12,

@@ -71,6 +71,8 @@ fn quick_profile_end_to_end_on_tiny_models() {
             "json",
             "--threads",
             "2",
+            "--batch",
+            "3",
         ])
         .arg("--model")
         .arg(&m1)
@@ -91,6 +93,8 @@ fn quick_profile_end_to_end_on_tiny_models() {
     assert_eq!(stdout, results);
     assert_eq!(results["profile"], "quick");
     assert_eq!(results["ids_match_rule"], true);
+    assert_eq!(results["sizes"]["gen_batch"], 3);
+    assert_eq!(results["sizes"]["gsm8k_max_tokens"], 256);
 
     // Every data file read is hashed and matches the pinned checksum.
     let files = results["data_files"].as_array().unwrap();

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use bakeoff_engine::generate::{Flow, GenParams, generate};
+use bakeoff_engine::generate::{FinishReason, Flow, GenParams, generate, generate_batch};
 use bakeoff_engine::loader::{LoadOptions, load, load_model_only, open_weights};
 use bakeoff_engine::model::{CausalLm, LoadedModel};
 use bakeoff_engine::models::{Arch, RopeStyle};
@@ -516,6 +516,50 @@ fn q8_0_follows_f32_greedy() {
             if sorted[0] - sorted[1] > 2.0 * Q8_TOL {
                 assert_eq!(argmax(ra), argmax(rb), "{preset} position {p}");
             }
+        }
+    }
+}
+
+#[test]
+fn batched_generation_matches_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    for preset in TINY {
+        for quant in [SynthQuant::F32, SynthQuant::Q8_0] {
+            let (path, _) = make(dir.path(), preset, SynthFormat::Gguf, quant, 11);
+            let mut lm = load_full(&path);
+            let prompts: [&[u32]; 3] = [&PROMPT, &PROMPT[3..], &PROMPT[..5]];
+            let params: Vec<GenParams> = [9, 14, 4]
+                .iter()
+                .map(|&n| GenParams {
+                    max_tokens: n,
+                    ignore_eos: true,
+                    ..Default::default()
+                })
+                .collect();
+            let one: Vec<Vec<u32>> = prompts
+                .iter()
+                .zip(&params)
+                .map(|(p, g)| generate(&mut lm, p, g, |_| Flow::Continue).unwrap().ids)
+                .collect();
+            // Slot 0 holds the last prompt's cache; the batch must leave it alone.
+            let (pos, hist) = (lm.model.position(), lm.history.clone());
+            let reqs: Vec<(&[u32], &GenParams)> = prompts.iter().copied().zip(&params).collect();
+            let batch = generate_batch(&mut lm, &reqs).unwrap();
+            for (i, (g, want)) in batch.iter().zip(&one).enumerate() {
+                assert_eq!(&g.ids, want, "{preset} {quant} request {i}");
+                assert_eq!(g.summary.finish_reason, FinishReason::Length);
+                assert_eq!(g.summary.generated_tokens, params[i].max_tokens);
+                assert_eq!(g.token_times.len(), params[i].max_tokens);
+            }
+            assert_eq!((lm.model.position(), &lm.history), (pos, &hist));
+            // A prompt over the context fails the call without leaking slots or touching slot 0.
+            let long = vec![7u32; lm.model.config().max_context + 1];
+            let bad: Vec<(&[u32], &GenParams)> = vec![(&PROMPT, &params[0]), (&long, &params[0])];
+            let e = generate_batch(&mut lm, &bad).unwrap_err().to_string();
+            assert!(e.contains("context"), "{e}");
+            assert_eq!(lm.model.position(), pos);
+            let again = generate_batch(&mut lm, &reqs[..1]).unwrap();
+            assert_eq!(again[0].ids, one[0]);
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use bakeoff_engine::generate::{FinishReason, Flow, GenParams, generate};
+use bakeoff_engine::generate::{Flow, GenParams, Generation, generate, generate_batch};
 use bakeoff_engine::model::LoadedModel;
 use bakeoff_engine::sampling::SamplingParams;
 use bakeoff_engine::template::Message;
@@ -48,6 +48,15 @@ pub struct NllOut {
     pub context: usize,
 }
 
+/// One greedy chat completion request (see [`Candidate::chat`]).
+#[derive(Clone, Debug)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub assistant_prefix: String,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+}
+
 pub trait Candidate {
     fn label(&self) -> &str;
     /// For each continuation, log P(continuation | context) with the model's own tokenizer.
@@ -61,6 +70,14 @@ pub trait Candidate {
         max_tokens: usize,
         stop: &[String],
     ) -> Result<GenOut>;
+    /// Several completions; a model that can batch runs them together. An error fails the whole
+    /// call (the caller retries the items one by one to find the culprit).
+    fn chat_batch(&mut self, requests: &[ChatRequest]) -> Result<Vec<GenOut>> {
+        requests
+            .iter()
+            .map(|r| self.chat(&r.messages, &r.assistant_prefix, r.max_tokens, &r.stop))
+            .collect()
+    }
     /// llama-perplexity style: chunks of `context` tokens, each scoring its second half.
     fn rolling_nll(&mut self, text: &str, context: usize, max_chunks: usize) -> Result<NllOut>;
 }
@@ -93,6 +110,16 @@ fn log_softmax_at(row: &[f32], target: usize) -> (f64, bool) {
         .map(|&v| v as f64 - lse)
         .unwrap_or(f64::NEG_INFINITY);
     (lp, arg == target)
+}
+
+fn gen_out(prompt: String, g: Generation, seconds: f64) -> GenOut {
+    GenOut {
+        prompt,
+        text: g.text,
+        tokens: g.ids.len(),
+        finish: g.summary.finish_reason.as_str().into(),
+        seconds,
+    }
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
@@ -250,19 +277,45 @@ impl Candidate for EngineCandidate {
         };
         let t = Instant::now();
         let g = generate(&mut self.lm, &ids, &params, |_| Flow::Continue)?;
-        let finish = match g.summary.finish_reason {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-            FinishReason::ContextFull => "context_full",
-            FinishReason::Cancelled => "cancelled",
-        };
-        Ok(GenOut {
-            prompt,
-            text: g.text,
-            tokens: g.ids.len(),
-            finish: finish.into(),
-            seconds: t.elapsed().as_secs_f64(),
-        })
+        Ok(gen_out(prompt, g, t.elapsed().as_secs_f64()))
+    }
+
+    fn chat_batch(&mut self, requests: &[ChatRequest]) -> Result<Vec<GenOut>> {
+        if let [r] = requests {
+            // A single request keeps slot 0's cached prefix.
+            return Ok(vec![self.chat(
+                &r.messages,
+                &r.assistant_prefix,
+                r.max_tokens,
+                &r.stop,
+            )?]);
+        }
+        let mut prompts = Vec::with_capacity(requests.len());
+        let mut ids = Vec::with_capacity(requests.len());
+        let mut params = Vec::with_capacity(requests.len());
+        for r in requests {
+            let prompt = format!("{}{}", self.render(&r.messages)?, r.assistant_prefix);
+            ids.push(self.lm.tokenizer.encode(&prompt, false)?);
+            prompts.push(prompt);
+            params.push(GenParams {
+                max_tokens: r.max_tokens,
+                sampling: SamplingParams::greedy(),
+                stop: r.stop.clone(),
+                ignore_eos: false,
+            });
+        }
+        let reqs: Vec<(&[u32], &GenParams)> =
+            ids.iter().map(|i| &i[..]).zip(params.iter()).collect();
+        let gens = generate_batch(&mut self.lm, &reqs)?;
+        Ok(prompts
+            .into_iter()
+            .zip(gens)
+            .map(|(p, g)| {
+                // Each item's time is from the batch start to its last token.
+                let secs = g.token_times.last().copied().unwrap_or(g.prefill_s);
+                gen_out(p, g, secs)
+            })
+            .collect())
     }
 
     fn rolling_nll(&mut self, text: &str, context: usize, max_chunks: usize) -> Result<NllOut> {

@@ -62,6 +62,9 @@ pub struct Results {
     /// Whether the frozen id lists equal what the rule derives from the data read.
     pub ids_match_rule: bool,
     pub item_counts: BTreeMap<String, usize>,
+    /// Generation caps and batch size actually used (absent in files from before they were recorded).
+    #[serde(default)]
+    pub sizes: Option<crate::select::Sizes>,
     pub data_dir: String,
     pub data_files: Vec<FileRecord>,
     pub sandbox: Option<Isolation>,

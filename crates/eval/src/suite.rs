@@ -9,7 +9,7 @@ use bakeoff_engine::template::Message;
 use serde_json::json;
 
 use crate::audit::Audit;
-use crate::candidate::{Candidate, GenOut};
+use crate::candidate::{Candidate, ChatRequest, GenOut};
 use crate::data::{
     self, DataDir, FileRecord, Gsm8kItem, HumanEvalItem, IfevalItem, MbppItem, McItem, MtBenchItem,
 };
@@ -234,6 +234,15 @@ struct Run<'a> {
     gens: Vec<Generated>,
 }
 
+fn request(user: &str, prefix: &str, max_tokens: usize, stop: Vec<String>) -> ChatRequest {
+    ChatRequest {
+        messages: vec![Message::user(user.to_string())],
+        assistant_prefix: prefix.to_string(),
+        max_tokens,
+        stop,
+    }
+}
+
 fn bit(b: bool) -> f64 {
     f64::from(u8::from(b))
 }
@@ -276,6 +285,38 @@ impl Run<'_> {
                 seconds: 0.0,
             },
         }
+    }
+
+    /// Every request of a component, `sizes.gen_batch` at a time through the model's batched
+    /// generation. A batch that fails is retried item by item, so one bad item (a prompt longer
+    /// than the context) fails alone and the others keep their outputs.
+    fn chat_all(&mut self, comp: &str, reqs: &[ChatRequest]) -> Vec<GenOut> {
+        let mut outs = Vec::with_capacity(reqs.len());
+        for chunk in reqs.chunks(self.sizes.gen_batch.max(1)) {
+            match self.cand.chat_batch(chunk) {
+                Ok(g) if g.len() == chunk.len() => outs.extend(g),
+                _ => {
+                    for r in chunk {
+                        outs.push(self.chat(
+                            &r.messages,
+                            &r.assistant_prefix,
+                            r.max_tokens,
+                            &r.stop,
+                        ));
+                    }
+                }
+            }
+            let done = outs.len();
+            if done == reqs.len() || chunk.len() >= 10 || (done / 10) > ((done - chunk.len()) / 10)
+            {
+                (self.progress)(&format!(
+                    "{}: {comp} {done}/{} generated",
+                    self.model,
+                    reqs.len()
+                ));
+            }
+        }
+        outs
     }
 
     fn tick(&mut self, comp: &str, i: usize, n: usize) {
@@ -426,14 +467,16 @@ impl Run<'_> {
     fn gsm8k(&mut self, items: &[Gsm8kItem]) -> Result<Component> {
         let t = Instant::now();
         let (mut strict, mut flex, mut per_item) = (Vec::new(), Vec::new(), BTreeMap::new());
-        for (i, it) in items.iter().enumerate() {
-            let user = format!("{}\n\n{}", it.question, gsm8k::INSTRUCTION);
-            let g = self.chat(
-                &[Message::user(user.clone())],
-                "",
-                self.sizes.gsm8k_max_tokens,
-                &[],
-            );
+        let users: Vec<String> = items
+            .iter()
+            .map(|it| format!("{}\n\n{}", it.question, gsm8k::INSTRUCTION))
+            .collect();
+        let reqs: Vec<ChatRequest> = users
+            .iter()
+            .map(|u| request(u, "", self.sizes.gsm8k_max_tokens, Vec::new()))
+            .collect();
+        let outs = self.chat_all("gsm8k", &reqs);
+        for ((it, user), g) in items.iter().zip(users).zip(outs) {
             let es = gsm8k::extract_strict(&g.text);
             let ef = gsm8k::extract_flexible(&g.text);
             let (vs, vf) = (
@@ -449,7 +492,6 @@ impl Run<'_> {
             r["verdict"] = json!({"strict": vs, "flexible": vf});
             self.record(r)?;
             self.gens.push(("gsm8k".into(), it.id.clone(), user, g));
-            self.tick("gsm8k", i, items.len());
         }
         let mut c = Component::new(
             "gsm8k",
@@ -470,13 +512,12 @@ impl Run<'_> {
         let t = Instant::now();
         let (mut ps, mut pl, mut per_item) = (Vec::new(), Vec::new(), BTreeMap::new());
         let (mut is_k, mut il_k, mut i_n) = (0.0, 0.0, 0usize);
-        for (i, it) in items.iter().enumerate() {
-            let g = self.chat(
-                &[Message::user(it.prompt.clone())],
-                "",
-                self.sizes.ifeval_max_tokens,
-                &[],
-            );
+        let reqs: Vec<ChatRequest> = items
+            .iter()
+            .map(|it| request(&it.prompt, "", self.sizes.ifeval_max_tokens, Vec::new()))
+            .collect();
+        let outs = self.chat_all(name, &reqs);
+        for (it, g) in items.iter().zip(outs) {
             let r = ifeval::evaluate(it, &g.text);
             ps.push(bit(r.prompt_strict));
             pl.push(bit(r.prompt_loose));
@@ -491,7 +532,6 @@ impl Run<'_> {
             self.record(a)?;
             self.gens
                 .push((name.to_string(), it.id(), it.prompt.clone(), g));
-            self.tick(name, i, items.len());
         }
         let mut c = Component::new(
             name,
@@ -517,21 +557,20 @@ impl Run<'_> {
     }
 
     fn mt_bench_first_turns(&mut self, items: &[MtBenchItem]) -> Result<()> {
-        for (i, q) in items.iter().enumerate() {
-            let Some(turn) = q.turns.first() else {
-                continue;
-            };
-            let g = self.chat(
-                &[Message::user(turn.clone())],
-                "",
-                self.sizes.mt_bench_max_tokens,
-                &[],
-            );
+        let firsts: Vec<(&MtBenchItem, &String)> = items
+            .iter()
+            .filter_map(|q| q.turns.first().map(|t| (q, t)))
+            .collect();
+        let reqs: Vec<ChatRequest> = firsts
+            .iter()
+            .map(|(_, t)| request(t, "", self.sizes.mt_bench_max_tokens, Vec::new()))
+            .collect();
+        let outs = self.chat_all("mt_bench", &reqs);
+        for ((q, turn), g) in firsts.into_iter().zip(outs) {
             let mut r = gen_record("mt_bench", &q.id(), &g);
             r["category"] = json!(q.category);
             self.record(r)?;
             self.gens.push(("mt_bench".into(), q.id(), turn.clone(), g));
-            self.tick("mt_bench", i, items.len());
         }
         Ok(())
     }
@@ -551,6 +590,8 @@ impl Run<'_> {
             plan.mbpp.len()
         };
         let (mut passed, mut per_item) = (Vec::new(), BTreeMap::new());
+        let mut meta = Vec::with_capacity(n);
+        let mut reqs = Vec::with_capacity(n);
         for i in 0..n {
             let (id, user, prefix, stops) = if name == "humaneval" {
                 let it = &plan.humaneval[i];
@@ -570,12 +611,11 @@ impl Run<'_> {
                 )
             };
             let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
-            let g = self.chat(
-                &[Message::user(user.clone())],
-                &prefix,
-                self.sizes.code_max_tokens,
-                &stops,
-            );
+            reqs.push(request(&user, &prefix, self.sizes.code_max_tokens, stops));
+            meta.push((id, user));
+        }
+        let outs = self.chat_all(name, &reqs);
+        for (i, ((id, user), g)) in meta.into_iter().zip(outs).enumerate() {
             let prog = if name == "humaneval" {
                 code::humaneval_program(&plan.humaneval[i], &g.text)
             } else {

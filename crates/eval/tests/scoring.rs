@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use bakeoff_engine::template::Message;
 use bakeoff_eval::Result;
 use bakeoff_eval::audit::Audit;
-use bakeoff_eval::candidate::{Candidate, GenOut, LogLik, NllOut};
+use bakeoff_eval::candidate::{Candidate, ChatRequest, GenOut, LogLik, NllOut};
 use bakeoff_eval::data::{Gsm8kItem, HumanEvalItem, IfevalItem, MbppItem, McItem, MtBenchItem};
 use bakeoff_eval::sandbox::{Limits, Sandbox};
 use bakeoff_eval::score::{self, Component};
@@ -504,4 +504,99 @@ fn canned_responses_give_exactly_the_expected_scores() {
             .is_some_and(|s| s.contains("timed out")),
         "{hostile}"
     );
+}
+
+/// Runs the canned replies in batches, recording each batch's size; a batch holding `poison`
+/// fails as a whole, the way an engine batch fails when one prompt overflows the context.
+struct Batched {
+    inner: Canned,
+    poison: String,
+    batches: Vec<usize>,
+}
+
+impl Candidate for Batched {
+    fn label(&self) -> &str {
+        self.inner.label()
+    }
+    fn loglikelihoods(&mut self, context: &str, continuations: &[String]) -> Result<Vec<LogLik>> {
+        self.inner.loglikelihoods(context, continuations)
+    }
+    fn chat(
+        &mut self,
+        messages: &[Message],
+        prefix: &str,
+        max: usize,
+        stop: &[String],
+    ) -> Result<GenOut> {
+        self.inner.chat(messages, prefix, max, stop)
+    }
+    fn chat_batch(&mut self, requests: &[ChatRequest]) -> Result<Vec<GenOut>> {
+        self.batches.push(requests.len());
+        let poisoned = requests
+            .iter()
+            .any(|r| r.messages.iter().any(|m| m.content.contains(&self.poison)));
+        if poisoned && requests.len() > 1 {
+            return Err(bakeoff_eval::Error::InvalidArgument("batch failed".into()));
+        }
+        requests
+            .iter()
+            .map(|r| self.chat(&r.messages, &r.assistant_prefix, r.max_tokens, &r.stop))
+            .collect()
+    }
+    fn rolling_nll(&mut self, text: &str, context: usize, max: usize) -> Result<NllOut> {
+        self.inner.rolling_nll(text, context, max)
+    }
+}
+
+#[test]
+fn batched_generation_keeps_scores_and_isolates_a_failed_batch() {
+    let sandbox = Sandbox::new(Limits {
+        timeout_s: 3.0,
+        cpu_s: 3,
+        ..Limits::default()
+    })
+    .expect("python3 sandbox");
+    let canned = |label: &str| Canned {
+        label: label.into(),
+        mc: HashMap::new(),
+        replies: replies(true),
+    };
+    let mut quiet = |_: &str| {};
+    let mut plan = plan();
+    plan.sizes.gen_batch = 1;
+    let mut audit1 = Audit::in_memory();
+    let one = run_model(
+        &mut canned("A"),
+        &plan,
+        Some(&sandbox),
+        &mut audit1,
+        &mut quiet,
+    )
+    .expect("one at a time");
+    plan.sizes.gen_batch = 2;
+    let mut b = Batched {
+        inner: canned("A"),
+        poison: "Eggs".into(),
+        batches: Vec::new(),
+    };
+    let mut audit2 = Audit::in_memory();
+    let two = run_model(&mut b, &plan, Some(&sandbox), &mut audit2, &mut quiet).expect("batched");
+    assert!(b.batches.contains(&2), "{:?}", b.batches);
+    assert!(b.batches.iter().all(|&n| n <= 2), "{:?}", b.batches);
+    assert_eq!(one.components.len(), two.components.len());
+    for (x, y) in one.components.iter().zip(&two.components) {
+        assert_eq!(
+            (&x.name, x.headline.value, &x.per_item),
+            (&y.name, y.headline.value, &y.per_item)
+        );
+    }
+    // The poisoned GSM8K batch was retried item by item: both answers are there and right.
+    assert_eq!(get(&two.components, "gsm8k").headline.value, 1.0);
+    let outputs = |a: &Audit| -> Vec<String> {
+        a.memory()
+            .iter()
+            .filter_map(|r| r.get("output").map(|o| o.to_string()))
+            .collect()
+    };
+    assert_eq!(outputs(&audit1), outputs(&audit2));
 }

@@ -380,6 +380,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         device: a.device.clone(),
         threads: a.threads,
         print_ids: false,
+        batch: bakeoff_eval::select::DEFAULT_GEN_BATCH,
         limit: if d {
             a.limit.or(Some(DEMO_LIMIT))
         } else {

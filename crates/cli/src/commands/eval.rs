@@ -65,6 +65,11 @@ pub struct EvalArgs {
     /// profile's own caps.
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
+    /// Generations run together in one batched forward pass (1 = one at a time, as a server
+    /// without batching would). Greedy outputs can differ from one-at-a-time runs where the
+    /// batched kernels' rounding flips a near-tie; the results record the value.
+    #[arg(long, default_value_t = bakeoff_eval::select::DEFAULT_GEN_BATCH)]
+    pub batch: usize,
     /// Print the item ids the profile's rule selects on this data (JSON) and exit.
     #[arg(long, hide = true)]
     pub print_ids: bool,
@@ -153,6 +158,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     plan.only = a.only.clone();
     let profile_label = shorten_plan(&mut plan, profile, a.limit, a.max_new_tokens)?;
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    plan.sizes.gen_batch = a.batch;
     if !plan.ids_match_rule {
         eprintln!(
             "warning: the frozen item lists differ from the selection rule on this data; using the frozen lists"
@@ -370,6 +379,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         ),
         ids_match_rule: plan.ids_match_rule,
         item_counts: plan.counts(),
+        sizes: Some(plan.sizes.clone()),
         data_dir: a.data_dir.display().to_string(),
         data_files,
         sandbox: sandbox.as_ref().map(|s| s.isolation.clone()),
