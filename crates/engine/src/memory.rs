@@ -1,7 +1,27 @@
 //! Peak resident memory of this process, as the OS accounts it.
 
-/// Peak resident set size in bytes (Linux `ru_maxrss` is in KiB, macOS in bytes).
+/// Peak resident set size in bytes. On Linux this is `VmHWM`, the high-water mark of this
+/// process's own address space: `ru_maxrss` survives `execve`, so a child started by a large
+/// parent (the bench and quantize probes) would report the parent's peak as its own.
 pub fn peak_rss_bytes() -> u64 {
+    vm_hwm_bytes().unwrap_or_else(ru_maxrss_bytes)
+}
+
+fn vm_hwm_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// `ru_maxrss` (Linux in KiB, macOS in bytes).
+fn ru_maxrss_bytes() -> u64 {
     // SAFETY: getrusage fills the struct we pass; a zeroed rusage is a valid initial value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: RUSAGE_SELF with a valid out-pointer.
