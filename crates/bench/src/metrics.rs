@@ -99,6 +99,17 @@ impl RunSample {
             .map(|s| self.prompt_tokens as f64 / s)
     }
 
+    /// The tokens arrived as one burst (a server that buffered its stream): at least 8 tokens,
+    /// all within 2% of the request's time. Their timestamps then say nothing of first-token
+    /// latency or decode speed, only of the end-to-end time.
+    pub fn buffered(&self) -> bool {
+        match (self.decode_span_s(), self.e2e_s()) {
+            (Some(span), Some(e2e)) => self.generated_tokens >= 8 && span < 0.02 * e2e,
+            (None, Some(_)) => self.generated_tokens >= 8,
+            _ => false,
+        }
+    }
+
     /// CPU seconds over wall seconds over cores: 1.0 means every core busy for the whole request.
     pub fn cpu_util(&self, cores: usize) -> Option<f64> {
         let cpu = self.cpu_s?;
@@ -133,6 +144,10 @@ pub struct Stats {
     pub energy_j_per_token: Option<Estimate>,
     /// The bench's bookkeeping inside the timed region over the decode time, over all repetitions.
     pub overhead_fraction: f64,
+    /// Repetitions whose tokens arrived in one burst ([`RunSample::buffered`]): left out of
+    /// every timing figure except the end-to-end time.
+    #[serde(default)]
+    pub buffered: usize,
 }
 
 fn est(samples: &[RunSample], f: impl Fn(&RunSample) -> Option<f64>) -> Option<Estimate> {
@@ -141,7 +156,9 @@ fn est(samples: &[RunSample], f: impl Fn(&RunSample) -> Option<f64>) -> Option<E
 }
 
 impl Stats {
-    pub fn of(samples: &[RunSample], cores: usize) -> Stats {
+    pub fn of(all: &[RunSample], cores: usize) -> Stats {
+        let streamed: Vec<RunSample> = all.iter().filter(|s| !s.buffered()).cloned().collect();
+        let samples = &streamed[..];
         let itl_ms: Vec<f64> = samples
             .iter()
             .flat_map(|s| s.itl_s())
@@ -150,29 +167,22 @@ impl Stats {
         let overhead: f64 = samples.iter().map(|s| s.bench_overhead_s).sum();
         let decode: f64 = samples.iter().filter_map(RunSample::decode_span_s).sum();
         Stats {
-            repetitions: samples.len(),
-            prompt_tokens: samples.first().map_or(0, |s| s.prompt_tokens),
-            generated_tokens_min: samples
-                .iter()
-                .map(|s| s.generated_tokens)
-                .min()
-                .unwrap_or(0),
-            generated_tokens_max: samples
-                .iter()
-                .map(|s| s.generated_tokens)
-                .max()
-                .unwrap_or(0),
+            repetitions: all.len(),
+            prompt_tokens: all.first().map_or(0, |s| s.prompt_tokens),
+            generated_tokens_min: all.iter().map(|s| s.generated_tokens).min().unwrap_or(0),
+            generated_tokens_max: all.iter().map(|s| s.generated_tokens).max().unwrap_or(0),
             ttft_ms: est(samples, |s| s.ttft_s().map(|t| t * 1e3)),
             prefill_tok_s: est(samples, RunSample::prefill_tok_s),
             decode_tok_s: est(samples, RunSample::decode_tok_s),
             median_tok_s: est(samples, RunSample::median_tok_s),
             peak_tok_s: est(samples, RunSample::peak_tok_s),
             sustained_tok_s: est(samples, RunSample::sustained_tok_s),
-            e2e_s: est(samples, RunSample::e2e_s),
+            e2e_s: est(all, RunSample::e2e_s),
             itl_ms: Percentiles::of(&itl_ms),
-            cpu_util: est(samples, |s| s.cpu_util(cores)),
-            energy_j_per_token: est(samples, RunSample::energy_j_per_token),
+            cpu_util: est(all, |s| s.cpu_util(cores)),
+            energy_j_per_token: est(all, RunSample::energy_j_per_token),
             overhead_fraction: if decode > 0.0 { overhead / decode } else { 0.0 },
+            buffered: all.len() - samples.len(),
         }
     }
 }
@@ -220,6 +230,27 @@ mod tests {
         assert_eq!(st.decode_tok_s.unwrap().stddev, 0.0);
         let itl = st.itl_ms.unwrap();
         assert!((itl.p50 - 100.0).abs() < 1e-6 && (itl.max - 1000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_buffered_stream_is_left_out_of_the_timing_figures() {
+        let steady: Vec<f64> = (0..20).map(|i| 0.5 + 0.1 * i as f64).collect();
+        // The same 20 tokens, all arriving within 10 ms at the end of a 2.4 s request.
+        let burst: Vec<f64> = (0..20).map(|i| 2.39 + 0.0005 * i as f64).collect();
+        let (a, b) = (sample(steady.clone()), sample(burst));
+        assert!(!a.buffered() && b.buffered());
+        assert!(
+            !sample(steady[..5].to_vec()).buffered(),
+            "too few tokens to tell"
+        );
+        let st = Stats::of(&[a.clone(), b.clone(), a.clone()], 2);
+        assert_eq!((st.repetitions, st.buffered), (3, 1));
+        let d = st.decode_tok_s.unwrap();
+        assert_eq!(d.n, 2);
+        assert!((d.mean - 10.0).abs() < 1e-6, "{}", d.mean);
+        assert_eq!(st.ttft_ms.unwrap().n, 2);
+        assert_eq!(st.itl_ms.unwrap().n, 38);
+        assert_eq!(st.e2e_s.unwrap().n, 3, "end-to-end time still counts");
     }
 
     #[test]

@@ -199,6 +199,20 @@ impl BenchReport {
         })
     }
 
+    /// Derives every scenario's and depth's statistics again from the raw samples, with this
+    /// version's rules (for files written before a rule changed).
+    pub fn recompute_stats(&mut self) {
+        let cores = self.environment.cores;
+        for m in &mut self.models {
+            for s in &mut m.scenarios {
+                s.stats = crate::metrics::Stats::of(&s.samples, cores);
+            }
+            for d in &mut m.depths {
+                d.stats = crate::metrics::Stats::of(&d.samples, cores);
+            }
+        }
+    }
+
     /// Writes the file, creating its folder.
     pub fn write(&self, path: &Path) -> Result<()> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

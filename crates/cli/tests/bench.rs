@@ -145,6 +145,32 @@ fn results_render_in_every_format() {
         1 + 2 * 3,
         "header + 2 models × (2 scenarios + 1 depth)"
     );
+    // --recompute derives the same statistics from the raw samples (nothing was buffered), and
+    // never overwrites the file it read.
+    let again = file.with_file_name("recomputed.json");
+    let g = again.to_str().unwrap();
+    let r = bakeoff(&[
+        "bench",
+        "--from",
+        f,
+        "--recompute",
+        "--out",
+        g,
+        "--format",
+        "json",
+    ]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let read = |p: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    assert_eq!(read(f)["models"], read(g)["models"]);
+    let same = bakeoff(&["bench", "--from", f, "--recompute", "--out", f]);
+    assert!(!same.status.success());
+    assert!(
+        text(&same.stderr).contains("is the --from file"),
+        "{}",
+        text(&same.stderr)
+    );
     let jsonl = text(&bakeoff(&["bench", "--from", f, "--format", "jsonl"]).stdout);
     assert_eq!(jsonl.lines().count(), 6);
     for l in jsonl.lines() {

@@ -78,6 +78,10 @@ pub struct BenchArgs {
     /// Print an existing results file in --format instead of running anything.
     #[arg(long, conflicts_with = "models")]
     pub from: Option<PathBuf>,
+    /// With --from: derive the statistics again from the raw samples with this version's rules
+    /// (with --out, write the result as a new file).
+    #[arg(long, requires = "from")]
+    pub recompute: bool,
     /// Measure the streaming read bandwidth on 1 and N threads instead; with --model, also each
     /// model's decode cap (bandwidth ÷ weight bytes read per token) and the share of it reached.
     #[arg(long, conflicts_with = "from")]
@@ -140,7 +144,24 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let format: Format = a.format.parse()?;
     let report = match &a.from {
-        Some(path) => BenchReport::read(path)?,
+        Some(path) => {
+            let mut report = BenchReport::read(path)?;
+            if a.recompute {
+                report.recompute_stats();
+                if let Some(out) = &a.out {
+                    check_out_path(out)?;
+                    if out.canonicalize().ok() == path.canonicalize().ok() {
+                        anyhow::bail!(
+                            "--out {} is the --from file; write the recomputed results to a new file",
+                            out.display()
+                        );
+                    }
+                    report.write(out)?;
+                    eprintln!("recomputed results written to {}", out.display());
+                }
+            }
+            report
+        }
         None => {
             let cfg = a.config()?;
             let out = a.out.clone().unwrap_or_else(|| {

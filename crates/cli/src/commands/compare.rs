@@ -354,6 +354,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         timeout: 600,
         no_progress: a.no_progress,
         from: None,
+        recompute: false,
         membw: false,
         membw_mib: 2048,
     })
