@@ -29,7 +29,7 @@ pub struct ModelArgs {
     /// Use at most this many positions of the model's context.
     #[arg(long)]
     pub max_context: Option<usize>,
-    /// CPU kernels: best (default), avx2 or portable; lower levels are for comparing paths.
+    /// CPU kernels: best (default), no-amx, avx2 or portable; lower levels are for comparing paths.
     #[arg(long, default_value = "best")]
     pub cpu_kernels: String,
 }
@@ -49,10 +49,13 @@ impl ModelArgs {
             progress,
             cpu_kernels: match self.cpu_kernels.as_str() {
                 "best" => None,
+                "no-amx" => Some(CpuCaps::without_amx()),
                 "avx2" => Some(CpuCaps::avx2_only()),
                 "portable" => Some(CpuCaps::portable()),
                 other => {
-                    anyhow::bail!("--cpu-kernels {other:?} is not one of best, avx2, portable")
+                    anyhow::bail!(
+                        "--cpu-kernels {other:?} is not one of best, no-amx, avx2, portable"
+                    )
                 }
             },
         })

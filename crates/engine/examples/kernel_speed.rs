@@ -90,27 +90,48 @@ fn main() {
             packed: true,
             ..m
         });
-        let mut best = [f64::MAX; 3];
+        // Without AMX the best path is the bf16 tiles (ggml layout) or the packed VNNI tiles;
+        // with it, both layouts go to the AMX tiles.
+        let amx = CpuCaps::detect().amx;
+        let no_amx = CpuCaps::without_amx();
+        let mut best = [f64::MAX; 4];
         for _ in 0..3 {
             for (i, (_, caps)) in paths.iter().enumerate() {
+                let caps = if i == 1 { no_amx } else { *caps };
                 let t = Instant::now();
-                matmul(&pool, *caps, &m, &x, n, &mut out).expect("matmul");
+                matmul(&pool, caps, &m, &x, n, &mut out).expect("matmul");
                 best[i] = best[i].min(t.elapsed().as_secs_f64());
             }
             if let Some(pm) = &pm {
                 let t = Instant::now();
-                matmul(&pool, CpuCaps::detect(), pm, &x, n, &mut out).expect("matmul");
+                matmul(&pool, no_amx, pm, &x, n, &mut out).expect("matmul");
                 best[2] = best[2].min(t.elapsed().as_secs_f64());
+            }
+            if amx {
+                let t = Instant::now();
+                matmul(
+                    &pool,
+                    CpuCaps::detect(),
+                    pm.as_ref().unwrap_or(&m),
+                    &x,
+                    n,
+                    &mut out,
+                )
+                .expect("matmul");
+                best[3] = best[3].min(t.elapsed().as_secs_f64());
             }
         }
         let gf = |s: f64| 2.0 * rows as f64 * cols as f64 * n as f64 / s / 1e9;
-        let packed_figure = if pm.is_some() {
+        let mut packed_figure = if pm.is_some() {
             format!(", packed VNNI tiles {:.1} GFLOP/s", gf(best[2]))
         } else {
             String::new()
         };
+        if amx {
+            packed_figure.push_str(&format!(", AMX {:.1} GFLOP/s", gf(best[3])));
+        }
         println!(
-            "{dt:?} prefill: avx2 {:.1} GFLOP/s, best ggml layout {:.1} GFLOP/s{packed_figure}",
+            "{dt:?} prefill: avx2 {:.1} GFLOP/s, best ggml layout without AMX {:.1} GFLOP/s{packed_figure}",
             gf(best[0]),
             gf(best[1])
         );

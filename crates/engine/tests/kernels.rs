@@ -81,7 +81,9 @@ fn check_n(dtype: GgmlDType, cols: usize, tol: f32, simd_tol: f32, n: usize) {
         // 16+ tokens on quantized or BF16 weights take the bf16 tiles where the processor has
         // them: activations and weights rounded to bf16 (8 significant bits) as in PyTorch's
         // bf16 inference.
-        let bf16 = caps.avx512bf16 && n >= 16 && !matches!(dtype, GgmlDType::F32 | GgmlDType::F16);
+        let bf16 = (caps.avx512bf16 || caps.amx)
+            && n >= 16
+            && !matches!(dtype, GgmlDType::F32 | GgmlDType::F16);
         let tol = if bf16 {
             0.005
         } else if caps.avx2 {
@@ -266,13 +268,86 @@ fn packed_layout_matches_ggml_layout() {
                     .map(|(a, b)| (a - b).abs())
                     .fold(0f32, f32::max);
                 // Same integer products per block on every path (one-token kernel, tiles,
-                // portable); only the order of the f32 sums differs.
-                let tol = 1e-4 * (cols as f32).sqrt();
+                // portable); only the order of the f32 sums differs. AMX prompts round both
+                // sides to bf16 instead.
+                let tol = if caps.amx && n >= 16 { 0.005 } else { 1e-4 } * (cols as f32).sqrt();
                 assert!(
                     worst <= tol,
                     "{dtype:?} packed n={n} {caps:?} x{threads}: max error {worst}"
                 );
             }
+        }
+    }
+}
+
+/// AMX and the AVX-512 bf16 tiles round the same operands to bf16 and only sum in another
+/// order, so on every weight type they agree far more closely than either agrees with f32; odd
+/// shapes exercise the partial row groups and token blocks.
+#[test]
+fn amx_tiles_agree_with_avx512_bf16_tiles() {
+    let caps = CpuCaps::detect();
+    if !caps.amx {
+        eprintln!("skipping: no AMX on this processor ({})", caps.describe());
+        return;
+    }
+    let no_amx = CpuCaps::without_amx();
+    for (dtype, rows, cols, n) in [
+        (GgmlDType::Q8_0, 45, 800, 20),
+        (GgmlDType::Q4_0, 70, 256, 16),
+        (GgmlDType::Q4_0, 37, 800, 35),
+        (GgmlDType::Q4K, 33, 512, 47),
+        (GgmlDType::BF16, 64, 96, 33),
+        (GgmlDType::Q6K, 17, 256, 64),
+    ] {
+        let w = rand_vec(rows * cols, 11);
+        let x = rand_vec(n * cols, 12);
+        let bytes = encode(dtype, &w, rows, cols);
+        let m = QMatrix {
+            dtype,
+            rows,
+            cols,
+            data: &bytes,
+            packed: false,
+        };
+        let mut want = vec![0f32; n * rows];
+        matmul(&pool(1), no_amx, &m, &x, n, &mut want).unwrap();
+        // Q4_0 / Q8_0 also in the packed layout, which AMX reads in its own order.
+        let pk = bakeoff_engine::kernels::packed::packable(dtype, cols).then(|| {
+            use bakeoff_engine::kernels::packed;
+            let (rb, pb) = (m.row_bytes(), packed::row_bytes(dtype, cols));
+            let mut p = vec![0u8; rows * pb];
+            for (s, o) in bytes.chunks_exact(rb).zip(p.chunks_exact_mut(pb)) {
+                packed::pack_row(dtype, s, o);
+            }
+            p
+        });
+        let pm = pk.as_ref().map(|p| QMatrix {
+            packed: true,
+            data: p,
+            ..m
+        });
+        for (threads, mat) in [
+            (1, &m),
+            (3, &m),
+            (1, pm.as_ref().unwrap_or(&m)),
+            (3, pm.as_ref().unwrap_or(&m)),
+        ] {
+            let mut got = vec![f32::NAN; n * rows];
+            matmul(&pool(threads), caps, mat, &x, n, &mut got).unwrap();
+            assert!(
+                got.iter().all(|v| v.is_finite()),
+                "{dtype:?}: unwritten outputs"
+            );
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-4 * (cols as f32).sqrt(),
+                "{dtype:?} {rows}x{cols} n={n} x{threads} packed={}: AMX differs by {worst}",
+                mat.packed
+            );
         }
     }
 }

@@ -394,6 +394,123 @@ fn tiles_packed(
     }
 }
 
+/// Prefill on AMX (see `amx.rs`): the activations are rounded to bf16 once and laid out in
+/// 16-token groups of value pairs, the operand layout of `tdpbf16ps`; each task dequantizes 32
+/// weight rows to bf16 once (kept in L2) and sweeps every 32-token block with four 16 × 16
+/// tiles. Rounding is that of the AVX-512 bf16 tiles (PyTorch's bf16 inference); the f32
+/// accumulation does not round.
+#[cfg(target_arch = "x86_64")]
+fn amx_tiles(
+    pool: &rayon::ThreadPool,
+    w: &QMatrix<'_>,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), String> {
+    use super::amx::{TILE, Tiles};
+    use super::packed::{SB, superblocks};
+    const ROWS: usize = 2 * TILE;
+    let (rows, k) = (w.rows, w.cols);
+    // Packed rows are dequantized in their own order (`x86::packed_row_to_bf16`), so the
+    // activations take the same order: the shared dimension is then `kk`, padded superblocks
+    // included.
+    let packed = w.packed;
+    let nsb = superblocks(k);
+    let kk = if packed { nsb * SB * QK } else { k };
+    let groups16 = n.div_ceil(ROWS) * 2;
+    // Token group g holds, for each value pair p, tokens 16g..16g+16 as (x[2p], x[2p+1]):
+    // the u32 view of the row-major bf16 activations, transposed per group.
+    let mut xp = vec![0u32; groups16 * TILE * kk / 2];
+    pool.install(|| {
+        xp.par_chunks_mut(TILE * kk / 2)
+            .enumerate()
+            .for_each(|(g, dst)| {
+                let mut f = vec![0f32; kk];
+                let mut row = vec![0u16; kk];
+                for t in 0..TILE.min(n.saturating_sub(g * TILE)) {
+                    let src = &x[(g * TILE + t) * k..(g * TILE + t + 1) * k];
+                    if packed {
+                        for (b, blk) in src.chunks_exact(QK).enumerate() {
+                            let (si, l) = (b / SB, b % SB);
+                            for s in 0..QK / 4 {
+                                let at = si * SB * QK + 64 * s + 4 * l;
+                                f[at..at + 4].copy_from_slice(&blk[4 * s..4 * s + 4]);
+                            }
+                        }
+                    } else {
+                        f.copy_from_slice(src);
+                    }
+                    // SAFETY: kk is a multiple of 32; both hold kk values.
+                    unsafe { super::x86::f32_to_bf16(f.as_ptr(), row.as_mut_ptr(), kk) };
+                    for (p, pair) in row.chunks_exact(2).enumerate() {
+                        dst[p * TILE + t] = u32::from(pair[0]) | (u32::from(pair[1]) << 16);
+                    }
+                }
+            })
+    });
+    let groups = rows.div_ceil(ROWS);
+    let ptr = SyncPtr(out.as_mut_ptr());
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let q4 = w.dtype == GgmlDType::Q4_0;
+    let run = |g: usize| {
+        let p = ptr;
+        let r0 = g * ROWS;
+        let nr = (rows - r0).min(ROWS);
+        let mut wb = vec![0u16; ROWS * kk];
+        if packed {
+            for r in 0..nr {
+                // SAFETY: a packed row holds `nsb` superblocks (checked by `check`); wb has
+                // room for kk = nsb·512 values per row; AVX-512 BF16 comes with AMX.
+                unsafe {
+                    super::x86::packed_row_to_bf16(
+                        q4,
+                        w.row(r0 + r).as_ptr(),
+                        nsb,
+                        wb.as_mut_ptr().add(r * kk),
+                    )
+                };
+            }
+        } else {
+            let mut f = vec![0f32; ROWS * k];
+            let bytes = &w.data[r0 * w.row_bytes()..(r0 + nr) * w.row_bytes()];
+            if w.dequantize_rows(bytes, &mut f[..nr * k]).is_err() {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            // SAFETY: both buffers hold ROWS·k values, a multiple of 16.
+            unsafe { super::x86::f32_to_bf16(f.as_ptr(), wb.as_mut_ptr(), ROWS * k) };
+        }
+        // SAFETY: the backend only sets `caps.amx` after `amx::available()` returned true.
+        let tiles = unsafe { Tiles::new() };
+        for tb in (0..groups16).step_by(2) {
+            let xg = |g: usize| xp[g * TILE * kk / 2..].as_ptr() as *const u16;
+            // SAFETY: wb holds 32 rows of kk values (zero past nr); each token group holds 16
+            // tokens of kk values (zero past n).
+            let c = unsafe { tiles.block(wb.as_ptr(), [xg(tb), xg(tb + 1)], kk) };
+            for (i, ci) in c.iter().enumerate() {
+                for (j, cij) in ci.iter().enumerate() {
+                    let t0 = (tb + j) * TILE;
+                    for dt in 0..TILE.min(n.saturating_sub(t0)) {
+                        for dr in 0..TILE.min(nr.saturating_sub(i * TILE)) {
+                            // SAFETY: (t0+dt, r0+16i+dr) is inside the buffer and owned by
+                            // this row group.
+                            unsafe {
+                                *p.0.add((t0 + dt) * rows + r0 + i * TILE + dr) =
+                                    cij[dr * TILE + dt]
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    };
+    pool.install(|| (0..groups).into_par_iter().for_each(run));
+    if failed.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(format!("cannot convert {:?} rows", w.dtype));
+    }
+    Ok(())
+}
+
 /// Rows converted to bf16 per task.
 const BF16_GROUP: usize = 16;
 
@@ -486,6 +603,14 @@ pub fn matmul(
     let dense = matches!(w.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
     // bf16 tiles for prompts on weights that have at most bf16's precision already (BF16) or
     // are quantized; F32 and F16 weights keep exact f32 products.
+    #[cfg(target_arch = "x86_64")]
+    if caps.amx
+        && n >= 16
+        && w.cols.is_multiple_of(32)
+        && !matches!(w.dtype, GgmlDType::F32 | GgmlDType::F16)
+    {
+        return amx_tiles(pool, w, x, n, out);
+    }
     #[cfg(target_arch = "x86_64")]
     if caps.avx512bf16
         && !w.packed

@@ -2,6 +2,8 @@
 //! quantized decode, so matrix-vector products read weights in their stored format (memory-mapped,
 //! never copied) and fuse dequantization into SIMD dot products chosen at run time.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 pub mod dequant;
 pub mod dot;
 pub mod matmul;
@@ -19,6 +21,9 @@ pub struct CpuCaps {
     pub avx512vnni: bool,
     /// AVX-512 BF16 (`vdpbf16ps`, Cooper Lake, Sapphire Rapids, Zen 4): prefill tiles.
     pub avx512bf16: bool,
+    /// AMX tiles with bf16 (Sapphire Rapids and later), granted by the OS: prefill tiles. Only
+    /// [`CpuCaps::detect`] sets it, after asking the OS for the tile state.
+    pub amx: bool,
 }
 
 impl CpuCaps {
@@ -38,6 +43,7 @@ impl CpuCaps {
                 avx2,
                 avx512vnni,
                 avx512bf16,
+                amx: avx512bf16 && amx::available(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -46,6 +52,7 @@ impl CpuCaps {
                 avx2: false,
                 avx512vnni: false,
                 avx512bf16: false,
+                amx: false,
             }
         }
     }
@@ -56,6 +63,7 @@ impl CpuCaps {
             avx2: false,
             avx512vnni: false,
             avx512bf16: false,
+            amx: false,
         }
     }
 
@@ -66,11 +74,22 @@ impl CpuCaps {
             avx2: d.avx2,
             avx512vnni: false,
             avx512bf16: false,
+            amx: false,
+        }
+    }
+
+    /// Every detected kernel except AMX, to compare the prefill paths.
+    pub fn without_amx() -> Self {
+        CpuCaps {
+            amx: false,
+            ..Self::detect()
         }
     }
 
     pub fn describe(&self) -> &'static str {
-        if self.avx512bf16 {
+        if self.amx {
+            "avx512-vnni+bf16+amx"
+        } else if self.avx512bf16 {
             "avx512-vnni+bf16"
         } else if self.avx512vnni {
             "avx512-vnni"

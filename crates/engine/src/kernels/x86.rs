@@ -612,3 +612,74 @@ pub unsafe fn tile4x4_bf16(w: *const u16, x: *const u16, k: usize) -> [[f32; 4];
         out
     }
 }
+
+/// Dequantizes a packed Q4_0 / Q8_0 row (see `packed.rs`) straight to bf16, keeping the packed
+/// order: within superblock `si`, value `64s + 4l + j` is value `4s + j` of block `16si + l`.
+/// A dot product only needs both operands in one order, so prompt kernels permute the
+/// activations the same way instead of unshuffling the weights. Writes `superblocks · 512`
+/// values (zero for a padded superblock's missing blocks, whose scales are zero).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512bf16")]
+pub unsafe fn packed_row_to_bf16(q4: bool, row: *const u8, superblocks: usize, out: *mut u16) {
+    // SAFETY: the caller guarantees `superblocks` packed superblocks at `row` and room for
+    // 512 values per superblock at `out`.
+    unsafe {
+        let sbb = if q4 { 288 } else { 544 };
+        let offset = _mm512_set1_epi32(if q4 { 8 } else { 128 });
+        let low = _mm512_set1_epi8(0x0f);
+        // Chunk c of a 64-byte step holds lanes 4c..4c+4, four values each.
+        let idx: [__m512i; 4] = std::array::from_fn(|c| {
+            let c = c as i32 * 4;
+            _mm512_set_epi32(
+                c + 3,
+                c + 3,
+                c + 3,
+                c + 3,
+                c + 2,
+                c + 2,
+                c + 2,
+                c + 2,
+                c + 1,
+                c + 1,
+                c + 1,
+                c + 1,
+                c,
+                c,
+                c,
+                c,
+            )
+        });
+        for si in 0..superblocks {
+            let sb = row.add(si * sbb);
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(sb as *const __m256i));
+            let sc: [__m512; 4] = std::array::from_fn(|c| _mm512_permutexvar_ps(idx[c], d));
+            let q = sb.add(32);
+            let o = out.add(si * 512);
+            for s in 0..8 {
+                let bytes = if q4 {
+                    let v = _mm512_loadu_si512(q.add(64 * (s / 2)) as *const __m512i);
+                    if s % 2 == 0 {
+                        _mm512_and_si512(v, low)
+                    } else {
+                        _mm512_and_si512(_mm512_srli_epi16(v, 4), low)
+                    }
+                } else {
+                    _mm512_loadu_si512(q.add(64 * s) as *const __m512i)
+                };
+                let parts = [
+                    _mm512_extracti32x4_epi32::<0>(bytes),
+                    _mm512_extracti32x4_epi32::<1>(bytes),
+                    _mm512_extracti32x4_epi32::<2>(bytes),
+                    _mm512_extracti32x4_epi32::<3>(bytes),
+                ];
+                for (c, part) in parts.into_iter().enumerate() {
+                    let v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(part), offset);
+                    let f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), sc[c]);
+                    _mm256_storeu_si256(
+                        o.add(64 * s + 16 * c) as *mut __m256i,
+                        std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(f)),
+                    );
+                }
+            }
+        }
+    }
+}
