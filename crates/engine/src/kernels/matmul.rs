@@ -394,6 +394,22 @@ fn tiles_packed(
     }
 }
 
+/// Rows `r0..r0 + nr` of `w` dequantized and rounded to bf16 into `wb` (whole rows of `w.cols`
+/// values; `wb.len()` a multiple of 16, the rows past `nr` left zero). False if the rows cannot
+/// be converted.
+#[cfg(target_arch = "x86_64")]
+fn rows_to_bf16(w: &QMatrix<'_>, r0: usize, nr: usize, wb: &mut [u16]) -> bool {
+    let k = w.cols;
+    let mut f = vec![0f32; wb.len()];
+    let bytes = &w.data[r0 * w.row_bytes()..(r0 + nr) * w.row_bytes()];
+    if w.dequantize_rows(bytes, &mut f[..nr * k]).is_err() {
+        return false;
+    }
+    // SAFETY: both buffers hold wb.len() values, a multiple of 16 (callers size them so).
+    unsafe { super::x86::f32_to_bf16(f.as_ptr(), wb.as_mut_ptr(), wb.len()) };
+    true
+}
+
 /// Prefill on AMX (see `amx.rs`): the activations are rounded to bf16 once and laid out in
 /// 16-token groups of value pairs, the operand layout of `tdpbf16ps`; each task dequantizes 32
 /// weight rows to bf16 once (kept in L2) and sweeps every 32-token block with four 16 × 16
@@ -470,15 +486,9 @@ fn amx_tiles(
                     )
                 };
             }
-        } else {
-            let mut f = vec![0f32; ROWS * k];
-            let bytes = &w.data[r0 * w.row_bytes()..(r0 + nr) * w.row_bytes()];
-            if w.dequantize_rows(bytes, &mut f[..nr * k]).is_err() {
-                failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                return;
-            }
-            // SAFETY: both buffers hold ROWS·k values, a multiple of 16.
-            unsafe { super::x86::f32_to_bf16(f.as_ptr(), wb.as_mut_ptr(), ROWS * k) };
+        } else if !rows_to_bf16(w, r0, nr, &mut wb) {
+            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            return;
         }
         // SAFETY: the backend only sets `caps.amx` after `amx::available()` returned true.
         let tiles = unsafe { Tiles::new() };
@@ -546,15 +556,11 @@ fn bf16_tiles(
         let p = ptr;
         let r0 = g * BF16_GROUP;
         let nr = (rows - r0).min(BF16_GROUP);
-        let mut f = vec![0f32; BF16_GROUP * k];
         let mut wb = vec![0u16; BF16_GROUP * k];
-        let bytes = &w.data[r0 * w.row_bytes()..(r0 + nr) * w.row_bytes()];
-        if w.dequantize_rows(bytes, &mut f[..nr * k]).is_err() {
+        if !rows_to_bf16(w, r0, nr, &mut wb) {
             failed.store(true, std::sync::atomic::Ordering::Relaxed);
             return;
         }
-        // SAFETY: both buffers hold BF16_GROUP·k values, a multiple of 16.
-        unsafe { super::x86::f32_to_bf16(f.as_ptr(), wb.as_mut_ptr(), BF16_GROUP * k) };
         for t in (0..nt).step_by(4) {
             for q in (0..nr).step_by(4) {
                 // SAFETY: wb holds rows q..q+4 (zero past nr), xb tokens t..t+4 (zero past n).
