@@ -53,6 +53,35 @@ fn compare_report_and_history_on_tiny_models() {
         synth(dir.path(), "tiny-llama"),
         synth(dir.path(), "tiny-qwen2"),
     );
+    // A quantized variant measured against its source, for the report's quantization section.
+    let q8 = dir.path().join("a-q8_0.gguf");
+    let qres = dir.path().join("quantize.json");
+    ok(&run(&[
+        "quantize",
+        "--model",
+        &a,
+        "--to",
+        "q8_0",
+        "--out",
+        q8.to_str().unwrap(),
+    ]));
+    ok(&run(&[
+        "quantize",
+        "--measure",
+        "--model",
+        q8.to_str().unwrap(),
+        "--against",
+        &a,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--tokens",
+        "256",
+        "--ctx",
+        "128",
+        "--no-speed",
+        "--out",
+        qres.to_str().unwrap(),
+    ]));
     let out = dir.path().join("report");
     let db = dir.path().join("history.sqlite");
     let (out_s, db_s, data_s) = (
@@ -88,8 +117,15 @@ fn compare_report_and_history_on_tiny_models() {
         "8",
         "--no-cold-load",
         "--no-progress",
+        "--quantize-results",
+        qres.to_str().unwrap(),
     ]);
     ok(&o);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("## Quantization") && md.contains("a-q8_0.gguf"),
+        "the quantize results are not in the report"
+    );
     for f in [
         "bench.json",
         "eval/results.json",
@@ -180,6 +216,22 @@ fn compare_and_report_refuse_bad_input() {
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("not a bakeoff results file"), "{e}");
+    // A wrong --quantize-results file is refused before any model is benchmarked.
+    let o = run(&[
+        "compare",
+        "-m",
+        "a.gguf",
+        "-m",
+        "b.gguf",
+        "--quantize-results",
+        junk.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("--quantize-results") && e.contains("not a `bakeoff quantize --measure`"),
+        "{e}"
+    );
     let o = run(&[
         "history",
         "--db",

@@ -153,11 +153,23 @@ impl Inputs {
         let mut files = Vec::new();
         for p in paths {
             if p.is_dir() {
-                let found: Vec<PathBuf> = COMPARE_FILES
+                let mut found: Vec<PathBuf> = COMPARE_FILES
                     .iter()
                     .map(|f| p.join(f))
                     .filter(|f| f.is_file())
                     .collect();
+                // `compare --quantize-results` copies its files in as quantize-N.json.
+                let mut quant: Vec<PathBuf> = std::fs::read_dir(p)
+                    .map_err(|e| ReportError::io(p, e))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|f| {
+                        f.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("quantize-") && n.ends_with(".json"))
+                    })
+                    .collect();
+                quant.sort();
+                found.extend(quant);
                 if found.is_empty() {
                     return Err(ReportError::Input(format!(
                         "{}: a folder without any of {}",

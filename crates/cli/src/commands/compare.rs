@@ -111,6 +111,10 @@ pub struct CompareArgs {
     /// Cap on new tokens for generative eval items (default: the profile's; 32 with --demo).
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
+    /// `bakeoff quantize --measure` results to add to the report's quantization section
+    /// (repeatable).
+    #[arg(long = "quantize-results")]
+    pub quantize_results: Vec<PathBuf>,
     /// Judge for MT-Bench (see `bakeoff eval --help`).
     #[arg(long)]
     pub judge: Option<String>,
@@ -276,6 +280,20 @@ fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
 
 pub fn run(a: CompareArgs) -> Result<()> {
     let started = Instant::now();
+    // Checked before the long bench and eval steps, not after them.
+    for q in &a.quantize_results {
+        let text = std::fs::read_to_string(q)
+            .with_context(|| format!("--quantize-results: cannot read {}", q.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("--quantize-results: {} is not JSON", q.display()))?;
+        let schema = v.get("schema").and_then(|s| s.as_str()).unwrap_or("");
+        if !schema.starts_with("bakeoff.quantize.measure/") {
+            bail!(
+                "--quantize-results: {} is not a `bakeoff quantize --measure` results file (schema `{schema}`)",
+                q.display()
+            );
+        }
+    }
     let models: Vec<String> = if a.demo {
         demo_models(&a)?
     } else if a.models.is_empty() {
@@ -432,12 +450,20 @@ pub fn run(a: CompareArgs) -> Result<()> {
     let manifest_path = a.out.join("compare.json");
     write_json(&manifest_path, &manifest)?;
 
-    let inputs = Inputs::load(&[
+    let mut files = vec![
         manifest_path,
         bench_path,
         eval_dir.join("results.json"),
         answers_path,
-    ])?;
+    ];
+    // Copied in, so that `bakeoff report` on the folder renders the same report.
+    for (i, q) in a.quantize_results.iter().enumerate() {
+        let dst = a.out.join(format!("quantize-{}.json", i + 1));
+        std::fs::copy(q, &dst)
+            .with_context(|| format!("cannot copy {} to {}", q.display(), dst.display()))?;
+        files.push(dst);
+    }
+    let inputs = Inputs::load(&files)?;
     let db = if a.no_history {
         None
     } else {
