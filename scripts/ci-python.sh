@@ -34,6 +34,9 @@ if ! .venv-ci/bin/python -c "import llama_cpp" 2>/dev/null; then
     # shellcheck source=reference/llama_cpp_env.sh
     source scripts/reference/llama_cpp_env.sh
     echo "building $(pin llama-cpp-python) (compiles llama.cpp, about 10 minutes on 2 cores)"
-    .venv-ci/bin/python -m pip install --quiet --no-binary llama-cpp-python "$(pin llama-cpp-python)"
+    # --no-cache-dir: pip's wheel cache is keyed on the sdist, not on CMAKE_ARGS, so a wheel built
+    # earlier with other flags (e.g. ggml's AMX path, which crashes on these VMs) would be reused.
+    .venv-ci/bin/python -m pip install --quiet --no-cache-dir --no-binary llama-cpp-python \
+        "$(pin llama-cpp-python)"
 fi
 .venv-ci/bin/python -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__)"
