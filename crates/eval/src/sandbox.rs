@@ -15,7 +15,7 @@
 //!   process of that uid be killed after the run.
 //!
 //! [`Sandbox::new`] probes which layers work here and records them in [`Isolation`]; runs are
-//! serialised within the process.
+//! serialised within the process, and across processes when the uid is dropped (a lock file).
 
 use std::ffi::CString;
 use std::io::Read;
@@ -221,6 +221,19 @@ fn reap_uid(uid: u32) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Exclusive advisory lock on a per-uid file in the temp dir, released when the file closes.
+fn uid_lock() -> Result<std::fs::File> {
+    let path = std::env::temp_dir().join(format!("bakeoff-sandbox-{SANDBOX_UID}.lock"));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    f.lock().map_err(|e| Error::io(&path, e))?;
+    Ok(f)
 }
 
 fn set_limit(res: libc::__rlimit_resource_t, soft: u64, hard: u64) -> std::io::Result<()> {
@@ -523,6 +536,14 @@ impl Sandbox {
     /// Runs one Python program; `passed` means exit status 0 before the timeout.
     pub fn run_python(&self, program: &str) -> Result<RunOutcome> {
         let _guard = RUN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        // The reaping after the run kills every process of the sandbox uid, so two evaluators
+        // on one machine (two `bakeoff eval`, or parallel test binaries) must not overlap
+        // either: an advisory lock file serialises them across processes.
+        let _uid_lock = if self.mode.drop_uid {
+            Some(uid_lock()?)
+        } else {
+            None
+        };
         let dir = tempfile_dir()?;
         let result = self.run_in(dir.path(), program);
         if self.mode.drop_uid {

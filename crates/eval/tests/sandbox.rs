@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use bakeoff_eval::code;
 use bakeoff_eval::data::HumanEvalItem;
@@ -32,7 +32,20 @@ fn item() -> HumanEvalItem {
     }
 }
 
+/// The tests of this file run in parallel threads; a test that inspects the sandbox uid's
+/// processes after its run holds this across run and check, so another test's program cannot
+/// start in between and be counted as a survivor.
+fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn run(completion: &str) -> bakeoff_eval::sandbox::RunOutcome {
+    let _guard = exclusive();
+    run_holding_lock(completion)
+}
+
+fn run_holding_lock(completion: &str) -> bakeoff_eval::sandbox::RunOutcome {
     sandbox()
         .run_python(&code::humaneval_program(&item(), completion))
         .expect("sandbox run")
@@ -82,7 +95,8 @@ fn sleeping_child_processes_are_killed_with_the_group() {
 
 #[test]
 fn fork_bomb_is_contained() {
-    let r = run(
+    let guard = exclusive();
+    let r = run_holding_lock(
         "    import os\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n",
     );
     assert!(!r.passed, "{r:?}");
@@ -111,6 +125,7 @@ fn fork_bomb_is_contained() {
             .unwrap_or(0);
         assert_eq!(left, 0, "fork bomb processes survived");
     }
+    drop(guard);
     assert_still_works();
 }
 
