@@ -3,9 +3,9 @@
 use candle_core::quantized::GgmlDType;
 
 use super::Backend;
-use crate::kernels::matmul::{QMatrix, matmul};
+use crate::kernels::matmul::{QMatrix, matmul, matmul_many};
 use crate::kernels::ops::{self, RopeTable};
-use crate::kernels::{CpuCaps, packed};
+use crate::kernels::{CpuCaps, attention, packed};
 use crate::loader::store::{Blob, RawTensor};
 use crate::models::DecoderConfig;
 use crate::{Error, Result};
@@ -89,8 +89,9 @@ impl CpuMatrix {
     }
 }
 
-/// Keys and values per layer, position-major (`[pos][kv_heads·head_dim]`) so that appending a
-/// token is a push and the cache grows with use instead of reserving the whole context.
+/// Keys and values per layer, growing with use instead of reserving the whole context: values
+/// position-major (`[pos][kv_heads·head_dim]`), keys transposed in blocks of 16 positions for
+/// the attention kernel (`kernels::attention`).
 pub struct KvCache {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
@@ -149,12 +150,12 @@ impl Backend for CpuBackend {
     }
 
     fn cache_len(&self, c: &KvCache) -> usize {
-        c.k.first().map_or(0, |k| k.len() / c.kv_dim.max(1))
+        c.v.first().map_or(0, |v| v.len() / c.kv_dim.max(1))
     }
 
     fn cache_truncate(&self, c: &mut KvCache, len: usize) {
         for (k, v) in c.k.iter_mut().zip(c.v.iter_mut()) {
-            k.truncate(len * c.kv_dim);
+            k.truncate(attention::key_cache_len(len, c.kv_dim));
             v.truncate(len * c.kv_dim);
         }
     }
@@ -213,6 +214,34 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn linear_many(&self, x: &Mat, ws: &[(&CpuMatrix, Option<&Vec<f32>>)]) -> Result<Vec<Mat>> {
+        if x.rows != 1 {
+            return ws.iter().map(|(w, b)| self.linear(x, w, *b)).collect();
+        }
+        let mut outs: Vec<Vec<f32>> = ws.iter().map(|(w, _)| vec![0f32; w.rows]).collect();
+        let views: Vec<QMatrix<'_>> = ws.iter().map(|(w, _)| w.view()).collect();
+        let refs: Vec<&QMatrix<'_>> = views.iter().collect();
+        let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        matmul_many(&self.pool, self.caps, &refs, &x.data, &mut slices).map_err(|e| {
+            let names: Vec<&str> = ws.iter().map(|(w, _)| w.name.as_str()).collect();
+            Error::tensor(names.join(", "), e)
+        })?;
+        Ok(outs
+            .into_iter()
+            .zip(ws)
+            .map(|(mut data, (w, b))| {
+                if let Some(b) = b {
+                    data.iter_mut().zip(b.iter()).for_each(|(o, b)| *o += b);
+                }
+                Mat {
+                    data,
+                    rows: 1,
+                    cols: w.rows,
+                }
+            })
+            .collect())
+    }
+
     fn attention(
         &self,
         mut q: Mat,
@@ -224,7 +253,7 @@ impl Backend for CpuBackend {
         cfg: &DecoderConfig,
     ) -> Result<Mat> {
         let n = q.rows;
-        let pos = cache.k[layer].len() / cache.kv_dim;
+        let pos = cache.v[layer].len() / cache.kv_dim;
         ops::rope(&mut q.data, cfg.n_heads, cfg.head_dim, rope, cfg.rope_style);
         ops::rope(
             &mut k.data,
@@ -233,10 +262,10 @@ impl Backend for CpuBackend {
             rope,
             cfg.rope_style,
         );
-        cache.k[layer].extend_from_slice(&k.data);
+        attention::append_keys(&mut cache.k[layer], pos, &k.data, cache.kv_dim);
         cache.v[layer].extend_from_slice(&v.data);
         let mut out = vec![0f32; n * cfg.n_heads * cfg.head_dim];
-        ops::attention(
+        attention::attention(
             &self.pool,
             self.caps,
             &q.data,
@@ -322,6 +351,70 @@ mod tests {
             dtype,
             shape: vec![rows, cols],
             data: Blob::Owned(std::sync::Arc::new(bytes)),
+        }
+    }
+
+    /// Q, K and V (or gate and up) run as one region must give what three separate products
+    /// give on the plain path, with row counts that leave partial groups of four and biases.
+    #[test]
+    fn fused_products_equal_separate_ones() {
+        let cols = 1024;
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q8_0, GgmlDType::F16] {
+            let fast = CpuBackend::new(2, CpuCaps::detect()).unwrap();
+            let plain = CpuBackend::new(1, CpuCaps::portable()).unwrap();
+            let shapes = [40, 13, 7];
+            let mk = |b: &CpuBackend| -> Vec<CpuMatrix> {
+                shapes
+                    .iter()
+                    .map(|&r| {
+                        let t = if dtype == GgmlDType::F16 {
+                            let q = quantized(GgmlDType::Q8_0, r, cols);
+                            let mut v = vec![0f32; r * cols];
+                            let m = b.matrix(q).unwrap();
+                            for i in 0..r {
+                                m.view()
+                                    .dequantize_row(i, &mut v[i * cols..(i + 1) * cols])
+                                    .unwrap();
+                            }
+                            let bytes: Vec<u8> = v
+                                .iter()
+                                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                                .collect();
+                            RawTensor {
+                                name: "w".into(),
+                                dtype,
+                                shape: vec![r, cols],
+                                data: Blob::Owned(std::sync::Arc::new(bytes)),
+                            }
+                        } else {
+                            quantized(dtype, r, cols)
+                        };
+                        b.matrix(t).unwrap()
+                    })
+                    .collect()
+            };
+            let (fm, pm) = (mk(&fast), mk(&plain));
+            let bias: Vec<f32> = (0..13).map(|i| i as f32 * 0.25).collect();
+            let x = Mat {
+                data: (0..cols).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect(),
+                rows: 1,
+                cols,
+            };
+            let fused = fast
+                .linear_many(&x, &[(&fm[0], None), (&fm[1], Some(&bias)), (&fm[2], None)])
+                .unwrap();
+            let biases = [None, Some(&bias), None];
+            for (i, got) in fused.iter().enumerate() {
+                let want = plain.linear(&x, &pm[i], biases[i]).unwrap();
+                assert_eq!((got.rows, got.cols), (1, shapes[i]));
+                let worst = got
+                    .data
+                    .iter()
+                    .zip(&want.data)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0f32, f32::max);
+                assert!(worst < 2e-3, "{dtype:?} matrix {i}: {worst}");
+            }
         }
     }
 

@@ -74,6 +74,15 @@ pub trait Backend: Send + Sync + 'static {
         w: &Self::Matrix,
         bias: Option<&Self::Vector>,
     ) -> Result<Self::Act>;
+    /// Several products of the same input (Q, K and V; gate and up), which a backend may run
+    /// as one operation.
+    fn linear_many(
+        &self,
+        x: &Self::Act,
+        ws: &[(&Self::Matrix, Option<&Self::Vector>)],
+    ) -> Result<Vec<Self::Act>> {
+        ws.iter().map(|(w, b)| self.linear(x, w, *b)).collect()
+    }
     /// Applies RoPE to `q` and `k`, appends `k`/`v` to the layer's cache and attends causally.
     #[allow(clippy::too_many_arguments)]
     fn attention(

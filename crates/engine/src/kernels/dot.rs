@@ -4,29 +4,6 @@
 
 use super::{BlockQ8, CpuCaps, Q4_0_BYTES, Q8_0_BYTES, f16_bits_to_f32};
 
-pub fn dot_f32(caps: CpuCaps, w: &[f32], x: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if caps.avx2 {
-        // SAFETY: the caller's caps come from run-time detection of avx2+fma+f16c.
-        return unsafe { super::x86::dot_f32(w, x) };
-    }
-    let _ = caps;
-    w.iter().zip(x).map(|(a, b)| a * b).sum()
-}
-
-/// `o += p · v`.
-pub fn axpy_f32(caps: CpuCaps, p: f32, v: &[f32], o: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if caps.avx2 {
-        // SAFETY: the caller's caps come from run-time detection of avx2+fma+f16c.
-        return unsafe { super::x86::axpy_f32(p, v, o) };
-    }
-    let _ = caps;
-    for (o, v) in o.iter_mut().zip(v) {
-        *o += p * v;
-    }
-}
-
 /// `w` holds f32 values as little-endian bytes (possibly unaligned, straight from a file).
 pub fn dot_f32_bytes(caps: CpuCaps, w: &[u8], x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]

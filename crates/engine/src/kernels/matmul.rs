@@ -311,21 +311,7 @@ fn matmul_packed(
             .map(|b| PackedActs::new(b, w.dtype))
             .collect();
         if n == 1 {
-            let a = &acts[0];
-            par_rows(pool, w.rows, 1, out, |r, _| {
-                // SAFETY: the row holds `nsb` packed superblocks (checked by `check`), the
-                // activations 512 quants and 16 factors per superblock; features detected.
-                unsafe {
-                    super::x86::dot_packed_vnni(
-                        q4,
-                        w.row(r).as_ptr(),
-                        nsb,
-                        a.qs.as_ptr(),
-                        a.d.as_ptr(),
-                        a.so.as_ptr(),
-                    )
-                }
-            });
+            packed_decode(pool, &[(w, SyncPtr(out.as_mut_ptr()))], &acts[0], q4, nsb);
             return Ok(());
         }
         acts.resize(n.div_ceil(4) * 4, PackedActs::zeros(nsb));
@@ -336,6 +322,125 @@ fn matmul_packed(
     par_rows(pool, w.rows, n, out, |r, t| {
         packed::dot_row(w.dtype, w.row(r), &xq[t * nb..(t + 1) * nb])
     });
+    Ok(())
+}
+
+/// One token against one or more packed matrices of the same type and width (Q, K and V; gate
+/// and up) in a single parallel region: the rows of all of them, four at a time, are one list
+/// of work, so the threads meet once per group instead of once per matrix, and the small K and
+/// V matrices do not leave a thread idle at their end.
+#[cfg(target_arch = "x86_64")]
+fn packed_decode(
+    pool: &rayon::ThreadPool,
+    mats: &[(&QMatrix<'_>, SyncPtr)],
+    a: &super::packed::PackedActs,
+    q4: bool,
+    nsb: usize,
+) {
+    let quads: Vec<usize> = mats.iter().map(|(w, _)| w.rows.div_ceil(4)).collect();
+    let total: usize = quads.iter().sum();
+    let threads = pool.current_num_threads().max(1);
+    // Small tasks let the faster thread take more when the other is interrupted (the machine
+    // is shared), without paying much per task.
+    let per_task = total.div_ceil(threads * 8).max(4);
+    let tasks = total.div_ceil(per_task);
+    let run = |ti: usize| {
+        let (g0, g1) = (ti * per_task, ((ti + 1) * per_task).min(total));
+        let mut base = 0;
+        for ((w, out), &nq) in mats.iter().zip(&quads) {
+            let (lo, hi) = (g0.max(base), g1.min(base + nq));
+            for g in lo..hi {
+                let r0 = 4 * (g - base);
+                // SAFETY: rows below `w.rows` hold `nsb` packed superblocks (checked by `check`),
+                // the activations 512 quants and 16 factors per superblock, features detected;
+                // each output row is written by the one task that owns its quad.
+                unsafe {
+                    if r0 + 4 <= w.rows {
+                        let v = super::x86::dot4_packed_vnni(
+                            q4,
+                            w.row(r0).as_ptr(),
+                            w.row_bytes(),
+                            nsb,
+                            a.qs.as_ptr(),
+                            a.d.as_ptr(),
+                            a.so.as_ptr(),
+                        );
+                        std::ptr::copy_nonoverlapping(v.as_ptr(), out.0.add(r0), 4);
+                    } else {
+                        for r in r0..w.rows {
+                            *out.0.add(r) = super::x86::dot_packed_vnni(
+                                q4,
+                                w.row(r).as_ptr(),
+                                nsb,
+                                a.qs.as_ptr(),
+                                a.d.as_ptr(),
+                                a.so.as_ptr(),
+                            );
+                        }
+                    }
+                }
+            }
+            base += nq;
+        }
+    };
+    if tasks == 1 || threads == 1 {
+        (0..tasks).for_each(run);
+    } else {
+        pool.install(|| (0..tasks).into_par_iter().for_each(run));
+    }
+}
+
+/// `outs[i][r] = Σ_c x[c] · W_i[r][c]` for one token and several matrices sharing its input.
+/// Packed matrices of one type and width run as one parallel region; anything else falls back
+/// to one `matmul` each.
+pub fn matmul_many(
+    pool: &rayon::ThreadPool,
+    caps: CpuCaps,
+    ws: &[&QMatrix<'_>],
+    x: &[f32],
+    outs: &mut [&mut [f32]],
+) -> Result<(), String> {
+    if ws.len() != outs.len() {
+        return Err(format!("{} matrices but {} outputs", ws.len(), outs.len()));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(w0) = ws.first()
+        && caps.avx512vnni
+        && ws
+            .iter()
+            .all(|w| w.packed && w.dtype == w0.dtype && w.cols == w0.cols && x.len() == w.cols)
+    {
+        for (w, o) in ws.iter().zip(outs.iter()) {
+            w.check()?;
+            if o.len() != w.rows {
+                return Err(format!(
+                    "matmul shapes: out has {} values for {} rows",
+                    o.len(),
+                    w.rows
+                ));
+            }
+        }
+        let nb = w0.cols / QK;
+        let xq = quantize_q8(pool, caps, x, 1, w0.cols);
+        let act = super::packed::PackedActs::new(&xq[..nb], w0.dtype);
+        let mats: Vec<(&QMatrix<'_>, SyncPtr)> = ws
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(w, o)| (*w, SyncPtr(o.as_mut_ptr())))
+            .collect();
+        packed_decode(
+            pool,
+            &mats,
+            &act,
+            w0.dtype == GgmlDType::Q4_0,
+            super::packed::superblocks(w0.cols),
+        );
+        return Ok(());
+    }
+    for (w, o) in ws.iter().zip(outs.iter_mut()) {
+        let n = x.len() / w.cols.max(1);
+        matmul(pool, caps, w, x, n, o)?;
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+pub mod attention;
 pub mod dequant;
 pub mod dot;
 pub mod matmul;

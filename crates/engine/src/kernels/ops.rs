@@ -1,9 +1,6 @@
 //! The small operations of a decoder layer. They touch activations only (kilobytes per token),
 //! so plain loops are enough; the weight-bound work is in `matmul`.
 
-use rayon::prelude::*;
-
-use super::{CpuCaps, dot::dot_f32};
 use crate::models::RopeStyle;
 
 /// RMSNorm as Hugging Face computes it: `x / sqrt(mean(x²) + ε) · w`, in f32.
@@ -76,68 +73,5 @@ pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, table: &RopeTable, sty
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     for (g, u) in gate.iter_mut().zip(up) {
         *g = *g / (1.0 + (-*g).exp()) * u;
-    }
-}
-
-pub fn softmax(x: &mut [f32]) {
-    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let mut s = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - m).exp();
-        s += *v;
-    }
-    let inv = 1.0 / s;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
-}
-
-/// Causal grouped-query attention of `n` new queries (absolute positions `pos..pos+n`) over a
-/// position-major cache holding `pos + n` keys and values of `kv_heads · head_dim` each.
-#[allow(clippy::too_many_arguments)]
-pub fn attention(
-    pool: &rayon::ThreadPool,
-    caps: CpuCaps,
-    q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
-    n: usize,
-    pos: usize,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    out: &mut [f32],
-) {
-    let group = heads / kv_heads;
-    let kv_dim = kv_heads * head_dim;
-    let q_dim = heads * head_dim;
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let per_head = |h: usize| -> Vec<f32> {
-        let kvh = h / group;
-        let mut res = vec![0f32; n * head_dim];
-        let mut scores = Vec::with_capacity(pos + n);
-        for t in 0..n {
-            let qh = &q[t * q_dim + h * head_dim..t * q_dim + (h + 1) * head_dim];
-            let len = pos + t + 1;
-            scores.clear();
-            for j in 0..len {
-                let k = &k_cache[j * kv_dim + kvh * head_dim..j * kv_dim + (kvh + 1) * head_dim];
-                scores.push(dot_f32(caps, qh, k) * scale);
-            }
-            softmax(&mut scores);
-            let o = &mut res[t * head_dim..(t + 1) * head_dim];
-            for (j, &p) in scores.iter().enumerate() {
-                let v = &v_cache[j * kv_dim + kvh * head_dim..j * kv_dim + (kvh + 1) * head_dim];
-                super::dot::axpy_f32(caps, p, v, o);
-            }
-        }
-        res
-    };
-    let per: Vec<Vec<f32>> = pool.install(|| (0..heads).into_par_iter().map(per_head).collect());
-    for (h, r) in per.iter().enumerate() {
-        for t in 0..n {
-            out[t * q_dim + h * head_dim..t * q_dim + (h + 1) * head_dim]
-                .copy_from_slice(&r[t * head_dim..(t + 1) * head_dim]);
-        }
     }
 }

@@ -178,9 +178,17 @@ impl<B: Backend> Decoder<B> {
         let mut hs = b.embed(&self.embed, &ids)?;
         for (li, l) in self.layers.iter().enumerate() {
             let x = b.rms_norm(&hs, &l.attn_norm, cfg.rms_eps)?;
-            let q = b.linear(&x, &l.wq, l.bq.as_ref())?;
-            let k = b.linear(&x, &l.wk, l.bk.as_ref())?;
-            let v = b.linear(&x, &l.wv, l.bv.as_ref())?;
+            let [q, k, v]: [B::Act; 3] = b
+                .linear_many(
+                    &x,
+                    &[
+                        (&l.wq, l.bq.as_ref()),
+                        (&l.wk, l.bk.as_ref()),
+                        (&l.wv, l.bv.as_ref()),
+                    ],
+                )?
+                .try_into()
+                .map_err(|_| Error::InvalidArgument("backend returned the wrong count".into()))?;
             let a = if items.len() == 1 {
                 let cache = self.caches[items[0].0]
                     .as_mut()
@@ -208,8 +216,10 @@ impl<B: Backend> Decoder<B> {
             let o = b.linear(&a, &l.wo, None)?;
             b.add_assign(&mut hs, &o)?;
             let x = b.rms_norm(&hs, &l.mlp_norm, cfg.rms_eps)?;
-            let g = b.linear(&x, &l.gate, None)?;
-            let u = b.linear(&x, &l.up, None)?;
+            let [g, u]: [B::Act; 2] = b
+                .linear_many(&x, &[(&l.gate, None), (&l.up, None)])?
+                .try_into()
+                .map_err(|_| Error::InvalidArgument("backend returned the wrong count".into()))?;
             let m = b.silu_mul(g, &u)?;
             let d = b.linear(&m, &l.down, None)?;
             b.add_assign(&mut hs, &d)?;
