@@ -325,17 +325,17 @@ fn matmul_packed(
     Ok(())
 }
 
-/// One token against one or more packed matrices of the same type and width (Q, K and V; gate
-/// and up) in a single parallel region: the rows of all of them, four at a time, are one list
-/// of work, so the threads meet once per group instead of once per matrix, and the small K and
-/// V matrices do not leave a thread idle at their end.
-#[cfg(target_arch = "x86_64")]
-fn packed_decode(
+/// One token against one or more matrices of the same type and width (Q, K and V; gate and
+/// up) in a single parallel region: the rows of all of them, four at a time, are one list of
+/// work, so the threads meet once per group instead of once per matrix, and the small K and V
+/// matrices do not leave a thread idle at their end. `f4(w, r)` computes rows `r..r+4` of `w`,
+/// `f1` one row of a last partial group.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn decode_rows(
     pool: &rayon::ThreadPool,
     mats: &[(&QMatrix<'_>, SyncPtr)],
-    a: &super::packed::PackedActs,
-    q4: bool,
-    nsb: usize,
+    f4: impl Fn(&QMatrix<'_>, usize) -> [f32; 4] + Sync,
+    f1: impl Fn(&QMatrix<'_>, usize) -> f32 + Sync,
 ) {
     let quads: Vec<usize> = mats.iter().map(|(w, _)| w.rows.div_ceil(4)).collect();
     let total: usize = quads.iter().sum();
@@ -351,31 +351,15 @@ fn packed_decode(
             let (lo, hi) = (g0.max(base), g1.min(base + nq));
             for g in lo..hi {
                 let r0 = 4 * (g - base);
-                // SAFETY: rows below `w.rows` hold `nsb` packed superblocks (checked by `check`),
-                // the activations 512 quants and 16 factors per superblock, features detected;
-                // each output row is written by the one task that owns its quad.
+                // SAFETY: each output row is written by the one task that owns its group of
+                // four, and every row index is below `w.rows`, the length of `out`.
                 unsafe {
                     if r0 + 4 <= w.rows {
-                        let v = super::x86::dot4_packed_vnni(
-                            q4,
-                            w.row(r0).as_ptr(),
-                            w.row_bytes(),
-                            nsb,
-                            a.qs.as_ptr(),
-                            a.d.as_ptr(),
-                            a.so.as_ptr(),
-                        );
+                        let v = f4(w, r0);
                         std::ptr::copy_nonoverlapping(v.as_ptr(), out.0.add(r0), 4);
                     } else {
                         for r in r0..w.rows {
-                            *out.0.add(r) = super::x86::dot_packed_vnni(
-                                q4,
-                                w.row(r).as_ptr(),
-                                nsb,
-                                a.qs.as_ptr(),
-                                a.d.as_ptr(),
-                                a.so.as_ptr(),
-                            );
+                            *out.0.add(r) = f1(w, r);
                         }
                     }
                 }
@@ -388,6 +372,69 @@ fn packed_decode(
     } else {
         pool.install(|| (0..tasks).into_par_iter().for_each(run));
     }
+}
+
+/// [`decode_rows`] with the packed Q4_0 / Q8_0 kernels.
+#[cfg(target_arch = "x86_64")]
+fn packed_decode(
+    pool: &rayon::ThreadPool,
+    mats: &[(&QMatrix<'_>, SyncPtr)],
+    a: &super::packed::PackedActs,
+    q4: bool,
+    nsb: usize,
+) {
+    decode_rows(
+        pool,
+        mats,
+        // SAFETY (both): rows below `w.rows` hold `nsb` packed superblocks (checked by
+        // `check`), the activations 512 quants and 16 factors per superblock; features
+        // detected by the caller.
+        |w, r| unsafe {
+            super::x86::dot4_packed_vnni(
+                q4,
+                w.row(r).as_ptr(),
+                w.row_bytes(),
+                nsb,
+                a.qs.as_ptr(),
+                a.d.as_ptr(),
+                a.so.as_ptr(),
+            )
+        },
+        |w, r| unsafe {
+            super::x86::dot_packed_vnni(
+                q4,
+                w.row(r).as_ptr(),
+                nsb,
+                a.qs.as_ptr(),
+                a.d.as_ptr(),
+                a.so.as_ptr(),
+            )
+        },
+    );
+}
+
+/// [`decode_rows`] for F16 weights with AVX-512 (`cols` a multiple of 16).
+#[cfg(target_arch = "x86_64")]
+fn f16_decode(
+    pool: &rayon::ThreadPool,
+    caps: CpuCaps,
+    mats: &[(&QMatrix<'_>, SyncPtr)],
+    x: &[f32],
+) {
+    decode_rows(
+        pool,
+        mats,
+        // SAFETY: rows r..r+4 exist (`decode_rows`), hold `x.len()` f16 values (checked by
+        // `check` and the shape checks), avx512f detected by the caller.
+        |w, r| unsafe { super::x86::dot4_f16_avx512(w.row(r).as_ptr(), w.row_bytes(), x) },
+        |w, r| dot::dot_f16(caps, w.row(r), x),
+    );
+}
+
+/// Whether [`f16_decode`] applies to a matrix.
+#[cfg(target_arch = "x86_64")]
+fn f16_decodable(caps: CpuCaps, w: &QMatrix<'_>) -> bool {
+    caps.avx512vnni && w.dtype == GgmlDType::F16 && w.cols.is_multiple_of(16)
 }
 
 /// `outs[i][r] = Σ_c x[c] · W_i[r][c]` for one token and several matrices sharing its input.
@@ -435,6 +482,24 @@ pub fn matmul_many(
             w0.dtype == GgmlDType::Q4_0,
             super::packed::superblocks(w0.cols),
         );
+        return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    if !ws.is_empty()
+        && ws
+            .iter()
+            .zip(outs.iter())
+            .all(|(w, o)| f16_decodable(caps, w) && x.len() == w.cols && o.len() == w.rows)
+    {
+        for w in ws {
+            w.check()?;
+        }
+        let mats: Vec<(&QMatrix<'_>, SyncPtr)> = ws
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(w, o)| (*w, SyncPtr(o.as_mut_ptr())))
+            .collect();
+        f16_decode(pool, caps, &mats, x);
         return Ok(());
     }
     for (w, o) in ws.iter().zip(outs.iter_mut()) {
@@ -741,6 +806,10 @@ pub fn matmul(
         GgmlDType::F32 => par_rows(pool, w.rows, n, out, |r, t| {
             dot::dot_f32_bytes(caps, w.row(r), &x[t * cols..(t + 1) * cols])
         }),
+        #[cfg(target_arch = "x86_64")]
+        GgmlDType::F16 if n == 1 && f16_decodable(caps, w) => {
+            f16_decode(pool, caps, &[(w, SyncPtr(out.as_mut_ptr()))], x)
+        }
         GgmlDType::F16 => par_rows(pool, w.rows, n, out, |r, t| {
             dot::dot_f16(caps, w.row(r), &x[t * cols..(t + 1) * cols])
         }),

@@ -125,6 +125,43 @@ pub unsafe fn dot_f16(w: &[u8], x: &[f32]) -> f32 {
     }
 }
 
+/// Four consecutive F16 rows (`row_bytes` apart, `cols` a multiple of 16) against one token,
+/// with the same L2 prefetch as the packed kernel: each activation vector is loaded once for
+/// the four rows.
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+pub unsafe fn dot4_f16_avx512(row: *const u8, row_bytes: usize, x: &[f32]) -> [f32; 4] {
+    let cols = x.len();
+    // SAFETY: the caller guarantees four rows of `cols` f16 values at `row`, `row_bytes` apart.
+    unsafe {
+        let w: [*const u8; 4] = std::array::from_fn(|i| row.add(i * row_bytes));
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut c = 0;
+        while c + 32 <= cols {
+            for wi in w {
+                _mm_prefetch::<_MM_HINT_T1>(wi.wrapping_add(2 * c + PREFETCH_AHEAD) as *const i8);
+            }
+            let x0 = _mm512_loadu_ps(x.as_ptr().add(c));
+            let x1 = _mm512_loadu_ps(x.as_ptr().add(c + 16));
+            for i in 0..4 {
+                let h = _mm512_loadu_si512(w[i].add(2 * c) as *const __m512i);
+                let lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+                let hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(h));
+                acc[i] = _mm512_fmadd_ps(lo, x0, acc[i]);
+                acc[i] = _mm512_fmadd_ps(hi, x1, acc[i]);
+            }
+            c += 32;
+        }
+        if c < cols {
+            let x0 = _mm512_loadu_ps(x.as_ptr().add(c));
+            for i in 0..4 {
+                let h = _mm256_loadu_si256(w[i].add(2 * c) as *const __m256i);
+                acc[i] = _mm512_fmadd_ps(_mm512_cvtph_ps(h), x0, acc[i]);
+            }
+        }
+        acc.map(|a| _mm512_reduce_add_ps(a))
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
     let n = (w.len() / 2).min(x.len());
