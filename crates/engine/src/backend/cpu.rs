@@ -286,7 +286,7 @@ impl Backend for CpuBackend {
     }
 
     fn silu_mul(&self, mut gate: Mat, up: &Mat) -> Result<Mat> {
-        ops::silu_mul(&mut gate.data, &up.data);
+        ops::silu_mul(self.caps, &mut gate.data, &up.data);
         Ok(gate)
     }
 

@@ -70,8 +70,35 @@ pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, table: &RopeTable, sty
 }
 
 /// `gate ← silu(gate) · up`, the SwiGLU activation.
-pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+pub fn silu_mul(caps: super::CpuCaps, gate: &mut [f32], up: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if caps.avx512vnni {
+        // SAFETY: avx512f detected (implied by avx512vnni).
+        return unsafe { super::x86::silu_mul_avx512(gate, up) };
+    }
+    let _ = caps;
     for (g, u) in gate.iter_mut().zip(up) {
         *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vector_silu_matches_the_scalar_one() {
+        let g: Vec<f32> = (0..1003).map(|i| (i as f32 - 500.0) * 0.05).collect();
+        let u: Vec<f32> = (0..1003).map(|i| 1.0 + (i % 7) as f32 * 0.1).collect();
+        let mut want = g.clone();
+        silu_mul(super::super::CpuCaps::portable(), &mut want, &u);
+        let mut got = g.clone();
+        silu_mul(super::super::CpuCaps::detect(), &mut got, &u);
+        for ((a, b), x) in got.iter().zip(&want).zip(&g) {
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "silu({x}): {a} vs {b}"
+            );
+        }
     }
 }

@@ -741,3 +741,48 @@ pub unsafe fn packed_row_to_bf16(q4: bool, row: *const u8, superblocks: usize, o
         }
     }
 }
+
+/// `exp` of 16 lanes: Cody–Waite reduction by ln 2 and a degree-6 polynomial on |r| ≤ ln2/2,
+/// relative error about 2e-7; arguments are clamped to [-87, 88], so the result is finite and
+/// at least about 1e-38 (softmax weights and SiLU never need more).
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub fn exp512(x: __m512) -> __m512 {
+    let x = _mm512_min_ps(
+        _mm512_max_ps(x, _mm512_set1_ps(-87.0)),
+        _mm512_set1_ps(88.0),
+    );
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm512_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(p, n)
+}
+
+/// `gate ← silu(gate) · up`, 16 lanes at a time (a scalar `exp` per element was about a tenth
+/// of a TinyLlama prompt).
+#[target_feature(enable = "avx512f")]
+pub fn silu_mul_avx512(gate: &mut [f32], up: &[f32]) {
+    let n = gate.len().min(up.len());
+    let mut i = 0;
+    let one = _mm512_set1_ps(1.0);
+    // SAFETY: every access stays below n.
+    unsafe {
+        while i + 16 <= n {
+            let g = _mm512_loadu_ps(gate.as_ptr().add(i));
+            let u = _mm512_loadu_ps(up.as_ptr().add(i));
+            let e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+            let s = _mm512_div_ps(g, _mm512_add_ps(one, e));
+            _mm512_storeu_ps(gate.as_mut_ptr().add(i), _mm512_mul_ps(s, u));
+            i += 16;
+        }
+    }
+    for (g, u) in gate[i..n].iter_mut().zip(&up[i..n]) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
