@@ -128,18 +128,27 @@ pub fn attention(
         scratch.clear();
         scratch.resize(RB * width + RB * head_dim, 0.0);
         let (scores, acc) = scratch.split_at_mut(RB * width);
+        let blk = Block {
+            d: &d,
+            q,
+            k: k_cache,
+            v: v_cache,
+            kvh,
+            rs: &rs,
+            width,
+        };
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: avx512f detected (implied by avx512vnni); the slices hold what the asserts
             // above checked, and head_dim is a multiple of 16.
-            unsafe { block_avx512(&d, q, k_cache, v_cache, kvh, &rs, width, scores, acc) };
+            unsafe { block_avx512(&blk, scores, acc) };
         } else {
-            block_portable(&d, q, k_cache, v_cache, kvh, &rs, width, scores, acc);
+            block_portable(&blk, scores, acc);
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
             let _ = simd;
-            block_portable(&d, q, k_cache, v_cache, kvh, &rs, width, scores, acc);
+            block_portable(&blk, scores, acc);
         }
         let p = out_ptr;
         for (i, &r) in rs.iter().enumerate().take(live) {
@@ -163,20 +172,30 @@ pub fn attention(
     }
 }
 
+/// The inputs of one block of query rows.
+#[derive(Clone, Copy)]
+struct Block<'a> {
+    d: &'a Dims,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    kvh: usize,
+    rs: &'a [usize; RB],
+    width: usize,
+}
+
 /// One block of rows in plain Rust: the reference the SIMD path is tested against, and the
 /// path of processors without AVX-512.
-#[allow(clippy::too_many_arguments)]
-fn block_portable(
-    d: &Dims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    kvh: usize,
-    rs: &[usize; RB],
-    width: usize,
-    scores: &mut [f32],
-    acc: &mut [f32],
-) {
+fn block_portable(b: &Block<'_>, scores: &mut [f32], acc: &mut [f32]) {
+    let Block {
+        d,
+        q,
+        k,
+        v,
+        kvh,
+        rs,
+        width,
+    } = *b;
     let (hd, kv_dim) = (d.head_dim, d.kv_dim());
     let scale = 1.0 / (hd as f32).sqrt();
     for (i, &r) in rs.iter().enumerate() {
@@ -225,18 +244,16 @@ use std::arch::x86_64::*;
 /// position the rows may see.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn block_avx512(
-    d: &Dims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    kvh: usize,
-    rs: &[usize; RB],
-    width: usize,
-    scores: &mut [f32],
-    acc: &mut [f32],
-) {
+unsafe fn block_avx512(blk: &Block<'_>, scores: &mut [f32], acc: &mut [f32]) {
+    let Block {
+        d,
+        q,
+        k,
+        v,
+        kvh,
+        rs,
+        width,
+    } = *blk;
     let (hd, kv_dim) = (d.head_dim, d.kv_dim());
     let scale = _mm512_set1_ps(1.0 / (hd as f32).sqrt());
     let rows: [(usize, usize, usize); RB] = std::array::from_fn(|i| d.row(kvh, rs[i]));
