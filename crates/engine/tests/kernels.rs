@@ -298,6 +298,8 @@ fn amx_tiles_agree_with_avx512_bf16_tiles() {
         (GgmlDType::Q4K, 33, 512, 47),
         (GgmlDType::BF16, 64, 96, 33),
         (GgmlDType::Q6K, 17, 256, 64),
+        // Groups of four 32-row blocks, a partial last group and a partial token block.
+        (GgmlDType::Q8_0, 300, 256, 70),
     ] {
         let w = rand_vec(rows * cols, 11);
         let x = rand_vec(n * cols, 12);

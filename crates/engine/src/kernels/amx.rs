@@ -78,26 +78,29 @@ impl Tiles {
         Tiles(())
     }
 
-    /// A 32-row × 32-token block: `c[i][j]` (16 × 16 f32, row-major, row = weight row) is the
-    /// product of weight rows `16i..16i+16` and tokens `16j..16j+16`.
+    /// A 32-token × 32-row block: tile `c[i][j]` (16 × 16 f32, a row per token, `c_stride`
+    /// bytes between rows) receives the products of tokens `16i..16i+16` and weight rows
+    /// `16j..16j+16`, overwriting it.
     ///
-    /// `w` holds 32 weight rows of bf16, row-major with `k` values per row. `x[j]` holds 16
-    /// tokens in the pair layout: for each pair index `p < k/2` the 16 tokens' values `2p` and
-    /// `2p + 1` side by side (64 bytes per `p`). `k` is a multiple of [`TILE_K`].
+    /// `a` holds 32 tokens of bf16, row-major, `a_stride` values from one token to the next.
+    /// `b[j]` holds 16 weight rows in the pair layout of [`super::x86::rows_to_pairs16`]: for
+    /// each value pair, the 16 rows' pairs side by side. `k` is a multiple of [`TILE_K`].
     ///
     /// # Safety
-    /// `w` must point at 32·k readable values and `x[0]`, `x[1]` at 16·k each.
+    /// `a` must point at 32 readable rows of `k` values `a_stride` apart, `b[0]`, `b[1]` at 16·k
+    /// values each, and every `c[i][j]` at 16 writable rows of 16 f32 `c_stride` bytes apart.
     pub unsafe fn block(
         &self,
-        w: *const u16,
-        x: [*const u16; 2],
+        a: *const u16,
+        a_stride: usize,
+        b: [*const u16; 2],
         k: usize,
-    ) -> [[[f32; 256]; 2]; 2] {
-        let mut c = [[[0f32; 256]; 2]; 2];
-        let w_stride = k * 2;
+        c: [[*mut f32; 2]; 2],
+        c_stride: usize,
+    ) {
         // SAFETY (whole block): the tiles were configured by `new` on this thread; every load
-        // reads 16 rows of 64 bytes inside the buffers the caller vouches for; the stores write
-        // 16 rows of 64 bytes into `c`.
+        // reads 16 rows of 64 bytes inside the buffers the caller vouches for, and the stores
+        // write 16 rows of 64 bytes where the caller allows.
         unsafe {
             asm!(
                 "tilezero tmm4",
@@ -106,25 +109,25 @@ impl Tiles {
                 "tilezero tmm7",
                 options(nostack, nomem)
             );
-            let w1 = w.add(TILE * k);
+            let a1 = a.add(TILE * a_stride);
             for kc in 0..k / TILE_K {
                 let off = kc * TILE_K;
                 asm!(
-                    "tileloadd tmm0, [{w0} + {ws}*1]",
-                    "tileloadd tmm1, [{w1} + {ws}*1]",
-                    "tileloadd tmm2, [{x0} + {xs}*1]",
-                    "tileloadd tmm3, [{x1} + {xs}*1]",
+                    "tileloadd tmm0, [{a0} + {as_}*1]",
+                    "tileloadd tmm1, [{a1} + {as_}*1]",
+                    "tileloadd tmm2, [{b0} + {bs}*1]",
+                    "tileloadd tmm3, [{b1} + {bs}*1]",
                     "tdpbf16ps tmm4, tmm0, tmm2",
                     "tdpbf16ps tmm5, tmm0, tmm3",
                     "tdpbf16ps tmm6, tmm1, tmm2",
                     "tdpbf16ps tmm7, tmm1, tmm3",
-                    w0 = in(reg) w.add(off),
-                    w1 = in(reg) w1.add(off),
-                    ws = in(reg) w_stride,
-                    // Pair p of the tile's first k index `off` sits at 64·(off / 2) bytes.
-                    x0 = in(reg) x[0].add(off * TILE),
-                    x1 = in(reg) x[1].add(off * TILE),
-                    xs = in(reg) 64usize,
+                    a0 = in(reg) a.add(off),
+                    a1 = in(reg) a1.add(off),
+                    as_ = in(reg) a_stride * 2,
+                    // Pair p of the chunk's first value `off` sits at 64·(off / 2) bytes.
+                    b0 = in(reg) b[0].add(off * TILE),
+                    b1 = in(reg) b[1].add(off * TILE),
+                    bs = in(reg) 64usize,
                     options(nostack, readonly)
                 );
             }
@@ -133,15 +136,14 @@ impl Tiles {
                 "tilestored [{c01} + {cs}*1], tmm5",
                 "tilestored [{c10} + {cs}*1], tmm6",
                 "tilestored [{c11} + {cs}*1], tmm7",
-                c00 = in(reg) c[0][0].as_mut_ptr(),
-                c01 = in(reg) c[0][1].as_mut_ptr(),
-                c10 = in(reg) c[1][0].as_mut_ptr(),
-                c11 = in(reg) c[1][1].as_mut_ptr(),
-                cs = in(reg) 64usize,
+                c00 = in(reg) c[0][0],
+                c01 = in(reg) c[0][1],
+                c10 = in(reg) c[1][0],
+                c11 = in(reg) c[1][1],
+                cs = in(reg) c_stride,
                 options(nostack)
             );
         }
-        c
     }
 }
 

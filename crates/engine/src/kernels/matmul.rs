@@ -580,11 +580,14 @@ fn rows_to_bf16(w: &QMatrix<'_>, r0: usize, nr: usize, wb: &mut [u16]) -> bool {
     true
 }
 
-/// Prefill on AMX (see `amx.rs`): the activations are rounded to bf16 once and laid out in
-/// 16-token groups of value pairs, the operand layout of `tdpbf16ps`; each task dequantizes 32
-/// weight rows to bf16 once (kept in L2) and sweeps every 32-token block with four 16 × 16
-/// tiles. Rounding is that of the AVX-512 bf16 tiles (PyTorch's bf16 inference); the f32
-/// accumulation does not round.
+/// Prefill on AMX (see `amx.rs`). The activations are rounded to bf16 once, row-major: they are
+/// the tiles' A operand, so the products land in `out` in its own token-major order and are
+/// stored there by the tile unit. Each task converts a group of up to 128 weight rows to bf16 in
+/// the B operand's pair layout once (512 KB at k = 2048, kept in L2) and runs every 32-token
+/// slice of activations against all of its 32-row blocks while the slice sits in L2: with one
+/// block per task, the activations streamed from L3 once per 32 rows and their tile loads were
+/// the kernel's largest stall. Rounding is that of the AVX-512 bf16 tiles (PyTorch's bf16
+/// inference); the f32 accumulation does not round.
 #[cfg(target_arch = "x86_64")]
 fn amx_tiles(
     pool: &rayon::ThreadPool,
@@ -595,7 +598,7 @@ fn amx_tiles(
 ) -> Result<(), String> {
     use super::amx::{TILE, Tiles};
     use super::packed::{SB, superblocks};
-    const ROWS: usize = 2 * TILE;
+    const BLOCK: usize = 2 * TILE;
     let (rows, k) = (w.rows, w.cols);
     // Packed rows are dequantized in their own order (`x86::packed_row_to_bf16`), so the
     // activations take the same order: the shared dimension is then `kk`, padded superblocks
@@ -603,19 +606,20 @@ fn amx_tiles(
     let packed = w.packed;
     let nsb = superblocks(k);
     let kk = if packed { nsb * SB * QK } else { k };
-    let groups16 = n.div_ceil(ROWS) * 2;
-    // Token group g holds, for each value pair p, tokens 16g..16g+16 as (x[2p], x[2p+1]):
-    // the u32 view of the row-major bf16 activations, transposed per group.
-    let mut xp = vec![0u32; groups16 * TILE * kk / 2];
+    let np = n.div_ceil(BLOCK) * BLOCK;
+    let mut xb = vec![0u16; np * kk];
     pool.install(|| {
-        xp.par_chunks_mut(TILE * kk / 2)
+        xb.par_chunks_mut(TILE * kk)
             .enumerate()
             .for_each(|(g, dst)| {
                 let mut f = vec![0f32; kk];
-                let mut row = vec![0u16; kk];
-                for t in 0..TILE.min(n.saturating_sub(g * TILE)) {
+                for (t, row) in dst
+                    .chunks_exact_mut(kk)
+                    .enumerate()
+                    .take(n.saturating_sub(g * TILE))
+                {
                     let src = &x[(g * TILE + t) * k..(g * TILE + t + 1) * k];
-                    if packed {
+                    let src = if packed {
                         for (b, blk) in src.chunks_exact(QK).enumerate() {
                             let (si, l) = (b / SB, b % SB);
                             for s in 0..QK / 4 {
@@ -623,61 +627,88 @@ fn amx_tiles(
                                 f[at..at + 4].copy_from_slice(&blk[4 * s..4 * s + 4]);
                             }
                         }
+                        &f[..]
                     } else {
-                        f.copy_from_slice(src);
-                    }
+                        src
+                    };
                     // SAFETY: kk is a multiple of 32; both hold kk values.
-                    unsafe { super::x86::f32_to_bf16(f.as_ptr(), row.as_mut_ptr(), kk) };
-                    for (p, pair) in row.chunks_exact(2).enumerate() {
-                        dst[p * TILE + t] = u32::from(pair[0]) | (u32::from(pair[1]) << 16);
-                    }
+                    unsafe { super::x86::f32_to_bf16(src.as_ptr(), row.as_mut_ptr(), kk) };
                 }
             })
     });
-    let groups = rows.div_ceil(ROWS);
+    let threads = pool.current_num_threads().max(1);
+    let blocks = rows.div_ceil(BLOCK);
+    let group = blocks.div_ceil(2 * threads).clamp(1, 4) * BLOCK;
+    let groups = rows.div_ceil(group);
     let ptr = SyncPtr(out.as_mut_ptr());
     let failed = std::sync::atomic::AtomicBool::new(false);
     let q4 = w.dtype == GgmlDType::Q4_0;
     let run = |g: usize| {
         let p = ptr;
-        let r0 = g * ROWS;
-        let nr = (rows - r0).min(ROWS);
-        let mut wb = vec![0u16; ROWS * kk];
-        if packed {
-            for r in 0..nr {
-                // SAFETY: a packed row holds `nsb` superblocks (checked by `check`); wb has
-                // room for kk = nsb·512 values per row; AVX-512 BF16 comes with AMX.
-                unsafe {
-                    super::x86::packed_row_to_bf16(
-                        q4,
-                        w.row(r0 + r).as_ptr(),
-                        nsb,
-                        wb.as_mut_ptr().add(r * kk),
-                    )
-                };
+        let g0 = g * group;
+        let gr = (rows - g0).min(group);
+        let nblocks = gr.div_ceil(BLOCK);
+        // Row-major bf16 of 16 rows (zero past `gr`), then their pair layout in `wb`.
+        let mut rm = vec![0u16; TILE * kk];
+        let mut wb = vec![0u16; nblocks * BLOCK * kk];
+        for h in 0..2 * nblocks {
+            let nr = gr.saturating_sub(h * TILE).min(TILE);
+            rm[nr * kk..].iter_mut().for_each(|v| *v = 0);
+            if packed {
+                for r in 0..nr {
+                    // SAFETY: a packed row holds `nsb` superblocks (checked by `check`); rm
+                    // has room for kk = nsb·512 values per row; AVX-512 BF16 comes with AMX.
+                    unsafe {
+                        super::x86::packed_row_to_bf16(
+                            q4,
+                            w.row(g0 + h * TILE + r).as_ptr(),
+                            nsb,
+                            rm.as_mut_ptr().add(r * kk),
+                        )
+                    };
+                }
+            } else if nr > 0 && !rows_to_bf16(w, g0 + h * TILE, nr, &mut rm) {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                return;
             }
-        } else if !rows_to_bf16(w, r0, nr, &mut wb) {
-            failed.store(true, std::sync::atomic::Ordering::Relaxed);
-            return;
+            // SAFETY: rm holds 16 rows of kk values, wb room for 16·kk more from h·16·kk.
+            unsafe {
+                super::x86::rows_to_pairs16(rm.as_ptr(), kk, kk, wb.as_mut_ptr().add(h * TILE * kk))
+            };
         }
         // SAFETY: the backend only sets `caps.amx` after `amx::available()` returned true.
         let tiles = unsafe { Tiles::new() };
-        for tb in (0..groups16).step_by(2) {
-            let xg = |g: usize| xp[g * TILE * kk / 2..].as_ptr() as *const u16;
-            // SAFETY: wb holds 32 rows of kk values (zero past nr); each token group holds 16
-            // tokens of kk values (zero past n).
-            let c = unsafe { tiles.block(wb.as_ptr(), [xg(tb), xg(tb + 1)], kk) };
-            for (i, ci) in c.iter().enumerate() {
-                for (j, cij) in ci.iter().enumerate() {
-                    let t0 = (tb + j) * TILE;
-                    for dt in 0..TILE.min(n.saturating_sub(t0)) {
-                        for dr in 0..TILE.min(nr.saturating_sub(i * TILE)) {
-                            // SAFETY: (t0+dt, r0+16i+dr) is inside the buffer and owned by
-                            // this row group.
-                            unsafe {
-                                *p.0.add((t0 + dt) * rows + r0 + i * TILE + dr) =
-                                    cij[dr * TILE + dt]
-                            };
+        let mut scratch = [[[0f32; TILE * TILE]; 2]; 2];
+        for t0 in (0..np).step_by(BLOCK) {
+            let a = xb[t0 * kk..].as_ptr();
+            for b in 0..nblocks {
+                let r0 = g0 + b * BLOCK;
+                let bp = [0, 1].map(|j| wb[(2 * b + j) * TILE * kk..].as_ptr());
+                let full = t0 + BLOCK <= n && r0 + BLOCK <= rows;
+                if full {
+                    // SAFETY: tokens t0..t0+32 and rows r0..r0+32 are inside `out` and owned
+                    // by this group; xb holds 32 tokens from t0, wb two 16-row blocks at bp.
+                    unsafe {
+                        let c = [0, 1].map(|i| {
+                            [0, 1].map(|j| p.0.add((t0 + i * TILE) * rows + r0 + j * TILE))
+                        });
+                        tiles.block(a, kk, bp, kk, c, rows * 4);
+                    }
+                    continue;
+                }
+                let c = [0, 1].map(|i| [0, 1].map(|j| scratch[i][j].as_mut_ptr()));
+                // SAFETY: as above, into the scratch tiles.
+                unsafe { tiles.block(a, kk, bp, kk, c, TILE * 4) };
+                for (i, si) in scratch.iter().enumerate() {
+                    for (j, sij) in si.iter().enumerate() {
+                        let (ti, rj) = (t0 + i * TILE, r0 + j * TILE);
+                        let nr = rows.saturating_sub(rj).min(TILE);
+                        for dt in 0..n.saturating_sub(ti).min(TILE) {
+                            for (dr, v) in sij[dt * TILE..dt * TILE + nr].iter().enumerate() {
+                                // SAFETY: (ti+dt, rj+dr) is inside the buffer and owned by
+                                // this group.
+                                unsafe { *p.0.add((ti + dt) * rows + rj + dr) = *v };
+                            }
                         }
                     }
                 }

@@ -172,4 +172,28 @@ mod tests {
             assert_eq!(p.s.to_bits(), q.s.to_bits());
         }
     }
+
+    /// The AMX B-operand layout: pair p of row r at u32 index 16·p + r.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn rows_to_pairs_is_a_transpose_of_value_pairs() {
+        if !CpuCaps::detect().avx512vnni {
+            return;
+        }
+        let (k, stride) = (96usize, 100usize);
+        let src: Vec<u16> = (0..16 * stride).map(|i| (i * 31 % 65_521) as u16).collect();
+        let mut dst = vec![0u16; 16 * k];
+        // SAFETY: avx512f detected; 16 rows of `stride` values, room for 16·k.
+        unsafe { x86::rows_to_pairs16(src.as_ptr(), stride, k, dst.as_mut_ptr()) };
+        for r in 0..16 {
+            for p in 0..k / 2 {
+                assert_eq!(
+                    dst[2 * (16 * p + r)],
+                    src[r * stride + 2 * p],
+                    "row {r} pair {p}"
+                );
+                assert_eq!(dst[2 * (16 * p + r) + 1], src[r * stride + 2 * p + 1]);
+            }
+        }
+    }
 }

@@ -634,6 +634,61 @@ pub unsafe fn f32_to_bf16(src: *const f32, dst: *mut u16, n: usize) {
     }
 }
 
+/// Rewrites 16 rows of bf16 values (row `i` at `src + i·stride`, `k` values each, `k` a
+/// multiple of 32) into the pair layout of an AMX B operand: for each value pair `p < k/2`, the
+/// 16 rows' `(v[2p], v[2p+1])` side by side, 64 bytes per pair. A 16 × 16 transpose of 32-bit
+/// pairs per 32 values.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn rows_to_pairs16(src: *const u16, stride: usize, k: usize, dst: *mut u16) {
+    // SAFETY: the caller guarantees 16 rows of k values at src (stride `stride` values) and room
+    // for 16·k values at dst.
+    unsafe {
+        let mut p0 = 0;
+        while p0 < k / 2 {
+            let r: [__m512i; 16] = std::array::from_fn(|i| {
+                _mm512_loadu_si512(src.add(i * stride + 2 * p0) as *const __m512i)
+            });
+            let t = transpose16_u32(r);
+            for (j, v) in t.iter().enumerate() {
+                _mm512_storeu_si512(dst.add((p0 + j) * 32) as *mut __m512i, *v);
+            }
+            p0 += 16;
+        }
+    }
+}
+
+/// Transposes a 16 × 16 matrix of 32-bit values held one row per register.
+#[target_feature(enable = "avx512f")]
+fn transpose16_u32(r: [__m512i; 16]) -> [__m512i; 16] {
+    let mut t = [_mm512_setzero_si512(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    let mut u = [_mm512_setzero_si512(); 16];
+    for i in 0..4 {
+        let b = 4 * i;
+        u[b] = _mm512_unpacklo_epi64(t[b], t[b + 2]);
+        u[b + 1] = _mm512_unpackhi_epi64(t[b], t[b + 2]);
+        u[b + 2] = _mm512_unpacklo_epi64(t[b + 1], t[b + 3]);
+        u[b + 3] = _mm512_unpackhi_epi64(t[b + 1], t[b + 3]);
+    }
+    let mut v = [_mm512_setzero_si512(); 16];
+    for h in 0..2 {
+        let b = 8 * h;
+        for i in 0..4 {
+            v[b + i] = _mm512_shuffle_i32x4::<0x88>(u[b + i], u[b + 4 + i]);
+            v[b + 4 + i] = _mm512_shuffle_i32x4::<0xdd>(u[b + i], u[b + 4 + i]);
+        }
+    }
+    let mut w = [_mm512_setzero_si512(); 16];
+    for i in 0..8 {
+        w[i] = _mm512_shuffle_i32x4::<0x88>(v[i], v[8 + i]);
+        w[8 + i] = _mm512_shuffle_i32x4::<0xdd>(v[i], v[8 + i]);
+    }
+    w
+}
+
 /// A 4-row × 4-token tile of bf16 dot products (`vdpbf16ps`: 32 multiply-adds per
 /// instruction, twice f32 FMA): 8 loads feed 16 of them. `w` holds 4 rows and `x` 4 tokens of
 /// `k` bf16 values each (row stride `k`), `k` a multiple of 32.
