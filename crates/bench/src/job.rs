@@ -86,6 +86,9 @@ pub struct Job {
     pub depth_tokens: usize,
     /// Drop the page cache for a cold load time, where allowed.
     pub cold_load: bool,
+    /// Packed-weights folder (`LoadOptions::weight_cache`); none when absent.
+    #[serde(default)]
+    pub weight_cache: Option<std::path::PathBuf>,
     /// Non-loopback hosts the user allowed for remote engines.
     pub allowed_hosts: Vec<String>,
     /// Read timeout for remote engines, seconds.
@@ -128,6 +131,8 @@ pub struct BenchConfig {
     pub max_tokens: usize,
     pub depth_tokens: usize,
     pub cold_load: bool,
+    /// Packed-weights folder for local models (`LoadOptions::weight_cache`).
+    pub weight_cache: Option<std::path::PathBuf>,
     pub allowed_hosts: Vec<String>,
     pub timeout_s: u64,
 }
@@ -148,6 +153,7 @@ impl Default for BenchConfig {
             max_tokens: 128,
             depth_tokens: 32,
             cold_load: true,
+            weight_cache: None,
             allowed_hosts: Vec::new(),
             timeout_s: 600,
         }
@@ -245,6 +251,7 @@ impl BenchConfig {
                         max_tokens: self.max_tokens,
                         depth_tokens: self.depth_tokens,
                         cold_load: self.cold_load,
+                        weight_cache: self.weight_cache.clone(),
                         allowed_hosts: self.allowed_hosts.clone(),
                         timeout_s: self.timeout_s,
                     });

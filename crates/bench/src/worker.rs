@@ -238,6 +238,7 @@ fn run_local(
         max_context: job.max_context,
         progress: false,
         cpu_kernels: None,
+        weight_cache: job.weight_cache.clone(),
     };
     // First load: cold when the page cache can be dropped. It also names the files to hash.
     let cold = job.cold_load && env::can_drop_caches();

@@ -32,6 +32,10 @@ pub struct ModelArgs {
     /// CPU kernels: best (default), no-amx, avx2 or portable; lower levels are for comparing paths.
     #[arg(long, default_value = "best")]
     pub cpu_kernels: String,
+    /// Repack Q4_0 / Q8_0 weights at load instead of mapping the packed-weights file kept in
+    /// $BAKEOFF_WEIGHT_CACHE (default: the user cache folder, bakeoff/packed; "off" disables).
+    #[arg(long)]
+    pub no_weight_cache: bool,
 }
 
 impl ModelArgs {
@@ -57,6 +61,11 @@ impl ModelArgs {
                         "--cpu-kernels {other:?} is not one of best, no-amx, avx2, portable"
                     )
                 }
+            },
+            weight_cache: if self.no_weight_cache {
+                None
+            } else {
+                bakeoff_engine::loader::default_weight_cache()
             },
         })
     }

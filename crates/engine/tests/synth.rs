@@ -520,6 +520,57 @@ fn q8_0_follows_f32_greedy() {
     }
 }
 
+/// The packed-weights file: the first load of a Q4_0 / Q8_0 model writes it, the second maps
+/// it, and both compute exactly what a load without it computes.
+#[test]
+fn weight_cache_is_written_once_and_gives_the_same_logits() {
+    let caps = bakeoff_engine::kernels::CpuCaps::detect();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("packed");
+    for quant in [SynthQuant::Q4_0, SynthQuant::Q8_0] {
+        let (path, _) = make(dir.path(), Preset::TinyLlama, SynthFormat::Gguf, quant, 3);
+        let with_cache = LoadOptions {
+            weight_cache: Some(cache.clone()),
+            ..load_opts()
+        };
+        let mut plain = load_model_only(&path, &load_opts()).unwrap();
+        let want = plain.forward(&PROMPT, false).unwrap();
+        let files = |d: &Path| std::fs::read_dir(d).map_or(0, |r| r.count());
+        let before = files(&cache);
+        let mut first = load_model_only(&path, &with_cache).unwrap();
+        assert_eq!(
+            first.forward(&PROMPT, false).unwrap(),
+            want,
+            "{quant}: first load"
+        );
+        // Only processors that repack (AVX-512 VNNI) have anything to cache.
+        let written = files(&cache) - before;
+        assert_eq!(
+            written,
+            usize::from(caps.avx512vnni),
+            "{quant}: files written"
+        );
+        let entry =
+            bakeoff_engine::loader::packcache::PackCache::open(&cache, std::slice::from_ref(&path));
+        assert_eq!(
+            entry.unwrap().hit(),
+            caps.avx512vnni,
+            "{quant}: file readable"
+        );
+        let mut second = load_model_only(&path, &with_cache).unwrap();
+        assert_eq!(
+            files(&cache) - before,
+            written,
+            "{quant}: second load wrote again"
+        );
+        assert_eq!(
+            second.forward(&PROMPT, false).unwrap(),
+            want,
+            "{quant}: cached load"
+        );
+    }
+}
+
 #[test]
 fn batched_generation_matches_one_at_a_time() {
     let dir = tempfile::tempdir().unwrap();

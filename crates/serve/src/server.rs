@@ -53,6 +53,7 @@ pub fn build_state(settings: &Settings, metrics: Arc<Metrics>) -> Result<AppStat
                     max_context: settings.max_context,
                     progress: true,
                     cpu_kernels: None,
+                    weight_cache: bakeoff_engine::loader::default_weight_cache(),
                 };
                 eprintln!("loading `{id}` ({}) from {src} ...", tier.as_str());
                 let lm =

@@ -66,6 +66,9 @@ pub struct BenchArgs {
     /// Do not drop the page cache to measure a cold load.
     #[arg(long)]
     pub no_cold_load: bool,
+    /// Repack Q4_0 / Q8_0 weights at every load instead of mapping the packed-weights file.
+    #[arg(long)]
+    pub no_weight_cache: bool,
     /// A non-loopback host that remote engines may be reached at (repeatable).
     #[arg(long)]
     pub allow_host: Vec<String>,
@@ -130,6 +133,11 @@ impl BenchArgs {
             max_tokens: self.max_tokens,
             depth_tokens: self.depth_tokens,
             cold_load: !self.no_cold_load,
+            weight_cache: if self.no_weight_cache {
+                None
+            } else {
+                bakeoff_engine::loader::default_weight_cache()
+            },
             allowed_hosts: self.allow_host.clone(),
             timeout_s: self.timeout,
         };
@@ -254,6 +262,7 @@ fn membw(a: &BenchArgs) -> Result<()> {
             .with_context(|| format!("{m}: --membw needs a local folder or .gguf file"))?;
         let opts = LoadOptions {
             threads: Some(n),
+            weight_cache: bakeoff_engine::loader::default_weight_cache(),
             ..Default::default()
         };
         let mut loaded = load(m, a.gguf_file.as_deref(), &opts)?;

@@ -368,6 +368,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         out: Some(bench_path.clone()),
         format: "table".into(),
         no_cold_load: a.no_cold_load || d,
+        no_weight_cache: false,
         allow_host: Vec::new(),
         timeout: 600,
         no_progress: a.no_progress,
@@ -421,6 +422,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         max_context: a.max_context,
         progress: false,
         cpu_kernels: None,
+        weight_cache: bakeoff_engine::loader::default_weight_cache(),
     };
     let ans = answers(
         &models,

@@ -132,6 +132,7 @@ fn load_opts(a: &QuantizeArgs, progress: bool) -> LoadOptions {
         threads: a.threads,
         progress,
         cpu_kernels: None,
+        weight_cache: bakeoff_engine::loader::default_weight_cache(),
         ..LoadOptions::default()
     }
 }

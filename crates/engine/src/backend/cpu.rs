@@ -6,6 +6,7 @@ use super::Backend;
 use crate::kernels::matmul::{QMatrix, matmul, matmul_many};
 use crate::kernels::ops::{self, RopeTable};
 use crate::kernels::{CpuCaps, attention, packed};
+use crate::loader::packcache::PackCache;
 use crate::loader::store::{Blob, RawTensor};
 use crate::models::DecoderConfig;
 use crate::{Error, Result};
@@ -13,6 +14,7 @@ use crate::{Error, Result};
 pub struct CpuBackend {
     pool: std::sync::Arc<rayon::ThreadPool>,
     caps: CpuCaps,
+    pack_cache: Option<std::sync::Arc<PackCache>>,
 }
 
 impl CpuBackend {
@@ -25,7 +27,14 @@ impl CpuBackend {
         Ok(Self {
             pool: std::sync::Arc::new(pool),
             caps,
+            pack_cache: None,
         })
+    }
+
+    /// Reads packed matrices from, and offers newly packed ones to, a packed-weights file.
+    pub fn with_pack_cache(mut self, cache: Option<std::sync::Arc<PackCache>>) -> Self {
+        self.pack_cache = cache;
+        self
     }
 
     pub fn threads(&self) -> usize {
@@ -129,10 +138,25 @@ impl Backend for CpuBackend {
         };
         m.view().check().map_err(|e| Error::tensor(&m.name, e))?;
         if self.caps.avx512vnni && packed::packable(m.dtype, m.cols) {
-            m.data = self
-                .pack(&m)
-                .map_err(|e| Error::tensor(&m.name, e.to_string()))?;
+            let len = packed::row_bytes(m.dtype, m.cols) * m.rows;
+            let cached = self
+                .pack_cache
+                .as_ref()
+                .and_then(|c| c.get(&m.name, m.dtype, m.rows, m.cols, len));
+            if let Some(blob) = cached {
+                m.data = blob;
+            } else {
+                m.data.populate();
+                m.data = self
+                    .pack(&m)
+                    .map_err(|e| Error::tensor(&m.name, e.to_string()))?;
+                if let Some(c) = &self.pack_cache {
+                    c.offer(&m.name, m.dtype, m.rows, m.cols, &m.data);
+                }
+            }
             m.packed = true;
+        } else {
+            m.data.populate();
         }
         Ok(m)
     }

@@ -24,6 +24,10 @@ use candle_core::quantized::GgmlDType;
 
 use super::{BlockQ8, QK, f16_bits_to_f32};
 
+/// Version of this layout, part of the key of the packed-weights file (`loader::packcache`):
+/// change it with any change to the bytes `pack_row` writes.
+pub const LAYOUT_VERSION: u32 = 1;
+
 /// Blocks per superblock (one per 32-bit lane of a 512-bit vector).
 pub const SB: usize = 16;
 /// Dot-product steps per superblock (4 bytes of each block per step).

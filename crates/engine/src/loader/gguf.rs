@@ -23,7 +23,7 @@ impl GgufStore {
         let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let content = Content::read(&mut file)
             .map_err(|e| Error::format(path, format!("not a valid GGUF file: {e}")))?;
-        let map = map_file(path)?;
+        let map = map_file(path, false)?;
         let store = Self {
             path: path.to_path_buf(),
             map,

@@ -3,6 +3,7 @@
 
 pub mod gguf;
 pub mod hub;
+pub mod packcache;
 pub mod safetensors;
 pub mod store;
 
@@ -107,6 +108,9 @@ pub struct LoadOptions {
     /// CPU kernel level; the best the processor supports when `None`. Lower levels exist to
     /// compare the paths (`--cpu-kernels avx2` against the AVX-512 packed kernels).
     pub cpu_kernels: Option<CpuCaps>,
+    /// Folder of packed-weights files (`packcache`): the first load of a Q4_0 / Q8_0 model
+    /// writes its repacked matrices there, later loads map them. Off when `None`.
+    pub weight_cache: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -118,7 +122,18 @@ impl Default for LoadOptions {
             max_context: None,
             progress: false,
             cpu_kernels: None,
+            weight_cache: None,
         }
+    }
+}
+
+/// The packed-weights folder the command-line tools use: `$BAKEOFF_WEIGHT_CACHE` (empty or
+/// `off` disables it), else `bakeoff/packed` in the user's cache folder.
+pub fn default_weight_cache() -> Option<PathBuf> {
+    match std::env::var_os("BAKEOFF_WEIGHT_CACHE") {
+        Some(v) if v.is_empty() || v == "off" => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => dirs::cache_dir().map(|d| d.join("bakeoff").join("packed")),
     }
 }
 
@@ -248,15 +263,21 @@ pub fn build_model(
     let model: Box<dyn CausalLm> = match opts.device {
         DeviceKind::Cpu => {
             let threads = opts.threads.unwrap_or_else(default_threads);
-            let backend =
-                CpuBackend::new(threads, opts.cpu_kernels.unwrap_or_else(CpuCaps::detect))?;
-            Box::new(Decoder::load(
-                cfg.clone(),
-                store,
-                backend,
-                transform,
-                progress,
-            )?)
+            let caps = opts.cpu_kernels.unwrap_or_else(CpuCaps::detect);
+            let cache = opts
+                .weight_cache
+                .as_deref()
+                .filter(|_| caps.avx512vnni)
+                .and_then(|dir| packcache::PackCache::open(dir, &store.files()))
+                .map(std::sync::Arc::new);
+            let backend = CpuBackend::new(threads, caps)?.with_pack_cache(cache.clone());
+            let model = Decoder::load(cfg.clone(), store, backend, transform, progress)?;
+            if let Some(c) = cache {
+                // The cache only saves time on later loads; a full disk or a read-only folder
+                // must not fail this one.
+                let _ = c.persist();
+            }
+            Box::new(model)
         }
         device => {
             let backend = crate::backend::candle::CandleBackend::new(device)?;

@@ -48,7 +48,7 @@ impl SafetensorsStore {
         let mut maps = Vec::new();
         let mut entries = HashMap::new();
         for (fi, path) in paths.iter().enumerate() {
-            let map = map_file(path)?;
+            let map = map_file(path, true)?;
             // Validates the header and that every tensor lies inside the file, so a truncated
             // download is reported here rather than as a fault later.
             let st = SafeTensors::deserialize(&map)

@@ -44,6 +44,15 @@ impl Blob {
         Ok(Blob::Anon(Arc::new(m.make_read_only()?)))
     }
 
+    /// Maps a window's pages now, in one call, rather than one fault at a time on first use.
+    /// Advisory: where the kernel cannot (before Linux 5.14), first use maps them.
+    pub fn populate(&self) {
+        #[cfg(target_os = "linux")]
+        if let Blob::Mapped { map, start, len } = self {
+            let _ = map.advise_range(memmap2::Advice::PopulateRead, *start, *len);
+        }
+    }
+
     /// Drops a mapped window's pages from this process (after its bytes were copied into a
     /// repacked buffer), so they stop counting in its resident memory.
     pub fn release(&self) {
@@ -112,15 +121,19 @@ pub trait TensorStore: Send + Sync {
     fn files(&self) -> Vec<PathBuf>;
 }
 
-pub(crate) fn map_file(path: &Path) -> Result<Arc<Mmap>> {
+/// Maps a file read-only. With `populate`, every page is mapped up front in one call (as
+/// llama.cpp does), which costs far less than one fault per 4 KiB page when all of it will be
+/// read; without it, [`Blob::populate`] maps the tensors that are used in place, and a tensor
+/// served from the packed-weights file never brings its source pages into this process.
+pub(crate) fn map_file(path: &Path, populate: bool) -> Result<Arc<Mmap>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut opts = memmap2::MmapOptions::new();
+    if populate {
+        opts.populate();
+    }
     // SAFETY: the map is read-only; bakeoff never writes model files while they are loaded.
     // A file truncated behind our back would fault, as with any mmap-based loader.
-    // MAP_POPULATE maps every page up front in one call (as llama.cpp does): the weights are
-    // all read by the first token or by repacking anyway, and one bulk fault costs far less
-    // than one per 4 KiB page.
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
-        .map_err(|e| Error::io(path, e))?;
+    let map = unsafe { opts.map(&file) }.map_err(|e| Error::io(path, e))?;
     Ok(Arc::new(map))
 }
 

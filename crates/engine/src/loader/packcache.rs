@@ -1,0 +1,298 @@
+//! A file of repacked weights beside the model, so that loading a Q4_0 / Q8_0 model a second
+//! time maps its packed matrices instead of repacking them.
+//!
+//! Repacking (see `kernels::packed`) copies every quantized matrix into fresh anonymous memory:
+//! on the reference VM that took 0.4–2.4 s per model, most of it the kernel zeroing new pages,
+//! while llama.cpp maps its file in 0.05–0.6 s. The first load writes what it packed to one
+//! file in the cache folder; later loads of the same files (same paths, sizes and modification
+//! times) map that file read-only and share its pages with the page cache and other processes.
+//!
+//! The file: the magic `BKPACK01`, the index length (u64 little-endian), the index (JSON), then
+//! each matrix at a 4 KiB-aligned offset. A file that is missing, unreadable, from another
+//! layout version or shorter than its index says is ignored, and the load packs as before; a
+//! cache that cannot be written costs nothing but the time.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::quantized::GgmlDType;
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::dtype_name;
+use super::store::Blob;
+
+const MAGIC: &[u8; 8] = b"BKPACK01";
+const ALIGN: u64 = 4096;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Entry {
+    dtype: String,
+    rows: usize,
+    cols: usize,
+    offset: u64,
+    len: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Index {
+    layout: u32,
+    sources: Vec<String>,
+    tensors: BTreeMap<String, Entry>,
+}
+
+struct Pending {
+    name: String,
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
+    blob: Blob,
+}
+
+/// The packed-weights file of one model: read from when it exists and matches, filled by the
+/// first load otherwise.
+pub struct PackCache {
+    path: PathBuf,
+    sources: Vec<String>,
+    existing: Option<(Arc<Mmap>, BTreeMap<String, Entry>)>,
+    pending: Mutex<Vec<Pending>>,
+}
+
+impl PackCache {
+    /// The cache entry in `dir` for the model made of `files`, opened if it is there and valid.
+    /// `None` when the files cannot be described (a missing file: the load fails on it later).
+    pub fn open(dir: &Path, files: &[PathBuf]) -> Option<PackCache> {
+        let mut sources = Vec::new();
+        for f in files {
+            let meta = std::fs::metadata(f).ok()?;
+            let path = std::fs::canonicalize(f).ok()?;
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            sources.push(format!("{} {} {mtime}", path.display(), meta.len()));
+        }
+        let mut h = Sha256::new();
+        h.update(crate::kernels::packed::LAYOUT_VERSION.to_le_bytes());
+        for s in &sources {
+            h.update(s.as_bytes());
+            h.update([0]);
+        }
+        let key: String = h.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let path = dir.join(format!("{key}.bkpack"));
+        let existing = read_index(&path, &sources);
+        Some(PackCache {
+            path,
+            sources,
+            existing,
+            pending: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file existed and matched when opened.
+    pub fn hit(&self) -> bool {
+        self.existing.is_some()
+    }
+
+    /// The packed bytes of `name` from the file, if it holds that matrix with this type, shape
+    /// and size.
+    pub fn get(
+        &self,
+        name: &str,
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        len: usize,
+    ) -> Option<Blob> {
+        let (map, tensors) = self.existing.as_ref()?;
+        let e = tensors.get(name)?;
+        (e.dtype == dtype_name(dtype) && e.rows == rows && e.cols == cols && e.len == len as u64)
+            .then(|| Blob::Mapped {
+                map: map.clone(),
+                start: e.offset as usize,
+                len: e.len as usize,
+            })
+    }
+
+    /// Remembers a matrix packed in memory, to be written by [`PackCache::persist`] when the
+    /// file did not exist.
+    pub fn offer(&self, name: &str, dtype: GgmlDType, rows: usize, cols: usize, blob: &Blob) {
+        if self.existing.is_some() {
+            return;
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            p.push(Pending {
+                name: name.to_string(),
+                dtype,
+                rows,
+                cols,
+                blob: blob.clone(),
+            });
+        }
+    }
+
+    /// Writes the offered matrices to the file (through a temporary file renamed into place, so
+    /// a reader never sees half of one). Does nothing when nothing was offered.
+    pub fn persist(&self) -> std::io::Result<()> {
+        let pending = match self.pending.lock() {
+            Ok(mut p) => std::mem::take(&mut *p),
+            Err(_) => return Ok(()),
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut tensors = BTreeMap::new();
+        // Offsets are relative to the data start until the index length is known; the index
+        // is then serialised with absolute offsets, and its own length fixed by padding.
+        let mut rel = 0u64;
+        for p in &pending {
+            let len = p.blob.bytes().len() as u64;
+            tensors.insert(
+                p.name.clone(),
+                Entry {
+                    dtype: dtype_name(p.dtype).to_string(),
+                    rows: p.rows,
+                    cols: p.cols,
+                    offset: rel,
+                    len,
+                },
+            );
+            rel = (rel + len).next_multiple_of(ALIGN);
+        }
+        let mut index = Index {
+            layout: crate::kernels::packed::LAYOUT_VERSION,
+            sources: self.sources.clone(),
+            tensors,
+        };
+        // Absolute offsets only grow the JSON, so two passes settle the data start.
+        let mut data_start = 0u64;
+        for _ in 0..3 {
+            let json = serde_json::to_vec(&index).map_err(std::io::Error::other)?;
+            let start = (16 + json.len() as u64).next_multiple_of(ALIGN);
+            if start == data_start {
+                break;
+            }
+            for e in index.tensors.values_mut() {
+                e.offset = e.offset - data_start + start;
+            }
+            data_start = start;
+        }
+        let json = serde_json::to_vec(&index).map_err(std::io::Error::other)?;
+        if 16 + json.len() as u64 > data_start {
+            return Err(std::io::Error::other("pack cache index did not settle"));
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = tempfile::NamedTempFile::new_in(dir)?;
+        {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+            w.write_all(MAGIC)?;
+            w.write_all(&(json.len() as u64).to_le_bytes())?;
+            w.write_all(&json)?;
+            let mut at = 16 + json.len() as u64;
+            for p in &pending {
+                let e = &index.tensors[&p.name];
+                w.write_all(&vec![0u8; (e.offset - at) as usize])?;
+                w.write_all(p.blob.bytes())?;
+                at = e.offset + e.len;
+            }
+            w.flush()?;
+        }
+        tmp.persist(&self.path).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+fn read_index(path: &Path, sources: &[String]) -> Option<(Arc<Mmap>, BTreeMap<String, Entry>)> {
+    if !path.is_file() {
+        return None;
+    }
+    let map = super::store::map_file(path, true).ok()?;
+    if map.len() < 16 || &map[..8] != MAGIC {
+        return None;
+    }
+    let n = u64::from_le_bytes(map[8..16].try_into().ok()?) as usize;
+    let json = map.get(16..16usize.checked_add(n)?)?;
+    let index: Index = serde_json::from_slice(json).ok()?;
+    let fits = index.tensors.values().all(|e| {
+        e.offset
+            .checked_add(e.len)
+            .is_some_and(|end| end <= map.len() as u64)
+    });
+    (index.layout == crate::kernels::packed::LAYOUT_VERSION && index.sources == sources && fits)
+        .then_some((map, index.tensors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(bytes: &[u8]) -> Blob {
+        Blob::Owned(Arc::new(bytes.to_vec()))
+    }
+
+    #[test]
+    fn a_written_cache_is_read_back_and_a_changed_source_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.gguf");
+        std::fs::write(&model, b"weights").unwrap();
+        let files = vec![model.clone()];
+        let c = PackCache::open(&dir.path().join("cache"), &files).unwrap();
+        assert!(!c.hit());
+        let a: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        c.offer("a", GgmlDType::Q4_0, 2, 64, &blob(&a));
+        c.offer("b", GgmlDType::Q8_0, 1, 32, &blob(&[7u8; 40]));
+        c.persist().unwrap();
+        let c = PackCache::open(&dir.path().join("cache"), &files).unwrap();
+        assert!(c.hit());
+        assert_eq!(
+            c.get("a", GgmlDType::Q4_0, 2, 64, a.len()).unwrap().bytes(),
+            &a[..]
+        );
+        assert_eq!(
+            c.get("b", GgmlDType::Q8_0, 1, 32, 40).unwrap().bytes(),
+            &[7u8; 40]
+        );
+        // Another type, shape or size is not served from the file.
+        assert!(c.get("a", GgmlDType::Q8_0, 2, 64, a.len()).is_none());
+        assert!(c.get("a", GgmlDType::Q4_0, 3, 64, a.len()).is_none());
+        assert!(c.get("c", GgmlDType::Q4_0, 2, 64, a.len()).is_none());
+        // A rewritten model file is a different cache entry.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&model, b"other weights").unwrap();
+        assert!(
+            !PackCache::open(&dir.path().join("cache"), &files)
+                .unwrap()
+                .hit()
+        );
+    }
+
+    #[test]
+    fn a_truncated_or_foreign_file_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.gguf");
+        std::fs::write(&model, b"weights").unwrap();
+        let files = vec![model];
+        let cache = dir.path().join("cache");
+        let c = PackCache::open(&cache, &files).unwrap();
+        c.offer("a", GgmlDType::Q4_0, 2, 64, &blob(&[1u8; 9000]));
+        c.persist().unwrap();
+        let path = c.path().to_path_buf();
+        let full = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &full[..full.len() - 100]).unwrap();
+        assert!(!PackCache::open(&cache, &files).unwrap().hit());
+        std::fs::write(&path, b"not a pack file at all").unwrap();
+        assert!(!PackCache::open(&cache, &files).unwrap().hit());
+    }
+}
