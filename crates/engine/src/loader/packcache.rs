@@ -218,7 +218,7 @@ fn read_index(path: &Path, sources: &[String]) -> Option<(Arc<Mmap>, BTreeMap<St
     if !path.is_file() {
         return None;
     }
-    let map = super::store::map_file(path, true).ok()?;
+    let map = map_huge(path)?;
     if map.len() < 16 || &map[..8] != MAGIC {
         return None;
     }
@@ -232,6 +232,19 @@ fn read_index(path: &Path, sources: &[String]) -> Option<(Arc<Mmap>, BTreeMap<St
     });
     (index.layout == crate::kernels::packed::LAYOUT_VERSION && index.sources == sources && fits)
         .then_some((map, index.tensors))
+}
+
+/// Maps the file asking for huge pages before populating it.
+fn map_huge(path: &Path) -> Option<Arc<Mmap>> {
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: read-only map of a file bakeoff never writes in place (it is replaced by rename).
+    let map = unsafe { memmap2::MmapOptions::new().map(&file) }.ok()?;
+    #[cfg(target_os = "linux")]
+    {
+        let _ = map.advise(memmap2::Advice::HugePage);
+        let _ = map.advise(memmap2::Advice::PopulateRead);
+    }
+    Some(Arc::new(map))
 }
 
 #[cfg(test)]
