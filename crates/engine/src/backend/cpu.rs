@@ -239,10 +239,10 @@ impl Backend for CpuBackend {
     }
 
     fn linear_many(&self, x: &Mat, ws: &[(&CpuMatrix, Option<&Vec<f32>>)]) -> Result<Vec<Mat>> {
-        if x.rows != 1 {
-            return ws.iter().map(|(w, b)| self.linear(x, w, *b)).collect();
-        }
-        let mut outs: Vec<Vec<f32>> = ws.iter().map(|(w, _)| vec![0f32; w.rows]).collect();
+        let mut outs: Vec<Vec<f32>> = ws
+            .iter()
+            .map(|(w, _)| vec![0f32; w.rows * x.rows])
+            .collect();
         let views: Vec<QMatrix<'_>> = ws.iter().map(|(w, _)| w.view()).collect();
         let refs: Vec<&QMatrix<'_>> = views.iter().collect();
         let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
@@ -255,11 +255,13 @@ impl Backend for CpuBackend {
             .zip(ws)
             .map(|(mut data, (w, b))| {
                 if let Some(b) = b {
-                    data.iter_mut().zip(b.iter()).for_each(|(o, b)| *o += b);
+                    for row in data.chunks_exact_mut(w.rows) {
+                        row.iter_mut().zip(b.iter()).for_each(|(o, b)| *o += b);
+                    }
                 }
                 Mat {
                     data,
-                    rows: 1,
+                    rows: x.rows,
                     cols: w.rows,
                 }
             })
@@ -438,6 +440,27 @@ mod tests {
                     .map(|(p, q)| (p - q).abs())
                     .fold(0f32, f32::max);
                 assert!(worst < 2e-3, "{dtype:?} matrix {i}: {worst}");
+            }
+            // A prompt: the fused call (one activation layout for all matrices on AMX) gives
+            // exactly what one product per matrix on the same backend gives.
+            let n = 20;
+            let xs = Mat {
+                data: (0..n * cols)
+                    .map(|i| ((i % 23) as f32 - 11.0) / 11.0)
+                    .collect(),
+                rows: n,
+                cols,
+            };
+            let fused = fast
+                .linear_many(
+                    &xs,
+                    &[(&fm[0], None), (&fm[1], Some(&bias)), (&fm[2], None)],
+                )
+                .unwrap();
+            for (i, got) in fused.iter().enumerate() {
+                let want = fast.linear(&xs, &fm[i], biases[i]).unwrap();
+                assert_eq!((got.rows, got.cols), (n, shapes[i]));
+                assert_eq!(got.data, want.data, "{dtype:?} matrix {i}, {n} tokens");
             }
         }
     }

@@ -437,9 +437,9 @@ fn f16_decodable(caps: CpuCaps, w: &QMatrix<'_>) -> bool {
     caps.avx512vnni && w.dtype == GgmlDType::F16 && w.cols.is_multiple_of(16)
 }
 
-/// `outs[i][r] = Σ_c x[c] · W_i[r][c]` for one token and several matrices sharing its input.
-/// Packed matrices of one type and width run as one parallel region; anything else falls back
-/// to one `matmul` each.
+/// `outs[i][t·rows_i + r] = Σ_c x[t][c] · W_i[r][c]` for several matrices sharing their input.
+/// For one token, packed matrices of one type and width run as one parallel region; for a
+/// prompt on AMX the activations are prepared once; anything else is one `matmul` each.
 pub fn matmul_many(
     pool: &rayon::ThreadPool,
     caps: CpuCaps,
@@ -501,6 +501,26 @@ pub fn matmul_many(
             .collect();
         f16_decode(pool, caps, &mats, x);
         return Ok(());
+    }
+    // A prompt on AMX: the activations are rounded and laid out once for all the matrices.
+    #[cfg(target_arch = "x86_64")]
+    if let Some(w0) = ws.first() {
+        let n = x.len() / w0.cols.max(1);
+        if ws.len() > 1
+            && x.len() == n * w0.cols
+            && ws
+                .iter()
+                .all(|w| amx_applies(caps, w, n) && w.cols == w0.cols && w.packed == w0.packed)
+        {
+            for w in ws {
+                w.check()?;
+            }
+            let acts = AmxActs::new(pool, x, n, w0.cols, w0.packed);
+            for (w, o) in ws.iter().zip(outs.iter_mut()) {
+                amx_tiles(pool, w, &acts, o)?;
+            }
+            return Ok(());
+        }
     }
     for (w, o) in ws.iter().zip(outs.iter_mut()) {
         let n = x.len() / w.cols.max(1);
@@ -588,54 +608,97 @@ fn rows_to_bf16(w: &QMatrix<'_>, r0: usize, nr: usize, wb: &mut [u16]) -> bool {
 /// block per task, the activations streamed from L3 once per 32 rows and their tile loads were
 /// the kernel's largest stall. Rounding is that of the AVX-512 bf16 tiles (PyTorch's bf16
 /// inference); the f32 accumulation does not round.
+/// Activations rounded to bf16 for [`amx_tiles`]: row-major, `np` rows (the token count rounded
+/// up to 32, zero past it) of `kk` values, in the packed order when the weights are packed.
+#[cfg(target_arch = "x86_64")]
+struct AmxActs {
+    xb: Vec<u16>,
+    kk: usize,
+    n: usize,
+    packed: bool,
+    cols: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl AmxActs {
+    fn new(pool: &rayon::ThreadPool, x: &[f32], n: usize, k: usize, packed: bool) -> AmxActs {
+        use super::amx::TILE;
+        use super::packed::{SB, superblocks};
+        // Packed rows are dequantized in their own order (`x86::packed_row_to_bf16`), so the
+        // activations take the same order: the shared dimension is then `kk`, padded
+        // superblocks included.
+        let kk = if packed { superblocks(k) * SB * QK } else { k };
+        let np = n.div_ceil(2 * TILE) * 2 * TILE;
+        let mut xb = vec![0u16; np * kk];
+        pool.install(|| {
+            xb[..n * kk]
+                .par_chunks_mut(TILE * kk)
+                .enumerate()
+                .for_each(|(g, dst)| {
+                    let mut f = vec![0f32; kk];
+                    for (t, row) in dst.chunks_exact_mut(kk).enumerate() {
+                        let src = &x[(g * TILE + t) * k..(g * TILE + t + 1) * k];
+                        let src = if packed {
+                            for (b, blk) in src.chunks_exact(QK).enumerate() {
+                                let (si, l) = (b / SB, b % SB);
+                                for s in 0..QK / 4 {
+                                    let at = si * SB * QK + 64 * s + 4 * l;
+                                    f[at..at + 4].copy_from_slice(&blk[4 * s..4 * s + 4]);
+                                }
+                            }
+                            &f[..]
+                        } else {
+                            src
+                        };
+                        // SAFETY: kk is a multiple of 32; both hold kk values.
+                        unsafe { super::x86::f32_to_bf16(src.as_ptr(), row.as_mut_ptr(), kk) };
+                    }
+                })
+        });
+        AmxActs {
+            xb,
+            kk,
+            n,
+            packed,
+            cols: k,
+        }
+    }
+}
+
+/// Whether [`amx_tiles`] takes `w` for `n` tokens.
+#[cfg(target_arch = "x86_64")]
+fn amx_applies(caps: CpuCaps, w: &QMatrix<'_>, n: usize) -> bool {
+    caps.amx
+        && n >= 16
+        && w.cols.is_multiple_of(32)
+        && !matches!(w.dtype, GgmlDType::F32 | GgmlDType::F16)
+}
+
 #[cfg(target_arch = "x86_64")]
 fn amx_tiles(
     pool: &rayon::ThreadPool,
     w: &QMatrix<'_>,
-    x: &[f32],
-    n: usize,
+    acts: &AmxActs,
     out: &mut [f32],
 ) -> Result<(), String> {
     use super::amx::{TILE, Tiles};
-    use super::packed::{SB, superblocks};
+    use super::packed::superblocks;
     const BLOCK: usize = 2 * TILE;
     let (rows, k) = (w.rows, w.cols);
-    // Packed rows are dequantized in their own order (`x86::packed_row_to_bf16`), so the
-    // activations take the same order: the shared dimension is then `kk`, padded superblocks
-    // included.
-    let packed = w.packed;
+    let (packed, kk, n) = (w.packed, acts.kk, acts.n);
+    if acts.packed != packed || acts.cols != k || out.len() != n * rows {
+        return Err(format!(
+            "AMX activations for {} columns{} do not fit a {}x{k} matrix{} and {} outputs",
+            acts.cols,
+            if acts.packed { " (packed)" } else { "" },
+            rows,
+            if packed { " (packed)" } else { "" },
+            out.len()
+        ));
+    }
     let nsb = superblocks(k);
-    let kk = if packed { nsb * SB * QK } else { k };
-    let np = n.div_ceil(BLOCK) * BLOCK;
-    let mut xb = vec![0u16; np * kk];
-    pool.install(|| {
-        xb.par_chunks_mut(TILE * kk)
-            .enumerate()
-            .for_each(|(g, dst)| {
-                let mut f = vec![0f32; kk];
-                for (t, row) in dst
-                    .chunks_exact_mut(kk)
-                    .enumerate()
-                    .take(n.saturating_sub(g * TILE))
-                {
-                    let src = &x[(g * TILE + t) * k..(g * TILE + t + 1) * k];
-                    let src = if packed {
-                        for (b, blk) in src.chunks_exact(QK).enumerate() {
-                            let (si, l) = (b / SB, b % SB);
-                            for s in 0..QK / 4 {
-                                let at = si * SB * QK + 64 * s + 4 * l;
-                                f[at..at + 4].copy_from_slice(&blk[4 * s..4 * s + 4]);
-                            }
-                        }
-                        &f[..]
-                    } else {
-                        src
-                    };
-                    // SAFETY: kk is a multiple of 32; both hold kk values.
-                    unsafe { super::x86::f32_to_bf16(src.as_ptr(), row.as_mut_ptr(), kk) };
-                }
-            })
-    });
+    let np = acts.xb.len() / kk;
+    let xb = &acts.xb;
     let threads = pool.current_num_threads().max(1);
     let blocks = rows.div_ceil(BLOCK);
     let group = blocks.div_ceil(2 * threads).clamp(1, 4) * BLOCK;
@@ -643,14 +706,15 @@ fn amx_tiles(
     let ptr = SyncPtr(out.as_mut_ptr());
     let failed = std::sync::atomic::AtomicBool::new(false);
     let q4 = w.dtype == GgmlDType::Q4_0;
-    let run = |g: usize| {
+    // The buffers live as long as a rayon job, not a group: zeroing 512 KB per group was 5% of
+    // a prompt. Every value of `wb` a group uses is written before it is read.
+    let init = || (vec![0u16; TILE * kk], vec![0u16; group * kk]);
+    let run = |(rm, wb): &mut (Vec<u16>, Vec<u16>), g: usize| {
         let p = ptr;
         let g0 = g * group;
         let gr = (rows - g0).min(group);
         let nblocks = gr.div_ceil(BLOCK);
         // Row-major bf16 of 16 rows (zero past `gr`), then their pair layout in `wb`.
-        let mut rm = vec![0u16; TILE * kk];
-        let mut wb = vec![0u16; nblocks * BLOCK * kk];
         for h in 0..2 * nblocks {
             let nr = gr.saturating_sub(h * TILE).min(TILE);
             rm[nr * kk..].iter_mut().for_each(|v| *v = 0);
@@ -667,7 +731,7 @@ fn amx_tiles(
                         )
                     };
                 }
-            } else if nr > 0 && !rows_to_bf16(w, g0 + h * TILE, nr, &mut rm) {
+            } else if nr > 0 && !rows_to_bf16(w, g0 + h * TILE, nr, rm) {
                 failed.store(true, std::sync::atomic::Ordering::Relaxed);
                 return;
             }
@@ -715,7 +779,7 @@ fn amx_tiles(
             }
         }
     };
-    pool.install(|| (0..groups).into_par_iter().for_each(run));
+    pool.install(|| (0..groups).into_par_iter().for_each_init(init, run));
     if failed.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(format!("cannot convert {:?} rows", w.dtype));
     }
@@ -811,12 +875,9 @@ pub fn matmul(
     // bf16 tiles for prompts on weights that have at most bf16's precision already (BF16) or
     // are quantized; F32 and F16 weights keep exact f32 products.
     #[cfg(target_arch = "x86_64")]
-    if caps.amx
-        && n >= 16
-        && w.cols.is_multiple_of(32)
-        && !matches!(w.dtype, GgmlDType::F32 | GgmlDType::F16)
-    {
-        return amx_tiles(pool, w, x, n, out);
+    if amx_applies(caps, w, n) {
+        let acts = AmxActs::new(pool, x, n, w.cols, w.packed);
+        return amx_tiles(pool, w, &acts, out);
     }
     #[cfg(target_arch = "x86_64")]
     if caps.avx512bf16
