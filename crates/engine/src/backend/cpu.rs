@@ -68,6 +68,26 @@ impl CpuBackend {
     }
 }
 
+impl CpuBackend {
+    /// Copies a matrix from the packed-weights file into anonymous memory, rows split across
+    /// the pool, then drops the file's pages from this process. Decoding straight from the
+    /// mapped file was 7% slower (Qwen2.5 Q8_0) than from anonymous huge pages; the copy keeps
+    /// the speed and still skips the repacking.
+    fn copy_to_anon(&self, src: &Blob) -> std::io::Result<Blob> {
+        use rayon::prelude::*;
+        let bytes = src.bytes();
+        let blob = Blob::anon(bytes.len(), |out| {
+            self.pool.install(|| {
+                out.par_chunks_mut(1 << 20)
+                    .zip(bytes.par_chunks(1 << 20))
+                    .for_each(|(o, s)| o.copy_from_slice(s))
+            })
+        })?;
+        src.release();
+        Ok(blob)
+    }
+}
+
 /// `[rows, cols]` activations.
 #[derive(Clone, Debug)]
 pub struct Mat {
@@ -144,7 +164,9 @@ impl Backend for CpuBackend {
                 .as_ref()
                 .and_then(|c| c.get(&m.name, m.dtype, m.rows, m.cols, len));
             if let Some(blob) = cached {
-                m.data = blob;
+                m.data = self
+                    .copy_to_anon(&blob)
+                    .map_err(|e| Error::tensor(&m.name, e.to_string()))?;
             } else {
                 m.data.populate();
                 m.data = self

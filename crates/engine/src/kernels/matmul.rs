@@ -600,20 +600,14 @@ fn rows_to_bf16(w: &QMatrix<'_>, r0: usize, nr: usize, wb: &mut [u16]) -> bool {
     true
 }
 
-/// Prefill on AMX (see `amx.rs`). The activations are rounded to bf16 once, row-major: they are
-/// the tiles' A operand, so the products land in `out` in its own token-major order and are
-/// stored there by the tile unit. Each task converts a group of up to 128 weight rows to bf16 in
-/// the B operand's pair layout once (512 KB at k = 2048, kept in L2) and runs every 32-token
-/// slice of activations against all of its 32-row blocks while the slice sits in L2: with one
-/// block per task, the activations streamed from L3 once per 32 rows and their tile loads were
-/// the kernel's largest stall. Rounding is that of the AVX-512 bf16 tiles (PyTorch's bf16
-/// inference); the f32 accumulation does not round.
 /// Activations rounded to bf16 for [`amx_tiles`]: row-major, `np` rows (the token count rounded
-/// up to 32, zero past it) of `kk` values, in the packed order when the weights are packed.
+/// up to 32, zero past it) of `kk` values `stride` apart, in the packed order when the weights
+/// are packed.
 #[cfg(target_arch = "x86_64")]
 struct AmxActs {
     xb: Vec<u16>,
     kk: usize,
+    stride: usize,
     n: usize,
     packed: bool,
     cols: usize,
@@ -629,14 +623,17 @@ impl AmxActs {
         // superblocks included.
         let kk = if packed { superblocks(k) * SB * QK } else { k };
         let np = n.div_ceil(2 * TILE) * 2 * TILE;
-        let mut xb = vec![0u16; np * kk];
+        // A tile load reads 64 bytes from each of 16 rows; at a row stride of 4 KiB (k = 2048)
+        // all 16 fall in one L1 set, which holds 12. 64 bytes more per row spreads them.
+        let stride = kk + 32;
+        let mut xb = vec![0u16; np * stride];
         pool.install(|| {
-            xb[..n * kk]
-                .par_chunks_mut(TILE * kk)
+            xb[..n * stride]
+                .par_chunks_mut(TILE * stride)
                 .enumerate()
                 .for_each(|(g, dst)| {
                     let mut f = vec![0f32; kk];
-                    for (t, row) in dst.chunks_exact_mut(kk).enumerate() {
+                    for (t, row) in dst.chunks_exact_mut(stride).enumerate() {
                         let src = &x[(g * TILE + t) * k..(g * TILE + t + 1) * k];
                         let src = if packed {
                             for (b, blk) in src.chunks_exact(QK).enumerate() {
@@ -658,6 +655,7 @@ impl AmxActs {
         AmxActs {
             xb,
             kk,
+            stride,
             n,
             packed,
             cols: k,
@@ -674,6 +672,14 @@ fn amx_applies(caps: CpuCaps, w: &QMatrix<'_>, n: usize) -> bool {
         && !matches!(w.dtype, GgmlDType::F32 | GgmlDType::F16)
 }
 
+/// Prefill on AMX (see `amx.rs`). The activations are rounded to bf16 once, row-major: they are
+/// the tiles' A operand, so the products land in `out` in its own token-major order and are
+/// stored there by the tile unit. Each task converts a group of up to 128 weight rows to bf16 in
+/// the B operand's pair layout once (512 KB at k = 2048, kept in L2) and runs every 32-token
+/// slice of activations against all of its 32-row blocks while the slice sits in L2: with one
+/// block per task, the activations streamed from L3 once per 32 rows and their tile loads were
+/// the kernel's largest stall. Rounding is that of the AVX-512 bf16 tiles (PyTorch's bf16
+/// inference); the f32 accumulation does not round.
 #[cfg(target_arch = "x86_64")]
 fn amx_tiles(
     pool: &rayon::ThreadPool,
@@ -697,7 +703,7 @@ fn amx_tiles(
         ));
     }
     let nsb = superblocks(k);
-    let np = acts.xb.len() / kk;
+    let (stride, np) = (acts.stride, acts.xb.len() / acts.stride);
     let xb = &acts.xb;
     let threads = pool.current_num_threads().max(1);
     let blocks = rows.div_ceil(BLOCK);
@@ -744,7 +750,7 @@ fn amx_tiles(
         let tiles = unsafe { Tiles::new() };
         let mut scratch = [[[0f32; TILE * TILE]; 2]; 2];
         for t0 in (0..np).step_by(BLOCK) {
-            let a = xb[t0 * kk..].as_ptr();
+            let a = xb[t0 * stride..].as_ptr();
             for b in 0..nblocks {
                 let r0 = g0 + b * BLOCK;
                 let bp = [0, 1].map(|j| wb[(2 * b + j) * TILE * kk..].as_ptr());
@@ -756,13 +762,13 @@ fn amx_tiles(
                         let c = [0, 1].map(|i| {
                             [0, 1].map(|j| p.0.add((t0 + i * TILE) * rows + r0 + j * TILE))
                         });
-                        tiles.block(a, kk, bp, kk, c, rows * 4);
+                        tiles.block(a, stride, bp, kk, c, rows * 4);
                     }
                     continue;
                 }
                 let c = [0, 1].map(|i| [0, 1].map(|j| scratch[i][j].as_mut_ptr()));
                 // SAFETY: as above, into the scratch tiles.
-                unsafe { tiles.block(a, kk, bp, kk, c, TILE * 4) };
+                unsafe { tiles.block(a, stride, bp, kk, c, TILE * 4) };
                 for (i, si) in scratch.iter().enumerate() {
                     for (j, sij) in si.iter().enumerate() {
                         let (ti, rj) = (t0 + i * TILE, r0 + j * TILE);
