@@ -466,13 +466,7 @@ mod tests {
             // A prompt: the fused call (one activation layout for all matrices on AMX) gives
             // exactly what one product per matrix on the same backend gives.
             let n = 20;
-            let xs = Mat {
-                data: (0..n * cols)
-                    .map(|i| ((i % 23) as f32 - 11.0) / 11.0)
-                    .collect(),
-                rows: n,
-                cols,
-            };
+            let xs = acts(n, cols, 23);
             let fused = fast
                 .linear_many(
                     &xs,
@@ -484,6 +478,16 @@ mod tests {
                 assert_eq!((got.rows, got.cols), (n, shapes[i]));
                 assert_eq!(got.data, want.data, "{dtype:?} matrix {i}, {n} tokens");
             }
+        }
+    }
+
+    /// `n` rows of a sawtooth in [-1, 1] with period `m`.
+    fn acts(n: usize, cols: usize, m: usize) -> Mat {
+        let h = (m / 2) as f32;
+        Mat {
+            data: (0..n * cols).map(|i| ((i % m) as f32 - h) / h).collect(),
+            rows: n,
+            cols,
         }
     }
 
@@ -506,13 +510,7 @@ mod tests {
             let eb = plain.embed(&b, &[0, 39, 7]).unwrap();
             assert_eq!(ea.data, eb.data);
             for n in [1, 5] {
-                let x = Mat {
-                    data: (0..n * cols)
-                        .map(|i| ((i % 13) as f32 - 6.0) / 6.0)
-                        .collect(),
-                    rows: n,
-                    cols,
-                };
+                let x = acts(n, cols, 13);
                 let ya = fast.linear(&x, &a, None).unwrap();
                 let yb = plain.linear(&x, &b, None).unwrap();
                 let worst = ya
