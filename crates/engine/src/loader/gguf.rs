@@ -20,8 +20,11 @@ pub struct GgufStore {
 
 impl GgufStore {
     pub fn open(path: &Path) -> Result<Self> {
-        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let content = Content::read(&mut file)
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // Buffered: the metadata is read value by value, and a vocabulary of 151,665 tokens
+        // and as many merges was several hundred thousand read calls.
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let content = Content::read(&mut reader)
             .map_err(|e| Error::format(path, format!("not a valid GGUF file: {e}")))?;
         let map = map_file(path, false)?;
         let store = Self {
