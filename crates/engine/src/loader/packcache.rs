@@ -66,17 +66,10 @@ impl PackCache {
     /// The cache entry in `dir` for the model made of `files`, opened if it is there and valid.
     /// `None` when the files cannot be described (a missing file: the load fails on it later).
     pub fn open(dir: &Path, files: &[PathBuf]) -> Option<PackCache> {
-        let mut sources = Vec::new();
-        for f in files {
-            let meta = std::fs::metadata(f).ok()?;
-            let path = std::fs::canonicalize(f).ok()?;
-            let mtime = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos());
-            sources.push(format!("{} {} {mtime}", path.display(), meta.len()));
-        }
+        let sources = files
+            .iter()
+            .map(|f| describe(f))
+            .collect::<Option<Vec<String>>>()?;
         let mut h = Sha256::new();
         h.update(crate::kernels::packed::LAYOUT_VERSION.to_le_bytes());
         for s in &sources {
@@ -195,6 +188,7 @@ impl PackCache {
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
+        prune(dir);
         let tmp = tempfile::NamedTempFile::new_in(dir)?;
         {
             let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
@@ -213,6 +207,58 @@ impl PackCache {
         tmp.persist(&self.path).map_err(|e| e.error)?;
         Ok(())
     }
+}
+
+/// A source file as the cache key sees it: canonical path, size and modification time.
+fn describe(f: &Path) -> Option<String> {
+    let meta = std::fs::metadata(f).ok()?;
+    let path = std::fs::canonicalize(f).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Some(format!("{} {} {mtime}", path.display(), meta.len()))
+}
+
+/// Deletes the packed-weights files in `dir` that no load can use again: a source file gone or
+/// changed (a model deleted or rewritten, a test's temporary model), or an index that does not
+/// parse. Without this the folder would grow by a model's size for every file ever loaded.
+fn prune(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().is_none_or(|x| x != "bkpack") {
+            continue;
+        }
+        let current = read_sources(&p).is_some_and(|sources| {
+            sources.iter().all(|s| {
+                let path = s.rsplitn(3, ' ').nth(2).unwrap_or("");
+                describe(Path::new(path)).as_ref() == Some(s)
+            })
+        });
+        if !current {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// The source descriptions in a file's index, read without mapping the file.
+fn read_sources(path: &Path) -> Option<Vec<String>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut head = [0u8; 16];
+    f.read_exact(&mut head).ok()?;
+    if &head[..8] != MAGIC {
+        return None;
+    }
+    let n = u64::from_le_bytes(head[8..16].try_into().ok()?);
+    let mut json = Vec::new();
+    f.take(n).read_to_end(&mut json).ok()?;
+    let index: Index = serde_json::from_slice(&json).ok()?;
+    Some(index.sources)
 }
 
 fn read_index(path: &Path, sources: &[String]) -> Option<(Arc<Mmap>, BTreeMap<String, Entry>)> {
@@ -289,6 +335,27 @@ mod tests {
                 .unwrap()
                 .hit()
         );
+    }
+
+    /// Writing an entry deletes the entries of models that are gone, and keeps the others.
+    #[test]
+    fn entries_of_deleted_models_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let write = |name: &str| {
+            let model = dir.path().join(name);
+            std::fs::write(&model, name.as_bytes()).unwrap();
+            let c = PackCache::open(&cache, std::slice::from_ref(&model)).unwrap();
+            c.offer("a", GgmlDType::Q4_0, 1, 32, &blob(&[3u8; 100]));
+            c.persist().unwrap();
+            (model, c.path().to_path_buf())
+        };
+        let (gone, gone_entry) = write("gone.gguf");
+        let (_kept, kept_entry) = write("kept.gguf");
+        std::fs::remove_file(&gone).unwrap();
+        let (_new, new_entry) = write("new.gguf");
+        assert!(!gone_entry.exists(), "stale entry left behind");
+        assert!(kept_entry.exists() && new_entry.exists());
     }
 
     #[test]
