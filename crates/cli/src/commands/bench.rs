@@ -66,7 +66,7 @@ pub struct BenchArgs {
     /// Do not drop the page cache to measure a cold load.
     #[arg(long)]
     pub no_cold_load: bool,
-    /// Repack Q4_0 / Q8_0 weights at every load instead of mapping the packed-weights file.
+    /// Repack Q4_0 / Q8_0 weights at every load instead of copying them from the packed-weights file.
     #[arg(long)]
     pub no_weight_cache: bool,
     /// A non-loopback host that remote engines may be reached at (repeatable).

@@ -66,9 +66,7 @@ impl CpuBackend {
         m.data.release();
         Ok(blob)
     }
-}
 
-impl CpuBackend {
     /// Copies a matrix from the packed-weights file into anonymous memory, rows split across
     /// the pool, then drops the file's pages from this process. Decoding straight from the
     /// mapped file was 7% slower (Qwen2.5 Q8_0) than from anonymous huge pages; the copy keeps
@@ -455,12 +453,7 @@ mod tests {
             for (i, got) in fused.iter().enumerate() {
                 let want = plain.linear(&x, &pm[i], biases[i]).unwrap();
                 assert_eq!((got.rows, got.cols), (1, shapes[i]));
-                let worst = got
-                    .data
-                    .iter()
-                    .zip(&want.data)
-                    .map(|(p, q)| (p - q).abs())
-                    .fold(0f32, f32::max);
+                let worst = crate::kernels::max_abs_diff(&got.data, &want.data);
                 assert!(worst < 2e-3, "{dtype:?} matrix {i}: {worst}");
             }
             // A prompt: the fused call (one activation layout for all matrices on AMX) gives
@@ -513,12 +506,7 @@ mod tests {
                 let x = acts(n, cols, 13);
                 let ya = fast.linear(&x, &a, None).unwrap();
                 let yb = plain.linear(&x, &b, None).unwrap();
-                let worst = ya
-                    .data
-                    .iter()
-                    .zip(&yb.data)
-                    .map(|(p, q)| (p - q).abs())
-                    .fold(0f32, f32::max);
+                let worst = crate::kernels::max_abs_diff(&ya.data, &yb.data);
                 assert!(worst < 1e-3, "{dtype:?} n={n}: {worst}");
             }
         }

@@ -466,11 +466,7 @@ mod tests {
                     attention(
                         &pool, caps, &q, &kc, &vals, n, pos, heads, kv_heads, hd, &mut got,
                     );
-                    let worst = got
-                        .iter()
-                        .zip(&want)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0f32, f32::max);
+                    let worst = crate::kernels::max_abs_diff(&got, &want);
                     assert!(
                         worst < 2e-5,
                         "{caps:?} heads {heads}/{kv_heads} hd {hd} pos {pos} n {n}: {worst}"

@@ -86,6 +86,21 @@ struct SyncPtr(*mut f32);
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
+/// Runs `run(0..tasks)` on the pool, or inline when there is one task or one thread (a pool
+/// dispatch costs more than a small matrix).
+fn run_tasks(
+    pool: &rayon::ThreadPool,
+    tasks: usize,
+    threads: usize,
+    run: impl Fn(usize) + Sync + Send,
+) {
+    if tasks == 1 || threads == 1 {
+        (0..tasks).for_each(run);
+    } else {
+        pool.install(|| (0..tasks).into_par_iter().for_each(run));
+    }
+}
+
 /// Runs `f(row, token) -> value` over all rows × tokens, rows split across the pool.
 fn par_rows(
     pool: &rayon::ThreadPool,
@@ -110,11 +125,7 @@ fn par_rows(
             }
         }
     };
-    if tasks == 1 || threads == 1 {
-        (0..tasks).for_each(run);
-    } else {
-        pool.install(|| (0..tasks).into_par_iter().for_each(run));
-    }
+    run_tasks(pool, tasks, threads, run);
 }
 
 /// Like `par_rows`, but computes four rows per call of `f4`; `f1` finishes leftover rows.
@@ -155,11 +166,7 @@ fn par_rows4(
             }
         }
     };
-    if tasks == 1 || threads == 1 {
-        (0..tasks).for_each(run);
-    } else {
-        pool.install(|| (0..tasks).into_par_iter().for_each(run));
-    }
+    run_tasks(pool, tasks, threads, run);
 }
 
 fn quantize_q8(
@@ -367,11 +374,7 @@ fn decode_rows(
             base += nq;
         }
     };
-    if tasks == 1 || threads == 1 {
-        (0..tasks).for_each(run);
-    } else {
-        pool.install(|| (0..tasks).into_par_iter().for_each(run));
-    }
+    run_tasks(pool, tasks, threads, run);
 }
 
 /// [`decode_rows`] with the packed Q4_0 / Q8_0 kernels.
@@ -577,11 +580,7 @@ fn tiles_packed(
             }
         }
     };
-    if tasks == 1 || threads == 1 {
-        (0..tasks).for_each(run);
-    } else {
-        pool.install(|| (0..tasks).into_par_iter().for_each(run));
-    }
+    run_tasks(pool, tasks, threads, run);
 }
 
 /// Rows `r0..r0 + nr` of `w` dequantized and rounded to bf16 into `wb` (whole rows of `w.cols`

@@ -138,6 +138,16 @@ pub(crate) fn f16_bits_to_f32(b: u16) -> f32 {
     half::f16::from_bits(b).to_f32()
 }
 
+/// Largest element-wise difference of two equally long slices (unit tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "compared slices differ in length");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

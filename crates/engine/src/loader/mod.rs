@@ -109,7 +109,7 @@ pub struct LoadOptions {
     /// compare the paths (`--cpu-kernels avx2` against the AVX-512 packed kernels).
     pub cpu_kernels: Option<CpuCaps>,
     /// Folder of packed-weights files (`packcache`): the first load of a Q4_0 / Q8_0 model
-    /// writes its repacked matrices there, later loads map them. Off when `None`.
+    /// writes its repacked matrices there, later loads copy them from there. Off when `None`.
     pub weight_cache: Option<PathBuf>,
 }
 
