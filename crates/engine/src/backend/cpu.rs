@@ -17,7 +17,51 @@ pub struct CpuBackend {
     pack_cache: Option<std::sync::Arc<PackCache>>,
 }
 
+/// Rows per task when the per-token operations (norms, rotations, SwiGLU, residual adds, zeroed
+/// outputs) of a prompt are spread over the pool: on one thread they were about a tenth of a
+/// 512-token prefill while the other threads waited.
+const PAR_ROWS: usize = 16;
+
 impl CpuBackend {
+    /// A zeroed buffer, written by the whole pool when it is large.
+    fn zeros(&self, len: usize) -> Vec<f32> {
+        use rayon::iter::ParallelExtend;
+        if len < 1 << 16 {
+            return vec![0f32; len];
+        }
+        let mut v = Vec::with_capacity(len);
+        self.pool
+            .install(|| v.par_extend(rayon::iter::repeat_n(0f32, len)));
+        v
+    }
+
+    /// `f` over matching chunks of `PAR_ROWS` rows of `a` (`a_cols` wide) and `b` (`b_cols`
+    /// wide; all of `b` to every chunk when `b_cols` is 0), with the index of each chunk's first
+    /// row; on the pool when there are several.
+    fn par_rows2<F>(&self, a: &mut [f32], a_cols: usize, b: &[f32], b_cols: usize, f: F)
+    where
+        F: Fn(usize, &mut [f32], &[f32]) + Sync,
+    {
+        use rayon::prelude::*;
+        let rows = a.len() / a_cols.max(1);
+        if rows <= PAR_ROWS || a_cols == 0 {
+            return f(0, a, b);
+        }
+        if b_cols == 0 {
+            return self.pool.install(|| {
+                a.par_chunks_mut(PAR_ROWS * a_cols)
+                    .enumerate()
+                    .for_each(|(i, a)| f(i * PAR_ROWS, a, b))
+            });
+        }
+        self.pool.install(|| {
+            a.par_chunks_mut(PAR_ROWS * a_cols)
+                .zip(b.par_chunks(PAR_ROWS * b_cols))
+                .enumerate()
+                .for_each(|(i, (a, b))| f(i * PAR_ROWS, a, b))
+        });
+    }
+
     pub fn new(threads: usize, caps: CpuCaps) -> Result<Self> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
@@ -231,8 +275,10 @@ impl Backend for CpuBackend {
     }
 
     fn rms_norm(&self, x: &Mat, w: &Vec<f32>, eps: f32) -> Result<Mat> {
-        let mut out = vec![0f32; x.data.len()];
-        ops::rms_norm(&x.data, w, eps, &mut out);
+        let mut out = self.zeros(x.data.len());
+        self.par_rows2(&mut out, x.cols, &x.data, x.cols, |_, o, x| {
+            ops::rms_norm(x, w, eps, o)
+        });
         Ok(Mat {
             data: out,
             rows: x.rows,
@@ -241,15 +287,15 @@ impl Backend for CpuBackend {
     }
 
     fn linear(&self, x: &Mat, w: &CpuMatrix, bias: Option<&Vec<f32>>) -> Result<Mat> {
-        let mut out = vec![0f32; x.rows * w.rows];
+        let mut out = self.zeros(x.rows * w.rows);
         matmul(&self.pool, self.caps, &w.view(), &x.data, x.rows, &mut out)
             .map_err(|e| Error::tensor(&w.name, e))?;
         if let Some(b) = bias {
-            for row in out.chunks_exact_mut(w.rows) {
-                for (o, b) in row.iter_mut().zip(b) {
-                    *o += b;
+            self.par_rows2(&mut out, w.rows, b, 0, |_, o, _| {
+                for row in o.chunks_exact_mut(b.len()) {
+                    row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
                 }
-            }
+            });
         }
         Ok(Mat {
             data: out,
@@ -261,7 +307,7 @@ impl Backend for CpuBackend {
     fn linear_many(&self, x: &Mat, ws: &[(&CpuMatrix, Option<&Vec<f32>>)]) -> Result<Vec<Mat>> {
         let mut outs: Vec<Vec<f32>> = ws
             .iter()
-            .map(|(w, _)| vec![0f32; w.rows * x.rows])
+            .map(|(w, _)| self.zeros(w.rows * x.rows))
             .collect();
         let views: Vec<QMatrix<'_>> = ws.iter().map(|(w, _)| w.view()).collect();
         let refs: Vec<&QMatrix<'_>> = views.iter().collect();
@@ -275,9 +321,11 @@ impl Backend for CpuBackend {
             .zip(ws)
             .map(|(mut data, (w, b))| {
                 if let Some(b) = b {
-                    for row in data.chunks_exact_mut(w.rows) {
-                        row.iter_mut().zip(b.iter()).for_each(|(o, b)| *o += b);
-                    }
+                    self.par_rows2(&mut data, w.rows, b, 0, |_, o, _| {
+                        for row in o.chunks_exact_mut(b.len()) {
+                            row.iter_mut().zip(b.iter()).for_each(|(o, b)| *o += b);
+                        }
+                    });
                 }
                 Mat {
                     data,
@@ -300,17 +348,16 @@ impl Backend for CpuBackend {
     ) -> Result<Mat> {
         let n = q.rows;
         let pos = cache.v[layer].len() / cache.kv_dim;
-        ops::rope(&mut q.data, cfg.n_heads, cfg.head_dim, rope, cfg.rope_style);
-        ops::rope(
-            &mut k.data,
-            cfg.n_kv_heads,
-            cfg.head_dim,
-            rope,
-            cfg.rope_style,
-        );
+        let (qc, kc) = (q.cols, k.cols);
+        self.par_rows2(&mut q.data, qc, &rope.cos, rope.half, |t0, x, _| {
+            ops::rope_from(x, cfg.n_heads, cfg.head_dim, rope, cfg.rope_style, t0)
+        });
+        self.par_rows2(&mut k.data, kc, &rope.cos, rope.half, |t0, x, _| {
+            ops::rope_from(x, cfg.n_kv_heads, cfg.head_dim, rope, cfg.rope_style, t0)
+        });
         attention::append_keys(&mut cache.k[layer], pos, &k.data, cache.kv_dim);
         cache.v[layer].extend_from_slice(&v.data);
-        let mut out = vec![0f32; n * cfg.n_heads * cfg.head_dim];
+        let mut out = self.zeros(n * cfg.n_heads * cfg.head_dim);
         attention::attention(
             &self.pool,
             self.caps,
@@ -332,14 +379,19 @@ impl Backend for CpuBackend {
     }
 
     fn silu_mul(&self, mut gate: Mat, up: &Mat) -> Result<Mat> {
-        ops::silu_mul(self.caps, &mut gate.data, &up.data);
+        let caps = self.caps;
+        let cols = gate.cols;
+        self.par_rows2(&mut gate.data, cols, &up.data, cols, |_, g, u| {
+            ops::silu_mul(caps, g, u)
+        });
         Ok(gate)
     }
 
     fn add_assign(&self, x: &mut Mat, y: &Mat) -> Result<()> {
-        for (a, b) in x.data.iter_mut().zip(&y.data) {
-            *a += b;
-        }
+        let cols = x.cols;
+        self.par_rows2(&mut x.data, cols, &y.data, cols, |_, a, b| {
+            a.iter_mut().zip(b).for_each(|(a, b)| *a += b)
+        });
         Ok(())
     }
 

@@ -604,7 +604,7 @@ fn rows_to_bf16(w: &QMatrix<'_>, r0: usize, nr: usize, wb: &mut [u16]) -> bool {
 /// are packed.
 #[cfg(target_arch = "x86_64")]
 struct AmxActs {
-    xb: Vec<u16>,
+    xb: super::Aligned64<u16>,
     kk: usize,
     stride: usize,
     n: usize,
@@ -625,7 +625,7 @@ impl AmxActs {
         // A tile load reads 64 bytes from each of 16 rows; at a row stride of 4 KiB (k = 2048)
         // all 16 fall in one L1 set, which holds 12. 64 bytes more per row spreads them.
         let stride = kk + 32;
-        let mut xb = vec![0u16; np * stride];
+        let mut xb = super::Aligned64::zeroed(np * stride);
         pool.install(|| {
             xb[..n * stride]
                 .par_chunks_mut(TILE * stride)
@@ -713,8 +713,15 @@ fn amx_tiles(
     let q4 = w.dtype == GgmlDType::Q4_0;
     // The buffers live as long as a rayon job, not a group: zeroing 512 KB per group was 5% of
     // a prompt. Every value of `wb` a group uses is written before it is read.
-    let init = || (vec![0u16; TILE * kk], vec![0u16; group * kk]);
-    let run = |(rm, wb): &mut (Vec<u16>, Vec<u16>), g: usize| {
+    let init = || {
+        (
+            vec![0u16; TILE * kk],
+            super::Aligned64::<u16>::zeroed(group * kk),
+            super::Aligned64::<f32>::zeroed(4 * TILE * TILE),
+        )
+    };
+    type Bufs = (Vec<u16>, super::Aligned64<u16>, super::Aligned64<f32>);
+    let run = |(rm, wb, scratch): &mut Bufs, g: usize| {
         let p = ptr;
         let g0 = g * group;
         let gr = (rows - g0).min(group);
@@ -747,7 +754,6 @@ fn amx_tiles(
         }
         // SAFETY: the backend only sets `caps.amx` after `amx::available()` returned true.
         let tiles = unsafe { Tiles::new() };
-        let mut scratch = [[[0f32; TILE * TILE]; 2]; 2];
         for t0 in (0..np).step_by(BLOCK) {
             let a = xb[t0 * stride..].as_ptr();
             for b in 0..nblocks {
@@ -765,11 +771,14 @@ fn amx_tiles(
                     }
                     continue;
                 }
-                let c = [0, 1].map(|i| [0, 1].map(|j| scratch[i][j].as_mut_ptr()));
+                let sp = scratch.as_mut_ptr();
+                // SAFETY: scratch holds four 16 × 16 tiles, one after the other.
+                let c =
+                    [0, 1].map(|i| [0, 1].map(|j| unsafe { sp.add((2 * i + j) * TILE * TILE) }));
                 // SAFETY: as above, into the scratch tiles.
                 unsafe { tiles.block(a, stride, bp, kk, c, TILE * 4) };
-                for (i, si) in scratch.iter().enumerate() {
-                    for (j, sij) in si.iter().enumerate() {
+                for (i, si) in scratch.chunks_exact(2 * TILE * TILE).enumerate() {
+                    for (j, sij) in si.chunks_exact(TILE * TILE).enumerate() {
                         let (ti, rj) = (t0 + i * TILE, r0 + j * TILE);
                         let nr = rows.saturating_sub(rj).min(TILE);
                         for dt in 0..n.saturating_sub(ti).min(TILE) {

@@ -207,3 +207,40 @@ mod tests {
         }
     }
 }
+
+/// A zeroed buffer whose first value sits on a 64-byte boundary. The allocator only promises 16
+/// bytes, and an AMX tile load whose rows straddle cache lines ran at 0.28× the speed of an
+/// aligned one here (4.3 → 15.4 ns per `tdpbf16ps` with its operand loads).
+pub(crate) struct Aligned64<T> {
+    buf: Vec<T>,
+    off: usize,
+    len: usize,
+}
+
+impl<T: Copy + Default> Aligned64<T> {
+    pub(crate) fn zeroed(len: usize) -> Self {
+        let size = std::mem::size_of::<T>().max(1);
+        let slack = 64 / size;
+        let buf = vec![T::default(); len + slack];
+        let misalign = buf.as_ptr() as usize % 64;
+        let off = if misalign == 0 {
+            0
+        } else {
+            (64 - misalign) / size
+        };
+        Aligned64 { buf, off, len }
+    }
+}
+
+impl<T> std::ops::Deref for Aligned64<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf[self.off..self.off + self.len]
+    }
+}
+
+impl<T> std::ops::DerefMut for Aligned64<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+}

@@ -44,8 +44,21 @@ impl RopeTable {
 
 /// Rotates every head of `x` (`[n][heads·head_dim]`) in place.
 pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, table: &RopeTable, style: RopeStyle) {
+    rope_from(x, heads, head_dim, table, style, 0)
+}
+
+/// [`rope`] for rows that start at row `first` of the table (a slice of a larger batch).
+pub fn rope_from(
+    x: &mut [f32],
+    heads: usize,
+    head_dim: usize,
+    table: &RopeTable,
+    style: RopeStyle,
+    first: usize,
+) {
     let half = head_dim / 2;
     for (t, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
+        let t = t + first;
         let cos = &table.cos[t * half..(t + 1) * half];
         let sin = &table.sin[t * half..(t + 1) * half];
         for h in row.chunks_exact_mut(head_dim) {
