@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use bakeoff_engine::kernels::matmul::{QMatrix, matmul};
+use bakeoff_engine::kernels::threads::Threads;
 use bakeoff_engine::kernels::{CpuCaps, packed};
 use candle_core::quantized::GgmlDType;
 
@@ -14,10 +15,7 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .expect("thread pool");
+    let pool = Threads::new(threads).expect("threads");
     let paths = [("avx2", CpuCaps::avx2_only()), ("best", CpuCaps::detect())];
     println!("threads {threads}, best = {}", CpuCaps::detect().describe());
     for dt in [

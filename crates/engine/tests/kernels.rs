@@ -4,6 +4,7 @@
 
 use bakeoff_engine::kernels::dequant::dequantize_into;
 use bakeoff_engine::kernels::matmul::{QMatrix, matmul};
+use bakeoff_engine::kernels::threads::Threads;
 use bakeoff_engine::kernels::{CpuCaps, ops};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -31,11 +32,8 @@ fn encode(dtype: GgmlDType, vals: &[f32], rows: usize, cols: usize) -> Vec<u8> {
         .to_vec()
 }
 
-fn pool(n: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build()
-        .unwrap()
+fn pool(n: usize) -> Threads {
+    Threads::new(n).unwrap()
 }
 
 fn check(dtype: GgmlDType, cols: usize, tol: f32) {

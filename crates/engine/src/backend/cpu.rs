@@ -5,6 +5,7 @@ use candle_core::quantized::GgmlDType;
 use super::Backend;
 use crate::kernels::matmul::{QMatrix, matmul, matmul_many};
 use crate::kernels::ops::{self, RopeTable};
+use crate::kernels::threads::Threads;
 use crate::kernels::{CpuCaps, attention, packed};
 use crate::loader::packcache::PackCache;
 use crate::loader::store::{Blob, RawTensor};
@@ -12,7 +13,7 @@ use crate::models::DecoderConfig;
 use crate::{Error, Result};
 
 pub struct CpuBackend {
-    pool: std::sync::Arc<rayon::ThreadPool>,
+    pool: std::sync::Arc<Threads>,
     caps: CpuCaps,
     pack_cache: Option<std::sync::Arc<PackCache>>,
 }
@@ -63,10 +64,7 @@ impl CpuBackend {
     }
 
     pub fn new(threads: usize, caps: CpuCaps) -> Result<Self> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .thread_name(|i| format!("bakeoff-cpu-{i}"))
-            .build()
+        let pool = Threads::new(threads)
             .map_err(|e| Error::Device(format!("cannot start {threads} CPU threads: {e}")))?;
         Ok(Self {
             pool: std::sync::Arc::new(pool),
@@ -179,7 +177,7 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads, {})", self.threads(), self.caps.describe())
     }
 
-    fn pool(&self) -> Option<std::sync::Arc<rayon::ThreadPool>> {
+    fn pool(&self) -> Option<std::sync::Arc<Threads>> {
         Some(self.pool.clone())
     }
 

@@ -56,7 +56,7 @@ pub trait Backend: Send + Sync + 'static {
     /// The thread pool a whole forward pass should run inside, if the backend has one: the
     /// pass's thread then takes part in every parallel operation, instead of handing each one
     /// to sleeping workers and sleeping itself (two wake-ups per matrix product).
-    fn pool(&self) -> Option<std::sync::Arc<rayon::ThreadPool>> {
+    fn pool(&self) -> Option<std::sync::Arc<crate::kernels::threads::Threads>> {
         None
     }
     fn matrix(&self, t: RawTensor) -> Result<Self::Matrix>;

@@ -17,7 +17,7 @@ use super::CpuCaps;
 /// Positions per block of the transposed key cache.
 pub const KB: usize = 16;
 /// Query rows computed together.
-const RB: usize = 4;
+const RB: usize = 8;
 
 /// Floats the key cache holds for `len` positions.
 pub fn key_cache_len(len: usize, kv_dim: usize) -> usize {
@@ -85,7 +85,7 @@ impl Dims {
 /// blocked key cache and a position-major value cache holding `pos + n` positions.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
-    pool: &rayon::ThreadPool,
+    pool: &super::threads::Threads,
     caps: CpuCaps,
     q: &[f32],
     k_cache: &[f32],
@@ -163,6 +163,9 @@ pub fn attention(
     if tasks == 1 || pool.current_num_threads() == 1 {
         let mut scratch = Vec::new();
         (0..tasks).for_each(|t| run(&mut scratch, t));
+    } else if n == 1 {
+        // Decoding: the spinning team, like the matrix products around it.
+        pool.run(tasks, &|t| run(&mut Vec::new(), t));
     } else {
         pool.install(|| {
             (0..tasks)
@@ -329,10 +332,9 @@ unsafe fn block_avx512(blk: &Block<'_>, scores: &mut [f32], acc: &mut [f32]) {
             match (hd - c0) / 16 {
                 1 => pv_chunk::<1>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
                 2 => pv_chunk::<2>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
-                3 => pv_chunk::<3>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
-                _ => pv_chunk::<4>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
+                _ => pv_chunk::<3>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
             }
-            c0 += 64.min(hd - c0);
+            c0 += 48.min(hd - c0);
         }
     }
 }
@@ -445,10 +447,7 @@ mod tests {
     /// sizes that take every value-chunk width, and a prompt appended to an existing cache.
     #[test]
     fn blocked_attention_matches_the_textbook() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = crate::kernels::threads::Threads::new(2).unwrap();
         for (heads, kv_heads, hd) in [(8, 2, 64), (6, 1, 128), (4, 4, 48), (3, 1, 40)] {
             for (pos, n) in [(0, 1), (0, 37), (20, 1), (33, 5)] {
                 let (kv_dim, q_dim) = (kv_heads * hd, heads * hd);

@@ -6,6 +6,7 @@ use candle_core::quantized::k_quants::{self, GgmlType};
 use rayon::prelude::*;
 
 use super::dequant::as_blocks;
+use super::threads::Threads;
 use super::{BlockQ8, CpuCaps, QK, dot, quantize_row_q8};
 
 /// A weight matrix as stored: `rows` output features, each a row of `cols` inputs.
@@ -88,12 +89,7 @@ unsafe impl Sync for SyncPtr {}
 
 /// Runs `run(0..tasks)` on the pool, or inline when there is one task or one thread (a pool
 /// dispatch costs more than a small matrix).
-fn run_tasks(
-    pool: &rayon::ThreadPool,
-    tasks: usize,
-    threads: usize,
-    run: impl Fn(usize) + Sync + Send,
-) {
+fn run_tasks(pool: &Threads, tasks: usize, threads: usize, run: impl Fn(usize) + Sync + Send) {
     if tasks == 1 || threads == 1 {
         (0..tasks).for_each(run);
     } else {
@@ -103,7 +99,7 @@ fn run_tasks(
 
 /// Runs `f(row, token) -> value` over all rows × tokens, rows split across the pool.
 fn par_rows(
-    pool: &rayon::ThreadPool,
+    pool: &Threads,
     rows: usize,
     n: usize,
     out: &mut [f32],
@@ -131,7 +127,7 @@ fn par_rows(
 /// Like `par_rows`, but computes four rows per call of `f4`; `f1` finishes leftover rows.
 #[cfg(target_arch = "x86_64")]
 fn par_rows4(
-    pool: &rayon::ThreadPool,
+    pool: &Threads,
     w: &QMatrix<'_>,
     n: usize,
     out: &mut [f32],
@@ -169,13 +165,7 @@ fn par_rows4(
     run_tasks(pool, tasks, threads, run);
 }
 
-fn quantize_q8(
-    pool: &rayon::ThreadPool,
-    caps: CpuCaps,
-    x: &[f32],
-    n: usize,
-    cols: usize,
-) -> Vec<BlockQ8> {
+fn quantize_q8(pool: &Threads, caps: CpuCaps, x: &[f32], n: usize, cols: usize) -> Vec<BlockQ8> {
     let nb = cols / QK;
     let mut q = vec![BlockQ8::default(); n * nb];
     let one = |qr: &mut [BlockQ8], xr: &[f32]| {
@@ -201,7 +191,7 @@ fn quantize_q8(
 }
 
 fn matmul_ggml<T: GgmlType>(
-    pool: &rayon::ThreadPool,
+    pool: &Threads,
     w: &QMatrix<'_>,
     x: &[f32],
     n: usize,
@@ -231,7 +221,7 @@ fn matmul_ggml<T: GgmlType>(
 /// Prefill on 16/32-bit weights: each task converts 4 rows to f32 once, then runs 4×2 tiles
 /// over all tokens, so conversion is amortised over the prompt and every load feeds 2 FMAs.
 fn dense_tiles(
-    pool: &rayon::ThreadPool,
+    pool: &Threads,
     caps: CpuCaps,
     w: &QMatrix<'_>,
     x: &[f32],
@@ -299,7 +289,7 @@ fn dense_tiles(
 /// of rows once. More tokens: 2-row × 4-token VNNI tiles, each task sweeping its rows for every
 /// group of 4 tokens while those rows sit in L1/L2.
 fn matmul_packed(
-    pool: &rayon::ThreadPool,
+    pool: &Threads,
     caps: CpuCaps,
     w: &QMatrix<'_>,
     x: &[f32],
@@ -339,7 +329,7 @@ fn matmul_packed(
 /// `f1` one row of a last partial group.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn decode_rows(
-    pool: &rayon::ThreadPool,
+    pool: &Threads,
     mats: &[(&QMatrix<'_>, SyncPtr)],
     f4: impl Fn(&QMatrix<'_>, usize) -> [f32; 4] + Sync,
     f1: impl Fn(&QMatrix<'_>, usize) -> f32 + Sync,
@@ -374,13 +364,14 @@ fn decode_rows(
             base += nq;
         }
     };
-    run_tasks(pool, tasks, threads, run);
+    // One token's regions are short and many: the spinning team, not the rayon pool.
+    pool.run(tasks, &run);
 }
 
 /// [`decode_rows`] with the packed Q4_0 / Q8_0 kernels.
 #[cfg(target_arch = "x86_64")]
 fn packed_decode(
-    pool: &rayon::ThreadPool,
+    pool: &Threads,
     mats: &[(&QMatrix<'_>, SyncPtr)],
     a: &super::packed::PackedActs,
     q4: bool,
@@ -418,12 +409,7 @@ fn packed_decode(
 
 /// [`decode_rows`] for F16 weights with AVX-512 (`cols` a multiple of 16).
 #[cfg(target_arch = "x86_64")]
-fn f16_decode(
-    pool: &rayon::ThreadPool,
-    caps: CpuCaps,
-    mats: &[(&QMatrix<'_>, SyncPtr)],
-    x: &[f32],
-) {
+fn f16_decode(pool: &Threads, caps: CpuCaps, mats: &[(&QMatrix<'_>, SyncPtr)], x: &[f32]) {
     decode_rows(
         pool,
         mats,
@@ -444,7 +430,7 @@ fn f16_decodable(caps: CpuCaps, w: &QMatrix<'_>) -> bool {
 /// For one token, packed matrices of one type and width run as one parallel region; for a
 /// prompt on AMX the activations are prepared once; anything else is one `matmul` each.
 pub fn matmul_many(
-    pool: &rayon::ThreadPool,
+    pool: &Threads,
     caps: CpuCaps,
     ws: &[&QMatrix<'_>],
     x: &[f32],
@@ -534,7 +520,7 @@ pub fn matmul_many(
 
 #[cfg(target_arch = "x86_64")]
 fn tiles_packed(
-    pool: &rayon::ThreadPool,
+    pool: &Threads,
     w: &QMatrix<'_>,
     acts: &[super::packed::PackedActs],
     n: usize,
@@ -614,7 +600,7 @@ struct AmxActs {
 
 #[cfg(target_arch = "x86_64")]
 impl AmxActs {
-    fn new(pool: &rayon::ThreadPool, x: &[f32], n: usize, k: usize, packed: bool) -> AmxActs {
+    fn new(pool: &Threads, x: &[f32], n: usize, k: usize, packed: bool) -> AmxActs {
         use super::amx::TILE;
         use super::packed::{SB, superblocks};
         // Packed rows are dequantized in their own order (`x86::packed_row_to_bf16`), so the
@@ -681,7 +667,7 @@ fn amx_applies(caps: CpuCaps, w: &QMatrix<'_>, n: usize) -> bool {
 /// inference); the f32 accumulation does not round.
 #[cfg(target_arch = "x86_64")]
 fn amx_tiles(
-    pool: &rayon::ThreadPool,
+    pool: &Threads,
     w: &QMatrix<'_>,
     acts: &AmxActs,
     out: &mut [f32],
@@ -810,7 +796,7 @@ const BF16_GROUP: usize = 16;
 /// round.
 #[cfg(target_arch = "x86_64")]
 fn bf16_tiles(
-    pool: &rayon::ThreadPool,
+    pool: &Threads,
     w: &QMatrix<'_>,
     x: &[f32],
     n: usize,
@@ -864,7 +850,7 @@ fn bf16_tiles(
 
 /// `out[t][r] = Σ_c x[t][c] · W[r][c]` for `n` activation rows.
 pub fn matmul(
-    pool: &rayon::ThreadPool,
+    pool: &Threads,
     caps: CpuCaps,
     w: &QMatrix<'_>,
     x: &[f32],

@@ -10,6 +10,7 @@ pub mod dot;
 pub mod matmul;
 pub mod ops;
 pub mod packed;
+pub mod threads;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
