@@ -351,3 +351,98 @@ fn amx_tiles_agree_with_avx512_bf16_tiles() {
         }
     }
 }
+
+/// The fused SwiGLU products run the same tiles as two separate products, so they give exactly
+/// `silu(gate) · up` of those, on every layout and on shapes with partial row groups and token
+/// blocks; where they cannot fuse they say so and write nothing.
+#[test]
+fn fused_swiglu_equals_two_products_and_silu() {
+    use bakeoff_engine::kernels::matmul::{matmul_swiglu, swiglu_fuses};
+    use bakeoff_engine::kernels::packed;
+    let caps = CpuCaps::detect();
+    for (dtype, rows, cols, n) in [
+        (GgmlDType::Q4_0, 70, 1024, 37),
+        (GgmlDType::Q8_0, 300, 256, 16),
+        (GgmlDType::Q4K, 33, 512, 20),
+    ] {
+        let (wg, wu) = (rand_vec(rows * cols, 21), rand_vec(rows * cols, 22));
+        let x = rand_vec(n * cols, 23);
+        let (bg, bu) = (
+            encode(dtype, &wg, rows, cols),
+            encode(dtype, &wu, rows, cols),
+        );
+        fn mat(
+            dtype: GgmlDType,
+            rows: usize,
+            cols: usize,
+            data: &[u8],
+            packed: bool,
+        ) -> QMatrix<'_> {
+            QMatrix {
+                dtype,
+                rows,
+                cols,
+                data,
+                packed,
+            }
+        }
+        let mat = |data, packed| mat(dtype, rows, cols, data, packed);
+        let pack = |bytes: &[u8]| {
+            let (rb, pb) = (bytes.len() / rows, packed::row_bytes(dtype, cols));
+            let mut p = vec![0u8; rows * pb];
+            for (s, o) in bytes.chunks_exact(rb).zip(p.chunks_exact_mut(pb)) {
+                packed::pack_row(dtype, s, o);
+            }
+            p
+        };
+        let packable = packed::packable(dtype, cols);
+        let (pg, pu) = if packable {
+            (pack(&bg), pack(&bu))
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let layouts: Vec<(QMatrix<'_>, QMatrix<'_>)> = if packable {
+            vec![
+                (mat(&bg, false), mat(&bu, false)),
+                (mat(&pg, true), mat(&pu, true)),
+            ]
+        } else {
+            vec![(mat(&bg, false), mat(&bu, false))]
+        };
+        for (g, u) in &layouts {
+            for threads in [1, 3] {
+                let t = pool(threads);
+                let mut want = vec![0f32; n * rows];
+                let mut up = vec![0f32; n * rows];
+                matmul(&t, caps, g, &x, n, &mut want).unwrap();
+                matmul(&t, caps, u, &x, n, &mut up).unwrap();
+                ops::silu_mul(caps, &mut want, &up);
+                let mut got = vec![f32::NAN; n * rows];
+                let fused = matmul_swiglu(&t, caps, g, u, &x, &mut got).unwrap();
+                assert_eq!(fused, swiglu_fuses(caps, g, u, n));
+                if fused {
+                    // The same tile products; only SiLU's vector and scalar tails may split the
+                    // values differently (last digit).
+                    let worst = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+                        .fold(0f32, f32::max);
+                    assert!(
+                        worst <= 1e-6,
+                        "{dtype:?} {rows}x{cols} n={n} x{threads}: {worst}"
+                    );
+                } else {
+                    assert!(got.iter().all(|v| v.is_nan()), "wrote without fusing");
+                }
+                let portable = matmul_swiglu(&t, CpuCaps::portable(), g, u, &x, &mut got);
+                assert!(!portable.unwrap(), "fused without AMX");
+            }
+        }
+        if caps.amx {
+            let wrong = vec![0f32; 3];
+            let (g, u) = &layouts[0];
+            assert!(matmul_swiglu(&pool(1), caps, g, u, &x, &mut wrong.clone()).is_err());
+        }
+    }
+}

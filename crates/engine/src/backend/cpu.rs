@@ -3,7 +3,7 @@
 use candle_core::quantized::GgmlDType;
 
 use super::Backend;
-use crate::kernels::matmul::{QMatrix, matmul, matmul_many};
+use crate::kernels::matmul::{QMatrix, matmul, matmul_many, matmul_swiglu, swiglu_fuses};
 use crate::kernels::ops::{self, RopeTable};
 use crate::kernels::threads::Threads;
 use crate::kernels::{CpuCaps, attention, packed};
@@ -22,6 +22,11 @@ pub struct CpuBackend {
 /// outputs) of a prompt are spread over the pool: on one thread they were about a tenth of a
 /// 512-token prefill while the other threads waited.
 const PAR_ROWS: usize = 16;
+
+/// Bytes of a mapped source copied before its pages are dropped: a whole matrix at once kept
+/// both copies of the largest one (Qwen2.5's 131 MB embedding) resident, adding it to the
+/// peak memory of every load.
+const RELEASE_WINDOW: usize = 16 << 20;
 
 impl CpuBackend {
     /// A zeroed buffer, written by the whole pool when it is large.
@@ -87,23 +92,31 @@ impl CpuBackend {
         self.caps
     }
 
-    /// Copies a Q4_0 / Q8_0 matrix into the packed layout, rows split across the pool, then
-    /// lets the mapped original go.
+    /// Copies a Q4_0 / Q8_0 matrix into the packed layout, rows split across the pool, letting
+    /// the mapped original go window by window.
     fn pack(&self, m: &CpuMatrix) -> std::io::Result<Blob> {
         use rayon::prelude::*;
         let src = m.data.bytes();
         let rb = m.view().row_bytes();
         let pb = packed::row_bytes(m.dtype, m.cols);
+        let window = (RELEASE_WINDOW / rb.max(1)).max(64);
         let blob = Blob::anon(pb * m.rows, |out| {
-            self.pool.install(|| {
-                out.par_chunks_mut(pb * 64)
-                    .zip(src.par_chunks(rb * 64))
-                    .for_each(|(o, s)| {
-                        for (o, s) in o.chunks_exact_mut(pb).zip(s.chunks_exact(rb)) {
-                            packed::pack_row(m.dtype, s, o);
-                        }
-                    })
-            })
+            for (w, (ow, sw)) in out
+                .chunks_mut(pb * window)
+                .zip(src.chunks(rb * window))
+                .enumerate()
+            {
+                self.pool.install(|| {
+                    ow.par_chunks_mut(pb * 64)
+                        .zip(sw.par_chunks(rb * 64))
+                        .for_each(|(o, s)| {
+                            for (o, s) in o.chunks_exact_mut(pb).zip(s.chunks_exact(rb)) {
+                                packed::pack_row(m.dtype, s, o);
+                            }
+                        })
+                });
+                m.data.release_range(w * rb * window, sw.len());
+            }
         })?;
         m.data.release();
         Ok(blob)
@@ -117,11 +130,18 @@ impl CpuBackend {
         use rayon::prelude::*;
         let bytes = src.bytes();
         let blob = Blob::anon(bytes.len(), |out| {
-            self.pool.install(|| {
-                out.par_chunks_mut(1 << 20)
-                    .zip(bytes.par_chunks(1 << 20))
-                    .for_each(|(o, s)| o.copy_from_slice(s))
-            })
+            for (w, (ow, sw)) in out
+                .chunks_mut(RELEASE_WINDOW)
+                .zip(bytes.chunks(RELEASE_WINDOW))
+                .enumerate()
+            {
+                self.pool.install(|| {
+                    ow.par_chunks_mut(1 << 20)
+                        .zip(sw.par_chunks(1 << 20))
+                        .for_each(|(o, s)| o.copy_from_slice(s))
+                });
+                src.release_range(w * RELEASE_WINDOW, sw.len());
+            }
         })?;
         src.release();
         Ok(blob)
@@ -383,6 +403,37 @@ impl Backend for CpuBackend {
             ops::silu_mul(caps, g, u)
         });
         Ok(gate)
+    }
+
+    fn swiglu(&self, x: &Mat, gate: &CpuMatrix, up: &CpuMatrix) -> Result<Mat> {
+        if !swiglu_fuses(self.caps, &gate.view(), &up.view(), x.rows) {
+            let [g, u]: [Mat; 2] = self
+                .linear_many(x, &[(gate, None), (up, None)])?
+                .try_into()
+                .map_err(|_| Error::InvalidArgument("backend returned the wrong count".into()))?;
+            return self.silu_mul(g, &u);
+        }
+        let mut out = self.zeros(x.rows * gate.rows);
+        let fused = matmul_swiglu(
+            &self.pool,
+            self.caps,
+            &gate.view(),
+            &up.view(),
+            &x.data,
+            &mut out,
+        )
+        .map_err(|e| Error::tensor(format!("{}, {}", gate.name, up.name), e))?;
+        if !fused {
+            return Err(Error::tensor(
+                format!("{}, {}", gate.name, up.name),
+                "the fused SwiGLU products did not apply",
+            ));
+        }
+        Ok(Mat {
+            data: out,
+            rows: x.rows,
+            cols: gate.rows,
+        })
     }
 
     fn add_assign(&self, x: &mut Mat, y: &Mat) -> Result<()> {

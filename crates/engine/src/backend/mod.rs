@@ -96,6 +96,17 @@ pub trait Backend: Send + Sync + 'static {
         cfg: &DecoderConfig,
     ) -> Result<Self::Act>;
     fn silu_mul(&self, gate: Self::Act, up: &Self::Act) -> Result<Self::Act>;
+    /// `silu(x·Gᵀ) ⊙ (x·Uᵀ)`, the SwiGLU half of an MLP, which a backend may fuse so the two
+    /// products never exist whole.
+    fn swiglu(&self, x: &Self::Act, gate: &Self::Matrix, up: &Self::Matrix) -> Result<Self::Act> {
+        let [g, u]: [Self::Act; 2] = self
+            .linear_many(x, &[(gate, None), (up, None)])?
+            .try_into()
+            .map_err(|_| {
+                crate::Error::InvalidArgument("backend returned the wrong count".into())
+            })?;
+        self.silu_mul(g, &u)
+    }
     fn add_assign(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()>;
     fn last_row(&self, x: Self::Act) -> Result<Self::Act>;
     /// Rows `start..start+len` of `x`.

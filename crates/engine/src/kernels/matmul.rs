@@ -506,7 +506,7 @@ pub fn matmul_many(
             }
             let acts = AmxActs::new(pool, x, n, w0.cols, w0.packed);
             for (w, o) in ws.iter().zip(outs.iter_mut()) {
-                amx_tiles(pool, w, &acts, o)?;
+                amx_tiles(pool, caps, w, None, &acts, o)?;
             }
             return Ok(());
         }
@@ -648,6 +648,49 @@ impl AmxActs {
     }
 }
 
+/// Rows `g0..g0 + gr` of `w` rounded to bf16 in the B operand's pair layout, 16-row slabs one
+/// after the other in `wb` (rows past `gr` zero up to the end of the last 32-row block); `rm` is
+/// room for 16 rows of `kk` values. False if the rows cannot be converted.
+#[cfg(target_arch = "x86_64")]
+fn group_to_pairs(
+    w: &QMatrix<'_>,
+    g0: usize,
+    gr: usize,
+    kk: usize,
+    rm: &mut [u16],
+    wb: &mut [u16],
+) -> bool {
+    use super::amx::TILE;
+    let nsb = super::packed::superblocks(w.cols);
+    let q4 = w.dtype == GgmlDType::Q4_0;
+    // Whole 32-row blocks: the tiles read both 16-row slabs of a block.
+    for h in 0..gr.div_ceil(2 * TILE) * 2 {
+        let nr = gr.saturating_sub(h * TILE).min(TILE);
+        rm[nr * kk..].iter_mut().for_each(|v| *v = 0);
+        if w.packed {
+            for r in 0..nr {
+                // SAFETY: a packed row holds `nsb` superblocks (checked by `check`); rm has room
+                // for kk = nsb·512 values per row; AVX-512 BF16 comes with AMX.
+                unsafe {
+                    super::x86::packed_row_to_bf16(
+                        q4,
+                        w.row(g0 + h * TILE + r).as_ptr(),
+                        nsb,
+                        rm.as_mut_ptr().add(r * kk),
+                    )
+                };
+            }
+        } else if nr > 0 && !rows_to_bf16(w, g0 + h * TILE, nr, rm) {
+            return false;
+        }
+        // SAFETY: rm holds 16 rows of kk values, wb room for 16·kk more from h·16·kk.
+        unsafe {
+            super::x86::rows_to_pairs16(rm.as_ptr(), kk, kk, wb.as_mut_ptr().add(h * TILE * kk))
+        };
+    }
+    true
+}
+
 /// Whether [`amx_tiles`] takes `w` for `n` tokens.
 #[cfg(target_arch = "x86_64")]
 fn amx_applies(caps: CpuCaps, w: &QMatrix<'_>, n: usize) -> bool {
@@ -668,12 +711,13 @@ fn amx_applies(caps: CpuCaps, w: &QMatrix<'_>, n: usize) -> bool {
 #[cfg(target_arch = "x86_64")]
 fn amx_tiles(
     pool: &Threads,
+    caps: CpuCaps,
     w: &QMatrix<'_>,
+    up: Option<&QMatrix<'_>>,
     acts: &AmxActs,
     out: &mut [f32],
 ) -> Result<(), String> {
     use super::amx::{TILE, Tiles};
-    use super::packed::superblocks;
     const BLOCK: usize = 2 * TILE;
     let (rows, k) = (w.rows, w.cols);
     let (packed, kk, n) = (w.packed, acts.kk, acts.n);
@@ -687,56 +731,50 @@ fn amx_tiles(
             out.len()
         ));
     }
-    let nsb = superblocks(k);
+    if let Some(u) = up
+        && (u.rows != rows || u.cols != k || u.packed != packed)
+    {
+        return Err(format!(
+            "gate {rows}x{k} and up {}x{} matrices do not match",
+            u.rows, u.cols
+        ));
+    }
     let (stride, np) = (acts.stride, acts.xb.len() / acts.stride);
     let xb = &acts.xb;
     let threads = pool.current_num_threads().max(1);
     let blocks = rows.div_ceil(BLOCK);
-    let group = blocks.div_ceil(2 * threads).clamp(1, 4) * BLOCK;
+    // Gate and up rows share L2 when fused: half the rows per group.
+    let most = if up.is_some() { 2 } else { 4 };
+    let group = blocks.div_ceil(2 * threads).clamp(1, most) * BLOCK;
     let groups = rows.div_ceil(group);
     let ptr = SyncPtr(out.as_mut_ptr());
     let failed = std::sync::atomic::AtomicBool::new(false);
-    let q4 = w.dtype == GgmlDType::Q4_0;
     // The buffers live as long as a rayon job, not a group: zeroing 512 KB per group was 5% of
     // a prompt. Every value of `wb` a group uses is written before it is read.
     let init = || {
         (
             vec![0u16; TILE * kk],
             super::Aligned64::<u16>::zeroed(group * kk),
-            super::Aligned64::<f32>::zeroed(4 * TILE * TILE),
+            super::Aligned64::<u16>::zeroed(if up.is_some() { group * kk } else { 0 }),
+            super::Aligned64::<f32>::zeroed(8 * TILE * TILE),
         )
     };
-    type Bufs = (Vec<u16>, super::Aligned64<u16>, super::Aligned64<f32>);
-    let run = |(rm, wb, scratch): &mut Bufs, g: usize| {
+    type Bufs = (
+        Vec<u16>,
+        super::Aligned64<u16>,
+        super::Aligned64<u16>,
+        super::Aligned64<f32>,
+    );
+    let run = |(rm, wb, wu, scratch): &mut Bufs, g: usize| {
         let p = ptr;
         let g0 = g * group;
         let gr = (rows - g0).min(group);
         let nblocks = gr.div_ceil(BLOCK);
-        // Row-major bf16 of 16 rows (zero past `gr`), then their pair layout in `wb`.
-        for h in 0..2 * nblocks {
-            let nr = gr.saturating_sub(h * TILE).min(TILE);
-            rm[nr * kk..].iter_mut().for_each(|v| *v = 0);
-            if packed {
-                for r in 0..nr {
-                    // SAFETY: a packed row holds `nsb` superblocks (checked by `check`); rm
-                    // has room for kk = nsb·512 values per row; AVX-512 BF16 comes with AMX.
-                    unsafe {
-                        super::x86::packed_row_to_bf16(
-                            q4,
-                            w.row(g0 + h * TILE + r).as_ptr(),
-                            nsb,
-                            rm.as_mut_ptr().add(r * kk),
-                        )
-                    };
-                }
-            } else if nr > 0 && !rows_to_bf16(w, g0 + h * TILE, nr, rm) {
-                failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                return;
-            }
-            // SAFETY: rm holds 16 rows of kk values, wb room for 16·kk more from h·16·kk.
-            unsafe {
-                super::x86::rows_to_pairs16(rm.as_ptr(), kk, kk, wb.as_mut_ptr().add(h * TILE * kk))
-            };
+        if !group_to_pairs(w, g0, gr, kk, rm, wb)
+            || up.is_some_and(|u| !group_to_pairs(u, g0, gr, kk, rm, wu))
+        {
+            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            return;
         }
         // SAFETY: the backend only sets `caps.amx` after `amx::available()` returned true.
         let tiles = unsafe { Tiles::new() };
@@ -746,7 +784,7 @@ fn amx_tiles(
                 let r0 = g0 + b * BLOCK;
                 let bp = [0, 1].map(|j| wb[(2 * b + j) * TILE * kk..].as_ptr());
                 let full = t0 + BLOCK <= n && r0 + BLOCK <= rows;
-                if full {
+                if full && up.is_none() {
                     // SAFETY: tokens t0..t0+32 and rows r0..r0+32 are inside `out` and owned
                     // by this group; xb holds 32 tokens from t0, wb two 16-row blocks at bp.
                     unsafe {
@@ -758,21 +796,38 @@ fn amx_tiles(
                     continue;
                 }
                 let sp = scratch.as_mut_ptr();
-                // SAFETY: scratch holds four 16 × 16 tiles, one after the other.
-                let c =
-                    [0, 1].map(|i| [0, 1].map(|j| unsafe { sp.add((2 * i + j) * TILE * TILE) }));
+                // SAFETY: scratch holds eight 16 × 16 tiles, one after the other.
+                let c = |at: usize| {
+                    [0, 1]
+                        .map(|i| [0, 1].map(|j| unsafe { sp.add((at + 2 * i + j) * TILE * TILE) }))
+                };
                 // SAFETY: as above, into the scratch tiles.
-                unsafe { tiles.block(a, stride, bp, kk, c, TILE * 4) };
-                for (i, si) in scratch.chunks_exact(2 * TILE * TILE).enumerate() {
+                unsafe { tiles.block(a, stride, bp, kk, c(0), TILE * 4) };
+                if up.is_some() {
+                    let bu = [0, 1].map(|j| wu[(2 * b + j) * TILE * kk..].as_ptr());
+                    // SAFETY: as above, up's rows into the second four scratch tiles.
+                    unsafe { tiles.block(a, stride, bu, kk, c(4), TILE * 4) };
+                    let (g, u) = scratch.split_at_mut(4 * TILE * TILE);
+                    super::ops::silu_mul(caps, g, u);
+                }
+                for (i, si) in scratch[..4 * TILE * TILE]
+                    .chunks_exact(2 * TILE * TILE)
+                    .enumerate()
+                {
                     for (j, sij) in si.chunks_exact(TILE * TILE).enumerate() {
                         let (ti, rj) = (t0 + i * TILE, r0 + j * TILE);
                         let nr = rows.saturating_sub(rj).min(TILE);
                         for dt in 0..n.saturating_sub(ti).min(TILE) {
-                            for (dr, v) in sij[dt * TILE..dt * TILE + nr].iter().enumerate() {
-                                // SAFETY: (ti+dt, rj+dr) is inside the buffer and owned by
-                                // this group.
-                                unsafe { *p.0.add((ti + dt) * rows + rj + dr) = *v };
-                            }
+                            let src = &sij[dt * TILE..dt * TILE + nr];
+                            // SAFETY: (ti+dt, rj..rj+nr) is inside the buffer and owned by
+                            // this group.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    src.as_ptr(),
+                                    p.0.add((ti + dt) * rows + rj),
+                                    nr,
+                                )
+                            };
                         }
                     }
                 }
@@ -784,6 +839,56 @@ fn amx_tiles(
         return Err(format!("cannot convert {:?} rows", w.dtype));
     }
     Ok(())
+}
+
+/// `out = silu(x·Gᵀ) ⊙ (x·Uᵀ)` for `n` tokens where the two products can be fused: on AMX, those
+/// of a block of rows are combined in the tiles' scratch, so neither exists whole (for a
+/// 512-token prompt of Qwen2.5, 18 MB less at the peak and one pass less over 37 MB). Returns
+/// false, having written nothing, where they cannot; the caller then multiplies twice.
+pub fn matmul_swiglu(
+    pool: &Threads,
+    caps: CpuCaps,
+    gate: &QMatrix<'_>,
+    up: &QMatrix<'_>,
+    x: &[f32],
+    out: &mut [f32],
+) -> Result<bool, String> {
+    let n = x.len() / gate.cols.max(1);
+    if x.len() != n * gate.cols || out.len() != n * gate.rows {
+        return Err(format!(
+            "swiglu shapes: {} inputs and {} outputs for a {}x{} matrix",
+            x.len(),
+            out.len(),
+            gate.rows,
+            gate.cols
+        ));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if swiglu_fuses(caps, gate, up, n) {
+        gate.check()?;
+        up.check()?;
+        let acts = AmxActs::new(pool, x, n, gate.cols, gate.packed);
+        return amx_tiles(pool, caps, gate, Some(up), &acts, out).map(|()| true);
+    }
+    let _ = (pool, caps, up);
+    Ok(false)
+}
+
+/// Whether [`matmul_swiglu`] fuses the products of `n` tokens.
+pub fn swiglu_fuses(caps: CpuCaps, gate: &QMatrix<'_>, up: &QMatrix<'_>, n: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx_applies(caps, gate, n)
+            && amx_applies(caps, up, n)
+            && up.rows == gate.rows
+            && up.cols == gate.cols
+            && up.packed == gate.packed
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (caps, gate, up, n);
+        false
+    }
 }
 
 /// Rows converted to bf16 per task.
@@ -877,7 +982,7 @@ pub fn matmul(
     #[cfg(target_arch = "x86_64")]
     if amx_applies(caps, w, n) {
         let acts = AmxActs::new(pool, x, n, w.cols, w.packed);
-        return amx_tiles(pool, w, &acts, out);
+        return amx_tiles(pool, caps, w, None, &acts, out);
     }
     #[cfg(target_arch = "x86_64")]
     if caps.avx512bf16

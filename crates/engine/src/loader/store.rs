@@ -56,14 +56,25 @@ impl Blob {
     /// Drops a mapped window's pages from this process (after its bytes were copied into a
     /// repacked buffer), so they stop counting in its resident memory.
     pub fn release(&self) {
-        if let Blob::Mapped { map, start, len } = self {
+        self.release_range(0, self.bytes().len())
+    }
+
+    /// [`Blob::release`] for bytes `off..off + len` of the window (whole pages around them).
+    pub fn release_range(&self, off: usize, len: usize) {
+        if let Blob::Mapped {
+            map,
+            start,
+            len: total,
+        } = self
+        {
+            let (start, len) = (start + off.min(*total), len.min(total.saturating_sub(off)));
             // SAFETY: the map is a read-only file mapping that is never written, so a page
             // dropped here reads back the same bytes from the file if anything touches it again
             // (a neighbouring tensor sharing the first or last page). The call is advisory; a
             // failure only leaves the pages resident.
             #[cfg(unix)]
             let _ = unsafe {
-                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, *start, *len)
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
             };
             #[cfg(not(unix))]
             let _ = (map, start, len);

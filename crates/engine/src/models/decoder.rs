@@ -216,11 +216,7 @@ impl<B: Backend> Decoder<B> {
             let o = b.linear(&a, &l.wo, None)?;
             b.add_assign(&mut hs, &o)?;
             let x = b.rms_norm(&hs, &l.mlp_norm, cfg.rms_eps)?;
-            let [g, u]: [B::Act; 2] = b
-                .linear_many(&x, &[(&l.gate, None), (&l.up, None)])?
-                .try_into()
-                .map_err(|_| Error::InvalidArgument("backend returned the wrong count".into()))?;
-            let m = b.silu_mul(g, &u)?;
+            let m = b.swiglu(&x, &l.gate, &l.up)?;
             let d = b.linear(&m, &l.down, None)?;
             b.add_assign(&mut hs, &d)?;
         }
