@@ -3,7 +3,9 @@
 use candle_core::quantized::GgmlDType;
 
 use super::Backend;
-use crate::kernels::matmul::{QMatrix, matmul, matmul_many, matmul_swiglu, swiglu_fuses};
+use crate::kernels::matmul::{
+    QMatrix, matmul, matmul_many, matmul_owned, matmul_swiglu, swiglu_fuses,
+};
 use crate::kernels::ops::{self, RopeTable};
 use crate::kernels::threads::Threads;
 use crate::kernels::{CpuCaps, attention, packed};
@@ -318,6 +320,18 @@ impl Backend for CpuBackend {
         Ok(Mat {
             data: out,
             rows: x.rows,
+            cols: w.rows,
+        })
+    }
+
+    fn linear_consuming(&self, x: Mat, w: &CpuMatrix) -> Result<Mat> {
+        let rows = x.rows;
+        let mut out = self.zeros(rows * w.rows);
+        matmul_owned(&self.pool, self.caps, &w.view(), x.data, rows, &mut out)
+            .map_err(|e| Error::tensor(&w.name, e))?;
+        Ok(Mat {
+            data: out,
+            rows,
             cols: w.rows,
         })
     }

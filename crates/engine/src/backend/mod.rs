@@ -74,6 +74,11 @@ pub trait Backend: Send + Sync + 'static {
         w: &Self::Matrix,
         bias: Option<&Self::Vector>,
     ) -> Result<Self::Act>;
+    /// [`Backend::linear`] without bias of an input the caller is done with, which the backend
+    /// may free as soon as it has read it.
+    fn linear_consuming(&self, x: Self::Act, w: &Self::Matrix) -> Result<Self::Act> {
+        self.linear(&x, w, None)
+    }
     /// Several products of the same input (Q, K and V; gate and up), which a backend may run
     /// as one operation.
     fn linear_many(

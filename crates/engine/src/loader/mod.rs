@@ -214,6 +214,7 @@ pub fn load(source: &str, gguf_file: Option<&str>, opts: &LoadOptions) -> Result
         weight_dtype = dtype_name(t).to_string();
     }
     let model = build_model(&parts.cfg, parts.store.as_ref(), opts, &transform)?;
+    crate::memory::release_free_heap();
     let template = match &parts.template {
         Some(src) => Some(ChatTemplate::new(src)?),
         None => None,
@@ -444,7 +445,7 @@ fn open_hf_dir(dir: &Path) -> Result<Parts> {
 }
 
 fn open_gguf(path: &Path) -> Result<Parts> {
-    let store = gguf::GgufStore::open(path)?;
+    let mut store = gguf::GgufStore::open(path)?;
     let md = GgufMeta {
         map: store.metadata(),
     };
@@ -474,6 +475,17 @@ fn open_gguf(path: &Path) -> Result<Parts> {
         Some(v) => v.to_bool().unwrap_or(false),
         None => cfg.arch == Arch::Llama,
     };
+    // The vocabulary and merges now live in the tokenizer; as metadata values they were tens
+    // of megabytes (Qwen2.5: 151,665 of each) held through the weight load and the first
+    // prompt, the process's peak.
+    for key in [
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.scores",
+        "tokenizer.ggml.token_type",
+    ] {
+        store.content.metadata.remove(key);
+    }
     let bos_token = cfg.bos_token_id.and_then(|id| tokenizer.id_to_token(id));
     let eos_token = cfg
         .eos_token_ids

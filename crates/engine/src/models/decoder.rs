@@ -176,6 +176,8 @@ impl<B: Backend> Decoder<B> {
         let b = &self.backend;
         let cfg = &self.cfg;
         let mut hs = b.embed(&self.embed, &ids)?;
+        // Each activation is dropped as soon as it is used (shadowed bindings would live to the
+        // end of the layer): a 512-token prompt's peak memory is the sum of the live ones.
         for (li, l) in self.layers.iter().enumerate() {
             let x = b.rms_norm(&hs, &l.attn_norm, cfg.rms_eps)?;
             let [q, k, v]: [B::Act; 3] = b
@@ -189,6 +191,7 @@ impl<B: Backend> Decoder<B> {
                 )?
                 .try_into()
                 .map_err(|_| Error::InvalidArgument("backend returned the wrong count".into()))?;
+            drop(x);
             let a = if items.len() == 1 {
                 let cache = self.caches[items[0].0]
                     .as_mut()
@@ -214,10 +217,13 @@ impl<B: Backend> Decoder<B> {
                 b.concat_rows(outs)?
             };
             let o = b.linear(&a, &l.wo, None)?;
+            drop(a);
             b.add_assign(&mut hs, &o)?;
+            drop(o);
             let x = b.rms_norm(&hs, &l.mlp_norm, cfg.rms_eps)?;
             let m = b.swiglu(&x, &l.gate, &l.up)?;
-            let d = b.linear(&m, &l.down, None)?;
+            drop(x);
+            let d = b.linear_consuming(m, &l.down)?;
             b.add_assign(&mut hs, &d)?;
         }
         if !all_logits {
