@@ -1,6 +1,8 @@
 //! bakeoff's own CPU hot path. candle's CPU kernels run at about a third of llama.cpp's speed on
-//! quantized decode, so matrix-vector products read weights in their stored format (memory-mapped,
-//! never copied) and fuse dequantization into SIMD dot products chosen at run time.
+//! quantized decode, so matrix-vector products read weights in their stored format (memory-mapped)
+//! or in a packed layout made once per model file (`packed`, cached on disk), and fuse
+//! dequantization into SIMD dot products chosen at run time; prompts run on AMX tiles where the
+//! processor has them.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;

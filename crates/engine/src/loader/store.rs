@@ -1,5 +1,5 @@
-//! Raw tensors straight out of memory-mapped files. Nothing is copied at load: the CPU kernels
-//! read the mapped bytes in their on-disk format, which keeps load time and resident memory low.
+//! Raw tensors straight out of memory-mapped files, which the backends use in place or convert
+//! (the CPU backend repacks Q4_0 / Q8_0 matrices, see `kernels::packed`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
