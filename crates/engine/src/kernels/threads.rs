@@ -81,6 +81,9 @@ impl Job {
 }
 
 struct Shared {
+    /// Held by the `run` that owns the current job: a second caller (another thread, or a task
+    /// that runs a region itself) works alone instead of replacing the job under the workers.
+    busy: AtomicBool,
     epoch: AtomicUsize,
     job: AtomicPtr<Job>,
     /// Workers between announcing themselves and leaving the current job.
@@ -99,6 +102,7 @@ struct Team {
 impl Team {
     fn new(extra: usize) -> std::io::Result<Team> {
         let shared = Arc::new(Shared {
+            busy: AtomicBool::new(false),
             epoch: AtomicUsize::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
             active: AtomicUsize::new(0),
@@ -122,11 +126,24 @@ impl Team {
     }
 
     fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-        if tasks <= 1 || self.workers.is_empty() {
+        let s = &*self.shared;
+        if tasks <= 1
+            || self.workers.is_empty()
+            || s.busy
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
             (0..tasks).for_each(f);
             return;
         }
-        let s = &*self.shared;
+        // Released however this call ends, after the workers have left the job.
+        struct Release<'a>(&'a AtomicBool);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _busy = Release(&s.busy);
         // SAFETY: only the lifetime is erased. Workers reach the closure through `job` while
         // counted in `active`; below, `job` is cleared and `active` drained before returning
         // or unwinding, so no worker holds the reference afterwards.
@@ -230,6 +247,27 @@ mod tests {
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
             }
         }
+    }
+
+    #[test]
+    fn concurrent_and_nested_regions_each_run_every_task_once() {
+        let t = Threads::new(2).unwrap();
+        let total = AtomicUsize::new(0);
+        std::thread::scope(|sc| {
+            for _ in 0..3 {
+                sc.spawn(|| {
+                    for _ in 0..300 {
+                        t.run(8, &|_| {
+                            // A task that runs a region of its own.
+                            t.run(4, &|_| {
+                                total.fetch_add(1, Ordering::Relaxed);
+                            });
+                        });
+                    }
+                });
+            }
+        });
+        assert_eq!(total.load(Ordering::Relaxed), 3 * 300 * 8 * 4);
     }
 
     #[test]
