@@ -25,9 +25,7 @@ pub struct CpuBackend {
 /// 512-token prefill while the other threads waited.
 const PAR_ROWS: usize = 16;
 
-/// Bytes of a mapped source copied before its pages are dropped: a whole matrix at once kept
-/// both copies of the largest one (Qwen2.5's 131 MB embedding) resident, adding it to the
-/// peak memory of every load.
+/// Bytes of a mapped source copied before its pages are dropped (`fill_releasing`).
 const RELEASE_WINDOW: usize = 16 << 20;
 
 impl CpuBackend {
@@ -70,6 +68,38 @@ impl CpuBackend {
         });
     }
 
+    /// Adds `b` to every row of `x` (rows of `b.len()` values).
+    fn add_bias(&self, x: &mut [f32], b: &[f32]) {
+        self.par_rows2(x, b.len(), b, 0, |_, o, _| {
+            for row in o.chunks_exact_mut(b.len()) {
+                row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+            }
+        });
+    }
+
+    /// Fills `out` from `src` window by window (`src_window` bytes of `src` for each
+    /// `out_window` of `out`, `fill` on each pair inside the pool), dropping each source
+    /// window's pages once it is read: a whole matrix at once kept both copies of the largest
+    /// one (Qwen2.5's 131 MB embedding) resident, adding it to the peak of every load.
+    fn fill_releasing(
+        &self,
+        src: &Blob,
+        src_window: usize,
+        out: &mut [u8],
+        out_window: usize,
+        fill: impl Fn(&mut [u8], &[u8]) + Sync,
+    ) {
+        for (w, (ow, sw)) in out
+            .chunks_mut(out_window)
+            .zip(src.bytes().chunks(src_window))
+            .enumerate()
+        {
+            self.pool.install(|| fill(ow, sw));
+            src.release_range(w * src_window, sw.len());
+        }
+        src.release();
+    }
+
     pub fn new(threads: usize, caps: CpuCaps) -> Result<Self> {
         let pool = Threads::new(threads)
             .map_err(|e| Error::Device(format!("cannot start {threads} CPU threads: {e}")))?;
@@ -98,30 +128,20 @@ impl CpuBackend {
     /// the mapped original go window by window.
     fn pack(&self, m: &CpuMatrix) -> std::io::Result<Blob> {
         use rayon::prelude::*;
-        let src = m.data.bytes();
         let rb = m.view().row_bytes();
         let pb = packed::row_bytes(m.dtype, m.cols);
         let window = (RELEASE_WINDOW / rb.max(1)).max(64);
-        let blob = Blob::anon(pb * m.rows, |out| {
-            for (w, (ow, sw)) in out
-                .chunks_mut(pb * window)
-                .zip(src.chunks(rb * window))
-                .enumerate()
-            {
-                self.pool.install(|| {
-                    ow.par_chunks_mut(pb * 64)
-                        .zip(sw.par_chunks(rb * 64))
-                        .for_each(|(o, s)| {
-                            for (o, s) in o.chunks_exact_mut(pb).zip(s.chunks_exact(rb)) {
-                                packed::pack_row(m.dtype, s, o);
-                            }
-                        })
-                });
-                m.data.release_range(w * rb * window, sw.len());
-            }
-        })?;
-        m.data.release();
-        Ok(blob)
+        Blob::anon(pb * m.rows, |out| {
+            self.fill_releasing(&m.data, rb * window, out, pb * window, |ow, sw| {
+                ow.par_chunks_mut(pb * 64)
+                    .zip(sw.par_chunks(rb * 64))
+                    .for_each(|(o, s)| {
+                        for (o, s) in o.chunks_exact_mut(pb).zip(s.chunks_exact(rb)) {
+                            packed::pack_row(m.dtype, s, o);
+                        }
+                    })
+            })
+        })
     }
 
     /// Copies a matrix from the packed-weights file into anonymous memory, rows split across
@@ -130,23 +150,13 @@ impl CpuBackend {
     /// and still skips the repacking.
     fn copy_to_anon(&self, src: &Blob) -> std::io::Result<Blob> {
         use rayon::prelude::*;
-        let bytes = src.bytes();
-        let blob = Blob::anon(bytes.len(), |out| {
-            for (w, (ow, sw)) in out
-                .chunks_mut(RELEASE_WINDOW)
-                .zip(bytes.chunks(RELEASE_WINDOW))
-                .enumerate()
-            {
-                self.pool.install(|| {
-                    ow.par_chunks_mut(1 << 20)
-                        .zip(sw.par_chunks(1 << 20))
-                        .for_each(|(o, s)| o.copy_from_slice(s))
-                });
-                src.release_range(w * RELEASE_WINDOW, sw.len());
-            }
-        })?;
-        src.release();
-        Ok(blob)
+        Blob::anon(src.bytes().len(), |out| {
+            self.fill_releasing(src, RELEASE_WINDOW, out, RELEASE_WINDOW, |ow, sw| {
+                ow.par_chunks_mut(1 << 20)
+                    .zip(sw.par_chunks(1 << 20))
+                    .for_each(|(o, s)| o.copy_from_slice(s))
+            })
+        })
     }
 }
 
@@ -319,11 +329,7 @@ impl Backend for CpuBackend {
         matmul(&self.pool, self.caps, &w.view(), &x.data, x.rows, &mut out)
             .map_err(|e| Error::tensor(&w.name, e))?;
         if let Some(b) = bias {
-            self.par_rows2(&mut out, w.rows, b, 0, |_, o, _| {
-                for row in o.chunks_exact_mut(b.len()) {
-                    row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
-                }
-            });
+            self.add_bias(&mut out, b);
         }
         Ok(Mat {
             data: out,
@@ -361,11 +367,7 @@ impl Backend for CpuBackend {
             .zip(ws)
             .map(|(mut data, (w, b))| {
                 if let Some(b) = b {
-                    self.par_rows2(&mut data, w.rows, b, 0, |_, o, _| {
-                        for row in o.chunks_exact_mut(b.len()) {
-                            row.iter_mut().zip(b.iter()).for_each(|(o, b)| *o += b);
-                        }
-                    });
+                    self.add_bias(&mut data, b);
                 }
                 Mat {
                     data,
@@ -429,11 +431,7 @@ impl Backend for CpuBackend {
 
     fn swiglu(&self, x: &Mat, gate: &CpuMatrix, up: &CpuMatrix) -> Result<Mat> {
         if !swiglu_fuses(self.caps, &gate.view(), &up.view(), x.rows) {
-            let [g, u]: [Mat; 2] = self
-                .linear_many(x, &[(gate, None), (up, None)])?
-                .try_into()
-                .map_err(|_| Error::InvalidArgument("backend returned the wrong count".into()))?;
-            return self.silu_mul(g, &u);
+            return super::swiglu_unfused(self, x, gate, up);
         }
         let mut out = self.zeros(x.rows * gate.rows);
         let fused = matmul_swiglu(

@@ -104,13 +104,7 @@ pub trait Backend: Send + Sync + 'static {
     /// `silu(x·Gᵀ) ⊙ (x·Uᵀ)`, the SwiGLU half of an MLP, which a backend may fuse so the two
     /// products never exist whole.
     fn swiglu(&self, x: &Self::Act, gate: &Self::Matrix, up: &Self::Matrix) -> Result<Self::Act> {
-        let [g, u]: [Self::Act; 2] = self
-            .linear_many(x, &[(gate, None), (up, None)])?
-            .try_into()
-            .map_err(|_| {
-                crate::Error::InvalidArgument("backend returned the wrong count".into())
-            })?;
-        self.silu_mul(g, &u)
+        swiglu_unfused(self, x, gate, up)
     }
     fn add_assign(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()>;
     fn last_row(&self, x: Self::Act) -> Result<Self::Act>;
@@ -119,4 +113,19 @@ pub trait Backend: Send + Sync + 'static {
     /// Stacks activations row-wise.
     fn concat_rows(&self, parts: Vec<Self::Act>) -> Result<Self::Act>;
     fn to_host(&self, x: &Self::Act) -> Result<Vec<f32>>;
+}
+
+/// [`Backend::swiglu`] as two products and [`Backend::silu_mul`]: the default, and a fusing
+/// backend's fallback.
+pub(crate) fn swiglu_unfused<B: Backend + ?Sized>(
+    b: &B,
+    x: &B::Act,
+    gate: &B::Matrix,
+    up: &B::Matrix,
+) -> Result<B::Act> {
+    let [g, u]: [B::Act; 2] = b
+        .linear_many(x, &[(gate, None), (up, None)])?
+        .try_into()
+        .map_err(|_| crate::Error::InvalidArgument("backend returned the wrong count".into()))?;
+    b.silu_mul(g, &u)
 }
