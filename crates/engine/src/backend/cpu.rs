@@ -79,8 +79,8 @@ impl CpuBackend {
 
     /// Fills `out` from `src` window by window (`src_window` bytes of `src` for each
     /// `out_window` of `out`, `fill` on each pair inside the pool), dropping each source
-    /// window's pages once it is read: a whole matrix at once kept both copies of the largest
-    /// one (Qwen2.5's 131 MB embedding) resident, adding it to the peak of every load.
+    /// window's pages once it is read (a whole matrix at once kept both copies of the largest,
+    /// Qwen2.5's 131 MB embedding, resident), and at the end the blocks around the source.
     fn fill_releasing(
         &self,
         src: &Blob,
@@ -97,7 +97,7 @@ impl CpuBackend {
             self.pool.install(|| fill(ow, sw));
             src.release_range(w * src_window, sw.len());
         }
-        src.release();
+        src.release_around();
     }
 
     pub fn new(threads: usize, caps: CpuCaps) -> Result<Self> {
@@ -150,13 +150,15 @@ impl CpuBackend {
     /// and still skips the repacking.
     fn copy_to_anon(&self, src: &Blob) -> std::io::Result<Blob> {
         use rayon::prelude::*;
-        Blob::anon(src.bytes().len(), |out| {
+        let blob = Blob::anon(src.bytes().len(), |out| {
             self.fill_releasing(src, RELEASE_WINDOW, out, RELEASE_WINDOW, |ow, sw| {
                 ow.par_chunks_mut(1 << 20)
                     .zip(sw.par_chunks(1 << 20))
                     .for_each(|(o, s)| o.copy_from_slice(s))
             })
-        })
+        });
+        src.release_file();
+        blob
     }
 }
 
