@@ -377,6 +377,22 @@ fn packed_decode(
     q4: bool,
     nsb: usize,
 ) {
+    // The format is a constant of each kernel: with it a run-time value, the kernel's offsets
+    // and prefetch loop were computed per superblock, which cost 7% of Q4_0's streaming rate.
+    if q4 {
+        packed_decode_as::<true>(pool, mats, a, nsb)
+    } else {
+        packed_decode_as::<false>(pool, mats, a, nsb)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn packed_decode_as<const Q4: bool>(
+    pool: &Threads,
+    mats: &[(&QMatrix<'_>, SyncPtr)],
+    a: &super::packed::PackedActs,
+    nsb: usize,
+) {
     decode_rows(
         pool,
         mats,
@@ -384,8 +400,7 @@ fn packed_decode(
         // `check`), the activations 512 quants and 16 factors per superblock; features
         // detected by the caller.
         |w, r| unsafe {
-            super::x86::dot4_packed_vnni(
-                q4,
+            super::x86::dot4_packed_vnni::<Q4>(
                 w.row(r).as_ptr(),
                 w.row_bytes(),
                 nsb,
@@ -395,8 +410,7 @@ fn packed_decode(
             )
         },
         |w, r| unsafe {
-            super::x86::dot_packed_vnni(
-                q4,
+            super::x86::dot_packed_vnni::<Q4>(
                 w.row(r).as_ptr(),
                 nsb,
                 a.qs.as_ptr(),

@@ -457,8 +457,7 @@ unsafe fn for_each_operand(q4: bool, quants: *const u8, mut f: impl FnMut(usize,
 /// superblock 8 `vpdpbusd` leave the 16 block sums in 16 lanes, then one conversion, one
 /// multiply and two FMAs apply the scales and the offset.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn dot_packed_vnni(
-    q4: bool,
+pub unsafe fn dot_packed_vnni<const Q4: bool>(
     row: *const u8,
     superblocks: usize,
     xq: *const i8,
@@ -468,13 +467,13 @@ pub unsafe fn dot_packed_vnni(
     // SAFETY: the caller guarantees `superblocks` packed superblocks at `row`, and 512 quants
     // and 16 factors per superblock at xq, xd, xso.
     unsafe {
-        let sbb = if q4 { 288 } else { 544 };
+        let sbb = if Q4 { 288 } else { 544 };
         let mut acc = _mm512_setzero_ps();
         for s in 0..superblocks {
             let w = row.add(s * sbb);
             let x = xq.add(s * 512);
             let mut p = _mm512_setzero_si512();
-            for_each_operand(q4, w.add(32), |step, wq| {
+            for_each_operand(Q4, w.add(32), |step, wq| {
                 let xv = _mm512_loadu_si512(x.add(64 * step) as *const __m512i);
                 p = _mm512_dpbusd_epi32(p, wq, xv);
             });
@@ -495,8 +494,7 @@ const PREFETCH_AHEAD: usize = 8192;
 /// the four rows, and four independent `vpdpbusd` chains (instead of one chain of eight per
 /// superblock) keep the dot unit fed while the weights stream in.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn dot4_packed_vnni(
-    q4: bool,
+pub unsafe fn dot4_packed_vnni<const Q4: bool>(
     row: *const u8,
     row_bytes: usize,
     superblocks: usize,
@@ -507,7 +505,7 @@ pub unsafe fn dot4_packed_vnni(
     // SAFETY: the caller guarantees four rows of `superblocks` packed superblocks, `row_bytes`
     // apart, at `row`, and 512 quants and 16 factors per superblock at xq, xd, xso.
     unsafe {
-        let sbb = if q4 { 288 } else { 544 };
+        let sbb = if Q4 { 288 } else { 544 };
         let w: [*const u8; 4] = std::array::from_fn(|i| row.add(i * row_bytes));
         let mut acc = [_mm512_setzero_ps(); 4];
         for s in 0..superblocks {
@@ -523,7 +521,7 @@ pub unsafe fn dot4_packed_vnni(
                     _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
                 }
             }
-            if q4 {
+            if Q4 {
                 let m4 = _mm512_set1_epi8(0x0f);
                 for u in 0..4 {
                     let x0 = _mm512_loadu_si512(x.add(128 * u) as *const __m512i);
