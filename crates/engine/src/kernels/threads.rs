@@ -9,7 +9,7 @@
 //! serial work between regions is short), and only then park.
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,25 +58,59 @@ struct Job {
     // The caller's closure with its lifetime erased: `Team::run` does not return (or unwind)
     // before no worker can reach it any more.
     f: *const (dyn Fn(usize) + Sync + 'static),
-    tasks: usize,
-    next: AtomicUsize,
+    /// Member `m`'s share of the tasks, `front << 32 | back`: the caller is member 0.
+    ranges: *const [AtomicU64],
     panicked: AtomicBool,
 }
 
+fn pack(front: usize, back: usize) -> u64 {
+    ((front as u64) << 32) | back as u64
+}
+
+fn unpack(r: u64) -> (usize, usize) {
+    ((r >> 32) as usize, (r & 0xffff_ffff) as usize)
+}
+
 impl Job {
-    fn work(&self) -> bool {
-        loop {
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
-            if i >= self.tasks {
-                return true;
-            }
-            // SAFETY: the closure outlives every worker's use of the job (see `Team::run`).
-            let f = unsafe { &*self.f };
-            if catch_unwind(AssertUnwindSafe(|| f(i))).is_err() {
-                self.panicked.store(true, Ordering::Relaxed);
-                return false;
+    /// Runs member `me`'s tasks in order, then takes the last ones of the others.
+    ///
+    /// Each member walks a contiguous share: a decode task is a stretch of weight rows, and
+    /// the kernel's prefetch runs ahead into the next task only when that is the next stretch
+    /// of memory (one shared counter dealt the tasks out alternately, and every task started
+    /// a new stream). Taking from the back of another share balances the end of a region
+    /// without breaking that share's order.
+    fn work(&self, me: usize) -> bool {
+        // SAFETY: the ranges and the closure outlive every worker's use of the job (see
+        // `Team::run`).
+        let (ranges, f) = unsafe { (&*self.ranges, &*self.f) };
+        let me = me % ranges.len();
+        let order = std::iter::once(me).chain((1..ranges.len()).map(|k| (me + k) % ranges.len()));
+        for (k, m) in order.enumerate() {
+            let r = &ranges[m];
+            let mut cur = r.load(Ordering::Relaxed);
+            loop {
+                let (front, back) = unpack(cur);
+                if front >= back {
+                    break;
+                }
+                let (next, task) = if k == 0 {
+                    (pack(front + 1, back), front)
+                } else {
+                    (pack(front, back - 1), back - 1)
+                };
+                match r.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed) {
+                    Ok(_) => {
+                        if catch_unwind(AssertUnwindSafe(|| f(task))).is_err() {
+                            self.panicked.store(true, Ordering::Relaxed);
+                            return false;
+                        }
+                        cur = r.load(Ordering::Relaxed);
+                    }
+                    Err(now) => cur = now,
+                }
             }
         }
+        true
     }
 }
 
@@ -92,6 +126,8 @@ struct Shared {
     quit: AtomicBool,
     lock: Mutex<()>,
     wake: Condvar,
+    /// One task range per member, reused by every job (one job at a time: `busy`).
+    ranges: Box<[AtomicU64]>,
 }
 
 struct Team {
@@ -110,6 +146,7 @@ impl Team {
             quit: AtomicBool::new(false),
             lock: Mutex::new(()),
             wake: Condvar::new(),
+            ranges: (0..=extra).map(|_| AtomicU64::new(0)).collect(),
         });
         let mut team = Team {
             shared,
@@ -119,7 +156,7 @@ impl Team {
             let s = team.shared.clone();
             let h = std::thread::Builder::new()
                 .name(format!("bakeoff-team-{}", i + 1))
-                .spawn(move || worker(&s))?;
+                .spawn(move || worker(&s, i + 1))?;
             team.workers.push(h);
         }
         Ok(team)
@@ -148,10 +185,21 @@ impl Team {
         // counted in `active`; below, `job` is cleared and `active` drained before returning
         // or unwinding, so no worker holds the reference afterwards.
         let f: &(dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(f) };
+        // More tasks than a range can count run alone (a region has hundreds).
+        if tasks > u32::MAX as usize {
+            (0..tasks).for_each(f);
+            return;
+        }
+        let members = s.ranges.len();
+        for (m, r) in s.ranges.iter().enumerate() {
+            r.store(
+                pack(tasks * m / members, tasks * (m + 1) / members),
+                Ordering::Relaxed,
+            );
+        }
         let job = Job {
             f,
-            tasks,
-            next: AtomicUsize::new(0),
+            ranges: &*s.ranges,
             panicked: AtomicBool::new(false),
         };
         s.job
@@ -163,7 +211,7 @@ impl Team {
         }
         // The caller claims tasks too, so every task is claimed when its loop ends; a parked
         // worker that wakes late finds no job and no work.
-        let mine = catch_unwind(AssertUnwindSafe(|| job.work()));
+        let mine = catch_unwind(AssertUnwindSafe(|| job.work(0)));
         s.job.store(std::ptr::null_mut(), Ordering::SeqCst);
         while s.active.load(Ordering::SeqCst) > 0 {
             std::hint::spin_loop();
@@ -192,7 +240,7 @@ impl Drop for Team {
     }
 }
 
-fn worker(s: &Shared) {
+fn worker(s: &Shared, me: usize) {
     let mut seen = s.epoch.load(Ordering::SeqCst);
     loop {
         let mut since = Instant::now();
@@ -224,7 +272,7 @@ fn worker(s: &Shared) {
         let p = s.job.load(Ordering::SeqCst);
         if !p.is_null() {
             // SAFETY: see above; the job lives on the stack of a `run` that is waiting for us.
-            unsafe { (*p).work() };
+            unsafe { (*p).work(me) };
         }
         s.active.fetch_sub(1, Ordering::SeqCst);
     }
