@@ -366,7 +366,35 @@ fn membw_reports_bandwidth_cap_and_share() {
         .lines()
         .find(|l| l.starts_with(&format!("| {}", tl.display())))
         .unwrap_or_else(|| panic!("no row for the model:\n{out}"));
-    assert!(row.trim_end().ends_with("% |"), "{row}");
+    // | model | bytes | bandwidth | cap | decode | share (min-max) |
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!(cells.len(), 8, "{row}");
+    let share = cells[6];
+    let (median, range) = share.split_once(" (").unwrap_or_else(|| panic!("{row}"));
+    let pct = |s: &str| s.trim_end_matches('%').parse::<f64>().unwrap_or(-1.0);
+    let (lo, hi) = range
+        .trim_end_matches(')')
+        .split_once('-')
+        .unwrap_or_else(|| panic!("{row}"));
+    let (m, lo, hi) = (pct(median), pct(lo), pct(hi));
+    assert!(0.0 < lo && lo <= m && m <= hi, "{row}");
+    // Zero rounds cannot give a share.
+    let o = bakeoff(&[
+        "bench",
+        "--membw",
+        "--membw-mib",
+        "16",
+        "--membw-rounds",
+        "0",
+        "--model",
+        tl.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("--membw-rounds"),
+        "{}",
+        text(&o.stderr)
+    );
     // A bad model path is an error that names it, not a panic.
     let o = bakeoff(&[
         "bench",

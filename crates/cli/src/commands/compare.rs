@@ -376,6 +376,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         recompute: false,
         membw: false,
         membw_mib: 2048,
+        membw_rounds: 5,
     })
     .context("the bench step failed")?;
     let bench = bakeoff_bench::results::BenchReport::read(&bench_path)?;
