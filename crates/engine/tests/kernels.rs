@@ -101,6 +101,10 @@ fn check_n(dtype: GgmlDType, cols: usize, tol: f32, simd_tol: f32, n: usize) {
 fn float_formats_match_reference() {
     check(GgmlDType::F32, 96, 1e-6);
     check(GgmlDType::F16, 96, 1e-5);
+    // One token takes the streaming F16 kernel: 64 values a step, then 16 at a time.
+    for cols in [96, 208, 256] {
+        check_n(GgmlDType::F16, cols, 1e-5, 1e-5, 1);
+    }
     check(GgmlDType::BF16, 100, 1e-5);
     // 16+ tokens: the bf16 tiles where the processor has them.
     check_n(GgmlDType::BF16, 96, 1e-5, 1e-5, 18);
