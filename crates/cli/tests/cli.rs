@@ -216,6 +216,15 @@ fn info_and_tokenize() {
         ]));
         assert_eq!(text, "Hello world");
     }
+    // The tokenizer alone is read: a vocabulary-only GGUF file (no tensors) tokenizes the same
+    // way as the model built on it.
+    let v = vocab("ggml-vocab-llama-spm.gguf");
+    let ids = ok(bakeoff()
+        .arg("tokenize")
+        .arg("--model")
+        .arg(&v)
+        .args(["--text", " Hello world"]));
+    assert_eq!(ids.trim(), "[29871,15043,3186]");
 }
 
 #[test]

@@ -23,18 +23,21 @@ pub fn run(a: TokenizeArgs) -> Result<()> {
         Some(t) => t.clone(),
         None => read_stdin()?,
     };
-    let lm = a.model.load(false)?;
+    // The tokenizer alone: the weights are neither read nor mapped in.
+    let tokenizer =
+        bakeoff_engine::loader::load_tokenizer(&a.model.model, a.model.gguf_file.as_deref())
+            .with_context(|| format!("cannot load the tokenizer of `{}`", a.model.model))?;
     if a.decode {
         let ids: Vec<u32> = serde_json::from_str(input.trim())
             .context("--decode expects a JSON array of token ids")?;
-        let vocab = lm.tokenizer.vocab_size() as u32;
+        let vocab = tokenizer.vocab_size() as u32;
         if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
             anyhow::bail!("token id {bad} is outside the vocabulary of {vocab} tokens");
         }
-        print!("{}", lm.tokenizer.decode(&ids, false)?);
+        print!("{}", tokenizer.decode(&ids, false)?);
         return Ok(());
     }
-    let ids = lm.tokenizer.encode(&input, a.add_special)?;
+    let ids = tokenizer.encode(&input, a.add_special)?;
     println!("{}", serde_json::to_string(&ids)?);
     Ok(())
 }

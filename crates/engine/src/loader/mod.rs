@@ -157,8 +157,15 @@ struct Parts {
     path: PathBuf,
 }
 
-pub fn load(source: &str, gguf_file: Option<&str>, opts: &LoadOptions) -> Result<LoadedModel> {
-    let start = Instant::now();
+/// The tokenizer of a model, without its weights (`bakeoff tokenize`): the files are opened
+/// and their metadata read, no tensor is touched.
+pub fn load_tokenizer(source: &str, gguf_file: Option<&str>) -> Result<Tokenizer> {
+    let (parts, _) = open_parts(source, gguf_file)?;
+    Ok(parts.tokenizer)
+}
+
+/// Resolves `source` (downloading a hub model when needed) and opens its files.
+fn open_parts(source: &str, gguf_file: Option<&str>) -> Result<(Parts, Option<String>)> {
     let parsed = ModelSource::parse(source, gguf_file)?;
     let (local, revision) = match &parsed {
         ModelSource::Dir(p) => (ModelSource::Dir(p.clone()), None),
@@ -174,11 +181,17 @@ pub fn load(source: &str, gguf_file: Option<&str>, opts: &LoadOptions) -> Result
             ),
         },
     };
-    let mut parts = match &local {
+    let parts = match &local {
         ModelSource::Dir(dir) => open_hf_dir(dir)?,
         ModelSource::Gguf(path) => open_gguf(path)?,
         ModelSource::Hub { .. } => unreachable_hub()?,
     };
+    Ok((parts, revision))
+}
+
+pub fn load(source: &str, gguf_file: Option<&str>, opts: &LoadOptions) -> Result<LoadedModel> {
+    let start = Instant::now();
+    let (mut parts, revision) = open_parts(source, gguf_file)?;
     if let Some(ctx) = opts.max_context {
         if ctx == 0 {
             return Err(Error::InvalidArgument(
