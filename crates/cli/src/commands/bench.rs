@@ -236,6 +236,9 @@ fn membw(a: &BenchArgs) -> Result<()> {
     if a.membw_mib < 1 {
         anyhow::bail!("--membw-mib must be at least 1");
     }
+    if a.membw_rounds < 1 {
+        anyhow::bail!("--membw-rounds must be at least 1");
+    }
     let n = match a.threads.as_slice() {
         [] => default_threads(),
         [t] if *t > 0 => *t,
@@ -251,9 +254,6 @@ fn membw(a: &BenchArgs) -> Result<()> {
     }
     if a.models.is_empty() {
         return Ok(());
-    }
-    if a.membw_rounds < 1 {
-        anyhow::bail!("--membw-rounds must be at least 1");
     }
     println!();
     println!(

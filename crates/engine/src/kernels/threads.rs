@@ -164,7 +164,9 @@ impl Team {
 
     fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         let s = &*self.shared;
+        // More tasks than a range can count (a region has hundreds) run alone too.
         if tasks <= 1
+            || tasks > u32::MAX as usize
             || self.workers.is_empty()
             || s.busy
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -185,11 +187,6 @@ impl Team {
         // counted in `active`; below, `job` is cleared and `active` drained before returning
         // or unwinding, so no worker holds the reference afterwards.
         let f: &(dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(f) };
-        // More tasks than a range can count run alone (a region has hundreds).
-        if tasks > u32::MAX as usize {
-            (0..tasks).for_each(f);
-            return;
-        }
         let members = s.ranges.len();
         for (m, r) in s.ranges.iter().enumerate() {
             r.store(

@@ -460,22 +460,6 @@ unsafe fn for_each_operand(q4: bool, quants: *const u8, mut f: impl FnMut(usize,
     }
 }
 
-/// One packed Q4_0 / Q8_0 row (see `packed.rs`) against one token's packed activations: per
-/// superblock 8 `vpdpbusd` leave the 16 block sums in 16 lanes, then one conversion, one
-/// multiply and two FMAs apply the scales and the offset.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn dot_packed_vnni<const Q4: bool>(
-    row: *const u8,
-    superblocks: usize,
-    xq: *const i8,
-    xd: *const f32,
-    xso: *const f32,
-) -> f32 {
-    // SAFETY: the caller guarantees `superblocks` packed superblocks at `row`, and 512 quants
-    // and 16 factors per superblock at xq, xd, xso.
-    unsafe { stream_row::<Q4>(row, superblocks, xq, xd, xso) }
-}
-
 /// Bytes ahead of the row being read that the decode kernel prefetches (measured with
 /// `kernel_speed`: 4 to 16 KiB all do; nothing, or L1 instead of L2, is slower).
 const PREFETCH_AHEAD: usize = 8192;
@@ -498,23 +482,28 @@ pub unsafe fn dot4_packed_vnni<const Q4: bool>(
     // SAFETY: the caller guarantees four rows of `superblocks` packed superblocks, `row_bytes`
     // apart, at `row`, and 512 quants and 16 factors per superblock at xq, xd, xso.
     unsafe {
-        std::array::from_fn(|i| stream_row::<Q4>(row.add(i * row_bytes), superblocks, xq, xd, xso))
+        std::array::from_fn(|i| {
+            dot_packed_vnni::<Q4>(row.add(i * row_bytes), superblocks, xq, xd, xso)
+        })
     }
 }
 
-/// The decode kernel over one row: two independent `vpdpbusd` chains per superblock (low and
-/// high nibbles for Q4_0, even and odd steps for Q8_0), the lines 8 KiB ahead requested into
-/// L2 as it goes.
+/// One packed Q4_0 / Q8_0 row (see `packed.rs`) against one token's packed activations, the
+/// decode kernel: per superblock 8 `vpdpbusd` in two independent chains (low and high nibbles
+/// for Q4_0, even and odd steps for Q8_0) leave the 16 block sums in 16 lanes, then one
+/// conversion, one multiply and two FMAs apply the scales and the offset; the lines 8 KiB ahead
+/// are requested into L2 as it goes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn stream_row<const Q4: bool>(
+pub unsafe fn dot_packed_vnni<const Q4: bool>(
     w: *const u8,
     superblocks: usize,
     xq: *const i8,
     xd: *const f32,
     xso: *const f32,
 ) -> f32 {
-    // SAFETY: as for `dot_packed_vnni`.
+    // SAFETY: the caller guarantees `superblocks` packed superblocks at `w`, and 512 quants
+    // and 16 factors per superblock at xq, xd, xso.
     unsafe {
         let sbb = if Q4 { 288 } else { 544 };
         let mut acc = _mm512_setzero_ps();
