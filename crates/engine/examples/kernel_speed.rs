@@ -5,10 +5,10 @@
 
 use std::time::Instant;
 
+use bakeoff_engine::WeightType;
 use bakeoff_engine::kernels::matmul::{QMatrix, matmul};
 use bakeoff_engine::kernels::threads::Threads;
 use bakeoff_engine::kernels::{CpuCaps, packed};
-use candle_core::quantized::GgmlDType;
 
 fn main() {
     let threads: usize = std::env::args()
@@ -19,10 +19,10 @@ fn main() {
     let paths = [("avx2", CpuCaps::avx2_only()), ("best", CpuCaps::detect())];
     println!("threads {threads}, best = {}", CpuCaps::detect().describe());
     for dt in [
-        GgmlDType::Q4_0,
-        GgmlDType::Q8_0,
-        GgmlDType::F16,
-        GgmlDType::BF16,
+        WeightType::Q4_0,
+        WeightType::Q8_0,
+        WeightType::F16,
+        WeightType::BF16,
     ] {
         let bpe = dt.type_size() as f64 / dt.block_size() as f64;
         // Decode: a matrix far larger than the last-level cache (480 MiB on the reference

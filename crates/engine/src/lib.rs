@@ -25,3 +25,4 @@ pub mod template;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+pub use loader::dtype::WeightType;

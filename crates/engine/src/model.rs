@@ -54,6 +54,10 @@ pub struct ModelInfo {
     pub config: DecoderConfig,
     /// Storage type of the weight matrices, e.g. `q8_0`, or `mixed(q4_k,q6_k)`.
     pub weight_dtype: String,
+    /// Every storage type among the model's tensors, with its tensor count and bytes, most
+    /// bytes first.
+    #[serde(default)]
+    pub weight_types: Vec<WeightTypeUse>,
     /// Parameters counted from the tensors in the files.
     pub parameters: u64,
     pub file_bytes: u64,
@@ -62,6 +66,15 @@ pub struct ModelInfo {
     pub chat_template: Option<String>,
     pub device: String,
     pub load_s: f64,
+}
+
+/// One storage type's share of a model's tensors.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightTypeUse {
+    /// ggml's name: `q4_k`, `f32`, `iq4_xs`.
+    pub dtype: String,
+    pub tensors: usize,
+    pub bytes: u64,
 }
 
 /// Sampling defaults from `generation_config.json`.

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use bakeoff_engine::loader::{LoadOptions, load, load_model_only};
+use candle_core::quantized::QTensor;
 use candle_core::quantized::gguf_file::{self, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
@@ -124,7 +124,7 @@ fn corrupt_config_json_names_the_file() {
 fn tiny_gguf(path: &Path, arch: &str) {
     let t = QTensor::quantize(
         &Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
-        GgmlDType::F32,
+        candle_core::quantized::GgmlDType::F32,
     )
     .unwrap();
     let arch_v = Value::String(arch.into());

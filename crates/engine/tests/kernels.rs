@@ -2,11 +2,12 @@
 //! The CPU kernels against a plain f32 reference, for every weight format: the SIMD path and the
 //! portable path must agree with each other and with dequantize-then-multiply.
 
+use bakeoff_engine::WeightType;
 use bakeoff_engine::kernels::dequant::dequantize_into;
 use bakeoff_engine::kernels::matmul::{QMatrix, matmul};
 use bakeoff_engine::kernels::threads::Threads;
 use bakeoff_engine::kernels::{CpuCaps, ops};
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
@@ -23,9 +24,19 @@ fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn encode(dtype: GgmlDType, vals: &[f32], rows: usize, cols: usize) -> Vec<u8> {
+fn encode(dtype: WeightType, vals: &[f32], rows: usize, cols: usize) -> Vec<u8> {
+    let Some(candle_type) = dtype.to_candle() else {
+        // candle cannot quantize IQ4_NL / IQ4_XS: random blocks, every f16 scale 1/128 (and
+        // IQ4_XS's 6-bit sub-block scales random), which is all a matmul test needs.
+        let bytes = rand_vec(rows * cols / dtype.block_size() * dtype.type_size(), 9);
+        let mut b: Vec<u8> = bytes.iter().map(|v| (v.to_bits() >> 7) as u8).collect();
+        for blk in b.chunks_exact_mut(dtype.type_size()) {
+            blk[..2].copy_from_slice(&half::f16::from_f32(1.0 / 128.0).to_le_bytes());
+        }
+        return b;
+    };
     let t = Tensor::from_slice(vals, (rows, cols), &Device::Cpu).unwrap();
-    QTensor::quantize(&t, dtype)
+    QTensor::quantize(&t, candle_type)
         .unwrap()
         .data()
         .unwrap()
@@ -36,12 +47,12 @@ fn pool(n: usize) -> Threads {
     Threads::new(n).unwrap()
 }
 
-fn check(dtype: GgmlDType, cols: usize, tol: f32) {
+fn check(dtype: WeightType, cols: usize, tol: f32) {
     check_n(dtype, cols, tol, tol, 5);
 }
 
 /// `tol` bounds the portable path; `simd_tol` the run-time detected SIMD paths.
-fn check_n(dtype: GgmlDType, cols: usize, tol: f32, simd_tol: f32, n: usize) {
+fn check_n(dtype: WeightType, cols: usize, tol: f32, simd_tol: f32, n: usize) {
     let rows = 70;
     let w = rand_vec(rows * cols, 1);
     let x = rand_vec(n * cols, 2);
@@ -81,7 +92,7 @@ fn check_n(dtype: GgmlDType, cols: usize, tol: f32, simd_tol: f32, n: usize) {
         // bf16 inference.
         let bf16 = (caps.avx512bf16 || caps.amx)
             && n >= 16
-            && !matches!(dtype, GgmlDType::F32 | GgmlDType::F16);
+            && !matches!(dtype, WeightType::F32 | WeightType::F16);
         let tol = if bf16 {
             0.005
         } else if caps.avx2 {
@@ -99,45 +110,55 @@ fn check_n(dtype: GgmlDType, cols: usize, tol: f32, simd_tol: f32, n: usize) {
 
 #[test]
 fn float_formats_match_reference() {
-    check(GgmlDType::F32, 96, 1e-6);
-    check(GgmlDType::F16, 96, 1e-5);
+    check(WeightType::F32, 96, 1e-6);
+    check(WeightType::F16, 96, 1e-5);
     // One token takes the streaming F16 kernel: 64 values a step, then 16 at a time.
     for cols in [96, 208, 256] {
-        check_n(GgmlDType::F16, cols, 1e-5, 1e-5, 1);
+        check_n(WeightType::F16, cols, 1e-5, 1e-5, 1);
     }
-    check(GgmlDType::BF16, 100, 1e-5);
+    check(WeightType::BF16, 100, 1e-5);
     // 16+ tokens: the bf16 tiles where the processor has them.
-    check_n(GgmlDType::BF16, 96, 1e-5, 1e-5, 18);
+    check_n(WeightType::BF16, 96, 1e-5, 1e-5, 18);
 }
 
 #[test]
 fn q8_0_and_q4_0_match_dequantized_reference() {
     // The activation is quantized to 8 bits, so the error is bounded by its step, not by zero.
-    check(GgmlDType::Q8_0, 128, 0.02);
-    check(GgmlDType::Q4_0, 128, 0.05);
+    check(WeightType::Q8_0, 128, 0.02);
+    check(WeightType::Q4_0, 128, 0.05);
 }
 
 #[test]
 fn quantized_prefill_tiles_match_reference() {
     // 16+ tokens take the dequantize-to-f32 tile path, which keeps activations exact.
-    for dt in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4K] {
+    for dt in [WeightType::Q8_0, WeightType::Q4_0, WeightType::Q4K] {
         check_n(dt, 256, 0.02, 1e-5, 19);
     }
 }
 
 #[test]
+fn iq4_matrices_multiply_as_their_dequantized_values() {
+    // Exact dequantization and f32 products: only the summation order differs (IQ4_XS's
+    // sub-block scales make its weights up to 31 times larger, hence its bound).
+    check(WeightType::IQ4_NL, 128, 1e-5);
+    check(WeightType::IQ4_XS, 256, 3e-4);
+    check_n(WeightType::IQ4_NL, 256, 1e-5, 1e-5, 19);
+    check_n(WeightType::IQ4_XS, 512, 3e-4, 3e-4, 7);
+}
+
+#[test]
 fn k_quants_run_through_candle_blocks() {
-    check(GgmlDType::Q4K, 256, 0.02);
-    check(GgmlDType::Q6K, 256, 0.02);
+    check(WeightType::Q4K, 256, 0.02);
+    check(WeightType::Q6K, 256, 0.02);
 }
 
 #[test]
 fn simd_and_portable_agree_closely_on_q8_0() {
     let (rows, cols) = (33, 256);
-    let w = encode(GgmlDType::Q8_0, &rand_vec(rows * cols, 5), rows, cols);
+    let w = encode(WeightType::Q8_0, &rand_vec(rows * cols, 5), rows, cols);
     let x = rand_vec(cols, 6);
     let m = QMatrix {
-        dtype: GgmlDType::Q8_0,
+        dtype: WeightType::Q8_0,
         rows,
         cols,
         data: &w,
@@ -155,7 +176,7 @@ fn simd_and_portable_agree_closely_on_q8_0() {
 fn shape_mismatch_is_an_error_not_a_panic() {
     let w = vec![0u8; 10];
     let m = QMatrix {
-        dtype: GgmlDType::F32,
+        dtype: WeightType::F32,
         rows: 2,
         cols: 2,
         data: &w,
@@ -221,10 +242,10 @@ fn packed_layout_matches_ggml_layout() {
     use bakeoff_engine::kernels::packed;
     // 25 blocks per row: one full superblock of 16 and one padded one.
     let (rows, cols) = (45, 800);
-    for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+    for dtype in [WeightType::Q8_0, WeightType::Q4_0] {
         let w = rand_vec(rows * cols, 7);
         let mut bytes = encode(dtype, &w, rows, cols);
-        if dtype == GgmlDType::Q8_0 {
+        if dtype == WeightType::Q8_0 {
             // -128 is a valid Q8_0 quant that ggml's own quantizer never writes.
             bytes[2] = 0x80;
         }
@@ -294,14 +315,14 @@ fn amx_tiles_agree_with_avx512_bf16_tiles() {
     }
     let no_amx = CpuCaps::without_amx();
     for (dtype, rows, cols, n) in [
-        (GgmlDType::Q8_0, 45, 800, 20),
-        (GgmlDType::Q4_0, 70, 256, 16),
-        (GgmlDType::Q4_0, 37, 800, 35),
-        (GgmlDType::Q4K, 33, 512, 47),
-        (GgmlDType::BF16, 64, 96, 33),
-        (GgmlDType::Q6K, 17, 256, 64),
+        (WeightType::Q8_0, 45, 800, 20),
+        (WeightType::Q4_0, 70, 256, 16),
+        (WeightType::Q4_0, 37, 800, 35),
+        (WeightType::Q4K, 33, 512, 47),
+        (WeightType::BF16, 64, 96, 33),
+        (WeightType::Q6K, 17, 256, 64),
         // Groups of four 32-row blocks, a partial last group and a partial token block.
-        (GgmlDType::Q8_0, 300, 256, 70),
+        (WeightType::Q8_0, 300, 256, 70),
     ] {
         let w = rand_vec(rows * cols, 11);
         let x = rand_vec(n * cols, 12);
@@ -365,9 +386,9 @@ fn fused_swiglu_equals_two_products_and_silu() {
     use bakeoff_engine::kernels::packed;
     let caps = CpuCaps::detect();
     for (dtype, rows, cols, n) in [
-        (GgmlDType::Q4_0, 70, 1024, 37),
-        (GgmlDType::Q8_0, 300, 256, 16),
-        (GgmlDType::Q4K, 33, 512, 20),
+        (WeightType::Q4_0, 70, 1024, 37),
+        (WeightType::Q8_0, 300, 256, 16),
+        (WeightType::Q4K, 33, 512, 20),
     ] {
         let (wg, wu) = (rand_vec(rows * cols, 21), rand_vec(rows * cols, 22));
         let x = rand_vec(n * cols, 23);
@@ -376,7 +397,7 @@ fn fused_swiglu_equals_two_products_and_silu() {
             encode(dtype, &wu, rows, cols),
         );
         fn mat(
-            dtype: GgmlDType,
+            dtype: WeightType,
             rows: usize,
             cols: usize,
             data: &[u8],

@@ -8,12 +8,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use bakeoff_engine::WeightType;
 use bakeoff_engine::loader::{LoadOptions, load, load_model_only, open_weights};
 use bakeoff_engine::model::CausalLm;
 use bakeoff_engine::quantize::{QuantType, QuantizeOptions, quantize};
 use bakeoff_engine::sampling::argmax;
 use bakeoff_engine::synth::{Preset, SynthFormat, SynthOptions, SynthQuant, synth};
-use candle_core::quantized::GgmlDType;
 
 /// The seed of `tests/synth.rs`'s Q8_0 check: its f32 greedy path has clear top-2 margins.
 const SEED: u64 = 3;
@@ -203,14 +203,14 @@ fn logit_tol(to: QuantType) -> f32 {
 /// levels (Q8_0: 2a/254, 5-bit: 2a/31, 4-bit: 2a/15, Q6_K: 2a/63 for values in ±a, whose RMS is
 /// a/√3): 0.45 %, 6.7 %, 3.2 %, 1.6 %. The bounds add half again for K-quant sub-scales and
 /// fallback types.
-fn rel_rmse_bound(t: GgmlDType) -> f64 {
+fn rel_rmse_bound(t: WeightType) -> f64 {
     match t {
-        GgmlDType::F32 => 0.0,
-        GgmlDType::F16 => 0.001,
-        GgmlDType::Q8_0 => 0.007,
-        GgmlDType::Q6K => 0.025,
-        GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q5K => 0.05,
-        GgmlDType::Q4_0 | GgmlDType::Q4K => 0.10,
+        WeightType::F32 => 0.0,
+        WeightType::F16 => 0.001,
+        WeightType::Q8_0 => 0.007,
+        WeightType::Q6K => 0.025,
+        WeightType::Q5_0 | WeightType::Q5_1 | WeightType::Q5K => 0.05,
+        WeightType::Q4_0 | WeightType::Q4K => 0.10,
         other => panic!("unexpected type {other:?}"),
     }
 }
@@ -282,7 +282,7 @@ fn round_trip_follows_f32_and_stays_within_error_bounds() {
                 ));
             }
             let (_, store) = open_weights(&out).unwrap();
-            let mut worst: HashMap<GgmlDType, f64> = HashMap::new();
+            let mut worst: HashMap<WeightType, f64> = HashMap::new();
             for t in &report.tensors {
                 let q = store.tensor(&t.hf_name).unwrap();
                 assert_eq!(q.dtype, t.to, "{name} {to} {}", t.hf_name);
@@ -312,7 +312,7 @@ fn round_trip_follows_f32_and_stays_within_error_bounds() {
                     .tensors
                     .iter()
                     .filter(|t| t.shape.len() == 1)
-                    .all(|t| t.to == GgmlDType::F32)
+                    .all(|t| t.to == WeightType::F32)
             );
         }
     }
@@ -325,21 +325,21 @@ fn k_quants_are_used_where_rows_fit() {
     let dir = tempfile::tempdir().unwrap();
     let src = wide_llama(dir.path());
     let r = quantize_to(&src, QuantType::Q4K, &dir.path().join("q4k.gguf"), false);
-    let types: HashMap<&str, GgmlDType> = r
+    let types: HashMap<&str, WeightType> = r
         .tensors
         .iter()
         .map(|t| (t.gguf_name.as_str(), t.to))
         .collect();
     assert!(r.tensors.iter().all(|t| !t.fallback));
-    assert_eq!(types["output.weight"], GgmlDType::Q6K);
-    assert_eq!(types["token_embd.weight"], GgmlDType::Q4K);
+    assert_eq!(types["output.weight"], WeightType::Q6K);
+    assert_eq!(types["token_embd.weight"], WeightType::Q4K);
     // 4 layers: llama.cpp's use_more_bits holds for layers 2 and 3 (i < n/8 = 0: none;
     // i ≥ 7n/8 = 3: layer 3; (i - n/8) % 3 == 2: layer 2).
     for (l, want) in [
-        (0, GgmlDType::Q4K),
-        (1, GgmlDType::Q4K),
-        (2, GgmlDType::Q6K),
-        (3, GgmlDType::Q6K),
+        (0, WeightType::Q4K),
+        (1, WeightType::Q4K),
+        (2, WeightType::Q6K),
+        (3, WeightType::Q6K),
     ] {
         assert_eq!(
             types[format!("blk.{l}.attn_v.weight").as_str()],
@@ -355,9 +355,9 @@ fn k_quants_are_used_where_rows_fit() {
     let pure = quantize_to(&src, QuantType::Q5K, &dir.path().join("q5k.gguf"), true);
     assert!(pure.tensors.iter().all(|t| t.to
         == if t.shape.len() == 1 {
-            GgmlDType::F32
+            WeightType::F32
         } else {
-            GgmlDType::Q5K
+            WeightType::Q5K
         }));
     assert!(
         (pure.bits_per_weight() - 5.5).abs() < 0.1,
@@ -461,11 +461,9 @@ fn tensor_digest(path: &Path) -> String {
     for n in names {
         let info = &store.content.tensor_infos[n];
         let start = (store.content.tensor_data_offset + info.offset) as usize;
-        let len =
-            bakeoff_engine::loader::store::storage_bytes(info.ggml_dtype, info.shape.elem_count())
-                .unwrap();
+        let len = info.bytes();
         h.update(n.as_bytes());
-        h.update(bakeoff_engine::quantize::ggml_type_id(info.ggml_dtype).to_le_bytes());
+        h.update(info.dtype.ggml_id().to_le_bytes());
         h.update(&bytes[start..start + len]);
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()

@@ -10,11 +10,12 @@ use std::sync::OnceLock;
 
 use bakeoff_engine::Error;
 use bakeoff_engine::detok::Detokenizer;
+use bakeoff_engine::loader::gguf::GgufContent as Content;
 use bakeoff_engine::tokenizer::{
     QWEN25_TOKENIZER_SIZE, Tokenizer, TokenizerConfig, TokenizerFamily, qwen25_special_tokens,
     upgrade_to_qwen25,
 };
-use candle_core::quantized::gguf_file::{self, Content, Value};
+use candle_core::quantized::gguf_file::{self, Value};
 use serde::Deserialize;
 
 const VOCAB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/vocab");
@@ -46,8 +47,7 @@ fn vocab_path(file: &str) -> PathBuf {
 }
 
 fn read_content(path: &Path) -> Content {
-    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    Content::read(&mut f).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    Content::read_file(path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn fixture(name: &str) -> Fixture {
@@ -460,7 +460,7 @@ fn malformed_tokenizer_json_names_the_file() {
     }
 }
 
-/// A vocab-only GGUF file written and read back through candle, as the loader sees one.
+/// A vocab-only GGUF file written by candle and read back as the loader reads one.
 fn gguf_with(md: &[(&str, Value)]) -> (tempfile::TempDir, PathBuf, Content) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("vocab.gguf");

@@ -39,6 +39,15 @@ pub fn run(a: InfoArgs) -> Result<()> {
         i.parameters as f64 / 1e9
     );
     println!("weights       {}", i.weight_dtype);
+    for w in &i.weight_types {
+        println!(
+            "  {:<11} {:>4} tensors  {:>12} bytes ({})",
+            w.dtype,
+            w.tensors,
+            w.bytes,
+            gib(w.bytes)
+        );
+    }
     println!(
         "file size     {} ({} bytes)",
         gib(i.file_bytes),

@@ -62,8 +62,20 @@ impl Backend for CandleBackend {
     }
 
     fn matrix(&self, t: RawTensor) -> Result<CandleMatrix> {
-        let q = qtensor_from_ggml(t.dtype, t.data.bytes(), t.shape.clone(), &self.device)
-            .map_err(err(&t.name))?;
+        let q = match t.dtype.to_candle() {
+            Some(d) => qtensor_from_ggml(d, t.data.bytes(), t.shape.clone(), &self.device),
+            // Types candle has no kernels for (IQ4_NL, IQ4_XS) run as f32 on this backend.
+            None => {
+                let bytes: Vec<u8> = t.to_f32()?.iter().flat_map(|v| v.to_le_bytes()).collect();
+                qtensor_from_ggml(
+                    candle_core::quantized::GgmlDType::F32,
+                    &bytes,
+                    t.shape.clone(),
+                    &self.device,
+                )
+            }
+        }
+        .map_err(err(&t.name))?;
         let mm = QMatMul::from_qtensor(q).map_err(err(&t.name))?;
         Ok(CandleMatrix {
             name: t.name.clone(),

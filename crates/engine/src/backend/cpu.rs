@@ -1,6 +1,6 @@
 //! The CPU backend: bakeoff's kernels over memory-mapped weights, on a private thread pool.
 
-use candle_core::quantized::GgmlDType;
+use crate::WeightType;
 
 use super::Backend;
 use crate::kernels::matmul::{
@@ -172,7 +172,7 @@ pub struct Mat {
 
 pub struct CpuMatrix {
     pub name: String,
-    pub dtype: GgmlDType,
+    pub dtype: WeightType,
     pub rows: usize,
     pub cols: usize,
     pub data: Blob,
@@ -241,7 +241,7 @@ impl Backend for CpuBackend {
                 // Q8_0 decodes from the mapped file as fast as from a copy (the page cache
                 // holds it in large folios, mapped 2 MB at a time) and loads 5x faster that
                 // way; Q4_0 decoded 2-3% slower from the file, and its copy is smaller.
-                if m.dtype == GgmlDType::Q8_0 {
+                if m.dtype == WeightType::Q8_0 {
                     blob.populate();
                     m.data = blob;
                 } else {
@@ -504,13 +504,13 @@ mod tests {
     use super::*;
     use candle_core::quantized::QTensor;
 
-    fn quantized(dtype: GgmlDType, rows: usize, cols: usize) -> RawTensor {
+    fn quantized(dtype: WeightType, rows: usize, cols: usize) -> RawTensor {
         let vals: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
             .collect();
         let t = candle_core::Tensor::from_slice(&vals, (rows, cols), &candle_core::Device::Cpu)
             .unwrap();
-        let bytes = QTensor::quantize(&t, dtype)
+        let bytes = QTensor::quantize(&t, dtype.to_candle().unwrap())
             .unwrap()
             .data()
             .unwrap()
@@ -528,7 +528,7 @@ mod tests {
     #[test]
     fn fused_products_equal_separate_ones() {
         let cols = 1024;
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q8_0, GgmlDType::F16] {
+        for dtype in [WeightType::Q4_0, WeightType::Q8_0, WeightType::F16] {
             let fast = CpuBackend::new(2, CpuCaps::detect()).unwrap();
             let plain = CpuBackend::new(1, CpuCaps::portable()).unwrap();
             let shapes = [40, 13, 7];
@@ -536,8 +536,8 @@ mod tests {
                 shapes
                     .iter()
                     .map(|&r| {
-                        let t = if dtype == GgmlDType::F16 {
-                            let q = quantized(GgmlDType::Q8_0, r, cols);
+                        let t = if dtype == WeightType::F16 {
+                            let q = quantized(WeightType::Q8_0, r, cols);
                             let mut v = vec![0f32; r * cols];
                             let m = b.matrix(q).unwrap();
                             for i in 0..r {
@@ -616,7 +616,7 @@ mod tests {
             return;
         }
         let (rows, cols) = (40, 512);
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q8_0] {
+        for dtype in [WeightType::Q4_0, WeightType::Q8_0] {
             let fast = CpuBackend::new(2, best).unwrap();
             let plain = CpuBackend::new(2, CpuCaps::avx2_only()).unwrap();
             let a = fast.matrix(quantized(dtype, rows, cols)).unwrap();

@@ -1,7 +1,7 @@
 //! `out = x · Wᵀ` for a weight matrix in any stored format, split over the thread pool by rows.
 //! One code path serves decode (one activation row) and prefill (many).
 
-use candle_core::quantized::GgmlDType;
+use crate::WeightType;
 use candle_core::quantized::k_quants::{self, GgmlType};
 use rayon::prelude::*;
 
@@ -12,7 +12,7 @@ use super::{BlockQ8, CpuCaps, QK, dot, quantize_row_q8};
 /// A weight matrix as stored: `rows` output features, each a row of `cols` inputs.
 #[derive(Clone, Copy)]
 pub struct QMatrix<'a> {
-    pub dtype: GgmlDType,
+    pub dtype: WeightType,
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
@@ -218,6 +218,39 @@ fn matmul_ggml<T: GgmlType>(
     Ok(())
 }
 
+/// Types without a kernel of their own (IQ4_NL, IQ4_XS; candle has none either): each row is
+/// converted to f32 with the exact dequantizer and multiplied in f32. Correct rather than fast.
+fn matmul_dequant(
+    pool: &Threads,
+    caps: CpuCaps,
+    w: &QMatrix<'_>,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), String> {
+    thread_local! {
+        static ROW: std::cell::RefCell<(Vec<f32>, Vec<u8>)> =
+            const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    }
+    let cols = w.cols;
+    // Checked once here, so that the per-row conversions below cannot fail.
+    if w.rows > 0 {
+        w.dequantize_row(0, &mut vec![0f32; cols])?;
+    }
+    par_rows(pool, w.rows, n, out, |r, t| {
+        ROW.with_borrow_mut(|(vals, bytes)| {
+            vals.resize(cols, 0.0);
+            bytes.resize(cols * 4, 0);
+            let _ = w.dequantize_row(r, vals);
+            for (b, v) in bytes.chunks_exact_mut(4).zip(vals.iter()) {
+                b.copy_from_slice(&v.to_le_bytes());
+            }
+            dot::dot_f32_bytes(caps, bytes, &x[t * cols..(t + 1) * cols])
+        })
+    });
+    Ok(())
+}
+
 /// Prefill on 16/32-bit weights: each task converts 4 rows to f32 once, then runs 4×2 tiles
 /// over all tokens, so conversion is amortised over the prompt and every load feeds 2 FMAs.
 fn dense_tiles(
@@ -300,7 +333,7 @@ fn matmul_packed(
     let nb = w.cols / QK;
     let xq = quantize_q8(pool, caps, x, n, w.cols);
     let nsb = packed::superblocks(w.cols);
-    let q4 = w.dtype == GgmlDType::Q4_0;
+    let q4 = w.dtype == WeightType::Q4_0;
     #[cfg(target_arch = "x86_64")]
     if caps.avx512vnni {
         let mut acts: Vec<PackedActs> = xq
@@ -437,7 +470,7 @@ fn f16_decode(pool: &Threads, caps: CpuCaps, mats: &[(&QMatrix<'_>, SyncPtr)], x
 /// Whether [`f16_decode`] applies to a matrix.
 #[cfg(target_arch = "x86_64")]
 fn f16_decodable(caps: CpuCaps, w: &QMatrix<'_>) -> bool {
-    caps.avx512vnni && w.dtype == GgmlDType::F16 && w.cols.is_multiple_of(16)
+    caps.avx512vnni && w.dtype == WeightType::F16 && w.cols.is_multiple_of(16)
 }
 
 /// `outs[i][t·rows_i + r] = Σ_c x[t][c] · W_i[r][c]` for several matrices sharing their input.
@@ -482,7 +515,7 @@ pub fn matmul_many(
             pool,
             &mats,
             &act,
-            w0.dtype == GgmlDType::Q4_0,
+            w0.dtype == WeightType::Q4_0,
             super::packed::superblocks(w0.cols),
         );
         return Ok(());
@@ -676,7 +709,7 @@ fn group_to_pairs(
 ) -> bool {
     use super::amx::TILE;
     let nsb = super::packed::superblocks(w.cols);
-    let q4 = w.dtype == GgmlDType::Q4_0;
+    let q4 = w.dtype == WeightType::Q4_0;
     // Whole 32-row blocks: the tiles read both 16-row slabs of a block.
     for h in 0..gr.div_ceil(2 * TILE) * 2 {
         let nr = gr.saturating_sub(h * TILE).min(TILE);
@@ -711,7 +744,7 @@ fn amx_applies(caps: CpuCaps, w: &QMatrix<'_>, n: usize) -> bool {
     caps.amx
         && n >= 16
         && w.cols.is_multiple_of(32)
-        && !matches!(w.dtype, GgmlDType::F32 | GgmlDType::F16)
+        && !matches!(w.dtype, WeightType::F32 | WeightType::F16)
 }
 
 /// Prefill on AMX (see `amx.rs`). The activations are rounded to bf16 once, row-major: they are
@@ -1011,7 +1044,10 @@ pub fn matmul(
     // Dense tiles pay one conversion per weight per call, so they win once it is spread over
     // enough tokens: at 4 for 16/32-bit weights, at 16 for quantized ones (which then also keep
     // the activations in f32 instead of rounding them to 8 bits).
-    let dense = matches!(w.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+    let dense = matches!(
+        w.dtype,
+        WeightType::F32 | WeightType::F16 | WeightType::BF16
+    );
     // bf16 tiles for prompts on weights that have at most bf16's precision already (BF16) or
     // are quantized; F32 and F16 weights keep exact f32 products.
     #[cfg(target_arch = "x86_64")]
@@ -1024,7 +1060,7 @@ pub fn matmul(
         && !w.packed
         && n >= 16
         && w.cols.is_multiple_of(32)
-        && !matches!(w.dtype, GgmlDType::F32 | GgmlDType::F16)
+        && !matches!(w.dtype, WeightType::F32 | WeightType::F16)
     {
         return bf16_tiles(pool, w, x, n, out);
     }
@@ -1035,23 +1071,23 @@ pub fn matmul(
         return matmul_packed(pool, caps, w, x, n, out);
     }
     match w.dtype {
-        GgmlDType::F32 => par_rows(pool, w.rows, n, out, |r, t| {
+        WeightType::F32 => par_rows(pool, w.rows, n, out, |r, t| {
             dot::dot_f32_bytes(caps, w.row(r), &x[t * cols..(t + 1) * cols])
         }),
         #[cfg(target_arch = "x86_64")]
-        GgmlDType::F16 if n == 1 && f16_decodable(caps, w) => {
+        WeightType::F16 if n == 1 && f16_decodable(caps, w) => {
             f16_decode(pool, caps, &[(w, SyncPtr(out.as_mut_ptr()))], x)
         }
-        GgmlDType::F16 => par_rows(pool, w.rows, n, out, |r, t| {
+        WeightType::F16 => par_rows(pool, w.rows, n, out, |r, t| {
             dot::dot_f16(caps, w.row(r), &x[t * cols..(t + 1) * cols])
         }),
-        GgmlDType::BF16 => par_rows(pool, w.rows, n, out, |r, t| {
+        WeightType::BF16 => par_rows(pool, w.rows, n, out, |r, t| {
             dot::dot_bf16(caps, w.row(r), &x[t * cols..(t + 1) * cols])
         }),
-        GgmlDType::Q8_0 | GgmlDType::Q4_0 => {
+        WeightType::Q8_0 | WeightType::Q4_0 => {
             let nb = cols / QK;
             let xq = quantize_q8(pool, caps, x, n, cols);
-            let q4 = w.dtype == GgmlDType::Q4_0;
+            let q4 = w.dtype == WeightType::Q4_0;
             #[cfg(target_arch = "x86_64")]
             if caps.avx512vnni {
                 par_rows4(
@@ -1091,14 +1127,15 @@ pub fn matmul(
                 }
             })
         }
-        GgmlDType::Q4_1 => matmul_ggml::<k_quants::BlockQ4_1>(pool, w, x, n, out)?,
-        GgmlDType::Q5_0 => matmul_ggml::<k_quants::BlockQ5_0>(pool, w, x, n, out)?,
-        GgmlDType::Q5_1 => matmul_ggml::<k_quants::BlockQ5_1>(pool, w, x, n, out)?,
-        GgmlDType::Q2K => matmul_ggml::<k_quants::BlockQ2K>(pool, w, x, n, out)?,
-        GgmlDType::Q3K => matmul_ggml::<k_quants::BlockQ3K>(pool, w, x, n, out)?,
-        GgmlDType::Q4K => matmul_ggml::<k_quants::BlockQ4K>(pool, w, x, n, out)?,
-        GgmlDType::Q5K => matmul_ggml::<k_quants::BlockQ5K>(pool, w, x, n, out)?,
-        GgmlDType::Q6K => matmul_ggml::<k_quants::BlockQ6K>(pool, w, x, n, out)?,
+        WeightType::Q4_1 => matmul_ggml::<k_quants::BlockQ4_1>(pool, w, x, n, out)?,
+        WeightType::Q5_0 => matmul_ggml::<k_quants::BlockQ5_0>(pool, w, x, n, out)?,
+        WeightType::Q5_1 => matmul_ggml::<k_quants::BlockQ5_1>(pool, w, x, n, out)?,
+        WeightType::Q2K => matmul_ggml::<k_quants::BlockQ2K>(pool, w, x, n, out)?,
+        WeightType::Q3K => matmul_ggml::<k_quants::BlockQ3K>(pool, w, x, n, out)?,
+        WeightType::Q4K => matmul_ggml::<k_quants::BlockQ4K>(pool, w, x, n, out)?,
+        WeightType::Q5K => matmul_ggml::<k_quants::BlockQ5K>(pool, w, x, n, out)?,
+        WeightType::Q6K => matmul_ggml::<k_quants::BlockQ6K>(pool, w, x, n, out)?,
+        WeightType::IQ4_NL | WeightType::IQ4_XS => matmul_dequant(pool, caps, w, x, n, out)?,
         other => {
             return Err(format!(
                 "{other:?} weights cannot be used in a matrix product"

@@ -20,7 +20,7 @@
 //! A superblock has the byte count of 16 ggml blocks (288 for Q4_0, 544 for Q8_0); a row whose
 //! block count is not a multiple of 16 ends with a superblock padded with zero scales.
 
-use candle_core::quantized::GgmlDType;
+use crate::WeightType;
 
 use super::{BlockQ8, QK, f16_bits_to_f32};
 
@@ -34,12 +34,12 @@ pub const SB: usize = 16;
 pub const STEPS: usize = QK / 4;
 
 /// Whether a matrix of this type and width can be packed.
-pub fn packable(dtype: GgmlDType, cols: usize) -> bool {
-    matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q8_0) && cols > 0 && cols.is_multiple_of(QK)
+pub fn packable(dtype: WeightType, cols: usize) -> bool {
+    matches!(dtype, WeightType::Q4_0 | WeightType::Q8_0) && cols > 0 && cols.is_multiple_of(QK)
 }
 
 /// Bytes of one superblock (equal to 16 ggml blocks).
-pub fn superblock_bytes(dtype: GgmlDType) -> usize {
+pub fn superblock_bytes(dtype: WeightType) -> usize {
     SB * dtype.type_size()
 }
 
@@ -49,12 +49,12 @@ pub fn superblocks(cols: usize) -> usize {
 }
 
 /// Bytes of one packed row.
-pub fn row_bytes(dtype: GgmlDType, cols: usize) -> usize {
+pub fn row_bytes(dtype: WeightType, cols: usize) -> usize {
     superblocks(cols) * superblock_bytes(dtype)
 }
 
 /// Repacks one row from ggml's layout (`src`, `cols / 32` blocks) into `out` (`row_bytes`).
-pub fn pack_row(dtype: GgmlDType, src: &[u8], out: &mut [u8]) {
+pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
     let tb = dtype.type_size();
     out.fill(0);
     for (si, d) in out.chunks_exact_mut(superblock_bytes(dtype)).enumerate() {
@@ -66,7 +66,7 @@ pub fn pack_row(dtype: GgmlDType, src: &[u8], out: &mut [u8]) {
             scales[2 * l..2 * l + 2].copy_from_slice(&blk[..2]);
             let qs = &blk[2..];
             match dtype {
-                GgmlDType::Q4_0 => {
+                WeightType::Q4_0 => {
                     // ggml: value i < 16 is the low nibble of byte i, value i + 16 the high one.
                     let nib = |i: usize| {
                         if i < 16 {
@@ -94,9 +94,9 @@ pub fn pack_row(dtype: GgmlDType, src: &[u8], out: &mut [u8]) {
 }
 
 /// The signed quant of value `i` (0..32) of lane `l` in a packed superblock.
-fn packed_quant(dtype: GgmlDType, quants: &[u8], l: usize, i: usize) -> i32 {
+fn packed_quant(dtype: WeightType, quants: &[u8], l: usize, i: usize) -> i32 {
     match dtype {
-        GgmlDType::Q4_0 => {
+        WeightType::Q4_0 => {
             let byte = quants[64 * (i / 8) + 4 * l + i % 4];
             let n = if i % 8 < 4 { byte & 0x0f } else { byte >> 4 };
             n as i32 - 8
@@ -110,7 +110,7 @@ fn packed_scale(scales: &[u8], l: usize) -> f32 {
 }
 
 /// Dequantizes one packed row to `out` (`cols` values).
-pub fn dequantize_row(dtype: GgmlDType, src: &[u8], out: &mut [f32]) {
+pub fn dequantize_row(dtype: WeightType, src: &[u8], out: &mut [f32]) {
     let sbb = superblock_bytes(dtype);
     for (si, s) in src.chunks_exact(sbb).enumerate() {
         let (scales, quants) = s.split_at(2 * SB);
@@ -128,7 +128,7 @@ pub fn dequantize_row(dtype: GgmlDType, src: &[u8], out: &mut [f32]) {
 
 /// Portable dot product of one packed row with quantized activations: the reference for the
 /// SIMD kernels, with the same integer products per block.
-pub fn dot_row(dtype: GgmlDType, row: &[u8], x: &[BlockQ8]) -> f32 {
+pub fn dot_row(dtype: WeightType, row: &[u8], x: &[BlockQ8]) -> f32 {
     let sbb = superblock_bytes(dtype);
     let mut acc = 0f32;
     for (si, s) in row.chunks_exact(sbb).enumerate() {
@@ -158,9 +158,13 @@ pub struct PackedActs {
 }
 
 impl PackedActs {
-    pub fn new(x: &[BlockQ8], dtype: GgmlDType) -> Self {
+    pub fn new(x: &[BlockQ8], dtype: WeightType) -> Self {
         let nsb = x.len().div_ceil(SB);
-        let offset = if dtype == GgmlDType::Q4_0 { 8.0 } else { 128.0 };
+        let offset = if dtype == WeightType::Q4_0 {
+            8.0
+        } else {
+            128.0
+        };
         let mut qs = vec![0i8; nsb * SB * QK];
         let mut d = vec![0f32; nsb * SB];
         let mut so = vec![0f32; nsb * SB];

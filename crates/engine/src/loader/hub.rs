@@ -38,6 +38,31 @@ impl HubId {
     }
 }
 
+/// A shard name from a `model.safetensors.index.json` must be a plain file name in the model's
+/// folder (`model-00001-of-00002.safetensors`): the index comes from a remote repository, and a
+/// name such as `../../x` or `/etc/passwd` would otherwise be joined onto a local path.
+pub fn check_shard_name(name: &str) -> std::result::Result<(), String> {
+    let bad = if name.is_empty() {
+        Some("is empty")
+    } else if name == "." || name == ".." {
+        Some("is not a file name")
+    } else if name.contains(['/', '\\']) {
+        Some("contains a path separator")
+    } else if name.contains(':') {
+        Some("contains `:` (a drive or stream name)")
+    } else if name.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else {
+        None
+    };
+    match bad {
+        Some(why) => Err(format!(
+            "shard name {name:?} {why}; shards must be plain file names in the model's folder"
+        )),
+        None => Ok(()),
+    }
+}
+
 pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
         return PathBuf::from(p);
@@ -149,7 +174,33 @@ pub fn fetch_hf_model(id: &HubId) -> Result<PathBuf> {
                 .unwrap_or_default();
             shards.sort();
             shards.dedup();
+            for s in &shards {
+                check_shard_name(s).map_err(|e| Error::format(&index, e))?;
+            }
             fetch(id, &shards, &[])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_names_must_be_plain_file_names() {
+        assert!(check_shard_name("model-00001-of-00002.safetensors").is_ok());
+        for (bad, why) in [
+            ("", "empty"),
+            ("..", "not a file name"),
+            ("../model.safetensors", "separator"),
+            ("/etc/passwd", "separator"),
+            ("sub/model.safetensors", "separator"),
+            ("..\\x.safetensors", "separator"),
+            ("C:x.safetensors", "`:`"),
+            ("a\nb", "control"),
+        ] {
+            let e = check_shard_name(bad).err().unwrap_or_default();
+            assert!(e.contains(why), "{bad:?}: {e}");
         }
     }
 }

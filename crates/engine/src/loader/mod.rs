@@ -1,6 +1,7 @@
 //! From a `--model` argument to a [`LoadedModel`]: probe the source, read the config, map the
 //! weights, build the tokenizer and chat template, and put the decoder on its device.
 
+pub mod dtype;
 pub mod gguf;
 pub mod hub;
 pub mod packcache;
@@ -10,12 +11,14 @@ pub mod store;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::quantized::GgmlDType;
+use crate::WeightType;
 
 use crate::backend::DeviceKind;
 use crate::backend::cpu::CpuBackend;
 use crate::kernels::CpuCaps;
-use crate::model::{CausalLm, GenerationDefaults, LoadedModel, ModelFormat, ModelInfo};
+use crate::model::{
+    CausalLm, GenerationDefaults, LoadedModel, ModelFormat, ModelInfo, WeightTypeUse,
+};
 use crate::models::decoder::Decoder;
 use crate::models::{Arch, DecoderConfig, GgufMeta};
 use crate::template::ChatTemplate;
@@ -85,11 +88,11 @@ impl std::str::FromStr for FloatType {
 }
 
 impl FloatType {
-    fn ggml(self) -> GgmlDType {
+    fn ggml(self) -> WeightType {
         match self {
-            FloatType::F32 => GgmlDType::F32,
-            FloatType::F16 => GgmlDType::F16,
-            FloatType::Bf16 => GgmlDType::BF16,
+            FloatType::F32 => WeightType::F32,
+            FloatType::F16 => WeightType::F16,
+            FloatType::Bf16 => WeightType::BF16,
         }
     }
 }
@@ -207,8 +210,10 @@ pub fn load(source: &str, gguf_file: Option<&str>, opts: &LoadOptions) -> Result
                 .into(),
         ));
     }
+    check_last_layer(parts.store.as_ref(), &parts.cfg)?;
     let listed = list_matrices(parts.store.as_ref(), &parts.cfg);
     let parameters = count_parameters(parts.store.as_ref(), &parts.cfg);
+    let weight_types = weight_type_use(parts.store.as_ref(), &parts.cfg);
     let files = parts.store.files();
     let file_bytes = files
         .iter()
@@ -240,6 +245,7 @@ pub fn load(source: &str, gguf_file: Option<&str>, opts: &LoadOptions) -> Result
         arch: parts.cfg.arch,
         config: parts.cfg.clone(),
         weight_dtype,
+        weight_types,
         parameters,
         file_bytes,
         files,
@@ -339,9 +345,10 @@ pub fn open_weights(path: &Path) -> Result<(DecoderConfig, Box<dyn TensorStore>)
             Error::InvalidArgument(m) => Error::format(path, m),
             other => other,
         })?;
+        store.check_block_count(cfg.n_layers)?;
         cfg.tied_embeddings = !store.has("lm_head.weight");
         if let Some(emb) = store.content.tensor_infos.get("token_embd.weight") {
-            cfg.vocab_size = emb.shape.dims()[0];
+            cfg.vocab_size = emb.shape[0];
         }
         Ok((cfg, Box::new(store)))
     }
@@ -360,7 +367,27 @@ pub fn load_model_only(path: &Path, opts: &LoadOptions) -> Result<Box<dyn Causal
             _ => Ok(t),
         }
     };
+    check_last_layer(store.as_ref(), &cfg)?;
     build_model(&cfg, store.as_ref(), opts, &transform)
+}
+
+/// The layer count comes from the config; per-layer lists and caches are sized by it, so its
+/// last layer must exist before anything is allocated for the others.
+fn check_last_layer(store: &dyn TensorStore, cfg: &DecoderConfig) -> Result<()> {
+    let Some(last) = cfg.n_layers.checked_sub(1) else {
+        return Ok(());
+    };
+    let name = &crate::models::layer_tensor_names(last, false)[1];
+    if !store.has(name) {
+        return Err(Error::tensor(
+            name,
+            format!(
+                "missing: the config says {} layers but the weights have no layer {last}",
+                cfg.n_layers
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn unreachable_hub() -> Result<Parts> {
@@ -466,13 +493,18 @@ fn open_gguf(path: &Path) -> Result<Parts> {
         Error::InvalidArgument(m) => Error::format(path, m),
         other => other,
     })?;
+    // A vocabulary-only file has no tensors at all and still tokenizes; loading its weights
+    // fails later, on the first missing tensor.
+    if !store.content.tensor_infos.is_empty() {
+        store.check_block_count(cfg.n_layers)?;
+    }
     cfg.tied_embeddings = !store.has("lm_head.weight");
     let tokenizer = Tokenizer::from_gguf(&store.content, path)?;
     if cfg.vocab_size == 0 {
         cfg.vocab_size = tokenizer.vocab_size();
     }
     if let Some(emb) = store.content.tensor_infos.get("token_embd.weight") {
-        cfg.vocab_size = emb.shape.dims()[0];
+        cfg.vocab_size = emb.shape[0];
     }
     if cfg.arch == Arch::Qwen2 {
         for t in crate::models::qwen2::END_OF_TURN_TOKENS {
@@ -518,7 +550,7 @@ fn open_gguf(path: &Path) -> Result<Parts> {
     })
 }
 
-fn list_matrices(store: &dyn TensorStore, cfg: &DecoderConfig) -> Vec<GgmlDType> {
+fn list_matrices(store: &dyn TensorStore, cfg: &DecoderConfig) -> Vec<WeightType> {
     let mut names: Vec<String> = (0..cfg.n_layers)
         .flat_map(|i| crate::models::layer_tensor_names(i, false))
         .filter(|n| !n.ends_with("layernorm.weight"))
@@ -551,27 +583,46 @@ fn count_parameters(store: &dyn TensorStore, cfg: &DecoderConfig) -> u64 {
         .sum()
 }
 
-pub fn dtype_name(d: GgmlDType) -> &'static str {
-    match d {
-        GgmlDType::F32 => "f32",
-        GgmlDType::F16 => "f16",
-        GgmlDType::BF16 => "bf16",
-        GgmlDType::Q4_0 => "q4_0",
-        GgmlDType::Q4_1 => "q4_1",
-        GgmlDType::Q5_0 => "q5_0",
-        GgmlDType::Q5_1 => "q5_1",
-        GgmlDType::Q8_0 => "q8_0",
-        GgmlDType::Q8_1 => "q8_1",
-        GgmlDType::Q2K => "q2_k",
-        GgmlDType::Q3K => "q3_k",
-        GgmlDType::Q4K => "q4_k",
-        GgmlDType::Q5K => "q5_k",
-        GgmlDType::Q6K => "q6_k",
-        GgmlDType::Q8K => "q8_k",
+/// The storage types of the model's tensors as stored (before any `--dtype`), with the tensor
+/// count and bytes of each, most bytes first.
+fn weight_type_use(store: &dyn TensorStore, cfg: &DecoderConfig) -> Vec<WeightTypeUse> {
+    let mut names: Vec<String> = (0..cfg.n_layers)
+        .flat_map(|i| crate::models::layer_tensor_names(i, cfg.qkv_bias))
+        .collect();
+    names.extend(
+        [
+            "model.embed_tokens.weight",
+            "model.norm.weight",
+            "lm_head.weight",
+        ]
+        .map(String::from),
+    );
+    let mut by: Vec<(WeightType, usize, u64)> = Vec::new();
+    for t in names.iter().filter_map(|n| store.tensor(n).ok()) {
+        let bytes = t.data.bytes().len() as u64;
+        match by.iter_mut().find(|e| e.0 == t.dtype) {
+            Some(e) => {
+                e.1 += 1;
+                e.2 += bytes;
+            }
+            None => by.push((t.dtype, 1, bytes)),
+        }
     }
+    by.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    by.into_iter()
+        .map(|(t, tensors, bytes)| WeightTypeUse {
+            dtype: t.name().to_string(),
+            tensors,
+            bytes,
+        })
+        .collect()
 }
 
-fn describe_dtypes(ds: &[GgmlDType]) -> String {
+pub fn dtype_name(d: WeightType) -> &'static str {
+    d.name()
+}
+
+fn describe_dtypes(ds: &[WeightType]) -> String {
     let mut names: Vec<&str> = ds.iter().map(|d| dtype_name(*d)).collect();
     // The most common type first: it is the one people name the file after.
     let mut counts: Vec<(&str, usize)> = Vec::new();
@@ -591,8 +642,11 @@ fn describe_dtypes(ds: &[GgmlDType]) -> String {
 }
 
 /// Float-to-float conversion of a stored tensor for `--dtype`.
-pub fn convert_float(t: RawTensor, to: GgmlDType) -> Result<RawTensor> {
-    if !matches!(t.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+pub fn convert_float(t: RawTensor, to: WeightType) -> Result<RawTensor> {
+    if !matches!(
+        t.dtype,
+        WeightType::F32 | WeightType::F16 | WeightType::BF16
+    ) {
         return Err(Error::tensor(
             &t.name,
             format!("cannot convert {:?} weights with --dtype", t.dtype),
@@ -600,12 +654,12 @@ pub fn convert_float(t: RawTensor, to: GgmlDType) -> Result<RawTensor> {
     }
     let vals = t.to_f32()?;
     let bytes: Vec<u8> = match to {
-        GgmlDType::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        GgmlDType::F16 => vals
+        WeightType::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        WeightType::F16 => vals
             .iter()
             .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
             .collect(),
-        GgmlDType::BF16 => vals
+        WeightType::BF16 => vals
             .iter()
             .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
             .collect(),

@@ -18,7 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::quantized::GgmlDType;
+use crate::WeightType;
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -47,7 +47,7 @@ struct Index {
 
 struct Pending {
     name: String,
-    dtype: GgmlDType,
+    dtype: WeightType,
     rows: usize,
     cols: usize,
     blob: Blob,
@@ -104,7 +104,7 @@ impl PackCache {
     pub fn get(
         &self,
         name: &str,
-        dtype: GgmlDType,
+        dtype: WeightType,
         rows: usize,
         cols: usize,
         len: usize,
@@ -121,7 +121,7 @@ impl PackCache {
 
     /// Remembers a matrix packed in memory, to be written by [`PackCache::persist`] when the
     /// file did not exist.
-    pub fn offer(&self, name: &str, dtype: GgmlDType, rows: usize, cols: usize, blob: &Blob) {
+    pub fn offer(&self, name: &str, dtype: WeightType, rows: usize, cols: usize, blob: &Blob) {
         if self.existing.is_some() {
             return;
         }
@@ -310,23 +310,25 @@ mod tests {
         let c = PackCache::open(&dir.path().join("cache"), &files).unwrap();
         assert!(!c.hit());
         let a: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
-        c.offer("a", GgmlDType::Q4_0, 2, 64, &blob(&a));
-        c.offer("b", GgmlDType::Q8_0, 1, 32, &blob(&[7u8; 40]));
+        c.offer("a", WeightType::Q4_0, 2, 64, &blob(&a));
+        c.offer("b", WeightType::Q8_0, 1, 32, &blob(&[7u8; 40]));
         c.persist().unwrap();
         let c = PackCache::open(&dir.path().join("cache"), &files).unwrap();
         assert!(c.hit());
         assert_eq!(
-            c.get("a", GgmlDType::Q4_0, 2, 64, a.len()).unwrap().bytes(),
+            c.get("a", WeightType::Q4_0, 2, 64, a.len())
+                .unwrap()
+                .bytes(),
             &a[..]
         );
         assert_eq!(
-            c.get("b", GgmlDType::Q8_0, 1, 32, 40).unwrap().bytes(),
+            c.get("b", WeightType::Q8_0, 1, 32, 40).unwrap().bytes(),
             &[7u8; 40]
         );
         // Another type, shape or size is not served from the file.
-        assert!(c.get("a", GgmlDType::Q8_0, 2, 64, a.len()).is_none());
-        assert!(c.get("a", GgmlDType::Q4_0, 3, 64, a.len()).is_none());
-        assert!(c.get("c", GgmlDType::Q4_0, 2, 64, a.len()).is_none());
+        assert!(c.get("a", WeightType::Q8_0, 2, 64, a.len()).is_none());
+        assert!(c.get("a", WeightType::Q4_0, 3, 64, a.len()).is_none());
+        assert!(c.get("c", WeightType::Q4_0, 2, 64, a.len()).is_none());
         // A rewritten model file is a different cache entry.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&model, b"other weights").unwrap();
@@ -346,7 +348,7 @@ mod tests {
             let model = dir.path().join(name);
             std::fs::write(&model, name.as_bytes()).unwrap();
             let c = PackCache::open(&cache, std::slice::from_ref(&model)).unwrap();
-            c.offer("a", GgmlDType::Q4_0, 1, 32, &blob(&[3u8; 100]));
+            c.offer("a", WeightType::Q4_0, 1, 32, &blob(&[3u8; 100]));
             c.persist().unwrap();
             (model, c.path().to_path_buf())
         };
@@ -366,7 +368,7 @@ mod tests {
         let files = vec![model];
         let cache = dir.path().join("cache");
         let c = PackCache::open(&cache, &files).unwrap();
-        c.offer("a", GgmlDType::Q4_0, 2, 64, &blob(&[1u8; 9000]));
+        c.offer("a", WeightType::Q4_0, 2, 64, &blob(&[1u8; 9000]));
         c.persist().unwrap();
         let path = c.path().to_path_buf();
         let full = std::fs::read(&path).unwrap();

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::quantized::GgmlDType;
+use crate::WeightType;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
@@ -14,7 +14,7 @@ use crate::{Error, Result};
 
 struct Entry {
     file: usize,
-    dtype: GgmlDType,
+    dtype: WeightType,
     shape: Vec<usize>,
     start: usize,
     len: usize,
@@ -56,9 +56,9 @@ impl SafetensorsStore {
             let base = map.as_ptr() as usize;
             for (name, view) in st.tensors() {
                 let dtype = match view.dtype() {
-                    Dtype::F32 => GgmlDType::F32,
-                    Dtype::F16 => GgmlDType::F16,
-                    Dtype::BF16 => GgmlDType::BF16,
+                    Dtype::F32 => WeightType::F32,
+                    Dtype::F16 => WeightType::F16,
+                    Dtype::BF16 => WeightType::BF16,
                     other => {
                         return Err(Error::format(
                             path,
@@ -111,6 +111,7 @@ fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
     }
     let mut out = Vec::new();
     for f in files {
+        super::hub::check_shard_name(&f).map_err(|e| Error::format(index, e))?;
         let p = dir.join(&f);
         if !p.is_file() {
             return Err(Error::NotFound(format!(

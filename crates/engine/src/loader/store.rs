@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::quantized::GgmlDType;
+use crate::WeightType;
 use memmap2::Mmap;
 
 use crate::{Error, Result};
@@ -155,7 +155,7 @@ impl std::fmt::Debug for Blob {
 #[derive(Clone, Debug)]
 pub struct RawTensor {
     pub name: String,
-    pub dtype: GgmlDType,
+    pub dtype: WeightType,
     pub shape: Vec<usize>,
     pub data: Blob,
 }
@@ -212,12 +212,8 @@ pub(crate) fn map_file(path: &Path, populate: bool) -> Result<Arc<Mmap>> {
 }
 
 /// Bytes that `count` elements of `dtype` occupy.
-pub fn storage_bytes(dtype: GgmlDType, count: usize) -> Option<usize> {
-    let bs = dtype.block_size();
-    if !count.is_multiple_of(bs) {
-        return None;
-    }
-    Some(count / bs * dtype.type_size())
+pub fn storage_bytes(dtype: WeightType, count: usize) -> Option<usize> {
+    dtype.storage_bytes(count)
 }
 
 #[cfg(test)]

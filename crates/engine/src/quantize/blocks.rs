@@ -12,7 +12,7 @@
 //! llama.cpp there); Q5_0 and Q5_1 are here because K-quant rows that are not a multiple of 256
 //! fall back to them, as in llama.cpp.
 
-use candle_core::quantized::GgmlDType;
+use crate::WeightType;
 use half::{bf16, f16};
 
 /// Values per K-quant super-block.
@@ -37,7 +37,7 @@ fn get_f16(b: &[u8]) -> f32 {
 
 /// Quantizes one row into `out`, which holds exactly the row's bytes in `dtype`.
 /// The row length must be a whole number of `dtype`'s blocks (the planner guarantees it).
-pub fn quantize_row(dtype: GgmlDType, xs: &[f32], out: &mut [u8]) -> Result<(), String> {
+pub fn quantize_row(dtype: WeightType, xs: &[f32], out: &mut [u8]) -> Result<(), String> {
     let need = crate::loader::store::storage_bytes(dtype, xs.len())
         .ok_or_else(|| format!("{} values do not fill whole {dtype:?} blocks", xs.len()))?;
     if out.len() != need {
@@ -48,28 +48,28 @@ pub fn quantize_row(dtype: GgmlDType, xs: &[f32], out: &mut [u8]) -> Result<(), 
         ));
     }
     match dtype {
-        GgmlDType::F32 => {
+        WeightType::F32 => {
             for (o, x) in out.chunks_exact_mut(4).zip(xs) {
                 o.copy_from_slice(&x.to_le_bytes());
             }
         }
-        GgmlDType::F16 => {
+        WeightType::F16 => {
             for (o, x) in out.chunks_exact_mut(2).zip(xs) {
                 o.copy_from_slice(&f16::from_f32(*x).to_le_bytes());
             }
         }
-        GgmlDType::BF16 => {
+        WeightType::BF16 => {
             for (o, x) in out.chunks_exact_mut(2).zip(xs) {
                 o.copy_from_slice(&bf16::from_f32(*x).to_le_bytes());
             }
         }
-        GgmlDType::Q8_0 => crate::synth::quantize_q8_0(xs, out),
-        GgmlDType::Q4_0 => crate::synth::quantize_q4_0(xs, out),
-        GgmlDType::Q5_0 => quantize_q5_0(xs, out),
-        GgmlDType::Q5_1 => quantize_q5_1(xs, out),
-        GgmlDType::Q4K => quantize_q4_k(xs, out),
-        GgmlDType::Q5K => quantize_q5_k(xs, out),
-        GgmlDType::Q6K => quantize_q6_k(xs, out),
+        WeightType::Q8_0 => crate::synth::quantize_q8_0(xs, out),
+        WeightType::Q4_0 => crate::synth::quantize_q4_0(xs, out),
+        WeightType::Q5_0 => quantize_q5_0(xs, out),
+        WeightType::Q5_1 => quantize_q5_1(xs, out),
+        WeightType::Q4K => quantize_q4_k(xs, out),
+        WeightType::Q5K => quantize_q5_k(xs, out),
+        WeightType::Q6K => quantize_q6_k(xs, out),
         other => return Err(format!("bakeoff does not write {other:?} tensors")),
     }
     Ok(())
@@ -484,7 +484,7 @@ mod tests {
             .collect()
     }
 
-    fn roundtrip(dtype: GgmlDType, xs: &[f32]) -> Vec<f32> {
+    fn roundtrip(dtype: WeightType, xs: &[f32]) -> Vec<f32> {
         let bytes = crate::loader::store::storage_bytes(dtype, xs.len()).unwrap();
         let mut out = vec![0u8; bytes];
         quantize_row(dtype, xs, &mut out).unwrap();
@@ -514,13 +514,13 @@ mod tests {
     fn round_trip_error_within_format_bounds() {
         let xs = values(4 * QK_K, 11);
         for (dtype, block) in [
-            (GgmlDType::Q8_0, 32),
-            (GgmlDType::Q4_0, 32),
-            (GgmlDType::Q5_0, 32),
-            (GgmlDType::Q5_1, 32),
-            (GgmlDType::Q4K, 32),
-            (GgmlDType::Q5K, 32),
-            (GgmlDType::Q6K, 16),
+            (WeightType::Q8_0, 32),
+            (WeightType::Q4_0, 32),
+            (WeightType::Q5_0, 32),
+            (WeightType::Q5_1, 32),
+            (WeightType::Q4K, 32),
+            (WeightType::Q5K, 32),
+            (WeightType::Q6K, 16),
         ] {
             let back = roundtrip(dtype, &xs);
             for (i, (x, y)) in xs.chunks(block).zip(back.chunks(block)).enumerate() {
@@ -529,12 +529,12 @@ mod tests {
                     .iter()
                     .fold((f32::MAX, f32::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
                 let bound = match dtype {
-                    GgmlDType::Q8_0 => 0.5 * amax / 127.0,
-                    GgmlDType::Q4_0 => amax / 8.0,
-                    GgmlDType::Q5_0 => amax / 16.0,
-                    GgmlDType::Q5_1 => 0.5 * (hi - lo) / 31.0,
-                    GgmlDType::Q4K => 1.5 * (hi - lo.min(0.0)) / 15.0,
-                    GgmlDType::Q5K => 1.5 * (hi - lo.min(0.0)) / 31.0,
+                    WeightType::Q8_0 => 0.5 * amax / 127.0,
+                    WeightType::Q4_0 => amax / 8.0,
+                    WeightType::Q5_0 => amax / 16.0,
+                    WeightType::Q5_1 => 0.5 * (hi - lo) / 31.0,
+                    WeightType::Q4K => 1.5 * (hi - lo.min(0.0)) / 15.0,
+                    WeightType::Q5K => 1.5 * (hi - lo.min(0.0)) / 31.0,
                     _ => 1.5 * 2.0 * amax / 63.0,
                 };
                 let err = x
@@ -563,9 +563,9 @@ mod tests {
             // Q8_0 0.0086, Q6_K 0.025, Q5_1 0.042, Q5_K 0.041, Q5_0 0.066, Q4_K 0.080,
             // Q4_0 0.123; the bounds are about 1.3× those of each bit width.
             let max_rel = match dtype {
-                GgmlDType::Q8_0 => 0.012,
-                GgmlDType::Q6K => 0.033,
-                GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q5K => 0.085,
+                WeightType::Q8_0 => 0.012,
+                WeightType::Q6K => 0.033,
+                WeightType::Q5_0 | WeightType::Q5_1 | WeightType::Q5K => 0.085,
                 _ => 0.16,
             };
             eprintln!("{dtype:?}: relative RMSE {:.4}", rmse / rms);
@@ -580,13 +580,13 @@ mod tests {
     #[test]
     fn zero_and_constant_blocks() {
         for dtype in [
-            GgmlDType::Q8_0,
-            GgmlDType::Q4_0,
-            GgmlDType::Q5_0,
-            GgmlDType::Q5_1,
-            GgmlDType::Q4K,
-            GgmlDType::Q5K,
-            GgmlDType::Q6K,
+            WeightType::Q8_0,
+            WeightType::Q4_0,
+            WeightType::Q5_0,
+            WeightType::Q5_1,
+            WeightType::Q4K,
+            WeightType::Q5K,
+            WeightType::Q6K,
         ] {
             let zeros = vec![0f32; QK_K];
             assert!(

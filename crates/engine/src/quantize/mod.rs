@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
 
-use candle_core::quantized::GgmlDType;
+use crate::WeightType;
 use candle_core::quantized::gguf_file::Value;
 use rayon::prelude::*;
 
@@ -78,16 +78,16 @@ impl QuantType {
     }
 
     /// The type of the bulk of the matrices.
-    pub fn base(self) -> GgmlDType {
+    pub fn base(self) -> WeightType {
         match self {
-            QuantType::Q8_0 => GgmlDType::Q8_0,
-            QuantType::Q4_0 => GgmlDType::Q4_0,
-            QuantType::Q4K => GgmlDType::Q4K,
-            QuantType::Q5K => GgmlDType::Q5K,
-            QuantType::Q6K => GgmlDType::Q6K,
-            QuantType::F32 => GgmlDType::F32,
-            QuantType::F16 => GgmlDType::F16,
-            QuantType::Bf16 => GgmlDType::BF16,
+            QuantType::Q8_0 => WeightType::Q8_0,
+            QuantType::Q4_0 => WeightType::Q4_0,
+            QuantType::Q4K => WeightType::Q4K,
+            QuantType::Q5K => WeightType::Q5K,
+            QuantType::Q6K => WeightType::Q6K,
+            QuantType::F32 => WeightType::F32,
+            QuantType::F16 => WeightType::F16,
+            QuantType::Bf16 => WeightType::BF16,
         }
     }
 
@@ -135,25 +135,9 @@ impl FromStr for QuantType {
     }
 }
 
-/// ggml's `enum ggml_type` ids for the types bakeoff writes.
-pub fn ggml_type_id(t: GgmlDType) -> u32 {
-    match t {
-        GgmlDType::F32 => 0,
-        GgmlDType::F16 => 1,
-        GgmlDType::Q4_0 => 2,
-        GgmlDType::Q4_1 => 3,
-        GgmlDType::Q5_0 => 6,
-        GgmlDType::Q5_1 => 7,
-        GgmlDType::Q8_0 => 8,
-        GgmlDType::Q8_1 => 9,
-        GgmlDType::Q2K => 10,
-        GgmlDType::Q3K => 11,
-        GgmlDType::Q4K => 12,
-        GgmlDType::Q5K => 13,
-        GgmlDType::Q6K => 14,
-        GgmlDType::Q8K => 15,
-        GgmlDType::BF16 => 30,
-    }
+/// ggml's `enum ggml_type` id of `t`, as the GGUF writer stores it.
+pub fn ggml_type_id(t: WeightType) -> u32 {
+    t.ggml_id()
 }
 
 /// One tensor of the output: where it comes from and what it becomes.
@@ -164,8 +148,8 @@ pub struct TensorPlan {
     /// Row-major; one dimension for norms and biases.
     pub shape: Vec<usize>,
     /// Type in the source.
-    pub from: GgmlDType,
-    pub to: GgmlDType,
+    pub from: WeightType,
+    pub to: WeightType,
     /// Whether `to` is a fallback because the row length does not fit the wanted type's blocks.
     pub fallback: bool,
     /// Llama Q/K rows from a Hugging Face folder are permuted for llama.cpp's interleaved RoPE:
@@ -211,7 +195,7 @@ pub fn plan_types(
     tensors: &[(String, Vec<usize>)],
     to: QuantType,
     pure: bool,
-) -> Vec<(GgmlDType, bool)> {
+) -> Vec<(WeightType, bool)> {
     let base = to.base();
     let tied = !tensors.iter().any(|(n, _)| n == "output.weight");
     let n_attn_v = tensors
@@ -236,7 +220,7 @@ pub fn plan_types(
         .iter()
         .map(|(name, shape)| {
             if shape.len() < 2 {
-                return (GgmlDType::F32, false);
+                return (WeightType::F32, false);
             }
             if !to.is_quantized() {
                 return (base, false);
@@ -247,22 +231,22 @@ pub fn plan_types(
                 let is_head = name == "output.weight" || (tied && name == "token_embd.weight");
                 if is_head {
                     if !cols.is_multiple_of(base.block_size()) {
-                        t = GgmlDType::Q8_0;
-                    } else if base != GgmlDType::Q8_0 {
-                        t = GgmlDType::Q6K;
+                        t = WeightType::Q8_0;
+                    } else if base != WeightType::Q8_0 {
+                        t = WeightType::Q6K;
                     }
                 } else if name.contains("attn_v.weight") {
                     if matches!(to, QuantType::Q4K | QuantType::Q5K)
                         && more_bits(i_attn_v, n_attn_v)
                     {
-                        t = GgmlDType::Q6K;
+                        t = WeightType::Q6K;
                     }
                     i_attn_v += 1;
                 } else if name.contains("ffn_down") {
                     if matches!(to, QuantType::Q4K | QuantType::Q5K)
                         && more_bits(i_ffn_down, n_layers)
                     {
-                        t = GgmlDType::Q6K;
+                        t = WeightType::Q6K;
                     }
                     i_ffn_down += 1;
                 }
@@ -271,15 +255,15 @@ pub fn plan_types(
                 return (t, false);
             }
             let fb = match t {
-                GgmlDType::Q4K => GgmlDType::Q5_0,
-                GgmlDType::Q5K => GgmlDType::Q5_1,
-                GgmlDType::Q6K => GgmlDType::Q8_0,
+                WeightType::Q4K => WeightType::Q5_0,
+                WeightType::Q5K => WeightType::Q5_1,
+                WeightType::Q6K => WeightType::Q8_0,
                 other => other,
             };
             if cols.is_multiple_of(fb.block_size()) {
                 (fb, true)
             } else {
-                (GgmlDType::F16, true)
+                (WeightType::F16, true)
             }
         })
         .collect()
@@ -365,7 +349,10 @@ pub fn quantize(opts: &QuantizeOptions, progress: bool) -> Result<QuantizeReport
     let mut plans = Vec::with_capacity(src.names.len());
     for name in &src.names {
         let raw = src.store.tensor(name)?;
-        if !matches!(raw.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+        if !matches!(
+            raw.dtype,
+            WeightType::F32 | WeightType::F16 | WeightType::BF16
+        ) {
             return Err(Error::tensor(
                 name,
                 format!(
@@ -399,7 +386,7 @@ pub fn quantize(opts: &QuantizeOptions, progress: bool) -> Result<QuantizeReport
             gguf_name,
             shape: raw.shape.clone(),
             from: raw.dtype,
-            to: GgmlDType::F32,
+            to: WeightType::F32,
             fallback: false,
             permute_heads,
         });
@@ -621,9 +608,7 @@ fn open_source(model: &str) -> Result<Source> {
             tokenizer_note,
         })
     } else {
-        let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let content = candle_core::quantized::gguf_file::Content::read(&mut file)
-            .map_err(|e| Error::format(&path, format!("not a valid GGUF file: {e}")))?;
+        let content = crate::loader::gguf::GgufContent::read_file(&path)?;
         // Every tensor must be one bakeoff knows how to place; anything else would be lost.
         let known: std::collections::HashSet<String> =
             names.iter().filter_map(|n| gguf_tensor_name(n)).collect();
@@ -811,7 +796,7 @@ mod tests {
             .collect()
     }
 
-    fn types_of(cfg: &DecoderConfig, to: QuantType, pure: bool) -> HashMap<String, GgmlDType> {
+    fn types_of(cfg: &DecoderConfig, to: QuantType, pure: bool) -> HashMap<String, WeightType> {
         let l = listing(cfg);
         l.iter()
             .map(|(n, _)| n.clone())
@@ -829,12 +814,12 @@ mod tests {
         let q6_layers = [0, 1, 4, 7, 10, 13, 16, 19, 20, 21];
         for to in [QuantType::Q4K, QuantType::Q5K] {
             let t = types_of(&cfg, to, false);
-            assert_eq!(t["output.weight"], GgmlDType::Q6K);
+            assert_eq!(t["output.weight"], WeightType::Q6K);
             assert_eq!(t["token_embd.weight"], to.base());
-            assert_eq!(t["output_norm.weight"], GgmlDType::F32);
+            assert_eq!(t["output_norm.weight"], WeightType::F32);
             for l in 0..22 {
                 let want = if q6_layers.contains(&l) {
-                    GgmlDType::Q6K
+                    WeightType::Q6K
                 } else {
                     to.base()
                 };
@@ -850,17 +835,17 @@ mod tests {
         let t = types_of(&cfg, QuantType::Q8_0, false);
         assert!(t.iter().all(|(n, ty)| *ty
             == if n.ends_with("norm.weight") {
-                GgmlDType::F32
+                WeightType::F32
             } else {
-                GgmlDType::Q8_0
+                WeightType::Q8_0
             }));
         let t = types_of(&cfg, QuantType::Q4_0, false);
-        assert_eq!(t["output.weight"], GgmlDType::Q6K);
-        assert_eq!(t["blk.3.ffn_down.weight"], GgmlDType::Q4_0);
+        assert_eq!(t["output.weight"], WeightType::Q6K);
+        assert_eq!(t["blk.3.ffn_down.weight"], WeightType::Q4_0);
         // --pure: one type everywhere but the norms.
         let t = types_of(&cfg, QuantType::Q4K, true);
-        assert_eq!(t["output.weight"], GgmlDType::Q4K);
-        assert_eq!(t["blk.0.attn_v.weight"], GgmlDType::Q4K);
+        assert_eq!(t["output.weight"], WeightType::Q4K);
+        assert_eq!(t["blk.0.attn_v.weight"], WeightType::Q4K);
     }
 
     /// Qwen2.5-1.5B ties its head to the embedding, so the embedding takes the head's type;
@@ -869,14 +854,14 @@ mod tests {
     fn qwen25_tied_embedding_takes_the_head_type() {
         let cfg = crate::synth::Preset::Qwen25_1B5.config(0);
         let t = types_of(&cfg, QuantType::Q4_0, false);
-        assert_eq!(t["token_embd.weight"], GgmlDType::Q6K);
+        assert_eq!(t["token_embd.weight"], WeightType::Q6K);
         assert!(!t.contains_key("output.weight"));
-        assert_eq!(t["blk.0.attn_q.bias"], GgmlDType::F32);
+        assert_eq!(t["blk.0.attn_q.bias"], WeightType::F32);
         let t = types_of(&cfg, QuantType::Q8_0, false);
-        assert_eq!(t["token_embd.weight"], GgmlDType::Q8_0);
+        assert_eq!(t["token_embd.weight"], WeightType::Q8_0);
         let t = types_of(&cfg, QuantType::Q4K, false);
-        assert_eq!(t["blk.27.ffn_down.weight"], GgmlDType::Q6K);
-        assert_eq!(t["blk.4.ffn_down.weight"], GgmlDType::Q4K);
+        assert_eq!(t["blk.27.ffn_down.weight"], WeightType::Q6K);
+        assert_eq!(t["blk.4.ffn_down.weight"], WeightType::Q4K);
     }
 
     /// Tiny models (hidden 64, intermediate 192) fit no K-quant: llama.cpp's fallbacks apply.
@@ -885,9 +870,9 @@ mod tests {
         let cfg = crate::synth::Preset::TinyQwen2.config(259);
         let l = listing(&cfg);
         for (to, want) in [
-            (QuantType::Q4K, GgmlDType::Q5_0),
-            (QuantType::Q5K, GgmlDType::Q5_1),
-            (QuantType::Q6K, GgmlDType::Q8_0),
+            (QuantType::Q4K, WeightType::Q5_0),
+            (QuantType::Q5K, WeightType::Q5_1),
+            (QuantType::Q6K, WeightType::Q8_0),
         ] {
             let plan = plan_types(&l, to, true);
             for ((n, s), (t, fb)) in l.iter().zip(&plan) {
@@ -900,11 +885,11 @@ mod tests {
         let odd = vec![("blk.0.attn_q.weight".to_string(), vec![8, 40])];
         assert_eq!(
             plan_types(&odd, QuantType::Q4K, true),
-            vec![(GgmlDType::F16, true)]
+            vec![(WeightType::F16, true)]
         );
         assert_eq!(
             plan_types(&odd, QuantType::Q8_0, true),
-            vec![(GgmlDType::F16, true)]
+            vec![(WeightType::F16, true)]
         );
     }
 }

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
 
-use candle_core::quantized::GgmlDType;
+use crate::WeightType;
 use candle_core::quantized::gguf_file::Value;
 
 use crate::models::{Arch, DecoderConfig, RopeStyle};
@@ -248,13 +248,13 @@ impl SynthQuant {
         }
     }
 
-    pub fn ggml(self) -> GgmlDType {
+    pub fn ggml(self) -> WeightType {
         match self {
-            SynthQuant::F32 => GgmlDType::F32,
-            SynthQuant::F16 => GgmlDType::F16,
-            SynthQuant::Bf16 => GgmlDType::BF16,
-            SynthQuant::Q8_0 => GgmlDType::Q8_0,
-            SynthQuant::Q4_0 => GgmlDType::Q4_0,
+            SynthQuant::F32 => WeightType::F32,
+            SynthQuant::F16 => WeightType::F16,
+            SynthQuant::Bf16 => WeightType::BF16,
+            SynthQuant::Q8_0 => WeightType::Q8_0,
+            SynthQuant::Q4_0 => WeightType::Q4_0,
         }
     }
 
@@ -468,9 +468,7 @@ fn build_vocab(preset: Preset, vocab_file: Option<&Path>) -> Result<Vocab> {
 
 /// The `tokenizer.*` keys of a GGUF vocabulary file, after checking its family.
 fn read_vocab_file(path: &Path, preset: Preset) -> Result<HashMap<String, Value>> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let content = candle_core::quantized::gguf_file::Content::read(&mut file)
-        .map_err(|e| Error::format(path, format!("not a valid GGUF file: {e}")))?;
+    let content = crate::loader::gguf::GgufContent::read_file(path)?;
     let model = match content.metadata.get("tokenizer.ggml.model") {
         Some(Value::String(m)) => m.clone(),
         _ => {

@@ -335,12 +335,13 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::{GgmlDType, QTensor};
+    use crate::WeightType;
+    use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 
-    fn candle_bytes(xs: &[f32], rows: usize, cols: usize, dtype: GgmlDType) -> Vec<u8> {
+    fn candle_bytes(xs: &[f32], rows: usize, cols: usize, dtype: WeightType) -> Vec<u8> {
         let t = Tensor::from_slice(xs, (rows, cols), &Device::Cpu).unwrap();
-        QTensor::quantize(&t, dtype)
+        QTensor::quantize(&t, dtype.to_candle().unwrap())
             .unwrap()
             .data()
             .unwrap()
@@ -355,8 +356,8 @@ mod tests {
         xs[..32].fill(0.0);
         xs[40] = 0.5;
         for (q, dtype) in [
-            (SynthQuant::Q8_0, GgmlDType::Q8_0),
-            (SynthQuant::Q4_0, GgmlDType::Q4_0),
+            (SynthQuant::Q8_0, WeightType::Q8_0),
+            (SynthQuant::Q4_0, WeightType::Q4_0),
         ] {
             let rb = row_bytes(q, 128).unwrap();
             let mut ours = vec![0u8; 8 * rb];

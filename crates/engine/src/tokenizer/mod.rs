@@ -12,7 +12,9 @@ mod gguf;
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Value;
+
+use crate::loader::gguf::GgufContent;
 use serde::{Deserialize, Serialize};
 
 pub use config::{ChatTemplateField, NamedTemplate, TokenField, TokenizerConfig};
@@ -128,7 +130,7 @@ impl Tokenizer {
     }
 
     /// Rebuilds the tokenizer a GGUF file describes. `path` names the file in errors.
-    pub fn from_gguf(content: &Content, path: &Path) -> Result<Self> {
+    pub fn from_gguf(content: &GgufContent, path: &Path) -> Result<Self> {
         gguf::from_metadata(&content.metadata, path)
     }
 
