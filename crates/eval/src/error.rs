@@ -19,6 +19,9 @@ pub enum Error {
     Engine(#[from] bakeoff_engine::Error),
     #[error("sandbox: {0}")]
     Sandbox(String),
+    /// No usable python3 for HumanEval/MBPP (the evaluator skips them).
+    #[error("sandbox: {0}")]
+    NoPython(String),
     #[error("judge: {0}")]
     Judge(String),
     #[error("json: {0}")]

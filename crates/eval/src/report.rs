@@ -127,13 +127,27 @@ pub fn table(r: &Results) -> String {
     if let Some(sb) = &r.sandbox {
         let _ = writeln!(
             s,
-            "sandbox: python {} · network namespace {} · mount namespace {} · uid {}",
+            "sandbox: python {} · pid/mount/network namespaces {} · uid {} · landlock {} · seccomp {} · cgroup {}{}",
             sb.python_version,
-            if sb.network_namespace { "yes" } else { "NO" },
-            if sb.mount_namespace { "yes" } else { "no" },
-            sb.dropped_uid
+            if sb.pid_namespace && sb.mount_namespace && sb.network_namespace {
+                "yes"
+            } else {
+                "NO"
+            },
+            sb.uid
+                .or(sb.dropped_uid)
                 .map(|u| u.to_string())
-                .unwrap_or_else(|| "not dropped".into())
+                .unwrap_or_else(|| "not dropped".into()),
+            sb.landlock_abi
+                .map(|v| format!("ABI {v}"))
+                .unwrap_or_else(|| "no".into()),
+            if sb.seccomp { "yes" } else { "no" },
+            sb.cgroup.as_deref().unwrap_or("none"),
+            if sb.unsafe_no_sandbox {
+                " · UNSAFE: --unsafe-no-sandbox"
+            } else {
+                ""
+            }
         );
     }
     for m in &r.models {

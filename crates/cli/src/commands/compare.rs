@@ -125,6 +125,9 @@ pub struct CompareArgs {
     /// Wall-clock seconds per HumanEval/MBPP program.
     #[arg(long, default_value_t = 10.0)]
     pub code_timeout: f64,
+    /// See `bakeoff eval --unsafe-no-sandbox`.
+    #[arg(long)]
+    pub unsafe_no_sandbox: bool,
 
     // ---- shared
     /// cpu, cuda or metal.
@@ -398,6 +401,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
             a.only.clone()
         },
         code_timeout: a.code_timeout,
+        unsafe_no_sandbox: a.unsafe_no_sandbox,
         device: a.device.clone(),
         threads: a.threads,
         print_ids: false,

@@ -11,7 +11,7 @@ use bakeoff_eval::candidate::EngineCandidate;
 use bakeoff_eval::data::{self, DataDir};
 use bakeoff_eval::judge::{self, Backend, Judge};
 use bakeoff_eval::report::{ModelResult, Results, Scale, table};
-use bakeoff_eval::sandbox::{Limits, Sandbox};
+use bakeoff_eval::sandbox::{Limits, Policy, Sandbox};
 use bakeoff_eval::score::{self, Component};
 use bakeoff_eval::select::{Profile, RULE_SALT};
 use bakeoff_eval::suite::{COMPONENTS, Generated, Plan, run_model};
@@ -51,6 +51,11 @@ pub struct EvalArgs {
     /// Wall-clock seconds per HumanEval/MBPP program.
     #[arg(long, default_value_t = 10.0)]
     pub code_timeout: f64,
+    /// Run HumanEval/MBPP programs even where the sandbox cannot create its namespaces (rlimits,
+    /// seccomp and, as root, an unprivileged uid only); `results.json` records it. Without this
+    /// flag such a system refuses to run model-written code.
+    #[arg(long)]
+    pub unsafe_no_sandbox: bool,
     /// cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -182,19 +187,28 @@ pub fn run(a: EvalArgs) -> Result<()> {
             cpu_s: a.code_timeout.ceil() as u64,
             ..Limits::default()
         };
-        match Sandbox::new(limits) {
+        let policy = if a.unsafe_no_sandbox {
+            Policy::UnsafeNoSandbox
+        } else {
+            Policy::RequireIsolation
+        };
+        match Sandbox::with_policy(limits, policy) {
             Ok(s) => {
-                if !s.isolation.network_namespace {
+                if s.isolation.unsafe_no_sandbox {
                     eprintln!(
-                        "warning: no network namespace on this system: code runs without network isolation"
+                        "warning: --unsafe-no-sandbox: model-written code runs WITHOUT namespaces (rlimits, seccomp and uid only); results.json records it"
                     );
+                }
+                for m in &s.isolation.missing {
+                    eprintln!("sandbox: not available here: {m}");
                 }
                 Some(s)
             }
-            Err(e) => {
-                eprintln!("warning: {e}; HumanEval and MBPP are skipped");
+            Err(bakeoff_eval::Error::NoPython(msg)) => {
+                eprintln!("warning: {msg}; HumanEval and MBPP are skipped");
                 None
             }
+            Err(e) => bail!("{e}"),
         }
     } else {
         None
