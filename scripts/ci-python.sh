@@ -30,6 +30,8 @@ fi
 # Pinned as in scripts/reference/requirements.txt.
 pin() { grep "^$1==" scripts/reference/requirements.txt; }
 .venv-ci/bin/python -m pip install --quiet "$(pin numpy)" "$(pin safetensors)" "$(pin gguf)"
+# transformers' tokenizers (no torch) for crates/engine/tests/hf_tokenizer.rs.
+.venv-ci/bin/python -m pip install --quiet "$(pin transformers)" "$(pin tokenizers)" "$(pin jinja2)"
 if ! .venv-ci/bin/python -c "import llama_cpp" 2>/dev/null; then
     # shellcheck source=reference/llama_cpp_env.sh
     source scripts/reference/llama_cpp_env.sh
@@ -40,3 +42,5 @@ if ! .venv-ci/bin/python -c "import llama_cpp" 2>/dev/null; then
         "$(pin llama-cpp-python)"
 fi
 .venv-ci/bin/python -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__)"
+# llama.cpp's vocabulary tests (crates/engine/tests/llama_vocab.rs), from the same sdist version.
+PYTHON=.venv-ci/bin/python bash scripts/fetch-llama-vocab.sh

@@ -15,8 +15,19 @@ pub struct InfoArgs {
 pub fn run(a: InfoArgs) -> Result<()> {
     let lm = a.model.load(false)?;
     let i = &lm.info;
+    let t = &lm.tokenizer;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(i)?);
+        let mut v = serde_json::to_value(i)?;
+        v["tokenizer"] = serde_json::json!({
+            "kind": t.kind(),
+            "description": t.kind().map(|k| k.describe()),
+            "vocab_size": t.vocab_size(),
+            "add_bos": t.adds_bos(),
+            "add_eos": t.adds_eos(),
+            "bos_id": t.bos_id(),
+            "eos_ids": t.eos_ids(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     let c = &i.config;
@@ -58,6 +69,14 @@ pub fn run(a: InfoArgs) -> Result<()> {
         "vocabulary    {} (tokenizer: {})",
         c.vocab_size,
         lm.tokenizer.vocab_size()
+    );
+    println!(
+        "tokenizer     {}; BOS {}, EOS {}",
+        t.kind()
+            .map(|k| k.describe())
+            .unwrap_or_else(|| "not a SentencePiece or byte-level BPE tokenizer".into()),
+        if t.adds_bos() { "added" } else { "not added" },
+        if t.adds_eos() { "added" } else { "not added" },
     );
     println!(
         "rope          theta {} ({:?}), rms eps {}",

@@ -516,10 +516,9 @@ fn open_gguf(path: &Path) -> Result<Parts> {
         }
     }
     let template = md.str("tokenizer.chat_template").ok().map(str::to_string);
-    let add_bos = match store.metadata().get("tokenizer.ggml.add_bos_token") {
-        Some(v) => v.to_bool().unwrap_or(false),
-        None => cfg.arch == Arch::Llama,
-    };
+    // As llama.cpp decides it: the file's add_bos_token, else the tokenizer kind's default
+    // (SentencePiece and llama-bpe add BOS; smollm and qwen2 do not).
+    let add_bos = tokenizer.adds_bos();
     // The vocabulary and merges now live in the tokenizer; as metadata values they were tens
     // of megabytes (Qwen2.5: 151,665 of each) held through the weight load and the first
     // prompt, the process's peak.

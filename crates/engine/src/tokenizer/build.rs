@@ -131,12 +131,16 @@ pub(crate) fn spm_merges(tokens: &[String], scores: &[f32], types: &[i32]) -> Me
 }
 
 /// The Llama-2 "legacy" SentencePiece layout, identical to Llama-2's and TinyLlama's
-/// tokenizer.json. A Metaspace pre-tokenizer would drop the `▁` of text that starts with a space.
+/// tokenizer.json, and to llama.cpp, which puts a space before every stretch of text that starts
+/// the input or follows a special token (`add_space_prefix`). A Metaspace pre-tokenizer would
+/// drop the `▁` of text that starts with a space. Without `add_space_prefix` nothing is
+/// prepended.
 pub(crate) fn llama_spm(
     tokens: &[String],
     merges: Merges,
     unk: Option<&str>,
     added: &[Added],
+    add_space_prefix: bool,
     bos: Option<(u32, &str)>,
     eos: Option<(u32, &str)>,
 ) -> Result<tokenizers::Tokenizer> {
@@ -153,18 +157,24 @@ pub(crate) fn llama_spm(
     let mut tk = tokenizers::Tokenizer::new(bpe);
     let replace =
         |a: &str, b: &str| Replace::new(a, b).map_err(|e| tok_err("building a Replace step", e));
+    let mut steps = Vec::with_capacity(2);
+    if add_space_prefix {
+        steps.push(NormalizerWrapper::Prepend(Prepend::new("▁".to_string())));
+    }
+    steps.push(NormalizerWrapper::Replace(replace(" ", "▁")?));
     tk.with_normalizer(Some(NormalizerWrapper::Sequence(NormalizerSequence::new(
-        vec![
-            NormalizerWrapper::Prepend(Prepend::new("▁".to_string())),
-            NormalizerWrapper::Replace(replace(" ", "▁")?),
-        ],
+        steps,
     ))));
-    tk.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(vec![
+    let mut decode = vec![
         DecoderWrapper::Replace(replace("▁", " ")?),
         DecoderWrapper::ByteFallback(ByteFallback::new()),
         DecoderWrapper::Fuse(Fuse::new()),
-        DecoderWrapper::Strip(Strip::new(' ', 1, 0)),
-    ]))));
+    ];
+    // The space the encoder put first is not part of the text.
+    if add_space_prefix {
+        decode.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+    }
+    tk.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(decode))));
     add_tokens(&mut tk, added)?;
     if let Some(pp) = bos_eos_processor(bos, eos)? {
         tk.with_post_processor(Some(pp));
@@ -216,34 +226,239 @@ fn bos_eos_processor(
     Ok(Some(tp))
 }
 
-/// Qwen2's byte-level BPE, identical to Qwen2/Qwen2.5's tokenizer.json.
+/// Qwen2's byte-level BPE, identical to Qwen2/Qwen2.5's tokenizer.json (NFC normalizer
+/// included, which llama.cpp does not apply; the GGUF path leaves it out).
 pub(crate) fn qwen2_bpe(
     tokens: &[String],
     merges: Merges,
     added: &[Added],
 ) -> Result<tokenizers::Tokenizer> {
+    let mut tk = byte_level_bpe(tokens, merges, added, &[QWEN2_PATTERN], false, None, None)?;
+    tk.with_normalizer(Some(NormalizerWrapper::NFC(NFC)));
+    Ok(tk)
+}
+
+/// A byte-level BPE whose text is split by `patterns` in turn (each one splits the pieces the
+/// previous ones left, keeping matches and gaps alike), which is how llama.cpp's
+/// `unicode_regex_split` applies a pre-tokenizer's regex list. `ignore_merges` takes a whole
+/// piece that is itself a token as that token without merging (llama.cpp and Llama-3's
+/// tokenizer.json both do this). No normalizer: llama.cpp applies none to byte-level vocabularies.
+pub(crate) fn byte_level_bpe(
+    tokens: &[String],
+    merges: Merges,
+    added: &[Added],
+    patterns: &[&str],
+    ignore_merges: bool,
+    bos: Option<(u32, &str)>,
+    eos: Option<(u32, &str)>,
+) -> Result<tokenizers::Tokenizer> {
     let bpe = BPE::builder()
         .vocab_and_merges(vocab_map(tokens), merges)
+        .ignore_merges(ignore_merges)
         .build()
         .map_err(|e| tok_err("building the byte-level BPE model", e))?;
     let mut tk = tokenizers::Tokenizer::new(bpe);
-    tk.with_normalizer(Some(NormalizerWrapper::NFC(NFC)));
-    let split = Split::new(
-        SplitPattern::Regex(QWEN2_PATTERN.to_string()),
-        SplitDelimiterBehavior::Isolated,
-        false,
-    )
-    .map_err(|e| tok_err("compiling the Qwen2 pre-tokenizer regex", e))?;
-    tk.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(
-        PreTokenizerSequence::new(vec![
-            PreTokenizerWrapper::Split(split),
-            PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
-        ]),
+    let mut steps = Vec::with_capacity(patterns.len() + 1);
+    for p in patterns {
+        let split = Split::new(
+            SplitPattern::Regex(p.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| tok_err(&format!("compiling the pre-tokenizer regex {p:?}"), e))?;
+        steps.push(PreTokenizerWrapper::Split(split));
+    }
+    steps.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
+        false, false, false,
     )));
-    tk.with_post_processor(Some(ByteLevel::new(false, false, false)));
+    tk.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(
+        PreTokenizerSequence::new(steps),
+    )));
+    match bos_eos_processor(bos, eos)? {
+        Some(pp) => tk.with_post_processor(Some(pp)),
+        None => tk.with_post_processor(Some(ByteLevel::new(false, false, false))),
+    };
     tk.with_decoder(Some(ByteLevel::new(false, false, false)));
     add_tokens(&mut tk, added)?;
     Ok(tk)
+}
+
+/// What llama.cpp does with a byte-level vocabulary's `tokenizer.ggml.pre` (the
+/// `llm_tokenizer_bpe` constructor and `llama_vocab::impl::load` in src/llama-vocab.cpp).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BpePre {
+    /// The names llama.cpp accepts for this behaviour; the first is the one bakeoff writes.
+    pub names: &'static [&'static str],
+    /// The split regexes, in llama.cpp's form (which spells `(?i:'s|…)` as `'[sS]|…` so that
+    /// Unicode case folding cannot widen the contractions).
+    pub patterns: &'static [&'static str],
+    pub ignore_merges: bool,
+    /// Whether BOS is added when the file does not say (`tokenizer.ggml.add_bos_token`).
+    pub add_bos: bool,
+}
+
+const GPT2_PATTERN: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const LLAMA3_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_GGUF_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN35_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const TEKKEN_PATTERN: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+// Non-ASCII characters as \x{..} escapes: several (Greek with oxia, the Kelvin and Ohm signs)
+// have canonical equivalents that an editor or a copy may silently substitute.
+const DEEPSEEK_LETTERS: &str = r"\s?[A-Za-z\x{B5}\x{C0}-\x{D6}\x{D8}-\x{F6}\x{F8}-\x{1BA}\x{1BC}-\x{1BF}\x{1C4}-\x{293}\x{295}-\x{2AF}\x{370}-\x{373}\x{376}\x{377}\x{37B}-\x{37D}\x{37F}\x{386}\x{388}-\x{38A}\x{38C}\x{38E}-\x{3A1}\x{3A3}-\x{3F5}\x{3F7}-\x{481}\x{48A}-\x{52F}\x{531}-\x{556}\x{10A0}-\x{10C5}\x{13A0}-\x{13F5}\x{13F8}-\x{13FD}\x{1C90}-\x{1CBA}\x{1CBD}-\x{1CBF}\x{1D00}-\x{1D2B}\x{1D6B}-\x{1D77}\x{1D79}-\x{1D9A}\x{1E00}-\x{1F15}\x{1F18}-\x{1F1D}\x{1F20}-\x{1F45}\x{1F48}-\x{1F4D}\x{1F50}-\x{1F57}\x{1F59}\x{1F5B}\x{1F5D}\x{1F5F}-\x{1F7D}\x{1F80}-\x{1FB4}\x{1FB6}-\x{1FBC}\x{1FBE}\x{1FC2}-\x{1FC4}\x{1FC6}-\x{1FCC}\x{1FD0}-\x{1FD3}\x{1FD6}-\x{1FDB}\x{1FE0}-\x{1FEC}\x{1FF2}-\x{1FF4}\x{1FF6}-\x{1FFC}\x{2102}\x{2107}\x{210A}-\x{2113}\x{2115}\x{2119}-\x{211D}\x{2124}\x{2126}\x{2128}\x{212A}-\x{212D}\x{212F}-\x{2134}\x{2139}\x{213C}-\x{213F}\x{2145}-\x{2149}\x{214E}\x{2183}\x{2184}\x{2C00}-\x{2C7B}\x{2C7E}-\x{2CE4}\x{2CEB}-\x{2CEE}\x{2CF2}\x{2CF3}\x{A640}-\x{A66D}\x{A680}-\x{A69B}\x{A722}-\x{A76F}\x{A771}-\x{A787}\x{A78B}-\x{A78E}\x{AB70}-\x{ABBF}\x{FB00}-\x{FB06}\x{FB13}-\x{FB17}\x{FF21}-\x{FF3A}\x{FF41}-\x{FF5A}\x{10400}-\x{1044F}\x{104B0}-\x{104D3}\x{104D8}-\x{104FB}\x{10C80}-\x{10CB2}\x{10CC0}-\x{10CF2}\x{118A0}-\x{118DF}\x{1E900}-\x{1E943}]+";
+const CJK_HANGUL: &str = r"[\x{4E00}-\x{9FA5}\x{800}-\x{4E00}\x{AC00}-\x{D7FF}]+";
+
+/// The byte-level pre-tokenizers bakeoff implements: every llama.cpp pre-type of Llama- and
+/// Qwen2-architecture models, and the other pre-types that share their regexes.
+pub const BPE_PRE_TOKENIZERS: &[BpePre] = &[
+    BpePre {
+        names: &[
+            "llama-bpe",
+            "llama3",
+            "llama-v3",
+            "falcon3",
+            "falcon-h1",
+            "pixtral",
+            "midm-2.0",
+            "lfm2",
+        ],
+        patterns: &[LLAMA3_PATTERN],
+        ignore_merges: true,
+        add_bos: true,
+    },
+    BpePre {
+        names: &["dbrx", "smaug-bpe"],
+        patterns: &[LLAMA3_PATTERN],
+        ignore_merges: false,
+        add_bos: false,
+    },
+    BpePre {
+        names: &[
+            "qwen2",
+            "deepseek-r1-qwen",
+            "stablelm2",
+            "megrez",
+            "hunyuan",
+            "solar-open",
+            "kormo",
+            "f2llmv2",
+        ],
+        patterns: &[QWEN2_GGUF_PATTERN],
+        ignore_merges: false,
+        add_bos: false,
+    },
+    BpePre {
+        names: &["qwen35"],
+        patterns: &[QWEN35_PATTERN],
+        ignore_merges: false,
+        add_bos: false,
+    },
+    BpePre {
+        names: &[
+            "smollm",
+            "starcoder",
+            "refact",
+            "command-r",
+            "codeshell",
+            "exaone",
+            "minerva-7b",
+            "mellum2",
+        ],
+        patterns: &[r"\p{N}", GPT2_PATTERN],
+        ignore_merges: false,
+        add_bos: false,
+    },
+    BpePre {
+        names: &[
+            "gpt-2",
+            "phi-2",
+            "mpt",
+            "olmo",
+            "jais",
+            "trillion",
+            "granite-docling",
+            "exaone4",
+            "a.x-4.0",
+            "mellum",
+            "gigachat",
+        ],
+        patterns: &[GPT2_PATTERN],
+        ignore_merges: false,
+        add_bos: false,
+    },
+    BpePre {
+        names: &["deepseek-llm"],
+        patterns: &[
+            r"[\r\n]",
+            DEEPSEEK_LETTERS,
+            r"\s?[!-/:-~\x{FF01}-\x{FF0F}\x{FF1A}-\x{FF5E}\x{2018}-\x{201F}\x{3000}-\x{3002}]+",
+            r"\s+$",
+            CJK_HANGUL,
+            r"\p{N}+",
+        ],
+        ignore_merges: false,
+        add_bos: false,
+    },
+    BpePre {
+        names: &["deepseek-coder"],
+        patterns: &[r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", CJK_HANGUL, r"\p{N}"],
+        ignore_merges: false,
+        add_bos: false,
+    },
+    BpePre {
+        names: &["falcon"],
+        patterns: &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2_PATTERN, "[0-9][0-9][0-9]"],
+        ignore_merges: false,
+        add_bos: false,
+    },
+    BpePre {
+        names: &["tekken"],
+        patterns: &[TEKKEN_PATTERN],
+        ignore_merges: true,
+        add_bos: true,
+    },
+    BpePre {
+        names: &["default"],
+        patterns: &[
+            r"[\p{P}\$\+<=>\^~\|]+",
+            GPT2_PATTERN,
+            r"\p{N}+",
+            "[0-9][0-9][0-9]",
+        ],
+        ignore_merges: false,
+        add_bos: false,
+    },
+];
+
+/// The pre-tokenizer llama.cpp uses for `tokenizer.ggml.pre = name`, if bakeoff has it.
+pub fn bpe_pre(name: &str) -> Option<&'static BpePre> {
+    BPE_PRE_TOKENIZERS.iter().find(|p| p.names.contains(&name))
+}
+
+/// Llama-3's tokenizer.json regex (llama.cpp's `llama-bpe` spells the contractions out).
+const LLAMA3_HF_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The llama.cpp name of a tokenizer.json's split regexes: its own form or the Hugging Face
+/// form of Qwen2's and Llama-3's.
+pub(crate) fn bpe_pre_for_regexes(regexes: &[String]) -> Option<&'static str> {
+    let r: Vec<&str> = regexes.iter().map(String::as_str).collect();
+    match r.as_slice() {
+        [p] if *p == QWEN2_PATTERN => return Some("qwen2"),
+        [p] if *p == LLAMA3_HF_PATTERN => return Some("llama-bpe"),
+        _ => {}
+    }
+    BPE_PRE_TOKENIZERS
+        .iter()
+        .find(|p| p.patterns == r.as_slice())
+        .map(|p| p.names[0])
+}
+
+/// Every accepted pre-tokenizer name, for error messages.
+pub fn bpe_pre_names() -> Vec<&'static str> {
+    BPE_PRE_TOKENIZERS
+        .iter()
+        .flat_map(|p| p.names.iter().copied())
+        .collect()
 }
 
 /// GPT-2's reversible byte-to-character map (`bytes_to_unicode`), in its own order: printable

@@ -58,6 +58,17 @@ pub struct TokenizerConfig {
     pub add_bos_token: Option<bool>,
     #[serde(default)]
     pub add_eos_token: Option<bool>,
+    /// transformers' class name, e.g. "LlamaTokenizer" (whose pipeline transformers rebuilds
+    /// from the vocabulary, whatever tokenizer.json says; see [`crate::tokenizer::Tokenizer::apply_config`]).
+    #[serde(default)]
+    pub tokenizer_class: Option<String>,
+    /// LlamaTokenizer: `true` puts `▁` before the text after every special token too (Llama-2's
+    /// old behaviour); `false`, transformers 5's default, only at the start of the input.
+    #[serde(default)]
+    pub legacy: Option<bool>,
+    /// LlamaTokenizer: whether a `▁` is put before the text at all (default true).
+    #[serde(default)]
+    pub add_prefix_space: Option<bool>,
 }
 
 impl TokenizerConfig {

@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::Value;
 
 use super::build::{self, Added, token_type};
-use super::{Tokenizer, TokenizerFamily};
+use super::{Tokenizer, TokenizerFamily, TokenizerKind};
 use crate::{Error, Result};
 
 /// The special tokens Qwen2.5 names at ids 151646..=151664, where Qwen2-era vocabularies hold
@@ -207,33 +207,143 @@ fn as_f32(v: &Value) -> Option<f32> {
     }
 }
 
+/// Token names llama.cpp treats as control tokens whatever type the file gives them (its
+/// EOT/EOM/FIM/end-of-generation auto-detection in `llama_vocab::impl::load`): they are then
+/// matched in text as special tokens, and the end-of-generation ones stop generation.
+const LLAMA_CPP_CONTROL_NAMES: &[&str] = &[
+    // end of generation
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "[e~[",
+    // fill-in-the-middle
+    "<|fim_prefix|>",
+    "<fim-prefix>",
+    "<fim_prefix>",
+    "<｜fim▁begin｜>",
+    "<PRE>",
+    "▁<PRE>",
+    "<|code_prefix|>",
+    "<|prefix|>",
+    "<|fim_suffix|>",
+    "<fim-suffix>",
+    "<fim_suffix>",
+    "<｜fim▁hole｜>",
+    "<SUF>",
+    "▁<SUF>",
+    "<|code_suffix|>",
+    "<|suffix|>",
+    "<|fim_middle|>",
+    "<fim-middle>",
+    "<fim_middle>",
+    "<｜fim▁end｜>",
+    "<MID>",
+    "▁<MID>",
+    "<|code_middle|>",
+    "<|middle|>",
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<fim_pad>",
+    "<PAD>",
+    "[PAD]",
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+    "<|file_sep|>",
+];
+
+/// The subset of [`LLAMA_CPP_CONTROL_NAMES`] that llama.cpp adds to its end-of-generation set
+/// (besides the file's EOS/EOT/EOM ids): the names of the end-of-generation loop and the
+/// FIM pad/repo/file-separator tokens.
+const LLAMA_CPP_EOG_NAMES: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "[e~[",
+];
+
 pub(super) fn from_metadata(md: &HashMap<String, Value>, path: &Path) -> Result<Tokenizer> {
     let m = Meta { md, path };
     let model = m
         .str("tokenizer.ggml.model")?
         .ok_or_else(|| m.err("no tokenizer.ggml.model: this GGUF file carries no tokenizer"))?;
     let pre = m.str("tokenizer.ggml.pre")?;
-    let family = match (model, pre) {
-        ("llama", None | Some("default")) => TokenizerFamily::Llama,
-        ("gpt2", Some("qwen2")) => TokenizerFamily::Qwen2,
-        ("llama", Some(p)) => {
-            return Err(m.err(format!(
-                "unsupported tokenizer: model \"llama\" with pre-tokenizer \"{p}\" \
-                 (bakeoff supports \"llama\" with the default SentencePiece pre-tokenizer)"
-            )));
+    // llama.cpp ignores tokenizer.ggml.pre for SentencePiece vocabularies, and takes a missing
+    // one on a byte-level vocabulary as "default" (with a warning about quality).
+    let (kind, bpe) = match model {
+        "llama" => {
+            let add_space_prefix = m.bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
+            // llama.cpp puts the space after every special token as well.
+            (
+                TokenizerKind::SentencePiece {
+                    add_space_prefix,
+                    legacy: true,
+                },
+                None,
+            )
         }
-        ("gpt2", p) => {
-            return Err(m.err(format!(
-                "unsupported tokenizer: model \"gpt2\" with pre-tokenizer {} \
-                 (bakeoff supports \"gpt2\" only with pre-tokenizer \"qwen2\")",
-                p.map(|p| format!("\"{p}\""))
-                    .unwrap_or_else(|| "unset".into())
-            )));
+        "gpt2" => {
+            let name = pre.unwrap_or("default");
+            let spec = build::bpe_pre(name).ok_or_else(|| {
+                m.err(format!(
+                    "unsupported tokenizer: byte-level BPE (model \"gpt2\") with pre-tokenizer \
+                     \"{name}\"; bakeoff supports the pre-tokenizers {}",
+                    build::bpe_pre_names()
+                        .iter()
+                        .map(|n| format!("\"{n}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            (
+                TokenizerKind::ByteLevelBpe {
+                    pre: name.to_string(),
+                },
+                Some(spec),
+            )
         }
-        (other, _) => {
+        other => {
             return Err(m.err(format!(
                 "unsupported tokenizer model \"{other}\" (bakeoff supports \"llama\" \
-                 SentencePiece and \"gpt2\" byte-level BPE with the qwen2 pre-tokenizer)"
+                 SentencePiece and \"gpt2\" byte-level BPE)"
             )));
         }
     };
@@ -244,7 +354,7 @@ pub(super) fn from_metadata(md: &HashMap<String, Value>, path: &Path) -> Result<
     if n == 0 || n > u32::MAX as usize {
         return Err(m.err(format!("tokenizer.ggml.tokens has {n} entries")));
     }
-    let types = m
+    let mut types = m
         .numbers("tokenizer.ggml.token_type", |v| as_i64(v).map(|x| x as i32))?
         .unwrap_or_else(|| vec![token_type::NORMAL; n]);
     if types.len() != n {
@@ -254,29 +364,73 @@ pub(super) fn from_metadata(md: &HashMap<String, Value>, path: &Path) -> Result<
         )));
     }
     let bos = m.token_id("tokenizer.ggml.bos_token_id", n)?;
-    let mut eos: Vec<u32> = m
-        .token_id("tokenizer.ggml.eos_token_id", n)?
-        .into_iter()
-        .collect();
-    if let Some(eot) = m.token_id("tokenizer.ggml.eot_token_id", n)?
-        && !eos.contains(&eot)
-    {
-        eos.push(eot);
-    }
+    let eos_id = m.token_id("tokenizer.ggml.eos_token_id", n)?;
+    let eot_id = m.token_id("tokenizer.ggml.eot_token_id", n)?;
+    let eom_id = m.token_id("tokenizer.ggml.eom_token_id", n)?;
     let unk = m.token_id("tokenizer.ggml.unknown_token_id", n)?;
     let pad = m.token_id("tokenizer.ggml.padding_token_id", n)?;
     let add_bos = m
         .bool("tokenizer.ggml.add_bos_token")?
-        .unwrap_or(family == TokenizerFamily::Llama);
+        .unwrap_or(bpe.is_none_or(|p| p.add_bos));
     let add_eos = m.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+    if add_bos && bos.is_none() {
+        return Err(m.err("tokenizer.ggml.add_bos_token is true but there is no bos_token_id"));
+    }
+    if add_eos && eos_id.is_none() {
+        return Err(m.err("tokenizer.ggml.add_eos_token is true but there is no eos_token_id"));
+    }
+
+    // As llama.cpp: control-looking names become control tokens; a "</s>" is a plain token
+    // again where the vocabulary has Gemma-4's or PLaMo-2's own end marker.
+    let plain_s = tokens
+        .iter()
+        .any(|t| t == "<|tool_response>" || t == "<|plamo:eos|>");
+    let mut eog: Vec<u32> = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if plain_s && t == "</s>" {
+            if types[i] == token_type::CONTROL {
+                types[i] = token_type::NORMAL;
+            }
+            continue;
+        }
+        if LLAMA_CPP_CONTROL_NAMES.contains(&t.as_str())
+            && !matches!(types[i], token_type::CONTROL | token_type::UNKNOWN)
+        {
+            types[i] = token_type::CONTROL;
+        }
+        if LLAMA_CPP_EOG_NAMES.contains(&t.as_str())
+            || matches!(
+                t.as_str(),
+                "<|fim_pad|>" | "<fim-pad>" | "<fim_pad>" | "<PAD>" | "[PAD]"
+            )
+            || matches!(
+                t.as_str(),
+                "<|fim_repo|>" | "<|repo_name|>" | "<fim-repo>" | "<REPO>" | "<reponame>"
+            )
+            || t == "<|file_sep|>"
+        {
+            eog.push(i as u32);
+        }
+    }
+    // The file's EOS first (the primary stop token), then its EOT/EOM, then the rest.
+    let mut eos: Vec<u32> = Vec::new();
+    for id in [eos_id, eot_id, eom_id]
+        .into_iter()
+        .flatten()
+        .chain(eog.iter().copied())
+    {
+        if !eos.contains(&id) {
+            eos.push(id);
+        }
+    }
 
     let mut added: Vec<Added> = Vec::new();
     for (i, (t, &ty)) in tokens.iter().zip(&types).enumerate() {
+        // Control and unknown pieces are matched in text only when special tokens are parsed;
+        // user-defined ones always (llama.cpp's tokenizer_st_partition), which is what
+        // tokenizers' special and non-special added tokens do.
         let special = match ty {
-            token_type::CONTROL => true,
-            // The unknown piece is a special token in Llama-2's tokenizer.json, and llama.cpp
-            // also matches it in text.
-            token_type::UNKNOWN => family == TokenizerFamily::Llama,
+            token_type::CONTROL | token_type::UNKNOWN => true,
             token_type::USER_DEFINED => false,
             _ => continue,
         };
@@ -290,12 +444,25 @@ pub(super) fn from_metadata(md: &HashMap<String, Value>, path: &Path) -> Result<
         });
     }
 
-    let inner = match family {
-        TokenizerFamily::Llama => {
+    let bos_p = bos
+        .filter(|_| add_bos)
+        .map(|b| (b, tokens[b as usize].as_str()));
+    let eos_p = eos_id
+        .filter(|_| add_eos)
+        .map(|e| (e, tokens[e as usize].as_str()));
+    let inner = match bpe {
+        None => {
+            let add_space_prefix = matches!(
+                kind,
+                TokenizerKind::SentencePiece {
+                    add_space_prefix: true,
+                    ..
+                }
+            );
             let scores = m.numbers("tokenizer.ggml.scores", as_f32)?.ok_or_else(|| {
                 m.err("no tokenizer.ggml.scores (a SentencePiece vocabulary needs them)")
             })?;
-            if scores.len() != n {
+            if scores.len() < n {
                 return Err(m.err(format!(
                     "tokenizer.ggml.scores has {} entries for {n} tokens",
                     scores.len()
@@ -303,16 +470,17 @@ pub(super) fn from_metadata(md: &HashMap<String, Value>, path: &Path) -> Result<
             }
             let merges = build::spm_merges(&tokens, &scores, &types);
             let unk_tok = unk.map(|u| tokens[u as usize].as_str());
-            let bos_p = bos
-                .filter(|_| add_bos)
-                .map(|b| (b, tokens[b as usize].as_str()));
-            let eos_p = eos
-                .first()
-                .filter(|_| add_eos)
-                .map(|&e| (e, tokens[e as usize].as_str()));
-            build::llama_spm(&tokens, merges, unk_tok, &added, bos_p, eos_p)
+            build::llama_spm(
+                &tokens,
+                merges,
+                unk_tok,
+                &added,
+                add_space_prefix,
+                bos_p,
+                eos_p,
+            )
         }
-        TokenizerFamily::Qwen2 => {
+        Some(spec) => {
             let raw = m
                 .strings("tokenizer.ggml.merges")?
                 .ok_or_else(|| m.err("no tokenizer.ggml.merges (a byte-level BPE needs them)"))?;
@@ -320,41 +488,63 @@ pub(super) fn from_metadata(md: &HashMap<String, Value>, path: &Path) -> Result<
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    s.split_once(' ')
-                        .map(|(a, b)| (a.to_string(), b.to_string()))
+                    // As llama.cpp: split at the first space after the first byte, so that a
+                    // merge whose left half is a space-like piece still parses.
+                    s.char_indices()
+                        .skip(1)
+                        .find(|&(_, c)| c == ' ')
+                        .map(|(at, _)| (s[..at].to_string(), s[at + 1..].to_string()))
                         .ok_or_else(|| {
                             m.err(format!("tokenizer.ggml.merges[{i}] = {s:?} is not \"a b\""))
                         })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            build::qwen2_bpe(&tokens, merges, &added)
+            build::byte_level_bpe(
+                &tokens,
+                merges,
+                &added,
+                spec.patterns,
+                spec.ignore_merges,
+                bos_p,
+                eos_p,
+            )
         }
     }
     .map_err(|e| match e {
         Error::Tokenizer(msg) => m.err(msg),
         other => other,
     })?;
-    Ok(Tokenizer::assemble(
-        inner,
-        Some(family),
-        bos,
-        eos,
-        unk,
-        pad,
-        add_bos,
-    ))
+    let family = match (&kind, bpe) {
+        (TokenizerKind::SentencePiece { .. }, _) => Some(TokenizerFamily::Llama),
+        (TokenizerKind::ByteLevelBpe { .. }, Some(p)) if p.names[0] == "qwen2" => {
+            Some(TokenizerFamily::Qwen2)
+        }
+        _ => None,
+    };
+    let mut t = Tokenizer::assemble(inner, family, bos, eos, unk, pad, add_bos);
+    t.kind = Some(kind);
+    t.add_eos = add_eos;
+    Ok(t)
 }
 
 /// `tokenizer.ggml.*` metadata describing `tok`, for writing a GGUF file that [`from_metadata`]
 /// turns back into the same tokenizer. SentencePiece scores are recovered from the merge ranks
 /// (the merged piece of the rank-r merge scores -r), which orders merges exactly as before.
 pub(super) fn to_metadata(tok: &Tokenizer) -> Result<Vec<(String, Value)>> {
-    let family = tok.family().ok_or_else(|| {
+    let kind = tok.kind().cloned().ok_or_else(|| {
         Error::Tokenizer(
-            "only Llama SentencePiece and Qwen2 byte-level tokenizers can be written to GGUF"
-                .into(),
+            "only SentencePiece and byte-level BPE tokenizers can be written to GGUF".into(),
         )
     })?;
+    if let TokenizerKind::ByteLevelBpe { pre } = &kind
+        && build::bpe_pre(pre).is_none()
+    {
+        return Err(Error::Tokenizer(format!(
+            "this byte-level tokenizer's pre-tokenizer ({pre}) has no llama.cpp name, so it \
+             cannot be written as tokenizer.ggml.pre"
+        )));
+    }
+    let spm = matches!(kind, TokenizerKind::SentencePiece { .. });
     let json: serde_json::Value = serde_json::from_str(&tok.to_json_string(false)?)
         .map_err(|e| Error::Tokenizer(format!("re-reading tokenizer JSON: {e}")))?;
     let merges = parse_json_merges(&json["model"]["merges"])?;
@@ -369,7 +559,7 @@ pub(super) fn to_metadata(tok: &Tokenizer) -> Result<Vec<(String, Value)>> {
             Some(a) if a.special => token_type::CONTROL,
             Some(_) => token_type::USER_DEFINED,
             None if tok.inner().id_to_token(id).is_none() => token_type::UNUSED,
-            None if family == TokenizerFamily::Llama && is_byte_token(&t) => token_type::BYTE,
+            None if spm && is_byte_token(&t) => token_type::BYTE,
             None => token_type::NORMAL,
         };
         tokens.push(t);
@@ -377,10 +567,17 @@ pub(super) fn to_metadata(tok: &Tokenizer) -> Result<Vec<(String, Value)>> {
     }
     let mut md: Vec<(String, Value)> = Vec::new();
     let s = |v: &str| Value::String(v.to_string());
-    match family {
-        TokenizerFamily::Llama => {
+    match &kind {
+        // transformers' non-legacy layout (no space after special tokens) has no GGUF form;
+        // llama.cpp's convert_hf_to_gguf.py writes such vocabularies as plain SentencePiece too.
+        TokenizerKind::SentencePiece {
+            add_space_prefix, ..
+        } => {
             md.push(("tokenizer.ggml.model".into(), s("llama")));
             md.push(("tokenizer.ggml.pre".into(), s("default")));
+            if !*add_space_prefix {
+                md.push(("tokenizer.ggml.add_space_prefix".into(), Value::Bool(false)));
+            }
             let index: HashMap<&str, usize> = tokens
                 .iter()
                 .enumerate()
@@ -401,9 +598,9 @@ pub(super) fn to_metadata(tok: &Tokenizer) -> Result<Vec<(String, Value)>> {
                 Value::Array(scores.into_iter().map(Value::F32).collect()),
             ));
         }
-        TokenizerFamily::Qwen2 => {
+        TokenizerKind::ByteLevelBpe { pre } => {
             md.push(("tokenizer.ggml.model".into(), s("gpt2")));
-            md.push(("tokenizer.ggml.pre".into(), s("qwen2")));
+            md.push(("tokenizer.ggml.pre".into(), s(pre)));
             md.push((
                 "tokenizer.ggml.merges".into(),
                 Value::Array(
@@ -439,7 +636,10 @@ pub(super) fn to_metadata(tok: &Tokenizer) -> Result<Vec<(String, Value)>> {
         "tokenizer.ggml.add_bos_token".into(),
         Value::Bool(tok.adds_bos()),
     ));
-    md.push(("tokenizer.ggml.add_eos_token".into(), Value::Bool(false)));
+    md.push((
+        "tokenizer.ggml.add_eos_token".into(),
+        Value::Bool(tok.adds_eos()),
+    ));
     Ok(md)
 }
 

@@ -1,9 +1,12 @@
 //! Text to token ids and back, on Hugging Face `tokenizers`.
 //!
-//! A tokenizer comes from a model folder's tokenizer.json, or is rebuilt from a GGUF file's
-//! `tokenizer.ggml.*` metadata into the same pipeline transformers would build (Llama-2
-//! SentencePiece with byte fallback, Qwen2 byte-level BPE). Either way the result can be saved as
-//! tokenizer.json, which is how synthetic Hugging Face models get a real vocabulary.
+//! A tokenizer comes from a model folder's tokenizer.json (tokenizing as transformers does), or is
+//! rebuilt from a GGUF file's `tokenizer.ggml.*` metadata into a pipeline that tokenizes as
+//! llama.cpp does on that file: SentencePiece with byte fallback (`llama`, with or without
+//! `add_space_prefix`), or byte-level BPE (`gpt2`) with one of llama.cpp's named pre-tokenizers
+//! (`llama-bpe`, `qwen2`, `smollm`, `deepseek-llm`, `tekken`, ...; see [`BPE_PRE_TOKENIZERS`]).
+//! Either way the result can be saved as tokenizer.json, which is how synthetic Hugging Face
+//! models get a real vocabulary.
 
 mod build;
 mod config;
@@ -17,6 +20,7 @@ use candle_core::quantized::gguf_file::Value;
 use crate::loader::gguf::GgufContent;
 use serde::{Deserialize, Serialize};
 
+pub use build::{BPE_PRE_TOKENIZERS, BpePre, bpe_pre};
 pub use config::{ChatTemplateField, NamedTemplate, TokenField, TokenizerConfig};
 pub use gguf::{QWEN25_TOKENIZER_SIZE, qwen25_special_tokens, upgrade_to_qwen25};
 
@@ -32,10 +36,66 @@ pub enum TokenizerFamily {
     Qwen2,
 }
 
+/// What kind of tokenizer this is, in GGUF terms.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "model", rename_all = "kebab-case")]
+pub enum TokenizerKind {
+    /// SentencePiece BPE with byte fallback (GGUF `tokenizer.ggml.model = "llama"`: Llama 2,
+    /// TinyLlama, Mistral 7B v0.1). `add_space_prefix`: a `▁` goes before the text; `legacy`:
+    /// also before the text after every special token (llama.cpp, Llama-2's tokenizer.json),
+    /// rather than only at the start of the input (transformers' LlamaTokenizer with
+    /// `legacy: false`).
+    SentencePiece {
+        add_space_prefix: bool,
+        legacy: bool,
+    },
+    /// Byte-level BPE (GGUF `"gpt2"`) with a named pre-tokenizer (`tokenizer.ggml.pre`, as
+    /// llama.cpp names it; `tokenizer.json` when a Hugging Face file's own regexes are used).
+    ByteLevelBpe { pre: String },
+}
+
+impl TokenizerKind {
+    /// `tokenizer.ggml.model`.
+    pub fn gguf_model(&self) -> &'static str {
+        match self {
+            TokenizerKind::SentencePiece { .. } => "llama",
+            TokenizerKind::ByteLevelBpe { .. } => "gpt2",
+        }
+    }
+
+    /// One line for people: `SentencePiece BPE (add_space_prefix)`, `byte-level BPE, pre-tokenizer smollm`.
+    pub fn describe(&self) -> String {
+        match self {
+            TokenizerKind::SentencePiece {
+                add_space_prefix: true,
+                legacy: true,
+            } => {
+                "SentencePiece BPE with byte fallback, space prefix after special tokens too".into()
+            }
+            TokenizerKind::SentencePiece {
+                add_space_prefix: true,
+                legacy: false,
+            } => "SentencePiece BPE with byte fallback, space prefix at the start only".into(),
+            TokenizerKind::SentencePiece {
+                add_space_prefix: false,
+                ..
+            } => "SentencePiece BPE with byte fallback, no space prefix".into(),
+            TokenizerKind::ByteLevelBpe { pre } => {
+                format!("byte-level BPE, pre-tokenizer {pre}")
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// `inner` with special-token text left as text, made on first use (llama.cpp's
+    /// `parse_special = false`).
+    literal: std::sync::OnceLock<tokenizers::Tokenizer>,
     family: Option<TokenizerFamily>,
+    kind: Option<TokenizerKind>,
+    add_eos: bool,
     bos: Option<u32>,
     eos: Vec<u32>,
     unk: Option<u32>,
@@ -48,6 +108,7 @@ impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokenizer")
             .field("family", &self.family)
+            .field("kind", &self.kind)
             .field("vocab_size", &self.vocab_size)
             .field("bos", &self.bos)
             .field("eos", &self.eos)
@@ -77,9 +138,13 @@ impl Tokenizer {
             .copied()
             .max()
             .map_or(0, |m| m as usize + 1);
+        let kind = detect_kind(&inner);
         Tokenizer {
             inner,
+            literal: std::sync::OnceLock::new(),
             family,
+            kind,
+            add_eos: false,
             bos,
             eos,
             unk,
@@ -165,6 +230,7 @@ impl Tokenizer {
                     Vec::new(),
                     Some("<unk>"),
                     &added,
+                    true,
                     Some((1, "<s>")),
                     None,
                 )?;
@@ -231,14 +297,82 @@ impl Tokenizer {
         if let Some(a) = cfg.add_bos_token {
             self.add_bos = a && self.bos.is_some();
         }
+        if matches!(
+            cfg.tokenizer_class.as_deref(),
+            Some("LlamaTokenizer" | "LlamaTokenizerFast")
+        ) && matches!(self.kind, Some(TokenizerKind::SentencePiece { .. }))
+        {
+            self.llama_tokenizer_layout(
+                cfg.add_prefix_space.unwrap_or(true),
+                cfg.legacy.unwrap_or(false),
+            );
+        }
+    }
+
+    /// What transformers 5's LlamaTokenizer does with a tokenizer.json: it keeps the vocabulary,
+    /// merges, added tokens and post-processor but rebuilds the rest: no normalizer, a Metaspace
+    /// pre-tokenizer that prepends `▁` always (`legacy`), only at the start of the input
+    /// (`legacy: false`, its default; then no `▁` follows a special token) or never
+    /// (`add_prefix_space: false`), and a decoder that strips the prepended space.
+    fn llama_tokenizer_layout(&mut self, add_prefix_space: bool, legacy: bool) {
+        use tokenizers::decoders::{
+            byte_fallback::ByteFallback, fuse::Fuse, sequence::Sequence, strip::Strip,
+        };
+        use tokenizers::normalizers::replace::Replace;
+        use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+        let scheme = match (add_prefix_space, legacy) {
+            (false, _) => PrependScheme::Never,
+            (true, true) => PrependScheme::Always,
+            (true, false) => PrependScheme::First,
+        };
+        let Ok(replace) = Replace::new("▁", " ") else {
+            return;
+        };
+        let mut decode = vec![
+            tokenizers::DecoderWrapper::Replace(replace),
+            tokenizers::DecoderWrapper::ByteFallback(ByteFallback::new()),
+            tokenizers::DecoderWrapper::Fuse(Fuse::new()),
+        ];
+        if add_prefix_space {
+            decode.push(tokenizers::DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+        }
+        self.inner
+            .with_normalizer(None::<tokenizers::NormalizerWrapper>)
+            .with_pre_tokenizer(Some(Metaspace::new('▁', scheme, false)))
+            .with_decoder(Some(Sequence::new(decode)));
+        self.literal = std::sync::OnceLock::new();
+        self.kind = Some(TokenizerKind::SentencePiece {
+            add_space_prefix: add_prefix_space,
+            legacy,
+        });
     }
 
     /// Token ids of `text`. Special-token text such as `<|im_start|>` or `</s>` becomes its one
     /// token. `add_special` adds what the family adds for a new sequence: BOS for Llama, nothing
     /// for Qwen2.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
+        self.encode_with(text, add_special, true)
+    }
+
+    /// As llama.cpp's `llama_tokenize(text, add_special, parse_special)`: with `parse_special`
+    /// false, control-token text such as `<|im_start|>` is tokenized as plain text (user-defined
+    /// tokens are still matched, as in llama.cpp and transformers).
+    pub fn encode_with(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<u32>> {
+        let tk = if parse_special {
+            &self.inner
+        } else {
+            self.literal.get_or_init(|| {
+                let mut t = self.inner.clone();
+                t.set_encode_special_tokens(true);
+                t
+            })
+        };
+        let enc = tk
             .encode_fast(text, add_special)
             .map_err(|e| tok_err("encode", e))?;
         Ok(enc.get_ids().to_vec())
@@ -279,6 +413,17 @@ impl Tokenizer {
 
     pub fn family(&self) -> Option<TokenizerFamily> {
         self.family
+    }
+
+    /// SentencePiece or byte-level BPE with which pre-tokenizer; None for a tokenizer.json of
+    /// another model type (WordPiece, Unigram...).
+    pub fn kind(&self) -> Option<&TokenizerKind> {
+        self.kind.as_ref()
+    }
+
+    /// Whether `encode(text, true)` ends with EOS.
+    pub fn adds_eos(&self) -> bool {
+        self.add_eos
     }
 
     pub fn bos_id(&self) -> Option<u32> {
@@ -333,6 +478,79 @@ impl Tokenizer {
 
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
+    }
+}
+
+/// The kind of a tokenizer.json: SentencePiece when its BPE falls back to bytes, byte-level
+/// when it decodes bytes; a byte-level one is named after the llama.cpp pre-tokenizer whose
+/// regexes it carries, or "tokenizer.json".
+fn detect_kind(inner: &tokenizers::Tokenizer) -> Option<TokenizerKind> {
+    use tokenizers::{DecoderWrapper, ModelWrapper, NormalizerWrapper, PreTokenizerWrapper};
+    match (inner.get_model(), inner.get_decoder()) {
+        (ModelWrapper::BPE(b), _) if b.byte_fallback => {
+            let prepends = |n: &NormalizerWrapper| matches!(n, NormalizerWrapper::Prepend(_));
+            let normalizer_prepends = match inner.get_normalizer() {
+                Some(NormalizerWrapper::Sequence(seq)) => {
+                    serde_json::to_value(seq).ok().is_some_and(|v| {
+                        v["normalizers"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|n| n["type"] == "Prepend"))
+                    })
+                }
+                Some(n) => prepends(n),
+                None => false,
+            };
+            let metaspace_prepends = match inner.get_pre_tokenizer() {
+                Some(PreTokenizerWrapper::Metaspace(m)) => {
+                    m.get_prepend_scheme()
+                        != tokenizers::pre_tokenizers::metaspace::PrependScheme::Never
+                }
+                _ => false,
+            };
+            let metaspace_first = matches!(
+                inner.get_pre_tokenizer(),
+                Some(PreTokenizerWrapper::Metaspace(m))
+                    if m.get_prepend_scheme() == tokenizers::pre_tokenizers::metaspace::PrependScheme::First
+            );
+            Some(TokenizerKind::SentencePiece {
+                add_space_prefix: normalizer_prepends || metaspace_prepends,
+                legacy: !metaspace_first,
+            })
+        }
+        (ModelWrapper::BPE(_), Some(DecoderWrapper::ByteLevel(_))) => {
+            let pre = serde_json::to_value(inner.get_pre_tokenizer())
+                .ok()
+                .map(|v| {
+                    let mut regexes = Vec::new();
+                    collect_regexes(&v, &mut regexes);
+                    regexes
+                })
+                .and_then(|r| build::bpe_pre_for_regexes(&r))
+                .unwrap_or("tokenizer.json");
+            Some(TokenizerKind::ByteLevelBpe {
+                pre: pre.to_string(),
+            })
+        }
+        _ => None,
+    }
+}
+
+fn collect_regexes(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(o) => {
+            if let Some(r) = o
+                .get("pattern")
+                .and_then(|p| p.get("Regex"))
+                .and_then(|r| r.as_str())
+            {
+                out.push(r.to_string());
+            }
+            for x in o.values() {
+                collect_regexes(x, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_regexes(x, out)),
+        _ => {}
     }
 }
 
