@@ -14,8 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use bakeoff_engine::loader::gguf::GgufContent as Content;
 use bakeoff_engine::tokenizer::{Tokenizer, TokenizerConfig, TokenizerKind};
-use candle_core::quantized::gguf_file::Content;
 
 const ZEPHYR: &str = "<|system|>\nBe brief.</s>\n<|user|>\nHi there!</s>\n<|assistant|>\nHello.</s>\n<|user|>\nWhat's 2+2?</s>\n<|assistant|>\n";
 
@@ -49,9 +49,8 @@ fn required() -> bool {
 /// tokenizer_config.json as TinyLlama-1.1B-Chat-v1.0 has it (trimmed to the tokenizer fields).
 fn tinyllama_folder(dir: &Path, legacy: Option<bool>) {
     let vocab = root().join("../shared/vocab/ggml-vocab-llama-spm.gguf");
-    let mut f = std::fs::File::open(&vocab)
-        .unwrap_or_else(|e| panic!("{}: {e} (see /work/shared/vocab)", vocab.display()));
-    let content = Content::read(&mut f).unwrap();
+    let content =
+        Content::read_file(&vocab).unwrap_or_else(|e| panic!("{e} (see /work/shared/vocab)"));
     let tok = Tokenizer::from_gguf(&content, &vocab).unwrap();
     tok.save(dir.join("tokenizer.json")).unwrap();
     let mut cfg = serde_json::json!({

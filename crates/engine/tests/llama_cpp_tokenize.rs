@@ -14,8 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use bakeoff_engine::loader::gguf::GgufContent as Content;
 use bakeoff_engine::tokenizer::Tokenizer;
-use candle_core::quantized::gguf_file::Content;
 use serde::Deserialize;
 
 const REAL_MODELS: &[&str] = &[
@@ -102,8 +102,7 @@ fn files() -> Vec<PathBuf> {
 }
 
 fn load(path: &Path) -> Tokenizer {
-    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let content = Content::read(&mut f).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let content = Content::read_file(path).unwrap_or_else(|e| panic!("{e}"));
     Tokenizer::from_gguf(&content, path).unwrap_or_else(|e| panic!("{e}"))
 }
 

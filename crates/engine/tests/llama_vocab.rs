@@ -11,8 +11,8 @@
 
 use std::path::{Path, PathBuf};
 
+use bakeoff_engine::loader::gguf::GgufContent as Content;
 use bakeoff_engine::tokenizer::{Tokenizer, TokenizerKind};
-use candle_core::quantized::gguf_file::Content;
 
 /// Every vocabulary of the set whose tokenizer bakeoff implements, with the kind it must
 /// report. The others (bert-bge: WordPiece; gemma-4: SentencePiece-style BPE; aquila, baichuan,
@@ -62,8 +62,7 @@ fn vocab_dir() -> Option<PathBuf> {
 }
 
 fn load(path: &Path) -> Tokenizer {
-    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let content = Content::read(&mut f).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let content = Content::read_file(path).unwrap_or_else(|e| panic!("{e}"));
     Tokenizer::from_gguf(&content, path).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -139,8 +138,7 @@ fn every_llama_cpp_vocabulary_test_passes() {
 fn other_tokenizer_models_are_refused_by_name() {
     let Some(dir) = vocab_dir() else { return };
     let path = dir.join("ggml-vocab-bert-bge.gguf");
-    let mut f = std::fs::File::open(&path).unwrap();
-    let content = Content::read(&mut f).unwrap();
+    let content = Content::read_file(&path).unwrap();
     let err = Tokenizer::from_gguf(&content, &path)
         .unwrap_err()
         .to_string();
