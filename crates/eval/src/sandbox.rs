@@ -1715,16 +1715,27 @@ impl Sandbox {
         let mut timed_out = false;
         let mut capped = false;
         let mut killed = false;
+        let isolate = self.isolate;
         let kill_run = |init: Option<i32>| {
             // SAFETY: kill has no memory preconditions; the init pid cannot have been reused
             // while the keeper (its parent) has not reaped it, and the keeper is not reaped
             // before this.
             unsafe {
-                if let Some(p) = init {
-                    libc::kill(p, libc::SIGKILL);
+                match init {
+                    // Killing init takes the PID namespace down; the keeper is left alone so
+                    // that its exit (after reaping init, which the kernel delays until every
+                    // process of the namespace is gone) still marks the end of the run.
+                    Some(p) if isolate => {
+                        libc::kill(p, libc::SIGKILL);
+                    }
+                    _ => {
+                        if let Some(p) = init {
+                            libc::kill(p, libc::SIGKILL);
+                        }
+                        libc::kill(-keeper_pid, libc::SIGKILL);
+                        libc::kill(keeper_pid, libc::SIGKILL);
+                    }
                 }
-                libc::kill(-keeper_pid, libc::SIGKILL);
-                libc::kill(keeper_pid, libc::SIGKILL);
             }
         };
         loop {
