@@ -8,6 +8,8 @@ Folders written:
   tiny-llama/           LlamaForCausalLM, single model.safetensors (f32)
   tiny-llama-sharded/   the same weights as model-0000K-of-0000N.safetensors + index
   tiny-qwen2/           Qwen2ForCausalLM (q/k/v biases, tied embeddings)
+  tiny-llama3/          LlamaForCausalLM with Llama 3.x rope scaling (rope_type llama3, θ = 5e5,
+                        original context 64 so that all three frequency bands occur in a head)
 
 Each folder gets config.json (exactly the dicts below), generation_config.json,
 the weights, and reference.json:
@@ -63,6 +65,21 @@ LLAMA_GENERATION_CONFIG = {  # shaped like TinyLlama-1.1B-Chat-v1.0's
     "max_length": 2048,
     "pad_token_id": 0,
 }
+
+# Llama 3.x's rope: θ = 500000 and `rope_type: llama3` scaling. With head_dim 16 and an original
+# context of 64, the head's wavelengths (6.3, 32, 167, …) fall below, inside and above [64/4, 64/1],
+# so the kept, blended and divided bands are all exercised.
+LLAMA3_CONFIG = dict(
+    LLAMA_CONFIG,
+    rope_theta=500000.0,
+    rope_scaling={
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    },
+)
 
 QWEN2_CONFIG = {
     "architectures": ["Qwen2ForCausalLM"],
@@ -322,17 +339,25 @@ def main():
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--min-margin", type=float, default=1e-2,
                     help="required top1-top2 logit gap at every greedy step")
+    ap.add_argument("--only", help="write just this fixture (tiny-llama, tiny-qwen2, tiny-llama3)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     os.makedirs(args.out, exist_ok=True)
-    build(args.out, "tiny-llama", LLAMA_CONFIG, LLAMA_GENERATION_CONFIG, seed=1234,
-          min_margin=args.min_margin, embed_std=1.0, lm_head_std=0.35,
-          sharded_name="tiny-llama-sharded")
+    want = lambda name: args.only in (None, name)
+    if want("tiny-llama"):
+        build(args.out, "tiny-llama", LLAMA_CONFIG, LLAMA_GENERATION_CONFIG, seed=1234,
+              min_margin=args.min_margin, embed_std=1.0, lm_head_std=0.35,
+              sharded_name="tiny-llama-sharded")
     # Tied head: the embedding doubles as lm_head, so its std sets the logit scale.
     # A larger residual gain keeps h from being dominated by the input token's own
     # embedding, which with a tied head makes greedy repeat the last token forever.
-    build(args.out, "tiny-qwen2", QWEN2_CONFIG, QWEN2_GENERATION_CONFIG, seed=5678,
-          min_margin=args.min_margin, embed_std=0.35, lm_head_std=0.35, residual_gain=5.0)
+    if want("tiny-qwen2"):
+        build(args.out, "tiny-qwen2", QWEN2_CONFIG, QWEN2_GENERATION_CONFIG, seed=5678,
+              min_margin=args.min_margin, embed_std=0.35, lm_head_std=0.35,
+              residual_gain=5.0)
+    if want("tiny-llama3"):
+        build(args.out, "tiny-llama3", LLAMA3_CONFIG, LLAMA_GENERATION_CONFIG, seed=4321,
+              min_margin=args.min_margin, embed_std=1.0, lm_head_std=0.35)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ enum Command {
     Synth(commands::synth::SynthArgs),
     /// Quantize a model to a GGUF file (q8_0, q4_0, q4_k, q5_k, q6_k), or measure the quality cost.
     Quantize(commands::quantize::QuantizeArgs),
+    /// WikiText-2 perplexity by llama-perplexity's protocol (20 chunks of 512 by default).
+    Perplexity(commands::perplexity::PerplexityArgs),
     /// Synthesize a full-size model and chat with it: the offline demo of the engine.
     Demo(commands::demo::DemoArgs),
     /// Quality scores per category from public benchmarks and verifiable checks, with intervals,
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Synth(a) => commands::synth::run(a),
         Command::Quantize(a) => commands::quantize::run(a),
+        Command::Perplexity(a) => commands::perplexity::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Compare(a) => commands::compare::run(a),

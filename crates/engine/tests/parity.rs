@@ -105,6 +105,42 @@ fn qwen2_f32_equals_transformers() {
     check_model("tiny-qwen2", DeviceKind::Cpu, 2, 1e-4);
 }
 
+/// Llama 3.x rope scaling (`rope_type: llama3`), all three frequency bands in one head.
+#[test]
+fn llama3_rope_scaling_equals_transformers() {
+    check_model("tiny-llama3", DeviceKind::Cpu, 2, 1e-4);
+}
+
+/// The same weights without the scaling must give other logits: the fixture really tests it.
+#[test]
+fn llama3_fixture_differs_without_scaling() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["model.safetensors", "generation_config.json"] {
+        std::fs::copy(fixture("tiny-llama3").join(f), dir.path().join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-llama3").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    cfg.as_object_mut().unwrap().remove("rope_scaling");
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let opts = LoadOptions {
+        threads: Some(2),
+        ..Default::default()
+    };
+    let mut m = load_model_only(dir.path(), &opts).unwrap();
+    let r = reference("tiny-llama3");
+    let case = r.prompts.last().unwrap();
+    let vocab = m.config().vocab_size;
+    let all = m.forward(&case.ids, true).unwrap();
+    let last = case.ids.len() - 1;
+    let d = max_abs_diff(&all[last * vocab..], &case.logits[last]);
+    assert!(
+        d > 1e-2,
+        "unscaled rope gives the same logits (max |Δ| {d})"
+    );
+}
+
 #[test]
 fn sharded_safetensors_equal_transformers() {
     check_model("tiny-llama-sharded", DeviceKind::Cpu, 1, 1e-4);

@@ -1,4 +1,5 @@
 use anyhow::Result;
+use bakeoff_engine::models::RopeScaling;
 use clap::Args;
 
 use crate::args::{ModelArgs, gib};
@@ -70,6 +71,18 @@ pub fn run(a: InfoArgs) -> Result<()> {
         c.vocab_size,
         lm.tokenizer.vocab_size()
     );
+    let scaling = match &c.rope_scaling {
+        RopeScaling::None => "no scaling".to_string(),
+        RopeScaling::Linear { factor } => format!("linear scaling ×{factor}"),
+        RopeScaling::Llama3 {
+            factor,
+            original_max_position_embeddings,
+            ..
+        } => format!("llama3 scaling ×{factor} from {original_max_position_embeddings}"),
+        RopeScaling::Factors { factors } => {
+            format!("{} per-frequency factors (rope_freqs)", factors.len())
+        }
+    };
     println!(
         "tokenizer     {}; BOS {}, EOS {}",
         t.kind()
@@ -79,7 +92,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
         if t.adds_eos() { "added" } else { "not added" },
     );
     println!(
-        "rope          theta {} ({:?}), rms eps {}",
+        "rope          theta {} ({:?}, {scaling}), rms eps {}",
         c.rope_theta, c.rope_style, c.rms_eps
     );
     println!(

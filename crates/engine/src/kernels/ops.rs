@@ -24,15 +24,21 @@ pub struct RopeTable {
 }
 
 impl RopeTable {
+    /// Plain rotary frequencies `θ^(-2i/head_dim)`.
     pub fn new(theta: f32, head_dim: usize, pos: usize, n: usize) -> Self {
-        let half = head_dim / 2;
-        let inv: Vec<f32> = (0..half)
+        let inv: Vec<f32> = (0..head_dim / 2)
             .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
             .collect();
+        Self::with_inv_freq(&inv, pos, n)
+    }
+
+    /// Positions `pos .. pos + n` for the given inverse frequencies (one per dimension pair).
+    pub fn with_inv_freq(inv: &[f32], pos: usize, n: usize) -> Self {
+        let half = inv.len();
         let mut cos = Vec::with_capacity(n * half);
         let mut sin = Vec::with_capacity(n * half);
         for p in pos..pos + n {
-            for f in &inv {
+            for f in inv {
                 let a = p as f32 * f;
                 cos.push(a.cos());
                 sin.push(a.sin());

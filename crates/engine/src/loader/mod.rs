@@ -350,8 +350,32 @@ pub fn open_weights(path: &Path) -> Result<(DecoderConfig, Box<dyn TensorStore>)
         if let Some(emb) = store.content.tensor_infos.get("token_embd.weight") {
             cfg.vocab_size = emb.shape[0];
         }
+        apply_rope_freqs(&mut cfg, &store, path)?;
         Ok((cfg, Box::new(store)))
     }
+}
+
+/// llama.cpp's converter writes Llama 3.x rope scaling as the `rope_freqs.weight` tensor (one
+/// divisor per frequency) rather than as metadata.
+fn apply_rope_freqs(cfg: &mut DecoderConfig, store: &dyn TensorStore, path: &Path) -> Result<()> {
+    if !store.has("rope_freqs.weight") {
+        return Ok(());
+    }
+    if cfg.rope_scaling != crate::models::RopeScaling::None {
+        return Err(Error::format(
+            path,
+            format!(
+                "both rope scaling metadata ({:?}) and a rope_freqs.weight tensor",
+                cfg.rope_scaling
+            ),
+        ));
+    }
+    let factors = store.tensor("rope_freqs.weight")?.to_f32()?;
+    cfg.rope_scaling = crate::models::RopeScaling::Factors { factors };
+    cfg.validate().map_err(|e| match e {
+        Error::InvalidArgument(m) => Error::format(path, m),
+        other => other,
+    })
 }
 
 /// [`open_weights`] then [`build_model`], with `--dtype` applied.
@@ -499,6 +523,7 @@ fn open_gguf(path: &Path) -> Result<Parts> {
         store.check_block_count(cfg.n_layers)?;
     }
     cfg.tied_embeddings = !store.has("lm_head.weight");
+    apply_rope_freqs(&mut cfg, &store, path)?;
     let tokenizer = Tokenizer::from_gguf(&store.content, path)?;
     if cfg.vocab_size == 0 {
         cfg.vocab_size = tokenizer.vocab_size();

@@ -31,6 +31,8 @@ pub struct Decoder<B: Backend> {
     layers: Vec<Layer<B>>,
     norm: B::Vector,
     lm_head: Option<B::Matrix>,
+    /// Rotary inverse frequencies of one head, scaling applied.
+    inv_freq: Vec<f32>,
     /// KV caches by slot; `None` marks a free slot. Slot 0 always exists.
     caches: Vec<Option<B::Cache>>,
 }
@@ -110,6 +112,7 @@ impl<B: Backend> Decoder<B> {
         progress(total, total);
         let cache = backend.new_cache(&cfg)?;
         Ok(Self {
+            inv_freq: cfg.rope_inv_freq(),
             cfg,
             backend,
             embed,
@@ -166,12 +169,7 @@ impl<B: Backend> Decoder<B> {
             }
             starts.push(ids.len());
             ids.extend_from_slice(toks);
-            ropes.push(RopeTable::new(
-                self.cfg.rope_theta,
-                self.cfg.head_dim,
-                pos,
-                toks.len(),
-            ));
+            ropes.push(RopeTable::with_inv_freq(&self.inv_freq, pos, toks.len()));
         }
         let b = &self.backend;
         let cfg = &self.cfg;

@@ -4,7 +4,7 @@
 //! attention without biases, a SwiGLU MLP and an untied output head. Reference:
 //! `transformers/models/llama/modeling_llama.py`. The forward pass lives in [`super::decoder`].
 
-use super::{Arch, DecoderConfig, GgufMeta, HfCommon, RopeStyle};
+use super::{Arch, DecoderConfig, GgufMeta, HfCommon, RopeScaling, RopeStyle};
 use crate::Result;
 
 pub fn config_from_hf(json: &serde_json::Value) -> Result<DecoderConfig> {
@@ -27,6 +27,7 @@ pub fn config_from_hf(json: &serde_json::Value) -> Result<DecoderConfig> {
             .unwrap_or(false),
         tied_embeddings: c.tie_word_embeddings.unwrap_or(false),
         rope_style: RopeStyle::Neox,
+        rope_scaling: c.rope_scaling()?,
         bos_token_id: c.bos_token_id,
         eos_token_ids: c.eos_ids(),
     })
@@ -62,6 +63,16 @@ pub(crate) fn common_from_gguf(
     let head_dim = md
         .opt_usize(&k("attention.key_length"))?
         .unwrap_or(hidden / n_heads.max(1));
+    // Partial rotary embeddings (a rope dimension below the head size) belong to other
+    // architectures; refusing them is better than rotating the wrong number of dimensions.
+    if let Some(rd) = md.opt_usize(&k("rope.dimension_count"))?
+        && rd != head_dim
+    {
+        return Err(crate::Error::InvalidArgument(format!(
+            "GGUF metadata `{prefix}.rope.dimension_count` is {rd} but heads have {head_dim} \
+             dimensions: partial rotary embeddings are not supported"
+        )));
+    }
     let vocab_size = match md.opt_usize(&k("vocab_size"))? {
         Some(v) => v,
         None => match md.map.get("tokenizer.ggml.tokens") {
@@ -92,9 +103,35 @@ pub(crate) fn common_from_gguf(
         // Decided by the loader from whether `output.weight` exists.
         tied_embeddings: false,
         rope_style,
+        rope_scaling: rope_scaling_from_gguf(md, prefix)?,
         bos_token_id: md
             .opt_usize("tokenizer.ggml.bos_token_id")?
             .map(|b| b as u32),
         eos_token_ids,
     })
+}
+
+/// `{arch}.rope.scaling.*` of GGUF metadata. Llama 3.x scaling usually arrives as the
+/// `rope_freqs.weight` tensor instead, which the loader reads (see `loader::apply_rope_freqs`).
+fn rope_scaling_from_gguf(md: &GgufMeta<'_>, prefix: &str) -> Result<RopeScaling> {
+    let key = format!("{prefix}.rope.scaling.type");
+    if !md.map.contains_key(&key) {
+        return Ok(RopeScaling::None);
+    }
+    let factor = || -> Result<f32> {
+        md.opt_f32(&format!("{prefix}.rope.scaling.factor"))?
+            .ok_or_else(|| {
+                crate::Error::InvalidArgument(format!(
+                    "GGUF metadata has `{key}` but no `{prefix}.rope.scaling.factor`"
+                ))
+            })
+    };
+    match md.str(&key)? {
+        "none" => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear { factor: factor()? }),
+        other => Err(crate::Error::InvalidArgument(format!(
+            "GGUF metadata `{key}` is `{other}`: bakeoff runs `none` and `linear` (and Llama 3 \
+             scaling given as the rope_freqs.weight tensor)"
+        ))),
+    }
 }

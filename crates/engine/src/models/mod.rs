@@ -46,6 +46,28 @@ pub enum RopeStyle {
     Interleaved,
 }
 
+/// How rotary frequencies are stretched for contexts longer than the model was trained on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RopeScaling {
+    #[default]
+    None,
+    /// Positions divided by `factor` (Hugging Face `rope_type: linear`, GGUF
+    /// `rope.scaling.type = linear`).
+    Linear { factor: f32 },
+    /// Llama 3.x: low frequencies divided by `factor`, high ones kept, a smooth blend between
+    /// (transformers' `_compute_llama3_parameters`).
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position_embeddings: usize,
+    },
+    /// One divisor per frequency: how llama.cpp's converter stores Llama 3.x scaling in a GGUF
+    /// file (the `rope_freqs.weight` tensor).
+    Factors { factors: Vec<f32> },
+}
+
 /// Everything the shared decoder needs to know about a model's shape.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DecoderConfig {
@@ -63,6 +85,8 @@ pub struct DecoderConfig {
     pub qkv_bias: bool,
     pub tied_embeddings: bool,
     pub rope_style: RopeStyle,
+    #[serde(default)]
+    pub rope_scaling: RopeScaling,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
@@ -92,7 +116,78 @@ impl DecoderConfig {
         {
             return bad("rope_theta and rms_norm_eps must be positive".into());
         }
+        let half = self.head_dim / 2;
+        match &self.rope_scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => {
+                if !(factor.is_finite() && *factor > 0.0) {
+                    return bad(format!("rope scaling factor {factor} must be positive"));
+                }
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let pos = |x: f32| x.is_finite() && x > 0.0;
+                if !(pos(*factor) && pos(*low_freq_factor) && pos(*high_freq_factor))
+                    || high_freq_factor <= low_freq_factor
+                    || *original_max_position_embeddings == 0
+                {
+                    return bad(format!(
+                        "llama3 rope scaling needs positive factors with high_freq_factor > \
+                         low_freq_factor and original_max_position_embeddings > 0, got \
+                         {:?}",
+                        self.rope_scaling
+                    ));
+                }
+            }
+            RopeScaling::Factors { factors } => {
+                if factors.len() != half || factors.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
+                    return bad(format!(
+                        "rope_freqs.weight must hold {half} positive factors (head_dim {} / 2), \
+                         got {} values",
+                        self.head_dim,
+                        factors.len()
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The rotary inverse frequencies of one head (`head_dim / 2` values), scaling applied, in
+    /// f32 as transformers computes them.
+    pub fn rope_inv_freq(&self) -> Vec<f32> {
+        let d = self.head_dim;
+        let base = (0..d / 2).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f32 / d as f32));
+        match &self.rope_scaling {
+            RopeScaling::None => base.collect(),
+            RopeScaling::Linear { factor } => base.map(|f| f / factor).collect(),
+            RopeScaling::Factors { factors } => base.zip(factors).map(|(f, k)| f / k).collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position_embeddings,
+            } => {
+                let old = *original_max_position_embeddings as f32;
+                let (low_wavelen, high_wavelen) = (old / low, old / high);
+                base.map(|f| {
+                    let wavelen = 2.0 * std::f32::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (old / wavelen - low) / (high - low);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+            }
+        }
     }
 
     /// Parameters counted from the shapes (what the weights hold, biases included).
@@ -229,14 +324,45 @@ impl HfCommon {
                 "config.json: hidden_act `{act}` is not supported (only silu)"
             )));
         }
-        if let Some(s) = &c.rope_scaling
-            && !s.is_null()
-        {
-            return Err(Error::InvalidArgument(format!(
-                "config.json: rope_scaling {s} is not supported yet"
-            )));
-        }
+        c.rope_scaling()?;
         Ok(c)
+    }
+
+    /// `rope_scaling` of config.json: absent, null, `default`, `linear` or `llama3`. Other
+    /// kinds (yarn, dynamic, longrope) change attention beyond the frequencies and are refused
+    /// by name rather than run wrongly.
+    pub fn rope_scaling(&self) -> Result<RopeScaling> {
+        let Some(s) = self.rope_scaling.as_ref().filter(|s| !s.is_null()) else {
+            return Ok(RopeScaling::None);
+        };
+        let kind = s
+            .get("rope_type")
+            .or_else(|| s.get("type"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let num = |k: &str| s.get(k).and_then(|v| v.as_f64());
+        let need = |k: &str| {
+            num(k).ok_or_else(|| {
+                Error::InvalidArgument(format!("config.json: rope_scaling {s} has no number `{k}`"))
+            })
+        };
+        match kind {
+            "default" => Ok(RopeScaling::None),
+            "linear" => Ok(RopeScaling::Linear {
+                factor: need("factor")? as f32,
+            }),
+            "llama3" => Ok(RopeScaling::Llama3 {
+                factor: need("factor")? as f32,
+                low_freq_factor: need("low_freq_factor")? as f32,
+                high_freq_factor: need("high_freq_factor")? as f32,
+                original_max_position_embeddings: need("original_max_position_embeddings")?
+                    as usize,
+            }),
+            other => Err(Error::InvalidArgument(format!(
+                "config.json: rope_scaling type `{other}` is not supported (bakeoff runs \
+                 `default`, `linear` and `llama3`)"
+            ))),
+        }
     }
 
     pub fn eos_ids(&self) -> Vec<u32> {
@@ -270,6 +396,7 @@ pub fn gguf_tensor_name(hf_name: &str) -> Option<String> {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
         "lm_head.weight" => Some("output.weight"),
+        "rope_freqs.weight" => Some("rope_freqs.weight"),
         _ => None,
     };
     if let Some(f) = fixed {
@@ -316,4 +443,87 @@ pub fn layer_tensor_names(i: usize, qkv_bias: bool) -> Vec<String> {
         v.push(format!("{p}.self_attn.v_proj.bias"));
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(scaling: RopeScaling) -> DecoderConfig {
+        DecoderConfig {
+            arch: Arch::Llama,
+            vocab_size: 10,
+            hidden_size: 64,
+            intermediate_size: 8,
+            n_layers: 1,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 16,
+            max_context: 256,
+            rope_theta: 500_000.0,
+            rms_eps: 1e-5,
+            qkv_bias: false,
+            tied_embeddings: false,
+            rope_style: RopeStyle::Neox,
+            rope_scaling: scaling,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+        }
+    }
+
+    /// llama.cpp's converter turns `rope_type: llama3` into per-frequency divisors
+    /// (`rope_freqs.weight`); both forms must give the same frequencies.
+    #[test]
+    fn llama3_scaling_equals_its_gguf_factors() {
+        let (factor, low, high, old) = (8.0f32, 1.0f32, 4.0f32, 64usize);
+        let llama3 = cfg(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor: low,
+            high_freq_factor: high,
+            original_max_position_embeddings: old,
+        });
+        llama3.validate().unwrap();
+        let plain = cfg(RopeScaling::None).rope_inv_freq();
+        // convert_hf_to_gguf.py's LlamaModel.generate_extra_tensors, in f64 as numpy does.
+        let factors: Vec<f32> = plain
+            .iter()
+            .map(|&f| {
+                let wavelen = 2.0 * std::f64::consts::PI / f as f64;
+                let (lw, hw) = (old as f64 / low as f64, old as f64 / high as f64);
+                if wavelen < hw {
+                    1.0
+                } else if wavelen > lw {
+                    factor
+                } else {
+                    let smooth = (old as f64 / wavelen - low as f64) / (high - low) as f64;
+                    (1.0 / ((1.0 - smooth) / factor as f64 + smooth)) as f32
+                }
+            })
+            .collect();
+        assert!(factors.contains(&1.0) && factors.contains(&factor));
+        assert!(factors.iter().any(|&f| f > 1.0 && f < factor));
+        let from_factors = cfg(RopeScaling::Factors { factors }).rope_inv_freq();
+        for (a, b) in llama3.rope_inv_freq().iter().zip(&from_factors) {
+            assert!((a - b).abs() <= 1e-6 * a.abs(), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn bad_scaling_is_refused() {
+        assert!(cfg(RopeScaling::Linear { factor: 0.0 }).validate().is_err());
+        assert!(
+            cfg(RopeScaling::Factors {
+                factors: vec![1.0; 3]
+            })
+            .validate()
+            .is_err()
+        );
+        let c = HfCommon::parse(&serde_json::json!({
+            "vocab_size": 10, "hidden_size": 64, "intermediate_size": 8,
+            "num_hidden_layers": 1, "num_attention_heads": 4,
+            "rope_scaling": {"rope_type": "yarn", "factor": 4.0}
+        }));
+        let e = c.unwrap_err().to_string();
+        assert!(e.contains("yarn"), "{e}");
+    }
 }

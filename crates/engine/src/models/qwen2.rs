@@ -29,6 +29,7 @@ pub fn config_from_hf(json: &serde_json::Value) -> Result<DecoderConfig> {
         qkv_bias: true,
         tied_embeddings: c.tie_word_embeddings.unwrap_or(false),
         rope_style: RopeStyle::Neox,
+        rope_scaling: c.rope_scaling()?,
         bos_token_id: c.bos_token_id,
         eos_token_ids: c.eos_ids(),
     })

@@ -373,6 +373,58 @@ pub fn reference_pass(
     Ok(reference)
 }
 
+/// Perplexity of one model over the chunks, as `llama-perplexity` reports it (its final
+/// estimate, with the standard error of the mean log-probability carried through `exp`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Perplexity {
+    /// Scored positions.
+    pub tokens: usize,
+    pub ppl: Estimate,
+    /// The running estimate after each chunk, as llama-perplexity prints it (`[1]8.1,[2]9.3,…`).
+    pub per_chunk: Vec<f64>,
+}
+
+/// Runs `model` over every chunk and accumulates the negative log-likelihood of each scored
+/// token. `on_chunk(i, n)` is called after each chunk.
+pub fn perplexity_pass(
+    model: &mut dyn CausalLm,
+    chunks: &Chunks,
+    mut on_chunk: impl FnMut(usize, usize),
+) -> Result<Perplexity> {
+    let vocab = model.config().vocab_size;
+    let (first, scored) = (chunks.first(), chunks.scored());
+    let (mut sum, mut sum2, mut n) = (0f64, 0f64, 0usize);
+    let mut per_chunk = Vec::with_capacity(chunks.count);
+    for i in 0..chunks.count {
+        let ids = chunks.chunk(i);
+        let logits = chunk_logits(model, &ids, first)?;
+        check_vocab(model, &logits, ids.len() - first, vocab)?;
+        let nlls: Vec<f64> = (0..scored)
+            .into_par_iter()
+            .map(|j| {
+                let row = &logits[j * vocab..(j + 1) * vocab];
+                -log_softmax(row)[ids[first + j + 1] as usize]
+            })
+            .collect();
+        for v in nlls {
+            sum += v;
+            sum2 += v * v;
+            n += 1;
+        }
+        per_chunk.push((sum / n as f64).exp());
+        on_chunk(i + 1, chunks.count);
+    }
+    let lp = mean_and_stderr(sum, sum2, n);
+    Ok(Perplexity {
+        tokens: n,
+        ppl: Estimate {
+            value: lp.value.exp(),
+            stderr: lp.value.exp() * lp.stderr,
+        },
+        per_chunk,
+    })
+}
+
 /// Runs `model` over the same chunks and compares every scored position with the reference.
 pub fn compare_pass(
     model: &mut dyn CausalLm,

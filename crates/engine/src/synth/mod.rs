@@ -31,7 +31,7 @@ use std::time::Instant;
 use crate::WeightType;
 use candle_core::quantized::gguf_file::Value;
 
-use crate::models::{Arch, DecoderConfig, RopeStyle};
+use crate::models::{Arch, DecoderConfig, RopeScaling, RopeStyle};
 use crate::tokenizer::{Tokenizer, TokenizerFamily, upgrade_to_qwen25};
 use crate::{Error, Result};
 
@@ -126,6 +126,7 @@ impl Preset {
             qkv_bias: false,
             tied_embeddings: false,
             rope_style: RopeStyle::Neox,
+            rope_scaling: RopeScaling::None,
             bos_token_id: Some(1),
             eos_token_ids: vec![2],
         };
@@ -145,6 +146,7 @@ impl Preset {
                 qkv_bias: true,
                 tied_embeddings: true,
                 rope_style: RopeStyle::Neox,
+                rope_scaling: RopeScaling::None,
                 bos_token_id: Some(bos),
                 eos_token_ids: eos,
             };

@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""bakeoff against llama.cpp (llama-cpp-python) on real GGUF files: the same tokens, the same
+perplexity, the same greedy answers.
+
+For each --model NAME=FILE:
+
+  ppl     WikiText-2 perplexity by llama-perplexity's protocol (the test set tokenized once, with
+          BOS where the vocabulary adds one; --chunks chunks of --ctx tokens, each evaluated from
+          an empty cache with BOS over its first token; the second half of each chunk scored).
+          llama.cpp's side is computed here from its logits (logits_all); bakeoff's is
+          `bakeoff perplexity --json`. Both sides' token ids are compared by SHA-256.
+          Pass: |PPL_bakeoff / PPL_llama.cpp - 1| <= --ppl-margin (0.5%).
+  chat    The seed report's three prompts and a three-turn conversation with a system message,
+          rendered with the model's own Jinja template (llama-cpp-python's Jinja2ChatFormatter
+          over the file's tokenizer.chat_template) and tokenized by llama.cpp with special tokens
+          parsed; bakeoff's prompt ids come from `bakeoff generate --messages --json`.
+          Pass: identical ids.
+  greedy  Greedy decoding (temperature 0) from those prompt ids for up to --gen tokens or
+          end of sequence, in both engines. The runs must agree token for token up to the first
+          step where llama.cpp's top-1/top-2 logit margin is below --tie (0.01): a divergence
+          at such a step is a near-tie, counted and reported, not a failure.
+
+Prints one table per check and a JSON summary (--json FILE). Exit status: 0 when every check
+passes, 1 on a mismatch, 2 when the setup fails.
+
+    .venv-ci/bin/python scripts/real_parity.py --bakeoff target/release/bakeoff \
+        --model smollm2-135m=$HOME/.cache/bakeoff/real-models/smollm2-135m-instruct-q4_1.gguf
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+try:
+    from llama_cpp import Llama
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+except ImportError as e:  # pragma: no cover - setup problem, not a mismatch
+    print(f"setup: {e} (run scripts/ci-python.sh)", file=sys.stderr)
+    sys.exit(2)
+
+SEED_PROMPTS = [
+    "Explain artificial intelligence in simple terms",
+    "Write a simple Python function to calculate fibonacci numbers",
+    "Write a short story about a robot learning to paint",
+]
+CONVERSATION = [
+    {"role": "system", "content": "You are a concise assistant. Answer in at most three sentences."},
+    {"role": "user", "content": "What is the boiling point of water at sea level?"},
+    {"role": "assistant", "content": "Water boils at 100 degrees Celsius (212 °F) at sea level."},
+    {"role": "user", "content": "And on top of Mount Everest?"},
+    {"role": "assistant", "content": "About 70 °C, because the air pressure there is much lower."},
+    {"role": "user", "content": "Why does lower pressure lower the boiling point?"},
+]
+
+
+def conversations():
+    out = [(f"seed-{i + 1}", [{"role": "user", "content": p}]) for i, p in enumerate(SEED_PROMPTS)]
+    out.append(("three-turn", CONVERSATION))
+    return out
+
+
+def run(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({r.returncode}):\n{r.stderr}")
+    return r.stdout
+
+
+def log_softmax(rows):
+    rows = rows.astype(np.float64)
+    m = rows.max(axis=-1, keepdims=True)
+    return rows - m - np.log(np.exp(rows - m).sum(axis=-1, keepdims=True))
+
+
+def llama_perplexity(path, text, chunks, ctx, threads):
+    """llama-perplexity's loop over llama.cpp's logits."""
+    llm = Llama(model_path=str(path), n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True,
+                n_threads=threads, n_threads_batch=threads, verbose=False)
+    add_bos = bool(llm._model.add_bos_token())
+    tokens = llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False)
+    n_chunk = min(chunks, len(tokens) // ctx)
+    first = ctx // 2
+    nll, nll2, count, running = 0.0, 0.0, 0, []
+    t0 = time.time()
+    for i in range(n_chunk):
+        chunk = list(tokens[i * ctx:(i + 1) * ctx])
+        targets = chunk[first + 1:]
+        if add_bos:
+            chunk[0] = llm.token_bos()
+        llm.reset()
+        llm.eval(chunk)
+        logits = np.array(llm.scores[first:ctx - 1], dtype=np.float32)
+        lp = log_softmax(logits)
+        v = -lp[np.arange(len(targets)), targets]
+        nll += float(v.sum())
+        nll2 += float((v * v).sum())
+        count += len(v)
+        running.append(float(np.exp(nll / count)))
+    mean = nll / count
+    var = nll2 / count - mean * mean
+    stderr = float(np.sqrt(var / (count - 1))) if var > 0 and count > 10 else 0.0
+    ids = np.array(tokens[:n_chunk * ctx], dtype="<u4").tobytes()
+    del llm
+    return {
+        "ppl": float(np.exp(mean)),
+        "ppl_stderr": float(np.exp(mean) * stderr),
+        "chunks": n_chunk,
+        "scored_tokens": count,
+        "per_chunk": running,
+        "token_ids_sha256": hashlib.sha256(ids).hexdigest(),
+        "seconds": time.time() - t0,
+    }
+
+
+def bakeoff_perplexity(bakeoff, path, data_dir, chunks, ctx, threads):
+    out = run([bakeoff, "perplexity", "--model", str(path), "--data-dir", str(data_dir),
+               "--chunks", str(chunks), "--ctx", str(ctx), "--threads", str(threads), "--json"])
+    return json.loads(out)
+
+
+def render_chat(llm, messages):
+    """The file's own chat template, rendered as llama.cpp's chat handler renders it."""
+    template = llm.metadata.get("tokenizer.chat_template")
+    if template is None:
+        raise RuntimeError("the file has no tokenizer.chat_template")
+    vocab_tok = lambda i: llm._model.token_get_text(i) if i >= 0 else ""
+    fmt = Jinja2ChatFormatter(
+        template=template,
+        eos_token=vocab_tok(llm.token_eos()),
+        bos_token=vocab_tok(llm.token_bos()),
+        add_generation_prompt=True,
+    )
+    return fmt(messages=messages).prompt
+
+
+def llama_greedy(llm, ids, n_gen):
+    """Greedy tokens and llama.cpp's top-1/top-2 margin at each step; stops at end of
+    generation (EOS/EOT)."""
+    llm.reset()
+    llm.eval(ids)
+    out, margins = [], []
+    for _ in range(n_gen):
+        logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        top2 = np.partition(logits, -2)[-2:]
+        margins.append(float(abs(top2[1] - top2[0])))
+        tok = int(np.argmax(logits))
+        out.append(tok)
+        if llm._model.token_is_eog(tok) if hasattr(llm._model, "token_is_eog") else tok == llm.token_eos():
+            break
+        llm.eval([tok])
+    return out, margins
+
+
+def bakeoff_chat(bakeoff, path, messages, n_gen, threads):
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(messages, f)
+        mpath = f.name
+    try:
+        out = run([bakeoff, "generate", "--model", str(path), "--messages", mpath, "--json",
+                   "--temperature", "0", "--max-tokens", str(n_gen), "--threads", str(threads)])
+    finally:
+        os.unlink(mpath)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def compare_greedy(ours, theirs, margins, tie):
+    """(agreed steps, verdict): `same`, `near-tie at step k`, or `MISMATCH at step k`."""
+    n = 0
+    while n < len(ours) and n < len(theirs) and ours[n] == theirs[n]:
+        n += 1
+    if n == len(ours) == len(theirs):
+        return n, "same"
+    if n < len(theirs) and n < len(margins) and margins[n] < tie:
+        return n, f"near-tie at step {n} (margin {margins[n]:.4f})"
+    # One stopped (EOS or length) where the other went on: a length limit is not a divergence.
+    if n == min(len(ours), len(theirs)):
+        return n, "same (one run hit the length limit)"
+    return n, f"MISMATCH at step {n} (margin {margins[n]:.4f})"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bakeoff", required=True, help="the bakeoff binary")
+    ap.add_argument("--model", action="append", required=True, help="NAME=FILE.gguf (repeatable)")
+    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "evaldata"))
+    ap.add_argument("--chunks", type=int, default=20)
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--gen", type=int, default=64, help="greedy tokens per prompt")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--ppl-margin", type=float, default=0.005)
+    ap.add_argument("--tie", type=float, default=0.01)
+    ap.add_argument("--checks", default="ppl,chat,greedy")
+    ap.add_argument("--json", help="write the figures here")
+    args = ap.parse_args()
+    checks = set(args.checks.split(","))
+    text = (Path(args.data_dir) / "wikitext-2-raw" / "wiki.test.raw").read_text(encoding="utf-8")
+
+    failures, summary = [], {"models": {}}
+    for spec in args.model:
+        name, _, path = spec.partition("=")
+        path = Path(path)
+        if not path.is_file():
+            print(f"setup: {path} is missing (bash ../shared/models/fetch.sh)", file=sys.stderr)
+            sys.exit(2)
+        rec = summary["models"].setdefault(name, {"file": str(path)})
+        print(f"== {name} ({path.name})", flush=True)
+        if "ppl" in checks:
+            theirs = llama_perplexity(path, text, args.chunks, args.ctx, args.threads)
+            ours = bakeoff_perplexity(args.bakeoff, path, args.data_dir, args.chunks, args.ctx,
+                                      args.threads)
+            ratio = ours["ppl"] / theirs["ppl"]
+            same_ids = ours["token_ids_sha256"] == theirs["token_ids_sha256"]
+            ok = same_ids and abs(ratio - 1) <= args.ppl_margin and ours["chunks"] == theirs["chunks"]
+            print(f"  ppl   {ours['chunks']}x{args.ctx}: bakeoff {ours['ppl']:.4f} ± {ours['ppl_stderr']:.4f}"
+                  f"  llama.cpp {theirs['ppl']:.4f} ± {theirs['ppl_stderr']:.4f}"
+                  f"  ratio {ratio:.5f}  token ids {'same' if same_ids else 'DIFFER'}"
+                  f"  ({ours['seconds']:.0f} s / {theirs['seconds']:.0f} s)  {'ok' if ok else 'FAIL'}",
+                  flush=True)
+            rec["ppl"] = {"bakeoff": ours["ppl"], "bakeoff_stderr": ours["ppl_stderr"],
+                          "llama_cpp": theirs["ppl"], "llama_cpp_stderr": theirs["ppl_stderr"],
+                          "ratio": ratio, "same_token_ids": same_ids, "chunks": ours["chunks"],
+                          "ctx": args.ctx, "seconds_bakeoff": ours["seconds"],
+                          "seconds_llama_cpp": theirs["seconds"]}
+            if not ok:
+                failures.append(f"{name}: perplexity")
+        if checks & {"chat", "greedy"}:
+            llm = Llama(model_path=str(path), n_ctx=2048, n_threads=args.threads,
+                        n_threads_batch=args.threads, verbose=False)
+            add_bos = bool(llm._model.add_bos_token())
+            rec["chat"] = []
+            for cname, messages in conversations():
+                prompt = render_chat(llm, messages)
+                want = llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+                got = bakeoff_chat(args.bakeoff, path, messages, args.gen, args.threads)
+                same = got["prompt_ids"] == want
+                row = {"conversation": cname, "prompt_tokens": len(want), "same_prompt_ids": same}
+                line = f"  chat  {cname:<11} prompt {len(want):>4} tok: ids {'same' if same else 'DIFFER'}"
+                if not same:
+                    failures.append(f"{name} {cname}: chat prompt ids")
+                    k = next((i for i, (a, b) in enumerate(zip(got['prompt_ids'], want)) if a != b),
+                             min(len(want), len(got['prompt_ids'])))
+                    line += f" (first difference at {k}: bakeoff {got['prompt_ids'][k:k + 5]} llama.cpp {want[k:k + 5]})"
+                if "greedy" in checks and same:
+                    theirs, margins = llama_greedy(llm, want, args.gen)
+                    agreed, verdict = compare_greedy(got["generated_ids"], theirs, margins, args.tie)
+                    row.update(generated_bakeoff=len(got["generated_ids"]),
+                               generated_llama_cpp=len(theirs), agreed_steps=agreed,
+                               verdict=verdict, min_margin=min(margins) if margins else None,
+                               same_text=got["generated_ids"] == theirs)
+                    line += f" | greedy agreed {agreed}/{len(theirs)} steps: {verdict}"
+                    if verdict.startswith("MISMATCH"):
+                        failures.append(f"{name} {cname}: greedy {verdict}")
+                print(line, flush=True)
+                rec["chat"].append(row)
+            del llm
+    summary["failures"] = failures
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    print("all checks passed" if not failures else "FAILED: " + "; ".join(failures))
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
