@@ -588,7 +588,8 @@ fn list_matrices(store: &dyn TensorStore, cfg: &DecoderConfig) -> Vec<WeightType
         .collect()
 }
 
-fn count_parameters(store: &dyn TensorStore, cfg: &DecoderConfig) -> u64 {
+/// Every tensor name the config implies, the output head included (absent when tied).
+fn model_tensor_names(cfg: &DecoderConfig) -> Vec<String> {
     let mut names: Vec<String> = (0..cfg.n_layers)
         .flat_map(|i| crate::models::layer_tensor_names(i, cfg.qkv_bias))
         .collect();
@@ -601,6 +602,11 @@ fn count_parameters(store: &dyn TensorStore, cfg: &DecoderConfig) -> u64 {
         .map(String::from),
     );
     names
+}
+
+fn count_parameters(store: &dyn TensorStore, cfg: &DecoderConfig) -> u64 {
+    let names = model_tensor_names(cfg);
+    names
         .iter()
         .filter_map(|n| store.tensor(n).ok())
         .map(|t| t.elem_count() as u64)
@@ -610,17 +616,7 @@ fn count_parameters(store: &dyn TensorStore, cfg: &DecoderConfig) -> u64 {
 /// The storage types of the model's tensors as stored (before any `--dtype`), with the tensor
 /// count and bytes of each, most bytes first.
 fn weight_type_use(store: &dyn TensorStore, cfg: &DecoderConfig) -> Vec<WeightTypeUse> {
-    let mut names: Vec<String> = (0..cfg.n_layers)
-        .flat_map(|i| crate::models::layer_tensor_names(i, cfg.qkv_bias))
-        .collect();
-    names.extend(
-        [
-            "model.embed_tokens.weight",
-            "model.norm.weight",
-            "lm_head.weight",
-        ]
-        .map(String::from),
-    );
+    let names = model_tensor_names(cfg);
     let mut by: Vec<(WeightType, usize, u64)> = Vec::new();
     for t in names.iter().filter_map(|n| store.tensor(n).ok()) {
         let bytes = t.data.bytes().len() as u64;
