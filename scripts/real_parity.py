@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 try:
+    import llama_cpp
     from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 except ImportError as e:  # pragma: no cover - setup problem, not a mismatch
@@ -148,9 +149,16 @@ def render_chat(llm, messages):
     return fmt(messages=messages).prompt
 
 
+def eog_test(llm):
+    """llama.cpp's end-of-generation test (EOS, EOT and the tokens it promotes to them)."""
+    vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
+    return lambda tok: bool(llama_cpp.llama_vocab_is_eog(vocab, tok))
+
+
 def llama_greedy(llm, ids, n_gen):
     """Greedy tokens and llama.cpp's top-1/top-2 margin at each step; stops at end of
     generation (EOS/EOT)."""
+    is_eog = eog_test(llm)
     llm.reset()
     llm.eval(ids)
     out, margins = [], []
@@ -162,7 +170,7 @@ def llama_greedy(llm, ids, n_gen):
         margins.append(float(abs(top2[1] - top2[0])))
         tok = int(np.argmax(logits))
         out.append(tok)
-        if llm._model.token_is_eog(tok) if hasattr(llm._model, "token_is_eog") else tok == llm.token_eos():
+        if is_eog(tok):
             break
         llm.eval([tok])
     return out, margins
@@ -266,7 +274,7 @@ def main():
                 if "greedy" in checks and same:
                     theirs, margins = llama_greedy(llm, want, args.gen)
                     agreed, verdict = compare_greedy(got["generated_ids"], theirs, margins, args.tie,
-                                                     eog=llm._model.token_is_eog)
+                                                     eog=eog_test(llm))
                     row.update(generated_bakeoff=len(got["generated_ids"]),
                                generated_llama_cpp=len(theirs), agreed_steps=agreed,
                                verdict=verdict, min_margin=min(margins) if margins else None,
