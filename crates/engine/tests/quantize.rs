@@ -376,7 +376,9 @@ fn tokenizer_and_template_carry_over() {
         quantize_to(&src, QuantType::Q8_0, &out, false);
         let a = load(&src.to_string_lossy(), None, &opts()).unwrap();
         let b = load(&out.to_string_lossy(), None, &opts()).unwrap();
-        let text = "Hi there\n  naïve <|im_start|></s> 日本";
+        // No space right after a special token: there a `legacy: false` folder (transformers)
+        // and a GGUF file (llama.cpp, which has no such flag) rightly differ by one `▁` piece.
+        let text = "Hi there\n  naïve <|im_start|></s>日本";
         assert_eq!(
             a.tokenizer.encode(text, true).unwrap(),
             b.tokenizer.encode(text, true).unwrap(),
