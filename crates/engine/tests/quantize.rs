@@ -376,9 +376,10 @@ fn tokenizer_and_template_carry_over() {
         quantize_to(&src, QuantType::Q8_0, &out, false);
         let a = load(&src.to_string_lossy(), None, &opts()).unwrap();
         let b = load(&out.to_string_lossy(), None, &opts()).unwrap();
-        // No space right after a special token: there a `legacy: false` folder (transformers)
-        // and a GGUF file (llama.cpp, which has no such flag) rightly differ by one `▁` piece.
-        let text = "Hi there\n  naïve <|im_start|></s>日本";
+        // Nothing after the last special token: text that follows one gets a `▁` piece from a
+        // GGUF file (llama.cpp, which has no `legacy` flag) but not from a `legacy: false`
+        // folder (transformers), and both are right for their format.
+        let text = "Hi there\n  naïve 日本 <|im_start|></s>";
         assert_eq!(
             a.tokenizer.encode(text, true).unwrap(),
             b.tokenizer.encode(text, true).unwrap(),

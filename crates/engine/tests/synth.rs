@@ -649,7 +649,13 @@ fn real_vocab_round_trips_text() {
             assert_eq!(lm.encode_prompt("Hello").unwrap()[0], 1, "{format}: BOS");
             for t in texts {
                 let ids = lm.tokenizer.encode(t, false).unwrap();
-                assert_eq!(lm.tokenizer.decode(&ids, true).unwrap(), t, "{format}");
+                // A leading space has no piece of its own under `legacy: false` (transformers
+                // drops it too), so only the GGUF file gives it back.
+                let back = match format {
+                    SynthFormat::Hf => t.trim_start_matches(' '),
+                    SynthFormat::Gguf => t,
+                };
+                assert_eq!(lm.tokenizer.decode(&ids, true).unwrap(), back, "{format}");
             }
             let ids = lm.encode_chat(&[Message::user("Hi")]).unwrap();
             let text = lm.tokenizer.decode(&ids, false).unwrap();
