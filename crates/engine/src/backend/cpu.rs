@@ -124,7 +124,7 @@ impl CpuBackend {
         self.caps
     }
 
-    /// Copies a Q4_0 / Q8_0 matrix into the packed layout, rows split across the pool, letting
+    /// Copies a matrix of a packable type into its packed layout, rows split across the pool, letting
     /// the mapped original go window by window.
     fn pack(&self, m: &CpuMatrix) -> std::io::Result<Blob> {
         use rayon::prelude::*;

@@ -213,7 +213,7 @@ fn dequant_q3_k(b: &[u8], o: &mut [f32]) {
 }
 
 /// The 6-bit scales and mins of Q4_K / Q5_K (ggml's `get_scale_min_k4`).
-fn scale_min_k4(sc: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub(crate) fn scale_min_k4(sc: &[u8]) -> ([u8; 8], [u8; 8]) {
     let (mut s, mut m) = ([0u8; 8], [0u8; 8]);
     for j in 0..4 {
         s[j] = sc[j] & 63;

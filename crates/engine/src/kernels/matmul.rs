@@ -16,7 +16,8 @@ pub struct QMatrix<'a> {
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
-    /// Q4_0 / Q8_0 rows in the superblock layout of [`super::packed`] instead of ggml's.
+    /// Rows in a superblock layout of [`super::packed`] (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K) instead
+    /// of ggml's.
     pub packed: bool,
 }
 
@@ -318,7 +319,7 @@ fn dense_tiles(
     Ok(())
 }
 
-/// Packed Q4_0 / Q8_0 rows (see `packed.rs`). One token: each task streams a contiguous run
+/// Packed rows (see `packed.rs`). One token: each task streams a contiguous run
 /// of rows once. More tokens: 2-row × 4-token VNNI tiles, each task sweeping its rows for every
 /// group of 4 tokens while those rows sit in L1/L2.
 fn matmul_packed(
@@ -333,7 +334,8 @@ fn matmul_packed(
     let nb = w.cols / QK;
     let xq = quantize_q8(pool, caps, x, n, w.cols);
     let nsb = packed::superblocks(w.cols);
-    let q4 = w.dtype == WeightType::Q4_0;
+    let layout =
+        packed::Layout::of(w.dtype).ok_or_else(|| format!("{:?} has no packed layout", w.dtype))?;
     #[cfg(target_arch = "x86_64")]
     if caps.avx512vnni {
         let mut acts: Vec<PackedActs> = xq
@@ -341,14 +343,20 @@ fn matmul_packed(
             .map(|b| PackedActs::new(b, w.dtype))
             .collect();
         if n == 1 {
-            packed_decode(pool, &[(w, SyncPtr(out.as_mut_ptr()))], &acts[0], q4, nsb);
+            packed_decode(
+                pool,
+                &[(w, SyncPtr(out.as_mut_ptr()))],
+                &acts[0],
+                layout,
+                nsb,
+            );
             return Ok(());
         }
         acts.resize(n.div_ceil(4) * 4, PackedActs::zeros(nsb));
-        tiles_packed(pool, w, &acts, n, q4, nsb, out);
+        tiles_packed(pool, w, &acts, n, layout, nsb, out);
         return Ok(());
     }
-    let _ = (caps, nsb, q4);
+    let _ = (caps, nsb, layout);
     par_rows(pool, w.rows, n, out, |r, t| {
         packed::dot_row(w.dtype, w.row(r), &xq[t * nb..(t + 1) * nb])
     });
@@ -401,26 +409,29 @@ fn decode_rows(
     pool.run(tasks, &run);
 }
 
-/// [`decode_rows`] with the packed Q4_0 / Q8_0 kernels.
+/// [`decode_rows`] with the packed kernels.
 #[cfg(target_arch = "x86_64")]
 fn packed_decode(
     pool: &Threads,
     mats: &[(&QMatrix<'_>, SyncPtr)],
     a: &super::packed::PackedActs,
-    q4: bool,
+    layout: super::packed::Layout,
     nsb: usize,
 ) {
-    // The format is a constant of each kernel: with it a run-time value, the kernel's offsets
+    use super::x86::{L_Q4, L_Q4M, L_Q6, L_Q8, L_Q8M};
+    // The layout is a constant of each kernel: with it a run-time value, the kernel's offsets
     // and prefetch loop were computed per superblock, which cost 7% of Q4_0's streaming rate.
-    if q4 {
-        packed_decode_as::<true>(pool, mats, a, nsb)
-    } else {
-        packed_decode_as::<false>(pool, mats, a, nsb)
+    match super::x86::layout_code(layout) {
+        L_Q4 => packed_decode_as::<L_Q4>(pool, mats, a, nsb),
+        L_Q8 => packed_decode_as::<L_Q8>(pool, mats, a, nsb),
+        L_Q4M => packed_decode_as::<L_Q4M>(pool, mats, a, nsb),
+        L_Q6 => packed_decode_as::<L_Q6>(pool, mats, a, nsb),
+        _ => packed_decode_as::<L_Q8M>(pool, mats, a, nsb),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-fn packed_decode_as<const Q4: bool>(
+fn packed_decode_as<const L: u8>(
     pool: &Threads,
     mats: &[(&QMatrix<'_>, SyncPtr)],
     a: &super::packed::PackedActs,
@@ -433,22 +444,22 @@ fn packed_decode_as<const Q4: bool>(
         // `check`), the activations 512 quants and 16 factors per superblock; features
         // detected by the caller.
         |w, r| unsafe {
-            super::x86::dot4_packed_vnni::<Q4>(
+            super::x86::dot4_packed_vnni::<L>(
                 w.row(r).as_ptr(),
                 w.row_bytes(),
                 nsb,
                 a.qs.as_ptr(),
                 a.d.as_ptr(),
-                a.so.as_ptr(),
+                [a.so.as_ptr(), a.so2.as_ptr()],
             )
         },
         |w, r| unsafe {
-            super::x86::dot_packed_vnni::<Q4>(
+            super::x86::dot_packed_vnni::<L>(
                 w.row(r).as_ptr(),
                 nsb,
                 a.qs.as_ptr(),
                 a.d.as_ptr(),
-                a.so.as_ptr(),
+                [a.so.as_ptr(), a.so2.as_ptr()],
             )
         },
     );
@@ -473,6 +484,13 @@ fn f16_decodable(caps: CpuCaps, w: &QMatrix<'_>) -> bool {
     caps.avx512vnni && w.dtype == WeightType::F16 && w.cols.is_multiple_of(16)
 }
 
+/// Whether two matrices are read by the same packed kernel (Q5_0 shares Q8_0's, Q4_1 Q4_K's).
+#[cfg(target_arch = "x86_64")]
+fn same_layout(a: &QMatrix<'_>, b: &QMatrix<'_>) -> bool {
+    use super::packed::Layout;
+    Layout::of(a.dtype).is_some() && Layout::of(a.dtype) == Layout::of(b.dtype)
+}
+
 /// `outs[i][t·rows_i + r] = Σ_c x[t][c] · W_i[r][c]` for several matrices sharing their input.
 /// For one token, packed matrices of one type and width run as one parallel region; for a
 /// prompt on AMX the activations are prepared once; anything else is one `matmul` each.
@@ -491,7 +509,7 @@ pub fn matmul_many(
         && caps.avx512vnni
         && ws
             .iter()
-            .all(|w| w.packed && w.dtype == w0.dtype && w.cols == w0.cols && x.len() == w.cols)
+            .all(|w| w.packed && same_layout(w, w0) && w.cols == w0.cols && x.len() == w.cols)
     {
         for (w, o) in ws.iter().zip(outs.iter()) {
             w.check()?;
@@ -511,11 +529,14 @@ pub fn matmul_many(
             .zip(outs.iter_mut())
             .map(|(w, o)| (*w, SyncPtr(o.as_mut_ptr())))
             .collect();
+        let Some(layout) = super::packed::Layout::of(w0.dtype) else {
+            return Err(format!("{:?} has no packed layout", w0.dtype));
+        };
         packed_decode(
             pool,
             &mats,
             &act,
-            w0.dtype == WeightType::Q4_0,
+            layout,
             super::packed::superblocks(w0.cols),
         );
         return Ok(());
@@ -571,7 +592,7 @@ fn tiles_packed(
     w: &QMatrix<'_>,
     acts: &[super::packed::PackedActs],
     n: usize,
-    q4: bool,
+    layout: super::packed::Layout,
     nsb: usize,
     out: &mut [f32],
 ) {
@@ -588,21 +609,22 @@ fn tiles_packed(
             let a = &acts[t..t + 4];
             let xq = [0, 1, 2, 3].map(|i| a[i].qs.as_ptr());
             let xd = [0, 1, 2, 3].map(|i| a[i].d.as_ptr());
-            let xso = [0, 1, 2, 3].map(|i| a[i].so.as_ptr());
+            let xso = [0, 1, 2, 3].map(|i| [a[i].so.as_ptr(), a[i].so2.as_ptr()]);
             for pair in p0..p1 {
                 let r0 = 2 * pair;
                 let r1 = (r0 + 1).min(rows - 1);
                 // SAFETY: rows r0, r1 < rows hold `nsb` packed superblocks; the four tokens'
                 // activations exist (padded with zeros); features detected by the caller.
+                let rows2 = [w.row(r0).as_ptr(), w.row(r1).as_ptr()];
                 let v = unsafe {
-                    super::x86::tile2x4_packed_vnni(
-                        q4,
-                        [w.row(r0).as_ptr(), w.row(r1).as_ptr()],
-                        nsb,
-                        xq,
-                        xd,
-                        xso,
-                    )
+                    use super::x86::{L_Q4, L_Q4M, L_Q6, L_Q8, L_Q8M, tile2x4_packed_vnni as tile};
+                    match super::x86::layout_code(layout) {
+                        L_Q4 => tile::<L_Q4>(rows2, nsb, xq, xd, xso),
+                        L_Q8 => tile::<L_Q8>(rows2, nsb, xq, xd, xso),
+                        L_Q4M => tile::<L_Q4M>(rows2, nsb, xq, xd, xso),
+                        L_Q6 => tile::<L_Q6>(rows2, nsb, xq, xd, xso),
+                        _ => tile::<L_Q8M>(rows2, nsb, xq, xd, xso),
+                    }
                 };
                 for (dt, vt) in v.iter().enumerate().take((n - t).min(4)) {
                     for (i, val) in vt.iter().enumerate().take(if r1 > r0 { 2 } else { 1 }) {
@@ -709,18 +731,18 @@ fn group_to_pairs(
 ) -> bool {
     use super::amx::TILE;
     let nsb = super::packed::superblocks(w.cols);
-    let q4 = w.dtype == WeightType::Q4_0;
+    let layout = super::packed::Layout::of(w.dtype);
     // Whole 32-row blocks: the tiles read both 16-row slabs of a block.
     for h in 0..gr.div_ceil(2 * TILE) * 2 {
         let nr = gr.saturating_sub(h * TILE).min(TILE);
         rm[nr * kk..].iter_mut().for_each(|v| *v = 0);
-        if w.packed {
+        if let (true, Some(layout)) = (w.packed, layout) {
             for r in 0..nr {
                 // SAFETY: a packed row holds `nsb` superblocks (checked by `check`); rm has room
                 // for kk = nsb·512 values per row; AVX-512 BF16 comes with AMX.
                 unsafe {
                     super::x86::packed_row_to_bf16(
-                        q4,
+                        layout,
                         w.row(g0 + h * TILE + r).as_ptr(),
                         nsb,
                         rm.as_mut_ptr().add(r * kk),
@@ -938,6 +960,13 @@ pub fn swiglu_fuses(caps: CpuCaps, gate: &QMatrix<'_>, up: &QMatrix<'_>, n: usiz
     }
 }
 
+/// From this width up, prompts on packed rows run on the 8-bit VNNI tiles rather than bf16 ones.
+/// Measured on 512-token prompts, 2 threads, AVX-512 BF16 without AMX: the VNNI tiles were
+/// 1.6x the bf16 ones on TinyLlama's 2048-wide Q4_0 matrices and 1.15x on Q8_0, even at 1536
+/// (Qwen2.5-1.5B), and 0.7x at 896 (Qwen2.5-0.5B) and 576 (SmolLM2), where the per-superblock
+/// work of the 2×4 tiles weighs more than the bf16 conversion.
+pub const PACKED_VNNI_PROMPT_COLS: usize = 1536;
+
 /// Rows converted to bf16 per task.
 const BF16_GROUP: usize = 16;
 
@@ -954,15 +983,42 @@ fn bf16_tiles(
     n: usize,
     out: &mut [f32],
 ) -> Result<(), String> {
+    use super::packed::{Layout, SB, superblocks};
     let (rows, k) = (w.rows, w.cols);
+    // Packed rows convert to bf16 with SIMD in their own order (`x86::packed_row_to_bf16`), so
+    // the activations take that order too, padded superblocks included, as for AMX. Where the
+    // padding is large (SmolLM2's 576 columns fill 1024), the products over it cost more than
+    // a scalar conversion to the natural order saves.
+    let padded = superblocks(k) * SB * QK;
+    let layout = if w.packed && 4 * padded <= 5 * k {
+        Layout::of(w.dtype)
+    } else {
+        None
+    };
+    let kk = if layout.is_some() { padded } else { k };
     let nt = n.div_ceil(4) * 4;
-    let mut xb = vec![0u16; nt * k];
+    let mut xb = vec![0u16; nt * kk];
     {
-        let chunks: Vec<(&[f32], &mut [u16])> = x.chunks(k).zip(xb.chunks_mut(k)).collect();
+        let chunks: Vec<(&[f32], &mut [u16])> = x.chunks(k).zip(xb.chunks_mut(kk)).collect();
         pool.install(|| {
             chunks.into_par_iter().for_each(|(src, dst)| {
-                // SAFETY: k is a multiple of 32 (checked by the caller); both hold k values.
-                unsafe { super::x86::f32_to_bf16(src.as_ptr(), dst.as_mut_ptr(), k) }
+                let mut f = Vec::new();
+                let src = if layout.is_some() {
+                    f.resize(kk, 0f32);
+                    for (b, blk) in src.chunks_exact(QK).enumerate() {
+                        let (si, l) = (b / SB, b % SB);
+                        for s in 0..QK / 4 {
+                            let at = si * SB * QK + 64 * s + 4 * l;
+                            f[at..at + 4].copy_from_slice(&blk[4 * s..4 * s + 4]);
+                        }
+                    }
+                    &f[..]
+                } else {
+                    src
+                };
+                // SAFETY: kk is a multiple of 32 (checked by the caller, or whole
+                // superblocks); both hold kk values.
+                unsafe { super::x86::f32_to_bf16(src.as_ptr(), dst.as_mut_ptr(), kk) }
             })
         });
     }
@@ -973,8 +1029,21 @@ fn bf16_tiles(
         let p = ptr;
         let r0 = g * BF16_GROUP;
         let nr = (rows - r0).min(BF16_GROUP);
-        let mut wb = vec![0u16; BF16_GROUP * k];
-        if !rows_to_bf16(w, r0, nr, &mut wb) {
+        let mut wb = vec![0u16; BF16_GROUP * kk];
+        if let Some(layout) = layout {
+            for r in 0..nr {
+                // SAFETY: a packed row holds kk / 512 superblocks (checked by `check`); wb has
+                // room for kk values per row; AVX-512 BF16 detected by the caller.
+                unsafe {
+                    super::x86::packed_row_to_bf16(
+                        layout,
+                        w.row(r0 + r).as_ptr(),
+                        kk / (SB * QK),
+                        wb.as_mut_ptr().add(r * kk),
+                    )
+                };
+            }
+        } else if !rows_to_bf16(w, r0, nr, &mut wb) {
             failed.store(true, std::sync::atomic::Ordering::Relaxed);
             return;
         }
@@ -982,7 +1051,7 @@ fn bf16_tiles(
             for q in (0..nr).step_by(4) {
                 // SAFETY: wb holds rows q..q+4 (zero past nr), xb tokens t..t+4 (zero past n).
                 let v = unsafe {
-                    super::x86::tile4x4_bf16(wb.as_ptr().add(q * k), xb.as_ptr().add(t * k), k)
+                    super::x86::tile4x4_bf16(wb.as_ptr().add(q * kk), xb.as_ptr().add(t * kk), kk)
                 };
                 for (dt, vt) in v.iter().enumerate().take(n.saturating_sub(t).min(4)) {
                     for (i, val) in vt.iter().enumerate().take(nr.saturating_sub(q).min(4)) {
@@ -1057,8 +1126,8 @@ pub fn matmul(
     }
     #[cfg(target_arch = "x86_64")]
     if caps.avx512bf16
-        && !w.packed
         && n >= 16
+        && !(w.packed && w.cols >= PACKED_VNNI_PROMPT_COLS)
         && w.cols.is_multiple_of(32)
         && !matches!(w.dtype, WeightType::F32 | WeightType::F16)
     {

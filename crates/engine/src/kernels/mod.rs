@@ -247,6 +247,70 @@ mod tests {
         }
     }
 
+    /// The AMX path's packed-row conversion gives the packed dequantizer's values rounded to
+    /// bf16, in the packed order, for every layout.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn packed_rows_to_bf16_match_the_dequantizer() {
+        use crate::WeightType;
+        if !CpuCaps::detect().avx512bf16 {
+            return;
+        }
+        let cols = 768;
+        let nsb = packed::superblocks(cols);
+        for dtype in [
+            WeightType::Q8_0,
+            WeightType::Q4_0,
+            WeightType::Q5_0,
+            WeightType::Q4_1,
+            WeightType::Q4K,
+            WeightType::Q6K,
+            WeightType::Q5_1,
+            WeightType::Q5K,
+        ] {
+            // Arbitrary bytes with every f16 scale (and Q4_K's d, dmin) a small normal number.
+            let mut src: Vec<u8> = (0..cols / dtype.block_size() * dtype.type_size())
+                .map(|i| (i * 7919 % 251) as u8)
+                .collect();
+            let halves = if matches!(
+                dtype,
+                WeightType::Q4_1 | WeightType::Q4K | WeightType::Q5_1 | WeightType::Q5K
+            ) {
+                2
+            } else {
+                1
+            };
+            // Q6_K keeps its f16 scale at the end of the block.
+            let at = if dtype == WeightType::Q6K { 208 } else { 0 };
+            for blk in src.chunks_exact_mut(dtype.type_size()) {
+                for h in 0..halves {
+                    let v = half::f16::from_f32(0.01 + 0.003 * (blk[4] as f32));
+                    blk[at + 2 * h..at + 2 * h + 2].copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            let mut pk = vec![0u8; packed::row_bytes(dtype, cols)];
+            packed::pack_row(dtype, &src, &mut pk);
+            let mut want = vec![0f32; cols];
+            dequant::dequantize_into(dtype, &src, &mut want).unwrap();
+            let mut got = vec![0u16; nsb * packed::SB * QK];
+            let layout = packed::Layout::of(dtype).unwrap();
+            // SAFETY: avx512bf16 detected; one row of nsb superblocks, room for nsb·512 values.
+            unsafe { x86::packed_row_to_bf16(layout, pk.as_ptr(), nsb, got.as_mut_ptr()) };
+            for (b, blk) in want.chunks_exact(QK).enumerate() {
+                let (si, l) = (b / packed::SB, b % packed::SB);
+                for (i, v) in blk.iter().enumerate() {
+                    let at = si * packed::SB * QK + 64 * (i / 4) + 4 * l + i % 4;
+                    let g = f32::from_bits((got[at] as u32) << 16);
+                    let bf = half::bf16::from_f32(*v).to_f32();
+                    assert!(
+                        (g - bf).abs() <= v.abs() * 1e-2 + 1e-6,
+                        "{dtype:?} block {b} value {i}: {g} vs {v}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn aligned_buffers_start_on_a_cache_line() {
         for len in [1, 7, 64, 1000, 1 << 16] {

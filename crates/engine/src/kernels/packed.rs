@@ -1,4 +1,5 @@
-//! A load-time repacking of Q4_0 and Q8_0 matrices for the AVX-512 VNNI kernels.
+//! A load-time repacking of Q4_0, Q4_1, Q5_0, Q8_0 and Q4_K matrices for the AVX-512 VNNI
+//! kernels.
 //!
 //! In ggml's layout each 32-weight block carries its own f16 scale in front of its quants, so a
 //! SIMD kernel converts and broadcasts one scale per block, per row and per token: about 13
@@ -19,6 +20,24 @@
 //!
 //! A superblock has the byte count of 16 ggml blocks (288 for Q4_0, 544 for Q8_0); a row whose
 //! block count is not a multiple of 16 ends with a superblock padded with zero scales.
+//!
+//! Other types are rewritten, without loss, into one of three kernel layouts ([`Layout`]):
+//! - Q5_0 into Q8_0's (its 5-bit values − 16 are exact signed bytes under the same f16 scale):
+//!   55% more bytes than the file, but the Q8_0 kernel streams at the bandwidth limit where
+//!   candle's Q5_0 dot product ran at a fifth of llama.cpp's decode speed;
+//! - Q4_1 and Q4_K into *Q4M*: Q4_0's nibble order, with a 128-byte head of 16 f32 scales and
+//!   16 f32 offsets, value = scale · nibble + offset. Q4_K's per-32 scale `d · sc` and offset
+//!   `−dmin · m` are products of an f16 and a 6-bit integer, so f32 holds them exactly and the
+//!   values are those of ggml's dequantizer, bit for bit. 24 bytes per 32 weights against
+//!   Q4_K's 18 and Q4_1's 20: the kernel does two FMAs per 16 blocks where a K-quant kernel
+//!   unpacks 6-bit scales in its inner loop.
+//! - Q5_1 and Q5_K into *Q8M*: unsigned bytes (the 5-bit values) under Q4M's head, value =
+//!   scale · byte + offset, exact as for Q4M; 40 bytes per 32 weights against Q5_K's 22.
+//! - Q6_K into *Q6*: Q8_0's signed bytes (its 6-bit values − 32), with a 128-byte head of 16
+//!   f32 scales for values 0..16 of each block and 16 for values 16..32 (Q6_K scales groups of
+//!   16; `d · sc` is again exact in f32). Steps 0..4 and 4..8 go to the two dot chains the
+//!   kernel keeps anyway, and the activations carry a quant sum per half block. 40 bytes per
+//!   32 weights against Q6_K's 26.25.
 
 use crate::WeightType;
 
@@ -26,21 +45,87 @@ use super::{BlockQ8, QK, f16_bits_to_f32};
 
 /// Version of this layout, part of the key of the packed-weights file (`loader::packcache`):
 /// change it with any change to the bytes `pack_row` writes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Blocks per superblock (one per 32-bit lane of a 512-bit vector).
 pub const SB: usize = 16;
 /// Dot-product steps per superblock (4 bytes of each block per step).
 pub const STEPS: usize = QK / 4;
 
-/// Whether a matrix of this type and width can be packed.
-pub fn packable(dtype: WeightType, cols: usize) -> bool {
-    matches!(dtype, WeightType::Q4_0 | WeightType::Q8_0) && cols > 0 && cols.is_multiple_of(QK)
+/// The byte layouts the packed kernels read (see the module comment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Signed bytes stored + 128, one f16 scale per block: Q8_0, Q5_0.
+    Q8,
+    /// Unsigned nibbles with an implied − 8, one f16 scale per block: Q4_0.
+    Q4,
+    /// Unsigned nibbles, an f32 scale and an f32 offset per block: Q4_1, Q4_K.
+    Q4M,
+    /// Signed bytes stored + 128, an f32 scale per half block: Q6_K.
+    Q6,
+    /// Unsigned bytes, an f32 scale and an f32 offset per block: Q5_1, Q5_K.
+    Q8M,
 }
 
-/// Bytes of one superblock (equal to 16 ggml blocks).
+impl Layout {
+    /// The layout a stored type is packed into, if any.
+    pub fn of(dtype: WeightType) -> Option<Layout> {
+        match dtype {
+            WeightType::Q8_0 | WeightType::Q5_0 => Some(Layout::Q8),
+            WeightType::Q4_0 => Some(Layout::Q4),
+            WeightType::Q4_1 | WeightType::Q4K => Some(Layout::Q4M),
+            WeightType::Q6K => Some(Layout::Q6),
+            WeightType::Q5_1 | WeightType::Q5K => Some(Layout::Q8M),
+            _ => None,
+        }
+    }
+
+    /// Bytes of a superblock's head (scales, then offsets for Q4M) before its quants.
+    pub const fn head_bytes(self) -> usize {
+        match self {
+            Layout::Q8 | Layout::Q4 => 2 * SB,
+            Layout::Q4M | Layout::Q6 | Layout::Q8M => 8 * SB,
+        }
+    }
+
+    pub const fn superblock_bytes(self) -> usize {
+        self.head_bytes()
+            + match self {
+                Layout::Q8 | Layout::Q6 | Layout::Q8M => SB * QK,
+                Layout::Q4 | Layout::Q4M => SB * QK / 2,
+            }
+    }
+
+    /// Whether the quants are nibbles (two steps per 64-byte chunk).
+    pub const fn nibbles(self) -> bool {
+        matches!(self, Layout::Q4 | Layout::Q4M)
+    }
+
+    /// The factor of the activation block sums in [`PackedActs::so`]: the kernels subtract
+    /// `scale · so` (Q4, Q8: the stored offset of the quants) or `offset · so` (Q4M, where
+    /// `so = −s` so that the same instruction adds `offset · s`). For Q6, `so` and `so2` hold
+    /// the two half blocks' sums.
+    fn act_offset(self) -> f32 {
+        match self {
+            Layout::Q8 | Layout::Q6 => 128.0,
+            Layout::Q4 => 8.0,
+            Layout::Q4M | Layout::Q8M => -1.0,
+        }
+    }
+
+    fn of_packed(dtype: WeightType) -> Layout {
+        Layout::of(dtype).unwrap_or_else(|| panic!("{dtype:?} has no packed layout"))
+    }
+}
+
+/// Whether a matrix of this type and width can be packed.
+pub fn packable(dtype: WeightType, cols: usize) -> bool {
+    Layout::of(dtype).is_some() && cols > 0 && cols.is_multiple_of(dtype.block_size())
+}
+
+/// Bytes of one superblock (16 blocks of 32 values).
 pub fn superblock_bytes(dtype: WeightType) -> usize {
-    SB * dtype.type_size()
+    Layout::of_packed(dtype).superblock_bytes()
 }
 
 /// Superblocks per row of `cols` columns.
@@ -53,38 +138,168 @@ pub fn row_bytes(dtype: WeightType, cols: usize) -> usize {
     superblocks(cols) * superblock_bytes(dtype)
 }
 
-/// Repacks one row from ggml's layout (`src`, `cols / 32` blocks) into `out` (`row_bytes`).
+/// One block of 32 values as the layouts store it: the quants (signed for Q8 and Q6, nibbles
+/// for Q4 and Q4M), and the scale as f16 bits (Q8, Q4) or as f32 with an f32 offset (Q4M) or a
+/// second f32 scale for values 16..32 (Q6).
+struct Block32 {
+    q: [i8; QK],
+    scale16: u16,
+    scale: f32,
+    offset: f32,
+}
+
+fn f16_at(b: &[u8], i: usize) -> u16 {
+    u16::from_le_bytes([b[i], b[i + 1]])
+}
+
+/// Block `b` (of 32 values) of a row stored as `dtype`, or None past the row's end.
+fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
+    let mut k = Block32 {
+        q: [0; QK],
+        scale16: 0,
+        scale: 0.0,
+        offset: 0.0,
+    };
+    // ggml's Q4_0, Q4_1, Q5_0: value i < 16 is the low nibble of byte i, value i + 16 the high.
+    let nib = |qs: &[u8], i: usize| {
+        if i < 16 {
+            qs[i] & 0x0f
+        } else {
+            qs[i - 16] >> 4
+        }
+    };
+    match dtype {
+        WeightType::Q8_0 => {
+            let blk = src.get(b * 34..(b + 1) * 34)?;
+            k.scale16 = f16_at(blk, 0);
+            for (q, v) in k.q.iter_mut().zip(&blk[2..]) {
+                *q = *v as i8;
+            }
+        }
+        WeightType::Q5_0 => {
+            let blk = src.get(b * 22..(b + 1) * 22)?;
+            k.scale16 = f16_at(blk, 0);
+            let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+            for (i, q) in k.q.iter_mut().enumerate() {
+                let high = ((qh >> i) & 1) as u8;
+                *q = (nib(&blk[6..], i) | (high << 4)) as i8 - 16;
+            }
+        }
+        WeightType::Q4_0 => {
+            let blk = src.get(b * 18..(b + 1) * 18)?;
+            k.scale16 = f16_at(blk, 0);
+            for (i, q) in k.q.iter_mut().enumerate() {
+                *q = nib(&blk[2..], i) as i8;
+            }
+        }
+        WeightType::Q4_1 => {
+            let blk = src.get(b * 20..(b + 1) * 20)?;
+            k.scale = f16_bits_to_f32(f16_at(blk, 0));
+            k.offset = f16_bits_to_f32(f16_at(blk, 2));
+            for (i, q) in k.q.iter_mut().enumerate() {
+                *q = nib(&blk[4..], i) as i8;
+            }
+        }
+        WeightType::Q4K => {
+            // 256 values: `d dmin scales[12] qs[128]`, group g's values in the low (g even) or
+            // high nibbles of bytes 32·(g/2)..+32.
+            let blk = src.get((b / 8) * 144..(b / 8 + 1) * 144)?;
+            let g = b % 8;
+            let (d, dmin) = (
+                f16_bits_to_f32(f16_at(blk, 0)),
+                f16_bits_to_f32(f16_at(blk, 2)),
+            );
+            let (s, m) = super::dequant::scale_min_k4(&blk[4..16]);
+            k.scale = d * s[g] as f32;
+            k.offset = -(dmin * m[g] as f32);
+            for (l, q) in k.q.iter_mut().enumerate() {
+                *q = ((blk[16 + (g / 2) * 32 + l] >> (4 * (g % 2))) & 0x0f) as i8;
+            }
+        }
+        WeightType::Q5_1 => {
+            let blk = src.get(b * 24..(b + 1) * 24)?;
+            k.scale = f16_bits_to_f32(f16_at(blk, 0));
+            k.offset = f16_bits_to_f32(f16_at(blk, 2));
+            let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
+            for (i, q) in k.q.iter_mut().enumerate() {
+                *q = (nib(&blk[8..], i) | ((((qh >> i) & 1) as u8) << 4)) as i8;
+            }
+        }
+        WeightType::Q5K => {
+            // 256 values: `d dmin scales[12] qh[32] qs[128]`, Q4_K's groups with a fifth bit.
+            let blk = src.get((b / 8) * 176..(b / 8 + 1) * 176)?;
+            let g = b % 8;
+            let (d, dmin) = (
+                f16_bits_to_f32(f16_at(blk, 0)),
+                f16_bits_to_f32(f16_at(blk, 2)),
+            );
+            let (s, m) = super::dequant::scale_min_k4(&blk[4..16]);
+            k.scale = d * s[g] as f32;
+            k.offset = -(dmin * m[g] as f32);
+            let (qh, qs) = (&blk[16..48], &blk[48..176]);
+            for (l, q) in k.q.iter_mut().enumerate() {
+                let lo = (qs[(g / 2) * 32 + l] >> (4 * (g % 2))) & 0x0f;
+                *q = (lo | (((qh[l] >> g) & 1) << 4)) as i8;
+            }
+        }
+        WeightType::Q6K => {
+            // 256 values: `ql[128] qh[64] scales[16] d`, 16 groups of 16 with signed scales.
+            let blk = src.get((b / 8) * 210..(b / 8 + 1) * 210)?;
+            let (ql, qh, sc) = (&blk[..128], &blk[128..192], &blk[192..208]);
+            let d = f16_bits_to_f32(f16_at(blk, 208));
+            let g = b % 8;
+            k.scale = d * sc[2 * g] as i8 as f32;
+            k.offset = d * sc[2 * g + 1] as i8 as f32;
+            for (j, q) in k.q.iter_mut().enumerate() {
+                let i = 32 * g + j;
+                let (half, r) = (i / 128, i % 128);
+                let lo = (ql[half * 64 + r % 64] >> (4 * (r / 64))) & 0x0f;
+                let hi = (qh[half * 32 + r % 32] >> (2 * (r / 32))) & 3;
+                *q = (lo | (hi << 4)) as i8 - 32;
+            }
+        }
+        other => panic!("{other:?} has no packed layout"),
+    }
+    Some(k)
+}
+
+/// Repacks one row from ggml's layout (`src`, one row of `dtype`) into `out` (`row_bytes`).
 pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
-    let tb = dtype.type_size();
+    let layout = Layout::of_packed(dtype);
     out.fill(0);
-    for (si, d) in out.chunks_exact_mut(superblock_bytes(dtype)).enumerate() {
-        let (scales, quants) = d.split_at_mut(2 * SB);
+    for (si, d) in out.chunks_exact_mut(layout.superblock_bytes()).enumerate() {
+        let (head, quants) = d.split_at_mut(layout.head_bytes());
         for l in 0..SB {
-            let Some(blk) = src.get((si * SB + l) * tb..(si * SB + l + 1) * tb) else {
+            let Some(k) = source_block(dtype, src, si * SB + l) else {
                 break;
             };
-            scales[2 * l..2 * l + 2].copy_from_slice(&blk[..2]);
-            let qs = &blk[2..];
-            match dtype {
-                WeightType::Q4_0 => {
-                    // ggml: value i < 16 is the low nibble of byte i, value i + 16 the high one.
-                    let nib = |i: usize| {
-                        if i < 16 {
-                            qs[i] & 0x0f
-                        } else {
-                            qs[i - 16] >> 4
-                        }
-                    };
-                    for u in 0..STEPS / 2 {
+            match layout {
+                Layout::Q8 | Layout::Q6 | Layout::Q8M => {
+                    if layout == Layout::Q8 {
+                        head[2 * l..2 * l + 2].copy_from_slice(&k.scale16.to_le_bytes());
+                    } else {
+                        head[4 * l..4 * l + 4].copy_from_slice(&k.scale.to_le_bytes());
+                        head[64 + 4 * l..68 + 4 * l].copy_from_slice(&k.offset.to_le_bytes());
+                    }
+                    // Signed values are stored + 128; Q8M's are unsigned already.
+                    let flip = if layout == Layout::Q8M { 0 } else { 0x80 };
+                    for s in 0..STEPS {
                         for j in 0..4 {
-                            quants[64 * u + 4 * l + j] = nib(8 * u + j) | (nib(8 * u + 4 + j) << 4);
+                            quants[64 * s + 4 * l + j] = (k.q[4 * s + j] as u8) ^ flip;
                         }
                     }
                 }
-                _ => {
-                    for s in 0..STEPS {
+                Layout::Q4 | Layout::Q4M => {
+                    if layout == Layout::Q4 {
+                        head[2 * l..2 * l + 2].copy_from_slice(&k.scale16.to_le_bytes());
+                    } else {
+                        head[4 * l..4 * l + 4].copy_from_slice(&k.scale.to_le_bytes());
+                        head[64 + 4 * l..68 + 4 * l].copy_from_slice(&k.offset.to_le_bytes());
+                    }
+                    for u in 0..STEPS / 2 {
                         for j in 0..4 {
-                            quants[64 * s + 4 * l + j] = qs[4 * s + j] ^ 0x80;
+                            quants[64 * u + 4 * l + j] =
+                                k.q[8 * u + j] as u8 | ((k.q[8 * u + 4 + j] as u8) << 4);
                         }
                     }
                 }
@@ -93,34 +308,47 @@ pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
     }
 }
 
-/// The signed quant of value `i` (0..32) of lane `l` in a packed superblock.
-fn packed_quant(dtype: WeightType, quants: &[u8], l: usize, i: usize) -> i32 {
-    match dtype {
-        WeightType::Q4_0 => {
+/// The quant of value `i` (0..32) of lane `l` in a packed superblock: signed (offset taken
+/// off) for Q8, Q6 and Q4, the unsigned nibble for Q4M.
+fn packed_quant(layout: Layout, quants: &[u8], l: usize, i: usize) -> i32 {
+    match layout {
+        Layout::Q8 | Layout::Q6 => (quants[64 * (i / 4) + 4 * l + i % 4] ^ 0x80) as i8 as i32,
+        Layout::Q8M => quants[64 * (i / 4) + 4 * l + i % 4] as i32,
+        Layout::Q4 | Layout::Q4M => {
             let byte = quants[64 * (i / 8) + 4 * l + i % 4];
-            let n = if i % 8 < 4 { byte & 0x0f } else { byte >> 4 };
-            n as i32 - 8
+            let n = if i % 8 < 4 { byte & 0x0f } else { byte >> 4 } as i32;
+            if layout == Layout::Q4 { n - 8 } else { n }
         }
-        _ => (quants[64 * (i / 4) + 4 * l + i % 4] ^ 0x80) as i8 as i32,
     }
 }
 
-fn packed_scale(scales: &[u8], l: usize) -> f32 {
-    f16_bits_to_f32(u16::from_le_bytes([scales[2 * l], scales[2 * l + 1]]))
+/// The two factors of lane `l` of a superblock's head: scale and offset (Q4M), the scales of
+/// the two halves (Q6), or the scale and 0 (Q8, Q4).
+fn packed_scale(layout: Layout, head: &[u8], l: usize) -> (f32, f32) {
+    let f32_at = |i: usize| f32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    match layout {
+        Layout::Q8 | Layout::Q4 => (f16_bits_to_f32(f16_at(head, 2 * l)), 0.0),
+        Layout::Q4M | Layout::Q6 | Layout::Q8M => (f32_at(4 * l), f32_at(64 + 4 * l)),
+    }
 }
 
-/// Dequantizes one packed row to `out` (`cols` values).
+/// Dequantizes one packed row to `out` (`cols` values): the values of ggml's dequantizer.
 pub fn dequantize_row(dtype: WeightType, src: &[u8], out: &mut [f32]) {
-    let sbb = superblock_bytes(dtype);
-    for (si, s) in src.chunks_exact(sbb).enumerate() {
-        let (scales, quants) = s.split_at(2 * SB);
+    let layout = Layout::of_packed(dtype);
+    for (si, s) in src.chunks_exact(layout.superblock_bytes()).enumerate() {
+        let (head, quants) = s.split_at(layout.head_bytes());
         for l in 0..SB {
             let Some(o) = out.get_mut((si * SB + l) * QK..(si * SB + l + 1) * QK) else {
                 return;
             };
-            let d = packed_scale(scales, l);
+            let (d, m) = packed_scale(layout, head, l);
             for (i, o) in o.iter_mut().enumerate() {
-                *o = d * packed_quant(dtype, quants, l, i) as f32;
+                let q = packed_quant(layout, quants, l, i) as f32;
+                *o = match layout {
+                    Layout::Q4M | Layout::Q8M => d * q + m,
+                    Layout::Q6 if i >= QK / 2 => m * q,
+                    _ => d * q,
+                };
             }
         }
     }
@@ -129,18 +357,23 @@ pub fn dequantize_row(dtype: WeightType, src: &[u8], out: &mut [f32]) {
 /// Portable dot product of one packed row with quantized activations: the reference for the
 /// SIMD kernels, with the same integer products per block.
 pub fn dot_row(dtype: WeightType, row: &[u8], x: &[BlockQ8]) -> f32 {
-    let sbb = superblock_bytes(dtype);
+    let layout = Layout::of_packed(dtype);
     let mut acc = 0f32;
-    for (si, s) in row.chunks_exact(sbb).enumerate() {
-        let (scales, quants) = s.split_at(2 * SB);
+    for (si, s) in row.chunks_exact(layout.superblock_bytes()).enumerate() {
+        let (head, quants) = s.split_at(layout.head_bytes());
         for l in 0..SB {
             let Some(xb) = x.get(si * SB + l) else {
                 break;
             };
-            let dot: i32 = (0..QK)
-                .map(|i| packed_quant(dtype, quants, l, i) * xb.qs[i] as i32)
-                .sum();
-            acc += packed_scale(scales, l) * xb.d * dot as f32;
+            let dot = |r: std::ops::Range<usize>| -> f32 {
+                r.map(|i| packed_quant(layout, quants, l, i) * xb.qs[i] as i32)
+                    .sum::<i32>() as f32
+            };
+            let (d, m) = packed_scale(layout, head, l);
+            acc += match layout {
+                Layout::Q6 => d * xb.d * dot(0..QK / 2) + m * xb.d * dot(QK / 2..QK),
+                _ => d * xb.d * dot(0..QK) + m * xb.s,
+            };
         }
     }
     acc
@@ -148,26 +381,26 @@ pub fn dot_row(dtype: WeightType, row: &[u8], x: &[BlockQ8]) -> f32 {
 
 /// One token's activations laid out like a packed superblock: per superblock 8 steps of 64
 /// quants (lane `l` = block `l`), then the kernels' per-lane factors: `d` (block scale) and
-/// `so` (block scale × quant sum × the weights' offset, 8 or 128). Missing blocks of a padded
-/// superblock are zeros.
+/// `so` (block scale × quant sum × the layout's [`Layout::act_offset`]; for Q6 the sum of
+/// values 0..16, with `so2` that of values 16..32). Missing blocks of a padded superblock are
+/// zeros.
 #[derive(Clone, Debug)]
 pub struct PackedActs {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub so: Vec<f32>,
+    pub so2: Vec<f32>,
 }
 
 impl PackedActs {
     pub fn new(x: &[BlockQ8], dtype: WeightType) -> Self {
         let nsb = x.len().div_ceil(SB);
-        let offset = if dtype == WeightType::Q4_0 {
-            8.0
-        } else {
-            128.0
-        };
+        let layout = Layout::of_packed(dtype);
+        let offset = layout.act_offset();
         let mut qs = vec![0i8; nsb * SB * QK];
         let mut d = vec![0f32; nsb * SB];
         let mut so = vec![0f32; nsb * SB];
+        let mut so2 = vec![0f32; nsb * SB];
         for (b, xb) in x.iter().enumerate() {
             let (si, l) = (b / SB, b % SB);
             for s in 0..STEPS {
@@ -175,9 +408,16 @@ impl PackedActs {
                 qs[at..at + 4].copy_from_slice(&xb.qs[4 * s..4 * s + 4]);
             }
             d[b] = xb.d;
-            so[b] = xb.s * offset;
+            if layout == Layout::Q6 {
+                let half = |r: std::ops::Range<usize>| xb.qs[r].iter().map(|&q| q as i32).sum();
+                let (a, z): (i32, i32) = (half(0..QK / 2), half(QK / 2..QK));
+                so[b] = xb.d * a as f32 * offset;
+                so2[b] = xb.d * z as f32 * offset;
+            } else {
+                so[b] = xb.s * offset;
+            }
         }
-        Self { qs, d, so }
+        Self { qs, d, so, so2 }
     }
 
     /// Zero activations (pads a tile of tokens).
@@ -186,6 +426,7 @@ impl PackedActs {
             qs: vec![0; superblocks * SB * QK],
             d: vec![0.0; superblocks * SB],
             so: vec![0.0; superblocks * SB],
+            so2: vec![0.0; superblocks * SB],
         }
     }
 }

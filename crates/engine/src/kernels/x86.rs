@@ -464,6 +464,54 @@ unsafe fn for_each_operand(q4: bool, quants: *const u8, mut f: impl FnMut(usize,
 /// `kernel_speed`: 4 to 16 KiB all do; nothing, or L1 instead of L2, is slower).
 const PREFETCH_AHEAD: usize = 8192;
 
+/// The packed layouts as const parameters of the decode kernels (see `packed::Layout`).
+pub const L_Q8: u8 = 0;
+pub const L_Q4: u8 = 1;
+pub const L_Q4M: u8 = 2;
+pub const L_Q6: u8 = 3;
+pub const L_Q8M: u8 = 4;
+
+pub fn layout_code(l: super::packed::Layout) -> u8 {
+    use super::packed::Layout;
+    match l {
+        Layout::Q8 => L_Q8,
+        Layout::Q4 => L_Q4,
+        Layout::Q4M => L_Q4M,
+        Layout::Q6 => L_Q6,
+        Layout::Q8M => L_Q8M,
+    }
+}
+
+const fn layout_of(code: u8) -> super::packed::Layout {
+    use super::packed::Layout;
+    match code {
+        L_Q8 => Layout::Q8,
+        L_Q4 => Layout::Q4,
+        L_Q4M => Layout::Q4M,
+        L_Q6 => Layout::Q6,
+        _ => Layout::Q8M,
+    }
+}
+
+/// The 16 lanes' scales and the factors of the activation offsets: for Q8 and Q4 both are the
+/// f16 scales, for Q4M and Q8M the f32 scales and offsets of the head, for Q6 the f32 scales
+/// of the two half blocks.
+#[inline(always)]
+unsafe fn packed_head(l: super::packed::Layout, sb: *const u8) -> (__m512, __m512) {
+    // SAFETY: the caller guarantees a packed superblock's head at `sb`.
+    unsafe {
+        if !matches!(l, super::packed::Layout::Q4 | super::packed::Layout::Q8) {
+            (
+                _mm512_loadu_ps(sb as *const f32),
+                _mm512_loadu_ps(sb.add(64) as *const f32),
+            )
+        } else {
+            let sw = _mm512_cvtph_ps(_mm256_loadu_si256(sb as *const __m256i));
+            (sw, sw)
+        }
+    }
+}
+
 /// Four consecutive packed rows against one token, one row after the other.
 ///
 /// Reading the rows in turn makes the weights one forward stream: interleaving four rows
@@ -471,41 +519,43 @@ const PREFETCH_AHEAD: usize = 8192;
 /// between four places a row apart, and streamed 7% slower on two cores here (26.5 against
 /// 28.6 GB/s over 1.5 GB; the activations stay in L1 either way).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn dot4_packed_vnni<const Q4: bool>(
+pub unsafe fn dot4_packed_vnni<const L: u8>(
     row: *const u8,
     row_bytes: usize,
     superblocks: usize,
     xq: *const i8,
     xd: *const f32,
-    xso: *const f32,
+    xso: [*const f32; 2],
 ) -> [f32; 4] {
     // SAFETY: the caller guarantees four rows of `superblocks` packed superblocks, `row_bytes`
     // apart, at `row`, and 512 quants and 16 factors per superblock at xq, xd, xso.
     unsafe {
         std::array::from_fn(|i| {
-            dot_packed_vnni::<Q4>(row.add(i * row_bytes), superblocks, xq, xd, xso)
+            dot_packed_vnni::<L>(row.add(i * row_bytes), superblocks, xq, xd, xso)
         })
     }
 }
 
-/// One packed Q4_0 / Q8_0 row (see `packed.rs`) against one token's packed activations, the
-/// decode kernel: per superblock 8 `vpdpbusd` in two independent chains (low and high nibbles
-/// for Q4_0, even and odd steps for Q8_0) leave the 16 block sums in 16 lanes, then one
-/// conversion, one multiply and two FMAs apply the scales and the offset; the lines 8 KiB ahead
-/// are requested into L2 as it goes.
+/// One packed row (see `packed.rs`) against one token's packed activations, the decode
+/// kernel: per superblock 8 `vpdpbusd` in two independent chains (low and high nibbles for
+/// Q4 and Q4M, even and odd steps for Q8) leave the 16 block sums in 16 lanes, then one
+/// multiply and two FMAs apply the scales and the offsets; the lines 8 KiB ahead are
+/// requested into L2 as it goes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn dot_packed_vnni<const Q4: bool>(
+pub unsafe fn dot_packed_vnni<const L: u8>(
     w: *const u8,
     superblocks: usize,
     xq: *const i8,
     xd: *const f32,
-    xso: *const f32,
+    xso: [*const f32; 2],
 ) -> f32 {
     // SAFETY: the caller guarantees `superblocks` packed superblocks at `w`, and 512 quants
     // and 16 factors per superblock at xq, xd, xso.
     unsafe {
-        let sbb = if Q4 { 288 } else { 544 };
+        let layout = const { layout_of(L) };
+        let sbb = const { layout_of(L).superblock_bytes() };
+        let hb = const { layout_of(L).head_bytes() };
         let mut acc = _mm512_setzero_ps();
         for s in 0..superblocks {
             let x = xq.add(s * 512);
@@ -519,7 +569,7 @@ pub unsafe fn dot_packed_vnni<const Q4: bool>(
                 _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
             }
             let mut p = [_mm512_setzero_si512(); 2];
-            if Q4 {
+            if layout.nibbles() {
                 // High nibbles are masked in place (16 × their value) and the sum shifted back
                 // once per superblock, not shifted per operand: 512-bit shifts share port 0
                 // with `vpdpbusd` on this class of processor, and the four shifts per
@@ -530,7 +580,7 @@ pub unsafe fn dot_packed_vnni<const Q4: bool>(
                 for u in 0..4 {
                     let x0 = _mm512_loadu_si512(x.add(128 * u) as *const __m512i);
                     let x1 = _mm512_loadu_si512(x.add(128 * u + 64) as *const __m512i);
-                    let z = _mm512_loadu_si512(ws.add(32 + 64 * u) as *const __m512i);
+                    let z = _mm512_loadu_si512(ws.add(hb + 64 * u) as *const __m512i);
                     p[0] = _mm512_dpbusd_epi32(p[0], _mm512_and_si512(z, m4), x0);
                     p[1] = _mm512_dpbusd_epi32(p[1], _mm512_and_si512(z, mh), x1);
                 }
@@ -538,62 +588,95 @@ pub unsafe fn dot_packed_vnni<const Q4: bool>(
             } else {
                 for st in 0..8 {
                     let xv = _mm512_loadu_si512(x.add(64 * st) as *const __m512i);
-                    let z = _mm512_loadu_si512(ws.add(32 + 64 * st) as *const __m512i);
-                    p[st % 2] = _mm512_dpbusd_epi32(p[st % 2], z, xv);
+                    let z = _mm512_loadu_si512(ws.add(hb + 64 * st) as *const __m512i);
+                    // Q6: the chains are the two half blocks, each with its own scale.
+                    let c = if L == L_Q6 { st / 4 } else { st % 2 };
+                    p[c] = _mm512_dpbusd_epi32(p[c], z, xv);
                 }
             }
-            let sw = _mm512_cvtph_ps(_mm256_loadu_si256(ws as *const __m256i));
-            let d = _mm512_mul_ps(sw, _mm512_loadu_ps(xd.add(s * 16)));
-            let sum = _mm512_add_epi32(p[0], p[1]);
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc);
-            acc = _mm512_fnmadd_ps(sw, _mm512_loadu_ps(xso.add(s * 16)), acc);
+            let (sw, mw) = packed_head(layout, ws);
+            let xdv = _mm512_loadu_ps(xd.add(s * 16));
+            let so = _mm512_loadu_ps(xso[0].add(s * 16));
+            if L == L_Q6 {
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[0]), _mm512_mul_ps(sw, xdv), acc);
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[1]), _mm512_mul_ps(mw, xdv), acc);
+                acc = _mm512_fnmadd_ps(sw, so, acc);
+                acc = _mm512_fnmadd_ps(mw, _mm512_loadu_ps(xso[1].add(s * 16)), acc);
+            } else {
+                let d = _mm512_mul_ps(sw, xdv);
+                let sum = _mm512_add_epi32(p[0], p[1]);
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc);
+                acc = _mm512_fnmadd_ps(mw, so, acc);
+            }
         }
         _mm512_reduce_add_ps(acc)
     }
 }
 
 /// Two packed rows × four tokens: each weight operand feeds four `vpdpbusd`, each activation
-/// operand two, so the Q4_0 unpacking and the loads are shared and the kernel runs on the dot
+/// operand two, so the nibble unpacking and the loads are shared and the kernel runs on the dot
 /// instructions (64 multiply-adds each, about five times f32 FMA on this class of processor).
 /// `rows[i]` points at row i, `xq/xd/xso[t]` at token t's packed activations.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn tile2x4_packed_vnni(
-    q4: bool,
+pub unsafe fn tile2x4_packed_vnni<const L: u8>(
     rows: [*const u8; 2],
     superblocks: usize,
     xq: [*const i8; 4],
     xd: [*const f32; 4],
-    xso: [*const f32; 4],
+    xso: [[*const f32; 2]; 4],
 ) -> [[f32; 2]; 4] {
     // SAFETY: as for `dot_packed_vnni`, for both rows and all four tokens.
     unsafe {
-        let sbb = if q4 { 288 } else { 544 };
+        // The layout is a constant: with it a run-time value, choosing between the two sets of
+        // Q6 accumulators kept all of them in memory, which cost Q4_0 prompts a third.
+        let layout = const { layout_of(L) };
+        let (sbb, hb, q4) = const {
+            (
+                layout_of(L).superblock_bytes(),
+                layout_of(L).head_bytes(),
+                layout_of(L).nibbles(),
+            )
+        };
+        let q6 = L == L_Q6;
         let mut acc = [[_mm512_setzero_ps(); 2]; 4];
         for s in 0..superblocks {
             let mut p = [[_mm512_setzero_si512(); 2]; 4];
+            // Q6's values 16..32 (steps 4..8), under their own scale.
+            let mut p2 = [[_mm512_setzero_si512(); 2]; 4];
             let w0 = rows[0].add(s * sbb);
             let w1 = rows[1].add(s * sbb);
             let mut ops1 = [_mm512_setzero_si512(); 8];
-            for_each_operand(q4, w1.add(32), |step, wq| ops1[step] = wq);
-            for_each_operand(q4, w0.add(32), |step, wq0| {
+            for_each_operand(q4, w1.add(hb), |step, wq| ops1[step] = wq);
+            for_each_operand(q4, w0.add(hb), |step, wq0| {
                 let wq1 = ops1[step];
-                for (t, p) in p.iter_mut().enumerate() {
+                for t in 0..4 {
                     let xv = _mm512_loadu_si512(xq[t].add(s * 512 + 64 * step) as *const __m512i);
-                    p[0] = _mm512_dpbusd_epi32(p[0], wq0, xv);
-                    p[1] = _mm512_dpbusd_epi32(p[1], wq1, xv);
+                    if q6 && step >= 4 {
+                        p2[t][0] = _mm512_dpbusd_epi32(p2[t][0], wq0, xv);
+                        p2[t][1] = _mm512_dpbusd_epi32(p2[t][1], wq1, xv);
+                    } else {
+                        p[t][0] = _mm512_dpbusd_epi32(p[t][0], wq0, xv);
+                        p[t][1] = _mm512_dpbusd_epi32(p[t][1], wq1, xv);
+                    }
                 }
             });
-            let sw = [
-                _mm512_cvtph_ps(_mm256_loadu_si256(w0 as *const __m256i)),
-                _mm512_cvtph_ps(_mm256_loadu_si256(w1 as *const __m256i)),
-            ];
+            let heads = [packed_head(layout, w0), packed_head(layout, w1)];
             for t in 0..4 {
                 let d = _mm512_loadu_ps(xd[t].add(s * 16));
-                let so = _mm512_loadu_ps(xso[t].add(s * 16));
+                let so = _mm512_loadu_ps(xso[t][0].add(s * 16));
                 for r in 0..2 {
-                    let f = _mm512_mul_ps(sw[r], d);
+                    let (sw, mw) = heads[r];
+                    let f = _mm512_mul_ps(sw, d);
                     acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[t][r]), f, acc[t][r]);
-                    acc[t][r] = _mm512_fnmadd_ps(sw[r], so, acc[t][r]);
+                    if q6 {
+                        let f2 = _mm512_mul_ps(mw, d);
+                        acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p2[t][r]), f2, acc[t][r]);
+                        acc[t][r] = _mm512_fnmadd_ps(sw, so, acc[t][r]);
+                        let so2 = _mm512_loadu_ps(xso[t][1].add(s * 16));
+                        acc[t][r] = _mm512_fnmadd_ps(mw, so2, acc[t][r]);
+                    } else {
+                        acc[t][r] = _mm512_fnmadd_ps(mw, so, acc[t][r]);
+                    }
                 }
             }
         }
@@ -723,12 +806,26 @@ pub unsafe fn tile4x4_bf16(w: *const u16, x: *const u16, k: usize) -> [[f32; 4];
 /// activations the same way instead of unshuffling the weights. Writes `superblocks · 512`
 /// values (zero for a padded superblock's missing blocks, whose scales are zero).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512bf16")]
-pub unsafe fn packed_row_to_bf16(q4: bool, row: *const u8, superblocks: usize, out: *mut u16) {
+pub unsafe fn packed_row_to_bf16(
+    layout: super::packed::Layout,
+    row: *const u8,
+    superblocks: usize,
+    out: *mut u16,
+) {
+    use super::packed::Layout;
     // SAFETY: the caller guarantees `superblocks` packed superblocks at `row` and room for
     // 512 values per superblock at `out`.
     unsafe {
-        let sbb = if q4 { 288 } else { 544 };
-        let offset = _mm512_set1_epi32(if q4 { 8 } else { 128 });
+        let (sbb, hb, q4) = (
+            layout.superblock_bytes(),
+            layout.head_bytes(),
+            layout.nibbles(),
+        );
+        let offset = _mm512_set1_epi32(match layout {
+            Layout::Q8 | Layout::Q6 => 128,
+            Layout::Q4 => 8,
+            Layout::Q4M | Layout::Q8M => 0,
+        });
         let low = _mm512_set1_epi8(0x0f);
         // Chunk c of a 64-byte step holds lanes 4c..4c+4, four values each.
         let idx: [__m512i; 4] = std::array::from_fn(|c| {
@@ -754,9 +851,10 @@ pub unsafe fn packed_row_to_bf16(q4: bool, row: *const u8, superblocks: usize, o
         });
         for si in 0..superblocks {
             let sb = row.add(si * sbb);
-            let d = _mm512_cvtph_ps(_mm256_loadu_si256(sb as *const __m256i));
+            let (d, m) = packed_head(layout, sb);
             let sc: [__m512; 4] = std::array::from_fn(|c| _mm512_permutexvar_ps(idx[c], d));
-            let q = sb.add(32);
+            let mn: [__m512; 4] = std::array::from_fn(|c| _mm512_permutexvar_ps(idx[c], m));
+            let q = sb.add(hb);
             let o = out.add(si * 512);
             for s in 0..8 {
                 let bytes = if q4 {
@@ -777,7 +875,14 @@ pub unsafe fn packed_row_to_bf16(q4: bool, row: *const u8, superblocks: usize, o
                 ];
                 for (c, part) in parts.into_iter().enumerate() {
                     let v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(part), offset);
-                    let f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), sc[c]);
+                    let f = match layout {
+                        Layout::Q4M | Layout::Q8M => {
+                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sc[c], mn[c])
+                        }
+                        // Steps 4..8 are values 16..32, under the second scale.
+                        Layout::Q6 if s >= 4 => _mm512_mul_ps(_mm512_cvtepi32_ps(v), mn[c]),
+                        _ => _mm512_mul_ps(_mm512_cvtepi32_ps(v), sc[c]),
+                    };
                     _mm256_storeu_si256(
                         o.add(64 * s + 16 * c) as *mut __m256i,
                         std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(f)),
