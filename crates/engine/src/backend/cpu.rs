@@ -240,8 +240,10 @@ impl Backend for CpuBackend {
             if let Some(blob) = cached {
                 // Q8_0 decodes from the mapped file as fast as from a copy (the page cache
                 // holds it in large folios, mapped 2 MB at a time) and loads 5x faster that
-                // way; Q4_0 decoded 2-3% slower from the file, and its copy is smaller.
-                if m.dtype == WeightType::Q8_0 {
+                // way; Q4_0 decoded 2-3% slower from the file, and its copy is smaller. The
+                // other packed types are larger than their files (docs/weight-types.md), so
+                // their copy would cost most of a warm load.
+                if m.dtype != WeightType::Q4_0 {
                     blob.populate();
                     m.data = blob;
                 } else {

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::dequant::as_blocks;
 use super::threads::Threads;
-use super::{BlockQ8, CpuCaps, QK, dot, quantize_row_q8};
+use super::{ActQuant, BlockQ8, CpuCaps, QK, dot, quantize_row_q8};
 
 /// A weight matrix as stored: `rows` output features, each a row of `cols` inputs.
 #[derive(Clone, Copy)]
@@ -166,16 +166,29 @@ fn par_rows4(
     run_tasks(pool, tasks, threads, run);
 }
 
-fn quantize_q8(pool: &Threads, caps: CpuCaps, x: &[f32], n: usize, cols: usize) -> Vec<BlockQ8> {
+/// The activations of `n` tokens quantized as ggml does for `kind` (see [`ActQuant`]).
+fn quantize_q8(
+    pool: &Threads,
+    caps: CpuCaps,
+    x: &[f32],
+    n: usize,
+    cols: usize,
+    kind: ActQuant,
+) -> Vec<BlockQ8> {
     let nb = cols / QK;
     let mut q = vec![BlockQ8::default(); n * nb];
     let one = |qr: &mut [BlockQ8], xr: &[f32]| {
+        if kind == ActQuant::Q8K && cols.is_multiple_of(8 * QK) {
+            return super::quantize_row_q8k(xr, qr);
+        }
         #[cfg(target_arch = "x86_64")]
         if caps.avx2 {
             // SAFETY: run-time detected features.
-            return unsafe { super::x86::quantize_row_q8(xr, qr) };
+            unsafe { super::x86::quantize_row_q8(xr, qr) };
+            return super::round_q8_scales(qr, kind);
         }
-        quantize_row_q8(xr, qr)
+        quantize_row_q8(xr, qr);
+        super::round_q8_scales(qr, kind)
     };
     if n > 4 {
         pool.install(|| {
@@ -332,7 +345,7 @@ fn matmul_packed(
 ) -> Result<(), String> {
     use super::packed::{self, PackedActs};
     let nb = w.cols / QK;
-    let xq = quantize_q8(pool, caps, x, n, w.cols);
+    let xq = quantize_q8(pool, caps, x, n, w.cols, ActQuant::of(w.dtype));
     let nsb = packed::superblocks(w.cols);
     let layout =
         packed::Layout::of(w.dtype).ok_or_else(|| format!("{:?} has no packed layout", w.dtype))?;
@@ -484,11 +497,14 @@ fn f16_decodable(caps: CpuCaps, w: &QMatrix<'_>) -> bool {
     caps.avx512vnni && w.dtype == WeightType::F16 && w.cols.is_multiple_of(16)
 }
 
-/// Whether two matrices are read by the same packed kernel (Q5_0 shares Q8_0's, Q4_1 Q4_K's).
+/// Whether two matrices are read by the same packed kernel from the same quantized activations
+/// (Q5_0 shares Q8_0's).
 #[cfg(target_arch = "x86_64")]
 fn same_layout(a: &QMatrix<'_>, b: &QMatrix<'_>) -> bool {
     use super::packed::Layout;
-    Layout::of(a.dtype).is_some() && Layout::of(a.dtype) == Layout::of(b.dtype)
+    Layout::of(a.dtype).is_some()
+        && Layout::of(a.dtype) == Layout::of(b.dtype)
+        && ActQuant::of(a.dtype) == ActQuant::of(b.dtype)
 }
 
 /// `outs[i][t·rows_i + r] = Σ_c x[t][c] · W_i[r][c]` for several matrices sharing their input.
@@ -522,7 +538,7 @@ pub fn matmul_many(
             }
         }
         let nb = w0.cols / QK;
-        let xq = quantize_q8(pool, caps, x, 1, w0.cols);
+        let xq = quantize_q8(pool, caps, x, 1, w0.cols, ActQuant::of(w0.dtype));
         let act = super::packed::PackedActs::new(&xq[..nb], w0.dtype);
         let mats: Vec<(&QMatrix<'_>, SyncPtr)> = ws
             .iter()
@@ -1155,7 +1171,7 @@ pub fn matmul(
         }),
         WeightType::Q8_0 | WeightType::Q4_0 => {
             let nb = cols / QK;
-            let xq = quantize_q8(pool, caps, x, n, cols);
+            let xq = quantize_q8(pool, caps, x, n, cols, ActQuant::of(w.dtype));
             let q4 = w.dtype == WeightType::Q4_0;
             #[cfg(target_arch = "x86_64")]
             if caps.avx512vnni {

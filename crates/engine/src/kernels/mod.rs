@@ -136,6 +136,76 @@ pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
     }
 }
 
+/// How ggml quantizes the activations of a weight type's dot products (its `vec_dot_type`).
+/// bakeoff's integer kernels quantize them the same way, so that their integer products are
+/// llama.cpp's and the two engines differ only in the order of float sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActQuant {
+    /// Q8_0 (for Q4_0, Q5_0, Q8_0): blocks of 32, scale amax / 127 stored as f16.
+    Q8_0,
+    /// Q8_1 (for Q4_1, Q5_1): as Q8_0, with the block sum `d · Σq` also stored as f16.
+    Q8_1,
+    /// Q8_K (for the K-quants): blocks of 256, scale −max / 127 (`max` the value of largest
+    /// magnitude, with its sign) in f32, quants rounded half to even.
+    Q8K,
+}
+
+impl ActQuant {
+    pub fn of(dtype: crate::WeightType) -> ActQuant {
+        use crate::WeightType as W;
+        match dtype {
+            W::Q4_1 | W::Q5_1 => ActQuant::Q8_1,
+            W::Q2K | W::Q3K | W::Q4K | W::Q5K | W::Q6K | W::Q8K => ActQuant::Q8K,
+            _ => ActQuant::Q8_0,
+        }
+    }
+}
+
+/// Turns blocks written by [`quantize_row_q8`] (f32 scale) into ggml's Q8_0 or Q8_1 blocks:
+/// the same quants, with the scale (and for Q8_1 the sum) rounded to f16 as ggml stores them.
+pub fn round_q8_scales(blocks: &mut [BlockQ8], kind: ActQuant) {
+    let h = |v: f32| half::f16::from_f32(v).to_f32();
+    for b in blocks {
+        let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
+        if kind == ActQuant::Q8_1 {
+            b.s = h(b.d * sum as f32);
+            b.d = h(b.d);
+        } else {
+            b.d = h(b.d);
+            b.s = b.d * sum as f32;
+        }
+    }
+}
+
+/// ggml's Q8_K quantization of `x` (a multiple of 256 values), written as blocks of 32 that
+/// share their 256-block's scale; `s` is each 32-block's `d · Σq`.
+pub fn quantize_row_q8k(x: &[f32], out: &mut [BlockQ8]) {
+    for (xs, bs) in x.chunks_exact(8 * QK).zip(out.chunks_exact_mut(8)) {
+        let (mut max, mut amax) = (0f32, 0f32);
+        for &v in xs {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            bs.iter_mut().for_each(|b| *b = BlockQ8::default());
+            continue;
+        }
+        let iscale = -127.0 / max;
+        let d = 1.0 / iscale;
+        for (b, xb) in bs.iter_mut().zip(xs.chunks_exact(QK)) {
+            let mut sum = 0i32;
+            for (q, v) in b.qs.iter_mut().zip(xb) {
+                *q = (iscale * v).round_ties_even().clamp(-128.0, 127.0) as i8;
+                sum += *q as i32;
+            }
+            b.d = d;
+            b.s = d * sum as f32;
+        }
+    }
+}
+
 #[inline]
 pub(crate) fn f16_bits_to_f32(b: u16) -> f32 {
     half::f16::from_bits(b).to_f32()
