@@ -5,7 +5,8 @@
 # .venv-ci (the tests look for .venv-ci/bin/python, or $BAKEOFF_PYTHON), plus llama-cpp-python,
 # numpy, safetensors and gguf there for the llama.cpp interop test (crates/cli/tests/quantize.rs).
 # llama-cpp-python is compiled from its sdist: about 10 minutes on 2 cores the first time, then
-# pip's wheel cache or the existing install makes it instant. Safe to run twice.
+# the wheel kept in ~/.cache/bakeoff/wheels or the existing install makes it instant. Safe to run
+# twice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,11 +36,20 @@ pin() { grep "^$1==" scripts/reference/requirements.txt; }
 if ! .venv-ci/bin/python -c "import llama_cpp" 2>/dev/null; then
     # shellcheck source=reference/llama_cpp_env.sh
     source scripts/reference/llama_cpp_env.sh
-    echo "building $(pin llama-cpp-python) (compiles llama.cpp, about 10 minutes on 2 cores)"
-    # --no-cache-dir: pip's wheel cache is keyed on the sdist, not on CMAKE_ARGS, so a wheel built
-    # earlier with other flags (e.g. ggml's AMX path, which crashes on these VMs) would be reused.
-    .venv-ci/bin/python -m pip install --quiet --no-cache-dir --no-binary llama-cpp-python \
-        "$(pin llama-cpp-python)"
+    # The wheel is built once per version and build flags and kept in the user's cache, so that a
+    # fresh clone on the same machine (CI) installs it in seconds. Not pip's own wheel cache: that
+    # is keyed on the sdist, not on CMAKE_ARGS, so a wheel built earlier with other flags (e.g.
+    # ggml's AMX path, which crashes on these VMs) would be reused.
+    key="$(pin llama-cpp-python)-$(printf '%s' "$CMAKE_ARGS" | sha256sum | cut -c1-16)"
+    wheels="${XDG_CACHE_HOME:-$HOME/.cache}/bakeoff/wheels/$key"
+    if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+        echo "building $(pin llama-cpp-python) (compiles llama.cpp, about 10 minutes on 2 cores)"
+        mkdir -p "$wheels.tmp"
+        .venv-ci/bin/python -m pip wheel --quiet --no-cache-dir --no-deps \
+            --no-binary llama-cpp-python -w "$wheels.tmp" "$(pin llama-cpp-python)"
+        rm -rf "$wheels" && mv "$wheels.tmp" "$wheels"
+    fi
+    .venv-ci/bin/python -m pip install --quiet "$wheels"/llama_cpp_python-*.whl
 fi
 .venv-ci/bin/python -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__)"
 # llama.cpp's vocabulary tests (crates/engine/tests/llama_vocab.rs), from the same sdist version.
