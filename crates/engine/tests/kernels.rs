@@ -255,6 +255,8 @@ fn packed_layout_matches_ggml_layout() {
         (WeightType::Q6K, 4864),
         (WeightType::Q5_1, 800),
         (WeightType::Q5K, 768),
+        (WeightType::IQ4_NL, 800),
+        (WeightType::IQ4_XS, 768),
         // Prompts on these narrow, little-padded rows take the bf16 tiles in the packed order.
         (WeightType::Q5_0, 896),
         (WeightType::Q4_1, 1024),
@@ -405,6 +407,8 @@ fn amx_tiles_agree_with_avx512_bf16_tiles() {
         (WeightType::Q5_0, 45, 800, 20),
         (WeightType::Q5_1, 45, 800, 20),
         (WeightType::Q5K, 33, 512, 20),
+        (WeightType::IQ4_NL, 45, 800, 20),
+        (WeightType::IQ4_XS, 33, 512, 21),
         (WeightType::BF16, 64, 96, 33),
         (WeightType::Q6K, 17, 256, 64),
         // Groups of four 32-row blocks, a partial last group and a partial token block.
@@ -479,6 +483,7 @@ fn fused_swiglu_equals_two_products_and_silu() {
         (WeightType::Q5_0, 45, 800, 17),
         (WeightType::Q6K, 33, 512, 18),
         (WeightType::Q5K, 33, 512, 19),
+        (WeightType::IQ4_XS, 33, 512, 17),
     ] {
         let (wg, wu) = (rand_vec(rows * cols, 21), rand_vec(rows * cols, 22));
         let x = rand_vec(n * cols, 23);

@@ -141,11 +141,11 @@ pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
 /// llama.cpp's and the two engines differ only in the order of float sums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActQuant {
-    /// Q8_0 (for Q4_0, Q5_0, Q8_0): blocks of 32, scale amax / 127 stored as f16.
+    /// Q8_0 (for Q4_0, Q5_0, Q8_0, IQ4_NL): blocks of 32, scale amax / 127 stored as f16.
     Q8_0,
     /// Q8_1 (for Q4_1, Q5_1): as Q8_0, with the block sum `d · Σq` also stored as f16.
     Q8_1,
-    /// Q8_K (for the K-quants): blocks of 256, scale −max / 127 (`max` the value of largest
+    /// Q8_K (for the K-quants and IQ4_XS): blocks of 256, scale −max / 127 (`max` the value of largest
     /// magnitude, with its sign) in f32, quants rounded half to even.
     Q8K,
 }
@@ -155,7 +155,7 @@ impl ActQuant {
         use crate::WeightType as W;
         match dtype {
             W::Q4_1 | W::Q5_1 => ActQuant::Q8_1,
-            W::Q2K | W::Q3K | W::Q4K | W::Q5K | W::Q6K | W::Q8K => ActQuant::Q8K,
+            W::Q2K | W::Q3K | W::Q4K | W::Q5K | W::Q6K | W::Q8K | W::IQ4_XS => ActQuant::Q8K,
             _ => ActQuant::Q8_0,
         }
     }
@@ -337,6 +337,8 @@ mod tests {
             WeightType::Q6K,
             WeightType::Q5_1,
             WeightType::Q5K,
+            WeightType::IQ4_NL,
+            WeightType::IQ4_XS,
         ] {
             // Arbitrary bytes with every f16 scale (and Q4_K's d, dmin) a small normal number.
             let mut src: Vec<u8> = (0..cols / dtype.block_size() * dtype.type_size())

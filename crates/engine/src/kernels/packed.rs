@@ -33,6 +33,8 @@
 //!   unpacks 6-bit scales in its inner loop.
 //! - Q5_1 and Q5_K into *Q8M*: unsigned bytes (the 5-bit values) under Q4M's head, value =
 //!   scale · byte + offset, exact as for Q4M; 40 bytes per 32 weights against Q5_K's 22.
+//! - IQ4_NL into Q8_0's layout (its grid values are signed bytes) and IQ4_XS into Q6's (the
+//!   same f32 scale for both halves): 34 and 40 bytes per 32 weights against 18 and 17.
 //! - Q6_K into *Q6*: Q8_0's signed bytes (its 6-bit values − 32), with a 128-byte head of 16
 //!   f32 scales for values 0..16 of each block and 16 for values 16..32 (Q6_K scales groups of
 //!   16; `d · sc` is again exact in f32). Steps 0..4 and 4..8 go to the two dot chains the
@@ -41,6 +43,7 @@
 
 use crate::WeightType;
 
+use super::dequant::IQ4_VALUES;
 use super::{BlockQ8, QK, f16_bits_to_f32};
 
 /// Version of this layout, part of the key of the packed-weights file (`loader::packcache`):
@@ -55,13 +58,13 @@ pub const STEPS: usize = QK / 4;
 /// The byte layouts the packed kernels read (see the module comment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
-    /// Signed bytes stored + 128, one f16 scale per block: Q8_0, Q5_0.
+    /// Signed bytes stored + 128, one f16 scale per block: Q8_0, Q5_0, IQ4_NL.
     Q8,
     /// Unsigned nibbles with an implied − 8, one f16 scale per block: Q4_0.
     Q4,
     /// Unsigned nibbles, an f32 scale and an f32 offset per block: Q4_1, Q4_K.
     Q4M,
-    /// Signed bytes stored + 128, an f32 scale per half block: Q6_K.
+    /// Signed bytes stored + 128, an f32 scale per half block: Q6_K, IQ4_XS.
     Q6,
     /// Unsigned bytes, an f32 scale and an f32 offset per block: Q5_1, Q5_K.
     Q8M,
@@ -71,10 +74,10 @@ impl Layout {
     /// The layout a stored type is packed into, if any.
     pub fn of(dtype: WeightType) -> Option<Layout> {
         match dtype {
-            WeightType::Q8_0 | WeightType::Q5_0 => Some(Layout::Q8),
+            WeightType::Q8_0 | WeightType::Q5_0 | WeightType::IQ4_NL => Some(Layout::Q8),
             WeightType::Q4_0 => Some(Layout::Q4),
             WeightType::Q4_1 | WeightType::Q4K => Some(Layout::Q4M),
-            WeightType::Q6K => Some(Layout::Q6),
+            WeightType::Q6K | WeightType::IQ4_XS => Some(Layout::Q6),
             WeightType::Q5_1 | WeightType::Q5K => Some(Layout::Q8M),
             _ => None,
         }
@@ -240,6 +243,29 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
             for (l, q) in k.q.iter_mut().enumerate() {
                 let lo = (qs[(g / 2) * 32 + l] >> (4 * (g % 2))) & 0x0f;
                 *q = (lo | (((qh[l] >> g) & 1) << 4)) as i8;
+            }
+        }
+        WeightType::IQ4_NL => {
+            // The non-linear grid's values are signed bytes under the block's f16 scale.
+            let blk = src.get(b * 18..(b + 1) * 18)?;
+            k.scale16 = f16_at(blk, 0);
+            for (i, q) in k.q.iter_mut().enumerate() {
+                *q = IQ4_VALUES[nib(&blk[2..], i) as usize];
+            }
+        }
+        WeightType::IQ4_XS => {
+            // 256 values: `d scales_h scales_l[4] qs[128]`; group g's scale d · (6-bit − 32),
+            // exact in f32, goes to both halves of Q6's head.
+            let blk = src.get((b / 8) * 136..(b / 8 + 1) * 136)?;
+            let g = b % 8;
+            let d = f16_bits_to_f32(f16_at(blk, 0));
+            let scales_h = u16::from_le_bytes([blk[2], blk[3]]);
+            let lo = (blk[4 + g / 2] >> (4 * (g % 2))) & 0x0f;
+            let hi = ((scales_h >> (2 * g)) & 3) as u8;
+            k.scale = d * ((lo | (hi << 4)) as i32 - 32) as f32;
+            k.offset = k.scale;
+            for (i, q) in k.q.iter_mut().enumerate() {
+                *q = IQ4_VALUES[nib(&blk[8 + 16 * g..], i) as usize];
             }
         }
         WeightType::Q6K => {
