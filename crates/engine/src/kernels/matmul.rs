@@ -706,13 +706,7 @@ impl AmxActs {
                     for (t, row) in dst.chunks_exact_mut(stride).enumerate() {
                         let src = &x[(g * TILE + t) * k..(g * TILE + t + 1) * k];
                         let src = if packed {
-                            for (b, blk) in src.chunks_exact(QK).enumerate() {
-                                let (si, l) = (b / SB, b % SB);
-                                for s in 0..QK / 4 {
-                                    let at = si * SB * QK + 64 * s + 4 * l;
-                                    f[at..at + 4].copy_from_slice(&blk[4 * s..4 * s + 4]);
-                                }
-                            }
+                            super::packed::to_packed_order(src, &mut f);
                             &f[..]
                         } else {
                             src
@@ -1021,13 +1015,7 @@ fn bf16_tiles(
                 let mut f = Vec::new();
                 let src = if layout.is_some() {
                     f.resize(kk, 0f32);
-                    for (b, blk) in src.chunks_exact(QK).enumerate() {
-                        let (si, l) = (b / SB, b % SB);
-                        for s in 0..QK / 4 {
-                            let at = si * SB * QK + 64 * s + 4 * l;
-                            f[at..at + 4].copy_from_slice(&blk[4 * s..4 * s + 4]);
-                        }
-                    }
+                    super::packed::to_packed_order(src, &mut f);
                     &f[..]
                 } else {
                     src

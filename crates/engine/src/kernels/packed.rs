@@ -155,6 +155,30 @@ fn f16_at(b: &[u8], i: usize) -> u16 {
     u16::from_le_bytes([b[i], b[i + 1]])
 }
 
+/// Scale `d · sc` and offset `−dmin · m` of group `g` of a Q4_K or Q5_K block (`d dmin
+/// scales[12] …`), as ggml's dequantizer computes them.
+fn k4_scale_offset(blk: &[u8], g: usize) -> (f32, f32) {
+    let (d, dmin) = (
+        f16_bits_to_f32(f16_at(blk, 0)),
+        f16_bits_to_f32(f16_at(blk, 2)),
+    );
+    let (s, m) = super::dequant::scale_min_k4(&blk[4..16]);
+    (d * s[g] as f32, -(dmin * m[g] as f32))
+}
+
+/// Writes one token's activations (`src`, whole blocks of 32) into `dst` in the packed order of
+/// a superblock's values (value `4s + j` of block `16si + l` at `512si + 64s + 4l + j`), for the
+/// bf16 prompt tiles that read packed rows in that order; `dst`'s padding is left as it is.
+pub fn to_packed_order(src: &[f32], dst: &mut [f32]) {
+    for (b, blk) in src.chunks_exact(QK).enumerate() {
+        let (si, l) = (b / SB, b % SB);
+        for s in 0..STEPS {
+            let at = si * SB * QK + 64 * s + 4 * l;
+            dst[at..at + 4].copy_from_slice(&blk[4 * s..4 * s + 4]);
+        }
+    }
+}
+
 /// Block `b` (of 32 values) of a row stored as `dtype`, or None past the row's end.
 fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
     let mut k = Block32 {
@@ -208,13 +232,7 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
             // high nibbles of bytes 32·(g/2)..+32.
             let blk = src.get((b / 8) * 144..(b / 8 + 1) * 144)?;
             let g = b % 8;
-            let (d, dmin) = (
-                f16_bits_to_f32(f16_at(blk, 0)),
-                f16_bits_to_f32(f16_at(blk, 2)),
-            );
-            let (s, m) = super::dequant::scale_min_k4(&blk[4..16]);
-            k.scale = d * s[g] as f32;
-            k.offset = -(dmin * m[g] as f32);
+            (k.scale, k.offset) = k4_scale_offset(blk, g);
             for (l, q) in k.q.iter_mut().enumerate() {
                 *q = ((blk[16 + (g / 2) * 32 + l] >> (4 * (g % 2))) & 0x0f) as i8;
             }
@@ -232,13 +250,7 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
             // 256 values: `d dmin scales[12] qh[32] qs[128]`, Q4_K's groups with a fifth bit.
             let blk = src.get((b / 8) * 176..(b / 8 + 1) * 176)?;
             let g = b % 8;
-            let (d, dmin) = (
-                f16_bits_to_f32(f16_at(blk, 0)),
-                f16_bits_to_f32(f16_at(blk, 2)),
-            );
-            let (s, m) = super::dequant::scale_min_k4(&blk[4..16]);
-            k.scale = d * s[g] as f32;
-            k.offset = -(dmin * m[g] as f32);
+            (k.scale, k.offset) = k4_scale_offset(blk, g);
             let (qh, qs) = (&blk[16..48], &blk[48..176]);
             for (l, q) in k.q.iter_mut().enumerate() {
                 let lo = (qs[(g / 2) * 32 + l] >> (4 * (g % 2))) & 0x0f;
