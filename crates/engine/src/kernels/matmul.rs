@@ -16,8 +16,8 @@ pub struct QMatrix<'a> {
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
-    /// Rows in a superblock layout of [`super::packed`] (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K) instead
-    /// of ggml's.
+    /// Rows in the superblock layout [`super::packed::Layout::of`] gives this type, instead of
+    /// ggml's.
     pub packed: bool,
 }
 
@@ -629,9 +629,9 @@ fn tiles_packed(
             for pair in p0..p1 {
                 let r0 = 2 * pair;
                 let r1 = (r0 + 1).min(rows - 1);
+                let rows2 = [w.row(r0).as_ptr(), w.row(r1).as_ptr()];
                 // SAFETY: rows r0, r1 < rows hold `nsb` packed superblocks; the four tokens'
                 // activations exist (padded with zeros); features detected by the caller.
-                let rows2 = [w.row(r0).as_ptr(), w.row(r1).as_ptr()];
                 let v = unsafe {
                     use super::x86::{L_Q4, L_Q4M, L_Q6, L_Q8, L_Q8M, tile2x4_packed_vnni as tile};
                     match super::x86::layout_code(layout) {
