@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 use std::time::Instant;
 
-use bakeoff_engine::generate::{Flow, GenParams, generate};
+use bakeoff_engine::generate::{Event, Flow, GenParams, generate};
 use bakeoff_engine::loader::{LoadOptions, load};
 use bakeoff_engine::model::{LoadedModel, ModelFormat};
 use bakeoff_engine::sampling::SamplingParams;
@@ -330,9 +330,8 @@ fn run_local(
 /// pass reads every weight once, so a load time includes it to mean "ready to answer".
 fn touch_weights(lm: &mut LoadedModel) -> Result<()> {
     let id = lm.info.config.bos_token_id.unwrap_or(0);
-    lm.model.forward(&[id], false)?;
-    lm.model.truncate(0);
-    lm.history.clear();
+    lm.extend(&[id], false)?;
+    lm.reset_cache();
     Ok(())
 }
 
@@ -355,11 +354,11 @@ fn local_scenario(
     let mut prompts = Vec::new();
     let mut content_tokens = Vec::new();
     for p in s.prompts {
-        let tok = &lm.tokenizer;
+        let tok = &lm.prompter.tokenizer();
         let (text, n) = fit_to_tokens(p, s.filler, s.target_tokens, &mut |t| {
             Ok(tok.encode(t, false)?.len())
         })?;
-        prompts.push(lm.encode_chat(&user(text))?);
+        prompts.push(lm.prompter.encode_chat(&user(text))?);
         content_tokens.push(n);
     }
     // A prompt that leaves no room for the tokens asked would end early: skip, and say so.
@@ -431,7 +430,7 @@ fn local_depths(
     for &depth in &job.depths {
         let target = depth.min(room);
         let mut count =
-            |t: &str| -> Result<usize> { Ok(lm.encode_chat(&user(t.to_string()))?.len()) };
+            |t: &str| -> Result<usize> { Ok(lm.prompter.encode_chat(&user(t.to_string()))?.len()) };
         let (text, n) = fit_to_tokens(
             DEPTH_PROMPT,
             crate::scenarios::LONG.filler,
@@ -446,7 +445,7 @@ fn local_depths(
                 job.depth_tokens
             )));
         }
-        prompts.push((depth, depth > room, lm.encode_chat(&user(text))?));
+        prompts.push((depth, depth > room, lm.prompter.encode_chat(&user(text))?));
     }
     for w in 0..job.warmup {
         if let Some((_, _, ids)) = prompts.first() {
@@ -493,13 +492,13 @@ pub fn measure(
     prompt_index: usize,
     probes: &Probes,
 ) -> Result<RunSample> {
-    lm.model.truncate(0);
-    lm.history.clear();
+    lm.reset_cache();
     let params = GenParams {
         max_tokens,
         sampling: SamplingParams::greedy(),
         stop: Vec::new(),
         ignore_eos,
+        top_logprobs: 0,
     };
     let mut callback_ns: u128 = 0;
     let mut count = 0usize;
@@ -508,8 +507,7 @@ pub fn measure(
     let t0 = Instant::now();
     let g = generate(lm, ids, &params, |ev| {
         let s = Instant::now();
-        // The final event with id u32::MAX carries held-back text, not a token.
-        if ev.id != u32::MAX {
+        if matches!(ev, Event::Token(_)) {
             count += 1;
         }
         callback_ns += s.elapsed().as_nanos();
@@ -533,9 +531,9 @@ pub fn measure(
         prompt_index,
         prompt_tokens: ids.len(),
         generated_tokens: g.ids.len(),
-        finish_reason: g.summary.finish_reason.as_str().to_string(),
+        finish_reason: g.done.finish_reason.as_str().to_string(),
         token_times_s: g.token_times,
-        prefill_s: Some(g.prefill_s),
+        prefill_s: Some(g.done.timings.prefill_ms / 1e3),
         wall_s,
         cpu_s: cpu_s.is_finite().then_some(cpu_s),
         energy_j,

@@ -172,6 +172,7 @@ fn eos_ignore_keeps_generating_past_an_end_token() {
     };
     let mut lm = load(path.to_str().unwrap(), None, &opts).unwrap();
     let ids = lm
+        .prompter
         .encode_chat(&[Message {
             role: "user".into(),
             content: "Hello there".into(),

@@ -127,6 +127,7 @@ impl SamplingArgs {
             sampling,
             stop: self.stop.clone(),
             ignore_eos: self.ignore_eos,
+            top_logprobs: 0,
         })
     }
 }

@@ -9,11 +9,15 @@
 //! scheme of text-generation-inference; each step costs a couple of window decodes, never the
 //! whole sequence.
 
+use std::sync::Arc;
+
 use crate::Result;
 use crate::tokenizer::Tokenizer;
 
-pub struct Detokenizer<'a> {
-    tokenizer: &'a Tokenizer,
+/// Owns a handle on the tokenizer (not a borrow), so a sequence that streams text can live
+/// apart from the model whose weights are borrowed mutably for forward passes.
+pub struct Detokenizer {
+    tokenizer: Arc<Tokenizer>,
     skip_special: bool,
     ids: Vec<u32>,
     /// Start of the window decoded for context.
@@ -24,13 +28,13 @@ pub struct Detokenizer<'a> {
     prefix_text: String,
 }
 
-impl<'a> Detokenizer<'a> {
+impl Detokenizer {
     /// A detokenizer that leaves special tokens out of the text, as chat output wants.
-    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+    pub fn new(tokenizer: Arc<Tokenizer>) -> Self {
         Self::with_options(tokenizer, true)
     }
 
-    pub fn with_options(tokenizer: &'a Tokenizer, skip_special: bool) -> Self {
+    pub fn with_options(tokenizer: Arc<Tokenizer>, skip_special: bool) -> Self {
         Detokenizer {
             tokenizer,
             skip_special,
@@ -114,7 +118,7 @@ mod tests {
     use crate::tokenizer::TokenizerFamily;
 
     fn stream(t: &Tokenizer, ids: &[u32], skip: bool) -> (Vec<String>, String) {
-        let mut d = Detokenizer::with_options(t, skip);
+        let mut d = Detokenizer::with_options(Arc::new(t.clone()), skip);
         let mut pieces = Vec::new();
         for &id in ids {
             if let Some(p) = d.push(id).unwrap() {

@@ -38,6 +38,9 @@ pub enum Error {
     },
     #[error("hub: {0}")]
     Hub(String),
+    /// A batched forward pass failed; every sequence in it gets this copy of the error.
+    #[error("generation failed: {0}")]
+    Generation(String),
     #[error("device: {0}")]
     Device(String),
     #[error(transparent)]

@@ -18,6 +18,7 @@ pub mod loader;
 pub mod memory;
 pub mod model;
 pub mod models;
+pub mod prompt;
 pub mod quantize;
 pub mod sampling;
 pub mod synth;

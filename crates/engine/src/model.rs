@@ -1,13 +1,16 @@
-//! A loaded model: the decoder behind [`CausalLm`], its tokenizer, chat template and identity.
+//! A loaded model: the decoder behind [`CausalLm`], its text side, identity and scheduler.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::models::{Arch, DecoderConfig};
-use crate::template::{ChatTemplate, Message};
-use crate::tokenizer::Tokenizer;
-use crate::{Error, Result};
+use std::time::Instant;
+
+use crate::Result;
+use crate::generate::sequence::Sequence;
+use crate::generate::{Event, Flow, GenParams, Scheduler, SeqId, StepStats, check_request};
+use crate::prompt::Prompter;
 
 /// One model behind one contract, whatever its architecture, format or device.
 pub trait CausalLm: Send {
@@ -87,46 +90,53 @@ pub struct GenerationDefaults {
     pub repetition_penalty: Option<f32>,
 }
 
+/// A model ready to generate: the decoder, the text side, and the generation core's scheduler
+/// that owns the decoder's KV-cache slots.
 pub struct LoadedModel {
     pub model: Box<dyn CausalLm>,
-    pub tokenizer: Tokenizer,
-    pub template: Option<ChatTemplate>,
+    /// Tokenizer, chat template and special tokens: a cheap handle a server clones.
+    pub prompter: Prompter,
     pub info: ModelInfo,
     pub defaults: GenerationDefaults,
-    /// Whether plain (non-chat) prompts start with BOS, as the tokenizer config asks.
-    pub add_bos: bool,
-    pub bos_token: Option<String>,
-    pub eos_token: Option<String>,
-    /// Token ids currently in the KV cache, so a follow-up prompt reuses their prefix.
-    pub history: Vec<u32>,
+    pub scheduler: Scheduler,
 }
 
 impl LoadedModel {
-    /// Renders messages with the model's own chat template.
-    pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let t = self.template.as_ref().ok_or_else(|| {
-            Error::Template(format!(
-                "{} has no chat template; use a plain prompt",
-                self.info.source
-            ))
-        })?;
-        t.render(
-            messages,
-            add_generation_prompt,
-            self.bos_token.as_deref(),
-            self.eos_token.as_deref(),
-        )
+    /// Queues a sequence; [`LoadedModel::step`] generates it. `submitted` is when the request
+    /// arrived, for the queue time.
+    pub fn submit(
+        &mut self,
+        prompt: Vec<u32>,
+        params: GenParams,
+        submitted: Instant,
+    ) -> Result<SeqId> {
+        check_request(&prompt, &params, self.model.config().max_context)?;
+        let seq = Sequence::new(prompt, params, &self.prompter, submitted)?;
+        Ok(self.scheduler.push(seq))
     }
 
-    /// Token ids of a chat: the rendered template already holds any BOS it wants, so no special
-    /// tokens are added (as transformers' `apply_chat_template` does).
-    pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        let text = self.render_chat(messages, true)?;
-        self.tokenizer.encode(&text, false)
+    /// One batched step of every submitted sequence (see [`Scheduler::step`]).
+    pub fn step(&mut self, sink: &mut dyn FnMut(SeqId, Event) -> Flow) -> StepStats {
+        self.scheduler.step(self.model.as_mut(), sink)
     }
 
-    /// Token ids of a plain prompt, with BOS where the model expects one.
-    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
-        self.tokenizer.encode(text, self.add_bos)
+    /// Makes slot 0 hold exactly `ids`, reusing its cached prefix; returns the last logits.
+    pub fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.scheduler.prefill(self.model.as_mut(), ids)
+    }
+
+    /// Runs `ids` after what slot 0 holds; the logits of the last or of every token.
+    pub fn extend(&mut self, ids: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        self.scheduler.extend(self.model.as_mut(), ids, all_logits)
+    }
+
+    /// Keeps the first `len` tokens of slot 0.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        self.scheduler.truncate(self.model.as_mut(), len)
+    }
+
+    /// Forgets every cached token (a cold start for a measurement).
+    pub fn reset_cache(&mut self) {
+        self.scheduler.reset(self.model.as_mut());
     }
 }

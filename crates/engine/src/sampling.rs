@@ -96,6 +96,33 @@ pub fn log_softmax_at(logits: &[f32], id: usize) -> f32 {
     logits[id] - lse
 }
 
+/// The `k` most likely tokens and their log-probabilities, most likely first (ties by id).
+pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    if logits.is_empty() || k == 0 {
+        return Vec::new();
+    }
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let lse = logits
+        .iter()
+        .map(|v| ((v - m) as f64).exp())
+        .sum::<f64>()
+        .ln() as f32
+        + m;
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    let k = k.min(idx.len());
+    let desc = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    idx.select_nth_unstable_by(k - 1, desc);
+    idx.truncate(k);
+    idx.sort_unstable_by(desc);
+    idx.into_iter()
+        .map(|i| (i, logits[i as usize] - lse))
+        .collect()
+}
+
 impl Sampler {
     pub fn new(params: SamplingParams) -> Result<Self> {
         params.validate()?;

@@ -381,12 +381,12 @@ fn tokenizer_and_template_carry_over() {
         // folder (transformers), and both are right for their format.
         let text = "Hi there\n  naïve 日本 <|im_start|></s>";
         assert_eq!(
-            a.tokenizer.encode(text, true).unwrap(),
-            b.tokenizer.encode(text, true).unwrap(),
+            a.prompter.tokenizer().encode(text, true).unwrap(),
+            b.prompter.tokenizer().encode(text, true).unwrap(),
             "{preset}"
         );
         assert_eq!(a.info.chat_template, b.info.chat_template, "{preset}");
-        assert_eq!(a.add_bos, b.add_bos, "{preset}");
+        assert_eq!(a.prompter.add_bos(), b.prompter.add_bos(), "{preset}");
         assert_eq!(a.info.eos_token_ids[0], b.info.eos_token_ids[0], "{preset}");
         assert_eq!(a.info.config.vocab_size, b.info.config.vocab_size);
         assert_eq!(b.info.weight_dtype, "q8_0");

@@ -188,7 +188,7 @@ fn every_format_and_type_loads_and_generates() {
             let (path, report) = make(dir.path(), preset, format, quant, 3);
             let what = format!("{preset} {format} {quant}");
             let mut lm = load_full(&path);
-            let want = preset.config(lm.tokenizer.vocab_size());
+            let want = preset.config(lm.prompter.tokenizer().vocab_size());
             let got = &lm.info.config;
             let (vocab, params) = match preset {
                 // 260-token tiny Llama tokenizer, untied head.
@@ -245,7 +245,7 @@ fn every_format_and_type_loads_and_generates() {
                 Some(preset.chat_template()),
                 "{what}"
             );
-            assert_eq!(lm.add_bos, preset == Preset::TinyLlama, "{what}");
+            assert_eq!(lm.prompter.add_bos(), preset == Preset::TinyLlama, "{what}");
             assert_eq!(
                 report.bytes,
                 report
@@ -255,7 +255,10 @@ fn every_format_and_type_loads_and_generates() {
                     .sum::<u64>()
             );
 
-            let ids = lm.encode_chat(&[Message::user("Hello, world")]).unwrap();
+            let ids = lm
+                .prompter
+                .encode_chat(&[Message::user("Hello, world")])
+                .unwrap();
             let params = GenParams {
                 max_tokens: 8,
                 ignore_eos: true,
@@ -592,23 +595,25 @@ fn batched_generation_matches_one_at_a_time() {
                 .zip(&params)
                 .map(|(p, g)| generate(&mut lm, p, g, |_| Flow::Continue).unwrap().ids)
                 .collect();
-            // Slot 0 holds the last prompt's cache; the batch must leave it alone.
-            let (pos, hist) = (lm.model.position(), lm.history.clone());
             let reqs: Vec<(&[u32], &GenParams)> = prompts.iter().copied().zip(&params).collect();
             let batch = generate_batch(&mut lm, &reqs).unwrap();
             for (i, (g, want)) in batch.iter().zip(&one).enumerate() {
                 assert_eq!(&g.ids, want, "{preset} {quant} request {i}");
-                assert_eq!(g.summary.finish_reason, FinishReason::Length);
-                assert_eq!(g.summary.generated_tokens, params[i].max_tokens);
+                assert_eq!(g.done.finish_reason, FinishReason::Length);
+                assert_eq!(g.done.usage.completion_tokens, params[i].max_tokens);
                 assert_eq!(g.token_times.len(), params[i].max_tokens);
             }
-            assert_eq!((lm.model.position(), &lm.history), (pos, &hist));
-            // A prompt over the context fails the call without leaking slots or touching slot 0.
+            // The batch's extra KV caches are given back: only slot 0's remains.
+            assert!(lm.scheduler.is_idle());
+            let one_slot = lm.model.kv_cache_bytes();
+            let pos = lm.model.position();
+            // A prompt over the context fails the call before anything runs.
             let long = vec![7u32; lm.model.config().max_context + 1];
             let bad: Vec<(&[u32], &GenParams)> = vec![(&PROMPT, &params[0]), (&long, &params[0])];
             let e = generate_batch(&mut lm, &bad).unwrap_err().to_string();
             assert!(e.contains("context"), "{e}");
             assert_eq!(lm.model.position(), pos);
+            assert_eq!(lm.model.kv_cache_bytes(), one_slot);
             let again = generate_batch(&mut lm, &reqs[..1]).unwrap();
             assert_eq!(again[0].ids, one[0]);
         }
@@ -642,23 +647,34 @@ fn real_vocab_round_trips_text() {
                 SynthFormat::Gguf => &[29871, 15043, 3186],
             };
             assert_eq!(
-                lm.tokenizer.encode(" Hello world", false).unwrap(),
+                lm.prompter
+                    .tokenizer()
+                    .encode(" Hello world", false)
+                    .unwrap(),
                 want,
                 "{format}"
             );
-            assert_eq!(lm.encode_prompt("Hello").unwrap()[0], 1, "{format}: BOS");
+            assert_eq!(
+                lm.prompter.encode_prompt("Hello").unwrap()[0],
+                1,
+                "{format}: BOS"
+            );
             for t in texts {
-                let ids = lm.tokenizer.encode(t, false).unwrap();
+                let ids = lm.prompter.tokenizer().encode(t, false).unwrap();
                 // A leading space has no piece of its own under `legacy: false` (transformers
                 // drops it too), so only the GGUF file gives it back.
                 let back = match format {
                     SynthFormat::Hf => t.trim_start_matches(' '),
                     SynthFormat::Gguf => t,
                 };
-                assert_eq!(lm.tokenizer.decode(&ids, true).unwrap(), back, "{format}");
+                assert_eq!(
+                    lm.prompter.tokenizer().decode(&ids, true).unwrap(),
+                    back,
+                    "{format}"
+                );
             }
-            let ids = lm.encode_chat(&[Message::user("Hi")]).unwrap();
-            let text = lm.tokenizer.decode(&ids, false).unwrap();
+            let ids = lm.prompter.encode_chat(&[Message::user("Hi")]).unwrap();
+            let text = lm.prompter.tokenizer().decode(&ids, false).unwrap();
             assert!(
                 text.contains("<|user|>")
                     && text.contains("Hi</s>")
@@ -691,20 +707,24 @@ fn real_vocab_round_trips_text() {
             );
             // Qwen2.5's names, not Qwen2's [PAD…] placeholders.
             assert_eq!(
-                lm.tokenizer.token_to_id("<tool_call>"),
+                lm.prompter.tokenizer().token_to_id("<tool_call>"),
                 Some(151657),
                 "{format}"
             );
             assert_eq!(
-                lm.tokenizer.token_to_id("<|file_sep|>"),
+                lm.prompter.tokenizer().token_to_id("<|file_sep|>"),
                 Some(151664),
                 "{format}"
             );
             for t in texts {
-                let ids = lm.tokenizer.encode(t, false).unwrap();
-                assert_eq!(lm.tokenizer.decode(&ids, true).unwrap(), t, "{format}");
+                let ids = lm.prompter.tokenizer().encode(t, false).unwrap();
+                assert_eq!(
+                    lm.prompter.tokenizer().decode(&ids, true).unwrap(),
+                    t,
+                    "{format}"
+                );
             }
-            let ids = lm.encode_chat(&[Message::user("Hi")]).unwrap();
+            let ids = lm.prompter.encode_chat(&[Message::user("Hi")]).unwrap();
             assert_eq!(ids[0], 151644, "{format}: <|im_start|>");
             let params = GenParams {
                 max_tokens: 6,
@@ -805,7 +825,7 @@ fn full_size_tinyllama_timing() {
         );
         let mut lm = load_full(&out);
         assert_eq!(lm.info.parameters, 1_100_048_384);
-        let ids = lm.encode_chat(&[Message::user("Hello")]).unwrap();
+        let ids = lm.prompter.encode_chat(&[Message::user("Hello")]).unwrap();
         let g = generate(
             &mut lm,
             &ids,
@@ -819,7 +839,7 @@ fn full_size_tinyllama_timing() {
         .unwrap();
         println!(
             "  decode {:.1} tok/s, prefill {:.1} tok/s",
-            g.summary.decode_tok_s, g.summary.prefill_tok_s
+            g.done.timings.decode_tok_s, g.done.timings.prefill_tok_s
         );
     }
 }

@@ -115,7 +115,7 @@ fn check_ids(tok: &Tokenizer, fx: &Fixture, what: &str) {
 }
 
 fn stream(tok: &Tokenizer, ids: &[u32], skip_special: bool) -> String {
-    let mut d = Detokenizer::with_options(tok, skip_special);
+    let mut d = Detokenizer::with_options(std::sync::Arc::new(tok.clone()), skip_special);
     let mut out = String::new();
     for &id in ids {
         if let Some(p) = d.push(id).unwrap() {
@@ -269,7 +269,7 @@ fn streaming_never_splits_a_character() {
     let t = &llama().tok;
     // 🦙 is four byte-fallback tokens; no piece may hold half of it.
     let ids = t.encode("a 🦙 b 𐍈 c", false).unwrap();
-    let mut d = Detokenizer::new(t);
+    let mut d = Detokenizer::new(std::sync::Arc::new(t.clone()));
     let mut pieces = Vec::new();
     for &id in &ids {
         if let Some(p) = d.push(id).unwrap() {

@@ -3,7 +3,9 @@
 
 use std::time::Instant;
 
-use bakeoff_engine::generate::{Flow, GenParams, Generation, generate, generate_batch};
+use bakeoff_engine::generate::{
+    Flow, GenParams, Generation, common_prefix, generate, generate_batch,
+};
 use bakeoff_engine::model::LoadedModel;
 use bakeoff_engine::sampling::SamplingParams;
 use bakeoff_engine::template::Message;
@@ -117,18 +119,14 @@ fn gen_out(prompt: String, g: Generation, seconds: f64) -> GenOut {
         prompt,
         text: g.text,
         tokens: g.ids.len(),
-        finish: g.summary.finish_reason.as_str().into(),
+        finish: g.done.finish_reason.as_str().into(),
         seconds,
     }
 }
 
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
 impl EngineCandidate {
     pub fn new(lm: LoadedModel, label: impl Into<String>) -> Self {
-        let has_template = lm.template.is_some();
+        let has_template = lm.prompter.has_template();
         Self {
             lm,
             label: label.into(),
@@ -137,40 +135,26 @@ impl EngineCandidate {
     }
 
     fn reset(&mut self) {
-        self.lm.model.truncate(0);
-        self.lm.history.clear();
+        self.lm.reset_cache();
     }
 
     /// Runs `ids` so that the cache holds exactly `ids` and returns the last token's logits,
-    /// reusing the cached prefix recorded in `history`.
+    /// reusing the cached prefix.
     fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
-        if ids.is_empty() {
-            return Err(Error::InvalidArgument("empty context".into()));
-        }
-        let mut reuse = common_prefix(&self.lm.history, ids).min(self.lm.model.position());
-        if reuse == ids.len() {
-            reuse -= 1;
-        }
-        self.lm.model.truncate(reuse);
-        self.lm.history.truncate(reuse);
-        match self.lm.model.forward(&ids[reuse..], false) {
-            Ok(l) => {
-                self.lm.history.extend_from_slice(&ids[reuse..]);
-                Ok(l)
-            }
-            Err(e) => {
-                self.reset();
-                Err(e.into())
-            }
-        }
+        Ok(self.lm.prefill(ids)?)
     }
 
     fn render(&self, messages: &[Message]) -> Result<String> {
         if self.has_template {
-            return Ok(self.lm.render_chat(messages, true)?);
+            return Ok(self.lm.prompter.render_chat(messages, true)?);
         }
         let mut s = String::new();
-        if let Some(b) = self.lm.bos_token.as_deref().filter(|_| self.lm.add_bos) {
+        if let Some(b) = self
+            .lm
+            .prompter
+            .bos_token()
+            .filter(|_| self.lm.prompter.add_bos())
+        {
             s.push_str(b);
         }
         for m in messages {
@@ -192,10 +176,10 @@ impl Candidate for EngineCandidate {
     }
 
     fn loglikelihoods(&mut self, context: &str, continuations: &[String]) -> Result<Vec<LogLik>> {
-        let ctx = self.lm.encode_prompt(context)?;
+        let ctx = self.lm.prompter.encode_prompt(context)?;
         let wholes: Vec<Vec<u32>> = continuations
             .iter()
-            .map(|c| self.lm.encode_prompt(&format!("{context}{c}")))
+            .map(|c| self.lm.prompter.encode_prompt(&format!("{context}{c}")))
             .collect::<std::result::Result<_, _>>()?;
         // Tokens shared by the context and every context+continuation encoding run once.
         let starts: Vec<usize> = wholes
@@ -223,10 +207,10 @@ impl Candidate for EngineCandidate {
         let mut out = Vec::with_capacity(wholes.len());
         for (w, &start) in wholes.iter().zip(&starts) {
             let start = start.max(k);
-            self.lm.model.truncate(k);
+            self.lm.truncate(k)?;
             let rest = &w[k..];
             let rows = if rest.len() > 1 {
-                match self.lm.model.forward(&rest[..rest.len() - 1], true) {
+                match self.lm.extend(&rest[..rest.len() - 1], true) {
                     Ok(r) => r,
                     Err(e) => {
                         self.reset();
@@ -255,8 +239,7 @@ impl Candidate for EngineCandidate {
                 greedy,
             });
         }
-        self.lm.model.truncate(k);
-        self.lm.history.truncate(k);
+        self.lm.truncate(k)?;
         Ok(out)
     }
 
@@ -268,12 +251,13 @@ impl Candidate for EngineCandidate {
         stop: &[String],
     ) -> Result<GenOut> {
         let prompt = format!("{}{assistant_prefix}", self.render(messages)?);
-        let ids = self.lm.tokenizer.encode(&prompt, false)?;
+        let ids = self.lm.prompter.tokenizer().encode(&prompt, false)?;
         let params = GenParams {
             max_tokens,
             sampling: SamplingParams::greedy(),
             stop: stop.to_vec(),
             ignore_eos: false,
+            top_logprobs: 0,
         };
         let t = Instant::now();
         let g = generate(&mut self.lm, &ids, &params, |_| Flow::Continue)?;
@@ -295,13 +279,14 @@ impl Candidate for EngineCandidate {
         let mut params = Vec::with_capacity(requests.len());
         for r in requests {
             let prompt = format!("{}{}", self.render(&r.messages)?, r.assistant_prefix);
-            ids.push(self.lm.tokenizer.encode(&prompt, false)?);
+            ids.push(self.lm.prompter.tokenizer().encode(&prompt, false)?);
             prompts.push(prompt);
             params.push(GenParams {
                 max_tokens: r.max_tokens,
                 sampling: SamplingParams::greedy(),
                 stop: r.stop.clone(),
                 ignore_eos: false,
+                top_logprobs: 0,
             });
         }
         let reqs: Vec<(&[u32], &GenParams)> =
@@ -312,7 +297,11 @@ impl Candidate for EngineCandidate {
             .zip(gens)
             .map(|(p, g)| {
                 // Each item's time is from the batch start to its last token.
-                let secs = g.token_times.last().copied().unwrap_or(g.prefill_s);
+                let secs = g
+                    .token_times
+                    .last()
+                    .copied()
+                    .unwrap_or(g.done.timings.prefill_ms / 1e3);
                 gen_out(p, g, secs)
             })
             .collect())
@@ -330,8 +319,13 @@ impl Candidate for EngineCandidate {
         while end < text.len() && !text.is_char_boundary(end) {
             end += 1;
         }
-        let tokens = self.lm.tokenizer.encode(&text[..end], false)?;
-        let bos = self.lm.tokenizer.bos_id().filter(|_| self.lm.add_bos);
+        let tokens = self.lm.prompter.tokenizer().encode(&text[..end], false)?;
+        let bos = self
+            .lm
+            .prompter
+            .tokenizer()
+            .bos_id()
+            .filter(|_| self.lm.prompter.add_bos());
         let n_chunks = (tokens.len() / context).min(max_chunks);
         let mut out = NllOut {
             context,
@@ -346,7 +340,7 @@ impl Candidate for EngineCandidate {
             }
             self.reset();
             let last = self.prefill(&ids[..first])?;
-            let rows = match self.lm.model.forward(&ids[first..context - 1], true) {
+            let rows = match self.lm.extend(&ids[first..context - 1], true) {
                 Ok(r) => r,
                 Err(e) => {
                     self.reset();
@@ -363,8 +357,13 @@ impl Candidate for EngineCandidate {
                 out.nll_nats -= log_softmax_at(row, ids[p] as usize).0;
                 out.tokens += 1;
             }
-            let full = self.lm.tokenizer.decode(orig, false)?.len();
-            let head = self.lm.tokenizer.decode(&orig[..first], false)?.len();
+            let full = self.lm.prompter.tokenizer().decode(orig, false)?.len();
+            let head = self
+                .lm
+                .prompter
+                .tokenizer()
+                .decode(&orig[..first], false)?
+                .len();
             out.bytes += full.saturating_sub(head);
             out.chunks += 1;
         }

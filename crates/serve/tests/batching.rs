@@ -60,6 +60,7 @@ async fn aggregate_decode_throughput_grows_with_concurrency() {
         lm.info.weight_dtype, lm.info.device
     );
     let prompt: Vec<u32> = lm
+        .prompter
         .encode_prompt("The quick brown fox jumps over the lazy dog.")
         .unwrap();
     let mut slots = vec![0usize];

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bakeoff_engine::generate::{FinishReason, Flow, GenParams, Summary, generate};
+use bakeoff_engine::generate::{Done, FinishReason, Flow, GenParams, generate};
 use bakeoff_engine::model::LoadedModel;
 use bakeoff_engine::template::Message;
 use clap::Args;
@@ -46,7 +46,7 @@ struct Answer {
     model: String,
     text: String,
     stopped: bool,
-    summary: Summary,
+    done: Done,
 }
 
 #[derive(Serialize)]
@@ -239,7 +239,10 @@ impl Session {
             let mut out = std::io::stdout().lock();
             let mut write_err = None;
             let g = generate(&mut side.lm, &ids, &params, |ev| {
-                if let Err(e) = out.write_all(ev.text.as_bytes()).and_then(|_| out.flush()) {
+                if let Err(e) = out
+                    .write_all(ev.text().as_bytes())
+                    .and_then(|_| out.flush())
+                {
                     write_err = Some(e);
                     return Flow::Stop;
                 }
@@ -255,19 +258,19 @@ impl Session {
             if let Some(e) = write_err {
                 return Err(e).context("cannot write to stdout");
             }
-            let stopped = g.summary.finish_reason == FinishReason::Cancelled;
+            let stopped = g.done.finish_reason == FinishReason::Cancelled;
             if stopped {
                 write!(out, " [stopped]")?;
             }
             writeln!(out)?;
             out.flush()?;
             drop(out);
-            eprintln!("{}", stats_line(&side.name, &g.summary));
+            eprintln!("{}", stats_line(&side.name, &g.done));
             answers.push(Answer {
                 model: side.name.clone(),
                 text: g.text,
                 stopped,
-                summary: g.summary,
+                done: g.done,
             });
         }
         if vs {
@@ -289,20 +292,20 @@ impl Session {
                 .map_or(String::new(), |s| format!(", system: {s}"))
         );
         for (i, side) in self.sides.iter().enumerate() {
-            let sums: Vec<&Summary> = self
+            let sums: Vec<&Done> = self
                 .turns
                 .iter()
                 .filter_map(|t| t.answers.get(i))
-                .map(|a| &a.summary)
+                .map(|a| &a.done)
                 .collect();
             let n = sums.len().max(1) as f64;
-            let tokens: usize = sums.iter().map(|s| s.generated_tokens).sum();
-            let ttft = sums.iter().map(|s| s.ttft_ms).sum::<f64>() / n;
-            let speed = sums.iter().map(|s| s.decode_tok_s).sum::<f64>() / n;
+            let tokens: usize = sums.iter().map(|s| s.usage.completion_tokens).sum();
+            let ttft = sums.iter().map(|s| s.timings.ttft_ms).sum::<f64>() / n;
+            let speed = sums.iter().map(|s| s.timings.decode_tok_s).sum::<f64>() / n;
             println!(
                 "  {}: {tokens} tokens generated, mean ttft {ttft:.1} ms, mean decode {speed:.1} tok/s, context {} / {} tokens",
                 side.name,
-                side.lm.history.len(),
+                side.lm.scheduler.cached().len(),
                 side.lm.model.config().max_context
             );
         }
@@ -325,8 +328,8 @@ impl Session {
 /// Token ids through the chat template; a model without one gets a plain transcript and
 /// stops at the next `User:` line.
 fn encode(lm: &LoadedModel, msgs: &[Message]) -> Result<(Vec<u32>, Vec<String>)> {
-    if lm.template.is_some() {
-        return Ok((lm.encode_chat(msgs)?, Vec::new()));
+    if lm.prompter.has_template() {
+        return Ok((lm.prompter.encode_chat(msgs)?, Vec::new()));
     }
     let mut text = String::new();
     for m in msgs {
@@ -338,17 +341,20 @@ fn encode(lm: &LoadedModel, msgs: &[Message]) -> Result<(Vec<u32>, Vec<String>)>
         text.push_str(&format!("{who}: {}\n", m.content));
     }
     text.push_str("Assistant:");
-    Ok((lm.encode_prompt(&text)?, vec!["\nUser:".to_string()]))
+    Ok((
+        lm.prompter.encode_prompt(&text)?,
+        vec!["\nUser:".to_string()],
+    ))
 }
 
-fn stats_line(name: &str, s: &Summary) -> String {
+fn stats_line(name: &str, s: &Done) -> String {
     format!(
         "-- {name}: {} tok | ttft {:.1} ms | {:.1} tok/s | prompt {} tok ({} computed) | {}",
-        s.generated_tokens,
-        s.ttft_ms,
-        s.decode_tok_s,
-        s.prompt_tokens,
-        s.prefilled_tokens,
+        s.usage.completion_tokens,
+        s.timings.ttft_ms,
+        s.timings.decode_tok_s,
+        s.usage.prompt_tokens,
+        s.usage.prefilled_tokens(),
         s.finish_reason.as_str()
     )
 }
@@ -365,10 +371,10 @@ fn side_by_side(answers: &[Answer]) {
         eprintln!("  {label:<8}{}", cells.join("  "));
     };
     row("", &|a| a.model.clone());
-    row("ttft", &|a| format!("{:.1} ms", a.summary.ttft_ms));
+    row("ttft", &|a| format!("{:.1} ms", a.done.timings.ttft_ms));
     row("decode", &|a| {
-        format!("{:.1} tok/s", a.summary.decode_tok_s)
+        format!("{:.1} tok/s", a.done.timings.decode_tok_s)
     });
-    row("tokens", &|a| a.summary.generated_tokens.to_string());
-    row("finish", &|a| a.summary.finish_reason.as_str().to_string());
+    row("tokens", &|a| a.done.usage.completion_tokens.to_string());
+    row("finish", &|a| a.done.finish_reason.as_str().to_string());
 }

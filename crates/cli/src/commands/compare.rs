@@ -228,7 +228,7 @@ fn answers(
         eprintln!("answering the fixed prompts with {label}");
         let mut lm = bakeoff_engine::loader::load(source, None, opts)
             .with_context(|| format!("cannot load model `{source}`"))?;
-        let chat_template = lm.template.is_some();
+        let chat_template = lm.prompter.has_template();
         let params = GenParams {
             max_tokens,
             ..Default::default()
@@ -239,15 +239,15 @@ fn answers(
                 role: "user".into(),
                 content: prompt.into(),
             }];
-            let ids = lm.encode_chat(&messages)?;
-            lm.model.truncate(0);
+            let ids = lm.prompter.encode_chat(&messages)?;
+            lm.reset_cache();
             let t = Instant::now();
             let g = generate(&mut lm, &ids, &params, |_| Flow::Continue)?;
             list.push(Answer {
                 prompt: prompt.into(),
                 text: g.text,
-                generated_tokens: g.summary.generated_tokens,
-                finish_reason: g.summary.finish_reason.as_str().into(),
+                generated_tokens: g.done.usage.completion_tokens,
+                finish_reason: g.done.finish_reason.as_str().into(),
                 ttft_s: g.token_times.first().copied(),
                 total_s: t.elapsed().as_secs_f64(),
             });

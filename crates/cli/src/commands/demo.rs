@@ -106,14 +106,14 @@ fn chat(path: &Path, threads: Option<usize>, max_tokens: usize) -> Result<()> {
         println!("user> {prompt}");
         print!("assistant> ");
         std::io::stdout().flush()?;
-        let ids = lm.encode_chat(&messages)?;
+        let ids = lm.prompter.encode_chat(&messages)?;
         let g = generate(&mut lm, &ids, &params, |ev| {
-            print!("{}", ev.text);
+            print!("{}", ev.text());
             let _ = std::io::stdout().flush();
             Flow::Continue
         })?;
         println!();
-        eprintln!("{}\n", format_summary(&g.summary));
+        eprintln!("{}\n", format_summary(&g.done, lm.info.load_s));
         messages.push(Message {
             role: "assistant".into(),
             content: g.text,

@@ -1,7 +1,8 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use bakeoff_engine::generate::{Flow, Summary, generate};
+use bakeoff_engine::generate::{Done, Flow, generate};
+use bakeoff_engine::memory::peak_rss_bytes;
 use bakeoff_engine::template::Message;
 use clap::Args;
 
@@ -66,8 +67,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             }
             ids
         }
-        (None, Some(m), _) => lm.encode_chat(m)?,
-        (None, None, Some(p)) => lm.encode_prompt(p)?,
+        (None, Some(m), _) => lm.prompter.encode_chat(m)?,
+        (None, None, Some(p)) => lm.prompter.encode_prompt(p)?,
         (None, None, None) => anyhow::bail!("no prompt given"),
     };
     let stdout = std::io::stdout();
@@ -77,7 +78,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         if a.json {
             return Flow::Continue;
         }
-        if let Err(e) = out.write_all(ev.text.as_bytes()).and_then(|_| out.flush()) {
+        if let Err(e) = out
+            .write_all(ev.text().as_bytes())
+            .and_then(|_| out.flush())
+        {
             write_err = Some(e);
             return Flow::Stop;
         }
@@ -91,13 +95,13 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             "prompt_ids": gen_result.prompt_ids,
             "generated_ids": gen_result.ids,
             "text": gen_result.text,
-            "summary": gen_result.summary,
+            "summary": summary_json(&gen_result.done, lm.info.load_s),
         });
         writeln!(out, "{v}")?;
     } else {
         writeln!(out)?;
         drop(out);
-        eprintln!("{}", format_summary(&gen_result.summary));
+        eprintln!("{}", format_summary(&gen_result.done, lm.info.load_s));
     }
     Ok(())
 }
@@ -156,17 +160,34 @@ fn build_messages(a: &GenerateArgs) -> Result<Option<Vec<Message>>> {
     Ok(Some(msgs))
 }
 
-pub fn format_summary(s: &Summary) -> String {
+/// The `summary` object of `generate --json`, flat as scripts read it.
+fn summary_json(d: &Done, load_s: f64) -> serde_json::Value {
+    serde_json::json!({
+        "prompt_tokens": d.usage.prompt_tokens,
+        "prefilled_tokens": d.usage.prefilled_tokens(),
+        "generated_tokens": d.usage.completion_tokens,
+        "load_s": load_s,
+        "ttft_ms": d.timings.ttft_ms,
+        "prefill_tok_s": d.timings.prefill_tok_s,
+        "decode_tok_s": d.timings.decode_tok_s,
+        "finish_reason": d.finish_reason,
+        "peak_rss_bytes": peak_rss_bytes(),
+    })
+}
+
+/// The line printed after an answer: the generation core's record plus the model's load time
+/// and the process's peak memory.
+pub fn format_summary(d: &Done, load_s: f64) -> String {
     format!(
         "-- prompt {} tok ({} computed) | generated {} tok | load {:.2} s | ttft {:.1} ms | prefill {:.1} tok/s | decode {:.1} tok/s | finish {} | peak rss {}",
-        s.prompt_tokens,
-        s.prefilled_tokens,
-        s.generated_tokens,
-        s.load_s,
-        s.ttft_ms,
-        s.prefill_tok_s,
-        s.decode_tok_s,
-        s.finish_reason.as_str(),
-        gib(s.peak_rss_bytes)
+        d.usage.prompt_tokens,
+        d.usage.prefilled_tokens(),
+        d.usage.completion_tokens,
+        load_s,
+        d.timings.ttft_ms,
+        d.timings.prefill_tok_s,
+        d.timings.decode_tok_s,
+        d.finish_reason.as_str(),
+        gib(peak_rss_bytes())
     )
 }

@@ -16,7 +16,7 @@ pub struct InfoArgs {
 pub fn run(a: InfoArgs) -> Result<()> {
     let lm = a.model.load(false)?;
     let i = &lm.info;
-    let t = &lm.tokenizer;
+    let t = &lm.prompter.tokenizer();
     if a.json {
         let mut v = serde_json::to_value(i)?;
         v["tokenizer"] = serde_json::json!({
@@ -69,7 +69,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
     println!(
         "vocabulary    {} (tokenizer: {})",
         c.vocab_size,
-        lm.tokenizer.vocab_size()
+        lm.prompter.tokenizer().vocab_size()
     );
     let scaling = match &c.rope_scaling {
         RopeScaling::None => "no scaling".to_string(),
@@ -102,7 +102,12 @@ pub fn run(a: InfoArgs) -> Result<()> {
     let eos: Vec<String> = i
         .eos_token_ids
         .iter()
-        .map(|&id| format!("{id} {}", lm.tokenizer.id_to_token(id).unwrap_or_default()))
+        .map(|&id| {
+            format!(
+                "{id} {}",
+                lm.prompter.tokenizer().id_to_token(id).unwrap_or_default()
+            )
+        })
         .collect();
     println!("eos ids       {}", eos.join(", "));
     println!("device        {}", i.device);

@@ -73,9 +73,9 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
         .chunks
         .checked_mul(a.ctx)
         .context("--chunks × --ctx overflows")?;
-    let ids = tokenize_prefix(&lm.tokenizer, lm.add_bos, &text, need)?;
-    let bos = if lm.add_bos {
-        lm.tokenizer.bos_id()
+    let ids = tokenize_prefix(&lm.prompter.tokenizer(), lm.prompter.add_bos(), &text, need)?;
+    let bos = if lm.prompter.add_bos() {
+        lm.prompter.tokenizer().bos_id()
     } else {
         None
     };

@@ -157,7 +157,12 @@ fn probe(a: &QuantizeArgs) -> Result<()> {
         .with_context(|| format!("cannot load model `{model}`"))?;
     // WikiText when it is there (a realistic prompt); otherwise any valid ids will do for timing.
     let prompt = match wikitext(&a.data_dir) {
-        Ok((_, text)) => tokenize_prefix(&lm.tokenizer, lm.add_bos, &text, a.speed_prompt)?,
+        Ok((_, text)) => tokenize_prefix(
+            &lm.prompter.tokenizer(),
+            lm.prompter.add_bos(),
+            &text,
+            a.speed_prompt,
+        )?,
         Err(_) => (0..a.speed_prompt as u32).map(|i| 10 + i % 200).collect(),
     };
     let speed = speed_runs(&mut lm, &prompt, a.speed_tokens, a.speed_runs)?;
@@ -284,8 +289,13 @@ fn measure(a: &QuantizeArgs) -> Result<()> {
             reference.model.config().max_context
         );
     }
-    let ids = tokenize_prefix(&reference.tokenizer, reference.add_bos, &text, a.tokens)?;
-    let bos = if reference.add_bos {
+    let ids = tokenize_prefix(
+        &reference.prompter.tokenizer(),
+        reference.prompter.add_bos(),
+        &text,
+        a.tokens,
+    )?;
+    let bos = if reference.prompter.add_bos() {
         reference.model.config().bos_token_id
     } else {
         None
@@ -303,7 +313,10 @@ fn measure(a: &QuantizeArgs) -> Result<()> {
     // SentencePiece put the `▁` prefix differently only there (and after special tokens, which
     // WikiText has none of), so a folder and its own GGUF conversion still agree on the rest.
     let sample: String = text.trim_start().chars().take(4000).collect();
-    let sample_ids = reference.tokenizer.encode(&sample, reference.add_bos)?;
+    let sample_ids = reference
+        .prompter
+        .tokenizer()
+        .encode(&sample, reference.prompter.add_bos())?;
     let bar = chunk_bar(show, chunks.count, "reference");
     let base = reference_pass(reference.model.as_mut(), &chunks, |i, _| {
         if let Some(b) = &bar {
@@ -320,7 +333,12 @@ fn measure(a: &QuantizeArgs) -> Result<()> {
     for m in &a.models {
         let mut lm =
             load(m, None, &load_opts(a, show)).with_context(|| format!("cannot load `{m}`"))?;
-        if lm.tokenizer.encode(&sample, lm.add_bos)? != sample_ids {
+        if lm
+            .prompter
+            .tokenizer()
+            .encode(&sample, lm.prompter.add_bos())?
+            != sample_ids
+        {
             bail!("`{m}` tokenizes the text differently from the reference `{against}`");
         }
         let bar = chunk_bar(show, chunks.count, &short(m));

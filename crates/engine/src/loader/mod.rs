@@ -15,12 +15,14 @@ use crate::WeightType;
 
 use crate::backend::DeviceKind;
 use crate::backend::cpu::CpuBackend;
+use crate::generate::{Scheduler, SchedulerOptions};
 use crate::kernels::CpuCaps;
 use crate::model::{
     CausalLm, GenerationDefaults, LoadedModel, ModelFormat, ModelInfo, WeightTypeUse,
 };
 use crate::models::decoder::Decoder;
 use crate::models::{Arch, DecoderConfig, GgufMeta};
+use crate::prompt::{Prompter, PrompterParts};
 use crate::template::ChatTemplate;
 use crate::tokenizer::{Tokenizer, TokenizerConfig};
 use crate::{Error, Result};
@@ -254,16 +256,21 @@ pub fn load(source: &str, gguf_file: Option<&str>, opts: &LoadOptions) -> Result
         device: model.describe(),
         load_s: start.elapsed().as_secs_f64(),
     };
-    Ok(LoadedModel {
-        model,
+    let prompter = Prompter::new(PrompterParts {
         tokenizer: parts.tokenizer,
         template,
-        info,
-        defaults: parts.defaults,
         add_bos: parts.add_bos,
         bos_token: parts.bos_token,
         eos_token: parts.eos_token,
-        history: Vec::new(),
+        eos_ids: info.eos_token_ids.clone(),
+        source: source.to_string(),
+    });
+    Ok(LoadedModel {
+        model,
+        prompter,
+        info,
+        defaults: parts.defaults,
+        scheduler: Scheduler::new(SchedulerOptions::default()),
     })
 }
 

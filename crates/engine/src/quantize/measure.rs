@@ -556,15 +556,14 @@ pub fn speed_runs(
     let mut decode = Vec::new();
     let mut generated = 0;
     for i in 0..=runs {
-        lm.model.truncate(0);
-        lm.history.clear();
+        lm.reset_cache();
         let g = generate(lm, prompt, if i == 0 { &warm } else { &params }, |_| {
             Flow::Continue
         })?;
         if i > 0 {
-            prefill.push(g.summary.prefill_tok_s);
-            decode.push(g.summary.decode_tok_s);
-            generated = g.summary.generated_tokens;
+            prefill.push(g.done.timings.prefill_tok_s);
+            decode.push(g.done.timings.decode_tok_s);
+            generated = g.done.usage.completion_tokens;
         }
     }
     Ok(Speed {

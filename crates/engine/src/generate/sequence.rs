@@ -1,0 +1,188 @@
+//! One request being generated: its sampler, detokenizer, stop matcher, finish logic and
+//! timings. The scheduler hands it the logits of each step; it decides the token, the text to
+//! stream and whether the answer is over, the same way for every consumer.
+
+use std::time::Instant;
+
+use bakeoff_record::{FinishReason, Timings, Usage, decode_rate};
+
+use super::stop::StopMatcher;
+use super::{Done, Event, Flow, GenParams, Token};
+use crate::Result;
+use crate::detok::Detokenizer;
+use crate::prompt::Prompter;
+use crate::sampling::{Sampler, top_logprobs};
+
+pub(crate) struct Sequence {
+    pub(crate) prompt: Vec<u32>,
+    params: GenParams,
+    sampler: Sampler,
+    detok: Detokenizer,
+    stops: StopMatcher,
+    eos: Vec<u32>,
+    /// Prompt and answer, for the repetition penalty (empty when it is off).
+    context: Vec<u32>,
+    pub(crate) generated: usize,
+    pub(crate) last: u32,
+    /// Prompt tokens whose KV-cache entries were reused.
+    pub(crate) cached: usize,
+    submitted: Instant,
+    admitted: Option<Instant>,
+    prefilled_at: Option<Instant>,
+    first_at: Option<Instant>,
+    last_at: Option<Instant>,
+}
+
+impl Sequence {
+    pub(crate) fn new(
+        prompt: Vec<u32>,
+        params: GenParams,
+        prompter: &Prompter,
+        submitted: Instant,
+    ) -> Result<Self> {
+        let sampler = Sampler::new(params.sampling.clone())?;
+        let eos = if params.ignore_eos {
+            Vec::new()
+        } else {
+            prompter.eos_ids().to_vec()
+        };
+        let context = if params.sampling.repetition_penalty != 1.0 {
+            prompt.clone()
+        } else {
+            Vec::new()
+        };
+        Ok(Sequence {
+            stops: StopMatcher::new(params.stop.clone()),
+            detok: prompter.detokenizer(),
+            prompt,
+            params,
+            sampler,
+            eos,
+            context,
+            generated: 0,
+            last: 0,
+            cached: 0,
+            submitted,
+            admitted: None,
+            prefilled_at: None,
+            first_at: None,
+            last_at: None,
+        })
+    }
+
+    pub(crate) fn admit(&mut self, cached: usize, at: Instant) {
+        self.cached = cached;
+        self.admitted = Some(at);
+    }
+
+    /// The prompt's last chunk has been computed.
+    pub(crate) fn prefilled(&mut self, at: Instant) {
+        self.prefilled_at.get_or_insert(at);
+    }
+
+    /// Samples the next token from `logits` and streams what it adds. `context_full` says the
+    /// KV cache has no room for another token. Returns the finish reason when the answer ends;
+    /// the last event sent is then [`Event::Done`].
+    pub(crate) fn accept(
+        &mut self,
+        mut logits: Vec<f32>,
+        context_full: bool,
+        sink: &mut dyn FnMut(Event) -> Flow,
+    ) -> Result<Option<FinishReason>> {
+        let top = match self.params.top_logprobs {
+            0 => Vec::new(),
+            k => top_logprobs(&logits, k),
+        };
+        let s = self.sampler.sample(&mut logits, &self.context);
+        let now = Instant::now();
+        self.first_at.get_or_insert(now);
+        if self.eos.contains(&s.id) {
+            return Ok(Some(self.finish(FinishReason::Stop, false, sink)?));
+        }
+        self.last_at = Some(now);
+        self.generated += 1;
+        self.last = s.id;
+        if !self.context.is_empty() {
+            self.context.push(s.id);
+        }
+        let piece = self.detok.push(s.id)?.unwrap_or_default();
+        let (text, hit) = self.stops.push(&piece);
+        let flow = sink(Event::Token(Token {
+            id: s.id,
+            text,
+            logprob: s.logprob,
+            top,
+            index: self.generated - 1,
+        }));
+        let reason = if hit {
+            return Ok(Some(self.finish(FinishReason::Stop, true, sink)?));
+        } else if flow == Flow::Stop {
+            FinishReason::Cancelled
+        } else if self.generated >= self.params.max_tokens {
+            FinishReason::Length
+        } else if context_full {
+            FinishReason::ContextFull
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(self.finish(reason, false, sink)?))
+    }
+
+    /// Releases the text still held back (unless a stop string cut the answer) and sends
+    /// [`Event::Done`]. Held-back text that completes a stop string makes the reason `Stop`.
+    fn finish(
+        &mut self,
+        mut reason: FinishReason,
+        cut_by_stop: bool,
+        sink: &mut dyn FnMut(Event) -> Flow,
+    ) -> Result<FinishReason> {
+        if !cut_by_stop {
+            let tail = self.detok.finish()?.unwrap_or_default();
+            let (mut out, hit) = self.stops.push(&tail);
+            if hit {
+                reason = FinishReason::Stop;
+            } else {
+                out.push_str(&self.stops.flush());
+            }
+            if !out.is_empty() {
+                sink(Event::Tail(out));
+            }
+        }
+        sink(Event::Done(self.done(reason)));
+        Ok(reason)
+    }
+
+    /// The record of a finished (or failed) sequence.
+    pub(crate) fn done(&self, finish_reason: FinishReason) -> Done {
+        let ms = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+            (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64() * 1e3,
+            _ => 0.0,
+        };
+        let usage = Usage {
+            prompt_tokens: self.prompt.len(),
+            cached_tokens: self.cached,
+            completion_tokens: self.generated,
+        };
+        let prefill_ms = ms(self.admitted, self.prefilled_at);
+        let rel = |t: Option<Instant>| {
+            t.map_or(0.0, |t| {
+                t.saturating_duration_since(self.submitted).as_secs_f64()
+            })
+        };
+        Done {
+            finish_reason,
+            usage,
+            timings: Timings {
+                queue_ms: ms(Some(self.submitted), self.admitted),
+                prefill_ms,
+                ttft_ms: ms(Some(self.submitted), self.first_at),
+                prefill_tok_s: if prefill_ms > 0.0 {
+                    usage.prefilled_tokens() as f64 / (prefill_ms / 1e3)
+                } else {
+                    0.0
+                },
+                decode_tok_s: decode_rate(self.generated, rel(self.first_at), rel(self.last_at)),
+            },
+        }
+    }
+}
