@@ -9,7 +9,8 @@ use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use bakeoff_record::stream::{SseData, StreamChunk, sse_data};
+use serde_json::json;
 
 use crate::error::{BenchError, Result};
 use crate::metrics::RunSample;
@@ -137,37 +138,22 @@ impl Client {
         for line in BufReader::new(resp.into_reader()).lines() {
             let line = line.map_err(|e| err(format!("reading the stream: {e}")))?;
             let now = start.elapsed().as_secs_f64();
-            let Some(data) = line.strip_prefix("data:") else {
-                continue;
+            let data = match sse_data(&line) {
+                None => continue,
+                Some(SseData::Done) => break,
+                Some(SseData::Payload(data)) => data,
             };
-            let data = data.trim();
-            if data == "[DONE]" {
-                break;
-            }
-            let v: Value = serde_json::from_str(data)
-                .map_err(|e| err(format!("bad SSE chunk `{data}`: {e}")))?;
-            if let Some(e) = v.get("error") {
-                return Err(err(format!("server error in stream: {e}")));
-            }
-            let choice = v.get("choices").and_then(|c| c.get(0));
-            let content = choice
-                .and_then(|c| c.pointer("/delta/content"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            if !content.is_empty() {
+            let c = StreamChunk::parse(data, true).map_err(|e| err(format!("{e}: `{data}`")))?;
+            if !c.text.is_empty() {
                 out.chunk_times_s.push(now);
-                out.text.push_str(content);
+                out.text.push_str(&c.text);
             }
-            if let Some(f) = choice
-                .and_then(|c| c.get("finish_reason"))
-                .and_then(Value::as_str)
-            {
-                out.finish_reason = Some(f.to_string());
+            if c.finish_reason.is_some() {
+                out.finish_reason = c.finish_reason;
             }
-            if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-                let n = |k: &str| u.get(k).and_then(Value::as_u64).map(|x| x as usize);
-                out.prompt_tokens = n("prompt_tokens");
-                out.completion_tokens = n("completion_tokens");
+            if let Some(u) = c.usage {
+                out.prompt_tokens = u.prompt_tokens;
+                out.completion_tokens = u.completion_tokens;
             }
             out.overhead_s += start.elapsed().as_secs_f64() - now;
         }

@@ -9,9 +9,10 @@
 use std::io::{Read, Write};
 use std::time::Instant;
 
+use bakeoff_engine::generate::LoadedModel;
 use bakeoff_engine::generate::{Event, Flow, GenParams, generate};
 use bakeoff_engine::loader::{LoadOptions, load};
-use bakeoff_engine::model::{LoadedModel, ModelFormat};
+use bakeoff_engine::model::ModelFormat;
 use bakeoff_engine::sampling::SamplingParams;
 use bakeoff_engine::template::Message;
 use serde::{Deserialize, Serialize};

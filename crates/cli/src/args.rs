@@ -3,9 +3,9 @@
 use anyhow::{Context, Result};
 use bakeoff_engine::backend::DeviceKind;
 use bakeoff_engine::generate::GenParams;
+use bakeoff_engine::generate::LoadedModel;
 use bakeoff_engine::kernels::CpuCaps;
 use bakeoff_engine::loader::{FloatType, LoadOptions};
-use bakeoff_engine::model::LoadedModel;
 use bakeoff_engine::sampling::SamplingParams;
 use clap::Args;
 

@@ -1,7 +1,7 @@
 //! # bakeoff-engine
 //!
 //! Files to a running generator. A model source (Hugging Face folder, GGUF file or hub id) is
-//! probed and loaded into a [`model::LoadedModel`]: one decoder implementation per architecture
+//! probed and loaded into a [`generate::LoadedModel`]: one decoder implementation per architecture
 //! (`models/llama.rs`, `models/qwen2.rs`) over a compute [`backend`], plus its tokenizer, chat
 //! template and stop ids. [`generate`] turns a prompt into a stream of events whose final `Done`
 //! carries the timings that the CLI, bench, eval and server all report.
@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod detok;
+pub mod dtype;
 pub mod error;
 pub mod generate;
 pub mod kernels;
@@ -19,11 +20,9 @@ pub mod memory;
 pub mod model;
 pub mod models;
 pub mod prompt;
-pub mod quantize;
 pub mod sampling;
-pub mod synth;
 pub mod template;
 pub mod tokenizer;
 
+pub use dtype::WeightType;
 pub use error::{Error, Result};
-pub use loader::dtype::WeightType;

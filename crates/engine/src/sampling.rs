@@ -85,15 +85,28 @@ pub fn argmax(xs: &[f32]) -> u32 {
     best as u32
 }
 
-pub fn log_softmax_at(logits: &[f32], id: usize) -> f32 {
-    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let lse = logits
+/// ln Σ exp(logits), summed in f64 after shifting by the maximum so large logits cannot
+/// overflow (the one log-sum-exp of the engine, eval and quantize).
+pub fn log_sum_exp(logits: &[f32]) -> f64 {
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    m + logits
         .iter()
-        .map(|v| ((v - m) as f64).exp())
+        .map(|&v| (v as f64 - m).exp())
         .sum::<f64>()
-        .ln() as f32
-        + m;
-    logits[id] - lse
+        .ln()
+}
+
+/// log-softmax of one row of logits.
+pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let lse = log_sum_exp(logits);
+    logits.iter().map(|&v| v as f64 - lse).collect()
+}
+
+/// The log-probability of token `id` under softmax(`logits`); −∞ for an id outside the row.
+pub fn log_softmax_at(logits: &[f32], id: usize) -> f64 {
+    logits
+        .get(id)
+        .map_or(f64::NEG_INFINITY, |&v| v as f64 - log_sum_exp(logits))
 }
 
 /// The `k` most likely tokens and their log-probabilities, most likely first (ties by id).
@@ -101,13 +114,7 @@ pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     if logits.is_empty() || k == 0 {
         return Vec::new();
     }
-    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let lse = logits
-        .iter()
-        .map(|v| ((v - m) as f64).exp())
-        .sum::<f64>()
-        .ln() as f32
-        + m;
+    let lse = log_sum_exp(logits) as f32;
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     let k = k.min(idx.len());
     let desc = |a: &u32, b: &u32| {
@@ -155,7 +162,7 @@ impl Sampler {
             let id = argmax(logits);
             return Sampled {
                 id,
-                logprob: log_softmax_at(logits, id as usize),
+                logprob: log_softmax_at(logits, id as usize) as f32,
             };
         }
         let inv_t = 1.0 / self.params.temperature;
@@ -214,7 +221,7 @@ impl Sampler {
         // The reported log-probability is the model's, at temperature 1.
         Sampled {
             id,
-            logprob: log_softmax_at(logits, id as usize),
+            logprob: log_softmax_at(logits, id as usize) as f32,
         }
     }
 }
@@ -336,7 +343,7 @@ mod tests {
     #[test]
     fn logprob_is_normalised() {
         let l = vec![1.0f32, 2.0, 3.0];
-        let total: f32 = (0..3).map(|i| log_softmax_at(&l, i).exp()).sum();
+        let total: f32 = (0..3).map(|i| log_softmax_at(&l, i).exp() as f32).sum();
         assert!((total - 1.0).abs() < 1e-6);
     }
 }

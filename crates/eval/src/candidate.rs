@@ -3,11 +3,11 @@
 
 use std::time::Instant;
 
+use bakeoff_engine::generate::LoadedModel;
 use bakeoff_engine::generate::{
     Flow, GenParams, Generation, common_prefix, generate, generate_batch,
 };
-use bakeoff_engine::model::LoadedModel;
-use bakeoff_engine::sampling::SamplingParams;
+use bakeoff_engine::sampling::{SamplingParams, argmax, log_softmax_at};
 use bakeoff_engine::template::Message;
 use serde::{Deserialize, Serialize};
 
@@ -90,28 +90,6 @@ pub struct EngineCandidate {
     pub label: String,
     /// Whether the model has its own chat template (else a plain "User:/Assistant:" format is used).
     pub has_template: bool,
-}
-
-fn log_softmax_at(row: &[f32], target: usize) -> (f64, bool) {
-    let mut max = f32::NEG_INFINITY;
-    let mut arg = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > max {
-            max = v;
-            arg = i;
-        }
-    }
-    let lse: f64 = row
-        .iter()
-        .map(|&v| ((v - max) as f64).exp())
-        .sum::<f64>()
-        .ln()
-        + max as f64;
-    let lp = row
-        .get(target)
-        .map(|&v| v as f64 - lse)
-        .unwrap_or(f64::NEG_INFINITY);
-    (lp, arg == target)
 }
 
 fn gen_out(prompt: String, g: Generation, seconds: f64) -> GenOut {
@@ -229,7 +207,7 @@ impl Candidate for EngineCandidate {
                 } else {
                     &rows[(p - 1 - k) * vocab..(p - k) * vocab]
                 };
-                let (l, g) = log_softmax_at(row, w[p] as usize);
+                let (l, g) = (log_softmax_at(row, w[p] as usize), argmax(row) == w[p]);
                 lp += l;
                 greedy &= g;
             }
@@ -354,7 +332,7 @@ impl Candidate for EngineCandidate {
                 } else {
                     &rows[(p - 1 - first) * vocab..(p - first) * vocab]
                 };
-                out.nll_nats -= log_softmax_at(row, ids[p] as usize).0;
+                out.nll_nats -= log_softmax_at(row, ids[p] as usize);
                 out.tokens += 1;
             }
             let full = self.lm.prompter.tokenizer().decode(orig, false)?.len();

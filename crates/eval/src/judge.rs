@@ -18,7 +18,7 @@ use crate::score::{Component, Metric};
 use crate::suite::Generated;
 use crate::{Error, Result, stats};
 
-pub enum Backend {
+pub enum JudgeBackend {
     Local(Box<EngineCandidate>),
     Endpoint {
         url: String,
@@ -28,7 +28,7 @@ pub enum Backend {
 }
 
 pub struct Judge {
-    pub backend: Backend,
+    pub backend: JudgeBackend,
     /// What the results file names as the judge (model source or endpoint + model).
     pub identity: String,
     pub max_tokens: usize,
@@ -85,7 +85,7 @@ impl Judge {
     /// One completion at temperature 0.
     pub fn complete(&mut self, system: &str, user: &str) -> Result<String> {
         match &mut self.backend {
-            Backend::Local(c) => {
+            JudgeBackend::Local(c) => {
                 let mut msgs = Vec::new();
                 if !system.is_empty() {
                     msgs.push(Message::system(system));
@@ -93,7 +93,7 @@ impl Judge {
                 msgs.push(Message::user(user));
                 Ok(c.chat(&msgs, "", self.max_tokens, &[])?.text)
             }
-            Backend::Endpoint {
+            JudgeBackend::Endpoint {
                 url,
                 model,
                 api_key,

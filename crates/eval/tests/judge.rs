@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use bakeoff_eval::audit::Audit;
 use bakeoff_eval::candidate::GenOut;
 use bakeoff_eval::data::{JudgePrompt, MtBenchItem};
-use bakeoff_eval::judge::{self, Backend, Judge};
+use bakeoff_eval::judge::{self, Judge, JudgeBackend};
 use bakeoff_eval::suite::Generated;
 use serde_json::{Value, json};
 
@@ -113,7 +113,7 @@ fn endpoint_judge_single_and_pairwise() {
     // 2 single grades + 2 questions × 2 orders.
     let url = serve(6, bodies.clone());
     let mut j = Judge {
-        backend: Backend::Endpoint {
+        backend: JudgeBackend::Endpoint {
             url: url.clone(),
             model: "judge-x".into(),
             api_key: None,

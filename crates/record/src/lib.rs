@@ -3,5 +3,6 @@
 //! without linking the engine.
 
 mod generation;
+pub mod stream;
 
 pub use generation::{FinishReason, Timings, Usage, decode_rate};

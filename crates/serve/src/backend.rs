@@ -1,12 +1,13 @@
 //! The contract between the HTTP side and whatever generates tokens: a local engine on its own
 //! thread ([`crate::engine::LocalModel`]) or a remote OpenAI-compatible upstream
-//! ([`crate::remote::RemoteModel`]). The router only sees [`Backend`], so replicas of either
+//! ([`crate::remote::RemoteModel`]). The router only sees [`Upstream`], so replicas of either
 //! kind balance and fall back the same way.
 
 use std::time::Duration;
 
 use bakeoff_engine::sampling::SamplingParams;
 use bakeoff_engine::template::Message;
+use bakeoff_record::{FinishReason, Timings, Usage};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -70,30 +71,17 @@ pub struct TokenOut {
     pub tail: bool,
 }
 
-/// Engine-side timings of one request, in the response's `timings` object.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct EngineTimings {
-    /// Waiting for a batch slot.
-    pub queue_ms: f64,
-    /// From admission to the first token (the prompt's forward passes).
-    pub prefill_ms: f64,
-    /// Decode speed of this sequence: tokens after the first over the time they took.
-    pub decode_tok_s: f64,
-}
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct DoneOut {
-    /// `stop` or `length` (OpenAI's vocabulary; a full context is `length`).
-    pub finish_reason: &'static str,
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    /// Prompt tokens reused from a KV-cache slot.
-    pub cached_tokens: usize,
-    pub timings: Option<EngineTimings>,
+    /// The engine's reason; clients see its OpenAI name ([`FinishReason::openai`]).
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+    /// The engine's timings of this sequence; a remote upstream sends none.
+    pub timings: Option<Timings>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub enum Event {
+pub enum StreamEvent {
     Token(TokenOut),
     Done(DoneOut),
     Error(ApiError),
@@ -101,7 +89,7 @@ pub enum Event {
 
 /// The receiving end of a generation. Dropping it cancels the generation: the engine checks
 /// for a closed channel before every step, and a remote stream's reader task stops sending.
-pub type EventRx = mpsc::UnboundedReceiver<Event>;
+pub type EventRx = mpsc::UnboundedReceiver<StreamEvent>;
 
 /// Load of a replica, for /health and /metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -110,7 +98,7 @@ pub struct Load {
     pub active: usize,
 }
 
-pub trait Backend: Send + Sync + 'static {
+pub trait Upstream: Send + Sync + 'static {
     /// The model id clients may name, and the `model` field of responses.
     fn model_id(&self) -> &str;
     /// `local` or `remote`.
@@ -118,7 +106,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Context window in tokens, when known.
     fn context_len(&self) -> Option<usize>;
     /// Starts a generation; errors that happen before it is accepted (bad prompt, full
-    /// queue, unreachable upstream) come back here, later ones as an [`Event::Error`].
+    /// queue, unreachable upstream) come back here, later ones as a [`StreamEvent::Error`].
     fn start(&self, req: GenRequest) -> BoxFuture<'_, Result<EventRx, ApiError>>;
     /// A cheap liveness probe for the health checker.
     fn health(&self, timeout: Duration) -> BoxFuture<'_, bool>;

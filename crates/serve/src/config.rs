@@ -35,7 +35,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineOptions;
-use crate::router::{Policy, RouterConfig, Tier};
+use crate::router::{RouterConfig, RoutingPolicy, Tier};
 use crate::routes::HttpSettings;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -168,7 +168,7 @@ impl ConfigFile {
 
 /// Everything `serve` needs, with defaults filled in and values checked.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub struct ServeSettings {
     pub host: String,
     pub port: u16,
     pub allow_non_loopback: bool,
@@ -199,7 +199,7 @@ fn positive(v: Option<usize>, default: usize, name: &str) -> Result<usize, Strin
     }
 }
 
-impl Settings {
+impl ServeSettings {
     pub fn resolve(cfg: ConfigFile) -> Result<Self, String> {
         let api_key = match (&cfg.api_key, &cfg.api_key_env) {
             (Some(k), _) => Some(k.clone()),
@@ -223,7 +223,7 @@ impl Settings {
         };
         let rd = RouterConfig::default();
         let r = &cfg.router;
-        let policy: Policy = match &r.policy {
+        let policy: RoutingPolicy = match &r.policy {
             Some(p) => p.parse()?,
             None => rd.policy,
         };
@@ -311,7 +311,7 @@ impl Settings {
             }
             ids.push(id);
         }
-        Ok(Settings {
+        Ok(ServeSettings {
             host: cfg.host.unwrap_or_else(|| "127.0.0.1".into()),
             port: cfg.port.unwrap_or(8080),
             allow_non_loopback: cfg.allow_non_loopback.unwrap_or(false),
@@ -388,9 +388,9 @@ mod tests {
             "#,
         )
         .unwrap();
-        let s = Settings::resolve(cfg).unwrap();
+        let s = ServeSettings::resolve(cfg).unwrap();
         assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 9000));
-        assert_eq!(s.router.policy, Policy::Cascade);
+        assert_eq!(s.router.policy, RoutingPolicy::Cascade);
         assert_eq!(s.engine.max_batch, 8);
         assert!(s.check_bind().is_ok());
         let mut open = s.clone();
@@ -405,7 +405,7 @@ mod tests {
 
         let bad: Result<ConfigFile, _> = toml::from_str("prot = 1");
         assert!(bad.unwrap_err().to_string().contains("prot"));
-        let no_models = Settings::resolve(ConfigFile::default()).unwrap_err();
+        let no_models = ServeSettings::resolve(ConfigFile::default()).unwrap_err();
         assert!(no_models.contains("no models"), "{no_models}");
     }
 }

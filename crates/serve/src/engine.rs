@@ -16,14 +16,15 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
+use bakeoff_engine::generate::LoadedModel;
 use bakeoff_engine::generate::{Event as CoreEvent, Flow, GenParams, SchedulerOptions, SeqId};
-use bakeoff_engine::model::{LoadedModel, ModelInfo};
+use bakeoff_engine::model::ModelInfo;
 use bakeoff_engine::prompt::Prompter;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::backend::{
-    Backend, DoneOut, EngineTimings, Event, EventRx, GenRequest, Input, Load, TokenOut, TopLogprob,
+    DoneOut, EventRx, GenRequest, Input, Load, StreamEvent, TokenOut, TopLogprob, Upstream,
 };
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
@@ -77,7 +78,7 @@ struct Job {
     params: GenParams,
     /// `Some` when the response carries log-probabilities.
     logprobs: Option<usize>,
-    tx: mpsc::UnboundedSender<Event>,
+    tx: mpsc::UnboundedSender<StreamEvent>,
     enqueued: Instant,
 }
 
@@ -205,7 +206,7 @@ impl LocalModel {
     }
 }
 
-impl Backend for LocalModel {
+impl Upstream for LocalModel {
     fn model_id(&self) -> &str {
         &self.id
     }
@@ -232,21 +233,21 @@ impl Backend for LocalModel {
 
 /// Where a sequence's events go.
 struct Client {
-    tx: mpsc::UnboundedSender<Event>,
+    tx: mpsc::UnboundedSender<StreamEvent>,
     logprobs: Option<usize>,
 }
 
 impl Client {
-    fn send(&self, ev: Event) {
+    fn send(&self, ev: StreamEvent) {
         // A closed channel is noticed before the next step; nothing to do here.
         let _ = self.tx.send(ev);
     }
 }
 
 /// The API's form of one of the core's events.
-fn api_event(ev: CoreEvent, logprobs: Option<usize>, prompter: &Prompter) -> Event {
+fn api_event(ev: CoreEvent, logprobs: Option<usize>, prompter: &Prompter) -> StreamEvent {
     match ev {
-        CoreEvent::Token(t) => Event::Token(TokenOut {
+        CoreEvent::Token(t) => StreamEvent::Token(TokenOut {
             text: t.text,
             token: logprobs.map(|_| prompter.token_text(t.id)),
             logprob: logprobs.map(|_| t.logprob),
@@ -260,23 +261,17 @@ fn api_event(ev: CoreEvent, logprobs: Option<usize>, prompter: &Prompter) -> Eve
                 .collect(),
             tail: false,
         }),
-        CoreEvent::Tail(text) => Event::Token(TokenOut {
+        CoreEvent::Tail(text) => StreamEvent::Token(TokenOut {
             text,
             token: None,
             logprob: None,
             top: Vec::new(),
             tail: true,
         }),
-        CoreEvent::Done(d) => Event::Done(DoneOut {
-            finish_reason: d.finish_reason.openai(),
-            prompt_tokens: d.usage.prompt_tokens,
-            completion_tokens: d.usage.completion_tokens,
-            cached_tokens: d.usage.cached_tokens,
-            timings: Some(EngineTimings {
-                queue_ms: d.timings.queue_ms,
-                prefill_ms: d.timings.prefill_ms,
-                decode_tok_s: d.timings.decode_tok_s,
-            }),
+        CoreEvent::Done(d) => StreamEvent::Done(DoneOut {
+            finish_reason: d.finish_reason,
+            usage: d.usage,
+            timings: Some(d.timings),
         }),
     }
 }
@@ -352,7 +347,7 @@ impl Worker {
             }
             for (id, e) in stats.failed {
                 if let Some(c) = clients.remove(&id) {
-                    c.send(Event::Error(ApiError::internal(format!(
+                    c.send(StreamEvent::Error(ApiError::internal(format!(
                         "model `{}` failed: {e}",
                         self.id
                     ))));
@@ -382,7 +377,7 @@ impl Worker {
                 );
             }
             Err(e) => {
-                let _ = job.tx.send(Event::Error(e.into()));
+                let _ = job.tx.send(StreamEvent::Error(e.into()));
             }
         }
     }

@@ -14,6 +14,7 @@
 
 pub mod backend;
 pub mod calibrate;
+pub mod cascade;
 pub mod complexity;
 pub mod config;
 pub mod engine;
@@ -25,7 +26,7 @@ pub mod router;
 pub mod routes;
 pub mod server;
 
-pub use config::{ConfigFile, ModelEntry, Settings};
+pub use config::{ConfigFile, ModelEntry, ServeSettings};
 pub use error::{ApiError, ErrorKind};
 pub use routes::{AppState, HttpSettings, app};
 pub use server::{ServeError, build_state, run_blocking};

@@ -469,7 +469,7 @@ impl CompletionRequest {
 // ---------------------------------------------------------------- responses
 
 #[derive(Serialize, Clone, Debug, PartialEq)]
-pub struct Usage {
+pub struct ApiUsage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
@@ -481,14 +481,14 @@ pub struct PromptDetails {
     pub cached_tokens: usize,
 }
 
-impl Usage {
+impl ApiUsage {
     pub fn from_done(d: &DoneOut) -> Self {
-        Usage {
-            prompt_tokens: d.prompt_tokens,
-            completion_tokens: d.completion_tokens,
-            total_tokens: d.prompt_tokens + d.completion_tokens,
+        ApiUsage {
+            prompt_tokens: d.usage.prompt_tokens,
+            completion_tokens: d.usage.completion_tokens,
+            total_tokens: d.usage.prompt_tokens + d.usage.completion_tokens,
             prompt_tokens_details: PromptDetails {
-                cached_tokens: d.cached_tokens,
+                cached_tokens: d.usage.cached_tokens,
             },
         }
     }

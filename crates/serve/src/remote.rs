@@ -10,8 +10,12 @@ use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::sync::{OnceCell, mpsc};
 
-use crate::backend::{Backend, DoneOut, Event, EventRx, GenRequest, Input, TokenOut, TopLogprob};
+use crate::backend::{
+    DoneOut, EventRx, GenRequest, Input, StreamEvent, TokenOut, TopLogprob, Upstream,
+};
 use crate::error::{ApiError, ErrorKind};
+use bakeoff_record::stream::{ChunkToken, ChunkUsage, SseData, StreamChunk, sse_data};
+use bakeoff_record::{FinishReason, Usage};
 
 pub struct RemoteModel {
     id: String,
@@ -206,14 +210,14 @@ impl RemoteModel {
                     chunk = stream.next() => match chunk {
                         Some(Ok(bytes)) => {
                             for ev in reader.feed(&bytes) {
-                                let end = !matches!(ev, Event::Token(_));
+                                let end = !matches!(ev, StreamEvent::Token(_));
                                 if tx.send(ev).is_err() || end {
                                     return;
                                 }
                             }
                         }
                         Some(Err(e)) => {
-                            let _ = tx.send(Event::Error(ApiError::upstream(format!("upstream `{id}`: stream broke: {e}"))));
+                            let _ = tx.send(StreamEvent::Error(ApiError::upstream(format!("upstream `{id}`: stream broke: {e}"))));
                             return;
                         }
                         None => {
@@ -237,7 +241,7 @@ fn unreachable(id: &str, e: &reqwest::Error) -> ApiError {
     ApiError::new(kind, format!("upstream `{id}` is unreachable: {e}"))
 }
 
-impl Backend for RemoteModel {
+impl Upstream for RemoteModel {
     fn model_id(&self) -> &str {
         &self.id
     }
@@ -262,12 +266,12 @@ impl Backend for RemoteModel {
     }
 }
 
-/// Turns an upstream's server-sent events into [`Event`]s.
+/// Turns an upstream's server-sent events into [`StreamEvent`]s.
 struct SseReader {
     chat: bool,
     buf: Vec<u8>,
-    finish: Option<&'static str>,
-    usage: Option<Value>,
+    finish: Option<FinishReason>,
+    usage: Option<ChunkUsage>,
     tokens: usize,
     done: bool,
 }
@@ -284,141 +288,89 @@ impl SseReader {
         }
     }
 
-    fn feed(&mut self, bytes: &[u8]) -> Vec<Event> {
+    fn feed(&mut self, bytes: &[u8]) -> Vec<StreamEvent> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
         while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.buf.drain(..=nl).collect();
             let line = String::from_utf8_lossy(&line);
-            let line = line.trim_end_matches(['\r', '\n']);
-            let Some(data) = line.strip_prefix("data:") else {
-                continue;
-            };
-            let data = data.trim();
-            if data == "[DONE]" {
-                self.done = true;
-                out.push(self.done_event());
-                return out;
-            }
-            match serde_json::from_str::<Value>(data) {
-                Ok(v) => {
-                    if let Some(e) = v.get("error") {
-                        let msg = e
-                            .get("message")
-                            .and_then(Value::as_str)
-                            .unwrap_or("unknown error");
-                        out.push(Event::Error(ApiError::upstream(format!(
-                            "upstream error mid-stream: {msg}"
+            match sse_data(&line) {
+                None => continue,
+                Some(SseData::Done) => {
+                    self.done = true;
+                    out.push(self.done_event());
+                    return out;
+                }
+                Some(SseData::Payload(data)) => match StreamChunk::parse(data, self.chat) {
+                    Ok(c) => self.chunk(c, &mut out),
+                    Err(e) => {
+                        out.push(StreamEvent::Error(ApiError::upstream(format!(
+                            "upstream sent {e}"
                         ))));
                         return out;
                     }
-                    self.chunk(&v, &mut out);
-                }
-                Err(e) => {
-                    out.push(Event::Error(ApiError::upstream(format!(
-                        "upstream sent a chunk that is not JSON: {e}"
-                    ))));
-                    return out;
-                }
+                },
             }
         }
         out
     }
 
-    fn chunk(&mut self, v: &Value, out: &mut Vec<Event>) {
-        if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
-            self.usage = Some(u.clone());
+    fn chunk(&mut self, c: StreamChunk, out: &mut Vec<StreamEvent>) {
+        if c.usage.is_some() {
+            self.usage = c.usage;
         }
-        let Some(c) = v.pointer("/choices/0") else {
-            return;
-        };
-        let text = if self.chat {
-            c.pointer("/delta/content")
-        } else {
-            c.get("text")
-        };
-        let text = text.and_then(Value::as_str).unwrap_or("").to_string();
-        let mut tokens: Vec<(Option<String>, Option<f32>, Vec<TopLogprob>)> = Vec::new();
-        if self.chat {
-            if let Some(list) = c.pointer("/logprobs/content").and_then(Value::as_array) {
-                for t in list {
-                    let top = t
-                        .get("top_logprobs")
-                        .and_then(Value::as_array)
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|x| {
-                                    Some(TopLogprob {
-                                        token: x.get("token")?.as_str()?.to_string(),
-                                        logprob: x.get("logprob")?.as_f64()? as f32,
-                                    })
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    tokens.push((
-                        t.get("token").and_then(Value::as_str).map(str::to_string),
-                        t.get("logprob").and_then(Value::as_f64).map(|x| x as f32),
-                        top,
-                    ));
-                }
-            }
-        } else if let Some(lps) = c
-            .pointer("/logprobs/token_logprobs")
-            .and_then(Value::as_array)
-        {
-            let toks = c.pointer("/logprobs/tokens").and_then(Value::as_array);
-            for (i, lp) in lps.iter().enumerate() {
-                let tok = toks
-                    .and_then(|t| t.get(i))
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-                tokens.push((tok, lp.as_f64().map(|x| x as f32), Vec::new()));
-            }
-        }
-        if tokens.is_empty() && !text.is_empty() {
-            tokens.push((None, None, Vec::new()));
+        let mut tokens = c.tokens;
+        if tokens.is_empty() && !c.text.is_empty() {
+            tokens.push(ChunkToken::default());
         }
         // One event per upstream token; the chunk's text goes with the first.
-        for (i, (token, logprob, top)) in tokens.into_iter().enumerate() {
+        for (i, t) in tokens.into_iter().enumerate() {
             self.tokens += 1;
-            let text = if i == 0 { text.clone() } else { String::new() };
-            out.push(Event::Token(TokenOut {
-                text,
-                token,
-                logprob,
-                top,
+            out.push(StreamEvent::Token(TokenOut {
+                text: if i == 0 {
+                    c.text.clone()
+                } else {
+                    String::new()
+                },
+                token: t.token,
+                logprob: t.logprob,
+                top: t
+                    .top
+                    .into_iter()
+                    .map(|(token, logprob)| TopLogprob { token, logprob })
+                    .collect(),
                 tail: false,
             }));
         }
-        if let Some(f) = c.get("finish_reason").and_then(Value::as_str) {
-            self.finish = Some(if f == "length" { "length" } else { "stop" });
+        if let Some(f) = c.finish_reason {
+            self.finish = Some(if f == "length" {
+                FinishReason::Length
+            } else {
+                FinishReason::Stop
+            });
         }
     }
 
-    fn done_event(&self) -> Event {
-        let u = self.usage.as_ref();
-        let num = |p: &str| {
-            u.and_then(|u| u.pointer(p))
-                .and_then(Value::as_u64)
-                .map(|x| x as usize)
-        };
-        Event::Done(DoneOut {
-            finish_reason: self.finish.unwrap_or("stop"),
-            prompt_tokens: num("/prompt_tokens").unwrap_or(0),
-            completion_tokens: num("/completion_tokens").unwrap_or(self.tokens),
-            cached_tokens: num("/prompt_tokens_details/cached_tokens").unwrap_or(0),
+    fn done_event(&self) -> StreamEvent {
+        let u = self.usage.unwrap_or_default();
+        StreamEvent::Done(DoneOut {
+            finish_reason: self.finish.unwrap_or(FinishReason::Stop),
+            usage: Usage {
+                prompt_tokens: u.prompt_tokens.unwrap_or(0),
+                completion_tokens: u.completion_tokens.unwrap_or(self.tokens),
+                cached_tokens: u.cached_tokens.unwrap_or(0),
+            },
             timings: None,
         })
     }
 
     /// The connection closed: a stream with a finish reason is complete even without
     /// `[DONE]` (some servers omit it); one without is broken.
-    fn end(&self, id: &str) -> Event {
+    fn end(&self, id: &str) -> StreamEvent {
         if self.done || self.finish.is_some() {
             self.done_event()
         } else {
-            Event::Error(ApiError::upstream(format!(
+            StreamEvent::Error(ApiError::upstream(format!(
                 "upstream `{id}` closed the stream before finishing"
             )))
         }
@@ -439,7 +391,7 @@ mod tests {
         assert_eq!(evs.len(), 2, "{evs:?}");
         assert_eq!(
             evs[0],
-            Event::Token(TokenOut {
+            StreamEvent::Token(TokenOut {
                 text: "Hi".into(),
                 token: Some("Hi".into()),
                 logprob: Some(-0.5),
@@ -448,9 +400,13 @@ mod tests {
             })
         );
         match &evs[1] {
-            Event::Done(d) => assert_eq!(
-                (d.finish_reason, d.prompt_tokens, d.completion_tokens),
-                ("length", 3, 1)
+            StreamEvent::Done(d) => assert_eq!(
+                (
+                    d.finish_reason,
+                    d.usage.prompt_tokens,
+                    d.usage.completion_tokens
+                ),
+                (FinishReason::Length, 3, 1)
             ),
             e => panic!("{e:?}"),
         }
@@ -461,6 +417,6 @@ mod tests {
         let mut r = SseReader::new(false);
         let evs = r.feed(b"data: {\"choices\":[{\"text\":\"a\"}]}\n\n");
         assert_eq!(evs.len(), 1);
-        assert!(matches!(r.end("u"), Event::Error(_)));
+        assert!(matches!(r.end("u"), StreamEvent::Error(_)));
     }
 }

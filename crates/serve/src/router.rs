@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::mpsc;
 
-use crate::backend::{Backend, Event, EventRx, GenRequest, TokenOut};
+use crate::backend::{EventRx, GenRequest, StreamEvent, Upstream};
+use crate::cascade::{collect, judge, mean_logprob, replay};
 use crate::complexity;
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
@@ -54,37 +54,37 @@ impl Tier {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Policy {
+pub enum RoutingPolicy {
     Complexity,
     Cascade,
     Fixed,
 }
 
-impl std::str::FromStr for Policy {
+impl std::str::FromStr for RoutingPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "complexity" => Ok(Policy::Complexity),
-            "cascade" => Ok(Policy::Cascade),
-            "fixed" => Ok(Policy::Fixed),
+            "complexity" => Ok(RoutingPolicy::Complexity),
+            "cascade" => Ok(RoutingPolicy::Cascade),
+            "fixed" => Ok(RoutingPolicy::Fixed),
             o => Err(format!("unknown policy `{o}` (complexity, cascade, fixed)")),
         }
     }
 }
 
-impl Policy {
+impl RoutingPolicy {
     pub fn as_str(self) -> &'static str {
         match self {
-            Policy::Complexity => "complexity",
-            Policy::Cascade => "cascade",
-            Policy::Fixed => "fixed",
+            RoutingPolicy::Complexity => "complexity",
+            RoutingPolicy::Cascade => "cascade",
+            RoutingPolicy::Fixed => "fixed",
         }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct RouterConfig {
-    pub policy: Policy,
+    pub policy: RoutingPolicy,
     /// `complexity`: scores at or above go to the strong tier.
     pub complexity_threshold: f32,
     /// `cascade`: a fast answer whose mean token log-probability is below this goes to the
@@ -107,7 +107,7 @@ pub struct RouterConfig {
 impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
-            policy: Policy::Complexity,
+            policy: RoutingPolicy::Complexity,
             complexity_threshold: 0.35,
             cascade_logprob_threshold: -1.5,
             fixed_tier: Tier::Fast,
@@ -123,7 +123,7 @@ impl Default for RouterConfig {
 }
 
 pub struct Replica {
-    pub backend: Arc<dyn Backend>,
+    pub backend: Arc<dyn Upstream>,
     pub tier: Tier,
     outstanding: AtomicUsize,
     failures: AtomicU32,
@@ -148,7 +148,7 @@ pub struct ReplicaStatus {
 }
 
 impl Replica {
-    pub fn new(tier: Tier, backend: Arc<dyn Backend>) -> Self {
+    pub fn new(tier: Tier, backend: Arc<dyn Upstream>) -> Self {
         Replica {
             backend,
             tier,
@@ -288,7 +288,7 @@ impl Drop for Lease {
 /// A request that has produced its first event: the response can start.
 pub struct Served {
     pub route: RouteInfo,
-    pub first: Event,
+    pub first: StreamEvent,
     pub rx: EventRx,
     pub lease: Option<Lease>,
 }
@@ -430,7 +430,7 @@ impl Router {
                 self.serve_tier(t, &req, route, "requested").await
             }
             Target::Auto => match self.cfg.policy {
-                Policy::Fixed => {
+                RoutingPolicy::Fixed => {
                     let t = if self.has_tier(self.cfg.fixed_tier) {
                         self.cfg.fixed_tier
                     } else {
@@ -447,7 +447,7 @@ impl Router {
                     };
                     self.serve_tier(t, &req, route, "policy").await
                 }
-                Policy::Complexity => {
+                RoutingPolicy::Complexity => {
                     let s = complexity::score(&req.input, req.max_tokens);
                     let th = self.cfg.complexity_threshold;
                     let (t, cmp) = if s.total >= th {
@@ -471,7 +471,7 @@ impl Router {
                     };
                     self.serve_tier(t, &req, route, "policy").await
                 }
-                Policy::Cascade => self.cascade(req).await,
+                RoutingPolicy::Cascade => self.cascade(req).await,
             },
         }
     }
@@ -590,14 +590,14 @@ impl Router {
         &self,
         rep: &Arc<Replica>,
         req: &GenRequest,
-    ) -> Result<(Event, EventRx, Lease), ApiError> {
+    ) -> Result<(StreamEvent, EventRx, Lease), ApiError> {
         let lease = Lease::new(rep.clone(), self.metrics.clone(), self.cfg.clone());
         let id = rep.backend.model_id().to_string();
         let limit = self.cfg.first_token_timeout;
         let attempt = async {
             let mut rx = rep.backend.start(req.clone()).await?;
             match rx.recv().await {
-                Some(Event::Error(e)) => Err(e),
+                Some(StreamEvent::Error(e)) => Err(e),
                 Some(ev) => Ok((ev, rx)),
                 None => Err(ApiError::upstream(format!(
                     "`{id}` ended the stream without output"
@@ -793,187 +793,9 @@ fn pick_error(mut errors: Vec<ApiError>) -> ApiError {
     errors.swap_remove(0)
 }
 
-/// Reads a stream to its end (or error, or time limit).
-async fn collect(served: Served, limit: Duration) -> (Vec<Event>, Result<(), ApiError>) {
-    let Served {
-        first,
-        mut rx,
-        lease,
-        ..
-    } = served;
-    let mut events = vec![first];
-    let read = async {
-        if let Some(Event::Done(_)) = events.last() {
-            return Ok(());
-        }
-        while let Some(ev) = rx.recv().await {
-            match ev {
-                Event::Error(e) => return Err(e),
-                Event::Done(d) => {
-                    events.push(Event::Done(d));
-                    return Ok(());
-                }
-                t => events.push(t),
-            }
-        }
-        Err(ApiError::upstream(
-            "the fast tier's stream ended without finishing",
-        ))
-    };
-    let outcome = match tokio::time::timeout(limit, read).await {
-        Ok(r) => r,
-        Err(_) => Err(ApiError::timeout(format!(
-            "the fast tier did not finish within {} s",
-            limit.as_secs_f32()
-        ))),
-    };
-    if let (Err(e), Some(l)) = (&outcome, &lease) {
-        l.failed(e.kind);
-    }
-    drop(lease);
-    (events, outcome)
-}
-
-fn mean_logprob(events: &[Event]) -> Option<f32> {
-    let lps: Vec<f32> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Token(TokenOut {
-                logprob: Some(l), ..
-            }) => Some(*l),
-            _ => None,
-        })
-        .collect();
-    (!lps.is_empty()).then(|| lps.iter().sum::<f32>() / lps.len() as f32)
-}
-
-fn text_of(events: &[Event]) -> String {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Token(t) => Some(t.text.as_str()),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The cascade's acceptance test: confident enough, not empty, not stuck in a loop, and valid
-/// JSON when JSON was asked for. Ok carries the reason for accepting, Err for rejecting.
-pub fn judge(events: &[Event], threshold: f32, json_object: bool) -> Result<String, String> {
-    let text = text_of(events);
-    if text.trim().is_empty() {
-        return Err("empty answer".into());
-    }
-    if is_degenerate(&text) {
-        return Err("the answer repeats itself".into());
-    }
-    if json_object
-        && serde_json::from_str::<serde_json::Value>(text.trim())
-            .map(|v| !v.is_object())
-            .unwrap_or(true)
-    {
-        return Err("not a JSON object".into());
-    }
-    match mean_logprob(events) {
-        Some(m) if m < threshold => Err(format!("mean logprob {m:.3} < {threshold:.3}")),
-        Some(m) => Ok(format!("mean logprob {m:.3} >= {threshold:.3}")),
-        None => Ok("no logprobs from the fast tier; checks passed".into()),
-    }
-}
-
-/// Whether the text ends in the same short pattern many times over (a decoding loop).
-pub fn is_degenerate(text: &str) -> bool {
-    let chars: Vec<char> = text.chars().collect();
-    for p in 1..=40 {
-        let need = (p * 4).max(32);
-        if chars.len() < need {
-            break;
-        }
-        let tail = &chars[chars.len() - need..];
-        if tail.iter().enumerate().all(|(i, c)| *c == tail[i % p])
-            && tail[..p].iter().any(|c| !c.is_whitespace())
-        {
-            return true;
-        }
-    }
-    false
-}
-
-/// Serves collected events as if they streamed now.
-fn replay(events: Vec<Event>, keep_logprobs: bool, route: RouteInfo) -> Result<Served, ApiError> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut it = events.into_iter().map(|e| match e {
-        Event::Token(mut t) if !keep_logprobs => {
-            t.logprob = None;
-            t.token = None;
-            t.top.clear();
-            Event::Token(t)
-        }
-        e => e,
-    });
-    let first = it
-        .next()
-        .ok_or_else(|| ApiError::internal("the cascade collected no events"))?;
-    for e in it {
-        let _ = tx.send(e);
-    }
-    Ok(Served {
-        route,
-        first,
-        rx,
-        lease: None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tok(t: &str, lp: f32) -> Event {
-        Event::Token(TokenOut {
-            text: t.into(),
-            token: Some(t.into()),
-            logprob: Some(lp),
-            top: vec![],
-            tail: false,
-        })
-    }
-
-    #[test]
-    fn judge_uses_logprob_and_checks() {
-        assert!(judge(&[tok("Paris", -0.1), tok(".", -0.2)], -1.0, false).is_ok());
-        assert!(
-            judge(&[tok("Paris", -3.0)], -1.0, false)
-                .unwrap_err()
-                .contains("mean logprob")
-        );
-        assert!(
-            judge(&[tok("  ", -0.1)], -1.0, false)
-                .unwrap_err()
-                .contains("empty")
-        );
-        assert!(
-            judge(&[tok("not json", -0.1)], -1.0, true)
-                .unwrap_err()
-                .contains("JSON")
-        );
-        assert!(judge(&[tok("{\"a\": 1}", -0.1)], -1.0, true).is_ok());
-        let looped = "the cat ".repeat(10);
-        assert!(
-            judge(&[tok(&looped, -0.1)], -1.0, false)
-                .unwrap_err()
-                .contains("repeats")
-        );
-    }
-
-    #[test]
-    fn degenerate_detection_ignores_normal_text() {
-        assert!(!is_degenerate(
-            "The quick brown fox jumps over the lazy dog, and then it rests for a while."
-        ));
-        assert!(is_degenerate(&format!("Answer: {}", "ha".repeat(30))));
-        assert!(!is_degenerate(&" ".repeat(50)));
-    }
 
     #[test]
     fn errors_prefer_overload_when_mixed() {

@@ -18,11 +18,11 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::backend::{DoneOut, Event, EventRx, GenRequest, TokenOut};
+use crate::backend::{DoneOut, EventRx, GenRequest, StreamEvent, TokenOut};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
 use crate::openai::{
-    ChatCompletionRequest, ChatLogprob, CompletionLogprobs, CompletionRequest, Shape, Usage,
+    ApiUsage, ChatCompletionRequest, ChatLogprob, CompletionLogprobs, CompletionRequest, Shape,
     new_id, parse_chat, parse_completion, unix_now,
 };
 use crate::router::{Lease, RouteInfo, Router, Served};
@@ -304,12 +304,15 @@ impl Tracker {
     fn done(&mut self, d: &DoneOut) {
         self.finished = true;
         let l = [("model", self.model.as_str())];
-        self.metrics
-            .add("bakeoff_prompt_tokens_total", &l, d.prompt_tokens as f64);
+        self.metrics.add(
+            "bakeoff_prompt_tokens_total",
+            &l,
+            d.usage.prompt_tokens as f64,
+        );
         self.metrics.add(
             "bakeoff_generated_tokens_total",
             &l,
-            d.completion_tokens as f64,
+            d.usage.completion_tokens as f64,
         );
         self.metrics.observe(
             "bakeoff_request_duration_seconds",
@@ -413,10 +416,10 @@ impl Output {
     fn finish_chunk(&self, d: &DoneOut, timings: Value) -> Value {
         let choice = match self.ep {
             Endpoint::Chat => {
-                json!({ "index": 0, "delta": {}, "logprobs": null, "finish_reason": d.finish_reason })
+                json!({ "index": 0, "delta": {}, "logprobs": null, "finish_reason": d.finish_reason.openai() })
             }
             Endpoint::Completions => {
-                json!({ "index": 0, "text": "", "logprobs": null, "finish_reason": d.finish_reason })
+                json!({ "index": 0, "text": "", "logprobs": null, "finish_reason": d.finish_reason.openai() })
             }
         };
         let mut v = self.envelope(true, json!([choice]));
@@ -446,7 +449,7 @@ fn push_completion_logprob(
 /// Collects the whole answer into one JSON body.
 async fn json_response(
     out: Output,
-    first: Event,
+    first: StreamEvent,
     mut rx: EventRx,
     lease: Option<Lease>,
     mut tr: Tracker,
@@ -472,7 +475,7 @@ async fn json_response(
             },
         };
         match ev {
-            Some(Event::Token(t)) => {
+            Some(StreamEvent::Token(t)) => {
                 tr.token(&t);
                 if let (true, Some(l), Some(tok)) = (out.shape.logprobs, t.logprob, &t.token) {
                     match out.ep {
@@ -484,8 +487,8 @@ async fn json_response(
                 }
                 text.push_str(&t.text);
             }
-            Some(Event::Done(d)) => break d,
-            Some(Event::Error(e)) => {
+            Some(StreamEvent::Done(d)) => break d,
+            Some(StreamEvent::Error(e)) => {
                 tr.failed(e.kind);
                 if let Some(l) = &lease {
                     l.failed(e.kind);
@@ -505,17 +508,17 @@ async fn json_response(
             "index": 0,
             "message": { "role": "assistant", "content": text },
             "logprobs": if out.shape.logprobs { json!({ "content": chat_lps }) } else { Value::Null },
-            "finish_reason": done.finish_reason,
+            "finish_reason": done.finish_reason.openai(),
         }),
         Endpoint::Completions => json!({
             "index": 0,
             "text": text,
             "logprobs": if out.shape.logprobs { json!(comp_lps) } else { Value::Null },
-            "finish_reason": done.finish_reason,
+            "finish_reason": done.finish_reason.openai(),
         }),
     };
     let mut body = out.envelope(false, json!([choice]));
-    body["usage"] = json!(Usage::from_done(&done));
+    body["usage"] = json!(ApiUsage::from_done(&done));
     body["route"] = json!(out.route);
     body["timings"] = tr.timings(&done);
     drop(lease);
@@ -524,7 +527,7 @@ async fn json_response(
 
 struct StreamState {
     out: Output,
-    next: Option<Event>,
+    next: Option<StreamEvent>,
     rx: EventRx,
     lease: Option<Lease>,
     tracker: Tracker,
@@ -543,7 +546,7 @@ fn data(v: &Value) -> SseEvent {
 /// Dropping the body (the client disconnected) drops the receiver, which stops the generation.
 fn stream_response(
     out: Output,
-    first: Event,
+    first: StreamEvent,
     rx: EventRx,
     lease: Option<Lease>,
     tracker: Tracker,
@@ -581,7 +584,7 @@ fn stream_response(
                 Some(e) => Some(e),
                 None => match tokio::time::timeout_at(s.deadline.into(), s.rx.recv()).await {
                     Ok(e) => e,
-                    Err(_) => Some(Event::Error(ApiError::timeout(
+                    Err(_) => Some(StreamEvent::Error(ApiError::timeout(
                         "the answer did not finish within the request timeout",
                     ))),
                 },
@@ -595,30 +598,30 @@ fn stream_response(
 }
 
 impl StreamState {
-    fn step(&mut self, ev: Option<Event>) {
+    fn step(&mut self, ev: Option<StreamEvent>) {
         match ev {
-            Some(Event::Token(t)) => {
+            Some(StreamEvent::Token(t)) => {
                 self.tracker.token(&t);
                 if let Some(v) = self.out.token_chunk(&t, self.text_len) {
                     self.pending.push_back(data(&v));
                 }
                 self.text_len += t.text.len();
             }
-            Some(Event::Done(d)) => {
+            Some(StreamEvent::Done(d)) => {
                 self.tracker.done(&d);
                 let timings = self.tracker.timings(&d);
                 self.pending
                     .push_back(data(&self.out.finish_chunk(&d, timings)));
                 if self.out.shape.include_usage {
                     let mut v = self.out.envelope(true, json!([]));
-                    v["usage"] = json!(Usage::from_done(&d));
+                    v["usage"] = json!(ApiUsage::from_done(&d));
                     self.pending.push_back(data(&v));
                 }
                 self.pending.push_back(SseEvent::default().data("[DONE]"));
                 self.finished = true;
                 self.lease = None;
             }
-            Some(Event::Error(e)) => self.fail(e),
+            Some(StreamEvent::Error(e)) => self.fail(e),
             None => self.fail(ApiError::internal(
                 "the model stopped without finishing the answer",
             )),

@@ -1,4 +1,4 @@
-//! Starting a server from [`Settings`]: load the local models, connect the remote ones, bind
+//! Starting a server from [`ServeSettings`]: load the local models, connect the remote ones, bind
 //! (loopback unless allowed otherwise), serve until Ctrl-C.
 
 use std::sync::Arc;
@@ -6,8 +6,8 @@ use std::sync::Arc;
 use bakeoff_engine::backend::DeviceKind;
 use bakeoff_engine::loader::{LoadOptions, load};
 
-use crate::backend::Backend;
-use crate::config::Settings;
+use crate::backend::Upstream;
+use crate::config::ServeSettings;
 use crate::engine::LocalModel;
 use crate::metrics::Metrics;
 use crate::remote::RemoteModel;
@@ -35,7 +35,10 @@ pub enum ServeError {
 }
 
 /// Loads every replica and builds the router (blocking: loading reads weights from disk).
-pub fn build_state(settings: &Settings, metrics: Arc<Metrics>) -> Result<AppState, ServeError> {
+pub fn build_state(
+    settings: &ServeSettings,
+    metrics: Arc<Metrics>,
+) -> Result<AppState, ServeError> {
     let device: DeviceKind = settings
         .device
         .parse()
@@ -44,7 +47,7 @@ pub fn build_state(settings: &Settings, metrics: Arc<Metrics>) -> Result<AppStat
     for m in &settings.models {
         let tier = m.tier().map_err(ServeError::Config)?;
         let id = m.id();
-        let backend: Arc<dyn Backend> = match (&m.source, &m.url) {
+        let backend: Arc<dyn Upstream> = match (&m.source, &m.url) {
             (Some(src), _) => {
                 let opts = LoadOptions {
                     device,
@@ -115,7 +118,7 @@ pub fn build_state(settings: &Settings, metrics: Arc<Metrics>) -> Result<AppStat
 
 /// Runs the server until Ctrl-C (or SIGTERM). Prints `listening on http://ADDR` to stderr once
 /// the socket is bound, so scripts that pass `--port 0` can find the port.
-pub fn run_blocking(settings: Settings) -> Result<(), ServeError> {
+pub fn run_blocking(settings: ServeSettings) -> Result<(), ServeError> {
     settings.check_bind().map_err(ServeError::Config)?;
     if settings.http.api_key.is_none() && settings.allow_non_loopback {
         eprintln!(

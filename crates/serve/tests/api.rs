@@ -11,13 +11,13 @@ use std::sync::Arc;
 use bakeoff_serve::HttpSettings;
 use bakeoff_serve::engine::EngineOptions;
 use bakeoff_serve::metrics::Metrics;
-use bakeoff_serve::router::{Policy, RouterConfig, Tier};
+use bakeoff_serve::router::{RouterConfig, RoutingPolicy, Tier};
 use common::*;
 use serde_json::Value;
 
 fn fixed() -> RouterConfig {
     RouterConfig {
-        policy: Policy::Fixed,
+        policy: RoutingPolicy::Fixed,
         ..Default::default()
     }
 }

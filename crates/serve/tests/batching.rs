@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use bakeoff_engine::loader::{LoadOptions, load};
 use bakeoff_engine::sampling::SamplingParams;
-use bakeoff_serve::backend::{Backend, Event, GenRequest, Input};
+use bakeoff_serve::backend::{GenRequest, Input, StreamEvent, Upstream};
 use bakeoff_serve::engine::{EngineOptions, LocalModel};
 use bakeoff_serve::metrics::Metrics;
 
@@ -125,14 +125,14 @@ async fn aggregate_decode_throughput_grows_with_concurrency() {
                 let (mut first, mut last, mut count) = (None, None, 0usize);
                 while let Some(ev) = rx.recv().await {
                     match ev {
-                        Event::Token(t) if !t.tail => {
+                        StreamEvent::Token(t) if !t.tail => {
                             let now = start.elapsed().as_secs_f64();
                             first.get_or_insert(now);
                             last = Some(now);
                             count += 1;
                         }
-                        Event::Done(_) => break,
-                        Event::Error(e) => panic!("{e}"),
+                        StreamEvent::Done(_) => break,
+                        StreamEvent::Error(e) => panic!("{e}"),
                         _ => {}
                     }
                 }

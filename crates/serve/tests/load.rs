@@ -17,7 +17,7 @@ use bakeoff_engine::loader::{LoadOptions, load};
 use bakeoff_serve::HttpSettings;
 use bakeoff_serve::engine::{EngineOptions, LocalModel};
 use bakeoff_serve::metrics::Metrics;
-use bakeoff_serve::router::{Policy, RouterConfig, Tier};
+use bakeoff_serve::router::{RouterConfig, RoutingPolicy, Tier};
 use common::*;
 use serde_json::Value;
 
@@ -54,7 +54,7 @@ async fn bounded_load_on_loopback_has_no_errors() {
     let (app, _) = app_with(
         vec![(Tier::Fast, fast)],
         RouterConfig {
-            policy: Policy::Fixed,
+            policy: RoutingPolicy::Fixed,
             ..Default::default()
         },
         HttpSettings::default(),

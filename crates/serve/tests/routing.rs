@@ -9,27 +9,28 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bakeoff_record::{FinishReason, Usage};
 use bakeoff_serve::HttpSettings;
-use bakeoff_serve::backend::{Backend, DoneOut, Event, TokenOut};
+use bakeoff_serve::backend::{DoneOut, StreamEvent, TokenOut, Upstream};
 use bakeoff_serve::engine::EngineOptions;
 use bakeoff_serve::metrics::Metrics;
 use bakeoff_serve::remote::RemoteModel;
-use bakeoff_serve::router::{Policy, RouterConfig, Tier};
+use bakeoff_serve::router::{RouterConfig, RoutingPolicy, Tier};
 use bakeoff_serve::{ApiError, ErrorKind};
 use common::*;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
 
-fn cfg(policy: Policy) -> RouterConfig {
+fn cfg(policy: RoutingPolicy) -> RouterConfig {
     RouterConfig {
         policy,
         ..Default::default()
     }
 }
 
-fn tok(text: &str, lp: f32) -> Event {
-    Event::Token(TokenOut {
+fn tok(text: &str, lp: f32) -> StreamEvent {
+    StreamEvent::Token(TokenOut {
         text: text.into(),
         token: Some(text.into()),
         logprob: Some(lp),
@@ -38,19 +39,21 @@ fn tok(text: &str, lp: f32) -> Event {
     })
 }
 
-fn done(n: usize) -> Event {
-    Event::Done(DoneOut {
-        finish_reason: "stop",
-        prompt_tokens: 5,
-        completion_tokens: n,
-        cached_tokens: 0,
+fn done(n: usize) -> StreamEvent {
+    StreamEvent::Done(DoneOut {
+        finish_reason: FinishReason::Stop,
+        usage: Usage {
+            prompt_tokens: 5,
+            completion_tokens: n,
+            cached_tokens: 0,
+        },
         timings: None,
     })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complexity_sends_easy_requests_fast_and_hard_ones_strong() {
-    let (app, _) = two_tier(cfg(Policy::Complexity), EngineOptions::default());
+    let (app, _) = two_tier(cfg(RoutingPolicy::Complexity), EngineOptions::default());
     let easy = send(
         &app,
         post(
@@ -116,7 +119,7 @@ async fn cascade_keeps_confident_answers_and_escalates_weak_ones() {
             (Tier::Fast, confident.clone()),
             (Tier::Strong, strong.clone()),
         ],
-        cfg(Policy::Cascade),
+        cfg(RoutingPolicy::Cascade),
         HttpSettings::default(),
         m.clone(),
     );
@@ -146,7 +149,7 @@ async fn cascade_keeps_confident_answers_and_escalates_weak_ones() {
     let m2 = Arc::new(Metrics::new());
     let (app, _) = app_with(
         vec![(Tier::Fast, unsure), (Tier::Strong, strong)],
-        cfg(Policy::Cascade),
+        cfg(RoutingPolicy::Cascade),
         HttpSettings::default(),
         m2,
     );
@@ -196,7 +199,7 @@ async fn a_failing_upstream_falls_back_to_the_other_tier() {
     let strong = local("tiny-qwen2", "tiny-qwen2", EngineOptions::default(), &m);
     let (app, _) = app_with(
         vec![(Tier::Fast, broken), (Tier::Strong, strong)],
-        cfg(Policy::Fixed),
+        cfg(RoutingPolicy::Fixed),
         HttpSettings::default(),
         m,
     );
@@ -274,7 +277,7 @@ async fn a_failing_upstream_falls_back_to_the_other_tier() {
     let strong = local("tiny-qwen2", "tiny-qwen2", EngineOptions::default(), &m);
     let (app, state) = app_with(
         vec![(Tier::Fast, gone), (Tier::Strong, strong)],
-        cfg(Policy::Fixed),
+        cfg(RoutingPolicy::Fixed),
         HttpSettings::default(),
         m,
     );
@@ -300,14 +303,14 @@ async fn a_stream_that_fails_before_its_first_token_falls_back() {
     let m = Arc::new(Metrics::new());
     let failing = Scripted::new(
         "flaky",
-        Script::Events(vec![Event::Error(ApiError::upstream(
+        Script::Events(vec![StreamEvent::Error(ApiError::upstream(
             "exploded before any token",
         ))]),
     );
     let strong = local("tiny-qwen2", "tiny-qwen2", EngineOptions::default(), &m);
     let (app, _) = app_with(
         vec![(Tier::Fast, failing.clone()), (Tier::Strong, strong)],
-        cfg(Policy::Fixed),
+        cfg(RoutingPolicy::Fixed),
         HttpSettings::default(),
         m,
     );
@@ -337,7 +340,7 @@ async fn a_stream_that_fails_before_its_first_token_falls_back() {
         vec![(Tier::Fast, failing), (Tier::Strong, strong)],
         RouterConfig {
             fallback: false,
-            ..cfg(Policy::Fixed)
+            ..cfg(RoutingPolicy::Fixed)
         },
         HttpSettings::default(),
         m,
@@ -358,7 +361,7 @@ async fn no_first_token_in_time_is_a_504() {
         vec![(Tier::Fast, hang)],
         RouterConfig {
             first_token_timeout: Duration::from_millis(200),
-            ..cfg(Policy::Fixed)
+            ..cfg(RoutingPolicy::Fixed)
         },
         HttpSettings::default(),
         m,
@@ -382,7 +385,7 @@ async fn no_first_token_in_time_is_a_504() {
         request_timeout: Duration::from_millis(200),
         ..Default::default()
     };
-    let (app, _) = app_with(vec![(Tier::Fast, hang)], cfg(Policy::Fixed), http, m);
+    let (app, _) = app_with(vec![(Tier::Fast, hang)], cfg(RoutingPolicy::Fixed), http, m);
     assert_eq!(
         send(
             &app,
@@ -410,7 +413,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
     let fast = local("tiny-llama", "tiny-llama", tight(), &m);
     let (app, _) = app_with(
         vec![(Tier::Fast, fast)],
-        cfg(Policy::Fixed),
+        cfg(RoutingPolicy::Fixed),
         HttpSettings::default(),
         m,
     );
@@ -460,7 +463,7 @@ async fn overload_on_one_tier_falls_back_to_the_other() {
     let strong = local("tiny-qwen2", "tiny-qwen2", EngineOptions::default(), &m);
     let (app, _) = app_with(
         vec![(Tier::Fast, fast), (Tier::Strong, strong)],
-        cfg(Policy::Fixed),
+        cfg(RoutingPolicy::Fixed),
         HttpSettings::default(),
         m,
     );
@@ -512,7 +515,7 @@ async fn a_client_disconnect_cancels_the_generation() {
     let fast = local("tiny-llama", "tiny-llama", opts, &m);
     let (app, _) = app_with(
         vec![(Tier::Fast, fast)],
-        cfg(Policy::Fixed),
+        cfg(RoutingPolicy::Fixed),
         HttpSettings::default(),
         m,
     );
@@ -604,7 +607,7 @@ async fn concurrent_requests_are_batched_and_answer_as_if_alone() {
     let fast = local("tiny-llama", "tiny-llama", opts, &m);
     let (app, _) = app_with(
         vec![(Tier::Fast, fast)],
-        cfg(Policy::Fixed),
+        cfg(RoutingPolicy::Fixed),
         HttpSettings::default(),
         m,
     );
@@ -685,7 +688,7 @@ async fn concurrent_requests_are_batched_and_answer_as_if_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_bakeoff_is_a_replica_like_any_other() {
     // Upstream: a bakeoff app on a loopback socket.
-    let (upstream, _) = two_tier(cfg(Policy::Fixed), EngineOptions::default());
+    let (upstream, _) = two_tier(cfg(RoutingPolicy::Fixed), EngineOptions::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
@@ -704,12 +707,12 @@ async fn a_remote_bakeoff_is_a_replica_like_any_other() {
     let m = Arc::new(Metrics::new());
     let (app, _) = app_with(
         vec![(Tier::Strong, remote)],
-        cfg(Policy::Fixed),
+        cfg(RoutingPolicy::Fixed),
         HttpSettings::default(),
         m,
     );
     let direct = {
-        let (local_app, _) = two_tier(cfg(Policy::Fixed), EngineOptions::default());
+        let (local_app, _) = two_tier(cfg(RoutingPolicy::Fixed), EngineOptions::default());
         send(
             &local_app,
             post(

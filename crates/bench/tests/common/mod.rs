@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use bakeoff_engine::synth::{SynthOptions, synth};
+use bakeoff_synth::{SynthOptions, synth};
 
 /// A tiny random-weight GGUF model of `preset` (`tiny-llama` or `tiny-qwen2`).
 pub fn tiny_model(preset: &str) -> PathBuf {

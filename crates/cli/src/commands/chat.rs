@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use bakeoff_engine::generate::LoadedModel;
 use bakeoff_engine::generate::{Done, FinishReason, Flow, GenParams, generate};
-use bakeoff_engine::model::LoadedModel;
 use bakeoff_engine::template::Message;
 use clap::Args;
 use serde::Serialize;

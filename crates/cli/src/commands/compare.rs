@@ -9,13 +9,13 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use bakeoff_engine::generate::{Flow, GenParams, generate};
 use bakeoff_engine::loader::{LoadOptions, gguf::GgufStore};
-use bakeoff_engine::synth::{Preset, SynthFormat, SynthOptions, SynthQuant, synth};
 use bakeoff_engine::template::Message;
 use bakeoff_report::Inputs;
 use bakeoff_report::inputs::{
     ANSWERS_SCHEMA, Answer, Answers, FIXED_PROMPTS, MANIFEST_SCHEMA, Manifest, ManifestModel,
     ModelAnswers,
 };
+use bakeoff_synth::{Preset, SynthFormat, SynthOptions, SynthQuant, synth};
 use clap::Args;
 
 use super::bench::BenchArgs;

@@ -3,8 +3,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use bakeoff_engine::generate::{Flow, GenParams, generate};
-use bakeoff_engine::synth::{Preset, SynthFormat, SynthOptions, SynthQuant, synth};
 use bakeoff_engine::template::Message;
+use bakeoff_synth::{Preset, SynthFormat, SynthOptions, SynthQuant, synth};
 use clap::Args;
 
 use super::generate::format_summary;

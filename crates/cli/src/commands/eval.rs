@@ -9,9 +9,9 @@ use bakeoff_engine::loader::LoadOptions;
 use bakeoff_eval::audit::Audit;
 use bakeoff_eval::candidate::EngineCandidate;
 use bakeoff_eval::data::{self, DataDir};
-use bakeoff_eval::judge::{self, Backend, Judge};
+use bakeoff_eval::judge::{self, Judge, JudgeBackend};
 use bakeoff_eval::report::{ModelResult, Results, Scale, table};
-use bakeoff_eval::sandbox::{Limits, Policy, Sandbox};
+use bakeoff_eval::sandbox::{Limits, Sandbox, SandboxPolicy};
 use bakeoff_eval::score::{self, Component};
 use bakeoff_eval::select::{Profile, RULE_SALT};
 use bakeoff_eval::suite::{COMPONENTS, Generated, Plan, run_model};
@@ -188,9 +188,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
             ..Limits::default()
         };
         let policy = if a.unsafe_no_sandbox {
-            Policy::UnsafeNoSandbox
+            SandboxPolicy::UnsafeNoSandbox
         } else {
-            Policy::RequireIsolation
+            SandboxPolicy::RequireIsolation
         };
         match Sandbox::with_policy(limits, policy) {
             Ok(s) => {
@@ -236,7 +236,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                     .clone()
                     .context("--judge URL needs --judge-model NAME")?;
                 judge_names = vec![model.clone()];
-                Backend::Endpoint {
+                JudgeBackend::Endpoint {
                     url: j.clone(),
                     model,
                     api_key: std::env::var(&a.judge_key_env).ok(),
@@ -246,7 +246,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 let lm = bakeoff_engine::loader::load(j, None, &opts)
                     .with_context(|| format!("cannot load judge `{j}`"))?;
                 judge_names = vec![j.clone(), format!("{:?}", lm.info.arch).to_lowercase()];
-                Backend::Local(Box::new(EngineCandidate::new(lm, j.clone())))
+                JudgeBackend::Local(Box::new(EngineCandidate::new(lm, j.clone())))
             };
             // Candidates' architectures count as their family too (loaded lazily below; names here).
             for n in &mut names {
@@ -254,8 +254,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
             }
             judge::check_independent(&judge_names, &names)?;
             let identity = match &backend {
-                Backend::Local(_) => format!("local model {j}"),
-                Backend::Endpoint { model, .. } => format!("{model} at {j}"),
+                JudgeBackend::Local(_) => format!("local model {j}"),
+                JudgeBackend::Endpoint { model, .. } => format!("{model} at {j}"),
             };
             Some((
                 Judge {

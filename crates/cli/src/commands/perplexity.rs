@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use bakeoff_engine::quantize::measure::{Chunks, perplexity_pass, tokenize_prefix};
+use bakeoff_quantize::measure::{Chunks, perplexity_pass, tokenize_prefix};
 use clap::Args;
 use serde::Serialize;
 
@@ -73,7 +73,7 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
         .chunks
         .checked_mul(a.ctx)
         .context("--chunks × --ctx overflows")?;
-    let ids = tokenize_prefix(&lm.prompter.tokenizer(), lm.prompter.add_bos(), &text, need)?;
+    let ids = tokenize_prefix(lm.prompter.tokenizer(), lm.prompter.add_bos(), &text, need)?;
     let bos = if lm.prompter.add_bos() {
         lm.prompter.tokenizer().bos_id()
     } else {

@@ -6,12 +6,12 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use bakeoff_engine::generate::LoadedModel;
 use bakeoff_engine::loader::{LoadOptions, load};
-use bakeoff_engine::model::LoadedModel;
-use bakeoff_engine::quantize::measure::{
+use bakeoff_quantize::measure::{
     Chunks, Quality, Speed, compare_pass, reference_pass, speed_runs, tokenize_prefix,
 };
-use bakeoff_engine::quantize::{QuantType, QuantizeOptions, quantize};
+use bakeoff_quantize::{QuantType, QuantizeOptions, quantize};
 use clap::Args;
 use serde::Serialize;
 
@@ -158,7 +158,7 @@ fn probe(a: &QuantizeArgs) -> Result<()> {
     // WikiText when it is there (a realistic prompt); otherwise any valid ids will do for timing.
     let prompt = match wikitext(&a.data_dir) {
         Ok((_, text)) => tokenize_prefix(
-            &lm.prompter.tokenizer(),
+            lm.prompter.tokenizer(),
             lm.prompter.add_bos(),
             &text,
             a.speed_prompt,
@@ -229,7 +229,7 @@ struct Results {
     loadavg_start: Option<String>,
     loadavg_end: Option<String>,
     reference: ModelEntry,
-    reference_ppl: Option<bakeoff_engine::quantize::measure::Estimate>,
+    reference_ppl: Option<bakeoff_quantize::measure::Estimate>,
     models: Vec<ModelEntry>,
 }
 
@@ -290,7 +290,7 @@ fn measure(a: &QuantizeArgs) -> Result<()> {
         );
     }
     let ids = tokenize_prefix(
-        &reference.prompter.tokenizer(),
+        reference.prompter.tokenizer(),
         reference.prompter.add_bos(),
         &text,
         a.tokens,

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, anyhow};
-use bakeoff_serve::{ConfigFile, ModelEntry, Settings};
+use bakeoff_serve::{ConfigFile, ModelEntry, ServeSettings};
 use clap::Args;
 
 /// An OpenAI-compatible server with a tiered router. Flags override the config file.
@@ -66,7 +66,7 @@ pub struct ServeArgs {
 }
 
 /// The config file with the flags laid over it.
-pub fn settings(a: &ServeArgs) -> Result<Settings> {
+pub fn settings(a: &ServeArgs) -> Result<ServeSettings> {
     let mut cfg = match &a.config {
         Some(p) => ConfigFile::read(p).map_err(|e| anyhow!(e))?,
         None => ConfigFile::default(),
@@ -106,7 +106,7 @@ pub fn settings(a: &ServeArgs) -> Result<Settings> {
     if a.no_fallback {
         cfg.router.fallback = Some(false);
     }
-    Settings::resolve(cfg).map_err(|e| anyhow!(e))
+    ServeSettings::resolve(cfg).map_err(|e| anyhow!(e))
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {

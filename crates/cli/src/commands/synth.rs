@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use bakeoff_engine::synth::{Preset, SynthFormat, SynthOptions, SynthQuant, synth};
+use bakeoff_synth::{Preset, SynthFormat, SynthOptions, SynthQuant, synth};
 use clap::Args;
 
 use crate::args::gib;

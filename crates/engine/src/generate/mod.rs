@@ -12,6 +12,7 @@
 //! [`generate`] is "submit one, step until done", [`generate_batch`] is "submit N"; the
 //! server's worker submits as requests arrive and keeps only queueing, cancellation and metrics.
 
+mod loaded;
 mod scheduler;
 pub(crate) mod sequence;
 mod stop;
@@ -21,10 +22,10 @@ use std::time::Instant;
 pub use bakeoff_record::{FinishReason, Timings, Usage};
 use serde::{Deserialize, Serialize};
 
+pub use loaded::LoadedModel;
 pub use scheduler::{Scheduler, SchedulerOptions, SeqId, StepStats, common_prefix};
 pub use stop::StopMatcher;
 
-use crate::model::LoadedModel;
 use crate::sampling::SamplingParams;
 use crate::{Error, Result};
 

@@ -49,7 +49,8 @@ fn via_candle<T: GgmlType>(bytes: &[u8], out: &mut [f32]) -> Result<(), String> 
 /// Dequantizes `out.len()` values stored as `dtype` in `bytes`.
 pub fn dequantize_into(dtype: WeightType, bytes: &[u8], out: &mut [f32]) -> Result<(), String> {
     let n = out.len();
-    let need = super::super::loader::store::storage_bytes(dtype, n)
+    let need = dtype
+        .storage_bytes(n)
         .ok_or_else(|| format!("{n} values do not fill whole {dtype:?} blocks"))?;
     if bytes.len() != need {
         return Err(format!(

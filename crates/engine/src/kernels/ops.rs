@@ -1,7 +1,7 @@
 //! The small operations of a decoder layer. They touch activations only (kilobytes per token),
 //! so plain loops are enough; the weight-bound work is in `matmul`.
 
-use crate::models::RopeStyle;
+use serde::{Deserialize, Serialize};
 
 /// RMSNorm as Hugging Face computes it: `x / sqrt(mean(x²) + ε) · w`, in f32.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -46,6 +46,17 @@ impl RopeTable {
         }
         RopeTable { cos, sin, half }
     }
+}
+
+/// How rotary embeddings pair up the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RopeStyle {
+    /// Hugging Face layout: dimension `i` rotates with `i + head_dim/2`.
+    Neox,
+    /// GPT-J layout: dimension `2i` rotates with `2i+1`. llama.cpp's converter permutes the Q and K
+    /// weights of Llama models into this layout, so Llama GGUF files need it.
+    Interleaved,
 }
 
 /// Rotates every head of `x` (`[n][heads·head_dim]`) in place.

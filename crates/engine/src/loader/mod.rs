@@ -1,7 +1,6 @@
 //! From a `--model` argument to a [`LoadedModel`]: probe the source, read the config, map the
 //! weights, build the tokenizer and chat template, and put the decoder on its device.
 
-pub mod dtype;
 pub mod gguf;
 pub mod hub;
 pub mod packcache;
@@ -15,11 +14,9 @@ use crate::WeightType;
 
 use crate::backend::DeviceKind;
 use crate::backend::cpu::CpuBackend;
-use crate::generate::{Scheduler, SchedulerOptions};
+use crate::generate::{LoadedModel, Scheduler, SchedulerOptions};
 use crate::kernels::CpuCaps;
-use crate::model::{
-    CausalLm, GenerationDefaults, LoadedModel, ModelFormat, ModelInfo, WeightTypeUse,
-};
+use crate::model::{CausalLm, GenerationDefaults, ModelFormat, ModelInfo, WeightTypeUse};
 use crate::models::decoder::Decoder;
 use crate::models::{Arch, DecoderConfig, GgufMeta};
 use crate::prompt::{Prompter, PrompterParts};

@@ -211,11 +211,6 @@ pub(crate) fn map_file(path: &Path, populate: bool) -> Result<Arc<Mmap>> {
     Ok(Arc::new(map))
 }
 
-/// Bytes that `count` elements of `dtype` occupy.
-pub fn storage_bytes(dtype: WeightType, count: usize) -> Option<usize> {
-    dtype.storage_bytes(count)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -35,16 +35,8 @@ impl Arch {
     }
 }
 
-/// How rotary embeddings pair up the dimensions of a head.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RopeStyle {
-    /// Hugging Face layout: dimension `i` rotates with `i + head_dim/2`.
-    Neox,
-    /// GPT-J layout: dimension `2i` rotates with `2i+1`. llama.cpp's converter permutes the Q and K
-    /// weights of Llama models into this layout, so Llama GGUF files need it.
-    Interleaved,
-}
+// Defined beside the rotary kernel that reads it, so the kernels need nothing from here.
+pub use crate::kernels::ops::RopeStyle;
 
 /// How rotary frequencies are stretched for contexts longer than the model was trained on.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
+use bakeoff_engine::generate::LoadedModel;
 use bakeoff_engine::loader::{LoadOptions, load};
-use bakeoff_engine::model::LoadedModel;
-use bakeoff_engine::synth::{SynthOptions, synth};
-use bakeoff_serve::backend::{Backend, Event, EventRx, GenRequest};
+use bakeoff_serve::backend::{EventRx, GenRequest, StreamEvent, Upstream};
 use bakeoff_serve::engine::{EngineOptions, LocalModel};
 use bakeoff_serve::metrics::Metrics;
 use bakeoff_serve::router::{Replica, Router, RouterConfig, Tier};
 use bakeoff_serve::{ApiError, AppState, HttpSettings};
+use bakeoff_synth::{SynthOptions, synth};
 use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -63,7 +63,7 @@ pub fn local(
 }
 
 pub fn app_with(
-    replicas: Vec<(Tier, Arc<dyn Backend>)>,
+    replicas: Vec<(Tier, Arc<dyn Upstream>)>,
     cfg: RouterConfig,
     http: HttpSettings,
     metrics: Arc<Metrics>,
@@ -181,7 +181,7 @@ where
 /// hangs, or streams given events.
 pub enum Script {
     StartError(ApiError),
-    Events(Vec<Event>),
+    Events(Vec<StreamEvent>),
     Hang,
 }
 
@@ -206,7 +206,7 @@ impl Scripted {
     }
 }
 
-impl Backend for Scripted {
+impl Upstream for Scripted {
     fn model_id(&self) -> &str {
         &self.id
     }

@@ -12,7 +12,8 @@
 //! llama.cpp there); Q5_0 and Q5_1 are here because K-quant rows that are not a multiple of 256
 //! fall back to them, as in llama.cpp.
 
-use crate::WeightType;
+use bakeoff_engine::WeightType;
+use bakeoff_engine::kernels::{Q4_0_BYTES, Q8_0_BYTES, QK};
 use half::{bf16, f16};
 
 /// Values per K-quant super-block.
@@ -38,7 +39,8 @@ fn get_f16(b: &[u8]) -> f32 {
 /// Quantizes one row into `out`, which holds exactly the row's bytes in `dtype`.
 /// The row length must be a whole number of `dtype`'s blocks (the planner guarantees it).
 pub fn quantize_row(dtype: WeightType, xs: &[f32], out: &mut [u8]) -> Result<(), String> {
-    let need = crate::loader::store::storage_bytes(dtype, xs.len())
+    let need = dtype
+        .storage_bytes(xs.len())
         .ok_or_else(|| format!("{} values do not fill whole {dtype:?} blocks", xs.len()))?;
     if out.len() != need {
         return Err(format!(
@@ -63,8 +65,8 @@ pub fn quantize_row(dtype: WeightType, xs: &[f32], out: &mut [u8]) -> Result<(),
                 o.copy_from_slice(&bf16::from_f32(*x).to_le_bytes());
             }
         }
-        WeightType::Q8_0 => crate::synth::quantize_q8_0(xs, out),
-        WeightType::Q4_0 => crate::synth::quantize_q4_0(xs, out),
+        WeightType::Q8_0 => quantize_q8_0(xs, out),
+        WeightType::Q4_0 => quantize_q4_0(xs, out),
         WeightType::Q5_0 => quantize_q5_0(xs, out),
         WeightType::Q5_1 => quantize_q5_1(xs, out),
         WeightType::Q4K => quantize_q4_k(xs, out),
@@ -464,11 +466,47 @@ fn quantize_q6_k(xs: &[f32], out: &mut [u8]) {
     }
 }
 
+/// llama.cpp's `quantize_row_q8_0_ref`: scale = max |x| / 127, values rounded half away from zero.
+pub fn quantize_q8_0(xs: &[f32], out: &mut [u8]) {
+    for (x, b) in xs.chunks_exact(QK).zip(out.chunks_exact_mut(Q8_0_BYTES)) {
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        for (q, v) in b[2..].iter_mut().zip(x) {
+            *q = (v * id).round() as i8 as u8;
+        }
+    }
+}
+
+/// llama.cpp's `quantize_row_q4_0_ref`: scale = (the value of largest magnitude) / -8, nibble
+/// `j` of byte `j` holds value `j`, the high nibble value `j + 16`.
+pub fn quantize_q4_0(xs: &[f32], out: &mut [u8]) {
+    for (x, b) in xs.chunks_exact(QK).zip(out.chunks_exact_mut(Q4_0_BYTES)) {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in x {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        for j in 0..QK / 2 {
+            // `as u8` truncates like C's (int8_t) cast; the argument is never negative.
+            let lo = ((x[j] * id + 8.5) as u8).min(15);
+            let hi = ((x[j + QK / 2] * id + 8.5) as u8).min(15);
+            b[2 + j] = lo | (hi << 4);
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::kernels::dequant::dequantize_into;
+    use bakeoff_engine::kernels::dequant::dequantize_into;
 
     /// Deterministic values with a realistic spread and a few outliers.
     fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -485,7 +523,7 @@ mod tests {
     }
 
     fn roundtrip(dtype: WeightType, xs: &[f32]) -> Vec<f32> {
-        let bytes = crate::loader::store::storage_bytes(dtype, xs.len()).unwrap();
+        let bytes = dtype.storage_bytes(xs.len()).unwrap();
         let mut out = vec![0u8; bytes];
         quantize_row(dtype, xs, &mut out).unwrap();
         let mut back = vec![0f32; xs.len()];

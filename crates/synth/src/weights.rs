@@ -13,9 +13,11 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::SynthQuant;
-use crate::kernels::{Q4_0_BYTES, Q8_0_BYTES, QK};
-use crate::models::{DecoderConfig, layer_tensor_names};
-use crate::{Error, Result};
+use bakeoff_engine::kernels::{Q4_0_BYTES, Q8_0_BYTES, QK};
+use bakeoff_engine::models::{DecoderConfig, layer_tensor_names};
+use bakeoff_engine::{Error, Result};
+use bakeoff_quantize::blocks::{quantize_q4_0, quantize_q8_0};
+use bakeoff_quantize::gguf_write::llama_qk_source_row;
 
 /// Standard deviation of the weight matrices and biases: transformers' `initializer_range`,
 /// which keeps every projection's output near unit scale after RMSNorm.
@@ -225,21 +227,6 @@ pub(super) fn write_tensor(
     Ok(written)
 }
 
-/// The row of the Hugging Face Q or K weight that lands at row `r` of the GGUF tensor.
-///
-/// llama.cpp's `convert_hf_to_gguf.py` stores Llama's Q and K as
-/// `w.reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2).reshape(rows, cols)`, which turns
-/// Hugging Face's half-split rotary pairs (`i`, `i + d/2`) into adjacent ones (`2i`, `2i+1`) for
-/// llama.cpp's interleaved RoPE. Output row `(h, i, j)` of shape `(n_head, d/2, 2)` is input row
-/// `(h, j, i)` of shape `(n_head, 2, d/2)`.
-pub(crate) fn llama_qk_source_row(r: usize, rows: usize, n_head: usize) -> usize {
-    let hd = rows / n_head;
-    let half = hd / 2;
-    let (h, within) = (r / hd, r % hd);
-    let (i, j) = (within / 2, within % 2);
-    h * hd + j * half + i
-}
-
 /// Encodes one row (a whole number of blocks for the quantized types).
 pub(super) fn encode(q: SynthQuant, xs: &[f32], out: &mut [u8]) {
     match q {
@@ -260,42 +247,6 @@ pub(super) fn encode(q: SynthQuant, xs: &[f32], out: &mut [u8]) {
         }
         SynthQuant::Q8_0 => quantize_q8_0(xs, out),
         SynthQuant::Q4_0 => quantize_q4_0(xs, out),
-    }
-}
-
-/// llama.cpp's `quantize_row_q8_0_ref`: scale = max |x| / 127, values rounded half away from zero.
-pub(crate) fn quantize_q8_0(xs: &[f32], out: &mut [u8]) {
-    for (x, b) in xs.chunks_exact(QK).zip(out.chunks_exact_mut(Q8_0_BYTES)) {
-        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        b[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-        for (q, v) in b[2..].iter_mut().zip(x) {
-            *q = (v * id).round() as i8 as u8;
-        }
-    }
-}
-
-/// llama.cpp's `quantize_row_q4_0_ref`: scale = (the value of largest magnitude) / -8, nibble
-/// `j` of byte `j` holds value `j`, the high nibble value `j + 16`.
-pub(crate) fn quantize_q4_0(xs: &[f32], out: &mut [u8]) {
-    for (x, b) in xs.chunks_exact(QK).zip(out.chunks_exact_mut(Q4_0_BYTES)) {
-        let (mut amax, mut max) = (0f32, 0f32);
-        for &v in x {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
-        let d = max / -8.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        b[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-        for j in 0..QK / 2 {
-            // `as u8` truncates like C's (int8_t) cast; the argument is never negative.
-            let lo = ((x[j] * id + 8.5) as u8).min(15);
-            let hi = ((x[j + QK / 2] * id + 8.5) as u8).min(15);
-            b[2 + j] = lo | (hi << 4);
-        }
     }
 }
 
@@ -335,7 +286,7 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::WeightType;
+    use bakeoff_engine::WeightType;
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 

@@ -18,25 +18,19 @@ mod gguf;
 mod hf;
 mod weights;
 
-// Shared with `bakeoff quantize`, which writes GGUF files the same way.
-pub(crate) use gguf::{ALIGNMENT, TensorEntry, arch_metadata, encode_header};
-pub(crate) use weights::{llama_qk_source_row, quantize_q4_0, quantize_q8_0};
-
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
 
-use crate::WeightType;
+use bakeoff_engine::WeightType;
 use candle_core::quantized::gguf_file::Value;
 
-use crate::models::{Arch, DecoderConfig, RopeScaling, RopeStyle};
-use crate::tokenizer::{Tokenizer, TokenizerFamily, upgrade_to_qwen25};
-use crate::{Error, Result};
-
-/// Token type of padding entries (llama.cpp's `LLAMA_TOKEN_TYPE_UNUSED`).
-const TOKEN_TYPE_UNUSED: i32 = 5;
+use bakeoff_engine::models::{Arch, DecoderConfig, RopeScaling, RopeStyle};
+use bakeoff_engine::tokenizer::{Tokenizer, TokenizerFamily, upgrade_to_qwen25};
+use bakeoff_engine::{Error, Result};
+use bakeoff_quantize::gguf_write::pad_vocab;
 
 /// The models `bakeoff synth` can imitate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,8 +91,8 @@ impl Preset {
     /// The family's real chat template (Qwen2.5's, not the older Qwen2 one in GGUF vocab files).
     pub fn chat_template(self) -> &'static str {
         match self.arch() {
-            Arch::Llama => crate::template::TINYLLAMA_TEMPLATE,
-            Arch::Qwen2 => crate::template::QWEN25_TEMPLATE,
+            Arch::Llama => bakeoff_engine::template::TINYLLAMA_TEMPLATE,
+            Arch::Qwen2 => bakeoff_engine::template::QWEN25_TEMPLATE,
         }
     }
 
@@ -470,7 +464,7 @@ fn build_vocab(preset: Preset, vocab_file: Option<&Path>) -> Result<Vocab> {
 
 /// The `tokenizer.*` keys of a GGUF vocabulary file, after checking its family.
 fn read_vocab_file(path: &Path, preset: Preset) -> Result<HashMap<String, Value>> {
-    let content = crate::loader::gguf::GgufContent::read_file(path)?;
+    let content = bakeoff_engine::loader::gguf::GgufContent::read_file(path)?;
     let model = match content.metadata.get("tokenizer.ggml.model") {
         Some(Value::String(m)) => m.clone(),
         _ => {
@@ -514,73 +508,6 @@ fn read_vocab_file(path: &Path, preset: Preset) -> Result<HashMap<String, Value>
         upgrade_to_qwen25(&mut md).map_err(|e| Error::format(path, e.to_string()))?;
     }
     Ok(md)
-}
-
-/// Appends unused `[PAD{id}]` tokens until there are `rows`: with random weights the model can
-/// emit any embedding row, and every emitted id must decode.
-pub(crate) fn pad_vocab(md: &mut HashMap<String, Value>, rows: usize, origin: &Path) -> Result<()> {
-    let n = match md.get("tokenizer.ggml.tokens") {
-        Some(Value::Array(a)) => a.len(),
-        _ => 0,
-    };
-    if n >= rows {
-        return Ok(());
-    }
-    let extend = |md: &mut HashMap<String, Value>,
-                  key: &str,
-                  make: &dyn Fn(usize, Option<&Value>) -> Value|
-     -> Result<()> {
-        match md.get_mut(key) {
-            Some(Value::Array(a)) if a.len() == n => {
-                let first = a.first().cloned();
-                a.extend((n..rows).map(|id| make(id, first.as_ref())));
-                Ok(())
-            }
-            Some(_) => Err(Error::format(
-                origin,
-                format!("{key} does not have one entry per token"),
-            )),
-            None => Ok(()),
-        }
-    };
-    extend(md, "tokenizer.ggml.tokens", &|id, _| {
-        Value::String(format!("[PAD{id}]"))
-    })?;
-    // GGUF arrays are homogeneous: pad with the integer type the file already uses.
-    extend(md, "tokenizer.ggml.token_type", &|_, first| match first {
-        Some(Value::U32(_)) => Value::U32(TOKEN_TYPE_UNUSED as u32),
-        Some(Value::I8(_)) => Value::I8(TOKEN_TYPE_UNUSED as i8),
-        Some(Value::U8(_)) => Value::U8(TOKEN_TYPE_UNUSED as u8),
-        _ => Value::I32(TOKEN_TYPE_UNUSED),
-    })?;
-    extend(md, "tokenizer.ggml.scores", &|_, first| match first {
-        Some(Value::F64(_)) => Value::F64(0.0),
-        _ => Value::F32(0.0),
-    })?;
-    Ok(())
-}
-
-/// Writes `path` through `{path}.partial` and a rename, so an interrupted run never leaves a
-/// file that looks complete (the demo reuses existing files).
-pub(crate) fn write_atomically(
-    path: &Path,
-    f: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
-) -> Result<()> {
-    use std::io::Write;
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
-    let file = std::fs::File::create(&partial).map_err(|e| Error::io(&partial, e))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    let result = f(&mut w).and_then(|()| w.flush().map_err(|e| Error::io(&partial, e)));
-    drop(w);
-    match result {
-        Ok(()) => std::fs::rename(&partial, path).map_err(|e| Error::io(path, e)),
-        Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            Err(e)
-        }
-    }
 }
 
 /// A bar over the bytes of tensor data, when asked for.

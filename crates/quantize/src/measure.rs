@@ -21,18 +21,12 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::generate::{Flow, GenParams, generate};
-use crate::model::{CausalLm, LoadedModel};
-use crate::tokenizer::Tokenizer;
-use crate::{Error, Result};
-
-/// log-softmax of one row of logits, in f64 for the sum.
-pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
-    let lse = max + sum.ln();
-    logits.iter().map(|&v| v as f64 - lse).collect()
-}
+use bakeoff_engine::generate::LoadedModel;
+use bakeoff_engine::generate::{Flow, GenParams, generate};
+use bakeoff_engine::model::CausalLm;
+use bakeoff_engine::sampling::log_softmax;
+use bakeoff_engine::tokenizer::Tokenizer;
+use bakeoff_engine::{Error, Result};
 
 /// The first index of the largest value (llama.cpp's argmax tie rule).
 fn first_argmax<T: PartialOrd + Copy>(xs: &[T]) -> usize {
@@ -573,7 +567,7 @@ pub fn speed_runs(
         prefill_tok_s: median(prefill),
         decode_tok_s: median(decode),
         runs,
-        peak_rss_bytes: crate::memory::peak_rss_bytes(),
+        peak_rss_bytes: bakeoff_engine::memory::peak_rss_bytes(),
     })
 }
 

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use bakeoff_engine::WeightType;
 use bakeoff_engine::loader::{LoadOptions, load, load_model_only, open_weights};
 use bakeoff_engine::model::CausalLm;
-use bakeoff_engine::quantize::{QuantType, QuantizeOptions, quantize};
 use bakeoff_engine::sampling::argmax;
-use bakeoff_engine::synth::{Preset, SynthFormat, SynthOptions, SynthQuant, synth};
+use bakeoff_quantize::{QuantType, QuantizeOptions, quantize};
+use bakeoff_synth::{Preset, SynthFormat, SynthOptions, SynthQuant, synth};
 
 /// The seed of `tests/synth.rs`'s Q8_0 check: its f32 greedy path has clear top-2 margins.
 const SEED: u64 = 3;
@@ -142,7 +142,7 @@ fn quantize_to(
     to: QuantType,
     out: &Path,
     pure: bool,
-) -> bakeoff_engine::quantize::QuantizeReport {
+) -> bakeoff_quantize::QuantizeReport {
     quantize(
         &QuantizeOptions {
             model: src.to_string_lossy().into_owned(),

@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value as Json, json};
 
 use super::weights::{Spec, row_bytes};
-use super::{Preset, SynthOptions, SynthQuant, Vocab, write_atomically, write_tensor_data};
-use crate::models::{Arch, DecoderConfig};
-use crate::{Error, Result};
+use super::{Preset, SynthOptions, SynthQuant, Vocab, write_tensor_data};
+use bakeoff_engine::models::{Arch, DecoderConfig};
+use bakeoff_engine::{Error, Result};
+use bakeoff_quantize::gguf_write::write_atomically;
 
 fn torch_dtype(q: SynthQuant) -> &'static str {
     match q {

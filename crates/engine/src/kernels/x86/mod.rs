@@ -1,0 +1,355 @@
+//! x86-64 SIMD kernels: the AVX2 + FMA + F16C ones (x86-64-v3) here, the AVX-512 VNNI integer
+//! ones in [`vnni`], the other AVX-512 ones in [`avx512`]. Callers check [`super::CpuCaps`]
+//! first.
+
+use std::arch::x86_64::*;
+
+use super::{BlockQ8, Q4_0_BYTES, Q8_0_BYTES};
+
+mod avx512;
+mod vnni;
+
+pub use avx512::*;
+pub use vnni::*;
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps(v, 1);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_scale(p: *const u8) -> f32 {
+    // SAFETY: the caller points at the two scale bytes of a block.
+    let bits = unsafe { std::ptr::read_unaligned(p as *const u16) };
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// Quantizes activations to 8 bits in blocks of 32, as `quantize_row_q8` does (rounding half
+/// away from zero, like ggml), 8 values per instruction.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
+    let sign = _mm256_set1_ps(-0.0);
+    let half = _mm256_set1_ps(0.5);
+    for (blk, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
+        // SAFETY: xs holds 32 values.
+        unsafe {
+            let v = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(xs.as_ptr().add(o)));
+            let mut m = _mm256_setzero_ps();
+            for v in v {
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v));
+            }
+            let amax = hmax(m);
+            let d = amax / 127.0;
+            let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+            blk.d = d;
+            let mut sum = _mm256_setzero_si256();
+            for (k, v) in v.into_iter().enumerate() {
+                let y = _mm256_mul_ps(v, id);
+                // Round half away from zero: truncate(y + copysign(0.5, y)).
+                let r = _mm256_add_ps(y, _mm256_or_ps(half, _mm256_and_ps(sign, y)));
+                let q = _mm256_cvttps_epi32(r);
+                sum = _mm256_add_epi32(sum, q);
+                let mut lanes = [0i32; 8];
+                _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, q);
+                for (o, l) in blk.qs[8 * k..8 * k + 8].iter_mut().zip(lanes) {
+                    *o = l as i8;
+                }
+            }
+            let mut lanes = [0i32; 8];
+            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum);
+            blk.s = d * lanes.iter().sum::<i32>() as f32;
+        }
+    }
+}
+
+unsafe fn hmax(v: __m256) -> f32 {
+    // SAFETY: plain register arithmetic; only called from avx2 functions.
+    unsafe {
+        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+        _mm_cvtss_f32(m)
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f32_bytes(w: &[u8], x: &[f32]) -> f32 {
+    let n = (w.len() / 4).min(x.len());
+    let p = w.as_ptr() as *const f32;
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    // SAFETY: every load stays below n; loadu tolerates misalignment.
+    unsafe {
+        while i + 16 <= n {
+            a0 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(p.add(i)),
+                _mm256_loadu_ps(x.as_ptr().add(i)),
+                a0,
+            );
+            a1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(p.add(i + 8)),
+                _mm256_loadu_ps(x.as_ptr().add(i + 8)),
+                a1,
+            );
+            i += 16;
+        }
+        let mut s = hsum(_mm256_add_ps(a0, a1));
+        while i < n {
+            s += std::ptr::read_unaligned(p.add(i)) * x[i];
+            i += 1;
+        }
+        s
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16(w: &[u8], x: &[f32]) -> f32 {
+    let n = (w.len() / 2).min(x.len());
+    let p = w.as_ptr();
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    // SAFETY: every load stays below n elements.
+    unsafe {
+        while i + 16 <= n {
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * i) as *const __m128i));
+            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * i + 16) as *const __m128i));
+            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x.as_ptr().add(i)), a0);
+            a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.as_ptr().add(i + 8)), a1);
+            i += 16;
+        }
+        let mut s = hsum(_mm256_add_ps(a0, a1));
+        while i < n {
+            s += f16_scale(p.add(2 * i)) * x[i];
+            i += 1;
+        }
+        s
+    }
+}
+
+/// Four consecutive F16 rows (`row_bytes` apart, `cols` a multiple of 16) against one token,
+/// one row after the other so the weights are one forward stream (as in the packed kernel;
+/// interleaving the four rows 64 bytes at a time streamed slower), with the same L2 prefetch.
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+pub unsafe fn dot4_f16_avx512(row: *const u8, row_bytes: usize, x: &[f32]) -> [f32; 4] {
+    // SAFETY: the caller guarantees four rows of `cols` f16 values at `row`, `row_bytes` apart.
+    unsafe { std::array::from_fn(|i| stream_f16_row(row.add(i * row_bytes), x)) }
+}
+
+/// One F16 row against one token: four independent FMA chains over 64 values per step.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+unsafe fn stream_f16_row(w: *const u8, x: &[f32]) -> f32 {
+    let cols = x.len();
+    // SAFETY: the caller guarantees `cols` f16 values at `w`; `cols` is a multiple of 16.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut c = 0;
+        while c + 64 <= cols {
+            let a = w.wrapping_add(2 * c + PREFETCH_AHEAD);
+            _mm_prefetch::<_MM_HINT_T1>(a as *const i8);
+            _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(64) as *const i8);
+            for k in 0..2 {
+                let h = _mm512_loadu_si512(w.add(2 * c + 64 * k) as *const __m512i);
+                let lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+                let hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(h));
+                let x0 = _mm512_loadu_ps(x.as_ptr().add(c + 32 * k));
+                let x1 = _mm512_loadu_ps(x.as_ptr().add(c + 32 * k + 16));
+                acc[2 * k] = _mm512_fmadd_ps(lo, x0, acc[2 * k]);
+                acc[2 * k + 1] = _mm512_fmadd_ps(hi, x1, acc[2 * k + 1]);
+            }
+            c += 64;
+        }
+        while c < cols {
+            let h = _mm256_loadu_si256(w.add(2 * c) as *const __m256i);
+            let x0 = _mm512_loadu_ps(x.as_ptr().add(c));
+            acc[0] = _mm512_fmadd_ps(_mm512_cvtph_ps(h), x0, acc[0]);
+            c += 16;
+        }
+        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        _mm512_reduce_add_ps(s)
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
+    let n = (w.len() / 2).min(x.len());
+    let p = w.as_ptr();
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    // SAFETY: every load stays below n elements.
+    unsafe {
+        while i + 16 <= n {
+            let r0 = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(2 * i) as *const __m128i));
+            let r1 = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(2 * i + 16) as *const __m128i));
+            let w0 = _mm256_castsi256_ps(_mm256_slli_epi32(r0, 16));
+            let w1 = _mm256_castsi256_ps(_mm256_slli_epi32(r1, 16));
+            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x.as_ptr().add(i)), a0);
+            a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.as_ptr().add(i + 8)), a1);
+            i += 16;
+        }
+        let mut s = hsum(_mm256_add_ps(a0, a1));
+        while i < n {
+            let b = std::ptr::read_unaligned(p.add(2 * i) as *const u16);
+            s += f32::from_bits((b as u32) << 16) * x[i];
+            i += 1;
+        }
+        s
+    }
+}
+
+/// Signed 8-bit products of 32 pairs summed into eight i32 lanes. `maddubs` wants an unsigned
+/// operand, so the sign of `w` moves onto `x` first (llama.cpp's trick).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mul_sum_i8(w: __m256i, x: __m256i) -> __m256i {
+    let aw = _mm256_sign_epi8(w, w);
+    let sx = _mm256_sign_epi8(x, w);
+    _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_0(w: &[u8], x: &[BlockQ8]) -> f32 {
+    let nb = x.len().min(w.len() / Q8_0_BYTES);
+    let p = w.as_ptr();
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut b = 0;
+    // SAFETY: block b starts at b*34 and nb blocks fit in `w`.
+    unsafe {
+        while b + 2 <= nb {
+            let b0 = p.add(b * Q8_0_BYTES);
+            let b1 = p.add((b + 1) * Q8_0_BYTES);
+            let s0 = mul_sum_i8(
+                _mm256_loadu_si256(b0.add(2) as *const __m256i),
+                _mm256_loadu_si256(x[b].qs.as_ptr() as *const __m256i),
+            );
+            let s1 = mul_sum_i8(
+                _mm256_loadu_si256(b1.add(2) as *const __m256i),
+                _mm256_loadu_si256(x[b + 1].qs.as_ptr() as *const __m256i),
+            );
+            a0 = _mm256_fmadd_ps(
+                _mm256_set1_ps(f16_scale(b0) * x[b].d),
+                _mm256_cvtepi32_ps(s0),
+                a0,
+            );
+            a1 = _mm256_fmadd_ps(
+                _mm256_set1_ps(f16_scale(b1) * x[b + 1].d),
+                _mm256_cvtepi32_ps(s1),
+                a1,
+            );
+            b += 2;
+        }
+        if b < nb {
+            let b0 = p.add(b * Q8_0_BYTES);
+            let s0 = mul_sum_i8(
+                _mm256_loadu_si256(b0.add(2) as *const __m256i),
+                _mm256_loadu_si256(x[b].qs.as_ptr() as *const __m256i),
+            );
+            a0 = _mm256_fmadd_ps(
+                _mm256_set1_ps(f16_scale(b0) * x[b].d),
+                _mm256_cvtepi32_ps(s0),
+                a0,
+            );
+        }
+        hsum(_mm256_add_ps(a0, a1))
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_q4(p: *const u8) -> __m256i {
+    // SAFETY: the caller points at 16 bytes of nibbles.
+    let raw = unsafe { _mm_loadu_si128(p as *const __m128i) };
+    let m4 = _mm_set1_epi8(0x0f);
+    let lo = _mm_and_si128(raw, m4);
+    let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+    _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_0(w: &[u8], x: &[BlockQ8]) -> f32 {
+    let nb = x.len().min(w.len() / Q4_0_BYTES);
+    let p = w.as_ptr();
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut b = 0;
+    // SAFETY: block b starts at b*18 and nb blocks fit in `w`.
+    unsafe {
+        while b + 2 <= nb {
+            let b0 = p.add(b * Q4_0_BYTES);
+            let b1 = p.add((b + 1) * Q4_0_BYTES);
+            let s0 = mul_sum_i8(
+                unpack_q4(b0.add(2)),
+                _mm256_loadu_si256(x[b].qs.as_ptr() as *const __m256i),
+            );
+            let s1 = mul_sum_i8(
+                unpack_q4(b1.add(2)),
+                _mm256_loadu_si256(x[b + 1].qs.as_ptr() as *const __m256i),
+            );
+            a0 = _mm256_fmadd_ps(
+                _mm256_set1_ps(f16_scale(b0) * x[b].d),
+                _mm256_cvtepi32_ps(s0),
+                a0,
+            );
+            a1 = _mm256_fmadd_ps(
+                _mm256_set1_ps(f16_scale(b1) * x[b + 1].d),
+                _mm256_cvtepi32_ps(s1),
+                a1,
+            );
+            b += 2;
+        }
+        if b < nb {
+            let b0 = p.add(b * Q4_0_BYTES);
+            let s0 = mul_sum_i8(
+                unpack_q4(b0.add(2)),
+                _mm256_loadu_si256(x[b].qs.as_ptr() as *const __m256i),
+            );
+            a0 = _mm256_fmadd_ps(
+                _mm256_set1_ps(f16_scale(b0) * x[b].d),
+                _mm256_cvtepi32_ps(s0),
+                a0,
+            );
+        }
+        hsum(_mm256_add_ps(a0, a1))
+    }
+}
+
+/// The AVX2 version of [`dot4x2_f32_avx512`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot4x2_f32_avx2(w: &[f32], k: usize, x0: &[f32], x1: &[f32]) -> [[f32; 4]; 2] {
+    let mut a = [[_mm256_setzero_ps(); 4]; 2];
+    let mut i = 0;
+    // SAFETY: as in the AVX-512 version.
+    unsafe {
+        while i + 8 <= k {
+            let xa = _mm256_loadu_ps(x0.as_ptr().add(i));
+            let xb = _mm256_loadu_ps(x1.as_ptr().add(i));
+            let [a0, a1] = &mut a;
+            for (r, (s0, s1)) in a0.iter_mut().zip(a1.iter_mut()).enumerate() {
+                let wr = _mm256_loadu_ps(w.as_ptr().add(r * k + i));
+                *s0 = _mm256_fmadd_ps(wr, xa, *s0);
+                *s1 = _mm256_fmadd_ps(wr, xb, *s1);
+            }
+            i += 8;
+        }
+        let mut out = [[0f32; 4]; 2];
+        for t in 0..2 {
+            for r in 0..4 {
+                out[t][r] = hsum(a[t][r]);
+            }
+        }
+        while i < k {
+            for r in 0..4 {
+                out[0][r] += w[r * k + i] * x0[i];
+                out[1][r] += w[r * k + i] * x1[i];
+            }
+            i += 1;
+        }
+        out
+    }
+}

@@ -1,0 +1,322 @@
+//! AVX-512 VNNI integer kernels: four Q8_0/Q4_0 rows per call, and the packed superblock rows
+//! (`packed.rs`) for decode and the 2×4 prefill tiles.
+
+use super::*;
+
+/// Four Q8_0 rows against one activation row: the activation loads are shared and the four
+/// rows give the core independent chains. `dpbusd` needs an unsigned operand, so the sign of
+/// each weight moves onto the activation.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot4_q8_0_vnni(w: *const u8, row_bytes: usize, x: &[BlockQ8]) -> [f32; 4] {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    // SAFETY: the caller guarantees 4 rows of x.len() blocks at `w` with stride `row_bytes`.
+    unsafe {
+        for (b, xb) in x.iter().enumerate() {
+            let xq = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let blk = w.add(r * row_bytes + b * Q8_0_BYTES);
+                let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                let aw = _mm256_abs_epi8(wq);
+                let sx = _mm256_sign_epi8(xq, wq);
+                let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx);
+                let d = _mm256_set1_ps(f16_scale(blk) * xb.d);
+                *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot), *acc);
+            }
+        }
+        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+    }
+}
+
+/// Four Q4_0 rows against one activation row. Nibbles stay unsigned (0..15) for `dpbusd`; the
+/// `-8` offset is applied once per block through the activation block sum `s`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot4_q4_0_vnni(w: *const u8, row_bytes: usize, x: &[BlockQ8]) -> [f32; 4] {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut corr = [0f32; 4];
+    let m4 = _mm_set1_epi8(0x0f);
+    // SAFETY: the caller guarantees 4 rows of x.len() blocks at `w` with stride `row_bytes`.
+    unsafe {
+        for (b, xb) in x.iter().enumerate() {
+            let xq = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+            for r in 0..4 {
+                let blk = w.add(r * row_bytes + b * Q4_0_BYTES);
+                let raw = _mm_loadu_si128(blk.add(2) as *const __m128i);
+                let lo = _mm_and_si128(raw, m4);
+                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+                let q = _mm256_set_m128i(hi, lo);
+                let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, xq);
+                let dw = f16_scale(blk);
+                acc[r] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(dw * xb.d), _mm256_cvtepi32_ps(dot), acc[r]);
+                corr[r] += dw * xb.s;
+            }
+        }
+        [
+            hsum(acc[0]) - 8.0 * corr[0],
+            hsum(acc[1]) - 8.0 * corr[1],
+            hsum(acc[2]) - 8.0 * corr[2],
+            hsum(acc[3]) - 8.0 * corr[3],
+        ]
+    }
+}
+
+/// The `STEPS` dot-product operands of one packed superblock row, handed to `f` in order:
+/// Q8_0 loads them, Q4_0 splits each 64-byte chunk into low and high nibbles.
+#[inline(always)]
+pub(super) unsafe fn for_each_operand(
+    q4: bool,
+    quants: *const u8,
+    mut f: impl FnMut(usize, __m512i),
+) {
+    // SAFETY: the caller guarantees a packed superblock's quants at `quants`.
+    unsafe {
+        if q4 {
+            let m4 = _mm512_set1_epi8(0x0f);
+            for u in 0..4 {
+                let z = _mm512_loadu_si512(quants.add(64 * u) as *const __m512i);
+                f(2 * u, _mm512_and_si512(z, m4));
+                f(2 * u + 1, _mm512_and_si512(_mm512_srli_epi16(z, 4), m4));
+            }
+        } else {
+            for s in 0..8 {
+                f(s, _mm512_loadu_si512(quants.add(64 * s) as *const __m512i));
+            }
+        }
+    }
+}
+
+/// Bytes ahead of the row being read that the decode kernel prefetches (measured with
+/// `kernel_speed`: 4 to 16 KiB all do; nothing, or L1 instead of L2, is slower).
+pub(super) const PREFETCH_AHEAD: usize = 8192;
+
+/// The packed layouts as const parameters of the decode kernels (see `packed::Layout`).
+pub const L_Q8: u8 = 0;
+pub const L_Q4: u8 = 1;
+pub const L_Q4M: u8 = 2;
+pub const L_Q6: u8 = 3;
+pub const L_Q8M: u8 = 4;
+
+pub fn layout_code(l: crate::kernels::packed::Layout) -> u8 {
+    use crate::kernels::packed::Layout;
+    match l {
+        Layout::Q8 => L_Q8,
+        Layout::Q4 => L_Q4,
+        Layout::Q4M => L_Q4M,
+        Layout::Q6 => L_Q6,
+        Layout::Q8M => L_Q8M,
+    }
+}
+
+pub(super) const fn layout_of(code: u8) -> crate::kernels::packed::Layout {
+    use crate::kernels::packed::Layout;
+    match code {
+        L_Q8 => Layout::Q8,
+        L_Q4 => Layout::Q4,
+        L_Q4M => Layout::Q4M,
+        L_Q6 => Layout::Q6,
+        _ => Layout::Q8M,
+    }
+}
+
+/// The 16 lanes' scales and the factors of the activation offsets: for Q8 and Q4 both are the
+/// f16 scales, for Q4M and Q8M the f32 scales and offsets of the head, for Q6 the f32 scales
+/// of the two half blocks.
+#[inline(always)]
+pub(super) unsafe fn packed_head(
+    l: crate::kernels::packed::Layout,
+    sb: *const u8,
+) -> (__m512, __m512) {
+    // SAFETY: the caller guarantees a packed superblock's head at `sb`.
+    unsafe {
+        if !matches!(
+            l,
+            crate::kernels::packed::Layout::Q4 | crate::kernels::packed::Layout::Q8
+        ) {
+            (
+                _mm512_loadu_ps(sb as *const f32),
+                _mm512_loadu_ps(sb.add(64) as *const f32),
+            )
+        } else {
+            let sw = _mm512_cvtph_ps(_mm256_loadu_si256(sb as *const __m256i));
+            (sw, sw)
+        }
+    }
+}
+
+/// Four consecutive packed rows against one token, one row after the other.
+///
+/// Reading the rows in turn makes the weights one forward stream: interleaving four rows
+/// superblock by superblock (which loads each activation operand once for the four) jumped
+/// between four places a row apart, and streamed 7% slower on two cores here (26.5 against
+/// 28.6 GB/s over 1.5 GB; the activations stay in L1 either way).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot4_packed_vnni<const L: u8>(
+    row: *const u8,
+    row_bytes: usize,
+    superblocks: usize,
+    xq: *const i8,
+    xd: *const f32,
+    xso: [*const f32; 2],
+) -> [f32; 4] {
+    // SAFETY: the caller guarantees four rows of `superblocks` packed superblocks, `row_bytes`
+    // apart, at `row`, and 512 quants and 16 factors per superblock at xq, xd, xso.
+    unsafe {
+        std::array::from_fn(|i| {
+            dot_packed_vnni::<L>(row.add(i * row_bytes), superblocks, xq, xd, xso)
+        })
+    }
+}
+
+/// One packed row (see `packed.rs`) against one token's packed activations, the decode
+/// kernel: per superblock 8 `vpdpbusd` in two independent chains (low and high nibbles for
+/// Q4 and Q4M, even and odd steps for Q8) leave the 16 block sums in 16 lanes, then one
+/// multiply and two FMAs apply the scales and the offsets; the lines 8 KiB ahead are
+/// requested into L2 as it goes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_packed_vnni<const L: u8>(
+    w: *const u8,
+    superblocks: usize,
+    xq: *const i8,
+    xd: *const f32,
+    xso: [*const f32; 2],
+) -> f32 {
+    // SAFETY: the caller guarantees `superblocks` packed superblocks at `w`, and 512 quants
+    // and 16 factors per superblock at xq, xd, xso.
+    unsafe {
+        let layout = const { layout_of(L) };
+        let sbb = const { layout_of(L).superblock_bytes() };
+        let hb = const { layout_of(L).head_bytes() };
+        let mut acc = _mm512_setzero_ps();
+        for s in 0..superblocks {
+            let x = xq.add(s * 512);
+            let ws = w.add(s * sbb);
+            // The hardware prefetcher alone leaves Q4_0 decode well below a plain read's
+            // bandwidth here; asking for the lines 8 KiB ahead into L2 closes most of the gap.
+            // `wrapping_add`: prefetches past the end of the matrix are harmless, but must not
+            // be pointer arithmetic out of bounds.
+            let a = ws.wrapping_add(PREFETCH_AHEAD);
+            for o in (0..sbb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
+            }
+            let mut p = [_mm512_setzero_si512(); 2];
+            if layout.nibbles() {
+                // High nibbles are masked in place (16 × their value) and the sum shifted back
+                // once per superblock, not shifted per operand: 512-bit shifts share port 0
+                // with `vpdpbusd` on this class of processor, and the four shifts per
+                // superblock held Q4_0 at 26 GB/s where Q8_0 streamed at 30 (TinyLlama decode
+                // 1.13×). The products stay far inside i32 (4 × 240 × 128 per step).
+                let m4 = _mm512_set1_epi8(0x0f);
+                let mh = _mm512_set1_epi8(0xf0u8 as i8);
+                for u in 0..4 {
+                    let x0 = _mm512_loadu_si512(x.add(128 * u) as *const __m512i);
+                    let x1 = _mm512_loadu_si512(x.add(128 * u + 64) as *const __m512i);
+                    let z = _mm512_loadu_si512(ws.add(hb + 64 * u) as *const __m512i);
+                    p[0] = _mm512_dpbusd_epi32(p[0], _mm512_and_si512(z, m4), x0);
+                    p[1] = _mm512_dpbusd_epi32(p[1], _mm512_and_si512(z, mh), x1);
+                }
+                p[1] = _mm512_srai_epi32::<4>(p[1]);
+            } else {
+                for st in 0..8 {
+                    let xv = _mm512_loadu_si512(x.add(64 * st) as *const __m512i);
+                    let z = _mm512_loadu_si512(ws.add(hb + 64 * st) as *const __m512i);
+                    // Q6: the chains are the two half blocks, each with its own scale.
+                    let c = if L == L_Q6 { st / 4 } else { st % 2 };
+                    p[c] = _mm512_dpbusd_epi32(p[c], z, xv);
+                }
+            }
+            let (sw, mw) = packed_head(layout, ws);
+            let xdv = _mm512_loadu_ps(xd.add(s * 16));
+            let so = _mm512_loadu_ps(xso[0].add(s * 16));
+            if L == L_Q6 {
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[0]), _mm512_mul_ps(sw, xdv), acc);
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[1]), _mm512_mul_ps(mw, xdv), acc);
+                acc = _mm512_fnmadd_ps(sw, so, acc);
+                acc = _mm512_fnmadd_ps(mw, _mm512_loadu_ps(xso[1].add(s * 16)), acc);
+            } else {
+                let d = _mm512_mul_ps(sw, xdv);
+                let sum = _mm512_add_epi32(p[0], p[1]);
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc);
+                acc = _mm512_fnmadd_ps(mw, so, acc);
+            }
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+}
+
+/// Two packed rows × four tokens: each weight operand feeds four `vpdpbusd`, each activation
+/// operand two, so the nibble unpacking and the loads are shared and the kernel runs on the dot
+/// instructions (64 multiply-adds each, about five times f32 FMA on this class of processor).
+/// `rows[i]` points at row i, `xq/xd/xso[t]` at token t's packed activations.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn tile2x4_packed_vnni<const L: u8>(
+    rows: [*const u8; 2],
+    superblocks: usize,
+    xq: [*const i8; 4],
+    xd: [*const f32; 4],
+    xso: [[*const f32; 2]; 4],
+) -> [[f32; 2]; 4] {
+    // SAFETY: as for `dot_packed_vnni`, for both rows and all four tokens.
+    unsafe {
+        // The layout is a constant: with it a run-time value, choosing between the two sets of
+        // Q6 accumulators kept all of them in memory, which cost Q4_0 prompts a third.
+        let layout = const { layout_of(L) };
+        let (sbb, hb, q4) = const {
+            (
+                layout_of(L).superblock_bytes(),
+                layout_of(L).head_bytes(),
+                layout_of(L).nibbles(),
+            )
+        };
+        let q6 = L == L_Q6;
+        let mut acc = [[_mm512_setzero_ps(); 2]; 4];
+        for s in 0..superblocks {
+            let mut p = [[_mm512_setzero_si512(); 2]; 4];
+            // Q6's values 16..32 (steps 4..8), under their own scale.
+            let mut p2 = [[_mm512_setzero_si512(); 2]; 4];
+            let w0 = rows[0].add(s * sbb);
+            let w1 = rows[1].add(s * sbb);
+            let mut ops1 = [_mm512_setzero_si512(); 8];
+            for_each_operand(q4, w1.add(hb), |step, wq| ops1[step] = wq);
+            for_each_operand(q4, w0.add(hb), |step, wq0| {
+                let wq1 = ops1[step];
+                for t in 0..4 {
+                    let xv = _mm512_loadu_si512(xq[t].add(s * 512 + 64 * step) as *const __m512i);
+                    if q6 && step >= 4 {
+                        p2[t][0] = _mm512_dpbusd_epi32(p2[t][0], wq0, xv);
+                        p2[t][1] = _mm512_dpbusd_epi32(p2[t][1], wq1, xv);
+                    } else {
+                        p[t][0] = _mm512_dpbusd_epi32(p[t][0], wq0, xv);
+                        p[t][1] = _mm512_dpbusd_epi32(p[t][1], wq1, xv);
+                    }
+                }
+            });
+            let heads = [packed_head(layout, w0), packed_head(layout, w1)];
+            for t in 0..4 {
+                let d = _mm512_loadu_ps(xd[t].add(s * 16));
+                let so = _mm512_loadu_ps(xso[t][0].add(s * 16));
+                for r in 0..2 {
+                    let (sw, mw) = heads[r];
+                    let f = _mm512_mul_ps(sw, d);
+                    acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[t][r]), f, acc[t][r]);
+                    if q6 {
+                        let f2 = _mm512_mul_ps(mw, d);
+                        acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p2[t][r]), f2, acc[t][r]);
+                        acc[t][r] = _mm512_fnmadd_ps(sw, so, acc[t][r]);
+                        let so2 = _mm512_loadu_ps(xso[t][1].add(s * 16));
+                        acc[t][r] = _mm512_fnmadd_ps(mw, so2, acc[t][r]);
+                    } else {
+                        acc[t][r] = _mm512_fnmadd_ps(mw, so, acc[t][r]);
+                    }
+                }
+            }
+        }
+        let mut out = [[0f32; 2]; 4];
+        for (o, a) in out.iter_mut().zip(acc) {
+            for (o, a) in o.iter_mut().zip(a) {
+                *o = _mm512_reduce_add_ps(a);
+            }
+        }
+        out
+    }
+}
