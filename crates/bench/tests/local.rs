@@ -191,7 +191,7 @@ fn eos_ignore_keeps_generating_past_an_end_token() {
     )
     .unwrap();
     // Make the model's first greedy token an end-of-sequence token.
-    lm.info.eos_token_ids = vec![free.ids[0]];
+    lm.prompter = lm.prompter.with_eos_ids(vec![free.ids[0]]);
     let stopped = measure(&mut lm, &ids, 8, false, 0, 0, &probes).unwrap();
     assert_eq!(
         (stopped.generated_tokens, stopped.finish_reason.as_str()),

@@ -17,7 +17,7 @@ pub struct Prompter {
 
 struct Inner {
     tokenizer: Arc<Tokenizer>,
-    template: Option<ChatTemplate>,
+    template: Option<Arc<ChatTemplate>>,
     /// Whether plain (non-chat) prompts start with BOS, as the tokenizer config asks.
     add_bos: bool,
     bos_token: Option<String>,
@@ -44,7 +44,7 @@ impl Prompter {
         Prompter {
             inner: Arc::new(Inner {
                 tokenizer: Arc::new(p.tokenizer),
-                template: p.template,
+                template: p.template.map(Arc::new),
                 add_bos: p.add_bos,
                 bos_token: p.bos_token,
                 eos_token: p.eos_token,
@@ -59,7 +59,7 @@ impl Prompter {
     }
 
     pub fn template(&self) -> Option<&ChatTemplate> {
-        self.inner.template.as_ref()
+        self.inner.template.as_deref()
     }
 
     pub fn has_template(&self) -> bool {
@@ -79,6 +79,23 @@ impl Prompter {
     }
 
     /// Token ids that end an answer.
+    /// The same prompt side with other end-of-sequence ids (tokenizer and template shared): what
+    /// a caller that stops on its own tokens, or a test that makes a token the end, needs.
+    pub fn with_eos_ids(&self, eos_ids: Vec<u32>) -> Prompter {
+        let i = &self.inner;
+        Prompter {
+            inner: Arc::new(Inner {
+                tokenizer: Arc::clone(&i.tokenizer),
+                template: i.template.clone(),
+                add_bos: i.add_bos,
+                bos_token: i.bos_token.clone(),
+                eos_token: i.eos_token.clone(),
+                eos_ids,
+                source: i.source.clone(),
+            }),
+        }
+    }
+
     pub fn eos_ids(&self) -> &[u32] {
         &self.inner.eos_ids
     }

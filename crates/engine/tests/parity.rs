@@ -191,8 +191,10 @@ fn cached_decoding_equals_recomputing() {
         for (i, &t) in ids.iter().enumerate() {
             let step = m.forward(&[t], false).unwrap();
             let d = max_abs_diff(&step, &batch[i * vocab..(i + 1) * vocab]);
+            // The batch runs the prefill tiles, token by token the decode kernels: the same
+            // products summed in another order (AVX2's 8 lanes round further from AVX-512's 16).
             assert!(
-                d <= 1e-5,
+                d <= 3e-5,
                 "{name} position {i}: token-by-token differs from batch by {d}"
             );
         }

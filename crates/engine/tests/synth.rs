@@ -11,13 +11,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use bakeoff_engine::generate::{FinishReason, Flow, GenParams, generate, generate_batch};
+use bakeoff_engine::generate::LoadedModel;
+use bakeoff_engine::generate::{Event, FinishReason, Flow, GenParams, generate, generate_batch};
 use bakeoff_engine::loader::{LoadOptions, load, load_model_only, open_weights};
-use bakeoff_engine::model::{CausalLm, LoadedModel};
+use bakeoff_engine::model::CausalLm;
 use bakeoff_engine::models::{Arch, RopeStyle};
 use bakeoff_engine::sampling::argmax;
-use bakeoff_engine::synth::{Preset, SynthFormat, SynthOptions, SynthQuant, SynthReport, synth};
 use bakeoff_engine::template::Message;
+use bakeoff_synth::{Preset, SynthFormat, SynthOptions, SynthQuant, SynthReport, synth};
 
 const TINY: [Preset; 2] = [Preset::TinyLlama, Preset::TinyQwen2];
 
@@ -574,6 +575,11 @@ fn weight_cache_is_written_once_and_gives_the_same_logits() {
     }
 }
 
+/// Log-probability margin between the two most likely tokens under which a greedy choice is a
+/// near-tie: well above the 3e-3 by which the prefill tiles and the decode kernels can differ on
+/// a quantized model's logits.
+const NEAR_TIE: f32 = 0.02;
+
 #[test]
 fn batched_generation_matches_one_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
@@ -590,15 +596,45 @@ fn batched_generation_matches_one_at_a_time() {
                     ..Default::default()
                 })
                 .collect();
+            // Each single run also records, per token, the margin between its two most likely
+            // tokens: where it is a near-tie, the batched kernels' rounding may pick the other.
+            let mut margins: Vec<Vec<f32>> = Vec::new();
             let one: Vec<Vec<u32>> = prompts
                 .iter()
                 .zip(&params)
-                .map(|(p, g)| generate(&mut lm, p, g, |_| Flow::Continue).unwrap().ids)
+                .map(|(p, g)| {
+                    let g = GenParams {
+                        top_logprobs: 2,
+                        ..g.clone()
+                    };
+                    let mut m = Vec::new();
+                    let ids = generate(&mut lm, p, &g, |ev| {
+                        if let Event::Token(t) = ev {
+                            m.push(t.top[0].1 - t.top[1].1);
+                        }
+                        Flow::Continue
+                    })
+                    .unwrap()
+                    .ids;
+                    margins.push(m);
+                    ids
+                })
                 .collect();
             let reqs: Vec<(&[u32], &GenParams)> = prompts.iter().copied().zip(&params).collect();
             let batch = generate_batch(&mut lm, &reqs).unwrap();
             for (i, (g, want)) in batch.iter().zip(&one).enumerate() {
-                assert_eq!(&g.ids, want, "{preset} {quant} request {i}");
+                // Equal up to and including the first near-tie: the contexts are the same until
+                // then, so the logits differ only by the kernels' rounding (a batch of 16 or more
+                // tokens takes the prefill tiles, whose sums are ordered differently).
+                let tie = margins[i]
+                    .iter()
+                    .position(|&m| m < NEAR_TIE)
+                    .unwrap_or(want.len());
+                assert_eq!(
+                    g.ids[..tie],
+                    want[..tie],
+                    "{preset} {quant} request {i} (first near-tie at {tie})"
+                );
                 assert_eq!(g.done.finish_reason, FinishReason::Length);
                 assert_eq!(g.done.usage.completion_tokens, params[i].max_tokens);
                 assert_eq!(g.token_times.len(), params[i].max_tokens);

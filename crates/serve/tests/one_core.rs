@@ -9,12 +9,11 @@ mod common;
 
 use std::sync::Arc;
 
+use bakeoff_engine::generate::LoadedModel;
 use bakeoff_engine::generate::{FinishReason, Flow, GenParams, generate};
-use bakeoff_engine::model::LoadedModel;
-use bakeoff_engine::prompt::{Prompter, PrompterParts};
-use bakeoff_engine::template::{ChatTemplate, Message};
+use bakeoff_engine::template::Message;
 use bakeoff_eval::candidate::{Candidate, ChatRequest, EngineCandidate};
-use bakeoff_serve::backend::{Backend, Event, GenRequest, Input};
+use bakeoff_serve::backend::{GenRequest, Input, StreamEvent, Upstream};
 use bakeoff_serve::engine::{EngineOptions, LocalModel};
 use bakeoff_serve::metrics::Metrics;
 
@@ -37,16 +36,7 @@ fn messages() -> Vec<Message> {
 fn model(eos: Option<u32>) -> LoadedModel {
     let mut lm = common::tiny("tiny-llama");
     if let Some(id) = eos {
-        let p = &lm.prompter;
-        lm.prompter = Prompter::new(PrompterParts {
-            tokenizer: p.tokenizer().clone(),
-            template: p.template().map(|t| ChatTemplate::new(t.source()).unwrap()),
-            add_bos: p.add_bos(),
-            bos_token: p.bos_token().map(str::to_string),
-            eos_token: p.eos_token().map(str::to_string),
-            eos_ids: vec![id],
-            source: "tiny-llama".into(),
-        });
+        lm.prompter = lm.prompter.with_eos_ids(vec![id]);
     }
     lm
 }
@@ -108,15 +98,15 @@ async fn server(lm: LoadedModel, stop: &[String]) -> Outcome {
     let mut text = String::new();
     while let Some(ev) = rx.recv().await {
         match ev {
-            Event::Token(t) => text.push_str(&t.text),
-            Event::Done(d) => {
+            StreamEvent::Token(t) => text.push_str(&t.text),
+            StreamEvent::Done(d) => {
                 return Outcome {
                     text,
-                    finish: d.finish_reason,
-                    tokens: d.completion_tokens,
+                    finish: d.finish_reason.openai(),
+                    tokens: d.usage.completion_tokens,
                 };
             }
-            Event::Error(e) => panic!("{e:?}"),
+            StreamEvent::Error(e) => panic!("{e:?}"),
         }
     }
     panic!("the stream ended without Done")
