@@ -154,7 +154,10 @@ impl Sampler {
                 if let Some(l) = logits.get_mut(t as usize)
                     && seen.insert(t)
                 {
-                    *l = if *l > 0.0 { *l / p } else { *l * p };
+                    // Kept finite: a tiny penalty would otherwise make a logit infinite, and
+                    // the softmax of infinities is NaN.
+                    let v = if *l > 0.0 { *l / p } else { *l * p };
+                    *l = v.clamp(-f32::MAX, f32::MAX);
                 }
             }
         }
@@ -165,12 +168,14 @@ impl Sampler {
                 logprob: log_softmax_at(logits, id as usize) as f32,
             };
         }
-        let inv_t = 1.0 / self.params.temperature;
+        // Divided, not multiplied by 1/T: at T = 1e-40 the inverse is infinite and 0 · ∞ is NaN,
+        // while 0 / T keeps the most likely token at probability 1 (greedy, as the limit is).
+        let t = self.params.temperature as f64;
         let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         self.probs.clear();
         let mut sum = 0f64;
         for (i, &l) in logits.iter().enumerate() {
-            let p = (((l - m) * inv_t) as f64).exp();
+            let p = ((l - m) as f64 / t).exp();
             sum += p;
             self.probs.push((i as u32, p as f32));
         }
@@ -229,6 +234,36 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Extreme but valid values sample like their limits instead of turning every probability
+    /// into NaN (which made the sampler always pick the last id).
+    #[test]
+    fn tiny_temperature_and_penalty_stay_finite() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let best = argmax(&logits);
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1e-40,
+            seed: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        for _ in 0..20 {
+            assert_eq!(s.sample(&mut logits.clone(), &[]).id, best);
+        }
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 0.7,
+            repetition_penalty: 1e-38,
+            seed: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        let positive = (0..50u32).find(|&i| logits[i as usize] > 0.0).unwrap();
+        for _ in 0..20 {
+            let got = s.sample(&mut logits.clone(), &[positive]);
+            assert_eq!(got.id, positive, "the penalised-up token dominates");
+            assert!(got.logprob.is_finite());
+        }
+    }
 
     #[test]
     fn greedy_takes_first_maximum() {

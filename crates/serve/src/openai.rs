@@ -2,7 +2,9 @@
 //! and turned into a [`GenRequest`]; response bodies and stream chunks built from events.
 //!
 //! Accepted beyond OpenAI's own fields, as vLLM accepts them: `top_k`, `min_p`,
-//! `repetition_penalty`, `ignore_eos`. Unknown fields are ignored, as OpenAI does.
+//! `repetition_penalty`, `ignore_eos`. Unknown fields are ignored, as OpenAI does, except the
+//! OpenAI fields bakeoff does not implement whose silent omission would change the answer
+//! (tools, logit biases…): those are refused by name ([`refuse_unsupported`]).
 
 use bakeoff_engine::sampling::SamplingParams;
 use bakeoff_engine::template::Message;
@@ -66,6 +68,7 @@ fn from_value<T: DeserializeOwned>(v: &Value) -> Result<T, ApiError> {
 /// with `#[serde(flatten)]`: flattening loses the path of the field at fault.)
 pub fn parse_chat(bytes: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
     let v = parse_json(bytes)?;
+    refuse_unsupported(&v, UNSUPPORTED_CHAT)?;
     let mut r: ChatCompletionRequest = from_value(&v)?;
     r.common = from_value(&v)?;
     Ok(r)
@@ -73,9 +76,53 @@ pub fn parse_chat(bytes: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
 
 pub fn parse_completion(bytes: &[u8]) -> Result<CompletionRequest, ApiError> {
     let v = parse_json(bytes)?;
+    refuse_unsupported(&v, UNSUPPORTED_COMPLETION)?;
     let mut r: CompletionRequest = from_value(&v)?;
     r.common = from_value(&v)?;
     Ok(r)
+}
+
+/// OpenAI chat fields that change what the answer must be and that bakeoff does not implement,
+/// with why. Sent with a value that asks for nothing (null, an empty list, `tool_choice: "none"`,
+/// `modalities: ["text"]`, `parallel_tool_calls`), they are accepted.
+const UNSUPPORTED_CHAT: &[(&str, &str)] = &[
+    (
+        "tools",
+        "tool calls are not supported; the model would answer without the tools",
+    ),
+    ("tool_choice", "tool calls are not supported"),
+    ("functions", "function calls are not supported"),
+    ("function_call", "function calls are not supported"),
+    ("logit_bias", "logit biases are not supported"),
+    ("audio", "audio output is not supported"),
+    ("modalities", "only text output is supported"),
+    ("prediction", "predicted outputs are not supported"),
+    ("web_search_options", "web search is not supported"),
+];
+
+/// The same for `/v1/completions`.
+const UNSUPPORTED_COMPLETION: &[(&str, &str)] = &[
+    ("logit_bias", "logit biases are not supported"),
+    ("best_of", "`best_of` above 1 is not supported"),
+];
+
+/// Refuses, by name, a field of `unsupported` that asks for something.
+pub fn refuse_unsupported(body: &Value, unsupported: &[(&str, &str)]) -> Result<(), ApiError> {
+    for &(field, why) in unsupported {
+        let asks = match (field, body.get(field)) {
+            (_, None | Some(Value::Null)) => false,
+            ("tool_choice", Some(Value::String(s))) => s != "none",
+            ("modalities", Some(Value::Array(a))) => a.iter().any(|m| m != "text"),
+            ("best_of", Some(v)) => v.as_u64() != Some(1),
+            (_, Some(Value::Array(a))) => !a.is_empty(),
+            (_, Some(Value::Object(o))) => !o.is_empty(),
+            _ => true,
+        };
+        if asks {
+            return Err(ApiError::invalid_param(field, format!("`{field}`: {why}")));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -559,6 +606,37 @@ mod tests {
 
     fn chat(body: &str) -> Result<(GenRequest, Shape), ApiError> {
         parse_chat(body.as_bytes())?.validate()
+    }
+
+    #[test]
+    fn fields_that_change_the_answer_are_refused_by_name() {
+        let tools = r#"{"messages": [{"role": "user", "content": "weather?"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]}"#;
+        let e = chat(tools).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tools"));
+        assert!(e.message.contains("tool calls are not supported"), "{e:?}");
+        let e = chat(
+            r#"{"messages": [{"role": "user", "content": "x"}], "logit_bias": {"50256": -100}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("logit_bias"));
+        let e = chat(
+            r#"{"messages": [{"role": "user", "content": "x"}], "modalities": ["text", "audio"]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("modalities"));
+        // Values that ask for nothing pass.
+        for ok in [
+            r#"{"messages": [{"role": "user", "content": "x"}], "tools": []}"#,
+            r#"{"messages": [{"role": "user", "content": "x"}], "tool_choice": "none"}"#,
+            r#"{"messages": [{"role": "user", "content": "x"}], "tools": null, "logit_bias": {}}"#,
+            r#"{"messages": [{"role": "user", "content": "x"}], "modalities": ["text"]}"#,
+        ] {
+            assert!(chat(ok).is_ok(), "{ok}");
+        }
+        let e = parse_completion(br#"{"prompt": "x", "best_of": 3}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("best_of"));
+        assert!(parse_completion(br#"{"prompt": "x", "best_of": 1}"#).is_ok());
     }
 
     #[test]

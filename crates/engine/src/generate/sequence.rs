@@ -17,6 +17,8 @@ pub(crate) struct Sequence {
     pub(crate) prompt: Vec<u32>,
     params: GenParams,
     sampler: Sampler,
+    /// Ids the tokenizer knows: embedding rows past them (padding) are never sampled.
+    vocab: usize,
     detok: Detokenizer,
     stops: StopMatcher,
     eos: Vec<u32>,
@@ -57,6 +59,7 @@ impl Sequence {
             prompt,
             params,
             sampler,
+            vocab: prompter.tokenizer().vocab_size(),
             eos,
             context,
             generated: 0,
@@ -89,6 +92,9 @@ impl Sequence {
         context_full: bool,
         sink: &mut dyn FnMut(Event) -> Flow,
     ) -> Result<Option<FinishReason>> {
+        if logits.len() > self.vocab && self.vocab > 0 {
+            logits.truncate(self.vocab);
+        }
         let top = match self.params.top_logprobs {
             0 => Vec::new(),
             k => top_logprobs(&logits, k),
@@ -184,5 +190,53 @@ impl Sequence {
                 decode_tok_s: decode_rate(self.generated, rel(self.first_at), rel(self.last_at)),
             },
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::prompt::PrompterParts;
+    use crate::tokenizer::{Tokenizer, TokenizerFamily};
+
+    /// A model whose embedding has more rows than its tokenizer has tokens (Qwen2.5 folders pad
+    /// 151,665 tokens to 151,936 rows) must never emit a padding id, however likely: it decodes
+    /// to nothing, and a server used to answer 500.
+    #[test]
+    fn padding_rows_past_the_tokenizer_are_never_sampled() {
+        let tokenizer = Tokenizer::tiny(TokenizerFamily::Qwen2).unwrap();
+        let vocab = tokenizer.vocab_size();
+        let prompter = Prompter::new(PrompterParts {
+            tokenizer,
+            template: None,
+            add_bos: false,
+            bos_token: None,
+            eos_token: None,
+            eos_ids: Vec::new(),
+            source: "test".into(),
+        });
+        let params = GenParams {
+            max_tokens: 1,
+            top_logprobs: 3,
+            ..GenParams::default()
+        };
+        let mut seq = Sequence::new(vec![1], params, &prompter, Instant::now()).unwrap();
+        let mut logits = vec![0f32; vocab + 8];
+        logits[vocab + 3] = 50.0;
+        logits[5] = 1.0;
+        let mut tokens = Vec::new();
+        let reason = seq
+            .accept(logits, false, &mut |ev| {
+                if let Event::Token(t) = ev {
+                    tokens.push(t);
+                }
+                Flow::Continue
+            })
+            .unwrap();
+        assert_eq!(reason, Some(FinishReason::Length));
+        assert_eq!(tokens.len(), 1);
+        assert_eq!(tokens[0].id, 5);
+        assert!(tokens[0].top.iter().all(|&(id, _)| (id as usize) < vocab));
     }
 }
