@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::error::{BenchError, Result};
-use crate::metrics::RunSample;
+use bakeoff_record::bench::RunSample;
 
 /// The host of an `http(s)://host[:port]/path` URL, lower-cased and without brackets.
 pub fn parse_host(url: &str) -> Result<String> {

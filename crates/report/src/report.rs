@@ -4,18 +4,21 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use bakeoff_bench::results::{BenchReport, ModelResult as BenchModel};
-use bakeoff_bench::stats::Estimate;
-use bakeoff_eval::report::{ModelResult as EvalModel, Results as EvalResults};
-use bakeoff_eval::score::Component;
-use bakeoff_eval::stats::{Verdict, compare as paired_compare};
+use bakeoff_record::ModelIdentity;
+use bakeoff_record::bench::{
+    BenchReport, DepthResult, ModelResult as BenchModel, ScenarioResult, Stats,
+};
+use bakeoff_record::compare::ModelAnswers;
+use bakeoff_record::eval::{Component, ModelResult as EvalModel, Results as EvalResults};
+use bakeoff_record::paired::{Verdict, compare as paired_compare};
+use bakeoff_record::stats::{Estimate, percentile};
 
 use crate::charts::{self, Bar, Point, XY};
 use crate::doc::{Block, Doc};
 use crate::error::{ReportError, Result};
-use crate::inputs::{FIXED_PROMPTS, Inputs, ModelAnswers};
+use crate::inputs::{FIXED_PROMPTS, Inputs};
 use crate::rules::{
-    self, AREA_RULE, Better, Evidence, INTERVAL_RULE, Measured, Pick, THRESHOLD_RULE, USE_CASES,
+    self, AREA_RULE, Better, Evidence, INTERVAL_RULE, Pick, THRESHOLD_RULE, USE_CASES,
 };
 
 /// One of the two models, with whatever each results file holds about it.
@@ -58,11 +61,7 @@ pub struct Rendered {
 pub const TIE: &str = "tie (within noise)";
 
 fn source_of_eval(m: &EvalModel) -> String {
-    m.info
-        .get("source")
-        .and_then(|s| s.as_str())
-        .unwrap_or(&m.label)
-        .to_string()
+    m.info.source.clone()
 }
 
 fn find<'a, T>(
@@ -205,15 +204,6 @@ fn est(e: Option<&Estimate>) -> String {
     }
 }
 
-fn measured(e: Option<&Estimate>) -> Option<Measured> {
-    e.map(|e| Measured {
-        mean: e.mean,
-        low: e.ci95_low,
-        high: e.ci95_high,
-        n: e.n,
-    })
-}
-
 fn gib(b: Option<u64>) -> String {
     match b {
         Some(b) if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
@@ -269,7 +259,7 @@ fn scenario_names(v: &View) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn scenario<'a>(v: &View<'a>, name: &str) -> Option<&'a bakeoff_bench::results::ScenarioResult> {
+fn scenario<'a>(v: &View<'a>, name: &str) -> Option<&'a ScenarioResult> {
     v.bench?
         .scenarios
         .iter()
@@ -298,7 +288,7 @@ fn all_scenarios(pair: &Pair) -> Vec<String> {
 /// Verdicts per scenario for one per-scenario metric.
 fn per_scenario(
     pair: &Pair,
-    metric: impl Fn(&bakeoff_bench::metrics::Stats) -> Option<&Estimate>,
+    metric: impl Fn(&Stats) -> Option<&Estimate>,
     better: Better,
 ) -> Vec<(String, Option<Estimate>, Option<Estimate>, Pick)> {
     all_scenarios(pair)
@@ -306,8 +296,8 @@ fn per_scenario(
         .map(|n| {
             let a = scenario(pair.a, &n).and_then(|s| metric(&s.stats)).cloned();
             let b = scenario(pair.b, &n).and_then(|s| metric(&s.stats)).cloned();
-            let p = match (measured(a.as_ref()), measured(b.as_ref())) {
-                (Some(x), Some(y)) => rules::by_interval(&x, &y, better),
+            let p = match (a.as_ref(), b.as_ref()) {
+                (Some(x), Some(y)) => rules::by_interval(x, y, better),
                 _ => Pick::Tie,
             };
             (n, a, b, p)
@@ -349,7 +339,7 @@ fn category_test(cat: &str, a: &EvalModel, b: &EvalModel) -> Option<(Pick, usize
 
 fn p95(xs: &mut [f64]) -> f64 {
     xs.sort_by(f64::total_cmp);
-    bakeoff_bench::stats::percentile(xs, 0.95)
+    percentile(xs, 0.95)
 }
 
 struct Facts {
@@ -367,7 +357,7 @@ struct Facts {
 fn facts(pair: &Pair) -> Facts {
     let speed = per_scenario(pair, |s| s.decode_tok_s.as_ref(), Better::Higher);
     let ttft = per_scenario(pair, |s| s.ttft_ms.as_ref(), Better::Lower);
-    let chat = |v: &View| scenario(v, "short").and_then(|s| measured(s.stats.e2e_s.as_ref()));
+    let chat = |v: &View| scenario(v, "short").and_then(|s| s.stats.e2e_s.clone());
     let latency = match (chat(pair.a), chat(pair.b)) {
         (Some(a), Some(b)) => Some(rules::by_interval(&a, &b, Better::Lower)),
         _ => None,
@@ -754,8 +744,8 @@ fn environment(d: &mut Doc, inp: &Inputs) {
     d.table(&["Component", "Specification"], rows);
 }
 
-fn eval_info<'a>(v: &'a View, key: &str) -> Option<&'a serde_json::Value> {
-    v.eval.and_then(|e| e.info.get(key))
+fn eval_info<'a>(v: &'a View) -> Option<&'a ModelIdentity> {
+    v.eval.map(|e| &e.info)
 }
 
 fn overview(d: &mut Doc, pair: &Pair) {
@@ -774,28 +764,26 @@ fn overview(d: &mut Doc, pair: &Pair) {
         row("Revision", &|v| {
             v.bench
                 .and_then(|b| b.model.revision.clone())
-                .or_else(|| eval_info(v, "revision").and_then(|r| r.as_str().map(String::from)))
+                .or_else(|| eval_info(v).and_then(|i| i.revision.clone()))
                 .unwrap_or_else(|| "n/a (local file)".into())
         }),
         row("Architecture", &|v| {
             v.bench
                 .and_then(|b| b.model.arch.clone())
-                .or_else(|| {
-                    eval_info(v, "arch").map(|a| a.to_string().trim_matches('"').to_string())
-                })
+                .or_else(|| eval_info(v).and_then(|i| i.arch.clone()))
                 .unwrap_or_else(|| "n/a".into())
         }),
         row("Parameters (counted from the weights)", &|v| {
             v.bench
                 .and_then(|b| b.model.parameters)
-                .or_else(|| eval_info(v, "parameters").and_then(|p| p.as_u64()))
+                .or_else(|| eval_info(v).and_then(|i| i.parameters))
                 .map(|p| format!("{:.3} B ({p})", p as f64 / 1e9))
                 .unwrap_or_else(|| "n/a".into())
         }),
         row("Weight type", &|v| {
             v.bench
                 .and_then(|b| b.model.dtype.clone())
-                .or_else(|| eval_info(v, "weight_dtype").and_then(|p| p.as_str().map(String::from)))
+                .or_else(|| eval_info(v).and_then(|i| i.dtype.clone()))
                 .unwrap_or_else(|| "n/a".into())
         }),
         row("Format", &|v| {
@@ -822,15 +810,15 @@ fn overview(d: &mut Doc, pair: &Pair) {
                     b.model
                         .files
                         .iter()
-                        .map(|f| {
-                            format!(
+                        .filter_map(|f| {
+                            Some(format!(
                                 "`{}`: `{}`",
                                 f.path.file_name().map_or_else(
                                     || f.path.display().to_string(),
                                     |n| n.to_string_lossy().into_owned()
                                 ),
-                                f.sha256
-                            )
+                                f.sha256.as_ref()?
+                            ))
                         })
                         .collect()
                 })
@@ -846,7 +834,7 @@ fn overview(d: &mut Doc, pair: &Pair) {
 }
 
 fn chat_template(v: &View) -> String {
-    let from_eval = eval_info(v, "chat_template").map(|t| !t.is_null());
+    let from_eval = eval_info(v).and_then(|i| i.chat_template);
     let from_answers = v.answers.map(|a| a.chat_template);
     match from_eval.or(from_answers) {
         Some(true) => "yes (from the model files; rendered with minijinja)".into(),
@@ -1031,10 +1019,7 @@ fn performance(d: &mut Doc, inp: &Inputs, pair: &Pair, f: &Facts) -> Result<()> 
     }
 
     d.h3("Throughput");
-    let agg = |v: &View,
-               g: &dyn Fn(&bakeoff_bench::metrics::Stats) -> Option<&Estimate>,
-               max: bool|
-     -> f64 {
+    let agg = |v: &View, g: &dyn Fn(&Stats) -> Option<&Estimate>, max: bool| -> f64 {
         let vals: Vec<f64> = v
             .bench
             .map(|b| {
@@ -1121,18 +1106,18 @@ fn performance(d: &mut Doc, inp: &Inputs, pair: &Pair, f: &Facts) -> Result<()> 
         d.p("No context depths were measured (`--depths none`).");
         return Ok(());
     }
-    fn depth<'a>(v: &View<'a>, k: usize) -> Option<&'a bakeoff_bench::results::DepthResult> {
+    fn depth<'a>(v: &View<'a>, k: usize) -> Option<&'a DepthResult> {
         v.bench.and_then(|b| b.depths.iter().find(|x| x.depth == k))
     }
     let mut rows = Vec::new();
     for k in &depths {
-        let cell = |v: &View, g: &dyn Fn(&bakeoff_bench::metrics::Stats) -> Option<&Estimate>| {
+        let cell = |v: &View, g: &dyn Fn(&Stats) -> Option<&Estimate>| {
             depth(v, *k).map_or("n/a".into(), |x| est(g(&x.stats)))
         };
         let clamped = |v: &View| depth(v, *k).is_some_and(|x| x.clamped);
         let (x, y) = (
-            depth(a, *k).and_then(|x| measured(x.stats.decode_tok_s.as_ref())),
-            depth(b, *k).and_then(|x| measured(x.stats.decode_tok_s.as_ref())),
+            depth(a, *k).and_then(|x| x.stats.decode_tok_s.clone()),
+            depth(b, *k).and_then(|x| x.stats.decode_tok_s.clone()),
         );
         let p = match (x, y) {
             (Some(x), Some(y)) => pair.name(rules::by_interval(&x, &y, Better::Higher)),
@@ -1166,7 +1151,7 @@ fn performance(d: &mut Doc, inp: &Inputs, pair: &Pair, f: &Facts) -> Result<()> 
         ],
         rows,
     );
-    let series = |g: &dyn Fn(&bakeoff_bench::metrics::Stats) -> Option<&Estimate>| -> Vec<(String, Vec<Point>)> {
+    let series = |g: &dyn Fn(&Stats) -> Option<&Estimate>| -> Vec<(String, Vec<Point>)> {
         pair.models()
             .iter()
             .map(|v| {
@@ -1463,7 +1448,7 @@ fn itls_ms(v: &View) -> Vec<f64> {
 fn chat(d: &mut Doc, pair: &Pair, f: &Facts) -> Result<()> {
     d.h2("Chat interface");
     let (a, b) = (pair.a, pair.b);
-    fn short<'a>(v: &View<'a>) -> Option<&'a bakeoff_bench::results::ScenarioResult> {
+    fn short<'a>(v: &View<'a>) -> Option<&'a ScenarioResult> {
         scenario(v, "short")
     }
     let tokens = short(a)
@@ -1496,7 +1481,7 @@ fn chat(d: &mut Doc, pair: &Pair, f: &Facts) -> Result<()> {
             return "n/a".into();
         }
         xs.sort_by(f64::total_cmp);
-        let p = |q: f64| bakeoff_bench::stats::percentile(&xs, q);
+        let p = |q: f64| percentile(&xs, q);
         format!(
             "ITL p50 {} / p90 {} / p99 {} ms; jitter (p99/p50) {}",
             sig(p(0.5)),
@@ -1508,7 +1493,7 @@ fn chat(d: &mut Doc, pair: &Pair, f: &Facts) -> Result<()> {
     let jitter = |v: &View| {
         let mut xs = itls_ms(v);
         xs.sort_by(f64::total_cmp);
-        bakeoff_bench::stats::percentile(&xs, 0.99) / bakeoff_bench::stats::percentile(&xs, 0.5)
+        percentile(&xs, 0.99) / percentile(&xs, 0.5)
     };
     let rows = vec![
         vec![
@@ -2003,7 +1988,7 @@ fn appendix(d: &mut Doc, inp: &Inputs, pair: &Pair) {
         let Some(b) = v.bench else { continue };
         d.h3(format!("{}: every scenario and depth", v.label));
         let mut rows = Vec::new();
-        let mut push = |name: String, s: &bakeoff_bench::metrics::Stats| {
+        let mut push = |name: String, s: &Stats| {
             rows.push(vec![
                 name,
                 s.repetitions.to_string(),

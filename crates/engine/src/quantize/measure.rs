@@ -21,6 +21,8 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub use bakeoff_record::quantize::{Quality, Speed, ValueErr as Estimate};
+
 use crate::generate::{Flow, GenParams, generate};
 use crate::model::{CausalLm, LoadedModel};
 use crate::tokenizer::Tokenizer;
@@ -95,32 +97,6 @@ pub struct Accumulator {
     sum_p_diff4: f64,
     n_same_top: usize,
     klds: Vec<f64>,
-}
-
-/// A mean and its standard error.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Estimate {
-    pub value: f64,
-    pub stderr: f64,
-}
-
-/// The quality figures of one model against the reference.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Quality {
-    /// Scored positions.
-    pub tokens: usize,
-    pub ppl: Estimate,
-    pub ppl_base: Estimate,
-    /// mean ln q − mean ln p over the same tokens: ln(PPL(Q)/PPL(base)).
-    pub ln_ppl_ratio: Estimate,
-    pub kld_mean: Estimate,
-    pub kld_median: f64,
-    pub kld_p99: f64,
-    pub kld_max: f64,
-    /// Percent of positions where both models' top token is the same.
-    pub same_top_pct: Estimate,
-    /// Root mean square of q(token) − p(token), in percent.
-    pub rms_dp_pct: f64,
 }
 
 /// llama.cpp's `mean_and_uncertainty`: the mean and the standard error of the mean (zero for
@@ -509,21 +485,6 @@ pub fn tokenize_prefix(
         }
         len = len.saturating_mul(2);
     }
-}
-
-/// Speed and memory of one short greedy generation (EOS ignored), as `bakeoff generate` times it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Speed {
-    pub load_s: f64,
-    pub prompt_tokens: usize,
-    pub generated_tokens: usize,
-    /// Median over the runs.
-    pub prefill_tok_s: f64,
-    /// Median over the runs.
-    pub decode_tok_s: f64,
-    pub runs: usize,
-    /// Peak resident memory of the process that loaded the model and ran it.
-    pub peak_rss_bytes: u64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
