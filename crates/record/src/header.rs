@@ -135,7 +135,7 @@ pub enum ResultsFile {
     Eval(Box<EvalResults>),
     Answers(Answers),
     Manifest(Manifest),
-    Quantize(QuantizeResults),
+    Quantize(Box<QuantizeResults>),
 }
 
 impl ResultsFile {
@@ -183,7 +183,9 @@ impl ResultsFile {
             ResultsKind::Eval => ResultsFile::Eval(Box::new(typed(v, "eval results")?)),
             ResultsKind::Answers => ResultsFile::Answers(typed(v, "answers")?),
             ResultsKind::Manifest => ResultsFile::Manifest(typed(v, "compare manifest")?),
-            ResultsKind::Quantize => ResultsFile::Quantize(typed(v, "quantize measurements")?),
+            ResultsKind::Quantize => {
+                ResultsFile::Quantize(Box::new(typed(v, "quantize measurements")?))
+            }
         })
     }
 }
@@ -214,12 +216,6 @@ fn header_of(v: &serde_json::Value) -> Result<ResultsHeader, String> {
         "not a bakeoff results file (bench, eval, answers, compare.json or quantize --measure)"
             .into()
     })
-}
-
-/// Reads a results file of the kind `T` is (see [`ResultsFile::parse`]).
-pub fn read_file(path: &std::path::Path) -> Result<ResultsFile, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    ResultsFile::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Writes a results record as pretty JSON with a final newline, creating its folder.

@@ -131,7 +131,7 @@ impl Inputs {
             }
             ResultsFile::Answers(r) => set_once(&mut self.answers, r, "answers", path)?,
             ResultsFile::Manifest(r) => set_once(&mut self.manifest, r, "compare manifest", path)?,
-            ResultsFile::Quantize(r) => self.quant.push(r),
+            ResultsFile::Quantize(r) => self.quant.push(*r),
         }
         self.sources.push(Source {
             path: path.display().to_string(),

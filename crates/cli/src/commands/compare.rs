@@ -284,16 +284,17 @@ pub fn run(a: CompareArgs) -> Result<()> {
     let started = Instant::now();
     // Checked before the long bench and eval steps, not after them.
     for q in &a.quantize_results {
-        let kind = bakeoff_record::header::read_file(q)
-            .map_err(|e| anyhow::anyhow!("--quantize-results: {e}"))?
-            .kind();
-        if kind != ResultsKind::Quantize {
-            bail!(
-                "--quantize-results: {} is not a `bakeoff quantize --measure` results file ({} results)",
-                q.display(),
-                kind.describe()
-            );
-        }
+        let bytes = std::fs::read(q)
+            .with_context(|| format!("--quantize-results: cannot read {}", q.display()))?;
+        let found = match bakeoff_record::ResultsFile::parse(&bytes) {
+            Ok(f) if f.kind() == ResultsKind::Quantize => continue,
+            Ok(f) => format!("{} results", f.kind().describe()),
+            Err(e) => e,
+        };
+        bail!(
+            "--quantize-results: {} is not a `bakeoff quantize --measure` results file ({found})",
+            q.display()
+        );
     }
     let models: Vec<String> = if a.demo {
         demo_models(&a)?

@@ -73,7 +73,7 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
         .chunks
         .checked_mul(a.ctx)
         .context("--chunks × --ctx overflows")?;
-    let ids = tokenize_prefix(&lm.prompter.tokenizer(), lm.prompter.add_bos(), &text, need)?;
+    let ids = tokenize_prefix(lm.prompter.tokenizer(), lm.prompter.add_bos(), &text, need)?;
     let bos = if lm.prompter.add_bos() {
         lm.prompter.tokenizer().bos_id()
     } else {

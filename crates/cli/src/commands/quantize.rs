@@ -159,7 +159,7 @@ fn probe(a: &QuantizeArgs) -> Result<()> {
     // WikiText when it is there (a realistic prompt); otherwise any valid ids will do for timing.
     let prompt = match wikitext(&a.data_dir) {
         Ok((_, text)) => tokenize_prefix(
-            &lm.prompter.tokenizer(),
+            lm.prompter.tokenizer(),
             lm.prompter.add_bos(),
             &text,
             a.speed_prompt,
@@ -253,7 +253,7 @@ fn measure(a: &QuantizeArgs) -> Result<()> {
         );
     }
     let ids = tokenize_prefix(
-        &reference.prompter.tokenizer(),
+        reference.prompter.tokenizer(),
         reference.prompter.add_bos(),
         &text,
         a.tokens,
