@@ -1,50 +1,29 @@
 //! What a results file says about the machine, and the probes the worker reads around each
 //! run: process CPU time, RAPL energy, the page cache, and file digests.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+pub use bakeoff_record::bench::Environment;
+pub use bakeoff_record::time::{compact_time, rfc3339};
 
 use crate::error::{BenchError, Result};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Environment {
-    pub cpu_model: String,
-    /// Logical cores this process may use.
-    pub cores: usize,
-    pub ram_bytes: u64,
-    pub os: String,
-    pub kernel: String,
-    pub arch: String,
-    pub hostname: String,
-    pub bakeoff_version: String,
-    pub git_commit: Option<String>,
-    pub rustc: String,
-    /// Whether RAPL energy counters were readable (energy figures are "n/a" otherwise).
-    pub rapl: bool,
-    /// Whether the page cache could be dropped (cold load times are "not measured" otherwise).
-    pub drop_caches: bool,
-}
-
-impl Environment {
-    pub fn capture() -> Environment {
-        Environment {
-            cpu_model: cpu_model(),
-            cores: cores(),
-            ram_bytes: ram_bytes(),
-            os: os_name(),
-            kernel: read_trim("/proc/sys/kernel/osrelease").unwrap_or_default(),
-            arch: std::env::consts::ARCH.to_string(),
-            hostname: read_trim("/proc/sys/kernel/hostname").unwrap_or_default(),
-            bakeoff_version: env!("CARGO_PKG_VERSION").to_string(),
-            git_commit: git_commit(),
-            rustc: env!("BAKEOFF_RUSTC_VERSION").to_string(),
-            rapl: Rapl::open().is_some(),
-            drop_caches: can_drop_caches(),
-        }
+/// What a results file says about this machine.
+pub fn capture() -> Environment {
+    Environment {
+        cpu_model: cpu_model(),
+        cores: cores(),
+        ram_bytes: ram_bytes(),
+        os: os_name(),
+        kernel: read_trim("/proc/sys/kernel/osrelease").unwrap_or_default(),
+        arch: std::env::consts::ARCH.to_string(),
+        hostname: read_trim("/proc/sys/kernel/hostname").unwrap_or_default(),
+        bakeoff_version: env!("CARGO_PKG_VERSION").to_string(),
+        git_commit: git_commit(),
+        rustc: env!("BAKEOFF_RUSTC_VERSION").to_string(),
+        rapl: Rapl::open().is_some(),
+        drop_caches: can_drop_caches(),
     }
 }
 
@@ -198,22 +177,6 @@ pub fn drop_caches() -> Result<()> {
     std::fs::write(DROP_CACHES, "3\n").map_err(|e| BenchError::io(DROP_CACHES, e))
 }
 
-/// SHA-256 of a file, hex. Reading the file also puts it in the page cache, which is what a
-/// warm load time needs.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| BenchError::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| BenchError::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("{:x}", h.finalize()))
-}
-
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> f64 {
     SystemTime::now()
@@ -221,58 +184,13 @@ pub fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// RFC 3339 UTC time, e.g. `2025-01-31T12:00:00Z`.
-pub fn rfc3339(unix_s: f64) -> String {
-    let (y, mo, d, h, mi, s) = civil(unix_s);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
-}
-
-/// Compact form for file names, e.g. `20250131T120000Z`.
-pub fn compact_time(unix_s: f64) -> String {
-    let (y, mo, d, h, mi, s) = civil(unix_s);
-    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
-}
-
-/// Calendar date and time of a Unix time (Howard Hinnant's days-to-civil algorithm), so the bench
-/// needs no date crate.
-fn civil(unix_s: f64) -> (i64, u32, u32, u32, u32, u32) {
-    let secs = unix_s.max(0.0) as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        m,
-        d,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn dates_are_utc_calendar_dates() {
-        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400.0), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_735_689_599.0), "2024-12-31T23:59:59Z");
-        assert_eq!(compact_time(1_735_689_600.0), "20250101T000000Z");
-    }
-
-    #[test]
     fn environment_is_described() {
-        let e = Environment::capture();
+        let e = capture();
         assert!(e.cores >= 1);
         assert!(!e.bakeoff_version.is_empty());
         assert!(cpu_seconds() >= 0.0);

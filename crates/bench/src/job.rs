@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{BenchError, Result};
-use crate::results::Settings;
 use crate::scenarios::{SCENARIO_SET_VERSION, ScenarioId};
+use bakeoff_record::bench::RunParams;
 
 /// A model to measure, as given to `--model`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,8 +186,8 @@ impl BenchConfig {
         Ok(())
     }
 
-    pub fn settings(&self) -> Settings {
-        Settings {
+    pub fn settings(&self) -> RunParams {
+        RunParams {
             scenario_set: SCENARIO_SET_VERSION.into(),
             scenarios: self.scenarios.clone(),
             depths: self.depths.clone(),

@@ -5,8 +5,8 @@
 //! into one [`job::Job`] per model and sweep point and runs each in its own child process
 //! ([`worker`]), one after the other. A worker loads the model, warms up, and times fixed prompt
 //! sets ([`scenarios`]) and context depths with greedy decoding and EOS ignored, keeping every
-//! token's timestamp. [`metrics`] and [`stats`] turn the raw samples into rates, latencies and
-//! 95% intervals; [`results`] is the versioned results file; [`output`] renders it as tables,
+//! token's timestamp. `bakeoff_record::bench` holds the versioned results file and turns the raw
+//! samples into rates, latencies and 95% intervals; [`output`] renders it as tables,
 //! JSON, JSONL, CSV or Markdown. [`remote`] measures OpenAI-compatible servers from their stream.
 //!
 //! The method (what is timed, warm-up, isolation, noise, overhead) is in `docs/bench.md`.
@@ -15,13 +15,10 @@ pub mod env;
 pub mod error;
 pub mod job;
 pub mod membw;
-pub mod metrics;
 pub mod output;
 pub mod remote;
-pub mod results;
 pub mod runner;
 pub mod scenarios;
-pub mod stats;
 pub mod worker;
 
 pub use error::{BenchError, Result};

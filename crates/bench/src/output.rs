@@ -5,8 +5,9 @@
 use serde_json::{Value, json};
 
 use crate::error::{BenchError, Result};
-use crate::results::{BenchReport, ModelResult};
-use crate::stats::Estimate;
+use bakeoff_record::EngineKind;
+use bakeoff_record::bench::{BenchReport, ModelResult, Stats};
+use bakeoff_record::stats::Estimate;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -221,7 +222,7 @@ fn count(n: u64) -> String {
 
 fn model_facts(m: &ModelResult) -> String {
     let mut cold = opt_s(m.load.cold_s);
-    if m.load.cold_s.is_none() && m.model.engine == crate::results::EngineKind::Local {
+    if m.load.cold_s.is_none() && m.model.engine == EngineKind::Local {
         cold = "not measured".into();
     }
     let rss = m.memory.peak_rss_bytes.map_or_else(|| "n/a".into(), mib);
@@ -499,10 +500,9 @@ fn summary(r: &BenchReport, md: bool) -> String {
                 .map(|s| s.stats.clone())
         };
         let stats: Vec<_> = r.models.iter().map(find).collect();
-        let pick =
-            |f: &dyn Fn(&crate::metrics::Stats) -> Option<Estimate>| -> Vec<Option<Estimate>> {
-                stats.iter().map(|s| s.as_ref().and_then(f)).collect()
-            };
+        let pick = |f: &dyn Fn(&Stats) -> Option<Estimate>| -> Vec<Option<Estimate>> {
+            stats.iter().map(|s| s.as_ref().and_then(f)).collect()
+        };
         row(
             format!("{sc}: decode tok/s"),
             Better::Higher,

@@ -13,7 +13,7 @@ use bakeoff_record::stream::{SseData, StreamChunk, sse_data};
 use serde_json::json;
 
 use crate::error::{BenchError, Result};
-use crate::metrics::RunSample;
+use bakeoff_record::bench::RunSample;
 
 /// The host of an `http(s)://host[:port]/path` URL, lower-cased and without brackets.
 pub fn parse_host(url: &str) -> Result<String> {

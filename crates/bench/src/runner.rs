@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::env::{self, Environment};
+use crate::env;
 use crate::error::{BenchError, Result};
 use crate::job::{BenchConfig, Job};
-use crate::results::{BenchReport, ModelResult, SCHEMA_VERSION};
 use crate::worker::{PROGRESS_PREFIX, Progress, error_chain};
+use bakeoff_record::bench::{BenchReport, ModelResult};
 
 /// How to start a worker: the program and the arguments before nothing else (it reads stdin).
 #[derive(Clone, Debug)]
@@ -43,7 +43,7 @@ pub fn run(
 ) -> Result<BenchReport> {
     let jobs = config.jobs()?;
     let started = env::unix_now();
-    let environment = Environment::capture();
+    let environment = env::capture();
     let total: u64 = jobs.iter().map(Job::work_units).sum();
     let bar = if progress {
         let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
@@ -72,7 +72,7 @@ pub fn run(
     bar.finish_and_clear();
     let finished = env::unix_now();
     Ok(BenchReport {
-        schema_version: SCHEMA_VERSION,
+        header: BenchReport::header(),
         run_id: format!("bench-{}", env::compact_time(started)),
         started_at: env::rfc3339(started),
         finished_at: env::rfc3339(finished),

@@ -8,71 +8,22 @@
 //! part of what using the model costs. Context-depth prompts instead count the whole rendered
 //! prompt, because a depth is a number of positions in the KV cache.
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{BenchError, Result};
 
 /// Bumped whenever a prompt, filler or target changes, so results from different sets are never
 /// compared as if they were the same measurement.
 pub const SCENARIO_SET_VERSION: &str = "bakeoff-scenarios-v1";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScenarioId {
-    Short,
-    Medium,
-    Long,
-    Code,
-    Creative,
-}
+pub use bakeoff_record::bench::ScenarioId;
 
-impl ScenarioId {
-    pub const ALL: [ScenarioId; 5] = [
-        ScenarioId::Short,
-        ScenarioId::Medium,
-        ScenarioId::Long,
-        ScenarioId::Code,
-        ScenarioId::Creative,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ScenarioId::Short => "short",
-            ScenarioId::Medium => "medium",
-            ScenarioId::Long => "long",
-            ScenarioId::Code => "code",
-            ScenarioId::Creative => "creative",
-        }
-    }
-
-    pub fn scenario(self) -> &'static Scenario {
-        match self {
-            ScenarioId::Short => &SHORT,
-            ScenarioId::Medium => &MEDIUM,
-            ScenarioId::Long => &LONG,
-            ScenarioId::Code => &CODE,
-            ScenarioId::Creative => &CREATIVE,
-        }
-    }
-}
-
-impl std::str::FromStr for ScenarioId {
-    type Err = BenchError;
-    fn from_str(s: &str) -> Result<Self> {
-        ScenarioId::ALL
-            .into_iter()
-            .find(|id| id.name() == s)
-            .ok_or_else(|| {
-                BenchError::InvalidArgument(format!(
-                    "unknown scenario `{s}` (short, medium, long, code, creative)"
-                ))
-            })
-    }
-}
-
-impl std::fmt::Display for ScenarioId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+/// The prompt set of a scenario.
+pub fn scenario(id: ScenarioId) -> &'static Scenario {
+    match id {
+        ScenarioId::Short => &SHORT,
+        ScenarioId::Medium => &MEDIUM,
+        ScenarioId::Long => &LONG,
+        ScenarioId::Code => &CODE,
+        ScenarioId::Creative => &CREATIVE,
     }
 }
 
@@ -273,7 +224,7 @@ mod tests {
         let (t, n) = fit_to_tokens("one two", "x", 2, &mut words).unwrap();
         assert_eq!((t.as_str(), n), ("one two", 2));
         for id in ScenarioId::ALL {
-            let s = id.scenario();
+            let s = scenario(id);
             assert_eq!(s.id, id);
             for p in s.prompts {
                 let (t, n) = fit_to_tokens(p, s.filler, s.target_tokens, &mut words).unwrap();

@@ -20,13 +20,14 @@ use serde::{Deserialize, Serialize};
 use crate::env::{self, Rapl, cpu_seconds};
 use crate::error::{BenchError, Result};
 use crate::job::{Job, ModelRef, WARMUP_TOKENS};
-use crate::metrics::{RunSample, Stats};
 use crate::remote::Client;
-use crate::results::{
-    DepthResult, EngineKind, FileDigest, LoadTimes, Memory, ModelIdentity, ModelResult, Overhead,
-    RunParams, ScenarioResult,
-};
 use crate::scenarios::{DEPTH_PROMPT, ScenarioId, estimate_tokens, fit_to_tokens};
+use bakeoff_record::bench::{
+    DepthResult, LoadTimes, Memory, ModelResult, Overhead, RunSample, Runtime, ScenarioResult,
+    Stats,
+};
+use bakeoff_record::hash::sha256_file;
+use bakeoff_record::{EngineKind, FileDigest, ModelIdentity};
 
 pub const PROGRESS_PREFIX: &str = "@@bakeoff-bench-progress ";
 
@@ -143,8 +144,10 @@ pub(crate) fn empty_result(job: &Job) -> ModelResult {
             file_bytes: None,
             files: Vec::new(),
             max_context: None,
+            synthetic: None,
+            chat_template: None,
         },
-        run: RunParams {
+        run: Runtime {
             device: job.device.clone(),
             backend: String::new(),
             threads: job.threads,
@@ -266,8 +269,8 @@ fn run_local(
             .len();
         digests.push(FileDigest {
             path: f.clone(),
-            bytes,
-            sha256: env::sha256_file(f)?,
+            bytes: Some(bytes),
+            sha256: Some(sha256_file(f).map_err(|e| BenchError::io(f, e))?),
         });
     }
     steps.tick("sha-256".into());
@@ -304,6 +307,8 @@ fn run_local(
         file_bytes: Some(info.file_bytes),
         files: digests,
         max_context: Some(info.config.max_context),
+        synthetic: None,
+        chat_template: Some(info.chat_template.is_some()),
     };
     result.run.backend = info.device.clone();
     steps.tick("warm load".into());
@@ -351,7 +356,7 @@ fn local_scenario(
     kv_max: &mut u64,
     steps: &mut Steps<'_>,
 ) -> Result<ScenarioResult> {
-    let s = id.scenario();
+    let s = crate::scenarios::scenario(id);
     let mut prompts = Vec::new();
     let mut content_tokens = Vec::new();
     for p in s.prompts {
@@ -568,7 +573,7 @@ fn run_remote(
     let mut count = |t: &str| -> Result<usize> { Ok(estimate_tokens(t)) };
     let mut sent = 0usize;
     for &id in &job.scenarios {
-        let s = id.scenario();
+        let s = crate::scenarios::scenario(id);
         let mut prompts = Vec::new();
         for p in s.prompts {
             prompts.push(fit_to_tokens(p, s.filler, s.target_tokens, &mut count)?);

@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use bakeoff_bench::metrics::Stats;
 use bakeoff_bench::output::{Format, render, summary_table};
-use bakeoff_bench::results::BenchReport;
+use bakeoff_record::bench::BenchReport;
+use bakeoff_record::bench::Stats;
 
 fn golden(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

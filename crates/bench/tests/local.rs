@@ -5,11 +5,11 @@
 mod common;
 
 use bakeoff_bench::job::BenchConfig;
-use bakeoff_bench::metrics::Stats;
 use bakeoff_bench::scenarios::ScenarioId;
 use bakeoff_bench::worker::{Probes, measure, run_job};
 use bakeoff_engine::loader::{LoadOptions, load};
 use bakeoff_engine::template::Message;
+use bakeoff_record::bench::Stats;
 
 fn config(model: &str) -> BenchConfig {
     BenchConfig {
@@ -44,8 +44,8 @@ fn token_counts_metrics_and_depths_are_as_asked() {
         assert_eq!(r.model.format, "gguf");
         assert_eq!(r.model.files.len(), 1);
         let bytes = std::fs::metadata(&path).unwrap().len();
-        assert_eq!(r.model.files[0].bytes, bytes);
-        assert_eq!(r.model.files[0].sha256.len(), 64);
+        assert_eq!(r.model.files[0].bytes, Some(bytes));
+        assert_eq!(r.model.files[0].sha256.as_ref().map(String::len), Some(64));
         assert!(r.model.parameters.unwrap() > 0);
         assert_eq!(r.run.threads, Some(1));
         assert!(r.load.warm_s.unwrap() > 0.0);
@@ -64,7 +64,7 @@ fn token_counts_metrics_and_depths_are_as_asked() {
         );
         for s in &r.scenarios {
             assert_eq!(s.samples.len(), 2);
-            let target = s.scenario.scenario().target_tokens;
+            let target = bakeoff_bench::scenarios::scenario(s.scenario).target_tokens;
             for n in &s.content_tokens {
                 assert!(
                     *n <= target && *n + 12 >= target,

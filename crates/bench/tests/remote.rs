@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bakeoff_bench::job::BenchConfig;
-use bakeoff_bench::results::EngineKind;
 use bakeoff_bench::scenarios::ScenarioId;
 use bakeoff_bench::worker::run_job;
+use bakeoff_record::EngineKind;
 use serde_json::{Value, json};
 
 struct Fake {

@@ -4,11 +4,10 @@
 
 mod common;
 
-use bakeoff_bench::env::Environment;
 use bakeoff_bench::job::BenchConfig;
-use bakeoff_bench::results::{BenchReport, SCHEMA_VERSION};
 use bakeoff_bench::scenarios::ScenarioId;
 use bakeoff_bench::worker::run_job;
+use bakeoff_record::bench::{BenchReport, SCHEMA_VERSION};
 
 #[test]
 fn report_round_trips_through_json() {
@@ -27,12 +26,12 @@ fn report_round_trips_through_json() {
     let jobs = cfg.jobs().unwrap();
     let models = jobs.iter().map(|j| run_job(j, &mut |_| {})).collect();
     let report = BenchReport {
-        schema_version: SCHEMA_VERSION,
+        header: BenchReport::header(),
         run_id: "bench-test".into(),
         started_at: "2025-01-01T00:00:00Z".into(),
         finished_at: "2025-01-01T00:00:01Z".into(),
         command: vec!["bakeoff".into(), "bench".into()],
-        environment: Environment::capture(),
+        environment: bakeoff_bench::env::capture(),
         settings: cfg.settings(),
         models,
     };
@@ -46,6 +45,7 @@ fn report_round_trips_through_json() {
 
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["schema_version"], SCHEMA_VERSION);
+    assert_eq!(v["kind"], "bench");
     for key in ["environment", "settings", "models"] {
         assert!(v.get(key).is_some(), "{key}");
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use bakeoff_bench::results::BenchReport;
+use bakeoff_record::bench::BenchReport;
 
 fn bakeoff(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bakeoff"))

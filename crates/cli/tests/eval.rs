@@ -109,7 +109,7 @@ fn quick_profile_end_to_end_on_tiny_models() {
     assert_eq!(models.len(), 2);
     for m in models {
         assert!(
-            m["files_sha256"][0][1]
+            m["info"]["files"][0]["sha256"]
                 .as_str()
                 .is_some_and(|s| s.len() == 64)
         );

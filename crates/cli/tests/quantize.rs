@@ -171,7 +171,10 @@ fn measure_reports_quality_speed_and_memory() {
     assert!(table.contains("tl-q4_0.gguf"), "{table}");
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(r["schema"], "bakeoff.quantize.measure/1");
+    assert_eq!(
+        (r["kind"].as_str(), r["schema_version"].as_u64()),
+        (Some("quantize"), Some(1))
+    );
     assert_eq!(r["data"]["chunks"], 8);
     // 63 scored positions per chunk of 128 (64 .. 126 predict the next token).
     assert_eq!(r["data"]["scored_tokens"], 8 * 63);

@@ -8,24 +8,13 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+pub use bakeoff_record::eval::FileRecord;
+use bakeoff_record::hash::sha256_hex;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
 
 const KNOWN_SHA256: &str = include_str!("../known-sha256sums.txt");
-
-/// A data file that was read: where, how big, its SHA-256 and whether that matches the known one.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct FileRecord {
-    /// Path relative to the data folder.
-    pub path: String,
-    pub bytes: u64,
-    pub sha256: String,
-    /// `Some(true)` when it equals the pinned checksum, `Some(false)` when it differs, `None` when
-    /// no checksum is pinned for this path.
-    pub known_match: Option<bool>,
-}
 
 /// The data folder and a log of every file read from it.
 pub struct DataDir {
@@ -42,26 +31,6 @@ fn known_sums() -> BTreeMap<String, String> {
             Some((p.trim_start_matches("./").to_string(), h.to_string()))
         })
         .collect()
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let d = Sha256::digest(bytes);
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// SHA-256 of a (possibly large) file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl DataDir {

@@ -16,7 +16,8 @@ use crate::candidate::{Candidate, EngineCandidate};
 use crate::data::{JudgePrompt, MtBenchItem};
 use crate::score::{Component, Metric};
 use crate::suite::Generated;
-use crate::{Error, Result, stats};
+use crate::{Error, Result};
+use bakeoff_record::paired as stats;
 
 pub enum JudgeBackend {
     Local(Box<EngineCandidate>),

@@ -17,12 +17,10 @@ pub mod gsm8k;
 pub mod hygiene;
 pub mod ifeval;
 pub mod judge;
-pub mod nan;
 pub mod report;
 pub mod sandbox;
 pub mod score;
 pub mod select;
-pub mod stats;
 pub mod suite;
 
 pub use error::{Error, Result};

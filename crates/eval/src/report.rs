@@ -1,80 +1,10 @@
-//! The results file and the summary table.
+//! The summary table of a results file (the file's schema is `bakeoff_record::eval`).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::{Deserialize, Serialize};
+pub use bakeoff_record::eval::{ModelResult, Results, Scale};
 
 use crate::data::FileRecord;
-use crate::sandbox::Isolation;
-use crate::score::{CATEGORIES, Category, Comparison, Component, Overall};
-use crate::stats::SCALE_FORMULA;
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ModelResult {
-    pub label: String,
-    /// The engine's description of the model (source, format, architecture, weight type, …).
-    pub info: serde_json::Value,
-    /// SHA-256 of each model file.
-    pub files_sha256: Vec<(String, String)>,
-    pub components: Vec<Component>,
-    pub categories: Vec<Category>,
-    pub overall: Option<Overall>,
-    pub seconds: f64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Scale {
-    pub formula: String,
-    /// Category → components and weights, before renormalising over the components present.
-    pub categories: Vec<(String, Vec<(String, f64)>)>,
-    pub creativity_rule: String,
-    pub overall_rule: String,
-}
-
-impl Default for Scale {
-    fn default() -> Self {
-        Self {
-            formula: SCALE_FORMULA.into(),
-            categories: CATEGORIES
-                .iter()
-                .map(|(n, parts)| {
-                    (
-                        n.to_string(),
-                        parts.iter().map(|(c, w)| (c.to_string(), *w)).collect(),
-                    )
-                })
-                .collect(),
-            creativity_rule:
-                "mt_bench_judge when a judge ran, else creativity_proxy (low confidence)".into(),
-            overall_rule:
-                "equal-weight mean of the categories present, always shown with its weights".into(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Results {
-    pub tool: String,
-    pub created_unix: u64,
-    pub profile: String,
-    pub selection_rule: String,
-    /// Whether the frozen id lists equal what the rule derives from the data read.
-    pub ids_match_rule: bool,
-    pub item_counts: BTreeMap<String, usize>,
-    /// Generation caps and batch size actually used (absent in files from before they were recorded).
-    #[serde(default)]
-    pub sizes: Option<crate::select::Sizes>,
-    pub data_dir: String,
-    pub data_files: Vec<FileRecord>,
-    pub sandbox: Option<Isolation>,
-    pub scale: Scale,
-    pub models: Vec<ModelResult>,
-    pub comparisons: Vec<Comparison>,
-    pub judge: Option<serde_json::Value>,
-    pub audit_file: String,
-    pub seconds: f64,
-}
 
 fn f(x: f64, digits: usize) -> String {
     if x.is_finite() {

@@ -1,139 +1,8 @@
 //! Components (one benchmark metric each), categories (documented weighted means of components)
 //! and paired comparisons between models.
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
-
-use crate::stats::{self, Paired};
-
-/// A metric with its sample size and 95% Wilson interval.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Metric {
-    #[serde(deserialize_with = "crate::nan::f64_or_nan")]
-    pub value: f64,
-    /// Successes (instructions passed, items right).
-    pub k: f64,
-    pub n: usize,
-    #[serde(deserialize_with = "crate::nan::pair_or_nan")]
-    pub ci95: (f64, f64),
-}
-
-impl Metric {
-    pub fn from_counts(k: f64, n: usize) -> Self {
-        let value = if n == 0 { f64::NAN } else { k / n as f64 };
-        Self {
-            value,
-            k,
-            n,
-            ci95: stats::wilson(k, n as f64),
-        }
-    }
-
-    /// Mean of 0/1 values.
-    pub fn from_binary(values: &[f64]) -> Self {
-        Self::from_counts(values.iter().sum(), values.len())
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Component {
-    /// Stable key: mmlu, arc_challenge, hellaswag, truthfulqa_mc, gsm8k, ifeval, humaneval, mbpp,
-    /// hygiene, creativity_proxy, mt_bench_judge, wikitext.
-    pub name: String,
-    pub dataset: String,
-    pub method: String,
-    /// Name of the headline metric (`acc`, `acc_norm`, `pass@1`, ...).
-    pub metric: String,
-    pub headline: Metric,
-    /// Chance level b of the headline metric.
-    #[serde(deserialize_with = "crate::nan::f64_or_nan")]
-    pub chance: f64,
-    #[serde(deserialize_with = "crate::nan::f64_or_nan")]
-    pub score10: f64,
-    #[serde(deserialize_with = "crate::nan::pair_or_nan")]
-    pub score10_ci: (f64, f64),
-    /// Other metrics reported alongside (not scored).
-    pub other: BTreeMap<String, Metric>,
-    /// Extra numbers (distinct-2, mean length, perplexity, bits per byte, ...).
-    #[serde(deserialize_with = "crate::nan::map_or_nan")]
-    pub numbers: BTreeMap<String, f64>,
-    /// Headline value per item id (0/1 or a fraction): the input of the paired tests.
-    pub per_item: BTreeMap<String, f64>,
-    /// False for diagnostics that no category uses (WikiText-2).
-    pub scored: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-    pub seconds: f64,
-}
-
-impl Component {
-    pub fn new(
-        name: &str,
-        dataset: &str,
-        method: &str,
-        metric: &str,
-        headline: Metric,
-        chance: f64,
-    ) -> Self {
-        let score10 = stats::scale10(headline.value, chance);
-        let score10_ci = (
-            stats::scale10(headline.ci95.0, chance),
-            stats::scale10(headline.ci95.1, chance),
-        );
-        Self {
-            name: name.into(),
-            dataset: dataset.into(),
-            method: method.into(),
-            metric: metric.into(),
-            headline,
-            chance,
-            score10,
-            score10_ci,
-            other: BTreeMap::new(),
-            numbers: BTreeMap::new(),
-            per_item: BTreeMap::new(),
-            scored: true,
-            note: None,
-            seconds: 0.0,
-        }
-    }
-}
-
-/// Category definitions: (category, [(component, weight)], note).
-pub const CATEGORIES: [(&str, &[(&str, f64)]); 6] = [
-    (
-        "technical accuracy",
-        &[("mmlu", 0.4), ("arc_challenge", 0.3), ("gsm8k", 0.3)],
-    ),
-    (
-        "response coherence",
-        &[("hellaswag", 0.5), ("hygiene", 0.5)],
-    ),
-    ("instruction following", &[("ifeval", 1.0)]),
-    (
-        "creativity",
-        &[("mt_bench_judge", 1.0), ("creativity_proxy", 1.0)],
-    ),
-    ("code quality", &[("humaneval", 0.5), ("mbpp", 0.5)]),
-    ("factual accuracy", &[("truthfulqa_mc", 1.0)]),
-];
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Category {
-    pub name: String,
-    #[serde(deserialize_with = "crate::nan::f64_or_nan")]
-    pub score10: f64,
-    /// Weighted mean of the components' mapped interval endpoints (a conservative band, not an
-    /// exact interval).
-    #[serde(deserialize_with = "crate::nan::pair_or_nan")]
-    pub band: (f64, f64),
-    /// Weights actually used (renormalised over the components present).
-    pub weights: Vec<(String, f64)>,
-    pub confidence: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
+pub use bakeoff_record::eval::{CATEGORIES, Category, Comparison, Component, Metric, Overall};
+use bakeoff_record::paired as stats;
 
 /// Builds the categories from the components present. Creativity uses the judge's MT-Bench
 /// score when there is one, else the labelled low-confidence proxy.
@@ -180,14 +49,6 @@ pub fn categories(components: &[Component]) -> Vec<Category> {
     out
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Overall {
-    #[serde(deserialize_with = "crate::nan::f64_or_nan")]
-    pub score10: f64,
-    pub weights: Vec<(String, f64)>,
-    pub note: String,
-}
-
 /// Equal-weight mean of the categories present, shown only with its weights.
 pub fn overall(cats: &[Category]) -> Option<Overall> {
     if cats.is_empty() {
@@ -199,15 +60,6 @@ pub fn overall(cats: &[Category]) -> Option<Overall> {
         weights: cats.iter().map(|c| (c.name.clone(), w)).collect(),
         note: "equal-weight mean of the categories; read the categories, not this number".into(),
     })
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Comparison {
-    pub component: String,
-    pub a: String,
-    pub b: String,
-    #[serde(flatten)]
-    pub paired: Paired,
 }
 
 /// Paired tests on the items both models answered, component by component.

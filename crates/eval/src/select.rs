@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{IfevalItem, McItem, MtBenchItem, sha256_hex};
+pub use bakeoff_record::eval::{DEFAULT_GEN_BATCH, Sizes};
+use bakeoff_record::hash::sha256_hex;
+
+use crate::data::{IfevalItem, McItem, MtBenchItem};
 use crate::{Error, Result};
 
 pub const RULE_SALT: &str = "quality-suite-v1:";
@@ -59,40 +62,6 @@ impl Profile {
             Profile::Full => "full",
         }
     }
-}
-
-/// Item counts and generation caps of a profile (`None` = every item).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Sizes {
-    pub mmlu_per_subject: Option<usize>,
-    pub arc_challenge: Option<usize>,
-    pub hellaswag: Option<usize>,
-    pub truthfulqa: Option<usize>,
-    pub gsm8k: Option<usize>,
-    pub ifeval: Option<usize>,
-    pub ifeval_creative: Option<usize>,
-    pub humaneval: Option<usize>,
-    pub mbpp: Option<usize>,
-    /// MT-Bench writing/roleplay first turns (creativity; judged when a judge is given).
-    pub mt_bench: Option<usize>,
-    /// WikiText-2 chunks of `wikitext_context` tokens.
-    pub wikitext_chunks: Option<usize>,
-    pub wikitext_context: usize,
-    pub gsm8k_max_tokens: usize,
-    pub ifeval_max_tokens: usize,
-    pub code_max_tokens: usize,
-    pub mt_bench_max_tokens: usize,
-    /// Generations run together through one batched forward pass (1 = one at a time).
-    #[serde(default = "default_gen_batch")]
-    pub gen_batch: usize,
-}
-
-/// Eight streams read each weight once for eight tokens: about 4× the single-stream throughput
-/// on a 2-core CPU (docs/benchmarks.md, serve batching), with a few MB of extra KV cache.
-pub const DEFAULT_GEN_BATCH: usize = 8;
-
-fn default_gen_batch() -> usize {
-    DEFAULT_GEN_BATCH
 }
 
 impl Profile {

@@ -12,8 +12,8 @@ use bakeoff_eval::data::{Gsm8kItem, HumanEvalItem, IfevalItem, MbppItem, McItem,
 use bakeoff_eval::sandbox::{Limits, Sandbox};
 use bakeoff_eval::score::{self, Component};
 use bakeoff_eval::select::{IdLists, Profile};
-use bakeoff_eval::stats::Verdict;
 use bakeoff_eval::suite::{Plan, run_model};
+use bakeoff_record::paired::Verdict;
 use serde_json::json;
 
 /// Answers multiple choice by a table (context → index it prefers) and chats by the first

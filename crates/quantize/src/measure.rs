@@ -21,6 +21,8 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub use bakeoff_record::quantize::{Quality, Speed, ValueErr};
+
 use bakeoff_engine::generate::LoadedModel;
 use bakeoff_engine::generate::{Flow, GenParams, generate};
 use bakeoff_engine::model::CausalLm;
@@ -91,37 +93,11 @@ pub struct Accumulator {
     klds: Vec<f64>,
 }
 
-/// A mean and its standard error.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Estimate {
-    pub value: f64,
-    pub stderr: f64,
-}
-
-/// The quality figures of one model against the reference.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Quality {
-    /// Scored positions.
-    pub tokens: usize,
-    pub ppl: Estimate,
-    pub ppl_base: Estimate,
-    /// mean ln q − mean ln p over the same tokens: ln(PPL(Q)/PPL(base)).
-    pub ln_ppl_ratio: Estimate,
-    pub kld_mean: Estimate,
-    pub kld_median: f64,
-    pub kld_p99: f64,
-    pub kld_max: f64,
-    /// Percent of positions where both models' top token is the same.
-    pub same_top_pct: Estimate,
-    /// Root mean square of q(token) − p(token), in percent.
-    pub rms_dp_pct: f64,
-}
-
 /// llama.cpp's `mean_and_uncertainty`: the mean and the standard error of the mean (zero for
 /// ten values or fewer).
-fn mean_and_stderr(sum: f64, sum2: f64, n: usize) -> Estimate {
+fn mean_and_stderr(sum: f64, sum2: f64, n: usize) -> ValueErr {
     if n == 0 {
-        return Estimate {
+        return ValueErr {
             value: 0.0,
             stderr: 0.0,
         };
@@ -133,7 +109,7 @@ fn mean_and_stderr(sum: f64, sum2: f64, n: usize) -> Estimate {
     } else {
         0.0
     };
-    Estimate { value: f, stderr }
+    ValueErr { value: f, stderr }
 }
 
 /// llama.cpp's percentile: linear interpolation at `fraction × (n − 1)` of the sorted values.
@@ -206,15 +182,15 @@ impl Accumulator {
         let p_diff_mse = mean_and_stderr(self.sum_p_diff2, self.sum_p_diff4, n);
         Quality {
             tokens: n,
-            ppl: Estimate {
+            ppl: ValueErr {
                 value: log_ppl.value.exp(),
                 stderr: log_ppl.value.exp() * log_ppl.stderr,
             },
-            ppl_base: Estimate {
+            ppl_base: ValueErr {
                 value: log_ppl_base.value.exp(),
                 stderr: log_ppl_base.value.exp() * log_ppl_base.stderr,
             },
-            ln_ppl_ratio: Estimate {
+            ln_ppl_ratio: ValueErr {
                 value: log_ppl.value - log_ppl_base.value,
                 stderr: ratio_var.max(0.0).sqrt(),
             },
@@ -222,7 +198,7 @@ impl Accumulator {
             kld_median: median,
             kld_p99: percentile(&sorted, 0.99),
             kld_max: sorted.last().copied().unwrap_or(0.0),
-            same_top_pct: Estimate {
+            same_top_pct: ValueErr {
                 value: 100.0 * top,
                 stderr: 100.0 * top_err,
             },
@@ -373,7 +349,7 @@ pub fn reference_pass(
 pub struct Perplexity {
     /// Scored positions.
     pub tokens: usize,
-    pub ppl: Estimate,
+    pub ppl: ValueErr,
     /// The running estimate after each chunk, as llama-perplexity prints it (`[1]8.1,[2]9.3,…`).
     pub per_chunk: Vec<f64>,
 }
@@ -411,7 +387,7 @@ pub fn perplexity_pass(
     let lp = mean_and_stderr(sum, sum2, n);
     Ok(Perplexity {
         tokens: n,
-        ppl: Estimate {
+        ppl: ValueErr {
             value: lp.value.exp(),
             stderr: lp.value.exp() * lp.stderr,
         },
@@ -503,21 +479,6 @@ pub fn tokenize_prefix(
         }
         len = len.saturating_mul(2);
     }
-}
-
-/// Speed and memory of one short greedy generation (EOS ignored), as `bakeoff generate` times it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Speed {
-    pub load_s: f64,
-    pub prompt_tokens: usize,
-    pub generated_tokens: usize,
-    /// Median over the runs.
-    pub prefill_tok_s: f64,
-    /// Median over the runs.
-    pub decode_tok_s: f64,
-    pub runs: usize,
-    /// Peak resident memory of the process that loaded the model and ran it.
-    pub peak_rss_bytes: u64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

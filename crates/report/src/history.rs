@@ -297,7 +297,7 @@ pub fn format_list(rows: &[RunRow]) -> String {
             s,
             "{:>4}  {:<16}  {:<14}  {:<12}  {:<40}  {}",
             r.id,
-            bakeoff_bench::env::compact_time(r.created_unix as f64),
+            bakeoff_record::time::compact_time(r.created_unix as f64),
             r.kind,
             r.git_commit
                 .as_deref()

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use bakeoff_record::stats::Estimate;
+
 /// Which of the two models (A = first, B = second) a rule picks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pick {
@@ -29,28 +31,15 @@ pub enum Better {
     Lower,
 }
 
-/// A figure measured over repetitions: the mean and its 95% confidence interval.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Measured {
-    pub mean: f64,
-    pub low: f64,
-    pub high: f64,
-    pub n: usize,
-}
-
-impl Measured {
-    pub fn overlaps(&self, o: &Measured) -> bool {
-        self.low <= o.high && o.low <= self.high
-    }
-}
-
 pub const INTERVAL_RULE: &str = "a winner only when the two 95% confidence intervals of the mean do not overlap \
      (a conservative test: overlapping intervals are reported as a tie within noise)";
 
-/// Repeated measurements: a winner only when the 95% intervals do not overlap, and only with at
-/// least two repetitions each (one sample has no interval).
-pub fn by_interval(a: &Measured, b: &Measured, better: Better) -> Pick {
-    let finite = |m: &Measured| m.mean.is_finite() && m.low.is_finite() && m.high.is_finite();
+/// Repeated measurements: a winner only when the 95% intervals do not overlap
+/// ([`Estimate::overlaps`]), and only with at least two repetitions each (one sample has no
+/// interval).
+pub fn by_interval(a: &Estimate, b: &Estimate, better: Better) -> Pick {
+    let finite =
+        |m: &Estimate| m.mean.is_finite() && m.ci95_low.is_finite() && m.ci95_high.is_finite();
     if a.n < 2 || b.n < 2 || !finite(a) || !finite(b) || a.overlaps(b) {
         return Pick::Tie;
     }
@@ -407,12 +396,17 @@ pub fn routing_curve(fast: &[f64], strong: &[f64], steps: usize) -> Option<(f64,
 mod tests {
     use super::*;
 
-    fn m(mean: f64, half: f64) -> Measured {
-        Measured {
-            mean,
-            low: mean - half,
-            high: mean + half,
+    fn m(mean: f64, half: f64) -> Estimate {
+        Estimate {
             n: 5,
+            mean,
+            median: mean,
+            stddev: 0.0,
+            cv: 0.0,
+            min: mean,
+            max: mean,
+            ci95_low: mean - half,
+            ci95_high: mean + half,
         }
     }
 
@@ -436,7 +430,7 @@ mod tests {
             Pick::Tie
         );
         // One repetition has no interval.
-        let one = Measured {
+        let one = Estimate {
             n: 1,
             ..m(100.0, 0.0)
         };

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use bakeoff_bench::job::BenchConfig;
 use bakeoff_bench::output::{Format, render, summary_table};
-use bakeoff_bench::results::BenchReport;
 use bakeoff_bench::runner::{WorkerCommand, check_out_path, run as run_bench};
 use bakeoff_bench::scenarios::ScenarioId;
+use bakeoff_record::bench::BenchReport;
 use clap::Args;
 
 /// Each model (× each --threads / --dtype value) runs in its own child process, one after the
@@ -113,7 +113,7 @@ impl BenchArgs {
     fn config(&self) -> Result<BenchConfig> {
         let scenarios = list_or_none(&self.scenarios)
             .iter()
-            .map(|s| s.trim().parse::<ScenarioId>())
+            .map(|s| s.trim().parse::<ScenarioId>().map_err(anyhow::Error::msg))
             .collect::<Result<Vec<_>, _>>()?;
         let depths = list_or_none(&self.depths)
             .iter()
@@ -157,7 +157,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let format: Format = a.format.parse()?;
     let report = match &a.from {
         Some(path) => {
-            let mut report = BenchReport::read(path)?;
+            let mut report = BenchReport::read(path).map_err(anyhow::Error::msg)?;
             if a.recompute {
                 report.recompute_stats();
                 if let Some(out) = &a.out {

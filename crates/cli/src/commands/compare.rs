@@ -10,11 +10,10 @@ use anyhow::{Context, Result, bail};
 use bakeoff_engine::generate::{Flow, GenParams, generate};
 use bakeoff_engine::loader::{LoadOptions, gguf::GgufStore};
 use bakeoff_engine::template::Message;
+use bakeoff_record::ResultsKind;
+use bakeoff_record::compare::{Answer, Answers, Manifest, ManifestModel, ModelAnswers};
 use bakeoff_report::Inputs;
-use bakeoff_report::inputs::{
-    ANSWERS_SCHEMA, Answer, Answers, FIXED_PROMPTS, MANIFEST_SCHEMA, Manifest, ManifestModel,
-    ModelAnswers,
-};
+use bakeoff_report::inputs::FIXED_PROMPTS;
 use bakeoff_synth::{Preset, SynthFormat, SynthOptions, SynthQuant, synth};
 use clap::Args;
 
@@ -247,7 +246,7 @@ fn answers(
                 prompt: prompt.into(),
                 text: g.text,
                 generated_tokens: g.done.usage.completion_tokens,
-                finish_reason: g.done.finish_reason.as_str().into(),
+                finish_reason: g.done.finish_reason,
                 ttft_s: g.token_times.first().copied(),
                 total_s: t.elapsed().as_secs_f64(),
             });
@@ -261,7 +260,7 @@ fn answers(
         });
     }
     Ok(Answers {
-        schema: ANSWERS_SCHEMA.into(),
+        header: ResultsKind::Answers.header(),
         created_unix: now(),
         max_tokens,
         sampling: "greedy (temperature 0)".into(),
@@ -285,17 +284,17 @@ pub fn run(a: CompareArgs) -> Result<()> {
     let started = Instant::now();
     // Checked before the long bench and eval steps, not after them.
     for q in &a.quantize_results {
-        let text = std::fs::read_to_string(q)
+        let bytes = std::fs::read(q)
             .with_context(|| format!("--quantize-results: cannot read {}", q.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("--quantize-results: {} is not JSON", q.display()))?;
-        let schema = v.get("schema").and_then(|s| s.as_str()).unwrap_or("");
-        if !schema.starts_with("bakeoff.quantize.measure/") {
-            bail!(
-                "--quantize-results: {} is not a `bakeoff quantize --measure` results file (schema `{schema}`)",
-                q.display()
-            );
-        }
+        let found = match bakeoff_record::ResultsFile::parse(&bytes) {
+            Ok(f) if f.kind() == ResultsKind::Quantize => continue,
+            Ok(f) => format!("{} results", f.kind().describe()),
+            Err(e) => e,
+        };
+        bail!(
+            "--quantize-results: {} is not a `bakeoff quantize --measure` results file ({found})",
+            q.display()
+        );
     }
     let models: Vec<String> = if a.demo {
         demo_models(&a)?
@@ -382,7 +381,8 @@ pub fn run(a: CompareArgs) -> Result<()> {
         membw_rounds: 5,
     })
     .context("the bench step failed")?;
-    let bench = bakeoff_bench::results::BenchReport::read(&bench_path)?;
+    let bench =
+        bakeoff_record::bench::BenchReport::read(&bench_path).map_err(anyhow::Error::msg)?;
     let labels: Vec<String> = bench.models.iter().map(|m| m.label.clone()).collect();
 
     eprintln!("== 2/3 eval: profile {}", a.profile);
@@ -439,7 +439,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
     write_json(&answers_path, &ans)?;
 
     let manifest = Manifest {
-        schema: MANIFEST_SCHEMA.into(),
+        header: ResultsKind::Manifest.header(),
         created_unix: now(),
         command: std::env::args().collect(),
         demo: a.demo,

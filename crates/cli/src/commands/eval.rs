@@ -15,6 +15,8 @@ use bakeoff_eval::sandbox::{Limits, Sandbox, SandboxPolicy};
 use bakeoff_eval::score::{self, Component};
 use bakeoff_eval::select::{Profile, RULE_SALT};
 use bakeoff_eval::suite::{COMPONENTS, Generated, Plan, run_model};
+use bakeoff_record::hash::sha256_file;
+use bakeoff_record::{EngineKind, FileDigest, ModelIdentity, ResultsKind};
 use clap::Args;
 
 #[derive(Args, Debug)]
@@ -282,11 +284,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         let label = label_for(source, &labels);
         labels.push(label.clone());
-        let mut files_sha256 = Vec::new();
-        for f in &lm.info.files {
-            files_sha256.push((f.display().to_string(), data::sha256_file(f)?));
-        }
-        let info = serde_json::to_value(&lm.info)?;
+        let info = identity(source, &lm.info)?;
         let mut cand = EngineCandidate::new(lm, label.clone());
         if !cand.has_template {
             eprintln!(
@@ -324,7 +322,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         models.push(ModelResult {
             label: label.clone(),
             info,
-            files_sha256,
+            files_sha256: Vec::new(),
             components,
             categories,
             overall,
@@ -383,6 +381,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let mut data_files = plan.files.clone();
     data_files.sort_by(|x, y| x.path.cmp(&y.path));
     let results = Results {
+        header: ResultsKind::Eval.header(),
         tool: format!("bakeoff-eval {}", env!("CARGO_PKG_VERSION")),
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -420,4 +419,38 @@ pub fn run(a: EvalArgs) -> Result<()> {
         print!("{}", table(&results));
     }
     Ok(())
+}
+
+/// The identity eval records for a loaded model, each file with its size and SHA-256.
+fn identity(source: &str, info: &bakeoff_engine::model::ModelInfo) -> Result<ModelIdentity> {
+    let mut files = Vec::new();
+    for f in &info.files {
+        files.push(FileDigest {
+            path: f.clone(),
+            bytes: Some(
+                std::fs::metadata(f)
+                    .with_context(|| format!("cannot read {}", f.display()))?
+                    .len(),
+            ),
+            sha256: Some(sha256_file(f).with_context(|| format!("cannot hash {}", f.display()))?),
+        });
+    }
+    Ok(ModelIdentity {
+        source: source.to_string(),
+        engine: EngineKind::Local,
+        path: Some(info.path.clone()),
+        revision: info.revision.clone(),
+        format: serde_json::to_value(info.format)?
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        arch: Some(info.arch.name().to_string()),
+        dtype: Some(info.weight_dtype.clone()),
+        parameters: Some(info.parameters),
+        file_bytes: Some(info.file_bytes),
+        files,
+        max_context: Some(info.config.max_context),
+        synthetic: None,
+        chat_template: Some(info.chat_template.is_some()),
+    })
 }

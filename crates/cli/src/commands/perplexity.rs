@@ -114,7 +114,7 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
         ppl: p.ppl.value,
         ppl_stderr: p.ppl.stderr,
         per_chunk: p.per_chunk,
-        token_ids_sha256: bakeoff_eval::data::sha256_hex(&id_bytes),
+        token_ids_sha256: bakeoff_record::hash::sha256_hex(&id_bytes),
         seconds: t0.elapsed().as_secs_f64(),
     };
     if a.json {

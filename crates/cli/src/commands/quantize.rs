@@ -9,11 +9,12 @@ use anyhow::{Context, Result, bail};
 use bakeoff_engine::generate::LoadedModel;
 use bakeoff_engine::loader::{LoadOptions, load};
 use bakeoff_quantize::measure::{
-    Chunks, Quality, Speed, compare_pass, reference_pass, speed_runs, tokenize_prefix,
+    Chunks, Speed, compare_pass, reference_pass, speed_runs, tokenize_prefix,
 };
 use bakeoff_quantize::{QuantType, QuantizeOptions, quantize};
+use bakeoff_record::ResultsKind;
+use bakeoff_record::quantize::{QuantData, QuantEntry, QuantizeResults};
 use clap::Args;
-use serde::Serialize;
 
 use crate::args::gib;
 
@@ -195,53 +196,15 @@ fn probe_in_child(a: &QuantizeArgs, model: &str) -> Result<Speed> {
     serde_json::from_str(text.trim()).with_context(|| format!("speed probe printed {text:?}"))
 }
 
-#[derive(Serialize)]
-struct ModelEntry {
-    model: String,
-    weight_dtype: String,
-    parameters: u64,
-    file_bytes: u64,
-    bits_per_weight: f64,
-    /// Absent for the reference.
-    quality: Option<Quality>,
-    speed: Option<Speed>,
-}
-
-#[derive(Serialize)]
-struct DataInfo {
-    file: String,
-    tokens: usize,
-    ctx: usize,
-    chunks: usize,
-    scored_tokens: usize,
-    bos_per_chunk: bool,
-}
-
-#[derive(Serialize)]
-struct Results {
-    schema: &'static str,
-    created_unix_s: f64,
-    method: &'static str,
-    data: DataInfo,
-    threads: usize,
-    cores: usize,
-    /// /proc/loadavg at the start and the end: speed figures from a busy machine are noisy.
-    loadavg_start: Option<String>,
-    loadavg_end: Option<String>,
-    reference: ModelEntry,
-    reference_ppl: Option<bakeoff_quantize::measure::Estimate>,
-    models: Vec<ModelEntry>,
-}
-
 fn loadavg() -> Option<String> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
-fn entry(lm: &LoadedModel, source: &str) -> ModelEntry {
+fn entry(lm: &LoadedModel, source: &str) -> QuantEntry {
     let i = &lm.info;
-    ModelEntry {
+    QuantEntry {
         model: source.to_string(),
         weight_dtype: i.weight_dtype.clone(),
         parameters: i.parameters,
@@ -371,16 +334,17 @@ fn measure(a: &QuantizeArgs) -> Result<()> {
         .first()
         .and_then(|e| e.quality.as_ref())
         .map(|q| q.ppl_base);
-    let results = Results {
-        schema: "bakeoff.quantize.measure/1",
+    let results = QuantizeResults {
+        header: ResultsKind::Quantize.header(),
         created_unix_s: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0),
         method: "llama-perplexity --kl-divergence: chunks of ctx tokens (BOS first where the \
                  model adds one), second half scored; reference log-probs kept in f32; KL over \
-                 the whole vocabulary",
-        data: DataInfo {
+                 the whole vocabulary"
+            .into(),
+        data: QuantData {
             file: data_path.display().to_string(),
             tokens: chunks.count * chunks.ctx,
             ctx: chunks.ctx,
@@ -419,7 +383,7 @@ fn short(m: &str) -> String {
         .unwrap_or_else(|| m.to_string())
 }
 
-fn table(r: &Results) -> String {
+fn table(r: &QuantizeResults) -> String {
     let mut out = String::new();
     let head = [
         "model",

@@ -37,6 +37,8 @@ use seccompiler::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use bakeoff_record::eval::{Isolation, Limits};
+
 use crate::{Error, Result};
 
 mod cgroups;
@@ -62,41 +64,6 @@ pub const OUTPUT_CAP: u64 = 16 << 20;
 
 static RUN_LOCK: Mutex<()> = Mutex::new(());
 
-fn default_disk_bytes() -> u64 {
-    32 << 20
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Limits {
-    /// Wall-clock timeout for one program.
-    pub timeout_s: f64,
-    pub cpu_s: u64,
-    /// Address space of each process (RLIMIT_AS) and, where a memory cgroup is available, the
-    /// memory of the whole run (all processes, plus what it writes to its tmpfs).
-    pub memory_bytes: u64,
-    pub file_bytes: u64,
-    /// Processes of the run (RLIMIT_NPROC, and the pids cgroup where available).
-    pub processes: u64,
-    pub open_files: u64,
-    /// Size of the work folder (a tmpfs); only enforced with the mount namespace.
-    #[serde(default = "default_disk_bytes")]
-    pub disk_bytes: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            timeout_s: 10.0,
-            cpu_s: 10,
-            memory_bytes: 1 << 30,
-            file_bytes: 16 << 20,
-            processes: 32,
-            open_files: 64,
-            disk_bytes: default_disk_bytes(),
-        }
-    }
-}
-
 /// Whether model code may run without namespaces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SandboxPolicy {
@@ -105,52 +72,6 @@ pub enum SandboxPolicy {
     /// Fall back to rlimits, a new session and (as root) a dropped uid only; the results record
     /// it (`unsafe_no_sandbox`).
     UnsafeNoSandbox,
-}
-
-/// Which containment layers are active (probed once). The first six fields predate the
-/// namespace sandbox and keep their meaning for older results files.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Isolation {
-    pub python: PathBuf,
-    pub python_version: String,
-    /// New network namespace: no interface but a downed loopback.
-    pub network_namespace: bool,
-    /// New mount namespace with the minimal read-only root and a tmpfs work folder.
-    pub mount_namespace: bool,
-    /// Runs as [`SANDBOX_UID`] (evaluator is root).
-    pub dropped_uid: Option<u32>,
-    pub limits: Limits,
-    /// New PID namespace: the program sees and can signal only its own processes, and all of
-    /// them die with the run.
-    #[serde(default)]
-    pub pid_namespace: bool,
-    /// New IPC and UTS namespaces.
-    #[serde(default)]
-    pub ipc_uts_namespaces: bool,
-    /// A user namespace was needed (evaluator not root): the program keeps the evaluator's
-    /// uid on the host but holds no capability.
-    #[serde(default)]
-    pub user_namespace: bool,
-    /// The uid the program runs as, as the host sees it.
-    #[serde(default)]
-    pub uid: Option<u32>,
-    /// Landlock ABI version applied (None: the kernel has no Landlock, or no namespaces).
-    #[serde(default)]
-    pub landlock_abi: Option<u32>,
-    #[serde(default)]
-    pub seccomp: bool,
-    /// Cgroup limits applied to each run, e.g. "v1 memory+pids" (None: none available).
-    #[serde(default)]
-    pub cgroup: Option<String>,
-    /// A pass needs the per-run completion token (written after the tests ran).
-    #[serde(default)]
-    pub completion_token: bool,
-    /// The user allowed running without namespaces and none were available.
-    #[serde(default)]
-    pub unsafe_no_sandbox: bool,
-    /// Layers this machine does not offer, each with the reason.
-    #[serde(default)]
-    pub missing: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

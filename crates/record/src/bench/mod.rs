@@ -1,35 +1,40 @@
-//! The results file: one JSON document per `bakeoff bench` run, with a versioned schema. It holds
-//! the environment, each model's identity and run parameters, the raw per-repetition samples and
-//! the statistics derived from them (which [`crate::metrics::Stats::of`] can recompute).
+//! The bench results file: one JSON document per `bakeoff bench` run. It holds the environment,
+//! each model's identity and run parameters, the raw per-repetition samples and the statistics
+//! derived from them (which [`Stats::of`] recomputes).
 
-use std::path::{Path, PathBuf};
+mod metrics;
+
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::env::Environment;
-use crate::error::{BenchError, Result};
-use crate::metrics::{RunSample, Stats};
-use crate::scenarios::ScenarioId;
+pub use metrics::{RunSample, Stats, WINDOW};
+
+use crate::header::{ResultsFile, ResultsHeader, ResultsKind};
+use crate::model::ModelIdentity;
 
 /// Bumped on any change that an old reader would misread.
 pub const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport {
-    pub schema_version: u32,
+    #[serde(flatten)]
+    pub header: ResultsHeader,
     pub run_id: String,
     pub started_at: String,
     pub finished_at: String,
     /// The command line, as typed.
     pub command: Vec<String>,
     pub environment: Environment,
-    pub settings: Settings,
+    pub settings: RunParams,
     pub models: Vec<ModelResult>,
 }
 
-/// What was asked of every model in the run.
+/// What every model of a run is asked, declared once: carried by the command line
+/// (`bakeoff_bench::job::BenchConfig`), each worker's job, and the results file (`settings`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Settings {
+pub struct RunParams {
+    /// The prompt sets' version (`bakeoff_bench::scenarios::SCENARIO_SET_VERSION`).
     pub scenario_set: String,
     pub scenarios: Vec<ScenarioId>,
     pub depths: Vec<usize>,
@@ -41,44 +46,9 @@ pub struct Settings {
     pub ignore_eos: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineKind {
-    /// bakeoff's own engine, in a child process.
-    Local,
-    /// An OpenAI-compatible server, measured from its stream.
-    Openai,
-}
-
+/// How one model was run: the point of the sweep and what the engine said about it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FileDigest {
-    pub path: PathBuf,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-/// Which model was measured.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ModelIdentity {
-    /// The `--model` argument as given.
-    pub source: String,
-    pub engine: EngineKind,
-    pub path: Option<PathBuf>,
-    pub revision: Option<String>,
-    /// `gguf`, `safetensors`, or `remote`.
-    pub format: String,
-    pub arch: Option<String>,
-    /// Weight storage type, e.g. `q4_0`.
-    pub dtype: Option<String>,
-    pub parameters: Option<u64>,
-    pub file_bytes: Option<u64>,
-    pub files: Vec<FileDigest>,
-    pub max_context: Option<usize>,
-}
-
-/// How the model was run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RunParams {
+pub struct Runtime {
     pub device: String,
     /// What the engine reports about its kernels (e.g. `cpu avx512 vnni, 2 threads`).
     pub backend: String,
@@ -86,6 +56,73 @@ pub struct RunParams {
     /// `--dtype` as asked (safetensors only); the stored type is in the identity.
     pub dtype: Option<String>,
     pub max_context: Option<usize>,
+}
+
+/// The machine a run was measured on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Environment {
+    pub cpu_model: String,
+    /// Logical cores this process may use.
+    pub cores: usize,
+    pub ram_bytes: u64,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub hostname: String,
+    pub bakeoff_version: String,
+    pub git_commit: Option<String>,
+    pub rustc: String,
+    /// Whether RAPL energy counters were readable (energy figures are "n/a" otherwise).
+    pub rapl: bool,
+    /// Whether the page cache could be dropped (cold load times are "not measured" otherwise).
+    pub drop_caches: bool,
+}
+
+/// A scenario of the bench's prompt sets (`bakeoff_bench::scenarios`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScenarioId {
+    Short,
+    Medium,
+    Long,
+    Code,
+    Creative,
+}
+
+impl ScenarioId {
+    pub const ALL: [ScenarioId; 5] = [
+        ScenarioId::Short,
+        ScenarioId::Medium,
+        ScenarioId::Long,
+        ScenarioId::Code,
+        ScenarioId::Creative,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ScenarioId::Short => "short",
+            ScenarioId::Medium => "medium",
+            ScenarioId::Long => "long",
+            ScenarioId::Code => "code",
+            ScenarioId::Creative => "creative",
+        }
+    }
+}
+
+impl std::str::FromStr for ScenarioId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ScenarioId::ALL
+            .into_iter()
+            .find(|id| id.name() == s)
+            .ok_or_else(|| format!("unknown scenario `{s}` (short, medium, long, code, creative)"))
+    }
+}
+
+impl std::fmt::Display for ScenarioId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -147,7 +184,7 @@ pub struct ModelResult {
     /// Short name used in tables, unique within the run.
     pub label: String,
     pub model: ModelIdentity,
-    pub run: RunParams,
+    pub run: Runtime,
     pub load: LoadTimes,
     pub memory: Memory,
     pub scenarios: Vec<ScenarioResult>,
@@ -162,41 +199,34 @@ pub struct ModelResult {
 }
 
 impl BenchReport {
-    pub fn to_json(&self) -> Result<String> {
-        Ok(serde_json::to_string_pretty(self)?)
+    pub fn to_json(&self) -> serde_json::Result<String> {
+        serde_json::to_string_pretty(self)
     }
 
-    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
-        serde_json::from_str(text)
-    }
-
-    /// Reads a results file, refusing schemas this version does not know.
-    pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| BenchError::io(path, e))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| BenchError::Results {
-                path: path.into(),
-                msg: format!("invalid JSON: {e}"),
-            })?;
-        match v.get("schema_version").and_then(|s| s.as_u64()) {
-            Some(n) if n == u64::from(SCHEMA_VERSION) => {}
-            Some(n) => {
-                return Err(BenchError::Results {
-                    path: path.into(),
-                    msg: format!("schema version {n}; this bakeoff reads version {SCHEMA_VERSION}"),
-                });
-            }
-            None => {
-                return Err(BenchError::Results {
-                    path: path.into(),
-                    msg: "no schema_version".into(),
-                });
-            }
+    /// Reads a bench results file (with or without a header), refusing other kinds and schema
+    /// versions this build does not know. The error says what is wrong, without the path.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        match ResultsFile::parse(bytes)? {
+            ResultsFile::Bench(r) => Ok(*r),
+            other => Err(format!(
+                "{} results, not bench results",
+                other.kind().describe()
+            )),
         }
-        serde_json::from_value(v).map_err(|e| BenchError::Results {
-            path: path.into(),
-            msg: e.to_string(),
-        })
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        Self::parse(text.as_bytes())
+    }
+
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Writes the file, creating its folder.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        crate::header::write_json(path, self)
     }
 
     /// Derives every scenario's and depth's statistics again from the raw samples, with this
@@ -205,19 +235,16 @@ impl BenchReport {
         let cores = self.environment.cores;
         for m in &mut self.models {
             for s in &mut m.scenarios {
-                s.stats = crate::metrics::Stats::of(&s.samples, cores);
+                s.stats = Stats::of(&s.samples, cores);
             }
             for d in &mut m.depths {
-                d.stats = crate::metrics::Stats::of(&d.samples, cores);
+                d.stats = Stats::of(&d.samples, cores);
             }
         }
     }
 
-    /// Writes the file, creating its folder.
-    pub fn write(&self, path: &Path) -> Result<()> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| BenchError::io(dir, e))?;
-        }
-        std::fs::write(path, self.to_json()? + "\n").map_err(|e| BenchError::io(path, e))
+    /// A new report's header.
+    pub fn header() -> ResultsHeader {
+        ResultsKind::Bench.header()
     }
 }

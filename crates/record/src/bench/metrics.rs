@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::generation::decode_rate;
 use crate::stats::{Estimate, Percentiles, median};
 
 /// Tokens in the window of the "peak" rate and in the warm-up excluded from the "sustained" rate.
@@ -52,8 +53,9 @@ impl RunSample {
 
     /// Tokens after the first over the time after the first: the first token's cost is prefill.
     pub fn decode_tok_s(&self) -> Option<f64> {
-        let span = self.decode_span_s()?;
-        (self.generated_tokens > 1).then(|| (self.generated_tokens - 1) as f64 / span)
+        let (first, last) = (self.token_times_s.first()?, self.token_times_s.last()?);
+        (self.generated_tokens > 1 && last > first)
+            .then(|| decode_rate(self.generated_tokens, *first, *last))
     }
 
     /// Inter-token latencies in seconds.

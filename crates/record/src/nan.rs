@@ -24,7 +24,7 @@ pub fn map_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f6
 
 #[cfg(test)]
 mod tests {
-    use crate::score::{Component, Metric};
+    use crate::eval::{Component, Metric};
 
     #[test]
     fn an_empty_component_round_trips() {
