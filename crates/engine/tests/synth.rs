@@ -5,6 +5,9 @@
 //!
 //! `full_size_tinyllama_timing` (ignored) is the manual speed check for the full-size preset:
 //! `cargo test -p bakeoff-engine --test synth -- --ignored --nocapture`.
+//!
+//! One file of about 900 lines on purpose: every test shares the synthesized models and their
+//! helpers, and together they are the engine's end-to-end check on files it did not write itself.
 
 #![allow(clippy::unwrap_used)]
 
