@@ -12,7 +12,6 @@ use std::time::Instant;
 use bakeoff_engine::generate::LoadedModel;
 use bakeoff_engine::generate::{Event, Flow, GenParams, generate};
 use bakeoff_engine::loader::{LoadOptions, load};
-use bakeoff_engine::model::ModelFormat;
 use bakeoff_engine::sampling::SamplingParams;
 use bakeoff_engine::template::Message;
 use serde::{Deserialize, Serialize};
@@ -292,24 +291,7 @@ fn run_local(
         },
     };
     let info = &lm.info;
-    result.model = ModelIdentity {
-        source: job.source.clone(),
-        engine: EngineKind::Local,
-        path: Some(info.path.clone()),
-        revision: info.revision.clone(),
-        format: match info.format {
-            ModelFormat::Gguf => "gguf".into(),
-            ModelFormat::Safetensors => "safetensors".into(),
-        },
-        arch: Some(info.arch.name().to_string()),
-        dtype: Some(info.weight_dtype.clone()),
-        parameters: Some(info.parameters),
-        file_bytes: Some(info.file_bytes),
-        files: digests,
-        max_context: Some(info.config.max_context),
-        synthetic: None,
-        chat_template: Some(info.chat_template.is_some()),
-    };
+    result.model = info.identity(&job.source, digests);
     result.run.backend = info.device.clone();
     steps.tick("warm load".into());
 

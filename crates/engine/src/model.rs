@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use bakeoff_record::{EngineKind, FileDigest, ModelIdentity};
+
 use crate::models::{Arch, DecoderConfig};
 
 use crate::Result;
@@ -67,6 +69,39 @@ pub struct ModelInfo {
     pub chat_template: Option<String>,
     pub device: String,
     pub load_s: f64,
+}
+
+impl ModelFormat {
+    /// The name results files use: `gguf`, `safetensors`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelFormat::Gguf => "gguf",
+            ModelFormat::Safetensors => "safetensors",
+        }
+    }
+}
+
+impl ModelInfo {
+    /// What a results file records of this model (the one place a loaded model becomes a
+    /// [`ModelIdentity`]): `source` as the user named it, and `files` with whatever digests the
+    /// caller computed (hashing reads every byte, so it is the caller's choice).
+    pub fn identity(&self, source: &str, files: Vec<FileDigest>) -> ModelIdentity {
+        ModelIdentity {
+            source: source.to_string(),
+            engine: EngineKind::Local,
+            path: Some(self.path.clone()),
+            revision: self.revision.clone(),
+            format: self.format.name().to_string(),
+            arch: Some(self.arch.name().to_string()),
+            dtype: Some(self.weight_dtype.clone()),
+            parameters: Some(self.parameters),
+            file_bytes: Some(self.file_bytes),
+            files,
+            max_context: Some(self.config.max_context),
+            synthetic: None,
+            chat_template: Some(self.chat_template.is_some()),
+        }
+    }
 }
 
 /// One storage type's share of a model's tensors.

@@ -16,7 +16,7 @@ use bakeoff_eval::score::{self, Component};
 use bakeoff_eval::select::{Profile, RULE_SALT};
 use bakeoff_eval::suite::{COMPONENTS, Generated, Plan, run_model};
 use bakeoff_record::hash::sha256_file;
-use bakeoff_record::{EngineKind, FileDigest, ModelIdentity, ResultsKind};
+use bakeoff_record::{FileDigest, ModelIdentity, ResultsKind};
 use clap::Args;
 
 #[derive(Args, Debug)]
@@ -435,22 +435,5 @@ fn identity(source: &str, info: &bakeoff_engine::model::ModelInfo) -> Result<Mod
             sha256: Some(sha256_file(f).with_context(|| format!("cannot hash {}", f.display()))?),
         });
     }
-    Ok(ModelIdentity {
-        source: source.to_string(),
-        engine: EngineKind::Local,
-        path: Some(info.path.clone()),
-        revision: info.revision.clone(),
-        format: serde_json::to_value(info.format)?
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        arch: Some(info.arch.name().to_string()),
-        dtype: Some(info.weight_dtype.clone()),
-        parameters: Some(info.parameters),
-        file_bytes: Some(info.file_bytes),
-        files,
-        max_context: Some(info.config.max_context),
-        synthetic: None,
-        chat_template: Some(info.chat_template.is_some()),
-    })
+    Ok(info.identity(source, files))
 }
