@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{BenchError, Result};
 use crate::scenarios::{SCENARIO_SET_VERSION, ScenarioId};
-use bakeoff_record::bench::RunParams;
+pub use bakeoff_record::bench::RunParams;
 
 /// A model to measure, as given to `--model`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,12 +78,8 @@ pub struct Job {
     pub threads: Option<usize>,
     pub dtype: Option<String>,
     pub max_context: Option<usize>,
-    pub scenarios: Vec<ScenarioId>,
-    pub depths: Vec<usize>,
-    pub repetitions: usize,
-    pub warmup: usize,
-    pub max_tokens: usize,
-    pub depth_tokens: usize,
+    /// Scenarios, depths, repetitions, warm-up and lengths: the record the results file keeps.
+    pub params: RunParams,
     /// Drop the page cache for a cold load time, where allowed.
     pub cold_load: bool,
     /// Packed-weights folder (`LoadOptions::weight_cache`); none when absent.
@@ -103,11 +99,11 @@ impl Job {
     /// Progress steps the worker reports, for the parent's bar.
     pub fn work_units(&self) -> u64 {
         let loads = if self.model.is_local() { 3 } else { 0 };
-        let scen = self.scenarios.len() * (self.warmup + self.repetitions);
-        let depths = if self.depths.is_empty() {
+        let scen = self.params.scenarios.len() * (self.params.warmup + self.params.repetitions);
+        let depths = if self.params.depths.is_empty() {
             0
         } else {
-            self.warmup + self.depths.len() * self.repetitions
+            self.params.warmup + self.params.depths.len() * self.params.repetitions
         };
         (loads + scen + depths) as u64
     }
@@ -124,17 +120,29 @@ pub struct BenchConfig {
     /// `--dtype` sweep for safetensors models; empty means as stored.
     pub dtypes: Vec<String>,
     pub max_context: Option<usize>,
-    pub scenarios: Vec<ScenarioId>,
-    pub depths: Vec<usize>,
-    pub repetitions: usize,
-    pub warmup: usize,
-    pub max_tokens: usize,
-    pub depth_tokens: usize,
+    /// Scenarios, depths, repetitions, warm-up and lengths: the record the results file keeps.
+    pub params: RunParams,
     pub cold_load: bool,
     /// Packed-weights folder for local models (`LoadOptions::weight_cache`).
     pub weight_cache: Option<std::path::PathBuf>,
     pub allowed_hosts: Vec<String>,
     pub timeout_s: u64,
+}
+
+/// bench's defaults: every scenario, depths 128 to 2048, 5 repetitions after 1 warm-up, 128
+/// tokens (32 per depth run), greedy with end-of-sequence ignored.
+pub fn default_params() -> RunParams {
+    RunParams {
+        scenario_set: SCENARIO_SET_VERSION.into(),
+        scenarios: ScenarioId::ALL.to_vec(),
+        depths: vec![128, 256, 512, 1024, 2048],
+        repetitions: 5,
+        warmup: 1,
+        max_tokens: 128,
+        depth_tokens: 32,
+        sampling: "greedy".into(),
+        ignore_eos: true,
+    }
 }
 
 impl Default for BenchConfig {
@@ -146,12 +154,7 @@ impl Default for BenchConfig {
             threads: Vec::new(),
             dtypes: Vec::new(),
             max_context: None,
-            scenarios: ScenarioId::ALL.to_vec(),
-            depths: vec![128, 256, 512, 1024, 2048],
-            repetitions: 5,
-            warmup: 1,
-            max_tokens: 128,
-            depth_tokens: 32,
+            params: default_params(),
             cold_load: true,
             weight_cache: None,
             allowed_hosts: Vec::new(),
@@ -166,10 +169,10 @@ impl BenchConfig {
         if self.models.is_empty() {
             return bad("give at least one --model");
         }
-        if self.repetitions == 0 {
+        if self.params.repetitions == 0 {
             return bad("--repetitions must be at least 1");
         }
-        if self.max_tokens < 2 || self.depth_tokens < 2 {
+        if self.params.max_tokens < 2 || self.params.depth_tokens < 2 {
             return bad(
                 "--max-tokens and --depth-tokens must be at least 2 (a rate needs two tokens)",
             );
@@ -177,27 +180,17 @@ impl BenchConfig {
         if self.threads.contains(&0) {
             return bad("--threads values must be at least 1");
         }
-        if self.depths.contains(&0) {
+        if self.params.depths.contains(&0) {
             return bad("--depths values must be positive");
         }
-        if self.scenarios.is_empty() && self.depths.is_empty() {
+        if self.params.scenarios.is_empty() && self.params.depths.is_empty() {
             return bad("nothing to measure: no scenarios and no depths");
         }
         Ok(())
     }
 
     pub fn settings(&self) -> RunParams {
-        RunParams {
-            scenario_set: SCENARIO_SET_VERSION.into(),
-            scenarios: self.scenarios.clone(),
-            depths: self.depths.clone(),
-            repetitions: self.repetitions,
-            warmup: self.warmup,
-            max_tokens: self.max_tokens,
-            depth_tokens: self.depth_tokens,
-            sampling: "greedy".into(),
-            ignore_eos: true,
-        }
+        self.params.clone()
     }
 
     /// One job per model × threads × dtype, labelled uniquely.
@@ -244,12 +237,7 @@ impl BenchConfig {
                         threads: *t,
                         dtype: d.clone(),
                         max_context: self.max_context,
-                        scenarios: self.scenarios.clone(),
-                        depths: self.depths.clone(),
-                        repetitions: self.repetitions,
-                        warmup: self.warmup,
-                        max_tokens: self.max_tokens,
-                        depth_tokens: self.depth_tokens,
+                        params: self.params.clone(),
                         cold_load: self.cold_load,
                         weight_cache: self.weight_cache.clone(),
                         allowed_hosts: self.allowed_hosts.clone(),
@@ -326,7 +314,10 @@ mod tests {
         );
         assert!(
             BenchConfig {
-                repetitions: 0,
+                params: RunParams {
+                    repetitions: 0,
+                    ..default_threads.params.clone()
+                },
                 ..default_threads
             }
             .jobs()

@@ -303,11 +303,11 @@ fn run_local(
         clock_read_ns: probes.clock_ns,
     });
     let mut kv_max = 0u64;
-    for &id in &job.scenarios {
+    for &id in &job.params.scenarios {
         let r = local_scenario(&mut lm, job, id, &probes, &mut kv_max, steps)?;
         result.scenarios.push(r);
     }
-    if !job.depths.is_empty() {
+    if !job.params.depths.is_empty() {
         local_depths(&mut lm, job, &probes, &mut kv_max, result, steps)?;
     }
     result.memory.kv_cache_bytes = Some(kv_max);
@@ -352,8 +352,8 @@ fn local_scenario(
     // A prompt that leaves no room for the tokens asked would end early: skip, and say so.
     let ctx = lm.model.config().max_context;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    if longest + job.max_tokens > ctx {
-        for _ in 0..job.warmup + job.repetitions {
+    if longest + job.params.max_tokens > ctx {
+        for _ in 0..job.params.warmup + job.params.repetitions {
             steps.tick(format!("{id} skipped"));
         }
         return Ok(ScenarioResult {
@@ -363,15 +363,15 @@ fn local_scenario(
             stats: Stats::of(&[], probes.cores),
             note: Some(format!(
                 "skipped: a {longest}-token prompt and {} generated tokens exceed the context of {ctx}",
-                job.max_tokens
+                job.params.max_tokens
             )),
         });
     }
-    for w in 0..job.warmup {
+    for w in 0..job.params.warmup {
         measure(
             lm,
             &prompts[w % prompts.len()],
-            WARMUP_TOKENS.min(job.max_tokens),
+            WARMUP_TOKENS.min(job.params.max_tokens),
             true,
             w,
             w % prompts.len(),
@@ -380,19 +380,19 @@ fn local_scenario(
         steps.tick(format!("{id} warm-up"));
     }
     let mut samples = Vec::new();
-    for r in 0..job.repetitions {
+    for r in 0..job.params.repetitions {
         let i = r % prompts.len();
         samples.push(measure(
             lm,
             &prompts[i],
-            job.max_tokens,
+            job.params.max_tokens,
             true,
             r,
             i,
             probes,
         )?);
         *kv_max = (*kv_max).max(lm.model.kv_cache_bytes() as u64);
-        steps.tick(format!("{id} {}/{}", r + 1, job.repetitions));
+        steps.tick(format!("{id} {}/{}", r + 1, job.params.repetitions));
     }
     let stats = Stats::of(&samples, probes.cores);
     Ok(ScenarioResult {
@@ -413,9 +413,9 @@ fn local_depths(
     steps: &mut Steps<'_>,
 ) -> Result<()> {
     let ctx = lm.model.config().max_context;
-    let room = ctx.saturating_sub(job.depth_tokens);
+    let room = ctx.saturating_sub(job.params.depth_tokens);
     let mut prompts = Vec::new();
-    for &depth in &job.depths {
+    for &depth in &job.params.depths {
         let target = depth.min(room);
         let mut count =
             |t: &str| -> Result<usize> { Ok(lm.prompter.encode_chat(&user(t.to_string()))?.len()) };
@@ -430,17 +430,17 @@ fn local_depths(
             return Err(BenchError::InvalidArgument(format!(
                 "depth {depth} is too small: the chat template with one word takes {n} tokens \
                  (context {ctx}, {} generated)",
-                job.depth_tokens
+                job.params.depth_tokens
             )));
         }
         prompts.push((depth, depth > room, lm.prompter.encode_chat(&user(text))?));
     }
-    for w in 0..job.warmup {
+    for w in 0..job.params.warmup {
         if let Some((_, _, ids)) = prompts.first() {
             measure(
                 lm,
                 ids,
-                WARMUP_TOKENS.min(job.depth_tokens),
+                WARMUP_TOKENS.min(job.params.depth_tokens),
                 true,
                 w,
                 0,
@@ -451,10 +451,22 @@ fn local_depths(
     }
     for (depth, clamped, ids) in prompts {
         let mut samples = Vec::new();
-        for r in 0..job.repetitions {
-            samples.push(measure(lm, &ids, job.depth_tokens, true, r, 0, probes)?);
+        for r in 0..job.params.repetitions {
+            samples.push(measure(
+                lm,
+                &ids,
+                job.params.depth_tokens,
+                true,
+                r,
+                0,
+                probes,
+            )?);
             *kv_max = (*kv_max).max(lm.model.kv_cache_bytes() as u64);
-            steps.tick(format!("depth {depth} {}/{}", r + 1, job.repetitions));
+            steps.tick(format!(
+                "depth {depth} {}/{}",
+                r + 1,
+                job.params.repetitions
+            ));
         }
         let stats = Stats::of(&samples, probes.cores);
         result.depths.push(DepthResult {
@@ -554,29 +566,29 @@ fn run_remote(
     result.load.note = Some("not measured: remote engine".into());
     let mut count = |t: &str| -> Result<usize> { Ok(estimate_tokens(t)) };
     let mut sent = 0usize;
-    for &id in &job.scenarios {
+    for &id in &job.params.scenarios {
         let s = crate::scenarios::scenario(id);
         let mut prompts = Vec::new();
         for p in s.prompts {
             prompts.push(fit_to_tokens(p, s.filler, s.target_tokens, &mut count)?);
         }
-        for w in 0..job.warmup {
+        for w in 0..job.params.warmup {
             client.stream(
                 &tagged(&mut sent, &prompts[w % prompts.len()].0),
-                WARMUP_TOKENS.min(job.max_tokens),
+                WARMUP_TOKENS.min(job.params.max_tokens),
             )?;
             steps.tick(format!("{id} warm-up"));
         }
         let mut samples = Vec::new();
-        for r in 0..job.repetitions {
+        for r in 0..job.params.repetitions {
             let i = r % prompts.len();
             let (text, n) = &prompts[i];
             samples.push(
                 client
-                    .stream(&tagged(&mut sent, text), job.max_tokens)?
+                    .stream(&tagged(&mut sent, text), job.params.max_tokens)?
                     .into_sample(r, i, *n),
             );
-            steps.tick(format!("{id} {}/{}", r + 1, job.repetitions));
+            steps.tick(format!("{id} {}/{}", r + 1, job.params.repetitions));
         }
         let content_tokens = prompts.iter().map(|p| p.1).collect();
         let stats = Stats::of(&samples, env::cores());
@@ -589,7 +601,7 @@ fn run_remote(
         });
     }
     let mut depth_prompts = Vec::new();
-    for &depth in &job.depths {
+    for &depth in &job.params.depths {
         depth_prompts.push((
             depth,
             fit_to_tokens(
@@ -601,23 +613,27 @@ fn run_remote(
         ));
     }
     if let Some((_, (text, _))) = depth_prompts.first() {
-        for _ in 0..job.warmup {
+        for _ in 0..job.params.warmup {
             client.stream(
                 &tagged(&mut sent, text),
-                WARMUP_TOKENS.min(job.depth_tokens),
+                WARMUP_TOKENS.min(job.params.depth_tokens),
             )?;
             steps.tick("depth warm-up".into());
         }
     }
     for (depth, (text, n)) in depth_prompts {
         let mut samples = Vec::new();
-        for r in 0..job.repetitions {
+        for r in 0..job.params.repetitions {
             samples.push(
                 client
-                    .stream(&tagged(&mut sent, &text), job.depth_tokens)?
+                    .stream(&tagged(&mut sent, &text), job.params.depth_tokens)?
                     .into_sample(r, 0, n),
             );
-            steps.tick(format!("depth {depth} {}/{}", r + 1, job.repetitions));
+            steps.tick(format!(
+                "depth {depth} {}/{}",
+                r + 1,
+                job.params.repetitions
+            ));
         }
         let stats = Stats::of(&samples, env::cores());
         result.depths.push(DepthResult {

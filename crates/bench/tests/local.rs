@@ -4,7 +4,7 @@
 
 mod common;
 
-use bakeoff_bench::job::BenchConfig;
+use bakeoff_bench::job::{BenchConfig, RunParams, default_params};
 use bakeoff_bench::scenarios::ScenarioId;
 use bakeoff_bench::worker::{Probes, measure, run_job};
 use bakeoff_engine::loader::{LoadOptions, load};
@@ -15,12 +15,15 @@ fn config(model: &str) -> BenchConfig {
     BenchConfig {
         models: vec![model.to_string()],
         threads: vec![1],
-        scenarios: vec![ScenarioId::Short, ScenarioId::Code],
-        depths: vec![128, 160],
-        repetitions: 2,
-        warmup: 1,
-        max_tokens: 12,
-        depth_tokens: 6,
+        params: RunParams {
+            scenarios: vec![ScenarioId::Short, ScenarioId::Code],
+            depths: vec![128, 160],
+            repetitions: 2,
+            warmup: 1,
+            max_tokens: 12,
+            depth_tokens: 6,
+            ..default_params()
+        },
         cold_load: false,
         ..BenchConfig::default()
     }
@@ -143,12 +146,16 @@ fn token_counts_metrics_and_depths_are_as_asked() {
 #[test]
 fn depths_beyond_the_context_are_clamped_and_marked() {
     let path = common::tiny_model("tiny-llama");
+    let base = config(path.to_str().unwrap());
     let cfg = BenchConfig {
-        scenarios: vec![],
-        depths: vec![1_000_000],
-        repetitions: 1,
-        warmup: 0,
-        ..config(path.to_str().unwrap())
+        params: RunParams {
+            scenarios: vec![],
+            depths: vec![1_000_000],
+            repetitions: 1,
+            warmup: 0,
+            ..base.params.clone()
+        },
+        ..base
     };
     let r = run_job(&cfg.jobs().unwrap()[0], &mut |_| {});
     assert_eq!(r.error, None);

@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bakeoff_bench::job::BenchConfig;
+use bakeoff_bench::job::{BenchConfig, RunParams, default_params};
 use bakeoff_bench::scenarios::ScenarioId;
 use bakeoff_bench::worker::run_job;
 use bakeoff_record::EngineKind;
@@ -100,12 +100,15 @@ fn serve(conn: TcpStream, delay: Duration, status: u16, seen: &Mutex<Vec<Value>>
 fn config(models: Vec<String>) -> BenchConfig {
     BenchConfig {
         models,
-        scenarios: vec![ScenarioId::Short],
-        depths: vec![64],
-        repetitions: 2,
-        warmup: 1,
-        max_tokens: 12,
-        depth_tokens: 4,
+        params: RunParams {
+            scenarios: vec![ScenarioId::Short],
+            depths: vec![64],
+            repetitions: 2,
+            warmup: 1,
+            max_tokens: 12,
+            depth_tokens: 4,
+            ..default_params()
+        },
         timeout_s: 30,
         ..BenchConfig::default()
     }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use bakeoff_bench::job::BenchConfig;
+use bakeoff_bench::job::{BenchConfig, RunParams, default_params};
 use bakeoff_bench::scenarios::ScenarioId;
 use bakeoff_bench::worker::run_job;
 use bakeoff_record::bench::{BenchReport, SCHEMA_VERSION};
@@ -15,11 +15,14 @@ fn report_round_trips_through_json() {
     let cfg = BenchConfig {
         models: vec![path.to_str().unwrap().into()],
         threads: vec![1],
-        scenarios: vec![ScenarioId::Short],
-        depths: vec![160],
-        repetitions: 2,
-        max_tokens: 6,
-        depth_tokens: 4,
+        params: RunParams {
+            scenarios: vec![ScenarioId::Short],
+            depths: vec![160],
+            repetitions: 2,
+            max_tokens: 6,
+            depth_tokens: 4,
+            ..default_params()
+        },
         cold_load: false,
         ..BenchConfig::default()
     };

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use bakeoff_bench::job::BenchConfig;
+use bakeoff_bench::job::{BenchConfig, RunParams, default_params};
 use bakeoff_bench::output::{Format, render, summary_table};
 use bakeoff_bench::runner::{WorkerCommand, check_out_path, run as run_bench};
 use bakeoff_bench::scenarios::ScenarioId;
@@ -130,12 +130,15 @@ impl BenchArgs {
             threads: self.threads.clone(),
             dtypes: self.dtype.clone(),
             max_context: self.max_context,
-            scenarios,
-            depths,
-            repetitions: self.repetitions,
-            warmup: self.warmup,
-            max_tokens: self.max_tokens,
-            depth_tokens: self.depth_tokens,
+            params: RunParams {
+                scenarios,
+                depths,
+                repetitions: self.repetitions,
+                warmup: self.warmup,
+                max_tokens: self.max_tokens,
+                depth_tokens: self.depth_tokens,
+                ..default_params()
+            },
             cold_load: !self.no_cold_load,
             weight_cache: if self.no_weight_cache {
                 None
