@@ -341,9 +341,33 @@ fn packed_layout_matches_ggml_layout() {
                 (CpuCaps::portable(), 1),
                 (CpuCaps::detect(), 1),
                 (CpuCaps::detect(), 3),
+                (CpuCaps::avx2_only(), 1),
+                (CpuCaps::avx2_only(), 3),
             ] {
                 let mut got = vec![0f32; n * rows];
                 matmul(&pool(threads), caps, &pm, &x, n, &mut got).unwrap();
+                // Prompts on packed nibbles on AVX2 alone multiply the dequantized rows in f32
+                // with unrounded activations: the exact product, up to f32 summation.
+                let nibbles = packed::Layout::of(dtype).is_some_and(|l| l.nibbles());
+                if n >= 16 && caps.avx2 && !caps.avx512vnni && nibbles {
+                    for t in 0..n {
+                        let xt = &x[t * cols..(t + 1) * cols];
+                        for r in 0..rows {
+                            let wr = &a[r * cols..(r + 1) * cols];
+                            let (exact, mag) =
+                                wr.iter().zip(xt).fold((0f64, 0f64), |(e, m), (w, v)| {
+                                    let p = *w as f64 * *v as f64;
+                                    (e + p, m + p.abs())
+                                });
+                            let g = got[t * rows + r] as f64;
+                            assert!(
+                                (g - exact).abs() <= mag * 1e-5 + 1e-5,
+                                "{dtype:?} f32 tiles n={n} x{threads} row {r} token {t}: {g} vs {exact}"
+                            );
+                        }
+                    }
+                    continue;
+                }
                 // AMX prompts, and bf16 ones on narrow matrices, round weights and
                 // activations to bf16 (relative error 2^-9 each): held to the exact product
                 // of the dequantized weights within that rounding.

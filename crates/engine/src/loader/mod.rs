@@ -291,7 +291,7 @@ pub fn build_model(
             let cache = opts
                 .weight_cache
                 .as_deref()
-                .filter(|_| caps.avx512vnni)
+                .filter(|_| caps.avx2)
                 .and_then(|dir| packcache::PackCache::open(dir, &store.files()))
                 .map(std::sync::Arc::new);
             let backend = CpuBackend::new(threads, caps)?.with_pack_cache(cache.clone());

@@ -295,6 +295,7 @@ fn matmul_packed(
         if n == 1 {
             packed_decode(
                 pool,
+                caps,
                 &[(w, SyncPtr(out.as_mut_ptr()))],
                 &acts[0],
                 layout,
@@ -303,7 +304,30 @@ fn matmul_packed(
             return Ok(());
         }
         acts.resize(n.div_ceil(4) * 4, PackedActs::zeros(nsb));
-        tiles_packed(pool, w, &acts, n, layout, nsb, out);
+        tiles_packed(pool, true, w, &acts, n, layout, nsb, out);
+        return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    if caps.avx2 {
+        let mut acts: Vec<PackedActs> = xq
+            .chunks_exact(nb)
+            .map(|b| PackedActs::new(b, w.dtype))
+            .collect();
+        if n >= 4 {
+            acts.resize(n.div_ceil(4) * 4, PackedActs::zeros(nsb));
+            tiles_packed(pool, false, w, &acts, n, layout, nsb, out);
+        } else if n == 1 {
+            packed_decode(
+                pool,
+                caps,
+                &[(w, SyncPtr(out.as_mut_ptr()))],
+                &acts[0],
+                layout,
+                nsb,
+            );
+        } else {
+            packed_tokens_avx2(pool, w, &acts, layout, nsb, out);
+        }
         return Ok(());
     }
     let _ = (caps, nsb, layout);
@@ -311,6 +335,69 @@ fn matmul_packed(
         packed::dot_row(w.dtype, w.row(r), &xq[t * nb..(t + 1) * nb])
     });
     Ok(())
+}
+
+/// Two or three tokens on packed rows with AVX2 (four and more take the tiles): the decode
+/// kernel once per token on each group of four rows, while those rows are in cache.
+#[cfg(target_arch = "x86_64")]
+fn packed_tokens_avx2(
+    pool: &Threads,
+    w: &QMatrix<'_>,
+    acts: &[super::packed::PackedActs],
+    layout: super::packed::Layout,
+    nsb: usize,
+    out: &mut [f32],
+) {
+    use super::x86::{L_Q4, L_Q4M, L_Q6, L_Q8, L_Q8M};
+    fn run<const L: u8>(
+        pool: &Threads,
+        w: &QMatrix<'_>,
+        acts: &[super::packed::PackedActs],
+        nsb: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY (both): rows below `w.rows` hold `nsb` packed superblocks (checked by the
+        // caller's `check`), each token's activations 512 quants and 16 factors per
+        // superblock; avx2 detected by the caller.
+        par_rows4(
+            pool,
+            w,
+            acts.len(),
+            out,
+            |r, t| {
+                let a = &acts[t];
+                unsafe {
+                    super::x86::dot4_packed_avx2::<L>(
+                        w.row(r).as_ptr(),
+                        w.row_bytes(),
+                        nsb,
+                        a.qs.as_ptr(),
+                        a.d.as_ptr(),
+                        [a.so.as_ptr(), a.so2.as_ptr()],
+                    )
+                }
+            },
+            |r, t| {
+                let a = &acts[t];
+                unsafe {
+                    super::x86::dot_packed_avx2::<L>(
+                        w.row(r).as_ptr(),
+                        nsb,
+                        a.qs.as_ptr(),
+                        a.d.as_ptr(),
+                        [a.so.as_ptr(), a.so2.as_ptr()],
+                    )
+                }
+            },
+        );
+    }
+    match super::x86::layout_code(layout) {
+        L_Q4 => run::<L_Q4>(pool, w, acts, nsb, out),
+        L_Q8 => run::<L_Q8>(pool, w, acts, nsb, out),
+        L_Q4M => run::<L_Q4M>(pool, w, acts, nsb, out),
+        L_Q6 => run::<L_Q6>(pool, w, acts, nsb, out),
+        _ => run::<L_Q8M>(pool, w, acts, nsb, out),
+    }
 }
 
 /// One token against one or more matrices of the same type and width (Q, K and V; gate and
@@ -359,34 +446,63 @@ fn decode_rows(
     pool.run(tasks, &run);
 }
 
-/// [`decode_rows`] with the packed kernels.
+/// [`decode_rows`] with the packed kernels (VNNI, or AVX2 alone; the caller checked AVX2).
 #[cfg(target_arch = "x86_64")]
 fn packed_decode(
     pool: &Threads,
+    caps: CpuCaps,
     mats: &[(&QMatrix<'_>, SyncPtr)],
     a: &super::packed::PackedActs,
     layout: super::packed::Layout,
     nsb: usize,
 ) {
     use super::x86::{L_Q4, L_Q4M, L_Q6, L_Q8, L_Q8M};
+    let vnni = caps.avx512vnni;
     // The layout is a constant of each kernel: with it a run-time value, the kernel's offsets
     // and prefetch loop were computed per superblock, which cost 7% of Q4_0's streaming rate.
     match super::x86::layout_code(layout) {
-        L_Q4 => packed_decode_as::<L_Q4>(pool, mats, a, nsb),
-        L_Q8 => packed_decode_as::<L_Q8>(pool, mats, a, nsb),
-        L_Q4M => packed_decode_as::<L_Q4M>(pool, mats, a, nsb),
-        L_Q6 => packed_decode_as::<L_Q6>(pool, mats, a, nsb),
-        _ => packed_decode_as::<L_Q8M>(pool, mats, a, nsb),
+        L_Q4 => packed_decode_as::<L_Q4>(pool, vnni, mats, a, nsb),
+        L_Q8 => packed_decode_as::<L_Q8>(pool, vnni, mats, a, nsb),
+        L_Q4M => packed_decode_as::<L_Q4M>(pool, vnni, mats, a, nsb),
+        L_Q6 => packed_decode_as::<L_Q6>(pool, vnni, mats, a, nsb),
+        _ => packed_decode_as::<L_Q8M>(pool, vnni, mats, a, nsb),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 fn packed_decode_as<const L: u8>(
     pool: &Threads,
+    vnni: bool,
     mats: &[(&QMatrix<'_>, SyncPtr)],
     a: &super::packed::PackedActs,
     nsb: usize,
 ) {
+    if !vnni {
+        return decode_rows(
+            pool,
+            mats,
+            // SAFETY (both): as below, with avx2 detected by the caller.
+            |w, r| unsafe {
+                super::x86::dot4_packed_avx2::<L>(
+                    w.row(r).as_ptr(),
+                    w.row_bytes(),
+                    nsb,
+                    a.qs.as_ptr(),
+                    a.d.as_ptr(),
+                    [a.so.as_ptr(), a.so2.as_ptr()],
+                )
+            },
+            |w, r| unsafe {
+                super::x86::dot_packed_avx2::<L>(
+                    w.row(r).as_ptr(),
+                    nsb,
+                    a.qs.as_ptr(),
+                    a.d.as_ptr(),
+                    [a.so.as_ptr(), a.so2.as_ptr()],
+                )
+            },
+        );
+    }
     decode_rows(
         pool,
         mats,
@@ -459,7 +575,7 @@ pub fn matmul_many(
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(w0) = ws.first()
-        && caps.avx512vnni
+        && caps.avx2
         && ws
             .iter()
             .all(|w| w.packed && same_layout(w, w0) && w.cols == w0.cols && x.len() == w.cols)
@@ -487,6 +603,7 @@ pub fn matmul_many(
         };
         packed_decode(
             pool,
+            caps,
             &mats,
             &act,
             layout,
@@ -660,7 +777,12 @@ pub fn matmul(
     {
         return bf16_tiles(pool, w, x, n, out);
     }
-    if caps.avx2 && !w.packed && ((dense && n >= 4) || (!dense && n >= 16)) {
+    // On AVX2 alone, prompts on packed nibbles run faster on the f32 tiles than on the 8-bit
+    // ones (docs/weight-types.md).
+    let nibbles = w.packed
+        && !caps.avx512vnni
+        && super::packed::Layout::of(w.dtype).is_some_and(|l| l.nibbles());
+    if caps.avx2 && (!w.packed || nibbles) && ((dense && n >= 4) || (!dense && n >= 16)) {
         return dense_tiles(pool, caps, w, x, n, out);
     }
     if w.packed {

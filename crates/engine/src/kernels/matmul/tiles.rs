@@ -1,5 +1,5 @@
 //! Prefill tiles: weight rows converted once and multiplied against many tokens (f32 tiles for
-//! 16/32-bit weights, 8-bit VNNI tiles for packed rows, bf16 tiles on AMX and on AVX-512 BF16).
+//! 16/32-bit weights, 8-bit VNNI or AVX2 tiles for packed rows, bf16 tiles on AMX and on AVX-512 BF16).
 //! The dispatcher that chooses among them and the decode paths are in the parent module.
 
 use super::*;
@@ -72,8 +72,10 @@ pub(super) fn dense_tiles(
 }
 
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 pub(super) fn tiles_packed(
     pool: &Threads,
+    vnni: bool,
     w: &QMatrix<'_>,
     acts: &[crate::kernels::packed::PackedActs],
     n: usize,
@@ -103,14 +105,20 @@ pub(super) fn tiles_packed(
                 // activations exist (padded with zeros); features detected by the caller.
                 let v = unsafe {
                     use crate::kernels::x86::{
-                        L_Q4, L_Q4M, L_Q6, L_Q8, L_Q8M, tile2x4_packed_vnni as tile,
+                        L_Q4, L_Q4M, L_Q6, L_Q8, L_Q8M, tile2x4_packed_avx2 as tile2,
+                        tile2x4_packed_vnni as tile,
                     };
-                    match crate::kernels::x86::layout_code(layout) {
-                        L_Q4 => tile::<L_Q4>(rows2, nsb, xq, xd, xso),
-                        L_Q8 => tile::<L_Q8>(rows2, nsb, xq, xd, xso),
-                        L_Q4M => tile::<L_Q4M>(rows2, nsb, xq, xd, xso),
-                        L_Q6 => tile::<L_Q6>(rows2, nsb, xq, xd, xso),
-                        _ => tile::<L_Q8M>(rows2, nsb, xq, xd, xso),
+                    match (vnni, crate::kernels::x86::layout_code(layout)) {
+                        (true, L_Q4) => tile::<L_Q4>(rows2, nsb, xq, xd, xso),
+                        (true, L_Q8) => tile::<L_Q8>(rows2, nsb, xq, xd, xso),
+                        (true, L_Q4M) => tile::<L_Q4M>(rows2, nsb, xq, xd, xso),
+                        (true, L_Q6) => tile::<L_Q6>(rows2, nsb, xq, xd, xso),
+                        (true, _) => tile::<L_Q8M>(rows2, nsb, xq, xd, xso),
+                        (false, L_Q4) => tile2::<L_Q4>(rows2, nsb, xq, xd, xso),
+                        (false, L_Q8) => tile2::<L_Q8>(rows2, nsb, xq, xd, xso),
+                        (false, L_Q4M) => tile2::<L_Q4M>(rows2, nsb, xq, xd, xso),
+                        (false, L_Q6) => tile2::<L_Q6>(rows2, nsb, xq, xd, xso),
+                        (false, _) => tile2::<L_Q8M>(rows2, nsb, xq, xd, xso),
                     }
                 };
                 for (dt, vt) in v.iter().enumerate().take((n - t).min(4)) {

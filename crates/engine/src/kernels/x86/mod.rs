@@ -1,15 +1,17 @@
-//! x86-64 SIMD kernels: the AVX2 + FMA + F16C ones (x86-64-v3) here, the AVX-512 VNNI integer
-//! ones in [`vnni`], the other AVX-512 ones in [`avx512`]. Callers check [`super::CpuCaps`]
-//! first.
+//! x86-64 SIMD kernels: the AVX2 + FMA + F16C ones (x86-64-v3) here and the AVX2 packed-row
+//! kernel in [`packed_avx2`], the AVX-512 VNNI integer ones in [`vnni`], the other AVX-512 ones
+//! in [`avx512`]. Callers check [`super::CpuCaps`] first.
 
 use std::arch::x86_64::*;
 
 use super::{BlockQ8, Q4_0_BYTES, Q8_0_BYTES};
 
 mod avx512;
+mod packed_avx2;
 mod vnni;
 
 pub use avx512::*;
+pub use packed_avx2::*;
 pub use vnni::*;
 
 #[inline]

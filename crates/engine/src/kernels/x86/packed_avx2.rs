@@ -1,0 +1,276 @@
+//! The packed superblock rows (`packed.rs`) on AVX2 alone: the decode kernel of processors
+//! without AVX-512 VNNI, most laptops and desktops.
+//!
+//! A superblock's 16 blocks sit in the 16 32-bit lanes of a 64-byte step; here each step is two
+//! 256-bit halves (blocks 0..8 and 8..16) and `vpdpbusd` becomes `vpmaddubsw` + `vpmaddwd`.
+//! `vpmaddubsw` saturates its 16-bit pair sums, so the unsigned operand must stay small: nibbles
+//! (Q4, Q4M) and 5-bit bytes (Q8M) are used as stored, and their pair sums are added in 16 bits
+//! over as many steps as cannot overflow before one `vpmaddwd` widens them; the layouts whose
+//! bytes are signed values stored + 128 (Q8, Q6) would overflow, so they are turned back into
+//! signed bytes and multiplied with llama.cpp's sign trick, which also makes their activation
+//! offset terms unnecessary.
+
+use super::vnni::{PREFETCH_AHEAD, layout_of};
+use super::*;
+use crate::kernels::packed::Layout;
+
+/// Four consecutive packed rows against one token, one row after the other (one forward
+/// stream, as the VNNI kernel reads them).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot4_packed_avx2<const L: u8>(
+    row: *const u8,
+    row_bytes: usize,
+    superblocks: usize,
+    xq: *const i8,
+    xd: *const f32,
+    xso: [*const f32; 2],
+) -> [f32; 4] {
+    // SAFETY: the caller guarantees four rows of `superblocks` packed superblocks, `row_bytes`
+    // apart, at `row`, and 512 quants and 16 factors per superblock at xq, xd, xso.
+    unsafe {
+        std::array::from_fn(|i| {
+            dot_packed_avx2::<L>(row.add(i * row_bytes), superblocks, xq, xd, xso)
+        })
+    }
+}
+
+/// `Σ` over the 4-byte groups of 32 unsigned × signed byte pairs, in 16 bits (the caller bounds
+/// how many it adds before widening).
+#[inline(always)]
+unsafe fn pairs(w: __m256i, x: __m256i) -> __m256i {
+    // SAFETY: register arithmetic; avx2 is enabled in every caller.
+    unsafe { _mm256_maddubs_epi16(w, x) }
+}
+
+/// Sums adjacent 16-bit lanes into the eight 32-bit lanes (one per block).
+#[inline(always)]
+unsafe fn widen(v: __m256i) -> __m256i {
+    // SAFETY: as above.
+    unsafe { _mm256_madd_epi16(v, _mm256_set1_epi16(1)) }
+}
+
+/// Signed bytes stored + 128 times signed activations, summed per 4-byte group.
+#[inline(always)]
+unsafe fn signed_dot(z: __m256i, x: __m256i) -> __m256i {
+    // SAFETY: as above.
+    unsafe {
+        let w = _mm256_xor_si256(z, _mm256_set1_epi8(0x80u8 as i8));
+        let aw = _mm256_sign_epi8(w, w);
+        widen(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w)))
+    }
+}
+
+/// Scales and offsets (Q4M, Q8M) or second-half scales (Q6) of lanes `8h..8h+8`.
+#[inline(always)]
+unsafe fn head_half(layout: Layout, sb: *const u8, h: usize) -> (__m256, __m256) {
+    // SAFETY: the caller points at a packed superblock's head.
+    unsafe {
+        if matches!(layout, Layout::Q4 | Layout::Q8) {
+            let s = _mm256_cvtph_ps(_mm_loadu_si128(sb.add(16 * h) as *const __m128i));
+            (s, s)
+        } else {
+            (
+                _mm256_loadu_ps((sb as *const f32).add(8 * h)),
+                _mm256_loadu_ps((sb as *const f32).add(16 + 8 * h)),
+            )
+        }
+    }
+}
+
+/// One packed row against one token's packed activations; see the module comment. Lines 8 KiB
+/// ahead are requested into L2 as for the VNNI kernel.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_packed_avx2<const L: u8>(
+    w: *const u8,
+    superblocks: usize,
+    xq: *const i8,
+    xd: *const f32,
+    xso: [*const f32; 2],
+) -> f32 {
+    // SAFETY: the caller guarantees `superblocks` packed superblocks at `w`, and 512 quants
+    // and 16 factors per superblock at xq, xd, xso.
+    unsafe {
+        let layout = const { layout_of(L) };
+        let sbb = const { layout_of(L).superblock_bytes() };
+        let hb = const { layout_of(L).head_bytes() };
+        let m4 = _mm256_set1_epi8(0x0f);
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for s in 0..superblocks {
+            let x = xq.add(s * 512);
+            let ws = w.add(s * sbb);
+            let a = ws.wrapping_add(PREFETCH_AHEAD);
+            for o in (0..sbb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
+            }
+            let q = ws.add(hb);
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let ld = |p: *const u8| _mm256_loadu_si256(p.add(32 * h) as *const __m256i);
+                let xs = |step: usize| ld(x.add(64 * step) as *const u8);
+                // p[0]: the block sums (Q6: of values 0..16), p[1]: Q6's values 16..32.
+                let mut p = [_mm256_setzero_si256(); 2];
+                match layout {
+                    Layout::Q4 | Layout::Q4M => {
+                        // 8 steps of nibble pairs: at most 8 · 2 · 15 · 127 in 16 bits.
+                        let mut s16 = _mm256_setzero_si256();
+                        for u in 0..4 {
+                            let z = ld(q.add(64 * u));
+                            let lo = _mm256_and_si256(z, m4);
+                            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(z), m4);
+                            s16 = _mm256_add_epi16(s16, pairs(lo, xs(2 * u)));
+                            s16 = _mm256_add_epi16(s16, pairs(hi, xs(2 * u + 1)));
+                        }
+                        p[0] = widen(s16);
+                    }
+                    Layout::Q8M => {
+                        // 5-bit values: four steps fit in 16 bits (4 · 2 · 31 · 127).
+                        for half in 0..2 {
+                            let mut s16 = _mm256_setzero_si256();
+                            for st in 4 * half..4 * half + 4 {
+                                s16 = _mm256_add_epi16(s16, pairs(ld(q.add(64 * st)), xs(st)));
+                            }
+                            p[0] = _mm256_add_epi32(p[0], widen(s16));
+                        }
+                    }
+                    Layout::Q8 | Layout::Q6 => {
+                        for st in 0..8 {
+                            let c = if layout == Layout::Q6 { st / 4 } else { 0 };
+                            p[c] = _mm256_add_epi32(p[c], signed_dot(ld(q.add(64 * st)), xs(st)));
+                        }
+                    }
+                }
+                let (sw, mw) = head_half(layout, ws, h);
+                let xdv = _mm256_loadu_ps(xd.add(s * 16 + 8 * h));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[0]), _mm256_mul_ps(sw, xdv), *acc);
+                match layout {
+                    Layout::Q6 => {
+                        let f = _mm256_mul_ps(mw, xdv);
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[1]), f, *acc);
+                    }
+                    // Q4's implied − 8 and Q4M/Q8M's offsets: `so` holds 8 · d · Σq or −d · Σq.
+                    Layout::Q4 | Layout::Q4M | Layout::Q8M => {
+                        let so = _mm256_loadu_ps(xso[0].add(s * 16 + 8 * h));
+                        *acc = _mm256_fnmadd_ps(mw, so, *acc);
+                    }
+                    Layout::Q8 => {}
+                }
+            }
+        }
+        hsum(_mm256_add_ps(acc[0], acc[1]))
+    }
+}
+
+/// Two packed rows × four tokens, the prompt kernel: each unpacked weight operand feeds four
+/// products and each activation operand two, as in the VNNI tile, with the products summed as
+/// in [`dot_packed_avx2`] (so every path gives the same integer sums per block). The 8-bit
+/// products do 32 multiply-adds per instruction where the f32 tiles do 8.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile2x4_packed_avx2<const L: u8>(
+    rows: [*const u8; 2],
+    superblocks: usize,
+    xq: [*const i8; 4],
+    xd: [*const f32; 4],
+    xso: [[*const f32; 2]; 4],
+) -> [[f32; 2]; 4] {
+    // SAFETY: as for `dot_packed_avx2`, for both rows and all four tokens.
+    unsafe {
+        let layout = const { layout_of(L) };
+        let (sbb, hb) = const { (layout_of(L).superblock_bytes(), layout_of(L).head_bytes()) };
+        let m4 = _mm256_set1_epi8(0x0f);
+        let zero = _mm256_setzero_si256();
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        for s in 0..superblocks {
+            let w = [rows[0].add(s * sbb + hb), rows[1].add(s * sbb + hb)];
+            for h in 0..2 {
+                let ldw = |r: usize, off: usize| {
+                    _mm256_loadu_si256(w[r].add(off + 32 * h) as *const __m256i)
+                };
+                let ldx = |t: usize, step: usize| {
+                    _mm256_loadu_si256(xq[t].add(s * 512 + 64 * step + 32 * h) as *const __m256i)
+                };
+                let mut p = [[zero; 2]; 4];
+                // Q6's values 16..32 (steps 4..8), under their own scale.
+                let mut p2 = [[zero; 2]; 4];
+                match layout {
+                    Layout::Q4 | Layout::Q4M => {
+                        let mut s16 = [[zero; 2]; 4];
+                        for u in 0..4 {
+                            let z = [ldw(0, 64 * u), ldw(1, 64 * u)];
+                            let lo = z.map(|z| _mm256_and_si256(z, m4));
+                            let hi = z.map(|z| _mm256_and_si256(_mm256_srli_epi16::<4>(z), m4));
+                            for (t, s16) in s16.iter_mut().enumerate() {
+                                let (x0, x1) = (ldx(t, 2 * u), ldx(t, 2 * u + 1));
+                                for r in 0..2 {
+                                    let v = _mm256_add_epi16(pairs(lo[r], x0), pairs(hi[r], x1));
+                                    s16[r] = _mm256_add_epi16(s16[r], v);
+                                }
+                            }
+                        }
+                        p = s16.map(|a| a.map(|v| widen(v)));
+                    }
+                    Layout::Q8M => {
+                        for half in 0..2 {
+                            let mut s16 = [[zero; 2]; 4];
+                            for st in 4 * half..4 * half + 4 {
+                                let z = [ldw(0, 64 * st), ldw(1, 64 * st)];
+                                for (t, s16) in s16.iter_mut().enumerate() {
+                                    let x = ldx(t, st);
+                                    for r in 0..2 {
+                                        s16[r] = _mm256_add_epi16(s16[r], pairs(z[r], x));
+                                    }
+                                }
+                            }
+                            for (p, s16) in p.iter_mut().zip(s16) {
+                                for r in 0..2 {
+                                    p[r] = _mm256_add_epi32(p[r], widen(s16[r]));
+                                }
+                            }
+                        }
+                    }
+                    Layout::Q8 | Layout::Q6 => {
+                        for st in 0..8 {
+                            let sw = [ldw(0, 64 * st), ldw(1, 64 * st)]
+                                .map(|z| _mm256_xor_si256(z, _mm256_set1_epi8(0x80u8 as i8)));
+                            let aw = sw.map(|v| _mm256_sign_epi8(v, v));
+                            let dst = if layout == Layout::Q6 && st >= 4 {
+                                &mut p2
+                            } else {
+                                &mut p
+                            };
+                            for (t, d) in dst.iter_mut().enumerate() {
+                                let x = ldx(t, st);
+                                for r in 0..2 {
+                                    let v = widen(pairs(aw[r], _mm256_sign_epi8(x, sw[r])));
+                                    d[r] = _mm256_add_epi32(d[r], v);
+                                }
+                            }
+                        }
+                    }
+                }
+                let heads = [
+                    head_half(layout, w[0].sub(hb), h),
+                    head_half(layout, w[1].sub(hb), h),
+                ];
+                for t in 0..4 {
+                    let d = _mm256_loadu_ps(xd[t].add(s * 16 + 8 * h));
+                    for (r, &(sw, mw)) in heads.iter().enumerate() {
+                        let a = &mut acc[t][r];
+                        *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[t][r]), _mm256_mul_ps(sw, d), *a);
+                        match layout {
+                            Layout::Q6 => {
+                                let f = _mm256_mul_ps(mw, d);
+                                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p2[t][r]), f, *a);
+                            }
+                            Layout::Q4 | Layout::Q4M | Layout::Q8M => {
+                                let so = _mm256_loadu_ps(xso[t][0].add(s * 16 + 8 * h));
+                                *a = _mm256_fnmadd_ps(mw, so, *a);
+                            }
+                            Layout::Q8 => {}
+                        }
+                    }
+                }
+            }
+        }
+        acc.map(|a| a.map(|v| hsum(v)))
+    }
+}
