@@ -527,7 +527,7 @@ fn q8_0_follows_f32_greedy() {
     }
 }
 
-/// The packed-weights file: the first load of a Q4_0 / Q8_0 model writes it, the second maps
+/// The packed-weights file (processors with AVX2 and up): the first load of a Q4_0 / Q8_0 model writes it, the second maps
 /// it, and both compute exactly what a load without it computes.
 #[test]
 fn weight_cache_is_written_once_and_gives_the_same_logits() {
@@ -550,20 +550,12 @@ fn weight_cache_is_written_once_and_gives_the_same_logits() {
             want,
             "{quant}: first load"
         );
-        // Only processors that repack (AVX-512 VNNI) have anything to cache.
+        // Only processors that repack (AVX2 and up) have anything to cache.
         let written = files(&cache) - before;
-        assert_eq!(
-            written,
-            usize::from(caps.avx512vnni),
-            "{quant}: files written"
-        );
+        assert_eq!(written, usize::from(caps.avx2), "{quant}: files written");
         let entry =
             bakeoff_engine::loader::packcache::PackCache::open(&cache, std::slice::from_ref(&path));
-        assert_eq!(
-            entry.unwrap().hit(),
-            caps.avx512vnni,
-            "{quant}: file readable"
-        );
+        assert_eq!(entry.unwrap().hit(), caps.avx2, "{quant}: file readable");
         let mut second = load_model_only(&path, &with_cache).unwrap();
         assert_eq!(
             files(&cache) - before,
