@@ -11,7 +11,8 @@ use clap::Args;
 
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// A Hugging Face folder, a .gguf file, or a hub id `owner/name[@revision]`.
+    /// A Hugging Face folder, a .gguf file, a hub id `owner/name[@revision]`, or a catalog name
+    /// (`bakeoff list`; pulled and verified on first use).
     #[arg(long, short = 'm')]
     pub model: String,
     /// The file to use from a GGUF hub repository.

@@ -29,6 +29,10 @@ enum Command {
     Info(commands::info::InfoArgs),
     /// Print the token ids of a text as a JSON array (or decode ids with --decode).
     Tokenize(commands::tokenize::TokenizeArgs),
+    /// Fetch catalog models by name into the cache, verified by SHA-256.
+    Pull(commands::models::PullArgs),
+    /// The model catalog: names usable with --model, and which are cached.
+    List(commands::models::ListArgs),
     /// Write a random-weight model with the exact architecture of a real one.
     Synth(commands::synth::SynthArgs),
     /// Quantize a model to a GGUF file (q8_0, q4_0, q4_k, q5_k, q6_k), or measure the quality cost.
@@ -82,6 +86,8 @@ fn main() -> ExitCode {
         Command::Generate(a) => commands::generate::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Tokenize(a) => commands::tokenize::run(a),
+        Command::Pull(a) => commands::models::pull(a),
+        Command::List(a) => commands::models::list(a),
         Command::Synth(a) => commands::synth::run(a),
         Command::Quantize(a) => commands::quantize::run(a),
         Command::Perplexity(a) => commands::perplexity::run(a),

@@ -359,6 +359,13 @@ fn open_source(model: &str) -> Result<Source> {
     let path = match ModelSource::parse(model, None)? {
         ModelSource::Dir(p) | ModelSource::Gguf(p) => p,
         ModelSource::Hub { id, .. } => hub::fetch_hf_model(&id)?,
+        ModelSource::Catalog(m) => {
+            m.pull(&bakeoff_engine::loader::catalog::PullOptions {
+                progress: true,
+                ..Default::default()
+            })?
+            .path
+        }
     };
     let (cfg, store) = open_weights(&path)?;
     let names = tensor_names(&cfg);

@@ -17,7 +17,7 @@ use clap::Args;
 /// --repetitions greedy runs of every scenario and context depth with EOS ignored.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// A Hugging Face folder, .gguf file, hub id, or `openai:http://HOST:PORT/v1#MODEL` (repeatable).
+    /// A Hugging Face folder, .gguf file, hub id, catalog name, or `openai:http://HOST:PORT/v1#MODEL` (repeatable).
     #[arg(long = "model", short = 'm', required_unless_present_any = ["from", "membw"])]
     pub models: Vec<String>,
     /// The file to use from GGUF hub repositories.

@@ -21,7 +21,7 @@ use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// A model to evaluate (repeat for a paired comparison): folder, .gguf file or hub id.
+    /// A model to evaluate (repeat for a paired comparison): folder, .gguf file, hub id or catalog name.
     #[arg(long = "model", short = 'm', required = true)]
     pub models: Vec<String>,
     /// quick (minutes), standard (about an hour per 1.5B model on 2 cores) or full (everything).

@@ -6,6 +6,7 @@ pub mod eval;
 pub mod generate;
 pub mod history;
 pub mod info;
+pub mod models;
 pub mod perplexity;
 pub mod quantize;
 pub mod report;

@@ -1,6 +1,7 @@
 //! From a `--model` argument to a [`LoadedModel`]: probe the source, read the config, map the
 //! weights, build the tokenizer and chat template, and put the decoder on its device.
 
+pub mod catalog;
 pub mod gguf;
 pub mod hub;
 pub mod packcache;
@@ -36,10 +37,12 @@ pub enum ModelSource {
         id: HubId,
         gguf_file: Option<String>,
     },
+    /// A short name from the model catalog (`bakeoff list`).
+    Catalog(Box<catalog::CatalogModel>),
 }
 
 impl ModelSource {
-    /// Existing paths win; otherwise `owner/name[@rev]` is a hub id.
+    /// Existing paths win; then catalog names; otherwise `owner/name[@rev]` is a hub id.
     pub fn parse(s: &str, gguf_file: Option<&str>) -> Result<Self> {
         let p = Path::new(s);
         if p.is_dir() {
@@ -48,6 +51,20 @@ impl ModelSource {
         if p.is_file() {
             return Ok(ModelSource::Gguf(p.to_path_buf()));
         }
+        let catalog = if s.contains(['/', '\\']) {
+            None
+        } else {
+            let cat = catalog::Catalog::from_env()?;
+            if let Some(m) = cat.get(s) {
+                if gguf_file.is_some() {
+                    return Err(Error::InvalidArgument(format!(
+                        "`{s}` is a catalog name for one GGUF file; --gguf-file applies to hub ids"
+                    )));
+                }
+                return Ok(ModelSource::Catalog(Box::new(m.clone())));
+            }
+            Some(cat)
+        };
         if let Some(id) = HubId::parse(s)
             && !s.starts_with('.')
             && !s.starts_with('/')
@@ -57,8 +74,12 @@ impl ModelSource {
                 gguf_file: gguf_file.map(str::to_string),
             });
         }
+        let names = catalog
+            .map(|c| format!(" or a catalog name ({})", c.names().join(", ")))
+            .unwrap_or_default();
         Err(Error::NotFound(format!(
-            "`{s}` is neither an existing folder or .gguf file nor a hub id like owner/name[@revision]"
+            "`{s}` is neither an existing folder or .gguf file nor a hub id like \
+             owner/name[@revision]{names}"
         )))
     }
 }
@@ -182,11 +203,18 @@ fn open_parts(source: &str, gguf_file: Option<&str>) -> Result<(Parts, Option<St
                 Some(id.revision.clone()),
             ),
         },
+        ModelSource::Catalog(m) => {
+            let opts = catalog::PullOptions {
+                progress: true,
+                ..Default::default()
+            };
+            (ModelSource::Gguf(m.pull(&opts)?.path), None)
+        }
     };
     let parts = match &local {
         ModelSource::Dir(dir) => open_hf_dir(dir)?,
         ModelSource::Gguf(path) => open_gguf(path)?,
-        ModelSource::Hub { .. } => unreachable_hub()?,
+        ModelSource::Hub { .. } | ModelSource::Catalog(_) => unreachable_hub()?,
     };
     Ok((parts, revision))
 }
