@@ -224,7 +224,7 @@ pub fn write_json<T: Serialize>(path: &std::path::Path, record: &T) -> std::io::
         std::fs::create_dir_all(dir)?;
     }
     let text = serde_json::to_string_pretty(record).map_err(std::io::Error::other)?;
-    std::fs::write(path, text + "\n")
+    crate::fsio::write_atomic(path, (text + "\n").as_bytes())
 }
 
 #[cfg(test)]

@@ -8,12 +8,13 @@
 //!   function that recognises a results file ([`ResultsFile::parse`]).
 //! - [`bench`], [`eval`], [`compare`], [`quantize`]: each results file's schema, declared once.
 //! - [`stats`] (estimates with 95% intervals), [`paired`] (paired tests, the 1-10 scale),
-//!   [`hash`] (SHA-256 as hex), [`nan`] (NaN-as-null readers), [`time`] (UTC dates).
+//!   [`hash`] (SHA-256 as hex), [`fsio`] (whole-file atomic writes), [`nan`] (NaN-as-null readers), [`time`] (UTC dates).
 //! - [`stream`]: the OpenAI streaming format as a client reads it (bench's and serve's remotes).
 
 pub mod bench;
 pub mod compare;
 pub mod eval;
+pub mod fsio;
 pub mod generation;
 pub mod hash;
 pub mod header;

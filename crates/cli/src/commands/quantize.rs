@@ -368,8 +368,11 @@ fn measure(a: &QuantizeArgs) -> Result<()> {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        std::fs::write(out, serde_json::to_string_pretty(&results)? + "\n")
-            .with_context(|| format!("cannot write {}", out.display()))?;
+        bakeoff_record::fsio::write_atomic(
+            out,
+            (serde_json::to_string_pretty(&results)? + "\n").as_bytes(),
+        )
+        .with_context(|| format!("cannot write {}", out.display()))?;
         eprintln!("-- results: {}", out.display());
     }
     Ok(())
