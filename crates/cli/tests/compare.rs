@@ -191,6 +191,60 @@ fn compare_report_and_history_on_tiny_models() {
     };
     assert_eq!(body(&md), body(&md2));
 
+    // The router is calibrated from what eval wrote: per-item scores from results.json, prompts
+    // from the audit trail, half the items held out to check the chosen threshold.
+    let eval_dir = out.join("eval");
+    let cal = ok(&run(&[
+        "route",
+        "calibrate",
+        "--results",
+        eval_dir.to_str().unwrap(),
+        "--strong-share",
+        "0.5",
+        "--dry-run",
+        "--json",
+    ]));
+    let cal: serde_json::Value = serde_json::from_str(&cal).unwrap();
+    // Without --fast/--strong the smaller model (parameters counted by eval) is the fast tier.
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(eval_dir.join("results.json")).unwrap())
+            .unwrap();
+    let params = |label: &serde_json::Value| {
+        results["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| &m["label"] == label)
+            .unwrap_or_else(|| panic!("{label} is not an eval model"))["info"]["parameters"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_ne!(cal["fast"], cal["strong"]);
+    assert!(params(&cal["fast"]) <= params(&cal["strong"]), "{cal}");
+    let held = &cal["held_out"];
+    let n_cal = cal["calibration"]["items"].as_u64().unwrap();
+    let n_held = held["items"].as_u64().unwrap();
+    assert!(n_cal > 0 && n_held > 0, "{cal}");
+    for k in ["quality", "random_at_share", "strong_share"] {
+        let v = held[k].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{k} {v}");
+    }
+    let e = run(&[
+        "route",
+        "calibrate",
+        "--results",
+        eval_dir.to_str().unwrap(),
+        "--fast",
+        "nope",
+        "--dry-run",
+    ]);
+    assert!(!e.status.success());
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert!(
+        err.contains("`nope` is not a model") && err.contains("synthetic-tiny"),
+        "{err}"
+    );
+
     let list = ok(&run(&["history", "--db", db_s]));
     assert!(
         list.contains("compare") && list.contains("report"),

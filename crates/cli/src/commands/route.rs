@@ -3,7 +3,9 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow};
 use bakeoff_engine::template::Message;
 use bakeoff_serve::backend::Input;
-use bakeoff_serve::calibrate::{calibrate, read_items, write_config};
+use bakeoff_serve::calibrate::{
+    Calibration, HeldOut, calibrate, evaluate, read_eval, read_items, split, write_config,
+};
 use bakeoff_serve::complexity::score;
 use clap::{Args, Subcommand};
 
@@ -25,21 +27,30 @@ pub enum RouteCmd {
 
 #[derive(Args, Debug)]
 pub struct CalibrateArgs {
-    /// Eval results: JSON array or JSON Lines of {"prompt" | "messages", "correct": {"fast": bool, "strong": bool}}.
+    /// `bakeoff eval` output (its --out folder or results.json, with audit.jsonl beside it), or a
+    /// JSON array / JSON Lines of {"prompt" | "messages", "correct": {"fast": bool, "strong": bool}}.
     #[arg(long)]
     pub results: PathBuf,
+    /// Share of the items held out of the calibration and used to measure the chosen threshold
+    /// against random routing at the same share (0 uses every item for both).
+    #[arg(long, default_value_t = 0.5)]
+    pub holdout: f64,
+    /// Also write the calibration (curve, threshold, held-out figures) as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Share of requests the strong model should get (0..1).
     #[arg(long, default_value_t = 0.3)]
     pub strong_share: f64,
     /// The config file to write (created, or updated keeping its other settings).
     #[arg(long, default_value = "bakeoff-serve.toml")]
     pub config: PathBuf,
-    /// Key of the fast model in `correct`.
-    #[arg(long, default_value = "fast")]
-    pub fast: String,
-    /// Key of the strong model in `correct`.
-    #[arg(long, default_value = "strong")]
-    pub strong: String,
+    /// The fast model: its key in `correct`, or its label in eval results (default `fast`; for
+    /// eval results, the model with fewer parameters).
+    #[arg(long)]
+    pub fast: Option<String>,
+    /// The strong model (default `strong`; for eval results, the other model).
+    #[arg(long)]
+    pub strong: Option<String>,
     /// Print the calibration as JSON.
     #[arg(long)]
     pub json: bool,
@@ -68,14 +79,107 @@ pub fn run(a: RouteArgs) -> Result<()> {
     }
 }
 
+#[derive(serde::Serialize)]
+struct CalibrationFile<'a> {
+    source: String,
+    fast: &'a str,
+    strong: &'a str,
+    holdout: f64,
+    calibration: &'a Calibration,
+    held_out: Option<&'a HeldOut>,
+}
+
 fn run_calibrate(c: CalibrateArgs) -> Result<()> {
-    let items = read_items(&c.results).map_err(|e| anyhow!(e))?;
-    let cal = calibrate(&items, &c.fast, &c.strong, c.strong_share).map_err(|e| anyhow!(e))?;
+    if !(0.0..1.0).contains(&c.holdout) {
+        anyhow::bail!("--holdout must be in [0, 1), got {}", c.holdout);
+    }
+    let (items, fast, strong) = match read_eval(&c.results).map_err(|e| anyhow!(e))? {
+        Some(ev) => {
+            let labels: Vec<&str> = ev.models.iter().map(|(l, _)| l.as_str()).collect();
+            let by_size = {
+                let mut m = ev.models.clone();
+                m.sort_by_key(|(_, p)| p.unwrap_or(u64::MAX));
+                m
+            };
+            let fast = c.fast.clone().unwrap_or_else(|| by_size[0].0.clone());
+            let strong = c.strong.clone().unwrap_or_else(|| {
+                by_size
+                    .iter()
+                    .find(|(l, _)| *l != fast)
+                    .map(|(l, _)| l.clone())
+                    .unwrap_or_default()
+            });
+            for k in [&fast, &strong] {
+                if !labels.contains(&k.as_str()) {
+                    anyhow::bail!(
+                        "`{k}` is not a model of {} (models: {})",
+                        c.results.display(),
+                        labels.join(", ")
+                    );
+                }
+            }
+            eprintln!(
+                "eval results: {} items scored for both models{}; fast = {fast}, strong = {strong}",
+                ev.items.len(),
+                if ev.without_prompt > 0 {
+                    format!(" ({} without a prompt left out)", ev.without_prompt)
+                } else {
+                    String::new()
+                }
+            );
+            (ev.items, fast, strong)
+        }
+        None => (
+            read_items(&c.results).map_err(|e| anyhow!(e))?,
+            c.fast.clone().unwrap_or_else(|| "fast".into()),
+            c.strong.clone().unwrap_or_else(|| "strong".into()),
+        ),
+    };
+    let (cal_items, test_items) = if c.holdout > 0.0 {
+        let (a, b) = split(&items, c.holdout);
+        if a.is_empty() || b.is_empty() {
+            anyhow::bail!(
+                "{} items cannot be split into calibration and held-out parts at --holdout {}; \
+                 use --holdout 0 to calibrate on all of them (without a held-out check)",
+                items.len(),
+                c.holdout
+            );
+        }
+        (a, b)
+    } else {
+        (items, Vec::new())
+    };
+    let cal = calibrate(&cal_items, &fast, &strong, c.strong_share).map_err(|e| anyhow!(e))?;
+    let held = if test_items.is_empty() {
+        None
+    } else {
+        Some(evaluate(&test_items, &fast, &strong, cal.threshold).map_err(|e| anyhow!(e))?)
+    };
+    if let Some(out) = &c.out {
+        let file = CalibrationFile {
+            source: c.results.display().to_string(),
+            fast: &fast,
+            strong: &strong,
+            holdout: c.holdout,
+            calibration: &cal,
+            held_out: held.as_ref(),
+        };
+        bakeoff_record::fsio::write_atomic(
+            out,
+            (serde_json::to_string_pretty(&file)? + "\n").as_bytes(),
+        )
+        .map_err(|e| anyhow!("cannot write {}: {e}", out.display()))?;
+    }
     if c.json {
-        println!("{}", serde_json::to_string_pretty(&cal)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "fast": fast, "strong": strong, "calibration": cal, "held_out": held,
+            }))?
+        );
     } else {
         println!(
-            "{} items · fast alone {:.3} · strong alone {:.3}",
+            "calibration: {} items · fast alone {:.3} · strong alone {:.3}",
             cal.items, cal.fast_only, cal.strong_only
         );
         println!(
@@ -99,6 +203,26 @@ fn run_calibrate(c: CalibrateArgs) -> Result<()> {
                 g * 100.0
             ))
         );
+        if let Some(h) = &held {
+            println!(
+                "held out: {} items · {:.1}% sent to strong · quality {:.3} (95% {:.3}-{:.3}) vs random \
+                 routing at that share {:.3} ({:.3}-{:.3}); gain {:+.3} (95% {:+.3} to {:+.3}) · fast alone \
+                 {:.3}, strong alone {:.3}",
+                h.items,
+                h.strong_share * 100.0,
+                h.quality,
+                h.quality_ci.0,
+                h.quality_ci.1,
+                h.random_at_share,
+                h.random_ci.0,
+                h.random_ci.1,
+                h.quality - h.random_at_share,
+                h.gain_ci.0,
+                h.gain_ci.1,
+                h.fast_only,
+                h.strong_only
+            );
+        }
     }
     if !c.dry_run {
         write_config(&c.config, cal.threshold).map_err(|e| anyhow!(e))?;
