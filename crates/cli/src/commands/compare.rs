@@ -1,14 +1,16 @@
 //! `bakeoff compare`: the main job. Benchmarks and evaluates two models (each step is the
 //! `bench` and `eval` command with the options passed through), records both models' answers
 //! to fixed prompts, and renders the comparison report from the results files it wrote.
-//! `--demo` does the same offline on the full-size synthetic pair.
+//! `--demo` does it on two small real models from the catalog (pulled and verified on first use)
+//! with a short profile; `--demo-synthetic` offline on the full-size synthetic pair.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use bakeoff_engine::generate::{Flow, GenParams, generate};
-use bakeoff_engine::loader::{LoadOptions, gguf::GgufStore};
+use bakeoff_engine::loader::catalog::PullOptions;
+use bakeoff_engine::loader::{LoadOptions, ModelSource, gguf::GgufStore};
 use bakeoff_engine::template::Message;
 use bakeoff_record::ResultsKind;
 use bakeoff_record::compare::{Answer, Answers, Manifest, ManifestModel, ModelAnswers};
@@ -19,6 +21,10 @@ use clap::Args;
 
 use super::bench::BenchArgs;
 use super::eval::EvalArgs;
+
+/// The real pair of `--demo`: a Llama-family and a Qwen2-family instruct model small enough for
+/// the whole job to take minutes on 2 cores (catalog names, docs/models.md).
+pub const DEMO_MODELS: [&str; 2] = ["smollm2-135m", "qwen2.5-coder-0.5b"];
 
 pub const DEFAULT_MODELS: [&str; 2] = [
     "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
@@ -37,50 +43,61 @@ const DEMO_DEPTHS: &str = "128,256";
 const DEMO_DEPTH_TOKENS: usize = 8;
 const DEMO_LIMIT: usize = 2;
 const DEMO_MAX_NEW_TOKENS: usize = 24;
+/// The real pair's answers mean something, so `--demo` evaluates more items and lets answers run
+/// longer than `--demo-synthetic` does: the first 20 items of each quick-profile component with
+/// up to 48 new tokens took 6 min 11 s for the whole job on 2 cores (the whole quick profile at 24
+/// tokens took 9 min 10 s).
+const DEMO_REAL_LIMIT: usize = 20;
+const DEMO_REAL_MAX_NEW_TOKENS: usize = 48;
 const DEMO_ONLY: &str =
     "mmlu,arc_challenge,hellaswag,truthfulqa_mc,gsm8k,ifeval,creativity_proxy,humaneval,hygiene";
 const DEMO_ANSWER_TOKENS: usize = 32;
 
 #[derive(Args, Debug)]
 pub struct CompareArgs {
-    /// The two models (folder, .gguf file or hub id); default TinyLlama-1.1B-Chat vs Qwen2.5-1.5B-Instruct.
+    /// The two models (folder, .gguf file, hub id or catalog name); default TinyLlama-1.1B-Chat vs Qwen2.5-1.5B-Instruct.
     #[arg(long = "model", short = 'm')]
     pub models: Vec<String>,
     /// Output folder: bench.json, eval/, answers.json, compare.json, report.md, report.html, charts/.
     #[arg(long, default_value = "bakeoff-report")]
     pub out: PathBuf,
+    /// Demo on two small real models, SmolLM2-135M-Instruct vs Qwen2.5-Coder-0.5B-Instruct (pulled
+    /// from the catalog on first use), with a short profile.
+    #[arg(long, conflicts_with_all = ["models", "demo_synthetic"])]
+    pub demo: bool,
     /// Offline demo: synthesize the full-size TinyLlama-1.1B and Qwen2.5-1.5B architectures with
     /// random weights and real tokenizers, and run a short profile (speed is real, quality is not).
     #[arg(long, conflicts_with = "models")]
-    pub demo: bool,
-    /// Where --demo keeps its synthesized models (default: bakeoff/synthetic in the user cache folder).
+    pub demo_synthetic: bool,
+    /// Where --demo-synthetic keeps its synthesized models (default: bakeoff/synthetic in the user
+    /// cache folder).
     #[arg(long)]
     pub models_dir: Option<PathBuf>,
-    /// Real tokenizer vocabularies (GGUF vocab files) for --demo.
+    /// Real tokenizer vocabularies (GGUF vocab files) for --demo-synthetic.
     #[arg(long, default_value = "../shared/vocab")]
     pub vocab_dir: PathBuf,
-    /// Weight type of the --demo models.
+    /// Weight type of the --demo-synthetic models.
     #[arg(long, default_value = "q4_0")]
     pub quant: String,
 
     // ---- passed to `bakeoff bench`
-    /// Measured runs per scenario and depth (bench; default 5, 3 with --demo).
+    /// Measured runs per scenario and depth (bench; default 5, 3 with either demo).
     #[arg(long)]
     pub repetitions: Option<usize>,
     /// Unmeasured warm-up runs (bench).
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    /// Tokens per scenario run (bench; default 128, 32 with --demo).
+    /// Tokens per scenario run (bench; default 128, 24 with either demo).
     #[arg(long)]
     pub max_tokens: Option<usize>,
-    /// Scenarios (bench): short, medium, long, code, creative, or none (default all; with --demo
-    /// all but long).
+    /// Scenarios (bench): short, medium, long, code, creative, or none (default all; with either
+    /// demo all but long).
     #[arg(long)]
     pub scenarios: Option<String>,
-    /// Context depths (bench; default 128,256,512,1024,2048, 128,512 with --demo), or none.
+    /// Context depths (bench; default 128,256,512,1024,2048; 128,256 with either demo), or none.
     #[arg(long)]
     pub depths: Option<String>,
-    /// Tokens generated at each depth (bench; default 32, 16 with --demo).
+    /// Tokens generated at each depth (bench; default 32, 8 with either demo).
     #[arg(long)]
     pub depth_tokens: Option<usize>,
     /// Do not drop the page cache for a cold load (bench; --demo never drops it, since that slows
@@ -104,10 +121,12 @@ pub struct CompareArgs {
     /// Only these eval components (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    /// First N items per eval component (default: the whole profile; 2 with --demo).
+    /// First N items per eval component (default: the whole profile; 20 with --demo, 2 with
+    /// --demo-synthetic).
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Cap on new tokens for generative eval items (default: the profile's; 32 with --demo).
+    /// Cap on new tokens for generative eval items (default: the profile's; 48 with --demo, 24 with
+    /// --demo-synthetic).
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
     /// `bakeoff quantize --measure` results to add to the report's quantization section
@@ -135,7 +154,8 @@ pub struct CompareArgs {
     /// CPU threads (default: all cores), the same for every step.
     #[arg(long)]
     pub threads: Option<usize>,
-    /// New tokens per answer to the fixed prompts (default 256, 48 with --demo).
+    /// New tokens per answer to the fixed prompts (default 256; 48 with --demo, 32 with
+    /// --demo-synthetic).
     #[arg(long)]
     pub answer_tokens: Option<usize>,
     /// The history database (default: bakeoff/history.sqlite under the user's data folder).
@@ -147,6 +167,31 @@ pub struct CompareArgs {
     /// No progress bars.
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// Catalog names become the paths of their pulled files here, once, so that the bench's worker
+/// processes, the eval and the results files all see one file.
+fn resolve_catalog_names(models: Vec<String>, progress: bool) -> Result<Vec<String>> {
+    models
+        .into_iter()
+        .map(|m| match ModelSource::parse(&m, None) {
+            Ok(ModelSource::Catalog(entry)) => {
+                let pulled = entry
+                    .pull(&PullOptions {
+                        progress,
+                        ..Default::default()
+                    })
+                    .with_context(|| format!("cannot pull `{m}`"))?;
+                eprintln!(
+                    "{m}: {} ({})",
+                    pulled.path.display(),
+                    pulled.origin.as_str()
+                );
+                Ok(pulled.path.display().to_string())
+            }
+            _ => Ok(m),
+        })
+        .collect()
 }
 
 fn demo_models(a: &CompareArgs) -> Result<Vec<String>> {
@@ -276,7 +321,7 @@ fn now() -> u64 {
 }
 
 fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(v)? + "\n")
+    bakeoff_record::fsio::write_atomic(path, (serde_json::to_string_pretty(v)? + "\n").as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -296,8 +341,10 @@ pub fn run(a: CompareArgs) -> Result<()> {
             q.display()
         );
     }
-    let models: Vec<String> = if a.demo {
+    let models: Vec<String> = if a.demo_synthetic {
         demo_models(&a)?
+    } else if a.demo {
+        DEMO_MODELS.iter().map(|s| s.to_string()).collect()
     } else if a.models.is_empty() {
         DEFAULT_MODELS.iter().map(|s| s.to_string()).collect()
     } else {
@@ -321,7 +368,8 @@ pub fn run(a: CompareArgs) -> Result<()> {
             a.data_dir.display()
         );
     }
-    let d = a.demo;
+    let models = resolve_catalog_names(models, !a.no_progress)?;
+    let d = a.demo || a.demo_synthetic;
     let pick =
         |v: Option<usize>, demo: usize, full: usize| v.unwrap_or(if d { demo } else { full });
     std::fs::create_dir_all(&a.out)
@@ -407,12 +455,17 @@ pub fn run(a: CompareArgs) -> Result<()> {
         print_ids: false,
         batch: bakeoff_eval::select::DEFAULT_GEN_BATCH,
         limit: if d {
-            a.limit.or(Some(DEMO_LIMIT))
+            a.limit
+                .or(Some(if a.demo { DEMO_REAL_LIMIT } else { DEMO_LIMIT }))
         } else {
             a.limit
         },
         max_new_tokens: if d {
-            a.max_new_tokens.or(Some(DEMO_MAX_NEW_TOKENS))
+            a.max_new_tokens.or(Some(if a.demo {
+                DEMO_REAL_MAX_NEW_TOKENS
+            } else {
+                DEMO_MAX_NEW_TOKENS
+            }))
         } else {
             a.max_new_tokens
         },
@@ -433,7 +486,15 @@ pub fn run(a: CompareArgs) -> Result<()> {
         &models,
         &labels,
         &opts,
-        pick(a.answer_tokens, DEMO_ANSWER_TOKENS, 256),
+        pick(
+            a.answer_tokens,
+            if a.demo {
+                DEMO_REAL_MAX_NEW_TOKENS
+            } else {
+                DEMO_ANSWER_TOKENS
+            },
+            256,
+        ),
     )?;
     let answers_path = a.out.join("answers.json");
     write_json(&answers_path, &ans)?;
@@ -442,7 +503,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         header: ResultsKind::Manifest.header(),
         created_unix: now(),
         command: std::env::args().collect(),
-        demo: a.demo,
+        demo: d,
         models: models
             .iter()
             .zip(&labels)
@@ -476,7 +537,13 @@ pub fn run(a: CompareArgs) -> Result<()> {
     } else {
         Some(super::history::db_path(&a.db)?)
     };
-    let kind = if a.demo { "compare --demo" } else { "compare" };
+    let kind = if a.demo_synthetic {
+        "compare --demo-synthetic"
+    } else if a.demo {
+        "compare --demo"
+    } else {
+        "compare"
+    };
     super::report::render_and_record(&inputs, &a.out, kind, db.as_deref())?;
     eprintln!(
         "compare finished in {:.0} s",

@@ -41,10 +41,10 @@ pub(crate) fn methodology(d: &mut Doc, inp: &Inputs, pair: &Pair) {
         items.push(format!(
             "Compare command: `{}`{}.",
             m.command.join(" "),
-            if m.demo {
-                " (offline demo on synthetic models)"
-            } else {
-                ""
+            match (m.demo, m.models.iter().any(|x| x.synthetic)) {
+                (true, true) => " (offline demo on synthetic models)",
+                (true, false) => " (demo profile: few items and short runs)",
+                _ => "",
             }
         ));
     }
