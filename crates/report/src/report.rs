@@ -92,7 +92,8 @@ pub fn write(r: &Rendered, out: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(&charts_dir).map_err(|e| ReportError::io(&charts_dir, e))?;
     let mut written = Vec::new();
     let mut put = |p: PathBuf, text: &str| -> Result<()> {
-        std::fs::write(&p, text).map_err(|e| ReportError::io(&p, e))?;
+        bakeoff_record::fsio::write_atomic(&p, text.as_bytes())
+            .map_err(|e| ReportError::io(&p, e))?;
         written.push(p);
         Ok(())
     };

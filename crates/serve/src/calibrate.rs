@@ -196,7 +196,8 @@ pub fn write_config(path: &Path, threshold: f32) -> Result<(), String> {
     let th = (threshold as f64 * 1e4).round() / 1e4;
     router.insert("complexity_threshold".into(), toml::Value::Float(th));
     let text = toml::to_string_pretty(&table).map_err(|e| format!("cannot write TOML: {e}"))?;
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    bakeoff_record::fsio::write_atomic(path, text.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 #[cfg(test)]

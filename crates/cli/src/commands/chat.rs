@@ -318,7 +318,7 @@ impl Session {
             "sampling": self.params,
             "turns": self.turns,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&v)?)
+        bakeoff_record::fsio::write_atomic(path, serde_json::to_string_pretty(&v)?.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!("(saved {} turn(s) to {})", self.turns.len(), path.display());
         Ok(())

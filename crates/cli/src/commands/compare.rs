@@ -276,7 +276,7 @@ fn now() -> u64 {
 }
 
 fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(v)? + "\n")
+    bakeoff_record::fsio::write_atomic(path, (serde_json::to_string_pretty(v)? + "\n").as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))
 }
 

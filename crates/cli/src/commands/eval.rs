@@ -405,7 +405,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         seconds: started.elapsed().as_secs_f64(),
     };
     let json = serde_json::to_string_pretty(&results)?;
-    std::fs::write(&results_path, &json)
+    bakeoff_record::fsio::write_atomic(&results_path, json.as_bytes())
         .with_context(|| format!("cannot write {}", results_path.display()))?;
     eprintln!(
         "wrote {} and {} ({} audit records)",
