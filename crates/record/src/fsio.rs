@@ -1,49 +1,138 @@
-//! Results and reports are written whole or not at all: into a temporary file in the same
-//! folder, flushed to disk, then renamed over the destination. A crash or Ctrl-C mid-write
-//! leaves the previous file (or none), never a truncated one that a later `report` would read.
+//! Writing files so that a crash, a kill or a full disk never leaves a half-written one behind.
+//!
+//! Every results, report and record file goes through [`write_atomic`] (or
+//! [`write_atomic_with`] for streamed output): the bytes go to a temporary file in the same
+//! folder, are flushed to disk, and the temporary is renamed over the target. A reader sees
+//! either the old file or the complete new one, never a prefix; the rename is atomic only
+//! within one file system, which is why the temporary lives next to the target.
 
-use std::io::Write;
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
 
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
+/// The marker every temporary carries, so a leftover one (from a killed process) is
+/// recognisable as ours and never mistaken for a results file.
+pub const TEMP_MARKER: &str = ".bakeoff-tmp";
+
+/// Writes `bytes` to `path` atomically, creating the parent folder if needed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// Writes whatever `fill` produces to `path` atomically. If `fill` fails, the target keeps its
+/// old content (or stays absent) and the temporary is removed.
+pub fn write_atomic_with<F>(path: &Path, fill: F) -> io::Result<()>
+where
+    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+{
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.to_path_buf()
+        }
+        None => PathBuf::from("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other(format!("{} names no file", path.display())))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} names no file to write", path.display()),
+        )
+    })?;
+    let (tmp, file) = create_temp(&dir, &name.to_string_lossy())?;
+    let result = (|| {
+        let mut w = BufWriter::new(file);
+        fill(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        // The temporary is ours and incomplete; a failure to remove it must not hide the
+        // error that matters.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(&dir);
     Ok(())
+}
+
+/// Creates a fresh temporary next to the target. The process id keeps concurrent writers
+/// apart; the attempt number covers one process writing the same target twice at once.
+fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
+    let pid = std::process::id();
+    let mut attempt = 0u32;
+    loop {
+        let tmp = dir.join(format!(".{name}.{pid}.{attempt}{TEMP_MARKER}"));
+        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 1000 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Makes the rename itself durable. Best effort: some file systems refuse to open or sync a
+/// folder, and the file's content is already on disk by then.
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn replaces_whole_files_and_leaves_no_temporary() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("results.json");
-        write_atomic(&p, b"first").unwrap();
-        write_atomic(&p, b"second").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"second");
-        let names: Vec<_> = std::fs::read_dir(d.path())
+    fn temporaries(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
             .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("results.json")]);
-        // A destination that cannot be written keeps the old content and leaves nothing behind.
-        let sub = d.path().join("dir-in-the-way");
-        std::fs::create_dir(&sub).unwrap();
-        assert!(write_atomic(&sub, b"x").is_err());
-        assert!(sub.is_dir());
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 2);
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(TEMP_MARKER))
+            .collect()
+    }
+
+    #[test]
+    fn writes_and_replaces_whole_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/results.json");
+        write_atomic(&p, b"first").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"first");
+        write_atomic(&p, b"second, longer").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"second, longer");
+        assert!(temporaries(&dir.path().join("sub")).is_empty());
+    }
+
+    #[test]
+    fn a_failure_mid_write_keeps_the_old_file_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("results.json");
+        write_atomic(&p, b"{\"old\": true}\n").unwrap();
+        let err = write_atomic_with(&p, |w| {
+            w.write_all(b"{\"new\": ")?;
+            Err(io::Error::other("disk full"))
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "disk full");
+        assert_eq!(std::fs::read(&p).unwrap(), b"{\"old\": true}\n");
+        assert!(temporaries(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_failure_on_a_new_file_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("report.md");
+        write_atomic_with(&p, |_| Err(io::Error::other("interrupted"))).unwrap_err();
+        assert!(!p.exists());
+        assert!(temporaries(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_path_without_a_file_name_is_refused() {
+        let err = write_atomic(Path::new("/"), b"x").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 }

@@ -218,11 +218,9 @@ fn header_of(v: &serde_json::Value) -> Result<ResultsHeader, String> {
     })
 }
 
-/// Writes a results record as pretty JSON with a final newline, creating its folder.
+/// Writes a results record as pretty JSON with a final newline, creating its folder; atomic
+/// ([`crate::fsio::write_atomic`]), so an interrupted write keeps the previous file.
 pub fn write_json<T: Serialize>(path: &std::path::Path, record: &T) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
     let text = serde_json::to_string_pretty(record).map_err(std::io::Error::other)?;
     crate::fsio::write_atomic(path, (text + "\n").as_bytes())
 }

@@ -8,7 +8,8 @@
 //!   function that recognises a results file ([`ResultsFile::parse`]).
 //! - [`bench`], [`eval`], [`compare`], [`quantize`]: each results file's schema, declared once.
 //! - [`stats`] (estimates with 95% intervals), [`paired`] (paired tests, the 1-10 scale),
-//!   [`hash`] (SHA-256 as hex), [`fsio`] (whole-file atomic writes), [`nan`] (NaN-as-null readers), [`time`] (UTC dates).
+//!   [`hash`] (SHA-256 as hex), [`nan`] (NaN-as-null readers), [`time`] (UTC dates).
+//! - [`fsio`]: atomic file writes (temporary, fsync, rename) for every file bakeoff writes.
 //! - [`stream`]: the OpenAI streaming format as a client reads it (bench's and serve's remotes).
 
 pub mod bench;

@@ -364,10 +364,7 @@ fn measure(a: &QuantizeArgs) -> Result<()> {
     };
     print!("{}", table(&results));
     if let Some(out) = &a.out {
-        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
+        // write_atomic creates the folder too.
         bakeoff_record::fsio::write_atomic(
             out,
             (serde_json::to_string_pretty(&results)? + "\n").as_bytes(),

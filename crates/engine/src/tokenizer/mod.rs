@@ -467,7 +467,7 @@ impl Tokenizer {
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let text = self.to_json_string(true)?;
-        std::fs::write(path, text).map_err(|e| Error::io(path, e))
+        bakeoff_record::fsio::write_atomic(path, text.as_bytes()).map_err(|e| Error::io(path, e))
     }
 
     /// `tokenizer.ggml.*` metadata from which [`Tokenizer::from_gguf`] rebuilds this tokenizer
