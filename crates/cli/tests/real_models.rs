@@ -143,3 +143,68 @@ fn qwen_coder_15b_matches_llama_cpp() {
         "ppl,chat,greedy",
     );
 }
+
+/// `bakeoff chat --model smollm2-135m --vs qwen2.5-coder-0.5b`: catalog names resolve to the
+/// cached real files (no network: pip is replaced by `false`, the hub is offline), and both
+/// models answer each line in turn with their own chat templates.
+#[test]
+fn chat_side_by_side_on_the_real_pair_by_catalog_name() {
+    const TEST: &str = "chat_side_by_side_on_the_real_pair_by_catalog_name";
+    for name in ["smollm2-135m", "qwen2.5-coder-0.5b"] {
+        if let Err(m) = real_model(name) {
+            return skip_or_fail(TEST, &m);
+        }
+    }
+    let dir = real_model("smollm2-135m")
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bakeoff"))
+        .args([
+            "chat",
+            "--model",
+            "smollm2-135m",
+            "--vs",
+            "qwen2.5-coder-0.5b",
+            "--max-tokens",
+            "16",
+            "--temperature",
+            "0",
+            "--threads",
+            "2",
+        ])
+        .env("BAKEOFF_REAL_MODELS", &dir)
+        .env("BAKEOFF_PYTHON", "false")
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"What is 2 + 2?\n/stats\n/quit\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let a = "[smollm2-135m]";
+    let b = "[qwen2.5-coder-0.5b]";
+    assert_eq!(stdout.matches(a).count(), 1, "{stdout}");
+    assert_eq!(stdout.matches(b).count(), 1, "{stdout}");
+    // Real instruct models answer this one (greedily); random weights would not.
+    let answer = |label: &str| {
+        stdout
+            .split(label)
+            .nth(1)
+            .and_then(|t| t.trim_start().lines().next())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(answer(a).contains('4'), "{stdout}");
+    assert!(answer(b).contains('4'), "{stdout}");
+    assert!(stdout.contains("1 turn(s)"), "{stdout}");
+}
