@@ -208,3 +208,58 @@ fn chat_side_by_side_on_the_real_pair_by_catalog_name() {
     assert!(answer(b).contains('4'), "{stdout}");
     assert!(stdout.contains("1 turn(s)"), "{stdout}");
 }
+
+/// `bakeoff eval`'s log-likelihood choices equal llama.cpp's on the same file
+/// (scripts/eval_parity_llama_cpp.py; docs/eval.md), on a few items of each component.
+#[test]
+fn eval_choices_match_llama_cpp_on_smollm2() {
+    const TEST: &str = "eval_choices_match_llama_cpp_on_smollm2";
+    let model = match real_model("smollm2-135m") {
+        Ok(p) => p,
+        Err(m) => return skip_or_fail(TEST, &m),
+    };
+    let py = match python() {
+        Ok(p) => p,
+        Err(m) => return skip_or_fail(TEST, &m),
+    };
+    let out = tempfile::tempdir().unwrap();
+    let eval = Command::new(env!("CARGO_BIN_EXE_bakeoff"))
+        .args(["eval", "--model"])
+        .arg(&model)
+        .args([
+            "--only",
+            "mmlu,arc_challenge,hellaswag,truthfulqa_mc",
+            "--limit",
+            "5",
+            "--threads",
+            "2",
+            "--data-dir",
+        ])
+        .arg(repo_root().join("../shared/evaldata"))
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let label = model.file_stem().unwrap().to_string_lossy().into_owned();
+    let check = Command::new(py)
+        .arg(repo_root().join("scripts/eval_parity_llama_cpp.py"))
+        .arg("--audit")
+        .arg(out.path().join("audit.jsonl"))
+        .arg("--model")
+        .arg(format!("{label}={}", model.display()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        check.status.success() && stdout.contains("all checks passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(stdout.contains("| acc | 20 |"), "{stdout}");
+}
