@@ -114,4 +114,9 @@ pub trait Upstream: Send + Sync + 'static {
     fn load(&self) -> Option<Load> {
         None
     }
+    /// The model's tokenizer and chat template (`/tokenize`, `/detokenize`); a remote
+    /// upstream's tokenizer is on the other server.
+    fn prompter(&self) -> Option<&bakeoff_engine::prompt::Prompter> {
+        None
+    }
 }

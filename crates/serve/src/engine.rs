@@ -207,6 +207,9 @@ impl LocalModel {
 }
 
 impl Upstream for LocalModel {
+    fn prompter(&self) -> Option<&Prompter> {
+        Some(&self.prompter)
+    }
     fn model_id(&self) -> &str {
         &self.id
     }

@@ -363,6 +363,44 @@ impl Router {
         v
     }
 
+    /// The local model whose tokenizer `/tokenize` and `/detokenize` use: `model` names a model
+    /// or a tier (default: the first local replica). `auto` is refused, since its choice depends
+    /// on each request's text; a remote upstream's tokenizer is on its own server.
+    pub fn tokenizer_for(
+        &self,
+        model: Option<&str>,
+    ) -> Result<(String, bakeoff_engine::prompt::Prompter), ApiError> {
+        let pick = |r: &&Arc<Replica>| match model {
+            None => true,
+            Some(m) => r.backend.model_id() == m || Tier::parse(m).is_some_and(|t| t == r.tier),
+        };
+        if model == Some("auto") {
+            return Err(ApiError::invalid(
+                "`auto` picks a model per request; name a model or a tier (fast, strong) to tokenize with",
+            ));
+        }
+        let matching: Vec<&Arc<Replica>> = self.replicas.iter().filter(pick).collect();
+        if matching.is_empty() {
+            return Err(ApiError::model_not_found(
+                model.unwrap_or(""),
+                &self.names(),
+            ));
+        }
+        matching
+            .iter()
+            .find_map(|r| {
+                r.backend
+                    .prompter()
+                    .map(|p| (r.backend.model_id().to_string(), p.clone()))
+            })
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "`{}` is served by a remote upstream; its tokenizer is on that server",
+                    model.unwrap_or_else(|| matching[0].backend.model_id())
+                ))
+            })
+    }
+
     fn resolve(&self, model: &str) -> Result<Target, ApiError> {
         if model == "auto" {
             return Ok(Target::Auto);

@@ -75,6 +75,8 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     axum::Router::new()
         .merge(v1)
@@ -638,6 +640,82 @@ impl StreamState {
         self.finished = true;
         self.lease = None;
     }
+}
+
+/// llama.cpp server's `/tokenize` body, with the model to tokenize with.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenizeBody {
+    #[serde(default)]
+    model: Option<String>,
+    content: String,
+    #[serde(default)]
+    add_special: bool,
+    #[serde(default)]
+    with_pieces: bool,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetokenizeBody {
+    #[serde(default)]
+    model: Option<String>,
+    tokens: Vec<u32>,
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(
+    st: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body_bytes(st, body)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
+}
+
+async fn tokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let run = async {
+        let b: TokenizeBody = parse_body(&st, body)?;
+        let (model, prompter) = st.router.tokenizer_for(b.model.as_deref())?;
+        // A megabyte of text takes a while to tokenize: off the async workers.
+        let (ids, pieces) = tokio::task::spawn_blocking(move || {
+            let ids = prompter.tokenizer().encode(&b.content, b.add_special)?;
+            let pieces = b.with_pieces.then(|| {
+                ids.iter()
+                    .map(|&i| prompter.token_text(i))
+                    .collect::<Vec<_>>()
+            });
+            Ok::<_, bakeoff_engine::Error>((ids, pieces))
+        })
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("tokenizer task failed: {e}")))??;
+        let tokens = match pieces {
+            Some(p) => json!(
+                ids.iter()
+                    .zip(p)
+                    .map(|(i, piece)| json!({"id": i, "piece": piece}))
+                    .collect::<Vec<_>>()
+            ),
+            None => json!(ids),
+        };
+        Ok::<_, ApiError>(axum::Json(json!({"model": model, "tokens": tokens})).into_response())
+    };
+    run.await.unwrap_or_else(|e| e.into_response())
+}
+
+async fn detokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let run = async {
+        let b: DetokenizeBody = parse_body(&st, body)?;
+        let (model, prompter) = st.router.tokenizer_for(b.model.as_deref())?;
+        let vocab = prompter.tokenizer().vocab_size();
+        if let Some(bad) = b.tokens.iter().find(|&&i| i as usize >= vocab) {
+            return Err(ApiError::invalid(format!(
+                "token id {bad} is outside `{model}`'s vocabulary of {vocab} tokens"
+            )));
+        }
+        let content = prompter.tokenizer().decode(&b.tokens, false)?;
+        Ok(axum::Json(json!({"model": model, "content": content})).into_response())
+    };
+    run.await.unwrap_or_else(|e| e.into_response())
 }
 
 async fn models(State(st): State<AppState>) -> Response {
