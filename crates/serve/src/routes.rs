@@ -30,7 +30,7 @@ use crate::router::{Lease, RouteInfo, Router, Served};
 /// HTTP-level settings.
 #[derive(Clone, Debug)]
 pub struct HttpSettings {
-    /// Bearer key required on `/v1/*` when set.
+    /// Bearer key required on `/v1/*`, `/tokenize` and `/detokenize` when set.
     pub api_key: Option<String>,
     pub max_body_bytes: usize,
     /// The whole request, from arrival to the last token.
