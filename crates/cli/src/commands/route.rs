@@ -32,9 +32,10 @@ pub struct CalibrateArgs {
     #[arg(long)]
     pub results: PathBuf,
     /// Share of the items held out of the calibration and used to measure the chosen threshold
-    /// against random routing at the same share (0 uses every item for both).
-    #[arg(long, default_value_t = 0.5)]
-    pub holdout: f64,
+    /// against random routing at the same share (0 uses every item for both). Default: 0.5 for
+    /// eval output, 0 for the per-item format (usually a handful of hand-made items).
+    #[arg(long)]
+    pub holdout: Option<f64>,
     /// Also write the calibration (curve, threshold, held-out figures) as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -90,10 +91,16 @@ struct CalibrationFile<'a> {
 }
 
 fn run_calibrate(c: CalibrateArgs) -> Result<()> {
-    if !(0.0..1.0).contains(&c.holdout) {
-        anyhow::bail!("--holdout must be in [0, 1), got {}", c.holdout);
+    if let Some(h) = c.holdout
+        && !(0.0..1.0).contains(&h)
+    {
+        anyhow::bail!("--holdout must be in [0, 1), got {h}");
     }
-    let (items, fast, strong) = match read_eval(&c.results).map_err(|e| anyhow!(e))? {
+    let eval_output = read_eval(&c.results).map_err(|e| anyhow!(e))?;
+    let holdout = c
+        .holdout
+        .unwrap_or(if eval_output.is_some() { 0.5 } else { 0.0 });
+    let (items, fast, strong) = match eval_output {
         Some(ev) => {
             let labels: Vec<&str> = ev.models.iter().map(|(l, _)| l.as_str()).collect();
             let by_size = {
@@ -135,14 +142,14 @@ fn run_calibrate(c: CalibrateArgs) -> Result<()> {
             c.strong.clone().unwrap_or_else(|| "strong".into()),
         ),
     };
-    let (cal_items, test_items) = if c.holdout > 0.0 {
-        let (a, b) = split(&items, c.holdout);
+    let (cal_items, test_items) = if holdout > 0.0 {
+        let (a, b) = split(&items, holdout);
         if a.is_empty() || b.is_empty() {
             anyhow::bail!(
                 "{} items cannot be split into calibration and held-out parts at --holdout {}; \
                  use --holdout 0 to calibrate on all of them (without a held-out check)",
                 items.len(),
-                c.holdout
+                holdout
             );
         }
         (a, b)
@@ -160,7 +167,7 @@ fn run_calibrate(c: CalibrateArgs) -> Result<()> {
             source: c.results.display().to_string(),
             fast: &fast,
             strong: &strong,
-            holdout: c.holdout,
+            holdout,
             calibration: &cal,
             held_out: held.as_ref(),
         };
