@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::hub::{self, HubId};
 use crate::{Error, Result};
+use bakeoff_record::hash::hex;
 
 const BUILTIN: &str = include_str!("../../catalog.toml");
 
@@ -476,10 +477,6 @@ pub fn sha256_file(path: &Path, progress: bool, what: &str) -> Result<String> {
         b.finish_and_clear();
     }
     Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
