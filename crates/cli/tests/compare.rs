@@ -255,6 +255,60 @@ fn compare_report_and_history_on_tiny_models() {
         diff.contains("decode_tok_s.short") && diff.contains("+0.0%"),
         "{diff}"
     );
+
+    // --resume keeps the finished bench and answers eval from its journal: same scores, no
+    // model call repeated.
+    let scores = |v: &serde_json::Value| -> Vec<String> {
+        v["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|m| m["components"].as_array().unwrap().clone())
+            .map(|c| format!("{}={}", c["name"], c["headline"]))
+            .collect()
+    };
+    let bench_before = std::fs::read(out.join("bench.json")).unwrap();
+    let args: Vec<&str> = [
+        "compare",
+        "-m",
+        &a,
+        "-m",
+        &b,
+        "--out",
+        out_s,
+        "--db",
+        db_s,
+        "--data-dir",
+        data_s,
+        "--repetitions",
+        "2",
+        "--max-tokens",
+        "12",
+        "--depths",
+        "128,256",
+        "--depth-tokens",
+        "4",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--answer-tokens",
+        "8",
+        "--no-cold-load",
+        "--no-progress",
+        "--resume",
+    ]
+    .to_vec();
+    let o = run(&args);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    ok(&o);
+    assert!(err.contains("bench: kept"), "{err}");
+    assert!(err.contains("responses taken from"), "{err}");
+    assert_eq!(std::fs::read(out.join("bench.json")).unwrap(), bench_before);
+    let resumed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(eval_dir.join("results.json")).unwrap())
+            .unwrap();
+    assert_eq!(scores(&results), scores(&resumed));
 }
 
 #[test]

@@ -269,3 +269,119 @@ fn missing_data_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// An interrupted run continues with `--resume`: the responses in items.jsonl are reused, the
+/// scores equal an uninterrupted run's, and a run with other flags is refused without touching
+/// the earlier output.
+#[test]
+fn an_interrupted_eval_resumes_from_its_items_journal() {
+    let data = data_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("tiny.gguf");
+    synth(&m, 3);
+    let out = dir.path().join("results");
+    let eval = |extra: &[&str]| {
+        Command::new(BIN)
+            .args([
+                "eval",
+                "--only",
+                "mmlu,gsm8k,wikitext",
+                "--limit",
+                "4",
+                "--max-new-tokens",
+                "8",
+                "--format",
+                "json",
+                "--threads",
+                "2",
+            ])
+            .args(extra)
+            .arg("--model")
+            .arg(&m)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let headlines = |v: &Value| -> Vec<(String, Value)> {
+        v["models"][0]["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().to_string(),
+                    c["headline"].clone(),
+                )
+            })
+            .collect()
+    };
+    let full = eval(&[]);
+    assert!(
+        full.status.success(),
+        "{}",
+        String::from_utf8_lossy(&full.stderr)
+    );
+    let full: Value = serde_json::from_slice(&full.stdout).unwrap();
+    let items = out.join("items.jsonl");
+    let text = std::fs::read_to_string(&items).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // Header, the model's line, 4 MMLU items, 4 GSM8K items, wikitext.
+    assert!(lines.len() >= 8, "{text}");
+
+    // Interrupted after three responses, the fourth cut mid-line.
+    let mut cut = lines[..5].join("\n");
+    cut.push('\n');
+    cut.push_str(&lines[5][..lines[5].len() / 2]);
+    std::fs::write(&items, &cut).unwrap();
+    let resumed = eval(&["--resume"]);
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{err}");
+    assert!(err.contains("resuming: 3 responses recorded"), "{err}");
+    assert!(err.contains("3 responses taken from"), "{err}");
+    let resumed: Value = serde_json::from_slice(&resumed.stdout).unwrap();
+    assert_eq!(headlines(&full), headlines(&resumed));
+    assert_eq!(
+        std::fs::read_to_string(&items).unwrap().lines().count(),
+        lines.len(),
+        "the journal is whole again"
+    );
+
+    // Other flags: refused, and the finished run's files are untouched.
+    let before = std::fs::read(out.join("audit.jsonl")).unwrap();
+    let other = Command::new(BIN)
+        .args(["eval", "--only", "mmlu", "--limit", "2", "--resume"])
+        .arg("--model")
+        .arg(&m)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success());
+    assert!(err.contains("another configuration"), "{err}");
+    assert_eq!(std::fs::read(out.join("audit.jsonl")).unwrap(), before);
+
+    // Nothing to resume is an error that names the file.
+    let empty = dir.path().join("empty");
+    let none = Command::new(BIN)
+        .args(["eval", "--only", "mmlu", "--resume"])
+        .arg("--model")
+        .arg(&m)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--out")
+        .arg(&empty)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(!none.status.success());
+    assert!(
+        err.contains("items.jsonl") && err.contains("cannot resume"),
+        "{err}"
+    );
+}

@@ -16,6 +16,7 @@ pub mod error;
 pub mod gsm8k;
 pub mod hygiene;
 pub mod ifeval;
+pub mod journal;
 pub mod judge;
 pub mod report;
 pub mod sandbox;

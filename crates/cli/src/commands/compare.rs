@@ -167,6 +167,10 @@ pub struct CompareArgs {
     /// No progress bars.
     #[arg(long)]
     pub no_progress: bool,
+    /// Continue an interrupted run in --out: a finished bench.json for the same models is kept,
+    /// and the eval step continues from eval/items.jsonl (same flags required).
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// Catalog names become the paths of their pulled files here, once, so that the bench's worker
@@ -377,58 +381,72 @@ pub fn run(a: CompareArgs) -> Result<()> {
     let bench_path = a.out.join("bench.json");
     let eval_dir = a.out.join("eval");
 
-    eprintln!("== 1/3 bench: {} vs {}", models[0], models[1]);
-    super::bench::run(BenchArgs {
-        models: models.clone(),
-        gguf_file: a.gguf_file.clone(),
-        device: a.device.clone(),
-        threads: a.threads.into_iter().collect(),
-        dtype: Vec::new(),
-        max_context: a.max_context,
-        repetitions: pick(a.repetitions, DEMO_REPETITIONS, 5),
-        warmup: a.warmup,
-        max_tokens: pick(a.max_tokens, DEMO_MAX_TOKENS, 128),
-        scenarios: a
-            .scenarios
-            .clone()
-            .unwrap_or_else(|| {
-                if d {
-                    DEMO_SCENARIOS.into()
-                } else {
-                    "short,medium,long,code,creative".into()
-                }
-            })
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .collect(),
-        depths: a
-            .depths
-            .clone()
-            .unwrap_or_else(|| {
-                if d {
-                    DEMO_DEPTHS.into()
-                } else {
-                    "128,256,512,1024,2048".into()
-                }
-            })
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .collect(),
-        depth_tokens: pick(a.depth_tokens, DEMO_DEPTH_TOKENS, 32),
-        out: Some(bench_path.clone()),
-        format: "table".into(),
-        no_cold_load: a.no_cold_load || d,
-        no_weight_cache: false,
-        allow_host: Vec::new(),
-        timeout: 600,
-        no_progress: a.no_progress,
-        from: None,
-        recompute: false,
-        membw: false,
-        membw_mib: 2048,
-        membw_rounds: 5,
-    })
-    .context("the bench step failed")?;
+    let finished_bench = if a.resume {
+        finished_bench(&bench_path, &models)
+    } else {
+        None
+    };
+    if let Some(n) = &finished_bench {
+        eprintln!(
+            "== 1/3 bench: kept {} ({n} models, finished before the interruption)",
+            bench_path.display()
+        );
+    } else {
+        eprintln!("== 1/3 bench: {} vs {}", models[0], models[1]);
+    }
+    if finished_bench.is_none() {
+        super::bench::run(BenchArgs {
+            models: models.clone(),
+            gguf_file: a.gguf_file.clone(),
+            device: a.device.clone(),
+            threads: a.threads.into_iter().collect(),
+            dtype: Vec::new(),
+            max_context: a.max_context,
+            repetitions: pick(a.repetitions, DEMO_REPETITIONS, 5),
+            warmup: a.warmup,
+            max_tokens: pick(a.max_tokens, DEMO_MAX_TOKENS, 128),
+            scenarios: a
+                .scenarios
+                .clone()
+                .unwrap_or_else(|| {
+                    if d {
+                        DEMO_SCENARIOS.into()
+                    } else {
+                        "short,medium,long,code,creative".into()
+                    }
+                })
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .collect(),
+            depths: a
+                .depths
+                .clone()
+                .unwrap_or_else(|| {
+                    if d {
+                        DEMO_DEPTHS.into()
+                    } else {
+                        "128,256,512,1024,2048".into()
+                    }
+                })
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .collect(),
+            depth_tokens: pick(a.depth_tokens, DEMO_DEPTH_TOKENS, 32),
+            out: Some(bench_path.clone()),
+            format: "table".into(),
+            no_cold_load: a.no_cold_load || d,
+            no_weight_cache: false,
+            allow_host: Vec::new(),
+            timeout: 600,
+            no_progress: a.no_progress,
+            from: None,
+            recompute: false,
+            membw: false,
+            membw_mib: 2048,
+            membw_rounds: 5,
+        })
+        .context("the bench step failed")?;
+    }
     let bench =
         bakeoff_record::bench::BenchReport::read(&bench_path).map_err(anyhow::Error::msg)?;
     let labels: Vec<String> = bench.models.iter().map(|m| m.label.clone()).collect();
@@ -442,6 +460,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         judge_model: a.judge_model.clone(),
         judge_key_env: a.judge_key_env.clone(),
         out: eval_dir.clone(),
+        resume: a.resume && eval_dir.join("items.jsonl").is_file(),
         format: "table".into(),
         only: if d && a.only.is_empty() {
             DEMO_ONLY.split(',').map(String::from).collect()
@@ -550,4 +569,16 @@ pub fn run(a: CompareArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The bench results an interrupted `compare --resume` can keep: a complete bench.json whose
+/// models are the ones asked for, in order, none failed. Anything else is measured again.
+fn finished_bench(path: &Path, models: &[String]) -> Option<usize> {
+    let r = bakeoff_record::bench::BenchReport::read(path).ok()?;
+    let same = r.models.len() == models.len()
+        && r.models
+            .iter()
+            .zip(models)
+            .all(|(m, s)| &m.model.source == s && m.error.is_none());
+    same.then_some(r.models.len())
 }

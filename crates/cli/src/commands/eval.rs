@@ -9,13 +9,14 @@ use bakeoff_engine::loader::LoadOptions;
 use bakeoff_eval::audit::Audit;
 use bakeoff_eval::candidate::EngineCandidate;
 use bakeoff_eval::data::{self, DataDir};
+use bakeoff_eval::journal::{Journal, Journaled};
 use bakeoff_eval::judge::{self, Judge, JudgeBackend};
 use bakeoff_eval::report::{ModelResult, Results, Scale, table};
 use bakeoff_eval::sandbox::{Limits, Sandbox, SandboxPolicy};
 use bakeoff_eval::score::{self, Component};
 use bakeoff_eval::select::{Profile, RULE_SALT};
 use bakeoff_eval::suite::{COMPONENTS, Generated, Plan, run_model};
-use bakeoff_record::hash::sha256_file;
+use bakeoff_record::hash::{sha256_file, sha256_hex};
 use bakeoff_record::{FileDigest, ModelIdentity, ResultsKind};
 use clap::Args;
 
@@ -40,9 +41,14 @@ pub struct EvalArgs {
     /// Environment variable holding the judge endpoint's API key.
     #[arg(long, default_value = "OPENAI_API_KEY")]
     pub judge_key_env: String,
-    /// Folder for results.json and audit.jsonl.
+    /// Folder for results.json, audit.jsonl and items.jsonl (every model response, appended as
+    /// it arrives, for --resume).
     #[arg(long, default_value = "eval-results")]
     pub out: PathBuf,
+    /// Continue an interrupted run in --out: responses already in items.jsonl are reused, the
+    /// rest are generated. Refused when the models' files or the flags differ from that run.
+    #[arg(long)]
+    pub resume: bool,
     /// Summary on stdout: table or json.
     #[arg(long, default_value = "table")]
     pub format: String,
@@ -178,6 +184,22 @@ pub fn run(a: EvalArgs) -> Result<()> {
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let results_path = a.out.join("results.json");
     let audit_path = a.out.join("audit.jsonl");
+    let items_path = a.out.join("items.jsonl");
+    let config = config_sha256(&a, &plan, &profile_label)?;
+    let mut journal = if a.resume {
+        let j = Journal::resume(&items_path, &config)?;
+        eprintln!(
+            "resuming: {} responses recorded in {}",
+            j.len(),
+            items_path.display()
+        );
+        j
+    } else {
+        Journal::create(&items_path, &config)?
+    };
+    // Opened only once the journal accepted the run, so a refused --resume truncates nothing. A
+    // resumed run replays every item through the suite again, so the audit trail is rebuilt
+    // whole rather than appended to (appending would list the finished items twice).
     let mut audit = Audit::to_file(&audit_path)?;
 
     let wants_code = (plan.only.is_empty()
@@ -292,13 +314,28 @@ pub fn run(a: EvalArgs) -> Result<()> {
             );
         }
         let mut progress = |m: &str| eprintln!("  {m}");
+        let model_hash = model_sha256(&info);
+        journal.begin_model(&label, &model_hash)?;
+        let mut journaled = Journaled {
+            inner: &mut cand,
+            journal: &mut journal,
+            model_sha256: model_hash,
+            replayed: 0,
+        };
         let run = run_model(
-            &mut cand,
+            &mut journaled,
             &plan,
             sandbox.as_ref(),
             &mut audit,
             &mut progress,
         )?;
+        if journaled.replayed > 0 {
+            eprintln!(
+                "  {label}: {} responses taken from {}",
+                journaled.replayed,
+                items_path.display()
+            );
+        }
         drop(cand);
         let mut components: Vec<Component> = run.components;
         if let Some((j, _)) = judge.as_mut() {
@@ -419,6 +456,27 @@ pub fn run(a: EvalArgs) -> Result<()> {
         print!("{}", table(&results));
     }
     Ok(())
+}
+
+/// What a resumed run must share with the interrupted one: the flags that shape items and
+/// requests. The models' files are checked per response ([`model_sha256`]).
+fn config_sha256(a: &EvalArgs, plan: &Plan, profile_label: &str) -> Result<String> {
+    let v = serde_json::json!({
+        "models": a.models, "profile": profile_label, "only": a.only, "sizes": plan.sizes,
+        "counts": plan.counts(), "ids": plan.derived_ids, "judge": a.judge,
+        "judge_model": a.judge_model, "code_timeout": a.code_timeout,
+    });
+    Ok(sha256_hex(serde_json::to_string(&v)?.as_bytes()))
+}
+
+/// One hash over the model's file digests, the key its journal entries are filed under.
+fn model_sha256(info: &ModelIdentity) -> String {
+    let digests: Vec<&str> = info
+        .files
+        .iter()
+        .map(|f| f.sha256.as_deref().unwrap_or(""))
+        .collect();
+    sha256_hex(digests.join("\n").as_bytes())
 }
 
 /// The identity eval records for a loaded model, each file with its size and SHA-256.
