@@ -14,6 +14,7 @@
 pub mod env;
 pub mod error;
 pub mod job;
+pub mod journal;
 pub mod membw;
 pub mod output;
 pub mod remote;

@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::env;
 use crate::error::{BenchError, Result};
 use crate::job::{BenchConfig, Job};
+use crate::journal::{Journal, job_key};
 use crate::worker::{PROGRESS_PREFIX, Progress, error_chain};
 use bakeoff_record::bench::{BenchReport, ModelResult};
 
@@ -34,12 +35,15 @@ impl WorkerCommand {
     }
 }
 
-/// Runs every job of `config` in its own child process and gathers the report.
+/// Runs every job of `config` in its own child process and gathers the report. With a journal,
+/// each finished job is recorded as it returns, and jobs the journal already holds are not run
+/// again.
 pub fn run(
     config: &BenchConfig,
     worker: &WorkerCommand,
     command: Vec<String>,
     progress: bool,
+    mut journal: Option<&mut Journal>,
 ) -> Result<BenchReport> {
     let jobs = config.jobs()?;
     let started = env::unix_now();
@@ -59,6 +63,16 @@ pub fn run(
     let mut models = Vec::new();
     let mut base = 0;
     for job in &jobs {
+        let key = job_key(job)?;
+        if let Some(r) = journal.as_deref().and_then(|j| j.finished(&key)) {
+            base += job.work_units();
+            bar.set_position(base);
+            bar.suspend(|| {
+                eprintln!("{}: measured before the interruption, kept", job.label);
+            });
+            models.push(r);
+            continue;
+        }
         bar.set_message(job.label.clone());
         let r = run_child(worker, job, &bar, base);
         base += job.work_units();
@@ -66,6 +80,9 @@ pub fn run(
         let r = r.unwrap_or_else(|e| failed(job, &error_chain(&e)));
         if let Some(e) = &r.error {
             bar.println(format!("{}: {e}", job.label));
+        }
+        if let Some(j) = journal.as_deref_mut() {
+            j.record(&key, &r)?;
         }
         models.push(r);
     }

@@ -411,3 +411,96 @@ fn membw_reports_bandwidth_cap_and_share() {
         text(&o.stderr)
     );
 }
+
+/// A bench killed after its first model keeps that model's result in `OUT.jobs.jsonl`;
+/// `--resume` measures only the second, and a journal from another machine is refused.
+#[test]
+fn an_interrupted_bench_resumes_without_measuring_finished_models_again() {
+    let (dir, a, b) = models();
+    let out = dir.path().join("resume/run.json");
+    let journal = dir.path().join("resume/run.json.jobs.jsonl");
+    let args: Vec<String> = [
+        "bench",
+        "--model",
+        a.to_str().unwrap(),
+        "--model",
+        b.to_str().unwrap(),
+        "--repetitions",
+        "3",
+        "--max-tokens",
+        "24",
+        "--scenarios",
+        "short",
+        "--depths",
+        "none",
+        "--threads",
+        "1",
+        "--no-cold-load",
+        "--no-progress",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bakeoff"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed as soon as the first model's result is in the journal.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let first = loop {
+        let lines = std::fs::read_to_string(&journal).unwrap_or_default();
+        if let Some(l) = lines.lines().nth(1).filter(|_| lines.ends_with('\n')) {
+            break serde_json::from_str::<serde_json::Value>(l).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no job finished");
+        assert!(child.try_wait().unwrap().is_none(), "the bench ended first");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.exists());
+    let kept_pid = first["result"]["worker_pid"].as_u64().unwrap();
+    let label = first["label"].as_str().unwrap().to_string();
+
+    let mut resumed = args.clone();
+    resumed.push("--resume".into());
+    let o = Command::new(env!("CARGO_BIN_EXE_bakeoff"))
+        .args(&resumed)
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{label}: measured before the interruption, kept")),
+        "{err}"
+    );
+    let report = BenchReport::read(&out).unwrap();
+    assert_eq!(report.models.len(), 2);
+    assert_eq!(u64::from(report.models[0].worker_pid), kept_pid);
+    assert_ne!(report.models[1].worker_pid, report.models[0].worker_pid);
+    assert!(report.models.iter().all(|m| m.error.is_none()));
+    assert!(
+        !journal.exists(),
+        "the journal is removed once the results are written"
+    );
+
+    // A journal written on another machine is refused; nothing is measured or overwritten.
+    std::fs::write(
+        &journal,
+        "{\"kind\":\"bakeoff-bench-jobs\",\"machine\":{\"hostname\":\"elsewhere\"}}\n",
+    )
+    .unwrap();
+    let before = std::fs::read(&out).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_bakeoff"))
+        .args(&resumed)
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("another machine or build"), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+}

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use bakeoff_bench::job::{BenchConfig, RunParams, default_params};
+use bakeoff_bench::journal::Journal;
 use bakeoff_bench::output::{Format, render, summary_table};
 use bakeoff_bench::runner::{WorkerCommand, check_out_path, run as run_bench};
 use bakeoff_bench::scenarios::ScenarioId;
@@ -78,6 +79,10 @@ pub struct BenchArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Continue an interrupted run writing the same --out: models already measured (kept in
+    /// OUT.jobs.jsonl as each finishes) are not measured again. Same machine and build only.
+    #[arg(long, conflicts_with = "from")]
+    pub resume: bool,
     /// Print an existing results file in --format instead of running anything.
     #[arg(long, conflicts_with = "models")]
     pub from: Option<PathBuf>,
@@ -188,8 +193,31 @@ pub fn run(a: BenchArgs) -> Result<()> {
             check_out_path(&out)?;
             let worker = WorkerCommand::current_exe()?;
             let progress = !a.no_progress && std::io::stderr().is_terminal();
-            let report = run_bench(&cfg, &worker, std::env::args().collect(), progress)?;
+            if a.resume && a.out.is_none() {
+                anyhow::bail!(
+                    "--resume needs the --out of the interrupted run (its journal sits beside it)"
+                );
+            }
+            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let journal_path = bakeoff_bench::journal::path_for(&out);
+            let environment = bakeoff_bench::env::capture();
+            let mut journal = if a.resume {
+                Journal::resume(&journal_path, &environment)?
+            } else {
+                Journal::create(&journal_path, &environment)?
+            };
+            let report = run_bench(
+                &cfg,
+                &worker,
+                std::env::args().collect(),
+                progress,
+                Some(&mut journal),
+            )?;
             report.write(&out)?;
+            journal.finish()?;
             eprintln!("results written to {}", out.display());
             report
         }

@@ -444,6 +444,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
             membw: false,
             membw_mib: 2048,
             membw_rounds: 5,
+            resume: a.resume,
         })
         .context("the bench step failed")?;
     }
