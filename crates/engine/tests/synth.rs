@@ -567,6 +567,31 @@ fn weight_cache_is_written_once_and_gives_the_same_logits() {
             want,
             "{quant}: cached load"
         );
+        if !caps.avx2 {
+            continue;
+        }
+        // A flipped byte in the packed data (past the index, in the last matrix written) fails
+        // its CRC-32: the load packs that matrix from the model, computes the same logits, and
+        // deletes the entry; the next load writes it again.
+        let entry =
+            bakeoff_engine::loader::packcache::PackCache::open(&cache, std::slice::from_ref(&path))
+                .unwrap();
+        let entry_path = entry.path().to_path_buf();
+        drop((entry, first, second));
+        let mut bytes = std::fs::read(&entry_path).unwrap();
+        let at = bytes.len() - 5;
+        bytes[at] ^= 0x01;
+        std::fs::write(&entry_path, &bytes).unwrap();
+        let mut third = load_model_only(&path, &with_cache).unwrap();
+        assert_eq!(
+            third.forward(&PROMPT, false).unwrap(),
+            want,
+            "{quant}: load over a corrupted entry"
+        );
+        assert!(!entry_path.exists(), "{quant}: corrupted entry kept");
+        drop(third);
+        load_model_only(&path, &with_cache).unwrap();
+        assert!(entry_path.exists(), "{quant}: entry not rewritten");
     }
 }
 

@@ -144,6 +144,29 @@ impl CpuBackend {
         })
     }
 
+    /// CRC-32 of a cached matrix, checked before it is trusted: the pages are faulted in with one
+    /// populate call (they are needed next anyway) and the 1 MiB pieces hashed across the pool,
+    /// then combined in order.
+    fn crc32(&self, b: &Blob) -> u32 {
+        use rayon::prelude::*;
+        b.populate();
+        let parts: Vec<crc32fast::Hasher> = self.pool.install(|| {
+            b.bytes()
+                .par_chunks(1 << 20)
+                .map(|c| {
+                    let mut h = crc32fast::Hasher::new();
+                    h.update(c);
+                    h
+                })
+                .collect()
+        });
+        let mut all = crc32fast::Hasher::new();
+        for p in &parts {
+            all.combine(p);
+        }
+        all.finalize()
+    }
+
     /// Copies a matrix from the packed-weights file into anonymous memory, rows split across
     /// the pool, then drops the file's pages from this process: Q4_0 decoded 2-3% slower
     /// straight from the mapped file than from anonymous huge pages; the copy keeps the speed
@@ -240,7 +263,7 @@ impl Backend for CpuBackend {
             let cached = self
                 .pack_cache
                 .as_ref()
-                .and_then(|c| c.get(&m.name, m.dtype, m.rows, m.cols, len));
+                .and_then(|c| c.get(&m.name, m.dtype, m.rows, m.cols, len, |b| self.crc32(b)));
             if let Some(blob) = cached {
                 // Q8_0 decodes from the mapped file as fast as from a copy (the page cache
                 // holds it in large folios, mapped 2 MB at a time) and loads 5x faster that

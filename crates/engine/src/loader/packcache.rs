@@ -8,10 +8,16 @@
 //! anonymous huge pages (`CpuBackend::copy_to_anon`) rather than decoding from the mapping
 //! itself, which was 2–7% slower per token; the copy halves the load time.
 //!
-//! The file: the magic `BKPACK01`, the index length (u64 little-endian), the index (JSON), then
-//! each matrix at a 4 KiB-aligned offset. A file that is missing, unreadable, from another
-//! layout version or shorter than its index says is ignored, and the load packs as before; a
-//! cache that cannot be written costs nothing but the time.
+//! The file: the magic `BKPACK02`, the index length (u64 little-endian), the index (JSON, with
+//! each matrix's CRC-32), then each matrix at a 4 KiB-aligned offset. A file that is missing,
+//! unreadable, from another layout version or shorter than its index says is ignored, and the
+//! load packs as before; a matrix whose bytes no longer match their CRC-32 (a bad disk, a file
+//! edited in place) is packed again from the model and the whole entry is deleted, to be
+//! rewritten by the next load. A cache that cannot be written costs nothing but the time.
+//!
+//! Entries are written to a `.bkpack-tmp-*` file renamed into place; a load killed mid-write
+//! leaves that temporary behind, and the next load deletes temporaries older than
+//! [`STALE_TEMP`], so the folder never keeps a model-sized orphan.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -26,7 +32,11 @@ use sha2::{Digest, Sha256};
 use super::dtype_name;
 use super::store::Blob;
 
-const MAGIC: &[u8; 8] = b"BKPACK01";
+const MAGIC: &[u8; 8] = b"BKPACK02";
+const TEMP_PREFIX: &str = ".bkpack-tmp-";
+/// Older than any write of a live load (a few seconds per GB), so a concurrent load's temporary
+/// is never taken for an orphan.
+pub const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(600);
 const ALIGN: u64 = 4096;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -36,6 +46,7 @@ struct Entry {
     cols: usize,
     offset: u64,
     len: u64,
+    crc32: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -60,6 +71,8 @@ pub struct PackCache {
     sources: Vec<String>,
     existing: Option<(Arc<Mmap>, BTreeMap<String, Entry>)>,
     pending: Mutex<Vec<Pending>>,
+    /// A matrix failed its checksum: the entry is deleted at [`PackCache::persist`].
+    corrupt: std::sync::atomic::AtomicBool,
 }
 
 impl PackCache {
@@ -81,12 +94,14 @@ impl PackCache {
             .map(|b| format!("{b:02x}"))
             .collect();
         let path = dir.join(format!("{key}.bkpack"));
+        remove_stale_temporaries(dir, STALE_TEMP);
         let existing = read_index(&path, &sources);
         Some(PackCache {
             path,
             sources,
             existing,
             pending: Mutex::new(Vec::new()),
+            corrupt: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -100,7 +115,8 @@ impl PackCache {
     }
 
     /// The packed bytes of `name` from the file, if it holds that matrix with this type, shape
-    /// and size.
+    /// and size, and `crc32` of them matches the one recorded when it was written. The caller
+    /// computes the CRC-32 (`crc32fast`), so it can spread the pass over its threads.
     pub fn get(
         &self,
         name: &str,
@@ -108,15 +124,33 @@ impl PackCache {
         rows: usize,
         cols: usize,
         len: usize,
+        crc32: impl FnOnce(&Blob) -> u32,
     ) -> Option<Blob> {
         let (map, tensors) = self.existing.as_ref()?;
         let e = tensors.get(name)?;
-        (e.dtype == dtype_name(dtype) && e.rows == rows && e.cols == cols && e.len == len as u64)
-            .then(|| Blob::Mapped {
-                map: map.clone(),
-                start: e.offset as usize,
-                len: e.len as usize,
-            })
+        if !(e.dtype == dtype_name(dtype)
+            && e.rows == rows
+            && e.cols == cols
+            && e.len == len as u64)
+        {
+            return None;
+        }
+        let blob = Blob::Mapped {
+            map: map.clone(),
+            start: e.offset as usize,
+            len: e.len as usize,
+        };
+        if crc32(&blob) != e.crc32 {
+            self.corrupt
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return None;
+        }
+        Some(blob)
+    }
+
+    /// Whether a matrix read from the file failed its checksum (it was packed again instead).
+    pub fn corrupt(&self) -> bool {
+        self.corrupt.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Remembers a matrix packed in memory, to be written by [`PackCache::persist`] when the
@@ -139,6 +173,12 @@ impl PackCache {
     /// Writes the offered matrices to the file (through a temporary file renamed into place, so
     /// a reader never sees half of one). Does nothing when nothing was offered.
     pub fn persist(&self) -> std::io::Result<()> {
+        if self.corrupt() {
+            return match std::fs::remove_file(&self.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
         let pending = match self.pending.lock() {
             Ok(mut p) => std::mem::take(&mut *p),
             Err(_) => return Ok(()),
@@ -160,6 +200,7 @@ impl PackCache {
                     cols: p.cols,
                     offset: rel,
                     len,
+                    crc32: crc32fast::hash(p.blob.bytes()),
                 },
             );
             rel = (rel + len).next_multiple_of(ALIGN);
@@ -189,7 +230,9 @@ impl PackCache {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
         prune(dir);
-        let tmp = tempfile::NamedTempFile::new_in(dir)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .tempfile_in(dir)?;
         {
             let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
             w.write_all(MAGIC)?;
@@ -241,6 +284,28 @@ fn prune(dir: &Path) {
         });
         if !current {
             let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// Deletes the temporaries of writes that never finished (a load killed mid-write) once they are
+/// older than `age`.
+fn remove_stale_temporaries(dir: &Path, age: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|d| d >= age);
+        if old {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }
@@ -297,6 +362,10 @@ fn map_huge(path: &Path) -> Option<Arc<Mmap>> {
 mod tests {
     use super::*;
 
+    fn crc(b: &Blob) -> u32 {
+        crc32fast::hash(b.bytes())
+    }
+
     fn blob(bytes: &[u8]) -> Blob {
         Blob::Owned(Arc::new(bytes.to_vec()))
     }
@@ -316,19 +385,21 @@ mod tests {
         let c = PackCache::open(&dir.path().join("cache"), &files).unwrap();
         assert!(c.hit());
         assert_eq!(
-            c.get("a", WeightType::Q4_0, 2, 64, a.len())
+            c.get("a", WeightType::Q4_0, 2, 64, a.len(), crc)
                 .unwrap()
                 .bytes(),
             &a[..]
         );
         assert_eq!(
-            c.get("b", WeightType::Q8_0, 1, 32, 40).unwrap().bytes(),
+            c.get("b", WeightType::Q8_0, 1, 32, 40, crc)
+                .unwrap()
+                .bytes(),
             &[7u8; 40]
         );
         // Another type, shape or size is not served from the file.
-        assert!(c.get("a", WeightType::Q8_0, 2, 64, a.len()).is_none());
-        assert!(c.get("a", WeightType::Q4_0, 3, 64, a.len()).is_none());
-        assert!(c.get("c", WeightType::Q4_0, 2, 64, a.len()).is_none());
+        assert!(c.get("a", WeightType::Q8_0, 2, 64, a.len(), crc).is_none());
+        assert!(c.get("a", WeightType::Q4_0, 3, 64, a.len(), crc).is_none());
+        assert!(c.get("c", WeightType::Q4_0, 2, 64, a.len(), crc).is_none());
         // A rewritten model file is a different cache entry.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&model, b"other weights").unwrap();
@@ -358,6 +429,58 @@ mod tests {
         let (_new, new_entry) = write("new.gguf");
         assert!(!gone_entry.exists(), "stale entry left behind");
         assert!(kept_entry.exists() && new_entry.exists());
+    }
+
+    /// A flipped byte in a cached matrix is caught: that matrix is not served, and the entry is
+    /// deleted so the next load writes it again.
+    #[test]
+    fn a_corrupted_matrix_is_not_served_and_its_entry_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.gguf");
+        std::fs::write(&model, b"weights").unwrap();
+        let files = vec![model];
+        let cache = dir.path().join("cache");
+        let c = PackCache::open(&cache, &files).unwrap();
+        c.offer("a", WeightType::Q4_0, 2, 64, &blob(&[1u8; 9000]));
+        c.offer("b", WeightType::Q4_0, 1, 64, &blob(&[2u8; 100]));
+        c.persist().unwrap();
+        let path = c.path().to_path_buf();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.iter().rposition(|&b| b == 1).unwrap();
+        bytes[at] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let c = PackCache::open(&cache, &files).unwrap();
+        assert!(c.hit());
+        assert!(c.get("b", WeightType::Q4_0, 1, 64, 100, crc).is_some());
+        assert!(c.get("a", WeightType::Q4_0, 2, 64, 9000, crc).is_none());
+        assert!(c.corrupt());
+        c.persist().unwrap();
+        assert!(!path.exists(), "the corrupt entry is deleted");
+        assert!(!PackCache::open(&cache, &files).unwrap().hit());
+    }
+
+    /// A write killed before its rename leaves a temporary; it is deleted once stale, and a
+    /// fresh one (a load writing right now) is left alone.
+    #[test]
+    fn stale_temporaries_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join(format!("{TEMP_PREFIX}killed"));
+        let fresh = dir.path().join(format!("{TEMP_PREFIX}writing"));
+        let other = dir.path().join("notes.txt");
+        for p in [&stale, &fresh, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let old = std::time::SystemTime::now() - STALE_TEMP - std::time::Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        remove_stale_temporaries(dir.path(), STALE_TEMP);
+        assert!(!stale.exists());
+        assert!(fresh.exists() && other.exists());
     }
 
     #[test]
