@@ -13,6 +13,8 @@
 //! max_batch = 8
 //! queue = 64
 //! prefill_chunk = 512
+//! default_max_tokens = 2048   # when a request sets none
+//! kv_budget_mib = 4096        # KV cache the running sequences may reserve together
 //!
 //! [router]
 //! policy = "complexity"
@@ -66,6 +68,8 @@ pub struct EngineSection {
     pub queue: Option<usize>,
     pub prefill_chunk: Option<usize>,
     pub retry_after_s: Option<u64>,
+    pub default_max_tokens: Option<usize>,
+    pub kv_budget_mib: Option<u64>,
     pub threads: Option<usize>,
     pub max_context: Option<usize>,
     pub device: Option<String>,
@@ -220,6 +224,18 @@ impl ServeSettings {
             prefill_chunk: positive(e.prefill_chunk, d.prefill_chunk, "engine.prefill_chunk")?,
             retry_after_s: e.retry_after_s.unwrap_or(d.retry_after_s).max(1),
             step_delay: Duration::ZERO,
+            default_max_tokens: positive(
+                e.default_max_tokens,
+                d.default_max_tokens,
+                "engine.default_max_tokens",
+            )?,
+            kv_budget_bytes: match e.kv_budget_mib {
+                Some(0) => return Err("engine.kv_budget_mib must be at least 1".into()),
+                Some(m) => m
+                    .checked_mul(1 << 20)
+                    .ok_or("engine.kv_budget_mib is too large")?,
+                None => d.kv_budget_bytes,
+            },
         };
         let rd = RouterConfig::default();
         let r = &cfg.router;

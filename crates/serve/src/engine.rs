@@ -43,6 +43,12 @@ pub struct EngineOptions {
     /// A pause after every step. Zero in service; tests set it to make a generation last long
     /// enough to disconnect from or to fill a queue, whatever the machine's speed.
     pub step_delay: Duration,
+    /// New tokens for a request that sets no `max_tokens` (always capped by the context).
+    pub default_max_tokens: usize,
+    /// KV-cache memory the running sequences may reserve together, in bytes, counted as each
+    /// sequence's prompt plus its `max_tokens` at the model's cache precision. A request that
+    /// cannot fit even alone is refused (400); one that fits waits until running ones finish.
+    pub kv_budget_bytes: u64,
 }
 
 impl Default for EngineOptions {
@@ -53,6 +59,8 @@ impl Default for EngineOptions {
             prefill_chunk: 512,
             retry_after_s: 1,
             step_delay: Duration::ZERO,
+            default_max_tokens: 2048,
+            kv_budget_bytes: 4 << 30,
         }
     }
 }
@@ -80,6 +88,8 @@ struct Job {
     logprobs: Option<usize>,
     tx: mpsc::UnboundedSender<StreamEvent>,
     enqueued: Instant,
+    /// KV-cache bytes reserved while it runs: prompt plus `max_tokens` positions.
+    kv_bytes: u64,
 }
 
 #[derive(Default)]
@@ -94,6 +104,8 @@ pub struct LocalModel {
     tx: mpsc::Sender<Job>,
     prompter: Prompter,
     ctx: usize,
+    /// KV-cache bytes one position takes in every layer (keys and values, f32).
+    kv_bytes_per_token: u64,
     shared: Arc<Shared>,
     opts: EngineOptions,
     info: ModelInfo,
@@ -122,7 +134,9 @@ impl LocalModel {
             prefill_chunk: opts.prefill_chunk,
         });
         let prompter = lm.prompter.clone();
-        let ctx = lm.model.config().max_context;
+        let cfg = lm.model.config();
+        let ctx = cfg.max_context;
+        let kv_bytes_per_token = (2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4) as u64;
         let info = lm.info.clone();
         let (tx, rx) = mpsc::channel(opts.queue_capacity);
         let shared = Arc::new(Shared::default());
@@ -143,6 +157,7 @@ impl LocalModel {
             tx,
             prompter,
             ctx,
+            kv_bytes_per_token,
             shared,
             opts,
             info,
@@ -160,6 +175,20 @@ impl LocalModel {
 
     async fn submit(&self, req: GenRequest) -> Result<EventRx, ApiError> {
         req.sampling.validate()?;
+        // A queue place first: past the bound a request costs a 429 and nothing else, not a
+        // template rendering and a tokenization.
+        let permit = match self.tx.try_reserve() {
+            Ok(p) => p,
+            Err(mpsc::error::TrySendError::Full(())) => {
+                return Err(ApiError::overloaded(&self.id, self.opts.retry_after_s));
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                return Err(ApiError::new(
+                    ErrorKind::Unavailable,
+                    format!("the engine of `{}` has stopped", self.id),
+                ));
+            }
+        };
         let prompter = self.prompter.clone();
         let model = self.id.clone();
         let input = req.input.clone();
@@ -178,7 +207,20 @@ impl LocalModel {
         }
         let room = self.ctx - ids.len();
         // max_tokens is capped by the context: the answer ends with `length` when it is full.
-        let max_tokens = req.max_tokens.map_or(room, |m| m.min(room));
+        let max_tokens = req
+            .max_tokens
+            .unwrap_or(self.opts.default_max_tokens)
+            .min(room);
+        let kv_bytes = (ids.len() + max_tokens) as u64 * self.kv_bytes_per_token;
+        if kv_bytes > self.opts.kv_budget_bytes {
+            return Err(ApiError::kv_budget(
+                ids.len(),
+                max_tokens,
+                kv_bytes,
+                self.opts.kv_budget_bytes,
+                &self.id,
+            ));
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let job = Job {
             prompt: ids,
@@ -192,17 +234,10 @@ impl LocalModel {
             logprobs: req.logprobs,
             tx,
             enqueued: Instant::now(),
+            kv_bytes,
         };
-        match self.tx.try_send(job) {
-            Ok(()) => Ok(rx),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                Err(ApiError::overloaded(&self.id, self.opts.retry_after_s))
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(ApiError::new(
-                ErrorKind::Unavailable,
-                format!("the engine of `{}` has stopped", self.id),
-            )),
-        }
+        permit.send(job);
+        Ok(rx)
     }
 }
 
@@ -238,6 +273,7 @@ impl Upstream for LocalModel {
 struct Client {
     tx: mpsc::UnboundedSender<StreamEvent>,
     logprobs: Option<usize>,
+    kv_bytes: u64,
 }
 
 impl Client {
@@ -291,20 +327,29 @@ impl Worker {
         let prompter = lm.prompter.clone();
         let labels = [("model", self.id.as_str())];
         let mut clients: HashMap<SeqId, Client> = HashMap::new();
+        // The next job when it waits for KV-cache room (running sequences to finish).
+        let mut held: Option<Job> = None;
         loop {
-            if lm.scheduler.is_idle() {
+            if lm.scheduler.is_idle() && held.is_none() {
                 self.shared.active.store(0, Ordering::Relaxed);
                 match rx.blocking_recv() {
-                    Some(job) => self.submit(job, &mut lm, &mut clients),
+                    Some(job) => held = Some(job),
                     None => return,
                 }
             }
             // Jobs past the batch stay in the channel, where they count against the queue bound.
             while lm.scheduler.pending() < self.opts.max_batch {
-                match rx.try_recv() {
-                    Ok(job) => self.submit(job, &mut lm, &mut clients),
-                    Err(_) => break,
+                let Some(job) = held.take().or_else(|| rx.try_recv().ok()) else {
+                    break;
+                };
+                let reserved: u64 = clients.values().map(|c| c.kv_bytes).sum();
+                // Admission already refused a job that cannot fit alone, so an idle engine
+                // always takes the next one.
+                if !clients.is_empty() && reserved + job.kv_bytes > self.opts.kv_budget_bytes {
+                    held = Some(job);
+                    break;
                 }
+                self.submit(job, &mut lm, &mut clients);
             }
             // Clients that went away: stop before spending a step on them.
             clients.retain(|id, c| {
@@ -376,6 +421,7 @@ impl Worker {
                     Client {
                         tx: job.tx,
                         logprobs: job.logprobs,
+                        kv_bytes: job.kv_bytes,
                     },
                 );
             }

@@ -153,6 +153,30 @@ impl ApiError {
             )
         }
     }
+    /// A request whose prompt plus `max_tokens` needs more KV-cache memory than the engine's
+    /// whole budget: it could never run, so it is refused rather than queued.
+    pub fn kv_budget(
+        prompt: usize,
+        max_tokens: usize,
+        need: u64,
+        budget: u64,
+        model: &str,
+    ) -> Self {
+        const MIB: f64 = 1024.0 * 1024.0;
+        ApiError {
+            code: Some("context_length_exceeded"),
+            param: Some("max_tokens".into()),
+            ..Self::new(
+                ErrorKind::ContextLength,
+                format!(
+                    "{prompt} prompt tokens plus max_tokens {max_tokens} need {:.0} MiB of KV cache on model `{model}`, \
+                     more than the server's budget of {:.0} MiB (engine.kv_budget_mib): lower max_tokens or shorten the prompt",
+                    need as f64 / MIB,
+                    budget as f64 / MIB
+                ),
+            )
+        }
+    }
     pub fn overloaded(model: &str, retry_after: u64) -> Self {
         ApiError {
             retry_after: Some(retry_after),

@@ -450,6 +450,17 @@ async fn a_full_queue_answers_429_with_retry_after() {
     assert_eq!(c.status, 429, "{}", c.text);
     assert_eq!(c.headers["retry-after"], "1");
     assert_eq!(c.json()["error"]["type"], "rate_limit_error");
+    // Admission comes before the template and the tokenizer: a prompt longer than the context
+    // gets the 429 of a full queue, not the 400 that tokenizing it would have found.
+    let d = send(
+        &app,
+        post(
+            "/v1/chat/completions",
+            chat_body("auto", &"word ".repeat(600), ""),
+        ),
+    )
+    .await;
+    assert_eq!(d.status, 429, "{}", d.text);
     drop(a);
     b.abort();
     let h = send(&app, get("/health")).await;
@@ -783,4 +794,82 @@ fn error_kinds_map_to_statuses() {
     }
     let v: Value = ApiError::overloaded("m", 3).body();
     assert_eq!(v["error"]["type"], "rate_limit_error");
+}
+
+/// The KV-cache budget: a request that could never fit is refused with a 400 naming the budget;
+/// two that fit one at a time both finish, the second after the first; a request without
+/// max_tokens gets the configured default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_budget_refuses_what_cannot_fit_and_queues_what_can() {
+    let m = Arc::new(Metrics::new());
+    let lm = tiny("tiny-llama");
+    let c = lm.model.config();
+    let per_token = (2 * c.n_layers * c.n_kv_heads * c.head_dim * 4) as u64;
+    let opts = EngineOptions {
+        max_batch: 4,
+        step_delay: Duration::from_millis(5),
+        default_max_tokens: 6,
+        // Room for one sequence of about 100 positions, not two.
+        kv_budget_bytes: 100 * per_token,
+        ..Default::default()
+    };
+    let fast = Arc::new(
+        bakeoff_serve::engine::LocalModel::spawn("tiny-llama", lm, opts, m.clone()).unwrap(),
+    );
+    let (app, _) = app_with(
+        vec![(Tier::Fast, fast)],
+        cfg(RoutingPolicy::Fixed),
+        HttpSettings::default(),
+        m,
+    );
+    let r = send(
+        &app,
+        post(
+            "/v1/chat/completions",
+            chat_body("auto", "hi", r#""max_tokens": 400"#),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
+    assert_eq!(r.json()["error"]["param"], "max_tokens");
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("kv_budget_mib"), "{msg}");
+
+    let body = chat_body("auto", "hi", r#""max_tokens": 60, "ignore_eos": true"#);
+    let (a, b) = tokio::join!(
+        send(&app, post("/v1/chat/completions", body.clone())),
+        send(&app, post("/v1/chat/completions", body))
+    );
+    for x in [&a, &b] {
+        assert_eq!(x.status, 200, "{}", x.text);
+        assert_eq!(x.json()["usage"]["completion_tokens"], 60);
+    }
+    // Never batched together: every forward pass held one sequence.
+    let one = metric(
+        &app,
+        "bakeoff_engine_batch_size_bucket{model=\"tiny-llama\",le=\"1\"}",
+    )
+    .await;
+    let all = metric(
+        &app,
+        "bakeoff_engine_batch_size_count{model=\"tiny-llama\"}",
+    )
+    .await;
+    assert!(
+        all > 100.0 && one == all,
+        "{one} of {all} steps had one sequence"
+    );
+
+    let d = send(
+        &app,
+        post(
+            "/v1/chat/completions",
+            chat_body("auto", "hi", r#""ignore_eos": true"#),
+        ),
+    )
+    .await;
+    assert_eq!(d.status, 200, "{}", d.text);
+    assert_eq!(d.json()["usage"]["completion_tokens"], 6);
+    assert_eq!(d.json()["choices"][0]["finish_reason"], "length");
 }

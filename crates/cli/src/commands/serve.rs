@@ -63,6 +63,13 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long)]
     pub max_body_bytes: Option<usize>,
+    /// New tokens for a request that sets no max_tokens (default 2048; always capped by the context).
+    #[arg(long)]
+    pub default_max_tokens: Option<usize>,
+    /// KV-cache MiB the running sequences of each local model may reserve together (prompt plus
+    /// max_tokens each; default 4096). A request that cannot fit alone gets a 400.
+    #[arg(long)]
+    pub kv_budget_mib: Option<u64>,
 }
 
 /// The config file with the flags laid over it.
@@ -97,6 +104,8 @@ pub fn settings(a: &ServeArgs) -> Result<ServeSettings> {
     over!(cfg.router.fixed_tier, a.fixed_tier);
     over!(cfg.engine.max_batch, a.max_batch);
     over!(cfg.engine.queue, a.queue);
+    over!(cfg.engine.default_max_tokens, a.default_max_tokens);
+    over!(cfg.engine.kv_budget_mib, a.kv_budget_mib);
     over!(cfg.engine.threads, a.threads);
     over!(cfg.engine.max_context, a.max_context);
     over!(cfg.engine.device, a.device);
