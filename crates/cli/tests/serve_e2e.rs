@@ -398,3 +398,108 @@ fn serve_refuses_non_loopback_addresses_without_the_flag() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("`fast` or `strong`"));
 }
+
+fn sigint(child: &Child) {
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Waits for the process to end, up to `limit`; its exit status, or None if it is still running.
+fn wait_for(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// A request whose body never finishes: the server waits for it (until the body timeout).
+fn stalled_request(base: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(base).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {base}\r\nauthorization: Bearer {KEY}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"messages\""
+    )
+    .unwrap();
+    s
+}
+
+fn read_all(s: &mut std::net::TcpStream, limit: Duration) -> String {
+    use std::io::Read;
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Ctrl-C drains for at most the grace period; a second Ctrl-C stops at once with 130.
+#[test]
+fn shutdown_is_bounded_by_the_grace_period_and_a_second_ctrl_c() {
+    let mut srv = Server::start(&["--shutdown-grace", "1"]);
+    let _held = stalled_request(&srv.base);
+    std::thread::sleep(Duration::from_millis(300));
+    sigint(&srv.child);
+    let st = wait_for(&mut srv.child, Duration::from_secs(20))
+        .expect("the server outlived its grace period");
+    assert_eq!(st.code(), Some(0));
+
+    let mut srv = Server::start(&["--shutdown-grace", "600"]);
+    let _held = stalled_request(&srv.base);
+    std::thread::sleep(Duration::from_millis(300));
+    sigint(&srv.child);
+    assert!(
+        wait_for(&mut srv.child, Duration::from_millis(700)).is_none(),
+        "a connection in flight is waited for"
+    );
+    sigint(&srv.child);
+    let st = wait_for(&mut srv.child, Duration::from_secs(10)).expect("a second Ctrl-C ignored");
+    assert_eq!(st.code(), Some(130));
+}
+
+/// Slow clients are cut off: headers within header_timeout_s, the body within body_timeout_s
+/// (408); past max_connections a new connection gets a 503 and is closed.
+#[test]
+fn slow_clients_time_out_and_connections_are_capped() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("serve.toml");
+    std::fs::write(&cfg, "header_timeout_s = 1\nbody_timeout_s = 1\n").unwrap();
+    let srv = Server::start(&["--config", cfg.to_str().unwrap(), "--max-connections", "3"]);
+
+    let mut body = stalled_request(&srv.base);
+    let reply = read_all(&mut body, Duration::from_secs(20));
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("body_timeout_s"), "{reply}");
+
+    let mut head = std::net::TcpStream::connect(&srv.base).unwrap();
+    head.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    let t = Instant::now();
+    let _ = read_all(&mut head, Duration::from_secs(20));
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "half-sent headers kept the connection open"
+    );
+
+    let idle: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&srv.base).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = std::net::TcpStream::connect(&srv.base).unwrap();
+    let reply = read_all(&mut extra, Duration::from_secs(10));
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(reply.contains("too_many_connections"), "{reply}");
+    drop(idle);
+    // Closed connections give their slots back.
+    std::thread::sleep(Duration::from_millis(300));
+    let ok = curl(&[&format!("http://{}/health", srv.base)]);
+    let ok: Value = serde_json::from_str(&ok).unwrap();
+    assert_eq!(ok["status"], "ok", "{ok}");
+}

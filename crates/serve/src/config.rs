@@ -8,6 +8,10 @@
 //! api_key_env = "BAKEOFF_API_KEY"
 //! max_body_bytes = 1048576
 //! request_timeout_s = 600
+//! header_timeout_s = 30       # request headers, and idle keep-alive connections
+//! body_timeout_s = 30         # the whole request body
+//! max_connections = 256       # past it: 503 and close
+//! shutdown_grace_s = 10       # answers in flight after Ctrl-C; a second Ctrl-C exits at once
 //!
 //! [engine]
 //! max_batch = 8
@@ -53,6 +57,15 @@ pub struct ConfigFile {
     pub api_key_env: Option<String>,
     pub max_body_bytes: Option<usize>,
     pub request_timeout_s: Option<f64>,
+    /// Receiving a request's headers (and waiting for the next request on a kept-alive
+    /// connection).
+    pub header_timeout_s: Option<f64>,
+    /// Receiving a request's whole body.
+    pub body_timeout_s: Option<f64>,
+    /// Open connections; past it a new one gets a 503 and is closed.
+    pub max_connections: Option<usize>,
+    /// After Ctrl-C or SIGTERM, how long answers in flight may take to finish.
+    pub shutdown_grace_s: Option<f64>,
     #[serde(default)]
     pub engine: EngineSection,
     #[serde(default)]
@@ -177,6 +190,9 @@ pub struct ServeSettings {
     pub port: u16,
     pub allow_non_loopback: bool,
     pub http: HttpSettings,
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
     pub engine: EngineOptions,
     pub threads: Option<usize>,
     pub max_context: Option<usize>,
@@ -303,6 +319,22 @@ impl ServeSettings {
                 hd.request_timeout,
                 "request_timeout_s",
             )?,
+            body_timeout: secs(cfg.body_timeout_s, hd.body_timeout, "body_timeout_s")?,
+        };
+        let header_timeout = secs(
+            cfg.header_timeout_s,
+            Duration::from_secs(30),
+            "header_timeout_s",
+        )?;
+        let max_connections = positive(cfg.max_connections, 256, "max_connections")?;
+        let shutdown_grace = match cfg.shutdown_grace_s {
+            Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
+            Some(s) => {
+                return Err(format!(
+                    "shutdown_grace_s must be zero or a positive number of seconds, got {s}"
+                ));
+            }
+            None => Duration::from_secs(10),
         };
         if cfg.models.is_empty() {
             return Err("no models: give --model fast=SOURCE (and --model strong=SOURCE), or [[models]] in the config".into());
@@ -332,6 +364,9 @@ impl ServeSettings {
             port: cfg.port.unwrap_or(8080),
             allow_non_loopback: cfg.allow_non_loopback.unwrap_or(false),
             http,
+            header_timeout,
+            max_connections,
+            shutdown_grace,
             engine,
             threads: e.threads,
             max_context: e.max_context,

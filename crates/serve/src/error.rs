@@ -20,6 +20,8 @@ pub enum ErrorKind {
     NotFound,
     /// Body over the size limit.
     PayloadTooLarge,
+    /// The client did not send its whole body within the body timeout (408).
+    RequestTimeout,
     /// The model's queue is full: retry later (429 + Retry-After).
     Overloaded,
     /// No first token, or no answer, within the request's time limit.
@@ -39,6 +41,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -53,7 +56,8 @@ impl ErrorKind {
             ErrorKind::InvalidRequest
             | ErrorKind::ContextLength
             | ErrorKind::NotFound
-            | ErrorKind::PayloadTooLarge => "invalid_request_error",
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::RequestTimeout => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Overloaded => "rate_limit_error",
             ErrorKind::Timeout => "timeout_error",
@@ -69,6 +73,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::NotFound => "not_found",
             ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Unavailable => "unavailable",

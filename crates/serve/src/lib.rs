@@ -29,4 +29,4 @@ pub mod server;
 pub use config::{ConfigFile, ModelEntry, ServeSettings};
 pub use error::{ApiError, ErrorKind};
 pub use routes::{AppState, HttpSettings, app};
-pub use server::{ServeError, build_state, run_blocking};
+pub use server::{ServeError, Stopped, build_state, run_blocking};

@@ -93,6 +93,12 @@ const FAMILIES: &[Family] = &[
         buckets: &[],
     },
     Family {
+        name: "bakeoff_connections_refused_total",
+        kind: "counter",
+        help: "Connections answered 503 and closed because max_connections were open.",
+        buckets: &[],
+    },
+    Family {
         name: "bakeoff_engine_cancelled_total",
         kind: "counter",
         help: "Generations the engine stopped because their client went away or timed out.",

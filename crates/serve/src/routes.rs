@@ -35,6 +35,9 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     /// The whole request, from arrival to the last token.
     pub request_timeout: Duration,
+    /// Receiving a request's whole body, from its headers on (a client trickling it in ties up
+    /// a connection and the memory of its buffer).
+    pub body_timeout: Duration,
 }
 
 impl Default for HttpSettings {
@@ -43,6 +46,7 @@ impl Default for HttpSettings {
             api_key: None,
             max_body_bytes: 1 << 20,
             request_timeout: Duration::from_secs(600),
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -77,6 +81,7 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/v1/models", get(models))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
+        .route_layer(middleware::from_fn_with_state(state.clone(), body_deadline))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     axum::Router::new()
         .merge(v1)
@@ -165,6 +170,42 @@ async fn require_key(
         }
     }
     next.run(req).await
+}
+
+/// Reads the whole body within `body_timeout` (and `max_body_bytes`) before the handler runs, so
+/// a client sending it slowly is cut off with a 408 instead of holding the connection open.
+async fn body_deadline(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let limit = st.settings.max_body_bytes;
+    let read =
+        tokio::time::timeout(st.settings.body_timeout, axum::body::to_bytes(body, limit)).await;
+    match read {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) => {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over {
+                ApiError::new(
+                    ErrorKind::PayloadTooLarge,
+                    format!("the request body is over the limit of {limit} bytes"),
+                )
+            } else {
+                ApiError::invalid(format!("cannot read the request body: {e}"))
+            }
+            .into_response()
+        }
+        Err(_) => ApiError::new(
+            ErrorKind::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} s (body_timeout_s)",
+                st.settings.body_timeout.as_secs_f32()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 fn body_bytes(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {

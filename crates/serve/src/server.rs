@@ -116,9 +116,20 @@ pub fn build_state(
     ))
 }
 
+/// How the server stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every answer in flight finished within the grace period.
+    Drained,
+    /// The grace period ended with connections still open; they were cut.
+    GraceExpired,
+    /// A second Ctrl-C (or SIGTERM) during the grace period: stopped at once. The CLI exits 130.
+    Forced,
+}
+
 /// Runs the server until Ctrl-C (or SIGTERM). Prints `listening on http://ADDR` to stderr once
 /// the socket is bound, so scripts that pass `--port 0` can find the port.
-pub fn run_blocking(settings: ServeSettings) -> Result<(), ServeError> {
+pub fn run_blocking(settings: ServeSettings) -> Result<Stopped, ServeError> {
     settings.check_bind().map_err(ServeError::Config)?;
     if settings.http.api_key.is_none() && settings.allow_non_loopback {
         eprintln!(
@@ -134,7 +145,7 @@ pub fn run_blocking(settings: ServeSettings) -> Result<(), ServeError> {
         .worker_threads(2)
         .build()
         .map_err(|e| ServeError::Start(format!("cannot start the async runtime: {e}")))?;
-    rt.block_on(async move {
+    let stopped = rt.block_on(async move {
         let addr = format!("{}:{}", settings.host, settings.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -157,11 +168,105 @@ pub fn run_blocking(settings: ServeSettings) -> Result<(), ServeError> {
                 ""
             }
         );
-        axum::serve(listener, app(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|e| ServeError::Start(format!("server error: {e}")))
-    })
+        Ok::<_, ServeError>(serve_until_signal(listener, state, &settings).await)
+    })?;
+    // Streams cut at the end of the grace period may still hold engine threads busy for a
+    // step; the runtime is not waited for.
+    rt.shutdown_background();
+    Ok(stopped)
+}
+
+/// The accept loop: a header-read timeout (which also closes idle kept-alive connections), a
+/// cap on open connections, and on the first signal a drain bounded by the grace period.
+async fn serve_until_signal(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    settings: &ServeSettings,
+) -> Stopped {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
+    let metrics = state.metrics.clone();
+    let service = TowerToHyperService::new(app(state));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(settings.header_timeout));
+    let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off rather than spin.
+                        eprintln!("accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    metrics.inc("bakeoff_connections_refused_total", &[]);
+                    tokio::spawn(refuse(stream));
+                    continue;
+                };
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), service.clone())
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    drop(slot);
+                });
+            }
+            () = &mut signal => break,
+        }
+    }
+    drop(listener);
+    let open = graceful.count();
+    if open > 0 {
+        eprintln!(
+            "waiting up to {:.0} s for {open} open connection(s); Ctrl-C again to stop now",
+            settings.shutdown_grace.as_secs_f64()
+        );
+    }
+    tokio::select! {
+        () = graceful.shutdown() => Stopped::Drained,
+        () = tokio::time::sleep(settings.shutdown_grace) => {
+            eprintln!("grace period over: closing the remaining connections");
+            Stopped::GraceExpired
+        }
+        () = shutdown_signal() => {
+            eprintln!("stopping now");
+            Stopped::Forced
+        }
+    }
+}
+
+/// Past the connection cap: a short 503 and close, written with a deadline so a client that
+/// does not read cannot hold the task.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"error":{"message":"too many open connections; retry shortly","type":"server_error","param":null,"code":"too_many_connections"}}"#;
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        stream.write_all(reply.as_bytes()),
+    )
+    .await;
+    let _ = stream.shutdown().await;
 }
 
 async fn shutdown_signal() {

@@ -66,6 +66,13 @@ pub struct ServeArgs {
     /// New tokens for a request that sets no max_tokens (default 2048; always capped by the context).
     #[arg(long)]
     pub default_max_tokens: Option<usize>,
+    /// Seconds answers in flight may take to finish after Ctrl-C (default 10); a second
+    /// Ctrl-C stops at once (exit 130).
+    #[arg(long)]
+    pub shutdown_grace: Option<f64>,
+    /// Most open connections (default 256); past it a new one gets a 503.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
     /// KV-cache MiB the running sequences of each local model may reserve together (prompt plus
     /// max_tokens each; default 4096). A request that cannot fit alone gets a 400.
     #[arg(long)]
@@ -98,6 +105,8 @@ pub fn settings(a: &ServeArgs) -> Result<ServeSettings> {
     over!(cfg.api_key, a.api_key);
     over!(cfg.max_body_bytes, a.max_body_bytes);
     over!(cfg.request_timeout_s, a.request_timeout);
+    over!(cfg.shutdown_grace_s, a.shutdown_grace);
+    over!(cfg.max_connections, a.max_connections);
     over!(cfg.router.policy, a.policy);
     over!(cfg.router.complexity_threshold, a.threshold);
     over!(cfg.router.cascade_logprob_threshold, a.cascade_threshold);
@@ -120,6 +129,9 @@ pub fn settings(a: &ServeArgs) -> Result<ServeSettings> {
 
 pub fn run(a: ServeArgs) -> Result<()> {
     let s = settings(&a)?;
-    bakeoff_serve::run_blocking(s)?;
+    if bakeoff_serve::run_blocking(s)? == bakeoff_serve::Stopped::Forced {
+        // The shell's convention for a process ended by SIGINT.
+        std::process::exit(130);
+    }
     Ok(())
 }
