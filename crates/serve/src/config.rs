@@ -252,6 +252,7 @@ impl ServeSettings {
                     .ok_or("engine.kv_budget_mib is too large")?,
                 None => d.kv_budget_bytes,
             },
+            fault_hook: None,
         };
         let rd = RouterConfig::default();
         let r = &cfg.router;

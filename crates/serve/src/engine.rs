@@ -29,6 +29,17 @@ use crate::backend::{
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
 
+/// Called before each generation step. Only tests set one, to make the worker panic on cue
+/// (with requests in flight) and check that it recovers.
+#[derive(Clone)]
+pub struct FaultHook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for FaultHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FaultHook")
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
     /// Sequences generated together (and KV-cache slots kept).
@@ -49,6 +60,8 @@ pub struct EngineOptions {
     /// sequence's prompt plus its `max_tokens` at the model's cache precision. A request that
     /// cannot fit even alone is refused (400); one that fits waits until running ones finish.
     pub kv_budget_bytes: u64,
+    #[doc(hidden)]
+    pub fault_hook: Option<FaultHook>,
 }
 
 impl Default for EngineOptions {
@@ -61,6 +74,7 @@ impl Default for EngineOptions {
             step_delay: Duration::ZERO,
             default_max_tokens: 2048,
             kv_budget_bytes: 4 << 30,
+            fault_hook: None,
         }
     }
 }
@@ -148,7 +162,7 @@ impl LocalModel {
         };
         std::thread::Builder::new()
             .name(format!("engine-{id}"))
-            .spawn(move || worker.run(lm, rx))
+            .spawn(move || worker.supervise(lm, rx))
             .map_err(|e| {
                 ApiError::internal(format!("cannot start the engine thread for `{id}`: {e}"))
             })?;
@@ -323,11 +337,53 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(self, mut lm: LoadedModel, mut rx: mpsc::Receiver<Job>) {
+    /// Runs the loop, and after a panic in it (a bug in a kernel, the sampler, a detokenizer)
+    /// fails the requests it was serving with a 500, drops their sequences and KV caches, and
+    /// starts again: the weights are read-only, so the model itself is intact, and the queue
+    /// and later requests are served as before.
+    fn supervise(self, mut lm: LoadedModel, mut rx: mpsc::Receiver<Job>) {
+        let mut clients: HashMap<SeqId, Client> = HashMap::new();
+        loop {
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.run(&mut lm, &mut rx, &mut clients)
+            }));
+            let Err(panic) = run else { return };
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            self.metrics
+                .inc("bakeoff_engine_restarts_total", &[("model", &self.id)]);
+            eprintln!(
+                "engine `{}`: the worker panicked ({what}); {} request(s) failed, restarting",
+                self.id,
+                clients.len()
+            );
+            for (_, c) in clients.drain() {
+                c.send(StreamEvent::Error(ApiError::internal(format!(
+                    "the engine of `{}` failed while generating this answer ({what}) and was restarted; retry the request",
+                    self.id
+                ))));
+            }
+            lm.scheduler = bakeoff_engine::generate::Scheduler::new(SchedulerOptions {
+                max_batch: self.opts.max_batch,
+                prefill_chunk: self.opts.prefill_chunk,
+            });
+        }
+    }
+
+    fn run(
+        &self,
+        lm: &mut LoadedModel,
+        rx: &mut mpsc::Receiver<Job>,
+        clients: &mut HashMap<SeqId, Client>,
+    ) {
         let prompter = lm.prompter.clone();
         let labels = [("model", self.id.as_str())];
-        let mut clients: HashMap<SeqId, Client> = HashMap::new();
-        // The next job when it waits for KV-cache room (running sequences to finish).
+        // The next job when it waits for KV-cache room (running sequences to finish). A job
+        // held when the loop panics is lost with its client, whose channel then closes: the
+        // router answers it as a failed upstream.
         let mut held: Option<Job> = None;
         loop {
             if lm.scheduler.is_idle() && held.is_none() {
@@ -349,7 +405,7 @@ impl Worker {
                     held = Some(job);
                     break;
                 }
-                self.submit(job, &mut lm, &mut clients);
+                self.submit(job, lm, clients);
             }
             // Clients that went away: stop before spending a step on them.
             clients.retain(|id, c| {
@@ -366,6 +422,9 @@ impl Worker {
                 .store(lm.scheduler.pending(), Ordering::Relaxed);
             if lm.scheduler.is_idle() {
                 continue;
+            }
+            if let Some(h) = &self.opts.fault_hook {
+                (h.0)();
             }
             let stats = lm.step(&mut |id, ev| {
                 let done = matches!(ev, CoreEvent::Done(_));

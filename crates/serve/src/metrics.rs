@@ -93,6 +93,12 @@ const FAMILIES: &[Family] = &[
         buckets: &[],
     },
     Family {
+        name: "bakeoff_engine_restarts_total",
+        kind: "counter",
+        help: "Times a model's worker panicked and was restarted (its requests in flight failed with 500).",
+        buckets: &[],
+    },
+    Family {
         name: "bakeoff_connections_refused_total",
         kind: "counter",
         help: "Connections answered 503 and closed because max_connections were open.",

@@ -873,3 +873,47 @@ async fn kv_budget_refuses_what_cannot_fit_and_queues_what_can() {
     assert_eq!(d.json()["usage"]["completion_tokens"], 6);
     assert_eq!(d.json()["choices"][0]["finish_reason"], "length");
 }
+
+/// A panic in a model's worker fails the requests it was generating with a 500 that says so,
+/// and the worker restarts: the next request is answered by the same model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_worker_fails_its_requests_and_restarts() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let m = Arc::new(Metrics::new());
+    let armed = Arc::new(AtomicBool::new(false));
+    let trigger = armed.clone();
+    let opts = EngineOptions {
+        fault_hook: Some(bakeoff_serve::engine::FaultHook(Arc::new(move || {
+            if trigger.swap(false, Ordering::SeqCst) {
+                panic!("injected fault");
+            }
+        }))),
+        ..Default::default()
+    };
+    let fast = local("tiny-llama", "tiny-llama", opts, &m);
+    let (app, _) = app_with(
+        vec![(Tier::Fast, fast)],
+        cfg(RoutingPolicy::Fixed),
+        HttpSettings::default(),
+        m,
+    );
+    let body = chat_body("auto", "hi", r#""max_tokens": 5, "ignore_eos": true"#);
+    armed.store(true, Ordering::SeqCst);
+    let failed = send(&app, post("/v1/chat/completions", body.clone())).await;
+    assert_eq!(failed.status, 500, "{}", failed.text);
+    let msg = failed.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("restarted") && msg.contains("injected fault"),
+        "{msg}"
+    );
+    let ok = send(&app, post("/v1/chat/completions", body)).await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(ok.json()["usage"]["completion_tokens"], 5);
+    assert_eq!(
+        metric(&app, "bakeoff_engine_restarts_total{model=\"tiny-llama\"}").await,
+        1.0
+    );
+}
