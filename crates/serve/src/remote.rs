@@ -24,6 +24,8 @@ pub struct RemoteModel {
     /// The model name to send upstream; asked from `/models` when not configured.
     upstream_model: OnceCell<String>,
     api_key: Option<String>,
+    /// `user:password@` taken out of the URL, sent as basic auth where no API key is set.
+    basic: Option<BasicAuth>,
     context: Option<usize>,
     client: reqwest::Client,
 }
@@ -38,10 +40,18 @@ impl RemoteModel {
         context: Option<usize>,
         connect_timeout: Duration,
     ) -> Result<Self, ApiError> {
-        let trimmed = url.trim_end_matches('/');
+        if url.contains('?') || url.contains('#') {
+            return Err(ApiError::invalid(format!(
+                "upstream URL `{}` has a query or fragment, which the API paths cannot be appended to; give the key with api_key_env",
+                redact_url(url)
+            )));
+        }
+        let (clean, basic) = split_credentials(url)?;
+        let trimmed = clean.trim_end_matches('/');
         if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) {
             return Err(ApiError::invalid(format!(
-                "upstream URL `{url}` must start with http:// or https://"
+                "upstream URL `{}` must start with http:// or https://",
+                redact_url(url)
             )));
         }
         let base = if trimmed.ends_with("/v1") {
@@ -69,6 +79,7 @@ impl RemoteModel {
             base,
             upstream_model: cell,
             api_key,
+            basic,
             context,
             client,
         })
@@ -79,9 +90,10 @@ impl RemoteModel {
     }
 
     fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.api_key {
-            Some(k) => rb.bearer_auth(k),
-            None => rb,
+        match (&self.api_key, &self.basic) {
+            (Some(k), _) => rb.bearer_auth(k),
+            (None, Some((user, pass))) => rb.basic_auth(user, pass.as_ref()),
+            (None, None) => rb,
         }
     }
 
@@ -93,11 +105,10 @@ impl RemoteModel {
                     .timeout(Duration::from_secs(10))
                     .send()
                     .await
-                    .map_err(|e| unreachable(&self.id, &e))?;
-                let v: Value = resp
-                    .json()
-                    .await
-                    .map_err(|e| ApiError::upstream(format!("`{}`: /models: {e}", self.id)))?;
+                    .map_err(|e| unreachable(&self.id, e))?;
+                let v: Value = resp.json().await.map_err(|e| {
+                    ApiError::upstream(format!("`{}`: /models: {}", self.id, e.without_url()))
+                })?;
                 v.pointer("/data/0/id")
                     .and_then(Value::as_str)
                     .map(str::to_string)
@@ -170,7 +181,7 @@ impl RemoteModel {
             .auth(self.client.post(&url).json(&body))
             .send()
             .await
-            .map_err(|e| unreachable(&self.id, &e))?;
+            .map_err(|e| unreachable(&self.id, e))?;
         let status = resp.status();
         if !status.is_success() {
             let retry = resp
@@ -217,7 +228,7 @@ impl RemoteModel {
                             }
                         }
                         Some(Err(e)) => {
-                            let _ = tx.send(StreamEvent::Error(ApiError::upstream(format!("upstream `{id}`: stream broke: {e}"))));
+                            let _ = tx.send(StreamEvent::Error(ApiError::upstream(format!("upstream `{id}`: stream broke: {}", e.without_url()))));
                             return;
                         }
                         None => {
@@ -232,13 +243,60 @@ impl RemoteModel {
     }
 }
 
-fn unreachable(id: &str, e: &reqwest::Error) -> ApiError {
+fn unreachable(id: &str, e: reqwest::Error) -> ApiError {
     let kind = if e.is_timeout() {
         ErrorKind::Timeout
     } else {
         ErrorKind::Unavailable
     };
+    // reqwest names the URL in its messages; the URL may carry credentials, and clients see
+    // these messages.
+    let e = e.without_url();
     ApiError::new(kind, format!("upstream `{id}` is unreachable: {e}"))
+}
+
+/// The URL without its `user:password@` part and without its query (which may hold a key), for
+/// messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.to_string()
+        }
+        // Unparsable: keep only what precedes any `@`, `?` or `#` after the scheme's host.
+        Err(_) => {
+            let cut = url.find(['@', '?', '#']).unwrap_or(url.len());
+            let kept = &url[..cut];
+            if cut < url.len() {
+                format!("{kept}…")
+            } else {
+                kept.to_string()
+            }
+        }
+    }
+}
+
+/// User name and optional password.
+type BasicAuth = (String, Option<String>);
+
+/// Splits `http://user:pass@host/…` into the URL without credentials and the credentials.
+fn split_credentials(url: &str) -> Result<(String, Option<BasicAuth>), ApiError> {
+    let Ok(mut u) = reqwest::Url::parse(url) else {
+        return Ok((url.to_string(), None));
+    };
+    if u.username().is_empty() && u.password().is_none() {
+        return Ok((url.to_string(), None));
+    }
+    let creds = (u.username().to_string(), u.password().map(str::to_string));
+    if u.set_username("").is_err() || u.set_password(None).is_err() {
+        return Err(ApiError::invalid(format!(
+            "upstream URL `{}`: cannot take the credentials out of it",
+            redact_url(url)
+        )));
+    }
+    Ok((u.to_string(), Some(creds)))
 }
 
 impl Upstream for RemoteModel {
@@ -379,6 +437,77 @@ impl SseReader {
 
 #[cfg(test)]
 mod tests {
+    use super::{RemoteModel, redact_url};
+
+    /// Credentials in an upstream URL never reach an id, a message or a log line; they are sent
+    /// as basic auth instead.
+    #[test]
+    fn credentials_in_upstream_urls_are_kept_out_of_ids_and_messages() {
+        let url = "http://alice:s3cret@127.0.0.1:9/v1?key=k3y";
+        assert_eq!(redact_url(url), "http://127.0.0.1:9/v1");
+        assert_eq!(redact_url("not a url user:pw@x?k=1"), "not a url user:pw…");
+        let r = RemoteModel::new(
+            None,
+            "http://alice:s3cret@127.0.0.1:9/v1",
+            Some("m".into()),
+            None,
+            None,
+            std::time::Duration::from_millis(200),
+        )
+        .unwrap();
+        assert_eq!(r.id, "127.0.0.1:9");
+        assert_eq!(r.base_url(), "http://127.0.0.1:9/v1");
+        assert_eq!(r.basic, Some(("alice".into(), Some("s3cret".into()))));
+        let e = RemoteModel::new(
+            None,
+            "ftp://alice:s3cret@host/v1",
+            None,
+            None,
+            None,
+            std::time::Duration::from_millis(200),
+        )
+        .err()
+        .unwrap();
+        assert!(!e.message.contains("s3cret"), "{}", e.message);
+        let e = RemoteModel::new(
+            None,
+            "http://127.0.0.1:9/v1?key=k3y",
+            None,
+            None,
+            None,
+            std::time::Duration::from_millis(200),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.message.contains("query") && !e.message.contains("k3y"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_upstream_is_reported_without_its_credentials() {
+        let r = RemoteModel::new(
+            None,
+            "http://alice:s3cret@127.0.0.1:9/v1",
+            None,
+            None,
+            None,
+            std::time::Duration::from_millis(500),
+        )
+        .unwrap();
+        let e = r.model_name().await.err().unwrap();
+        assert!(e.message.contains("unreachable"), "{}", e.message);
+        assert!(
+            !e.message.contains("s3cret")
+                && !e.message.contains("alice")
+                && !e.message.contains("k3y"),
+            "{}",
+            e.message
+        );
+    }
+
     use super::*;
 
     #[test]
