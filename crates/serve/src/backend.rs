@@ -114,6 +114,11 @@ pub trait Upstream: Send + Sync + 'static {
     fn load(&self) -> Option<Load> {
         None
     }
+    /// A counter that moves whenever the backend does work (a local engine's generation
+    /// steps), when it has one: a first-token timeout while it moves is load, not a fault.
+    fn progress(&self) -> Option<u64> {
+        None
+    }
     /// The model's tokenizer and chat template (`/tokenize`, `/detokenize`); a remote
     /// upstream's tokenizer is on the other server.
     fn prompter(&self) -> Option<&bakeoff_engine::prompt::Prompter> {

@@ -109,6 +109,8 @@ struct Job {
 #[derive(Default)]
 struct Shared {
     active: AtomicUsize,
+    /// Generation steps run so far.
+    steps: std::sync::atomic::AtomicU64,
 }
 
 /// A handle to a model running on its own thread. Cheap to share behind an `Arc`; the thread
@@ -275,6 +277,9 @@ impl Upstream for LocalModel {
         let alive = !self.tx.is_closed();
         Box::pin(async move { alive })
     }
+    fn progress(&self) -> Option<u64> {
+        Some(self.shared.steps.load(Ordering::Relaxed))
+    }
     fn load(&self) -> Option<Load> {
         Some(Load {
             queued: self.tx.max_capacity() - self.tx.capacity(),
@@ -426,6 +431,7 @@ impl Worker {
             if let Some(h) = &self.opts.fault_hook {
                 (h.0)();
             }
+            self.shared.steps.fetch_add(1, Ordering::Relaxed);
             let stats = lm.step(&mut |id, ev| {
                 let done = matches!(ev, CoreEvent::Done(_));
                 if let Some(c) = clients.get(&id) {

@@ -632,6 +632,7 @@ impl Router {
         let lease = Lease::new(rep.clone(), self.metrics.clone(), self.cfg.clone());
         let id = rep.backend.model_id().to_string();
         let limit = self.cfg.first_token_timeout;
+        let progress_before = rep.backend.progress();
         let attempt = async {
             let mut rx = rep.backend.start(req.clone()).await?;
             match rx.recv().await {
@@ -642,12 +643,23 @@ impl Router {
                 ))),
             }
         };
+        // A timeout while the engine kept stepping (a queue, a long prefill, a full batch) is
+        // load: the client is told, another tier may answer, but the replica is not faulted.
+        let mut busy = false;
         let result = match tokio::time::timeout(limit, attempt).await {
             Ok(r) => r,
-            Err(_) => Err(ApiError::timeout(format!(
-                "`{id}` produced no token within {} s",
-                limit.as_secs_f32()
-            ))),
+            Err(_) => {
+                busy = progress_before.is_some() && rep.backend.progress() != progress_before;
+                Err(ApiError::timeout(format!(
+                    "`{id}` produced no token within {} s{}",
+                    limit.as_secs_f32(),
+                    if busy {
+                        " (it was busy with other requests)"
+                    } else {
+                        ""
+                    }
+                )))
+            }
         };
         match result {
             Ok((ev, rx)) => {
@@ -658,6 +670,13 @@ impl Router {
                 if e.kind == ErrorKind::ContextLength {
                     // The engine reports the model it knows; say which replica refused.
                     e.message = e.message.replace("model `?`", &format!("model `{id}`"));
+                }
+                if busy {
+                    self.metrics.inc(
+                        "bakeoff_replica_failures_total",
+                        &[("model", &id), ("kind", "timeout_busy")],
+                    );
+                    return Err(e);
                 }
                 rep.record(Err(e.kind), &self.cfg);
                 self.update_up(rep);

@@ -917,3 +917,67 @@ async fn a_panicking_worker_fails_its_requests_and_restarts() {
         1.0
     );
 }
+
+/// A request that waits in a busy engine's queue past the first-token timeout gets its 504, but
+/// the replica is not faulted: load alone never puts a tier into cooldown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_token_timeout_under_load_is_not_a_fault() {
+    let m = Arc::new(Metrics::new());
+    let fast = local("tiny-llama", "tiny-llama", tight(), &m);
+    let (app, _) = app_with(
+        vec![(Tier::Fast, fast)],
+        RouterConfig {
+            first_token_timeout: Duration::from_millis(300),
+            failures_before_cooldown: 1,
+            ..cfg(RoutingPolicy::Fixed)
+        },
+        HttpSettings::default(),
+        m,
+    );
+    let long = chat_body(
+        "auto",
+        "hi",
+        r#""max_tokens": 40, "ignore_eos": true, "stream": true"#,
+    );
+    // A holds the only batch slot for about 40 × 30 ms.
+    let a = app
+        .clone()
+        .oneshot(post("/v1/chat/completions", long))
+        .await
+        .unwrap();
+    assert_eq!(a.status(), 200);
+    let b = send(
+        &app,
+        post("/v1/chat/completions", chat_body("auto", "hi", "")),
+    )
+    .await;
+    assert_eq!(b.status, 504, "{}", b.text);
+    assert!(b.text.contains("busy"), "{}", b.text);
+    drop(a);
+    let h = send(&app, get("/health")).await;
+    assert_eq!(h.json()["status"], "ok", "{}", h.text);
+    // Once the cancelled requests have left the queue, the same replica answers.
+    let app_c = app.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let app_c = app_c.clone();
+            async move {
+                let body = chat_body("auto", "hi", r#""max_tokens": 3"#);
+                send(&app_c, post("/v1/chat/completions", body))
+                    .await
+                    .status
+                    == 200
+            }
+        })
+        .await,
+        "the replica did not answer again"
+    );
+    assert_eq!(
+        metric(
+            &app,
+            "bakeoff_replica_failures_total{kind=\"timeout_busy\",model=\"tiny-llama\"}"
+        )
+        .await,
+        1.0
+    );
+}
