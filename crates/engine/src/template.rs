@@ -68,7 +68,17 @@ impl std::fmt::Display for Raised {
 
 impl std::error::Error for Raised {}
 
+/// Instructions one rendering may run. Real chat templates take a few thousand for a long
+/// conversation with tools; a template from an untrusted file with nested `range` loops could
+/// otherwise run for hours (minijinja bounds each `range`, not their product).
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+
 fn template_error(e: minijinja::Error) -> Error {
+    if e.kind() == ErrorKind::OutOfFuel {
+        return Error::Template(format!(
+            "the chat template ran more than {TEMPLATE_FUEL} instructions (an endless or huge loop) and was stopped"
+        ));
+    }
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = src {
         if let Some(r) = s.downcast_ref::<Raised>() {
@@ -85,6 +95,7 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",

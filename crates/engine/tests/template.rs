@@ -159,3 +159,32 @@ fn syntax_and_runtime_errors_are_template_errors() {
         Err(Error::Template(_))
     ));
 }
+
+/// A template whose loops multiply to billions of steps (each `range` alone is within
+/// minijinja's bound) is stopped by the fuel limit with a clear error, in well under a second.
+#[test]
+fn a_runaway_template_runs_out_of_fuel() {
+    let t = ChatTemplate::new(
+        "{% for a in range(10000) %}{% for b in range(10000) %}{% for c in range(10000) %}x{% endfor %}{% endfor %}{% endfor %}",
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let e = t
+        .render(&[Message::user("hi")], true, None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("instructions") && e.contains("stopped"), "{e}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    // A long real conversation stays far inside the budget.
+    let qwen = ChatTemplate::new(QWEN25_TEMPLATE).unwrap();
+    let turns: Vec<Message> = (0..400)
+        .map(|i| {
+            if i % 2 == 0 {
+                Message::user(format!("question {i}"))
+            } else {
+                Message::assistant(format!("answer {i}"))
+            }
+        })
+        .collect();
+    qwen.render(&turns, true, None, None).unwrap();
+}
