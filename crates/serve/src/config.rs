@@ -171,7 +171,13 @@ impl ModelEntry {
             };
             return stem.map_or_else(|| src.clone(), |s| s.to_string_lossy().into_owned());
         }
-        self.url.clone().unwrap_or_default()
+        // `host:port`, as docs/serve.md says: never the scheme, the path or credentials.
+        let url = crate::remote::redact_url(self.url.as_deref().unwrap_or_default());
+        url.trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
+            .trim_end_matches("/v1")
+            .to_string()
     }
 }
 
@@ -401,6 +407,16 @@ impl ServeSettings {
 
 #[cfg(test)]
 mod tests {
+    /// A remote tier is named `host:port`, whatever credentials its URL carries.
+    #[test]
+    fn a_remote_model_is_named_by_host_and_port_without_credentials() {
+        let e =
+            super::ModelEntry::parse_flag("strong=http://alice:s3cret@127.0.0.1:8081/v1").unwrap();
+        assert_eq!(e.id(), "127.0.0.1:8081");
+        let e = super::ModelEntry::parse_flag("fast=https://example.org/").unwrap();
+        assert_eq!(e.id(), "example.org");
+    }
+
     use super::*;
 
     #[test]
