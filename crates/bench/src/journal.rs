@@ -8,8 +8,8 @@
 //! or another build must not be mixed into one table, so the machine line must match on resume.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use bakeoff_record::bench::{Environment, ModelResult};
@@ -83,20 +83,13 @@ impl Journal {
             path: path.to_path_buf(),
             msg,
         };
-        let f = File::open(path).map_err(|e| BenchError::io(path, e))?;
-        let mut lines = Vec::new();
-        for line in BufReader::new(f).lines() {
-            lines.push(line.map_err(|e| BenchError::io(path, e))?);
-        }
-        let n = lines.len();
-        let mut parsed = Vec::new();
-        for (i, line) in lines.iter().enumerate() {
-            match serde_json::from_str::<Value>(line) {
-                Ok(v) => parsed.push(v),
-                Err(_) if i + 1 == n && i > 0 => {}
-                Err(e) => return Err(bad(format!("line {}: {e}", i + 1))),
+        let (parsed, file) = bakeoff_record::fsio::reopen_jsonl(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                bad(e.to_string())
+            } else {
+                BenchError::io(path, e)
             }
-        }
+        })?;
         let head = parsed
             .first()
             .ok_or_else(|| bad("empty; nothing to resume".into()))?;
@@ -125,20 +118,9 @@ impl Journal {
                 _ => return Err(bad(format!("line {}: not a job record", i + 1))),
             }
         }
-        let mut text = String::new();
-        for v in &parsed {
-            text.push_str(&serde_json::to_string(v)?);
-            text.push('\n');
-        }
-        bakeoff_record::fsio::write_atomic(path, text.as_bytes())
-            .map_err(|e| BenchError::io(path, e))?;
-        let f = OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(|e| BenchError::io(path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
-            w: BufWriter::new(f),
+            w: BufWriter::new(file),
             done,
         })
     }

@@ -10,8 +10,8 @@
 //! line is `{"model_sha256", "key", "op", "response"}`, `key` being the SHA-256 of the request.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use bakeoff_engine::template::Message;
@@ -51,28 +51,16 @@ impl Journal {
     /// Opens the journal of an interrupted run to continue it. Refuses a journal written for
     /// another configuration; a last line cut short by the interruption is dropped.
     pub fn resume(path: &Path, config_sha256: &str) -> Result<Self> {
-        let f = File::open(path).map_err(|e| {
-            Error::io(
-                path,
-                std::io::Error::new(e.kind(), format!("cannot resume: {e}")),
-            )
-        })?;
-        let mut lines = Vec::new();
-        for line in BufReader::new(f).lines() {
-            lines.push(line.map_err(|e| Error::io(path, e))?);
-        }
-        let n = lines.len();
-        let mut parsed = Vec::with_capacity(n);
-        for (i, line) in lines.iter().enumerate() {
-            match serde_json::from_str::<Value>(line) {
-                Ok(v) => parsed.push(v),
-                // Only the line being written when the run stopped may be incomplete.
-                Err(_) if i + 1 == n && i > 0 => {}
-                Err(e) => {
-                    return Err(Error::format(path, format!("line {}: {e}", i + 1)));
-                }
+        let (parsed, file) = bakeoff_record::fsio::reopen_jsonl(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                Error::format(path, e.to_string())
+            } else {
+                Error::io(
+                    path,
+                    std::io::Error::new(e.kind(), format!("cannot resume: {e}")),
+                )
             }
-        }
+        })?;
         let head = parsed
             .first()
             .ok_or_else(|| Error::format(path, "empty; nothing to resume"))?;
@@ -100,21 +88,9 @@ impl Journal {
                 models.insert(label, m);
             }
         }
-        // Rewrite without the cut-short line, so appending continues on a line boundary.
-        let mut text = String::new();
-        for v in &parsed {
-            text.push_str(&serde_json::to_string(v)?);
-            text.push('\n');
-        }
-        bakeoff_record::fsio::write_atomic(path, text.as_bytes())
-            .map_err(|e| Error::io(path, e))?;
-        let f = OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
-            w: BufWriter::new(f),
+            w: BufWriter::new(file),
             done,
             models,
         })

@@ -83,6 +83,36 @@ fn sync_dir(dir: &Path) {
     let _ = dir;
 }
 
+/// An append-only JSON-lines journal reopened after an interruption: its records, and the file
+/// open for appending. Only the last line may be cut short (the process died mid-write); it is
+/// dropped and the journal rewritten whole (atomically), so appending goes on at a line boundary.
+/// Any other unreadable line is an error naming its number.
+pub fn reopen_jsonl(path: &Path) -> io::Result<(Vec<serde_json::Value>, File)> {
+    let text = std::fs::read_to_string(path)?;
+    let lines: Vec<&str> = text.lines().collect();
+    let mut records: Vec<serde_json::Value> = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str(line) {
+            Ok(v) => records.push(v),
+            Err(_) if i + 1 == lines.len() && i > 0 => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("line {}: {e}", i + 1),
+                ));
+            }
+        }
+    }
+    let mut whole = String::new();
+    for v in &records {
+        whole.push_str(&v.to_string());
+        whole.push('\n');
+    }
+    write_atomic(path, whole.as_bytes())?;
+    let file = OpenOptions::new().append(true).open(path)?;
+    Ok((records, file))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +164,23 @@ mod tests {
     fn a_path_without_a_file_name_is_refused() {
         let err = write_atomic(Path::new("/"), b"x").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn a_journal_cut_mid_line_reopens_at_a_line_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.jsonl");
+        std::fs::write(&p, "{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
+        let (recs, mut f) = reopen_jsonl(&p).unwrap();
+        assert_eq!(recs.len(), 2);
+        f.write_all(b"{\"d\":4}\n").unwrap();
+        drop(f);
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "{\"a\":1}\n{\"b\":2}\n{\"d\":4}\n"
+        );
+        std::fs::write(&p, "{\"a\":1}\nbroken\n{\"b\":2}\n").unwrap();
+        let e = reopen_jsonl(&p).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
     }
 }
