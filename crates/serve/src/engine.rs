@@ -348,9 +348,11 @@ impl Worker {
     /// and later requests are served as before.
     fn supervise(self, mut lm: LoadedModel, mut rx: mpsc::Receiver<Job>) {
         let mut clients: HashMap<SeqId, Client> = HashMap::new();
+        // The next job when it waits for KV-cache room (running sequences to finish).
+        let mut held: Option<Job> = None;
         loop {
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.run(&mut lm, &mut rx, &mut clients)
+                self.run(&mut lm, &mut rx, &mut clients, &mut held)
             }));
             let Err(panic) = run else { return };
             let what = panic
@@ -371,6 +373,7 @@ impl Worker {
                     self.id
                 ))));
             }
+            // A job waiting for KV room was not started: it stays queued for the restarted loop.
             lm.scheduler = bakeoff_engine::generate::Scheduler::new(SchedulerOptions {
                 max_batch: self.opts.max_batch,
                 prefill_chunk: self.opts.prefill_chunk,
@@ -383,18 +386,15 @@ impl Worker {
         lm: &mut LoadedModel,
         rx: &mut mpsc::Receiver<Job>,
         clients: &mut HashMap<SeqId, Client>,
+        held: &mut Option<Job>,
     ) {
         let prompter = lm.prompter.clone();
         let labels = [("model", self.id.as_str())];
-        // The next job when it waits for KV-cache room (running sequences to finish). A job
-        // held when the loop panics is lost with its client, whose channel then closes: the
-        // router answers it as a failed upstream.
-        let mut held: Option<Job> = None;
         loop {
             if lm.scheduler.is_idle() && held.is_none() {
                 self.shared.active.store(0, Ordering::Relaxed);
                 match rx.blocking_recv() {
-                    Some(job) => held = Some(job),
+                    Some(job) => *held = Some(job),
                     None => return,
                 }
             }
@@ -407,7 +407,7 @@ impl Worker {
                 // Admission already refused a job that cannot fit alone, so an idle engine
                 // always takes the next one.
                 if !clients.is_empty() && reserved + job.kv_bytes > self.opts.kv_budget_bytes {
-                    held = Some(job);
+                    *held = Some(job);
                     break;
                 }
                 self.submit(job, lm, clients);

@@ -981,3 +981,44 @@ async fn a_first_token_timeout_under_load_is_not_a_fault() {
         1.0
     );
 }
+
+/// A request waiting for KV-cache room when the worker panics is not lost: the running one fails
+/// with the 500, the waiting one is served after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_kv_room_survives_a_worker_panic() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let m = Arc::new(Metrics::new());
+    let lm = tiny("tiny-llama");
+    let c = lm.model.config();
+    let per_token = (2 * c.n_layers * c.n_kv_heads * c.head_dim * 4) as u64;
+    let steps = Arc::new(AtomicUsize::new(0));
+    let counter = steps.clone();
+    let opts = EngineOptions {
+        max_batch: 4,
+        step_delay: Duration::from_millis(20),
+        kv_budget_bytes: 100 * per_token,
+        fault_hook: Some(bakeoff_serve::engine::FaultHook(Arc::new(move || {
+            if counter.fetch_add(1, Ordering::SeqCst) == 10 {
+                panic!("injected fault");
+            }
+        }))),
+        ..Default::default()
+    };
+    let fast = Arc::new(
+        bakeoff_serve::engine::LocalModel::spawn("tiny-llama", lm, opts, m.clone()).unwrap(),
+    );
+    let (app, _) = app_with(
+        vec![(Tier::Fast, fast)],
+        cfg(RoutingPolicy::Fixed),
+        HttpSettings::default(),
+        m,
+    );
+    let body = chat_body("auto", "hi", r#""max_tokens": 60, "ignore_eos": true"#);
+    let (a, b) = tokio::join!(
+        send(&app, post("/v1/chat/completions", body.clone())),
+        send(&app, post("/v1/chat/completions", body))
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 500], "{} / {}", a.text, b.text);
+}
