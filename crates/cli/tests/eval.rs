@@ -384,4 +384,6 @@ fn an_interrupted_eval_resumes_from_its_items_journal() {
         err.contains("items.jsonl") && err.contains("cannot resume"),
         "{err}"
     );
+    // The cause is printed once, though the error both names and chains it.
+    assert_eq!(err.matches("cannot resume").count(), 1, "{err}");
 }
