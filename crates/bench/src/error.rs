@@ -34,9 +34,10 @@ impl BenchError {
             source,
         }
     }
-    pub fn remote(url: impl Into<String>, msg: impl Into<String>) -> Self {
+    /// The URL is shown without its credentials, query or fragment.
+    pub fn remote(url: &str, msg: impl Into<String>) -> Self {
         BenchError::Remote {
-            url: url.into(),
+            url: bakeoff_record::redact::redact_url(url),
             msg: msg.into(),
         }
     }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{BenchError, Result};
 use crate::scenarios::{SCENARIO_SET_VERSION, ScenarioId};
 pub use bakeoff_record::bench::RunParams;
+use bakeoff_record::redact::redact_url;
 
 /// A model to measure, as given to `--model`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,14 +30,15 @@ impl ModelRef {
                 gguf_file: gguf_file.map(str::to_string),
             });
         };
+        let shown = redact_url(s);
         let (url, model) = rest.split_once('#').ok_or_else(|| {
             BenchError::InvalidArgument(format!(
-                "`{s}`: name the served model after `#`, e.g. openai:http://127.0.0.1:8080/v1#qwen2.5"
+                "`{shown}`: name the served model after `#`, e.g. openai:http://127.0.0.1:8080/v1#qwen2.5"
             ))
         })?;
         if model.is_empty() {
             return Err(BenchError::InvalidArgument(format!(
-                "`{s}`: the model name after `#` is empty"
+                "`{shown}`: the model name after `#` is empty"
             )));
         }
         // Validates the scheme and host now rather than in the worker.
@@ -60,6 +62,17 @@ impl ModelRef {
                 };
                 name.map_or_else(|| source.clone(), |n| n.to_string_lossy().to_string())
             }
+        }
+    }
+
+    /// What results files record as the model's source: for a remote engine, its URL without
+    /// credentials.
+    pub fn shown_source(&self) -> String {
+        match self {
+            ModelRef::Openai { base_url, model } => {
+                format!("openai:{}#{model}", redact_url(base_url))
+            }
+            ModelRef::Local { source, .. } => source.clone(),
         }
     }
 
@@ -227,7 +240,7 @@ impl BenchConfig {
                     }
                     jobs.push(Job {
                         label,
-                        source: m.clone(),
+                        source: model.shown_source(),
                         model: model.clone(),
                         device: if local {
                             self.device.clone()

@@ -17,15 +17,24 @@ use bakeoff_record::bench::RunSample;
 
 /// The host of an `http(s)://host[:port]/path` URL, lower-cased and without brackets.
 pub fn parse_host(url: &str) -> Result<String> {
+    let shown = || bakeoff_record::redact::redact_url(url);
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
         .ok_or_else(|| {
             BenchError::InvalidArgument(format!(
-                "`{url}`: remote engines need an http:// or https:// URL"
+                "`{}`: remote engines need an http:// or https:// URL",
+                shown()
             ))
         })?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if rest.contains('?') {
+        return Err(BenchError::InvalidArgument(format!(
+            "`{}`: a query in a remote engine's URL is not supported (chat requests go to \
+             BASE/chat/completions)",
+            shown()
+        )));
+    }
+    let authority = rest.split(['/', '#']).next().unwrap_or("");
     let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let host = if let Some(v6) = hostport.strip_prefix('[') {
         v6.split(']').next().unwrap_or("")
@@ -34,7 +43,8 @@ pub fn parse_host(url: &str) -> Result<String> {
     };
     if host.is_empty() {
         return Err(BenchError::InvalidArgument(format!(
-            "`{url}`: no host in the URL"
+            "`{}`: no host in the URL",
+            shown()
         )));
     }
     Ok(host.to_ascii_lowercase())
@@ -124,7 +134,7 @@ impl Client {
                     text.chars().take(400).collect::<String>()
                 )));
             }
-            Err(e) => return Err(err(e.to_string())),
+            Err(ureq::Error::Transport(t)) => return Err(err(transport_message(&t))),
         };
         let mut out = Streamed {
             chunk_times_s: Vec::new(),
@@ -190,9 +200,48 @@ impl Streamed {
     }
 }
 
+/// ureq's own message names the URL, credentials included; this one names what failed.
+fn transport_message(t: &ureq::Transport) -> String {
+    let mut m = t.kind().to_string();
+    if let Some(detail) = t.message() {
+        m.push_str(&format!(": {detail}"));
+    }
+    if let Some(cause) = std::error::Error::source(t) {
+        m.push_str(&format!(": {cause}"));
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_the_url_stay_out_of_errors_and_records() {
+        let url = "http://alice:s3cret@127.0.0.1:1/v1";
+        let m = crate::job::ModelRef::parse(&format!("openai:{url}#m"), None).unwrap();
+        assert_eq!(m.shown_source(), "openai:http://127.0.0.1:1/v1#m");
+        let e = Client::new(url, "m", 5, &[])
+            .unwrap()
+            .stream("hi", 1)
+            .unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("alice"),
+            "{shown}"
+        );
+        assert!(shown.contains("http://127.0.0.1:1/v1"), "{shown}");
+        let e = Client::new("http://bob:pw@example.com/v1", "m", 5, &[])
+            .err()
+            .unwrap();
+        assert!(!e.to_string().contains("pw@"), "{e}");
+        let e = parse_host("http://127.0.0.1/v1?key=k3y")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("query") && !e.contains("k3y"), "{e}");
+        let e = crate::job::ModelRef::parse("openai:ftp://u:s3cret@h/v1#m", None).unwrap_err();
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
 
     #[test]
     fn hosts_are_parsed_and_checked() {

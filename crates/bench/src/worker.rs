@@ -561,7 +561,7 @@ fn run_remote(
     steps: &mut Steps<'_>,
 ) -> Result<()> {
     let client = Client::new(base_url, model, job.timeout_s, &job.allowed_hosts)?;
-    result.run.backend = client.url().to_string();
+    result.run.backend = bakeoff_record::redact::redact_url(client.url());
     result.model.arch = Some(model.to_string());
     result.load.note = Some("not measured: remote engine".into());
     let mut count = |t: &str| -> Result<usize> { Ok(estimate_tokens(t)) };

@@ -10,6 +10,7 @@
 //! - [`stats`] (estimates with 95% intervals), [`paired`] (paired tests, the 1-10 scale),
 //!   [`hash`] (SHA-256 as hex), [`nan`] (NaN-as-null readers), [`time`] (UTC dates).
 //! - [`fsio`]: atomic file writes (temporary, fsync, rename) for every file bakeoff writes.
+//! - [`redact`]: URLs without their credentials, for messages and results files.
 //! - [`stream`]: the OpenAI streaming format as a client reads it (bench's and serve's remotes).
 
 pub mod bench;
@@ -23,6 +24,7 @@ pub mod model;
 pub mod nan;
 pub mod paired;
 pub mod quantize;
+pub mod redact;
 pub mod stats;
 pub mod stream;
 pub mod time;

@@ -255,28 +255,7 @@ fn unreachable(id: &str, e: reqwest::Error) -> ApiError {
     ApiError::new(kind, format!("upstream `{id}` is unreachable: {e}"))
 }
 
-/// The URL without its `user:password@` part and without its query (which may hold a key), for
-/// messages and logs.
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.set_query(None);
-            u.to_string()
-        }
-        // Unparsable: keep only what precedes any `@`, `?` or `#` after the scheme's host.
-        Err(_) => {
-            let cut = url.find(['@', '?', '#']).unwrap_or(url.len());
-            let kept = &url[..cut];
-            if cut < url.len() {
-                format!("{kept}…")
-            } else {
-                kept.to_string()
-            }
-        }
-    }
-}
+pub use bakeoff_record::redact::redact_url;
 
 /// User name and optional password.
 type BasicAuth = (String, Option<String>);
