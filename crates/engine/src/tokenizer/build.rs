@@ -91,30 +91,38 @@ fn vocab_map(tokens: &[String]) -> Vocab {
 /// vocabulary is a merge, ranked by the merged piece's score (higher first). Within one piece the
 /// splits are ordered by the scores of their halves. Only normal pieces are merge targets:
 /// SentencePiece never produces control, byte or unknown pieces by merging.
-pub(crate) fn spm_merges(tokens: &[String], scores: &[f32], types: &[i32]) -> Merges {
-    let index: HashMap<&str, usize> = {
-        let mut m = HashMap::with_capacity(tokens.len());
-        for (i, t) in tokens.iter().enumerate() {
-            m.entry(t.as_str()).or_insert(i);
-        }
-        m
-    };
+pub(crate) fn spm_merges(tokens: &[String], scores: &[f32], types: &[i32]) -> Result<Merges> {
+    let index = PieceIndex::new(tokens);
     let score = |i: usize| scores.get(i).copied().unwrap_or(0.0);
     let mut merges: Vec<(usize, usize, usize)> = Vec::new();
+    let mut merge_bytes = 0usize;
+    let mut prefix = Vec::new();
     for (id, piece) in tokens.iter().enumerate() {
         let ty = types.get(id).copied().unwrap_or(token_type::NORMAL);
         if ty != token_type::NORMAL {
             continue;
         }
+        index.prefix_hashes(piece, &mut prefix);
         let mut local: Vec<(usize, usize, usize)> = piece
             .char_indices()
             .skip(1)
             .filter_map(|(at, _)| {
-                let l = *index.get(&piece[..at])?;
-                let r = *index.get(&piece[at..])?;
+                let l = index.find(piece, &prefix, 0, at)?;
+                let r = index.find(piece, &prefix, at, piece.len())?;
                 Some((l, r, id))
             })
             .collect();
+        // Each merge holds both halves: a crafted vocabulary ("a", "aa", "aaa", …) makes the
+        // merge list grow with the square of its size.
+        merge_bytes += local.len() * (piece.len() + 2 * std::mem::size_of::<String>());
+        if merge_bytes > MAX_SPM_MERGE_BYTES {
+            return Err(Error::Tokenizer(format!(
+                "the SentencePiece vocabulary's merges would take more than {} MiB (at token \
+                 {id} of {}); no real vocabulary comes near this",
+                MAX_SPM_MERGE_BYTES >> 20,
+                tokens.len()
+            )));
+        }
         local.sort_by(|a, b| {
             score(b.0)
                 .total_cmp(&score(a.0))
@@ -124,10 +132,93 @@ pub(crate) fn spm_merges(tokens: &[String], scores: &[f32], types: &[i32]) -> Me
     }
     // Stable: equal scores keep vocabulary order, as Python's sorted() does.
     merges.sort_by(|a, b| score(b.2).total_cmp(&score(a.2)));
-    merges
+    Ok(merges
         .into_iter()
         .map(|(l, r, _)| (tokens[l].clone(), tokens[r].clone()))
-        .collect()
+        .collect())
+}
+
+/// Bound on the merges recovered from a SentencePiece vocabulary (Llama-2's 32,000 pieces give
+/// about 61,000 merges, a few MiB).
+const MAX_SPM_MERGE_BYTES: usize = 512 << 20;
+
+/// Which substrings of a piece are tokens, in time linear in the piece: a polynomial hash of
+/// every token, and prefix hashes of the piece, so each candidate split costs O(1) and only a
+/// hash hit is compared byte for byte. Hashing each half anew made a vocabulary with long
+/// pieces cost the square of their length (a crafted file with 10,000-byte pieces hung the
+/// loader).
+struct PieceIndex<'a> {
+    /// Hash → the first token with that text (or a colliding one, told apart by comparing).
+    by_hash: HashMap<u64, Vec<usize>>,
+    tokens: &'a [String],
+    /// base^i mod p, grown as needed.
+    powers: std::cell::RefCell<Vec<u64>>,
+    base: u64,
+}
+
+/// 2^61 - 1: products of two residues fit in u128, and no crafted collisions can be planned
+/// without knowing the base.
+const HASH_P: u64 = (1 << 61) - 1;
+
+impl<'a> PieceIndex<'a> {
+    fn new(tokens: &'a [String]) -> Self {
+        use std::hash::BuildHasher;
+        // A per-load random base (std's keyed hasher): deterministic results, since every hit is
+        // checked, but unpredictable collisions.
+        let base = std::collections::hash_map::RandomState::new().hash_one(tokens.len())
+            % (HASH_P - 256)
+            + 256;
+        let mut idx = PieceIndex {
+            by_hash: HashMap::with_capacity(tokens.len()),
+            tokens,
+            powers: std::cell::RefCell::new(vec![1]),
+            base,
+        };
+        for (i, t) in tokens.iter().enumerate() {
+            let h = t.bytes().fold(0u64, |h, b| idx.step(h, b));
+            let ids = idx.by_hash.entry(h).or_default();
+            // First occurrence wins, as llama.cpp resolves text to token.
+            if !ids.iter().any(|&j| tokens[j] == *t) {
+                ids.push(i);
+            }
+        }
+        idx
+    }
+
+    fn step(&self, h: u64, b: u8) -> u64 {
+        mulmod(h, self.base).wrapping_add(u64::from(b) + 1) % HASH_P
+    }
+
+    fn prefix_hashes(&self, piece: &str, out: &mut Vec<u64>) {
+        out.clear();
+        out.push(0);
+        let mut h = 0;
+        for b in piece.bytes() {
+            h = self.step(h, b);
+            out.push(h);
+        }
+        let mut pw = self.powers.borrow_mut();
+        while pw.len() <= piece.len() {
+            let next = mulmod(*pw.last().unwrap_or(&1), self.base);
+            pw.push(next);
+        }
+    }
+
+    /// The token whose text is `piece[a..b]`, if any.
+    fn find(&self, piece: &str, prefix: &[u64], a: usize, b: usize) -> Option<usize> {
+        let pw = self.powers.borrow();
+        let h = (prefix[b] + HASH_P - mulmod(prefix[a], pw[b - a])) % HASH_P;
+        let sub = &piece[a..b];
+        self.by_hash
+            .get(&h)?
+            .iter()
+            .copied()
+            .find(|&i| self.tokens[i] == sub)
+    }
+}
+
+fn mulmod(a: u64, b: u64) -> u64 {
+    ((u128::from(a) * u128::from(b)) % u128::from(HASH_P)) as u64
 }
 
 /// The Llama-2 "legacy" SentencePiece layout, identical to Llama-2's and TinyLlama's
@@ -507,8 +598,44 @@ mod tests {
         let tokens = t(&["a", "b", "c", "ab", "bc", "abc"]);
         let scores = [0.0, 0.0, 0.0, -2.0, -1.0, -3.0];
         let types = [1; 6];
-        let m = spm_merges(&tokens, &scores, &types);
+        let m = spm_merges(&tokens, &scores, &types).unwrap();
         let m: Vec<(&str, &str)> = m.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         assert_eq!(m, vec![("b", "c"), ("a", "b"), ("a", "bc"), ("ab", "c")]);
+    }
+
+    #[test]
+    fn long_pieces_are_split_in_linear_time() {
+        // 64 pieces of 20,000 bytes: hashing both halves of every split, as before, is 2.6e10
+        // byte steps (minutes); the prefix hashes make it 1.3 million.
+        let mut tokens: Vec<String> = (b'a'..=b'z').map(|c| (c as char).to_string()).collect();
+        for i in 0..64u32 {
+            let piece: String = (0..20_000u32)
+                .map(|j| (b'a' + ((j * 7 + i * 13 + j / 5) % 26) as u8) as char)
+                .collect();
+            tokens.push(piece);
+        }
+        tokens.push("ab".into());
+        tokens.push("abc".into());
+        let scores = vec![0.0; tokens.len()];
+        let types = vec![token_type::NORMAL; tokens.len()];
+        let start = std::time::Instant::now();
+        let m = spm_merges(&tokens, &scores, &types).unwrap();
+        // A guard against a hang, not a speed target.
+        assert!(start.elapsed().as_secs() < 60, "{:?}", start.elapsed());
+        let m: Vec<(&str, &str)> = m.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        assert_eq!(m, vec![("a", "b"), ("ab", "c")]);
+    }
+
+    #[test]
+    fn a_vocabulary_whose_merges_explode_is_refused() {
+        // "a", "aa", …: every split of every piece is a merge, so the list grows with the cube
+        // of the longest piece (3,000 pieces: 4.5 million merges holding 9 GB of text).
+        let tokens: Vec<String> = (1..=3000).map(|k| "a".repeat(k)).collect();
+        let scores = vec![0.0; tokens.len()];
+        let types = vec![token_type::NORMAL; tokens.len()];
+        let e = spm_merges(&tokens, &scores, &types)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("merges would take more than 512 MiB"), "{e}");
     }
 }

@@ -468,7 +468,7 @@ pub(super) fn from_metadata(md: &HashMap<String, Value>, path: &Path) -> Result<
                     scores.len()
                 )));
             }
-            let merges = build::spm_merges(&tokens, &scores, &types);
+            let merges = build::spm_merges(&tokens, &scores, &types)?;
             let unk_tok = unk.map(|u| tokens[u as usize].as_str());
             build::llama_spm(
                 &tokens,
