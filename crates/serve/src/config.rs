@@ -19,6 +19,7 @@
 //! prefill_chunk = 512
 //! default_max_tokens = 2048   # when a request sets none
 //! kv_budget_mib = 4096        # KV cache the running sequences may reserve together
+//! kv_idle_release_s = 30      # idle this long: the KV-cache slots' memory is given back (0: kept)
 //!
 //! [router]
 //! policy = "complexity"
@@ -83,6 +84,7 @@ pub struct EngineSection {
     pub retry_after_s: Option<u64>,
     pub default_max_tokens: Option<usize>,
     pub kv_budget_mib: Option<u64>,
+    pub kv_idle_release_s: Option<u64>,
     pub threads: Option<usize>,
     pub max_context: Option<usize>,
     pub device: Option<String>,
@@ -258,6 +260,9 @@ impl ServeSettings {
                     .ok_or("engine.kv_budget_mib is too large")?,
                 None => d.kv_budget_bytes,
             },
+            kv_idle_release: e
+                .kv_idle_release_s
+                .map_or(d.kv_idle_release, Duration::from_secs),
             fault_hook: None,
         };
         let rd = RouterConfig::default();

@@ -60,6 +60,9 @@ pub struct EngineOptions {
     /// sequence's prompt plus its `max_tokens` at the model's cache precision. A request that
     /// cannot fit even alone is refused (400); one that fits waits until running ones finish.
     pub kv_budget_bytes: u64,
+    /// How long an idle engine keeps its KV-cache slots for prefix reuse before giving their
+    /// memory back; zero keeps them.
+    pub kv_idle_release: Duration,
     #[doc(hidden)]
     pub fault_hook: Option<FaultHook>,
 }
@@ -74,6 +77,7 @@ impl Default for EngineOptions {
             step_delay: Duration::ZERO,
             default_max_tokens: 2048,
             kv_budget_bytes: 4 << 30,
+            kv_idle_release: Duration::from_secs(30),
             fault_hook: None,
         }
     }
@@ -350,9 +354,33 @@ impl Worker {
         let mut clients: HashMap<SeqId, Client> = HashMap::new();
         // The next job when it waits for KV-cache room (running sequences to finish).
         let mut held: Option<Job> = None;
+        // Only for the idle wait's timeout; the worker itself stays a plain thread.
+        let idle_timer = if self.opts.kv_idle_release.is_zero() {
+            None
+        } else {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => Some(rt),
+                Err(e) => {
+                    eprintln!(
+                        "engine `{}`: no timer for releasing idle KV-cache slots ({e}); they are kept",
+                        self.id
+                    );
+                    None
+                }
+            }
+        };
         loop {
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.run(&mut lm, &mut rx, &mut clients, &mut held)
+                self.run(
+                    &mut lm,
+                    &mut rx,
+                    &mut clients,
+                    &mut held,
+                    idle_timer.as_ref(),
+                )
             }));
             let Err(panic) = run else { return };
             let what = panic
@@ -374,6 +402,7 @@ impl Worker {
                 ))));
             }
             // A job waiting for KV room was not started: it stays queued for the restarted loop.
+            lm.scheduler.abandon(lm.model.as_mut());
             lm.scheduler = bakeoff_engine::generate::Scheduler::new(SchedulerOptions {
                 max_batch: self.opts.max_batch,
                 prefill_chunk: self.opts.prefill_chunk,
@@ -387,15 +416,32 @@ impl Worker {
         rx: &mut mpsc::Receiver<Job>,
         clients: &mut HashMap<SeqId, Client>,
         held: &mut Option<Job>,
+        idle_timer: Option<&tokio::runtime::Runtime>,
     ) {
         let prompter = lm.prompter.clone();
         let labels = [("model", self.id.as_str())];
         loop {
             if lm.scheduler.is_idle() && held.is_none() {
                 self.shared.active.store(0, Ordering::Relaxed);
-                match rx.blocking_recv() {
-                    Some(job) => *held = Some(job),
-                    None => return,
+                let kv = lm.model.kv_cache_bytes();
+                self.metrics
+                    .set("bakeoff_engine_kv_cache_bytes", &labels, kv as f64);
+                let next = match idle_timer.filter(|_| kv > 0) {
+                    Some(rt) => rt.block_on(async {
+                        tokio::time::timeout(self.opts.kv_idle_release, rx.recv()).await
+                    }),
+                    None => Ok(rx.blocking_recv()),
+                };
+                match next {
+                    Ok(Some(job)) => *held = Some(job),
+                    Ok(None) => return,
+                    Err(_) => {
+                        // Idle past the delay: a burst's slots would otherwise hold their
+                        // memory until the next burst.
+                        lm.scheduler.release_idle(lm.model.as_mut());
+                        bakeoff_engine::memory::release_free_heap();
+                        continue;
+                    }
                 }
             }
             // Jobs past the batch stay in the channel, where they count against the queue bound.

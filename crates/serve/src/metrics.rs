@@ -123,6 +123,12 @@ const FAMILIES: &[Family] = &[
         buckets: &[],
     },
     Family {
+        name: "bakeoff_engine_kv_cache_bytes",
+        kind: "gauge",
+        help: "KV-cache memory a local model holds (running sequences and idle slots kept for prefix reuse).",
+        buckets: &[],
+    },
+    Family {
         name: "bakeoff_engine_batch_size",
         kind: "histogram",
         help: "Sequences in each forward pass of a local model.",

@@ -874,6 +874,54 @@ async fn kv_budget_refuses_what_cannot_fit_and_queues_what_can() {
     assert_eq!(d.json()["choices"][0]["finish_reason"], "length");
 }
 
+/// After a burst, an engine idle for `kv_idle_release` gives its KV-cache slots' memory back
+/// (the gauge shows it), and still answers afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_engine_gives_its_kv_cache_back() {
+    let m = Arc::new(Metrics::new());
+    let opts = EngineOptions {
+        max_batch: 4,
+        step_delay: Duration::from_millis(5),
+        kv_idle_release: Duration::from_millis(400),
+        ..Default::default()
+    };
+    let fast = Arc::new(
+        bakeoff_serve::engine::LocalModel::spawn("tiny-llama", tiny("tiny-llama"), opts, m.clone())
+            .unwrap(),
+    );
+    let (app, _) = app_with(
+        vec![(Tier::Fast, fast)],
+        cfg(RoutingPolicy::Fixed),
+        HttpSettings::default(),
+        m,
+    );
+    let gauge = "bakeoff_engine_kv_cache_bytes{model=\"tiny-llama\"}";
+    let body = chat_body("auto", "hi", r#""max_tokens": 40, "ignore_eos": true"#);
+    let burst = (0..3).map(|_| send(&app, post("/v1/chat/completions", body.clone())));
+    for r in futures_util::future::join_all(burst).await {
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    // Set as the engine goes idle, just after the last answer: the three slots are still held.
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            metric(&app, gauge).await > 0.0
+        })
+        .await,
+        "no KV cache held after the burst"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric(&app, gauge).await == 0.0
+        })
+        .await,
+        "still held: {}",
+        metric(&app, gauge).await
+    );
+    let r = send(&app, post("/v1/chat/completions", body)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["usage"]["completion_tokens"], 40);
+}
+
 /// A panic in a model's worker fails the requests it was generating with a 500 that says so,
 /// and the worker restarts: the next request is answered by the same model.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

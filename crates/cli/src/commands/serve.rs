@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// max_tokens each; default 4096). A request that cannot fit alone gets a 400.
     #[arg(long)]
     pub kv_budget_mib: Option<u64>,
+    /// Seconds an idle local model keeps its KV-cache slots (for prefix reuse) before giving
+    /// their memory back (default 30; 0 keeps them).
+    #[arg(long, value_name = "SECONDS")]
+    pub kv_idle_release: Option<u64>,
 }
 
 /// The config file with the flags laid over it.
@@ -115,6 +119,7 @@ pub fn settings(a: &ServeArgs) -> Result<ServeSettings> {
     over!(cfg.engine.queue, a.queue);
     over!(cfg.engine.default_max_tokens, a.default_max_tokens);
     over!(cfg.engine.kv_budget_mib, a.kv_budget_mib);
+    over!(cfg.engine.kv_idle_release_s, a.kv_idle_release);
     over!(cfg.engine.threads, a.threads);
     over!(cfg.engine.max_context, a.max_context);
     over!(cfg.engine.device, a.device);

@@ -341,6 +341,32 @@ impl Scheduler {
         }
     }
 
+    /// Gives back the KV-cache memory of every idle slot, slot 0 included, forgetting what they
+    /// held (a server idle for a while after a burst).
+    pub fn release_idle(&mut self, model: &mut dyn CausalLm) {
+        self.shrink(model);
+        if let Some(s) = self.slots.first_mut().filter(|s| !s.busy) {
+            s.history.clear();
+            model.free_slot(0);
+        }
+    }
+
+    /// Drops every sequence and frees every slot, busy or not: after a worker panicked in the
+    /// middle of a step, nothing the scheduler held is trusted, and the slots' memory would
+    /// otherwise stay allocated in the model with no scheduler knowing of it.
+    pub fn abandon(&mut self, model: &mut dyn CausalLm) {
+        self.waiting.clear();
+        self.running.clear();
+        for s in self.slots.drain(1..) {
+            model.free_slot(s.id);
+        }
+        if let Some(s) = self.slots.first_mut() {
+            s.busy = false;
+            s.history.clear();
+            model.free_slot(0);
+        }
+    }
+
     /// Forgets what every idle slot holds.
     pub fn reset(&mut self, model: &mut dyn CausalLm) {
         for s in self.slots.iter_mut().filter(|s| !s.busy) {

@@ -296,7 +296,12 @@ impl<B: Backend> CausalLm for Decoder<B> {
 
     fn free_slot(&mut self, slot: usize) {
         if slot == 0 {
-            self.truncate_slot(0, 0);
+            // Slot 0 always exists; an empty cache in its place gives its memory back (a
+            // truncated one keeps its capacity).
+            match (self.backend.new_cache(&self.cfg), self.caches.get_mut(0)) {
+                (Ok(c), Some(c0)) => *c0 = Some(c),
+                _ => self.truncate_slot(0, 0),
+            }
         } else if let Some(c) = self.caches.get_mut(slot) {
             *c = None;
         }
