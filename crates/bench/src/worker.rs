@@ -499,6 +499,7 @@ pub fn measure(
         stop: Vec::new(),
         ignore_eos,
         top_logprobs: 0,
+        prompt_logprobs: None,
     };
     let mut callback_ns: u128 = 0;
     let mut count = 0usize;

@@ -129,6 +129,7 @@ impl SamplingArgs {
             stop: self.stop.clone(),
             ignore_eos: self.ignore_eos,
             top_logprobs: 0,
+            prompt_logprobs: None,
         })
     }
 }

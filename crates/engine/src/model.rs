@@ -35,6 +35,13 @@ pub trait CausalLm: Send {
     /// Runs each `(slot, ids)` after that slot's cached positions, all in one pass so every
     /// weight is read once per step; returns the last-token logits of each item.
     fn forward_batch(&mut self, items: &[(usize, &[u32])]) -> Result<Vec<Vec<f32>>>;
+    /// As [`CausalLm::forward_batch`], with the logits of every token of the items whose `all`
+    /// flag is set (`ids.len() × vocab` values; a scored prompt needs them).
+    fn forward_batch_with(
+        &mut self,
+        items: &[(usize, &[u32])],
+        all: &[bool],
+    ) -> Result<Vec<Vec<f32>>>;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -899,3 +899,91 @@ fn full_size_tinyllama_timing() {
         );
     }
 }
+
+/// A scored prompt (`GenParams::prompt_logprobs`, the server's `echo`) gives each prompt token
+/// the log-softmax of the logits at the position before it, as one full forward pass computes
+/// them; the same batched beside another sequence, after slot 0 cached a prefix of it, and with
+/// a prompt longer than one scored chunk. `max_tokens: 0` ends after the prompt.
+#[test]
+fn scored_prompts_equal_the_full_forward_pass() {
+    use bakeoff_engine::sampling::log_softmax;
+    let dir = tempfile::tempdir().unwrap();
+    for preset in TINY {
+        let (path, _) = make(dir.path(), preset, SynthFormat::Gguf, SynthQuant::F32, 5);
+        let mut lm = load_full(&path);
+        let vocab = lm.model.config().vocab_size;
+        // 300 tokens: three scored chunks of at most 128.
+        let long: Vec<u32> = (0..300u32).map(|i| (i * 37 + 11) % 250 + 1).collect();
+        for prompt in [&PROMPT[..], &long[..]] {
+            lm.reset_cache();
+            let all = lm.model.forward(prompt, true).unwrap();
+            lm.reset_cache();
+            let want: Vec<f64> = (1..prompt.len())
+                .map(|j| log_softmax(&all[(j - 1) * vocab..j * vocab])[prompt[j] as usize])
+                .collect();
+            let scored = GenParams {
+                max_tokens: 0,
+                prompt_logprobs: Some(2),
+                ..Default::default()
+            };
+            // Slot 0 holds a prefix of the prompt: a scored prompt must not reuse it.
+            generate(&mut lm, &prompt[..6], &GenParams::default(), |_| {
+                Flow::Continue
+            })
+            .unwrap();
+            let g = generate(&mut lm, prompt, &scored, |_| Flow::Continue).unwrap();
+            assert_eq!(g.done.finish_reason, FinishReason::Length);
+            assert_eq!(g.done.usage.completion_tokens, 0);
+            assert_eq!(g.done.usage.cached_tokens, 0);
+            let other = GenParams {
+                max_tokens: 5,
+                ..Default::default()
+            };
+            let with_gen = GenParams {
+                max_tokens: 3,
+                prompt_logprobs: Some(0),
+                ..Default::default()
+            };
+            let reqs: Vec<(&[u32], &GenParams)> = vec![(&PROMPT[2..], &other), (prompt, &with_gen)];
+            let batch = generate_batch(&mut lm, &reqs).unwrap();
+            assert!(batch[0].prompt_logprobs.is_empty());
+            assert_eq!(batch[1].ids.len(), 3);
+            for (name, got) in [
+                ("alone", &g.prompt_logprobs),
+                ("batched", &batch[1].prompt_logprobs),
+            ] {
+                assert_eq!(got.len(), prompt.len(), "{preset} {name}");
+                assert_eq!(got[0].id, prompt[0]);
+                assert!(got[0].logprob.is_none() && got[0].top.is_empty());
+                for (j, t) in got.iter().enumerate().skip(1) {
+                    assert_eq!(t.id, prompt[j]);
+                    let d = (f64::from(t.logprob.unwrap()) - want[j - 1]).abs();
+                    assert!(
+                        d < 2e-3,
+                        "{preset} {name} token {j}: {:?} vs {}",
+                        t.logprob,
+                        want[j - 1]
+                    );
+                }
+            }
+            assert!(g.prompt_logprobs[1..].iter().all(|t| t.top.len() == 2));
+            assert!(
+                batch[1].prompt_logprobs[1..]
+                    .iter()
+                    .all(|t| t.top.is_empty())
+            );
+        }
+        // Without scoring, max_tokens 0 stays an error.
+        let e = generate(
+            &mut lm,
+            &PROMPT,
+            &GenParams {
+                max_tokens: 0,
+                ..Default::default()
+            },
+            |_| Flow::Continue,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("max_tokens"), "{e}");
+    }
+}

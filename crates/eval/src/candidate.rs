@@ -236,6 +236,7 @@ impl Candidate for EngineCandidate {
             stop: stop.to_vec(),
             ignore_eos: false,
             top_logprobs: 0,
+            prompt_logprobs: None,
         };
         let t = Instant::now();
         let g = generate(&mut self.lm, &ids, &params, |_| Flow::Continue)?;
@@ -265,6 +266,7 @@ impl Candidate for EngineCandidate {
                 stop: r.stop.clone(),
                 ignore_eos: false,
                 top_logprobs: 0,
+                prompt_logprobs: None,
             });
         }
         let reqs: Vec<(&[u32], &GenParams)> =

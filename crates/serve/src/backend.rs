@@ -21,6 +21,8 @@ pub enum Input {
     Chat(Vec<Message>),
     /// A plain prompt (`/v1/completions`).
     Text(String),
+    /// Token ids (`/v1/completions` with an array of integers), used as given: no BOS added.
+    Tokens(Vec<u32>),
 }
 
 impl Input {
@@ -29,6 +31,8 @@ impl Input {
         match self {
             Input::Chat(m) => m.iter().map(|m| m.content.len()).sum(),
             Input::Text(t) => t.len(),
+            // About four bytes of text per token.
+            Input::Tokens(ids) => ids.len() * 4,
         }
     }
 }
@@ -49,6 +53,9 @@ pub struct GenRequest {
     /// The answer must be a JSON object (`response_format: {"type": "json_object"}`); the
     /// cascade's check uses it.
     pub json_object: bool,
+    /// `/v1/completions` `echo`: the prompt comes back before the answer, with its tokens'
+    /// log-probabilities when `logprobs` is set.
+    pub echo: bool,
 }
 
 /// One of the most likely tokens at a position.
@@ -71,6 +78,22 @@ pub struct TokenOut {
     pub tail: bool,
 }
 
+/// The prompt as the model read it (`echo`): its text, and per token its text, the offset of
+/// that text, and its log-probability given the tokens before it (None for the first).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct PromptOut {
+    pub text: String,
+    pub tokens: Vec<PromptTokenOut>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptTokenOut {
+    pub token: String,
+    pub text_offset: usize,
+    pub logprob: Option<f32>,
+    pub top: Vec<TopLogprob>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct DoneOut {
     /// The engine's reason; clients see its OpenAI name ([`FinishReason::openai`]).
@@ -82,6 +105,8 @@ pub struct DoneOut {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum StreamEvent {
+    /// The echoed prompt, before any token (only for `echo`).
+    Prompt(PromptOut),
     Token(TokenOut),
     Done(DoneOut),
     Error(ApiError),

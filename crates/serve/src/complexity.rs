@@ -174,6 +174,8 @@ pub fn score(input: &Input, max_tokens: Option<usize>) -> Score {
             (text, m.iter().filter(|m| m.role == "user").count().max(1))
         }
         Input::Text(t) => (t.clone(), 1),
+        // No text to read: scored as an empty prompt (the fast tier under `complexity`).
+        Input::Tokens(_) => (String::new(), 1),
     };
     let lower = text.to_lowercase();
     let length =

@@ -17,14 +17,17 @@ use std::time::{Duration, Instant};
 use std::collections::HashMap;
 
 use bakeoff_engine::generate::LoadedModel;
-use bakeoff_engine::generate::{Event as CoreEvent, Flow, GenParams, SchedulerOptions, SeqId};
+use bakeoff_engine::generate::{
+    Event as CoreEvent, Flow, GenParams, PromptToken, SchedulerOptions, SeqId,
+};
 use bakeoff_engine::model::ModelInfo;
 use bakeoff_engine::prompt::Prompter;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::backend::{
-    DoneOut, EventRx, GenRequest, Input, Load, StreamEvent, TokenOut, TopLogprob, Upstream,
+    DoneOut, EventRx, GenRequest, Input, Load, PromptOut, PromptTokenOut, StreamEvent, TokenOut,
+    TopLogprob, Upstream,
 };
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
@@ -96,7 +99,54 @@ fn encode(prompter: &Prompter, model: &str, input: &Input) -> Result<Vec<u32>, A
             Ok(prompter.encode_chat(messages)?)
         }
         Input::Text(text) => Ok(prompter.encode_prompt(text)?),
+        Input::Tokens(ids) => {
+            let vocab = prompter.tokenizer().vocab_size();
+            if let Some((i, id)) = ids
+                .iter()
+                .enumerate()
+                .find(|(_, id)| **id as usize >= vocab)
+            {
+                return Err(ApiError::invalid_param(
+                    "prompt",
+                    format!(
+                        "`prompt[{i}]` = {id} is not a token id of model `{model}` (its vocabulary has {vocab})"
+                    ),
+                ));
+            }
+            Ok(ids.clone())
+        }
     }
+}
+
+/// The echoed prompt: each token's text where the detokenized prompt has it, and its scores.
+fn prompt_out(scores: Vec<PromptToken>, prompter: &Prompter) -> PromptOut {
+    let mut detok = prompter.detokenizer();
+    let mut out = PromptOut::default();
+    for p in scores {
+        let text_offset = out.text.len();
+        // A piece that cannot be decoded alone (part of a character) adds text with a later
+        // token; the offsets stay those of the text so far.
+        if let Ok(Some(piece)) = detok.push(p.id) {
+            out.text.push_str(&piece);
+        }
+        out.tokens.push(PromptTokenOut {
+            token: prompter.token_text(p.id),
+            text_offset,
+            logprob: p.logprob,
+            top: p
+                .top
+                .into_iter()
+                .map(|(id, lp)| TopLogprob {
+                    token: prompter.token_text(id),
+                    logprob: lp,
+                })
+                .collect(),
+        });
+    }
+    if let Ok(Some(tail)) = detok.finish() {
+        out.text.push_str(&tail);
+    }
+    out
 }
 
 struct Job {
@@ -250,6 +300,7 @@ impl LocalModel {
                 stop: req.stop,
                 ignore_eos: req.ignore_eos,
                 top_logprobs: req.logprobs.unwrap_or(0),
+                prompt_logprobs: req.echo.then_some(req.logprobs.unwrap_or(0)),
             },
             logprobs: req.logprobs,
             tx,
@@ -330,6 +381,7 @@ fn api_event(ev: CoreEvent, logprobs: Option<usize>, prompter: &Prompter) -> Str
             top: Vec::new(),
             tail: true,
         }),
+        CoreEvent::Prompt(scores) => StreamEvent::Prompt(prompt_out(scores, prompter)),
         CoreEvent::Done(d) => StreamEvent::Done(DoneOut {
             finish_reason: d.finish_reason,
             usage: d.usage,

@@ -220,6 +220,8 @@ pub struct Shape {
     pub include_usage: bool,
     /// The client asked for log-probabilities (the cascade may compute them anyway).
     pub logprobs: bool,
+    /// Completions with `echo`: the prompt's text (and log-probabilities) come first.
+    pub echo: bool,
 }
 
 fn content_text(c: &Value, i: usize, role: &str) -> Result<String, ApiError> {
@@ -277,8 +279,10 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
+/// `zero_tokens`: `max_tokens: 0` is allowed (completions with `echo`, which score the prompt).
 fn check_common(
     c: &Common,
+    zero_tokens: bool,
 ) -> Result<(String, Option<usize>, SamplingParams, Vec<String>), ApiError> {
     if let Some(n) = c.n
         && n != 1
@@ -303,10 +307,10 @@ fn check_common(
     }
     let max_tokens = match (c.max_completion_tokens, c.max_tokens) {
         (Some(m), _) | (None, Some(m)) => {
-            if m == 0 {
+            if m == 0 && !zero_tokens {
                 return Err(ApiError::invalid_param(
                     "max_tokens",
-                    "`max_tokens` must be at least 1",
+                    "`max_tokens` must be at least 1 (0 only with `echo` on /v1/completions)",
                 ));
             }
             Some(usize::try_from(m).unwrap_or(usize::MAX))
@@ -383,6 +387,7 @@ fn shape(c: &Common, logprobs: bool) -> Shape {
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
         logprobs,
+        echo: false,
     }
 }
 
@@ -441,7 +446,7 @@ impl ChatCompletionRequest {
                 }
             },
         };
-        let (model, max_tokens, sampling, stop) = check_common(&self.common)?;
+        let (model, max_tokens, sampling, stop) = check_common(&self.common, false)?;
         let logprobs = self.logprobs == Some(true);
         let req = GenRequest {
             model,
@@ -452,37 +457,66 @@ impl ChatCompletionRequest {
             ignore_eos: self.common.ignore_eos.unwrap_or(false),
             logprobs: logprobs.then_some(top.unwrap_or(0)),
             json_object,
+            echo: false,
         };
         Ok((req, shape(&self.common, logprobs)))
     }
 }
 
+/// A completions `prompt`: a string, token ids, or a list holding one of either. Several prompts
+/// in one request are refused (one choice per request).
+fn completion_prompt(v: &Value) -> Result<Input, ApiError> {
+    let ids = |a: &[Value]| -> Option<Vec<u32>> {
+        a.iter()
+            .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
+            .collect()
+    };
+    let input = match v {
+        Value::String(s) => Input::Text(s.clone()),
+        Value::Array(a) if a.len() == 1 && a[0].is_string() => {
+            Input::Text(a[0].as_str().unwrap_or_default().to_string())
+        }
+        Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_number) => {
+            Input::Tokens(ids(a).ok_or_else(|| {
+                ApiError::invalid_param("prompt", "token ids must be integers from 0 to 2^32-1")
+            })?)
+        }
+        Value::Array(a) if a.len() == 1 && a[0].is_array() => {
+            let inner = a[0].as_array().map(Vec::as_slice).unwrap_or_default();
+            Input::Tokens(ids(inner).ok_or_else(|| {
+                ApiError::invalid_param("prompt", "token ids must be integers from 0 to 2^32-1")
+            })?)
+        }
+        Value::Array(a) if a.len() > 1 && a.iter().all(|x| x.is_string() || x.is_array()) => {
+            return Err(ApiError::invalid_param(
+                "prompt",
+                "one prompt per request (a list of prompts is not supported)",
+            ));
+        }
+        other => {
+            return Err(ApiError::invalid_param(
+                "prompt",
+                format!(
+                    "`prompt` must be a string or token ids, not {}",
+                    json_type(other)
+                ),
+            ));
+        }
+    };
+    let empty = match &input {
+        Input::Text(t) => t.is_empty(),
+        Input::Tokens(t) => t.is_empty(),
+        Input::Chat(m) => m.is_empty(),
+    };
+    if empty {
+        return Err(ApiError::invalid_param("prompt", "`prompt` is empty"));
+    }
+    Ok(input)
+}
+
 impl CompletionRequest {
     pub fn validate(self) -> Result<(GenRequest, Shape), ApiError> {
-        let prompt = match &self.prompt {
-            Value::String(s) => s.clone(),
-            Value::Array(v) if v.len() == 1 && v[0].is_string() => {
-                v[0].as_str().unwrap_or_default().to_string()
-            }
-            Value::Array(v) if v.len() > 1 && v.iter().all(Value::is_string) => {
-                return Err(ApiError::invalid_param(
-                    "prompt",
-                    "one prompt per request (a list of prompts is not supported)",
-                ));
-            }
-            other => {
-                return Err(ApiError::invalid_param(
-                    "prompt",
-                    format!("`prompt` must be a string, not {}", json_type(other)),
-                ));
-            }
-        };
-        if prompt.is_empty() {
-            return Err(ApiError::invalid_param("prompt", "`prompt` is empty"));
-        }
-        if self.echo == Some(true) {
-            return Err(ApiError::invalid_param("echo", "`echo` is not supported"));
-        }
+        let input = completion_prompt(&self.prompt)?;
         if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::invalid_param(
                 "suffix",
@@ -496,20 +530,24 @@ impl CompletionRequest {
                 "`logprobs` must be at most 5 for completions",
             ));
         }
-        let (model, max_tokens, sampling, stop) = check_common(&self.common)?;
+        let echo = self.echo == Some(true);
+        let (model, max_tokens, sampling, stop) = check_common(&self.common, echo)?;
         // The completions API defaults to 16 tokens.
         let max_tokens = max_tokens.or(Some(16));
         let req = GenRequest {
             model,
-            input: Input::Text(prompt),
+            input,
             max_tokens,
             sampling,
             stop,
             ignore_eos: self.common.ignore_eos.unwrap_or(false),
             logprobs: top,
             json_object: false,
+            echo,
         };
-        Ok((req, shape(&self.common, top.is_some())))
+        let mut sh = shape(&self.common, top.is_some());
+        sh.echo = echo;
+        Ok((req, sh))
     }
 }
 
@@ -579,8 +617,9 @@ impl ChatLogprob {
 #[derive(Serialize, Clone, Debug, Default, PartialEq)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
-    pub token_logprobs: Vec<f32>,
-    pub top_logprobs: Vec<serde_json::Map<String, Value>>,
+    /// `null` for an echoed prompt's first token, which nothing predicts.
+    pub token_logprobs: Vec<Option<f32>>,
+    pub top_logprobs: Vec<Option<serde_json::Map<String, Value>>>,
     pub text_offset: Vec<usize>,
 }
 

@@ -147,6 +147,13 @@ impl RemoteModel {
                 }
                 "completions"
             }
+            Input::Tokens(ids) => {
+                b["prompt"] = json!(ids);
+                if let Some(k) = req.logprobs {
+                    b["logprobs"] = json!(k);
+                }
+                "completions"
+            }
         };
         if let Some(m) = req.max_tokens {
             b["max_tokens"] = json!(m);
@@ -175,6 +182,17 @@ impl RemoteModel {
     }
 
     async fn submit(&self, req: GenRequest) -> Result<EventRx, ApiError> {
+        if req.echo {
+            // Servers differ in whether and how they echo (llama.cpp's does not score the
+            // prompt); relaying one's answer as bakeoff's would promise what it may not keep.
+            return Err(ApiError::invalid_param(
+                "echo",
+                format!(
+                    "`echo` is served by local models only; `{}` is a remote upstream",
+                    self.id
+                ),
+            ));
+        }
         let model = self.model_name().await?;
         let (url, body) = self.body(&req, &model);
         let resp = self

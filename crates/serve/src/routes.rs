@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::backend::{DoneOut, EventRx, GenRequest, StreamEvent, TokenOut};
+use crate::backend::{DoneOut, EventRx, GenRequest, PromptOut, StreamEvent, TokenOut, TopLogprob};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
 use crate::openai::{
@@ -480,13 +480,28 @@ fn push_completion_logprob(
     text_offset: usize,
 ) {
     c.tokens.push(tok.to_string());
-    c.token_logprobs.push(l);
+    c.token_logprobs.push(Some(l));
     c.text_offset.push(text_offset);
-    let mut top = serde_json::Map::new();
-    for x in &t.top {
-        top.insert(x.token.clone(), json!(x.logprob));
+    c.top_logprobs.push(Some(top_map(&t.top)));
+}
+
+fn top_map(top: &[TopLogprob]) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    for x in top {
+        m.insert(x.token.clone(), json!(x.logprob));
     }
-    c.top_logprobs.push(top);
+    m
+}
+
+/// An echoed prompt's tokens in the completions `logprobs` object: the first has `null`
+/// log-probabilities, as OpenAI's did.
+fn push_prompt_logprobs(c: &mut CompletionLogprobs, p: &PromptOut) {
+    for t in &p.tokens {
+        c.tokens.push(t.token.clone());
+        c.token_logprobs.push(t.logprob);
+        c.text_offset.push(t.text_offset);
+        c.top_logprobs.push(t.logprob.map(|_| top_map(&t.top)));
+    }
 }
 
 /// Collects the whole answer into one JSON body.
@@ -518,6 +533,14 @@ async fn json_response(
             },
         };
         match ev {
+            Some(StreamEvent::Prompt(p)) => {
+                if out.shape.echo {
+                    if out.shape.logprobs {
+                        push_prompt_logprobs(&mut comp_lps, &p);
+                    }
+                    text.push_str(&p.text);
+                }
+            }
             Some(StreamEvent::Token(t)) => {
                 tr.token(&t);
                 if let (true, Some(l), Some(tok)) = (out.shape.logprobs, t.logprob, &t.token) {
@@ -643,6 +666,21 @@ fn stream_response(
 impl StreamState {
     fn step(&mut self, ev: Option<StreamEvent>) {
         match ev {
+            Some(StreamEvent::Prompt(p)) => {
+                if self.out.shape.echo {
+                    let lps = if self.out.shape.logprobs {
+                        let mut c = CompletionLogprobs::default();
+                        push_prompt_logprobs(&mut c, &p);
+                        json!(c)
+                    } else {
+                        Value::Null
+                    };
+                    let choice = json!({ "index": 0, "text": p.text, "logprobs": lps, "finish_reason": null });
+                    self.pending
+                        .push_back(data(&self.out.envelope(true, json!([choice]))));
+                    self.text_len += p.text.len();
+                }
+            }
             Some(StreamEvent::Token(t)) => {
                 self.tracker.token(&t);
                 if let Some(v) = self.out.token_chunk(&t, self.text_len) {

@@ -168,6 +168,159 @@ async fn completions_and_logprobs() {
     assert!(evs[0].contains("text_completion"));
 }
 
+/// `echo` with `logprobs` scores the prompt (lm-evaluation-harness's log-likelihood requests):
+/// the prompt's tokens come first with `null` for the first, the same from a string or from token
+/// ids, `max_tokens: 0` allowed, the answer after the prompt equal to the answer without echo;
+/// streamed, the prompt is the first chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_scores_the_prompt() {
+    let (app, _) = two_tier(fixed(), EngineOptions::default());
+    let prompt = "Once upon a time";
+    let ids = send(
+        &app,
+        post(
+            "/tokenize",
+            format!(r#"{{"content": "{prompt}", "add_special": true, "model": "strong"}}"#),
+        ),
+    )
+    .await
+    .json()["tokens"]
+        .clone();
+    let n = ids.as_array().unwrap().len();
+    assert!(n >= 3, "{ids}");
+    let text = send(
+        &app,
+        post(
+            "/detokenize",
+            format!(r#"{{"tokens": {ids}, "model": "strong"}}"#),
+        ),
+    )
+    .await
+    .json()["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let scored = |p: String, extra: &str| {
+        format!(
+            r#"{{"model": "strong", "prompt": {p}, "echo": true, "logprobs": 1, "temperature": 0{extra}}}"#
+        )
+    };
+    let a = send(
+        &app,
+        post(
+            "/v1/completions",
+            scored(format!("{prompt:?}"), r#", "max_tokens": 0"#),
+        ),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let a = a.json();
+    let c = &a["choices"][0];
+    assert_eq!(c["text"], text.as_str());
+    assert_eq!(c["finish_reason"], "length");
+    assert_eq!(a["usage"]["completion_tokens"], 0);
+    assert_eq!(a["usage"]["prompt_tokens"], n);
+    let lp = &c["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), n);
+    assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null());
+    for j in 1..n {
+        let l = lp["token_logprobs"][j].as_f64().unwrap();
+        assert!(l <= 0.0, "{l}");
+        // The most likely token's log-probability is at least the prompt token's.
+        let top = lp["top_logprobs"][j].as_object().unwrap();
+        assert_eq!(top.len(), 1);
+        assert!(top.values().next().unwrap().as_f64().unwrap() >= l - 1e-6);
+    }
+    assert_eq!(lp["text_offset"][0], 0);
+
+    // Token ids, bare or in a list of one, give the same scores.
+    for p in [ids.to_string(), format!("[{ids}]")] {
+        let b = send(
+            &app,
+            post("/v1/completions", scored(p.clone(), r#", "max_tokens": 0"#)),
+        )
+        .await;
+        assert_eq!(b.status, 200, "{p}: {}", b.text);
+        assert_eq!(
+            b.json()["choices"][0]["logprobs"]["token_logprobs"],
+            lp["token_logprobs"],
+            "{p}"
+        );
+    }
+
+    // With an answer: the prompt, then the same answer as without echo.
+    let plain = send(&app, post("/v1/completions", format!(r#"{{"model": "strong", "prompt": {prompt:?}, "max_tokens": 4, "temperature": 0, "ignore_eos": true}}"#))).await.json();
+    let both = send(
+        &app,
+        post(
+            "/v1/completions",
+            scored(
+                format!("{prompt:?}"),
+                r#", "max_tokens": 4, "ignore_eos": true"#,
+            ),
+        ),
+    )
+    .await
+    .json();
+    let answer = plain["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(both["choices"][0]["text"], format!("{text}{answer}"));
+    let blp = &both["choices"][0]["logprobs"];
+    assert_eq!(blp["tokens"].as_array().unwrap().len(), n + 4);
+    assert_eq!(
+        blp["token_logprobs"].as_array().unwrap()[..n],
+        lp["token_logprobs"].as_array().unwrap()[..]
+    );
+    let offsets: Vec<u64> = blp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
+    assert_eq!(offsets[n] as usize, text.len());
+
+    // Streamed: the prompt is the first chunk.
+    let r = send(
+        &app,
+        post(
+            "/v1/completions",
+            scored(
+                format!("{prompt:?}"),
+                r#", "max_tokens": 2, "stream": true"#,
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let first: Value = serde_json::from_str(&r.events()[0]).unwrap();
+    assert_eq!(first["choices"][0]["text"], text.as_str());
+    assert_eq!(
+        first["choices"][0]["logprobs"]["token_logprobs"],
+        lp["token_logprobs"]
+    );
+
+    // Errors name the problem.
+    let e = send(
+        &app,
+        post("/v1/completions", scored("[1, 99999999]".into(), "")),
+    )
+    .await;
+    assert_error(&e, 400, "is not a token id");
+    let e = send(
+        &app,
+        post("/v1/completions", r#"{"prompt": "x", "max_tokens": 0}"#),
+    )
+    .await;
+    assert_error(&e, 400, "0 only with `echo`");
+    let e = send(
+        &app,
+        post("/v1/completions", r#"{"prompt": [1, -2], "echo": true}"#),
+    )
+    .await;
+    assert_error(&e, 400, "token ids must be integers");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_strings_cut_the_answer_and_max_tokens_is_capped_by_the_context() {
     let (app, _) = two_tier(fixed(), EngineOptions::default());

@@ -118,6 +118,7 @@ async fn aggregate_decode_throughput_grows_with_concurrency() {
                 ignore_eos: true,
                 logprobs: None,
                 json_object: false,
+                echo: false,
             };
             let e = engine.clone();
             tasks.push(tokio::spawn(async move {

@@ -93,6 +93,7 @@ async fn server(lm: LoadedModel, stop: &[String]) -> Outcome {
         ignore_eos: false,
         logprobs: None,
         json_object: false,
+        echo: false,
     };
     let mut rx = local.start(req).await.unwrap();
     let mut text = String::new();
@@ -107,6 +108,7 @@ async fn server(lm: LoadedModel, stop: &[String]) -> Outcome {
                 };
             }
             StreamEvent::Error(e) => panic!("{e:?}"),
+            StreamEvent::Prompt(_) => panic!("a prompt event without echo"),
         }
     }
     panic!("the stream ended without Done")

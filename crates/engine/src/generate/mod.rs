@@ -40,6 +40,12 @@ pub struct GenParams {
     /// How many of the most likely tokens each [`Token`] lists with their log-probabilities.
     #[serde(default)]
     pub top_logprobs: usize,
+    /// Score the prompt too: `Some(k)` sends an [`Event::Prompt`] with each prompt token's
+    /// log-probability given the tokens before it and the `k` most likely tokens there. Such a
+    /// sequence computes its whole prompt (no cached prefix: the logits of every position are
+    /// needed). With `max_tokens` 0 it ends after the prompt without generating.
+    #[serde(default)]
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl Default for GenParams {
@@ -50,6 +56,7 @@ impl Default for GenParams {
             stop: Vec::new(),
             ignore_eos: false,
             top_logprobs: 0,
+            prompt_logprobs: None,
         }
     }
 }
@@ -69,6 +76,16 @@ pub struct Token {
     pub index: usize,
 }
 
+/// One prompt token, scored by the model given the tokens before it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptToken {
+    pub id: u32,
+    /// None for the first token, which nothing predicts.
+    pub logprob: Option<f32>,
+    /// The most likely tokens at this position, most likely first (empty for the first).
+    pub top: Vec<(u32, f32)>,
+}
+
 /// How a finished sequence ended.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Done {
@@ -81,6 +98,9 @@ pub struct Done {
 /// text held back until the end, then `Done`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
+    /// The scored prompt, once it is computed, before any token (only when
+    /// [`GenParams::prompt_logprobs`] asks for it).
+    Prompt(Vec<PromptToken>),
     Token(Token),
     /// Text released at the end (an unfinished character, or the start of a stop string that
     /// never completed).
@@ -94,7 +114,7 @@ impl Event {
         match self {
             Event::Token(t) => &t.text,
             Event::Tail(s) => s,
-            Event::Done(_) => "",
+            Event::Done(_) | Event::Prompt(_) => "",
         }
     }
 }
@@ -111,6 +131,8 @@ pub enum Flow {
 #[derive(Clone, Debug)]
 pub struct Generation {
     pub prompt_ids: Vec<u32>,
+    /// The scored prompt, when [`GenParams::prompt_logprobs`] asked for it.
+    pub prompt_logprobs: Vec<PromptToken>,
     pub ids: Vec<u32>,
     pub text: String,
     pub logprobs: Vec<f32>,
@@ -129,6 +151,7 @@ impl Generation {
 struct Collector {
     start: Instant,
     prompt: Vec<u32>,
+    prompt_logprobs: Vec<PromptToken>,
     ids: Vec<u32>,
     text: String,
     logprobs: Vec<f32>,
@@ -141,6 +164,7 @@ impl Collector {
         Collector {
             start,
             prompt: prompt.to_vec(),
+            prompt_logprobs: Vec::new(),
             ids: Vec::new(),
             text: String::new(),
             logprobs: Vec::new(),
@@ -159,6 +183,7 @@ impl Collector {
             }
             Event::Tail(s) => self.text.push_str(s),
             Event::Done(d) => self.done = Some(*d),
+            Event::Prompt(p) => self.prompt_logprobs = p.clone(),
         }
     }
 
@@ -168,6 +193,7 @@ impl Collector {
         })?;
         Ok(Generation {
             prompt_ids: self.prompt,
+            prompt_logprobs: self.prompt_logprobs,
             ids: self.ids,
             text: self.text,
             logprobs: self.logprobs,
@@ -261,9 +287,9 @@ pub(crate) fn check_request(prompt: &[u32], params: &GenParams, ctx: usize) -> R
             "the prompt is empty (no tokens)".into(),
         ));
     }
-    if params.max_tokens == 0 {
+    if params.max_tokens == 0 && params.prompt_logprobs.is_none() {
         return Err(Error::InvalidArgument(
-            "max_tokens must be at least 1".into(),
+            "max_tokens must be at least 1 (0 only when scoring the prompt)".into(),
         ));
     }
     if prompt.len() > ctx {

@@ -173,7 +173,11 @@ impl Scheduler {
                 if budget == 0 {
                     continue;
                 }
-                let n = (plen - r.next_prompt).min(budget);
+                let mut n = (plen - r.next_prompt).min(budget);
+                if r.seq.scores_prompt() {
+                    // Every position's logits are kept (vocabulary × 4 bytes each).
+                    n = n.min(SCORED_CHUNK);
+                }
                 budget -= n;
                 items.push((i, r.seq.prompt[r.next_prompt..r.next_prompt + n].to_vec()));
             } else {
@@ -185,7 +189,18 @@ impl Scheduler {
             .iter()
             .map(|(i, toks)| (self.slots[self.running[*i].slot].id, toks.as_slice()))
             .collect();
-        let result = model.forward_batch(&batch);
+        let all: Vec<bool> = items
+            .iter()
+            .map(|(i, _)| {
+                let r = &self.running[*i];
+                r.seq.scores_prompt() && r.next_prompt < r.seq.prompt.len()
+            })
+            .collect();
+        let result = if all.iter().any(|&a| a) {
+            model.forward_batch_with(&batch, &all)
+        } else {
+            model.forward_batch(&batch)
+        };
         drop(batch);
         let mut done = vec![false; self.running.len()];
         match result {
@@ -206,17 +221,26 @@ impl Scheduler {
             }
             Ok(logits) => {
                 let now = Instant::now();
-                for ((i, toks), lg) in items.into_iter().zip(logits) {
+                let width = model.config().vocab_size;
+                for (((i, toks), mut lg), every) in items.into_iter().zip(logits).zip(all) {
                     let r = &mut self.running[i];
                     r.fed.extend_from_slice(&toks);
+                    let id = r.id;
+                    if every {
+                        r.seq.score_prompt(&lg, width, r.next_prompt);
+                        // The last row goes on to sample the first token.
+                        lg.drain(..lg.len().saturating_sub(width));
+                    }
                     if r.next_prompt < r.seq.prompt.len() {
                         r.next_prompt += toks.len();
                         if r.next_prompt < r.seq.prompt.len() {
                             continue; // more prompt to compute before sampling
                         }
                         r.seq.prefilled(now);
+                        if let Some(scores) = r.seq.take_prompt_scores() {
+                            sink(id, Event::Prompt(scores));
+                        }
                     }
-                    let id = r.id;
                     let full = r.fed.len() >= ctx;
                     match r.seq.accept(lg, full, &mut |ev| sink(id, ev)) {
                         Ok(Some(_)) => done[i] = true,
@@ -289,7 +313,12 @@ impl Scheduler {
                 },
             };
             let slot = &mut self.slots[idx];
-            let reuse = reusable(&slot.history, model.slot_position(slot.id), &seq.prompt);
+            // A scored prompt needs the logits of every position, so nothing of it is reused.
+            let reuse = if seq.scores_prompt() {
+                0
+            } else {
+                reusable(&slot.history, model.slot_position(slot.id), &seq.prompt)
+            };
             model.truncate_slot(slot.id, reuse);
             slot.busy = true;
             slot.history.clear();
@@ -442,6 +471,10 @@ impl Scheduler {
         self.slots.first().map_or(&[], |s| &s.history)
     }
 }
+
+/// Prompt tokens per step of a sequence whose prompt is scored: its logits are kept for every
+/// position (Qwen2.5's 151,936-entry vocabulary: 0.6 MB per token).
+const SCORED_CHUNK: usize = 128;
 
 /// Prompt tokens whose cache entries can be kept: the common prefix, bounded by what the cache
 /// holds, and at least one token short of the prompt, which must run to give logits.

@@ -7,11 +7,11 @@ use std::time::Instant;
 use bakeoff_record::{FinishReason, Timings, Usage, decode_rate};
 
 use super::stop::StopMatcher;
-use super::{Done, Event, Flow, GenParams, Token};
+use super::{Done, Event, Flow, GenParams, PromptToken, Token};
 use crate::Result;
 use crate::detok::Detokenizer;
 use crate::prompt::Prompter;
-use crate::sampling::{Sampler, top_logprobs};
+use crate::sampling::{Sampler, log_softmax_at, top_logprobs};
 
 pub(crate) struct Sequence {
     pub(crate) prompt: Vec<u32>,
@@ -28,6 +28,8 @@ pub(crate) struct Sequence {
     pub(crate) last: u32,
     /// Prompt tokens whose KV-cache entries were reused.
     pub(crate) cached: usize,
+    /// The prompt scored so far, when asked for.
+    prompt_scores: Vec<PromptToken>,
     submitted: Instant,
     admitted: Option<Instant>,
     prefilled_at: Option<Instant>,
@@ -65,12 +67,58 @@ impl Sequence {
             generated: 0,
             last: 0,
             cached: 0,
+            prompt_scores: Vec::new(),
             submitted,
             admitted: None,
             prefilled_at: None,
             first_at: None,
             last_at: None,
         })
+    }
+
+    /// Whether the prompt is scored: every position's logits are needed.
+    pub(crate) fn scores_prompt(&self) -> bool {
+        self.params.prompt_logprobs.is_some()
+    }
+
+    /// Scores the prompt tokens that `rows` (the logits of `rows.len() / width` positions from
+    /// `start` on) predict: row j gives the log-probability of prompt token `start + j + 1`.
+    pub(crate) fn score_prompt(&mut self, rows: &[f32], width: usize, start: usize) {
+        let Some(k) = self.params.prompt_logprobs else {
+            return;
+        };
+        if start == 0
+            && let Some(&first) = self.prompt.first()
+        {
+            self.prompt_scores.push(PromptToken {
+                id: first,
+                logprob: None,
+                top: Vec::new(),
+            });
+        }
+        let keep = if self.vocab > 0 {
+            self.vocab.min(width)
+        } else {
+            width
+        };
+        for (j, row) in rows.chunks_exact(width.max(1)).enumerate() {
+            let Some(&next) = self.prompt.get(start + j + 1) else {
+                break;
+            };
+            let row = &row[..keep];
+            self.prompt_scores.push(PromptToken {
+                id: next,
+                logprob: Some(log_softmax_at(row, next as usize) as f32),
+                top: top_logprobs(row, k),
+            });
+        }
+    }
+
+    /// The scored prompt, once, when it was asked for.
+    pub(crate) fn take_prompt_scores(&mut self) -> Option<Vec<PromptToken>> {
+        self.params
+            .prompt_logprobs
+            .map(|_| std::mem::take(&mut self.prompt_scores))
     }
 
     pub(crate) fn admit(&mut self, cached: usize, at: Instant) {
@@ -92,6 +140,10 @@ impl Sequence {
         context_full: bool,
         sink: &mut dyn FnMut(Event) -> Flow,
     ) -> Result<Option<FinishReason>> {
+        if self.params.max_tokens == 0 {
+            // Only the prompt was wanted (its scores went out before).
+            return Ok(Some(self.finish(FinishReason::Length, false, sink)?));
+        }
         if logits.len() > self.vocab && self.vocab > 0 {
             logits.truncate(self.vocab);
         }

@@ -136,16 +136,21 @@ impl<B: Backend> Decoder<B> {
             .ok_or_else(|| Error::InvalidArgument(format!("KV-cache slot {slot} is not allocated")))
     }
 
-    /// The shared forward pass over one or more sequences; returns per item the logits of the
-    /// last token, or of every token when `all_logits`.
-    fn run(&mut self, items: &[(usize, &[u32])], all_logits: bool) -> Result<Vec<Vec<f32>>> {
+    /// The shared forward pass over one or more sequences; returns per item the logits of its
+    /// last token, or of every token when its `all` flag is set.
+    fn run(&mut self, items: &[(usize, &[u32])], all: &[bool]) -> Result<Vec<Vec<f32>>> {
         match self.backend.pool() {
-            Some(pool) => pool.install(|| self.run_inner(items, all_logits)),
-            None => self.run_inner(items, all_logits),
+            Some(pool) => pool.install(|| self.run_inner(items, all)),
+            None => self.run_inner(items, all),
         }
     }
 
-    fn run_inner(&mut self, items: &[(usize, &[u32])], all_logits: bool) -> Result<Vec<Vec<f32>>> {
+    fn run_inner(&mut self, items: &[(usize, &[u32])], all: &[bool]) -> Result<Vec<Vec<f32>>> {
+        if all.len() != items.len() {
+            return Err(Error::InvalidArgument(
+                "one all-logits flag per batch item is needed".into(),
+            ));
+        }
         let mut starts = Vec::with_capacity(items.len());
         let mut ids: Vec<u32> = Vec::new();
         let mut ropes = Vec::with_capacity(items.len());
@@ -224,19 +229,26 @@ impl<B: Backend> Decoder<B> {
             let d = b.linear_consuming(m, &l.down)?;
             b.add_assign(&mut hs, &d)?;
         }
-        if !all_logits {
-            let lasts = items
+        // The rows whose logits are wanted: every row of an all-logits item, the last of others.
+        let keep_all = all.iter().all(|&a| a);
+        if !keep_all {
+            let rows = items
                 .iter()
                 .enumerate()
-                .map(|(i, (_, toks))| b.rows(&hs, starts[i] + toks.len() - 1, 1))
+                .map(|(i, (_, toks))| {
+                    if all[i] {
+                        b.rows(&hs, starts[i], toks.len())
+                    } else {
+                        b.rows(&hs, starts[i] + toks.len() - 1, 1)
+                    }
+                })
                 .collect::<Result<Vec<_>>>()?;
-            hs = if lasts.len() == 1 {
-                lasts
-                    .into_iter()
+            hs = if rows.len() == 1 {
+                rows.into_iter()
                     .next()
                     .ok_or_else(|| Error::InvalidArgument("empty batch".into()))?
             } else {
-                b.concat_rows(lasts)?
+                b.concat_rows(rows)?
             };
         }
         let x = b.rms_norm(&hs, &self.norm, cfg.rms_eps)?;
@@ -245,8 +257,8 @@ impl<B: Backend> Decoder<B> {
         let vocab = cfg.vocab_size;
         let mut out = Vec::with_capacity(items.len());
         let mut row = 0;
-        for (_, toks) in items {
-            let n = if all_logits { toks.len() } else { 1 };
+        for ((_, toks), &a) in items.iter().zip(all) {
+            let n = if a { toks.len() } else { 1 };
             out.push(logits[row * vocab..(row + n) * vocab].to_vec());
             row += n;
         }
@@ -280,7 +292,7 @@ impl<B: Backend> CausalLm for Decoder<B> {
     }
 
     fn forward(&mut self, ids: &[u32], all_logits: bool) -> Result<Vec<f32>> {
-        let mut out = self.run(&[(0, ids)], all_logits)?;
+        let mut out = self.run(&[(0, ids)], &[all_logits])?;
         Ok(out.pop().unwrap_or_default())
     }
 
@@ -323,6 +335,17 @@ impl<B: Backend> CausalLm for Decoder<B> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        self.run(items, false)
+        self.run(items, &vec![false; items.len()])
+    }
+
+    fn forward_batch_with(
+        &mut self,
+        items: &[(usize, &[u32])],
+        all: &[bool],
+    ) -> Result<Vec<Vec<f32>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(items, all)
     }
 }
