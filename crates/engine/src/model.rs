@@ -32,6 +32,8 @@ pub trait CausalLm: Send {
     fn free_slot(&mut self, slot: usize);
     fn slot_position(&self, slot: usize) -> usize;
     fn truncate_slot(&mut self, slot: usize, len: usize);
+    /// Makes slot `dst` hold the first `len` positions of slot `src`.
+    fn copy_slot(&mut self, src: usize, dst: usize, len: usize) -> Result<()>;
     /// Runs each `(slot, ids)` after that slot's cached positions, all in one pass so every
     /// weight is read once per step; returns the last-token logits of each item.
     fn forward_batch(&mut self, items: &[(usize, &[u32])]) -> Result<Vec<Vec<f32>>>;

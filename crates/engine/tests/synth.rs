@@ -987,3 +987,33 @@ fn scored_prompts_equal_the_full_forward_pass() {
         assert!(e.to_string().contains("max_tokens"), "{e}");
     }
 }
+
+/// Sequences submitted together with the same prompt (an `n > 1` request) compute it once: the
+/// first computes the prompt, the others wait, copy its KV cache and compute only the last
+/// token, and their greedy answers equal the first's.
+#[test]
+fn same_prompt_sequences_share_one_prefill() {
+    let dir = tempfile::tempdir().unwrap();
+    for preset in TINY {
+        let (path, _) = make(dir.path(), preset, SynthFormat::Gguf, SynthQuant::F32, 9);
+        let mut lm = load_full(&path);
+        let prompt: Vec<u32> = (0..60u32).map(|i| (i * 53 + 7) % 250 + 1).collect();
+        let params = GenParams {
+            max_tokens: 8,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let reqs: Vec<(&[u32], &GenParams)> = vec![(&prompt, &params); 3];
+        let out = generate_batch(&mut lm, &reqs).unwrap();
+        let cached: Vec<usize> = out.iter().map(|g| g.done.usage.cached_tokens).collect();
+        assert_eq!(cached, vec![0, 59, 59], "{preset}");
+        for g in &out[1..] {
+            assert_eq!(g.ids, out[0].ids, "{preset}");
+        }
+        // A different prompt does not wait and copies nothing.
+        let other: Vec<u32> = prompt.iter().map(|t| t % 200 + 3).collect();
+        let reqs: Vec<(&[u32], &GenParams)> = vec![(&prompt, &params), (&other, &params)];
+        let out = generate_batch(&mut lm, &reqs).unwrap();
+        assert_eq!(out[1].done.usage.cached_tokens, 0, "{preset}");
+    }
+}

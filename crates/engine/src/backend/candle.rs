@@ -115,6 +115,16 @@ impl Backend for CandleBackend {
         c.len = len;
     }
 
+    fn cache_prefix(&self, c: &CandleCache, len: usize) -> Result<CandleCache> {
+        let mut out = CandleCache {
+            k: c.k.clone(),
+            v: c.v.clone(),
+            len: c.len,
+        };
+        self.cache_truncate(&mut out, len);
+        Ok(out)
+    }
+
     fn cache_bytes(&self, c: &CandleCache) -> usize {
         c.k.iter()
             .chain(c.v.iter())

@@ -317,6 +317,17 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn cache_prefix(&self, c: &KvCache, len: usize) -> Result<KvCache> {
+        let len = len.min(self.cache_len(c));
+        let kl = attention::key_cache_len(len, c.kv_dim);
+        let vl = len * c.kv_dim;
+        Ok(KvCache {
+            k: c.k.iter().map(|k| k[..kl.min(k.len())].to_vec()).collect(),
+            v: c.v.iter().map(|v| v[..vl.min(v.len())].to_vec()).collect(),
+            kv_dim: c.kv_dim,
+        })
+    }
+
     fn cache_bytes(&self, c: &KvCache) -> usize {
         c.k.iter().chain(c.v.iter()).map(|x| x.capacity() * 4).sum()
     }

@@ -64,6 +64,9 @@ pub trait Backend: Send + Sync + 'static {
     fn new_cache(&self, cfg: &DecoderConfig) -> Result<Self::Cache>;
     fn cache_len(&self, cache: &Self::Cache) -> usize;
     fn cache_truncate(&self, cache: &mut Self::Cache, len: usize);
+    /// A new cache holding the first `len` positions of `cache` (a sequence starting with the
+    /// same tokens as one already computed).
+    fn cache_prefix(&self, cache: &Self::Cache, len: usize) -> Result<Self::Cache>;
     fn cache_bytes(&self, cache: &Self::Cache) -> usize;
 
     fn embed(&self, table: &Self::Matrix, ids: &[u32]) -> Result<Self::Act>;

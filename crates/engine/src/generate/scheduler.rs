@@ -278,6 +278,21 @@ impl Scheduler {
     /// batch size.
     fn admit(&mut self, model: &mut dyn CausalLm, stats: &mut StepStats) {
         while self.running.len() < self.opts.max_batch {
+            // A prompt that a running sequence is still computing (the choices of an `n > 1`
+            // request, the same long system prompt) waits for it and then copies its cache,
+            // instead of computing the same positions beside it.
+            if let Some((_, next)) = self.waiting.front()
+                && !next.scores_prompt()
+                && self.running.iter().any(|r| {
+                    r.next_prompt < r.seq.prompt.len()
+                        && worth_waiting(
+                            common_prefix(&r.seq.prompt, &next.prompt),
+                            next.prompt.len(),
+                        )
+                })
+            {
+                break;
+            }
             let Some((id, mut seq)) = self.waiting.pop_front() else {
                 break;
             };
@@ -312,13 +327,33 @@ impl Scheduler {
                     }
                 },
             };
+            // The longest prefix a running sequence has computed already, if worth copying.
+            let shared = self
+                .running
+                .iter()
+                .filter(|r| r.next_prompt >= r.seq.prompt.len())
+                .map(|r| {
+                    let n = common_prefix(&r.fed, &seq.prompt)
+                        .min(model.slot_position(self.slots[r.slot].id))
+                        .min(seq.prompt.len().saturating_sub(1));
+                    (n, self.slots[r.slot].id)
+                })
+                .max_by_key(|&(n, _)| n)
+                .filter(|&(n, _)| n >= MIN_SHARED);
             let slot = &mut self.slots[idx];
             // A scored prompt needs the logits of every position, so nothing of it is reused.
-            let reuse = if seq.scores_prompt() {
+            let mut reuse = if seq.scores_prompt() {
                 0
             } else {
                 reusable(&slot.history, model.slot_position(slot.id), &seq.prompt)
             };
+            if let Some((n, src)) = shared.filter(|&(n, _)| n > reuse && !seq.scores_prompt()) {
+                if let Err(e) = model.copy_slot(src, slot.id, n) {
+                    stats.failed.push((id, e));
+                    continue;
+                }
+                reuse = n;
+            }
             model.truncate_slot(slot.id, reuse);
             slot.busy = true;
             slot.history.clear();
@@ -470,6 +505,16 @@ impl Scheduler {
     pub fn cached(&self) -> &[u32] {
         self.slots.first().map_or(&[], |s| &s.history)
     }
+}
+
+/// Shortest prefix copied from a running sequence's cache (shorter ones cost about as much to
+/// compute again).
+const MIN_SHARED: usize = 16;
+
+/// Whether a prompt should wait for a running sequence that is computing `common` of its
+/// `len` tokens: most of it, and enough to matter.
+fn worth_waiting(common: usize, len: usize) -> bool {
+    common >= 2 * MIN_SHARED && common * 4 >= len * 3
 }
 
 /// Prompt tokens per step of a sequence whose prompt is scored: its logits are kept for every

@@ -331,6 +331,24 @@ impl<B: Backend> CausalLm for Decoder<B> {
         }
     }
 
+    fn copy_slot(&mut self, src: usize, dst: usize, len: usize) -> Result<()> {
+        if src == dst {
+            return Err(Error::InvalidArgument(format!(
+                "cannot copy KV-cache slot {src} onto itself"
+            )));
+        }
+        let copy = self.backend.cache_prefix(self.cache(src)?, len)?;
+        match self.caches.get_mut(dst) {
+            Some(c @ Some(_)) => {
+                *c = Some(copy);
+                Ok(())
+            }
+            _ => Err(Error::InvalidArgument(format!(
+                "KV-cache slot {dst} is not allocated"
+            ))),
+        }
+    }
+
     fn forward_batch(&mut self, items: &[(usize, &[u32])]) -> Result<Vec<Vec<f32>>> {
         if items.is_empty() {
             return Ok(Vec::new());
