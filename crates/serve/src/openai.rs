@@ -222,6 +222,8 @@ pub struct Shape {
     pub logprobs: bool,
     /// Completions with `echo`: the prompt's text (and log-probabilities) come first.
     pub echo: bool,
+    /// Choices to generate (`n`), each with a seed of its own.
+    pub n: usize,
 }
 
 fn content_text(c: &Value, i: usize, role: &str) -> Result<String, ApiError> {
@@ -280,16 +282,19 @@ fn json_type(v: &Value) -> &'static str {
 }
 
 /// `zero_tokens`: `max_tokens: 0` is allowed (completions with `echo`, which score the prompt).
+/// Most choices one request may ask for (each is a sequence in the batch).
+pub const MAX_CHOICES: u32 = 16;
+
 fn check_common(
     c: &Common,
     zero_tokens: bool,
 ) -> Result<(String, Option<usize>, SamplingParams, Vec<String>), ApiError> {
     if let Some(n) = c.n
-        && n != 1
+        && !(1..=MAX_CHOICES).contains(&n)
     {
         return Err(ApiError::invalid_param(
             "n",
-            format!("`n` must be 1 (one choice per request), got {n}"),
+            format!("`n` must be from 1 to {MAX_CHOICES}, got {n}"),
         ));
     }
     for (name, v) in [
@@ -388,6 +393,7 @@ fn shape(c: &Common, logprobs: bool) -> Shape {
                 .unwrap_or(false),
         logprobs,
         echo: false,
+        n: c.n.map_or(1, |n| n as usize),
     }
 }
 
@@ -697,7 +703,7 @@ mod tests {
         assert!(e.message.contains("UTF-8"), "{e:?}");
         let e = chat(r#"{"messages": [{"role": "user", "content": 3}]}"#).unwrap_err();
         assert!(e.message.contains("messages[0].content"), "{e:?}");
-        let e = chat(r#"{"messages": [{"role": "user", "content": "x"}], "n": 2}"#).unwrap_err();
+        let e = chat(r#"{"messages": [{"role": "user", "content": "x"}], "n": 17}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("n"));
         let e = chat(r#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}"#)
             .unwrap_err();

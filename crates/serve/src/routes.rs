@@ -256,16 +256,18 @@ async fn completions(State(st): State<AppState>, body: Result<Bytes, BytesReject
 async fn respond(st: AppState, req: GenRequest, shape: Shape, ep: Endpoint) -> Response {
     let arrived = Instant::now();
     let deadline = arrived + st.settings.request_timeout;
+    let too_late = || {
+        ApiError::timeout(format!(
+            "no model started answering within the request timeout of {} s",
+            st.settings.request_timeout.as_secs_f32()
+        ))
+        .into_response()
+    };
+    let extra = req.clone();
     let served = match tokio::time::timeout_at(deadline.into(), st.router.dispatch(req)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return e.into_response(),
-        Err(_) => {
-            return ApiError::timeout(format!(
-                "no model started answering within the request timeout of {} s",
-                st.settings.request_timeout.as_secs_f32()
-            ))
-            .into_response();
-        }
+        Err(_) => return too_late(),
     };
     let Served {
         route,
@@ -273,6 +275,32 @@ async fn respond(st: AppState, req: GenRequest, shape: Shape, ep: Endpoint) -> R
         rx,
         lease,
     } = served;
+    let mut choices = vec![(first, rx)];
+    let mut leases = vec![lease];
+    if shape.n > 1 {
+        // The other choices go to the model the router chose for the first, each with a seed
+        // of its own; they find the first's prompt in its KV cache and copy it.
+        let starts = (1..shape.n).map(|i| {
+            let mut r = extra.clone();
+            r.model = route.model.clone();
+            r.sampling.seed = r.sampling.seed.wrapping_add(i as u64);
+            st.router.dispatch(r)
+        });
+        let started =
+            tokio::time::timeout_at(deadline.into(), futures_util::future::join_all(starts)).await;
+        let Ok(started) = started else {
+            return too_late();
+        };
+        for s in started {
+            match s {
+                Ok(s) => {
+                    choices.push((s.first, s.rx));
+                    leases.push(s.lease);
+                }
+                Err(e) => return e.into_response(),
+            }
+        }
+    }
     let tracker = Tracker::new(st.metrics.clone(), route.model.clone(), arrived);
     let out = Output {
         id: new_id(if ep == Endpoint::Chat {
@@ -287,9 +315,9 @@ async fn respond(st: AppState, req: GenRequest, shape: Shape, ep: Endpoint) -> R
     };
     let header = HeaderValue::from_str(&out.route.header()).ok();
     let mut resp = if out.shape.stream {
-        stream_response(out, first, rx, lease, tracker, deadline)
+        stream_response(out, choices, leases, tracker, deadline)
     } else {
-        json_response(out, first, rx, lease, tracker, deadline).await
+        json_response(out, choices, leases, tracker, deadline).await
     };
     if let Some(h) = header {
         resp.headers_mut().insert(ROUTE_HEADER, h);
@@ -426,7 +454,7 @@ impl Output {
     }
 
     /// The chunk for one token (None when it carries nothing to send).
-    fn token_chunk(&self, t: &TokenOut, text_offset: usize) -> Option<Value> {
+    fn token_chunk(&self, i: usize, t: &TokenOut, text_offset: usize) -> Option<Value> {
         let lp = if self.shape.logprobs { t.logprob } else { None };
         if t.text.is_empty() && lp.is_none() {
             return None;
@@ -439,7 +467,7 @@ impl Output {
                     }
                     _ => Value::Null,
                 };
-                json!({ "index": 0, "delta": { "content": t.text }, "logprobs": logprobs, "finish_reason": null })
+                json!({ "index": i, "delta": { "content": t.text }, "logprobs": logprobs, "finish_reason": null })
             }
             Endpoint::Completions => {
                 let logprobs = match (lp, &t.token) {
@@ -450,19 +478,19 @@ impl Output {
                     }
                     _ => Value::Null,
                 };
-                json!({ "index": 0, "text": t.text, "logprobs": logprobs, "finish_reason": null })
+                json!({ "index": i, "text": t.text, "logprobs": logprobs, "finish_reason": null })
             }
         };
         Some(self.envelope(true, json!([choice])))
     }
 
-    fn finish_chunk(&self, d: &DoneOut, timings: Value) -> Value {
+    fn finish_chunk(&self, i: usize, d: &DoneOut, timings: Value) -> Value {
         let choice = match self.ep {
             Endpoint::Chat => {
-                json!({ "index": 0, "delta": {}, "logprobs": null, "finish_reason": d.finish_reason.openai() })
+                json!({ "index": i, "delta": {}, "logprobs": null, "finish_reason": d.finish_reason.openai() })
             }
             Endpoint::Completions => {
-                json!({ "index": 0, "text": "", "logprobs": null, "finish_reason": d.finish_reason.openai() })
+                json!({ "index": i, "text": "", "logprobs": null, "finish_reason": d.finish_reason.openai() })
             }
         };
         let mut v = self.envelope(true, json!([choice]));
@@ -504,139 +532,197 @@ fn push_prompt_logprobs(c: &mut CompletionLogprobs, p: &PromptOut) {
     }
 }
 
+/// One choice's events, then `None` when its stream ends.
+type ChoiceEvents = futures_util::stream::BoxStream<'static, (usize, Option<StreamEvent>)>;
+
+/// The events of every choice, merged as they come, each tagged with its choice's index; the
+/// first event of each (in hand already) comes first.
+fn merged(choices: Vec<(StreamEvent, EventRx)>) -> futures_util::stream::SelectAll<ChoiceEvents> {
+    use futures_util::StreamExt;
+    let streams =
+        choices.into_iter().enumerate().map(|(i, (first, rx))| {
+            let rest = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|e| (e, rx))
+            });
+            futures_util::stream::once(async move { first })
+                .chain(rest)
+                .map(Some)
+                .chain(futures_util::stream::once(async { None }))
+                .map(move |e| (i, e))
+                .boxed()
+        });
+    futures_util::stream::select_all(streams)
+}
+
+/// The usage and timings of an answer of several choices: the prompt counted once (as OpenAI
+/// does), the completions summed; timings are the first choice's.
+fn combined(dones: &[Option<DoneOut>]) -> Option<DoneOut> {
+    let first = dones.first()?.clone()?;
+    let mut d = first;
+    d.usage.completion_tokens = dones
+        .iter()
+        .flatten()
+        .map(|x| x.usage.completion_tokens)
+        .sum();
+    Some(d)
+}
+
+/// One choice being collected into a JSON body.
+#[derive(Default)]
+struct Collected {
+    text: String,
+    chat_lps: Vec<ChatLogprob>,
+    comp_lps: CompletionLogprobs,
+}
+
 /// Collects the whole answer into one JSON body.
 async fn json_response(
     out: Output,
-    first: StreamEvent,
-    mut rx: EventRx,
-    lease: Option<Lease>,
+    choices: Vec<(StreamEvent, EventRx)>,
+    leases: Vec<Option<Lease>>,
     mut tr: Tracker,
     deadline: Instant,
 ) -> Response {
-    let mut text = String::new();
-    let mut chat_lps: Vec<ChatLogprob> = Vec::new();
-    let mut comp_lps = CompletionLogprobs::default();
-    let mut next = Some(first);
-    let done = loop {
-        let ev = match next.take() {
-            Some(e) => Some(e),
-            None => match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
-                Ok(e) => e,
-                Err(_) => {
-                    tr.failed(ErrorKind::Timeout);
-                    // Dropping the receiver (on return) stops the generation.
-                    return ApiError::timeout(
-                        "the answer did not finish within the request timeout",
-                    )
+    use futures_util::StreamExt;
+    let n = choices.len();
+    let mut acc: Vec<Collected> = (0..n).map(|_| Collected::default()).collect();
+    let mut dones: Vec<Option<DoneOut>> = vec![None; n];
+    let mut events = merged(choices);
+    while dones.iter().any(Option::is_none) {
+        let (i, ev) = match tokio::time::timeout_at(deadline.into(), events.next()).await {
+            Ok(Some(x)) => x,
+            Ok(None) => break,
+            Err(_) => {
+                tr.failed(ErrorKind::Timeout);
+                // Dropping the receivers (on return) stops the generations.
+                return ApiError::timeout("the answer did not finish within the request timeout")
                     .into_response();
-                }
-            },
-        };
-        match ev {
-            Some(StreamEvent::Prompt(p)) => {
-                if out.shape.echo {
-                    if out.shape.logprobs {
-                        push_prompt_logprobs(&mut comp_lps, &p);
-                    }
-                    text.push_str(&p.text);
-                }
             }
+        };
+        let c = &mut acc[i];
+        match ev {
+            Some(StreamEvent::Prompt(p)) if out.shape.echo => {
+                if out.shape.logprobs {
+                    push_prompt_logprobs(&mut c.comp_lps, &p);
+                }
+                c.text.push_str(&p.text);
+            }
+            Some(StreamEvent::Prompt(_)) => {}
             Some(StreamEvent::Token(t)) => {
                 tr.token(&t);
                 if let (true, Some(l), Some(tok)) = (out.shape.logprobs, t.logprob, &t.token) {
                     match out.ep {
-                        Endpoint::Chat => chat_lps.push(ChatLogprob::new(tok, l, &t.top)),
+                        Endpoint::Chat => c.chat_lps.push(ChatLogprob::new(tok, l, &t.top)),
                         Endpoint::Completions => {
-                            push_completion_logprob(&mut comp_lps, tok, l, &t, text.len())
+                            push_completion_logprob(&mut c.comp_lps, tok, l, &t, c.text.len())
                         }
                     }
                 }
-                text.push_str(&t.text);
+                c.text.push_str(&t.text);
             }
-            Some(StreamEvent::Done(d)) => break d,
+            Some(StreamEvent::Done(d)) => dones[i] = Some(d),
             Some(StreamEvent::Error(e)) => {
                 tr.failed(e.kind);
-                if let Some(l) = &lease {
+                if let Some(l) = leases.get(i).and_then(Option::as_ref) {
                     l.failed(e.kind);
                 }
                 return e.into_response();
             }
-            None => {
+            None if dones[i].is_none() => {
                 let e = ApiError::internal("the model stopped without finishing the answer");
                 tr.failed(e.kind);
                 return e.into_response();
             }
+            None => {}
         }
+    }
+    let Some(done) = combined(&dones) else {
+        let e = ApiError::internal("the model stopped without finishing the answer");
+        tr.failed(e.kind);
+        return e.into_response();
     };
     tr.done(&done);
-    let choice = match out.ep {
-        Endpoint::Chat => json!({
-            "index": 0,
-            "message": { "role": "assistant", "content": text },
-            "logprobs": if out.shape.logprobs { json!({ "content": chat_lps }) } else { Value::Null },
-            "finish_reason": done.finish_reason.openai(),
-        }),
-        Endpoint::Completions => json!({
-            "index": 0,
-            "text": text,
-            "logprobs": if out.shape.logprobs { json!(comp_lps) } else { Value::Null },
-            "finish_reason": done.finish_reason.openai(),
-        }),
-    };
-    let mut body = out.envelope(false, json!([choice]));
+    let choices: Vec<Value> = acc
+        .into_iter()
+        .zip(&dones)
+        .enumerate()
+        .map(|(i, (c, d))| {
+            let reason = d.as_ref().map(|d| d.finish_reason.openai());
+            match out.ep {
+                Endpoint::Chat => json!({
+                    "index": i,
+                    "message": { "role": "assistant", "content": c.text },
+                    "logprobs": if out.shape.logprobs { json!({ "content": c.chat_lps }) } else { Value::Null },
+                    "finish_reason": reason,
+                }),
+                Endpoint::Completions => json!({
+                    "index": i,
+                    "text": c.text,
+                    "logprobs": if out.shape.logprobs { json!(c.comp_lps) } else { Value::Null },
+                    "finish_reason": reason,
+                }),
+            }
+        })
+        .collect();
+    let mut body = out.envelope(false, json!(choices));
     body["usage"] = json!(ApiUsage::from_done(&done));
     body["route"] = json!(out.route);
     body["timings"] = tr.timings(&done);
-    drop(lease);
+    drop(leases);
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
 struct StreamState {
     out: Output,
-    next: Option<StreamEvent>,
-    rx: EventRx,
-    lease: Option<Lease>,
+    events: futures_util::stream::SelectAll<ChoiceEvents>,
+    leases: Vec<Option<Lease>>,
     tracker: Tracker,
     deadline: Instant,
     pending: VecDeque<SseEvent>,
     finished: bool,
-    text_len: usize,
+    /// Text sent so far, per choice (completions' `text_offset`).
+    text_len: Vec<usize>,
+    dones: Vec<Option<DoneOut>>,
 }
 
 fn data(v: &Value) -> SseEvent {
     SseEvent::default().data(v.to_string())
 }
 
-/// Streams the answer as server-sent events: a role chunk (chat), one chunk per token, a
-/// finish chunk with the route and timings, a usage chunk when asked for, then `[DONE]`.
-/// Dropping the body (the client disconnected) drops the receiver, which stops the generation.
+/// Streams the answer as server-sent events: a role chunk per choice (chat), one chunk per
+/// token (its `index` naming the choice), a finish chunk per choice with the route and timings, a
+/// usage chunk when asked for, then `[DONE]`. Dropping the body (the client disconnected) drops
+/// the receivers, which stops the generations.
 fn stream_response(
     out: Output,
-    first: StreamEvent,
-    rx: EventRx,
-    lease: Option<Lease>,
+    choices: Vec<(StreamEvent, EventRx)>,
+    leases: Vec<Option<Lease>>,
     tracker: Tracker,
     deadline: Instant,
 ) -> Response {
+    use futures_util::StreamExt;
+    let n = choices.len();
     let mut pending = VecDeque::new();
     if out.ep == Endpoint::Chat {
-        let mut v = out.envelope(
-            true,
-            json!([{ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null }]),
-        );
-        v["route"] = json!(out.route);
-        pending.push_back(data(&v));
+        for i in 0..n {
+            let mut v = out.envelope(
+                true,
+                json!([{ "index": i, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null }]),
+            );
+            v["route"] = json!(out.route);
+            pending.push_back(data(&v));
+        }
     }
     let state = StreamState {
         out,
-        next: Some(first),
-        rx,
-        lease,
+        events: merged(choices),
+        leases,
         tracker,
         deadline,
         pending,
         finished: false,
-        text_len: 0,
+        text_len: vec![0; n],
+        dones: vec![None; n],
     };
     let stream = futures_util::stream::unfold(state, |mut s| async move {
         loop {
@@ -646,16 +732,16 @@ fn stream_response(
             if s.finished {
                 return None;
             }
-            let ev = match s.next.take() {
-                Some(e) => Some(e),
-                None => match tokio::time::timeout_at(s.deadline.into(), s.rx.recv()).await {
-                    Ok(e) => e,
-                    Err(_) => Some(StreamEvent::Error(ApiError::timeout(
-                        "the answer did not finish within the request timeout",
-                    ))),
-                },
-            };
-            s.step(ev);
+            let next = tokio::time::timeout_at(s.deadline.into(), s.events.next()).await;
+            match next {
+                Ok(Some((i, ev))) => s.step(i, ev),
+                Ok(None) => s.fail(ApiError::internal(
+                    "the model stopped without finishing the answer",
+                )),
+                Err(_) => s.fail(ApiError::timeout(
+                    "the answer did not finish within the request timeout",
+                )),
+            }
         }
     });
     Sse::new(stream)
@@ -664,60 +750,68 @@ fn stream_response(
 }
 
 impl StreamState {
-    fn step(&mut self, ev: Option<StreamEvent>) {
+    fn step(&mut self, i: usize, ev: Option<StreamEvent>) {
         match ev {
-            Some(StreamEvent::Prompt(p)) => {
-                if self.out.shape.echo {
-                    let lps = if self.out.shape.logprobs {
-                        let mut c = CompletionLogprobs::default();
-                        push_prompt_logprobs(&mut c, &p);
-                        json!(c)
-                    } else {
-                        Value::Null
-                    };
-                    let choice = json!({ "index": 0, "text": p.text, "logprobs": lps, "finish_reason": null });
-                    self.pending
-                        .push_back(data(&self.out.envelope(true, json!([choice]))));
-                    self.text_len += p.text.len();
-                }
+            Some(StreamEvent::Prompt(p)) if self.out.shape.echo => {
+                let lps = if self.out.shape.logprobs {
+                    let mut c = CompletionLogprobs::default();
+                    push_prompt_logprobs(&mut c, &p);
+                    json!(c)
+                } else {
+                    Value::Null
+                };
+                let choice =
+                    json!({ "index": i, "text": p.text, "logprobs": lps, "finish_reason": null });
+                self.pending
+                    .push_back(data(&self.out.envelope(true, json!([choice]))));
+                self.text_len[i] += p.text.len();
             }
+            Some(StreamEvent::Prompt(_)) => {}
             Some(StreamEvent::Token(t)) => {
                 self.tracker.token(&t);
-                if let Some(v) = self.out.token_chunk(&t, self.text_len) {
+                if let Some(v) = self.out.token_chunk(i, &t, self.text_len[i]) {
                     self.pending.push_back(data(&v));
                 }
-                self.text_len += t.text.len();
+                self.text_len[i] += t.text.len();
             }
             Some(StreamEvent::Done(d)) => {
-                self.tracker.done(&d);
                 let timings = self.tracker.timings(&d);
                 self.pending
-                    .push_back(data(&self.out.finish_chunk(&d, timings)));
-                if self.out.shape.include_usage {
-                    let mut v = self.out.envelope(true, json!([]));
-                    v["usage"] = json!(ApiUsage::from_done(&d));
-                    self.pending.push_back(data(&v));
+                    .push_back(data(&self.out.finish_chunk(i, &d, timings)));
+                self.dones[i] = Some(d);
+                if self.dones.iter().all(Option::is_some) {
+                    if let Some(all) = combined(&self.dones) {
+                        self.tracker.done(&all);
+                        if self.out.shape.include_usage {
+                            let mut v = self.out.envelope(true, json!([]));
+                            v["usage"] = json!(ApiUsage::from_done(&all));
+                            self.pending.push_back(data(&v));
+                        }
+                    }
+                    self.pending.push_back(SseEvent::default().data("[DONE]"));
+                    self.finished = true;
+                    self.leases.clear();
                 }
-                self.pending.push_back(SseEvent::default().data("[DONE]"));
-                self.finished = true;
-                self.lease = None;
             }
-            Some(StreamEvent::Error(e)) => self.fail(e),
-            None => self.fail(ApiError::internal(
+            Some(StreamEvent::Error(e)) => {
+                if let Some(l) = self.leases.get(i).and_then(Option::as_ref) {
+                    l.failed(e.kind);
+                }
+                self.fail(e)
+            }
+            None if self.dones[i].is_none() => self.fail(ApiError::internal(
                 "the model stopped without finishing the answer",
             )),
+            None => {}
         }
     }
 
     /// Headers are gone by now: the error travels as a data event, OpenAI's way.
     fn fail(&mut self, e: ApiError) {
         self.tracker.failed(e.kind);
-        if let Some(l) = &self.lease {
-            l.failed(e.kind);
-        }
         self.pending.push_back(data(&e.body()));
         self.finished = true;
-        self.lease = None;
+        self.leases.clear();
     }
 }
 

@@ -321,6 +321,96 @@ async fn echo_scores_the_prompt() {
     assert_error(&e, 400, "token ids must be integers");
 }
 
+/// `n` choices: each sampled with its own seed (choice i with `seed + i` is the single answer with
+/// that seed), the prompt counted once and computed once (the other choices copy its KV cache),
+/// streamed with each chunk's `index`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_choices_have_their_own_seeds_and_share_the_prompt() {
+    let (app, _) = two_tier(fixed(), EngineOptions::default());
+    let content = "Tell me a long story about a robot who learns to paint in the city at night";
+    let body = |extra: &str| {
+        chat_body(
+            "fast",
+            content,
+            &format!(r#""max_tokens": 6, "ignore_eos": true, "temperature": 1.5{extra}"#),
+        )
+    };
+    let cached_before = metric(
+        &app,
+        "bakeoff_engine_cached_tokens_total{model=\"tiny-llama\"}",
+    )
+    .await;
+    let r = send(
+        &app,
+        post("/v1/chat/completions", body(r#", "n": 3, "seed": 40"#)),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    let prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens > 20, "{prompt_tokens}");
+    assert_eq!(v["usage"]["completion_tokens"], 18);
+    let cached = metric(
+        &app,
+        "bakeoff_engine_cached_tokens_total{model=\"tiny-llama\"}",
+    )
+    .await
+        - cached_before;
+    assert!(
+        cached >= 2.0 * (prompt_tokens - 1) as f64,
+        "cached {cached} of {prompt_tokens}"
+    );
+    let texts: Vec<String> = choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            assert_eq!(c["index"], i);
+            assert_eq!(c["finish_reason"], "length");
+            c["message"]["content"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for (i, want) in texts.iter().enumerate() {
+        let one = send(
+            &app,
+            post(
+                "/v1/chat/completions",
+                body(&format!(r#", "seed": {}"#, 40 + i)),
+            ),
+        )
+        .await
+        .json();
+        assert_eq!(
+            one["choices"][0]["message"]["content"],
+            want.as_str(),
+            "choice {i}"
+        );
+    }
+    assert!(texts[0] != texts[1] || texts[1] != texts[2], "{texts:?}");
+
+    let r = send(&app, post("/v1/chat/completions", body(r#", "n": 2, "seed": 40, "stream": true, "stream_options": {"include_usage": true}"#))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut streamed = [String::new(), String::new()];
+    let mut finishes = 0;
+    for e in r.events().iter().filter(|e| *e != "[DONE]") {
+        let v: Value = serde_json::from_str(e).unwrap();
+        if let Some(c) = v["choices"].as_array().and_then(|c| c.first()) {
+            let i = c["index"].as_u64().unwrap() as usize;
+            streamed[i].push_str(c["delta"]["content"].as_str().unwrap_or(""));
+            finishes += c["finish_reason"].is_string() as usize;
+        } else {
+            assert_eq!(v["usage"]["completion_tokens"], 12);
+        }
+    }
+    assert_eq!(finishes, 2);
+    assert_eq!(streamed[0], texts[0]);
+    assert_eq!(streamed[1], texts[1]);
+
+    let e = send(&app, post("/v1/chat/completions", body(r#", "n": 17"#))).await;
+    assert_error(&e, 400, "`n` must be from 1 to 16");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_strings_cut_the_answer_and_max_tokens_is_capped_by_the_context() {
     let (app, _) = two_tier(fixed(), EngineOptions::default());
@@ -472,9 +562,9 @@ async fn bad_requests_get_clear_400s_and_the_server_keeps_serving() {
             "not supported",
         ),
         (
-            br#"{"messages": [{"role": "user", "content": "x"}], "n": 3}"#,
+            br#"{"messages": [{"role": "user", "content": "x"}], "n": 0}"#,
             400,
-            "`n` must be 1",
+            "`n` must be from 1 to 16",
         ),
         (
             br#"{"messages": [{"role": "user", "content": "x"}], "stop": ["a","b","c","d","e"]}"#,
