@@ -3,7 +3,9 @@
 Usage: openai_sdk.py BASE_URL API_KEY. Exits non-zero with a message on the first failure.
 Run by crates/cli/tests/serve_e2e.rs.
 """
+import json
 import sys
+import urllib.request
 
 import openai
 
@@ -54,6 +56,35 @@ r = client.completions.create(model="fast", prompt="Once upon a time", max_token
 assert r.object == "text_completion" and isinstance(r.choices[0].text, str), r
 text = "".join(ch.choices[0].text for ch in client.completions.create(model="fast", prompt="Once upon a time", max_tokens=5, temperature=0, stream=True) if ch.choices)
 assert text == r.choices[0].text, (text, r.choices[0].text)
+
+# n choices, each with its own seed, through the router (`auto`), streaming and not.
+r = client.chat.completions.create(model="auto", messages=msgs, n=3, max_tokens=6, temperature=1, seed=11,
+                                   extra_body={"ignore_eos": True})
+assert [c.index for c in r.choices] == [0, 1, 2], r.choices
+assert r.usage.completion_tokens == 18, r.usage
+again = client.chat.completions.create(model="auto", messages=msgs, n=3, max_tokens=6, temperature=1, seed=11,
+                                       extra_body={"ignore_eos": True})
+assert [c.message.content for c in again.choices] == [c.message.content for c in r.choices]
+texts = ["", "", ""]
+with client.chat.completions.create(model="auto", messages=msgs, n=3, max_tokens=6, temperature=1, seed=11,
+                                    stream=True, extra_body={"ignore_eos": True}) as stream:
+    for chunk in stream:
+        for ch in chunk.choices:
+            texts[ch.index] += ch.delta.content or ""
+assert texts == [c.message.content for c in r.choices], (texts, r.choices)
+
+# Prompt log-probabilities: echo, token ids, max_tokens=0 (what lm-evaluation-harness sends).
+# /tokenize sits beside /v1, outside the SDK's API.
+req = urllib.request.Request(base.removesuffix("/v1") + "/tokenize", method="POST",
+                             data=json.dumps({"content": "Once upon a time", "add_special": True,
+                                              "model": "fast"}).encode(),
+                             headers={"content-type": "application/json", "authorization": f"Bearer {key}"})
+ids = json.load(urllib.request.urlopen(req, timeout=60))["tokens"]
+r = client.completions.create(model="fast", prompt=ids, echo=True, logprobs=1, max_tokens=0)
+lp = r.choices[0].logprobs
+assert len(lp.token_logprobs) == len(ids) and lp.token_logprobs[0] is None, lp
+assert all(x <= 0 for x in lp.token_logprobs[1:]), lp
+assert r.usage.completion_tokens == 0 and r.choices[0].finish_reason == "length", r
 
 # Errors arrive as the SDK's exceptions with the server's message.
 try:
