@@ -54,3 +54,15 @@ fi
 .venv-ci/bin/python -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__)"
 # llama.cpp's vocabulary tests (crates/engine/tests/llama_vocab.rs), from the same sdist version.
 PYTHON=.venv-ci/bin/python bash scripts/fetch-llama-vocab.sh
+
+# lm-evaluation-harness (its API extra; no torch) in a venv of its own, so that its dependencies
+# (datasets, pyarrow, scikit-learn, ...) do not move the pins above: crates/cli/tests/real_models.rs
+# points it at `bakeoff serve` (scripts/lm_eval_parity.py). pip's cache makes a second install quick.
+if [ ! -x .venv-lmeval/bin/python ]; then
+    python3 -m venv .venv-lmeval
+fi
+if ! .venv-lmeval/bin/python -c "import lm_eval" 2>/dev/null; then
+    .venv-lmeval/bin/python -m pip install --quiet --upgrade pip
+    .venv-lmeval/bin/python -m pip install --quiet "lm-eval[api]==0.4.13"
+fi
+.venv-lmeval/bin/python -c "import lm_eval, importlib.metadata as m; print('lm_eval', m.version('lm-eval'))"

@@ -500,6 +500,7 @@ pub fn measure(
         ignore_eos,
         top_logprobs: 0,
         prompt_logprobs: None,
+        report_stop_token: false,
     };
     let mut callback_ns: u128 = 0;
     let mut count = 0usize;

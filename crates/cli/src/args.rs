@@ -130,6 +130,7 @@ impl SamplingArgs {
             ignore_eos: self.ignore_eos,
             top_logprobs: 0,
             prompt_logprobs: None,
+            report_stop_token: false,
         })
     }
 }

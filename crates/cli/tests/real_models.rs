@@ -298,3 +298,44 @@ fn echo_logprobs_match_llama_cpp_on_smollm2() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// lm-evaluation-harness (`local-completions`, `tokenizer_backend=remote`) pointed at `bakeoff serve`
+/// chooses as `bakeoff eval` does on the same ARC-Challenge and HellaSwag items
+/// (scripts/lm_eval_parity.py, 5 items each; .venv-lmeval from scripts/ci-python.sh).
+#[test]
+fn lm_eval_through_serve_matches_bakeoff_eval_on_smollm2() {
+    const TEST: &str = "lm_eval_through_serve_matches_bakeoff_eval_on_smollm2";
+    let model = match real_model("smollm2-135m") {
+        Ok(p) => p,
+        Err(m) => return skip_or_fail(TEST, &m),
+    };
+    let py = std::env::var_os("BAKEOFF_LMEVAL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv-lmeval/bin/python"));
+    let has = Command::new(&py)
+        .args(["-c", "import lm_eval"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has {
+        return skip_or_fail(
+            TEST,
+            &format!("no lm_eval in {} (scripts/ci-python.sh)", py.display()),
+        );
+    }
+    let check = Command::new(py)
+        .arg(repo_root().join("scripts/lm_eval_parity.py"))
+        .args(["--bakeoff", env!("CARGO_BIN_EXE_bakeoff"), "--limit", "5"])
+        .arg("--model")
+        .arg(&model)
+        .arg("--data-dir")
+        .arg(repo_root().join("../shared/evaldata"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        check.status.success() && stdout.contains("all checks passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}

@@ -237,6 +237,7 @@ impl Candidate for EngineCandidate {
             ignore_eos: false,
             top_logprobs: 0,
             prompt_logprobs: None,
+            report_stop_token: false,
         };
         let t = Instant::now();
         let g = generate(&mut self.lm, &ids, &params, |_| Flow::Continue)?;
@@ -267,6 +268,7 @@ impl Candidate for EngineCandidate {
                 ignore_eos: false,
                 top_logprobs: 0,
                 prompt_logprobs: None,
+                report_stop_token: false,
             });
         }
         let reqs: Vec<(&[u32], &GenParams)> =

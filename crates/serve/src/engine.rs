@@ -301,6 +301,8 @@ impl LocalModel {
                 ignore_eos: req.ignore_eos,
                 top_logprobs: req.logprobs.unwrap_or(0),
                 prompt_logprobs: req.echo.then_some(req.logprobs.unwrap_or(0)),
+                // The completions API lists the end-of-text token among the logprobs.
+                report_stop_token: req.logprobs.is_some() && !matches!(req.input, Input::Chat(_)),
             },
             logprobs: req.logprobs,
             tx,

@@ -81,6 +81,7 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/v1/models", get(models))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
+        .route("/tokenizer_info", get(tokenizer_info))
         .route_layer(middleware::from_fn_with_state(state.clone(), body_deadline))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     axum::Router::new()
@@ -821,8 +822,10 @@ impl StreamState {
 struct TokenizeBody {
     #[serde(default)]
     model: Option<String>,
+    /// llama.cpp names it `content`, vLLM `prompt`.
+    #[serde(alias = "prompt")]
     content: String,
-    #[serde(default)]
+    #[serde(default, alias = "add_special_tokens")]
     add_special: bool,
     #[serde(default)]
     with_pieces: bool,
@@ -870,7 +873,11 @@ async fn tokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejection
             ),
             None => json!(ids),
         };
-        Ok::<_, ApiError>(axum::Json(json!({"model": model, "tokens": tokens})).into_response())
+        // `count` as vLLM's /tokenize has it.
+        Ok::<_, ApiError>(
+            axum::Json(json!({"model": model, "tokens": tokens, "count": ids.len()}))
+                .into_response(),
+        )
     };
     run.await.unwrap_or_else(|e| e.into_response())
 }
@@ -886,9 +893,49 @@ async fn detokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejecti
             )));
         }
         let content = prompter.tokenizer().decode(&b.tokens, false)?;
-        Ok(axum::Json(json!({"model": model, "content": content})).into_response())
+        // llama.cpp's key and vLLM's.
+        Ok(
+            axum::Json(json!({"model": model, "content": content, "prompt": content}))
+                .into_response(),
+        )
     };
     run.await.unwrap_or_else(|e| e.into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenizerInfoQuery {
+    #[serde(default)]
+    model: Option<String>,
+}
+
+/// vLLM's `GET /tokenizer_info`: the special tokens and chat template of a local model, which
+/// lm-evaluation-harness's `tokenizer_backend=remote` reads (with /tokenize and /detokenize) so
+/// that it needs no copy of the tokenizer.
+async fn tokenizer_info(
+    State(st): State<AppState>,
+    q: Result<axum::extract::Query<TokenizerInfoQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let run = || {
+        let q = q.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
+        let (model, p) = st.router.tokenizer_for(q.model.as_deref())?;
+        let t = p.tokenizer();
+        let pad = t.pad_id().map(|id| p.token_text(id));
+        Ok::<_, ApiError>(
+            axum::Json(json!({
+                "model": model,
+                "tokenizer_class": "bakeoff",
+                "vocab_size": t.vocab_size(),
+                "bos_token": p.bos_token(),
+                "eos_token": p.eos_token(),
+                "pad_token": pad,
+                "add_bos_token": p.add_bos(),
+                "chat_template": p.template().map(|c| c.source()),
+            }))
+            .into_response(),
+        )
+    };
+    run().unwrap_or_else(|e| e.into_response())
 }
 
 async fn models(State(st): State<AppState>) -> Response {

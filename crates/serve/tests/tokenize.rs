@@ -132,3 +132,52 @@ async fn tokenize_errors_name_the_problem() {
     assert_eq!(r.status, 400, "{}", r.text);
     assert!(r.text.contains("remote upstream"), "{}", r.text);
 }
+
+/// vLLM's shapes of the same endpoints (`prompt`, `add_special_tokens`; `count`; the detokenized
+/// text as `prompt`) and its `GET /tokenizer_info`, which lm-evaluation-harness's remote
+/// tokenizer reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vllm_shaped_tokenizer_endpoints() {
+    let (app, _) = two_tier(fixed(), EngineOptions::default());
+    let want = tiny("tiny-qwen2")
+        .prompter
+        .tokenizer()
+        .encode(TEXT, false)
+        .unwrap();
+    let r = send(
+        &app,
+        post(
+            "/tokenize",
+            json!({"prompt": TEXT, "add_special_tokens": false, "model": "strong"}).to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["tokens"], json!(want));
+    assert_eq!(v["count"], want.len());
+    let r = send(
+        &app,
+        post(
+            "/detokenize",
+            json!({"tokens": want, "model": "strong"}).to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(r.json()["prompt"], TEXT);
+    let r = send(&app, get("/tokenizer_info?model=strong")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    let lm = tiny("tiny-qwen2");
+    assert_eq!(v["model"], "tiny-qwen2");
+    assert_eq!(v["vocab_size"], lm.prompter.tokenizer().vocab_size());
+    assert_eq!(v["eos_token"].as_str(), lm.prompter.eos_token());
+    assert_eq!(
+        v["chat_template"].as_str(),
+        lm.prompter.template().map(|t| t.source())
+    );
+    let r = send(&app, get("/tokenizer_info?model=auto")).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let r = send(&app, get("/tokenizer_info?colour=red")).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+}

@@ -46,6 +46,11 @@ pub struct GenParams {
     /// needed). With `max_tokens` 0 it ends after the prompt without generating.
     #[serde(default)]
     pub prompt_logprobs: Option<usize>,
+    /// Send the end-of-sequence token that ends the answer as a [`Token`] too (empty text, not
+    /// counted in the usage), with its log-probability: the completions API lists it, and clients
+    /// that score `echo` prompts (lm-evaluation-harness) expect the one token they asked for.
+    #[serde(default)]
+    pub report_stop_token: bool,
 }
 
 impl Default for GenParams {
@@ -57,6 +62,7 @@ impl Default for GenParams {
             ignore_eos: false,
             top_logprobs: 0,
             prompt_logprobs: None,
+            report_stop_token: false,
         }
     }
 }

@@ -106,10 +106,18 @@ impl Sequence {
                 break;
             };
             let row = &row[..keep];
+            // With at least one alternative listed, the token's own value comes from the same
+            // computation as the list, so a client testing "is it the most likely token" by
+            // equality (lm-evaluation-harness's is_greedy) is not misled by the last bit.
+            let top = top_logprobs(row, k.max(1));
+            let logprob = top
+                .iter()
+                .find(|&&(id, _)| id == next)
+                .map_or_else(|| log_softmax_at(row, next as usize) as f32, |&(_, l)| l);
             self.prompt_scores.push(PromptToken {
                 id: next,
-                logprob: Some(log_softmax_at(row, next as usize) as f32),
-                top: top_logprobs(row, k),
+                logprob: Some(logprob),
+                top: if k == 0 { Vec::new() } else { top },
             });
         }
     }
@@ -155,6 +163,15 @@ impl Sequence {
         let now = Instant::now();
         self.first_at.get_or_insert(now);
         if self.eos.contains(&s.id) {
+            if self.params.report_stop_token {
+                sink(Event::Token(Token {
+                    id: s.id,
+                    text: String::new(),
+                    logprob: s.logprob,
+                    top,
+                    index: self.generated,
+                }));
+            }
             return Ok(Some(self.finish(FinishReason::Stop, false, sink)?));
         }
         self.last_at = Some(now);
@@ -290,5 +307,61 @@ mod tests {
         assert_eq!(tokens.len(), 1);
         assert_eq!(tokens[0].id, 5);
         assert!(tokens[0].top.iter().all(|&(id, _)| (id as usize) < vocab));
+    }
+
+    /// With `report_stop_token`, the end-of-sequence token that ends the answer is sent as a token
+    /// with no text (the completions API lists it; lm-evaluation-harness counts on it), and it is
+    /// still not counted as generated.
+    #[test]
+    fn the_stop_token_is_reported_when_asked() {
+        for report in [false, true] {
+            let tokenizer = Tokenizer::tiny(TokenizerFamily::Qwen2).unwrap();
+            let vocab = tokenizer.vocab_size();
+            let prompter = Prompter::new(PrompterParts {
+                tokenizer,
+                template: None,
+                add_bos: false,
+                bos_token: None,
+                eos_token: None,
+                eos_ids: vec![7],
+                source: "test".into(),
+            });
+            let params = GenParams {
+                max_tokens: 4,
+                top_logprobs: 1,
+                report_stop_token: report,
+                ..GenParams::default()
+            };
+            let mut seq = Sequence::new(vec![1], params, &prompter, Instant::now()).unwrap();
+            let mut logits = vec![0f32; vocab];
+            logits[7] = 9.0;
+            let mut events = Vec::new();
+            let reason = seq
+                .accept(logits, false, &mut |ev| {
+                    events.push(ev);
+                    Flow::Continue
+                })
+                .unwrap();
+            assert_eq!(reason, Some(FinishReason::Stop));
+            let tokens: Vec<&Token> = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Token(t) => Some(t),
+                    _ => None,
+                })
+                .collect();
+            if report {
+                assert_eq!(tokens.len(), 1);
+                assert_eq!((tokens[0].id, tokens[0].text.as_str()), (7, ""));
+                assert_eq!(tokens[0].top[0].0, 7);
+                assert!(tokens[0].logprob <= 0.0);
+            } else {
+                assert!(tokens.is_empty());
+            }
+            let Some(Event::Done(d)) = events.last() else {
+                panic!("{events:?}")
+            };
+            assert_eq!(d.usage.completion_tokens, 0);
+        }
     }
 }
