@@ -29,12 +29,11 @@ Exit status: 0 when every check passes, 1 on a mismatch, 2 when the setup fails.
 import argparse
 import json
 import math
-import re
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+from serve_proc import start_server
 
 try:
     import numpy as np
@@ -45,23 +44,6 @@ except ImportError as e:  # pragma: no cover - setup problem, not a mismatch
     sys.exit(2)
 
 F32_KV = {"type_k": 0, "type_v": 0}
-
-
-def start_server(bakeoff, model, threads):
-    args = [bakeoff, "serve", "--port", "0", "--threads", str(threads), "--model", f"fast={model}"]
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        line = p.stderr.readline()
-        if not line:
-            print(f"setup: server exited: {args}", file=sys.stderr)
-            sys.exit(2)
-        m = re.search(r"listening on http://(\S+)", line)
-        if m:
-            threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
-            return p, m.group(1)
-    print("setup: the server did not start", file=sys.stderr)
-    sys.exit(2)
 
 
 def items(data_dir, n):

@@ -23,28 +23,13 @@ every check passes, 1 on a mismatch, 2 when the setup fails.
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-
-def start_server(bakeoff, model, threads):
-    args = [bakeoff, "serve", "--port", "0", "--threads", str(threads), "--model", f"fast={model}"]
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        line = p.stderr.readline()
-        if not line:
-            sys.exit(f"setup: server exited: {args}")
-        m = re.search(r"listening on http://(\S+)", line)
-        if m:
-            threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
-            return p, m.group(1)
-    sys.exit("setup: the server did not start")
+from serve_proc import start_server
 
 
 TASK = """task: {name}

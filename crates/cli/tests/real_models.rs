@@ -280,22 +280,11 @@ fn echo_logprobs_match_llama_cpp_on_smollm2() {
         Ok(p) => p,
         Err(m) => return skip_or_fail(TEST, &m),
     };
-    let check = Command::new(py)
-        .arg(repo_root().join("scripts/echo_parity.py"))
-        .args(["--bakeoff", env!("CARGO_BIN_EXE_bakeoff")])
-        .args(["--items", "20", "--min-agree", "0.9"])
-        .arg("--model")
-        .arg(&model)
-        .arg("--data-dir")
-        .arg(repo_root().join("../shared/evaldata"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&check.stdout);
-    eprintln!("{stdout}");
-    assert!(
-        check.status.success() && stdout.contains("all checks passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&check.stderr)
+    run_check(
+        &py,
+        "echo_parity.py",
+        &["--items", "20", "--min-agree", "0.9"],
+        &model,
     );
 }
 
@@ -322,11 +311,18 @@ fn lm_eval_through_serve_matches_bakeoff_eval_on_smollm2() {
             &format!("no lm_eval in {} (scripts/ci-python.sh)", py.display()),
         );
     }
+    run_check(&py, "lm_eval_parity.py", &["--limit", "5"], &model);
+}
+
+/// Runs `scripts/SCRIPT --bakeoff BIN ARGS --model MODEL --data-dir ../shared/evaldata` and
+/// requires it to pass.
+fn run_check(py: &Path, script: &str, args: &[&str], model: &Path) {
     let check = Command::new(py)
-        .arg(repo_root().join("scripts/lm_eval_parity.py"))
-        .args(["--bakeoff", env!("CARGO_BIN_EXE_bakeoff"), "--limit", "5"])
+        .arg(repo_root().join("scripts").join(script))
+        .args(["--bakeoff", env!("CARGO_BIN_EXE_bakeoff")])
+        .args(args)
         .arg("--model")
-        .arg(&model)
+        .arg(model)
         .arg("--data-dir")
         .arg(repo_root().join("../shared/evaldata"))
         .output()
@@ -335,7 +331,7 @@ fn lm_eval_through_serve_matches_bakeoff_eval_on_smollm2() {
     eprintln!("{stdout}");
     assert!(
         check.status.success() && stdout.contains("all checks passed"),
-        "{stdout}\n{}",
+        "{script}: {stdout}\n{}",
         String::from_utf8_lossy(&check.stderr)
     );
 }
