@@ -118,6 +118,16 @@ fn encode(prompter: &Prompter, model: &str, input: &Input) -> Result<Vec<u32>, A
     }
 }
 
+/// The most likely tokens of a position, with their texts.
+fn top_out(top: Vec<(u32, f32)>, prompter: &Prompter) -> Vec<TopLogprob> {
+    top.into_iter()
+        .map(|(id, logprob)| TopLogprob {
+            token: prompter.token_text(id),
+            logprob,
+        })
+        .collect()
+}
+
 /// The echoed prompt: each token's text where the detokenized prompt has it, and its scores.
 fn prompt_out(scores: Vec<PromptToken>, prompter: &Prompter) -> PromptOut {
     let mut detok = prompter.detokenizer();
@@ -133,14 +143,7 @@ fn prompt_out(scores: Vec<PromptToken>, prompter: &Prompter) -> PromptOut {
             token: prompter.token_text(p.id),
             text_offset,
             logprob: p.logprob,
-            top: p
-                .top
-                .into_iter()
-                .map(|(id, lp)| TopLogprob {
-                    token: prompter.token_text(id),
-                    logprob: lp,
-                })
-                .collect(),
+            top: top_out(p.top, prompter),
         });
     }
     if let Ok(Some(tail)) = detok.finish() {
@@ -366,14 +369,7 @@ fn api_event(ev: CoreEvent, logprobs: Option<usize>, prompter: &Prompter) -> Str
             text: t.text,
             token: logprobs.map(|_| prompter.token_text(t.id)),
             logprob: logprobs.map(|_| t.logprob),
-            top: t
-                .top
-                .into_iter()
-                .map(|(id, lp)| TopLogprob {
-                    token: prompter.token_text(id),
-                    logprob: lp,
-                })
-                .collect(),
+            top: top_out(t.top, prompter),
             tail: false,
         }),
         CoreEvent::Tail(text) => StreamEvent::Token(TokenOut {

@@ -264,7 +264,8 @@ async fn respond(st: AppState, req: GenRequest, shape: Shape, ep: Endpoint) -> R
         ))
         .into_response()
     };
-    let extra = req.clone();
+    // The request again for the other choices, only when there are any.
+    let extra = (shape.n > 1).then(|| req.clone());
     let served = match tokio::time::timeout_at(deadline.into(), st.router.dispatch(req)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return e.into_response(),
@@ -278,7 +279,7 @@ async fn respond(st: AppState, req: GenRequest, shape: Shape, ep: Endpoint) -> R
     } = served;
     let mut choices = vec![(first, rx)];
     let mut leases = vec![lease];
-    if shape.n > 1 {
+    if let Some(extra) = extra {
         // The other choices go to the model the router chose for the first, each with a seed
         // of its own; they find the first's prompt in its KV cache and copy it.
         let starts = (1..shape.n).map(|i| {

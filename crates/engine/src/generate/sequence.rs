@@ -269,11 +269,8 @@ mod tests {
     use crate::prompt::PrompterParts;
     use crate::tokenizer::{Tokenizer, TokenizerFamily};
 
-    /// A model whose embedding has more rows than its tokenizer has tokens (Qwen2.5 folders pad
-    /// 151,665 tokens to 151,936 rows) must never emit a padding id, however likely: it decodes
-    /// to nothing, and a server used to answer 500.
-    #[test]
-    fn padding_rows_past_the_tokenizer_are_never_sampled() {
+    /// Qwen2's tiny tokenizer with no template, ending on `eos_ids`; and its vocabulary size.
+    fn tiny_prompter(eos_ids: Vec<u32>) -> (Prompter, usize) {
         let tokenizer = Tokenizer::tiny(TokenizerFamily::Qwen2).unwrap();
         let vocab = tokenizer.vocab_size();
         let prompter = Prompter::new(PrompterParts {
@@ -282,9 +279,18 @@ mod tests {
             add_bos: false,
             bos_token: None,
             eos_token: None,
-            eos_ids: Vec::new(),
+            eos_ids,
             source: "test".into(),
         });
+        (prompter, vocab)
+    }
+
+    /// A model whose embedding has more rows than its tokenizer has tokens (Qwen2.5 folders pad
+    /// 151,665 tokens to 151,936 rows) must never emit a padding id, however likely: it decodes
+    /// to nothing, and a server used to answer 500.
+    #[test]
+    fn padding_rows_past_the_tokenizer_are_never_sampled() {
+        let (prompter, vocab) = tiny_prompter(Vec::new());
         let params = GenParams {
             max_tokens: 1,
             top_logprobs: 3,
@@ -315,17 +321,7 @@ mod tests {
     #[test]
     fn the_stop_token_is_reported_when_asked() {
         for report in [false, true] {
-            let tokenizer = Tokenizer::tiny(TokenizerFamily::Qwen2).unwrap();
-            let vocab = tokenizer.vocab_size();
-            let prompter = Prompter::new(PrompterParts {
-                tokenizer,
-                template: None,
-                add_bos: false,
-                bos_token: None,
-                eos_token: None,
-                eos_ids: vec![7],
-                source: "test".into(),
-            });
+            let (prompter, vocab) = tiny_prompter(vec![7]);
             let params = GenParams {
                 max_tokens: 4,
                 top_logprobs: 1,

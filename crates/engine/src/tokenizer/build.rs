@@ -151,8 +151,8 @@ struct PieceIndex<'a> {
     /// Hash → the first token with that text (or a colliding one, told apart by comparing).
     by_hash: HashMap<u64, Vec<usize>>,
     tokens: &'a [String],
-    /// base^i mod p, grown as needed.
-    powers: std::cell::RefCell<Vec<u64>>,
+    /// base^i mod p, up to the longest token.
+    powers: Vec<u64>,
     base: u64,
 }
 
@@ -171,9 +171,13 @@ impl<'a> PieceIndex<'a> {
         let mut idx = PieceIndex {
             by_hash: HashMap::with_capacity(tokens.len()),
             tokens,
-            powers: std::cell::RefCell::new(vec![1]),
+            powers: Vec::new(),
             base,
         };
+        let longest = tokens.iter().map(String::len).max().unwrap_or(0);
+        idx.powers = std::iter::successors(Some(1u64), |&p| Some(mulmod(p, base)))
+            .take(longest + 1)
+            .collect();
         for (i, t) in tokens.iter().enumerate() {
             let h = t.bytes().fold(0u64, |h, b| idx.step(h, b));
             let ids = idx.by_hash.entry(h).or_default();
@@ -197,17 +201,11 @@ impl<'a> PieceIndex<'a> {
             h = self.step(h, b);
             out.push(h);
         }
-        let mut pw = self.powers.borrow_mut();
-        while pw.len() <= piece.len() {
-            let next = mulmod(*pw.last().unwrap_or(&1), self.base);
-            pw.push(next);
-        }
     }
 
     /// The token whose text is `piece[a..b]`, if any.
     fn find(&self, piece: &str, prefix: &[u64], a: usize, b: usize) -> Option<usize> {
-        let pw = self.powers.borrow();
-        let h = (prefix[b] + HASH_P - mulmod(prefix[a], pw[b - a])) % HASH_P;
+        let h = (prefix[b] + HASH_P - mulmod(prefix[a], self.powers[b - a])) % HASH_P;
         let sub = &piece[a..b];
         self.by_hash
             .get(&h)?
