@@ -501,6 +501,7 @@ pub fn measure(
         top_logprobs: 0,
         prompt_logprobs: None,
         report_stop_token: false,
+        response_format: None,
     };
     let mut callback_ns: u128 = 0;
     let mut count = 0usize;

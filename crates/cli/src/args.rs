@@ -131,6 +131,7 @@ impl SamplingArgs {
             top_logprobs: 0,
             prompt_logprobs: None,
             report_stop_token: false,
+            response_format: None,
         })
     }
 }

@@ -41,6 +41,9 @@ pub enum Error {
     /// A batched forward pass failed; every sequence in it gets this copy of the error.
     #[error("generation failed: {0}")]
     Generation(String),
+    /// A response format (JSON schema, regex, grammar) that cannot be compiled or followed.
+    #[error("response format: {0}")]
+    Constraint(String),
     #[error("device: {0}")]
     Device(String),
     #[error(transparent)]

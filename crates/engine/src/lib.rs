@@ -10,6 +10,7 @@
 //! own, in [`kernels`]; candle provides the file formats and the CUDA/Metal backend.
 
 pub mod backend;
+pub mod constrain;
 pub mod detok;
 pub mod dtype;
 pub mod error;

@@ -2,8 +2,9 @@
 //! tokens. It is a cheap, cloneable handle, so a server encodes requests on its async side with
 //! the same tokenizer the generation core detokenizes with, one per model.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use crate::constrain::{Constraint, Grammars, OutputConstraint};
 use crate::detok::Detokenizer;
 use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
@@ -25,6 +26,9 @@ struct Inner {
     eos_ids: Vec<u32>,
     /// The model's source, for error messages.
     source: String,
+    /// The vocabulary as the constraint engine needs it, built on the first structured request
+    /// (it walks every token once).
+    grammars: OnceLock<std::result::Result<Arc<Grammars>, String>>,
 }
 
 /// What [`Prompter::new`] is made from.
@@ -50,6 +54,7 @@ impl Prompter {
                 eos_token: p.eos_token,
                 eos_ids: p.eos_ids,
                 source: p.source,
+                grammars: OnceLock::new(),
             }),
         }
     }
@@ -92,6 +97,7 @@ impl Prompter {
                 eos_token: i.eos_token.clone(),
                 eos_ids,
                 source: i.source.clone(),
+                grammars: OnceLock::new(),
             }),
         }
     }
@@ -131,6 +137,24 @@ impl Prompter {
     /// A token's text on its own, as log-probabilities report it.
     pub fn token_text(&self, id: u32) -> String {
         self.tokenizer().decode(&[id], false).unwrap_or_default()
+    }
+
+    /// Compiles a response format for one answer of this model.
+    pub fn constraint(&self, c: &OutputConstraint) -> Result<Constraint> {
+        let grammars = self
+            .inner
+            .grammars
+            .get_or_init(|| {
+                Grammars::new(self.tokenizer(), self.eos_ids())
+                    .map(Arc::new)
+                    .map_err(|e| match e {
+                        Error::Constraint(m) => m,
+                        other => other.to_string(),
+                    })
+            })
+            .as_ref()
+            .map_err(|e| Error::Constraint(e.clone()))?;
+        grammars.start(c)
     }
 
     /// A streaming detokenizer that leaves special tokens out of the text.

@@ -238,6 +238,7 @@ impl Candidate for EngineCandidate {
             top_logprobs: 0,
             prompt_logprobs: None,
             report_stop_token: false,
+            response_format: None,
         };
         let t = Instant::now();
         let g = generate(&mut self.lm, &ids, &params, |_| Flow::Continue)?;
@@ -269,6 +270,7 @@ impl Candidate for EngineCandidate {
                 top_logprobs: 0,
                 prompt_logprobs: None,
                 report_stop_token: false,
+                response_format: None,
             });
         }
         let reqs: Vec<(&[u32], &GenParams)> =

@@ -5,11 +5,13 @@
 
 use std::time::Duration;
 
+use bakeoff_engine::constrain::OutputConstraint;
 use bakeoff_engine::sampling::SamplingParams;
 use bakeoff_engine::template::Message;
 use bakeoff_record::{FinishReason, Timings, Usage};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
@@ -50,12 +52,27 @@ pub struct GenRequest {
     pub ignore_eos: bool,
     /// None: no log-probabilities; Some(k): the chosen token's and the k most likely.
     pub logprobs: Option<usize>,
-    /// The answer must be a JSON object (`response_format: {"type": "json_object"}`); the
-    /// cascade's check uses it.
-    pub json_object: bool,
+    /// What the answer must be (`response_format`), enforced by constrained decoding; the
+    /// cascade also checks that a JSON answer parses.
+    pub response_format: Option<ResponseFormat>,
     /// `/v1/completions` `echo`: the prompt comes back before the answer, with its tokens'
     /// log-probabilities when `logprobs` is set.
     pub echo: bool,
+}
+
+/// A constraint on the answer and how the client asked for it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResponseFormat {
+    pub constraint: OutputConstraint,
+    /// The client's `response_format` object, passed on as it came to a remote upstream.
+    pub wire: Value,
+}
+
+impl ResponseFormat {
+    /// Whether a complete answer must parse as JSON.
+    pub fn is_json(&self) -> bool {
+        self.constraint.is_json()
+    }
 }
 
 /// One of the most likely tokens at a position.

@@ -265,10 +265,19 @@ impl LocalModel {
         let prompter = self.prompter.clone();
         let model = self.id.clone();
         let input = req.input.clone();
-        // Template rendering and tokenizing a long prompt take milliseconds: off the reactor.
-        let ids = tokio::task::spawn_blocking(move || encode(&prompter, &model, &input))
-            .await
-            .map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))??;
+        let format = req.response_format.as_ref().map(|f| f.constraint.clone());
+        // Template rendering, tokenizing a long prompt and compiling a schema take milliseconds:
+        // off the reactor. A schema that does not compile is the client's error, before any
+        // stream starts.
+        let ids = tokio::task::spawn_blocking(move || {
+            let ids = encode(&prompter, &model, &input)?;
+            if let Some(c) = &format {
+                prompter.constraint(c).map_err(ApiError::from)?;
+            }
+            Ok::<_, ApiError>(ids)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))??;
         if ids.is_empty() {
             return Err(ApiError::invalid_param(
                 "messages",
@@ -306,6 +315,7 @@ impl LocalModel {
                 prompt_logprobs: req.echo.then_some(req.logprobs.unwrap_or(0)),
                 // The completions API lists the end-of-text token among the logprobs.
                 report_stop_token: req.logprobs.is_some() && !matches!(req.input, Input::Chat(_)),
+                response_format: req.response_format.map(|f| f.constraint),
             },
             logprobs: req.logprobs,
             tx,

@@ -268,6 +268,9 @@ impl From<bakeoff_engine::Error> for ApiError {
                 ApiError::invalid(format!("the chat template refused these messages: {m}"))
             }
             E::Tokenizer(m) => ApiError::invalid(format!("tokenizer: {m}")),
+            E::Constraint(m) => {
+                ApiError::invalid_param("response_format", format!("response format: {m}"))
+            }
             other => ApiError::internal(format!("engine error: {other}")),
         }
     }

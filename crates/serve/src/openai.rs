@@ -12,7 +12,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::backend::{DoneOut, GenRequest, Input, TopLogprob};
+use bakeoff_engine::constrain::OutputConstraint;
+
+use crate::backend::{DoneOut, GenRequest, Input, ResponseFormat, TopLogprob};
 use crate::error::ApiError;
 
 /// Roles the chat templates understand. `developer` (OpenAI's newer name) becomes `system`.
@@ -209,6 +211,9 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     #[serde(default)]
     pub suffix: Option<String>,
+    /// Not OpenAI's for completions; accepted as for chat (llama.cpp and vLLM take one too).
+    #[serde(default)]
+    pub response_format: Option<Value>,
     #[serde(skip)]
     pub common: Common,
 }
@@ -439,19 +444,7 @@ impl ChatCompletionRequest {
                 ));
             }
         }
-        let json_object = match &self.response_format {
-            None | Some(Value::Null) => false,
-            Some(v) => match v.get("type").and_then(Value::as_str) {
-                Some("text") => false,
-                Some("json_object") => true,
-                _ => {
-                    return Err(ApiError::invalid_param(
-                        "response_format",
-                        "`response_format.type` must be `text` or `json_object` (json_schema is not supported)",
-                    ));
-                }
-            },
-        };
+        let response_format = response_format(self.response_format.as_ref())?;
         let (model, max_tokens, sampling, stop) = check_common(&self.common, false)?;
         let logprobs = self.logprobs == Some(true);
         let req = GenRequest {
@@ -462,11 +455,92 @@ impl ChatCompletionRequest {
             stop,
             ignore_eos: self.common.ignore_eos.unwrap_or(false),
             logprobs: logprobs.then_some(top.unwrap_or(0)),
-            json_object,
+            response_format,
             echo: false,
         };
         Ok((req, shape(&self.common, logprobs)))
     }
+}
+
+/// `response_format`: `text`, `json_object` (with an optional `schema`, as llama.cpp takes
+/// it), `json_schema` (OpenAI's structured outputs; enforced whether `strict` or not), and two
+/// bakeoff extensions: `{"type": "regex", "pattern": …}` and `{"type": "grammar", "grammar": …}`
+/// (a Lark grammar in llguidance's dialect). Whether a schema or grammar compiles is checked
+/// when the request reaches its model.
+fn response_format(v: Option<&Value>) -> Result<Option<ResponseFormat>, ApiError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let field = |name: &str| -> Result<&Value, ApiError> {
+        v.get(name).ok_or_else(|| {
+            ApiError::invalid_param(
+                format!("response_format.{name}"),
+                format!("`response_format.{name}` is missing"),
+            )
+        })
+    };
+    let string = |name: &str| -> Result<String, ApiError> {
+        field(name)?.as_str().map(str::to_string).ok_or_else(|| {
+            ApiError::invalid_param(
+                format!("response_format.{name}"),
+                format!("`response_format.{name}` must be a string"),
+            )
+        })
+    };
+    let schema = |s: &Value, param: &str| -> Result<Value, ApiError> {
+        if s.is_object() || s.is_boolean() {
+            Ok(s.clone())
+        } else {
+            Err(ApiError::invalid_param(
+                param,
+                format!(
+                    "`{param}` must be a JSON schema (an object), not {}",
+                    json_type(s)
+                ),
+            ))
+        }
+    };
+    let constraint = match v.get("type").and_then(Value::as_str) {
+        Some("text") => return Ok(None),
+        Some("json_object") => match v.get("schema") {
+            None | Some(Value::Null) => OutputConstraint::JsonObject,
+            Some(s) => OutputConstraint::JsonSchema {
+                schema: schema(s, "response_format.schema")?,
+            },
+        },
+        Some("json_schema") => {
+            let js = field("json_schema")?;
+            if !js.is_object() {
+                return Err(ApiError::invalid_param(
+                    "response_format.json_schema",
+                    "`response_format.json_schema` must be an object with `name` and `schema`",
+                ));
+            }
+            OutputConstraint::JsonSchema {
+                // OpenAI's `schema` is optional: without one, any JSON value.
+                schema: match js.get("schema") {
+                    None | Some(Value::Null) => Value::Object(Default::default()),
+                    Some(s) => schema(s, "response_format.json_schema.schema")?,
+                },
+            }
+        }
+        Some("regex") => OutputConstraint::Regex {
+            pattern: string("pattern")?,
+        },
+        Some("grammar") => OutputConstraint::Lark {
+            grammar: string("grammar")?,
+        },
+        _ => {
+            return Err(ApiError::invalid_param(
+                "response_format.type",
+                "`response_format.type` must be `text`, `json_object`, `json_schema`, `regex` or `grammar`",
+            ));
+        }
+    };
+    Ok(Some(ResponseFormat {
+        constraint,
+        wire: v.clone(),
+    }))
 }
 
 /// A completions `prompt`: a string, token ids, or a list holding one of either. Several prompts
@@ -548,7 +622,7 @@ impl CompletionRequest {
             stop,
             ignore_eos: self.common.ignore_eos.unwrap_or(false),
             logprobs: top,
-            json_object: false,
+            response_format: response_format(self.response_format.as_ref())?,
             echo,
         };
         let mut sh = shape(&self.common, top.is_some());

@@ -135,8 +135,8 @@ impl RemoteModel {
                         b["top_logprobs"] = json!(k);
                     }
                 }
-                if req.json_object {
-                    b["response_format"] = json!({"type": "json_object"});
+                if let Some(f) = &req.response_format {
+                    b["response_format"] = f.wire.clone();
                 }
                 "chat/completions"
             }

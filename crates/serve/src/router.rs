@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::backend::{EventRx, GenRequest, StreamEvent, Upstream};
+use crate::backend::{EventRx, GenRequest, ResponseFormat, StreamEvent, Upstream};
 use crate::cascade::{collect, judge, mean_logprob, replay};
 use crate::complexity;
 use crate::error::{ApiError, ErrorKind};
@@ -742,7 +742,13 @@ impl Router {
         let (events, outcome) = collect(served, self.cfg.cascade_timeout).await;
         let verdict = match &outcome {
             Err(e) => Err(format!("fast answer failed: {}", e.message)),
-            Ok(()) => judge(&events, th, req.json_object),
+            Ok(()) => judge(
+                &events,
+                th,
+                req.response_format
+                    .as_ref()
+                    .is_some_and(ResponseFormat::is_json),
+            ),
         };
         let mean = mean_logprob(&events);
         if verdict.is_ok() || fast != Tier::Fast || !self.has_tier(Tier::Strong) {

@@ -658,3 +658,176 @@ async fn api_key_and_body_limit() {
         .insert("authorization", "Bearer s3cret-key".parse().unwrap());
     assert_error(&send(&app, req).await, 413, "over the limit of 4096 bytes");
 }
+
+/// A schema whose answers are bounded (short strings, bounded numbers, few items), so that
+/// even a random-weight model must finish it: every answer has to parse and to fit.
+const PERSON: &str = r#"{
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "maxItems": 3}
+    },
+    "required": ["name", "age", "tags"],
+    "additionalProperties": false
+}"#;
+
+fn assert_person(text: &str) {
+    let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+    let o = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {text}"));
+    assert_eq!(o.len(), 3, "{text}");
+    assert!(v["name"].as_str().unwrap().chars().count() <= 12, "{text}");
+    assert!((0..=150).contains(&v["age"].as_i64().unwrap()), "{text}");
+    let tags = v["tags"].as_array().unwrap();
+    assert!(tags.len() <= 3, "{text}");
+    assert!(
+        tags.iter()
+            .all(|t| ["a", "b", "c"].contains(&t.as_str().unwrap())),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_formats_are_enforced_streamed_and_batched() {
+    let (app, _) = two_tier(fixed(), EngineOptions::default());
+    let schema_format = format!(
+        r#""response_format": {{"type": "json_schema", "json_schema": {{"name": "person", "strict": true, "schema": {PERSON}}}}}"#
+    );
+    // Sampled at temperature 1 from random weights: only the mask makes these valid.
+    let sampled = |seed: u64, extra: &str| {
+        chat_body(
+            "strong",
+            "Who are you?",
+            &format!(
+                r#""temperature": 1.0, "seed": {seed}, "max_tokens": 300, {schema_format}{extra}"#
+            ),
+        )
+        .replacen(r#""temperature": 0, "#, "", 1)
+    };
+    let one = send(&app, post("/v1/chat/completions", sampled(1, ""))).await;
+    assert_eq!(one.status, 200, "{}", one.text);
+    let one = one.json();
+    let text = one["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_person(&text);
+    assert_eq!(one["choices"][0]["finish_reason"], "stop");
+
+    // Streamed: the same answer for the same seed.
+    let streamed = send(
+        &app,
+        post("/v1/chat/completions", sampled(1, r#", "stream": true"#)),
+    )
+    .await;
+    assert_eq!(streamed.streamed_content(), text);
+
+    // Batched: concurrent requests, each with its own grammar state, and n choices.
+    let many = futures_util::future::join_all((2..6).map(|seed| {
+        let app = app.clone();
+        async move {
+            send(
+                &app,
+                post("/v1/chat/completions", sampled(seed, r#", "n": 2"#)),
+            )
+            .await
+        }
+    }))
+    .await;
+    for r in many {
+        assert_eq!(r.status, 200, "{}", r.text);
+        for c in r.json()["choices"].as_array().unwrap() {
+            assert_person(c["message"]["content"].as_str().unwrap());
+        }
+    }
+
+    // json_object, and the regex extension, on completions too.
+    let obj = send(
+        &app,
+        post(
+            "/v1/chat/completions",
+            chat_body(
+                "strong",
+                "JSON please",
+                r#""temperature": 1.0, "seed": 3, "max_tokens": 400, "response_format": {"type": "json_object"}"#,
+            )
+            .replacen(r#""temperature": 0, "#, "", 1),
+        ),
+    )
+    .await
+    .json();
+    let c = &obj["choices"][0];
+    if c["finish_reason"] == "stop" {
+        let v: Value = serde_json::from_str(c["message"]["content"].as_str().unwrap()).unwrap();
+        assert!(v.is_object());
+    } else {
+        // Cut by max_tokens: still a prefix of an object.
+        assert!(c["message"]["content"].as_str().unwrap().starts_with('{'));
+    }
+    let yes_no = send(
+        &app,
+        post(
+            "/v1/completions",
+            r#"{"model": "strong", "prompt": "Is it? ", "temperature": 1.0, "seed": 9, "max_tokens": 10,
+               "response_format": {"type": "regex", "pattern": "(yes|no)"}}"#,
+        ),
+    )
+    .await
+    .json();
+    let answer = yes_no["choices"][0]["text"].as_str().unwrap();
+    assert!(answer == "yes" || answer == "no", "{yes_no}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_formats_that_cannot_be_followed_are_400s() {
+    let (app, _) = two_tier(fixed(), EngineOptions::default());
+    for (format, needle) in [
+        (
+            r#"{"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}"#,
+            "nope",
+        ),
+        (
+            r#"{"type": "json_schema", "json_schema": {"name": "x", "schema": 3}}"#,
+            "must be a JSON schema",
+        ),
+        (
+            r#"{"type": "json_schema"}"#,
+            "response_format.json_schema` is missing",
+        ),
+        (r#"{"type": "xml"}"#, "must be `text`, `json_object`"),
+        (
+            r#"{"type": "regex", "pattern": "(open"}"#,
+            "response format",
+        ),
+        (
+            r#"{"type": "grammar", "grammar": "start: missing_rule"}"#,
+            "missing_rule",
+        ),
+    ] {
+        let body = chat_body("strong", "hi", &format!(r#""response_format": {format}"#));
+        let r = send(&app, post("/v1/chat/completions", body)).await;
+        assert_error(&r, 400, needle);
+    }
+    let r = send(
+        &app,
+        post(
+            "/v1/chat/completions",
+            chat_body(
+                "strong",
+                "hi",
+                r#""ignore_eos": true, "response_format": {"type": "json_object"}"#,
+            ),
+        ),
+    )
+    .await;
+    assert_error(&r, 400, "ignore_eos");
+    // The server still answers.
+    let ok = send(
+        &app,
+        post("/v1/chat/completions", chat_body("strong", "hi", "")),
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+}

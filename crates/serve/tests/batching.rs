@@ -117,7 +117,7 @@ async fn aggregate_decode_throughput_grows_with_concurrency() {
                 stop: Vec::new(),
                 ignore_eos: true,
                 logprobs: None,
-                json_object: false,
+                response_format: None,
                 echo: false,
             };
             let e = engine.clone();

@@ -92,7 +92,7 @@ async fn server(lm: LoadedModel, stop: &[String]) -> Outcome {
         stop: stop.to_vec(),
         ignore_eos: false,
         logprobs: None,
-        json_object: false,
+        response_format: None,
         echo: false,
     };
     let mut rx = local.start(req).await.unwrap();

@@ -26,6 +26,7 @@ pub use loaded::LoadedModel;
 pub use scheduler::{Scheduler, SchedulerOptions, SeqId, StepStats, common_prefix};
 pub use stop::StopMatcher;
 
+use crate::constrain::OutputConstraint;
 use crate::sampling::SamplingParams;
 use crate::{Error, Result};
 
@@ -51,6 +52,11 @@ pub struct GenParams {
     /// that score `echo` prompts (lm-evaluation-harness) expect the one token they asked for.
     #[serde(default)]
     pub report_stop_token: bool,
+    /// What the answer must be (a JSON schema, any JSON object, a regex, a grammar): tokens
+    /// that cannot continue it are masked before sampling, and the answer ends where the
+    /// grammar does. Log-probabilities stay the model's own, before the mask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<OutputConstraint>,
 }
 
 impl Default for GenParams {
@@ -63,6 +69,7 @@ impl Default for GenParams {
             top_logprobs: 0,
             prompt_logprobs: None,
             report_stop_token: false,
+            response_format: None,
         }
     }
 }

@@ -8,10 +8,11 @@ use bakeoff_record::{FinishReason, Timings, Usage, decode_rate};
 
 use super::stop::StopMatcher;
 use super::{Done, Event, Flow, GenParams, PromptToken, Token};
-use crate::Result;
+use crate::constrain::Constraint;
 use crate::detok::Detokenizer;
 use crate::prompt::Prompter;
 use crate::sampling::{Sampler, log_softmax_at, top_logprobs};
+use crate::{Error, Result};
 
 pub(crate) struct Sequence {
     pub(crate) prompt: Vec<u32>,
@@ -30,6 +31,8 @@ pub(crate) struct Sequence {
     pub(crate) cached: usize,
     /// The prompt scored so far, when asked for.
     prompt_scores: Vec<PromptToken>,
+    /// The grammar the answer must follow, when there is one.
+    constraint: Option<Constraint>,
     submitted: Instant,
     admitted: Option<Instant>,
     prefilled_at: Option<Instant>,
@@ -45,6 +48,17 @@ impl Sequence {
         submitted: Instant,
     ) -> Result<Self> {
         let sampler = Sampler::new(params.sampling.clone())?;
+        let constraint = match &params.response_format {
+            Some(_) if params.ignore_eos => {
+                return Err(Error::InvalidArgument(
+                    "a response format ends the answer where its grammar does; it cannot be \
+                     combined with ignore_eos"
+                        .into(),
+                ));
+            }
+            Some(c) => Some(prompter.constraint(c)?),
+            None => None,
+        };
         let eos = if params.ignore_eos {
             Vec::new()
         } else {
@@ -68,6 +82,7 @@ impl Sequence {
             last: 0,
             cached: 0,
             prompt_scores: Vec::new(),
+            constraint,
             submitted,
             admitted: None,
             prefilled_at: None,
@@ -159,7 +174,19 @@ impl Sequence {
             0 => Vec::new(),
             k => top_logprobs(&logits, k),
         };
-        let s = self.sampler.sample(&mut logits, &self.context);
+        let s = match &mut self.constraint {
+            None => self.sampler.sample(&mut logits, &self.context),
+            Some(c) => {
+                let model = logits.clone();
+                c.restrict(&mut logits)?;
+                let mut s = self.sampler.sample(&mut logits, &self.context);
+                s.logprob = log_softmax_at(&model, s.id as usize) as f32;
+                if !self.eos.contains(&s.id) {
+                    c.commit(s.id)?;
+                }
+                s
+            }
+        };
         let now = Instant::now();
         self.first_at.get_or_insert(now);
         if self.eos.contains(&s.id) {
@@ -193,6 +220,9 @@ impl Sequence {
             return Ok(Some(self.finish(FinishReason::Stop, true, sink)?));
         } else if flow == Flow::Stop {
             FinishReason::Cancelled
+        } else if self.constraint.as_ref().is_some_and(Constraint::finished) {
+            // Nothing may follow but the end: ending here saves the step that would sample it.
+            FinishReason::Stop
         } else if self.generated >= self.params.max_tokens {
             FinishReason::Length
         } else if context_full {

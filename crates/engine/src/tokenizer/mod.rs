@@ -406,6 +406,64 @@ impl Tokenizer {
             .is_some_and(|t| self.inner.get_added_vocabulary().is_special_token(&t))
     }
 
+    /// The bytes each token id stands for, as a constrained decoder needs them: the raw bytes of
+    /// a byte-level or SentencePiece piece (`▁` as a space, `<0x0A>` as its byte), an added
+    /// token's text, and for special (control) tokens that text after a 0xFF byte, which no
+    /// UTF-8 text contains, so that no grammar over text can produce them. Ids without a token
+    /// get no bytes.
+    pub fn token_bytes(&self) -> Result<Vec<Vec<u8>>> {
+        let byte_level = match &self.kind {
+            Some(TokenizerKind::ByteLevelBpe { .. }) => true,
+            Some(TokenizerKind::SentencePiece { .. }) => false,
+            None => {
+                return Err(Error::Tokenizer(
+                    "this vocabulary is neither byte-level BPE nor SentencePiece, so the bytes \
+                     of its tokens are unknown"
+                        .into(),
+                ));
+            }
+        };
+        let alphabet: HashMap<char, u8> = build::gpt2_byte_alphabet()
+            .into_iter()
+            .map(|(b, c)| (c, b))
+            .collect();
+        let mut out = vec![Vec::new(); self.vocab_size];
+        for (piece, id) in self.inner.get_vocab(false) {
+            let Some(slot) = out.get_mut(id as usize) else {
+                continue;
+            };
+            *slot = if byte_level {
+                // A piece outside the byte alphabet (none in a well-formed file) is its text.
+                piece
+                    .chars()
+                    .map(|c| {
+                        alphabet
+                            .get(&c)
+                            .copied()
+                            .map_or_else(|| c.to_string().into_bytes(), |b| vec![b])
+                    })
+                    .collect::<Vec<_>>()
+                    .concat()
+            } else if let Some(b) = sentencepiece_byte(&piece) {
+                vec![b]
+            } else {
+                piece.replace('▁', " ").into_bytes()
+            };
+        }
+        for (id, added) in self.inner.get_added_tokens_decoder() {
+            let Some(slot) = out.get_mut(id as usize) else {
+                continue;
+            };
+            let mut bytes = Vec::with_capacity(added.content.len() + 1);
+            if added.special {
+                bytes.push(0xFF);
+            }
+            bytes.extend_from_slice(added.content.as_bytes());
+            *slot = bytes;
+        }
+        Ok(out)
+    }
+
     /// One past the largest token id (added tokens included).
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
@@ -484,6 +542,12 @@ impl Tokenizer {
 /// The kind of a tokenizer.json: SentencePiece when its BPE falls back to bytes, byte-level
 /// when it decodes bytes; a byte-level one is named after the llama.cpp pre-tokenizer whose
 /// regexes it carries, or "tokenizer.json".
+/// The byte of a SentencePiece byte-fallback piece such as `<0x0A>`.
+fn sentencepiece_byte(piece: &str) -> Option<u8> {
+    let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
+    (hex.len() == 2).then(|| u8::from_str_radix(hex, 16).ok())?
+}
+
 fn detect_kind(inner: &tokenizers::Tokenizer) -> Option<TokenizerKind> {
     use tokenizers::{DecoderWrapper, ModelWrapper, NormalizerWrapper, PreTokenizerWrapper};
     match (inner.get_model(), inner.get_decoder()) {
