@@ -324,10 +324,7 @@ fn touch_weights(lm: &mut LoadedModel) -> Result<()> {
 }
 
 fn user(content: String) -> Vec<Message> {
-    vec![Message {
-        role: "user".into(),
-        content,
-    }]
+    vec![Message::user(content)]
 }
 
 fn local_scenario(

@@ -180,10 +180,7 @@ fn eos_ignore_keeps_generating_past_an_end_token() {
     let mut lm = load(path.to_str().unwrap(), None, &opts).unwrap();
     let ids = lm
         .prompter
-        .encode_chat(&[Message {
-            role: "user".into(),
-            content: "Hello there".into(),
-        }])
+        .encode_chat(&[Message::user("Hello there")])
         .unwrap();
     let probes = Probes::new();
     let free = bakeoff_engine::generate::generate(

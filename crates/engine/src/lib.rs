@@ -24,6 +24,7 @@ pub mod prompt;
 pub mod sampling;
 pub mod template;
 pub mod tokenizer;
+pub mod tools;
 
 pub use dtype::WeightType;
 pub use error::{Error, Result};

@@ -16,10 +16,35 @@ pub const TINYLLAMA_TEMPLATE: &str = include_str!("templates/tinyllama.jinja");
 /// Qwen2.5-Instruct's template, with its tools branch and default system prompt.
 pub const QWEN25_TEMPLATE: &str = include_str!("templates/qwen2.5.jinja");
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// The functions an assistant turn called (OpenAI's `tool_calls`), their arguments as JSON
+    /// values: chat templates print them with `tojson`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// For a `tool` turn, the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// For a `tool` turn, the function's name, where the client gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// One function call, as chat templates read it (`tool_call.function.name`, `.arguments`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: serde_json::Value,
 }
 
 impl Message {
@@ -27,6 +52,7 @@ impl Message {
         Message {
             role: role.into(),
             content: content.into(),
+            ..Default::default()
         }
     }
     pub fn system(content: impl Into<String>) -> Self {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bakeoff_engine::constrain::OutputConstraint;
 use bakeoff_engine::sampling::SamplingParams;
 use bakeoff_engine::template::Message;
+use bakeoff_engine::tools::ToolSet;
 use bakeoff_record::{FinishReason, Timings, Usage};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
@@ -55,6 +56,9 @@ pub struct GenRequest {
     /// What the answer must be (`response_format`), enforced by constrained decoding; the
     /// cascade also checks that a JSON answer parses.
     pub response_format: Option<ResponseFormat>,
+    /// Functions the model may call (chat only), offered through its chat template; calls in
+    /// the answer come back as [`StreamEvent::ToolCall`].
+    pub tools: Option<ToolSet>,
     /// `/v1/completions` `echo`: the prompt comes back before the answer, with its tokens'
     /// log-probabilities when `logprobs` is set.
     pub echo: bool,
@@ -120,11 +124,23 @@ pub struct DoneOut {
     pub timings: Option<Timings>,
 }
 
+/// A function call read out of the answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolCallOut {
+    /// `call_…`, unique within the process.
+    pub id: String,
+    pub name: String,
+    /// The arguments as JSON text, as OpenAI sends them.
+    pub arguments: String,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum StreamEvent {
     /// The echoed prompt, before any token (only for `echo`).
     Prompt(PromptOut),
     Token(TokenOut),
+    /// A complete call, once its text has been generated and read.
+    ToolCall(ToolCallOut),
     Done(DoneOut),
     Error(ApiError),
 }

@@ -22,15 +22,17 @@ use bakeoff_engine::generate::{
 };
 use bakeoff_engine::model::ModelInfo;
 use bakeoff_engine::prompt::Prompter;
+use bakeoff_engine::tools::{ToolCallParser, ToolFormat, ToolSet};
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::backend::{
     DoneOut, EventRx, GenRequest, Input, Load, PromptOut, PromptTokenOut, StreamEvent, TokenOut,
-    TopLogprob, Upstream,
+    ToolCallOut, TopLogprob, Upstream,
 };
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
+use crate::openai::new_id;
 
 /// Called before each generation step. Only tests set one, to make the worker panic on cue
 /// (with requests in flight) and check that it recovers.
@@ -88,7 +90,12 @@ impl Default for EngineOptions {
 
 /// Token ids of a request's input, on the async side, with the same tokenizer the worker
 /// detokenizes with, so a prompt that does not fit is refused before it takes a queue place.
-fn encode(prompter: &Prompter, model: &str, input: &Input) -> Result<Vec<u32>, ApiError> {
+fn encode(
+    prompter: &Prompter,
+    model: &str,
+    input: &Input,
+    tools: Option<&ToolSet>,
+) -> Result<Vec<u32>, ApiError> {
     match input {
         Input::Chat(messages) => {
             if !prompter.has_template() {
@@ -96,7 +103,10 @@ fn encode(prompter: &Prompter, model: &str, input: &Input) -> Result<Vec<u32>, A
                     "model `{model}` has no chat template; use /v1/completions with a plain prompt"
                 )));
             }
-            Ok(prompter.encode_chat(messages)?)
+            Ok(match tools {
+                Some(t) => prompter.encode_chat_with_tools(messages, t)?,
+                None => prompter.encode_chat(messages)?,
+            })
         }
         Input::Text(text) => Ok(prompter.encode_prompt(text)?),
         Input::Tokens(ids) => {
@@ -157,6 +167,8 @@ struct Job {
     params: GenParams,
     /// `Some` when the response carries log-probabilities.
     logprobs: Option<usize>,
+    /// `Some` when the request offered tools: how calls appear in the answer.
+    tools: Option<ToolFormat>,
     tx: mpsc::UnboundedSender<StreamEvent>,
     enqueued: Instant,
     /// KV-cache bytes reserved while it runs: prompt plus `max_tokens` positions.
@@ -242,8 +254,8 @@ impl LocalModel {
     }
 
     /// Token ids of a request's input, as the engine would compute them.
-    pub fn encode(&self, input: &Input) -> Result<Vec<u32>, ApiError> {
-        encode(&self.prompter, &self.id, input)
+    pub fn encode(&self, input: &Input, tools: Option<&ToolSet>) -> Result<Vec<u32>, ApiError> {
+        encode(&self.prompter, &self.id, input, tools)
     }
 
     async fn submit(&self, req: GenRequest) -> Result<EventRx, ApiError> {
@@ -265,13 +277,21 @@ impl LocalModel {
         let prompter = self.prompter.clone();
         let model = self.id.clone();
         let input = req.input.clone();
-        let format = req.response_format.as_ref().map(|f| f.constraint.clone());
+        let tools = req.tools.clone();
+        let tool_format = self.prompter.tool_format();
+        // A required or named call holds the answer to the calls' grammar, in place of any
+        // response format (which then applies to no answer of this request).
+        let format = match tools.as_ref().and_then(|t| t.constraint(tool_format)) {
+            Some(c) => Some(c),
+            None => req.response_format.as_ref().map(|f| f.constraint.clone()),
+        };
+        let checked = format.clone();
         // Template rendering, tokenizing a long prompt and compiling a schema take milliseconds:
         // off the reactor. A schema that does not compile is the client's error, before any
         // stream starts.
         let ids = tokio::task::spawn_blocking(move || {
-            let ids = encode(&prompter, &model, &input)?;
-            if let Some(c) = &format {
+            let ids = encode(&prompter, &model, &input, tools.as_ref())?;
+            if let Some(c) = &checked {
                 prompter.constraint(c).map_err(ApiError::from)?;
             }
             Ok::<_, ApiError>(ids)
@@ -315,9 +335,10 @@ impl LocalModel {
                 prompt_logprobs: req.echo.then_some(req.logprobs.unwrap_or(0)),
                 // The completions API lists the end-of-text token among the logprobs.
                 report_stop_token: req.logprobs.is_some() && !matches!(req.input, Input::Chat(_)),
-                response_format: req.response_format.map(|f| f.constraint),
+                response_format: format,
             },
             logprobs: req.logprobs,
+            tools: req.tools.as_ref().map(|_| tool_format),
             tx,
             enqueued: Instant::now(),
             kv_bytes,
@@ -363,12 +384,71 @@ struct Client {
     tx: mpsc::UnboundedSender<StreamEvent>,
     logprobs: Option<usize>,
     kv_bytes: u64,
+    /// Reads calls out of the answer when tools were offered.
+    calls: Option<ToolCallParser>,
 }
 
 impl Client {
     fn send(&self, ev: StreamEvent) {
         // A closed channel is noticed before the next step; nothing to do here.
         let _ = self.tx.send(ev);
+    }
+
+    /// Sends a core event in the API's form; with tools, text that turns out to be a call
+    /// goes out as a [`StreamEvent::ToolCall`] instead.
+    fn deliver(&mut self, ev: CoreEvent, prompter: &Prompter) {
+        let Some(parser) = self.calls.as_mut() else {
+            self.send(api_event(ev, self.logprobs, prompter));
+            return;
+        };
+        let (parsed, done) = match ev {
+            CoreEvent::Token(t) => {
+                let parsed = parser.push(&t.text);
+                let mut out = api_event(CoreEvent::Token(t), self.logprobs, prompter);
+                if let StreamEvent::Token(tok) = &mut out {
+                    tok.text.clone_from(&parsed.content);
+                }
+                self.send(out);
+                (parsed, None)
+            }
+            CoreEvent::Tail(text) => {
+                let mut parsed = parser.push(&text);
+                self.send_text(std::mem::take(&mut parsed.content));
+                (parsed, None)
+            }
+            CoreEvent::Done(d) => {
+                let mut parsed = parser.finish();
+                self.send_text(std::mem::take(&mut parsed.content));
+                (parsed, Some(d))
+            }
+            other => {
+                self.send(api_event(other, self.logprobs, prompter));
+                return;
+            }
+        };
+        for c in parsed.calls {
+            self.send(StreamEvent::ToolCall(ToolCallOut {
+                id: new_id("call").replace('-', "_"),
+                name: c.name,
+                arguments: c.arguments,
+            }));
+        }
+        if let Some(d) = done {
+            self.send(api_event(CoreEvent::Done(d), self.logprobs, prompter));
+        }
+    }
+
+    /// Text released at the end, with no token of its own.
+    fn send_text(&self, text: String) {
+        if !text.is_empty() {
+            self.send(StreamEvent::Token(TokenOut {
+                text,
+                token: None,
+                logprob: None,
+                top: Vec::new(),
+                tail: true,
+            }));
+        }
     }
 }
 
@@ -540,8 +620,8 @@ impl Worker {
             self.shared.steps.fetch_add(1, Ordering::Relaxed);
             let stats = lm.step(&mut |id, ev| {
                 let done = matches!(ev, CoreEvent::Done(_));
-                if let Some(c) = clients.get(&id) {
-                    c.send(api_event(ev, c.logprobs, &prompter));
+                if let Some(c) = clients.get_mut(&id) {
+                    c.deliver(ev, &prompter);
                 }
                 if done {
                     clients.remove(&id);
@@ -593,6 +673,7 @@ impl Worker {
                         tx: job.tx,
                         logprobs: job.logprobs,
                         kv_bytes: job.kv_bytes,
+                        calls: job.tools.map(ToolCallParser::new),
                     },
                 );
             }

@@ -4,10 +4,11 @@
 //! Accepted beyond OpenAI's own fields, as vLLM accepts them: `top_k`, `min_p`,
 //! `repetition_penalty`, `ignore_eos`. Unknown fields are ignored, as OpenAI does, except the
 //! OpenAI fields bakeoff does not implement whose silent omission would change the answer
-//! (tools, logit biases…): those are refused by name ([`refuse_unsupported`]).
+//! (logit biases, audio…): those are refused by name ([`refuse_unsupported`]).
 
 use bakeoff_engine::sampling::SamplingParams;
-use bakeoff_engine::template::Message;
+use bakeoff_engine::template::{FunctionCall, Message, ToolCall};
+use bakeoff_engine::tools::{ToolChoice, ToolSet};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -89,12 +90,13 @@ pub fn parse_completion(bytes: &[u8]) -> Result<CompletionRequest, ApiError> {
 /// `modalities: ["text"]`, `parallel_tool_calls`), they are accepted.
 const UNSUPPORTED_CHAT: &[(&str, &str)] = &[
     (
-        "tools",
-        "tool calls are not supported; the model would answer without the tools",
+        "functions",
+        "the legacy `functions` field is not supported; use `tools`",
     ),
-    ("tool_choice", "tool calls are not supported"),
-    ("functions", "function calls are not supported"),
-    ("function_call", "function calls are not supported"),
+    (
+        "function_call",
+        "the legacy `function_call` field is not supported; use `tool_choice`",
+    ),
     ("logit_bias", "logit biases are not supported"),
     ("audio", "audio output is not supported"),
     ("modalities", "only text output is supported"),
@@ -149,6 +151,27 @@ pub struct ChatMessageIn {
     pub content: Value,
     #[serde(default)]
     pub name: Option<String>,
+    /// An assistant turn's calls: `[{"id", "type": "function", "function": {"name", "arguments"}}]`.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// A `tool` turn's answer to this call.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct ToolCallIn {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub function: FunctionIn,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct FunctionIn {
+    pub name: String,
+    /// JSON text, as OpenAI sends it.
+    #[serde(default)]
+    pub arguments: Option<String>,
 }
 
 /// Sampling and length fields shared by both endpoints.
@@ -197,6 +220,12 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<u32>,
     #[serde(default)]
     pub response_format: Option<Value>,
+    #[serde(default)]
+    pub tools: Option<Value>,
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
     #[serde(skip)]
     pub common: Common,
 }
@@ -427,7 +456,23 @@ impl ChatCompletionRequest {
             } else {
                 m.role.as_str()
             };
-            messages.push(Message::new(role, content_text(&m.content, i, &m.role)?));
+            let mut msg = Message::new(role, content_text(&m.content, i, &m.role)?);
+            for (j, c) in m.tool_calls.iter().flatten().enumerate() {
+                let text = c.function.arguments.as_deref().unwrap_or("{}");
+                // Templates print the arguments with `tojson`: an object, not a string of one.
+                let arguments = serde_json::from_str(text).unwrap_or(Value::String(text.into()));
+                msg.tool_calls.push(ToolCall {
+                    id: c.id.clone().unwrap_or_else(|| format!("call_{i}_{j}")),
+                    kind: "function".into(),
+                    function: FunctionCall {
+                        name: c.function.name.clone(),
+                        arguments,
+                    },
+                });
+            }
+            msg.tool_call_id = m.tool_call_id.clone();
+            msg.name = m.name.clone().filter(|_| m.role == "tool");
+            messages.push(msg);
         }
         let top = self.top_logprobs.map(|k| k as usize);
         if let Some(k) = top {
@@ -445,6 +490,11 @@ impl ChatCompletionRequest {
             }
         }
         let response_format = response_format(self.response_format.as_ref())?;
+        let tools = tool_set(
+            self.tools.as_ref(),
+            self.tool_choice.as_ref(),
+            self.parallel_tool_calls,
+        )?;
         let (model, max_tokens, sampling, stop) = check_common(&self.common, false)?;
         let logprobs = self.logprobs == Some(true);
         let req = GenRequest {
@@ -456,6 +506,7 @@ impl ChatCompletionRequest {
             ignore_eos: self.common.ignore_eos.unwrap_or(false),
             logprobs: logprobs.then_some(top.unwrap_or(0)),
             response_format,
+            tools,
             echo: false,
         };
         Ok((req, shape(&self.common, logprobs)))
@@ -543,6 +594,111 @@ fn response_format(v: Option<&Value>) -> Result<Option<ResponseFormat>, ApiError
     }))
 }
 
+/// `tools`, `tool_choice` and `parallel_tool_calls`. No tools, or `tool_choice: "none"`, is
+/// None: the model is not offered any.
+fn tool_set(
+    tools: Option<&Value>,
+    choice: Option<&Value>,
+    parallel: Option<bool>,
+) -> Result<Option<ToolSet>, ApiError> {
+    let list = match tools {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a.clone(),
+        Some(other) => {
+            return Err(ApiError::invalid_param(
+                "tools",
+                format!("`tools` must be a list, not {}", json_type(other)),
+            ));
+        }
+    };
+    let mut names = Vec::with_capacity(list.len());
+    for (i, t) in list.iter().enumerate() {
+        let param = format!("tools[{i}]");
+        if t.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(ApiError::invalid_param(
+                format!("{param}.type"),
+                format!("`{param}.type` must be `function` (the only kind of tool)"),
+            ));
+        }
+        let f = t.get("function").filter(|f| f.is_object()).ok_or_else(|| {
+            ApiError::invalid_param(
+                format!("{param}.function"),
+                format!("`{param}.function` must be an object with a `name`"),
+            )
+        })?;
+        let name = f.get("name").and_then(Value::as_str).unwrap_or("");
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid {
+            return Err(ApiError::invalid_param(
+                format!("{param}.function.name"),
+                format!(
+                    "`{param}.function.name` must be 1 to 64 letters, digits, `_` or `-`, got {name:?}"
+                ),
+            ));
+        }
+        if names.contains(&name) {
+            return Err(ApiError::invalid_param(
+                format!("{param}.function.name"),
+                format!("two tools are named `{name}`"),
+            ));
+        }
+        names.push(name);
+        if let Some(p) = f
+            .get("parameters")
+            .filter(|p| !p.is_null() && !p.is_object())
+        {
+            return Err(ApiError::invalid_param(
+                format!("{param}.function.parameters"),
+                format!(
+                    "`{param}.function.parameters` must be a JSON schema (an object), not {}",
+                    json_type(p)
+                ),
+            ));
+        }
+    }
+    let choice = match choice {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(Value::String(s)) if s == "auto" => ToolChoice::Auto,
+        Some(Value::String(s)) if s == "none" => return Ok(None),
+        Some(Value::String(s)) if s == "required" => ToolChoice::Required,
+        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) if v.get("type").and_then(Value::as_str) == Some("function") => {
+                if !names.contains(&name) {
+                    return Err(ApiError::invalid_param(
+                        "tool_choice",
+                        format!("`tool_choice` names `{name}`, which is not among `tools`"),
+                    ));
+                }
+                ToolChoice::Function(name.to_string())
+            }
+            _ => {
+                return Err(ApiError::invalid_param(
+                    "tool_choice",
+                    "`tool_choice` must be `none`, `auto`, `required` or {\"type\": \"function\", \"function\": {\"name\": …}}",
+                ));
+            }
+        },
+    };
+    if list.is_empty() {
+        if choice != ToolChoice::Auto {
+            return Err(ApiError::invalid_param(
+                "tool_choice",
+                "`tool_choice` asks for a call but `tools` is empty",
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(ToolSet {
+        tools: list,
+        choice,
+        parallel: parallel.unwrap_or(true),
+    }))
+}
+
 /// A completions `prompt`: a string, token ids, or a list holding one of either. Several prompts
 /// in one request are refused (one choice per request).
 fn completion_prompt(v: &Value) -> Result<Input, ApiError> {
@@ -623,6 +779,7 @@ impl CompletionRequest {
             ignore_eos: self.common.ignore_eos.unwrap_or(false),
             logprobs: top,
             response_format: response_format(self.response_format.as_ref())?,
+            tools: None,
             echo,
         };
         let mut sh = shape(&self.common, top.is_some());
@@ -729,11 +886,11 @@ mod tests {
 
     #[test]
     fn fields_that_change_the_answer_are_refused_by_name() {
-        let tools = r#"{"messages": [{"role": "user", "content": "weather?"}],
-            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]}"#;
-        let e = chat(tools).unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("tools"));
-        assert!(e.message.contains("tool calls are not supported"), "{e:?}");
+        let legacy = r#"{"messages": [{"role": "user", "content": "weather?"}],
+            "functions": [{"name": "get_weather", "parameters": {}}]}"#;
+        let e = chat(legacy).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("functions"));
+        assert!(e.message.contains("use `tools`"), "{e:?}");
         let e = chat(
             r#"{"messages": [{"role": "user", "content": "x"}], "logit_bias": {"50256": -100}}"#,
         )

@@ -307,6 +307,17 @@ impl Upstream for RemoteModel {
         self.context
     }
     fn start(&self, req: GenRequest) -> BoxFuture<'_, Result<EventRx, ApiError>> {
+        if req.tools.is_some() {
+            // The upstream's calls would need reading back from its own deltas; a client that
+            // needs tools names a local model.
+            return Box::pin(std::future::ready(Err(ApiError::invalid_param(
+                "tools",
+                format!(
+                    "`tools`: model `{}` is a remote upstream, which bakeoff does not pass tools to",
+                    self.id
+                ),
+            ))));
+        }
         Box::pin(self.submit(req))
     }
     fn health(&self, timeout: Duration) -> BoxFuture<'_, bool> {

@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::backend::{DoneOut, EventRx, GenRequest, PromptOut, StreamEvent, TokenOut, TopLogprob};
+use crate::backend::{
+    DoneOut, EventRx, GenRequest, PromptOut, StreamEvent, TokenOut, ToolCallOut, TopLogprob,
+};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
 use crate::openai::{
@@ -486,10 +488,10 @@ impl Output {
         Some(self.envelope(true, json!([choice])))
     }
 
-    fn finish_chunk(&self, i: usize, d: &DoneOut, timings: Value) -> Value {
+    fn finish_chunk(&self, i: usize, d: &DoneOut, calls: bool, timings: Value) -> Value {
         let choice = match self.ep {
             Endpoint::Chat => {
-                json!({ "index": i, "delta": {}, "logprobs": null, "finish_reason": d.finish_reason.openai() })
+                json!({ "index": i, "delta": {}, "logprobs": null, "finish_reason": finish_reason(d, calls) })
             }
             Endpoint::Completions => {
                 json!({ "index": i, "text": "", "logprobs": null, "finish_reason": d.finish_reason.openai() })
@@ -575,6 +577,30 @@ struct Collected {
     text: String,
     chat_lps: Vec<ChatLogprob>,
     comp_lps: CompletionLogprobs,
+    tool_calls: Vec<ToolCallOut>,
+}
+
+/// OpenAI's `finish_reason`: an answer that ended by itself after calling tools ended for
+/// `tool_calls`.
+fn finish_reason(d: &DoneOut, calls: bool) -> &'static str {
+    match d.finish_reason.openai() {
+        "stop" if calls => "tool_calls",
+        other => other,
+    }
+}
+
+/// A call in a response: `{"id", "type": "function", "function": {"name", "arguments"}}`, and
+/// in a stream chunk also its `index` among the choice's calls.
+fn tool_call_json(c: &ToolCallOut, index: Option<usize>) -> Value {
+    let mut v = json!({
+        "id": c.id,
+        "type": "function",
+        "function": { "name": c.name, "arguments": c.arguments },
+    });
+    if let Some(k) = index {
+        v["index"] = json!(k);
+    }
+    v
 }
 
 /// Collects the whole answer into one JSON body.
@@ -622,6 +648,7 @@ async fn json_response(
                 }
                 c.text.push_str(&t.text);
             }
+            Some(StreamEvent::ToolCall(call)) => c.tool_calls.push(call),
             Some(StreamEvent::Done(d)) => dones[i] = Some(d),
             Some(StreamEvent::Error(e)) => {
                 tr.failed(e.kind);
@@ -649,11 +676,20 @@ async fn json_response(
         .zip(&dones)
         .enumerate()
         .map(|(i, (c, d))| {
-            let reason = d.as_ref().map(|d| d.finish_reason.openai());
+            let calls = !c.tool_calls.is_empty();
+            let reason = d.as_ref().map(|d| finish_reason(d, calls));
+            let mut message = json!({ "role": "assistant", "content": c.text });
+            if calls {
+                if c.text.is_empty() {
+                    message["content"] = Value::Null;
+                }
+                message["tool_calls"] =
+                    c.tool_calls.iter().map(|t| tool_call_json(t, None)).collect();
+            }
             match out.ep {
                 Endpoint::Chat => json!({
                     "index": i,
-                    "message": { "role": "assistant", "content": c.text },
+                    "message": message,
                     "logprobs": if out.shape.logprobs { json!({ "content": c.chat_lps }) } else { Value::Null },
                     "finish_reason": reason,
                 }),
@@ -684,6 +720,8 @@ struct StreamState {
     finished: bool,
     /// Text sent so far, per choice (completions' `text_offset`).
     text_len: Vec<usize>,
+    /// Tool calls sent so far, per choice.
+    calls: Vec<usize>,
     dones: Vec<Option<DoneOut>>,
 }
 
@@ -724,6 +762,7 @@ fn stream_response(
         pending,
         finished: false,
         text_len: vec![0; n],
+        calls: vec![0; n],
         dones: vec![None; n],
     };
     let stream = futures_util::stream::unfold(state, |mut s| async move {
@@ -776,10 +815,19 @@ impl StreamState {
                 }
                 self.text_len[i] += t.text.len();
             }
+            Some(StreamEvent::ToolCall(call)) => {
+                let delta = json!({ "tool_calls": [tool_call_json(&call, Some(self.calls[i]))] });
+                let choice =
+                    json!({ "index": i, "delta": delta, "logprobs": null, "finish_reason": null });
+                self.pending
+                    .push_back(data(&self.out.envelope(true, json!([choice]))));
+                self.calls[i] += 1;
+            }
             Some(StreamEvent::Done(d)) => {
                 let timings = self.tracker.timings(&d);
+                let calls = self.calls[i] > 0;
                 self.pending
-                    .push_back(data(&self.out.finish_chunk(i, &d, timings)));
+                    .push_back(data(&self.out.finish_chunk(i, &d, calls, timings)));
                 self.dones[i] = Some(d);
                 if self.dones.iter().all(Option::is_some) {
                     if let Some(all) = combined(&self.dones) {

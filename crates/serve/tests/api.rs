@@ -831,3 +831,179 @@ async fn response_formats_that_cannot_be_followed_are_400s() {
     .await;
     assert_eq!(ok.status, 200);
 }
+
+const TOOLS: &str = r#"[
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10}},
+                       "required": ["city"], "additionalProperties": false}}},
+    {"type": "function", "function": {"name": "add", "description": "Adds two numbers",
+        "parameters": {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99},
+                                                        "b": {"type": "integer", "minimum": 0, "maximum": 99}},
+                       "required": ["a", "b"], "additionalProperties": false}}}
+]"#;
+
+fn tool_body(model: &str, choice: &str, extra: &str) -> String {
+    chat_body(
+        model,
+        "What is the weather in Paris?",
+        &format!(
+            r#""temperature": 1.0, "seed": 5, "max_tokens": 200, "tools": {TOOLS}, "tool_choice": {choice}, "parallel_tool_calls": false{extra}"#
+        ),
+    )
+    .replacen(r#""temperature": 0, "#, "", 1)
+}
+
+/// Every call names a tool and carries arguments its schema accepts.
+fn assert_calls(calls: &[Value], only: Option<&str>) {
+    assert!(!calls.is_empty());
+    for c in calls {
+        assert_eq!(c["type"], "function");
+        assert!(c["id"].as_str().unwrap().starts_with("call_"), "{c}");
+        let name = c["function"]["name"].as_str().unwrap();
+        let args: Value = serde_json::from_str(c["function"]["arguments"].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("{c}: {e}"));
+        match name {
+            "get_weather" => assert!(args["city"].as_str().unwrap().chars().count() <= 10, "{c}"),
+            "add" => assert!(args["a"].is_u64() && args["b"].is_u64(), "{c}"),
+            other => panic!("unknown function {other}"),
+        }
+        if let Some(o) = only {
+            assert_eq!(name, o);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_and_named_tool_calls_are_made_streamed_and_read_back() {
+    let Some((app, _)) = two_tier_real_vocab(fixed()) else {
+        return;
+    };
+    // The strong tier's template offers tools itself (Qwen2.5, `<tool_call>` blocks); the
+    // fast tier's (TinyLlama) knows none, so bakeoff describes them. Random weights: only the
+    // grammar makes the calls.
+    for model in ["strong", "fast"] {
+        for (choice, only) in [
+            (r#""required""#, None),
+            (
+                r#"{"type": "function", "function": {"name": "add"}}"#,
+                Some("add"),
+            ),
+        ] {
+            let r = send(
+                &app,
+                post("/v1/chat/completions", tool_body(model, choice, "")),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            let v = r.json();
+            let c = &v["choices"][0];
+            assert_eq!(c["finish_reason"], "tool_calls", "{model} {choice}: {v}");
+            assert!(c["message"]["content"].is_null(), "{v}");
+            let calls = c["message"]["tool_calls"].as_array().unwrap();
+            assert_eq!(calls.len(), 1, "parallel_tool_calls is false: {v}");
+            assert_calls(calls, only);
+
+            // Streamed: the call arrives as a delta with its index; the same call.
+            let s = send(
+                &app,
+                post(
+                    "/v1/chat/completions",
+                    tool_body(model, choice, r#", "stream": true"#),
+                ),
+            )
+            .await;
+            let chunks: Vec<Value> = s.events()[..s.events().len() - 1]
+                .iter()
+                .map(|e| serde_json::from_str(e).unwrap())
+                .collect();
+            let deltas: Vec<&Value> = chunks
+                .iter()
+                .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+                .collect();
+            assert_eq!(deltas.len(), 1, "{chunks:?}");
+            assert_eq!(deltas[0][0]["index"], 0);
+            assert_eq!(deltas[0][0]["function"], calls[0]["function"]);
+            assert_eq!(s.streamed_content(), "");
+            let fin = chunks
+                .iter()
+                .rev()
+                .find(|c| !c["choices"][0]["finish_reason"].is_null());
+            assert_eq!(fin.unwrap()["choices"][0]["finish_reason"], "tool_calls");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_round_trip_is_rendered_and_bad_tools_are_400s() {
+    let Some((app, _)) = two_tier_real_vocab(fixed()) else {
+        return;
+    };
+    // The call, the tool's result, then the answer (auto: the model may answer or call again).
+    let conversation = format!(
+        r#"{{"model": "strong", "temperature": 0, "max_tokens": 8, "tools": {TOOLS},
+            "messages": [
+              {{"role": "user", "content": "Weather in Paris?"}},
+              {{"role": "assistant", "content": null, "tool_calls": [{{"id": "call_1", "type": "function",
+                 "function": {{"name": "get_weather", "arguments": "{{\"city\": \"Paris\"}}"}}}}]}},
+              {{"role": "tool", "tool_call_id": "call_1", "content": "18 C and sunny"}}
+            ]}}"#
+    );
+    for model in ["strong", "fast"] {
+        let body = conversation.replace(r#""model": "strong""#, &format!(r#""model": "{model}""#));
+        let r = send(&app, post("/v1/chat/completions", body)).await;
+        assert_eq!(r.status, 200, "{model}: {}", r.text);
+    }
+
+    for (extra, needle) in [
+        (r#""tools": {"type": "function"}"#, "`tools` must be a list"),
+        (r#""tools": [{"type": "retrieval"}]"#, "tools[0].type"),
+        (
+            r#""tools": [{"type": "function", "function": {"name": "has space"}}]"#,
+            "letters, digits",
+        ),
+        (
+            r#""tools": [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "f"}}]"#,
+            "two tools are named `f`",
+        ),
+        (
+            r#""tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]"#,
+            "must be a JSON schema",
+        ),
+        (
+            r#""tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}}"#,
+            "not among `tools`",
+        ),
+        (r#""tool_choice": "required""#, "`tools` is empty"),
+        (
+            r#""tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "sometimes""#,
+            "`tool_choice` must be",
+        ),
+        (r#""functions": [{"name": "f"}]"#, "use `tools`"),
+    ] {
+        let r = send(
+            &app,
+            post("/v1/chat/completions", chat_body("strong", "hi", extra)),
+        )
+        .await;
+        assert_error(&r, 400, needle);
+    }
+    // `tool_choice: "none"` offers no tools: a plain answer.
+    let r = send(
+        &app,
+        post(
+            "/v1/chat/completions",
+            chat_body(
+                "strong",
+                "hi",
+                &format!(r#""max_tokens": 4, "tools": {TOOLS}, "tool_choice": "none""#),
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.json()["choices"][0]["message"]
+            .get("tool_calls")
+            .is_none()
+    );
+}

@@ -118,6 +118,7 @@ async fn aggregate_decode_throughput_grows_with_concurrency() {
                 ignore_eos: true,
                 logprobs: None,
                 response_format: None,
+                tools: None,
                 echo: false,
             };
             let e = engine.clone();

@@ -93,6 +93,7 @@ async fn server(lm: LoadedModel, stop: &[String]) -> Outcome {
         ignore_eos: false,
         logprobs: None,
         response_format: None,
+        tools: None,
         echo: false,
     };
     let mut rx = local.start(req).await.unwrap();
@@ -109,6 +110,7 @@ async fn server(lm: LoadedModel, stop: &[String]) -> Outcome {
             }
             StreamEvent::Error(e) => panic!("{e:?}"),
             StreamEvent::Prompt(_) => panic!("a prompt event without echo"),
+            StreamEvent::ToolCall(_) => panic!("a tool call without tools"),
         }
     }
     panic!("the stream ended without Done")

@@ -283,10 +283,7 @@ fn answers(
         };
         let mut list = Vec::new();
         for prompt in FIXED_PROMPTS {
-            let messages = vec![Message {
-                role: "user".into(),
-                content: prompt.into(),
-            }];
+            let messages = vec![Message::user(prompt)];
             let ids = lm.prompter.encode_chat(&messages)?;
             lm.reset_cache();
             let t = Instant::now();

@@ -99,10 +99,7 @@ fn chat(path: &Path, threads: Option<usize>, max_tokens: usize) -> Result<()> {
         "Explain artificial intelligence in simple terms",
         "Write a simple Python function to calculate fibonacci numbers",
     ] {
-        messages.push(Message {
-            role: "user".into(),
-            content: prompt.into(),
-        });
+        messages.push(Message::user(prompt));
         println!("user> {prompt}");
         print!("assistant> ");
         std::io::stdout().flush()?;
@@ -114,10 +111,7 @@ fn chat(path: &Path, threads: Option<usize>, max_tokens: usize) -> Result<()> {
         })?;
         println!();
         eprintln!("{}\n", format_summary(&g.done, lm.info.load_s));
-        messages.push(Message {
-            role: "assistant".into(),
-            content: g.text,
-        });
+        messages.push(Message::assistant(g.text));
     }
     Ok(())
 }

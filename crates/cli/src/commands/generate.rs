@@ -129,13 +129,7 @@ fn build_messages(a: &GenerateArgs) -> Result<Option<Vec<Message>>> {
             }
         }
         if let Some(s) = &a.system {
-            msgs.insert(
-                0,
-                Message {
-                    role: "system".into(),
-                    content: s.clone(),
-                },
-            );
+            msgs.insert(0, Message::system(s.clone()));
         }
         return Ok(Some(msgs));
     }
@@ -148,15 +142,9 @@ fn build_messages(a: &GenerateArgs) -> Result<Option<Vec<Message>>> {
     };
     let mut msgs = Vec::new();
     if let Some(s) = &a.system {
-        msgs.push(Message {
-            role: "system".into(),
-            content: s.clone(),
-        });
+        msgs.push(Message::system(s.clone()));
     }
-    msgs.push(Message {
-        role: "user".into(),
-        content: user,
-    });
+    msgs.push(Message::user(user));
     Ok(Some(msgs))
 }
 

@@ -45,6 +45,66 @@ pub fn tiny_path(preset: &str) -> PathBuf {
     out
 }
 
+/// As [`tiny_path`] with the real vocabulary of `../shared/vocab/<vocab>` (prompts of a few
+/// hundred characters fit the 512-token context); None when that file is not there.
+pub fn tiny_real_vocab_path(preset: &str, vocab: &str) -> Option<PathBuf> {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static LOCK: Mutex<()> = Mutex::new(());
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/vocab")
+        .join(vocab);
+    if !file.is_file() {
+        eprintln!("skipped: {} is missing", file.display());
+        return None;
+    }
+    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+    let out = dir.path().join(preset);
+    let _g = LOCK.lock().unwrap();
+    if !out.join("config.json").exists() {
+        let opts = SynthOptions {
+            preset: preset.parse().unwrap(),
+            out: out.clone(),
+            format: "hf".parse().unwrap(),
+            quant: "f32".parse().unwrap(),
+            vocab: Some(file),
+            seed: 0,
+        };
+        synth(&opts, false).unwrap();
+    }
+    Some(out)
+}
+
+/// fast = tiny-llama, strong = tiny-qwen2, with their real vocabularies (see
+/// [`tiny_real_vocab_path`]).
+pub fn two_tier_real_vocab(cfg: RouterConfig) -> Option<(axum::Router, AppState)> {
+    let m = Arc::new(Metrics::new());
+    let load_opts = LoadOptions {
+        threads: Some(1),
+        ..Default::default()
+    };
+    let mut reps: Vec<(Tier, Arc<dyn Upstream>)> = Vec::new();
+    for (tier, id, preset, vocab) in [
+        (
+            Tier::Fast,
+            "tiny-llama",
+            "tiny-llama",
+            "ggml-vocab-llama-spm.gguf",
+        ),
+        (
+            Tier::Strong,
+            "tiny-qwen2",
+            "tiny-qwen2",
+            "ggml-vocab-qwen2.gguf",
+        ),
+    ] {
+        let path = tiny_real_vocab_path(preset, vocab)?;
+        let lm = load(path.to_str().unwrap(), None, &load_opts).unwrap();
+        let local = LocalModel::spawn(id, lm, EngineOptions::default(), m.clone()).unwrap();
+        reps.push((tier, Arc::new(local)));
+    }
+    Some(app_with(reps, cfg, HttpSettings::default(), m))
+}
+
 pub fn tiny(preset: &str) -> LoadedModel {
     let opts = LoadOptions {
         threads: Some(1),
