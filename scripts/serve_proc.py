@@ -1,5 +1,5 @@
 """Starts `bakeoff serve` on a free port for the scripts that drive it (echo_parity.py,
-lm_eval_parity.py): returns the process and its `host:port` once it listens."""
+lm_eval_parity.py, openai_sdk_real.py, constraint_overhead.py): returns the process and its `host:port` once it listens."""
 
 import re
 import subprocess
@@ -8,8 +8,12 @@ import threading
 import time
 
 
-def start_server(bakeoff, model, threads, timeout=120):
-    args = [bakeoff, "serve", "--port", "0", "--threads", str(threads), "--model", f"fast={model}"]
+def start_server(bakeoff, model, threads, timeout=120, models=None):
+    """`models`: `TIER=SOURCE` entries in place of `fast=MODEL`."""
+    entries = models or [f"fast={model}"]
+    args = [bakeoff, "serve", "--port", "0", "--threads", str(threads)]
+    for e in entries:
+        args += ["--model", e]
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + timeout
     while time.time() < deadline:

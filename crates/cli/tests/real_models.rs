@@ -314,6 +314,29 @@ fn lm_eval_through_serve_matches_bakeoff_eval_on_smollm2() {
     run_check(&py, "lm_eval_parity.py", &["--limit", "5"], &model);
 }
 
+/// The official `openai` SDK on the two real models (scripts/openai_sdk_real.py): pydantic
+/// structured output (`beta.chat.completions.parse`, also streamed), a streamed tool-call
+/// round trip on each tier (Qwen2.5's own `<tool_call>` format; SmolLM2, whose template has no
+/// tools, through bakeoff's), `n=3`, and the same through the router with the fast tier down.
+#[test]
+fn openai_sdk_structured_output_and_tools_on_real_models() {
+    const TEST: &str = "openai_sdk_structured_output_and_tools_on_real_models";
+    let (fast, strong) = match (real_model("smollm2-135m"), real_model("qwen2.5-coder-0.5b")) {
+        (Ok(f), Ok(s)) => (f, s),
+        (Err(m), _) | (_, Err(m)) => return skip_or_fail(TEST, &m),
+    };
+    let py = match python() {
+        Ok(p) => p,
+        Err(m) => return skip_or_fail(TEST, &m),
+    };
+    run_check(
+        &py,
+        "openai_sdk_real.py",
+        &["--strong", strong.to_str().unwrap()],
+        &fast,
+    );
+}
+
 /// Runs `scripts/SCRIPT --bakeoff BIN ARGS --model MODEL --data-dir ../shared/evaldata` and
 /// requires it to pass.
 fn run_check(py: &Path, script: &str, args: &[&str], model: &Path) {

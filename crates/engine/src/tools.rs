@@ -263,7 +263,9 @@ pub struct ToolCallParser {
     /// Whitespace not yet shown: dropped if calls follow (an answer that only calls has no
     /// text), shown before the next text otherwise.
     ws: String,
-    /// Llama 3 format: whether the answer is a JSON object (None: not known yet).
+    /// Whether the answer is a bare JSON object or a fenced block, held whole and read as calls
+    /// at the end (None: not known yet). Llama 3 calls look so, and so do those of models that
+    /// leave out the `<tool_call>` tags their template asks for (Qwen2.5-Coder-0.5B).
     json_answer: Option<bool>,
     calls: usize,
 }
@@ -284,26 +286,50 @@ impl ToolCallParser {
     pub fn push(&mut self, text: &str) -> Parsed {
         let mut out = Parsed::default();
         self.buf.push_str(text);
-        if self.format.blocks() {
-            self.blocks(&mut out, false);
-        } else {
-            self.llama3(&mut out, false);
-        }
+        self.step(&mut out, false);
         out
     }
 
     /// The answer is over: releases what was held back.
     pub fn finish(&mut self) -> Parsed {
         let mut out = Parsed::default();
-        if self.format.blocks() {
-            self.blocks(&mut out, true);
-        } else {
-            self.llama3(&mut out, true);
-        }
+        self.step(&mut out, true);
         if self.calls == 0 {
             out.content.push_str(&std::mem::take(&mut self.ws));
         }
         out
+    }
+
+    fn step(&mut self, out: &mut Parsed, end: bool) {
+        if self.json_answer.is_none() {
+            let t = self.buf.trim_start();
+            let undecided =
+                t.is_empty() || (t.len() < 3 && ("```".starts_with(t) || "[{".starts_with(t)));
+            if undecided && !end {
+                return;
+            }
+            self.json_answer =
+                Some(t.starts_with('{') || t.starts_with("[{") || t.starts_with("```"));
+        }
+        if self.json_answer == Some(true) {
+            if !end {
+                return;
+            }
+            let calls = whole_answer_calls(&self.buf);
+            if !calls.is_empty() {
+                self.buf.clear();
+                for c in calls {
+                    self.call(out, c);
+                }
+                return;
+            }
+        }
+        if self.format.blocks() {
+            self.blocks(out, end);
+        } else {
+            let text = std::mem::take(&mut self.buf);
+            self.show(out, &text);
+        }
     }
 
     /// Shows text, holding back its trailing whitespace: whether that is shown depends on what
@@ -374,28 +400,6 @@ impl ToolCallParser {
             }
         }
     }
-
-    fn llama3(&mut self, out: &mut Parsed, end: bool) {
-        if self.json_answer.is_none() {
-            let t = self.buf.trim_start();
-            if t.is_empty() && !end {
-                return;
-            }
-            self.json_answer = Some(t.starts_with('{'));
-        }
-        if self.json_answer == Some(false) {
-            let text = std::mem::take(&mut self.buf);
-            self.show(out, &text);
-            return;
-        }
-        if end {
-            let body = std::mem::take(&mut self.buf);
-            match parse_call(&body) {
-                Some(c) => self.call(out, c),
-                None => self.show(out, &body),
-            }
-        }
-    }
 }
 
 /// The length of the longest proper suffix of `s` that starts `pattern`.
@@ -406,15 +410,44 @@ fn partial_suffix(s: &str, pattern: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// A whole answer that is one call object, or a list of them, bare or in a ``` fence.
+fn whole_answer_calls(text: &str) -> Vec<ParsedCall> {
+    let t = text.trim();
+    let t = match t.strip_prefix("```") {
+        Some(rest) => {
+            let rest = rest.strip_prefix("json").unwrap_or(rest);
+            rest.strip_suffix("```").unwrap_or(rest).trim()
+        }
+        None => t,
+    };
+    match serde_json::from_str::<Value>(t) {
+        Ok(Value::Array(items)) => {
+            let calls: Vec<ParsedCall> = items.iter().filter_map(|v| call_of(v, true)).collect();
+            if calls.len() == items.len() {
+                calls
+            } else {
+                Vec::new()
+            }
+        }
+        Ok(v) => call_of(&v, true).into_iter().collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// `{"name": …, "arguments" | "parameters": …}`; arguments given as an object or as JSON text.
 fn parse_call(body: &str) -> Option<ParsedCall> {
-    let v: Value = serde_json::from_str(body.trim()).ok()?;
+    call_of(&serde_json::from_str(body.trim()).ok()?, false)
+}
+
+/// `whole`: the object is the whole answer, where only one with both a name and arguments is
+/// taken for a call (an answer about a person may well have a `name`).
+fn call_of(v: &Value, whole: bool) -> Option<ParsedCall> {
     let name = v.get("name")?.as_str()?.to_string();
-    let args = v
-        .get("arguments")
-        .or_else(|| v.get("parameters"))
-        .cloned()
-        .unwrap_or_else(|| json!({}));
+    let args = v.get("arguments").or_else(|| v.get("parameters"));
+    if whole && args.is_none() {
+        return None;
+    }
+    let args = args.cloned().unwrap_or_else(|| json!({}));
     let arguments = match args {
         Value::String(s) => s,
         other => other.to_string(),
@@ -517,6 +550,31 @@ mod tests {
         assert_eq!(p.content, "It is sunny {probably}.");
         let p = run(ToolFormat::Llama3Json, "{not a call}", 4);
         assert_eq!(p.content, "{not a call}");
+    }
+
+    #[test]
+    fn block_formats_also_take_a_whole_answer_that_is_a_call() {
+        // Qwen2.5-Coder-0.5B answers so, without the tags its template asks for.
+        for text in [
+            "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}",
+            "```json\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n```",
+            "[{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}]",
+        ] {
+            let p = run(ToolFormat::Hermes, text, 3);
+            assert_eq!(p.content, "", "{text}");
+            assert_eq!(p.calls.len(), 1, "{text}");
+            assert_eq!(p.calls[0].arguments, r#"{"city":"Paris"}"#);
+        }
+        // JSON that is not a call, and code, stay the answer.
+        for text in [
+            "{\"name\": \"Alice\", \"age\": 30}",
+            "```python\nprint(1)\n```",
+            "`x` is a variable",
+        ] {
+            let p = run(ToolFormat::Hermes, text, 3);
+            assert_eq!(p.content, text);
+            assert!(p.calls.is_empty());
+        }
     }
 
     #[test]

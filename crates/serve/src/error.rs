@@ -32,12 +32,16 @@ pub enum ErrorKind {
     Upstream,
     /// The engine failed while computing.
     Internal,
+    /// A valid request this replica cannot serve (tools on a remote upstream): another may.
+    Unsupported,
 }
 
 impl ErrorKind {
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorKind::InvalidRequest | ErrorKind::ContextLength => StatusCode::BAD_REQUEST,
+            ErrorKind::InvalidRequest | ErrorKind::ContextLength | ErrorKind::Unsupported => {
+                StatusCode::BAD_REQUEST
+            }
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -57,7 +61,8 @@ impl ErrorKind {
             | ErrorKind::ContextLength
             | ErrorKind::NotFound
             | ErrorKind::PayloadTooLarge
-            | ErrorKind::RequestTimeout => "invalid_request_error",
+            | ErrorKind::RequestTimeout
+            | ErrorKind::Unsupported => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Overloaded => "rate_limit_error",
             ErrorKind::Timeout => "timeout_error",
@@ -79,6 +84,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Upstream => "upstream",
             ErrorKind::Internal => "internal",
+            ErrorKind::Unsupported => "unsupported",
         }
     }
 
@@ -88,6 +94,7 @@ impl ErrorKind {
         matches!(
             self,
             ErrorKind::ContextLength
+                | ErrorKind::Unsupported
                 | ErrorKind::Overloaded
                 | ErrorKind::Timeout
                 | ErrorKind::Unavailable

@@ -310,13 +310,15 @@ impl Upstream for RemoteModel {
         if req.tools.is_some() {
             // The upstream's calls would need reading back from its own deltas; a client that
             // needs tools names a local model.
-            return Box::pin(std::future::ready(Err(ApiError::invalid_param(
-                "tools",
+            let mut e = ApiError::new(
+                ErrorKind::Unsupported,
                 format!(
                     "`tools`: model `{}` is a remote upstream, which bakeoff does not pass tools to",
                     self.id
                 ),
-            ))));
+            );
+            e.param = Some("tools".into());
+            return Box::pin(std::future::ready(Err(e)));
         }
         Box::pin(self.submit(req))
     }
