@@ -256,8 +256,11 @@ pub struct Shape {
     pub logprobs: bool,
     /// Completions with `echo`: the prompt's text (and log-probabilities) come first.
     pub echo: bool,
-    /// Choices to generate (`n`), each with a seed of its own.
+    /// Choices to generate (`n`) per prompt, each with a seed of its own.
     pub n: usize,
+    /// The prompts after the first of a completions request that sends several; each gets `n`
+    /// choices, numbered on from the first prompt's (OpenAI's order).
+    pub prompts: Vec<Input>,
 }
 
 fn content_text(c: &Value, i: usize, role: &str) -> Result<String, ApiError> {
@@ -428,6 +431,7 @@ fn shape(c: &Common, logprobs: bool) -> Shape {
         logprobs,
         echo: false,
         n: c.n.map_or(1, |n| n as usize),
+        prompts: Vec::new(),
     }
 }
 
@@ -699,60 +703,84 @@ fn tool_set(
     }))
 }
 
-/// A completions `prompt`: a string, token ids, or a list holding one of either. Several prompts
-/// in one request are refused (one choice per request).
-fn completion_prompt(v: &Value) -> Result<Input, ApiError> {
-    let ids = |a: &[Value]| -> Option<Vec<u32>> {
+/// Most prompts one completions request may carry (each is a sequence, times `n`).
+pub const MAX_PROMPTS: usize = 64;
+
+/// A completions `prompt`: a string, token ids, or a list of either (several prompts, as
+/// lm-evaluation-harness sends with `batch_size` above 1).
+fn completion_prompts(v: &Value) -> Result<Vec<Input>, ApiError> {
+    let bad_ids =
+        |p: &str| ApiError::invalid_param(p, "token ids must be integers from 0 to 2^32-1");
+    let ids = |a: &[Value], p: &str| -> Result<Vec<u32>, ApiError> {
         a.iter()
             .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
-            .collect()
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad_ids(p))
     };
-    let input = match v {
-        Value::String(s) => Input::Text(s.clone()),
-        Value::Array(a) if a.len() == 1 && a[0].is_string() => {
-            Input::Text(a[0].as_str().unwrap_or_default().to_string())
-        }
+    let inputs = match v {
+        Value::String(s) => vec![Input::Text(s.clone())],
         Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_number) => {
-            Input::Tokens(ids(a).ok_or_else(|| {
-                ApiError::invalid_param("prompt", "token ids must be integers from 0 to 2^32-1")
-            })?)
+            vec![Input::Tokens(ids(a, "prompt")?)]
         }
-        Value::Array(a) if a.len() == 1 && a[0].is_array() => {
-            let inner = a[0].as_array().map(Vec::as_slice).unwrap_or_default();
-            Input::Tokens(ids(inner).ok_or_else(|| {
-                ApiError::invalid_param("prompt", "token ids must be integers from 0 to 2^32-1")
-            })?)
-        }
-        Value::Array(a) if a.len() > 1 && a.iter().all(|x| x.is_string() || x.is_array()) => {
-            return Err(ApiError::invalid_param(
-                "prompt",
-                "one prompt per request (a list of prompts is not supported)",
-            ));
+        Value::Array(a) if !a.is_empty() && a.iter().all(|x| x.is_string() || x.is_array()) => {
+            let mut out = Vec::with_capacity(a.len());
+            for (i, x) in a.iter().enumerate() {
+                let p = format!("prompt[{i}]");
+                out.push(match x {
+                    Value::String(s) => Input::Text(s.clone()),
+                    Value::Array(inner) => Input::Tokens(ids(inner, &p)?),
+                    _ => unreachable!("filtered above"),
+                });
+            }
+            out
         }
         other => {
             return Err(ApiError::invalid_param(
                 "prompt",
                 format!(
-                    "`prompt` must be a string or token ids, not {}",
-                    json_type(other)
+                    "`prompt` must be a string, token ids, or a list of either, not {}",
+                    if matches!(other, Value::Array(a) if a.is_empty()) {
+                        "an empty list"
+                    } else {
+                        json_type(other)
+                    }
                 ),
             ));
         }
     };
-    let empty = match &input {
-        Input::Text(t) => t.is_empty(),
-        Input::Tokens(t) => t.is_empty(),
-        Input::Chat(m) => m.is_empty(),
-    };
-    if empty {
-        return Err(ApiError::invalid_param("prompt", "`prompt` is empty"));
+    if inputs.len() > MAX_PROMPTS {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            format!(
+                "at most {MAX_PROMPTS} prompts per request, got {}",
+                inputs.len()
+            ),
+        ));
     }
-    Ok(input)
+    for (i, input) in inputs.iter().enumerate() {
+        let empty = match input {
+            Input::Text(t) => t.is_empty(),
+            Input::Tokens(t) => t.is_empty(),
+            Input::Chat(m) => m.is_empty(),
+        };
+        if empty {
+            let p = if inputs.len() == 1 {
+                "prompt".to_string()
+            } else {
+                format!("prompt[{i}]")
+            };
+            return Err(ApiError::invalid_param(&p, format!("`{p}` is empty")));
+        }
+    }
+    Ok(inputs)
 }
 
 impl CompletionRequest {
     pub fn validate(self) -> Result<(GenRequest, Shape), ApiError> {
-        let input = completion_prompt(&self.prompt)?;
+        let mut inputs = completion_prompts(&self.prompt)?.into_iter();
+        let Some(input) = inputs.next() else {
+            return Err(ApiError::invalid_param("prompt", "`prompt` is empty"));
+        };
         if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::invalid_param(
                 "suffix",
@@ -784,6 +812,13 @@ impl CompletionRequest {
         };
         let mut sh = shape(&self.common, top.is_some());
         sh.echo = echo;
+        sh.prompts = inputs.collect();
+        if (sh.prompts.len() + 1) * sh.n > MAX_PROMPTS {
+            return Err(ApiError::invalid_param(
+                "n",
+                format!("prompts times `n` must be at most {MAX_PROMPTS}"),
+            ));
+        }
         Ok((req, sh))
     }
 }

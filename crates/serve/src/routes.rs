@@ -266,8 +266,9 @@ async fn respond(st: AppState, req: GenRequest, shape: Shape, ep: Endpoint) -> R
         ))
         .into_response()
     };
-    // The request again for the other choices, only when there are any.
-    let extra = (shape.n > 1).then(|| req.clone());
+    // The request again for the other choices and prompts, only when there are any.
+    let total = shape.n * (1 + shape.prompts.len());
+    let extra = (total > 1).then(|| req.clone());
     let served = match tokio::time::timeout_at(deadline.into(), st.router.dispatch(req)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return e.into_response(),
@@ -283,11 +284,17 @@ async fn respond(st: AppState, req: GenRequest, shape: Shape, ep: Endpoint) -> R
     let mut leases = vec![lease];
     if let Some(extra) = extra {
         // The other choices go to the model the router chose for the first, each with a seed
-        // of its own; they find the first's prompt in its KV cache and copy it.
-        let starts = (1..shape.n).map(|i| {
+        // of its own; they find their prompt's computation in its KV cache and copy it. The
+        // other prompts of a completions request (lm-evaluation-harness's batches) go there too:
+        // one model scores the whole batch.
+        let starts = (1..total).map(|k| {
+            let (prompt, choice) = (k / shape.n, k % shape.n);
             let mut r = extra.clone();
+            if let Some(input) = prompt.checked_sub(1).and_then(|p| shape.prompts.get(p)) {
+                r.input = input.clone();
+            }
             r.model = route.model.clone();
-            r.sampling.seed = r.sampling.seed.wrapping_add(i as u64);
+            r.sampling.seed = r.sampling.seed.wrapping_add(choice as u64);
             st.router.dispatch(r)
         });
         let started =
@@ -558,11 +565,24 @@ fn merged(choices: Vec<(StreamEvent, EventRx)>) -> futures_util::stream::SelectA
     futures_util::stream::select_all(streams)
 }
 
-/// The usage and timings of an answer of several choices: the prompt counted once (as OpenAI
-/// does), the completions summed; timings are the first choice's.
-fn combined(dones: &[Option<DoneOut>]) -> Option<DoneOut> {
+/// The usage and timings of an answer of several choices: each prompt counted once (as OpenAI
+/// does; choices `k·n` start a prompt's), the completions summed; timings are the first
+/// choice's.
+fn combined(dones: &[Option<DoneOut>], n: usize) -> Option<DoneOut> {
     let first = dones.first()?.clone()?;
     let mut d = first;
+    d.usage.prompt_tokens = dones
+        .iter()
+        .step_by(n.max(1))
+        .flatten()
+        .map(|x| x.usage.prompt_tokens)
+        .sum();
+    d.usage.cached_tokens = dones
+        .iter()
+        .step_by(n.max(1))
+        .flatten()
+        .map(|x| x.usage.cached_tokens)
+        .sum();
     d.usage.completion_tokens = dones
         .iter()
         .flatten()
@@ -665,7 +685,7 @@ async fn json_response(
             None => {}
         }
     }
-    let Some(done) = combined(&dones) else {
+    let Some(done) = combined(&dones, out.shape.n) else {
         let e = ApiError::internal("the model stopped without finishing the answer");
         tr.failed(e.kind);
         return e.into_response();
@@ -830,7 +850,7 @@ impl StreamState {
                     .push_back(data(&self.out.finish_chunk(i, &d, calls, timings)));
                 self.dones[i] = Some(d);
                 if self.dones.iter().all(Option::is_some) {
-                    if let Some(all) = combined(&self.dones) {
+                    if let Some(all) = combined(&self.dones, self.out.shape.n) {
                         self.tracker.done(&all);
                         if self.out.shape.include_usage {
                             let mut v = self.out.envelope(true, json!([]));

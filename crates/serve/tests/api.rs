@@ -1007,3 +1007,100 @@ async fn a_tool_round_trip_is_rendered_and_bad_tools_are_400s() {
             .is_none()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_prompts_in_one_completions_request() {
+    let (app, _) = two_tier(fixed(), EngineOptions::default());
+    let prompts = [
+        "Once upon a time",
+        "The quick brown fox",
+        "In the beginning",
+    ];
+    let one = |p: &str| {
+        format!(
+            r#"{{"model": "strong", "prompt": {p:?}, "echo": true, "logprobs": 1, "max_tokens": 3, "temperature": 0, "ignore_eos": true}}"#
+        )
+    };
+    let mut singles = Vec::new();
+    for p in prompts {
+        let r = send(&app, post("/v1/completions", one(p))).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        singles.push(r.json());
+    }
+    // The same three as one request (what lm-evaluation-harness sends with batch_size 3):
+    // choice i is prompt i's answer, with its own echoed prompt and log-probabilities.
+    let batch = one("X").replace(r#""X""#, &serde_json::to_string(&prompts).unwrap());
+    let r = send(&app, post("/v1/completions", batch.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert_eq!(c["text"], singles[i]["choices"][0]["text"], "{i}");
+        assert_eq!(c["logprobs"], singles[i]["choices"][0]["logprobs"], "{i}");
+    }
+    let prompt_tokens: u64 = singles
+        .iter()
+        .map(|s| s["usage"]["prompt_tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(v["usage"]["prompt_tokens"], prompt_tokens);
+    assert_eq!(v["usage"]["completion_tokens"], 9);
+
+    // Streamed, and with n = 2: choice index = prompt · n + choice, OpenAI's order.
+    let streamed = send(
+        &app,
+        post(
+            "/v1/completions",
+            batch.replace(
+                r#""temperature": 0"#,
+                r#""temperature": 0, "n": 2, "stream": true"#,
+            ),
+        ),
+    )
+    .await;
+    let mut texts = vec![String::new(); 6];
+    for e in streamed.events().iter().filter(|e| *e != "[DONE]") {
+        let v: Value = serde_json::from_str(e).unwrap();
+        if let Some(c) = v["choices"].get(0) {
+            texts[c["index"].as_u64().unwrap() as usize] += c["text"].as_str().unwrap();
+        }
+    }
+    for (k, t) in texts.iter().enumerate() {
+        assert_eq!(t, choices[k / 2]["text"].as_str().unwrap(), "choice {k}");
+    }
+
+    // Token-id prompts mix with text ones; limits and empty prompts are 400s naming the prompt.
+    let ok = send(
+        &app,
+        post(
+            "/v1/completions",
+            r#"{"model": "strong", "prompt": [[5, 6, 7], "text"], "max_tokens": 1}"#,
+        ),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(ok.json()["choices"].as_array().unwrap().len(), 2);
+    let many = serde_json::to_string(&vec!["a"; 65]).unwrap();
+    for (prompt, extra, needle) in [
+        (many.as_str(), "", "at most 64 prompts"),
+        (r#"["a", ""]"#, "", "`prompt[1]` is empty"),
+        (r#"["a", 3]"#, "", "a list of either"),
+        (r#"[]"#, "", "an empty list"),
+        (
+            r#"["a", "b", "c", "d", "e"]"#,
+            r#", "n": 16"#,
+            "prompts times `n`",
+        ),
+    ] {
+        let r = send(
+            &app,
+            post(
+                "/v1/completions",
+                format!(r#"{{"model": "strong", "prompt": {prompt}, "max_tokens": 1{extra}}}"#),
+            ),
+        )
+        .await;
+        assert_error(&r, 400, needle);
+    }
+}
