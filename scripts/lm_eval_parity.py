@@ -65,6 +65,8 @@ def main():
     ap.add_argument("--only", default="arc_challenge,hellaswag")
     ap.add_argument("--limit", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=1,
+                    help="lm-eval's batch_size: prompts per /v1/completions request")
     ap.add_argument("--tie", type=float, default=0.01)
     ap.add_argument("--min-agree", type=float, default=0.98)
     ap.add_argument("--out", help="keep the eval run, tasks and lm-eval output here")
@@ -113,7 +115,7 @@ def main():
              f"model=fast,base_url=http://{addr}/v1/completions,tokenizer_backend=remote,"
              "tokenized_requests=True,num_concurrent=1,max_retries=1",
              "--tasks", ",".join(names), "--include_path", str(tasks), "--output_path", str(out / "lm-eval"),
-             "--log_samples"], capture_output=True, text=True, env=env)
+             "--batch_size", str(args.batch_size), "--log_samples"], capture_output=True, text=True, env=env)
         t_lm = time.time() - t0
     finally:
         server.terminate()

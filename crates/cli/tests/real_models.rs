@@ -298,6 +298,37 @@ fn lm_eval_through_serve_matches_bakeoff_eval_on_smollm2() {
         Ok(p) => p,
         Err(m) => return skip_or_fail(TEST, &m),
     };
+    let py = match lm_eval_python() {
+        Ok(p) => p,
+        Err(m) => return skip_or_fail(TEST, &m),
+    };
+    run_check(&py, "lm_eval_parity.py", &["--limit", "5"], &model);
+}
+
+/// GSM8K through lm-eval's `local-chat-completions` runs to the end, and lm-eval's answers are
+/// the server's (scripts/lm_eval_gsm8k_chat.py, 3 items).
+#[test]
+fn lm_eval_gsm8k_through_chat_completions_on_smollm2() {
+    const TEST: &str = "lm_eval_gsm8k_through_chat_completions_on_smollm2";
+    let model = match real_model("smollm2-135m") {
+        Ok(p) => p,
+        Err(m) => return skip_or_fail(TEST, &m),
+    };
+    let py = match lm_eval_python() {
+        Ok(p) => p,
+        Err(m) => return skip_or_fail(TEST, &m),
+    };
+    run_check(
+        &py,
+        "lm_eval_gsm8k_chat.py",
+        &["--limit", "3", "--max-gen", "128"],
+        &model,
+    );
+}
+
+/// `$BAKEOFF_LMEVAL_PYTHON` or `.venv-lmeval/bin/python` (scripts/ci-python.sh), if it imports
+/// lm_eval.
+fn lm_eval_python() -> Result<PathBuf, String> {
     let py = std::env::var_os("BAKEOFF_LMEVAL_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".venv-lmeval/bin/python"));
@@ -305,13 +336,14 @@ fn lm_eval_through_serve_matches_bakeoff_eval_on_smollm2() {
         .args(["-c", "import lm_eval"])
         .status()
         .is_ok_and(|s| s.success());
-    if !has {
-        return skip_or_fail(
-            TEST,
-            &format!("no lm_eval in {} (scripts/ci-python.sh)", py.display()),
-        );
+    if has {
+        Ok(py)
+    } else {
+        Err(format!(
+            "no lm_eval in {} (scripts/ci-python.sh)",
+            py.display()
+        ))
     }
-    run_check(&py, "lm_eval_parity.py", &["--limit", "5"], &model);
 }
 
 /// The official `openai` SDK on the two real models (scripts/openai_sdk_real.py): pydantic
