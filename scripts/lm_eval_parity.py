@@ -64,6 +64,8 @@ def main():
     ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "evaldata"))
     ap.add_argument("--only", default="arc_challenge,hellaswag")
     ap.add_argument("--limit", type=int, default=20)
+    ap.add_argument("--profile", default="quick",
+                    help="bakeoff eval's profile (quick holds 30 items per component, standard more)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=1,
                     help="lm-eval's batch_size: prompts per /v1/completions request")
@@ -80,7 +82,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     r = subprocess.run([args.bakeoff, "eval", "--model", args.model, "--only", args.only, "--limit",
-                        str(args.limit), "--threads", str(args.threads), "--data-dir", args.data_dir,
+                        str(args.limit), "--profile", args.profile, "--threads", str(args.threads), "--data-dir", args.data_dir,
                         "--out", str(out / "eval")], capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"setup: bakeoff eval failed:\n{r.stderr}")

@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use bakeoff_engine::backend::DeviceKind;
+use bakeoff_engine::constrain::OutputConstraint;
 use bakeoff_engine::generate::GenParams;
 use bakeoff_engine::generate::LoadedModel;
 use bakeoff_engine::kernels::CpuCaps;
@@ -107,6 +108,15 @@ pub struct SamplingArgs {
     /// Keep generating past end-of-sequence tokens until --max-tokens (for timing runs).
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Hold the answer to any JSON object (constrained decoding).
+    #[arg(long, conflicts_with_all = ["json_schema", "regex"])]
+    pub json_object: bool,
+    /// Hold the answer to the JSON schema in this file (constrained decoding).
+    #[arg(long, value_name = "FILE", conflicts_with = "regex")]
+    pub json_schema: Option<std::path::PathBuf>,
+    /// Hold the answer to this regular expression, matched whole (constrained decoding).
+    #[arg(long, value_name = "PATTERN")]
+    pub regex: Option<String>,
 }
 
 impl SamplingArgs {
@@ -131,8 +141,27 @@ impl SamplingArgs {
             top_logprobs: 0,
             prompt_logprobs: None,
             report_stop_token: false,
-            response_format: None,
+            response_format: self.response_format()?,
         })
+    }
+
+    fn response_format(&self) -> Result<Option<OutputConstraint>> {
+        if self.json_object {
+            return Ok(Some(OutputConstraint::JsonObject));
+        }
+        if let Some(pattern) = &self.regex {
+            return Ok(Some(OutputConstraint::Regex {
+                pattern: pattern.clone(),
+            }));
+        }
+        let Some(path) = &self.json_schema else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--json-schema: cannot read {}", path.display()))?;
+        let schema: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("--json-schema: {} is not JSON", path.display()))?;
+        Ok(Some(OutputConstraint::JsonSchema { schema }))
     }
 }
 

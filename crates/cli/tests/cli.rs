@@ -184,6 +184,72 @@ fn same_seed_same_text_when_sampling() {
 }
 
 #[test]
+fn generate_holds_the_answer_to_a_schema_or_a_regex() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, gguf) = tiny_models(d.path());
+    let schema = d.path().join("schema.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 0, "maximum": 9}},
+            "required": ["ok", "n"], "additionalProperties": false}"#,
+    )
+    .unwrap();
+    // Sampled from random weights: only the constraint makes these valid.
+    for seed in ["1", "2"] {
+        let out = ok(bakeoff()
+            .arg("generate")
+            .arg("--model")
+            .arg(&gguf)
+            .args([
+                "--prompt",
+                "Once",
+                "--max-tokens",
+                "60",
+                "--temperature",
+                "1.0",
+                "--seed",
+                seed,
+                "--json-schema",
+            ])
+            .arg(&schema));
+        let v: serde_json::Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out:?}: {e}"));
+        assert!(
+            v["ok"].is_boolean() && v["n"].as_u64().unwrap() <= 9,
+            "{out}"
+        );
+    }
+    let out = ok(bakeoff().arg("generate").arg("--model").arg(&gguf).args([
+        "--prompt",
+        "Once",
+        "--max-tokens",
+        "10",
+        "--temperature",
+        "1.0",
+        "--regex",
+        "(yes|no)",
+    ]));
+    assert!(out.trim() == "yes" || out.trim() == "no", "{out:?}");
+    let e = fails(bakeoff().arg("generate").arg("--model").arg(&gguf).args([
+        "--prompt",
+        "Once",
+        "--json-schema",
+        "/no/such/schema.json",
+    ]));
+    assert!(e.contains("/no/such/schema.json"), "{e}");
+    std::fs::write(&schema, r#"{"type": "nope"}"#).unwrap();
+    let e = fails(
+        bakeoff()
+            .arg("generate")
+            .arg("--model")
+            .arg(&gguf)
+            .args(["--prompt", "Once", "--json-schema"])
+            .arg(&schema),
+    );
+    assert!(e.contains("response format") && e.contains("nope"), "{e}");
+}
+
+#[test]
 fn info_and_tokenize() {
     let d = tempfile::tempdir().unwrap();
     let (hf, gguf) = tiny_models(d.path());

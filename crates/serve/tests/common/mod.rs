@@ -26,30 +26,12 @@ use tower::ServiceExt;
 
 /// A tiny random-weight model (`tiny-llama` or `tiny-qwen2`) as a Hugging Face folder.
 pub fn tiny_path(preset: &str) -> PathBuf {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    static LOCK: Mutex<()> = Mutex::new(());
-    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
-    let out = dir.path().join(preset);
-    let _g = LOCK.lock().unwrap();
-    if !out.join("config.json").exists() {
-        let opts = SynthOptions {
-            preset: preset.parse().unwrap(),
-            out: out.clone(),
-            format: "hf".parse().unwrap(),
-            quant: "f32".parse().unwrap(),
-            vocab: None,
-            seed: 0,
-        };
-        synth(&opts, false).unwrap();
-    }
-    out
+    synth_tiny(preset, None)
 }
 
 /// As [`tiny_path`] with the real vocabulary of `../shared/vocab/<vocab>` (prompts of a few
 /// hundred characters fit the 512-token context); None when that file is not there.
 pub fn tiny_real_vocab_path(preset: &str, vocab: &str) -> Option<PathBuf> {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    static LOCK: Mutex<()> = Mutex::new(());
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/vocab")
         .join(vocab);
@@ -57,8 +39,18 @@ pub fn tiny_real_vocab_path(preset: &str, vocab: &str) -> Option<PathBuf> {
         eprintln!("skipped: {} is missing", file.display());
         return None;
     }
+    Some(synth_tiny(preset, Some(file)))
+}
+
+/// Synthesized once per test process and vocabulary.
+fn synth_tiny(preset: &str, vocab: Option<PathBuf>) -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static LOCK: Mutex<()> = Mutex::new(());
     let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
-    let out = dir.path().join(preset);
+    let out = dir.path().join(match &vocab {
+        Some(_) => format!("{preset}-real-vocab"),
+        None => preset.to_string(),
+    });
     let _g = LOCK.lock().unwrap();
     if !out.join("config.json").exists() {
         let opts = SynthOptions {
@@ -66,12 +58,12 @@ pub fn tiny_real_vocab_path(preset: &str, vocab: &str) -> Option<PathBuf> {
             out: out.clone(),
             format: "hf".parse().unwrap(),
             quant: "f32".parse().unwrap(),
-            vocab: Some(file),
+            vocab,
             seed: 0,
         };
         synth(&opts, false).unwrap();
     }
-    Some(out)
+    out
 }
 
 /// fast = tiny-llama, strong = tiny-qwen2, with their real vocabularies (see
