@@ -271,20 +271,12 @@ fn eval_choices_match_llama_cpp_on_smollm2() {
 /// (docs/real-models.md), which flips one of these 20 answers (llama.cpp margin 0.31): 90% is asked.
 #[test]
 fn echo_logprobs_match_llama_cpp_on_smollm2() {
-    const TEST: &str = "echo_logprobs_match_llama_cpp_on_smollm2";
-    let model = match real_model("smollm2-135m") {
-        Ok(p) => p,
-        Err(m) => return skip_or_fail(TEST, &m),
-    };
-    let py = match python() {
-        Ok(p) => p,
-        Err(m) => return skip_or_fail(TEST, &m),
-    };
-    run_check(
-        &py,
+    script_test(
+        "echo_logprobs_match_llama_cpp_on_smollm2",
+        python,
         "echo_parity.py",
         &["--items", "20", "--min-agree", "0.9"],
-        &model,
+        &[],
     );
 }
 
@@ -293,36 +285,25 @@ fn echo_logprobs_match_llama_cpp_on_smollm2() {
 /// (scripts/lm_eval_parity.py, 5 items each; .venv-lmeval from scripts/ci-python.sh).
 #[test]
 fn lm_eval_through_serve_matches_bakeoff_eval_on_smollm2() {
-    const TEST: &str = "lm_eval_through_serve_matches_bakeoff_eval_on_smollm2";
-    let model = match real_model("smollm2-135m") {
-        Ok(p) => p,
-        Err(m) => return skip_or_fail(TEST, &m),
-    };
-    let py = match lm_eval_python() {
-        Ok(p) => p,
-        Err(m) => return skip_or_fail(TEST, &m),
-    };
-    run_check(&py, "lm_eval_parity.py", &["--limit", "5"], &model);
+    script_test(
+        "lm_eval_through_serve_matches_bakeoff_eval_on_smollm2",
+        lm_eval_python,
+        "lm_eval_parity.py",
+        &["--limit", "5"],
+        &[],
+    );
 }
 
 /// GSM8K through lm-eval's `local-chat-completions` runs to the end, and lm-eval's answers are
 /// the server's (scripts/lm_eval_gsm8k_chat.py, 3 items).
 #[test]
 fn lm_eval_gsm8k_through_chat_completions_on_smollm2() {
-    const TEST: &str = "lm_eval_gsm8k_through_chat_completions_on_smollm2";
-    let model = match real_model("smollm2-135m") {
-        Ok(p) => p,
-        Err(m) => return skip_or_fail(TEST, &m),
-    };
-    let py = match lm_eval_python() {
-        Ok(p) => p,
-        Err(m) => return skip_or_fail(TEST, &m),
-    };
-    run_check(
-        &py,
+    script_test(
+        "lm_eval_gsm8k_through_chat_completions_on_smollm2",
+        lm_eval_python,
         "lm_eval_gsm8k_chat.py",
         &["--limit", "3", "--max-gen", "128"],
-        &model,
+        &[],
     );
 }
 
@@ -352,21 +333,41 @@ fn lm_eval_python() -> Result<PathBuf, String> {
 /// tools, through bakeoff's), `n=3`, and the same through the router with the fast tier down.
 #[test]
 fn openai_sdk_structured_output_and_tools_on_real_models() {
-    const TEST: &str = "openai_sdk_structured_output_and_tools_on_real_models";
-    let (fast, strong) = match (real_model("smollm2-135m"), real_model("qwen2.5-coder-0.5b")) {
-        (Ok(f), Ok(s)) => (f, s),
-        (Err(m), _) | (_, Err(m)) => return skip_or_fail(TEST, &m),
+    script_test(
+        "openai_sdk_structured_output_and_tools_on_real_models",
+        python,
+        "openai_sdk_real.py",
+        &[],
+        &[("--strong", "qwen2.5-coder-0.5b")],
+    );
+}
+
+/// A script-driven check on SmolLM2 (`--model`), with more real models by flag (`--strong
+/// qwen…`): skipped with the reason when a model or the Python is missing, unless required.
+fn script_test(
+    test: &str,
+    python: fn() -> Result<PathBuf, String>,
+    script: &str,
+    args: &[&str],
+    models: &[(&str, &str)],
+) {
+    let model = match real_model("smollm2-135m") {
+        Ok(p) => p,
+        Err(m) => return skip_or_fail(test, &m),
     };
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    for (flag, name) in models {
+        match real_model(name) {
+            Ok(p) => all.extend([flag.to_string(), p.display().to_string()]),
+            Err(m) => return skip_or_fail(test, &m),
+        }
+    }
     let py = match python() {
         Ok(p) => p,
-        Err(m) => return skip_or_fail(TEST, &m),
+        Err(m) => return skip_or_fail(test, &m),
     };
-    run_check(
-        &py,
-        "openai_sdk_real.py",
-        &["--strong", strong.to_str().unwrap()],
-        &fast,
-    );
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    run_check(&py, script, &all, &model);
 }
 
 /// Runs `scripts/SCRIPT --bakeoff BIN ARGS --model MODEL --data-dir ../shared/evaldata` and
