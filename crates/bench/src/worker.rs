@@ -499,6 +499,7 @@ pub fn measure(
         prompt_logprobs: None,
         report_stop_token: false,
         response_format: None,
+        compiled_format: None,
     };
     let mut callback_ns: u128 = 0;
     let mut count = 0usize;

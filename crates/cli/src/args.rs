@@ -142,6 +142,7 @@ impl SamplingArgs {
             prompt_logprobs: None,
             report_stop_token: false,
             response_format: self.response_format()?,
+            compiled_format: None,
         })
     }
 

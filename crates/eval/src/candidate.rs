@@ -239,6 +239,7 @@ impl Candidate for EngineCandidate {
             prompt_logprobs: None,
             report_stop_token: false,
             response_format: None,
+            compiled_format: None,
         };
         let t = Instant::now();
         let g = generate(&mut self.lm, &ids, &params, |_| Flow::Continue)?;
@@ -271,6 +272,7 @@ impl Candidate for EngineCandidate {
                 prompt_logprobs: None,
                 report_stop_token: false,
                 response_format: None,
+                compiled_format: None,
             });
         }
         let reqs: Vec<(&[u32], &GenParams)> =

@@ -289,12 +289,14 @@ impl LocalModel {
         // Template rendering, tokenizing a long prompt and compiling a schema take milliseconds:
         // off the reactor. A schema that does not compile is the client's error, before any
         // stream starts.
-        let ids = tokio::task::spawn_blocking(move || {
+        let (ids, compiled) = tokio::task::spawn_blocking(move || {
             let ids = encode(&prompter, &model, &input, tools.as_ref())?;
-            if let Some(c) = &checked {
-                prompter.constraint(c).map_err(ApiError::from)?;
-            }
-            Ok::<_, ApiError>(ids)
+            let compiled = checked
+                .as_ref()
+                .map(|c| prompter.constraint(c))
+                .transpose()
+                .map_err(ApiError::from)?;
+            Ok::<_, ApiError>((ids, compiled))
         })
         .await
         .map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))??;
@@ -336,6 +338,7 @@ impl LocalModel {
                 // The completions API lists the end-of-text token among the logprobs.
                 report_stop_token: req.logprobs.is_some() && !matches!(req.input, Input::Chat(_)),
                 response_format: format,
+                compiled_format: compiled,
             },
             logprobs: req.logprobs,
             tools: req.tools.as_ref().map(|_| tool_format),

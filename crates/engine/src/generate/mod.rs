@@ -26,7 +26,7 @@ pub use loaded::LoadedModel;
 pub use scheduler::{Scheduler, SchedulerOptions, SeqId, StepStats, common_prefix};
 pub use stop::StopMatcher;
 
-use crate::constrain::OutputConstraint;
+use crate::constrain::{Constraint, OutputConstraint};
 use crate::sampling::SamplingParams;
 use crate::{Error, Result};
 
@@ -57,6 +57,10 @@ pub struct GenParams {
     /// grammar does. Log-probabilities stay the model's own, before the mask.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<OutputConstraint>,
+    /// `response_format` already compiled for this answer (a server compiles it while checking
+    /// the request, off the generation thread); compiled when the sequence starts otherwise.
+    #[serde(skip)]
+    pub compiled_format: Option<Constraint>,
 }
 
 impl Default for GenParams {
@@ -70,6 +74,7 @@ impl Default for GenParams {
             prompt_logprobs: None,
             report_stop_token: false,
             response_format: None,
+            compiled_format: None,
         }
     }
 }

@@ -43,7 +43,7 @@ pub(crate) struct Sequence {
 impl Sequence {
     pub(crate) fn new(
         prompt: Vec<u32>,
-        params: GenParams,
+        mut params: GenParams,
         prompter: &Prompter,
         submitted: Instant,
     ) -> Result<Self> {
@@ -56,7 +56,10 @@ impl Sequence {
                         .into(),
                 ));
             }
-            Some(c) => Some(prompter.constraint(c)?),
+            Some(c) => match params.compiled_format.take() {
+                Some(ready) => Some(ready),
+                None => Some(prompter.constraint(c)?),
+            },
             None => None,
         };
         let eos = if params.ignore_eos {
