@@ -132,6 +132,7 @@ fn compare_report_and_history_on_tiny_models() {
         "eval/audit.jsonl",
         "answers.json",
         "compare.json",
+        "routing.json",
         "report.md",
         "report.html",
         "charts/tok_s_per_scenario.svg",
@@ -159,6 +160,7 @@ fn compare_report_and_history_on_tiny_models() {
         "## Hardware requirements",
         "## Quantization",
         "## Tiered routing",
+        "### Calibrated complexity router",
         "## Methodology",
         "## Appendix: raw data",
     ] {

@@ -8,6 +8,7 @@ use crate::bench::BenchReport;
 use crate::compare::{Answers, Manifest};
 use crate::eval::Results as EvalResults;
 use crate::quantize::QuantizeResults;
+use crate::routing::RouterCalibration;
 
 /// What a results file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -23,15 +24,18 @@ pub enum ResultsKind {
     Manifest,
     /// `bakeoff quantize --measure`: quality and speed of quantized files against a reference.
     Quantize,
+    /// `bakeoff route calibrate`: the complexity router fitted on eval results.
+    Routing,
 }
 
 impl ResultsKind {
-    pub const ALL: [ResultsKind; 5] = [
+    pub const ALL: [ResultsKind; 6] = [
         ResultsKind::Bench,
         ResultsKind::Eval,
         ResultsKind::Answers,
         ResultsKind::Manifest,
         ResultsKind::Quantize,
+        ResultsKind::Routing,
     ];
 
     /// The newest schema version of this kind, the one this build writes. Bumped on any change
@@ -42,6 +46,7 @@ impl ResultsKind {
             ResultsKind::Eval => crate::eval::SCHEMA_VERSION,
             ResultsKind::Answers | ResultsKind::Manifest => crate::compare::SCHEMA_VERSION,
             ResultsKind::Quantize => crate::quantize::SCHEMA_VERSION,
+            ResultsKind::Routing => crate::routing::SCHEMA_VERSION,
         }
     }
 
@@ -53,6 +58,7 @@ impl ResultsKind {
             ResultsKind::Answers => "answers",
             ResultsKind::Manifest => "compare manifest",
             ResultsKind::Quantize => "quantize measurements",
+            ResultsKind::Routing => "router calibration",
         }
     }
 
@@ -136,6 +142,7 @@ pub enum ResultsFile {
     Answers(Answers),
     Manifest(Manifest),
     Quantize(Box<QuantizeResults>),
+    Routing(Box<RouterCalibration>),
 }
 
 impl ResultsFile {
@@ -146,6 +153,7 @@ impl ResultsFile {
             ResultsFile::Answers(_) => ResultsKind::Answers,
             ResultsFile::Manifest(_) => ResultsKind::Manifest,
             ResultsFile::Quantize(_) => ResultsKind::Quantize,
+            ResultsFile::Routing(_) => ResultsKind::Routing,
         }
     }
 
@@ -186,6 +194,7 @@ impl ResultsFile {
             ResultsKind::Quantize => {
                 ResultsFile::Quantize(Box::new(typed(v, "quantize measurements")?))
             }
+            ResultsKind::Routing => ResultsFile::Routing(Box::new(typed(v, "router calibration")?)),
         })
     }
 }

@@ -6,7 +6,8 @@
 //! - [`model`]: which model a record is about ([`ModelIdentity`]).
 //! - [`header`]: the kind and schema version every results file starts with, and the one
 //!   function that recognises a results file ([`ResultsFile::parse`]).
-//! - [`bench`], [`eval`], [`compare`], [`quantize`]: each results file's schema, declared once.
+//! - [`bench`], [`eval`], [`compare`], [`quantize`], [`routing`]: each results file's schema,
+//!   declared once.
 //! - [`stats`] (estimates with 95% intervals), [`paired`] (paired tests, the 1-10 scale),
 //!   [`hash`] (SHA-256 as hex), [`nan`] (NaN-as-null readers), [`time`] (UTC dates).
 //! - [`fsio`]: atomic file writes (temporary, fsync, rename) for every file bakeoff writes.
@@ -25,6 +26,7 @@ pub mod nan;
 pub mod paired;
 pub mod quantize;
 pub mod redact;
+pub mod routing;
 pub mod stats;
 pub mod stream;
 pub mod time;

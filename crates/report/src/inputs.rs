@@ -10,6 +10,7 @@ use bakeoff_record::compare::{Answers, Manifest};
 use bakeoff_record::eval::Results as EvalResults;
 use bakeoff_record::hash::sha256_hex;
 use bakeoff_record::quantize::QuantizeResults;
+use bakeoff_record::routing::RouterCalibration;
 
 use crate::error::{ReportError, Result};
 
@@ -38,14 +39,16 @@ pub struct Inputs {
     pub answers: Option<Answers>,
     pub manifest: Option<Manifest>,
     pub quant: Vec<QuantizeResults>,
+    pub routing: Option<RouterCalibration>,
 }
 
 /// The files `bakeoff compare` writes into its output folder, so `bakeoff report DIR` finds them.
-pub const COMPARE_FILES: [&str; 4] = [
+pub const COMPARE_FILES: [&str; 5] = [
     "compare.json",
     "bench.json",
     "eval/results.json",
     "answers.json",
+    "routing.json",
 ];
 
 impl Inputs {
@@ -53,7 +56,7 @@ impl Inputs {
     pub fn load(paths: &[PathBuf]) -> Result<Inputs> {
         if paths.is_empty() {
             return Err(ReportError::Input(
-                "no results files given (bench, eval, answers, compare.json or quantize --measure results, or a compare output folder)".into(),
+                "no results files given (bench, eval, answers, compare.json, routing.json or quantize --measure results, or a compare output folder)".into(),
             ));
         }
         let mut files = Vec::new();
@@ -132,6 +135,7 @@ impl Inputs {
             ResultsFile::Answers(r) => set_once(&mut self.answers, r, "answers", path)?,
             ResultsFile::Manifest(r) => set_once(&mut self.manifest, r, "compare manifest", path)?,
             ResultsFile::Quantize(r) => self.quant.push(*r),
+            ResultsFile::Routing(r) => set_once(&mut self.routing, *r, "router calibration", path)?,
         }
         self.sources.push(Source {
             path: path.display().to_string(),

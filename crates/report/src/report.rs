@@ -74,7 +74,7 @@ pub fn render(inp: &Inputs) -> Result<Rendered> {
     recommendations(&mut d, &pair, &ev);
     hardware(&mut d, &pair);
     quantization(&mut d, inp);
-    routing(&mut d, &pair, &f)?;
+    routing(&mut d, inp, &pair, &f)?;
     methodology(&mut d, inp, &pair);
     appendix(&mut d, inp, &pair);
     let summary = summarize(inp, &pair, verdicts);

@@ -12,6 +12,7 @@ fn fixture_paths() -> Vec<PathBuf> {
         "bench.json",
         "eval/results.json",
         "answers.json",
+        "routing.json",
     ]
     .iter()
     .map(|f| Path::new("tests/fixtures/tiny").join(f))
@@ -100,8 +101,9 @@ fn html_holds_the_same_sections_and_inline_charts() {
 #[test]
 fn a_folder_is_read_like_its_files() {
     let a = Inputs::load(&[PathBuf::from("tests/fixtures/tiny")]).expect("folder loads");
-    assert_eq!(a.sources.len(), 4);
+    assert_eq!(a.sources.len(), 5);
     assert!(a.bench.is_some() && a.eval.is_some() && a.answers.is_some() && a.manifest.is_some());
+    assert!(a.routing.is_some());
 }
 
 /// The same measurements relabelled as real models (constructed here, never shown as data):

@@ -23,7 +23,10 @@
 //!
 //! [router]
 //! policy = "complexity"
-//! complexity_threshold = 0.35
+//! calibration = "routing.json"  # `bakeoff route calibrate --out`: weights and threshold
+//! complexity_threshold = 0.55   # overrides the calibration's threshold
+//! # or the weights themselves (what `route calibrate` writes here):
+//! # complexity_weights = { bias = 0.0, length = 0.0, code = 1.0, math = 0.5, reasoning = 0.3, turns = 0.0, max_tokens = 0.0 }
 //!
 //! [[models]]
 //! tier = "fast"
@@ -41,6 +44,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::complexity::{self, Weights};
 use crate::engine::EngineOptions;
 use crate::router::{RouterConfig, RoutingPolicy, Tier};
 use crate::routes::HttpSettings;
@@ -94,7 +98,11 @@ pub struct EngineSection {
 #[serde(deny_unknown_fields)]
 pub struct RouterSection {
     pub policy: Option<String>,
+    /// A `bakeoff route calibrate --out` file: the complexity weights and threshold (relative
+    /// paths are read from the config file's folder).
+    pub calibration: Option<String>,
     pub complexity_threshold: Option<f32>,
+    pub complexity_weights: Option<Weights>,
     pub cascade_logprob_threshold: Option<f32>,
     pub fixed_tier: Option<String>,
     pub fallback: Option<bool>,
@@ -187,7 +195,14 @@ impl ConfigFile {
     pub fn read(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let mut cfg: ConfigFile =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let (Some(c), Some(dir)) = (&cfg.router.calibration, path.parent())
+            && Path::new(c).is_relative()
+        {
+            cfg.router.calibration = Some(dir.join(c).display().to_string());
+        }
+        Ok(cfg)
     }
 }
 
@@ -276,7 +291,35 @@ impl ServeSettings {
                 .ok_or_else(|| format!("router.fixed_tier `{t}` must be `fast` or `strong`"))?,
             None => rd.fixed_tier,
         };
-        let threshold = r.complexity_threshold.unwrap_or(rd.complexity_threshold);
+        let calibration = match &r.calibration {
+            Some(p) => {
+                let bytes = std::fs::read(p)
+                    .map_err(|e| format!("router.calibration: cannot read {p}: {e}"))?;
+                Some(
+                    complexity::read_calibration(&bytes)
+                        .map_err(|e| format!("router.calibration {p}: {e}"))?,
+                )
+            }
+            None => None,
+        };
+        if calibration.is_some() && r.complexity_weights.is_some() {
+            return Err(
+                "router.calibration and router.complexity_weights both set the weights; give one"
+                    .into(),
+            );
+        }
+        let weights = match (&r.complexity_weights, &calibration) {
+            (Some(w), _) if !w.is_finite() => {
+                return Err("router.complexity_weights must be finite numbers".into());
+            }
+            (Some(w), _) => *w,
+            (None, Some(c)) => c.weights,
+            (None, None) => rd.complexity_weights,
+        };
+        let threshold = r
+            .complexity_threshold
+            .or(calibration.as_ref().map(|c| c.calibration.threshold))
+            .unwrap_or(rd.complexity_threshold);
         if !(0.0..=1.0).contains(&threshold) {
             return Err(format!(
                 "router.complexity_threshold must be in [0, 1], got {threshold}"
@@ -293,6 +336,7 @@ impl ServeSettings {
         let router = RouterConfig {
             policy,
             complexity_threshold: threshold,
+            complexity_weights: weights,
             cascade_logprob_threshold: lp,
             fixed_tier,
             fallback: r.fallback.unwrap_or(rd.fallback),
@@ -480,5 +524,55 @@ mod tests {
         assert!(bad.unwrap_err().to_string().contains("prot"));
         let no_models = ServeSettings::resolve(ConfigFile::default()).unwrap_err();
         assert!(no_models.contains("no models"), "{no_models}");
+    }
+
+    /// A calibration file next to the config sets the weights and the threshold; the config's
+    /// own threshold wins over the file's; weights from two places are refused.
+    #[test]
+    fn the_router_starts_from_a_calibration_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = complexity::shipped().unwrap();
+        c.weights.code = 7.5;
+        c.calibration.threshold = 0.625;
+        std::fs::write(
+            dir.path().join("routing.json"),
+            serde_json::to_string(&c).unwrap(),
+        )
+        .unwrap();
+        let base = "[[models]]\ntier = \"fast\"\nsource = \"/m/a\"\n[router]\ncalibration = \"routing.json\"\n";
+        let path = dir.path().join("serve.toml");
+        std::fs::write(&path, base).unwrap();
+        let s = ServeSettings::resolve(ConfigFile::read(&path).unwrap()).unwrap();
+        assert_eq!(s.router.complexity_weights.code, 7.5);
+        assert_eq!(s.router.complexity_threshold, 0.625);
+
+        std::fs::write(&path, format!("{base}complexity_threshold = 0.25\n")).unwrap();
+        let s = ServeSettings::resolve(ConfigFile::read(&path).unwrap()).unwrap();
+        assert_eq!(s.router.complexity_threshold, 0.25);
+        assert_eq!(s.router.complexity_weights.code, 7.5);
+
+        std::fs::write(
+            &path,
+            format!("{base}complexity_weights = {{ bias = 0.0, length = 0.0, code = 1.0, math = 0.0, reasoning = 0.0, turns = 0.0, max_tokens = 0.0 }}\n"),
+        )
+        .unwrap();
+        let e = ServeSettings::resolve(ConfigFile::read(&path).unwrap()).unwrap_err();
+        assert!(e.contains("give one"), "{e}");
+
+        std::fs::write(dir.path().join("routing.json"), "{\"kind\": \"routing\"}").unwrap();
+        std::fs::write(&path, base).unwrap();
+        let e = ServeSettings::resolve(ConfigFile::read(&path).unwrap()).unwrap_err();
+        assert!(
+            e.contains("router.calibration") && e.contains("routing.json"),
+            "{e}"
+        );
+        std::fs::remove_file(dir.path().join("routing.json")).unwrap();
+        let e = ServeSettings::resolve(ConfigFile::read(&path).unwrap()).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+
+        let defaults = RouterConfig::default();
+        let shipped = complexity::shipped().unwrap();
+        assert_eq!(defaults.complexity_weights, shipped.weights);
+        assert_eq!(defaults.complexity_threshold, shipped.calibration.threshold);
     }
 }

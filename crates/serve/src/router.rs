@@ -87,6 +87,7 @@ pub struct RouterConfig {
     pub policy: RoutingPolicy,
     /// `complexity`: scores at or above go to the strong tier.
     pub complexity_threshold: f32,
+    pub complexity_weights: complexity::Weights,
     /// `cascade`: a fast answer whose mean token log-probability is below this goes to the
     /// strong tier.
     pub cascade_logprob_threshold: f32,
@@ -106,9 +107,12 @@ pub struct RouterConfig {
 
 impl Default for RouterConfig {
     fn default() -> Self {
+        // `complexity::tests` checks that the shipped file reads.
+        let shipped = complexity::shipped().expect("the shipped router calibration reads");
         RouterConfig {
             policy: RoutingPolicy::Complexity,
-            complexity_threshold: 0.35,
+            complexity_threshold: shipped.calibration.threshold,
+            complexity_weights: shipped.weights,
             cascade_logprob_threshold: -1.5,
             fixed_tier: Tier::Fast,
             fallback: true,
@@ -486,7 +490,8 @@ impl Router {
                     self.serve_tier(t, &req, route, "policy").await
                 }
                 RoutingPolicy::Complexity => {
-                    let s = complexity::score(&req.input, req.max_tokens);
+                    let s =
+                        complexity::score(&req.input, req.max_tokens, &self.cfg.complexity_weights);
                     let th = self.cfg.complexity_threshold;
                     let (t, cmp) = if s.total >= th {
                         (Tier::Strong, ">=")

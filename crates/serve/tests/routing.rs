@@ -80,7 +80,8 @@ async fn complexity_sends_easy_requests_fast_and_hard_ones_strong() {
     .await;
     let v = r.json();
     assert_eq!(v["route"]["tier"], "strong", "{}", r.text);
-    assert!(v["route"]["score"].as_f64().unwrap() >= 0.35);
+    let th = RouterConfig::default().complexity_threshold as f64;
+    assert!(v["route"]["score"].as_f64().unwrap() >= th);
     // Names bypass the policy.
     let r = send(
         &app,

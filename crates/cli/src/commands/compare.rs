@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use bakeoff_engine::generate::{Flow, GenParams, generate};
 use bakeoff_engine::loader::catalog::PullOptions;
 use bakeoff_engine::loader::{LoadOptions, ModelSource, gguf::GgufStore};
@@ -158,6 +158,10 @@ pub struct CompareArgs {
     /// --demo-synthetic).
     #[arg(long)]
     pub answer_tokens: Option<usize>,
+    /// Share of requests the calibrated router (routing.json, the report's routing section)
+    /// sends to the strong model.
+    #[arg(long, default_value_t = 0.3)]
+    pub strong_share: f64,
     /// The history database (default: bakeoff/history.sqlite under the user's data folder).
     #[arg(long)]
     pub db: Option<PathBuf>,
@@ -328,6 +332,9 @@ fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
 
 pub fn run(a: CompareArgs) -> Result<()> {
     let started = Instant::now();
+    if !(0.0..=1.0).contains(&a.strong_share) {
+        bail!("--strong-share must be in [0, 1], got {}", a.strong_share);
+    }
     // Checked before the long bench and eval steps, not after them.
     for q in &a.quantize_results {
         let bytes = std::fs::read(q)
@@ -489,6 +496,29 @@ pub fn run(a: CompareArgs) -> Result<()> {
     })
     .context("the eval step failed")?;
 
+    // The router calibration is part of the report, not a step that can fail the run: on too
+    // few items it is left out and the report says so.
+    let routing_path = a.out.join("routing.json");
+    let shipped = bakeoff_serve::complexity::shipped().map_err(|e| anyhow!(e))?;
+    match bakeoff_serve::calibrate::run(&bakeoff_serve::calibrate::Options {
+        results: &eval_dir,
+        holdout: None,
+        strong_share: a.strong_share,
+        fast: None,
+        strong: None,
+        weights: bakeoff_serve::calibrate::WeightsMode::Auto,
+        current: shipped.weights,
+    }) {
+        Ok(out) => write_json(&routing_path, &out.calibration)?,
+        Err(e) => {
+            eprintln!("router calibration left out of the report: {e}");
+            if routing_path.exists() {
+                std::fs::remove_file(&routing_path)
+                    .with_context(|| format!("cannot remove {}", routing_path.display()))?;
+            }
+        }
+    }
+
     eprintln!("== 3/3 answers to the fixed prompts");
     let opts = LoadOptions {
         device: a.device.parse()?,
@@ -541,6 +571,9 @@ pub fn run(a: CompareArgs) -> Result<()> {
         eval_dir.join("results.json"),
         answers_path,
     ];
+    if routing_path.is_file() {
+        files.push(routing_path);
+    }
     // Copied in, so that `bakeoff report` on the folder renders the same report.
     for (i, q) in a.quantize_results.iter().enumerate() {
         let dst = a.out.join(format!("quantize-{}.json", i + 1));

@@ -1,15 +1,15 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use bakeoff_engine::template::Message;
+use bakeoff_record::routing::RouterCalibration;
+use bakeoff_serve::ConfigFile;
 use bakeoff_serve::backend::Input;
-use bakeoff_serve::calibrate::{
-    Calibration, HeldOut, calibrate, evaluate, read_eval, read_items, split, write_config,
-};
-use bakeoff_serve::complexity::score;
-use clap::{Args, Subcommand};
+use bakeoff_serve::calibrate::{self, Options, WeightsMode, write_config};
+use bakeoff_serve::complexity::{self, Weights};
+use clap::{Args, Subcommand, ValueEnum};
 
-/// Router tools: calibrate the complexity threshold, or score a prompt.
+/// Router tools: fit the complexity router on eval results, or score a prompt.
 #[derive(Args, Debug)]
 pub struct RouteArgs {
     #[command(subcommand)]
@@ -18,11 +18,22 @@ pub struct RouteArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum RouteCmd {
-    /// Pick the complexity threshold that sends a given share of requests to the strong model,
-    /// from per-item eval results, and write it to the serve config file.
+    /// Fit the complexity router's weights on per-item eval results of two models and pick the
+    /// threshold that sends a given share of requests to the strong model; measure both on
+    /// held-out items against random routing; write them to the serve config file.
     Calibrate(CalibrateArgs),
     /// Show the complexity score of a prompt and its features.
     Score(ScoreArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum WeightsArg {
+    /// Fit the weights on the calibration items.
+    Fit,
+    /// Keep the weights in force (the config file's, else the shipped ones); pick the threshold.
+    Keep,
+    /// Fit with at least 40 calibration items, else keep.
+    Auto,
 }
 
 #[derive(Args, Debug)]
@@ -36,12 +47,16 @@ pub struct CalibrateArgs {
     /// eval output, 0 for the per-item format (usually a handful of hand-made items).
     #[arg(long)]
     pub holdout: Option<f64>,
-    /// Also write the calibration (curve, threshold, held-out figures) as JSON here.
+    /// Also write the calibration (weights, curve, threshold, held-out figures) as JSON here;
+    /// `serve --calibration FILE` starts from it.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Share of requests the strong model should get (0..1).
     #[arg(long, default_value_t = 0.3)]
     pub strong_share: f64,
+    /// Fit the feature weights, or keep the ones in force and only pick the threshold.
+    #[arg(long, value_enum, default_value_t = WeightsArg::Auto)]
+    pub weights: WeightsArg,
     /// The config file to write (created, or updated keeping its other settings).
     #[arg(long, default_value = "bakeoff-serve.toml")]
     pub config: PathBuf,
@@ -67,124 +82,99 @@ pub struct ScoreArgs {
     pub prompt: String,
     #[arg(long)]
     pub max_tokens: Option<usize>,
+    /// Score with this calibration (`route calibrate --out`) instead of the shipped one.
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
 }
 
 pub fn run(a: RouteArgs) -> Result<()> {
     match a.cmd {
         RouteCmd::Calibrate(c) => run_calibrate(c),
         RouteCmd::Score(s) => {
-            let sc = score(&Input::Chat(vec![Message::user(s.prompt)]), s.max_tokens);
-            println!("{}", serde_json::to_string_pretty(&sc)?);
+            let c = match &s.calibration {
+                Some(p) => read_calibration(p)?,
+                None => complexity::shipped().map_err(|e| anyhow!(e))?,
+            };
+            let sc = complexity::score(
+                &Input::Chat(vec![Message::user(s.prompt)]),
+                s.max_tokens,
+                &c.weights,
+            );
+            let th = c.calibration.threshold;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "score": sc,
+                    "threshold": th,
+                    "tier": if sc.total >= th { "strong" } else { "fast" },
+                }))?
+            );
             Ok(())
         }
     }
 }
 
-#[derive(serde::Serialize)]
-struct CalibrationFile<'a> {
-    source: String,
-    fast: &'a str,
-    strong: &'a str,
-    holdout: f64,
-    calibration: &'a Calibration,
-    held_out: Option<&'a HeldOut>,
+pub fn read_calibration(p: &Path) -> Result<RouterCalibration> {
+    let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+    complexity::read_calibration(&bytes).map_err(|e| anyhow!("{}: {e}", p.display()))
+}
+
+/// The weights in force for `config`: its own, its calibration's, else the shipped ones.
+fn current_weights(config: &Path) -> Result<Weights> {
+    if config.exists() {
+        let cfg = ConfigFile::read(config).map_err(|e| anyhow!(e))?;
+        if let Some(w) = cfg.router.complexity_weights {
+            return Ok(w);
+        }
+        if let Some(c) = &cfg.router.calibration {
+            return Ok(read_calibration(Path::new(c))?.weights);
+        }
+    }
+    Ok(complexity::shipped().map_err(|e| anyhow!(e))?.weights)
 }
 
 fn run_calibrate(c: CalibrateArgs) -> Result<()> {
-    if let Some(h) = c.holdout
-        && !(0.0..1.0).contains(&h)
-    {
-        anyhow::bail!("--holdout must be in [0, 1), got {h}");
+    let out = calibrate::run(&Options {
+        results: &c.results,
+        holdout: c.holdout,
+        strong_share: c.strong_share,
+        fast: c.fast.clone(),
+        strong: c.strong.clone(),
+        weights: match c.weights {
+            WeightsArg::Fit => WeightsMode::Fit,
+            WeightsArg::Keep => WeightsMode::Keep,
+            WeightsArg::Auto => WeightsMode::Auto,
+        },
+        current: current_weights(&c.config)?,
+    })
+    .map_err(|e| anyhow!(e))?;
+    for n in &out.notes {
+        eprintln!("{n}");
     }
-    let eval_output = read_eval(&c.results).map_err(|e| anyhow!(e))?;
-    let holdout = c
-        .holdout
-        .unwrap_or(if eval_output.is_some() { 0.5 } else { 0.0 });
-    let (items, fast, strong) = match eval_output {
-        Some(ev) => {
-            let labels: Vec<&str> = ev.models.iter().map(|(l, _)| l.as_str()).collect();
-            let by_size = {
-                let mut m = ev.models.clone();
-                m.sort_by_key(|(_, p)| p.unwrap_or(u64::MAX));
-                m
-            };
-            let fast = c.fast.clone().unwrap_or_else(|| by_size[0].0.clone());
-            let strong = c.strong.clone().unwrap_or_else(|| {
-                by_size
-                    .iter()
-                    .find(|(l, _)| *l != fast)
-                    .map(|(l, _)| l.clone())
-                    .unwrap_or_default()
-            });
-            for k in [&fast, &strong] {
-                if !labels.contains(&k.as_str()) {
-                    anyhow::bail!(
-                        "`{k}` is not a model of {} (models: {})",
-                        c.results.display(),
-                        labels.join(", ")
-                    );
-                }
-            }
-            eprintln!(
-                "eval results: {} items scored for both models{}; fast = {fast}, strong = {strong}",
-                ev.items.len(),
-                if ev.without_prompt > 0 {
-                    format!(" ({} without a prompt left out)", ev.without_prompt)
-                } else {
-                    String::new()
-                }
-            );
-            (ev.items, fast, strong)
-        }
-        None => (
-            read_items(&c.results).map_err(|e| anyhow!(e))?,
-            c.fast.clone().unwrap_or_else(|| "fast".into()),
-            c.strong.clone().unwrap_or_else(|| "strong".into()),
-        ),
-    };
-    let (cal_items, test_items) = if holdout > 0.0 {
-        let (a, b) = split(&items, holdout);
-        if a.is_empty() || b.is_empty() {
-            anyhow::bail!(
-                "{} items cannot be split into calibration and held-out parts at --holdout {}; \
-                 use --holdout 0 to calibrate on all of them (without a held-out check)",
-                items.len(),
-                holdout
-            );
-        }
-        (a, b)
-    } else {
-        (items, Vec::new())
-    };
-    let cal = calibrate(&cal_items, &fast, &strong, c.strong_share).map_err(|e| anyhow!(e))?;
-    let held = if test_items.is_empty() {
-        None
-    } else {
-        Some(evaluate(&test_items, &fast, &strong, cal.threshold).map_err(|e| anyhow!(e))?)
-    };
-    if let Some(out) = &c.out {
-        let file = CalibrationFile {
-            source: c.results.display().to_string(),
-            fast: &fast,
-            strong: &strong,
-            holdout,
-            calibration: &cal,
-            held_out: held.as_ref(),
-        };
+    let rc = &out.calibration;
+    if let Some(path) = &c.out {
         bakeoff_record::fsio::write_atomic(
-            out,
-            (serde_json::to_string_pretty(&file)? + "\n").as_bytes(),
+            path,
+            (serde_json::to_string_pretty(rc)? + "\n").as_bytes(),
         )
-        .map_err(|e| anyhow!("cannot write {}: {e}", out.display()))?;
+        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
     }
+    let cal = &rc.calibration;
     if c.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "fast": fast, "strong": strong, "calibration": cal, "held_out": held,
-            }))?
-        );
+        println!("{}", serde_json::to_string_pretty(rc)?);
     } else {
+        let w = &rc.weights;
+        println!(
+            "weights ({}): bias {:+.3} · {}",
+            if rc.fitted { "fitted" } else { "kept" },
+            w.bias,
+            Weights::FEATURE_NAMES
+                .iter()
+                .zip(w.features())
+                .map(|(n, v)| format!("{n} {v:+.3}"))
+                .collect::<Vec<_>>()
+                .join(" · ")
+        );
         println!(
             "calibration: {} items · fast alone {:.3} · strong alone {:.3}",
             cal.items, cal.fast_only, cal.strong_only
@@ -210,7 +200,7 @@ fn run_calibrate(c: CalibrateArgs) -> Result<()> {
                 g * 100.0
             ))
         );
-        if let Some(h) = &held {
+        if let Some(h) = &rc.held_out {
             println!(
                 "held out: {} items · {:.1}% sent to strong · quality {:.3} (95% {:.3}-{:.3}) vs random \
                  routing at that share {:.3} ({:.3}-{:.3}); gain {:+.3} (95% {:+.3} to {:+.3}) · fast alone \
@@ -229,12 +219,23 @@ fn run_calibrate(c: CalibrateArgs) -> Result<()> {
                 h.fast_only,
                 h.strong_only
             );
+            for p in &h.by_component {
+                println!(
+                    "  {:<16} {:>4} items · {:>5.1}% to strong · routed {:.3} (fast {:.3}, strong {:.3})",
+                    p.component,
+                    p.items,
+                    p.strong_share * 100.0,
+                    p.quality,
+                    p.fast_only,
+                    p.strong_only
+                );
+            }
         }
     }
     if !c.dry_run {
-        write_config(&c.config, cal.threshold).map_err(|e| anyhow!(e))?;
+        write_config(&c.config, cal.threshold, &rc.weights).map_err(|e| anyhow!(e))?;
         eprintln!(
-            "wrote router.complexity_threshold = {:.4} to {}",
+            "wrote router.complexity_threshold = {:.4} and router.complexity_weights to {}",
             cal.threshold,
             c.config.display()
         );

@@ -15,9 +15,14 @@ pub struct ServeArgs {
     /// How `"model": "auto"` is routed: complexity, cascade or fixed.
     #[arg(long)]
     pub policy: Option<String>,
-    /// complexity: requests scoring at or above this go to the strong tier (0..1).
+    /// complexity: requests scoring at or above this go to the strong tier (0..1; default: the
+    /// calibration's).
     #[arg(long)]
     pub threshold: Option<f32>,
+    /// complexity: start from this `bakeoff route calibrate --out` file (its weights and
+    /// threshold) instead of the shipped calibration.
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
     /// cascade: fast answers whose mean token log-probability is below this go to the strong tier.
     #[arg(long, allow_hyphen_values = true)]
     pub cascade_threshold: Option<f32>,
@@ -113,6 +118,11 @@ pub fn settings(a: &ServeArgs) -> Result<ServeSettings> {
     over!(cfg.max_connections, a.max_connections);
     over!(cfg.router.policy, a.policy);
     over!(cfg.router.complexity_threshold, a.threshold);
+    if let Some(p) = &a.calibration {
+        cfg.router.calibration = Some(p.display().to_string());
+        // The file's weights replace the config's, not conflict with them.
+        cfg.router.complexity_weights = None;
+    }
     over!(cfg.router.cascade_logprob_threshold, a.cascade_threshold);
     over!(cfg.router.fixed_tier, a.fixed_tier);
     over!(cfg.engine.max_batch, a.max_batch);
