@@ -40,6 +40,9 @@ pub struct Inputs {
     pub manifest: Option<Manifest>,
     pub quant: Vec<QuantizeResults>,
     pub routing: Option<RouterCalibration>,
+    /// SHA-256 of a model file → the Hugging Face repository of its original weights (from the
+    /// model catalog; the caller fills it), to find the scores the model's authors published.
+    pub bases: std::collections::BTreeMap<String, String>,
 }
 
 /// The files `bakeoff compare` writes into its output folder, so `bakeoff report DIR` finds them.

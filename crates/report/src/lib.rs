@@ -8,6 +8,7 @@ pub mod doc;
 pub mod error;
 pub mod history;
 pub mod inputs;
+pub mod published;
 pub mod report;
 pub mod rules;
 

@@ -137,9 +137,27 @@ fn real_models_get_quality_verdicts() {
                 .map(|p| PathBuf::from(rename(&p.to_string_lossy())));
         }
     }
+    // Model A's file is one the catalog knows: its authors' scores are set beside the measured
+    // ones; model B's is not.
+    let digest = "ab".repeat(32);
+    if let Some(e) = inputs.eval.as_mut() {
+        e.models[0].info.files = vec![bakeoff_record::FileDigest {
+            path: PathBuf::from("a.gguf"),
+            bytes: Some(1),
+            sha256: Some(digest.clone()),
+        }];
+    }
+    inputs
+        .bases
+        .insert(digest, "HuggingFaceTB/SmolLM2-135M-Instruct".into());
     let r = render(&inputs).expect("report renders");
     assert!(!r.markdown.contains("Synthetic models:"));
     assert!(!r.markdown.contains("not meaningful"));
+    let md = &r.markdown;
+    assert!(md.contains("### Measured beside published scores"), "{md}");
+    assert!(md.contains("| HellaSwag | 40.9 | "), "{md}");
+    assert!(md.contains("**not comparable**: the card uses 5 worked examples"));
+    assert!(md.contains("No published scores on file for "));
     let q = r
         .summary
         .verdicts

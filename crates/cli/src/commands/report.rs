@@ -24,9 +24,22 @@ pub struct ReportArgs {
     pub no_history: bool,
 }
 
+/// The catalog's files by SHA-256 → the repository of their original weights, so the report
+/// finds the scores each model's authors published.
+fn catalog_bases() -> Result<std::collections::BTreeMap<String, String>> {
+    let catalog = bakeoff_engine::loader::catalog::Catalog::from_env()?;
+    Ok(catalog
+        .models
+        .iter()
+        .filter_map(|m| Some((m.sha256.clone()?.to_ascii_lowercase(), m.base.clone())))
+        .collect())
+}
+
 /// Renders, writes and (unless told not to) records a report; shared with `compare`.
 pub fn render_and_record(inputs: &Inputs, out: &Path, kind: &str, db: Option<&Path>) -> Result<()> {
-    let rendered = bakeoff_report::render(inputs)?;
+    let mut inputs = inputs.clone();
+    inputs.bases = catalog_bases()?;
+    let rendered = bakeoff_report::render(&inputs)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let written = bakeoff_report::write(&rendered, out)?;
     if let Some(db) = db {

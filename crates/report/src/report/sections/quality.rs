@@ -8,6 +8,7 @@ use crate::charts::{self, Bar, XY};
 use crate::doc::{Block, Doc};
 use crate::error::Result;
 use crate::inputs::{FIXED_PROMPTS, Inputs};
+use crate::published::Published;
 
 use crate::report::TIE;
 use crate::report::format::*;
@@ -157,6 +158,7 @@ pub(crate) fn quality(d: &mut Doc, inp: &Inputs, pair: &Pair, f: &Facts) -> Resu
                 ],
                 rows,
             );
+            published(d, inp, pair)?;
             // Quality against speed: the trade-off in one picture.
             let point = |v: &View| -> Option<XY> {
                 let o = v.eval?.overall.as_ref()?;
@@ -247,5 +249,97 @@ pub(crate) fn quality(d: &mut Doc, inp: &Inputs, pair: &Pair, f: &Facts) -> Resu
             FIXED_PROMPTS.map(|p| format!("\"{p}\"")).join(", ")
         )),
     }
+    Ok(())
+}
+
+/// The repository of a model's original weights: from the catalog by file hash, else the hub id
+/// it was loaded from.
+fn base_of(inp: &Inputs, m: &EvalModel) -> Option<String> {
+    m.info
+        .files
+        .iter()
+        .filter_map(|f| f.sha256.as_ref())
+        .find_map(|h| inp.bases.get(h).cloned())
+        .or_else(|| {
+            let s = &m.info.source;
+            (s.split('/').count() == 2 && !std::path::Path::new(s).exists()).then(|| s.clone())
+        })
+}
+
+/// Each model's measured scores beside the ones its authors published, with the protocol
+/// difference spelled out.
+fn published(d: &mut Doc, inp: &Inputs, pair: &Pair) -> Result<()> {
+    if pair.a.synthetic || pair.b.synthetic {
+        return Ok(());
+    }
+    d.h3("Measured beside published scores");
+    let table = Published::shipped()?;
+    let mut rows = Vec::new();
+    let mut without = Vec::new();
+    for v in pair.models() {
+        let Some(m) = v.eval else { continue };
+        let Some(p) = base_of(inp, m).and_then(|b| table.for_base(&b)) else {
+            without.push(v.label.clone());
+            continue;
+        };
+        for s in &p.scores {
+            let measured = m
+                .components
+                .iter()
+                .find(|c| c.name == s.component)
+                .and_then(|c| {
+                    if c.metric == s.metric {
+                        Some(&c.headline)
+                    } else {
+                        c.other.get(&s.metric)
+                    }
+                })
+                .map_or("not measured".to_string(), |x| {
+                    format!(
+                        "{:.1} ({:.1}–{:.1}), n {}",
+                        x.value * 100.0,
+                        x.ci95.0 * 100.0,
+                        x.ci95.1 * 100.0,
+                        x.n
+                    )
+                });
+            rows.push(vec![
+                v.label.clone(),
+                s.benchmark.clone(),
+                format!("{:.1}", s.value),
+                format!("{measured} ({} {})", s.component, s.metric),
+                if s.comparable {
+                    format!("comparable: {}", s.note)
+                } else {
+                    format!("**not comparable**: {}", s.note)
+                },
+            ]);
+        }
+        d.p(format!(
+            "Published for {} ({}): {} <{}>.",
+            v.label, p.base, p.source, p.url
+        ));
+    }
+    if rows.is_empty() {
+        d.p("No published scores on file for these models (bakeoff's table, `crates/report/published.toml`, lists models by the repository of their original weights; a file is recognised by its SHA-256 in the model catalog, or by the hub id it was loaded from).");
+        return Ok(());
+    }
+    d.table(
+        &[
+            "Model",
+            "Published benchmark",
+            "Published (%)",
+            "Measured here (%, 95% CI)",
+            "Protocol",
+        ],
+        rows,
+    );
+    if !without.is_empty() {
+        d.p(format!(
+            "No published scores on file for {}.",
+            without.join(", ")
+        ));
+    }
+    d.p("A comparable row differs only in the items scored (bakeoff's profile takes a subset, so its interval is wide) and the quantized file; a published score outside the measured interval there points at the quantization, the chat template or the prompt. Rows marked not comparable are context only.");
     Ok(())
 }
