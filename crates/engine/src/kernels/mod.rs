@@ -121,15 +121,19 @@ pub const Q8_0_BYTES: usize = 34;
 /// Bytes of one Q4_0 weight block: f16 scale + 16 bytes of nibbles.
 pub const Q4_0_BYTES: usize = 18;
 
+/// The scale is `amax / 127` and the quants `round_half_even(x · 127 / amax)`, as ggml's x86
+/// code (`quantize_row_q8_0`/`_q8_1` with AVX) computes them: its reference C multiplies by
+/// `1 / d` instead and rounds half away from zero, and the last-bit difference of the two
+/// multipliers flips enough roundings to move a 30-layer model's logits by a tenth of a nat.
 pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
     for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
         let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
-        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
         blk.d = d;
         let mut sum = 0i32;
         for (q, v) in blk.qs.iter_mut().zip(xs) {
-            *q = (v * id).round() as i8;
+            *q = (v * id).round_ties_even() as i8;
             sum += *q as i32;
         }
         blk.s = d * sum as f32;
@@ -281,6 +285,8 @@ mod tests {
         let mut a = vec![BlockQ8::default(); 40];
         let mut b = vec![BlockQ8::default(); 40];
         quantize_row_q8(&x, &mut a);
+        // Halves go to the even neighbour, as ggml's AVX quantizer rounds them.
+        assert_eq!(&a[0].qs[15..19], &[0, 0, 2, 2]);
         #[cfg(target_arch = "x86_64")]
         // SAFETY: avx2 detected above.
         unsafe {

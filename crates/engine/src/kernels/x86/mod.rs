@@ -33,12 +33,11 @@ unsafe fn f16_scale(p: *const u8) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
-/// Quantizes activations to 8 bits in blocks of 32, as `quantize_row_q8` does (rounding half
-/// away from zero, like ggml), 8 values per instruction.
+/// Quantizes activations to 8 bits in blocks of 32, as `quantize_row_q8` does (multiplier
+/// `127 / amax`, rounding half to even, like ggml's AVX code), 8 values per instruction.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
     let sign = _mm256_set1_ps(-0.0);
-    let half = _mm256_set1_ps(0.5);
     for (blk, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
         // SAFETY: xs holds 32 values.
         unsafe {
@@ -49,14 +48,14 @@ pub unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
             }
             let amax = hmax(m);
             let d = amax / 127.0;
-            let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+            let id = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
             blk.d = d;
             let mut sum = _mm256_setzero_si256();
             for (k, v) in v.into_iter().enumerate() {
-                let y = _mm256_mul_ps(v, id);
-                // Round half away from zero: truncate(y + copysign(0.5, y)).
-                let r = _mm256_add_ps(y, _mm256_or_ps(half, _mm256_and_ps(sign, y)));
-                let q = _mm256_cvttps_epi32(r);
+                let y = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                    _mm256_mul_ps(v, id),
+                );
+                let q = _mm256_cvtps_epi32(y);
                 sum = _mm256_add_epi32(sum, q);
                 let mut lanes = [0i32; 8];
                 _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, q);
