@@ -63,7 +63,7 @@ pub fn render(inp: &Inputs) -> Result<Rendered> {
         blocks: Vec::new(),
     };
     intro(&mut d, inp, &pair);
-    let verdicts = executive(&mut d, &pair, &f, &ev);
+    let verdicts = executive(&mut d, &pair, &f, &ev, inp.routing.as_ref());
     environment(&mut d, inp);
     overview(&mut d, &pair);
     performance(&mut d, inp, &pair, &f)?;

@@ -137,6 +137,10 @@ fn real_models_get_quality_verdicts() {
                 .map(|p| PathBuf::from(rename(&p.to_string_lossy())));
         }
     }
+    if let Some(rc) = inputs.routing.as_mut() {
+        rc.fast = rename(&rc.fast);
+        rc.strong = rename(&rc.strong);
+    }
     // Model A's file is one the catalog knows: its authors' scores are set beside the measured
     // ones; model B's is not.
     let digest = "ab".repeat(32);
@@ -158,6 +162,10 @@ fn real_models_get_quality_verdicts() {
     assert!(md.contains("| HellaSwag | 40.9 | "), "{md}");
     assert!(md.contains("**not comparable**: the card uses 5 worked examples"));
     assert!(md.contains("No published scores on file for "));
+    assert!(
+        md.contains("- Tiered routing: the calibrated complexity router sends 36% of held-out requests to model-tiny-qwen2"),
+        "{md}"
+    );
     let q = r
         .summary
         .verdicts

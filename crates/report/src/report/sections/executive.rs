@@ -1,6 +1,7 @@
 //! The report's executive section.
 
 use bakeoff_record::bench::ModelResult as BenchModel;
+use bakeoff_record::routing::RouterCalibration;
 
 use crate::doc::Doc;
 use crate::rules::{self, AREA_RULE, Better, Evidence, INTERVAL_RULE, Pick, THRESHOLD_RULE};
@@ -14,6 +15,7 @@ pub(crate) fn executive(
     pair: &Pair,
     f: &Facts,
     ev: &Evidence,
+    routing: Option<&RouterCalibration>,
 ) -> Vec<(String, String)> {
     d.h2("Executive summary");
     let mut rows = Vec::new();
@@ -163,6 +165,27 @@ pub(crate) fn executive(
             ]);
             verdicts.push(("quality".into(), "not meaningful (synthetic)".into()));
         }
+    }
+    if f.quality_meaningful
+        && let Some(rc) = routing
+        && let Some(h) = &rc.held_out
+        && [a.label.as_str(), b.label.as_str()].contains(&rc.strong.as_str())
+    {
+        let (lo, hi) = h.gain_ci;
+        key.push(format!(
+            "Tiered routing: the calibrated complexity router sends {:.0}% of held-out requests to {} and scores {:.3} against {:.3} for random routing at that share (gain 95% {:+.3} to {:+.3}: {}); {} alone {:.3}, {} alone {:.3}.",
+            h.strong_share * 100.0,
+            rc.strong,
+            h.quality,
+            h.random_at_share,
+            lo,
+            hi,
+            if lo > 0.0 { "better than random" } else if hi < 0.0 { "worse than random" } else { "not distinguishable from random" },
+            rc.fast,
+            h.fast_only,
+            rc.strong,
+            h.strong_only,
+        ));
     }
     d.table(&["Area", &a.label, &b.label, "Winner", "Advantage"], rows);
     d.list(key);
