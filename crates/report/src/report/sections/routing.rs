@@ -67,7 +67,7 @@ pub(crate) fn routing(d: &mut Doc, inp: &Inputs, pair: &Pair, f: &Facts) -> Resu
     );
     d.p("The oracle sends the strong model the items where it gains most first (an upper bound for any real router); random routing sends a uniform share (a lower reference). A real router lands between the two; the calibrated complexity router below is measured on items it was not fitted on.");
     let _ = f;
-    let series = vec![
+    let mut series = vec![
         (
             "oracle router".to_string(),
             pts.iter()
@@ -89,6 +89,21 @@ pub(crate) fn routing(d: &mut Doc, inp: &Inputs, pair: &Pair, f: &Facts) -> Resu
                 .collect(),
         ),
     ];
+    let labels = [pair.a.label.as_str(), pair.b.label.as_str()];
+    if let Some(rc) = &inp.routing
+        && let Some(h) = &rc.held_out
+        && labels.contains(&rc.fast.as_str())
+        && labels.contains(&rc.strong.as_str())
+    {
+        series.push((
+            "calibrated router (held-out items)".to_string(),
+            vec![Point {
+                x: h.strong_share * 100.0,
+                y: h.quality,
+                interval: Some(h.quality_ci),
+            }],
+        ));
+    }
     if let Some(c) = charts::lines(
         "routing_curve",
         "Quality against strong-model calls",
