@@ -376,6 +376,67 @@ fn calibrate_writes_a_config_that_serve_reads() {
     };
     assert_eq!(tier(hard), "strong");
     assert_eq!(tier(easy), "fast");
+    drop(s);
+
+    // Weights fitted on the items (forced: there are fewer than 40), written as a calibration
+    // file that `serve --calibration` and `route score --calibration` start from.
+    let routing = dir.path().join("routing.json");
+    let out = Command::new(BIN)
+        .args([
+            "route",
+            "calibrate",
+            "--strong-share",
+            "0.4",
+            "--weights",
+            "fit",
+            "--dry-run",
+        ])
+        .arg("--results")
+        .arg(&results)
+        .arg("--out")
+        .arg(&routing)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("weights (fitted)"),
+        "{stdout}"
+    );
+    let rc: Value = serde_json::from_str(&std::fs::read_to_string(&routing).unwrap()).unwrap();
+    assert_eq!(
+        (rc["kind"].as_str(), rc["fitted"].as_bool()),
+        (Some("routing"), Some(true))
+    );
+    assert!(rc["weights"]["math"].as_f64().unwrap() > 0.0, "{rc}");
+    let th = rc["calibration"]["threshold"].as_f64().unwrap();
+    let score = Command::new(BIN)
+        .args([
+            "route",
+            "score",
+            "--prompt",
+            "Solve 3x + 7 = 22 step by step and prove it.",
+        ])
+        .arg("--calibration")
+        .arg(&routing)
+        .output()
+        .unwrap();
+    let sv: Value = serde_json::from_slice(&score.stdout).unwrap();
+    assert_eq!(sv["tier"], "strong", "{sv}");
+    assert!(
+        (sv["threshold"].as_f64().unwrap() - th).abs() < 1e-6,
+        "{sv}"
+    );
+
+    let s = Server::start(&["--calibration", routing.to_str().unwrap()]);
+    let url = format!("http://{}/v1/chat/completions", s.base);
+    let route = |body: &str| -> Value {
+        let v: Value = serde_json::from_str(&curl(&["-H", &auth, "-d", body, &url])).unwrap();
+        v["route"].clone()
+    };
+    let r = route(hard);
+    assert_eq!(r["tier"], "strong", "{r}");
+    assert!((r["score"].as_f64().unwrap() - sv["score"]["total"].as_f64().unwrap()).abs() < 1e-6);
+    assert_eq!(route(easy)["tier"], "fast");
 }
 
 #[test]
