@@ -247,10 +247,13 @@ fn bit(b: bool) -> f64 {
     f64::from(u8::from(b))
 }
 
-fn gen_record(component: &str, id: &str, g: &GenOut) -> serde_json::Value {
+/// The token cap and stop strings go with the output so a generation can be redone elsewhere
+/// (scripts/eval_parity_llama_cpp.py regenerates it with llama.cpp).
+fn gen_record(component: &str, id: &str, req: &ChatRequest, g: &GenOut) -> serde_json::Value {
     json!({
         "component": component, "id": id, "prompt": g.prompt, "output": g.text,
         "tokens": g.tokens, "finish": g.finish, "seconds": g.seconds,
+        "max_tokens": req.max_tokens, "stop": req.stop,
     })
 }
 
@@ -476,7 +479,7 @@ impl Run<'_> {
             .map(|u| request(u, "", self.sizes.gsm8k_max_tokens, Vec::new()))
             .collect();
         let outs = self.chat_all("gsm8k", &reqs);
-        for ((it, user), g) in items.iter().zip(users).zip(outs) {
+        for (((it, user), req), g) in items.iter().zip(users).zip(&reqs).zip(outs) {
             let es = gsm8k::extract_strict(&g.text);
             let ef = gsm8k::extract_flexible(&g.text);
             let (vs, vf) = (
@@ -486,7 +489,7 @@ impl Run<'_> {
             strict.push(bit(vs));
             flex.push(bit(vf));
             per_item.insert(it.id.clone(), bit(vf));
-            let mut r = gen_record("gsm8k", &it.id, &g);
+            let mut r = gen_record("gsm8k", &it.id, req, &g);
             r["extracted"] = json!({"strict": es, "flexible": ef});
             r["gold"] = json!(it.answer);
             r["verdict"] = json!({"strict": vs, "flexible": vf});
@@ -517,7 +520,7 @@ impl Run<'_> {
             .map(|it| request(&it.prompt, "", self.sizes.ifeval_max_tokens, Vec::new()))
             .collect();
         let outs = self.chat_all(name, &reqs);
-        for (it, g) in items.iter().zip(outs) {
+        for ((it, req), g) in items.iter().zip(&reqs).zip(outs) {
             let r = ifeval::evaluate(it, &g.text);
             ps.push(bit(r.prompt_strict));
             pl.push(bit(r.prompt_loose));
@@ -525,7 +528,7 @@ impl Run<'_> {
             il_k += r.instructions.iter().filter(|x| x.loose).count() as f64;
             i_n += r.instructions.len();
             per_item.insert(it.id(), bit(r.prompt_strict));
-            let mut a = gen_record(name, &it.id(), &g);
+            let mut a = gen_record(name, &it.id(), req, &g);
             a["instructions"] = json!(it.instruction_id_list);
             a["kwargs"] = json!(it.kwargs);
             a["verdict"] = json!(r);
@@ -566,8 +569,8 @@ impl Run<'_> {
             .map(|(_, t)| request(t, "", self.sizes.mt_bench_max_tokens, Vec::new()))
             .collect();
         let outs = self.chat_all("mt_bench", &reqs);
-        for ((q, turn), g) in firsts.into_iter().zip(outs) {
-            let mut r = gen_record("mt_bench", &q.id(), &g);
+        for (((q, turn), req), g) in firsts.into_iter().zip(&reqs).zip(outs) {
+            let mut r = gen_record("mt_bench", &q.id(), req, &g);
             r["category"] = json!(q.category);
             self.record(r)?;
             self.gens.push(("mt_bench".into(), q.id(), turn.clone(), g));
@@ -615,7 +618,7 @@ impl Run<'_> {
             meta.push((id, user));
         }
         let outs = self.chat_all(name, &reqs);
-        for (i, ((id, user), g)) in meta.into_iter().zip(outs).enumerate() {
+        for (i, (((id, user), req), g)) in meta.into_iter().zip(&reqs).zip(outs).enumerate() {
             let prog = if name == "humaneval" {
                 code::humaneval_program(&plan.humaneval[i], &g.text)
             } else {
@@ -625,7 +628,7 @@ impl Run<'_> {
             let ok = matches!(&outcome, Ok(o) if o.passed);
             passed.push(bit(ok));
             per_item.insert(id.clone(), bit(ok));
-            let mut r = gen_record(name, &id, &g);
+            let mut r = gen_record(name, &id, req, &g);
             r["extracted"] = json!(prog);
             r["verdict"] = match &outcome {
                 Ok(o) => json!({"passed": o.passed, "reason": o.reason(), "run": o}),

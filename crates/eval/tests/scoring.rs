@@ -493,6 +493,21 @@ fn canned_responses_give_exactly_the_expected_scores() {
             );
         }
     }
+    // Each generation records its cap and stop strings, so it can be redone with another engine.
+    let sizes = Profile::Quick.sizes();
+    let mut generated = std::collections::BTreeSet::new();
+    for r in audit.memory() {
+        let (cap, stops): (usize, &[&str]) = match r["component"].as_str() {
+            Some("gsm8k") => (sizes.gsm8k_max_tokens, &[]),
+            Some("humaneval") => (sizes.code_max_tokens, &bakeoff_eval::code::STOPS),
+            Some("mbpp") => (sizes.code_max_tokens, &bakeoff_eval::code::MBPP_STOPS),
+            _ => continue,
+        };
+        assert_eq!(r["max_tokens"], cap, "{r}");
+        assert_eq!(r["stop"], serde_json::json!(stops), "{r}");
+        generated.insert(r["component"].to_string());
+    }
+    assert_eq!(generated.len(), 3, "{generated:?}");
     let hostile = audit
         .memory()
         .iter()
