@@ -155,10 +155,18 @@ def eog_test(llm):
     return lambda tok: bool(llama_cpp.llama_vocab_is_eog(vocab, tok))
 
 
-def llama_greedy(llm, ids, n_gen):
-    """Greedy tokens and llama.cpp's top-1/top-2 margin at each step; stops at end of
-    generation (EOS/EOT)."""
-    is_eog = eog_test(llm)
+def top2_margin(logits):
+    top2 = np.partition(logits, -2)[-2:]
+    return float(abs(top2[1] - top2[0]))
+
+
+def llama_greedy(llm, ids, n_gen, ends=None):
+    """Greedy tokens and llama.cpp's top-1/top-2 margin at each step, for up to n_gen tokens.
+    The run ends after the token for which `ends(tokens, logits)` is true (the tokens so far, that
+    one last; the logits it was taken from); by default at llama.cpp's end of generation (EOS/EOT)."""
+    if ends is None:
+        is_eog = eog_test(llm)
+        ends = lambda tokens, _logits: is_eog(tokens[-1])
     llm.reset()
     llm.eval(ids)
     out, margins = [], []
@@ -166,13 +174,11 @@ def llama_greedy(llm, ids, n_gen):
         # Without logits_all, llama-cpp-python keeps no scores; the context holds the logits of
         # the last token of the last batch.
         logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
-        top2 = np.partition(logits, -2)[-2:]
-        margins.append(float(abs(top2[1] - top2[0])))
-        tok = int(np.argmax(logits))
-        out.append(tok)
-        if is_eog(tok):
+        margins.append(top2_margin(logits))
+        out.append(int(np.argmax(logits)))
+        if ends(out, logits):
             break
-        llm.eval([tok])
+        llm.eval([out[-1]])
     return out, margins
 
 
