@@ -264,6 +264,31 @@ fn eval_choices_match_llama_cpp_on_smollm2() {
     assert!(stdout.contains("| acc | 20 |"), "{stdout}");
 }
 
+/// `bakeoff eval`'s greedy GSM8K and HumanEval answers equal llama.cpp's regenerations from the
+/// same prompt text, stop strings and token cap, except at llama.cpp near-ties, which are counted
+/// (scripts/eval_parity_llama_cpp.py runs the eval itself: 3 items each, 32 new tokens; docs/eval.md).
+/// One thread: this binary's tests run two at a time, and on two busy cores llama.cpp's spinning
+/// threads made the check 3× slower (91 s against 28 s).
+#[test]
+fn eval_greedy_answers_match_llama_cpp_on_smollm2() {
+    script_test(
+        "eval_greedy_answers_match_llama_cpp_on_smollm2",
+        python,
+        "eval_parity_llama_cpp.py",
+        &[
+            "--only",
+            "gsm8k,humaneval",
+            "--limit",
+            "3",
+            "--max-new-tokens",
+            "32",
+            "--threads",
+            "1",
+        ],
+        &[],
+    );
+}
+
 /// `bakeoff serve`'s prompt log-probabilities (`echo`, token-id prompts, `max_tokens: 0`) through
 /// the official openai SDK, against llama.cpp's logits on the same file: lm-evaluation-harness's
 /// log-likelihood requests on 20 ARC-Easy questions (scripts/echo_parity.py). SmolLM2's Q4_1
