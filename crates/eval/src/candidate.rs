@@ -28,6 +28,10 @@ pub struct GenOut {
     pub prompt: String,
     pub text: String,
     pub tokens: usize,
+    /// The generated token ids (end-of-sequence left out), so another engine's answer can be
+    /// compared token by token. Empty in journals written before it was recorded.
+    #[serde(default)]
+    pub ids: Vec<u32>,
     /// `stop`, `length`, `context_full`, `cancelled` (or `error`).
     pub finish: String,
     pub seconds: f64,
@@ -97,6 +101,7 @@ fn gen_out(prompt: String, g: Generation, seconds: f64) -> GenOut {
         prompt,
         text: g.text,
         tokens: g.ids.len(),
+        ids: g.ids,
         finish: g.done.finish_reason.as_str().into(),
         seconds,
     }

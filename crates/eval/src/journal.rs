@@ -280,6 +280,7 @@ mod tests {
                 prompt: format!("{}{p}", m[0].content),
                 text: format!("answer to {}", m[0].content),
                 tokens: n.min(3),
+                ids: vec![7; n.min(3)],
                 finish: "stop".into(),
                 seconds: 0.5,
             })

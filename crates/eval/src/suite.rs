@@ -247,12 +247,12 @@ fn bit(b: bool) -> f64 {
     f64::from(u8::from(b))
 }
 
-/// The token cap and stop strings go with the output so a generation can be redone elsewhere
-/// (scripts/eval_parity_llama_cpp.py regenerates it with llama.cpp).
+/// The token ids, cap and stop strings go with the output so a generation can be redone and
+/// compared token by token elsewhere (scripts/eval_parity_llama_cpp.py, with llama.cpp).
 fn gen_record(component: &str, id: &str, req: &ChatRequest, g: &GenOut) -> serde_json::Value {
     json!({
         "component": component, "id": id, "prompt": g.prompt, "output": g.text,
-        "tokens": g.tokens, "finish": g.finish, "seconds": g.seconds,
+        "tokens": g.tokens, "output_ids": g.ids, "finish": g.finish, "seconds": g.seconds,
         "max_tokens": req.max_tokens, "stop": req.stop,
     })
 }
@@ -284,6 +284,7 @@ impl Run<'_> {
                     .join("\n"),
                 text: String::new(),
                 tokens: 0,
+                ids: Vec::new(),
                 finish: format!("error: {e}"),
                 seconds: 0.0,
             },

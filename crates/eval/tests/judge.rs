@@ -101,6 +101,7 @@ fn generated(id: &str, text: &str) -> Generated {
             prompt: "q".into(),
             text: text.into(),
             tokens: 3,
+            ids: vec![1, 2, 3],
             finish: "stop".into(),
             seconds: 0.0,
         },

@@ -66,6 +66,7 @@ impl Candidate for Canned {
             prompt: format!("<|user|>{user}<|assistant|>{prefix}"),
             text,
             tokens: 5,
+            ids: vec![9; 5],
             finish,
             seconds: 0.0,
         })
@@ -493,7 +494,8 @@ fn canned_responses_give_exactly_the_expected_scores() {
             );
         }
     }
-    // Each generation records its cap and stop strings, so it can be redone with another engine.
+    // Each generation records its token ids, cap and stop strings, so it can be redone and
+    // compared token by token with another engine.
     let sizes = Profile::Quick.sizes();
     let mut generated = std::collections::BTreeSet::new();
     for r in audit.memory() {
@@ -505,6 +507,7 @@ fn canned_responses_give_exactly_the_expected_scores() {
         };
         assert_eq!(r["max_tokens"], cap, "{r}");
         assert_eq!(r["stop"], serde_json::json!(stops), "{r}");
+        assert_eq!(r["output_ids"], serde_json::json!([9, 9, 9, 9, 9]), "{r}");
         generated.insert(r["component"].to_string());
     }
     assert_eq!(generated.len(), 3, "{generated:?}");
