@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from real_parity import F32_KV, eog_test, llama_greedy, run, top2_margin
+from real_parity import F32_KV, eog_test, last_logits, llama_greedy, run, top2_margin
 
 GENERATIVE = ("gsm8k", "humaneval", "mbpp")
 # For audit trails written before the records carried `stop` and `max_tokens`: the stop strings of
@@ -222,9 +222,10 @@ class Follow:
     """bakeoff's end rules over llama.cpp's greedy tokens (the `ends` of llama_greedy), and the
     first step where llama.cpp's text leaves bakeoff's recorded answer."""
 
-    def __init__(self, llm, pieces, want, want_finish, stops, eos, eog):
+    def __init__(self, llm, pieces, want, want_finish, want_tokens, stops, eos, eog):
         self.llm, self.pieces = llm, pieces
         self.want = want.encode("utf-8")
+        self.want_tokens = want_tokens
         self.want_stopped = want_finish == "stop"
         self.stops = [s.encode("utf-8") for s in stops if s]
         self.eos, self.eog = set(eos), eog
@@ -262,6 +263,9 @@ class Follow:
         else:
             same = self.want.startswith(raw) or (
                 raw.startswith(self.want) and self.stop_compatible(raw[len(self.want):]))
+            # A token with no text (a special token outside bakeoff's end set) leaves the text
+            # unchanged: bakeoff's token count says where its answer ended.
+            same &= not (self.want_stopped and step == self.want_tokens)
         if not same and self.diverged is None:
             if self.want.startswith(prev):
                 rest = self.want[len(prev):]
@@ -282,6 +286,29 @@ class Follow:
             }
         self.raw, self.text = raw, text
         return end
+
+
+def first_token_difference(toks, want_ids, eos):
+    """The first step where llama.cpp's tokens (its end-of-sequence token last, if it ended so)
+    and bakeoff's (without theirs) differ; None when they agree to both ends."""
+    for j, t in enumerate(toks):
+        if j == len(want_ids):
+            # bakeoff ended here; with the same tokens so far only an end of sequence ends it.
+            return None if t in eos else j
+        if t != want_ids[j]:
+            return j
+    return None if len(toks) == len(want_ids) else len(toks)
+
+
+def bakeoff_regenerated_ids(bakeoff, path, ids, r, stops, cap, threads):
+    """bakeoff's token ids for an audit record that lacks them: `bakeoff generate` (one sequence)
+    from the same ids, used only if it gives the same text as the record."""
+    cmd = [bakeoff, "generate", "--model", path, "--prompt-ids", json.dumps(ids), "--json",
+           "--max-tokens", str(cap), "--threads", str(threads)]
+    for s in stops:
+        cmd += ["--stop", s]
+    g = json.loads(run(cmd).strip().splitlines()[-1])
+    return g["generated_ids"] if g["text"] == r["output"] else None
 
 
 def bakeoff_info(bakeoff, path):
@@ -307,11 +334,45 @@ def generation_rules(r, sizes):
     return stops, cap
 
 
+def by_text(counts):
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-"
+
+
 def stats(xs):
     if not xs:
         return "-"
     xs = sorted(xs)
     return f"{xs[0]} / {xs[len(xs) // 2]} / {xs[-1]}"
+
+
+def locate(llm, ids, toks, step_margins, f, r, stops, cap, a, path):
+    """Where llama.cpp's answer first differs from bakeoff's: by token ids (the record's
+    `output_ids`, or for older audit trails those of `bakeoff generate` when it gives the same
+    text), else from the text (Follow)."""
+    want_ids = r.get("output_ids")
+    by = "audit ids"
+    if not (isinstance(want_ids, list) and len(want_ids) == r.get("tokens")):
+        want_ids = bakeoff_regenerated_ids(a.bakeoff, path, ids, r, stops, cap, a.threads)
+        by = "regenerated ids"
+    if want_ids is None:
+        d = f.diverged or {"step": None, "margin": min(step_margins), "gap": None}
+        return {**d, "by": "text"}
+    j = first_token_difference(toks, want_ids, f.eos)
+    if j is None:
+        # The same tokens and not the same text: the end or detokenization rules differ.
+        return {"step": None, "margin": float("inf"), "gap": None, "by": by}
+    # The same calls as the run (prompt, then one token at a time), so the same logits: a prompt
+    # evaluation of the answer's tokens rounds differently and can even swap a near-tie.
+    llm.reset()
+    llm.eval(ids)
+    for t in toks[:j]:
+        llm.eval([t])
+    logits = last_logits(llm)
+    theirs = [want_ids[j]] if j < len(want_ids) else sorted(f.eos)
+    return {"step": j, "margin": step_margins[j], "by": by, "llama_cpp_token": toks[j],
+            "bakeoff_token": theirs[0] if j < len(want_ids) else None,
+            # How far below llama.cpp's choice bakeoff's token is in llama.cpp's logits.
+            "gap": float(logits[toks[j]] - max(logits[t] for t in theirs))}
 
 
 def check_greedy(a, models, records):
@@ -324,8 +385,9 @@ def check_greedy(a, models, records):
                  f"| near-ties (llama.cpp margin < {a.gen_tie:g}) | failed: differing, not tied (or prompt ids differ) "
                  "| first differing token: step min / median / max | llama.cpp margin there, min–max "
                  "| gsm8k: same answer where the text differs; exact match bakeoff / llama.cpp "
-                 "| same token count where identical | llama.cpp's own end-of-generation set would have ended it |")
-    table.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+                 "| first difference located by | same token count where identical "
+                 "| llama.cpp's own end-of-generation set would have ended it |")
+    table.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, recs in records.items():
         path = os.path.expanduser(models[label])
         eos = bakeoff_info(a.bakeoff, path)["eos_token_ids"]
@@ -345,7 +407,7 @@ def check_greedy(a, models, records):
             n = same = ties = bad = 0
             caps = {generation_rules(r, sizes)[1] for r in items}
             steps, margins, gsm_same, gsm_diff, count_same, right = [], [], 0, 0, 0, [0, 0]
-            elsewhere = 0
+            elsewhere, located = 0, defaultdict(int)
             t0 = time.time()
             for r in items:
                 if str(r.get("finish", "")).startswith("error"):
@@ -367,7 +429,7 @@ def check_greedy(a, models, records):
                     bad += 1
                     rows.append(item)
                     continue
-                f = Follow(llm, pieces, r["output"], r.get("finish"), stops, eos, eog)
+                f = Follow(llm, pieces, r["output"], r.get("finish"), r.get("tokens"), stops, eos, eog)
                 toks, step_margins = llama_greedy(llm, ids, cap, ends=f)
                 gen = [t for t in toks if t not in f.eos]
                 noise_jobs[label].append((ids, stops, cap, gen, f.top2))
@@ -388,7 +450,8 @@ def check_greedy(a, models, records):
                     count_same += r.get("tokens") == len(gen)
                     item["verdict"] = "identical"
                 else:
-                    d = f.diverged or {"step": None, "margin": min(step_margins), "gap": None}
+                    d = locate(llm, ids, toks, step_margins, f, r, stops, cap, a, path)
+                    located[d["by"]] += 1
                     item.update(first_difference=d, llama_cpp_output=text)
                     if d["step"] is not None:
                         steps.append(d["step"])
@@ -401,7 +464,12 @@ def check_greedy(a, models, records):
                         gsm_diff += 1
                         gsm_same += ans["bakeoff"]["flexible"] == ans["llama_cpp"]["flexible"]
                     item["verdict"] = "near-tie" if tie else "DIFFERS"
-                    where = f"step {d['step']}" if d["step"] is not None else "no located step (smallest margin of the run)"
+                    if d["step"] is not None:
+                        where = f"step {d['step']} (from the {d['by']})"
+                    elif d["by"] == "text":
+                        where = "no step located from the text (smallest margin of the run)"
+                    else:
+                        where = f"no step: the same tokens ({d['by']}) give a different text"
                     gap = f", bakeoff's token {d['gap']:.3f} below" if d.get("gap") is not None else ""
                     print(f"  {label} {r['id']}: {item['verdict']} at {where}, llama.cpp margin {d['margin']:.3f}{gap}; "
                           f"tokens bakeoff {r.get('tokens')} ({r.get('finish')}) llama.cpp {len(gen)} ({f.finish})",
@@ -414,7 +482,7 @@ def check_greedy(a, models, records):
             mr = f"{min(margins):.3f}–{max(margins):.3f}" if margins else "-"
             lengths = [r.get("tokens") for r in items if isinstance(r.get("tokens"), int)]
             table.append(f"| {label} | {comp} | {n} | {stats(lengths)} | {same} | {ties} | {bad} | {stats(steps)} | {mr} "
-                         f"| {gsm} | {count_same}/{same} | {elsewhere} |")
+                         f"| {gsm} | {by_text(located)} | {count_same}/{same} | {elsewhere} |")
             print(f"  {label} {comp}: {n} items, cap {sorted(caps)}, {time.time() - t0:.0f} s", flush=True)
         del llm
     print("\n".join(table))

@@ -155,6 +155,12 @@ def eog_test(llm):
     return lambda tok: bool(llama_cpp.llama_vocab_is_eog(vocab, tok))
 
 
+def last_logits(llm):
+    """The logits after the last token evaluated: without logits_all, llama-cpp-python keeps no
+    scores, and the context holds those of the last token of the last batch."""
+    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+
+
 def top2_margin(logits):
     top2 = np.partition(logits, -2)[-2:]
     return float(abs(top2[1] - top2[0]))
@@ -171,9 +177,7 @@ def llama_greedy(llm, ids, n_gen, ends=None):
     llm.eval(ids)
     out, margins = [], []
     for _ in range(n_gen):
-        # Without logits_all, llama-cpp-python keeps no scores; the context holds the logits of
-        # the last token of the last batch.
-        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+        logits = last_logits(llm)
         margins.append(top2_margin(logits))
         out.append(int(np.argmax(logits)))
         if ends(out, logits):
