@@ -20,15 +20,17 @@ greedy   For every generated answer of gsm8k, humaneval and mbpp (the record's `
          token cap the run used (the record's `stop` and `max_tokens`; in audit trails written before
          the records carried them, the stop strings of crates/eval/src/code.rs and the caps of the run's
          results.json). The two texts must be identical.
-         Where they differ, the first differing token is llama.cpp's first token whose text leaves
-         bakeoff's (or its end of sequence where bakeoff's text goes on). The item is a near-tie when
-         llama.cpp's top-1/top-2 logit margin at that step is below --gen-tie: 1.0 by default, above
-         the largest change between the two engines of a top-1/top-2 margin under 1 that was
-         measured on these files (--engine-margins; docs/eval.md: 0.92 on SmolLM2-135M's Q4_1
-         weights, 0.46 on Qwen2.5-Coder-0.5B's), so a divergence at a wider margin is not the
-         engines' rounding. When the texts part without a step that can be located (the same text
-         cut into different tokens, then the cap), the smallest margin of the run decides.
-         Near-ties are counted and reported; every other item must be identical.
+         Where they differ, the first differing token is found by token ids: the record's
+         `output_ids`, or for older audit trails those of `bakeoff generate` from the same prompt ids
+         when it gives the record's text. Only failing that, from the text: llama.cpp's first token
+         whose text leaves bakeoff's, or the step after bakeoff's token count (a shorter token that
+         still spells bakeoff's text hides the real step, so the text method can point one or two
+         steps late); when no step is found so, the smallest margin of the run decides. The item is
+         a near-tie when llama.cpp's top-1/top-2 logit margin at that step is below --gen-tie: 1.0
+         by default, above the largest change between the two engines of a top-1/top-2 margin under
+         1 that was measured on these files (--engine-margins; docs/eval.md: 0.92 on SmolLM2-135M's
+         Q4_1 weights, 0.46 on Qwen2.5-Coder-0.5B's), so a divergence at a wider margin is not the
+         engines' rounding. Near-ties are counted and reported; every other item must be identical.
          --engine-margins N asks `bakeoff serve` for the first N answers per model again, with
          log-probabilities and as many requests at a time as the run's batch, and prints how far its
          top-1/top-2 margins are from llama.cpp's at every step where the two runs agree, and both
