@@ -565,7 +565,7 @@ def main():
                    help="LABEL=PATH.gguf (LABEL as in the audit) or PATH.gguf (LABEL: the file's stem)")
     p.add_argument("--bakeoff", help="the bakeoff binary (needed for the greedy check and without --audit)")
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "evaldata"))
-    p.add_argument("--only", default="gsm8k,humaneval", help="components of the eval run without --audit")
+    p.add_argument("--only", help="components to check (without --audit: to run; default gsm8k,humaneval)")
     p.add_argument("--max-new-tokens", type=int, help="token cap of the eval run without --audit")
     p.add_argument("--checks", help="choices,greedy (default: both; greedy only with --bakeoff)")
     p.add_argument("--threads", type=int, default=2)
@@ -592,6 +592,7 @@ def main():
     checks = set((a.checks or "choices,greedy").split(","))
     ran_eval = a.audit is None
     if ran_eval:
+        a.only = a.only or "gsm8k,humaneval"
         if not a.bakeoff:
             p.error("without --audit, --bakeoff runs the eval")
         out = tempfile.mkdtemp(prefix="eval-parity-")
@@ -613,7 +614,7 @@ def main():
     with open(a.audit) as f:
         for line in f:
             r = json.loads(line)
-            if r.get("model") not in models:
+            if r.get("model") not in models or (a.only and r.get("component") not in a.only.split(",")):
                 continue
             if "continuations" in r and isinstance(r.get("output"), list):
                 mc[r["model"]].append(r)
