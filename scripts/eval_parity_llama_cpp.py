@@ -504,7 +504,8 @@ def engine_margins(a, models, noise_jobs, batch):
     from serve_proc import start_server
 
     table = ["\n| model | answers | steps compared | |Δ margin| mean | median | 99th pct | max "
-             "| max where llama.cpp's margin < 1 | answers that part | largest margin where they part, llama.cpp; bakeoff |",
+             "| steps where llama.cpp's margin < 1: count, |Δ| median / 99th pct / max "
+             "| answers that part | largest margin where they part, llama.cpp; bakeoff |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     out = {}
     for label, jobs in noise_jobs.items():
@@ -544,15 +545,16 @@ def engine_margins(a, models, noise_jobs, batch):
                     break
         steps = deltas
         deltas = sorted(d for d, _ in steps)
-        q = lambda p: deltas[min(len(deltas) - 1, int(p * len(deltas)))] if deltas else float("nan")
+        q = lambda xs, p: xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
         mean = sum(deltas) / len(deltas) if deltas else float("nan")
         # Only where llama.cpp's margin is small can the other engine's rounding flip the choice.
-        close = max((d for d, m in steps if m < 1.0), default=float("nan"))
+        small = sorted(d for d, m in steps if m < 1.0)
         part = lambda k: max((p[k] for p in parts), default=float("nan"))
-        table.append(f"| {label} | {len(jobs)} | {len(deltas)} | {mean:.4f} | {q(0.5):.4f} | {q(0.99):.4f} "
-                     f"| {q(1.0):.4f} | {close:.4f} | {len(parts)} | {part(0):.3f}; {part(1):.3f} |")
-        out[label] = {"answers": len(jobs), "steps": len(deltas), "mean": mean, "p99": q(0.99),
-                      "max": q(1.0), "max_where_margin_below_1": close, "parted": parts,
+        table.append(f"| {label} | {len(jobs)} | {len(deltas)} | {mean:.4f} | {q(deltas, 0.5):.4f} "
+                     f"| {q(deltas, 0.99):.4f} | {q(deltas, 1.0):.4f} | {len(small)}: {q(small, 0.5):.4f} / "
+                     f"{q(small, 0.99):.4f} / {q(small, 1.0):.4f} | {len(parts)} | {part(0):.3f}; {part(1):.3f} |")
+        out[label] = {"answers": len(jobs), "steps": len(deltas), "mean": mean, "p99": q(deltas, 0.99),
+                      "max": q(deltas, 1.0), "max_where_margin_below_1": q(small, 1.0), "parted": parts,
                       "per_step": [{"delta": d, "llama_cpp_margin": m} for d, m in steps]}
     print("\n".join(table))
     return out
