@@ -46,12 +46,28 @@ pub fn truncate<'a>(completion: &'a str, stops: &[&str]) -> &'a str {
     &completion[..end]
 }
 
+/// [`truncate`] for a completion that continues `prefix`: where the prefix ends a line, a stop
+/// that starts with a newline also matches at the completion's first character (a model that
+/// closes the code block at once writes "```" with the newline already in the prompt).
+pub fn truncate_continuation<'a>(prefix: &str, completion: &'a str, stops: &[&str]) -> &'a str {
+    let at_start = prefix.ends_with('\n')
+        && stops
+            .iter()
+            .filter_map(|s| s.strip_prefix('\n'))
+            .any(|s| completion.starts_with(s));
+    if at_start {
+        ""
+    } else {
+        truncate(completion, stops)
+    }
+}
+
 /// prompt + completion + tests + `check(entry_point)`.
 pub fn humaneval_program(item: &HumanEvalItem, completion: &str) -> String {
     format!(
         "{}{}\n\n{}\n\ncheck({})\n",
         item.prompt,
-        truncate(completion, &STOPS),
+        truncate_continuation(&item.prompt, completion, &STOPS),
         item.test,
         item.entry_point
     )
@@ -59,7 +75,7 @@ pub fn humaneval_program(item: &HumanEvalItem, completion: &str) -> String {
 
 /// setup + completion + the three asserts.
 pub fn mbpp_program(item: &MbppItem, completion: &str) -> String {
-    let code = truncate(completion, &MBPP_STOPS).replace("\r\n", "\n");
+    let code = truncate_continuation(MBPP_PREFIX, completion, &MBPP_STOPS).replace("\r\n", "\n");
     let mut p = String::new();
     if !item.test_setup_code.trim().is_empty() {
         p.push_str(&item.test_setup_code.replace("\r\n", "\n"));
@@ -111,6 +127,22 @@ mod tests {
             truncate("def a():\n    pass\ndef b():\n    pass\n```", &MBPP_STOPS),
             "def a():\n    pass\ndef b():\n    pass"
         );
+    }
+
+    #[test]
+    fn a_completion_that_closes_the_block_at_once_is_empty() {
+        // The prefilled prompt ends with a newline, so "```" at the start is "\n```".
+        assert_eq!(truncate_continuation("\"\"\"\n", "```", &STOPS), "");
+        assert_eq!(
+            truncate_continuation(MBPP_PREFIX, "```\nmore", &MBPP_STOPS),
+            ""
+        );
+        assert_eq!(
+            truncate_continuation("\"\"\"\n", "    return 1\n```", &STOPS),
+            "    return 1"
+        );
+        // Without a newline before it, "```" at the start is part of the code.
+        assert_eq!(truncate_continuation("x = ", "```", &STOPS), "```");
     }
 
     #[test]
