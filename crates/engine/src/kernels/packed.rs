@@ -21,25 +21,32 @@
 //! A superblock has the byte count of 16 ggml blocks (288 for Q4_0, 544 for Q8_0); a row whose
 //! block count is not a multiple of 16 ends with a superblock padded with zero scales.
 //!
-//! Other types are rewritten, without loss, into one of three kernel layouts ([`Layout`]):
+//! Other types are rewritten, without loss, into one of the other kernel layouts ([`Layout`]):
 //! - Q5_0 into Q8_0's (its 5-bit values − 16 are exact signed bytes under the same f16 scale):
 //!   55% more bytes than the file, but the Q8_0 kernel streams at the bandwidth limit where
 //!   candle's Q5_0 dot product ran at a fifth of llama.cpp's decode speed;
-//! - Q4_1 and Q4_K into *Q4M*: Q4_0's nibble order, with a 128-byte head of 16 f32 scales and
-//!   16 f32 offsets, value = scale · nibble + offset. Q4_K's per-32 scale `d · sc` and offset
-//!   `−dmin · m` are products of an f16 and a 6-bit integer, so f32 holds them exactly and the
-//!   values are those of ggml's dequantizer, bit for bit. 24 bytes per 32 weights against
-//!   Q4_K's 18 and Q4_1's 20: the kernel does two FMAs per 16 blocks where a K-quant kernel
-//!   unpacks 6-bit scales in its inner loop.
-//! - Q5_1 and Q5_K into *Q8M*: unsigned bytes (the 5-bit values) under Q4M's head, value =
-//!   scale · byte + offset, exact as for Q4M; 40 bytes per 32 weights against Q5_K's 22.
-//! - IQ4_NL into Q8_0's layout (its grid values are signed bytes) and IQ4_XS into Q6's (the
-//!   same f32 scale for both halves): 34 and 40 bytes per 32 weights against 18 and 17.
-//! - Q6_K into *Q6*: Q8_0's signed bytes (its 6-bit values − 32), with a 128-byte head of 16
-//!   f32 scales for values 0..16 of each block and 16 for values 16..32 (Q6_K scales groups of
-//!   16; `d · sc` is again exact in f32). Steps 0..4 and 4..8 go to the two dot chains the
-//!   kernel keeps anyway, and the activations carry a quant sum per half block. 40 bytes per
-//!   32 weights against Q6_K's 26.25.
+//! - Q4_1 into *Q4M*: Q4_0's nibble order, with a head of 16 f16 scales and 16 f16 offsets,
+//!   value = scale · nibble + offset; Q4_K into *Q4K*, the same nibbles under a *K head*;
+//! - Q5_1 into *Q8M*: unsigned bytes (the 5-bit values) under Q4M's head; Q5_K into *Q8K*, the
+//!   same bytes under a K head;
+//! - IQ4_NL into Q8_0's layout (its grid values are signed bytes), IQ4_XS into *Q8X*, the same
+//!   bytes under a K head (scale `d · (ls − 32)`);
+//! - Q6_K into *Q6*: its 6-bit values (0..63, the − 32 taken off through the activation sums)
+//!   in two planes, the low 4 bits in Q4's nibble order and the high 2 bits of steps `4v..4v+4`
+//!   as bit pairs `2k, 2k+1` of a 64-byte chunk `v`; the kernel rebuilds each step's bytes with
+//!   a shift and one ternary-logic instruction. Its K head's two factors scale values 0..16 and
+//!   16..32 of each block (Q6_K scales groups of 16); steps 0..4 and 4..8 go to the two dot
+//!   chains the kernel keeps anyway, and the activations carry a quant sum per half block.
+//!
+//! The *K head* keeps the K-quants' own two-level scales instead of 16 f32 products: a K-quant
+//! block of 256 values is 8 of our blocks, so lanes 0..8 and 8..16 of a superblock each share
+//! one f16 super-scale (`d`, and `dmin` for the offsets), and each lane has a 6- or 8-bit
+//! multiplier. The kernels multiply them out once per superblock (two conversions and a
+//! multiply per factor), and the products are those of ggml's dequantizer bit for bit (an f16
+//! times an integer below 2^8 is exact in f32). Bytes per 32 weights: Q4K 19 against Q4_K's 18,
+//! Q6 27 against Q6_K's 26.25, Q8K 35 against Q5_K's 22; with 16 f32 scales and offsets and Q6_K
+//! in whole bytes (the first version of this layout) they were 24, 40 and 40, and decode, which
+//! streams the weights, paid for every byte.
 
 use crate::WeightType;
 
@@ -48,7 +55,7 @@ use super::{BlockQ8, QK, f16_bits_to_f32};
 
 /// Version of this layout, part of the key of the packed-weights file (`loader::packcache`):
 /// change it with any change to the bytes `pack_row` writes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Blocks per superblock (one per 32-bit lane of a 512-bit vector).
 pub const SB: usize = 16;
@@ -62,13 +69,37 @@ pub enum Layout {
     Q8,
     /// Unsigned nibbles with an implied − 8, one f16 scale per block: Q4_0.
     Q4,
-    /// Unsigned nibbles, an f32 scale and an f32 offset per block: Q4_1, Q4_K.
+    /// Unsigned nibbles, an f16 scale and an f16 offset per block: Q4_1.
     Q4M,
-    /// Signed bytes stored + 128, an f32 scale per half block: Q6_K, IQ4_XS.
+    /// Q4M's nibbles under a K head (scale and offset per block): Q4_K.
+    Q4K,
+    /// 6-bit values in a nibble plane and a 2-bit plane, under a K head (a scale per half
+    /// block): Q6_K.
     Q6,
-    /// Unsigned bytes, an f32 scale and an f32 offset per block: Q5_1, Q5_K.
+    /// Q8's bytes under a K head: IQ4_XS.
+    Q8X,
+    /// Unsigned bytes, an f16 scale and an f16 offset per block: Q5_1.
     Q8M,
+    /// Q8M's bytes under a K head: Q5_K.
+    Q8K,
 }
+
+/// How a superblock's head stores its 16 lanes' two factors (scale and offset, or the scales
+/// of the two half blocks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// 16 f16 scales; the second factor is the scale again.
+    F16,
+    /// 16 f16 scales, then 16 f16 second factors.
+    F16Pair,
+    /// The K-quants' two levels: 4 f32 super-factors (first factor of lanes 0..8, of lanes
+    /// 8..16, second factor of lanes 0..8, of lanes 8..16), then 16 i8 multipliers of the first
+    /// and 16 of the second; factor = super-factor · multiplier.
+    K,
+}
+
+/// Bytes of a [`Head::K`].
+const K_HEAD_BYTES: usize = 16 + 2 * SB;
 
 impl Layout {
     /// The layout a stored type is packed into, if any.
@@ -76,32 +107,60 @@ impl Layout {
         match dtype {
             WeightType::Q8_0 | WeightType::Q5_0 | WeightType::IQ4_NL => Some(Layout::Q8),
             WeightType::Q4_0 => Some(Layout::Q4),
-            WeightType::Q4_1 | WeightType::Q4K => Some(Layout::Q4M),
-            WeightType::Q6K | WeightType::IQ4_XS => Some(Layout::Q6),
-            WeightType::Q5_1 | WeightType::Q5K => Some(Layout::Q8M),
+            WeightType::Q4_1 => Some(Layout::Q4M),
+            WeightType::Q4K => Some(Layout::Q4K),
+            WeightType::Q6K => Some(Layout::Q6),
+            WeightType::IQ4_XS => Some(Layout::Q8X),
+            WeightType::Q5_1 => Some(Layout::Q8M),
+            WeightType::Q5K => Some(Layout::Q8K),
             _ => None,
         }
     }
 
-    /// Bytes of a superblock's head (scales, then offsets for Q4M) before its quants.
-    pub const fn head_bytes(self) -> usize {
+    /// The layout whose quants and arithmetic this one shares (they differ in the head only).
+    pub const fn body(self) -> Layout {
         match self {
-            Layout::Q8 | Layout::Q4 => 2 * SB,
-            Layout::Q4M | Layout::Q6 | Layout::Q8M => 8 * SB,
+            Layout::Q4K => Layout::Q4M,
+            Layout::Q8K => Layout::Q8M,
+            Layout::Q8X => Layout::Q8,
+            l => l,
+        }
+    }
+
+    pub const fn head(self) -> Head {
+        match self {
+            Layout::Q8 | Layout::Q4 => Head::F16,
+            Layout::Q4M | Layout::Q8M => Head::F16Pair,
+            Layout::Q4K | Layout::Q6 | Layout::Q8K | Layout::Q8X => Head::K,
+        }
+    }
+
+    /// Bytes of a superblock's head before its quants.
+    pub const fn head_bytes(self) -> usize {
+        match self.head() {
+            Head::F16 => 2 * SB,
+            Head::F16Pair => 4 * SB,
+            Head::K => K_HEAD_BYTES,
         }
     }
 
     pub const fn superblock_bytes(self) -> usize {
         self.head_bytes()
-            + match self {
-                Layout::Q8 | Layout::Q6 | Layout::Q8M => SB * QK,
+            + match self.body() {
                 Layout::Q4 | Layout::Q4M => SB * QK / 2,
+                Layout::Q6 => SB * QK * 3 / 4,
+                _ => SB * QK,
             }
     }
 
     /// Whether the quants are nibbles (two steps per 64-byte chunk).
     pub const fn nibbles(self) -> bool {
-        matches!(self, Layout::Q4 | Layout::Q4M)
+        matches!(self.body(), Layout::Q4 | Layout::Q4M)
+    }
+
+    /// Whether the second factor is an offset added per block (value = scale · q + offset).
+    pub const fn has_offset(self) -> bool {
+        matches!(self.body(), Layout::Q4M | Layout::Q8M)
     }
 
     /// The factor of the activation block sums in [`PackedActs::so`]: the kernels subtract
@@ -109,10 +168,11 @@ impl Layout {
     /// `so = −s` so that the same instruction adds `offset · s`). For Q6, `so` and `so2` hold
     /// the two half blocks' sums.
     fn act_offset(self) -> f32 {
-        match self {
-            Layout::Q8 | Layout::Q6 => 128.0,
+        match self.body() {
             Layout::Q4 => 8.0,
             Layout::Q4M | Layout::Q8M => -1.0,
+            Layout::Q6 => 32.0,
+            _ => 128.0,
         }
     }
 
@@ -142,28 +202,33 @@ pub fn row_bytes(dtype: WeightType, cols: usize) -> usize {
 }
 
 /// One block of 32 values as the layouts store it: the quants (signed for Q8 and Q6, nibbles
-/// for Q4 and Q4M), and the scale as f16 bits (Q8, Q4) or as f32 with an f32 offset (Q4M) or a
-/// second f32 scale for values 16..32 (Q6).
+/// for Q4 and Q4M, unsigned bytes for Q8M), the scale as f16 bits (Q8, Q4; Q4M and Q8M with
+/// the offset's f16 bits), and for the K-quants the two factors as super-factor and
+/// multiplier: scale (or the first half's scale) `kf.0 · km.0`, offset (or the second half's
+/// scale) `kf.1 · km.1`.
 struct Block32 {
     q: [i8; QK],
     scale16: u16,
-    scale: f32,
-    offset: f32,
+    offset16: u16,
+    kf: (f32, f32),
+    km: (i8, i8),
 }
 
 fn f16_at(b: &[u8], i: usize) -> u16 {
     u16::from_le_bytes([b[i], b[i + 1]])
 }
 
-/// Scale `d · sc` and offset `−dmin · m` of group `g` of a Q4_K or Q5_K block (`d dmin
-/// scales[12] …`), as ggml's dequantizer computes them.
-fn k4_scale_offset(blk: &[u8], g: usize) -> (f32, f32) {
+/// Super-factors `(d, −dmin)` and multipliers `(sc, m)` of group `g` of a Q4_K or Q5_K block
+/// (`d dmin scales[12] …`): scale `d · sc` and offset `−dmin · m`, as ggml's dequantizer
+/// computes them (its `d · sc · q − dmin · m`).
+fn k4_factors(blk: &[u8], g: usize) -> ((f32, f32), (i8, i8)) {
     let (d, dmin) = (
         f16_bits_to_f32(f16_at(blk, 0)),
         f16_bits_to_f32(f16_at(blk, 2)),
     );
     let (s, m) = super::dequant::scale_min_k4(&blk[4..16]);
-    (d * s[g] as f32, -(dmin * m[g] as f32))
+    // 6-bit scales and mins: 0..63, exact in i8.
+    ((d, -dmin), (s[g] as i8, m[g] as i8))
 }
 
 /// Writes one token's activations (`src`, whole blocks of 32) into `dst` in the packed order of
@@ -184,8 +249,9 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
     let mut k = Block32 {
         q: [0; QK],
         scale16: 0,
-        scale: 0.0,
-        offset: 0.0,
+        offset16: 0,
+        kf: (0.0, 0.0),
+        km: (0, 0),
     };
     // ggml's Q4_0, Q4_1, Q5_0: value i < 16 is the low nibble of byte i, value i + 16 the high.
     let nib = |qs: &[u8], i: usize| {
@@ -221,8 +287,7 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
         }
         WeightType::Q4_1 => {
             let blk = src.get(b * 20..(b + 1) * 20)?;
-            k.scale = f16_bits_to_f32(f16_at(blk, 0));
-            k.offset = f16_bits_to_f32(f16_at(blk, 2));
+            (k.scale16, k.offset16) = (f16_at(blk, 0), f16_at(blk, 2));
             for (i, q) in k.q.iter_mut().enumerate() {
                 *q = nib(&blk[4..], i) as i8;
             }
@@ -232,15 +297,14 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
             // high nibbles of bytes 32·(g/2)..+32.
             let blk = src.get((b / 8) * 144..(b / 8 + 1) * 144)?;
             let g = b % 8;
-            (k.scale, k.offset) = k4_scale_offset(blk, g);
+            (k.kf, k.km) = k4_factors(blk, g);
             for (l, q) in k.q.iter_mut().enumerate() {
                 *q = ((blk[16 + (g / 2) * 32 + l] >> (4 * (g % 2))) & 0x0f) as i8;
             }
         }
         WeightType::Q5_1 => {
             let blk = src.get(b * 24..(b + 1) * 24)?;
-            k.scale = f16_bits_to_f32(f16_at(blk, 0));
-            k.offset = f16_bits_to_f32(f16_at(blk, 2));
+            (k.scale16, k.offset16) = (f16_at(blk, 0), f16_at(blk, 2));
             let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
             for (i, q) in k.q.iter_mut().enumerate() {
                 *q = (nib(&blk[8..], i) | ((((qh >> i) & 1) as u8) << 4)) as i8;
@@ -250,7 +314,7 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
             // 256 values: `d dmin scales[12] qh[32] qs[128]`, Q4_K's groups with a fifth bit.
             let blk = src.get((b / 8) * 176..(b / 8 + 1) * 176)?;
             let g = b % 8;
-            (k.scale, k.offset) = k4_scale_offset(blk, g);
+            (k.kf, k.km) = k4_factors(blk, g);
             let (qh, qs) = (&blk[16..48], &blk[48..176]);
             for (l, q) in k.q.iter_mut().enumerate() {
                 let lo = (qs[(g / 2) * 32 + l] >> (4 * (g % 2))) & 0x0f;
@@ -266,16 +330,16 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
             }
         }
         WeightType::IQ4_XS => {
-            // 256 values: `d scales_h scales_l[4] qs[128]`; group g's scale d · (6-bit − 32),
-            // exact in f32, goes to both halves of Q6's head.
+            // 256 values: `d scales_h scales_l[4] qs[128]`; group g's scale d · (6-bit − 32)
+            // goes to both halves of Q6's head.
             let blk = src.get((b / 8) * 136..(b / 8 + 1) * 136)?;
             let g = b % 8;
             let d = f16_bits_to_f32(f16_at(blk, 0));
             let scales_h = u16::from_le_bytes([blk[2], blk[3]]);
             let lo = (blk[4 + g / 2] >> (4 * (g % 2))) & 0x0f;
             let hi = ((scales_h >> (2 * g)) & 3) as u8;
-            k.scale = d * ((lo | (hi << 4)) as i32 - 32) as f32;
-            k.offset = k.scale;
+            let m = (lo | (hi << 4)) as i8 - 32;
+            (k.kf, k.km) = ((d, d), (m, m));
             for (i, q) in k.q.iter_mut().enumerate() {
                 *q = IQ4_VALUES[nib(&blk[8 + 16 * g..], i) as usize];
             }
@@ -286,8 +350,7 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
             let (ql, qh, sc) = (&blk[..128], &blk[128..192], &blk[192..208]);
             let d = f16_bits_to_f32(f16_at(blk, 208));
             let g = b % 8;
-            k.scale = d * sc[2 * g] as i8 as f32;
-            k.offset = d * sc[2 * g + 1] as i8 as f32;
+            (k.kf, k.km) = ((d, d), (sc[2 * g] as i8, sc[2 * g + 1] as i8));
             for (j, q) in k.q.iter_mut().enumerate() {
                 let i = 32 * g + j;
                 let (half, r) = (i / 128, i % 128);
@@ -301,6 +364,25 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
     Some(k)
 }
 
+/// Writes block `l`'s factors into a superblock's head.
+fn write_head(head: &mut [u8], kind: Head, l: usize, k: &Block32) {
+    match kind {
+        Head::F16 => head[2 * l..2 * l + 2].copy_from_slice(&k.scale16.to_le_bytes()),
+        Head::F16Pair => {
+            head[2 * l..2 * l + 2].copy_from_slice(&k.scale16.to_le_bytes());
+            head[2 * SB + 2 * l..2 * SB + 2 * l + 2].copy_from_slice(&k.offset16.to_le_bytes());
+        }
+        Head::K => {
+            // Lanes 0..8 and 8..16 are one K-quant block each, with one pair of super-factors.
+            let h = l / 8;
+            head[4 * h..4 * h + 4].copy_from_slice(&k.kf.0.to_le_bytes());
+            head[8 + 4 * h..12 + 4 * h].copy_from_slice(&k.kf.1.to_le_bytes());
+            head[16 + l] = k.km.0 as u8;
+            head[16 + SB + l] = k.km.1 as u8;
+        }
+    }
+}
+
 /// Repacks one row from ggml's layout (`src`, one row of `dtype`) into `out` (`row_bytes`).
 pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
     let layout = Layout::of_packed(dtype);
@@ -311,34 +393,29 @@ pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
             let Some(k) = source_block(dtype, src, si * SB + l) else {
                 break;
             };
-            match layout {
-                Layout::Q8 | Layout::Q6 | Layout::Q8M => {
-                    if layout == Layout::Q8 {
-                        head[2 * l..2 * l + 2].copy_from_slice(&k.scale16.to_le_bytes());
-                    } else {
-                        head[4 * l..4 * l + 4].copy_from_slice(&k.scale.to_le_bytes());
-                        head[64 + 4 * l..68 + 4 * l].copy_from_slice(&k.offset.to_le_bytes());
-                    }
-                    // Signed values are stored + 128; Q8M's are unsigned already.
-                    let flip = if layout == Layout::Q8M { 0 } else { 0x80 };
-                    for s in 0..STEPS {
-                        for j in 0..4 {
-                            quants[64 * s + 4 * l + j] = (k.q[4 * s + j] as u8) ^ flip;
-                        }
+            write_head(head, layout.head(), l, &k);
+            if layout.nibbles() {
+                for u in 0..STEPS / 2 {
+                    for j in 0..4 {
+                        quants[64 * u + 4 * l + j] =
+                            k.q[8 * u + j] as u8 | ((k.q[8 * u + 4 + j] as u8) << 4);
                     }
                 }
-                Layout::Q4 | Layout::Q4M => {
-                    if layout == Layout::Q4 {
-                        head[2 * l..2 * l + 2].copy_from_slice(&k.scale16.to_le_bytes());
-                    } else {
-                        head[4 * l..4 * l + 4].copy_from_slice(&k.scale.to_le_bytes());
-                        head[64 + 4 * l..68 + 4 * l].copy_from_slice(&k.offset.to_le_bytes());
+            } else if layout == Layout::Q6 {
+                let u = k.q.map(|q| (q + 32) as u8);
+                for s in 0..STEPS {
+                    for j in 0..4 {
+                        let v = u[4 * s + j];
+                        quants[64 * (s / 2) + 4 * l + j] |= (v & 0x0f) << (4 * (s % 2));
+                        quants[256 + 64 * (s / 4) + 4 * l + j] |= (v >> 4) << (2 * (s % 4));
                     }
-                    for u in 0..STEPS / 2 {
-                        for j in 0..4 {
-                            quants[64 * u + 4 * l + j] =
-                                k.q[8 * u + j] as u8 | ((k.q[8 * u + 4 + j] as u8) << 4);
-                        }
+                }
+            } else {
+                // Signed values are stored + 128; Q8M's are unsigned already.
+                let flip = if layout.has_offset() { 0 } else { 0x80 };
+                for s in 0..STEPS {
+                    for j in 0..4 {
+                        quants[64 * s + 4 * l + j] = (k.q[4 * s + j] as u8) ^ flip;
                     }
                 }
             }
@@ -347,26 +424,45 @@ pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
 }
 
 /// The quant of value `i` (0..32) of lane `l` in a packed superblock: signed (offset taken
-/// off) for Q8, Q6 and Q4, the unsigned nibble for Q4M.
+/// off) for Q8, Q6 and Q4, unsigned for Q4M and Q8M.
 fn packed_quant(layout: Layout, quants: &[u8], l: usize, i: usize) -> i32 {
-    match layout {
-        Layout::Q8 | Layout::Q6 => (quants[64 * (i / 4) + 4 * l + i % 4] ^ 0x80) as i8 as i32,
-        Layout::Q8M => quants[64 * (i / 4) + 4 * l + i % 4] as i32,
+    let (s, j) = (i / 4, i % 4);
+    match layout.body() {
+        Layout::Q6 => {
+            let lo = (quants[64 * (s / 2) + 4 * l + j] >> (4 * (s % 2))) & 0x0f;
+            let hi = (quants[256 + 64 * (s / 4) + 4 * l + j] >> (2 * (s % 4))) & 3;
+            (lo | (hi << 4)) as i32 - 32
+        }
         Layout::Q4 | Layout::Q4M => {
             let byte = quants[64 * (i / 8) + 4 * l + i % 4];
             let n = if i % 8 < 4 { byte & 0x0f } else { byte >> 4 } as i32;
             if layout == Layout::Q4 { n - 8 } else { n }
         }
+        Layout::Q8M => quants[64 * (i / 4) + 4 * l + i % 4] as i32,
+        _ => (quants[64 * (i / 4) + 4 * l + i % 4] ^ 0x80) as i8 as i32,
     }
 }
 
-/// The two factors of lane `l` of a superblock's head: scale and offset (Q4M), the scales of
-/// the two halves (Q6), or the scale and 0 (Q8, Q4).
-fn packed_scale(layout: Layout, head: &[u8], l: usize) -> (f32, f32) {
+/// The two factors of lane `l` of a superblock's head: scale and offset (Q4M, Q4K, Q8M, Q8K),
+/// the scales of the two halves (Q6), or the scale twice (Q8, Q4).
+pub fn head_factors(layout: Layout, head: &[u8], l: usize) -> (f32, f32) {
     let f32_at = |i: usize| f32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
-    match layout {
-        Layout::Q8 | Layout::Q4 => (f16_bits_to_f32(f16_at(head, 2 * l)), 0.0),
-        Layout::Q4M | Layout::Q6 | Layout::Q8M => (f32_at(4 * l), f32_at(64 + 4 * l)),
+    match layout.head() {
+        Head::F16 => {
+            let d = f16_bits_to_f32(f16_at(head, 2 * l));
+            (d, d)
+        }
+        Head::F16Pair => (
+            f16_bits_to_f32(f16_at(head, 2 * l)),
+            f16_bits_to_f32(f16_at(head, 2 * SB + 2 * l)),
+        ),
+        Head::K => {
+            let h = l / 8;
+            (
+                f32_at(4 * h) * head[16 + l] as i8 as f32,
+                f32_at(8 + 4 * h) * head[16 + SB + l] as i8 as f32,
+            )
+        }
     }
 }
 
@@ -379,13 +475,15 @@ pub fn dequantize_row(dtype: WeightType, src: &[u8], out: &mut [f32]) {
             let Some(o) = out.get_mut((si * SB + l) * QK..(si * SB + l + 1) * QK) else {
                 return;
             };
-            let (d, m) = packed_scale(layout, head, l);
+            let (d, m) = head_factors(layout, head, l);
             for (i, o) in o.iter_mut().enumerate() {
                 let q = packed_quant(layout, quants, l, i) as f32;
-                *o = match layout {
-                    Layout::Q4M | Layout::Q8M => d * q + m,
-                    Layout::Q6 if i >= QK / 2 => m * q,
-                    _ => d * q,
+                *o = if layout.has_offset() {
+                    d * q + m
+                } else if layout == Layout::Q6 && i >= QK / 2 {
+                    m * q
+                } else {
+                    d * q
                 };
             }
         }
@@ -407,10 +505,13 @@ pub fn dot_row(dtype: WeightType, row: &[u8], x: &[BlockQ8]) -> f32 {
                 r.map(|i| packed_quant(layout, quants, l, i) * xb.qs[i] as i32)
                     .sum::<i32>() as f32
             };
-            let (d, m) = packed_scale(layout, head, l);
-            acc += match layout {
-                Layout::Q6 => d * xb.d * dot(0..QK / 2) + m * xb.d * dot(QK / 2..QK),
-                _ => d * xb.d * dot(0..QK) + m * xb.s,
+            let (d, m) = head_factors(layout, head, l);
+            acc += if layout == Layout::Q6 {
+                d * xb.d * dot(0..QK / 2) + m * xb.d * dot(QK / 2..QK)
+            } else if layout.has_offset() {
+                d * xb.d * dot(0..QK) + m * xb.s
+            } else {
+                d * xb.d * dot(0..QK)
             };
         }
     }

@@ -170,10 +170,11 @@ pub unsafe fn packed_row_to_bf16(
             layout.head_bytes(),
             layout.nibbles(),
         );
-        let offset = _mm512_set1_epi32(match layout {
-            Layout::Q8 | Layout::Q6 => 128,
+        let offset = _mm512_set1_epi32(match layout.body() {
             Layout::Q4 => 8,
             Layout::Q4M | Layout::Q8M => 0,
+            Layout::Q6 => 32,
+            _ => 128,
         });
         let low = _mm512_set1_epi8(0x0f);
         // Chunk c of a 64-byte step holds lanes 4c..4c+4, four values each.
@@ -206,7 +207,9 @@ pub unsafe fn packed_row_to_bf16(
             let q = sb.add(hb);
             let o = out.add(si * 512);
             for s in 0..8 {
-                let bytes = if q4 {
+                let bytes = if layout == Layout::Q6 {
+                    super::vnni::q6_operand(q, s)
+                } else if q4 {
                     let v = _mm512_loadu_si512(q.add(64 * (s / 2)) as *const __m512i);
                     if s % 2 == 0 {
                         _mm512_and_si512(v, low)
@@ -224,7 +227,7 @@ pub unsafe fn packed_row_to_bf16(
                 ];
                 for (c, part) in parts.into_iter().enumerate() {
                     let v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(part), offset);
-                    let f = match layout {
+                    let f = match layout.body() {
                         Layout::Q4M | Layout::Q8M => {
                             _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sc[c], mn[c])
                         }

@@ -60,19 +60,61 @@ unsafe fn signed_dot(z: __m256i, x: __m256i) -> __m256i {
     }
 }
 
-/// Scales and offsets (Q4M, Q8M) or second-half scales (Q6) of lanes `8h..8h+8`.
+/// Half `h` (lanes `8h..8h+8`) of step `st` of a Q6 superblock's quants (`packed.rs`) in the
+/// form of the signed-byte layouts, value + 128: the 6-bit value + 96.
+#[inline(always)]
+unsafe fn q6_stored_half(quants: *const u8, st: usize, h: usize) -> __m256i {
+    // SAFETY: the caller points at a packed Q6 superblock's quants.
+    unsafe {
+        let ld = |o: usize| _mm256_loadu_si256(quants.add(o + 32 * h) as *const __m256i);
+        let z = ld(64 * (st / 2));
+        let lo = if st.is_multiple_of(2) {
+            z
+        } else {
+            _mm256_srli_epi16::<4>(z)
+        };
+        let hv = ld(256 + 64 * (st / 4));
+        // Bits 2k, 2k+1 of each byte to bits 4, 5 (bits carried across bytes are masked off).
+        let hv = match st % 4 {
+            0 => _mm256_slli_epi16::<4>(hv),
+            1 => _mm256_slli_epi16::<2>(hv),
+            2 => hv,
+            _ => _mm256_srli_epi16::<2>(hv),
+        };
+        let q = _mm256_or_si256(
+            _mm256_and_si256(lo, _mm256_set1_epi8(0x0f)),
+            _mm256_and_si256(hv, _mm256_set1_epi8(0x30)),
+        );
+        _mm256_add_epi8(q, _mm256_set1_epi8(96))
+    }
+}
+
+/// The two factors (`packed::head_factors`) of lanes `8h..8h+8`.
 #[inline(always)]
 unsafe fn head_half(layout: Layout, sb: *const u8, h: usize) -> (__m256, __m256) {
+    use crate::kernels::packed::Head;
     // SAFETY: the caller points at a packed superblock's head.
     unsafe {
-        if matches!(layout, Layout::Q4 | Layout::Q8) {
-            let s = _mm256_cvtph_ps(_mm_loadu_si128(sb.add(16 * h) as *const __m128i));
-            (s, s)
-        } else {
-            (
-                _mm256_loadu_ps((sb as *const f32).add(8 * h)),
-                _mm256_loadu_ps((sb as *const f32).add(16 + 8 * h)),
-            )
+        let f16 = |o: usize| _mm256_cvtph_ps(_mm_loadu_si128(sb.add(o) as *const __m128i));
+        match layout.head() {
+            Head::F16 => {
+                let s = f16(16 * h);
+                (s, s)
+            }
+            Head::F16Pair => (f16(16 * h), f16(32 + 16 * h)),
+            Head::K => {
+                // Lanes 8h..8h+8 are one K-quant block: super-factors h and 2 + h.
+                let f = sb as *const f32;
+                let m = |o: usize| {
+                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                        sb.add(o + 8 * h) as *const __m128i
+                    )))
+                };
+                (
+                    _mm256_mul_ps(_mm256_set1_ps(f.add(h).read_unaligned()), m(16)),
+                    _mm256_mul_ps(_mm256_set1_ps(f.add(2 + h).read_unaligned()), m(32)),
+                )
+            }
         }
     }
 }
@@ -109,7 +151,7 @@ pub unsafe fn dot_packed_avx2<const L: u8>(
                 let xs = |step: usize| ld(x.add(64 * step) as *const u8);
                 // p[0]: the block sums (Q6: of values 0..16), p[1]: Q6's values 16..32.
                 let mut p = [_mm256_setzero_si256(); 2];
-                match layout {
+                match layout.body() {
                     Layout::Q4 | Layout::Q4M => {
                         // 8 steps of nibble pairs: at most 8 · 2 · 15 · 127 in 16 bits.
                         let mut s16 = _mm256_setzero_si256();
@@ -132,17 +174,22 @@ pub unsafe fn dot_packed_avx2<const L: u8>(
                             p[0] = _mm256_add_epi32(p[0], widen(s16));
                         }
                     }
-                    Layout::Q8 | Layout::Q6 => {
+                    // Q8, Q6 (`body` is never Q4K or Q8K).
+                    _ => {
                         for st in 0..8 {
-                            let c = if layout == Layout::Q6 { st / 4 } else { 0 };
-                            p[c] = _mm256_add_epi32(p[c], signed_dot(ld(q.add(64 * st)), xs(st)));
+                            let (c, z) = if layout == Layout::Q6 {
+                                (st / 4, q6_stored_half(q, st, h))
+                            } else {
+                                (0, ld(q.add(64 * st)))
+                            };
+                            p[c] = _mm256_add_epi32(p[c], signed_dot(z, xs(st)));
                         }
                     }
                 }
                 let (sw, mw) = head_half(layout, ws, h);
                 let xdv = _mm256_loadu_ps(xd.add(s * 16 + 8 * h));
                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[0]), _mm256_mul_ps(sw, xdv), *acc);
-                match layout {
+                match layout.body() {
                     Layout::Q6 => {
                         let f = _mm256_mul_ps(mw, xdv);
                         *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[1]), f, *acc);
@@ -152,7 +199,7 @@ pub unsafe fn dot_packed_avx2<const L: u8>(
                         let so = _mm256_loadu_ps(xso[0].add(s * 16 + 8 * h));
                         *acc = _mm256_fnmadd_ps(mw, so, *acc);
                     }
-                    Layout::Q8 => {}
+                    _ => {}
                 }
             }
         }
@@ -191,7 +238,7 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
                 let mut p = [[zero; 2]; 4];
                 // Q6's values 16..32 (steps 4..8), under their own scale.
                 let mut p2 = [[zero; 2]; 4];
-                match layout {
+                match layout.body() {
                     Layout::Q4 | Layout::Q4M => {
                         let mut s16 = [[zero; 2]; 4];
                         for u in 0..4 {
@@ -227,10 +274,15 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
                             }
                         }
                     }
-                    Layout::Q8 | Layout::Q6 => {
+                    // Q8, Q6 (`body` is never Q4K or Q8K).
+                    _ => {
                         for st in 0..8 {
-                            let sw = [ldw(0, 64 * st), ldw(1, 64 * st)]
-                                .map(|z| _mm256_xor_si256(z, _mm256_set1_epi8(0x80u8 as i8)));
+                            let z = if layout == Layout::Q6 {
+                                [q6_stored_half(w[0], st, h), q6_stored_half(w[1], st, h)]
+                            } else {
+                                [ldw(0, 64 * st), ldw(1, 64 * st)]
+                            };
+                            let sw = z.map(|z| _mm256_xor_si256(z, _mm256_set1_epi8(0x80u8 as i8)));
                             let aw = sw.map(|v| _mm256_sign_epi8(v, v));
                             let dst = if layout == Layout::Q6 && st >= 4 {
                                 &mut p2
@@ -256,7 +308,7 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
                     for (r, &(sw, mw)) in heads.iter().enumerate() {
                         let a = &mut acc[t][r];
                         *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[t][r]), _mm256_mul_ps(sw, d), *a);
-                        match layout {
+                        match layout.body() {
                             Layout::Q6 => {
                                 let f = _mm256_mul_ps(mw, d);
                                 *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p2[t][r]), f, *a);
@@ -265,7 +317,7 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
                                 let so = _mm256_loadu_ps(xso[t][0].add(s * 16 + 8 * h));
                                 *a = _mm256_fnmadd_ps(mw, so, *a);
                             }
-                            Layout::Q8 => {}
+                            _ => {}
                         }
                     }
                 }

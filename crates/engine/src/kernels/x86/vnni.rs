@@ -60,17 +60,50 @@ pub unsafe fn dot4_q4_0_vnni(w: *const u8, row_bytes: usize, x: &[BlockQ8]) -> [
     }
 }
 
+/// Step `st`'s 64 unsigned bytes of a Q6 superblock's quants (`packed.rs`): the 6-bit values,
+/// low nibble | high bit pair << 4.
+#[inline(always)]
+pub(super) unsafe fn q6_operand(quants: *const u8, st: usize) -> __m512i {
+    // SAFETY: the caller guarantees a packed Q6 superblock's quants at `quants`.
+    unsafe {
+        let z = _mm512_loadu_si512(quants.add(64 * (st / 2)) as *const __m512i);
+        let lo = if st.is_multiple_of(2) {
+            z
+        } else {
+            _mm512_srli_epi16::<4>(z)
+        };
+        let h = _mm512_loadu_si512(quants.add(256 + 64 * (st / 4)) as *const __m512i);
+        // Bits 2k, 2k+1 of each byte to bits 4, 5; the 16-bit shifts carry bits across bytes,
+        // which the masks below drop.
+        let h = match st % 4 {
+            0 => _mm512_slli_epi16::<4>(h),
+            1 => _mm512_slli_epi16::<2>(h),
+            2 => h,
+            _ => _mm512_srli_epi16::<2>(h),
+        };
+        // lo | (h & 0x30) in one instruction: truth table 0xF8 = a | (b & c) for a = lo,
+        // b = h, c = 0x30.
+        let lo = _mm512_and_si512(lo, _mm512_set1_epi8(0x0f));
+        _mm512_ternarylogic_epi32::<0xF8>(lo, h, _mm512_set1_epi8(0x30))
+    }
+}
+
 /// The `STEPS` dot-product operands of one packed superblock row, handed to `f` in order:
-/// Q8_0 loads them, Q4_0 splits each 64-byte chunk into low and high nibbles.
+/// the byte layouts load them, the nibble ones split each 64-byte chunk into low and high
+/// nibbles, Q6 joins its two planes.
 #[inline(always)]
 pub(super) unsafe fn for_each_operand(
-    q4: bool,
+    layout: crate::kernels::packed::Layout,
     quants: *const u8,
     mut f: impl FnMut(usize, __m512i),
 ) {
     // SAFETY: the caller guarantees a packed superblock's quants at `quants`.
     unsafe {
-        if q4 {
+        if layout == crate::kernels::packed::Layout::Q6 {
+            for st in 0..8 {
+                f(st, q6_operand(quants, st));
+            }
+        } else if layout.nibbles() {
             let m4 = _mm512_set1_epi8(0x0f);
             for u in 0..4 {
                 let z = _mm512_loadu_si512(quants.add(64 * u) as *const __m512i);
@@ -95,6 +128,9 @@ pub const L_Q4: u8 = 1;
 pub const L_Q4M: u8 = 2;
 pub const L_Q6: u8 = 3;
 pub const L_Q8M: u8 = 4;
+pub const L_Q4K: u8 = 5;
+pub const L_Q8K: u8 = 6;
+pub const L_Q8X: u8 = 7;
 
 pub fn layout_code(l: crate::kernels::packed::Layout) -> u8 {
     use crate::kernels::packed::Layout;
@@ -104,6 +140,9 @@ pub fn layout_code(l: crate::kernels::packed::Layout) -> u8 {
         Layout::Q4M => L_Q4M,
         Layout::Q6 => L_Q6,
         Layout::Q8M => L_Q8M,
+        Layout::Q4K => L_Q4K,
+        Layout::Q8K => L_Q8K,
+        Layout::Q8X => L_Q8X,
     }
 }
 
@@ -114,31 +153,47 @@ pub(super) const fn layout_of(code: u8) -> crate::kernels::packed::Layout {
         L_Q4 => Layout::Q4,
         L_Q4M => Layout::Q4M,
         L_Q6 => Layout::Q6,
-        _ => Layout::Q8M,
+        L_Q8M => Layout::Q8M,
+        L_Q4K => Layout::Q4K,
+        L_Q8K => Layout::Q8K,
+        _ => Layout::Q8X,
     }
 }
 
-/// The 16 lanes' scales and the factors of the activation offsets: for Q8 and Q4 both are the
-/// f16 scales, for Q4M and Q8M the f32 scales and offsets of the head, for Q6 the f32 scales
-/// of the two half blocks.
+/// The 16 lanes' two factors (`packed::head_factors`): scale and offset, the scales of the two
+/// half blocks (Q6), or the scale twice (Q8, Q4).
 #[inline(always)]
 pub(super) unsafe fn packed_head(
     l: crate::kernels::packed::Layout,
     sb: *const u8,
 ) -> (__m512, __m512) {
+    use crate::kernels::packed::Head;
     // SAFETY: the caller guarantees a packed superblock's head at `sb`.
     unsafe {
-        if !matches!(
-            l,
-            crate::kernels::packed::Layout::Q4 | crate::kernels::packed::Layout::Q8
-        ) {
-            (
-                _mm512_loadu_ps(sb as *const f32),
-                _mm512_loadu_ps(sb.add(64) as *const f32),
-            )
-        } else {
-            let sw = _mm512_cvtph_ps(_mm256_loadu_si256(sb as *const __m256i));
-            (sw, sw)
+        match l.head() {
+            Head::F16 => {
+                let sw = _mm512_cvtph_ps(_mm256_loadu_si256(sb as *const __m256i));
+                (sw, sw)
+            }
+            Head::F16Pair => (
+                _mm512_cvtph_ps(_mm256_loadu_si256(sb as *const __m256i)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(sb.add(32) as *const __m256i)),
+            ),
+            Head::K => {
+                // Lanes 0..8 take super-factor 0 (2 for the second factor), lanes 8..16 factor 1 (3).
+                let f = _mm512_zextps128_ps512(_mm_loadu_ps(sb as *const f32));
+                let lo = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+                let hi = _mm512_add_epi32(lo, _mm512_set1_epi32(2));
+                let m = |o: usize| {
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                        sb.add(o) as *const __m128i
+                    )))
+                };
+                (
+                    _mm512_mul_ps(_mm512_permutexvar_ps(lo, f), m(16)),
+                    _mm512_mul_ps(_mm512_permutexvar_ps(hi, f), m(32)),
+                )
+            }
         }
     }
 }
@@ -219,7 +274,11 @@ pub unsafe fn dot_packed_vnni<const L: u8>(
             } else {
                 for st in 0..8 {
                     let xv = _mm512_loadu_si512(x.add(64 * st) as *const __m512i);
-                    let z = _mm512_loadu_si512(ws.add(hb + 64 * st) as *const __m512i);
+                    let z = if L == L_Q6 {
+                        q6_operand(ws.add(hb), st)
+                    } else {
+                        _mm512_loadu_si512(ws.add(hb + 64 * st) as *const __m512i)
+                    };
                     // Q6: the chains are the two half blocks, each with its own scale.
                     let c = if L == L_Q6 { st / 4 } else { st % 2 };
                     p[c] = _mm512_dpbusd_epi32(p[c], z, xv);
@@ -261,13 +320,7 @@ pub unsafe fn tile2x4_packed_vnni<const L: u8>(
         // The layout is a constant: with it a run-time value, choosing between the two sets of
         // Q6 accumulators kept all of them in memory, which cost Q4_0 prompts a third.
         let layout = const { layout_of(L) };
-        let (sbb, hb, q4) = const {
-            (
-                layout_of(L).superblock_bytes(),
-                layout_of(L).head_bytes(),
-                layout_of(L).nibbles(),
-            )
-        };
+        let (sbb, hb) = const { (layout_of(L).superblock_bytes(), layout_of(L).head_bytes()) };
         let q6 = L == L_Q6;
         let mut acc = [[_mm512_setzero_ps(); 2]; 4];
         for s in 0..superblocks {
@@ -277,8 +330,8 @@ pub unsafe fn tile2x4_packed_vnni<const L: u8>(
             let w0 = rows[0].add(s * sbb);
             let w1 = rows[1].add(s * sbb);
             let mut ops1 = [_mm512_setzero_si512(); 8];
-            for_each_operand(q4, w1.add(hb), |step, wq| ops1[step] = wq);
-            for_each_operand(q4, w0.add(hb), |step, wq0| {
+            for_each_operand(layout, w1.add(hb), |step, wq| ops1[step] = wq);
+            for_each_operand(layout, w0.add(hb), |step, wq0| {
                 let wq1 = ops1[step];
                 for t in 0..4 {
                     let xv = _mm512_loadu_si512(xq[t].add(s * 512 + 64 * step) as *const __m512i);
