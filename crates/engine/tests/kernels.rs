@@ -240,9 +240,9 @@ fn rms_norm_matches_definition() {
 #[test]
 fn packed_layout_matches_ggml_layout() {
     use bakeoff_engine::kernels::packed;
-    // 25 blocks per row (24 for the K-quants): one full superblock of 16 and one padded one. Q5_0 is
-    // rewritten into Q8_0's layout, Q4_1 and Q4_K into the nibbles-with-offsets one, Q6_K into
-    // signed bytes with a scale per half block, Q5_1 and Q5_K into unsigned bytes with offsets.
+    // 25 blocks per row (24 for the K-quants): one full superblock of 16 and one padded one. Q4_1
+    // and Q4_K take the nibbles-with-offsets layouts, Q5_0, Q5_1 and Q5_K the 5-bit planes, Q6_K
+    // the 6-bit planes with a scale per half block, IQ4_NL and IQ4_XS signed bytes.
     let rows = 45;
     for (dtype, cols) in [
         (WeightType::Q8_0, 800),
@@ -255,6 +255,11 @@ fn packed_layout_matches_ggml_layout() {
         (WeightType::Q6K, 4864),
         (WeightType::Q5_1, 800),
         (WeightType::Q5K, 768),
+        // Wide enough for the 8-bit VNNI prompt tiles (PACKED_VNNI_PROMPT_COLS).
+        (WeightType::Q5_0, 1600),
+        (WeightType::Q5_1, 1600),
+        (WeightType::Q5K, 4864),
+        (WeightType::IQ4_XS, 4864),
         (WeightType::IQ4_NL, 800),
         (WeightType::IQ4_XS, 768),
         // Prompts on these narrow, little-padded rows take the bf16 tiles in the packed order.

@@ -22,13 +22,15 @@
 //! block count is not a multiple of 16 ends with a superblock padded with zero scales.
 //!
 //! Other types are rewritten, without loss, into one of the other kernel layouts ([`Layout`]):
-//! - Q5_0 into Q8_0's (its 5-bit values − 16 are exact signed bytes under the same f16 scale):
-//!   55% more bytes than the file, but the Q8_0 kernel streams at the bandwidth limit where
-//!   candle's Q5_0 dot product ran at a fifth of llama.cpp's decode speed;
+//! - Q5_0 into *Q5*: its 5-bit values (0..31, the − 16 taken off through the activation sums
+//!   as Q4's − 8) in two planes, the low 4 bits in Q4's nibble order and the fifth bit of step
+//!   `s` as bit `s` of a 64-byte chunk; the kernel rebuilds each step's bytes with a shift and
+//!   one ternary-logic instruction. 22 bytes per 32 weights, as in the file (the first version
+//!   stored them as Q8_0's bytes, 34);
 //! - Q4_1 into *Q4M*: Q4_0's nibble order, with a head of 16 f16 scales and 16 f16 offsets,
 //!   value = scale · nibble + offset; Q4_K into *Q4K*, the same nibbles under a *K head*;
-//! - Q5_1 into *Q8M*: unsigned bytes (the 5-bit values) under Q4M's head; Q5_K into *Q8K*, the
-//!   same bytes under a K head;
+//! - Q5_1 into *Q5M*: Q5's planes under Q4M's head (value = scale · q + offset); Q5_K into
+//!   *Q5K*, the same planes under a K head;
 //! - IQ4_NL into Q8_0's layout (its grid values are signed bytes), IQ4_XS into *Q8X*, the same
 //!   bytes under a K head (scale `d · (ls − 32)`);
 //! - Q6_K into *Q6*: its 6-bit values (0..63, the − 32 taken off through the activation sums)
@@ -44,9 +46,9 @@
 //! multiplier. The kernels multiply them out once per superblock (two conversions and a
 //! multiply per factor), and the products are those of ggml's dequantizer bit for bit (an f16
 //! times an integer below 2^8 is exact in f32). Bytes per 32 weights: Q4K 19 against Q4_K's 18,
-//! Q6 27 against Q6_K's 26.25, Q8K 35 against Q5_K's 22; with 16 f32 scales and offsets and Q6_K
-//! in whole bytes (the first version of this layout) they were 24, 40 and 40, and decode, which
-//! streams the weights, paid for every byte.
+//! Q6 27 against Q6_K's 26.25, Q5K 23 against Q5_K's 22; with 16 f32 scales and offsets and the
+//! 5- and 6-bit values in whole bytes (the first version of this layout) they were 24, 40 and
+//! 40, and decode, which streams the weights, paid for every byte.
 
 use crate::WeightType;
 
@@ -78,10 +80,13 @@ pub enum Layout {
     Q6,
     /// Q8's bytes under a K head: IQ4_XS.
     Q8X,
-    /// Unsigned bytes, an f16 scale and an f16 offset per block: Q5_1.
-    Q8M,
-    /// Q8M's bytes under a K head: Q5_K.
-    Q8K,
+    /// 5-bit values in a nibble plane and a bit plane with an implied − 16, one f16 scale per
+    /// block: Q5_0.
+    Q5,
+    /// Q5's planes, unsigned, an f16 scale and an f16 offset per block: Q5_1.
+    Q5M,
+    /// Q5M's planes under a K head: Q5_K.
+    Q5K,
 }
 
 /// How a superblock's head stores its 16 lanes' two factors (scale and offset, or the scales
@@ -105,14 +110,15 @@ impl Layout {
     /// The layout a stored type is packed into, if any.
     pub fn of(dtype: WeightType) -> Option<Layout> {
         match dtype {
-            WeightType::Q8_0 | WeightType::Q5_0 | WeightType::IQ4_NL => Some(Layout::Q8),
+            WeightType::Q8_0 | WeightType::IQ4_NL => Some(Layout::Q8),
+            WeightType::Q5_0 => Some(Layout::Q5),
             WeightType::Q4_0 => Some(Layout::Q4),
             WeightType::Q4_1 => Some(Layout::Q4M),
             WeightType::Q4K => Some(Layout::Q4K),
             WeightType::Q6K => Some(Layout::Q6),
             WeightType::IQ4_XS => Some(Layout::Q8X),
-            WeightType::Q5_1 => Some(Layout::Q8M),
-            WeightType::Q5K => Some(Layout::Q8K),
+            WeightType::Q5_1 => Some(Layout::Q5M),
+            WeightType::Q5K => Some(Layout::Q5K),
             _ => None,
         }
     }
@@ -121,7 +127,7 @@ impl Layout {
     pub const fn body(self) -> Layout {
         match self {
             Layout::Q4K => Layout::Q4M,
-            Layout::Q8K => Layout::Q8M,
+            Layout::Q5K => Layout::Q5M,
             Layout::Q8X => Layout::Q8,
             l => l,
         }
@@ -129,9 +135,9 @@ impl Layout {
 
     pub const fn head(self) -> Head {
         match self {
-            Layout::Q8 | Layout::Q4 => Head::F16,
-            Layout::Q4M | Layout::Q8M => Head::F16Pair,
-            Layout::Q4K | Layout::Q6 | Layout::Q8K | Layout::Q8X => Head::K,
+            Layout::Q8 | Layout::Q4 | Layout::Q5 => Head::F16,
+            Layout::Q4M | Layout::Q5M => Head::F16Pair,
+            Layout::Q4K | Layout::Q6 | Layout::Q5K | Layout::Q8X => Head::K,
         }
     }
 
@@ -148,6 +154,7 @@ impl Layout {
         self.head_bytes()
             + match self.body() {
                 Layout::Q4 | Layout::Q4M => SB * QK / 2,
+                Layout::Q5 | Layout::Q5M => SB * QK * 5 / 8,
                 Layout::Q6 => SB * QK * 3 / 4,
                 _ => SB * QK,
             }
@@ -158,9 +165,14 @@ impl Layout {
         matches!(self.body(), Layout::Q4 | Layout::Q4M)
     }
 
+    /// Whether the quants are 5-bit values in a nibble plane and a bit plane.
+    pub const fn five_bit(self) -> bool {
+        matches!(self.body(), Layout::Q5 | Layout::Q5M)
+    }
+
     /// Whether the second factor is an offset added per block (value = scale · q + offset).
     pub const fn has_offset(self) -> bool {
-        matches!(self.body(), Layout::Q4M | Layout::Q8M)
+        matches!(self.body(), Layout::Q4M | Layout::Q5M)
     }
 
     /// The factor of the activation block sums in [`PackedActs::so`]: the kernels subtract
@@ -170,7 +182,8 @@ impl Layout {
     fn act_offset(self) -> f32 {
         match self.body() {
             Layout::Q4 => 8.0,
-            Layout::Q4M | Layout::Q8M => -1.0,
+            Layout::Q5 => 16.0,
+            Layout::Q4M | Layout::Q5M => -1.0,
             Layout::Q6 => 32.0,
             _ => 128.0,
         }
@@ -202,7 +215,7 @@ pub fn row_bytes(dtype: WeightType, cols: usize) -> usize {
 }
 
 /// One block of 32 values as the layouts store it: the quants (signed for Q8 and Q6, nibbles
-/// for Q4 and Q4M, unsigned bytes for Q8M), the scale as f16 bits (Q8, Q4; Q4M and Q8M with
+/// for Q4 and Q4M, signed for Q5, unsigned for Q5M), the scale as f16 bits (Q8, Q4, Q5; Q4M and Q5M with
 /// the offset's f16 bits), and for the K-quants the two factors as super-factor and
 /// multiplier: scale (or the first half's scale) `kf.0 · km.0`, offset (or the second half's
 /// scale) `kf.1 · km.1`.
@@ -401,6 +414,16 @@ pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
                             k.q[8 * u + j] as u8 | ((k.q[8 * u + 4 + j] as u8) << 4);
                     }
                 }
+            } else if layout.five_bit() {
+                // Q5_0's values are signed (− 16), Q5_1's and Q5_K's unsigned.
+                let bias = if layout == Layout::Q5 { 16 } else { 0 };
+                for s in 0..STEPS {
+                    for j in 0..4 {
+                        let v = (k.q[4 * s + j] + bias) as u8;
+                        quants[64 * (s / 2) + 4 * l + j] |= (v & 0x0f) << (4 * (s % 2));
+                        quants[256 + 4 * l + j] |= (v >> 4) << s;
+                    }
+                }
             } else if layout == Layout::Q6 {
                 let u = k.q.map(|q| (q + 32) as u8);
                 for s in 0..STEPS {
@@ -411,8 +434,8 @@ pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
                     }
                 }
             } else {
-                // Signed values are stored + 128; Q8M's are unsigned already.
-                let flip = if layout.has_offset() { 0 } else { 0x80 };
+                // Signed values are stored + 128.
+                let flip = 0x80;
                 for s in 0..STEPS {
                     for j in 0..4 {
                         quants[64 * s + 4 * l + j] = (k.q[4 * s + j] as u8) ^ flip;
@@ -424,7 +447,7 @@ pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
 }
 
 /// The quant of value `i` (0..32) of lane `l` in a packed superblock: signed (offset taken
-/// off) for Q8, Q6 and Q4, unsigned for Q4M and Q8M.
+/// off) for Q8, Q6, Q5 and Q4, unsigned for Q4M and Q5M.
 fn packed_quant(layout: Layout, quants: &[u8], l: usize, i: usize) -> i32 {
     let (s, j) = (i / 4, i % 4);
     match layout.body() {
@@ -438,12 +461,17 @@ fn packed_quant(layout: Layout, quants: &[u8], l: usize, i: usize) -> i32 {
             let n = if i % 8 < 4 { byte & 0x0f } else { byte >> 4 } as i32;
             if layout == Layout::Q4 { n - 8 } else { n }
         }
-        Layout::Q8M => quants[64 * (i / 4) + 4 * l + i % 4] as i32,
+        Layout::Q5 | Layout::Q5M => {
+            let lo = (quants[64 * (s / 2) + 4 * l + j] >> (4 * (s % 2))) & 0x0f;
+            let hi = (quants[256 + 4 * l + j] >> s) & 1;
+            let u = (lo | (hi << 4)) as i32;
+            if layout == Layout::Q5 { u - 16 } else { u }
+        }
         _ => (quants[64 * (i / 4) + 4 * l + i % 4] ^ 0x80) as i8 as i32,
     }
 }
 
-/// The two factors of lane `l` of a superblock's head: scale and offset (Q4M, Q4K, Q8M, Q8K),
+/// The two factors of lane `l` of a superblock's head: scale and offset (Q4M, Q4K, Q5M, Q5K),
 /// the scales of the two halves (Q6), or the scale twice (Q8, Q4).
 pub fn head_factors(layout: Layout, head: &[u8], l: usize) -> (f32, f32) {
     let f32_at = |i: usize| f32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);

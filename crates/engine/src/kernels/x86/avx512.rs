@@ -172,8 +172,9 @@ pub unsafe fn packed_row_to_bf16(
         );
         let offset = _mm512_set1_epi32(match layout.body() {
             Layout::Q4 => 8,
-            Layout::Q4M | Layout::Q8M => 0,
+            Layout::Q4M | Layout::Q5M => 0,
             Layout::Q6 => 32,
+            Layout::Q5 => 16,
             _ => 128,
         });
         let low = _mm512_set1_epi8(0x0f);
@@ -209,6 +210,8 @@ pub unsafe fn packed_row_to_bf16(
             for s in 0..8 {
                 let bytes = if layout == Layout::Q6 {
                     super::vnni::q6_operand(q, s)
+                } else if layout.five_bit() {
+                    super::vnni::q5_operand(q, s)
                 } else if q4 {
                     let v = _mm512_loadu_si512(q.add(64 * (s / 2)) as *const __m512i);
                     if s % 2 == 0 {
@@ -228,7 +231,7 @@ pub unsafe fn packed_row_to_bf16(
                 for (c, part) in parts.into_iter().enumerate() {
                     let v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(part), offset);
                     let f = match layout.body() {
-                        Layout::Q4M | Layout::Q8M => {
+                        Layout::Q4M | Layout::Q5M => {
                             _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sc[c], mn[c])
                         }
                         // Steps 4..8 are values 16..32, under the second scale.

@@ -4,7 +4,7 @@
 //! A superblock's 16 blocks sit in the 16 32-bit lanes of a 64-byte step; here each step is two
 //! 256-bit halves (blocks 0..8 and 8..16) and `vpdpbusd` becomes `vpmaddubsw` + `vpmaddwd`.
 //! `vpmaddubsw` saturates its 16-bit pair sums, so the unsigned operand must stay small: nibbles
-//! (Q4, Q4M) and 5-bit bytes (Q8M) are used as stored, and their pair sums are added in 16 bits
+//! (Q4, Q4M) and 5-bit values (Q5, Q5M, rebuilt from their planes) are used as they are, and their pair sums are added in 16 bits
 //! over as many steps as cannot overflow before one `vpmaddwd` widens them; the layouts whose
 //! bytes are signed values stored + 128 (Q8, Q6) would overflow, so they are turned back into
 //! signed bytes and multiplied with llama.cpp's sign trick, which also makes their activation
@@ -89,6 +89,38 @@ unsafe fn q6_stored_half(quants: *const u8, st: usize, h: usize) -> __m256i {
     }
 }
 
+/// Half `h` of step `st` of a Q5, Q5M or Q5K superblock's quants (`packed.rs`): the 5-bit
+/// values 0..31.
+#[inline(always)]
+unsafe fn q5_half(quants: *const u8, st: usize, h: usize) -> __m256i {
+    // SAFETY: the caller points at a packed 5-bit superblock's quants.
+    unsafe {
+        let ld = |o: usize| _mm256_loadu_si256(quants.add(o + 32 * h) as *const __m256i);
+        let z = ld(64 * (st / 2));
+        let lo = if st.is_multiple_of(2) {
+            z
+        } else {
+            _mm256_srli_epi16::<4>(z)
+        };
+        let hv = ld(256);
+        // Bit st of each byte to bit 4 (bits carried across bytes are masked off).
+        let hv = match st {
+            0 => _mm256_slli_epi16::<4>(hv),
+            1 => _mm256_slli_epi16::<3>(hv),
+            2 => _mm256_slli_epi16::<2>(hv),
+            3 => _mm256_slli_epi16::<1>(hv),
+            4 => hv,
+            5 => _mm256_srli_epi16::<1>(hv),
+            6 => _mm256_srli_epi16::<2>(hv),
+            _ => _mm256_srli_epi16::<3>(hv),
+        };
+        _mm256_or_si256(
+            _mm256_and_si256(lo, _mm256_set1_epi8(0x0f)),
+            _mm256_and_si256(hv, _mm256_set1_epi8(0x10)),
+        )
+    }
+}
+
 /// The two factors (`packed::head_factors`) of lanes `8h..8h+8`.
 #[inline(always)]
 unsafe fn head_half(layout: Layout, sb: *const u8, h: usize) -> (__m256, __m256) {
@@ -164,17 +196,17 @@ pub unsafe fn dot_packed_avx2<const L: u8>(
                         }
                         p[0] = widen(s16);
                     }
-                    Layout::Q8M => {
+                    Layout::Q5 | Layout::Q5M => {
                         // 5-bit values: four steps fit in 16 bits (4 · 2 · 31 · 127).
                         for half in 0..2 {
                             let mut s16 = _mm256_setzero_si256();
                             for st in 4 * half..4 * half + 4 {
-                                s16 = _mm256_add_epi16(s16, pairs(ld(q.add(64 * st)), xs(st)));
+                                s16 = _mm256_add_epi16(s16, pairs(q5_half(q, st, h), xs(st)));
                             }
                             p[0] = _mm256_add_epi32(p[0], widen(s16));
                         }
                     }
-                    // Q8, Q6 (`body` is never Q4K or Q8K).
+                    // Q8, Q6 (`body` is never Q4K, Q5K or Q8X).
                     _ => {
                         for st in 0..8 {
                             let (c, z) = if layout == Layout::Q6 {
@@ -194,8 +226,9 @@ pub unsafe fn dot_packed_avx2<const L: u8>(
                         let f = _mm256_mul_ps(mw, xdv);
                         *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[1]), f, *acc);
                     }
-                    // Q4's implied − 8 and Q4M/Q8M's offsets: `so` holds 8 · d · Σq or −d · Σq.
-                    Layout::Q4 | Layout::Q4M | Layout::Q8M => {
+                    // Q4's implied − 8, Q5's − 16 and Q4M/Q5M's offsets: `so` holds 8 · d · Σq,
+                    // 16 · d · Σq or −d · Σq.
+                    Layout::Q4 | Layout::Q4M | Layout::Q5 | Layout::Q5M => {
                         let so = _mm256_loadu_ps(xso[0].add(s * 16 + 8 * h));
                         *acc = _mm256_fnmadd_ps(mw, so, *acc);
                     }
@@ -255,11 +288,11 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
                         }
                         p = s16.map(|a| a.map(|v| widen(v)));
                     }
-                    Layout::Q8M => {
+                    Layout::Q5 | Layout::Q5M => {
                         for half in 0..2 {
                             let mut s16 = [[zero; 2]; 4];
                             for st in 4 * half..4 * half + 4 {
-                                let z = [ldw(0, 64 * st), ldw(1, 64 * st)];
+                                let z = [q5_half(w[0], st, h), q5_half(w[1], st, h)];
                                 for (t, s16) in s16.iter_mut().enumerate() {
                                     let x = ldx(t, st);
                                     for r in 0..2 {
@@ -274,7 +307,7 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
                             }
                         }
                     }
-                    // Q8, Q6 (`body` is never Q4K or Q8K).
+                    // Q8, Q6 (`body` is never Q4K, Q5K or Q8X).
                     _ => {
                         for st in 0..8 {
                             let z = if layout == Layout::Q6 {
@@ -313,7 +346,7 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
                                 let f = _mm256_mul_ps(mw, d);
                                 *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p2[t][r]), f, *a);
                             }
-                            Layout::Q4 | Layout::Q4M | Layout::Q8M => {
+                            Layout::Q4 | Layout::Q4M | Layout::Q5 | Layout::Q5M => {
                                 let so = _mm256_loadu_ps(xso[t][0].add(s * 16 + 8 * h));
                                 *a = _mm256_fnmadd_ps(mw, so, *a);
                             }

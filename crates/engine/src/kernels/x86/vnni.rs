@@ -88,6 +88,36 @@ pub(super) unsafe fn q6_operand(quants: *const u8, st: usize) -> __m512i {
     }
 }
 
+/// Step `st`'s 64 unsigned bytes of a Q5, Q5M or Q5K superblock's quants (`packed.rs`): the
+/// 5-bit values, low nibble | bit `st` of the bit plane << 4.
+#[inline(always)]
+pub(super) unsafe fn q5_operand(quants: *const u8, st: usize) -> __m512i {
+    // SAFETY: the caller guarantees a packed 5-bit superblock's quants at `quants`.
+    unsafe {
+        let z = _mm512_loadu_si512(quants.add(64 * (st / 2)) as *const __m512i);
+        let lo = if st.is_multiple_of(2) {
+            z
+        } else {
+            _mm512_srli_epi16::<4>(z)
+        };
+        let h = _mm512_loadu_si512(quants.add(256) as *const __m512i);
+        // Bit st of each byte to bit 4 (bits carried across bytes are masked off).
+        let h = match st {
+            0 => _mm512_slli_epi16::<4>(h),
+            1 => _mm512_slli_epi16::<3>(h),
+            2 => _mm512_slli_epi16::<2>(h),
+            3 => _mm512_slli_epi16::<1>(h),
+            4 => h,
+            5 => _mm512_srli_epi16::<1>(h),
+            6 => _mm512_srli_epi16::<2>(h),
+            _ => _mm512_srli_epi16::<3>(h),
+        };
+        let lo = _mm512_and_si512(lo, _mm512_set1_epi8(0x0f));
+        // lo | (h & 0x10), as in `q6_operand`.
+        _mm512_ternarylogic_epi32::<0xF8>(lo, h, _mm512_set1_epi8(0x10))
+    }
+}
+
 /// The `STEPS` dot-product operands of one packed superblock row, handed to `f` in order:
 /// the byte layouts load them, the nibble ones split each 64-byte chunk into low and high
 /// nibbles, Q6 joins its two planes.
@@ -102,6 +132,10 @@ pub(super) unsafe fn for_each_operand(
         if layout == crate::kernels::packed::Layout::Q6 {
             for st in 0..8 {
                 f(st, q6_operand(quants, st));
+            }
+        } else if layout.five_bit() {
+            for st in 0..8 {
+                f(st, q5_operand(quants, st));
             }
         } else if layout.nibbles() {
             let m4 = _mm512_set1_epi8(0x0f);
@@ -127,10 +161,11 @@ pub const L_Q8: u8 = 0;
 pub const L_Q4: u8 = 1;
 pub const L_Q4M: u8 = 2;
 pub const L_Q6: u8 = 3;
-pub const L_Q8M: u8 = 4;
+pub const L_Q5M: u8 = 4;
 pub const L_Q4K: u8 = 5;
-pub const L_Q8K: u8 = 6;
+pub const L_Q5K: u8 = 6;
 pub const L_Q8X: u8 = 7;
+pub const L_Q5: u8 = 8;
 
 pub fn layout_code(l: crate::kernels::packed::Layout) -> u8 {
     use crate::kernels::packed::Layout;
@@ -139,10 +174,11 @@ pub fn layout_code(l: crate::kernels::packed::Layout) -> u8 {
         Layout::Q4 => L_Q4,
         Layout::Q4M => L_Q4M,
         Layout::Q6 => L_Q6,
-        Layout::Q8M => L_Q8M,
+        Layout::Q5M => L_Q5M,
         Layout::Q4K => L_Q4K,
-        Layout::Q8K => L_Q8K,
+        Layout::Q5K => L_Q5K,
         Layout::Q8X => L_Q8X,
+        Layout::Q5 => L_Q5,
     }
 }
 
@@ -153,10 +189,11 @@ pub(super) const fn layout_of(code: u8) -> crate::kernels::packed::Layout {
         L_Q4 => Layout::Q4,
         L_Q4M => Layout::Q4M,
         L_Q6 => Layout::Q6,
-        L_Q8M => Layout::Q8M,
+        L_Q5M => Layout::Q5M,
         L_Q4K => Layout::Q4K,
-        L_Q8K => Layout::Q8K,
-        _ => Layout::Q8X,
+        L_Q5K => Layout::Q5K,
+        L_Q8X => Layout::Q8X,
+        _ => Layout::Q5,
     }
 }
 
@@ -276,6 +313,8 @@ pub unsafe fn dot_packed_vnni<const L: u8>(
                     let xv = _mm512_loadu_si512(x.add(64 * st) as *const __m512i);
                     let z = if L == L_Q6 {
                         q6_operand(ws.add(hb), st)
+                    } else if layout.five_bit() {
+                        q5_operand(ws.add(hb), st)
                     } else {
                         _mm512_loadu_si512(ws.add(hb + 64 * st) as *const __m512i)
                     };
