@@ -254,10 +254,7 @@ impl Backend for CpuBackend {
             packed: false,
         };
         m.view().check().map_err(|e| Error::tensor(&m.name, e))?;
-        // On AVX2 alone Q5_K and Q6_K stream faster from ggml's layout than from their larger packed
-        // one (docs/weight-types.md).
-        let pack = self.caps.avx512vnni
-            || (self.caps.avx2 && !matches!(m.dtype, WeightType::Q5K | WeightType::Q6K));
+        let pack = self.caps.avx512vnni || self.caps.avx2;
         if pack && packed::packable(m.dtype, m.cols) {
             let len = packed::row_bytes(m.dtype, m.cols) * m.rows;
             let cached = self
