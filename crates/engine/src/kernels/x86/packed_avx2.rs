@@ -60,6 +60,21 @@ unsafe fn signed_dot(z: __m256i, x: __m256i) -> __m256i {
     }
 }
 
+/// Half `h` of step `st`'s low 4 bits in a plane of nibbles (steps `2u` and `2u + 1` share
+/// 64-byte chunk `u`), not yet masked.
+#[inline(always)]
+unsafe fn nibble_half(quants: *const u8, st: usize, h: usize) -> __m256i {
+    // SAFETY: the caller points at the nibble plane.
+    unsafe {
+        let z = _mm256_loadu_si256(quants.add(64 * (st / 2) + 32 * h) as *const __m256i);
+        if st.is_multiple_of(2) {
+            z
+        } else {
+            _mm256_srli_epi16::<4>(z)
+        }
+    }
+}
+
 /// Half `h` (lanes `8h..8h+8`) of step `st` of a Q6 superblock's quants (`packed.rs`) in the
 /// form of the signed-byte layouts, value + 128: the 6-bit value + 96.
 #[inline(always)]
@@ -67,12 +82,7 @@ unsafe fn q6_stored_half(quants: *const u8, st: usize, h: usize) -> __m256i {
     // SAFETY: the caller points at a packed Q6 superblock's quants.
     unsafe {
         let ld = |o: usize| _mm256_loadu_si256(quants.add(o + 32 * h) as *const __m256i);
-        let z = ld(64 * (st / 2));
-        let lo = if st.is_multiple_of(2) {
-            z
-        } else {
-            _mm256_srli_epi16::<4>(z)
-        };
+        let lo = nibble_half(quants, st, h);
         let hv = ld(256 + 64 * (st / 4));
         // Bits 2k, 2k+1 of each byte to bits 4, 5 (bits carried across bytes are masked off).
         let hv = match st % 4 {
@@ -96,12 +106,7 @@ unsafe fn q5_half(quants: *const u8, st: usize, h: usize) -> __m256i {
     // SAFETY: the caller points at a packed 5-bit superblock's quants.
     unsafe {
         let ld = |o: usize| _mm256_loadu_si256(quants.add(o + 32 * h) as *const __m256i);
-        let z = ld(64 * (st / 2));
-        let lo = if st.is_multiple_of(2) {
-            z
-        } else {
-            _mm256_srli_epi16::<4>(z)
-        };
+        let lo = nibble_half(quants, st, h);
         let hv = ld(256);
         // Bit st of each byte to bit 4 (bits carried across bytes are masked off).
         let hv = match st {

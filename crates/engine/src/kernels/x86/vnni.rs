@@ -60,18 +60,28 @@ pub unsafe fn dot4_q4_0_vnni(w: *const u8, row_bytes: usize, x: &[BlockQ8]) -> [
     }
 }
 
+/// Step `st`'s low 4 bits in a plane of nibbles (steps `2u` and `2u + 1` share 64-byte chunk
+/// `u`), not yet masked: the bits above them are the other step's.
+#[inline(always)]
+unsafe fn nibble_step(quants: *const u8, st: usize) -> __m512i {
+    // SAFETY: the caller guarantees the nibble plane at `quants`.
+    unsafe {
+        let z = _mm512_loadu_si512(quants.add(64 * (st / 2)) as *const __m512i);
+        if st.is_multiple_of(2) {
+            z
+        } else {
+            _mm512_srli_epi16::<4>(z)
+        }
+    }
+}
+
 /// Step `st`'s 64 unsigned bytes of a Q6 superblock's quants (`packed.rs`): the 6-bit values,
 /// low nibble | high bit pair << 4.
 #[inline(always)]
 pub(super) unsafe fn q6_operand(quants: *const u8, st: usize) -> __m512i {
     // SAFETY: the caller guarantees a packed Q6 superblock's quants at `quants`.
     unsafe {
-        let z = _mm512_loadu_si512(quants.add(64 * (st / 2)) as *const __m512i);
-        let lo = if st.is_multiple_of(2) {
-            z
-        } else {
-            _mm512_srli_epi16::<4>(z)
-        };
+        let lo = nibble_step(quants, st);
         let h = _mm512_loadu_si512(quants.add(256 + 64 * (st / 4)) as *const __m512i);
         // Bits 2k, 2k+1 of each byte to bits 4, 5; the 16-bit shifts carry bits across bytes,
         // which the masks below drop.
@@ -94,12 +104,7 @@ pub(super) unsafe fn q6_operand(quants: *const u8, st: usize) -> __m512i {
 pub(super) unsafe fn q5_operand(quants: *const u8, st: usize) -> __m512i {
     // SAFETY: the caller guarantees a packed 5-bit superblock's quants at `quants`.
     unsafe {
-        let z = _mm512_loadu_si512(quants.add(64 * (st / 2)) as *const __m512i);
-        let lo = if st.is_multiple_of(2) {
-            z
-        } else {
-            _mm512_srli_epi16::<4>(z)
-        };
+        let lo = nibble_step(quants, st);
         let h = _mm512_loadu_si512(quants.add(256) as *const __m512i);
         // Bit st of each byte to bit 4 (bits carried across bytes are masked off).
         let h = match st {
