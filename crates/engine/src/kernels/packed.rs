@@ -31,8 +31,9 @@
 //!   value = scale · nibble + offset; Q4_K into *Q4K*, the same nibbles under a *K head*;
 //! - Q5_1 into *Q5M*: Q5's planes under Q4M's head (value = scale · q + offset); Q5_K into
 //!   *Q5K*, the same planes under a K head;
-//! - IQ4_NL into Q8_0's layout (its grid values are signed bytes), IQ4_XS into *Q8X*, the same
-//!   bytes under a K head (scale `d · (ls − 32)`);
+//! - IQ4_NL into *I4*: its 4-bit indices in Q4's nibble order, which the kernels turn into the
+//!   non-linear grid's values (+ 128, as Q8 stores them) with one byte shuffle per step; IQ4_XS
+//!   into *I4K*, the same under a K head (scale `d · (ls − 32)`);
 //! - Q6_K into *Q6*: its 6-bit values (0..63, the − 32 taken off through the activation sums)
 //!   in two planes, the low 4 bits in Q4's nibble order and the high 2 bits of steps `4v..4v+4`
 //!   as bit pairs `2k, 2k+1` of a 64-byte chunk `v`; the kernel rebuilds each step's bytes with
@@ -57,7 +58,7 @@ use super::{BlockQ8, QK, f16_bits_to_f32};
 
 /// Version of this layout, part of the key of the packed-weights file (`loader::packcache`):
 /// change it with any change to the bytes `pack_row` writes.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Blocks per superblock (one per 32-bit lane of a 512-bit vector).
 pub const SB: usize = 16;
@@ -67,7 +68,7 @@ pub const STEPS: usize = QK / 4;
 /// The byte layouts the packed kernels read (see the module comment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
-    /// Signed bytes stored + 128, one f16 scale per block: Q8_0, Q5_0, IQ4_NL.
+    /// Signed bytes stored + 128, one f16 scale per block: Q8_0.
     Q8,
     /// Unsigned nibbles with an implied − 8, one f16 scale per block: Q4_0.
     Q4,
@@ -78,8 +79,10 @@ pub enum Layout {
     /// 6-bit values in a nibble plane and a 2-bit plane, under a K head (a scale per half
     /// block): Q6_K.
     Q6,
-    /// Q8's bytes under a K head: IQ4_XS.
-    Q8X,
+    /// Nibble indices into IQ4's grid, one f16 scale per block: IQ4_NL.
+    I4,
+    /// I4's indices under a K head: IQ4_XS.
+    I4K,
     /// 5-bit values in a nibble plane and a bit plane with an implied − 16, one f16 scale per
     /// block: Q5_0.
     Q5,
@@ -110,13 +113,14 @@ impl Layout {
     /// The layout a stored type is packed into, if any.
     pub fn of(dtype: WeightType) -> Option<Layout> {
         match dtype {
-            WeightType::Q8_0 | WeightType::IQ4_NL => Some(Layout::Q8),
+            WeightType::Q8_0 => Some(Layout::Q8),
+            WeightType::IQ4_NL => Some(Layout::I4),
             WeightType::Q5_0 => Some(Layout::Q5),
             WeightType::Q4_0 => Some(Layout::Q4),
             WeightType::Q4_1 => Some(Layout::Q4M),
             WeightType::Q4K => Some(Layout::Q4K),
             WeightType::Q6K => Some(Layout::Q6),
-            WeightType::IQ4_XS => Some(Layout::Q8X),
+            WeightType::IQ4_XS => Some(Layout::I4K),
             WeightType::Q5_1 => Some(Layout::Q5M),
             WeightType::Q5K => Some(Layout::Q5K),
             _ => None,
@@ -128,16 +132,16 @@ impl Layout {
         match self {
             Layout::Q4K => Layout::Q4M,
             Layout::Q5K => Layout::Q5M,
-            Layout::Q8X => Layout::Q8,
+            Layout::I4K => Layout::I4,
             l => l,
         }
     }
 
     pub const fn head(self) -> Head {
         match self {
-            Layout::Q8 | Layout::Q4 | Layout::Q5 => Head::F16,
+            Layout::Q8 | Layout::Q4 | Layout::Q5 | Layout::I4 => Head::F16,
             Layout::Q4M | Layout::Q5M => Head::F16Pair,
-            Layout::Q4K | Layout::Q6 | Layout::Q5K | Layout::Q8X => Head::K,
+            Layout::Q4K | Layout::Q6 | Layout::Q5K | Layout::I4K => Head::K,
         }
     }
 
@@ -153,16 +157,22 @@ impl Layout {
     pub const fn superblock_bytes(self) -> usize {
         self.head_bytes()
             + match self.body() {
-                Layout::Q4 | Layout::Q4M => SB * QK / 2,
+                Layout::Q4 | Layout::Q4M | Layout::I4 => SB * QK / 2,
                 Layout::Q5 | Layout::Q5M => SB * QK * 5 / 8,
                 Layout::Q6 => SB * QK * 3 / 4,
                 _ => SB * QK,
             }
     }
 
-    /// Whether the quants are nibbles (two steps per 64-byte chunk).
+    /// Whether the quants are nibbles (two steps per 64-byte chunk): values for Q4, Q4M and Q4K,
+    /// grid indices for I4 and I4K.
     pub const fn nibbles(self) -> bool {
-        matches!(self.body(), Layout::Q4 | Layout::Q4M)
+        matches!(self.body(), Layout::Q4 | Layout::Q4M | Layout::I4)
+    }
+
+    /// Whether the nibbles are IQ4 grid indices.
+    pub const fn grid(self) -> bool {
+        matches!(self.body(), Layout::I4)
     }
 
     /// Whether the quants are 5-bit values in a nibble plane and a bit plane.
@@ -214,7 +224,8 @@ pub fn row_bytes(dtype: WeightType, cols: usize) -> usize {
     superblocks(cols) * superblock_bytes(dtype)
 }
 
-/// One block of 32 values as the layouts store it: the quants (signed for Q8 and Q6, nibbles
+/// One block of 32 values as the layouts store it: the quants (signed for Q8 and Q6, grid
+/// indices for I4, nibbles
 /// for Q4 and Q4M, signed for Q5, unsigned for Q5M), the scale as f16 bits (Q8, Q4, Q5; Q4M and Q5M with
 /// the offset's f16 bits), and for the K-quants the two factors as super-factor and
 /// multiplier: scale (or the first half's scale) `kf.0 · km.0`, offset (or the second half's
@@ -335,11 +346,11 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
             }
         }
         WeightType::IQ4_NL => {
-            // The non-linear grid's values are signed bytes under the block's f16 scale.
+            // The grid indices, under the block's f16 scale (the kernels look the values up).
             let blk = src.get(b * 18..(b + 1) * 18)?;
             k.scale16 = f16_at(blk, 0);
             for (i, q) in k.q.iter_mut().enumerate() {
-                *q = IQ4_VALUES[nib(&blk[2..], i) as usize];
+                *q = nib(&blk[2..], i) as i8;
             }
         }
         WeightType::IQ4_XS => {
@@ -354,7 +365,7 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
             let m = (lo | (hi << 4)) as i8 - 32;
             (k.kf, k.km) = ((d, d), (m, m));
             for (i, q) in k.q.iter_mut().enumerate() {
-                *q = IQ4_VALUES[nib(&blk[8 + 16 * g..], i) as usize];
+                *q = nib(&blk[8 + 16 * g..], i) as i8;
             }
         }
         WeightType::Q6K => {
@@ -456,10 +467,14 @@ fn packed_quant(layout: Layout, quants: &[u8], l: usize, i: usize) -> i32 {
             let hi = (quants[256 + 64 * (s / 4) + 4 * l + j] >> (2 * (s % 4))) & 3;
             (lo | (hi << 4)) as i32 - 32
         }
-        Layout::Q4 | Layout::Q4M => {
+        Layout::Q4 | Layout::Q4M | Layout::I4 => {
             let byte = quants[64 * (i / 8) + 4 * l + i % 4];
-            let n = if i % 8 < 4 { byte & 0x0f } else { byte >> 4 } as i32;
-            if layout == Layout::Q4 { n - 8 } else { n }
+            let n = if i % 8 < 4 { byte & 0x0f } else { byte >> 4 };
+            match layout.body() {
+                Layout::Q4 => n as i32 - 8,
+                Layout::I4 => IQ4_VALUES[n as usize] as i32,
+                _ => n as i32,
+            }
         }
         Layout::Q5 | Layout::Q5M => {
             let lo = (quants[64 * (s / 2) + 4 * l + j] >> (4 * (s % 2))) & 0x0f;
@@ -597,3 +612,15 @@ impl PackedActs {
         }
     }
 }
+
+/// IQ4's grid values + 128 (the unsigned form of the signed-byte layouts); the byte
+/// shuffle that looks them up indexes 16 bytes within each 128-bit lane.
+pub const IQ4_LUT_U8: [u8; 16] = {
+    let mut t = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = (IQ4_VALUES[i] as i16 + 128) as u8;
+        i += 1;
+    }
+    t
+};

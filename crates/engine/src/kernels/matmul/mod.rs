@@ -348,7 +348,7 @@ fn packed_tokens_avx2(
     nsb: usize,
     out: &mut [f32],
 ) {
-    use super::x86::{L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8, L_Q8X};
+    use super::x86::{L_I4, L_I4K, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8};
     fn run<const L: u8>(
         pool: &Threads,
         w: &QMatrix<'_>,
@@ -398,8 +398,9 @@ fn packed_tokens_avx2(
         L_Q6 => run::<L_Q6>(pool, w, acts, nsb, out),
         L_Q4K => run::<L_Q4K>(pool, w, acts, nsb, out),
         L_Q5K => run::<L_Q5K>(pool, w, acts, nsb, out),
-        L_Q8X => run::<L_Q8X>(pool, w, acts, nsb, out),
+        L_I4K => run::<L_I4K>(pool, w, acts, nsb, out),
         L_Q5 => run::<L_Q5>(pool, w, acts, nsb, out),
+        L_I4 => run::<L_I4>(pool, w, acts, nsb, out),
         _ => run::<L_Q5M>(pool, w, acts, nsb, out),
     }
 }
@@ -460,7 +461,7 @@ fn packed_decode(
     layout: super::packed::Layout,
     nsb: usize,
 ) {
-    use super::x86::{L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8, L_Q8X};
+    use super::x86::{L_I4, L_I4K, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8};
     let vnni = caps.avx512vnni;
     // The layout is a constant of each kernel: with it a run-time value, the kernel's offsets
     // and prefetch loop were computed per superblock, which cost 7% of Q4_0's streaming rate.
@@ -471,8 +472,9 @@ fn packed_decode(
         L_Q6 => packed_decode_as::<L_Q6>(pool, vnni, mats, a, nsb),
         L_Q4K => packed_decode_as::<L_Q4K>(pool, vnni, mats, a, nsb),
         L_Q5K => packed_decode_as::<L_Q5K>(pool, vnni, mats, a, nsb),
-        L_Q8X => packed_decode_as::<L_Q8X>(pool, vnni, mats, a, nsb),
+        L_I4K => packed_decode_as::<L_I4K>(pool, vnni, mats, a, nsb),
         L_Q5 => packed_decode_as::<L_Q5>(pool, vnni, mats, a, nsb),
+        L_I4 => packed_decode_as::<L_I4>(pool, vnni, mats, a, nsb),
         _ => packed_decode_as::<L_Q5M>(pool, vnni, mats, a, nsb),
     }
 }
@@ -789,7 +791,7 @@ pub fn matmul(
     // ones (docs/weight-types.md).
     let nibbles = w.packed
         && !caps.avx512vnni
-        && super::packed::Layout::of(w.dtype).is_some_and(|l| l.nibbles());
+        && super::packed::Layout::of(w.dtype).is_some_and(|l| l.nibbles() && !l.grid());
     if caps.avx2 && (!w.packed || nibbles) && ((dense && n >= 4) || (!dense && n >= 16)) {
         return dense_tiles(pool, caps, w, x, n, out);
     }

@@ -105,7 +105,7 @@ pub(super) fn tiles_packed(
                 // activations exist (padded with zeros); features detected by the caller.
                 let v = unsafe {
                     use crate::kernels::x86::{
-                        L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8, L_Q8X,
+                        L_I4, L_I4K, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8,
                         tile2x4_packed_avx2 as tile2, tile2x4_packed_vnni as tile,
                     };
                     match (vnni, crate::kernels::x86::layout_code(layout)) {
@@ -115,8 +115,9 @@ pub(super) fn tiles_packed(
                         (true, L_Q6) => tile::<L_Q6>(rows2, nsb, xq, xd, xso),
                         (true, L_Q4K) => tile::<L_Q4K>(rows2, nsb, xq, xd, xso),
                         (true, L_Q5K) => tile::<L_Q5K>(rows2, nsb, xq, xd, xso),
-                        (true, L_Q8X) => tile::<L_Q8X>(rows2, nsb, xq, xd, xso),
+                        (true, L_I4K) => tile::<L_I4K>(rows2, nsb, xq, xd, xso),
                         (true, L_Q5) => tile::<L_Q5>(rows2, nsb, xq, xd, xso),
+                        (true, L_I4) => tile::<L_I4>(rows2, nsb, xq, xd, xso),
                         (true, _) => tile::<L_Q5M>(rows2, nsb, xq, xd, xso),
                         (false, L_Q4) => tile2::<L_Q4>(rows2, nsb, xq, xd, xso),
                         (false, L_Q8) => tile2::<L_Q8>(rows2, nsb, xq, xd, xso),
@@ -124,8 +125,9 @@ pub(super) fn tiles_packed(
                         (false, L_Q6) => tile2::<L_Q6>(rows2, nsb, xq, xd, xso),
                         (false, L_Q4K) => tile2::<L_Q4K>(rows2, nsb, xq, xd, xso),
                         (false, L_Q5K) => tile2::<L_Q5K>(rows2, nsb, xq, xd, xso),
-                        (false, L_Q8X) => tile2::<L_Q8X>(rows2, nsb, xq, xd, xso),
+                        (false, L_I4K) => tile2::<L_I4K>(rows2, nsb, xq, xd, xso),
                         (false, L_Q5) => tile2::<L_Q5>(rows2, nsb, xq, xd, xso),
+                        (false, L_I4) => tile2::<L_I4>(rows2, nsb, xq, xd, xso),
                         (false, _) => tile2::<L_Q5M>(rows2, nsb, xq, xd, xso),
                     }
                 };

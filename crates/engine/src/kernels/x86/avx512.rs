@@ -212,6 +212,8 @@ pub unsafe fn packed_row_to_bf16(
                     super::vnni::q6_operand(q, s)
                 } else if layout.five_bit() {
                     super::vnni::q5_operand(q, s)
+                } else if layout.grid() {
+                    super::vnni::iq4_operand(q, s)
                 } else if q4 {
                     let v = _mm512_loadu_si512(q.add(64 * (s / 2)) as *const __m512i);
                     if s % 2 == 0 {

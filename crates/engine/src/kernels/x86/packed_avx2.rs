@@ -126,6 +126,20 @@ unsafe fn q5_half(quants: *const u8, st: usize, h: usize) -> __m256i {
     }
 }
 
+/// Half `h` of step `st` of an I4 or I4K superblock's quants: IQ4's grid values + 128 (the
+/// signed-byte layouts' form), looked up from the nibble indices.
+#[inline(always)]
+unsafe fn iq4_stored_half(quants: *const u8, st: usize, h: usize) -> __m256i {
+    // SAFETY: the caller points at a packed I4 superblock's quants.
+    unsafe {
+        let lut = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+            crate::kernels::packed::IQ4_LUT_U8.as_ptr() as *const __m128i,
+        ));
+        let idx = _mm256_and_si256(nibble_half(quants, st, h), _mm256_set1_epi8(0x0f));
+        _mm256_shuffle_epi8(lut, idx)
+    }
+}
+
 /// The two factors (`packed::head_factors`) of lanes `8h..8h+8`.
 #[inline(always)]
 unsafe fn head_half(layout: Layout, sb: *const u8, h: usize) -> (__m256, __m256) {
@@ -216,6 +230,8 @@ pub unsafe fn dot_packed_avx2<const L: u8>(
                         for st in 0..8 {
                             let (c, z) = if layout == Layout::Q6 {
                                 (st / 4, q6_stored_half(q, st, h))
+                            } else if layout.grid() {
+                                (0, iq4_stored_half(q, st, h))
                             } else {
                                 (0, ld(q.add(64 * st)))
                             };
@@ -317,6 +333,8 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
                         for st in 0..8 {
                             let z = if layout == Layout::Q6 {
                                 [q6_stored_half(w[0], st, h), q6_stored_half(w[1], st, h)]
+                            } else if layout.grid() {
+                                [iq4_stored_half(w[0], st, h), iq4_stored_half(w[1], st, h)]
                             } else {
                                 [ldw(0, 64 * st), ldw(1, 64 * st)]
                             };

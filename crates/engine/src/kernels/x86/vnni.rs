@@ -75,6 +75,20 @@ unsafe fn nibble_step(quants: *const u8, st: usize) -> __m512i {
     }
 }
 
+/// Step `st`'s 64 bytes of an I4 or I4K superblock (`packed.rs`): IQ4's grid values + 128, looked
+/// up from the nibble indices with one byte shuffle.
+#[inline(always)]
+pub(super) unsafe fn iq4_operand(quants: *const u8, st: usize) -> __m512i {
+    // SAFETY: the caller guarantees a packed I4 superblock's quants at `quants`.
+    unsafe {
+        let lut = _mm512_broadcast_i32x4(_mm_loadu_si128(
+            crate::kernels::packed::IQ4_LUT_U8.as_ptr() as *const __m128i,
+        ));
+        let idx = _mm512_and_si512(nibble_step(quants, st), _mm512_set1_epi8(0x0f));
+        _mm512_shuffle_epi8(lut, idx)
+    }
+}
+
 /// Step `st`'s 64 unsigned bytes of a Q6 superblock's quants (`packed.rs`): the 6-bit values,
 /// low nibble | high bit pair << 4.
 #[inline(always)]
@@ -142,6 +156,10 @@ pub(super) unsafe fn for_each_operand(
             for st in 0..8 {
                 f(st, q5_operand(quants, st));
             }
+        } else if layout.grid() {
+            for st in 0..8 {
+                f(st, iq4_operand(quants, st));
+            }
         } else if layout.nibbles() {
             let m4 = _mm512_set1_epi8(0x0f);
             for u in 0..4 {
@@ -169,8 +187,9 @@ pub const L_Q6: u8 = 3;
 pub const L_Q5M: u8 = 4;
 pub const L_Q4K: u8 = 5;
 pub const L_Q5K: u8 = 6;
-pub const L_Q8X: u8 = 7;
+pub const L_I4K: u8 = 7;
 pub const L_Q5: u8 = 8;
+pub const L_I4: u8 = 9;
 
 pub fn layout_code(l: crate::kernels::packed::Layout) -> u8 {
     use crate::kernels::packed::Layout;
@@ -182,8 +201,9 @@ pub fn layout_code(l: crate::kernels::packed::Layout) -> u8 {
         Layout::Q5M => L_Q5M,
         Layout::Q4K => L_Q4K,
         Layout::Q5K => L_Q5K,
-        Layout::Q8X => L_Q8X,
+        Layout::I4K => L_I4K,
         Layout::Q5 => L_Q5,
+        Layout::I4 => L_I4,
     }
 }
 
@@ -197,8 +217,9 @@ pub(super) const fn layout_of(code: u8) -> crate::kernels::packed::Layout {
         L_Q5M => Layout::Q5M,
         L_Q4K => Layout::Q4K,
         L_Q5K => Layout::Q5K,
-        L_Q8X => Layout::Q8X,
-        _ => Layout::Q5,
+        L_I4K => Layout::I4K,
+        L_Q5 => Layout::Q5,
+        _ => Layout::I4,
     }
 }
 
@@ -297,7 +318,7 @@ pub unsafe fn dot_packed_vnni<const L: u8>(
                 _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
             }
             let mut p = [_mm512_setzero_si512(); 2];
-            if layout.nibbles() {
+            if layout.nibbles() && !layout.grid() {
                 // High nibbles are masked in place (16 × their value) and the sum shifted back
                 // once per superblock, not shifted per operand: 512-bit shifts share port 0
                 // with `vpdpbusd` on this class of processor, and the four shifts per
@@ -320,6 +341,8 @@ pub unsafe fn dot_packed_vnni<const L: u8>(
                         q6_operand(ws.add(hb), st)
                     } else if layout.five_bit() {
                         q5_operand(ws.add(hb), st)
+                    } else if layout.grid() {
+                        iq4_operand(ws.add(hb), st)
                     } else {
                         _mm512_loadu_si512(ws.add(hb + 64 * st) as *const __m512i)
                     };
