@@ -396,6 +396,14 @@ pub unsafe fn tile2x4_packed_vnni<const L: u8>(
             let mut p2 = [[_mm512_setzero_si512(); 2]; 4];
             let w0 = rows[0].add(s * sbb);
             let w1 = rows[1].add(s * sbb);
+            // As in the decode kernel: a batch of a few tokens (continuous batching) is bound by
+            // the weight stream, which stalled on its loads without the lines requested ahead.
+            for w in [w0, w1] {
+                let a = w.wrapping_add(PREFETCH_AHEAD);
+                for o in (0..sbb).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
+                }
+            }
             let mut ops1 = [_mm512_setzero_si512(); 8];
             for_each_operand(layout, w1.add(hb), |step, wq| ops1[step] = wq);
             for_each_operand(layout, w0.add(hb), |step, wq0| {
