@@ -149,7 +149,7 @@ pub unsafe fn tile4x4_bf16(w: *const u16, x: *const u16, k: usize) -> [[f32; 4];
     }
 }
 
-/// Dequantizes a packed Q4_0 / Q8_0 row (see `packed.rs`) straight to bf16, keeping the packed
+/// Dequantizes a packed row of any layout (see `packed.rs`) straight to bf16, keeping the packed
 /// order: within superblock `si`, value `64s + 4l + j` is value `4s + j` of block `16si + l`.
 /// A dot product only needs both operands in one order, so prompt kernels permute the
 /// activations the same way instead of unshuffling the weights. Writes `superblocks · 512`

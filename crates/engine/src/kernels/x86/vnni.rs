@@ -139,7 +139,7 @@ pub(super) unsafe fn q5_operand(quants: *const u8, st: usize) -> __m512i {
 
 /// The `STEPS` dot-product operands of one packed superblock row, handed to `f` in order:
 /// the byte layouts load them, the nibble ones split each 64-byte chunk into low and high
-/// nibbles, Q6 joins its two planes.
+/// nibbles, the 5- and 6-bit ones join their planes, I4 looks its indices up in the grid.
 #[inline(always)]
 pub(super) unsafe fn for_each_operand(
     layout: crate::kernels::packed::Layout,
