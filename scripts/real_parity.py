@@ -22,6 +22,12 @@ For each --model NAME=FILE:
           larger margin fails only with --strict-greedy: on the real Qwen2.5-Coder-0.5B file the
           two engines' logits still differ by up to about 0.1 on some steps (docs/real-models.md),
           so that criterion is reported until it holds.
+  self    llama.cpp against itself: the greedy runs above repeated with the prompt evaluated one
+          token at a time (n_batch 1, so the prompt takes llama.cpp's decode path instead of its
+          batched matrix kernels). Reports how far the two llama.cpp runs agree, the margin where
+          they part, and the largest logit difference over the steps both ran: the reference's own
+          sensitivity to its order of operations, against which the near-tie margin can be judged.
+          Never fails.
 
 Prints one table per check and a JSON summary (--json FILE). Exit status: 0 when every check
 passes, 1 on a mismatch, 2 when the setup fails.
@@ -166,7 +172,7 @@ def top2_margin(logits):
     return float(abs(top2[1] - top2[0]))
 
 
-def llama_greedy(llm, ids, n_gen, ends=None):
+def llama_greedy(llm, ids, n_gen, ends=None, keep_logits=None):
     """Greedy tokens and llama.cpp's top-1/top-2 margin at each step, for up to n_gen tokens.
     The run ends after the token for which `ends(tokens, logits)` is true (the tokens so far, that
     one last; the logits it was taken from); by default at llama.cpp's end of generation (EOS/EOT)."""
@@ -178,6 +184,8 @@ def llama_greedy(llm, ids, n_gen, ends=None):
     out, margins = [], []
     for _ in range(n_gen):
         logits = last_logits(llm)
+        if keep_logits is not None:
+            keep_logits.append(logits)
         margins.append(top2_margin(logits))
         out.append(int(np.argmax(logits)))
         if ends(out, logits):
@@ -264,10 +272,15 @@ def main():
                           "seconds_llama_cpp": theirs["seconds"]}
             if not ok:
                 failures.append(f"{name}: perplexity")
-        if checks & {"chat", "greedy"}:
+        if checks & {"chat", "greedy", "self"}:
             llm = Llama(model_path=str(path), n_ctx=2048, n_threads=args.threads,
                         n_threads_batch=args.threads, verbose=False, **F32_KV)
             add_bos = bool(llm._model.add_bos_token())
+            stepwise = None
+            if "self" in checks:
+                stepwise = Llama(model_path=str(path), n_ctx=2048, n_batch=1, n_ubatch=1,
+                                 n_threads=args.threads, n_threads_batch=args.threads,
+                                 verbose=False, **F32_KV)
             rec["chat"] = []
             for cname, messages in conversations():
                 prompt = render_chat(llm, messages)
@@ -294,9 +307,28 @@ def main():
                         greedy_mismatches.append(f"{name} {cname}: greedy {verdict}")
                         if args.strict_greedy:
                             failures.append(greedy_mismatches[-1])
+                if stepwise is not None:
+                    logits_a, logits_b = [], []
+                    a, margins_a = llama_greedy(llm, want, args.gen, keep_logits=logits_a)
+                    b, _ = llama_greedy(stepwise, want, args.gen, keep_logits=logits_b)
+                    agreed, verdict = compare_greedy(b, a, margins_a, args.tie, eog=eog_test(llm))
+                    both = min(len(logits_a), len(logits_b), agreed + 1)
+                    diff = max((float(np.max(np.abs(logits_a[i] - logits_b[i]))) for i in range(both)),
+                               default=0.0)
+                    row["llama_cpp_self"] = {"agreed_steps": agreed, "verdict": verdict,
+                                             "steps": len(a), "max_logit_diff": diff}
+                    line += (f" | llama.cpp batched vs stepwise prompt: agreed {agreed}/{len(a)}: "
+                             f"{verdict}; max |logit diff| {diff:.4f}")
+                    if "greedy" in checks and same:
+                        margins_b = [top2_margin(x) for x in logits_b]
+                        agreed_b, verdict_b = compare_greedy(got["generated_ids"], b, margins_b,
+                                                             args.tie, eog=eog_test(llm))
+                        row["vs_llama_cpp_stepwise"] = {"agreed_steps": agreed_b,
+                                                        "verdict": verdict_b}
+                        line += f" | bakeoff vs stepwise: agreed {agreed_b}/{len(b)}: {verdict_b}"
                 print(line, flush=True)
                 rec["chat"].append(row)
-            del llm
+            del llm, stepwise
     summary["failures"] = failures
     summary["greedy_mismatches"] = greedy_mismatches
     if greedy_mismatches and not args.strict_greedy:

@@ -266,6 +266,46 @@ impl<T> std::ops::DerefMut for Aligned64<T> {
 mod tests {
     use super::*;
 
+    /// The SIMD Q8_K quantizer writes the portable one's bytes: ties, a negative largest
+    /// value, a superblock of zeros, and +a before -a (the first of equal magnitudes sets the
+    /// scale's sign).
+    #[test]
+    fn simd_q8k_quantizer_is_bit_identical() {
+        if !CpuCaps::detect().avx2 {
+            return;
+        }
+        let mut x: Vec<f32> = (0..256 * 6)
+            .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 97.0)
+            .collect();
+        // Superblock 0: largest value -127 at index 40, so the multiplier is 1 and halves are ties.
+        for (i, v) in x[..256].iter_mut().enumerate() {
+            *v = (i % 32) as f32 - 15.5;
+        }
+        x[40] = -127.0;
+        x[256..512].iter_mut().for_each(|v| *v = 0.0);
+        // Superblock 2: +9 first, then -9.
+        x[512 + 3] = 9.0e3;
+        x[512 + 200] = -9.0e3;
+        let mut a = vec![BlockQ8::default(); 48];
+        let mut b = vec![BlockQ8::default(); 48];
+        quantize_row_q8k(&x, &mut a);
+        assert_eq!(&a[0].qs[15..19], &[0, 0, 2, 2]);
+        assert!(
+            a[16].d < 0.0,
+            "the scale takes the sign of the first largest value"
+        );
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: avx2 detected above.
+        unsafe {
+            x86::quantize_row_q8k(&x, &mut b)
+        };
+        for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+            assert_eq!(p.qs, q.qs, "block {i}");
+            assert_eq!(p.d.to_bits(), q.d.to_bits(), "block {i}");
+            assert_eq!(p.s.to_bits(), q.s.to_bits(), "block {i}");
+        }
+    }
+
     /// The SIMD activation quantizer must write the same bytes as the portable one, ties
     /// (exact halves) included.
     #[test]

@@ -183,6 +183,11 @@ fn quantize_q8(
     let mut q = vec![BlockQ8::default(); n * nb];
     let one = |qr: &mut [BlockQ8], xr: &[f32]| {
         if kind == ActQuant::Q8K && cols.is_multiple_of(8 * QK) {
+            #[cfg(target_arch = "x86_64")]
+            if caps.avx2 {
+                // SAFETY: run-time detected features.
+                return unsafe { super::x86::quantize_row_q8k(xr, qr) };
+            }
             return super::quantize_row_q8k(xr, qr);
         }
         #[cfg(target_arch = "x86_64")]
