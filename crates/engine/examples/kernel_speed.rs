@@ -47,12 +47,21 @@ fn main() {
     for dt in types {
         let bpe = dt.type_size() as f64 / dt.block_size() as f64;
         // Decode: a matrix far larger than the last-level cache, as a model's weights are;
-        // about 1 GB in the file's format. Prefill: 2048x2048 weights, 256 tokens.
-        let cols = 2048usize;
-        for (test, rows, n) in [
-            ("decode", (1e9 / (cols as f64 * bpe)) as usize, 1usize),
-            ("prefill", 2048, 256),
-        ] {
+        // about 1 GB in the file's format. Prefill: 2048x2048 weights, 256 tokens, or the
+        // shapes of BAKEOFF_KS_PREFILL ("ROWSxCOLS,..."; 256 tokens each), e.g. a 1.5B model's
+        // "1536x1536,8960x1536,1536x8960".
+        let mut tests = vec![("decode".to_string(), (1e9 / (2048.0 * bpe)) as usize, 2048, 1)];
+        match std::env::var("BAKEOFF_KS_PREFILL") {
+            Ok(shapes) => {
+                for sh in shapes.split(',') {
+                    let (r, c) = sh.split_once('x').expect("BAKEOFF_KS_PREFILL: ROWSxCOLS");
+                    let (r, c) = (r.parse().expect("rows"), c.parse().expect("cols"));
+                    tests.push((format!("prefill {r}x{c}"), r, c, 256));
+                }
+            }
+            Err(_) => tests.push(("prefill".into(), 2048, 2048, 256)),
+        }
+        for (test, rows, cols, n) in tests {
             let bytes = vec![0x11u8; (rows as f64 * cols as f64 * bpe) as usize];
             let m = QMatrix {
                 dtype: dt,
@@ -79,7 +88,7 @@ fn main() {
                     cells.push((format!("{name} packed"), pm, caps));
                 }
             }
-            if best.amx && test == "prefill" {
+            if best.amx && n > 1 {
                 cells.push(("amx".into(), pm.as_ref().unwrap_or(&m), best));
             }
             let mut secs = vec![f64::MAX; cells.len()];

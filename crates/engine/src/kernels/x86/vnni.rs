@@ -391,9 +391,6 @@ pub unsafe fn tile2x4_packed_vnni<const L: u8>(
         let q6 = L == L_Q6;
         let mut acc = [[_mm512_setzero_ps(); 2]; 4];
         for s in 0..superblocks {
-            let mut p = [[_mm512_setzero_si512(); 2]; 4];
-            // Q6's values 16..32 (steps 4..8), under their own scale.
-            let mut p2 = [[_mm512_setzero_si512(); 2]; 4];
             let w0 = rows[0].add(s * sbb);
             let w1 = rows[1].add(s * sbb);
             // As in the decode kernel: a batch of a few tokens (continuous batching) is bound by
@@ -404,19 +401,51 @@ pub unsafe fn tile2x4_packed_vnni<const L: u8>(
                     _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
                 }
             }
+            if q6 {
+                // Each half block under its own scale, one half after the other: with both
+                // halves' sums live at once (16 accumulators beside the 8 sums and 8 operands)
+                // the registers spilled, and Q6_K prompts ran at half of Q4_K's rate.
+                let heads = [packed_head(layout, w0), packed_head(layout, w1)];
+                for half in 0..2 {
+                    let mut p = [[_mm512_setzero_si512(); 2]; 4];
+                    let ops1: [__m512i; 4] =
+                        std::array::from_fn(|k| q6_operand(w1.add(hb), 4 * half + k));
+                    for (k, &wq1) in ops1.iter().enumerate() {
+                        let step = 4 * half + k;
+                        let wq0 = q6_operand(w0.add(hb), step);
+                        for t in 0..4 {
+                            let xv = _mm512_loadu_si512(
+                                xq[t].add(s * 512 + 64 * step) as *const __m512i
+                            );
+                            p[t][0] = _mm512_dpbusd_epi32(p[t][0], wq0, xv);
+                            p[t][1] = _mm512_dpbusd_epi32(p[t][1], wq1, xv);
+                        }
+                    }
+                    for t in 0..4 {
+                        let d = _mm512_loadu_ps(xd[t].add(s * 16));
+                        let so = _mm512_loadu_ps(xso[t][half].add(s * 16));
+                        for r in 0..2 {
+                            let f = if half == 0 { heads[r].0 } else { heads[r].1 };
+                            acc[t][r] = _mm512_fmadd_ps(
+                                _mm512_cvtepi32_ps(p[t][r]),
+                                _mm512_mul_ps(f, d),
+                                acc[t][r],
+                            );
+                            acc[t][r] = _mm512_fnmadd_ps(f, so, acc[t][r]);
+                        }
+                    }
+                }
+                continue;
+            }
+            let mut p = [[_mm512_setzero_si512(); 2]; 4];
             let mut ops1 = [_mm512_setzero_si512(); 8];
             for_each_operand(layout, w1.add(hb), |step, wq| ops1[step] = wq);
             for_each_operand(layout, w0.add(hb), |step, wq0| {
                 let wq1 = ops1[step];
                 for t in 0..4 {
                     let xv = _mm512_loadu_si512(xq[t].add(s * 512 + 64 * step) as *const __m512i);
-                    if q6 && step >= 4 {
-                        p2[t][0] = _mm512_dpbusd_epi32(p2[t][0], wq0, xv);
-                        p2[t][1] = _mm512_dpbusd_epi32(p2[t][1], wq1, xv);
-                    } else {
-                        p[t][0] = _mm512_dpbusd_epi32(p[t][0], wq0, xv);
-                        p[t][1] = _mm512_dpbusd_epi32(p[t][1], wq1, xv);
-                    }
+                    p[t][0] = _mm512_dpbusd_epi32(p[t][0], wq0, xv);
+                    p[t][1] = _mm512_dpbusd_epi32(p[t][1], wq1, xv);
                 }
             });
             let heads = [packed_head(layout, w0), packed_head(layout, w1)];
@@ -427,15 +456,7 @@ pub unsafe fn tile2x4_packed_vnni<const L: u8>(
                     let (sw, mw) = heads[r];
                     let f = _mm512_mul_ps(sw, d);
                     acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[t][r]), f, acc[t][r]);
-                    if q6 {
-                        let f2 = _mm512_mul_ps(mw, d);
-                        acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p2[t][r]), f2, acc[t][r]);
-                        acc[t][r] = _mm512_fnmadd_ps(sw, so, acc[t][r]);
-                        let so2 = _mm512_loadu_ps(xso[t][1].add(s * 16));
-                        acc[t][r] = _mm512_fnmadd_ps(mw, so2, acc[t][r]);
-                    } else {
-                        acc[t][r] = _mm512_fnmadd_ps(mw, so, acc[t][r]);
-                    }
+                    acc[t][r] = _mm512_fnmadd_ps(mw, so, acc[t][r]);
                 }
             }
         }
