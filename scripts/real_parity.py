@@ -27,7 +27,11 @@ For each --model NAME=FILE:
           batched matrix kernels). Reports how far the two llama.cpp runs agree, the margin where
           they part, and the largest logit difference over the steps both ran: the reference's own
           sensitivity to its order of operations, against which the near-tie margin can be judged.
-          Never fails.
+          Never fails by itself. With --self-tie, a greedy divergence between bakeoff and llama.cpp at
+          a step whose llama.cpp margin is below the largest move of a top-1/top-2 margin between
+          llama.cpp's own two runs on the same file (the same two tokens, at the steps where both
+          runs agree) is within the reference's reproducibility (a near-tie by the reference's own
+          measure) and not a mismatch; --strict-greedy then fails on any divergence beyond it.
 
 Prints one table per check and a JSON summary (--json FILE). Exit status: 0 when every check
 passes, 1 on a mismatch, 2 when the setup fails.
@@ -172,6 +176,14 @@ def top2_margin(logits):
     return float(abs(top2[1] - top2[0]))
 
 
+def margin_shift(a, b):
+    """How far the top-1/top-2 margin of logits `a` moves in `b` (the same two tokens)."""
+    j2, j1 = np.argpartition(a, -2)[-2:]
+    if a[j2] > a[j1]:
+        j1, j2 = j2, j1
+    return float(abs((a[j1] - a[j2]) - (b[j1] - b[j2])))
+
+
 def llama_greedy(llm, ids, n_gen, ends=None, keep_logits=None):
     """Greedy tokens and llama.cpp's top-1/top-2 margin at each step, for up to n_gen tokens.
     The run ends after the token for which `ends(tokens, logits)` is true (the tokens so far, that
@@ -239,9 +251,14 @@ def main():
     ap.add_argument("--strict-greedy", action="store_true",
                     help="fail on a greedy divergence at a step whose llama.cpp margin is >= --tie "
                          "(without it such divergences are reported, not failed)")
+    ap.add_argument("--self-tie", action="store_true",
+                    help="judge greedy divergences against llama.cpp's own batched-vs-stepwise logit "
+                         "differences on the same file (adds the 'self' check)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
     checks = set(args.checks.split(","))
+    if args.self_tie:
+        checks.add("self")
     text = (Path(args.data_dir) / "wikitext-2-raw" / "wiki.test.raw").read_text(encoding="utf-8")
 
     failures, greedy_mismatches, summary = [], [], {"models": {}}
@@ -303,10 +320,8 @@ def main():
                                verdict=verdict, min_margin=min(margins) if margins else None,
                                same_text=got["generated_ids"] == theirs)
                     line += f" | greedy agreed {agreed}/{len(theirs)} steps: {verdict}"
-                    if verdict.startswith("MISMATCH"):
-                        greedy_mismatches.append(f"{name} {cname}: greedy {verdict}")
-                        if args.strict_greedy:
-                            failures.append(greedy_mismatches[-1])
+                    row["margin_at_divergence"] = (margins[agreed] if verdict.startswith("MISMATCH")
+                                                   else None)
                 if stepwise is not None:
                     logits_a, logits_b = [], []
                     a, margins_a = llama_greedy(llm, want, args.gen, keep_logits=logits_a)
@@ -315,10 +330,13 @@ def main():
                     both = min(len(logits_a), len(logits_b), agreed + 1)
                     diff = max((float(np.max(np.abs(logits_a[i] - logits_b[i]))) for i in range(both)),
                                default=0.0)
+                    shift = max((margin_shift(logits_a[i], logits_b[i]) for i in range(both)),
+                                default=0.0)
                     row["llama_cpp_self"] = {"agreed_steps": agreed, "verdict": verdict,
-                                             "steps": len(a), "max_logit_diff": diff}
+                                             "steps": len(a), "max_logit_diff": diff,
+                                             "max_margin_shift": shift}
                     line += (f" | llama.cpp batched vs stepwise prompt: agreed {agreed}/{len(a)}: "
-                             f"{verdict}; max |logit diff| {diff:.4f}")
+                             f"{verdict}; max |logit diff| {diff:.4f}, top-2 margin moved up to {shift:.4f}")
                     if "greedy" in checks and same:
                         margins_b = [top2_margin(x) for x in logits_b]
                         agreed_b, verdict_b = compare_greedy(got["generated_ids"], b, margins_b,
@@ -329,6 +347,25 @@ def main():
                 print(line, flush=True)
                 rec["chat"].append(row)
             del llm, stepwise
+            # The reference's own reproducibility on this file: the largest logit difference
+            # between llama.cpp's two evaluations of the same prompts.
+            self_diff = max((r["llama_cpp_self"]["max_margin_shift"] for r in rec["chat"]
+                             if "llama_cpp_self" in r), default=None)
+            rec["llama_cpp_self_max_margin_shift"] = self_diff
+            for row in rec["chat"]:
+                m = row.get("margin_at_divergence")
+                if m is None:
+                    continue
+                label = f"{name} {row['conversation']}: greedy {row['verdict']}"
+                if args.self_tie and self_diff is not None and m < self_diff:
+                    row["within_reference_reproducibility"] = True
+                    print(f"  {row['conversation']}: divergence at margin {m:.4f} is below the {self_diff:.4f} "
+                          "by which llama.cpp's own top-2 margins move between its two evaluations "
+                          "on this file: within the reference's reproducibility", flush=True)
+                    continue
+                greedy_mismatches.append(label)
+                if args.strict_greedy:
+                    failures.append(label)
     summary["failures"] = failures
     summary["greedy_mismatches"] = greedy_mismatches
     if greedy_mismatches and not args.strict_greedy:

@@ -100,6 +100,10 @@ fn parity(test: &str, name: &str, checks: &str) {
         .arg("--data-dir")
         .arg(repo_root().join("../shared/evaldata"))
         .args(["--checks", checks, "--threads", "2"])
+        // Greedy runs must agree with llama.cpp up to a near-tie by the reference's own measure:
+        // a divergence at a wider margin than llama.cpp's logits move between its batched and
+        // token-by-token evaluations of the same prompt fails.
+        .args(["--self-tie", "--strict-greedy"])
         .output()
         .expect("cannot run scripts/real_parity.py");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -50,7 +50,12 @@ fn main() {
         // about 1 GB in the file's format. Prefill: 2048x2048 weights, 256 tokens, or the
         // shapes of BAKEOFF_KS_PREFILL ("ROWSxCOLS,..."; 256 tokens each), e.g. a 1.5B model's
         // "1536x1536,8960x1536,1536x8960".
-        let mut tests = vec![("decode".to_string(), (1e9 / (2048.0 * bpe)) as usize, 2048, 1)];
+        let mut tests = vec![(
+            "decode".to_string(),
+            (1e9 / (2048.0 * bpe)) as usize,
+            2048,
+            1,
+        )];
         match std::env::var("BAKEOFF_KS_PREFILL") {
             Ok(shapes) => {
                 for sh in shapes.split(',') {
