@@ -406,6 +406,8 @@ pub unsafe fn tile2x4_packed_vnni<const L: u8>(
                 // halves' sums live at once (16 accumulators beside the 8 sums and 8 operands)
                 // the registers spilled, and Q6_K prompts ran at half of Q4_K's rate.
                 let heads = [packed_head(layout, w0), packed_head(layout, w1)];
+                // `half` picks the step range, the factor and each token's offset sums alike.
+                #[allow(clippy::needless_range_loop)]
                 for half in 0..2 {
                     let mut p = [[_mm512_setzero_si512(); 2]; 4];
                     let ops1: [__m512i; 4] =
