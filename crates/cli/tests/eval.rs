@@ -328,25 +328,28 @@ fn an_interrupted_eval_resumes_from_its_items_journal() {
     let items = out.join("items.jsonl");
     let text = std::fs::read_to_string(&items).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    // Header, the model's line, 4 MMLU items, 4 GSM8K items, wikitext.
-    assert!(lines.len() >= 8, "{text}");
+    // Header, the run's start, the model's line, 4 MMLU items, 4 GSM8K items, wikitext.
+    assert!(lines.len() >= 9, "{text}");
+    assert!(lines[1].contains("session_start"), "{text}");
 
     // Interrupted after three responses, the fourth cut mid-line.
-    let mut cut = lines[..5].join("\n");
+    let mut cut = lines[..6].join("\n");
     cut.push('\n');
-    cut.push_str(&lines[5][..lines[5].len() / 2]);
+    cut.push_str(&lines[6][..lines[6].len() / 2]);
     std::fs::write(&items, &cut).unwrap();
     let resumed = eval(&["--resume"]);
     let err = String::from_utf8_lossy(&resumed.stderr);
     assert!(resumed.status.success(), "{err}");
     assert!(err.contains("resuming: 3 responses recorded"), "{err}");
+    // The interrupted run's time is counted in the resumed one's (from the journal's timestamps).
+    assert!(err.contains("the runs before this one took"), "{err}");
     assert!(err.contains("3 responses taken from"), "{err}");
     let resumed: Value = serde_json::from_slice(&resumed.stdout).unwrap();
     assert_eq!(headlines(&full), headlines(&resumed));
     assert_eq!(
         std::fs::read_to_string(&items).unwrap().lines().count(),
-        lines.len(),
-        "the journal is whole again"
+        lines.len() + 1,
+        "the journal is whole again, with the resumed run's start"
     );
 
     // Other flags: refused, and the finished run's files are untouched.

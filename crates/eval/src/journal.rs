@@ -7,7 +7,11 @@
 //! rebuilt from the same responses an uninterrupted run would have used.
 //!
 //! Layout: the first line is `{"kind": "bakeoff-eval-items", "config_sha256": …}`; every other
-//! line is `{"model_sha256", "key", "op", "response"}`, `key` being the SHA-256 of the request.
+//! line is `{"model_sha256", "key", "op", "response", "t"}`, `key` being the SHA-256 of the
+//! request and `t` the Unix time it was recorded, or a `{"session_start": t}` line where a run
+//! (the first or a resumed one) began. The timestamps let a resumed run report the time the
+//! whole evaluation took, not only its own: a replayed response costs nothing, so without them
+//! a run resumed near its end would report a few seconds for hours of work.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -32,6 +36,42 @@ pub struct Journal {
     done: HashMap<(String, String), Value>,
     /// Model label -> the hash of its files when the run started it.
     models: HashMap<String, String>,
+    /// Seconds the earlier runs of this journal spent, per model hash (each recorded line's
+    /// time since the line before it in the same run, charged to the line's model).
+    earlier: HashMap<String, f64>,
+    /// The earlier runs wrote lines without timestamps (journals of older builds).
+    earlier_untimed: bool,
+}
+
+fn now_unix() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The time each model took in the runs recorded by `lines` (a journal without its header),
+/// and whether some lines carried no timestamp.
+fn earlier_seconds(lines: &[Value]) -> (HashMap<String, f64>, bool) {
+    let (mut by_model, mut untimed, mut prev) = (HashMap::new(), false, None::<f64>);
+    for v in lines {
+        if let Some(t) = v.get("session_start").and_then(Value::as_f64) {
+            prev = Some(t);
+            continue;
+        }
+        let model = v.get("model_sha256").and_then(Value::as_str);
+        match (v.get("t").and_then(Value::as_f64), model) {
+            (Some(t), Some(m)) => {
+                if let Some(p) = prev {
+                    *by_model.entry(m.to_string()).or_insert(0.0) += (t - p).max(0.0);
+                }
+                prev = Some(t);
+            }
+            (None, Some(_)) => untimed = true,
+            _ => {}
+        }
+    }
+    (by_model, untimed)
 }
 
 impl Journal {
@@ -43,8 +83,11 @@ impl Journal {
             w: BufWriter::new(f),
             done: HashMap::new(),
             models: HashMap::new(),
+            earlier: HashMap::new(),
+            earlier_untimed: false,
         };
         j.append(&json!({"kind": KIND, "config_sha256": config_sha256}))?;
+        j.append(&json!({"session_start": now_unix()}))?;
         Ok(j)
     }
 
@@ -88,12 +131,28 @@ impl Journal {
                 models.insert(label, m);
             }
         }
-        Ok(Self {
+        let (earlier, earlier_untimed) = earlier_seconds(&parsed[1..]);
+        let mut j = Self {
             path: path.to_path_buf(),
             w: BufWriter::new(file),
             done,
             models,
-        })
+            earlier,
+            earlier_untimed,
+        };
+        j.append(&json!({"session_start": now_unix()}))?;
+        Ok(j)
+    }
+
+    /// Seconds the interrupted runs before this one spent on all models, or `None` when their
+    /// lines carry no timestamps (a journal of an older build) and the time is unknown.
+    pub fn earlier_seconds(&self) -> Option<f64> {
+        (!self.earlier_untimed).then(|| self.earlier.values().sum())
+    }
+
+    /// Seconds the interrupted runs before this one spent on the model hashing to `model_sha256`.
+    pub fn earlier_seconds_of(&self, model_sha256: &str) -> f64 {
+        self.earlier.get(model_sha256).copied().unwrap_or(0.0)
     }
 
     /// Declares that `label` is evaluated with files hashing to `model_sha256`. A resumed run
@@ -106,7 +165,9 @@ impl Journal {
                 "--resume: the files of model `{label}` changed since the interrupted run (hash {m}, now {model_sha256}); drop --resume to start over"
             ))),
             None => {
-                self.append(&json!({"model": label, "model_sha256": model_sha256}))?;
+                self.append(
+                    &json!({"model": label, "model_sha256": model_sha256, "t": now_unix()}),
+                )?;
                 self.models.insert(label.into(), model_sha256.into());
                 Ok(())
             }
@@ -138,7 +199,9 @@ impl Journal {
 
     fn put<T: Serialize>(&mut self, model: &str, key: &str, op: &str, response: &T) -> Result<()> {
         let response = serde_json::to_value(response)?;
-        self.append(&json!({"model_sha256": model, "key": key, "op": op, "response": response}))?;
+        self.append(&json!({
+            "model_sha256": model, "key": key, "op": op, "response": response, "t": now_unix()
+        }))?;
         self.done
             .insert((model.to_string(), key.to_string()), response);
         Ok(())
@@ -253,6 +316,43 @@ impl Candidate for Journaled<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two runs, the second resumed: each line's time since the line before it in its run is
+    /// charged to its model; the gap between the runs is not.
+    #[test]
+    fn a_resumed_journal_knows_the_time_of_the_runs_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("items.jsonl");
+        let lines = [
+            json!({"kind": KIND, "config_sha256": "cfg"}),
+            json!({"session_start": 1000.0}),
+            json!({"model": "a", "model_sha256": "A", "t": 1010.0}),
+            json!({"model_sha256": "A", "key": "k1", "op": "nll", "response": 1, "t": 1030.0}),
+            json!({"model": "b", "model_sha256": "B", "t": 1040.0}),
+            json!({"model_sha256": "B", "key": "k2", "op": "nll", "response": 2, "t": 1100.0}),
+            json!({"session_start": 5000.0}),
+            json!({"model_sha256": "B", "key": "k3", "op": "nll", "response": 3, "t": 5007.0}),
+        ];
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&p, text).unwrap();
+        let j = Journal::resume(&p, "cfg").unwrap();
+        assert_eq!(j.earlier_seconds_of("A"), 30.0);
+        assert_eq!(j.earlier_seconds_of("B"), 77.0);
+        assert_eq!(j.earlier_seconds(), Some(107.0));
+        drop(j);
+        // The resumed run marked its own start, so a third run charges it nothing twice.
+        let last = std::fs::read_to_string(&p).unwrap();
+        assert!(last.lines().last().unwrap().contains("session_start"));
+        // A journal of an older build, without timestamps: the earlier time is unknown.
+        let old = [
+            json!({"kind": KIND, "config_sha256": "cfg"}),
+            json!({"model": "a", "model_sha256": "A"}),
+            json!({"model_sha256": "A", "key": "k1", "op": "nll", "response": 1}),
+        ];
+        let text: String = old.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&p, text).unwrap();
+        assert_eq!(Journal::resume(&p, "cfg").unwrap().earlier_seconds(), None);
+    }
 
     /// Counts the calls that reach the model.
     struct Counting {

@@ -188,8 +188,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let config = config_sha256(&a, &plan, &profile_label)?;
     let mut journal = if a.resume {
         let j = Journal::resume(&items_path, &config)?;
+        let earlier = match j.earlier_seconds() {
+            Some(s) => format!("; the runs before this one took {s:.0} s, counted in its times"),
+            None => "; their time is unknown (a journal without timestamps), so the times reported cover this run only".into(),
+        };
         eprintln!(
-            "resuming: {} responses recorded in {}",
+            "resuming: {} responses recorded in {}{earlier}",
             j.len(),
             items_path.display()
         );
@@ -315,6 +319,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         let mut progress = |m: &str| eprintln!("  {m}");
         let model_hash = model_sha256(&info);
+        let earlier_s = journal.earlier_seconds_of(&model_hash);
         journal.begin_model(&label, &model_hash)?;
         let mut journaled = Journaled {
             inner: &mut cand,
@@ -363,7 +368,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             components,
             categories,
             overall,
-            seconds: t.elapsed().as_secs_f64(),
+            seconds: t.elapsed().as_secs_f64() + earlier_s,
         });
         all_gens.push((label, run.generations));
         audit.flush()?;
@@ -439,7 +444,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         comparisons,
         judge: judge_info,
         audit_file: audit_path.display().to_string(),
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: started.elapsed().as_secs_f64() + journal.earlier_seconds().unwrap_or(0.0),
     };
     let json = serde_json::to_string_pretty(&results)?;
     bakeoff_record::fsio::write_atomic(&results_path, json.as_bytes())
