@@ -265,8 +265,10 @@ fn describe(f: &Path) -> Option<String> {
 }
 
 /// Deletes the packed-weights files in `dir` that no load can use again: a source file gone or
-/// changed (a model deleted or rewritten, a test's temporary model), or an index that does not
-/// parse. Without this the folder would grow by a model's size for every file ever loaded.
+/// changed (a model deleted or rewritten, a test's temporary model), another layout version (a
+/// file written by an older build, whose key this build never asks for), or an index that does
+/// not parse. Without this the folder would grow by a model's size for every file ever loaded,
+/// and by one more copy of every model at each layout change (19.8 GB on a development machine).
 fn prune(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -276,11 +278,12 @@ fn prune(dir: &Path) {
         if p.extension().is_none_or(|x| x != "bkpack") {
             continue;
         }
-        let current = read_sources(&p).is_some_and(|sources| {
-            sources.iter().all(|s| {
-                let path = s.rsplitn(3, ' ').nth(2).unwrap_or("");
-                describe(Path::new(path)).as_ref() == Some(s)
-            })
+        let current = read_head(&p).is_some_and(|index| {
+            index.layout == crate::kernels::packed::LAYOUT_VERSION
+                && index.sources.iter().all(|s| {
+                    let path = s.rsplitn(3, ' ').nth(2).unwrap_or("");
+                    describe(Path::new(path)).as_ref() == Some(s)
+                })
         });
         if !current {
             let _ = std::fs::remove_file(&p);
@@ -310,8 +313,8 @@ fn remove_stale_temporaries(dir: &Path, age: std::time::Duration) {
     }
 }
 
-/// The source descriptions in a file's index, read without mapping the file.
-fn read_sources(path: &Path) -> Option<Vec<String>> {
+/// A file's index (layout version, sources, matrices), read without mapping the file.
+fn read_head(path: &Path) -> Option<Index> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).ok()?;
     let mut head = [0u8; 16];
@@ -322,8 +325,7 @@ fn read_sources(path: &Path) -> Option<Vec<String>> {
     let n = u64::from_le_bytes(head[8..16].try_into().ok()?);
     let mut json = Vec::new();
     f.take(n).read_to_end(&mut json).ok()?;
-    let index: Index = serde_json::from_slice(&json).ok()?;
-    Some(index.sources)
+    serde_json::from_slice(&json).ok()
 }
 
 fn read_index(path: &Path, sources: &[String]) -> Option<(Arc<Mmap>, BTreeMap<String, Entry>)> {
@@ -429,6 +431,27 @@ mod tests {
         let (_new, new_entry) = write("new.gguf");
         assert!(!gone_entry.exists(), "stale entry left behind");
         assert!(kept_entry.exists() && new_entry.exists());
+
+        // An entry of the same, unchanged model written by a build with another layout version
+        // is never read again: the next write deletes it.
+        let model = dir.path().join("kept.gguf");
+        let index = Index {
+            layout: crate::kernels::packed::LAYOUT_VERSION - 1,
+            sources: vec![describe(&model).unwrap()],
+            tensors: BTreeMap::new(),
+        };
+        let json = serde_json::to_vec(&index).unwrap();
+        let old_entry = cache.join("0123456789abcdef0123456789abcdef.bkpack");
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&json);
+        std::fs::write(&old_entry, bytes).unwrap();
+        write("newer.gguf");
+        assert!(!old_entry.exists(), "entry of an older layout left behind");
+        assert!(
+            kept_entry.exists(),
+            "the current entry of the same model was deleted"
+        );
     }
 
     /// A flipped byte in a cached matrix is caught: that matrix is not served, and the entry is
