@@ -240,7 +240,7 @@ fn rms_norm_matches_definition() {
 #[test]
 fn packed_layout_matches_ggml_layout() {
     use bakeoff_engine::kernels::packed;
-    // 25 blocks per row (24 for the K-quants): one full superblock of 16 and one padded one. Q4_1
+    // 25 blocks per row (24 for the K-quants): one whole superblock of 16 and a tail. Q4_1
     // and Q4_K take the nibbles-with-offsets layouts, Q5_0, Q5_1 and Q5_K the 5-bit planes, Q6_K
     // the 6-bit planes with a scale per half block, IQ4_NL and IQ4_XS signed bytes.
     let rows = 45;
@@ -267,6 +267,9 @@ fn packed_layout_matches_ggml_layout() {
         (WeightType::Q4_1, 1024),
         (WeightType::Q6K, 1280),
         (WeightType::Q4_0, 1280),
+        // SmolLM2-135M's rows: a tail of 2 blocks after one whole superblock.
+        (WeightType::Q4_1, 576),
+        (WeightType::Q8_0, 576),
     ] {
         assert!(packed::packable(dtype, cols), "{dtype:?}");
         let w = rand_vec(rows * cols, 7);

@@ -372,20 +372,26 @@ mod tests {
         if !CpuCaps::detect().avx512bf16 {
             return;
         }
-        let cols = 768;
-        let nsb = packed::superblocks(cols);
-        for dtype in [
-            WeightType::Q8_0,
-            WeightType::Q4_0,
-            WeightType::Q5_0,
-            WeightType::Q4_1,
-            WeightType::Q4K,
-            WeightType::Q6K,
-            WeightType::Q5_1,
-            WeightType::Q5K,
-            WeightType::IQ4_NL,
-            WeightType::IQ4_XS,
-        ] {
+        // Whole superblocks, and tails of 8 (K-quants), 12 and 2 blocks.
+        for (cols, dtype) in [512usize, 768, 896, 576].into_iter().flat_map(|c| {
+            [
+                WeightType::Q8_0,
+                WeightType::Q4_0,
+                WeightType::Q5_0,
+                WeightType::Q4_1,
+                WeightType::Q4K,
+                WeightType::Q6K,
+                WeightType::Q5_1,
+                WeightType::Q5K,
+                WeightType::IQ4_NL,
+                WeightType::IQ4_XS,
+            ]
+            .map(move |d| (c, d))
+        }) {
+            if !cols.is_multiple_of(dtype.block_size()) {
+                continue;
+            }
+            let nsb = packed::superblocks(cols);
             // Arbitrary bytes with every f16 scale (and Q4_K's d, dmin) a small normal number.
             let mut src: Vec<u8> = (0..cols / dtype.block_size() * dtype.type_size())
                 .map(|i| (i * 7919 % 251) as u8)
@@ -412,19 +418,29 @@ mod tests {
             dequant::dequantize_into(dtype, &src, &mut want).unwrap();
             let mut got = vec![0u16; nsb * packed::SB * QK];
             let layout = packed::Layout::of(dtype).unwrap();
-            // SAFETY: avx512bf16 detected; one row of nsb superblocks, room for nsb·512 values.
-            unsafe { x86::packed_row_to_bf16(layout, pk.as_ptr(), nsb, got.as_mut_ptr()) };
+            // SAFETY: avx512bf16 detected; one packed row of cols / 32 blocks, room for 512
+            // values per superblock.
+            unsafe { x86::packed_row_to_bf16(layout, pk.as_ptr(), cols / QK, got.as_mut_ptr()) };
+            let mut seen = vec![false; got.len()];
             for (b, blk) in want.chunks_exact(QK).enumerate() {
                 let (si, l) = (b / packed::SB, b % packed::SB);
                 for (i, v) in blk.iter().enumerate() {
                     let at = si * packed::SB * QK + 64 * (i / 4) + 4 * l + i % 4;
+                    seen[at] = true;
                     let g = f32::from_bits((got[at] as u32) << 16);
                     let bf = half::bf16::from_f32(*v).to_f32();
                     assert!(
                         (g - bf).abs() <= v.abs() * 1e-2 + 1e-6,
-                        "{dtype:?} block {b} value {i}: {g} vs {v}"
+                        "{dtype:?} {cols} columns, block {b} value {i}: {g} vs {v}"
                     );
                 }
+            }
+            // A tail superblock's missing lanes are zeros (their products must vanish).
+            for (at, (&g, seen)) in got.iter().zip(&seen).enumerate() {
+                assert!(
+                    *seen || f32::from_bits((g as u32) << 16) == 0.0,
+                    "{dtype:?} {cols} columns: padding value {at} is not zero"
+                );
             }
         }
     }

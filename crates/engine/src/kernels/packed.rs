@@ -18,8 +18,13 @@
 //! - Q8_0: quants are stored offset by 128 (unsigned), the operand `vpdpbusd` wants, and the
 //!   offset is taken off the same way.
 //!
-//! A superblock has the byte count of 16 ggml blocks (288 for Q4_0, 544 for Q8_0); a row whose
-//! block count is not a multiple of 16 ends with a superblock padded with zero scales.
+//! A superblock has the byte count of 16 ggml blocks (288 for Q4_0, 544 for Q8_0). A row whose
+//! block count is not a multiple of 16 ends with a *tail* superblock of the `n` blocks left:
+//! the same layout with every 64-byte vector cut to its first `4n` bytes (`n` lanes), and each
+//! per-lane vector of the head cut to its first `n` entries ([`Layout::superblock_bytes_n`]).
+//! Kernels read it with masked loads, or widen it back to a whole superblock with zero scales
+//! ([`widen_tail`]). Rows 576 or 896 wide (SmolLM2-135M, Qwen2.5-0.5B) are 18 and 28 blocks:
+//! padded to whole superblocks they took 1024 columns' bytes, 1.78 and 1.14 times the file's.
 //!
 //! Other types are rewritten, without loss, into one of the other kernel layouts ([`Layout`]):
 //! - Q5_0 into *Q5*: its 5-bit values (0..31, the − 16 taken off through the activation sums
@@ -58,7 +63,7 @@ use super::{BlockQ8, QK, f16_bits_to_f32};
 
 /// Version of this layout, part of the key of the packed-weights file (`loader::packcache`):
 /// change it with any change to the bytes `pack_row` writes.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Blocks per superblock (one per 32-bit lane of a 512-bit vector).
 pub const SB: usize = 16;
@@ -145,22 +150,33 @@ impl Layout {
         }
     }
 
-    /// Bytes of a superblock's head before its quants.
+    /// Bytes of a whole superblock's head before its quants.
     pub const fn head_bytes(self) -> usize {
+        self.head_bytes_n(SB)
+    }
+
+    /// Bytes of the head of a superblock of `n` lanes (a row's tail): each per-lane vector
+    /// holds `n` entries; a K head keeps its four super-factors.
+    pub const fn head_bytes_n(self, n: usize) -> usize {
         match self.head() {
-            Head::F16 => 2 * SB,
-            Head::F16Pair => 4 * SB,
-            Head::K => K_HEAD_BYTES,
+            Head::F16 => 2 * n,
+            Head::F16Pair => 4 * n,
+            Head::K => K_HEAD_BYTES - 2 * SB + 2 * n,
         }
     }
 
     pub const fn superblock_bytes(self) -> usize {
-        self.head_bytes()
-            + match self.body() {
-                Layout::Q4 | Layout::Q4M | Layout::I4 => SB * QK / 2,
-                Layout::Q5 | Layout::Q5M => SB * QK * 5 / 8,
-                Layout::Q6 => SB * QK * 3 / 4,
-                _ => SB * QK,
+        self.superblock_bytes_n(SB)
+    }
+
+    /// Bytes of a superblock of `n` lanes: every 64-byte vector of the quants cut to `4n`.
+    pub const fn superblock_bytes_n(self, n: usize) -> usize {
+        self.head_bytes_n(n)
+            + n * match self.body() {
+                Layout::Q4 | Layout::Q4M | Layout::I4 => QK / 2,
+                Layout::Q5 | Layout::Q5M => QK * 5 / 8,
+                Layout::Q6 => QK * 3 / 4,
+                _ => QK,
             }
     }
 
@@ -214,14 +230,72 @@ pub fn superblock_bytes(dtype: WeightType) -> usize {
     Layout::of_packed(dtype).superblock_bytes()
 }
 
-/// Superblocks per row of `cols` columns.
+/// Superblocks per row of `cols` columns, a tail included.
 pub fn superblocks(cols: usize) -> usize {
     (cols / QK).div_ceil(SB)
 }
 
 /// Bytes of one packed row.
 pub fn row_bytes(dtype: WeightType, cols: usize) -> usize {
-    superblocks(cols) * superblock_bytes(dtype)
+    let layout = Layout::of_packed(dtype);
+    let blocks = cols / QK;
+    (blocks / SB) * layout.superblock_bytes() + tail_bytes(layout, blocks % SB)
+}
+
+/// Bytes of a tail of `n` lanes (none for 0).
+fn tail_bytes(layout: Layout, n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        layout.superblock_bytes_n(n)
+    }
+}
+
+/// The superblocks of a row of `blocks` blocks: byte offset and lane count of each.
+fn superblock_spans(layout: Layout, blocks: usize) -> impl Iterator<Item = (usize, usize)> {
+    let sbb = layout.superblock_bytes();
+    (0..blocks.div_ceil(SB)).map(move |si| (si * sbb, (blocks - si * SB).min(SB)))
+}
+
+/// Offsets within a superblock of `n` lanes (a tail if `n < SB`): its quants, the start of a
+/// step's 64-byte vector (`4n` bytes here), and the heads' second entries.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    n: usize,
+}
+
+impl Geom {
+    /// Bytes of what is a 64-byte vector in a whole superblock.
+    fn v(self) -> usize {
+        4 * self.n
+    }
+}
+
+/// Widens the tail superblock of `n` lanes at `src` into a whole one in `out`
+/// (`superblock_bytes()`): the lanes past `n` get zero scales and zero quants, the layout of a
+/// row padded to whole superblocks. For kernels that only read whole superblocks.
+pub fn widen_tail(layout: Layout, n: usize, src: &[u8], out: &mut [u8]) {
+    out.fill(0);
+    let copy = |out: &mut [u8], to: usize, from: usize, len: usize| {
+        out[to..to + len].copy_from_slice(&src[from..from + len])
+    };
+    match layout.head() {
+        Head::F16 => copy(out, 0, 0, 2 * n),
+        Head::F16Pair => {
+            copy(out, 0, 0, 2 * n);
+            copy(out, 2 * SB, 2 * n, 2 * n);
+        }
+        Head::K => {
+            copy(out, 0, 0, 16);
+            copy(out, 16, 16, n);
+            copy(out, 16 + SB, 16 + n, n);
+        }
+    }
+    let (hw, hn) = (layout.head_bytes(), layout.head_bytes_n(n));
+    let vectors = (layout.superblock_bytes() - hw) / 64;
+    for v in 0..vectors {
+        copy(out, hw + 64 * v, hn + 4 * n * v, 4 * n);
+    }
 }
 
 /// One block of 32 values as the layouts store it: the quants (signed for Q8 and Q6, grid
@@ -388,13 +462,14 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
     Some(k)
 }
 
-/// Writes block `l`'s factors into a superblock's head.
-fn write_head(head: &mut [u8], kind: Head, l: usize, k: &Block32) {
+/// Writes block `l`'s factors into the head of a superblock of `g.n` lanes.
+fn write_head(head: &mut [u8], kind: Head, g: Geom, l: usize, k: &Block32) {
+    let n = g.n;
     match kind {
         Head::F16 => head[2 * l..2 * l + 2].copy_from_slice(&k.scale16.to_le_bytes()),
         Head::F16Pair => {
             head[2 * l..2 * l + 2].copy_from_slice(&k.scale16.to_le_bytes());
-            head[2 * SB + 2 * l..2 * SB + 2 * l + 2].copy_from_slice(&k.offset16.to_le_bytes());
+            head[2 * n + 2 * l..2 * n + 2 * l + 2].copy_from_slice(&k.offset16.to_le_bytes());
         }
         Head::K => {
             // Lanes 0..8 and 8..16 are one K-quant block each, with one pair of super-factors.
@@ -402,7 +477,7 @@ fn write_head(head: &mut [u8], kind: Head, l: usize, k: &Block32) {
             head[4 * h..4 * h + 4].copy_from_slice(&k.kf.0.to_le_bytes());
             head[8 + 4 * h..12 + 4 * h].copy_from_slice(&k.kf.1.to_le_bytes());
             head[16 + l] = k.km.0 as u8;
-            head[16 + SB + l] = k.km.1 as u8;
+            head[16 + n + l] = k.km.1 as u8;
         }
     }
 }
@@ -411,17 +486,22 @@ fn write_head(head: &mut [u8], kind: Head, l: usize, k: &Block32) {
 pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
     let layout = Layout::of_packed(dtype);
     out.fill(0);
-    for (si, d) in out.chunks_exact_mut(layout.superblock_bytes()).enumerate() {
-        let (head, quants) = d.split_at_mut(layout.head_bytes());
-        for l in 0..SB {
+    let blocks = src.len() / dtype.type_size() * dtype.block_size() / QK;
+    debug_assert_eq!(out.len(), row_bytes(dtype, blocks * QK));
+    for (si, (at, n)) in superblock_spans(layout, blocks).enumerate() {
+        let g = Geom { n };
+        let d = &mut out[at..at + layout.superblock_bytes_n(n)];
+        let (head, quants) = d.split_at_mut(layout.head_bytes_n(n));
+        let v = g.v();
+        for l in 0..n {
             let Some(k) = source_block(dtype, src, si * SB + l) else {
                 break;
             };
-            write_head(head, layout.head(), l, &k);
+            write_head(head, layout.head(), g, l, &k);
             if layout.nibbles() {
                 for u in 0..STEPS / 2 {
                     for j in 0..4 {
-                        quants[64 * u + 4 * l + j] =
+                        quants[v * u + 4 * l + j] =
                             k.q[8 * u + j] as u8 | ((k.q[8 * u + 4 + j] as u8) << 4);
                     }
                 }
@@ -430,18 +510,18 @@ pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
                 let bias = if layout == Layout::Q5 { 16 } else { 0 };
                 for s in 0..STEPS {
                     for j in 0..4 {
-                        let v = (k.q[4 * s + j] + bias) as u8;
-                        quants[64 * (s / 2) + 4 * l + j] |= (v & 0x0f) << (4 * (s % 2));
-                        quants[256 + 4 * l + j] |= (v >> 4) << s;
+                        let q = (k.q[4 * s + j] + bias) as u8;
+                        quants[v * (s / 2) + 4 * l + j] |= (q & 0x0f) << (4 * (s % 2));
+                        quants[4 * v + 4 * l + j] |= (q >> 4) << s;
                     }
                 }
             } else if layout == Layout::Q6 {
                 let u = k.q.map(|q| (q + 32) as u8);
                 for s in 0..STEPS {
                     for j in 0..4 {
-                        let v = u[4 * s + j];
-                        quants[64 * (s / 2) + 4 * l + j] |= (v & 0x0f) << (4 * (s % 2));
-                        quants[256 + 64 * (s / 4) + 4 * l + j] |= (v >> 4) << (2 * (s % 4));
+                        let q = u[4 * s + j];
+                        quants[v * (s / 2) + 4 * l + j] |= (q & 0x0f) << (4 * (s % 2));
+                        quants[4 * v + v * (s / 4) + 4 * l + j] |= (q >> 4) << (2 * (s % 4));
                     }
                 }
             } else {
@@ -449,7 +529,7 @@ pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
                 let flip = 0x80;
                 for s in 0..STEPS {
                     for j in 0..4 {
-                        quants[64 * s + 4 * l + j] = (k.q[4 * s + j] as u8) ^ flip;
+                        quants[v * s + 4 * l + j] = (k.q[4 * s + j] as u8) ^ flip;
                     }
                 }
             }
@@ -457,18 +537,18 @@ pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
     }
 }
 
-/// The quant of value `i` (0..32) of lane `l` in a packed superblock: signed (offset taken
-/// off) for Q8, Q6, Q5 and Q4, unsigned for Q4M and Q5M.
-fn packed_quant(layout: Layout, quants: &[u8], l: usize, i: usize) -> i32 {
-    let (s, j) = (i / 4, i % 4);
+/// The quant of value `i` (0..32) of lane `l` in a packed superblock of `g.n` lanes: signed
+/// (offset taken off) for Q8, Q6, Q5 and Q4, unsigned for Q4M and Q5M.
+fn packed_quant(layout: Layout, quants: &[u8], g: Geom, l: usize, i: usize) -> i32 {
+    let (s, j, v) = (i / 4, i % 4, g.v());
     match layout.body() {
         Layout::Q6 => {
-            let lo = (quants[64 * (s / 2) + 4 * l + j] >> (4 * (s % 2))) & 0x0f;
-            let hi = (quants[256 + 64 * (s / 4) + 4 * l + j] >> (2 * (s % 4))) & 3;
+            let lo = (quants[v * (s / 2) + 4 * l + j] >> (4 * (s % 2))) & 0x0f;
+            let hi = (quants[4 * v + v * (s / 4) + 4 * l + j] >> (2 * (s % 4))) & 3;
             (lo | (hi << 4)) as i32 - 32
         }
         Layout::Q4 | Layout::Q4M | Layout::I4 => {
-            let byte = quants[64 * (i / 8) + 4 * l + i % 4];
+            let byte = quants[v * (i / 8) + 4 * l + i % 4];
             let n = if i % 8 < 4 { byte & 0x0f } else { byte >> 4 };
             match layout.body() {
                 Layout::Q4 => n as i32 - 8,
@@ -477,18 +557,23 @@ fn packed_quant(layout: Layout, quants: &[u8], l: usize, i: usize) -> i32 {
             }
         }
         Layout::Q5 | Layout::Q5M => {
-            let lo = (quants[64 * (s / 2) + 4 * l + j] >> (4 * (s % 2))) & 0x0f;
-            let hi = (quants[256 + 4 * l + j] >> s) & 1;
+            let lo = (quants[v * (s / 2) + 4 * l + j] >> (4 * (s % 2))) & 0x0f;
+            let hi = (quants[4 * v + 4 * l + j] >> s) & 1;
             let u = (lo | (hi << 4)) as i32;
             if layout == Layout::Q5 { u - 16 } else { u }
         }
-        _ => (quants[64 * (i / 4) + 4 * l + i % 4] ^ 0x80) as i8 as i32,
+        _ => (quants[v * (i / 4) + 4 * l + i % 4] ^ 0x80) as i8 as i32,
     }
 }
 
-/// The two factors of lane `l` of a superblock's head: scale and offset (Q4M, Q4K, Q5M, Q5K),
-/// the scales of the two halves (Q6), or the scale twice (Q8, Q4).
+/// The two factors of lane `l` of a whole superblock's head: scale and offset (Q4M, Q4K, Q5M,
+/// Q5K), the scales of the two halves (Q6), or the scale twice (Q8, Q4).
 pub fn head_factors(layout: Layout, head: &[u8], l: usize) -> (f32, f32) {
+    head_factors_n(layout, head, SB, l)
+}
+
+/// [`head_factors`] of a superblock of `n` lanes.
+fn head_factors_n(layout: Layout, head: &[u8], n: usize, l: usize) -> (f32, f32) {
     let f32_at = |i: usize| f32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
     match layout.head() {
         Head::F16 => {
@@ -497,30 +582,47 @@ pub fn head_factors(layout: Layout, head: &[u8], l: usize) -> (f32, f32) {
         }
         Head::F16Pair => (
             f16_bits_to_f32(f16_at(head, 2 * l)),
-            f16_bits_to_f32(f16_at(head, 2 * SB + 2 * l)),
+            f16_bits_to_f32(f16_at(head, 2 * n + 2 * l)),
         ),
         Head::K => {
             let h = l / 8;
             (
                 f32_at(4 * h) * head[16 + l] as i8 as f32,
-                f32_at(8 + 4 * h) * head[16 + SB + l] as i8 as f32,
+                f32_at(8 + 4 * h) * head[16 + n + l] as i8 as f32,
             )
         }
     }
 }
 
+/// Blocks of 32 values in a packed row of `bytes` bytes.
+fn row_blocks(layout: Layout, bytes: usize) -> usize {
+    let sbb = layout.superblock_bytes();
+    let tail = (1..SB)
+        .find(|&n| layout.superblock_bytes_n(n) == bytes % sbb)
+        .unwrap_or(0);
+    bytes / sbb * SB + tail
+}
+
+/// The superblocks of a packed row: each one's lane count, head and quants.
+fn superblocks_of(layout: Layout, row: &[u8]) -> impl Iterator<Item = (Geom, &[u8], &[u8])> {
+    superblock_spans(layout, row_blocks(layout, row.len())).map(move |(at, n)| {
+        let sb = &row[at..at + layout.superblock_bytes_n(n)];
+        let (head, quants) = sb.split_at(layout.head_bytes_n(n));
+        (Geom { n }, head, quants)
+    })
+}
+
 /// Dequantizes one packed row to `out` (`cols` values): the values of ggml's dequantizer.
 pub fn dequantize_row(dtype: WeightType, src: &[u8], out: &mut [f32]) {
     let layout = Layout::of_packed(dtype);
-    for (si, s) in src.chunks_exact(layout.superblock_bytes()).enumerate() {
-        let (head, quants) = s.split_at(layout.head_bytes());
-        for l in 0..SB {
+    for (si, (g, head, quants)) in superblocks_of(layout, src).enumerate() {
+        for l in 0..g.n {
             let Some(o) = out.get_mut((si * SB + l) * QK..(si * SB + l + 1) * QK) else {
                 return;
             };
-            let (d, m) = head_factors(layout, head, l);
+            let (d, m) = head_factors_n(layout, head, g.n, l);
             for (i, o) in o.iter_mut().enumerate() {
-                let q = packed_quant(layout, quants, l, i) as f32;
+                let q = packed_quant(layout, quants, g, l, i) as f32;
                 *o = if layout.has_offset() {
                     d * q + m
                 } else if layout == Layout::Q6 && i >= QK / 2 {
@@ -538,17 +640,16 @@ pub fn dequantize_row(dtype: WeightType, src: &[u8], out: &mut [f32]) {
 pub fn dot_row(dtype: WeightType, row: &[u8], x: &[BlockQ8]) -> f32 {
     let layout = Layout::of_packed(dtype);
     let mut acc = 0f32;
-    for (si, s) in row.chunks_exact(layout.superblock_bytes()).enumerate() {
-        let (head, quants) = s.split_at(layout.head_bytes());
-        for l in 0..SB {
+    for (si, (g, head, quants)) in superblocks_of(layout, row).enumerate() {
+        for l in 0..g.n {
             let Some(xb) = x.get(si * SB + l) else {
                 break;
             };
             let dot = |r: std::ops::Range<usize>| -> f32 {
-                r.map(|i| packed_quant(layout, quants, l, i) * xb.qs[i] as i32)
+                r.map(|i| packed_quant(layout, quants, g, l, i) * xb.qs[i] as i32)
                     .sum::<i32>() as f32
             };
-            let (d, m) = head_factors(layout, head, l);
+            let (d, m) = head_factors_n(layout, head, g.n, l);
             acc += if layout == Layout::Q6 {
                 d * xb.d * dot(0..QK / 2) + m * xb.d * dot(QK / 2..QK)
             } else if layout.has_offset() {
@@ -624,3 +725,79 @@ pub const IQ4_LUT_U8: [u8; 16] = {
     }
     t
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row's tail takes only its own lanes: the one-scale and scale-and-offset layouts are
+    /// then exactly ggml's size at every width, the K-quants their whole superblocks' size per
+    /// block.
+    #[test]
+    fn packed_rows_are_the_size_of_ggml_rows() {
+        for cols in [512, 576, 800, 896, 1536, 4864, 8960] {
+            for dtype in [
+                WeightType::Q4_0,
+                WeightType::Q4_1,
+                WeightType::Q5_0,
+                WeightType::Q5_1,
+                WeightType::Q8_0,
+                WeightType::IQ4_NL,
+            ] {
+                let ggml = cols / dtype.block_size() * dtype.type_size();
+                assert_eq!(row_bytes(dtype, cols), ggml, "{dtype:?} {cols}");
+            }
+            if cols.is_multiple_of(256) {
+                for (dtype, per_256) in [
+                    (WeightType::Q4K, 152),
+                    (WeightType::Q5K, 184),
+                    (WeightType::Q6K, 216),
+                    (WeightType::IQ4_XS, 152),
+                ] {
+                    // A tail of one K-quant block keeps the head's four super-factors, two of
+                    // them unused: 8 bytes.
+                    let tail = if cols % 512 == 256 { 8 } else { 0 };
+                    let want = cols / 256 * per_256 + tail;
+                    assert_eq!(row_bytes(dtype, cols), want, "{dtype:?} {cols}");
+                }
+            }
+        }
+    }
+
+    /// Widening a tail gives the superblock a row padded to whole superblocks had.
+    #[test]
+    fn a_widened_tail_is_the_padded_superblock() {
+        for (dtype, n) in [
+            (WeightType::Q4_1, 2),
+            (WeightType::Q8_0, 9),
+            (WeightType::Q5_0, 12),
+            (WeightType::Q4K, 8),
+            (WeightType::Q6K, 8),
+            (WeightType::IQ4_XS, 8),
+        ] {
+            let layout = Layout::of(dtype).unwrap();
+            let cols = (SB + n) * QK;
+            let src: Vec<u8> = (0..cols / dtype.block_size() * dtype.type_size())
+                .map(|i| (i * 7919 % 251) as u8)
+                .collect();
+            let mut row = vec![0u8; row_bytes(dtype, cols)];
+            pack_row(dtype, &src, &mut row);
+            let mut wide = vec![0u8; layout.superblock_bytes()];
+            widen_tail(layout, n, &row[layout.superblock_bytes()..], &mut wide);
+            // The padded layout: the tail's blocks packed into a whole superblock.
+            let mut padded = vec![0u8; 2 * layout.superblock_bytes()];
+            let mut src2 = src.clone();
+            src2.resize(2 * SB * QK / dtype.block_size() * dtype.type_size(), 0);
+            pack_row(dtype, &src2, &mut padded);
+            let blocks_wide = &padded[layout.superblock_bytes()..];
+            // Packing the zero blocks writes their (zero) scales; everything else must match.
+            let mut d = vec![0f32; SB * QK];
+            let mut e = vec![0f32; SB * QK];
+            dequantize_row(dtype, &wide, &mut d);
+            dequantize_row(dtype, blocks_wide, &mut e);
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&d[..n * QK]), bits(&e[..n * QK]), "{dtype:?}");
+            assert!(d[n * QK..].iter().all(|&v| v == 0.0), "{dtype:?}");
+        }
+    }
+}

@@ -304,12 +304,12 @@ fn matmul_packed(
                 &[(w, SyncPtr(out.as_mut_ptr()))],
                 &acts[0],
                 layout,
-                nsb,
+                nb,
             );
             return Ok(());
         }
         acts.resize(n.div_ceil(4) * 4, PackedActs::zeros(nsb));
-        tiles_packed(pool, true, w, &acts, n, layout, nsb, out);
+        tiles_packed(pool, true, w, &acts, n, layout, nb, out);
         return Ok(());
     }
     #[cfg(target_arch = "x86_64")]
@@ -320,7 +320,7 @@ fn matmul_packed(
             .collect();
         if n >= 4 {
             acts.resize(n.div_ceil(4) * 4, PackedActs::zeros(nsb));
-            tiles_packed(pool, false, w, &acts, n, layout, nsb, out);
+            tiles_packed(pool, false, w, &acts, n, layout, nb, out);
         } else if n == 1 {
             packed_decode(
                 pool,
@@ -328,10 +328,10 @@ fn matmul_packed(
                 &[(w, SyncPtr(out.as_mut_ptr()))],
                 &acts[0],
                 layout,
-                nsb,
+                nb,
             );
         } else {
-            packed_tokens_avx2(pool, w, &acts, layout, nsb, out);
+            packed_tokens_avx2(pool, w, &acts, layout, nb, out);
         }
         return Ok(());
     }
@@ -350,7 +350,7 @@ fn packed_tokens_avx2(
     w: &QMatrix<'_>,
     acts: &[super::packed::PackedActs],
     layout: super::packed::Layout,
-    nsb: usize,
+    blocks: usize,
     out: &mut [f32],
 ) {
     use super::x86::{L_I4, L_I4K, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8};
@@ -358,10 +358,10 @@ fn packed_tokens_avx2(
         pool: &Threads,
         w: &QMatrix<'_>,
         acts: &[super::packed::PackedActs],
-        nsb: usize,
+        blocks: usize,
         out: &mut [f32],
     ) {
-        // SAFETY (both): rows below `w.rows` hold `nsb` packed superblocks (checked by the
+        // SAFETY (both): rows below `w.rows` hold packed rows of `blocks` blocks (checked by the
         // caller's `check`), each token's activations 512 quants and 16 factors per
         // superblock; avx2 detected by the caller.
         par_rows4(
@@ -375,7 +375,7 @@ fn packed_tokens_avx2(
                     super::x86::dot4_packed_avx2::<L>(
                         w.row(r).as_ptr(),
                         w.row_bytes(),
-                        nsb,
+                        blocks,
                         a.qs.as_ptr(),
                         a.d.as_ptr(),
                         [a.so.as_ptr(), a.so2.as_ptr()],
@@ -387,7 +387,7 @@ fn packed_tokens_avx2(
                 unsafe {
                     super::x86::dot_packed_avx2::<L>(
                         w.row(r).as_ptr(),
-                        nsb,
+                        blocks,
                         a.qs.as_ptr(),
                         a.d.as_ptr(),
                         [a.so.as_ptr(), a.so2.as_ptr()],
@@ -397,16 +397,16 @@ fn packed_tokens_avx2(
         );
     }
     match super::x86::layout_code(layout) {
-        L_Q4 => run::<L_Q4>(pool, w, acts, nsb, out),
-        L_Q8 => run::<L_Q8>(pool, w, acts, nsb, out),
-        L_Q4M => run::<L_Q4M>(pool, w, acts, nsb, out),
-        L_Q6 => run::<L_Q6>(pool, w, acts, nsb, out),
-        L_Q4K => run::<L_Q4K>(pool, w, acts, nsb, out),
-        L_Q5K => run::<L_Q5K>(pool, w, acts, nsb, out),
-        L_I4K => run::<L_I4K>(pool, w, acts, nsb, out),
-        L_Q5 => run::<L_Q5>(pool, w, acts, nsb, out),
-        L_I4 => run::<L_I4>(pool, w, acts, nsb, out),
-        _ => run::<L_Q5M>(pool, w, acts, nsb, out),
+        L_Q4 => run::<L_Q4>(pool, w, acts, blocks, out),
+        L_Q8 => run::<L_Q8>(pool, w, acts, blocks, out),
+        L_Q4M => run::<L_Q4M>(pool, w, acts, blocks, out),
+        L_Q6 => run::<L_Q6>(pool, w, acts, blocks, out),
+        L_Q4K => run::<L_Q4K>(pool, w, acts, blocks, out),
+        L_Q5K => run::<L_Q5K>(pool, w, acts, blocks, out),
+        L_I4K => run::<L_I4K>(pool, w, acts, blocks, out),
+        L_Q5 => run::<L_Q5>(pool, w, acts, blocks, out),
+        L_I4 => run::<L_I4>(pool, w, acts, blocks, out),
+        _ => run::<L_Q5M>(pool, w, acts, blocks, out),
     }
 }
 
@@ -464,23 +464,23 @@ fn packed_decode(
     mats: &[(&QMatrix<'_>, SyncPtr)],
     a: &super::packed::PackedActs,
     layout: super::packed::Layout,
-    nsb: usize,
+    blocks: usize,
 ) {
     use super::x86::{L_I4, L_I4K, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8};
     let vnni = caps.avx512vnni;
     // The layout is a constant of each kernel: with it a run-time value, the kernel's offsets
     // and prefetch loop were computed per superblock, which cost 7% of Q4_0's streaming rate.
     match super::x86::layout_code(layout) {
-        L_Q4 => packed_decode_as::<L_Q4>(pool, vnni, mats, a, nsb),
-        L_Q8 => packed_decode_as::<L_Q8>(pool, vnni, mats, a, nsb),
-        L_Q4M => packed_decode_as::<L_Q4M>(pool, vnni, mats, a, nsb),
-        L_Q6 => packed_decode_as::<L_Q6>(pool, vnni, mats, a, nsb),
-        L_Q4K => packed_decode_as::<L_Q4K>(pool, vnni, mats, a, nsb),
-        L_Q5K => packed_decode_as::<L_Q5K>(pool, vnni, mats, a, nsb),
-        L_I4K => packed_decode_as::<L_I4K>(pool, vnni, mats, a, nsb),
-        L_Q5 => packed_decode_as::<L_Q5>(pool, vnni, mats, a, nsb),
-        L_I4 => packed_decode_as::<L_I4>(pool, vnni, mats, a, nsb),
-        _ => packed_decode_as::<L_Q5M>(pool, vnni, mats, a, nsb),
+        L_Q4 => packed_decode_as::<L_Q4>(pool, vnni, mats, a, blocks),
+        L_Q8 => packed_decode_as::<L_Q8>(pool, vnni, mats, a, blocks),
+        L_Q4M => packed_decode_as::<L_Q4M>(pool, vnni, mats, a, blocks),
+        L_Q6 => packed_decode_as::<L_Q6>(pool, vnni, mats, a, blocks),
+        L_Q4K => packed_decode_as::<L_Q4K>(pool, vnni, mats, a, blocks),
+        L_Q5K => packed_decode_as::<L_Q5K>(pool, vnni, mats, a, blocks),
+        L_I4K => packed_decode_as::<L_I4K>(pool, vnni, mats, a, blocks),
+        L_Q5 => packed_decode_as::<L_Q5>(pool, vnni, mats, a, blocks),
+        L_I4 => packed_decode_as::<L_I4>(pool, vnni, mats, a, blocks),
+        _ => packed_decode_as::<L_Q5M>(pool, vnni, mats, a, blocks),
     }
 }
 
@@ -490,7 +490,7 @@ fn packed_decode_as<const L: u8>(
     vnni: bool,
     mats: &[(&QMatrix<'_>, SyncPtr)],
     a: &super::packed::PackedActs,
-    nsb: usize,
+    blocks: usize,
 ) {
     if !vnni {
         return decode_rows(
@@ -501,7 +501,7 @@ fn packed_decode_as<const L: u8>(
                 super::x86::dot4_packed_avx2::<L>(
                     w.row(r).as_ptr(),
                     w.row_bytes(),
-                    nsb,
+                    blocks,
                     a.qs.as_ptr(),
                     a.d.as_ptr(),
                     [a.so.as_ptr(), a.so2.as_ptr()],
@@ -510,7 +510,7 @@ fn packed_decode_as<const L: u8>(
             |w, r| unsafe {
                 super::x86::dot_packed_avx2::<L>(
                     w.row(r).as_ptr(),
-                    nsb,
+                    blocks,
                     a.qs.as_ptr(),
                     a.d.as_ptr(),
                     [a.so.as_ptr(), a.so2.as_ptr()],
@@ -521,14 +521,14 @@ fn packed_decode_as<const L: u8>(
     decode_rows(
         pool,
         mats,
-        // SAFETY (both): rows below `w.rows` hold `nsb` packed superblocks (checked by
+        // SAFETY (both): rows below `w.rows` hold packed rows of `blocks` blocks (checked by
         // `check`), the activations 512 quants and 16 factors per superblock; features
         // detected by the caller.
         |w, r| unsafe {
             super::x86::dot4_packed_vnni::<L>(
                 w.row(r).as_ptr(),
                 w.row_bytes(),
-                nsb,
+                blocks,
                 a.qs.as_ptr(),
                 a.d.as_ptr(),
                 [a.so.as_ptr(), a.so2.as_ptr()],
@@ -537,7 +537,7 @@ fn packed_decode_as<const L: u8>(
         |w, r| unsafe {
             super::x86::dot_packed_vnni::<L>(
                 w.row(r).as_ptr(),
-                nsb,
+                blocks,
                 a.qs.as_ptr(),
                 a.d.as_ptr(),
                 [a.so.as_ptr(), a.so2.as_ptr()],
@@ -616,14 +616,7 @@ pub fn matmul_many(
         let Some(layout) = super::packed::Layout::of(w0.dtype) else {
             return Err(format!("{:?} has no packed layout", w0.dtype));
         };
-        packed_decode(
-            pool,
-            caps,
-            &mats,
-            &act,
-            layout,
-            super::packed::superblocks(w0.cols),
-        );
+        packed_decode(pool, caps, &mats, &act, layout, w0.cols / QK);
         return Ok(());
     }
     #[cfg(target_arch = "x86_64")]

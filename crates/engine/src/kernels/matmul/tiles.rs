@@ -80,7 +80,7 @@ pub(super) fn tiles_packed(
     acts: &[crate::kernels::packed::PackedActs],
     n: usize,
     layout: crate::kernels::packed::Layout,
-    nsb: usize,
+    blocks: usize,
     out: &mut [f32],
 ) {
     let rows = w.rows;
@@ -101,7 +101,7 @@ pub(super) fn tiles_packed(
                 let r0 = 2 * pair;
                 let r1 = (r0 + 1).min(rows - 1);
                 let rows2 = [w.row(r0).as_ptr(), w.row(r1).as_ptr()];
-                // SAFETY: rows r0, r1 < rows hold `nsb` packed superblocks; the four tokens'
+                // SAFETY: rows r0, r1 < rows are packed rows of `blocks` blocks; the four tokens'
                 // activations exist (padded with zeros); features detected by the caller.
                 let v = unsafe {
                     use crate::kernels::x86::{
@@ -109,26 +109,26 @@ pub(super) fn tiles_packed(
                         tile2x4_packed_avx2 as tile2, tile2x4_packed_vnni as tile,
                     };
                     match (vnni, crate::kernels::x86::layout_code(layout)) {
-                        (true, L_Q4) => tile::<L_Q4>(rows2, nsb, xq, xd, xso),
-                        (true, L_Q8) => tile::<L_Q8>(rows2, nsb, xq, xd, xso),
-                        (true, L_Q4M) => tile::<L_Q4M>(rows2, nsb, xq, xd, xso),
-                        (true, L_Q6) => tile::<L_Q6>(rows2, nsb, xq, xd, xso),
-                        (true, L_Q4K) => tile::<L_Q4K>(rows2, nsb, xq, xd, xso),
-                        (true, L_Q5K) => tile::<L_Q5K>(rows2, nsb, xq, xd, xso),
-                        (true, L_I4K) => tile::<L_I4K>(rows2, nsb, xq, xd, xso),
-                        (true, L_Q5) => tile::<L_Q5>(rows2, nsb, xq, xd, xso),
-                        (true, L_I4) => tile::<L_I4>(rows2, nsb, xq, xd, xso),
-                        (true, _) => tile::<L_Q5M>(rows2, nsb, xq, xd, xso),
-                        (false, L_Q4) => tile2::<L_Q4>(rows2, nsb, xq, xd, xso),
-                        (false, L_Q8) => tile2::<L_Q8>(rows2, nsb, xq, xd, xso),
-                        (false, L_Q4M) => tile2::<L_Q4M>(rows2, nsb, xq, xd, xso),
-                        (false, L_Q6) => tile2::<L_Q6>(rows2, nsb, xq, xd, xso),
-                        (false, L_Q4K) => tile2::<L_Q4K>(rows2, nsb, xq, xd, xso),
-                        (false, L_Q5K) => tile2::<L_Q5K>(rows2, nsb, xq, xd, xso),
-                        (false, L_I4K) => tile2::<L_I4K>(rows2, nsb, xq, xd, xso),
-                        (false, L_Q5) => tile2::<L_Q5>(rows2, nsb, xq, xd, xso),
-                        (false, L_I4) => tile2::<L_I4>(rows2, nsb, xq, xd, xso),
-                        (false, _) => tile2::<L_Q5M>(rows2, nsb, xq, xd, xso),
+                        (true, L_Q4) => tile::<L_Q4>(rows2, blocks, xq, xd, xso),
+                        (true, L_Q8) => tile::<L_Q8>(rows2, blocks, xq, xd, xso),
+                        (true, L_Q4M) => tile::<L_Q4M>(rows2, blocks, xq, xd, xso),
+                        (true, L_Q6) => tile::<L_Q6>(rows2, blocks, xq, xd, xso),
+                        (true, L_Q4K) => tile::<L_Q4K>(rows2, blocks, xq, xd, xso),
+                        (true, L_Q5K) => tile::<L_Q5K>(rows2, blocks, xq, xd, xso),
+                        (true, L_I4K) => tile::<L_I4K>(rows2, blocks, xq, xd, xso),
+                        (true, L_Q5) => tile::<L_Q5>(rows2, blocks, xq, xd, xso),
+                        (true, L_I4) => tile::<L_I4>(rows2, blocks, xq, xd, xso),
+                        (true, _) => tile::<L_Q5M>(rows2, blocks, xq, xd, xso),
+                        (false, L_Q4) => tile2::<L_Q4>(rows2, blocks, xq, xd, xso),
+                        (false, L_Q8) => tile2::<L_Q8>(rows2, blocks, xq, xd, xso),
+                        (false, L_Q4M) => tile2::<L_Q4M>(rows2, blocks, xq, xd, xso),
+                        (false, L_Q6) => tile2::<L_Q6>(rows2, blocks, xq, xd, xso),
+                        (false, L_Q4K) => tile2::<L_Q4K>(rows2, blocks, xq, xd, xso),
+                        (false, L_Q5K) => tile2::<L_Q5K>(rows2, blocks, xq, xd, xso),
+                        (false, L_I4K) => tile2::<L_I4K>(rows2, blocks, xq, xd, xso),
+                        (false, L_Q5) => tile2::<L_Q5>(rows2, blocks, xq, xd, xso),
+                        (false, L_I4) => tile2::<L_I4>(rows2, blocks, xq, xd, xso),
+                        (false, _) => tile2::<L_Q5M>(rows2, blocks, xq, xd, xso),
                     }
                 };
                 for (dt, vt) in v.iter().enumerate().take((n - t).min(4)) {
@@ -231,7 +231,7 @@ pub(super) fn group_to_pairs(
     wb: &mut [u16],
 ) -> bool {
     use crate::kernels::amx::TILE;
-    let nsb = crate::kernels::packed::superblocks(w.cols);
+    let blocks = w.cols / QK;
     let layout = crate::kernels::packed::Layout::of(w.dtype);
     // Whole 32-row blocks: the tiles read both 16-row slabs of a block.
     for h in 0..gr.div_ceil(2 * TILE) * 2 {
@@ -239,13 +239,13 @@ pub(super) fn group_to_pairs(
         rm[nr * kk..].iter_mut().for_each(|v| *v = 0);
         if let (true, Some(layout)) = (w.packed, layout) {
             for r in 0..nr {
-                // SAFETY: a packed row holds `nsb` superblocks (checked by `check`); rm has room
-                // for kk = nsb·512 values per row; AVX-512 BF16 comes with AMX.
+                // SAFETY: a packed row of `blocks` blocks (checked by `check`); rm has room for
+                // kk = 512 values per superblock per row; AVX-512 BF16 comes with AMX.
                 unsafe {
                     crate::kernels::x86::packed_row_to_bf16(
                         layout,
                         w.row(g0 + h * TILE + r).as_ptr(),
-                        nsb,
+                        blocks,
                         rm.as_mut_ptr().add(r * kk),
                     )
                 };
@@ -435,9 +435,9 @@ pub(super) fn bf16_tiles(
     use crate::kernels::packed::{Layout, SB, superblocks};
     let (rows, k) = (w.rows, w.cols);
     // Packed rows convert to bf16 with SIMD in their own order (`x86::packed_row_to_bf16`), so
-    // the activations take that order too, padded superblocks included, as for AMX. Where the
-    // padding is large (SmolLM2's 576 columns fill 1024), the products over it cost more than
-    // a scalar conversion to the natural order saves.
+    // the activations take that order too, the tail superblock's missing lanes included, as for
+    // AMX. Where those are many (SmolLM2's 576 columns fill 1024), the products over them cost
+    // more than a scalar conversion to the natural order saves.
     let padded = superblocks(k) * SB * QK;
     let layout = if w.packed && 4 * padded <= 5 * k {
         Layout::of(w.dtype)
@@ -475,13 +475,13 @@ pub(super) fn bf16_tiles(
         let mut wb = vec![0u16; BF16_GROUP * kk];
         if let Some(layout) = layout {
             for r in 0..nr {
-                // SAFETY: a packed row holds kk / 512 superblocks (checked by `check`); wb has
-                // room for kk values per row; AVX-512 BF16 detected by the caller.
+                // SAFETY: a packed row of k / 32 blocks (checked by `check`); wb has room for
+                // kk values (512 per superblock) per row; AVX-512 BF16 detected by the caller.
                 unsafe {
                     crate::kernels::x86::packed_row_to_bf16(
                         layout,
                         w.row(r0 + r).as_ptr(),
-                        kk / (SB * QK),
+                        k / QK,
                         wb.as_mut_ptr().add(r * kk),
                     )
                 };

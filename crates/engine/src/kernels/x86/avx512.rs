@@ -152,24 +152,42 @@ pub unsafe fn tile4x4_bf16(w: *const u16, x: *const u16, k: usize) -> [[f32; 4];
 /// Dequantizes a packed row of any layout (see `packed.rs`) straight to bf16, keeping the packed
 /// order: within superblock `si`, value `64s + 4l + j` is value `4s + j` of block `16si + l`.
 /// A dot product only needs both operands in one order, so prompt kernels permute the
-/// activations the same way instead of unshuffling the weights. Writes `superblocks · 512`
-/// values (zero for a padded superblock's missing blocks, whose scales are zero).
+/// activations the same way instead of unshuffling the weights. Writes 512 values per
+/// superblock of the row's `blocks` blocks (zero for a tail superblock's missing lanes).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512bf16")]
 pub unsafe fn packed_row_to_bf16(
     layout: crate::kernels::packed::Layout,
     row: *const u8,
-    superblocks: usize,
+    blocks: usize,
     out: *mut u16,
 ) {
-    use crate::kernels::packed::Layout;
-    // SAFETY: the caller guarantees `superblocks` packed superblocks at `row` and room for
+    use super::vnni::Geo;
+    // SAFETY: the caller guarantees a packed row of `blocks` blocks at `row` and room for
     // 512 values per superblock at `out`.
     unsafe {
-        let (sbb, hb, q4) = (
-            layout.superblock_bytes(),
-            layout.head_bytes(),
-            layout.nibbles(),
-        );
+        let sbb = layout.superblock_bytes();
+        let (full, tail) = (blocks / 16, blocks % 16);
+        for si in 0..full {
+            superblock_to_bf16(layout, row.add(si * sbb), Geo::FULL, out.add(si * 512));
+        }
+        if tail > 0 {
+            let (sb, o) = (row.add(full * sbb), out.add(full * 512));
+            superblock_to_bf16(layout, sb, Geo::tail(tail), o);
+        }
+    }
+}
+
+/// One superblock of [`packed_row_to_bf16`].
+#[inline(always)]
+unsafe fn superblock_to_bf16(
+    layout: crate::kernels::packed::Layout,
+    sb: *const u8,
+    g: super::vnni::Geo,
+    o: *mut u16,
+) {
+    use crate::kernels::packed::Layout;
+    // SAFETY: as for `packed_row_to_bf16`.
+    unsafe {
         let offset = _mm512_set1_epi32(match layout.body() {
             Layout::Q4 => 8,
             Layout::Q4M | Layout::Q5M => 0,
@@ -200,51 +218,47 @@ pub unsafe fn packed_row_to_bf16(
                 c,
             )
         });
-        for si in 0..superblocks {
-            let sb = row.add(si * sbb);
-            let (d, m) = packed_head(layout, sb);
-            let sc: [__m512; 4] = std::array::from_fn(|c| _mm512_permutexvar_ps(idx[c], d));
-            let mn: [__m512; 4] = std::array::from_fn(|c| _mm512_permutexvar_ps(idx[c], m));
-            let q = sb.add(hb);
-            let o = out.add(si * 512);
-            for s in 0..8 {
-                let bytes = if layout == Layout::Q6 {
-                    super::vnni::q6_operand(q, s)
-                } else if layout.five_bit() {
-                    super::vnni::q5_operand(q, s)
-                } else if layout.grid() {
-                    super::vnni::iq4_operand(q, s)
-                } else if q4 {
-                    let v = _mm512_loadu_si512(q.add(64 * (s / 2)) as *const __m512i);
-                    if s % 2 == 0 {
-                        _mm512_and_si512(v, low)
-                    } else {
-                        _mm512_and_si512(_mm512_srli_epi16(v, 4), low)
-                    }
+        let (d, m) = packed_head(layout, sb, g);
+        let sc: [__m512; 4] = std::array::from_fn(|c| _mm512_permutexvar_ps(idx[c], d));
+        let mn: [__m512; 4] = std::array::from_fn(|c| _mm512_permutexvar_ps(idx[c], m));
+        let q = sb.add(layout.head_bytes_n(g.n));
+        for s in 0..8 {
+            let bytes = if layout == Layout::Q6 {
+                super::vnni::q6_operand(q, s, g)
+            } else if layout.five_bit() {
+                super::vnni::q5_operand(q, s, g)
+            } else if layout.grid() {
+                super::vnni::iq4_operand(q, s, g)
+            } else if layout.nibbles() {
+                let v = super::vnni::load_step(q.add(g.v * (s / 2)), g);
+                if s % 2 == 0 {
+                    _mm512_and_si512(v, low)
                 } else {
-                    _mm512_loadu_si512(q.add(64 * s) as *const __m512i)
-                };
-                let parts = [
-                    _mm512_extracti32x4_epi32::<0>(bytes),
-                    _mm512_extracti32x4_epi32::<1>(bytes),
-                    _mm512_extracti32x4_epi32::<2>(bytes),
-                    _mm512_extracti32x4_epi32::<3>(bytes),
-                ];
-                for (c, part) in parts.into_iter().enumerate() {
-                    let v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(part), offset);
-                    let f = match layout.body() {
-                        Layout::Q4M | Layout::Q5M => {
-                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sc[c], mn[c])
-                        }
-                        // Steps 4..8 are values 16..32, under the second scale.
-                        Layout::Q6 if s >= 4 => _mm512_mul_ps(_mm512_cvtepi32_ps(v), mn[c]),
-                        _ => _mm512_mul_ps(_mm512_cvtepi32_ps(v), sc[c]),
-                    };
-                    _mm256_storeu_si256(
-                        o.add(64 * s + 16 * c) as *mut __m256i,
-                        std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(f)),
-                    );
+                    _mm512_and_si512(_mm512_srli_epi16(v, 4), low)
                 }
+            } else {
+                super::vnni::load_step(q.add(g.v * s), g)
+            };
+            let parts = [
+                _mm512_extracti32x4_epi32::<0>(bytes),
+                _mm512_extracti32x4_epi32::<1>(bytes),
+                _mm512_extracti32x4_epi32::<2>(bytes),
+                _mm512_extracti32x4_epi32::<3>(bytes),
+            ];
+            for (c, part) in parts.into_iter().enumerate() {
+                let v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(part), offset);
+                let f = match layout.body() {
+                    Layout::Q4M | Layout::Q5M => {
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sc[c], mn[c])
+                    }
+                    // Steps 4..8 are values 16..32, under the second scale.
+                    Layout::Q6 if s >= 4 => _mm512_mul_ps(_mm512_cvtepi32_ps(v), mn[c]),
+                    _ => _mm512_mul_ps(_mm512_cvtepi32_ps(v), sc[c]),
+                };
+                _mm256_storeu_si256(
+                    o.add(64 * s + 16 * c) as *mut __m256i,
+                    std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(f)),
+                );
             }
         }
     }

@@ -20,18 +20,32 @@ use crate::kernels::packed::Layout;
 pub unsafe fn dot4_packed_avx2<const L: u8>(
     row: *const u8,
     row_bytes: usize,
-    superblocks: usize,
+    blocks: usize,
     xq: *const i8,
     xd: *const f32,
     xso: [*const f32; 2],
 ) -> [f32; 4] {
-    // SAFETY: the caller guarantees four rows of `superblocks` packed superblocks, `row_bytes`
-    // apart, at `row`, and 512 quants and 16 factors per superblock at xq, xd, xso.
+    // SAFETY: the caller guarantees four packed rows of `blocks` blocks, `row_bytes` apart, at
+    // `row`, and 512 quants and 16 factors per superblock at xq, xd, xso.
     unsafe {
-        std::array::from_fn(|i| {
-            dot_packed_avx2::<L>(row.add(i * row_bytes), superblocks, xq, xd, xso)
-        })
+        std::array::from_fn(|i| dot_packed_avx2::<L>(row.add(i * row_bytes), blocks, xq, xd, xso))
     }
+}
+
+/// Room for any layout's whole superblock.
+const SB_ROOM: usize = 576;
+
+/// The tail superblock of `n` lanes at `p` widened to a whole one (`packed::widen_tail`):
+/// these kernels read whole superblocks only.
+///
+/// # Safety
+/// `p` must point at a packed tail superblock of `n` lanes in `layout`.
+unsafe fn widened_tail(layout: Layout, p: *const u8, n: usize) -> [u8; SB_ROOM] {
+    let mut buf = [0u8; SB_ROOM];
+    // SAFETY: the caller guarantees the tail's bytes at `p`.
+    let src = unsafe { std::slice::from_raw_parts(p, layout.superblock_bytes_n(n)) };
+    crate::kernels::packed::widen_tail(layout, n, src, &mut buf[..layout.superblock_bytes()]);
+    buf
 }
 
 /// `Σ` over the 4-byte groups of 32 unsigned × signed byte pairs, in 16 bits (the caller bounds
@@ -170,28 +184,52 @@ unsafe fn head_half(layout: Layout, sb: *const u8, h: usize) -> (__m256, __m256)
     }
 }
 
-/// One packed row against one token's packed activations; see the module comment. Lines 8 KiB
-/// ahead are requested into L2 as for the VNNI kernel.
+/// One packed row of `blocks` blocks against one token's packed activations; see the module
+/// comment. Lines 8 KiB ahead are requested into L2 as for the VNNI kernel.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_packed_avx2<const L: u8>(
     w: *const u8,
-    superblocks: usize,
+    blocks: usize,
     xq: *const i8,
     xd: *const f32,
     xso: [*const f32; 2],
 ) -> f32 {
-    // SAFETY: the caller guarantees `superblocks` packed superblocks at `w`, and 512 quants
+    // SAFETY: the caller guarantees a packed row of `blocks` blocks at `w`, and 512 quants
     // and 16 factors per superblock at xq, xd, xso.
+    unsafe {
+        let sbb = const { layout_of(L).superblock_bytes() };
+        let (full, tail) = (blocks / 16, blocks % 16);
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for s in 0..full {
+            superblock_dot_avx2::<L>(w.add(s * sbb), s, xq, xd, xso, &mut acc);
+        }
+        if tail > 0 {
+            let buf = widened_tail(layout_of(L), w.add(full * sbb), tail);
+            superblock_dot_avx2::<L>(buf.as_ptr(), full, xq, xd, xso, &mut acc);
+        }
+        hsum(_mm256_add_ps(acc[0], acc[1]))
+    }
+}
+
+/// Superblock `s` of a row, at `ws`, against the activations' superblock `s`, added to `acc`.
+#[inline(always)]
+unsafe fn superblock_dot_avx2<const L: u8>(
+    ws: *const u8,
+    s: usize,
+    xq: *const i8,
+    xd: *const f32,
+    xso: [*const f32; 2],
+    acc: &mut [__m256; 2],
+) {
+    // SAFETY: as for `dot_packed_avx2`.
     unsafe {
         let layout = const { layout_of(L) };
         let sbb = const { layout_of(L).superblock_bytes() };
         let hb = const { layout_of(L).head_bytes() };
         let m4 = _mm256_set1_epi8(0x0f);
-        let mut acc = [_mm256_setzero_ps(); 2];
-        for s in 0..superblocks {
+        {
             let x = xq.add(s * 512);
-            let ws = w.add(s * sbb);
             let a = ws.wrapping_add(PREFETCH_AHEAD);
             for o in (0..sbb).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
@@ -257,7 +295,6 @@ pub unsafe fn dot_packed_avx2<const L: u8>(
                 }
             }
         }
-        hsum(_mm256_add_ps(acc[0], acc[1]))
     }
 }
 
@@ -268,7 +305,7 @@ pub unsafe fn dot_packed_avx2<const L: u8>(
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn tile2x4_packed_avx2<const L: u8>(
     rows: [*const u8; 2],
-    superblocks: usize,
+    blocks: usize,
     xq: [*const i8; 4],
     xd: [*const f32; 4],
     xso: [[*const f32; 2]; 4],
@@ -280,8 +317,13 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
         let m4 = _mm256_set1_epi8(0x0f);
         let zero = _mm256_setzero_si256();
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-        for s in 0..superblocks {
-            let w = [rows[0].add(s * sbb + hb), rows[1].add(s * sbb + hb)];
+        let (full, tail) = (blocks / 16, blocks % 16);
+        let tails = (tail > 0).then(|| rows.map(|r| widened_tail(layout, r.add(full * sbb), tail)));
+        for s in 0..blocks.div_ceil(16) {
+            let w = match &tails {
+                Some(t) if s == full => [t[0].as_ptr().add(hb), t[1].as_ptr().add(hb)],
+                _ => [rows[0].add(s * sbb + hb), rows[1].add(s * sbb + hb)],
+            };
             for h in 0..2 {
                 let ldw = |r: usize, off: usize| {
                     _mm256_loadu_si256(w[r].add(off + 32 * h) as *const __m256i)

@@ -60,13 +60,61 @@ pub unsafe fn dot4_q4_0_vnni(w: *const u8, row_bytes: usize, x: &[BlockQ8]) -> [
     }
 }
 
-/// Step `st`'s low 4 bits in a plane of nibbles (steps `2u` and `2u + 1` share 64-byte chunk
-/// `u`), not yet masked: the bits above them are the other step's.
+/// Where a superblock's vectors lie: a whole superblock has 64-byte steps and 16 lanes; a row's
+/// tail (`packed.rs`) has `4n`-byte steps and `n` lanes, read with masked loads that leave the
+/// other lanes zero. Kernels pass [`Geo::FULL`] as a constant, so whole superblocks keep plain
+/// loads and constant offsets.
+#[derive(Clone, Copy)]
+pub(super) struct Geo {
+    /// Bytes of a step's vector.
+    pub v: usize,
+    /// Lanes.
+    pub n: usize,
+    pub mask: __mmask16,
+}
+
+impl Geo {
+    pub const FULL: Geo = Geo {
+        v: 64,
+        n: 16,
+        mask: 0xffff,
+    };
+
+    /// A tail of `n` lanes (1..16).
+    pub fn tail(n: usize) -> Geo {
+        Geo {
+            v: 4 * n,
+            n,
+            mask: ((1u32 << n) - 1) as __mmask16,
+        }
+    }
+
+    #[inline(always)]
+    pub fn full(self) -> bool {
+        self.mask == 0xffff
+    }
+}
+
+/// One step's vector (16 lanes of 4 bytes) at `p`.
 #[inline(always)]
-unsafe fn nibble_step(quants: *const u8, st: usize) -> __m512i {
+pub(super) unsafe fn load_step(p: *const u8, g: Geo) -> __m512i {
+    // SAFETY: the caller guarantees `g.v` bytes at `p`; masked-off lanes are not read.
+    unsafe {
+        if g.full() {
+            _mm512_loadu_si512(p as *const __m512i)
+        } else {
+            _mm512_maskz_loadu_epi32(g.mask, p as *const i32)
+        }
+    }
+}
+
+/// Step `st`'s low 4 bits in a plane of nibbles (steps `2u` and `2u + 1` share chunk `u`),
+/// not yet masked: the bits above them are the other step's.
+#[inline(always)]
+unsafe fn nibble_step(quants: *const u8, st: usize, g: Geo) -> __m512i {
     // SAFETY: the caller guarantees the nibble plane at `quants`.
     unsafe {
-        let z = _mm512_loadu_si512(quants.add(64 * (st / 2)) as *const __m512i);
+        let z = load_step(quants.add(g.v * (st / 2)), g);
         if st.is_multiple_of(2) {
             z
         } else {
@@ -78,13 +126,13 @@ unsafe fn nibble_step(quants: *const u8, st: usize) -> __m512i {
 /// Step `st`'s 64 bytes of an I4 or I4K superblock (`packed.rs`): IQ4's grid values + 128, looked
 /// up from the nibble indices with one byte shuffle.
 #[inline(always)]
-pub(super) unsafe fn iq4_operand(quants: *const u8, st: usize) -> __m512i {
+pub(super) unsafe fn iq4_operand(quants: *const u8, st: usize, g: Geo) -> __m512i {
     // SAFETY: the caller guarantees a packed I4 superblock's quants at `quants`.
     unsafe {
         let lut = _mm512_broadcast_i32x4(_mm_loadu_si128(
             crate::kernels::packed::IQ4_LUT_U8.as_ptr() as *const __m128i,
         ));
-        let idx = _mm512_and_si512(nibble_step(quants, st), _mm512_set1_epi8(0x0f));
+        let idx = _mm512_and_si512(nibble_step(quants, st, g), _mm512_set1_epi8(0x0f));
         _mm512_shuffle_epi8(lut, idx)
     }
 }
@@ -92,11 +140,11 @@ pub(super) unsafe fn iq4_operand(quants: *const u8, st: usize) -> __m512i {
 /// Step `st`'s 64 unsigned bytes of a Q6 superblock's quants (`packed.rs`): the 6-bit values,
 /// low nibble | high bit pair << 4.
 #[inline(always)]
-pub(super) unsafe fn q6_operand(quants: *const u8, st: usize) -> __m512i {
+pub(super) unsafe fn q6_operand(quants: *const u8, st: usize, g: Geo) -> __m512i {
     // SAFETY: the caller guarantees a packed Q6 superblock's quants at `quants`.
     unsafe {
-        let lo = nibble_step(quants, st);
-        let h = _mm512_loadu_si512(quants.add(256 + 64 * (st / 4)) as *const __m512i);
+        let lo = nibble_step(quants, st, g);
+        let h = load_step(quants.add(4 * g.v + g.v * (st / 4)), g);
         // Bits 2k, 2k+1 of each byte to bits 4, 5; the 16-bit shifts carry bits across bytes,
         // which the masks below drop.
         let h = match st % 4 {
@@ -115,11 +163,11 @@ pub(super) unsafe fn q6_operand(quants: *const u8, st: usize) -> __m512i {
 /// Step `st`'s 64 unsigned bytes of a Q5, Q5M or Q5K superblock's quants (`packed.rs`): the
 /// 5-bit values, low nibble | bit `st` of the bit plane << 4.
 #[inline(always)]
-pub(super) unsafe fn q5_operand(quants: *const u8, st: usize) -> __m512i {
+pub(super) unsafe fn q5_operand(quants: *const u8, st: usize, g: Geo) -> __m512i {
     // SAFETY: the caller guarantees a packed 5-bit superblock's quants at `quants`.
     unsafe {
-        let lo = nibble_step(quants, st);
-        let h = _mm512_loadu_si512(quants.add(256) as *const __m512i);
+        let lo = nibble_step(quants, st, g);
+        let h = load_step(quants.add(4 * g.v), g);
         // Bit st of each byte to bit 4 (bits carried across bytes are masked off).
         let h = match st {
             0 => _mm512_slli_epi16::<4>(h),
@@ -144,32 +192,33 @@ pub(super) unsafe fn q5_operand(quants: *const u8, st: usize) -> __m512i {
 pub(super) unsafe fn for_each_operand(
     layout: crate::kernels::packed::Layout,
     quants: *const u8,
+    g: Geo,
     mut f: impl FnMut(usize, __m512i),
 ) {
     // SAFETY: the caller guarantees a packed superblock's quants at `quants`.
     unsafe {
         if layout == crate::kernels::packed::Layout::Q6 {
             for st in 0..8 {
-                f(st, q6_operand(quants, st));
+                f(st, q6_operand(quants, st, g));
             }
         } else if layout.five_bit() {
             for st in 0..8 {
-                f(st, q5_operand(quants, st));
+                f(st, q5_operand(quants, st, g));
             }
         } else if layout.grid() {
             for st in 0..8 {
-                f(st, iq4_operand(quants, st));
+                f(st, iq4_operand(quants, st, g));
             }
         } else if layout.nibbles() {
             let m4 = _mm512_set1_epi8(0x0f);
             for u in 0..4 {
-                let z = _mm512_loadu_si512(quants.add(64 * u) as *const __m512i);
+                let z = load_step(quants.add(g.v * u), g);
                 f(2 * u, _mm512_and_si512(z, m4));
                 f(2 * u + 1, _mm512_and_si512(_mm512_srli_epi16(z, 4), m4));
             }
         } else {
             for s in 0..8 {
-                f(s, _mm512_loadu_si512(quants.add(64 * s) as *const __m512i));
+                f(s, load_step(quants.add(g.v * s), g));
             }
         }
     }
@@ -229,32 +278,41 @@ pub(super) const fn layout_of(code: u8) -> crate::kernels::packed::Layout {
 pub(super) unsafe fn packed_head(
     l: crate::kernels::packed::Layout,
     sb: *const u8,
+    g: Geo,
 ) -> (__m512, __m512) {
     use crate::kernels::packed::Head;
     // SAFETY: the caller guarantees a packed superblock's head at `sb`.
     unsafe {
+        // `g.n` f16 values; zeros (zero scales) past them.
+        let f16 = |o: usize| {
+            _mm512_cvtph_ps(if g.full() {
+                _mm256_loadu_si256(sb.add(o) as *const __m256i)
+            } else {
+                _mm256_maskz_loadu_epi16(g.mask, sb.add(o) as *const i16)
+            })
+        };
         match l.head() {
             Head::F16 => {
-                let sw = _mm512_cvtph_ps(_mm256_loadu_si256(sb as *const __m256i));
+                let sw = f16(0);
                 (sw, sw)
             }
-            Head::F16Pair => (
-                _mm512_cvtph_ps(_mm256_loadu_si256(sb as *const __m256i)),
-                _mm512_cvtph_ps(_mm256_loadu_si256(sb.add(32) as *const __m256i)),
-            ),
+            Head::F16Pair => (f16(0), f16(2 * g.n)),
             Head::K => {
                 // Lanes 0..8 take super-factor 0 (2 for the second factor), lanes 8..16 factor 1 (3).
                 let f = _mm512_zextps128_ps512(_mm_loadu_ps(sb as *const f32));
                 let lo = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
                 let hi = _mm512_add_epi32(lo, _mm512_set1_epi32(2));
                 let m = |o: usize| {
-                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                        sb.add(o) as *const __m128i
-                    )))
+                    let b = if g.full() {
+                        _mm_loadu_si128(sb.add(o) as *const __m128i)
+                    } else {
+                        _mm_maskz_loadu_epi8(g.mask, sb.add(o) as *const i8)
+                    };
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b))
                 };
                 (
                     _mm512_mul_ps(_mm512_permutexvar_ps(lo, f), m(16)),
-                    _mm512_mul_ps(_mm512_permutexvar_ps(hi, f), m(32)),
+                    _mm512_mul_ps(_mm512_permutexvar_ps(hi, f), m(16 + g.n)),
                 )
             }
         }
@@ -271,196 +329,151 @@ pub(super) unsafe fn packed_head(
 pub unsafe fn dot4_packed_vnni<const L: u8>(
     row: *const u8,
     row_bytes: usize,
-    superblocks: usize,
+    blocks: usize,
     xq: *const i8,
     xd: *const f32,
     xso: [*const f32; 2],
 ) -> [f32; 4] {
-    // SAFETY: the caller guarantees four rows of `superblocks` packed superblocks, `row_bytes`
-    // apart, at `row`, and 512 quants and 16 factors per superblock at xq, xd, xso.
+    // SAFETY: the caller guarantees four packed rows of `blocks` blocks, `row_bytes` apart, at
+    // `row`, and 512 quants and 16 factors per (whole or tail) superblock at xq, xd, xso.
     unsafe {
-        std::array::from_fn(|i| {
-            dot_packed_vnni::<L>(row.add(i * row_bytes), superblocks, xq, xd, xso)
-        })
+        std::array::from_fn(|i| dot_packed_vnni::<L>(row.add(i * row_bytes), blocks, xq, xd, xso))
     }
 }
 
-/// One packed row (see `packed.rs`) against one token's packed activations, the decode
-/// kernel: per superblock 8 `vpdpbusd` in two independent chains (low and high nibbles for
-/// Q4 and Q4M, even and odd steps for Q8) leave the 16 block sums in 16 lanes, then one
-/// multiply and two FMAs apply the scales and the offsets; the lines 8 KiB ahead are
-/// requested into L2 as it goes.
+/// One packed row (see `packed.rs`) of `blocks` blocks of 32 against one token's packed
+/// activations, the decode kernel: per superblock 8 `vpdpbusd` in two independent chains (low
+/// and high nibbles for Q4 and Q4M, even and odd steps for Q8) leave the 16 block sums in 16
+/// lanes, then one multiply and two FMAs apply the scales and the offsets; the lines 8 KiB
+/// ahead are requested into L2 as it goes. A tail superblock takes the same path with masked
+/// loads.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn dot_packed_vnni<const L: u8>(
     w: *const u8,
-    superblocks: usize,
+    blocks: usize,
     xq: *const i8,
     xd: *const f32,
     xso: [*const f32; 2],
 ) -> f32 {
-    // SAFETY: the caller guarantees `superblocks` packed superblocks at `w`, and 512 quants
-    // and 16 factors per superblock at xq, xd, xso.
+    // SAFETY: the caller guarantees a packed row of `blocks` blocks at `w`, and 512 quants and
+    // 16 factors per superblock at xq, xd, xso.
     unsafe {
-        let layout = const { layout_of(L) };
         let sbb = const { layout_of(L).superblock_bytes() };
-        let hb = const { layout_of(L).head_bytes() };
+        let (full, tail) = (blocks / 16, blocks % 16);
         let mut acc = _mm512_setzero_ps();
-        for s in 0..superblocks {
-            let x = xq.add(s * 512);
-            let ws = w.add(s * sbb);
-            // The hardware prefetcher alone leaves Q4_0 decode well below a plain read's
-            // bandwidth here; asking for the lines 8 KiB ahead into L2 closes most of the gap.
-            // `wrapping_add`: prefetches past the end of the matrix are harmless, but must not
-            // be pointer arithmetic out of bounds.
-            let a = ws.wrapping_add(PREFETCH_AHEAD);
-            for o in (0..sbb).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
-            }
-            let mut p = [_mm512_setzero_si512(); 2];
-            if layout.nibbles() && !layout.grid() {
-                // High nibbles are masked in place (16 × their value) and the sum shifted back
-                // once per superblock, not shifted per operand: 512-bit shifts share port 0
-                // with `vpdpbusd` on this class of processor, and the four shifts per
-                // superblock held Q4_0 at 26 GB/s where Q8_0 streamed at 30 (TinyLlama decode
-                // 1.13×). The products stay far inside i32 (4 × 240 × 128 per step).
-                let m4 = _mm512_set1_epi8(0x0f);
-                let mh = _mm512_set1_epi8(0xf0u8 as i8);
-                for u in 0..4 {
-                    let x0 = _mm512_loadu_si512(x.add(128 * u) as *const __m512i);
-                    let x1 = _mm512_loadu_si512(x.add(128 * u + 64) as *const __m512i);
-                    let z = _mm512_loadu_si512(ws.add(hb + 64 * u) as *const __m512i);
-                    p[0] = _mm512_dpbusd_epi32(p[0], _mm512_and_si512(z, m4), x0);
-                    p[1] = _mm512_dpbusd_epi32(p[1], _mm512_and_si512(z, mh), x1);
-                }
-                p[1] = _mm512_srai_epi32::<4>(p[1]);
-            } else {
-                for st in 0..8 {
-                    let xv = _mm512_loadu_si512(x.add(64 * st) as *const __m512i);
-                    let z = if L == L_Q6 {
-                        q6_operand(ws.add(hb), st)
-                    } else if layout.five_bit() {
-                        q5_operand(ws.add(hb), st)
-                    } else if layout.grid() {
-                        iq4_operand(ws.add(hb), st)
-                    } else {
-                        _mm512_loadu_si512(ws.add(hb + 64 * st) as *const __m512i)
-                    };
-                    // Q6: the chains are the two half blocks, each with its own scale.
-                    let c = if L == L_Q6 { st / 4 } else { st % 2 };
-                    p[c] = _mm512_dpbusd_epi32(p[c], z, xv);
-                }
-            }
-            let (sw, mw) = packed_head(layout, ws);
-            let xdv = _mm512_loadu_ps(xd.add(s * 16));
-            let so = _mm512_loadu_ps(xso[0].add(s * 16));
-            if L == L_Q6 {
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[0]), _mm512_mul_ps(sw, xdv), acc);
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[1]), _mm512_mul_ps(mw, xdv), acc);
-                acc = _mm512_fnmadd_ps(sw, so, acc);
-                acc = _mm512_fnmadd_ps(mw, _mm512_loadu_ps(xso[1].add(s * 16)), acc);
-            } else {
-                let d = _mm512_mul_ps(sw, xdv);
-                let sum = _mm512_add_epi32(p[0], p[1]);
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc);
-                acc = _mm512_fnmadd_ps(mw, so, acc);
-            }
+        for s in 0..full {
+            acc = superblock_dot::<L>(w.add(s * sbb), s, xq, xd, xso, Geo::FULL, acc);
+        }
+        if tail > 0 {
+            acc = superblock_dot::<L>(w.add(full * sbb), full, xq, xd, xso, Geo::tail(tail), acc);
         }
         _mm512_reduce_add_ps(acc)
+    }
+}
+
+/// Superblock `s` of a row, at `ws`, against the activations' superblock `s`, added to `acc`.
+#[inline(always)]
+unsafe fn superblock_dot<const L: u8>(
+    ws: *const u8,
+    s: usize,
+    xq: *const i8,
+    xd: *const f32,
+    xso: [*const f32; 2],
+    g: Geo,
+    mut acc: __m512,
+) -> __m512 {
+    // SAFETY: as for `dot_packed_vnni`.
+    unsafe {
+        let layout = const { layout_of(L) };
+        let sbb = layout.superblock_bytes_n(g.n);
+        let hb = layout.head_bytes_n(g.n);
+        let x = xq.add(s * 512);
+        // The hardware prefetcher alone leaves Q4_0 decode well below a plain read's
+        // bandwidth here; asking for the lines 8 KiB ahead into L2 closes most of the gap.
+        // `wrapping_add`: prefetches past the end of the matrix are harmless, but must not
+        // be pointer arithmetic out of bounds.
+        let a = ws.wrapping_add(PREFETCH_AHEAD);
+        for o in (0..sbb).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
+        }
+        let mut p = [_mm512_setzero_si512(); 2];
+        if layout.nibbles() && !layout.grid() {
+            // High nibbles are masked in place (16 × their value) and the sum shifted back
+            // once per superblock, not shifted per operand: 512-bit shifts share port 0
+            // with `vpdpbusd` on this class of processor, and the four shifts per
+            // superblock held Q4_0 at 26 GB/s where Q8_0 streamed at 30 (TinyLlama decode
+            // 1.13×). The products stay far inside i32 (4 × 240 × 128 per step).
+            let m4 = _mm512_set1_epi8(0x0f);
+            let mh = _mm512_set1_epi8(0xf0u8 as i8);
+            for u in 0..4 {
+                let x0 = _mm512_loadu_si512(x.add(128 * u) as *const __m512i);
+                let x1 = _mm512_loadu_si512(x.add(128 * u + 64) as *const __m512i);
+                let z = load_step(ws.add(hb + g.v * u), g);
+                p[0] = _mm512_dpbusd_epi32(p[0], _mm512_and_si512(z, m4), x0);
+                p[1] = _mm512_dpbusd_epi32(p[1], _mm512_and_si512(z, mh), x1);
+            }
+            p[1] = _mm512_srai_epi32::<4>(p[1]);
+        } else {
+            for st in 0..8 {
+                let xv = _mm512_loadu_si512(x.add(64 * st) as *const __m512i);
+                let z = if L == L_Q6 {
+                    q6_operand(ws.add(hb), st, g)
+                } else if layout.five_bit() {
+                    q5_operand(ws.add(hb), st, g)
+                } else if layout.grid() {
+                    iq4_operand(ws.add(hb), st, g)
+                } else {
+                    load_step(ws.add(hb + g.v * st), g)
+                };
+                // Q6: the chains are the two half blocks, each with its own scale.
+                let c = if L == L_Q6 { st / 4 } else { st % 2 };
+                p[c] = _mm512_dpbusd_epi32(p[c], z, xv);
+            }
+        }
+        let (sw, mw) = packed_head(layout, ws, g);
+        let xdv = _mm512_loadu_ps(xd.add(s * 16));
+        let so = _mm512_loadu_ps(xso[0].add(s * 16));
+        if L == L_Q6 {
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[0]), _mm512_mul_ps(sw, xdv), acc);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[1]), _mm512_mul_ps(mw, xdv), acc);
+            acc = _mm512_fnmadd_ps(sw, so, acc);
+            acc = _mm512_fnmadd_ps(mw, _mm512_loadu_ps(xso[1].add(s * 16)), acc);
+        } else {
+            let d = _mm512_mul_ps(sw, xdv);
+            let sum = _mm512_add_epi32(p[0], p[1]);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc);
+            acc = _mm512_fnmadd_ps(mw, so, acc);
+        }
+        acc
     }
 }
 
 /// Two packed rows × four tokens: each weight operand feeds four `vpdpbusd`, each activation
 /// operand two, so the nibble unpacking and the loads are shared and the kernel runs on the dot
 /// instructions (64 multiply-adds each, about five times f32 FMA on this class of processor).
-/// `rows[i]` points at row i, `xq/xd/xso[t]` at token t's packed activations.
+/// `rows[i]` points at row i (of `blocks` blocks), `xq/xd/xso[t]` at token t's packed
+/// activations.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn tile2x4_packed_vnni<const L: u8>(
     rows: [*const u8; 2],
-    superblocks: usize,
+    blocks: usize,
     xq: [*const i8; 4],
     xd: [*const f32; 4],
     xso: [[*const f32; 2]; 4],
 ) -> [[f32; 2]; 4] {
     // SAFETY: as for `dot_packed_vnni`, for both rows and all four tokens.
     unsafe {
-        // The layout is a constant: with it a run-time value, choosing between the two sets of
-        // Q6 accumulators kept all of them in memory, which cost Q4_0 prompts a third.
-        let layout = const { layout_of(L) };
-        let (sbb, hb) = const { (layout_of(L).superblock_bytes(), layout_of(L).head_bytes()) };
-        let q6 = L == L_Q6;
+        let sbb = const { layout_of(L).superblock_bytes() };
+        let (full, tail) = (blocks / 16, blocks % 16);
         let mut acc = [[_mm512_setzero_ps(); 2]; 4];
-        for s in 0..superblocks {
-            let w0 = rows[0].add(s * sbb);
-            let w1 = rows[1].add(s * sbb);
-            // As in the decode kernel: a batch of a few tokens (continuous batching) is bound by
-            // the weight stream, which stalled on its loads without the lines requested ahead.
-            for w in [w0, w1] {
-                let a = w.wrapping_add(PREFETCH_AHEAD);
-                for o in (0..sbb).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
-                }
-            }
-            if q6 {
-                // Each half block under its own scale, one half after the other: with both
-                // halves' sums live at once (16 accumulators beside the 8 sums and 8 operands)
-                // the registers spilled, and Q6_K prompts ran at half of Q4_K's rate.
-                let heads = [packed_head(layout, w0), packed_head(layout, w1)];
-                // `half` picks the step range, the factor and each token's offset sums alike.
-                #[allow(clippy::needless_range_loop)]
-                for half in 0..2 {
-                    let mut p = [[_mm512_setzero_si512(); 2]; 4];
-                    let ops1: [__m512i; 4] =
-                        std::array::from_fn(|k| q6_operand(w1.add(hb), 4 * half + k));
-                    for (k, &wq1) in ops1.iter().enumerate() {
-                        let step = 4 * half + k;
-                        let wq0 = q6_operand(w0.add(hb), step);
-                        for t in 0..4 {
-                            let xv = _mm512_loadu_si512(
-                                xq[t].add(s * 512 + 64 * step) as *const __m512i
-                            );
-                            p[t][0] = _mm512_dpbusd_epi32(p[t][0], wq0, xv);
-                            p[t][1] = _mm512_dpbusd_epi32(p[t][1], wq1, xv);
-                        }
-                    }
-                    for t in 0..4 {
-                        let d = _mm512_loadu_ps(xd[t].add(s * 16));
-                        let so = _mm512_loadu_ps(xso[t][half].add(s * 16));
-                        for r in 0..2 {
-                            let f = if half == 0 { heads[r].0 } else { heads[r].1 };
-                            acc[t][r] = _mm512_fmadd_ps(
-                                _mm512_cvtepi32_ps(p[t][r]),
-                                _mm512_mul_ps(f, d),
-                                acc[t][r],
-                            );
-                            acc[t][r] = _mm512_fnmadd_ps(f, so, acc[t][r]);
-                        }
-                    }
-                }
-                continue;
-            }
-            let mut p = [[_mm512_setzero_si512(); 2]; 4];
-            let mut ops1 = [_mm512_setzero_si512(); 8];
-            for_each_operand(layout, w1.add(hb), |step, wq| ops1[step] = wq);
-            for_each_operand(layout, w0.add(hb), |step, wq0| {
-                let wq1 = ops1[step];
-                for t in 0..4 {
-                    let xv = _mm512_loadu_si512(xq[t].add(s * 512 + 64 * step) as *const __m512i);
-                    p[t][0] = _mm512_dpbusd_epi32(p[t][0], wq0, xv);
-                    p[t][1] = _mm512_dpbusd_epi32(p[t][1], wq1, xv);
-                }
-            });
-            let heads = [packed_head(layout, w0), packed_head(layout, w1)];
-            for t in 0..4 {
-                let d = _mm512_loadu_ps(xd[t].add(s * 16));
-                let so = _mm512_loadu_ps(xso[t][0].add(s * 16));
-                for r in 0..2 {
-                    let (sw, mw) = heads[r];
-                    let f = _mm512_mul_ps(sw, d);
-                    acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[t][r]), f, acc[t][r]);
-                    acc[t][r] = _mm512_fnmadd_ps(mw, so, acc[t][r]);
-                }
-            }
+        for s in 0..full {
+            let w = [rows[0].add(s * sbb), rows[1].add(s * sbb)];
+            tile_superblock::<L>(w, s, xq, xd, xso, Geo::FULL, &mut acc);
+        }
+        if tail > 0 {
+            let w = [rows[0].add(full * sbb), rows[1].add(full * sbb)];
+            tile_superblock::<L>(w, full, xq, xd, xso, Geo::tail(tail), &mut acc);
         }
         let mut out = [[0f32; 2]; 4];
         for (o, a) in out.iter_mut().zip(acc) {
@@ -469,5 +482,92 @@ pub unsafe fn tile2x4_packed_vnni<const L: u8>(
             }
         }
         out
+    }
+}
+
+/// Superblock `s` of two rows (at `w`) against superblock `s` of four tokens, added to `acc`.
+#[inline(always)]
+unsafe fn tile_superblock<const L: u8>(
+    [w0, w1]: [*const u8; 2],
+    s: usize,
+    xq: [*const i8; 4],
+    xd: [*const f32; 4],
+    xso: [[*const f32; 2]; 4],
+    g: Geo,
+    acc: &mut [[__m512; 2]; 4],
+) {
+    // SAFETY: as for `tile2x4_packed_vnni`.
+    unsafe {
+        // The layout is a constant: with it a run-time value, choosing between the two sets of
+        // Q6 accumulators kept all of them in memory, which cost Q4_0 prompts a third.
+        let layout = const { layout_of(L) };
+        let (sbb, hb) = (layout.superblock_bytes_n(g.n), layout.head_bytes_n(g.n));
+        // As in the decode kernel: a batch of a few tokens (continuous batching) is bound by
+        // the weight stream, which stalled on its loads without the lines requested ahead.
+        for w in [w0, w1] {
+            let a = w.wrapping_add(PREFETCH_AHEAD);
+            for o in (0..sbb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
+            }
+        }
+        if L == L_Q6 {
+            // Each half block under its own scale, one half after the other: with both
+            // halves' sums live at once (16 accumulators beside the 8 sums and 8 operands)
+            // the registers spilled, and Q6_K prompts ran at half of Q4_K's rate.
+            let heads = [packed_head(layout, w0, g), packed_head(layout, w1, g)];
+            // `half` picks the step range, the factor and each token's offset sums alike.
+            #[allow(clippy::needless_range_loop)]
+            for half in 0..2 {
+                let mut p = [[_mm512_setzero_si512(); 2]; 4];
+                let ops1: [__m512i; 4] =
+                    std::array::from_fn(|k| q6_operand(w1.add(hb), 4 * half + k, g));
+                for (k, &wq1) in ops1.iter().enumerate() {
+                    let step = 4 * half + k;
+                    let wq0 = q6_operand(w0.add(hb), step, g);
+                    for t in 0..4 {
+                        let xv =
+                            _mm512_loadu_si512(xq[t].add(s * 512 + 64 * step) as *const __m512i);
+                        p[t][0] = _mm512_dpbusd_epi32(p[t][0], wq0, xv);
+                        p[t][1] = _mm512_dpbusd_epi32(p[t][1], wq1, xv);
+                    }
+                }
+                for t in 0..4 {
+                    let d = _mm512_loadu_ps(xd[t].add(s * 16));
+                    let so = _mm512_loadu_ps(xso[t][half].add(s * 16));
+                    for r in 0..2 {
+                        let f = if half == 0 { heads[r].0 } else { heads[r].1 };
+                        acc[t][r] = _mm512_fmadd_ps(
+                            _mm512_cvtepi32_ps(p[t][r]),
+                            _mm512_mul_ps(f, d),
+                            acc[t][r],
+                        );
+                        acc[t][r] = _mm512_fnmadd_ps(f, so, acc[t][r]);
+                    }
+                }
+            }
+            return;
+        }
+        let mut p = [[_mm512_setzero_si512(); 2]; 4];
+        let mut ops1 = [_mm512_setzero_si512(); 8];
+        for_each_operand(layout, w1.add(hb), g, |step, wq| ops1[step] = wq);
+        for_each_operand(layout, w0.add(hb), g, |step, wq0| {
+            let wq1 = ops1[step];
+            for t in 0..4 {
+                let xv = _mm512_loadu_si512(xq[t].add(s * 512 + 64 * step) as *const __m512i);
+                p[t][0] = _mm512_dpbusd_epi32(p[t][0], wq0, xv);
+                p[t][1] = _mm512_dpbusd_epi32(p[t][1], wq1, xv);
+            }
+        });
+        let heads = [packed_head(layout, w0, g), packed_head(layout, w1, g)];
+        for t in 0..4 {
+            let d = _mm512_loadu_ps(xd[t].add(s * 16));
+            let so = _mm512_loadu_ps(xso[t][0].add(s * 16));
+            for r in 0..2 {
+                let (sw, mw) = heads[r];
+                let f = _mm512_mul_ps(sw, d);
+                acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[t][r]), f, acc[t][r]);
+                acc[t][r] = _mm512_fnmadd_ps(mw, so, acc[t][r]);
+            }
+        }
     }
 }
