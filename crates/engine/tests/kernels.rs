@@ -262,7 +262,8 @@ fn packed_layout_matches_ggml_layout() {
         (WeightType::IQ4_XS, 4864),
         (WeightType::IQ4_NL, 800),
         (WeightType::IQ4_XS, 768),
-        // Prompts on these narrow, little-padded rows take the bf16 tiles in the packed order.
+        // Prompts on these narrow rows take the bf16 tiles: in the packed order at whole
+        // superblocks (1024), put back in the natural order with a tail (896, 1280).
         (WeightType::Q5_0, 896),
         (WeightType::Q4_1, 1024),
         (WeightType::Q6K, 1280),

@@ -539,6 +539,7 @@ pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
 
 /// The quant of value `i` (0..32) of lane `l` in a packed superblock of `g.n` lanes: signed
 /// (offset taken off) for Q8, Q6, Q5 and Q4, unsigned for Q4M and Q5M.
+#[inline(always)]
 fn packed_quant(layout: Layout, quants: &[u8], g: Geom, l: usize, i: usize) -> i32 {
     let (s, j, v) = (i / 4, i % 4, g.v());
     match layout.body() {
@@ -573,6 +574,7 @@ pub fn head_factors(layout: Layout, head: &[u8], l: usize) -> (f32, f32) {
 }
 
 /// [`head_factors`] of a superblock of `n` lanes.
+#[inline(always)]
 fn head_factors_n(layout: Layout, head: &[u8], n: usize, l: usize) -> (f32, f32) {
     let f32_at = |i: usize| f32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
     match layout.head() {
@@ -616,21 +618,35 @@ fn superblocks_of(layout: Layout, row: &[u8]) -> impl Iterator<Item = (Geom, &[u
 pub fn dequantize_row(dtype: WeightType, src: &[u8], out: &mut [f32]) {
     let layout = Layout::of_packed(dtype);
     for (si, (g, head, quants)) in superblocks_of(layout, src).enumerate() {
-        for l in 0..g.n {
-            let Some(o) = out.get_mut((si * SB + l) * QK..(si * SB + l + 1) * QK) else {
-                return;
+        let Some(out) = out.get_mut(si * SB * QK..) else {
+            return;
+        };
+        // Whole superblocks with constant offsets (prompts on narrow packed matrices
+        // dequantize every row this way).
+        if g.n == SB {
+            dequantize_superblock(layout, Geom { n: SB }, head, quants, out);
+        } else {
+            dequantize_superblock(layout, g, head, quants, out);
+        }
+    }
+}
+
+#[inline(always)]
+fn dequantize_superblock(layout: Layout, g: Geom, head: &[u8], quants: &[u8], out: &mut [f32]) {
+    for l in 0..g.n {
+        let Some(o) = out.get_mut(l * QK..(l + 1) * QK) else {
+            return;
+        };
+        let (d, m) = head_factors_n(layout, head, g.n, l);
+        for (i, o) in o.iter_mut().enumerate() {
+            let q = packed_quant(layout, quants, g, l, i) as f32;
+            *o = if layout.has_offset() {
+                d * q + m
+            } else if layout == Layout::Q6 && i >= QK / 2 {
+                m * q
+            } else {
+                d * q
             };
-            let (d, m) = head_factors_n(layout, head, g.n, l);
-            for (i, o) in o.iter_mut().enumerate() {
-                let q = packed_quant(layout, quants, g, l, i) as f32;
-                *o = if layout.has_offset() {
-                    d * q + m
-                } else if layout == Layout::Q6 && i >= QK / 2 {
-                    m * q
-                } else {
-                    d * q
-                };
-            }
         }
     }
 }

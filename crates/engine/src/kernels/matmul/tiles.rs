@@ -149,6 +149,35 @@ pub(super) fn tiles_packed(
 #[cfg(target_arch = "x86_64")]
 pub(super) fn rows_to_bf16(w: &QMatrix<'_>, r0: usize, nr: usize, wb: &mut [u16]) -> bool {
     let k = w.cols;
+    if let (true, Some(layout)) = (w.packed, crate::kernels::packed::Layout::of(w.dtype)) {
+        // The SIMD conversion in the packed order, then each block's four-value groups put
+        // back in order (one 8-byte move each): the scalar dequantizer took a tenth of a
+        // SmolLM2 prompt.
+        use crate::kernels::packed::{SB, STEPS, superblocks};
+        let mut tmp = vec![0u16; superblocks(k) * SB * QK];
+        for r in 0..nr {
+            // SAFETY: a packed row of k / 32 blocks (checked by `check`), room for 512 values
+            // per superblock in tmp; AVX-512 BF16 detected by the callers.
+            unsafe {
+                crate::kernels::x86::packed_row_to_bf16(
+                    layout,
+                    w.row(r0 + r).as_ptr(),
+                    k / QK,
+                    tmp.as_mut_ptr(),
+                )
+            };
+            let dst = &mut wb[r * k..(r + 1) * k];
+            for (b, blk) in dst.chunks_exact_mut(QK).enumerate() {
+                let (si, l) = (b / SB, b % SB);
+                for st in 0..STEPS {
+                    let at = si * SB * QK + 64 * st + 4 * l;
+                    blk[4 * st..4 * st + 4].copy_from_slice(&tmp[at..at + 4]);
+                }
+            }
+        }
+        wb[nr * k..].fill(0);
+        return true;
+    }
     let mut f = vec![0f32; wb.len()];
     let bytes = &w.data[r0 * w.row_bytes()..(r0 + nr) * w.row_bytes()];
     if w.dequantize_rows(bytes, &mut f[..nr * k]).is_err() {
@@ -435,11 +464,11 @@ pub(super) fn bf16_tiles(
     use crate::kernels::packed::{Layout, SB, superblocks};
     let (rows, k) = (w.rows, w.cols);
     // Packed rows convert to bf16 with SIMD in their own order (`x86::packed_row_to_bf16`), so
-    // the activations take that order too, the tail superblock's missing lanes included, as for
-    // AMX. Where those are many (SmolLM2's 576 columns fill 1024), the products over them cost
-    // more than a scalar conversion to the natural order saves.
+    // the activations take that order too, as for AMX. A row with a tail superblock would then
+    // multiply its missing lanes too (SmolLM2's 576 columns fill 1024, Qwen2.5-0.5B's 896):
+    // there the rows are put back in the natural order (`rows_to_bf16`).
     let padded = superblocks(k) * SB * QK;
-    let layout = if w.packed && 4 * padded <= 5 * k {
+    let layout = if w.packed && padded == k {
         Layout::of(w.dtype)
     } else {
         None

@@ -168,18 +168,22 @@ pub unsafe fn packed_row_to_bf16(
         let sbb = layout.superblock_bytes();
         let (full, tail) = (blocks / 16, blocks % 16);
         for si in 0..full {
-            superblock_to_bf16(layout, row.add(si * sbb), Geo::FULL, out.add(si * 512));
+            superblock_to_bf16::<false>(layout, row.add(si * sbb), Geo::FULL, out.add(si * 512));
         }
         if tail > 0 {
             let (sb, o) = (row.add(full * sbb), out.add(full * 512));
-            superblock_to_bf16(layout, sb, Geo::tail(tail), o);
+            superblock_to_bf16::<true>(layout, sb, Geo::tail(tail), o);
         }
     }
 }
 
-/// One superblock of [`packed_row_to_bf16`].
-#[inline(always)]
-unsafe fn superblock_to_bf16(
+/// One superblock of [`packed_row_to_bf16`] (a tail if `TAIL`; see `vnni::superblock_dots` for
+/// the attributes).
+// Not `inline(always)` (which excludes target features): its closures must be compiled with
+// the features, or the intrinsics in them become calls.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn superblock_to_bf16<const TAIL: bool>(
     layout: crate::kernels::packed::Layout,
     sb: *const u8,
     g: super::vnni::Geo,
@@ -188,6 +192,7 @@ unsafe fn superblock_to_bf16(
     use crate::kernels::packed::Layout;
     // SAFETY: as for `packed_row_to_bf16`.
     unsafe {
+        let g = if TAIL { g } else { super::vnni::Geo::FULL };
         let offset = _mm512_set1_epi32(match layout.body() {
             Layout::Q4 => 8,
             Layout::Q4M | Layout::Q5M => 0,

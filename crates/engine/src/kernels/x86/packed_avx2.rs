@@ -201,22 +201,23 @@ pub unsafe fn dot_packed_avx2<const L: u8>(
         let sbb = const { layout_of(L).superblock_bytes() };
         let (full, tail) = (blocks / 16, blocks % 16);
         let mut acc = [_mm256_setzero_ps(); 2];
-        for s in 0..full {
-            superblock_dot_avx2::<L>(w.add(s * sbb), s, xq, xd, xso, &mut acc);
-        }
+        superblock_dots_avx2::<L>(w, 0, full, xq, xd, xso, &mut acc);
         if tail > 0 {
             let buf = widened_tail(layout_of(L), w.add(full * sbb), tail);
-            superblock_dot_avx2::<L>(buf.as_ptr(), full, xq, xd, xso, &mut acc);
+            superblock_dots_avx2::<L>(buf.as_ptr(), full, 1, xq, xd, xso, &mut acc);
         }
         hsum(_mm256_add_ps(acc[0], acc[1]))
     }
 }
 
-/// Superblock `s` of a row, at `ws`, against the activations' superblock `s`, added to `acc`.
-#[inline(always)]
-unsafe fn superblock_dot_avx2<const L: u8>(
-    ws: *const u8,
-    s: usize,
+/// Superblocks `s0..s0 + count` of a row, the first at `w`, against the activations' same
+/// superblocks, added to `acc` (see `vnni::superblock_dots` for the attributes).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn superblock_dots_avx2<const L: u8>(
+    w: *const u8,
+    s0: usize,
+    count: usize,
     xq: *const i8,
     xd: *const f32,
     xso: [*const f32; 2],
@@ -228,7 +229,9 @@ unsafe fn superblock_dot_avx2<const L: u8>(
         let sbb = const { layout_of(L).superblock_bytes() };
         let hb = const { layout_of(L).head_bytes() };
         let m4 = _mm256_set1_epi8(0x0f);
-        {
+        let mut acc_r = *acc;
+        for i in 0..count {
+            let (ws, s, acc) = (w.add(i * sbb), s0 + i, &mut acc_r);
             let x = xq.add(s * 512);
             let a = ws.wrapping_add(PREFETCH_AHEAD);
             for o in (0..sbb).step_by(64) {
@@ -295,6 +298,7 @@ unsafe fn superblock_dot_avx2<const L: u8>(
                 }
             }
         }
+        *acc = acc_r;
     }
 }
 

@@ -362,21 +362,27 @@ pub unsafe fn dot_packed_vnni<const L: u8>(
         let sbb = const { layout_of(L).superblock_bytes() };
         let (full, tail) = (blocks / 16, blocks % 16);
         let mut acc = _mm512_setzero_ps();
-        for s in 0..full {
-            acc = superblock_dot::<L>(w.add(s * sbb), s, xq, xd, xso, Geo::FULL, acc);
-        }
+        acc = superblock_dots::<L, false>(w, 0, full, xq, xd, xso, Geo::FULL, acc);
         if tail > 0 {
-            acc = superblock_dot::<L>(w.add(full * sbb), full, xq, xd, xso, Geo::tail(tail), acc);
+            let g = Geo::tail(tail);
+            acc = superblock_dots::<L, true>(w.add(full * sbb), full, 1, xq, xd, xso, g, acc);
         }
         _mm512_reduce_add_ps(acc)
     }
 }
 
-/// Superblock `s` of a row, at `ws`, against the activations' superblock `s`, added to `acc`.
-#[inline(always)]
-unsafe fn superblock_dot<const L: u8>(
-    ws: *const u8,
-    s: usize,
+/// Superblocks `s0..s0 + count` of a row, the first at `w`, against the activations' same
+/// superblocks, added to `acc`: whole ones, or (`TAIL`) one tail of `g.n` lanes.
+// Not `inline(always)` (which excludes target features): its closures must be compiled with
+// the features, or the intrinsics in them become calls. `TAIL` a constant keeps the whole
+// superblocks' loads plain and their offsets constant where it is not inlined.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn superblock_dots<const L: u8, const TAIL: bool>(
+    w: *const u8,
+    s0: usize,
+    count: usize,
     xq: *const i8,
     xd: *const f32,
     xso: [*const f32; 2],
@@ -385,65 +391,70 @@ unsafe fn superblock_dot<const L: u8>(
 ) -> __m512 {
     // SAFETY: as for `dot_packed_vnni`.
     unsafe {
-        let layout = const { layout_of(L) };
-        let sbb = layout.superblock_bytes_n(g.n);
-        let hb = layout.head_bytes_n(g.n);
-        let x = xq.add(s * 512);
-        // The hardware prefetcher alone leaves Q4_0 decode well below a plain read's
-        // bandwidth here; asking for the lines 8 KiB ahead into L2 closes most of the gap.
-        // `wrapping_add`: prefetches past the end of the matrix are harmless, but must not
-        // be pointer arithmetic out of bounds.
-        let a = ws.wrapping_add(PREFETCH_AHEAD);
-        for o in (0..sbb).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
-        }
-        let mut p = [_mm512_setzero_si512(); 2];
-        if layout.nibbles() && !layout.grid() {
-            // High nibbles are masked in place (16 × their value) and the sum shifted back
-            // once per superblock, not shifted per operand: 512-bit shifts share port 0
-            // with `vpdpbusd` on this class of processor, and the four shifts per
-            // superblock held Q4_0 at 26 GB/s where Q8_0 streamed at 30 (TinyLlama decode
-            // 1.13×). The products stay far inside i32 (4 × 240 × 128 per step).
-            let m4 = _mm512_set1_epi8(0x0f);
-            let mh = _mm512_set1_epi8(0xf0u8 as i8);
-            for u in 0..4 {
-                let x0 = _mm512_loadu_si512(x.add(128 * u) as *const __m512i);
-                let x1 = _mm512_loadu_si512(x.add(128 * u + 64) as *const __m512i);
-                let z = load_step(ws.add(hb + g.v * u), g);
-                p[0] = _mm512_dpbusd_epi32(p[0], _mm512_and_si512(z, m4), x0);
-                p[1] = _mm512_dpbusd_epi32(p[1], _mm512_and_si512(z, mh), x1);
+        let g = if TAIL { g } else { Geo::FULL };
+        let stride = const { layout_of(L).superblock_bytes() };
+        for i in 0..count {
+            let (ws, s) = (w.add(i * stride), s0 + i);
+            let layout = const { layout_of(L) };
+            let sbb = layout.superblock_bytes_n(g.n);
+            let hb = layout.head_bytes_n(g.n);
+            let x = xq.add(s * 512);
+            // The hardware prefetcher alone leaves Q4_0 decode well below a plain read's
+            // bandwidth here; asking for the lines 8 KiB ahead into L2 closes most of the gap.
+            // `wrapping_add`: prefetches past the end of the matrix are harmless, but must not
+            // be pointer arithmetic out of bounds.
+            let a = ws.wrapping_add(PREFETCH_AHEAD);
+            for o in (0..sbb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
             }
-            p[1] = _mm512_srai_epi32::<4>(p[1]);
-        } else {
-            for st in 0..8 {
-                let xv = _mm512_loadu_si512(x.add(64 * st) as *const __m512i);
-                let z = if L == L_Q6 {
-                    q6_operand(ws.add(hb), st, g)
-                } else if layout.five_bit() {
-                    q5_operand(ws.add(hb), st, g)
-                } else if layout.grid() {
-                    iq4_operand(ws.add(hb), st, g)
-                } else {
-                    load_step(ws.add(hb + g.v * st), g)
-                };
-                // Q6: the chains are the two half blocks, each with its own scale.
-                let c = if L == L_Q6 { st / 4 } else { st % 2 };
-                p[c] = _mm512_dpbusd_epi32(p[c], z, xv);
+            let mut p = [_mm512_setzero_si512(); 2];
+            if layout.nibbles() && !layout.grid() {
+                // High nibbles are masked in place (16 × their value) and the sum shifted back
+                // once per superblock, not shifted per operand: 512-bit shifts share port 0
+                // with `vpdpbusd` on this class of processor, and the four shifts per
+                // superblock held Q4_0 at 26 GB/s where Q8_0 streamed at 30 (TinyLlama decode
+                // 1.13×). The products stay far inside i32 (4 × 240 × 128 per step).
+                let m4 = _mm512_set1_epi8(0x0f);
+                let mh = _mm512_set1_epi8(0xf0u8 as i8);
+                for u in 0..4 {
+                    let x0 = _mm512_loadu_si512(x.add(128 * u) as *const __m512i);
+                    let x1 = _mm512_loadu_si512(x.add(128 * u + 64) as *const __m512i);
+                    let z = load_step(ws.add(hb + g.v * u), g);
+                    p[0] = _mm512_dpbusd_epi32(p[0], _mm512_and_si512(z, m4), x0);
+                    p[1] = _mm512_dpbusd_epi32(p[1], _mm512_and_si512(z, mh), x1);
+                }
+                p[1] = _mm512_srai_epi32::<4>(p[1]);
+            } else {
+                for st in 0..8 {
+                    let xv = _mm512_loadu_si512(x.add(64 * st) as *const __m512i);
+                    let z = if L == L_Q6 {
+                        q6_operand(ws.add(hb), st, g)
+                    } else if layout.five_bit() {
+                        q5_operand(ws.add(hb), st, g)
+                    } else if layout.grid() {
+                        iq4_operand(ws.add(hb), st, g)
+                    } else {
+                        load_step(ws.add(hb + g.v * st), g)
+                    };
+                    // Q6: the chains are the two half blocks, each with its own scale.
+                    let c = if L == L_Q6 { st / 4 } else { st % 2 };
+                    p[c] = _mm512_dpbusd_epi32(p[c], z, xv);
+                }
             }
-        }
-        let (sw, mw) = packed_head(layout, ws, g);
-        let xdv = _mm512_loadu_ps(xd.add(s * 16));
-        let so = _mm512_loadu_ps(xso[0].add(s * 16));
-        if L == L_Q6 {
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[0]), _mm512_mul_ps(sw, xdv), acc);
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[1]), _mm512_mul_ps(mw, xdv), acc);
-            acc = _mm512_fnmadd_ps(sw, so, acc);
-            acc = _mm512_fnmadd_ps(mw, _mm512_loadu_ps(xso[1].add(s * 16)), acc);
-        } else {
-            let d = _mm512_mul_ps(sw, xdv);
-            let sum = _mm512_add_epi32(p[0], p[1]);
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc);
-            acc = _mm512_fnmadd_ps(mw, so, acc);
+            let (sw, mw) = packed_head(layout, ws, g);
+            let xdv = _mm512_loadu_ps(xd.add(s * 16));
+            let so = _mm512_loadu_ps(xso[0].add(s * 16));
+            if L == L_Q6 {
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[0]), _mm512_mul_ps(sw, xdv), acc);
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[1]), _mm512_mul_ps(mw, xdv), acc);
+                acc = _mm512_fnmadd_ps(sw, so, acc);
+                acc = _mm512_fnmadd_ps(mw, _mm512_loadu_ps(xso[1].add(s * 16)), acc);
+            } else {
+                let d = _mm512_mul_ps(sw, xdv);
+                let sum = _mm512_add_epi32(p[0], p[1]);
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc);
+                acc = _mm512_fnmadd_ps(mw, so, acc);
+            }
         }
         acc
     }
@@ -467,13 +478,11 @@ pub unsafe fn tile2x4_packed_vnni<const L: u8>(
         let sbb = const { layout_of(L).superblock_bytes() };
         let (full, tail) = (blocks / 16, blocks % 16);
         let mut acc = [[_mm512_setzero_ps(); 2]; 4];
-        for s in 0..full {
-            let w = [rows[0].add(s * sbb), rows[1].add(s * sbb)];
-            tile_superblock::<L>(w, s, xq, xd, xso, Geo::FULL, &mut acc);
-        }
+        tile_superblocks::<L, false>(rows, 0, full, xq, xd, xso, Geo::FULL, &mut acc);
         if tail > 0 {
             let w = [rows[0].add(full * sbb), rows[1].add(full * sbb)];
-            tile_superblock::<L>(w, full, xq, xd, xso, Geo::tail(tail), &mut acc);
+            let g = Geo::tail(tail);
+            tile_superblocks::<L, true>(w, full, 1, xq, xd, xso, g, &mut acc);
         }
         let mut out = [[0f32; 2]; 4];
         for (o, a) in out.iter_mut().zip(acc) {
@@ -485,11 +494,16 @@ pub unsafe fn tile2x4_packed_vnni<const L: u8>(
     }
 }
 
-/// Superblock `s` of two rows (at `w`) against superblock `s` of four tokens, added to `acc`.
-#[inline(always)]
-unsafe fn tile_superblock<const L: u8>(
-    [w0, w1]: [*const u8; 2],
-    s: usize,
+/// Superblocks `s0..s0 + count` of two rows, the first at `rows`, against the same
+/// superblocks of four tokens, added to `acc`: whole ones, or (`TAIL`) one tail of `g.n` lanes
+/// (see [`superblock_dots`] for the attributes).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_superblocks<const L: u8, const TAIL: bool>(
+    rows: [*const u8; 2],
+    s0: usize,
+    count: usize,
     xq: [*const i8; 4],
     xd: [*const f32; 4],
     xso: [[*const f32; 2]; 4],
@@ -498,76 +512,86 @@ unsafe fn tile_superblock<const L: u8>(
 ) {
     // SAFETY: as for `tile2x4_packed_vnni`.
     unsafe {
-        // The layout is a constant: with it a run-time value, choosing between the two sets of
-        // Q6 accumulators kept all of them in memory, which cost Q4_0 prompts a third.
-        let layout = const { layout_of(L) };
-        let (sbb, hb) = (layout.superblock_bytes_n(g.n), layout.head_bytes_n(g.n));
-        // As in the decode kernel: a batch of a few tokens (continuous batching) is bound by
-        // the weight stream, which stalled on its loads without the lines requested ahead.
-        for w in [w0, w1] {
-            let a = w.wrapping_add(PREFETCH_AHEAD);
-            for o in (0..sbb).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
+        let g = if TAIL { g } else { Geo::FULL };
+        let stride = const { layout_of(L).superblock_bytes() };
+        // Local accumulators: the caller's stay in memory when this is not inlined.
+        let mut acc_r = *acc;
+        for i in 0..count {
+            let (s, w0, w1) = (s0 + i, rows[0].add(i * stride), rows[1].add(i * stride));
+            let acc = &mut acc_r;
+            // The layout is a constant: with it a run-time value, choosing between the two sets of
+            // Q6 accumulators kept all of them in memory, which cost Q4_0 prompts a third.
+            let layout = const { layout_of(L) };
+            let (sbb, hb) = (layout.superblock_bytes_n(g.n), layout.head_bytes_n(g.n));
+            // As in the decode kernel: a batch of a few tokens (continuous batching) is bound by
+            // the weight stream, which stalled on its loads without the lines requested ahead.
+            for w in [w0, w1] {
+                let a = w.wrapping_add(PREFETCH_AHEAD);
+                for o in (0..sbb).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
+                }
             }
-        }
-        if L == L_Q6 {
-            // Each half block under its own scale, one half after the other: with both
-            // halves' sums live at once (16 accumulators beside the 8 sums and 8 operands)
-            // the registers spilled, and Q6_K prompts ran at half of Q4_K's rate.
-            let heads = [packed_head(layout, w0, g), packed_head(layout, w1, g)];
-            // `half` picks the step range, the factor and each token's offset sums alike.
-            #[allow(clippy::needless_range_loop)]
-            for half in 0..2 {
-                let mut p = [[_mm512_setzero_si512(); 2]; 4];
-                let ops1: [__m512i; 4] =
-                    std::array::from_fn(|k| q6_operand(w1.add(hb), 4 * half + k, g));
-                for (k, &wq1) in ops1.iter().enumerate() {
-                    let step = 4 * half + k;
-                    let wq0 = q6_operand(w0.add(hb), step, g);
+            if L == L_Q6 {
+                // Each half block under its own scale, one half after the other: with both
+                // halves' sums live at once (16 accumulators beside the 8 sums and 8 operands)
+                // the registers spilled, and Q6_K prompts ran at half of Q4_K's rate.
+                let heads = [packed_head(layout, w0, g), packed_head(layout, w1, g)];
+                // `half` picks the step range, the factor and each token's offset sums alike.
+                #[allow(clippy::needless_range_loop)]
+                for half in 0..2 {
+                    let mut p = [[_mm512_setzero_si512(); 2]; 4];
+                    let ops1: [__m512i; 4] =
+                        std::array::from_fn(|k| q6_operand(w1.add(hb), 4 * half + k, g));
+                    for (k, &wq1) in ops1.iter().enumerate() {
+                        let step = 4 * half + k;
+                        let wq0 = q6_operand(w0.add(hb), step, g);
+                        for t in 0..4 {
+                            let xv = _mm512_loadu_si512(
+                                xq[t].add(s * 512 + 64 * step) as *const __m512i
+                            );
+                            p[t][0] = _mm512_dpbusd_epi32(p[t][0], wq0, xv);
+                            p[t][1] = _mm512_dpbusd_epi32(p[t][1], wq1, xv);
+                        }
+                    }
                     for t in 0..4 {
-                        let xv =
-                            _mm512_loadu_si512(xq[t].add(s * 512 + 64 * step) as *const __m512i);
-                        p[t][0] = _mm512_dpbusd_epi32(p[t][0], wq0, xv);
-                        p[t][1] = _mm512_dpbusd_epi32(p[t][1], wq1, xv);
+                        let d = _mm512_loadu_ps(xd[t].add(s * 16));
+                        let so = _mm512_loadu_ps(xso[t][half].add(s * 16));
+                        for r in 0..2 {
+                            let f = if half == 0 { heads[r].0 } else { heads[r].1 };
+                            acc[t][r] = _mm512_fmadd_ps(
+                                _mm512_cvtepi32_ps(p[t][r]),
+                                _mm512_mul_ps(f, d),
+                                acc[t][r],
+                            );
+                            acc[t][r] = _mm512_fnmadd_ps(f, so, acc[t][r]);
+                        }
                     }
                 }
+                continue;
+            }
+            let mut p = [[_mm512_setzero_si512(); 2]; 4];
+            let mut ops1 = [_mm512_setzero_si512(); 8];
+            for_each_operand(layout, w1.add(hb), g, |step, wq| ops1[step] = wq);
+            for_each_operand(layout, w0.add(hb), g, |step, wq0| {
+                let wq1 = ops1[step];
                 for t in 0..4 {
-                    let d = _mm512_loadu_ps(xd[t].add(s * 16));
-                    let so = _mm512_loadu_ps(xso[t][half].add(s * 16));
-                    for r in 0..2 {
-                        let f = if half == 0 { heads[r].0 } else { heads[r].1 };
-                        acc[t][r] = _mm512_fmadd_ps(
-                            _mm512_cvtepi32_ps(p[t][r]),
-                            _mm512_mul_ps(f, d),
-                            acc[t][r],
-                        );
-                        acc[t][r] = _mm512_fnmadd_ps(f, so, acc[t][r]);
-                    }
+                    let xv = _mm512_loadu_si512(xq[t].add(s * 512 + 64 * step) as *const __m512i);
+                    p[t][0] = _mm512_dpbusd_epi32(p[t][0], wq0, xv);
+                    p[t][1] = _mm512_dpbusd_epi32(p[t][1], wq1, xv);
+                }
+            });
+            let heads = [packed_head(layout, w0, g), packed_head(layout, w1, g)];
+            for t in 0..4 {
+                let d = _mm512_loadu_ps(xd[t].add(s * 16));
+                let so = _mm512_loadu_ps(xso[t][0].add(s * 16));
+                for r in 0..2 {
+                    let (sw, mw) = heads[r];
+                    let f = _mm512_mul_ps(sw, d);
+                    acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[t][r]), f, acc[t][r]);
+                    acc[t][r] = _mm512_fnmadd_ps(mw, so, acc[t][r]);
                 }
             }
-            return;
         }
-        let mut p = [[_mm512_setzero_si512(); 2]; 4];
-        let mut ops1 = [_mm512_setzero_si512(); 8];
-        for_each_operand(layout, w1.add(hb), g, |step, wq| ops1[step] = wq);
-        for_each_operand(layout, w0.add(hb), g, |step, wq0| {
-            let wq1 = ops1[step];
-            for t in 0..4 {
-                let xv = _mm512_loadu_si512(xq[t].add(s * 512 + 64 * step) as *const __m512i);
-                p[t][0] = _mm512_dpbusd_epi32(p[t][0], wq0, xv);
-                p[t][1] = _mm512_dpbusd_epi32(p[t][1], wq1, xv);
-            }
-        });
-        let heads = [packed_head(layout, w0, g), packed_head(layout, w1, g)];
-        for t in 0..4 {
-            let d = _mm512_loadu_ps(xd[t].add(s * 16));
-            let so = _mm512_loadu_ps(xso[t][0].add(s * 16));
-            for r in 0..2 {
-                let (sw, mw) = heads[r];
-                let f = _mm512_mul_ps(sw, d);
-                acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[t][r]), f, acc[t][r]);
-                acc[t][r] = _mm512_fnmadd_ps(mw, so, acc[t][r]);
-            }
-        }
+        *acc = acc_r;
     }
 }
