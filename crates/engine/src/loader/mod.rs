@@ -258,6 +258,10 @@ pub fn load(source: &str, gguf_file: Option<&str>, opts: &LoadOptions) -> Result
     if let Some(t) = target {
         weight_dtype = dtype_name(t).to_string();
     }
+    // The vocabulary's metadata values, freed once the tokenizer holds it, stay in the process
+    // until the heap is trimmed: trimmed only after the weights, they were the peak (Qwen2.5-0.5B:
+    // 60 MB of freed heap beside its 489 MB of packed weights).
+    crate::memory::release_free_heap();
     let model = build_model(&parts.cfg, parts.store.as_ref(), opts, &transform)?;
     crate::memory::release_free_heap();
     let template = match &parts.template {
