@@ -143,6 +143,32 @@ pub(super) fn tiles_packed(
     run_tasks(pool, tasks, threads, run);
 }
 
+/// Row `r` of a packed matrix rounded to bf16 in the packed order
+/// (`x86::packed_row_to_bf16`) into `out`, which must hold 512 values per superblock.
+///
+/// # Safety
+/// The processor must have AVX-512 BF16.
+#[cfg(target_arch = "x86_64")]
+unsafe fn packed_row_bf16(
+    w: &QMatrix<'_>,
+    layout: crate::kernels::packed::Layout,
+    r: usize,
+    out: &mut [u16],
+) {
+    use crate::kernels::packed::{SB, superblocks};
+    assert!(out.len() >= superblocks(w.cols) * SB * QK);
+    // SAFETY: a packed row of cols / 32 blocks (checked by `check`), room checked above;
+    // AVX-512 BF16 guaranteed by the caller.
+    unsafe {
+        crate::kernels::x86::packed_row_to_bf16(
+            layout,
+            w.row(r).as_ptr(),
+            w.cols / QK,
+            out.as_mut_ptr(),
+        )
+    }
+}
+
 /// Rows `r0..r0 + nr` of `w` dequantized and rounded to bf16 into `wb` (whole rows of `w.cols`
 /// values; `wb.len()` a multiple of 16, the rows past `nr` left zero). False if the rows cannot
 /// be converted.
@@ -156,16 +182,8 @@ pub(super) fn rows_to_bf16(w: &QMatrix<'_>, r0: usize, nr: usize, wb: &mut [u16]
         use crate::kernels::packed::{SB, STEPS, superblocks};
         let mut tmp = vec![0u16; superblocks(k) * SB * QK];
         for r in 0..nr {
-            // SAFETY: a packed row of k / 32 blocks (checked by `check`), room for 512 values
-            // per superblock in tmp; AVX-512 BF16 detected by the callers.
-            unsafe {
-                crate::kernels::x86::packed_row_to_bf16(
-                    layout,
-                    w.row(r0 + r).as_ptr(),
-                    k / QK,
-                    tmp.as_mut_ptr(),
-                )
-            };
+            // SAFETY: AVX-512 BF16 detected by the callers.
+            unsafe { packed_row_bf16(w, layout, r0 + r, &mut tmp) };
             let dst = &mut wb[r * k..(r + 1) * k];
             for (b, blk) in dst.chunks_exact_mut(QK).enumerate() {
                 let (si, l) = (b / SB, b % SB);
@@ -260,7 +278,6 @@ pub(super) fn group_to_pairs(
     wb: &mut [u16],
 ) -> bool {
     use crate::kernels::amx::TILE;
-    let blocks = w.cols / QK;
     let layout = crate::kernels::packed::Layout::of(w.dtype);
     // Whole 32-row blocks: the tiles read both 16-row slabs of a block.
     for h in 0..gr.div_ceil(2 * TILE) * 2 {
@@ -268,16 +285,9 @@ pub(super) fn group_to_pairs(
         rm[nr * kk..].iter_mut().for_each(|v| *v = 0);
         if let (true, Some(layout)) = (w.packed, layout) {
             for r in 0..nr {
-                // SAFETY: a packed row of `blocks` blocks (checked by `check`); rm has room for
-                // kk = 512 values per superblock per row; AVX-512 BF16 comes with AMX.
-                unsafe {
-                    crate::kernels::x86::packed_row_to_bf16(
-                        layout,
-                        w.row(g0 + h * TILE + r).as_ptr(),
-                        blocks,
-                        rm.as_mut_ptr().add(r * kk),
-                    )
-                };
+                let row = &mut rm[r * kk..(r + 1) * kk];
+                // SAFETY: AVX-512 BF16 comes with AMX.
+                unsafe { packed_row_bf16(w, layout, g0 + h * TILE + r, row) };
             }
         } else if nr > 0 && !rows_to_bf16(w, g0 + h * TILE, nr, rm) {
             return false;
@@ -504,16 +514,8 @@ pub(super) fn bf16_tiles(
         let mut wb = vec![0u16; BF16_GROUP * kk];
         if let Some(layout) = layout {
             for r in 0..nr {
-                // SAFETY: a packed row of k / 32 blocks (checked by `check`); wb has room for
-                // kk values (512 per superblock) per row; AVX-512 BF16 detected by the caller.
-                unsafe {
-                    crate::kernels::x86::packed_row_to_bf16(
-                        layout,
-                        w.row(r0 + r).as_ptr(),
-                        k / QK,
-                        wb.as_mut_ptr().add(r * kk),
-                    )
-                };
+                // SAFETY: AVX-512 BF16 detected by the caller.
+                unsafe { packed_row_bf16(w, layout, r0 + r, &mut wb[r * kk..(r + 1) * kk]) };
             }
         } else if !rows_to_bf16(w, r0, nr, &mut wb) {
             failed.store(true, std::sync::atomic::Ordering::Relaxed);
