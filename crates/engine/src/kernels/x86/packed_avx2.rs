@@ -35,17 +35,99 @@ pub unsafe fn dot4_packed_avx2<const L: u8>(
 /// Room for any layout's whole superblock.
 const SB_ROOM: usize = 576;
 
-/// The tail superblock of `n` lanes at `p` widened to a whole one (`packed::widen_tail`):
-/// these kernels read whole superblocks only.
+/// Where a superblock's vectors lie, as `vnni::Geo`: a whole superblock has 64-byte steps; a
+/// row's tail of `n` lanes `4n`-byte steps, read with masked loads (each 256-bit half holds lanes
+/// `8h..8h+8` at byte `32h` of a step either way). The decode kernel passes [`G2::FULL`] as a
+/// constant for whole superblocks.
+#[derive(Clone, Copy)]
+struct G2 {
+    v: usize,
+    n: usize,
+}
+
+impl G2 {
+    const FULL: G2 = G2 { v: 64, n: 16 };
+
+    #[inline(always)]
+    fn full(self) -> bool {
+        self.n == 16
+    }
+
+    /// Lanes of half `h` present.
+    #[inline(always)]
+    fn lanes(self, h: usize) -> usize {
+        self.n.saturating_sub(8 * h).min(8)
+    }
+}
+
+/// Half `h` of a step's vector at `p` (32 bytes at `p + 32h`), zero past the tail's lanes.
+#[inline(always)]
+unsafe fn load_half(p: *const u8, h: usize, g: G2) -> __m256i {
+    // SAFETY: the caller guarantees the step's `g.v` bytes at `p`; masked lanes are not read.
+    unsafe {
+        if g.full() {
+            _mm256_loadu_si256(p.add(32 * h) as *const __m256i)
+        } else {
+            let m = _mm256_cmpgt_epi32(
+                _mm256_set1_epi32(g.lanes(h) as i32),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            );
+            _mm256_maskload_epi32(p.add(32 * h) as *const i32, m)
+        }
+    }
+}
+
+/// The tail superblock of `n` lanes at `p` widened into `buf` as a whole one (the layout
+/// `packed::widen_tail` writes): these kernels read whole superblocks only. Masked loads and
+/// whole-vector stores: per-lane copies became `memcpy` calls (LLVM's loop idioms), and with
+/// `widen_tail`'s slice copies the AVX2 decode of files with a tail in every row ran at about
+/// half its speed.
 ///
 /// # Safety
-/// `p` must point at a packed tail superblock of `n` lanes in `layout`.
-unsafe fn widened_tail(layout: Layout, p: *const u8, n: usize) -> [u8; SB_ROOM] {
-    let mut buf = [0u8; SB_ROOM];
-    // SAFETY: the caller guarantees the tail's bytes at `p`.
-    let src = unsafe { std::slice::from_raw_parts(p, layout.superblock_bytes_n(n)) };
-    crate::kernels::packed::widen_tail(layout, n, src, &mut buf[..layout.superblock_bytes()]);
-    buf
+/// `p` must point at a packed tail superblock of `n` (1..16) lanes in `layout`; AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen_tail_into(layout: Layout, p: *const u8, n: usize, buf: &mut [u8; SB_ROOM]) {
+    use crate::kernels::packed::{Head, SB};
+    *buf = [0; SB_ROOM];
+    let o = buf.as_mut_ptr();
+    // SAFETY: the caller guarantees the tail's bytes at `p`. Reads cover whole 4-byte lanes
+    // of a section, which may run up to 3 bytes into the next section of the same tail
+    // (zeroed again below); writes stay inside a whole superblock's 64-byte vectors.
+    unsafe {
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        // `k` 4-byte lanes (at most 16) from `from` to `to`, the rest of the 64 bytes zero.
+        let lanes = |to: usize, from: usize, k: usize| {
+            for h in 0..k.div_ceil(8) {
+                let m = _mm256_cmpgt_epi32(_mm256_set1_epi32((k - 8 * h) as i32), idx);
+                let v = _mm256_maskload_epi32(p.add(from + 32 * h) as *const i32, m);
+                _mm256_storeu_si256(o.add(to + 32 * h) as *mut __m256i, v);
+            }
+        };
+        // `bytes` bytes from `from` to `to`, the bytes after them in the last lane zeroed.
+        let bytes = |to: usize, from: usize, len: usize| {
+            lanes(to, from, len.div_ceil(4));
+            for b in len..len.div_ceil(4) * 4 {
+                o.add(to + b).write_volatile(0);
+            }
+        };
+        match layout.head() {
+            Head::F16 => bytes(0, 0, 2 * n),
+            Head::F16Pair => {
+                bytes(0, 0, 2 * n);
+                bytes(2 * SB, 2 * n, 2 * n);
+            }
+            Head::K => {
+                lanes(0, 0, 4);
+                bytes(16, 16, n);
+                bytes(16 + SB, 16 + n, n);
+            }
+        }
+        let (hw, hn) = (layout.head_bytes(), layout.head_bytes_n(n));
+        for v in 0..(layout.superblock_bytes() - hw) / 64 {
+            lanes(hw + 64 * v, hn + 4 * n * v, n);
+        }
+    }
 }
 
 /// `Σ` over the 4-byte groups of 32 unsigned × signed byte pairs, in 16 bits (the caller bounds
@@ -77,10 +159,10 @@ unsafe fn signed_dot(z: __m256i, x: __m256i) -> __m256i {
 /// Half `h` of step `st`'s low 4 bits in a plane of nibbles (steps `2u` and `2u + 1` share
 /// 64-byte chunk `u`), not yet masked.
 #[inline(always)]
-unsafe fn nibble_half(quants: *const u8, st: usize, h: usize) -> __m256i {
+unsafe fn nibble_half(quants: *const u8, st: usize, h: usize, g: G2) -> __m256i {
     // SAFETY: the caller points at the nibble plane.
     unsafe {
-        let z = _mm256_loadu_si256(quants.add(64 * (st / 2) + 32 * h) as *const __m256i);
+        let z = load_half(quants.add(g.v * (st / 2)), h, g);
         if st.is_multiple_of(2) {
             z
         } else {
@@ -92,12 +174,11 @@ unsafe fn nibble_half(quants: *const u8, st: usize, h: usize) -> __m256i {
 /// Half `h` (lanes `8h..8h+8`) of step `st` of a Q6 superblock's quants (`packed.rs`) in the
 /// form of the signed-byte layouts, value + 128: the 6-bit value + 96.
 #[inline(always)]
-unsafe fn q6_stored_half(quants: *const u8, st: usize, h: usize) -> __m256i {
+unsafe fn q6_stored_half(quants: *const u8, st: usize, h: usize, g: G2) -> __m256i {
     // SAFETY: the caller points at a packed Q6 superblock's quants.
     unsafe {
-        let ld = |o: usize| _mm256_loadu_si256(quants.add(o + 32 * h) as *const __m256i);
-        let lo = nibble_half(quants, st, h);
-        let hv = ld(256 + 64 * (st / 4));
+        let lo = nibble_half(quants, st, h, g);
+        let hv = load_half(quants.add(4 * g.v + g.v * (st / 4)), h, g);
         // Bits 2k, 2k+1 of each byte to bits 4, 5 (bits carried across bytes are masked off).
         let hv = match st % 4 {
             0 => _mm256_slli_epi16::<4>(hv),
@@ -116,12 +197,11 @@ unsafe fn q6_stored_half(quants: *const u8, st: usize, h: usize) -> __m256i {
 /// Half `h` of step `st` of a Q5, Q5M or Q5K superblock's quants (`packed.rs`): the 5-bit
 /// values 0..31.
 #[inline(always)]
-unsafe fn q5_half(quants: *const u8, st: usize, h: usize) -> __m256i {
+unsafe fn q5_half(quants: *const u8, st: usize, h: usize, g: G2) -> __m256i {
     // SAFETY: the caller points at a packed 5-bit superblock's quants.
     unsafe {
-        let ld = |o: usize| _mm256_loadu_si256(quants.add(o + 32 * h) as *const __m256i);
-        let lo = nibble_half(quants, st, h);
-        let hv = ld(256);
+        let lo = nibble_half(quants, st, h, g);
+        let hv = load_half(quants.add(4 * g.v), h, g);
         // Bit st of each byte to bit 4 (bits carried across bytes are masked off).
         let hv = match st {
             0 => _mm256_slli_epi16::<4>(hv),
@@ -143,33 +223,50 @@ unsafe fn q5_half(quants: *const u8, st: usize, h: usize) -> __m256i {
 /// Half `h` of step `st` of an I4 or I4K superblock's quants: IQ4's grid values + 128 (the
 /// signed-byte layouts' form), looked up from the nibble indices.
 #[inline(always)]
-unsafe fn iq4_stored_half(quants: *const u8, st: usize, h: usize) -> __m256i {
+unsafe fn iq4_stored_half(quants: *const u8, st: usize, h: usize, g: G2) -> __m256i {
     // SAFETY: the caller points at a packed I4 superblock's quants.
     unsafe {
         let lut = _mm256_broadcastsi128_si256(_mm_loadu_si128(
             crate::kernels::packed::IQ4_LUT_U8.as_ptr() as *const __m128i,
         ));
-        let idx = _mm256_and_si256(nibble_half(quants, st, h), _mm256_set1_epi8(0x0f));
+        let idx = _mm256_and_si256(nibble_half(quants, st, h, g), _mm256_set1_epi8(0x0f));
         _mm256_shuffle_epi8(lut, idx)
     }
 }
 
 /// The two factors (`packed::head_factors`) of lanes `8h..8h+8`.
 #[inline(always)]
-unsafe fn head_half(layout: Layout, sb: *const u8, h: usize) -> (__m256, __m256) {
+unsafe fn head_half(layout: Layout, sb: *const u8, h: usize, g: G2) -> (__m256, __m256) {
     use crate::kernels::packed::Head;
     // SAFETY: the caller points at a packed superblock's head.
     unsafe {
-        let f16 = |o: usize| _mm256_cvtph_ps(_mm_loadu_si128(sb.add(o) as *const __m128i));
+        let f16 = |o: usize| {
+            let v = if g.full() {
+                _mm_loadu_si128(sb.add(o) as *const __m128i)
+            } else {
+                // Whole 4-byte lanes, then the f16 values past the tail's lanes zeroed (one may
+                // have come from the next section).
+                let k = g.lanes(h) as i32;
+                let m = _mm_cmpgt_epi32(_mm_set1_epi32((k + 1) / 2), _mm_setr_epi32(0, 1, 2, 3));
+                let v = _mm_maskload_epi32(sb.add(o) as *const i32, m);
+                let keep = _mm_cmpgt_epi16(
+                    _mm_set1_epi16(k as i16),
+                    _mm_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7),
+                );
+                _mm_and_si128(v, keep)
+            };
+            _mm256_cvtph_ps(v)
+        };
         match layout.head() {
             Head::F16 => {
                 let s = f16(16 * h);
                 (s, s)
             }
-            Head::F16Pair => (f16(16 * h), f16(32 + 16 * h)),
+            Head::F16Pair => (f16(16 * h), f16(2 * g.n + 16 * h)),
             Head::K => {
                 // Lanes 8h..8h+8 are one K-quant block: super-factors h and 2 + h.
                 let f = sb as *const f32;
+                // A K-quant block is 8 lanes: a tail has whole halves (`g.n` 8 here).
                 let m = |o: usize| {
                     _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
                         sb.add(o + 8 * h) as *const __m128i
@@ -177,7 +274,7 @@ unsafe fn head_half(layout: Layout, sb: *const u8, h: usize) -> (__m256, __m256)
                 };
                 (
                     _mm256_mul_ps(_mm256_set1_ps(f.add(h).read_unaligned()), m(16)),
-                    _mm256_mul_ps(_mm256_set1_ps(f.add(2 + h).read_unaligned()), m(32)),
+                    _mm256_mul_ps(_mm256_set1_ps(f.add(2 + h).read_unaligned()), m(16 + g.n)),
                 )
             }
         }
@@ -201,10 +298,13 @@ pub unsafe fn dot_packed_avx2<const L: u8>(
         let sbb = const { layout_of(L).superblock_bytes() };
         let (full, tail) = (blocks / 16, blocks % 16);
         let mut acc = [_mm256_setzero_ps(); 2];
-        superblock_dots_avx2::<L>(w, 0, full, xq, xd, xso, &mut acc);
+        superblock_dots_avx2::<L, false>(w, 0, full, xq, xd, xso, G2::FULL, &mut acc);
         if tail > 0 {
-            let buf = widened_tail(layout_of(L), w.add(full * sbb), tail);
-            superblock_dots_avx2::<L>(buf.as_ptr(), full, 1, xq, xd, xso, &mut acc);
+            let g = G2 {
+                v: 4 * tail,
+                n: tail,
+            };
+            superblock_dots_avx2::<L, true>(w.add(full * sbb), full, 1, xq, xd, xso, g, &mut acc);
         }
         hsum(_mm256_add_ps(acc[0], acc[1]))
     }
@@ -214,20 +314,23 @@ pub unsafe fn dot_packed_avx2<const L: u8>(
 /// superblocks, added to `acc` (see `vnni::superblock_dots` for the attributes).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn superblock_dots_avx2<const L: u8>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn superblock_dots_avx2<const L: u8, const TAIL: bool>(
     w: *const u8,
     s0: usize,
     count: usize,
     xq: *const i8,
     xd: *const f32,
     xso: [*const f32; 2],
+    g: G2,
     acc: &mut [__m256; 2],
 ) {
     // SAFETY: as for `dot_packed_avx2`.
     unsafe {
+        let g = if TAIL { g } else { G2::FULL };
         let layout = const { layout_of(L) };
-        let sbb = const { layout_of(L).superblock_bytes() };
-        let hb = const { layout_of(L).head_bytes() };
+        let sbb = layout.superblock_bytes_n(g.n);
+        let hb = layout.head_bytes_n(g.n);
         let m4 = _mm256_set1_epi8(0x0f);
         let mut acc_r = *acc;
         for i in 0..count {
@@ -239,8 +342,13 @@ unsafe fn superblock_dots_avx2<const L: u8>(
             }
             let q = ws.add(hb);
             for (h, acc) in acc.iter_mut().enumerate() {
-                let ld = |p: *const u8| _mm256_loadu_si256(p.add(32 * h) as *const __m256i);
-                let xs = |step: usize| ld(x.add(64 * step) as *const u8);
+                // A tail of at most 8 lanes has nothing in the second half.
+                if TAIL && g.lanes(h) == 0 {
+                    continue;
+                }
+                let ld = |p: *const u8| load_half(p, h, g);
+                let xs =
+                    |step: usize| _mm256_loadu_si256(x.add(64 * step + 32 * h) as *const __m256i);
                 // p[0]: the block sums (Q6: of values 0..16), p[1]: Q6's values 16..32.
                 let mut p = [_mm256_setzero_si256(); 2];
                 match layout.body() {
@@ -248,7 +356,7 @@ unsafe fn superblock_dots_avx2<const L: u8>(
                         // 8 steps of nibble pairs: at most 8 · 2 · 15 · 127 in 16 bits.
                         let mut s16 = _mm256_setzero_si256();
                         for u in 0..4 {
-                            let z = ld(q.add(64 * u));
+                            let z = ld(q.add(g.v * u));
                             let lo = _mm256_and_si256(z, m4);
                             let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(z), m4);
                             s16 = _mm256_add_epi16(s16, pairs(lo, xs(2 * u)));
@@ -261,7 +369,7 @@ unsafe fn superblock_dots_avx2<const L: u8>(
                         for half in 0..2 {
                             let mut s16 = _mm256_setzero_si256();
                             for st in 4 * half..4 * half + 4 {
-                                s16 = _mm256_add_epi16(s16, pairs(q5_half(q, st, h), xs(st)));
+                                s16 = _mm256_add_epi16(s16, pairs(q5_half(q, st, h, g), xs(st)));
                             }
                             p[0] = _mm256_add_epi32(p[0], widen(s16));
                         }
@@ -270,17 +378,17 @@ unsafe fn superblock_dots_avx2<const L: u8>(
                     _ => {
                         for st in 0..8 {
                             let (c, z) = if layout == Layout::Q6 {
-                                (st / 4, q6_stored_half(q, st, h))
+                                (st / 4, q6_stored_half(q, st, h, g))
                             } else if layout.grid() {
-                                (0, iq4_stored_half(q, st, h))
+                                (0, iq4_stored_half(q, st, h, g))
                             } else {
-                                (0, ld(q.add(64 * st)))
+                                (0, ld(q.add(g.v * st)))
                             };
                             p[c] = _mm256_add_epi32(p[c], signed_dot(z, xs(st)));
                         }
                     }
                 }
-                let (sw, mw) = head_half(layout, ws, h);
+                let (sw, mw) = head_half(layout, ws, h, g);
                 let xdv = _mm256_loadu_ps(xd.add(s * 16 + 8 * h));
                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[0]), _mm256_mul_ps(sw, xdv), *acc);
                 match layout.body() {
@@ -322,9 +430,15 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
         let zero = _mm256_setzero_si256();
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
         let (full, tail) = (blocks / 16, blocks % 16);
-        let tails = (tail > 0).then(|| rows.map(|r| widened_tail(layout, r.add(full * sbb), tail)));
+        let mut tails = [[0u8; SB_ROOM]; 2];
+        if tail > 0 {
+            for (r, buf) in rows.iter().zip(&mut tails) {
+                widen_tail_into(layout, r.add(full * sbb), tail, buf);
+            }
+        }
+        let tails = (tail > 0).then_some(&tails);
         for s in 0..blocks.div_ceil(16) {
-            let w = match &tails {
+            let w = match tails {
                 Some(t) if s == full => [t[0].as_ptr().add(hb), t[1].as_ptr().add(hb)],
                 _ => [rows[0].add(s * sbb + hb), rows[1].add(s * sbb + hb)],
             };
@@ -359,7 +473,10 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
                         for half in 0..2 {
                             let mut s16 = [[zero; 2]; 4];
                             for st in 4 * half..4 * half + 4 {
-                                let z = [q5_half(w[0], st, h), q5_half(w[1], st, h)];
+                                let z = [
+                                    q5_half(w[0], st, h, G2::FULL),
+                                    q5_half(w[1], st, h, G2::FULL),
+                                ];
                                 for (t, s16) in s16.iter_mut().enumerate() {
                                     let x = ldx(t, st);
                                     for r in 0..2 {
@@ -378,9 +495,15 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
                     _ => {
                         for st in 0..8 {
                             let z = if layout == Layout::Q6 {
-                                [q6_stored_half(w[0], st, h), q6_stored_half(w[1], st, h)]
+                                [
+                                    q6_stored_half(w[0], st, h, G2::FULL),
+                                    q6_stored_half(w[1], st, h, G2::FULL),
+                                ]
                             } else if layout.grid() {
-                                [iq4_stored_half(w[0], st, h), iq4_stored_half(w[1], st, h)]
+                                [
+                                    iq4_stored_half(w[0], st, h, G2::FULL),
+                                    iq4_stored_half(w[1], st, h, G2::FULL),
+                                ]
                             } else {
                                 [ldw(0, 64 * st), ldw(1, 64 * st)]
                             };
@@ -402,8 +525,8 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
                     }
                 }
                 let heads = [
-                    head_half(layout, w[0].sub(hb), h),
-                    head_half(layout, w[1].sub(hb), h),
+                    head_half(layout, w[0].sub(hb), h, G2::FULL),
+                    head_half(layout, w[1].sub(hb), h, G2::FULL),
                 ];
                 for t in 0..4 {
                     let d = _mm256_loadu_ps(xd[t].add(s * 16 + 8 * h));
