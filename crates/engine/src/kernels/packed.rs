@@ -273,7 +273,8 @@ impl Geom {
 
 /// Widens the tail superblock of `n` lanes at `src` into a whole one in `out`
 /// (`superblock_bytes()`): the lanes past `n` get zero scales and zero quants, the layout of a
-/// row padded to whole superblocks. For kernels that only read whole superblocks.
+/// row padded to whole superblocks: the reference the AVX2 prompt tile's SIMD widening
+/// (`x86::packed_avx2`) is tested against.
 pub fn widen_tail(layout: Layout, n: usize, src: &[u8], out: &mut [u8]) {
     out.fill(0);
     let copy = |out: &mut [u8], to: usize, from: usize, len: usize| {

@@ -554,3 +554,44 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
         acc.map(|a| a.map(|v| hsum(v)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::WeightType;
+    use crate::kernels::QK;
+    use crate::kernels::packed::{self, SB};
+
+    /// The AVX2 tile's widening writes the bytes of the portable `packed::widen_tail` (the
+    /// layout of a row padded to whole superblocks), for every head kind and tail width.
+    #[test]
+    fn simd_widening_matches_the_portable_one() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        for (dtype, n) in [
+            (WeightType::Q4_1, 2),
+            (WeightType::Q8_0, 9),
+            (WeightType::Q5_0, 12),
+            (WeightType::Q4_0, 15),
+            (WeightType::Q4K, 8),
+            (WeightType::Q6K, 8),
+            (WeightType::IQ4_XS, 8),
+        ] {
+            let layout = Layout::of(dtype).unwrap();
+            let cols = (SB + n) * QK;
+            let src: Vec<u8> = (0..cols / dtype.block_size() * dtype.type_size())
+                .map(|i| (i * 7919 % 251) as u8)
+                .collect();
+            let mut row = vec![0u8; packed::row_bytes(dtype, cols)];
+            packed::pack_row(dtype, &src, &mut row);
+            let tail = &row[layout.superblock_bytes()..];
+            let mut want = vec![0u8; layout.superblock_bytes()];
+            packed::widen_tail(layout, n, tail, &mut want);
+            let mut got = [0xffu8; SB_ROOM];
+            // SAFETY: a packed tail of n lanes; AVX2 detected above.
+            unsafe { widen_tail_into(layout, tail.as_ptr(), n, &mut got) };
+            assert_eq!(&got[..want.len()], &want[..], "{dtype:?} tail of {n}");
+        }
+    }
+}
