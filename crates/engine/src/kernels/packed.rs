@@ -215,6 +215,16 @@ impl Layout {
         }
     }
 
+    /// Integer offsets per superblock in [`PackedActs::io`]: one per lane, two for Q6's half
+    /// blocks.
+    pub const fn io_lanes(self) -> usize {
+        if matches!(self, Layout::Q6) {
+            2 * SB
+        } else {
+            SB
+        }
+    }
+
     fn of_packed(dtype: WeightType) -> Layout {
         Layout::of(dtype).unwrap_or_else(|| panic!("{dtype:?} has no packed layout"))
     }
@@ -683,13 +693,18 @@ pub fn dot_row(dtype: WeightType, row: &[u8], x: &[BlockQ8]) -> f32 {
 /// quants (lane `l` = block `l`), then the kernels' per-lane factors: `d` (block scale) and
 /// `so` (block scale × quant sum × the layout's [`Layout::act_offset`]; for Q6 the sum of
 /// values 0..16, with `so2` that of values 16..32). Missing blocks of a padded superblock are
-/// zeros.
+/// zeros. `io` holds the same offsets in integers for the layouts whose offset is a constant
+/// of the type (all but Q4M, Q5M and their K forms): `−offset · quant sum`, per superblock 16
+/// lanes of whole blocks, or for Q6 16 lanes of values 0..16 then 16 of values 16..32
+/// ([`Layout::io_lanes`]); the VNNI prompt tile starts its integer sums there instead of
+/// subtracting `so` in floats.
 #[derive(Clone, Debug)]
 pub struct PackedActs {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub so: Vec<f32>,
     pub so2: Vec<f32>,
+    pub io: Vec<i32>,
 }
 
 impl PackedActs {
@@ -701,6 +716,11 @@ impl PackedActs {
         let mut d = vec![0f32; nsb * SB];
         let mut so = vec![0f32; nsb * SB];
         let mut so2 = vec![0f32; nsb * SB];
+        let iol = layout.io_lanes();
+        let mut io = vec![0i32; nsb * iol];
+        // Exact: the sums are of at most 32 quants, the offsets at most 128.
+        let int_offset = offset as i32;
+        let symmetric = !layout.has_offset();
         for (b, xb) in x.iter().enumerate() {
             let (si, l) = (b / SB, b % SB);
             for s in 0..STEPS {
@@ -713,11 +733,17 @@ impl PackedActs {
                 let (a, z): (i32, i32) = (half(0..QK / 2), half(QK / 2..QK));
                 so[b] = xb.d * a as f32 * offset;
                 so2[b] = xb.d * z as f32 * offset;
+                io[si * iol + l] = -int_offset * a;
+                io[si * iol + SB + l] = -int_offset * z;
             } else {
                 so[b] = xb.s * offset;
+                if symmetric {
+                    let sum: i32 = xb.qs.iter().map(|&q| q as i32).sum();
+                    io[si * iol + l] = -int_offset * sum;
+                }
             }
         }
-        Self { qs, d, so, so2 }
+        Self { qs, d, so, so2, io }
     }
 
     /// Zero activations (pads a tile of tokens).
@@ -727,6 +753,8 @@ impl PackedActs {
             d: vec![0.0; superblocks * SB],
             so: vec![0.0; superblocks * SB],
             so2: vec![0.0; superblocks * SB],
+            // Enough for any layout's `io_lanes`.
+            io: vec![0; superblocks * 2 * SB],
         }
     }
 }

@@ -97,6 +97,7 @@ pub(super) fn tiles_packed(
             let xq = [0, 1, 2, 3].map(|i| a[i].qs.as_ptr());
             let xd = [0, 1, 2, 3].map(|i| a[i].d.as_ptr());
             let xso = [0, 1, 2, 3].map(|i| [a[i].so.as_ptr(), a[i].so2.as_ptr()]);
+            let xio = [0, 1, 2, 3].map(|i| a[i].io.as_ptr());
             for pair in p0..p1 {
                 let r0 = 2 * pair;
                 let r1 = (r0 + 1).min(rows - 1);
@@ -109,16 +110,16 @@ pub(super) fn tiles_packed(
                         tile2x4_packed_avx2 as tile2, tile2x4_packed_vnni as tile,
                     };
                     match (vnni, crate::kernels::x86::layout_code(layout)) {
-                        (true, L_Q4) => tile::<L_Q4>(rows2, blocks, xq, xd, xso),
-                        (true, L_Q8) => tile::<L_Q8>(rows2, blocks, xq, xd, xso),
-                        (true, L_Q4M) => tile::<L_Q4M>(rows2, blocks, xq, xd, xso),
-                        (true, L_Q6) => tile::<L_Q6>(rows2, blocks, xq, xd, xso),
-                        (true, L_Q4K) => tile::<L_Q4K>(rows2, blocks, xq, xd, xso),
-                        (true, L_Q5K) => tile::<L_Q5K>(rows2, blocks, xq, xd, xso),
-                        (true, L_I4K) => tile::<L_I4K>(rows2, blocks, xq, xd, xso),
-                        (true, L_Q5) => tile::<L_Q5>(rows2, blocks, xq, xd, xso),
-                        (true, L_I4) => tile::<L_I4>(rows2, blocks, xq, xd, xso),
-                        (true, _) => tile::<L_Q5M>(rows2, blocks, xq, xd, xso),
+                        (true, L_Q4) => tile::<L_Q4>(rows2, blocks, xq, xd, xso, xio),
+                        (true, L_Q8) => tile::<L_Q8>(rows2, blocks, xq, xd, xso, xio),
+                        (true, L_Q4M) => tile::<L_Q4M>(rows2, blocks, xq, xd, xso, xio),
+                        (true, L_Q6) => tile::<L_Q6>(rows2, blocks, xq, xd, xso, xio),
+                        (true, L_Q4K) => tile::<L_Q4K>(rows2, blocks, xq, xd, xso, xio),
+                        (true, L_Q5K) => tile::<L_Q5K>(rows2, blocks, xq, xd, xso, xio),
+                        (true, L_I4K) => tile::<L_I4K>(rows2, blocks, xq, xd, xso, xio),
+                        (true, L_Q5) => tile::<L_Q5>(rows2, blocks, xq, xd, xso, xio),
+                        (true, L_I4) => tile::<L_I4>(rows2, blocks, xq, xd, xso, xio),
+                        (true, _) => tile::<L_Q5M>(rows2, blocks, xq, xd, xso, xio),
                         (false, L_Q4) => tile2::<L_Q4>(rows2, blocks, xq, xd, xso),
                         (false, L_Q8) => tile2::<L_Q8>(rows2, blocks, xq, xd, xso),
                         (false, L_Q4M) => tile2::<L_Q4M>(rows2, blocks, xq, xd, xso),

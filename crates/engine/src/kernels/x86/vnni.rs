@@ -460,6 +460,16 @@ unsafe fn superblock_dots<const L: u8, const TAIL: bool>(
     }
 }
 
+/// Four tokens' packed activations (`PackedActs`): quants, block scales, float offsets (two
+/// sets for Q6's half blocks), integer offsets.
+#[derive(Clone, Copy)]
+struct Acts {
+    xq: [*const i8; 4],
+    xd: [*const f32; 4],
+    xso: [[*const f32; 2]; 4],
+    xio: [*const i32; 4],
+}
+
 /// Two packed rows × four tokens: each weight operand feeds four `vpdpbusd`, each activation
 /// operand two, so the nibble unpacking and the loads are shared and the kernel runs on the dot
 /// instructions (64 multiply-adds each, about five times f32 FMA on this class of processor).
@@ -472,17 +482,20 @@ pub unsafe fn tile2x4_packed_vnni<const L: u8>(
     xq: [*const i8; 4],
     xd: [*const f32; 4],
     xso: [[*const f32; 2]; 4],
+    xio: [*const i32; 4],
 ) -> [[f32; 2]; 4] {
-    // SAFETY: as for `dot_packed_vnni`, for both rows and all four tokens.
+    // SAFETY: as for `dot_packed_vnni`, for both rows and all four tokens, and the layout's
+    // integer offsets (`Layout::io_lanes`) per superblock at xio.
     unsafe {
         let sbb = const { layout_of(L).superblock_bytes() };
         let (full, tail) = (blocks / 16, blocks % 16);
         let mut acc = [[_mm512_setzero_ps(); 2]; 4];
-        tile_superblocks::<L, false>(rows, 0, full, xq, xd, xso, Geo::FULL, &mut acc);
+        let x = Acts { xq, xd, xso, xio };
+        tile_superblocks::<L, false>(rows, 0, full, x, Geo::FULL, &mut acc);
         if tail > 0 {
             let w = [rows[0].add(full * sbb), rows[1].add(full * sbb)];
             let g = Geo::tail(tail);
-            tile_superblocks::<L, true>(w, full, 1, xq, xd, xso, g, &mut acc);
+            tile_superblocks::<L, true>(w, full, 1, x, g, &mut acc);
         }
         let mut out = [[0f32; 2]; 4];
         for (o, a) in out.iter_mut().zip(acc) {
@@ -499,19 +512,22 @@ pub unsafe fn tile2x4_packed_vnni<const L: u8>(
 /// (see [`superblock_dots`] for the attributes).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn tile_superblocks<const L: u8, const TAIL: bool>(
     rows: [*const u8; 2],
     s0: usize,
     count: usize,
-    xq: [*const i8; 4],
-    xd: [*const f32; 4],
-    xso: [[*const f32; 2]; 4],
+    x: Acts,
     g: Geo,
     acc: &mut [[__m512; 2]; 4],
 ) {
     // SAFETY: as for `tile2x4_packed_vnni`.
     unsafe {
+        let Acts { xq, xd, xso, xio } = x;
+        // Where the offset is a constant of the type, the integer sums start at
+        // `−offset · Σ quants` (`PackedActs::io`) and no float multiply-add subtracts it: float
+        // multiply-adds run on the ports of `vpdpbusd` on this class of processor (Zen 4), and
+        // the Q6 tile spent one on its offsets for every four dot instructions.
+        let symmetric = const { !layout_of(L).has_offset() };
         let g = if TAIL { g } else { Geo::FULL };
         let stride = const { layout_of(L).superblock_bytes() };
         // Local accumulators: the caller's stay in memory when this is not inlined.
@@ -539,7 +555,10 @@ unsafe fn tile_superblocks<const L: u8, const TAIL: bool>(
                 // `half` picks the step range, the factor and each token's offset sums alike.
                 #[allow(clippy::needless_range_loop)]
                 for half in 0..2 {
-                    let mut p = [[_mm512_setzero_si512(); 2]; 4];
+                    let mut p: [[__m512i; 2]; 4] = std::array::from_fn(|t| {
+                        let o = _mm512_loadu_si512(xio[t].add(s * 32 + 16 * half) as *const _);
+                        [o, o]
+                    });
                     let ops1: [__m512i; 4] =
                         std::array::from_fn(|k| q6_operand(w1.add(hb), 4 * half + k, g));
                     for (k, &wq1) in ops1.iter().enumerate() {
@@ -555,7 +574,6 @@ unsafe fn tile_superblocks<const L: u8, const TAIL: bool>(
                     }
                     for t in 0..4 {
                         let d = _mm512_loadu_ps(xd[t].add(s * 16));
-                        let so = _mm512_loadu_ps(xso[t][half].add(s * 16));
                         for r in 0..2 {
                             let f = if half == 0 { heads[r].0 } else { heads[r].1 };
                             acc[t][r] = _mm512_fmadd_ps(
@@ -563,13 +581,19 @@ unsafe fn tile_superblocks<const L: u8, const TAIL: bool>(
                                 _mm512_mul_ps(f, d),
                                 acc[t][r],
                             );
-                            acc[t][r] = _mm512_fnmadd_ps(f, so, acc[t][r]);
                         }
                     }
                 }
                 continue;
             }
-            let mut p = [[_mm512_setzero_si512(); 2]; 4];
+            let mut p: [[__m512i; 2]; 4] = std::array::from_fn(|t| {
+                let o = if symmetric {
+                    _mm512_loadu_si512(xio[t].add(s * 16) as *const _)
+                } else {
+                    _mm512_setzero_si512()
+                };
+                [o, o]
+            });
             let mut ops1 = [_mm512_setzero_si512(); 8];
             for_each_operand(layout, w1.add(hb), g, |step, wq| ops1[step] = wq);
             for_each_operand(layout, w0.add(hb), g, |step, wq0| {
@@ -583,12 +607,14 @@ unsafe fn tile_superblocks<const L: u8, const TAIL: bool>(
             let heads = [packed_head(layout, w0, g), packed_head(layout, w1, g)];
             for t in 0..4 {
                 let d = _mm512_loadu_ps(xd[t].add(s * 16));
-                let so = _mm512_loadu_ps(xso[t][0].add(s * 16));
                 for r in 0..2 {
                     let (sw, mw) = heads[r];
                     let f = _mm512_mul_ps(sw, d);
                     acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[t][r]), f, acc[t][r]);
-                    acc[t][r] = _mm512_fnmadd_ps(mw, so, acc[t][r]);
+                    if !symmetric {
+                        let so = _mm512_loadu_ps(xso[t][0].add(s * 16));
+                        acc[t][r] = _mm512_fnmadd_ps(mw, so, acc[t][r]);
+                    }
                 }
             }
         }
