@@ -109,6 +109,16 @@ pub fn log_softmax_at(logits: &[f32], id: usize) -> f64 {
         .map_or(f64::NEG_INFINITY, |&v| v as f64 - log_sum_exp(logits))
 }
 
+/// The log-probability of a sampled token: as [`log_softmax_at`], with the sum of exponentials
+/// taken by [`crate::kernels::ops::sum_exp`] (vectorised where the processor allows).
+fn sampled_logprob(logits: &[f32], id: u32) -> f32 {
+    let Some(&v) = logits.get(id as usize) else {
+        return f32::NEG_INFINITY;
+    };
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    (v as f64 - (m as f64 + crate::kernels::ops::sum_exp(logits, m).ln())) as f32
+}
+
 /// The `k` most likely tokens and their log-probabilities, most likely first (ties by id).
 pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     if logits.is_empty() || k == 0 {
@@ -165,7 +175,7 @@ impl Sampler {
             let id = argmax(logits);
             return Sampled {
                 id,
-                logprob: log_softmax_at(logits, id as usize) as f32,
+                logprob: sampled_logprob(logits, id),
             };
         }
         // Divided, not multiplied by 1/T: at T = 1e-40 the inverse is infinite and 0 · ∞ is NaN,
@@ -226,7 +236,7 @@ impl Sampler {
         // The reported log-probability is the model's, at temperature 1.
         Sampled {
             id,
-            logprob: log_softmax_at(logits, id as usize) as f32,
+            logprob: sampled_logprob(logits, id),
         }
     }
 }

@@ -177,7 +177,7 @@ impl Sequence {
             0 => Vec::new(),
             k => top_logprobs(&logits, k),
         };
-        let s = match &mut self.constraint {
+        let mut s = match &mut self.constraint {
             None => self.sampler.sample(&mut logits, &self.context),
             Some(c) => {
                 let model = logits.clone();
@@ -190,6 +190,11 @@ impl Sequence {
                 s
             }
         };
+        // As for prompt tokens: a token in the listed alternatives reports the list's value, so
+        // "is it the most likely" holds by equality.
+        if let Some(&(_, l)) = top.iter().find(|&&(id, _)| id == s.id) {
+            s.logprob = l;
+        }
         let now = Instant::now();
         self.first_at.get_or_insert(now);
         if self.eos.contains(&s.id) {
