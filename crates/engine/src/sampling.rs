@@ -110,12 +110,12 @@ pub fn log_softmax_at(logits: &[f32], id: usize) -> f64 {
 }
 
 /// The log-probability of a sampled token: as [`log_softmax_at`], with the sum of exponentials
-/// taken by [`crate::kernels::ops::sum_exp`] (vectorised where the processor allows).
-fn sampled_logprob(logits: &[f32], id: u32) -> f32 {
+/// taken by [`crate::kernels::ops::sum_exp`] (vectorised where the processor allows); `m` is
+/// the largest logit (NaNs aside), which the caller has already found.
+fn sampled_logprob(logits: &[f32], id: u32, m: f32) -> f32 {
     let Some(&v) = logits.get(id as usize) else {
         return f32::NEG_INFINITY;
     };
-    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     (v as f64 - (m as f64 + crate::kernels::ops::sum_exp(logits, m).ln())) as f32
 }
 
@@ -173,9 +173,14 @@ impl Sampler {
         }
         if self.params.temperature == 0.0 {
             let id = argmax(logits);
+            // The largest logit (with a NaN among them the sum is NaN either way).
+            let m = logits
+                .get(id as usize)
+                .copied()
+                .unwrap_or(f32::NEG_INFINITY);
             return Sampled {
                 id,
-                logprob: sampled_logprob(logits, id),
+                logprob: sampled_logprob(logits, id, m),
             };
         }
         // Divided, not multiplied by 1/T: at T = 1e-40 the inverse is infinite and 0 · ∞ is NaN,
@@ -236,7 +241,7 @@ impl Sampler {
         // The reported log-probability is the model's, at temperature 1.
         Sampled {
             id,
-            logprob: sampled_logprob(logits, id),
+            logprob: sampled_logprob(logits, id, m),
         }
     }
 }
@@ -382,6 +387,30 @@ mod tests {
         ] {
             let e = Sampler::new(p).err().expect("must fail").to_string();
             assert!(e.contains("must be"), "{e}");
+        }
+    }
+
+    #[test]
+    fn sampled_logprobs_match_the_f64_log_softmax() {
+        // A Qwen-sized vocabulary of spread-out logits.
+        let l: Vec<f32> = (0..151_936)
+            .map(|i| ((i as f32 * 0.754_877_7).fract() - 0.7) * 30.0)
+            .collect();
+        for temperature in [0.0, 0.8] {
+            let mut s = Sampler::new(SamplingParams {
+                temperature,
+                ..Default::default()
+            })
+            .unwrap();
+            for _ in 0..3 {
+                let got = s.sample(&mut l.clone(), &[]);
+                let want = log_softmax_at(&l, got.id as usize);
+                assert!(
+                    (got.logprob as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "T={temperature}: {} vs {want}",
+                    got.logprob
+                );
+            }
         }
     }
 
