@@ -86,7 +86,9 @@ pub fn argmax(xs: &[f32]) -> u32 {
 }
 
 /// ln Σ exp(logits), summed in f64 after shifting by the maximum so large logits cannot
-/// overflow (the one log-sum-exp of the engine, eval and quantize).
+/// overflow: the log-sum-exp of scoring (eval, quantize, prompt log-probabilities). The
+/// log-probability reported with a sampled token sums with the vector `exp` instead
+/// (`kernels::ops::sum_exp`, within about 1e-6).
 pub fn log_sum_exp(logits: &[f32]) -> f64 {
     let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
     m + logits
