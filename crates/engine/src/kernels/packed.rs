@@ -772,7 +772,7 @@ pub const IQ4_LUT_U8: [u8; 16] = {
 };
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A row's tail takes only its own lanes: the one-scale and scale-and-offset layouts are
@@ -809,6 +809,18 @@ mod tests {
         }
     }
 
+    /// A row of one whole superblock and a tail of `n` blocks: its bytes in the file's format
+    /// (a fixed pattern) and packed.
+    pub(crate) fn row_with_tail(dtype: WeightType, n: usize) -> (Vec<u8>, Vec<u8>) {
+        let cols = (SB + n) * QK;
+        let src: Vec<u8> = (0..cols / dtype.block_size() * dtype.type_size())
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect();
+        let mut row = vec![0u8; row_bytes(dtype, cols)];
+        pack_row(dtype, &src, &mut row);
+        (src, row)
+    }
+
     /// Widening a tail gives the superblock a row padded to whole superblocks had.
     #[test]
     fn a_widened_tail_is_the_padded_superblock() {
@@ -821,12 +833,7 @@ mod tests {
             (WeightType::IQ4_XS, 8),
         ] {
             let layout = Layout::of(dtype).unwrap();
-            let cols = (SB + n) * QK;
-            let src: Vec<u8> = (0..cols / dtype.block_size() * dtype.type_size())
-                .map(|i| (i * 7919 % 251) as u8)
-                .collect();
-            let mut row = vec![0u8; row_bytes(dtype, cols)];
-            pack_row(dtype, &src, &mut row);
+            let (src, row) = row_with_tail(dtype, n);
             let mut wide = vec![0u8; layout.superblock_bytes()];
             widen_tail(layout, n, &row[layout.superblock_bytes()..], &mut wide);
             // The padded layout: the tail's blocks packed into a whole superblock.

@@ -559,8 +559,7 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
 mod tests {
     use super::*;
     use crate::WeightType;
-    use crate::kernels::QK;
-    use crate::kernels::packed::{self, SB};
+    use crate::kernels::packed;
 
     /// The AVX2 tile's widening writes the bytes of the portable `packed::widen_tail` (the
     /// layout of a row padded to whole superblocks), for every head kind and tail width.
@@ -579,12 +578,7 @@ mod tests {
             (WeightType::IQ4_XS, 8),
         ] {
             let layout = Layout::of(dtype).unwrap();
-            let cols = (SB + n) * QK;
-            let src: Vec<u8> = (0..cols / dtype.block_size() * dtype.type_size())
-                .map(|i| (i * 7919 % 251) as u8)
-                .collect();
-            let mut row = vec![0u8; packed::row_bytes(dtype, cols)];
-            packed::pack_row(dtype, &src, &mut row);
+            let (_, row) = packed::tests::row_with_tail(dtype, n);
             let tail = &row[layout.superblock_bytes()..];
             let mut want = vec![0u8; layout.superblock_bytes()];
             packed::widen_tail(layout, n, tail, &mut want);
