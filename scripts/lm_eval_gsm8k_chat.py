@@ -13,6 +13,7 @@ server gives to the same conversation sent directly; prints the score.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -111,6 +112,7 @@ def main():
     finally:
         server.terminate()
         server.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
     em = results["results"]["gsm8k_local_chat"]
     score = next(v for k, v in em.items() if k.startswith("exact_match,") and "stderr" not in k)
     print(f"{Path(args.model).name}: GSM8K (lm-eval local-chat-completions, {args.limit} items, "

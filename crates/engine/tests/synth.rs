@@ -533,7 +533,11 @@ fn q8_0_follows_f32_greedy() {
 fn weight_cache_is_written_once_and_gives_the_same_logits() {
     let caps = bakeoff_engine::kernels::CpuCaps::detect();
     let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("packed");
+    // No free-space reserve: this test is about the entry, not about the disk it is on.
+    let cache = bakeoff_engine::loader::packcache::WeightCache {
+        free_reserve: 0,
+        ..bakeoff_engine::loader::packcache::WeightCache::new(dir.path().join("packed"))
+    };
     for quant in [SynthQuant::Q4_0, SynthQuant::Q8_0] {
         let (path, _) = make(dir.path(), Preset::TinyLlama, SynthFormat::Gguf, quant, 3);
         let with_cache = LoadOptions {
@@ -543,7 +547,7 @@ fn weight_cache_is_written_once_and_gives_the_same_logits() {
         let mut plain = load_model_only(&path, &load_opts()).unwrap();
         let want = plain.forward(&PROMPT, false).unwrap();
         let files = |d: &Path| std::fs::read_dir(d).map_or(0, |r| r.count());
-        let before = files(&cache);
+        let before = files(&cache.dir);
         let mut first = load_model_only(&path, &with_cache).unwrap();
         assert_eq!(
             first.forward(&PROMPT, false).unwrap(),
@@ -551,14 +555,14 @@ fn weight_cache_is_written_once_and_gives_the_same_logits() {
             "{quant}: first load"
         );
         // Only processors that repack (AVX2 and up) have anything to cache.
-        let written = files(&cache) - before;
+        let written = files(&cache.dir) - before;
         assert_eq!(written, usize::from(caps.avx2), "{quant}: files written");
         let entry =
             bakeoff_engine::loader::packcache::PackCache::open(&cache, std::slice::from_ref(&path));
         assert_eq!(entry.unwrap().hit(), caps.avx2, "{quant}: file readable");
         let mut second = load_model_only(&path, &with_cache).unwrap();
         assert_eq!(
-            files(&cache) - before,
+            files(&cache.dir) - before,
             written,
             "{quant}: second load wrote again"
         );

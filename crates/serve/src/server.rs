@@ -56,7 +56,8 @@ pub fn build_state(
                     max_context: settings.max_context,
                     progress: true,
                     cpu_kernels: None,
-                    weight_cache: bakeoff_engine::loader::default_weight_cache(),
+                    weight_cache: bakeoff_engine::loader::default_weight_cache()
+                        .map_err(|e| ServeError::Config(e.to_string()))?,
                 };
                 eprintln!("loading `{id}` ({}) from {src} ...", tier.as_str());
                 let lm =

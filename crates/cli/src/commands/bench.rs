@@ -148,7 +148,7 @@ impl BenchArgs {
             weight_cache: if self.no_weight_cache {
                 None
             } else {
-                bakeoff_engine::loader::default_weight_cache()
+                bakeoff_engine::loader::default_weight_cache()?
             },
             allowed_hosts: self.allow_host.clone(),
             timeout_s: self.timeout,
@@ -300,7 +300,7 @@ fn membw(a: &BenchArgs) -> Result<()> {
             .with_context(|| format!("{m}: --membw needs a local folder or .gguf file"))?;
         let opts = LoadOptions {
             threads: Some(n),
-            weight_cache: bakeoff_engine::loader::default_weight_cache(),
+            weight_cache: bakeoff_engine::loader::default_weight_cache()?,
             ..Default::default()
         };
         let mut loaded = load(m, a.gguf_file.as_deref(), &opts)?;

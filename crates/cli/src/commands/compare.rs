@@ -527,7 +527,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         max_context: a.max_context,
         progress: false,
         cpu_kernels: None,
-        weight_cache: bakeoff_engine::loader::default_weight_cache(),
+        weight_cache: bakeoff_engine::loader::default_weight_cache()?,
     };
     let ans = answers(
         &models,

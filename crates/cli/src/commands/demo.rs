@@ -76,7 +76,7 @@ fn chat(path: &Path, threads: Option<usize>, max_tokens: usize) -> Result<()> {
         threads,
         progress: true,
         cpu_kernels: None,
-        weight_cache: bakeoff_engine::loader::default_weight_cache(),
+        weight_cache: bakeoff_engine::loader::default_weight_cache()?,
         ..Default::default()
     };
     let mut lm = bakeoff_engine::loader::load(&path.to_string_lossy(), None, &opts)?;

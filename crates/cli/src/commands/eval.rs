@@ -249,7 +249,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         max_context: None,
         progress: false,
         cpu_kernels: None,
-        weight_cache: bakeoff_engine::loader::default_weight_cache(),
+        weight_cache: bakeoff_engine::loader::default_weight_cache()?,
     };
 
     // The judge is checked before any model runs.

@@ -128,14 +128,14 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     Ok(())
 }
 
-fn load_opts(a: &QuantizeArgs, progress: bool) -> LoadOptions {
-    LoadOptions {
+fn load_opts(a: &QuantizeArgs, progress: bool) -> Result<LoadOptions> {
+    Ok(LoadOptions {
         threads: a.threads,
         progress,
         cpu_kernels: None,
-        weight_cache: bakeoff_engine::loader::default_weight_cache(),
+        weight_cache: bakeoff_engine::loader::default_weight_cache()?,
         ..LoadOptions::default()
-    }
+    })
 }
 
 fn wikitext(data_dir: &Path) -> Result<(PathBuf, String)> {
@@ -154,7 +154,7 @@ fn probe(a: &QuantizeArgs) -> Result<()> {
     let [model] = a.models.as_slice() else {
         bail!("--probe takes one --model");
     };
-    let mut lm = load(model, None, &load_opts(a, false))
+    let mut lm = load(model, None, &load_opts(a, false)?)
         .with_context(|| format!("cannot load model `{model}`"))?;
     // WikiText when it is there (a realistic prompt); otherwise any valid ids will do for timing.
     let prompt = match wikitext(&a.data_dir) {
@@ -243,7 +243,7 @@ fn measure(a: &QuantizeArgs) -> Result<()> {
     let show = std::io::stderr().is_terminal();
     let loadavg_start = loadavg();
     let (data_path, text) = wikitext(&a.data_dir)?;
-    let mut reference = load(against, None, &load_opts(a, show))
+    let mut reference = load(against, None, &load_opts(a, show)?)
         .with_context(|| format!("cannot load the reference `{against}`"))?;
     if a.ctx > reference.model.config().max_context {
         bail!(
@@ -295,7 +295,7 @@ fn measure(a: &QuantizeArgs) -> Result<()> {
     let mut entries = Vec::new();
     for m in &a.models {
         let mut lm =
-            load(m, None, &load_opts(a, show)).with_context(|| format!("cannot load `{m}`"))?;
+            load(m, None, &load_opts(a, show)?).with_context(|| format!("cannot load `{m}`"))?;
         if lm
             .prompter
             .tokenizer()

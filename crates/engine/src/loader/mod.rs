@@ -133,7 +133,7 @@ pub struct LoadOptions {
     pub cpu_kernels: Option<CpuCaps>,
     /// Folder of packed-weights files (`packcache`): the first load of a Q4_0 / Q8_0 model
     /// writes its repacked matrices there, later loads copy them from there. Off when `None`.
-    pub weight_cache: Option<PathBuf>,
+    pub weight_cache: Option<packcache::WeightCache>,
 }
 
 impl Default for LoadOptions {
@@ -150,14 +150,26 @@ impl Default for LoadOptions {
     }
 }
 
-/// The packed-weights folder the command-line tools use: `$BAKEOFF_WEIGHT_CACHE` (empty or
-/// `off` disables it), else `bakeoff/packed` in the user's cache folder.
-pub fn default_weight_cache() -> Option<PathBuf> {
-    match std::env::var_os("BAKEOFF_WEIGHT_CACHE") {
-        Some(v) if v.is_empty() || v == "off" => None,
-        Some(v) => Some(PathBuf::from(v)),
-        None => dirs::cache_dir().map(|d| d.join("bakeoff").join("packed")),
+/// The packed-weights cache the command-line tools use: the folder `$BAKEOFF_WEIGHT_CACHE` (empty
+/// or `off` disables it), else `bakeoff/packed` in the user's cache folder, holding at most
+/// `$BAKEOFF_WEIGHT_CACHE_MAX` (a size such as `8G`; default
+/// [`packcache::DEFAULT_MAX_BYTES`]).
+pub fn default_weight_cache() -> Result<Option<packcache::WeightCache>> {
+    let dir = match std::env::var_os("BAKEOFF_WEIGHT_CACHE") {
+        Some(v) if v.is_empty() || v == "off" => return Ok(None),
+        Some(v) => PathBuf::from(v),
+        None => match dirs::cache_dir() {
+            Some(d) => d.join("bakeoff").join("packed"),
+            None => return Ok(None),
+        },
+    };
+    let mut cache = packcache::WeightCache::new(dir);
+    if let Some(v) = std::env::var_os("BAKEOFF_WEIGHT_CACHE_MAX") {
+        let v = v.to_string_lossy();
+        cache.max_bytes = packcache::parse_size(&v)
+            .map_err(|e| Error::InvalidArgument(format!("BAKEOFF_WEIGHT_CACHE_MAX: {e}")))?;
     }
+    Ok(Some(cache))
 }
 
 pub fn default_threads() -> usize {
@@ -322,16 +334,23 @@ pub fn build_model(
             let caps = opts.cpu_kernels.unwrap_or_else(CpuCaps::detect);
             let cache = opts
                 .weight_cache
-                .as_deref()
+                .as_ref()
                 .filter(|_| caps.avx2)
-                .and_then(|dir| packcache::PackCache::open(dir, &store.files()))
+                .and_then(|wc| packcache::PackCache::open(wc, &store.files()))
                 .map(std::sync::Arc::new);
             let backend = CpuBackend::new(threads, caps)?.with_pack_cache(cache.clone());
             let model = Decoder::load(cfg.clone(), store, backend, transform, progress)?;
             if let Some(c) = cache {
                 // The cache only saves time on later loads; a full disk or a read-only folder
-                // must not fail this one.
-                let _ = c.persist();
+                // must not fail this one, but a user watching the load is told.
+                if let Err(e) = c.persist()
+                    && opts.progress
+                {
+                    eprintln!(
+                        "bakeoff: packed weights not cached in {}: {e}",
+                        c.path().parent().unwrap_or(c.path()).display()
+                    );
+                }
             }
             Box::new(model)
         }

@@ -18,6 +18,10 @@
 //! Entries are written to a `.bkpack-tmp-*` file renamed into place; a load killed mid-write
 //! leaves that temporary behind, and the next load deletes temporaries older than
 //! [`STALE_TEMP`], so the folder never keeps a model-sized orphan.
+//!
+//! Each entry is as large as its model, so the folder is bounded ([`WeightCache::max_bytes`]) and
+//! never fills the disk ([`WeightCache::free_reserve`]): a new entry first deletes the least recently used
+//! ones (a hit marks an entry used), and is not written when that is not enough.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -38,6 +42,65 @@ const TEMP_PREFIX: &str = ".bkpack-tmp-";
 /// is never taken for an orphan.
 pub const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(600);
 const ALIGN: u64 = 4096;
+/// What the cache leaves free on its disk: the packed copy saves a second or so per load, never
+/// worth the room a user's own files need.
+pub const FREE_RESERVE: u64 = 2 << 30;
+/// [`WeightCache::max_bytes`] unless `$BAKEOFF_WEIGHT_CACHE_MAX` says otherwise: about a dozen
+/// 1.5B-parameter Q4_K_M models.
+pub const DEFAULT_MAX_BYTES: u64 = 16 << 30;
+
+/// Where packed weights are kept and how much room they may take.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightCache {
+    pub dir: PathBuf,
+    /// The entries' total size: a new entry deletes the least recently used ones to stay under it.
+    pub max_bytes: u64,
+    /// What a new entry leaves free on the disk ([`FREE_RESERVE`]).
+    pub free_reserve: u64,
+}
+
+impl WeightCache {
+    /// `dir` with the default size bound.
+    pub fn new(dir: impl Into<PathBuf>) -> WeightCache {
+        WeightCache {
+            dir: dir.into(),
+            max_bytes: DEFAULT_MAX_BYTES,
+            free_reserve: FREE_RESERVE,
+        }
+    }
+}
+
+/// A size as users write it: bytes, or a number with K, M, G or T (powers of 1024, an optional
+/// trailing `B` or `iB`), such as `16G`, `512MiB`, `1.5G`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("`{text}`: unknown size unit `{c}` (K, M, G or T)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (bytes, or a number with K, M, G or T)"))?;
+    let bytes = v * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("`{text}` is not a size in range"));
+    }
+    Ok(bytes as u64)
+}
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 struct Entry {
@@ -68,6 +131,8 @@ struct Pending {
 /// first load otherwise.
 pub struct PackCache {
     path: PathBuf,
+    max_bytes: u64,
+    free_reserve: u64,
     sources: Vec<String>,
     existing: Option<(Arc<Mmap>, BTreeMap<String, Entry>)>,
     pending: Mutex<Vec<Pending>>,
@@ -78,7 +143,8 @@ pub struct PackCache {
 impl PackCache {
     /// The cache entry in `dir` for the model made of `files`, opened if it is there and valid.
     /// `None` when the files cannot be described (a missing file: the load fails on it later).
-    pub fn open(dir: &Path, files: &[PathBuf]) -> Option<PackCache> {
+    pub fn open(cache: &WeightCache, files: &[PathBuf]) -> Option<PackCache> {
+        let dir = cache.dir.as_path();
         let sources = files
             .iter()
             .map(|f| describe(f))
@@ -96,7 +162,16 @@ impl PackCache {
         let path = dir.join(format!("{key}.bkpack"));
         remove_stale_temporaries(dir, STALE_TEMP);
         let existing = read_index(&path, &sources);
+        if existing.is_some() {
+            // The eviction order: modification time is the last use.
+            let _ = std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        }
         Some(PackCache {
+            max_bytes: cache.max_bytes,
+            free_reserve: cache.free_reserve,
             path,
             sources,
             existing,
@@ -227,9 +302,39 @@ impl PackCache {
         if 16 + json.len() as u64 > data_start {
             return Err(std::io::Error::other("pack cache index did not settle"));
         }
+        let size = index
+            .tensors
+            .values()
+            .map(|e| e.offset + e.len)
+            .max()
+            .unwrap_or(data_start);
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
         prune(dir);
+        let others = entries(dir, &self.path);
+        let evict = evictions(
+            &others,
+            size,
+            self.max_bytes,
+            free_bytes(dir),
+            self.free_reserve,
+        )
+        .ok_or_else(|| {
+            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "the entry takes {:.0} MiB, the cache may hold {:.0} MiB \
+                         ($BAKEOFF_WEIGHT_CACHE_MAX) and leaves {:.0} MiB free on its disk",
+                    mib(size),
+                    mib(self.max_bytes),
+                    mib(self.free_reserve)
+                ),
+            )
+        })?;
+        for p in evict {
+            let _ = std::fs::remove_file(p);
+        }
         let tmp = tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
             .tempfile_in(dir)?;
@@ -289,6 +394,74 @@ fn prune(dir: &Path) {
             let _ = std::fs::remove_file(&p);
         }
     }
+}
+
+/// The entries in `dir` other than `except`: path, last use, size.
+fn entries(dir: &Path, except: &Path) -> Vec<(PathBuf, std::time::SystemTime, u64)> {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    read.flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "bkpack") || p == except {
+                return None;
+            }
+            let m = e.metadata().ok()?;
+            Some((p, m.modified().ok()?, m.len()))
+        })
+        .collect()
+}
+
+/// The entries to delete, least recently used first, so that `need` more bytes keep the folder
+/// within `max_bytes` and leave `reserve` free on a disk with `free` bytes available (unknown:
+/// only the bound counts). `None` when deleting them all would not be enough.
+fn evictions(
+    entries: &[(PathBuf, std::time::SystemTime, u64)],
+    need: u64,
+    max_bytes: u64,
+    free: Option<u64>,
+    reserve: u64,
+) -> Option<Vec<PathBuf>> {
+    let mut by_age: Vec<_> = entries.iter().collect();
+    by_age.sort_by_key(|e| e.1);
+    let mut held: u64 = entries.iter().map(|e| e.2).sum();
+    let mut free = free.map(u128::from);
+    let fits = |held: u64, free: Option<u128>| {
+        held.saturating_add(need) <= max_bytes
+            && free.is_none_or(|f| f >= u128::from(need) + u128::from(reserve))
+    };
+    let mut out = Vec::new();
+    for (p, _, len) in by_age {
+        if fits(held, free) {
+            break;
+        }
+        held -= len;
+        free = free.map(|f| f + u128::from(*len));
+        out.push(p.clone());
+    }
+    fits(held, free).then_some(out)
+}
+
+/// Bytes an unprivileged write may still take on the disk holding `dir`.
+#[cfg(unix)]
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `s` is written in full when the call succeeds.
+    let s = unsafe {
+        if libc::statvfs(c.as_ptr(), s.as_mut_ptr()) != 0 {
+            return None;
+        }
+        s.assume_init()
+    };
+    Some((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_dir: &Path) -> Option<u64> {
+    None
 }
 
 /// Deletes the temporaries of writes that never finished (a load killed mid-write) once they are
@@ -368,6 +541,15 @@ mod tests {
         crc32fast::hash(b.bytes())
     }
 
+    /// A cache with no size bound and no free-space reserve: these tests are not about either.
+    fn wc(dir: PathBuf) -> WeightCache {
+        WeightCache {
+            dir,
+            max_bytes: u64::MAX,
+            free_reserve: 0,
+        }
+    }
+
     fn blob(bytes: &[u8]) -> Blob {
         Blob::Owned(Arc::new(bytes.to_vec()))
     }
@@ -378,13 +560,13 @@ mod tests {
         let model = dir.path().join("m.gguf");
         std::fs::write(&model, b"weights").unwrap();
         let files = vec![model.clone()];
-        let c = PackCache::open(&dir.path().join("cache"), &files).unwrap();
+        let c = PackCache::open(&wc(dir.path().join("cache")), &files).unwrap();
         assert!(!c.hit());
         let a: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
         c.offer("a", WeightType::Q4_0, 2, 64, &blob(&a));
         c.offer("b", WeightType::Q8_0, 1, 32, &blob(&[7u8; 40]));
         c.persist().unwrap();
-        let c = PackCache::open(&dir.path().join("cache"), &files).unwrap();
+        let c = PackCache::open(&wc(dir.path().join("cache")), &files).unwrap();
         assert!(c.hit());
         assert_eq!(
             c.get("a", WeightType::Q4_0, 2, 64, a.len(), crc)
@@ -406,7 +588,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&model, b"other weights").unwrap();
         assert!(
-            !PackCache::open(&dir.path().join("cache"), &files)
+            !PackCache::open(&wc(dir.path().join("cache")), &files)
                 .unwrap()
                 .hit()
         );
@@ -416,7 +598,7 @@ mod tests {
     #[test]
     fn entries_of_deleted_models_are_pruned() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = dir.path().join("cache");
+        let cache = wc(dir.path().join("cache"));
         let write = |name: &str| {
             let model = dir.path().join(name);
             std::fs::write(&model, name.as_bytes()).unwrap();
@@ -441,7 +623,7 @@ mod tests {
             tensors: BTreeMap::new(),
         };
         let json = serde_json::to_vec(&index).unwrap();
-        let old_entry = cache.join("0123456789abcdef0123456789abcdef.bkpack");
+        let old_entry = cache.dir.join("0123456789abcdef0123456789abcdef.bkpack");
         let mut bytes = MAGIC.to_vec();
         bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
         bytes.extend_from_slice(&json);
@@ -462,7 +644,7 @@ mod tests {
         let model = dir.path().join("m.gguf");
         std::fs::write(&model, b"weights").unwrap();
         let files = vec![model];
-        let cache = dir.path().join("cache");
+        let cache = wc(dir.path().join("cache"));
         let c = PackCache::open(&cache, &files).unwrap();
         c.offer("a", WeightType::Q4_0, 2, 64, &blob(&[1u8; 9000]));
         c.offer("b", WeightType::Q4_0, 1, 64, &blob(&[2u8; 100]));
@@ -506,13 +688,111 @@ mod tests {
         assert!(fresh.exists() && other.exists());
     }
 
+    /// A new entry deletes the least recently used ones (a hit counts as a use) to stay within
+    /// the bound, and is not written when it could not be.
+    #[test]
+    fn the_cache_stays_within_its_bound_least_recently_used_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = wc(dir.path().join("cache"));
+        let write = |cache: &WeightCache, name: &str| {
+            let model = dir.path().join(name);
+            std::fs::write(&model, name.as_bytes()).unwrap();
+            let c = PackCache::open(cache, std::slice::from_ref(&model)).unwrap();
+            c.offer("a", WeightType::Q4_0, 1, 32, &blob(&[3u8; 10_000]));
+            (c.persist(), c.path().to_path_buf(), model)
+        };
+        let (r, a, a_model) = write(&cache, "a.gguf");
+        r.unwrap();
+        let one = std::fs::metadata(&a).unwrap().len();
+        cache.max_bytes = 2 * one;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let (r, b, _) = write(&cache, "b.gguf");
+        r.unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // Loading `a` again makes `b` the least recently used.
+        assert!(
+            PackCache::open(&cache, std::slice::from_ref(&a_model))
+                .unwrap()
+                .hit()
+        );
+        let (r, c, _) = write(&cache, "c.gguf");
+        r.unwrap();
+        assert!(
+            a.exists() && c.exists(),
+            "a used entry or the new one was deleted"
+        );
+        assert!(
+            !b.exists(),
+            "the least recently used entry was kept past the bound"
+        );
+
+        cache.max_bytes = one - 1;
+        let (r, d, _) = write(&cache, "d.gguf");
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::StorageFull);
+        assert!(e.to_string().contains("BAKEOFF_WEIGHT_CACHE_MAX"), "{e}");
+        assert!(!d.exists());
+        assert!(
+            a.exists() && c.exists(),
+            "entries deleted for a write that did not happen"
+        );
+    }
+
+    #[test]
+    fn evictions_leave_the_reserve_free_on_the_disk() {
+        let t = |s: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        let e = vec![
+            (PathBuf::from("new"), t(30), 100),
+            (PathBuf::from("old"), t(10), 100),
+            (PathBuf::from("mid"), t(20), 100),
+        ];
+        let names = |v: Option<Vec<PathBuf>>| {
+            v.map(|v| {
+                v.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+            })
+        };
+        // Room on the disk and under the bound: nothing to delete.
+        assert_eq!(
+            names(evictions(&e, 50, 1000, Some(1000), 100)),
+            Some(vec![])
+        );
+        // The bound: the oldest go first.
+        assert_eq!(
+            names(evictions(&e, 150, 400, None, 0)),
+            Some(vec!["old".into()])
+        );
+        // The disk: 100 free, 50 to write, 200 to leave free.
+        assert_eq!(
+            names(evictions(&e, 50, u64::MAX, Some(100), 200)),
+            Some(vec!["old".into(), "mid".into()])
+        );
+        // Not enough even with every entry deleted.
+        assert_eq!(names(evictions(&e, 50, u64::MAX, Some(100), 500)), None);
+        assert_eq!(names(evictions(&e, 401, 400, None, 0)), None);
+    }
+
+    #[test]
+    fn sizes_parse_as_users_write_them() {
+        assert_eq!(parse_size("16G"), Ok(16 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size(" 2 KB "), Ok(2048));
+        assert_eq!(parse_size("0"), Ok(0));
+        for bad in ["", "G", "12X", "-1G", "lots", "1e30T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
     #[test]
     fn a_truncated_or_foreign_file_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("m.gguf");
         std::fs::write(&model, b"weights").unwrap();
         let files = vec![model];
-        let cache = dir.path().join("cache");
+        let cache = wc(dir.path().join("cache"));
         let c = PackCache::open(&cache, &files).unwrap();
         c.offer("a", WeightType::Q4_0, 2, 64, &blob(&[1u8; 9000]));
         c.persist().unwrap();
