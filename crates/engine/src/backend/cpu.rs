@@ -3,6 +3,7 @@
 use crate::WeightType;
 
 use super::Backend;
+use crate::kernels::kvbuf::KvBuf;
 use crate::kernels::matmul::{
     QMatrix, matmul, matmul_many, matmul_owned, matmul_swiglu, swiglu_fuses,
 };
@@ -215,13 +216,29 @@ impl CpuMatrix {
     }
 }
 
-/// Keys and values per layer, growing with use instead of reserving the whole context: values
-/// position-major (`[pos][kv_heads·head_dim]`), keys transposed in blocks of 16 positions for
-/// the attention kernel (`kernels::attention`).
+/// Keys and values per layer, each buffer reserving the whole context but taking memory only as
+/// it fills (`kernels::kvbuf`): values position-major (`[pos][kv_heads·head_dim]`), keys
+/// transposed in blocks of 16 positions for the attention kernel (`kernels::attention`).
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<KvBuf>,
+    v: Vec<KvBuf>,
     kv_dim: usize,
+    positions: usize,
+}
+
+impl KvCache {
+    fn new(layers: usize, kv_dim: usize, positions: usize) -> KvCache {
+        let (kl, vl) = (
+            attention::key_cache_len(positions, kv_dim),
+            positions * kv_dim,
+        );
+        KvCache {
+            k: (0..layers).map(|_| KvBuf::new(kl)).collect(),
+            v: (0..layers).map(|_| KvBuf::new(vl)).collect(),
+            kv_dim,
+            positions,
+        }
+    }
 }
 
 impl Backend for CpuBackend {
@@ -296,11 +313,11 @@ impl Backend for CpuBackend {
     }
 
     fn new_cache(&self, cfg: &DecoderConfig) -> Result<KvCache> {
-        Ok(KvCache {
-            k: vec![Vec::new(); cfg.n_layers],
-            v: vec![Vec::new(); cfg.n_layers],
-            kv_dim: cfg.n_kv_heads * cfg.head_dim,
-        })
+        Ok(KvCache::new(
+            cfg.n_layers,
+            cfg.n_kv_heads * cfg.head_dim,
+            cfg.max_context,
+        ))
     }
 
     fn cache_len(&self, c: &KvCache) -> usize {
@@ -318,15 +335,18 @@ impl Backend for CpuBackend {
         let len = len.min(self.cache_len(c));
         let kl = attention::key_cache_len(len, c.kv_dim);
         let vl = len * c.kv_dim;
-        Ok(KvCache {
-            k: c.k.iter().map(|k| k[..kl.min(k.len())].to_vec()).collect(),
-            v: c.v.iter().map(|v| v[..vl.min(v.len())].to_vec()).collect(),
-            kv_dim: c.kv_dim,
-        })
+        let mut out = KvCache::new(c.k.len(), c.kv_dim, c.positions);
+        for (dst, src) in out.k.iter_mut().zip(&c.k) {
+            dst.extend_from_slice(&src[..kl.min(src.len())]);
+        }
+        for (dst, src) in out.v.iter_mut().zip(&c.v) {
+            dst.extend_from_slice(&src[..vl.min(src.len())]);
+        }
+        Ok(out)
     }
 
     fn cache_bytes(&self, c: &KvCache) -> usize {
-        c.k.iter().chain(c.v.iter()).map(|x| x.capacity() * 4).sum()
+        c.k.iter().chain(c.v.iter()).map(KvBuf::bytes).sum()
     }
 
     fn embed(&self, table: &CpuMatrix, ids: &[u32]) -> Result<Mat> {

@@ -185,6 +185,7 @@ impl Scheduler {
             }
         }
         stats.batch = items.len();
+        let prompt_tokens: usize = items.iter().map(|(_, t)| t.len()).sum::<usize>() - items.len();
         let batch: Vec<(usize, &[u32])> = items
             .iter()
             .map(|(i, toks)| (self.slots[self.running[*i].slot].id, toks.as_slice()))
@@ -202,6 +203,11 @@ impl Scheduler {
             model.forward_batch(&batch)
         };
         drop(batch);
+        if prompt_tokens >= TRIM_AFTER {
+            // A prompt's megabyte-sized activations are free now; returned to the system, the
+            // decode that follows (and its growing KV cache) does not sit on top of them.
+            crate::memory::release_free_heap();
+        }
         let mut done = vec![false; self.running.len()];
         match result {
             Err(e) => {
@@ -520,6 +526,10 @@ fn worth_waiting(common: usize, len: usize) -> bool {
 /// Prompt tokens per step of a sequence whose prompt is scored: its logits are kept for every
 /// position (Qwen2.5's 151,936-entry vocabulary: 0.6 MB per token).
 const SCORED_CHUNK: usize = 128;
+
+/// Prompt tokens in one step past which the freed heap is handed back afterwards (a trim costs
+/// well under a millisecond; a 64-token prompt takes tens).
+const TRIM_AFTER: usize = 64;
 
 /// Prompt tokens whose cache entries can be kept: the common prefix, bounded by what the cache
 /// holds, and at least one token short of the prompt, which must run to give logits.

@@ -13,6 +13,7 @@
 use rayon::prelude::*;
 
 use super::CpuCaps;
+use super::kvbuf::KvBuf;
 
 /// Positions per block of the transposed key cache.
 pub const KB: usize = 16;
@@ -26,11 +27,11 @@ pub fn key_cache_len(len: usize, kv_dim: usize) -> usize {
 
 /// Writes `keys` (`[n][kv_dim]`, position-major) at positions `len..len+n` of a blocked key
 /// cache whose first `len` positions are valid; the cache is cut or grown to fit exactly.
-pub fn append_keys(cache: &mut Vec<f32>, len: usize, keys: &[f32], kv_dim: usize) {
+pub fn append_keys(cache: &mut KvBuf, len: usize, keys: &[f32], kv_dim: usize) {
     let n = keys.len() / kv_dim.max(1);
     // Lanes past the end of the last block hold stale or zero keys; they are never attended to
     // (every row masks keys beyond its position) but must be finite, which both are.
-    cache.resize(key_cache_len(len + n, kv_dim), 0.0);
+    cache.resize(key_cache_len(len + n, kv_dim));
     for (i, key) in keys.chunks_exact(kv_dim).enumerate() {
         let p = len + i;
         let (b, lane) = (p / KB, p % KB);
@@ -455,7 +456,7 @@ mod tests {
                 let keys = values(total * kv_dim, 1);
                 let vals = values(total * kv_dim, 2);
                 let q = values(n * q_dim, 3);
-                let mut kc = Vec::new();
+                let mut kc = KvBuf::new(key_cache_len(total, kv_dim));
                 append_keys(&mut kc, 0, &keys[..pos * kv_dim], kv_dim);
                 append_keys(&mut kc, pos, &keys[pos * kv_dim..], kv_dim);
                 assert_eq!(key_at(&kc, total - 1, kv_dim), keys[(total - 1) * kv_dim..]);
@@ -479,7 +480,7 @@ mod tests {
     #[test]
     fn append_after_truncation_overwrites_stale_keys() {
         let kv_dim = 4;
-        let mut kc = Vec::new();
+        let mut kc = KvBuf::new(key_cache_len(20, kv_dim));
         append_keys(&mut kc, 0, &values(20 * kv_dim, 1), kv_dim);
         kc.truncate(key_cache_len(3, kv_dim));
         let fresh = values(2 * kv_dim, 9);

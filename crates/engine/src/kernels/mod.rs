@@ -9,6 +9,7 @@ mod amx;
 pub mod attention;
 pub mod dequant;
 pub mod dot;
+pub mod kvbuf;
 pub mod matmul;
 pub mod ops;
 pub mod packed;
