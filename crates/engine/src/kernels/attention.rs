@@ -110,22 +110,45 @@ pub fn attention(
     assert!(v_cache.len() >= (pos + n) * d.kv_dim());
     let rows = n * d.group();
     let blocks = rows.div_ceil(RB);
-    let tasks = kv_heads * blocks;
-    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let threads = pool.current_num_threads();
+    // Decode has one block of rows per KV head: 3 tasks for SmolLM2's 3 KV heads on 2 threads
+    // left a thread idle a third of the time. Splitting each head's keys into ranges whose
+    // partial softmaxes are merged afterwards makes the task count a multiple of the threads.
+    let chunks = if n == 1 && threads > 1 {
+        key_ranges(kv_heads * blocks, threads, (pos + 1).div_ceil(KB))
+    } else {
+        1
+    };
+    let tasks = kv_heads * blocks * chunks;
     let simd = caps.avx512vnni && head_dim.is_multiple_of(16);
+    // Per task: each row's running maximum and sum, then its unnormalised output.
+    let part_len = RB * (2 + head_dim);
+    let mut parts = if chunks > 1 {
+        vec![0f32; tasks * part_len]
+    } else {
+        Vec::new()
+    };
+    let parts_ptr = SyncPtr(parts.as_mut_ptr());
+    let out_ptr = SyncPtr(out.as_mut_ptr());
     let run = |scratch: &mut Vec<f32>, task: usize| {
-        let (kvh, b) = (task / blocks, task % blocks);
+        let (kvh, b, c) = (
+            task / (blocks * chunks),
+            task / chunks % blocks,
+            task % chunks,
+        );
         let r0 = b * RB;
-        // A short last block repeats its last row; the copies are computed but not written.
-        let rs: [usize; RB] = std::array::from_fn(|i| (r0 + i).min(rows - 1));
         let live = (rows - r0).min(RB);
-        let width = rs
+        let rs: [usize; RB] = std::array::from_fn(|i| (r0 + i).min(rows - 1));
+        let rs = &rs[..live];
+        let end = rs
             .iter()
             .map(|&r| d.row(kvh, r).2)
             .max()
             .unwrap_or(0)
-            .div_ceil(KB)
-            * KB;
+            .div_ceil(KB);
+        // Key blocks `c·end/chunks .. (c+1)·end/chunks`: near-equal ranges, none empty.
+        let (kb0, kb1) = (c * end / chunks, (c + 1) * end / chunks);
+        let (start, width) = (kb0 * KB, (kb1 - kb0) * KB);
         scratch.clear();
         scratch.resize(RB * width + RB * head_dim, 0.0);
         let (scores, acc) = scratch.split_at_mut(RB * width);
@@ -135,24 +158,51 @@ pub fn attention(
             k: k_cache,
             v: v_cache,
             kvh,
-            rs: &rs,
+            rs,
+            start,
             width,
         };
+        let normalize = chunks == 1;
+        let mut stats = [0f32; 2 * RB];
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: avx512f detected (implied by avx512vnni); the slices hold what the asserts
-            // above checked, and head_dim is a multiple of 16.
-            unsafe { block_avx512(&blk, scores, acc) };
+            // above checked, and head_dim is a multiple of 16. Each arm passes `live` rows.
+            // Decode's block is one group of heads (3 for SmolLM2, 6 for Qwen2.5-1.5B), so the
+            // row count is a constant of each instance rather than always `RB`.
+            unsafe {
+                let st = &mut stats;
+                match live {
+                    1 => block_avx512::<1>(&blk, scores, acc, st, normalize),
+                    2 => block_avx512::<2>(&blk, scores, acc, st, normalize),
+                    3 => block_avx512::<3>(&blk, scores, acc, st, normalize),
+                    4 => block_avx512::<4>(&blk, scores, acc, st, normalize),
+                    5 => block_avx512::<5>(&blk, scores, acc, st, normalize),
+                    6 => block_avx512::<6>(&blk, scores, acc, st, normalize),
+                    7 => block_avx512::<7>(&blk, scores, acc, st, normalize),
+                    _ => block_avx512::<RB>(&blk, scores, acc, st, normalize),
+                }
+            };
         } else {
-            block_portable(&blk, scores, acc);
+            block_portable(&blk, scores, acc, &mut stats, normalize);
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
             let _ = simd;
-            block_portable(&blk, scores, acc);
+            block_portable(&blk, scores, acc, &mut stats, normalize);
+        }
+        if !normalize {
+            let p = parts_ptr;
+            // SAFETY: each task owns its `part_len` floats of `parts`.
+            unsafe {
+                let dst = p.0.add(task * part_len);
+                std::ptr::copy_nonoverlapping(stats.as_ptr(), dst, 2 * live);
+                std::ptr::copy_nonoverlapping(acc.as_ptr(), dst.add(2 * RB), live * head_dim);
+            }
+            return;
         }
         let p = out_ptr;
-        for (i, &r) in rs.iter().enumerate().take(live) {
+        for (i, &r) in rs.iter().enumerate() {
             let (t, h, _) = d.row(kvh, r);
             let o = t * d.q_dim() + h * head_dim;
             // SAFETY: (t, h) is a distinct row for every (kvh, r), and inside `out`.
@@ -161,7 +211,7 @@ pub fn attention(
             };
         }
     };
-    if tasks == 1 || pool.current_num_threads() == 1 {
+    if tasks == 1 || threads == 1 {
         let mut scratch = Vec::new();
         (0..tasks).for_each(|t| run(&mut scratch, t));
     } else if n == 1 {
@@ -174,6 +224,64 @@ pub fn attention(
                 .for_each_init(Vec::new, |s, t| run(s, t))
         });
     }
+    if chunks > 1 {
+        merge_ranges(&parts, &d, rows, blocks, chunks, part_len, out);
+    }
+}
+
+/// How many key ranges to split each of `tasks` row blocks into so that the work divides evenly
+/// over `threads`, keeping at least [`MIN_RANGE_BLOCKS`] key blocks per range.
+fn key_ranges(tasks: usize, threads: usize, key_blocks: usize) -> usize {
+    let gcd = |mut a: usize, mut b: usize| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let even = threads / gcd(tasks, threads);
+    even.min(key_blocks / MIN_RANGE_BLOCKS).max(1)
+}
+
+/// Key blocks below which a range is not split off: merging costs a pass over the outputs.
+const MIN_RANGE_BLOCKS: usize = 4;
+
+/// Combines each row's partial softmaxes over its key ranges into `out`: the ranges' outputs
+/// weighted by `sum · e^(max − overall max)`, divided by the total of those sums.
+fn merge_ranges(
+    parts: &[f32],
+    d: &Dims,
+    rows: usize,
+    blocks: usize,
+    chunks: usize,
+    part_len: usize,
+    out: &mut [f32],
+) {
+    let hd = d.head_dim;
+    for kvh in 0..d.kv_heads {
+        for b in 0..blocks {
+            let r0 = b * RB;
+            let first = (kvh * blocks + b) * chunks;
+            let part = |c: usize| &parts[(first + c) * part_len..][..part_len];
+            for i in 0..(rows - r0).min(RB) {
+                let m = (0..chunks)
+                    .map(|c| part(c)[2 * i])
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let w: Vec<f32> = (0..chunks).map(|c| (part(c)[2 * i] - m).exp()).collect();
+                let total: f32 = (0..chunks).map(|c| part(c)[2 * i + 1] * w[c]).sum();
+                let (t, h, _) = d.row(kvh, r0 + i);
+                let o = &mut out[t * d.q_dim() + h * hd..][..hd];
+                o.fill(0.0);
+                for (c, wc) in w.iter().enumerate() {
+                    let a = &part(c)[2 * RB + i * hd..][..hd];
+                    for (x, y) in o.iter_mut().zip(a) {
+                        *x += wc * y;
+                    }
+                }
+                let inv = 1.0 / total;
+                o.iter_mut().for_each(|x| *x *= inv);
+            }
+        }
+    }
 }
 
 /// The inputs of one block of query rows.
@@ -184,13 +292,22 @@ struct Block<'a> {
     k: &'a [f32],
     v: &'a [f32],
     kvh: usize,
-    rs: &'a [usize; RB],
+    /// The block's rows, at most [`RB`].
+    rs: &'a [usize],
+    /// The keys this call covers: `width` positions from `start`, both multiples of [`KB`].
+    start: usize,
     width: usize,
 }
 
 /// One block of rows in plain Rust: the reference the SIMD path is tested against, and the
 /// path of processors without AVX-512.
-fn block_portable(b: &Block<'_>, scores: &mut [f32], acc: &mut [f32]) {
+fn block_portable(
+    b: &Block<'_>,
+    scores: &mut [f32],
+    acc: &mut [f32],
+    stats: &mut [f32; 2 * RB],
+    normalize: bool,
+) {
     let Block {
         d,
         q,
@@ -198,15 +315,18 @@ fn block_portable(b: &Block<'_>, scores: &mut [f32], acc: &mut [f32]) {
         v,
         kvh,
         rs,
+        start,
         width,
     } = *b;
     let (hd, kv_dim) = (d.head_dim, d.kv_dim());
     let scale = 1.0 / (hd as f32).sqrt();
     for (i, &r) in rs.iter().enumerate() {
         let (t, h, lim) = d.row(kvh, r);
+        let seen = lim.saturating_sub(start).min(width);
         let qr = &q[t * d.q_dim() + h * hd..][..hd];
-        let s = &mut scores[i * width..(i + 1) * width];
-        for (j, sj) in s.iter_mut().enumerate().take(lim) {
+        let s = &mut scores[i * width..][..seen];
+        for (jj, sj) in s.iter_mut().enumerate() {
+            let j = start + jj;
             let base = (j / KB) * kv_dim * KB + kvh * hd * KB + j % KB;
             let dot: f32 = qr
                 .iter()
@@ -215,22 +335,26 @@ fn block_portable(b: &Block<'_>, scores: &mut [f32], acc: &mut [f32]) {
                 .sum();
             *sj = dot * scale;
         }
-        let m = s[..lim].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         let mut sum = 0.0;
-        for x in s[..lim].iter_mut() {
+        for x in s.iter_mut() {
             *x = (*x - m).exp();
             sum += *x;
         }
         let o = &mut acc[i * hd..(i + 1) * hd];
         o.fill(0.0);
-        for (j, &p) in s[..lim].iter().enumerate() {
-            let vr = &v[j * kv_dim + kvh * hd..][..hd];
+        for (jj, &p) in s.iter().enumerate() {
+            let vr = &v[(start + jj) * kv_dim + kvh * hd..][..hd];
             for (o, vv) in o.iter_mut().zip(vr) {
                 *o += p * vv;
             }
         }
-        let inv = 1.0 / sum;
-        o.iter_mut().for_each(|x| *x *= inv);
+        stats[2 * i] = m;
+        stats[2 * i + 1] = sum;
+        if normalize {
+            let inv = 1.0 / sum;
+            o.iter_mut().for_each(|x| *x *= inv);
+        }
     }
 }
 
@@ -244,11 +368,17 @@ use std::arch::x86_64::*;
 /// weighted sum 64 value columns × 4 rows at a time.
 ///
 /// # Safety
-/// AVX-512F must be available, `head_dim` a multiple of 16, and the caches must hold every
-/// position the rows may see.
+/// AVX-512F must be available, `head_dim` a multiple of 16, the block must have `R` rows, and
+/// the caches must hold every position the rows may see.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn block_avx512(blk: &Block<'_>, scores: &mut [f32], acc: &mut [f32]) {
+unsafe fn block_avx512<const R: usize>(
+    blk: &Block<'_>,
+    scores: &mut [f32],
+    acc: &mut [f32],
+    stats: &mut [f32; 2 * RB],
+    normalize: bool,
+) {
     let Block {
         d,
         q,
@@ -256,15 +386,18 @@ unsafe fn block_avx512(blk: &Block<'_>, scores: &mut [f32], acc: &mut [f32]) {
         v,
         kvh,
         rs,
+        start,
         width,
     } = *blk;
     let (hd, kv_dim) = (d.head_dim, d.kv_dim());
     let scale = _mm512_set1_ps(1.0 / (hd as f32).sqrt());
-    let rows: [(usize, usize, usize); RB] = std::array::from_fn(|i| d.row(kvh, rs[i]));
-    let qp: [*const f32; RB] =
+    debug_assert_eq!(rs.len(), R);
+    let rows: [(usize, usize, usize); R] = std::array::from_fn(|i| d.row(kvh, rs[i]));
+    let qp: [*const f32; R] =
         std::array::from_fn(|i| q[rows[i].0 * d.q_dim() + rows[i].1 * hd..][..hd].as_ptr());
     let nblk = width / KB;
-    let kbase = |b: usize| k[b * kv_dim * KB + kvh * hd * KB..][..hd * KB].as_ptr();
+    let b0 = start / KB;
+    let kbase = |b: usize| k[(b0 + b) * kv_dim * KB + kvh * hd * KB..][..hd * KB].as_ptr();
     let sp = scores.as_mut_ptr();
     // SAFETY (whole body): pointers are derived from slices whose bounds were checked above or
     // by the caller; every offset stays inside them.
@@ -272,18 +405,18 @@ unsafe fn block_avx512(blk: &Block<'_>, scores: &mut [f32], acc: &mut [f32]) {
         let mut b = 0;
         while b + 2 <= nblk {
             let (k0, k1) = (kbase(b), kbase(b + 1));
-            let mut a0 = [_mm512_setzero_ps(); RB];
-            let mut a1 = [_mm512_setzero_ps(); RB];
+            let mut a0 = [_mm512_setzero_ps(); R];
+            let mut a1 = [_mm512_setzero_ps(); R];
             for c in 0..hd {
                 let x0 = _mm512_loadu_ps(k0.add(c * KB));
                 let x1 = _mm512_loadu_ps(k1.add(c * KB));
-                for i in 0..RB {
+                for i in 0..R {
                     let qv = _mm512_set1_ps(*qp[i].add(c));
                     a0[i] = _mm512_fmadd_ps(qv, x0, a0[i]);
                     a1[i] = _mm512_fmadd_ps(qv, x1, a1[i]);
                 }
             }
-            for i in 0..RB {
+            for i in 0..R {
                 _mm512_storeu_ps(sp.add(i * width + b * KB), _mm512_mul_ps(a0[i], scale));
                 _mm512_storeu_ps(
                     sp.add(i * width + (b + 1) * KB),
@@ -294,10 +427,10 @@ unsafe fn block_avx512(blk: &Block<'_>, scores: &mut [f32], acc: &mut [f32]) {
         }
         if b < nblk {
             let k0 = kbase(b);
-            let mut a0 = [_mm512_setzero_ps(); RB];
+            let mut a0 = [_mm512_setzero_ps(); R];
             for c in 0..hd {
                 let x0 = _mm512_loadu_ps(k0.add(c * KB));
-                for i in 0..RB {
+                for i in 0..R {
                     a0[i] = _mm512_fmadd_ps(_mm512_set1_ps(*qp[i].add(c)), x0, a0[i]);
                 }
             }
@@ -307,15 +440,17 @@ unsafe fn block_avx512(blk: &Block<'_>, scores: &mut [f32], acc: &mut [f32]) {
         }
         // Softmax numerators, zero past each row's last visible key; the division by the sum
         // is applied to the output instead of to every weight.
-        let mut inv = [0f32; RB];
+        let mut inv = [1f32; R];
         for (i, &(_, _, lim)) in rows.iter().enumerate() {
+            let lim = lim.saturating_sub(start);
             let s = sp.add(i * width);
             let mut mv = _mm512_set1_ps(f32::NEG_INFINITY);
             for j in (0..width).step_by(KB) {
                 let m = lane_mask(lim, j);
                 mv = _mm512_mask_max_ps(mv, m, mv, _mm512_loadu_ps(s.add(j)));
             }
-            let mv = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
+            let mx = _mm512_reduce_max_ps(mv);
+            let mv = _mm512_set1_ps(mx);
             let mut sum = _mm512_setzero_ps();
             for j in (0..width).step_by(KB) {
                 let m = lane_mask(lim, j);
@@ -324,16 +459,25 @@ unsafe fn block_avx512(blk: &Block<'_>, scores: &mut [f32], acc: &mut [f32]) {
                 _mm512_storeu_ps(s.add(j), e);
                 sum = _mm512_add_ps(sum, e);
             }
-            inv[i] = 1.0 / _mm512_reduce_add_ps(sum);
+            let total = _mm512_reduce_add_ps(sum);
+            stats[2 * i] = mx;
+            stats[2 * i + 1] = total;
+            if normalize {
+                inv[i] = 1.0 / total;
+            }
         }
-        let len = rows.iter().map(|r| r.2).max().unwrap_or(0);
-        let vb = v[kvh * hd..].as_ptr();
+        let len = rows
+            .iter()
+            .map(|r| r.2.saturating_sub(start).min(width))
+            .max()
+            .unwrap_or(0);
+        let vb = v[start * kv_dim + kvh * hd..].as_ptr();
         let mut c0 = 0;
         while c0 < hd {
             match (hd - c0) / 16 {
-                1 => pv_chunk::<1>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
-                2 => pv_chunk::<2>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
-                _ => pv_chunk::<3>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
+                1 => pv_chunk::<1, R>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
+                2 => pv_chunk::<2, R>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
+                _ => pv_chunk::<3, R>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
             }
             c0 += 48.min(hd - c0);
         }
@@ -352,24 +496,24 @@ fn lane_mask(lim: usize, j: usize) -> __mmask16 {
 ///
 /// # Safety
 /// AVX-512F; `v` points at column `c0` of the KV head in the value cache, which holds `len`
-/// rows of `kv_dim`; `p` holds `RB` rows of `width ≥ len` weights.
+/// rows of `kv_dim`; `p` holds `R` rows of `width ≥ len` weights.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn pv_chunk<const W: usize>(
+unsafe fn pv_chunk<const W: usize, const R: usize>(
     v: *const f32,
     kv_dim: usize,
     p: *const f32,
     width: usize,
     len: usize,
-    inv: &[f32; RB],
+    inv: &[f32; R],
     acc: &mut [f32],
     hd: usize,
     c0: usize,
 ) {
     // SAFETY: see the function's contract.
     unsafe {
-        let mut a = [[_mm512_setzero_ps(); W]; RB];
+        let mut a = [[_mm512_setzero_ps(); W]; R];
         for j in 0..len {
             let vr = v.add(j * kv_dim);
             let x: [__m512; W] = std::array::from_fn(|w| _mm512_loadu_ps(vr.add(16 * w)));
@@ -448,9 +592,25 @@ mod tests {
     /// sizes that take every value-chunk width, and a prompt appended to an existing cache.
     #[test]
     fn blocked_attention_matches_the_textbook() {
-        let pool = crate::kernels::threads::Threads::new(2).unwrap();
-        for (heads, kv_heads, hd) in [(8, 2, 64), (6, 1, 128), (4, 4, 48), (3, 1, 40)] {
-            for (pos, n) in [(0, 1), (0, 37), (20, 1), (33, 5)] {
+        // Every row count a block can have, 1 to 8, comes up among these shapes; decode at 200
+        // and 700 positions splits the keys into ranges (2 or 3 threads, 1 to 4 KV heads).
+        for threads in [2, 3] {
+            let pool = crate::kernels::threads::Threads::new(threads).unwrap();
+            blocked_attention_on(&pool);
+        }
+    }
+
+    fn blocked_attention_on(pool: &crate::kernels::threads::Threads) {
+        let shapes = [
+            (8, 2, 64),
+            (6, 1, 128),
+            (4, 4, 48),
+            (3, 1, 40),
+            (2, 1, 32),
+            (9, 3, 64),
+        ];
+        for (heads, kv_heads, hd) in shapes {
+            for (pos, n) in [(0, 1), (0, 37), (20, 1), (33, 5), (200, 1), (700, 1)] {
                 let (kv_dim, q_dim) = (kv_heads * hd, heads * hd);
                 let total = pos + n;
                 let keys = values(total * kv_dim, 1);
@@ -464,7 +624,7 @@ mod tests {
                 for caps in [CpuCaps::detect(), CpuCaps::portable()] {
                     let mut got = vec![f32::NAN; n * q_dim];
                     attention(
-                        &pool, caps, &q, &kc, &vals, n, pos, heads, kv_heads, hd, &mut got,
+                        pool, caps, &q, &kc, &vals, n, pos, heads, kv_heads, hd, &mut got,
                     );
                     let worst = crate::kernels::max_abs_diff(&got, &want);
                     assert!(
@@ -474,6 +634,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn key_ranges_even_out_the_threads() {
+        // SmolLM2's 3 KV heads on 2 threads: 2 ranges each, 6 tasks.
+        assert_eq!(key_ranges(3, 2, 100), 2);
+        // Already a multiple of the threads.
+        assert_eq!(key_ranges(2, 2, 100), 1);
+        assert_eq!(key_ranges(4, 2, 100), 1);
+        assert_eq!(key_ranges(2, 3, 100), 3);
+        assert_eq!(key_ranges(8, 6, 100), 3);
+        // Too few keys to split: at least 4 blocks of 16 per range.
+        assert_eq!(key_ranges(3, 2, 7), 1);
+        assert_eq!(key_ranges(2, 3, 8), 2);
     }
 
     /// Truncating the cache and appending again overwrites the stale lanes.
