@@ -8,7 +8,9 @@
 //!
 //! Work is split by KV head and blocks of [`RB`] query rows, a row being one (token, head of
 //! the group) pair: the heads that share a KV head read its keys and values once per block
-//! instead of once each, in decode as in prompts.
+//! instead of once each, in decode as in prompts. In decode, where that leaves fewer tasks than
+//! threads or a count that does not divide over them, each head's keys are also split into
+//! ranges, and the ranges' partial softmaxes (maximum, sum, unnormalised output) are merged.
 
 use rayon::prelude::*;
 
