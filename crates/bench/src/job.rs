@@ -98,6 +98,9 @@ pub struct Job {
     /// Packed-weights cache (`LoadOptions::weight_cache`); none when absent.
     #[serde(default)]
     pub weight_cache: Option<bakeoff_engine::loader::packcache::WeightCache>,
+    /// Element type of the CPU KV cache (`LoadOptions::kv_cache`).
+    #[serde(default)]
+    pub kv_cache: bakeoff_engine::kernels::kvbuf::KvType,
     /// Non-loopback hosts the user allowed for remote engines.
     pub allowed_hosts: Vec<String>,
     /// Read timeout for remote engines, seconds.
@@ -138,6 +141,8 @@ pub struct BenchConfig {
     pub cold_load: bool,
     /// Packed-weights cache for local models (`LoadOptions::weight_cache`).
     pub weight_cache: Option<bakeoff_engine::loader::packcache::WeightCache>,
+    /// Element type of the CPU KV cache for local models.
+    pub kv_cache: bakeoff_engine::kernels::kvbuf::KvType,
     pub allowed_hosts: Vec<String>,
     pub timeout_s: u64,
 }
@@ -170,6 +175,7 @@ impl Default for BenchConfig {
             params: default_params(),
             cold_load: true,
             weight_cache: None,
+            kv_cache: Default::default(),
             allowed_hosts: Vec::new(),
             timeout_s: 600,
         }
@@ -253,6 +259,7 @@ impl BenchConfig {
                         params: self.params.clone(),
                         cold_load: self.cold_load,
                         weight_cache: self.weight_cache.clone(),
+                        kv_cache: self.kv_cache,
                         allowed_hosts: self.allowed_hosts.clone(),
                         timeout_s: self.timeout_s,
                     });

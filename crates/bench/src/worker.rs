@@ -242,6 +242,7 @@ fn run_local(
         progress: false,
         cpu_kernels: None,
         weight_cache: job.weight_cache.clone(),
+        kv_cache: job.kv_cache,
     };
     // First load: cold when the page cache can be dropped. It also names the files to hash.
     let cold = job.cold_load && env::can_drop_caches();

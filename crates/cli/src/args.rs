@@ -38,6 +38,9 @@ pub struct ModelArgs {
     /// $BAKEOFF_WEIGHT_CACHE (default: the user cache folder, bakeoff/packed; "off" disables).
     #[arg(long)]
     pub no_weight_cache: bool,
+    /// Element type of the CPU KV cache: f16 (default, as llama.cpp) or f32.
+    #[arg(long, default_value = "f16")]
+    pub kv_cache: String,
 }
 
 impl ModelArgs {
@@ -69,6 +72,10 @@ impl ModelArgs {
             } else {
                 bakeoff_engine::loader::default_weight_cache()?
             },
+            kv_cache: self
+                .kv_cache
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--kv-cache: {e}"))?,
         })
     }
 

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use bakeoff_engine::backend::DeviceKind;
+use bakeoff_engine::kernels::kvbuf::KvType;
 use bakeoff_engine::loader::{FloatType, LoadOptions, load_model_only};
 use bakeoff_engine::model::CausalLm;
 use bakeoff_engine::sampling::argmax;
@@ -35,16 +36,28 @@ fn reference(name: &str) -> Reference {
     serde_json::from_str(&text).unwrap()
 }
 
+/// The model with an f32 KV cache: these tests hold bakeoff to transformers' f32 arithmetic.
 fn load(
     name: &str,
     device: DeviceKind,
     dtype: Option<FloatType>,
     threads: usize,
 ) -> Box<dyn CausalLm> {
+    load_kv(name, device, dtype, threads, KvType::F32)
+}
+
+fn load_kv(
+    name: &str,
+    device: DeviceKind,
+    dtype: Option<FloatType>,
+    threads: usize,
+    kv_cache: KvType,
+) -> Box<dyn CausalLm> {
     let opts = LoadOptions {
         device,
         threads: Some(threads),
         dtype,
+        kv_cache,
         ..Default::default()
     };
     load_model_only(&fixture(name), &opts).unwrap()
@@ -72,8 +85,12 @@ fn greedy(m: &mut dyn CausalLm, prompt: &[u32], n: usize) -> Vec<u32> {
 
 /// f32 logits within `tol` (max abs) at every prompt position, and identical greedy tokens.
 fn check_model(name: &str, device: DeviceKind, threads: usize, tol: f32) {
+    check_model_kv(name, device, threads, tol, KvType::F32);
+}
+
+fn check_model_kv(name: &str, device: DeviceKind, threads: usize, tol: f32, kv: KvType) {
     let r = reference(name);
-    let mut m = load(name, device, None, threads);
+    let mut m = load_kv(name, device, None, threads, kv);
     let vocab = m.config().vocab_size;
     for (ci, case) in r.prompts.iter().enumerate() {
         m.truncate(0);
@@ -104,6 +121,35 @@ fn llama_f32_equals_transformers() {
 fn qwen2_f32_equals_transformers() {
     check_model("tiny-qwen2", DeviceKind::Cpu, 2, 1e-4);
 }
+
+/// The default half-precision KV cache rounds each key and value to 11 significant bits: the
+/// logits move by at most `F16_KV_TOL` on these models (7e-3 seen, on the tiny Qwen2), and the
+/// greedy tokens stay the same.
+#[test]
+fn f16_kv_cache_stays_near_transformers() {
+    for name in ["tiny-llama", "tiny-qwen2"] {
+        check_model_kv(name, DeviceKind::Cpu, 2, F16_KV_TOL, KvType::F16);
+        // Not a bound that f32 already meets by a wide margin either way: f16 is looser.
+        let r = reference(name);
+        let mut m = load_kv(name, DeviceKind::Cpu, None, 2, KvType::F16);
+        let vocab = m.config().vocab_size;
+        let case = &r.prompts[0];
+        let all = m.forward(&case.ids, true).unwrap();
+        let worst = case
+            .logits
+            .iter()
+            .enumerate()
+            .map(|(p, want)| max_abs_diff(&all[p * vocab..(p + 1) * vocab], want))
+            .fold(0.0, f32::max);
+        println!("{name}: f16 KV cache, max |Δlogit| = {worst}");
+        assert!(
+            worst > 1e-6,
+            "{name}: the f16 cache changed nothing ({worst})"
+        );
+    }
+}
+
+const F16_KV_TOL: f32 = 1e-2;
 
 /// Llama 3.x rope scaling (`rope_type: llama3`), all three frequency bands in one head.
 #[test]

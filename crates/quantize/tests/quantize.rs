@@ -21,9 +21,11 @@ const PROMPT: [u32; 12] = [1, 40, 41, 200, 7, 99, 150, 3, 255, 17, 64, 128];
 /// Free-running greedy steps compared with the f32 model.
 const STEPS: usize = 32;
 
+/// An f32 KV cache: these tests measure what quantizing the weights changes, nothing else.
 fn opts() -> LoadOptions {
     LoadOptions {
         threads: Some(2),
+        kv_cache: bakeoff_engine::kernels::kvbuf::KvType::F32,
         ..Default::default()
     }
 }

@@ -70,6 +70,9 @@ pub struct BenchArgs {
     /// Repack Q4_0 / Q8_0 weights at every load instead of copying them from the packed-weights file.
     #[arg(long)]
     pub no_weight_cache: bool,
+    /// Element type of the CPU KV cache: f16 (default, as llama.cpp) or f32.
+    #[arg(long, default_value = "f16")]
+    pub kv_cache: String,
     /// A non-loopback host that remote engines may be reached at (repeatable).
     #[arg(long)]
     pub allow_host: Vec<String>,
@@ -150,6 +153,10 @@ impl BenchArgs {
             } else {
                 bakeoff_engine::loader::default_weight_cache()?
             },
+            kv_cache: self
+                .kv_cache
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--kv-cache: {e}"))?,
             allowed_hosts: self.allow_host.clone(),
             timeout_s: self.timeout,
         };

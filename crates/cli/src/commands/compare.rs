@@ -440,6 +440,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
             format: "table".into(),
             no_cold_load: a.no_cold_load || d,
             no_weight_cache: false,
+            kv_cache: "f16".into(),
             allow_host: Vec::new(),
             timeout: 600,
             no_progress: a.no_progress,
@@ -528,6 +529,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         progress: false,
         cpu_kernels: None,
         weight_cache: bakeoff_engine::loader::default_weight_cache()?,
+        kv_cache: Default::default(),
     };
     let ans = answers(
         &models,

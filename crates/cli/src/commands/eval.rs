@@ -250,6 +250,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         progress: false,
         cpu_kernels: None,
         weight_cache: bakeoff_engine::loader::default_weight_cache()?,
+        kv_cache: Default::default(),
     };
 
     // The judge is checked before any model runs.

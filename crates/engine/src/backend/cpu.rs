@@ -3,7 +3,7 @@
 use crate::WeightType;
 
 use super::Backend;
-use crate::kernels::kvbuf::KvBuf;
+use crate::kernels::kvbuf::{KvBuf, KvElem, KvType};
 use crate::kernels::matmul::{
     QMatrix, matmul, matmul_many, matmul_owned, matmul_swiglu, swiglu_fuses,
 };
@@ -19,6 +19,7 @@ pub struct CpuBackend {
     pool: std::sync::Arc<Threads>,
     caps: CpuCaps,
     pack_cache: Option<std::sync::Arc<PackCache>>,
+    kv_type: KvType,
 }
 
 /// Rows per task when the per-token operations (norms, rotations, SwiGLU, residual adds, zeroed
@@ -108,7 +109,14 @@ impl CpuBackend {
             pool: std::sync::Arc::new(pool),
             caps,
             pack_cache: None,
+            kv_type: KvType::default(),
         })
+    }
+
+    /// The KV cache's element type ([`KvType::F16`] unless set).
+    pub fn with_kv_type(mut self, kv_type: KvType) -> Self {
+        self.kv_type = kv_type;
+        self
     }
 
     /// Reads packed matrices from, and offers newly packed ones to, a packed-weights file.
@@ -218,26 +226,112 @@ impl CpuMatrix {
 
 /// Keys and values per layer, each buffer reserving the whole context but taking memory only as
 /// it fills (`kernels::kvbuf`): values position-major (`[pos][kv_heads·head_dim]`), keys
-/// transposed in blocks of 16 positions for the attention kernel (`kernels::attention`).
+/// transposed in blocks of 16 positions for the attention kernel (`kernels::attention`), in
+/// f16 or f32 (`KvType`).
 pub struct KvCache {
-    k: Vec<KvBuf>,
-    v: Vec<KvBuf>,
+    layers: KvLayers,
     kv_dim: usize,
     positions: usize,
 }
 
-impl KvCache {
-    fn new(layers: usize, kv_dim: usize, positions: usize) -> KvCache {
+enum KvLayers {
+    F16(Layers<half::f16>),
+    F32(Layers<f32>),
+}
+
+struct Layers<T: KvElem> {
+    k: Vec<KvBuf<T>>,
+    v: Vec<KvBuf<T>>,
+}
+
+impl<T: KvElem> Layers<T> {
+    fn new(layers: usize, kv_dim: usize, positions: usize) -> Layers<T> {
         let (kl, vl) = (
             attention::key_cache_len(positions, kv_dim),
             positions * kv_dim,
         );
-        KvCache {
+        Layers {
             k: (0..layers).map(|_| KvBuf::new(kl)).collect(),
             v: (0..layers).map(|_| KvBuf::new(vl)).collect(),
+        }
+    }
+
+    fn truncate(&mut self, len: usize, kv_dim: usize) {
+        for (k, v) in self.k.iter_mut().zip(self.v.iter_mut()) {
+            k.truncate(attention::key_cache_len(len, kv_dim));
+            v.truncate(len * kv_dim);
+        }
+    }
+
+    fn prefix(&self, len: usize, kv_dim: usize, positions: usize) -> Layers<T> {
+        let kl = attention::key_cache_len(len, kv_dim);
+        let vl = len * kv_dim;
+        let mut out = Layers::new(self.k.len(), kv_dim, positions);
+        for (dst, src) in out.k.iter_mut().zip(&self.k) {
+            dst.extend_from_slice(&src[..kl.min(src.len())]);
+        }
+        for (dst, src) in out.v.iter_mut().zip(&self.v) {
+            dst.extend_from_slice(&src[..vl.min(src.len())]);
+        }
+        out
+    }
+
+    fn bytes(&self) -> usize {
+        self.k.iter().chain(self.v.iter()).map(KvBuf::bytes).sum()
+    }
+
+    /// Appends a layer's new keys and values, then attends over everything cached.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &mut self,
+        pool: &Threads,
+        caps: CpuCaps,
+        layer: usize,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        n: usize,
+        cfg: &DecoderConfig,
+        out: &mut [f32],
+    ) {
+        let kv_dim = cfg.n_kv_heads * cfg.head_dim;
+        let pos = self.v[layer].len() / kv_dim;
+        attention::append_keys(&mut self.k[layer], pos, k, kv_dim);
+        self.v[layer].extend_from_f32(v);
+        attention::attention(
+            pool,
+            caps,
+            q,
+            &self.k[layer],
+            &self.v[layer],
+            n,
+            pos,
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.head_dim,
+            out,
+        );
+    }
+}
+
+impl KvCache {
+    fn new(layers: usize, kv_dim: usize, positions: usize, kind: KvType) -> KvCache {
+        KvCache {
+            layers: match kind {
+                KvType::F16 => KvLayers::F16(Layers::new(layers, kv_dim, positions)),
+                KvType::F32 => KvLayers::F32(Layers::new(layers, kv_dim, positions)),
+            },
             kv_dim,
             positions,
         }
+    }
+
+    fn len(&self) -> usize {
+        let v = match &self.layers {
+            KvLayers::F16(l) => l.v.first().map(KvBuf::len),
+            KvLayers::F32(l) => l.v.first().map(KvBuf::len),
+        };
+        v.map_or(0, |v| v / self.kv_dim.max(1))
     }
 }
 
@@ -248,7 +342,12 @@ impl Backend for CpuBackend {
     type Cache = KvCache;
 
     fn describe(&self) -> String {
-        format!("cpu ({} threads, {})", self.threads(), self.caps.describe())
+        format!(
+            "cpu ({} threads, {}, kv {})",
+            self.threads(),
+            self.caps.describe(),
+            self.kv_type
+        )
     }
 
     fn pool(&self) -> Option<std::sync::Arc<Threads>> {
@@ -317,36 +416,39 @@ impl Backend for CpuBackend {
             cfg.n_layers,
             cfg.n_kv_heads * cfg.head_dim,
             cfg.max_context,
+            self.kv_type,
         ))
     }
 
     fn cache_len(&self, c: &KvCache) -> usize {
-        c.v.first().map_or(0, |v| v.len() / c.kv_dim.max(1))
+        c.len()
     }
 
     fn cache_truncate(&self, c: &mut KvCache, len: usize) {
-        for (k, v) in c.k.iter_mut().zip(c.v.iter_mut()) {
-            k.truncate(attention::key_cache_len(len, c.kv_dim));
-            v.truncate(len * c.kv_dim);
+        match &mut c.layers {
+            KvLayers::F16(l) => l.truncate(len, c.kv_dim),
+            KvLayers::F32(l) => l.truncate(len, c.kv_dim),
         }
     }
 
     fn cache_prefix(&self, c: &KvCache, len: usize) -> Result<KvCache> {
-        let len = len.min(self.cache_len(c));
-        let kl = attention::key_cache_len(len, c.kv_dim);
-        let vl = len * c.kv_dim;
-        let mut out = KvCache::new(c.k.len(), c.kv_dim, c.positions);
-        for (dst, src) in out.k.iter_mut().zip(&c.k) {
-            dst.extend_from_slice(&src[..kl.min(src.len())]);
-        }
-        for (dst, src) in out.v.iter_mut().zip(&c.v) {
-            dst.extend_from_slice(&src[..vl.min(src.len())]);
-        }
-        Ok(out)
+        let len = len.min(c.len());
+        let (kv_dim, positions) = (c.kv_dim, c.positions);
+        Ok(KvCache {
+            layers: match &c.layers {
+                KvLayers::F16(l) => KvLayers::F16(l.prefix(len, kv_dim, positions)),
+                KvLayers::F32(l) => KvLayers::F32(l.prefix(len, kv_dim, positions)),
+            },
+            kv_dim,
+            positions,
+        })
     }
 
     fn cache_bytes(&self, c: &KvCache) -> usize {
-        c.k.iter().chain(c.v.iter()).map(KvBuf::bytes).sum()
+        match &c.layers {
+            KvLayers::F16(l) => l.bytes(),
+            KvLayers::F32(l) => l.bytes(),
+        }
     }
 
     fn embed(&self, table: &CpuMatrix, ids: &[u32]) -> Result<Mat> {
@@ -448,7 +550,6 @@ impl Backend for CpuBackend {
         cfg: &DecoderConfig,
     ) -> Result<Mat> {
         let n = q.rows;
-        let pos = cache.v[layer].len() / cache.kv_dim;
         let (qc, kc) = (q.cols, k.cols);
         self.par_rows2(&mut q.data, qc, &rope.cos, rope.half, |t0, x, _| {
             ops::rope_from(x, cfg.n_heads, cfg.head_dim, rope, cfg.rope_style, t0)
@@ -456,22 +557,16 @@ impl Backend for CpuBackend {
         self.par_rows2(&mut k.data, kc, &rope.cos, rope.half, |t0, x, _| {
             ops::rope_from(x, cfg.n_kv_heads, cfg.head_dim, rope, cfg.rope_style, t0)
         });
-        attention::append_keys(&mut cache.k[layer], pos, &k.data, cache.kv_dim);
-        cache.v[layer].extend_from_slice(&v.data);
         let mut out = self.zeros(n * cfg.n_heads * cfg.head_dim);
-        attention::attention(
-            &self.pool,
-            self.caps,
-            &q.data,
-            &cache.k[layer],
-            &cache.v[layer],
-            n,
-            pos,
-            cfg.n_heads,
-            cfg.n_kv_heads,
-            cfg.head_dim,
-            &mut out,
-        );
+        let (pool, caps) = (&self.pool, self.caps);
+        match &mut cache.layers {
+            KvLayers::F16(l) => l.attend(
+                pool, caps, layer, &q.data, &k.data, &v.data, n, cfg, &mut out,
+            ),
+            KvLayers::F32(l) => l.attend(
+                pool, caps, layer, &q.data, &k.data, &v.data, n, cfg, &mut out,
+            ),
+        }
         Ok(Mat {
             data: out,
             rows: n,

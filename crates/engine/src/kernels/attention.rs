@@ -15,7 +15,7 @@
 use rayon::prelude::*;
 
 use super::CpuCaps;
-use super::kvbuf::KvBuf;
+use super::kvbuf::{KvBuf, KvElem};
 
 /// Positions per block of the transposed key cache.
 pub const KB: usize = 16;
@@ -29,7 +29,7 @@ pub fn key_cache_len(len: usize, kv_dim: usize) -> usize {
 
 /// Writes `keys` (`[n][kv_dim]`, position-major) at positions `len..len+n` of a blocked key
 /// cache whose first `len` positions are valid; the cache is cut or grown to fit exactly.
-pub fn append_keys(cache: &mut KvBuf, len: usize, keys: &[f32], kv_dim: usize) {
+pub fn append_keys<T: KvElem>(cache: &mut KvBuf<T>, len: usize, keys: &[f32], kv_dim: usize) {
     let n = keys.len() / kv_dim.max(1);
     // Lanes past the end of the last block hold stale or zero keys; they are never attended to
     // (every row masks keys beyond its position) but must be finite, which both are.
@@ -39,16 +39,16 @@ pub fn append_keys(cache: &mut KvBuf, len: usize, keys: &[f32], kv_dim: usize) {
         let (b, lane) = (p / KB, p % KB);
         let base = b * kv_dim * KB + lane;
         for (c, &v) in key.iter().enumerate() {
-            cache[base + c * KB] = v;
+            cache[base + c * KB] = T::from_f32(v);
         }
     }
 }
 
 /// The key of position `p` from a blocked cache (tests and diagnostics).
-pub fn key_at(cache: &[f32], p: usize, kv_dim: usize) -> Vec<f32> {
+pub fn key_at<T: KvElem>(cache: &[T], p: usize, kv_dim: usize) -> Vec<f32> {
     let (b, lane) = (p / KB, p % KB);
     (0..kv_dim)
-        .map(|c| cache[b * kv_dim * KB + c * KB + lane])
+        .map(|c| cache[b * kv_dim * KB + c * KB + lane].to_f32())
         .collect()
 }
 
@@ -87,12 +87,12 @@ impl Dims {
 /// Causal grouped-query attention of `n` new queries (absolute positions `pos..pos+n`) over a
 /// blocked key cache and a position-major value cache holding `pos + n` positions.
 #[allow(clippy::too_many_arguments)]
-pub fn attention(
+pub fn attention<T: KvElem>(
     pool: &super::threads::Threads,
     caps: CpuCaps,
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[T],
+    v_cache: &[T],
     n: usize,
     pos: usize,
     heads: usize,
@@ -175,14 +175,14 @@ pub fn attention(
             unsafe {
                 let st = &mut stats;
                 match live {
-                    1 => block_avx512::<1>(&blk, scores, acc, st, normalize),
-                    2 => block_avx512::<2>(&blk, scores, acc, st, normalize),
-                    3 => block_avx512::<3>(&blk, scores, acc, st, normalize),
-                    4 => block_avx512::<4>(&blk, scores, acc, st, normalize),
-                    5 => block_avx512::<5>(&blk, scores, acc, st, normalize),
-                    6 => block_avx512::<6>(&blk, scores, acc, st, normalize),
-                    7 => block_avx512::<7>(&blk, scores, acc, st, normalize),
-                    _ => block_avx512::<RB>(&blk, scores, acc, st, normalize),
+                    1 => block_avx512::<T, 1>(&blk, scores, acc, st, normalize),
+                    2 => block_avx512::<T, 2>(&blk, scores, acc, st, normalize),
+                    3 => block_avx512::<T, 3>(&blk, scores, acc, st, normalize),
+                    4 => block_avx512::<T, 4>(&blk, scores, acc, st, normalize),
+                    5 => block_avx512::<T, 5>(&blk, scores, acc, st, normalize),
+                    6 => block_avx512::<T, 6>(&blk, scores, acc, st, normalize),
+                    7 => block_avx512::<T, 7>(&blk, scores, acc, st, normalize),
+                    _ => block_avx512::<T, RB>(&blk, scores, acc, st, normalize),
                 }
             };
         } else {
@@ -288,11 +288,11 @@ fn merge_ranges(
 
 /// The inputs of one block of query rows.
 #[derive(Clone, Copy)]
-struct Block<'a> {
+struct Block<'a, T> {
     d: &'a Dims,
     q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
+    k: &'a [T],
+    v: &'a [T],
     kvh: usize,
     /// The block's rows, at most [`RB`].
     rs: &'a [usize],
@@ -303,8 +303,8 @@ struct Block<'a> {
 
 /// One block of rows in plain Rust: the reference the SIMD path is tested against, and the
 /// path of processors without AVX-512.
-fn block_portable(
-    b: &Block<'_>,
+fn block_portable<T: KvElem>(
+    b: &Block<'_, T>,
     scores: &mut [f32],
     acc: &mut [f32],
     stats: &mut [f32; 2 * RB],
@@ -333,7 +333,7 @@ fn block_portable(
             let dot: f32 = qr
                 .iter()
                 .enumerate()
-                .map(|(c, qv)| qv * k[base + c * KB])
+                .map(|(c, qv)| qv * k[base + c * KB].to_f32())
                 .sum();
             *sj = dot * scale;
         }
@@ -348,7 +348,7 @@ fn block_portable(
         for (jj, &p) in s.iter().enumerate() {
             let vr = &v[(start + jj) * kv_dim + kvh * hd..][..hd];
             for (o, vv) in o.iter_mut().zip(vr) {
-                *o += p * vv;
+                *o += p * vv.to_f32();
             }
         }
         stats[2 * i] = m;
@@ -374,8 +374,8 @@ use std::arch::x86_64::*;
 /// the caches must hold every position the rows may see.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn block_avx512<const R: usize>(
-    blk: &Block<'_>,
+unsafe fn block_avx512<T: KvElem, const R: usize>(
+    blk: &Block<'_, T>,
     scores: &mut [f32],
     acc: &mut [f32],
     stats: &mut [f32; 2 * RB],
@@ -410,8 +410,8 @@ unsafe fn block_avx512<const R: usize>(
             let mut a0 = [_mm512_setzero_ps(); R];
             let mut a1 = [_mm512_setzero_ps(); R];
             for c in 0..hd {
-                let x0 = _mm512_loadu_ps(k0.add(c * KB));
-                let x1 = _mm512_loadu_ps(k1.add(c * KB));
+                let x0 = load16(k0.add(c * KB));
+                let x1 = load16(k1.add(c * KB));
                 for i in 0..R {
                     let qv = _mm512_set1_ps(*qp[i].add(c));
                     a0[i] = _mm512_fmadd_ps(qv, x0, a0[i]);
@@ -431,7 +431,7 @@ unsafe fn block_avx512<const R: usize>(
             let k0 = kbase(b);
             let mut a0 = [_mm512_setzero_ps(); R];
             for c in 0..hd {
-                let x0 = _mm512_loadu_ps(k0.add(c * KB));
+                let x0 = load16(k0.add(c * KB));
                 for i in 0..R {
                     a0[i] = _mm512_fmadd_ps(_mm512_set1_ps(*qp[i].add(c)), x0, a0[i]);
                 }
@@ -477,11 +477,29 @@ unsafe fn block_avx512<const R: usize>(
         let mut c0 = 0;
         while c0 < hd {
             match (hd - c0) / 16 {
-                1 => pv_chunk::<1, R>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
-                2 => pv_chunk::<2, R>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
-                _ => pv_chunk::<3, R>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
+                1 => pv_chunk::<T, 1, R>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
+                2 => pv_chunk::<T, 2, R>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
+                _ => pv_chunk::<T, 3, R>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
             }
             c0 += 48.min(hd - c0);
+        }
+    }
+}
+
+/// Sixteen cache elements as floats: a plain load, or a load of 16 halves converted.
+///
+/// # Safety
+/// AVX-512F; `p` must point at 16 readable elements.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn load16<T: KvElem>(p: *const T) -> __m512 {
+    // SAFETY: see the function's contract; a half is 2 bytes, so 16 fill one 256-bit load.
+    unsafe {
+        if T::HALF {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast::<__m256i>()))
+        } else {
+            _mm512_loadu_ps(p.cast::<f32>())
         }
     }
 }
@@ -502,8 +520,8 @@ fn lane_mask(lim: usize, j: usize) -> __mmask16 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn pv_chunk<const W: usize, const R: usize>(
-    v: *const f32,
+unsafe fn pv_chunk<T: KvElem, const W: usize, const R: usize>(
+    v: *const T,
     kv_dim: usize,
     p: *const f32,
     width: usize,
@@ -518,7 +536,7 @@ unsafe fn pv_chunk<const W: usize, const R: usize>(
         let mut a = [[_mm512_setzero_ps(); W]; R];
         for j in 0..len {
             let vr = v.add(j * kv_dim);
-            let x: [__m512; W] = std::array::from_fn(|w| _mm512_loadu_ps(vr.add(16 * w)));
+            let x: [__m512; W] = std::array::from_fn(|w| load16(vr.add(16 * w)));
             for (i, ai) in a.iter_mut().enumerate() {
                 let pv = _mm512_set1_ps(*p.add(i * width + j));
                 for w in 0..W {
@@ -596,13 +614,18 @@ mod tests {
     fn blocked_attention_matches_the_textbook() {
         // Every row count a block can have, 1 to 8, comes up among these shapes; decode at 200
         // and 700 positions splits the keys into ranges (2 or 3 threads, 1 to 4 KV heads).
+        // Half-precision caches against the textbook on the same keys and values rounded to f16:
+        // the kernels convert exactly, so the bound is the same.
         for threads in [2, 3] {
             let pool = crate::kernels::threads::Threads::new(threads).unwrap();
-            blocked_attention_on(&pool);
+            blocked_attention_on::<f32>(&pool);
+            blocked_attention_on::<half::f16>(&pool);
         }
     }
 
-    fn blocked_attention_on(pool: &crate::kernels::threads::Threads) {
+    fn blocked_attention_on<T: KvElem>(pool: &crate::kernels::threads::Threads) {
+        let round =
+            |x: Vec<f32>| -> Vec<f32> { x.into_iter().map(|v| T::from_f32(v).to_f32()).collect() };
         let shapes = [
             (8, 2, 64),
             (6, 1, 128),
@@ -618,20 +641,24 @@ mod tests {
                 let keys = values(total * kv_dim, 1);
                 let vals = values(total * kv_dim, 2);
                 let q = values(n * q_dim, 3);
-                let mut kc = KvBuf::new(key_cache_len(total, kv_dim));
+                let mut kc = KvBuf::<T>::new(key_cache_len(total, kv_dim));
                 append_keys(&mut kc, 0, &keys[..pos * kv_dim], kv_dim);
                 append_keys(&mut kc, pos, &keys[pos * kv_dim..], kv_dim);
+                let mut vc = KvBuf::<T>::new(total * kv_dim);
+                vc.extend_from_f32(&vals);
+                let (keys, vals) = (round(keys), round(vals));
                 assert_eq!(key_at(&kc, total - 1, kv_dim), keys[(total - 1) * kv_dim..]);
                 let want = naive(&q, &keys, &vals, n, pos, heads, kv_heads, hd);
                 for caps in [CpuCaps::detect(), CpuCaps::portable()] {
                     let mut got = vec![f32::NAN; n * q_dim];
                     attention(
-                        pool, caps, &q, &kc, &vals, n, pos, heads, kv_heads, hd, &mut got,
+                        pool, caps, &q, &kc, &vc, n, pos, heads, kv_heads, hd, &mut got,
                     );
                     let worst = crate::kernels::max_abs_diff(&got, &want);
                     assert!(
                         worst < 2e-5,
-                        "{caps:?} heads {heads}/{kv_heads} hd {hd} pos {pos} n {n}: {worst}"
+                        "{} {caps:?} heads {heads}/{kv_heads} hd {hd} pos {pos} n {n}: {worst}",
+                        std::any::type_name::<T>()
                     );
                 }
             }
@@ -656,7 +683,7 @@ mod tests {
     #[test]
     fn append_after_truncation_overwrites_stale_keys() {
         let kv_dim = 4;
-        let mut kc = KvBuf::new(key_cache_len(20, kv_dim));
+        let mut kc = KvBuf::<f32>::new(key_cache_len(20, kv_dim));
         append_keys(&mut kc, 0, &values(20 * kv_dim, 1), kv_dim);
         kc.truncate(key_cache_len(3, kv_dim));
         let fresh = values(2 * kv_dim, 9);

@@ -10,27 +10,100 @@
 //! gives the memory back to the system at once. Where such a mapping cannot be made (a system
 //! that refuses overcommitted address space), the buffer falls back to a `Vec`.
 
+//!
+//! The elements are `f32` or `f16` ([`KvElem`]): a half-precision cache, llama.cpp's default,
+//! halves the bytes attention reads per token and the cache's memory.
+
 use memmap2::{MmapMut, MmapOptions};
 
-pub struct KvBuf {
-    mem: Mem,
+/// A KV cache element: stored from, and read back as, `f32`.
+pub trait KvElem: Copy + Default + PartialEq + std::fmt::Debug + Send + Sync + 'static {
+    /// Whether the element is an IEEE half (the SIMD kernels convert it as they load).
+    const HALF: bool;
+    fn from_f32(x: f32) -> Self;
+    fn to_f32(self) -> f32;
+    /// `dst[i] = from_f32(src[i])`.
+    fn convert(src: &[f32], dst: &mut [Self]);
+}
+
+impl KvElem for f32 {
+    const HALF: bool = false;
+    fn from_f32(x: f32) -> f32 {
+        x
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn convert(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl KvElem for half::f16 {
+    const HALF: bool = true;
+    fn from_f32(x: f32) -> half::f16 {
+        half::f16::from_f32(x)
+    }
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    fn convert(src: &[f32], dst: &mut [half::f16]) {
+        use half::slice::HalfFloatSliceExt;
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+/// The element type of a CPU KV cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvType {
+    /// Half precision, as llama.cpp stores its cache by default: half the memory and the bytes
+    /// attention reads; keys and values rounded to 11 significant bits.
+    #[default]
+    F16,
+    /// Single precision: exactly the values the projections computed.
+    F32,
+}
+
+impl std::str::FromStr for KvType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<KvType, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" => Ok(KvType::F16),
+            "f32" => Ok(KvType::F32),
+            other => Err(format!("KV cache type `{other}` is not f16 or f32")),
+        }
+    }
+}
+
+impl std::fmt::Display for KvType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvType::F16 => "f16",
+            KvType::F32 => "f32",
+        })
+    }
+}
+
+pub struct KvBuf<T: KvElem = f32> {
+    mem: Mem<T>,
     len: usize,
 }
 
-enum Mem {
-    /// `capacity` floats of address space, touched only up to the longest length so far.
+enum Mem<T> {
+    /// `capacity` elements of address space, touched only up to the longest length so far.
     Mapped {
         map: MmapMut,
         capacity: usize,
     },
-    Heap(Vec<f32>),
+    Heap(Vec<T>),
 }
 
-impl KvBuf {
-    /// An empty buffer that can hold `capacity` floats without moving.
-    pub fn new(capacity: usize) -> KvBuf {
+impl<T: KvElem> KvBuf<T> {
+    /// An empty buffer that can hold `capacity` elements without moving.
+    pub fn new(capacity: usize) -> KvBuf<T> {
         let mapped = capacity
-            .checked_mul(4)
+            .checked_mul(size_of::<T>())
             .filter(|&b| b > 0)
             .and_then(|bytes| {
                 MmapOptions::new()
@@ -59,12 +132,12 @@ impl KvBuf {
         matches!(self.mem, Mem::Mapped { .. })
     }
 
-    /// Bytes of the floats in use.
+    /// Bytes of the elements in use.
     pub fn bytes(&self) -> usize {
-        self.len * 4
+        self.len * size_of::<T>()
     }
 
-    /// Grows (new floats are zero) or shrinks to `len`. Past a mapping's capacity the contents
+    /// Grows (new elements are zero) or shrinks to `len`. Past a mapping's capacity the contents
     /// move to a `Vec` rather than fail: the decoder never asks for more than the context it
     /// sized the buffer for, but a wrong size must cost speed, not an abort.
     pub fn resize(&mut self, len: usize) {
@@ -78,12 +151,12 @@ impl KvBuf {
                 let old = self.len;
                 self.len = len;
                 if len > old {
-                    // A truncated cache may hold stale floats past its length.
-                    self.as_mut_slice()[old..].fill(0.0);
+                    // A truncated cache may hold stale elements past its length.
+                    self.as_mut_slice()[old..].fill(T::default());
                 }
             }
             Mem::Heap(v) => {
-                v.resize(len, 0.0);
+                v.resize(len, T::default());
                 self.len = len;
             }
         }
@@ -95,44 +168,52 @@ impl KvBuf {
         }
     }
 
-    pub fn extend_from_slice(&mut self, xs: &[f32]) {
+    /// Appends `xs`, converted to the element type.
+    pub fn extend_from_f32(&mut self, xs: &[f32]) {
+        let at = self.len;
+        self.resize(at + xs.len());
+        T::convert(xs, &mut self.as_mut_slice()[at..]);
+    }
+
+    pub fn extend_from_slice(&mut self, xs: &[T]) {
         let at = self.len;
         self.resize(at + xs.len());
         self.as_mut_slice()[at..].copy_from_slice(xs);
     }
 
-    pub fn as_slice(&self) -> &[f32] {
+    pub fn as_slice(&self) -> &[T] {
         match &self.mem {
-            // SAFETY: the mapping is page-aligned, at least `capacity >= len` floats long, and
-            // zero-filled by the kernel, so its first `len` floats are initialised.
+            // SAFETY: the mapping is page-aligned, at least `capacity >= len` elements long, and
+            // zero-filled by the kernel (all-zero bits are 0.0 in f32 and f16), so its first
+            // `len` elements are initialised.
             Mem::Mapped { map, .. } => unsafe {
-                std::slice::from_raw_parts(map.as_ptr().cast::<f32>(), self.len)
+                std::slice::from_raw_parts(map.as_ptr().cast::<T>(), self.len)
             },
             Mem::Heap(v) => v,
         }
     }
 
-    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
         let len = self.len;
         match &mut self.mem {
             // SAFETY: as in `as_slice`, and `&mut self` makes the access exclusive.
             Mem::Mapped { map, .. } => unsafe {
-                std::slice::from_raw_parts_mut(map.as_mut_ptr().cast::<f32>(), len)
+                std::slice::from_raw_parts_mut(map.as_mut_ptr().cast::<T>(), len)
             },
             Mem::Heap(v) => v,
         }
     }
 }
 
-impl std::ops::Deref for KvBuf {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
+impl<T: KvElem> std::ops::Deref for KvBuf<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
         self.as_slice()
     }
 }
 
-impl std::ops::DerefMut for KvBuf {
-    fn deref_mut(&mut self) -> &mut [f32] {
+impl<T: KvElem> std::ops::DerefMut for KvBuf<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
         self.as_mut_slice()
     }
 }
@@ -162,7 +243,7 @@ mod tests {
             Op::Extend((0..13).map(|i| i as f32).collect()),
         ];
         for cap in [0, 10, 1 << 20] {
-            let mut b = KvBuf::new(cap);
+            let mut b = KvBuf::<f32>::new(cap);
             assert_eq!(b.is_mapped(), cap > 0, "capacity {cap}");
             let mut v: Vec<f32> = Vec::new();
             for (i, op) in ops.iter().enumerate() {
@@ -191,6 +272,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn half_elements_round_as_f16() {
+        let xs = [1.0f32, -2.5, 0.1, 65504.0, 1e-8];
+        let mut b = KvBuf::<half::f16>::new(64);
+        b.extend_from_f32(&xs);
+        assert_eq!(b.bytes(), 10);
+        for (x, y) in xs.iter().zip(b.iter()) {
+            assert_eq!(y.to_f32(), half::f16::from_f32(*x).to_f32());
+        }
+        b.truncate(1);
+        b.resize(3);
+        assert_eq!(b[1].to_f32(), 0.0);
+    }
+
     /// Reserving a whole long context costs address space, not memory: only what is written is
     /// resident.
     #[cfg(target_os = "linux")]
@@ -204,7 +299,7 @@ mod tests {
         };
         let Some(before) = rss() else { return };
         // 4 GiB of capacity, 1 MiB written.
-        let mut b = KvBuf::new(1 << 30);
+        let mut b = KvBuf::<f32>::new(1 << 30);
         assert!(b.is_mapped());
         b.resize(1 << 18);
         let grown = rss().unwrap().saturating_sub(before);

@@ -134,6 +134,8 @@ pub struct LoadOptions {
     /// Folder of packed-weights files (`packcache`): the first load of a Q4_0 / Q8_0 model
     /// writes its repacked matrices there, later loads copy them from there. Off when `None`.
     pub weight_cache: Option<packcache::WeightCache>,
+    /// Element type of the CPU backend's KV cache (f16 by default, as llama.cpp).
+    pub kv_cache: crate::kernels::kvbuf::KvType,
 }
 
 impl Default for LoadOptions {
@@ -146,6 +148,7 @@ impl Default for LoadOptions {
             progress: false,
             cpu_kernels: None,
             weight_cache: None,
+            kv_cache: Default::default(),
         }
     }
 }
@@ -338,7 +341,9 @@ pub fn build_model(
                 .filter(|_| caps.avx2)
                 .and_then(|wc| packcache::PackCache::open(wc, &store.files()))
                 .map(std::sync::Arc::new);
-            let backend = CpuBackend::new(threads, caps)?.with_pack_cache(cache.clone());
+            let backend = CpuBackend::new(threads, caps)?
+                .with_pack_cache(cache.clone())
+                .with_kv_type(opts.kv_cache);
             let model = Decoder::load(cfg.clone(), store, backend, transform, progress)?;
             if let Some(c) = cache {
                 // The cache only saves time on later loads; a full disk or a read-only folder
