@@ -38,8 +38,9 @@ pub struct ModelArgs {
     /// $BAKEOFF_WEIGHT_CACHE (default: the user cache folder, bakeoff/packed; "off" disables).
     #[arg(long)]
     pub no_weight_cache: bool,
-    /// Element type of the CPU KV cache: f16 (default, as llama.cpp) or f32.
-    #[arg(long, default_value = "f16")]
+    /// Element type of the CPU KV cache: auto (default: f16 where the AVX-512 attention kernel
+    /// runs, as llama.cpp, else f32), f16 or f32.
+    #[arg(long, default_value = "auto")]
     pub kv_cache: String,
 }
 

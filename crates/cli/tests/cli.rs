@@ -346,6 +346,13 @@ fn bad_input_gets_clear_errors() {
             .arg(&msgs),
     );
     assert!(e.contains("unknown role `wizard`"), "{e}");
+    let e = fails(bakeoff().arg("generate").arg("--model").arg(&hf).args([
+        "--prompt",
+        "x",
+        "--kv-cache",
+        "f8",
+    ]));
+    assert!(e.contains("--kv-cache") && e.contains("`f8`"), "{e}");
     // Invalid UTF-8 on stdin.
     let mut child = bakeoff()
         .arg("tokenize")

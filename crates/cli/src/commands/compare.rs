@@ -440,7 +440,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
             format: "table".into(),
             no_cold_load: a.no_cold_load || d,
             no_weight_cache: false,
-            kv_cache: "f16".into(),
+            kv_cache: "auto".into(),
             allow_host: Vec::new(),
             timeout: 600,
             no_progress: a.no_progress,

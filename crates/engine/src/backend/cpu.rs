@@ -113,7 +113,7 @@ impl CpuBackend {
         })
     }
 
-    /// The KV cache's element type ([`KvType::F16`] unless set).
+    /// The KV cache's element type ([`KvType::Auto`] unless set).
     pub fn with_kv_type(mut self, kv_type: KvType) -> Self {
         self.kv_type = kv_type;
         self
@@ -319,7 +319,7 @@ impl KvCache {
         KvCache {
             layers: match kind {
                 KvType::F16 => KvLayers::F16(Layers::new(layers, kv_dim, positions)),
-                KvType::F32 => KvLayers::F32(Layers::new(layers, kv_dim, positions)),
+                KvType::F32 | KvType::Auto => KvLayers::F32(Layers::new(layers, kv_dim, positions)),
             },
             kv_dim,
             positions,
@@ -342,11 +342,12 @@ impl Backend for CpuBackend {
     type Cache = KvCache;
 
     fn describe(&self) -> String {
+        // Head sizes are multiples of 16 in every supported model, so `Auto` resolves as here.
         format!(
             "cpu ({} threads, {}, kv {})",
             self.threads(),
             self.caps.describe(),
-            self.kv_type
+            self.kv_type.resolve(self.caps, 64)
         )
     }
 
@@ -416,7 +417,7 @@ impl Backend for CpuBackend {
             cfg.n_layers,
             cfg.n_kv_heads * cfg.head_dim,
             cfg.max_context,
-            self.kv_type,
+            self.kv_type.resolve(self.caps, cfg.head_dim),
         ))
     }
 

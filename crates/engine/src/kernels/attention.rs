@@ -84,6 +84,12 @@ impl Dims {
     }
 }
 
+/// Whether [`attention`] takes its AVX-512 kernel for these kernels and head size (else the
+/// portable one).
+pub fn simd(caps: CpuCaps, head_dim: usize) -> bool {
+    caps.avx512vnni && head_dim.is_multiple_of(16)
+}
+
 /// Causal grouped-query attention of `n` new queries (absolute positions `pos..pos+n`) over a
 /// blocked key cache and a position-major value cache holding `pos + n` positions.
 #[allow(clippy::too_many_arguments)]
@@ -122,7 +128,7 @@ pub fn attention<T: KvElem>(
         1
     };
     let tasks = kv_heads * blocks * chunks;
-    let simd = caps.avx512vnni && head_dim.is_multiple_of(16);
+    let simd = simd(caps, head_dim);
     // Per task: each row's running maximum and sum, then its unnormalised output.
     let part_len = RB * (2 + head_dim);
     let mut parts = if chunks > 1 {

@@ -57,21 +57,36 @@ impl KvElem for half::f16 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KvType {
+    /// [`KvType::F16`] where the AVX-512 attention kernel runs (it converts halves as it loads),
+    /// [`KvType::F32`] on the portable path, where converting each element cost 2.6x the decode.
+    #[default]
+    Auto,
     /// Half precision, as llama.cpp stores its cache by default: half the memory and the bytes
     /// attention reads; keys and values rounded to 11 significant bits.
-    #[default]
     F16,
     /// Single precision: exactly the values the projections computed.
     F32,
+}
+
+impl KvType {
+    /// The type a cache is made of: `Auto` resolved for these kernels and head size.
+    pub fn resolve(self, caps: super::CpuCaps, head_dim: usize) -> KvType {
+        match self {
+            KvType::Auto if super::attention::simd(caps, head_dim) => KvType::F16,
+            KvType::Auto => KvType::F32,
+            t => t,
+        }
+    }
 }
 
 impl std::str::FromStr for KvType {
     type Err = String;
     fn from_str(s: &str) -> Result<KvType, String> {
         match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(KvType::Auto),
             "f16" => Ok(KvType::F16),
             "f32" => Ok(KvType::F32),
-            other => Err(format!("KV cache type `{other}` is not f16 or f32")),
+            other => Err(format!("KV cache type `{other}` is not auto, f16 or f32")),
         }
     }
 }
@@ -79,6 +94,7 @@ impl std::str::FromStr for KvType {
 impl std::fmt::Display for KvType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            KvType::Auto => "auto",
             KvType::F16 => "f16",
             KvType::F32 => "f32",
         })
@@ -270,6 +286,27 @@ mod tests {
             }
             assert_eq!(b.is_mapped(), cap >= 21, "capacity {cap}");
         }
+    }
+
+    #[test]
+    fn auto_takes_f16_only_where_the_simd_attention_runs() {
+        use super::super::CpuCaps;
+        assert_eq!(KvType::Auto.resolve(CpuCaps::portable(), 64), KvType::F32);
+        assert_eq!(KvType::Auto.resolve(CpuCaps::avx2_only(), 64), KvType::F32);
+        let caps = CpuCaps::detect();
+        let want = if caps.avx512vnni {
+            KvType::F16
+        } else {
+            KvType::F32
+        };
+        assert_eq!(KvType::Auto.resolve(caps, 64), want);
+        // The AVX-512 kernel needs head sizes in multiples of 16.
+        assert_eq!(KvType::Auto.resolve(caps, 40), KvType::F32);
+        for t in [KvType::F16, KvType::F32] {
+            assert_eq!(t.resolve(CpuCaps::portable(), 40), t);
+            assert_eq!(t.to_string().parse::<KvType>(), Ok(t));
+        }
+        assert!("f8".parse::<KvType>().unwrap_err().contains("f8"));
     }
 
     #[test]
