@@ -23,6 +23,8 @@ pub trait CausalLm: Send {
     /// Forgets cached positions from `len` on (0 resets).
     fn truncate(&mut self, len: usize);
     fn kv_cache_bytes(&self) -> usize;
+    /// Bytes one more cached position takes (all layers, keys and values).
+    fn kv_bytes_per_token(&self) -> usize;
     fn describe(&self) -> String;
 
     /// A new, empty KV-cache slot for an independent sequence (slot 0 is the one `forward`

@@ -151,6 +151,20 @@ fn f16_kv_cache_stays_near_transformers() {
 
 const F16_KV_TOL: f32 = 1e-2;
 
+/// What the server budgets per position is what the cache takes: half as much in f16.
+#[test]
+fn kv_bytes_per_token_is_what_the_cache_takes() {
+    let mut per = Vec::new();
+    for kv in [KvType::F32, KvType::F16] {
+        let mut m = load_kv("tiny-llama", DeviceKind::Cpu, None, 2, kv);
+        let ids: Vec<u32> = (1..=32).collect();
+        m.forward(&ids, false).unwrap();
+        assert_eq!(m.kv_cache_bytes(), 32 * m.kv_bytes_per_token(), "{kv}");
+        per.push(m.kv_bytes_per_token());
+    }
+    assert_eq!(per[0], 2 * per[1]);
+}
+
 /// Llama 3.x rope scaling (`rope_type: llama3`), all three frequency bands in one head.
 #[test]
 fn llama3_rope_scaling_equals_transformers() {

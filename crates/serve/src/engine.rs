@@ -221,7 +221,7 @@ impl LocalModel {
         let prompter = lm.prompter.clone();
         let cfg = lm.model.config();
         let ctx = cfg.max_context;
-        let kv_bytes_per_token = (2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4) as u64;
+        let kv_bytes_per_token = lm.model.kv_bytes_per_token() as u64;
         let info = lm.info.clone();
         let (tx, rx) = mpsc::channel(opts.queue_capacity);
         let shared = Arc::new(Shared::default());

@@ -804,8 +804,7 @@ fn error_kinds_map_to_statuses() {
 async fn kv_budget_refuses_what_cannot_fit_and_queues_what_can() {
     let m = Arc::new(Metrics::new());
     let lm = tiny("tiny-llama");
-    let c = lm.model.config();
-    let per_token = (2 * c.n_layers * c.n_kv_heads * c.head_dim * 4) as u64;
+    let per_token = lm.model.kv_bytes_per_token() as u64;
     let opts = EngineOptions {
         max_batch: 4,
         step_delay: Duration::from_millis(5),
@@ -1038,8 +1037,7 @@ async fn a_request_waiting_for_kv_room_survives_a_worker_panic() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let m = Arc::new(Metrics::new());
     let lm = tiny("tiny-llama");
-    let c = lm.model.config();
-    let per_token = (2 * c.n_layers * c.n_kv_heads * c.head_dim * 4) as u64;
+    let per_token = lm.model.kv_bytes_per_token() as u64;
     let steps = Arc::new(AtomicUsize::new(0));
     let counter = steps.clone();
     let opts = EngineOptions {

@@ -445,6 +445,13 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn kv_element_bytes(&self, cfg: &DecoderConfig) -> usize {
+        match self.kv_type.resolve(self.caps, cfg.head_dim) {
+            KvType::F16 => 2,
+            KvType::F32 | KvType::Auto => 4,
+        }
+    }
+
     fn cache_bytes(&self, c: &KvCache) -> usize {
         match &c.layers {
             KvLayers::F16(l) => l.bytes(),

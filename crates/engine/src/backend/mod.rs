@@ -68,6 +68,10 @@ pub trait Backend: Send + Sync + 'static {
     /// same tokens as one already computed).
     fn cache_prefix(&self, cache: &Self::Cache, len: usize) -> Result<Self::Cache>;
     fn cache_bytes(&self, cache: &Self::Cache) -> usize;
+    /// Bytes of one cached key or value element.
+    fn kv_element_bytes(&self, _cfg: &DecoderConfig) -> usize {
+        4
+    }
 
     fn embed(&self, table: &Self::Matrix, ids: &[u32]) -> Result<Self::Act>;
     fn rms_norm(&self, x: &Self::Act, w: &Self::Vector, eps: f32) -> Result<Self::Act>;

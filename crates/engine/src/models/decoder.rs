@@ -287,6 +287,11 @@ impl<B: Backend> CausalLm for Decoder<B> {
             .sum()
     }
 
+    fn kv_bytes_per_token(&self) -> usize {
+        let c = &self.cfg;
+        2 * c.n_layers * c.n_kv_heads * c.head_dim * self.backend.kv_element_bytes(c)
+    }
+
     fn describe(&self) -> String {
         self.backend.describe()
     }
