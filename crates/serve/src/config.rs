@@ -20,6 +20,7 @@
 //! default_max_tokens = 2048   # when a request sets none
 //! kv_budget_mib = 4096        # KV cache the running sequences may reserve together
 //! kv_idle_release_s = 30      # idle this long: the KV-cache slots' memory is given back (0: kept)
+//! kv_cache = "auto"           # f16 where the AVX-512 attention kernel runs, else f32; or f16, f32
 //!
 //! [router]
 //! policy = "complexity"
@@ -92,6 +93,8 @@ pub struct EngineSection {
     pub threads: Option<usize>,
     pub max_context: Option<usize>,
     pub device: Option<String>,
+    /// `auto`, `f16` or `f32`: the CPU KV cache's element type.
+    pub kv_cache: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -220,6 +223,7 @@ pub struct ServeSettings {
     pub threads: Option<usize>,
     pub max_context: Option<usize>,
     pub device: String,
+    pub kv_cache: bakeoff_engine::kernels::kvbuf::KvType,
     pub router: RouterConfig,
     pub models: Vec<ModelEntry>,
 }
@@ -427,6 +431,10 @@ impl ServeSettings {
             threads: e.threads,
             max_context: e.max_context,
             device: e.device.clone().unwrap_or_else(|| "cpu".into()),
+            kv_cache: match &e.kv_cache {
+                Some(k) => k.parse().map_err(|m| format!("engine.kv_cache: {m}"))?,
+                None => Default::default(),
+            },
             router,
             models: cfg.models,
         })
@@ -524,6 +532,18 @@ mod tests {
         assert!(bad.unwrap_err().to_string().contains("prot"));
         let no_models = ServeSettings::resolve(ConfigFile::default()).unwrap_err();
         assert!(no_models.contains("no models"), "{no_models}");
+
+        use bakeoff_engine::kernels::kvbuf::KvType;
+        assert_eq!(s.kv_cache, KvType::Auto);
+        let kv = |v: &str| {
+            let mut c = ConfigFile::default();
+            c.models = vec![ModelEntry::parse_flag("fast=/m/a").unwrap()];
+            c.engine.kv_cache = Some(v.into());
+            ServeSettings::resolve(c)
+        };
+        assert_eq!(kv("f32").unwrap().kv_cache, KvType::F32);
+        let e = kv("q8").unwrap_err();
+        assert!(e.contains("engine.kv_cache") && e.contains("`q8`"), "{e}");
     }
 
     /// A calibration file next to the config sets the weights and the threshold; the config's

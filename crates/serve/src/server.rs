@@ -58,7 +58,7 @@ pub fn build_state(
                     cpu_kernels: None,
                     weight_cache: bakeoff_engine::loader::default_weight_cache()
                         .map_err(|e| ServeError::Config(e.to_string()))?,
-                    kv_cache: Default::default(),
+                    kv_cache: settings.kv_cache,
                 };
                 eprintln!("loading `{id}` ({}) from {src} ...", tier.as_str());
                 let lm =

@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// cpu, cuda or metal.
     #[arg(long)]
     pub device: Option<String>,
+    /// Element type of the CPU KV cache: auto (f16 where the AVX-512 attention kernel runs, else
+    /// f32), f16 or f32.
+    #[arg(long)]
+    pub kv_cache: Option<String>,
     /// Seconds a request may take from arrival to its last token.
     #[arg(long)]
     pub request_timeout: Option<f64>,
@@ -133,6 +137,7 @@ pub fn settings(a: &ServeArgs) -> Result<ServeSettings> {
     over!(cfg.engine.threads, a.threads);
     over!(cfg.engine.max_context, a.max_context);
     over!(cfg.engine.device, a.device);
+    over!(cfg.engine.kv_cache, a.kv_cache);
     if a.allow_non_loopback {
         cfg.allow_non_loopback = Some(true);
     }
