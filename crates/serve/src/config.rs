@@ -536,10 +536,14 @@ mod tests {
         use bakeoff_engine::kernels::kvbuf::KvType;
         assert_eq!(s.kv_cache, KvType::Auto);
         let kv = |v: &str| {
-            let mut c = ConfigFile::default();
-            c.models = vec![ModelEntry::parse_flag("fast=/m/a").unwrap()];
-            c.engine.kv_cache = Some(v.into());
-            ServeSettings::resolve(c)
+            ServeSettings::resolve(ConfigFile {
+                models: vec![ModelEntry::parse_flag("fast=/m/a").unwrap()],
+                engine: EngineSection {
+                    kv_cache: Some(v.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
         };
         assert_eq!(kv("f32").unwrap().kv_cache, KvType::F32);
         let e = kv("q8").unwrap_err();
