@@ -274,14 +274,15 @@ fn merge_ranges(
                 let m = (0..chunks)
                     .map(|c| part(c)[2 * i])
                     .fold(f32::NEG_INFINITY, f32::max);
-                let w: Vec<f32> = (0..chunks).map(|c| (part(c)[2 * i] - m).exp()).collect();
-                let total: f32 = (0..chunks).map(|c| part(c)[2 * i + 1] * w[c]).sum();
                 let (t, h, _) = d.row(kvh, r0 + i);
                 let o = &mut out[t * d.q_dim() + h * hd..][..hd];
                 o.fill(0.0);
-                for (c, wc) in w.iter().enumerate() {
-                    let a = &part(c)[2 * RB + i * hd..][..hd];
-                    for (x, y) in o.iter_mut().zip(a) {
+                let mut total = 0.0;
+                for c in 0..chunks {
+                    let p = part(c);
+                    let wc = (p[2 * i] - m).exp();
+                    total += p[2 * i + 1] * wc;
+                    for (x, y) in o.iter_mut().zip(&p[2 * RB + i * hd..][..hd]) {
                         *x += wc * y;
                     }
                 }
