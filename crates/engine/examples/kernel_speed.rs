@@ -76,10 +76,18 @@ fn main() {
         // about 1 GB in the file's format. Prefill: 2048x2048 weights, 256 tokens, or the
         // shapes of BAKEOFF_KS_PREFILL ("ROWSxCOLS,..."; 256 tokens each), e.g. a 1.5B model's
         // "1536x1536,8960x1536,1536x8960".
+        let decode_bytes: f64 = std::env::var("BAKEOFF_KS_DECODE_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1e9);
+        let decode_cols: usize = std::env::var("BAKEOFF_KS_DECODE_COLS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2048);
         let mut tests = vec![(
             "decode".to_string(),
-            (1e9 / (2048.0 * bpe)) as usize,
-            2048,
+            ((decode_bytes / (decode_cols as f64 * bpe)) as usize).max(4),
+            decode_cols,
             1,
         )];
         match std::env::var("BAKEOFF_KS_PREFILL") {
@@ -123,7 +131,11 @@ fn main() {
                 cells.push(("amx".into(), pm.as_ref().unwrap_or(&m), best));
             }
             let mut secs = vec![f64::MAX; cells.len()];
-            for _ in 0..if n == 1 { 6 } else { 3 } {
+            for _ in 0..if n == 1 {
+                6 + (2e9 / decode_bytes) as usize
+            } else {
+                3
+            } {
                 for (s, (_, w, caps)) in secs.iter_mut().zip(&cells) {
                     let t = Instant::now();
                     matmul(&pool, *caps, w, &x, n, &mut out).expect("matmul");

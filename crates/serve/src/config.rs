@@ -20,7 +20,7 @@
 //! default_max_tokens = 2048   # when a request sets none
 //! kv_budget_mib = 4096        # KV cache the running sequences may reserve together
 //! kv_idle_release_s = 30      # idle this long: the KV-cache slots' memory is given back (0: kept)
-//! kv_cache = "auto"           # f16 where the AVX-512 attention kernel runs, else f32; or f16, f32
+//! kv_cache = "auto"           # f16 where a SIMD attention kernel runs (AVX-512, AVX2), else f32; or f16, f32
 //!
 //! [router]
 //! policy = "complexity"

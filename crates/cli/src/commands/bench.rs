@@ -70,8 +70,8 @@ pub struct BenchArgs {
     /// Repack Q4_0 / Q8_0 weights at every load instead of copying them from the packed-weights file.
     #[arg(long)]
     pub no_weight_cache: bool,
-    /// Element type of the CPU KV cache: auto (default: f16 where the AVX-512 attention kernel
-    /// runs, as llama.cpp, else f32), f16 or f32.
+    /// Element type of the CPU KV cache: auto (default: f16 where a SIMD attention kernel runs,
+    /// AVX-512 or AVX2, as llama.cpp, else f32), f16 or f32.
     #[arg(long, default_value = "auto")]
     pub kv_cache: String,
     /// A non-loopback host that remote engines may be reached at (repeatable).

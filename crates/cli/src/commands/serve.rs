@@ -62,8 +62,8 @@ pub struct ServeArgs {
     /// cpu, cuda or metal.
     #[arg(long)]
     pub device: Option<String>,
-    /// Element type of the CPU KV cache: auto (f16 where the AVX-512 attention kernel runs, else
-    /// f32), f16 or f32.
+    /// Element type of the CPU KV cache: auto (f16 where a SIMD attention kernel runs, AVX-512 or
+    /// AVX2, else f32), f16 or f32.
     #[arg(long)]
     pub kv_cache: Option<String>,
     /// Seconds a request may take from arrival to its last token.

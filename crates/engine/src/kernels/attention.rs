@@ -84,10 +84,10 @@ impl Dims {
     }
 }
 
-/// Whether [`attention`] takes its AVX-512 kernel for these kernels and head size (else the
-/// portable one).
+/// Whether [`attention`] takes a SIMD kernel (AVX-512, or AVX2 with FMA and F16C) for these
+/// kernels and head size, else the portable one.
 pub fn simd(caps: CpuCaps, head_dim: usize) -> bool {
-    caps.avx512vnni && head_dim.is_multiple_of(16)
+    (caps.avx512vnni || caps.avx2) && head_dim.is_multiple_of(16)
 }
 
 /// Causal grouped-query attention of `n` new queries (absolute positions `pos..pos+n`) over a
@@ -173,7 +173,9 @@ pub fn attention<T: KvElem>(
         let normalize = chunks == 1;
         let mut stats = [0f32; 2 * RB];
         #[cfg(target_arch = "x86_64")]
-        if simd {
+        if simd && !caps.avx512vnni {
+            block_avx2_rows(&blk, scores, acc, &mut stats, normalize);
+        } else if simd {
             // SAFETY: avx512f detected (implied by avx512vnni); the slices hold what the asserts
             // above checked, and head_dim is a multiple of 16. Each arm passes `live` rows.
             // Decode's block is one group of heads (3 for SmolLM2, 6 for Qwen2.5-1.5B), so the
@@ -308,8 +310,8 @@ struct Block<'a, T> {
     width: usize,
 }
 
-/// One block of rows in plain Rust: the reference the SIMD path is tested against, and the
-/// path of processors without AVX-512.
+/// One block of rows in plain Rust: the reference the SIMD paths are tested against, and the
+/// path of processors without AVX2 (or of head sizes that are not a multiple of 16).
 fn block_portable<T: KvElem>(
     b: &Block<'_, T>,
     scores: &mut [f32],
@@ -493,6 +495,184 @@ unsafe fn block_avx512<T: KvElem, const R: usize>(
     }
 }
 
+/// A block of rows on AVX2, in groups of at most [`AVX2_ROWS`]: its sixteen registers hold the
+/// two 8-key halves of four rows' scores with the keys and the query element, where the
+/// AVX-512 kernel computes up to eight rows against the same keys.
+#[cfg(target_arch = "x86_64")]
+fn block_avx2_rows<T: KvElem>(
+    blk: &Block<'_, T>,
+    scores: &mut [f32],
+    acc: &mut [f32],
+    stats: &mut [f32; 2 * RB],
+    normalize: bool,
+) {
+    let (hd, width) = (blk.d.head_dim, blk.width);
+    let mut first = 0;
+    while first < blk.rs.len() {
+        let count = (blk.rs.len() - first).min(AVX2_ROWS);
+        let part = Block {
+            rs: &blk.rs[first..first + count],
+            ..*blk
+        };
+        let (s, a) = (&mut scores[first * width..], &mut acc[first * hd..]);
+        let mut st = [0f32; 2 * RB];
+        // SAFETY: `simd` checked AVX2, FMA and F16C and a head size that is a multiple of 16;
+        // `part` has `count` rows; the caches hold what `attention` asserted.
+        unsafe {
+            match count {
+                1 => block_avx2::<T, 1>(&part, s, a, &mut st, normalize),
+                2 => block_avx2::<T, 2>(&part, s, a, &mut st, normalize),
+                3 => block_avx2::<T, 3>(&part, s, a, &mut st, normalize),
+                _ => block_avx2::<T, AVX2_ROWS>(&part, s, a, &mut st, normalize),
+            }
+        }
+        stats[2 * first..2 * (first + count)].copy_from_slice(&st[..2 * count]);
+        first += count;
+    }
+}
+
+/// Rows per pass of the AVX2 kernel.
+#[cfg(target_arch = "x86_64")]
+const AVX2_ROWS: usize = 4;
+
+/// [`block_portable`] with AVX2: scores of 16 keys (two 8-lane halves) × `R` rows per pass over
+/// the head dimension, a vector softmax with [`exp256`](super::x86::exp256), and the weighted
+/// sum 16 value columns × `R` rows at a time.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available, `head_dim` a multiple of 16, the block must have `R`
+/// rows, and the caches must hold every position the rows may see.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_avx2<T: KvElem, const R: usize>(
+    blk: &Block<'_, T>,
+    scores: &mut [f32],
+    acc: &mut [f32],
+    stats: &mut [f32; 2 * RB],
+    normalize: bool,
+) {
+    use super::x86::{exp256, hsum};
+    let Block {
+        d,
+        q,
+        k,
+        v,
+        kvh,
+        rs,
+        start,
+        width,
+    } = *blk;
+    let (hd, kv_dim) = (d.head_dim, d.kv_dim());
+    let scale = _mm256_set1_ps(1.0 / (hd as f32).sqrt());
+    debug_assert_eq!(rs.len(), R);
+    let rows: [(usize, usize, usize); R] = std::array::from_fn(|i| d.row(kvh, rs[i]));
+    let qp: [*const f32; R] =
+        std::array::from_fn(|i| q[rows[i].0 * d.q_dim() + rows[i].1 * hd..][..hd].as_ptr());
+    let b0 = start / KB;
+    let kbase = |b: usize| k[(b0 + b) * kv_dim * KB + kvh * hd * KB..][..hd * KB].as_ptr();
+    let sp = scores[..R * width].as_mut_ptr();
+    // SAFETY (whole body): pointers are derived from slices whose bounds were checked above or
+    // by the caller; every offset stays inside them.
+    unsafe {
+        for b in 0..width / KB {
+            let k0 = kbase(b);
+            let mut lo = [_mm256_setzero_ps(); R];
+            let mut hi = [_mm256_setzero_ps(); R];
+            for c in 0..hd {
+                let x0 = load8(k0.add(c * KB));
+                let x1 = load8(k0.add(c * KB + 8));
+                for i in 0..R {
+                    let qv = _mm256_broadcast_ss(&*qp[i].add(c));
+                    lo[i] = _mm256_fmadd_ps(qv, x0, lo[i]);
+                    hi[i] = _mm256_fmadd_ps(qv, x1, hi[i]);
+                }
+            }
+            for i in 0..R {
+                let s = sp.add(i * width + b * KB);
+                _mm256_storeu_ps(s, _mm256_mul_ps(lo[i], scale));
+                _mm256_storeu_ps(s.add(8), _mm256_mul_ps(hi[i], scale));
+            }
+        }
+        // Softmax numerators, zero past each row's last visible key (lanes compared against
+        // the limit, as AVX2 has no mask registers).
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let visible = |lim: usize, j: usize| {
+            let left = lim.saturating_sub(j).min(8) as i32;
+            _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(left), lane))
+        };
+        let mut inv = [1f32; R];
+        for (i, &(_, _, lim)) in rows.iter().enumerate() {
+            let lim = lim.saturating_sub(start);
+            let s = sp.add(i * width);
+            let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+            let mut mv = ninf;
+            for j in (0..width).step_by(8) {
+                let x = _mm256_blendv_ps(ninf, _mm256_loadu_ps(s.add(j)), visible(lim, j));
+                mv = _mm256_max_ps(mv, x);
+            }
+            let mv = _mm256_max_ps(mv, _mm256_permute2f128_ps::<1>(mv, mv));
+            let mv = _mm256_max_ps(mv, _mm256_shuffle_ps::<0b01_00_11_10>(mv, mv));
+            let mv = _mm256_max_ps(mv, _mm256_shuffle_ps::<0b10_11_00_01>(mv, mv));
+            let mx = _mm256_cvtss_f32(mv);
+            let mut sum = _mm256_setzero_ps();
+            for j in (0..width).step_by(8) {
+                let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s.add(j)), mv));
+                let e = _mm256_and_ps(e, visible(lim, j));
+                _mm256_storeu_ps(s.add(j), e);
+                sum = _mm256_add_ps(sum, e);
+            }
+            let total = hsum(sum);
+            stats[2 * i] = mx;
+            stats[2 * i + 1] = total;
+            if normalize {
+                inv[i] = 1.0 / total;
+            }
+        }
+        let len = rows
+            .iter()
+            .map(|r| r.2.saturating_sub(start).min(width))
+            .max()
+            .unwrap_or(0);
+        let vb = v[start * kv_dim + kvh * hd..].as_ptr();
+        for c0 in (0..hd).step_by(16) {
+            let mut a = [[_mm256_setzero_ps(); 2]; R];
+            for j in 0..len {
+                let vr = vb.add(j * kv_dim + c0);
+                let x = [load8(vr), load8(vr.add(8))];
+                for (i, ai) in a.iter_mut().enumerate() {
+                    let pv = _mm256_broadcast_ss(&*sp.add(i * width + j));
+                    ai[0] = _mm256_fmadd_ps(pv, x[0], ai[0]);
+                    ai[1] = _mm256_fmadd_ps(pv, x[1], ai[1]);
+                }
+            }
+            for (i, ai) in a.iter().enumerate() {
+                let s = _mm256_set1_ps(inv[i]);
+                let o = acc.as_mut_ptr().add(i * hd + c0);
+                _mm256_storeu_ps(o, _mm256_mul_ps(ai[0], s));
+                _mm256_storeu_ps(o.add(8), _mm256_mul_ps(ai[1], s));
+            }
+        }
+    }
+}
+
+/// Eight cache elements as floats: a plain load, or a load of 8 halves converted.
+///
+/// # Safety
+/// AVX2 and F16C; `p` must point at 8 readable elements.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+unsafe fn load8<T: KvElem>(p: *const T) -> __m256 {
+    // SAFETY: see the function's contract; 8 halves fill one 128-bit load.
+    unsafe {
+        if T::HALF {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>()))
+        } else {
+            _mm256_loadu_ps(p.cast::<f32>())
+        }
+    }
+}
+
 /// Sixteen cache elements as floats: a plain load, or a load of 16 halves converted.
 ///
 /// # Safety
@@ -656,7 +836,7 @@ mod tests {
                 let (keys, vals) = (round(keys), round(vals));
                 assert_eq!(key_at(&kc, total - 1, kv_dim), keys[(total - 1) * kv_dim..]);
                 let want = naive(&q, &keys, &vals, n, pos, heads, kv_heads, hd);
-                for caps in [CpuCaps::detect(), CpuCaps::portable()] {
+                for caps in [CpuCaps::detect(), CpuCaps::avx2_only(), CpuCaps::portable()] {
                     let mut got = vec![f32::NAN; n * q_dim];
                     attention(
                         pool, caps, &q, &kc, &vc, n, pos, heads, kv_heads, hd, &mut got,
@@ -703,19 +883,30 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vector_exp_is_accurate() {
-        if !CpuCaps::detect().avx512vnni {
-            return;
-        }
+        let caps = CpuCaps::detect();
         let xs: Vec<f32> = (0..=3008).map(|i| -100.0 + i as f32 * 0.0625).collect();
         for chunk in xs.chunks(16) {
             let mut buf = [0f32; 16];
             buf[..chunk.len()].copy_from_slice(chunk);
-            let mut got = [0f32; 16];
-            // SAFETY: avx512f detected.
-            unsafe {
-                _mm512_storeu_ps(got.as_mut_ptr(), exp512(_mm512_loadu_ps(buf.as_ptr())));
+            let mut got = Vec::new();
+            if caps.avx512vnni {
+                let mut g = [0f32; 16];
+                // SAFETY: avx512f detected.
+                unsafe { _mm512_storeu_ps(g.as_mut_ptr(), exp512(_mm512_loadu_ps(buf.as_ptr()))) };
+                got.push(g);
             }
-            for (x, g) in buf.iter().zip(got) {
+            if caps.avx2 {
+                let mut g = [0f32; 16];
+                for h in 0..2 {
+                    // SAFETY: avx2 and fma detected.
+                    unsafe {
+                        let x = _mm256_loadu_ps(buf[8 * h..].as_ptr());
+                        _mm256_storeu_ps(g[8 * h..].as_mut_ptr(), super::super::x86::exp256(x));
+                    }
+                }
+                got.push(g);
+            }
+            for (x, g) in got.iter().flat_map(|g| buf.iter().zip(*g)) {
                 let want = (*x as f64).exp();
                 // Below e^-87 (never reached by a softmax weight that matters) it flushes to
                 // about 1e-38.

@@ -57,8 +57,9 @@ impl KvElem for half::f16 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KvType {
-    /// [`KvType::F16`] where the AVX-512 attention kernel runs (it converts halves as it loads),
-    /// [`KvType::F32`] on the portable path, where converting each element cost 2.6x the decode.
+    /// [`KvType::F16`] where a SIMD attention kernel runs (AVX-512, or AVX2 with F16C: they
+    /// convert halves as they load), [`KvType::F32`] on the portable path, where converting
+    /// each element cost 2.6x the decode.
     #[default]
     Auto,
     /// Half precision, as llama.cpp stores its cache by default: half the memory and the bytes
@@ -292,15 +293,18 @@ mod tests {
     fn auto_takes_f16_only_where_the_simd_attention_runs() {
         use super::super::CpuCaps;
         assert_eq!(KvType::Auto.resolve(CpuCaps::portable(), 64), KvType::F32);
-        assert_eq!(KvType::Auto.resolve(CpuCaps::avx2_only(), 64), KvType::F32);
+        // AVX2 (with FMA and F16C) has its own attention kernel, which converts halves too.
+        let avx2 = CpuCaps::avx2_only();
+        let want = if avx2.avx2 { KvType::F16 } else { KvType::F32 };
+        assert_eq!(KvType::Auto.resolve(avx2, 64), want);
         let caps = CpuCaps::detect();
-        let want = if caps.avx512vnni {
+        let want = if caps.avx512vnni || caps.avx2 {
             KvType::F16
         } else {
             KvType::F32
         };
-        assert_eq!(KvType::Auto.resolve(caps, 64), want);
-        // The AVX-512 kernel needs head sizes in multiples of 16.
+        assert_eq!(KvType::Auto.resolve(caps, 128), want);
+        // A head size the SIMD kernels do not take.
         assert_eq!(KvType::Auto.resolve(caps, 40), KvType::F32);
         for t in [KvType::F16, KvType::F32] {
             assert_eq!(t.resolve(CpuCaps::portable(), 40), t);

@@ -134,8 +134,8 @@ pub struct LoadOptions {
     /// Folder of packed-weights files (`packcache`): the first load of a Q4_0 / Q8_0 model
     /// writes its repacked matrices there, later loads copy them from there. Off when `None`.
     pub weight_cache: Option<packcache::WeightCache>,
-    /// Element type of the CPU backend's KV cache (`Auto`: f16 where the AVX-512 attention
-    /// kernel runs, as llama.cpp, else f32).
+    /// Element type of the CPU backend's KV cache (`Auto`: f16 where a SIMD attention kernel
+    /// runs, AVX-512 or AVX2, as llama.cpp, else f32).
     pub kv_cache: crate::kernels::kvbuf::KvType,
 }
 
