@@ -3,6 +3,10 @@
 //! the packed one, on AVX2 alone and on the best kernels this processor has.
 //!
 //!   cargo run --release -p bakeoff-engine --example kernel_speed [threads] [TYPE,...]
+//!
+//! The decode matrix is about 1 GB and 2048 columns, streamed from memory; `BAKEOFF_KS_DECODE_BYTES`
+//! and `BAKEOFF_KS_DECODE_COLS` change both (a matrix that fits the caches times the kernel's own
+//! rate rather than the memory's, e.g. 4000000 bytes at 1536 columns, a 1.5B model's rows).
 
 use std::time::Instant;
 
