@@ -243,6 +243,7 @@ fn run_local(
         cpu_kernels: None,
         weight_cache: job.weight_cache.clone(),
         kv_cache: job.kv_cache,
+        prefill_chunk: bakeoff_engine::generate::DEFAULT_PREFILL_CHUNK,
     };
     // First load: cold when the page cache can be dropped. It also names the files to hash.
     let cold = job.cold_load && env::can_drop_caches();

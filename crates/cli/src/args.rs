@@ -42,6 +42,10 @@ pub struct ModelArgs {
     /// AVX-512 or AVX2, as llama.cpp, else f32), f16 or f32.
     #[arg(long, default_value = "auto")]
     pub kv_cache: String,
+    /// Prompt tokens computed per step: a longer prompt runs in chunks of this many, which
+    /// bounds its activations' memory (as llama.cpp's --ubatch-size).
+    #[arg(long, default_value_t = bakeoff_engine::generate::DEFAULT_PREFILL_CHUNK)]
+    pub prefill_chunk: usize,
 }
 
 impl ModelArgs {
@@ -50,6 +54,9 @@ impl ModelArgs {
         let dtype: Option<FloatType> = self.dtype.as_deref().map(str::parse).transpose()?;
         if self.threads == Some(0) {
             anyhow::bail!("--threads must be at least 1");
+        }
+        if self.prefill_chunk == 0 {
+            anyhow::bail!("--prefill-chunk must be at least 1");
         }
         Ok(LoadOptions {
             device,
@@ -77,6 +84,7 @@ impl ModelArgs {
                 .kv_cache
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!("--kv-cache: {e}"))?,
+            prefill_chunk: self.prefill_chunk,
         })
     }
 

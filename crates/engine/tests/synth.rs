@@ -1021,3 +1021,53 @@ fn same_prompt_sequences_share_one_prefill() {
         assert_eq!(out[1].done.usage.cached_tokens, 0, "{preset}");
     }
 }
+
+/// A prompt longer than the scheduler's chunk runs in several steps (the default chunk bounds a
+/// long prompt's activations): the same greedy tokens, and log-probabilities within rounding of
+/// one pass over the whole prompt.
+#[test]
+fn chunked_prompts_generate_as_one_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let params = GenParams {
+        max_tokens: 10,
+        ignore_eos: true,
+        top_logprobs: 2,
+        ..Default::default()
+    };
+    for preset in TINY {
+        let (path, _) = make(dir.path(), preset, SynthFormat::Gguf, SynthQuant::F32, 5);
+        let run = |chunk: usize| {
+            let opts = LoadOptions {
+                prefill_chunk: chunk,
+                ..load_opts()
+            };
+            let mut lm = load(&path.to_string_lossy(), None, &opts).unwrap();
+            let mut top = Vec::new();
+            let ids = generate(&mut lm, &PROMPT, &params, |ev| {
+                if let Event::Token(t) = ev {
+                    top.push(t.top.clone());
+                }
+                Flow::Continue
+            })
+            .unwrap()
+            .ids;
+            (ids, top)
+        };
+        let (whole, whole_top) = run(usize::MAX);
+        // 12 prompt tokens: chunks of 5, 5 and 2; of 1 each.
+        for chunk in [5, 1] {
+            let (ids, top) = run(chunk);
+            let tie = whole_top
+                .iter()
+                .position(|t| t[0].1 - t[1].1 < NEAR_TIE)
+                .unwrap_or(whole.len());
+            assert_eq!(ids[..tie], whole[..tie], "{preset} chunk {chunk}");
+            for (a, b) in top.iter().zip(&whole_top).take(tie) {
+                assert!(
+                    (a[0].1 - b[0].1).abs() < 1e-4,
+                    "{preset} chunk {chunk}: {a:?} against {b:?}"
+                );
+            }
+        }
+    }
+}

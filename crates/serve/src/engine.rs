@@ -77,7 +77,7 @@ impl Default for EngineOptions {
         Self {
             max_batch: 8,
             queue_capacity: 64,
-            prefill_chunk: 512,
+            prefill_chunk: bakeoff_engine::generate::DEFAULT_PREFILL_CHUNK,
             retry_after_s: 1,
             step_delay: Duration::ZERO,
             default_max_tokens: 2048,

@@ -59,6 +59,8 @@ pub fn build_state(
                     weight_cache: bakeoff_engine::loader::default_weight_cache()
                         .map_err(|e| ServeError::Config(e.to_string()))?,
                     kv_cache: settings.kv_cache,
+                    // The engine replaces the scheduler with its own (`engine.prefill_chunk`).
+                    prefill_chunk: bakeoff_engine::generate::DEFAULT_PREFILL_CHUNK,
                 };
                 eprintln!("loading `{id}` ({}) from {src} ...", tier.as_str());
                 let lm =

@@ -530,6 +530,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         cpu_kernels: None,
         weight_cache: bakeoff_engine::loader::default_weight_cache()?,
         kv_cache: Default::default(),
+        prefill_chunk: bakeoff_engine::generate::DEFAULT_PREFILL_CHUNK,
     };
     let ans = answers(
         &models,

@@ -251,6 +251,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         cpu_kernels: None,
         weight_cache: bakeoff_engine::loader::default_weight_cache()?,
         kv_cache: Default::default(),
+        prefill_chunk: bakeoff_engine::generate::DEFAULT_PREFILL_CHUNK,
     };
 
     // The judge is checked before any model runs.

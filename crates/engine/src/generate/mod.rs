@@ -23,7 +23,9 @@ pub use bakeoff_record::{FinishReason, Timings, Usage};
 use serde::{Deserialize, Serialize};
 
 pub use loaded::LoadedModel;
-pub use scheduler::{Scheduler, SchedulerOptions, SeqId, StepStats, common_prefix};
+pub use scheduler::{
+    DEFAULT_PREFILL_CHUNK, Scheduler, SchedulerOptions, SeqId, StepStats, common_prefix,
+};
 pub use stop::StopMatcher;
 
 use crate::constrain::{Constraint, OutputConstraint};

@@ -137,6 +137,10 @@ pub struct LoadOptions {
     /// Element type of the CPU backend's KV cache (`Auto`: f16 where a SIMD attention kernel
     /// runs, AVX-512 or AVX2, as llama.cpp, else f32).
     pub kv_cache: crate::kernels::kvbuf::KvType,
+    /// Prompt tokens computed per step by the model's scheduler
+    /// ([`crate::generate::DEFAULT_PREFILL_CHUNK`] by default): what bounds a long prompt's
+    /// activations.
+    pub prefill_chunk: usize,
 }
 
 impl Default for LoadOptions {
@@ -150,6 +154,7 @@ impl Default for LoadOptions {
             cpu_kernels: None,
             weight_cache: None,
             kv_cache: Default::default(),
+            prefill_chunk: crate::generate::DEFAULT_PREFILL_CHUNK,
         }
     }
 }
@@ -315,7 +320,10 @@ pub fn load(source: &str, gguf_file: Option<&str>, opts: &LoadOptions) -> Result
         prompter,
         info,
         defaults: parts.defaults,
-        scheduler: Scheduler::new(SchedulerOptions::default()),
+        scheduler: Scheduler::new(SchedulerOptions {
+            prefill_chunk: opts.prefill_chunk,
+            ..SchedulerOptions::default()
+        }),
     })
 }
 
