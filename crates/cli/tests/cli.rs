@@ -353,6 +353,13 @@ fn bad_input_gets_clear_errors() {
         "f8",
     ]));
     assert!(e.contains("--kv-cache") && e.contains("`f8`"), "{e}");
+    let e = fails(bakeoff().arg("generate").arg("--model").arg(&hf).args([
+        "--prompt",
+        "x",
+        "--prefill-chunk",
+        "0",
+    ]));
+    assert!(e.contains("--prefill-chunk must be at least 1"), "{e}");
     // Invalid UTF-8 on stdin.
     let mut child = bakeoff()
         .arg("tokenize")
