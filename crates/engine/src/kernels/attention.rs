@@ -310,6 +310,34 @@ struct Block<'a, T> {
     width: usize,
 }
 
+impl<T: KvElem> Block<'_, T> {
+    /// Each of the `R` rows' (token, head, keys it may see), and its query's first element.
+    fn rows_and_queries<const R: usize>(&self) -> ([(usize, usize, usize); R], [*const f32; R]) {
+        debug_assert_eq!(self.rs.len(), R);
+        let (d, hd) = (self.d, self.d.head_dim);
+        let rows: [(usize, usize, usize); R] = std::array::from_fn(|i| d.row(self.kvh, self.rs[i]));
+        let qp = std::array::from_fn(|i| {
+            self.q[rows[i].0 * d.q_dim() + rows[i].1 * hd..][..hd].as_ptr()
+        });
+        (rows, qp)
+    }
+
+    /// Key block `b` of this call (counted from `start`) for the block's KV head: `head_dim`
+    /// runs of [`KB`] positions.
+    fn key_block(&self, b: usize) -> *const T {
+        let (hd, kv_dim) = (self.d.head_dim, self.d.kv_dim());
+        self.k[(self.start / KB + b) * kv_dim * KB + self.kvh * hd * KB..][..hd * KB].as_ptr()
+    }
+
+    /// Keys the longest-seeing row attends to in this call.
+    fn visible(&self, rows: &[(usize, usize, usize)]) -> usize {
+        rows.iter()
+            .map(|r| r.2.saturating_sub(self.start).min(self.width))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 /// One block of rows in plain Rust: the reference the SIMD paths are tested against, and the
 /// path of processors without AVX2 (or of head sizes that are not a multiple of 16).
 fn block_portable<T: KvElem>(
@@ -392,23 +420,17 @@ unsafe fn block_avx512<T: KvElem, const R: usize>(
 ) {
     let Block {
         d,
-        q,
-        k,
         v,
         kvh,
-        rs,
         start,
         width,
+        ..
     } = *blk;
     let (hd, kv_dim) = (d.head_dim, d.kv_dim());
     let scale = _mm512_set1_ps(1.0 / (hd as f32).sqrt());
-    debug_assert_eq!(rs.len(), R);
-    let rows: [(usize, usize, usize); R] = std::array::from_fn(|i| d.row(kvh, rs[i]));
-    let qp: [*const f32; R] =
-        std::array::from_fn(|i| q[rows[i].0 * d.q_dim() + rows[i].1 * hd..][..hd].as_ptr());
+    let (rows, qp) = blk.rows_and_queries::<R>();
     let nblk = width / KB;
-    let b0 = start / KB;
-    let kbase = |b: usize| k[(b0 + b) * kv_dim * KB + kvh * hd * KB..][..hd * KB].as_ptr();
+    let kbase = |b: usize| blk.key_block(b);
     let sp = scores.as_mut_ptr();
     // SAFETY (whole body): pointers are derived from slices whose bounds were checked above or
     // by the caller; every offset stays inside them.
@@ -477,11 +499,7 @@ unsafe fn block_avx512<T: KvElem, const R: usize>(
                 inv[i] = 1.0 / total;
             }
         }
-        let len = rows
-            .iter()
-            .map(|r| r.2.saturating_sub(start).min(width))
-            .max()
-            .unwrap_or(0);
+        let len = blk.visible(&rows);
         let vb = v[start * kv_dim + kvh * hd..].as_ptr();
         let mut c0 = 0;
         while c0 < hd {
@@ -554,22 +572,16 @@ unsafe fn block_avx2<T: KvElem, const R: usize>(
     use super::x86::{exp256, hsum};
     let Block {
         d,
-        q,
-        k,
         v,
         kvh,
-        rs,
         start,
         width,
+        ..
     } = *blk;
     let (hd, kv_dim) = (d.head_dim, d.kv_dim());
     let scale = _mm256_set1_ps(1.0 / (hd as f32).sqrt());
-    debug_assert_eq!(rs.len(), R);
-    let rows: [(usize, usize, usize); R] = std::array::from_fn(|i| d.row(kvh, rs[i]));
-    let qp: [*const f32; R] =
-        std::array::from_fn(|i| q[rows[i].0 * d.q_dim() + rows[i].1 * hd..][..hd].as_ptr());
-    let b0 = start / KB;
-    let kbase = |b: usize| k[(b0 + b) * kv_dim * KB + kvh * hd * KB..][..hd * KB].as_ptr();
+    let (rows, qp) = blk.rows_and_queries::<R>();
+    let kbase = |b: usize| blk.key_block(b);
     let sp = scores[..R * width].as_mut_ptr();
     // SAFETY (whole body): pointers are derived from slices whose bounds were checked above or
     // by the caller; every offset stays inside them.
@@ -628,11 +640,7 @@ unsafe fn block_avx2<T: KvElem, const R: usize>(
                 inv[i] = 1.0 / total;
             }
         }
-        let len = rows
-            .iter()
-            .map(|r| r.2.saturating_sub(start).min(width))
-            .max()
-            .unwrap_or(0);
+        let len = blk.visible(&rows);
         let vb = v[start * kv_dim + kvh * hd..].as_ptr();
         for c0 in (0..hd).step_by(16) {
             let mut a = [[_mm256_setzero_ps(); 2]; R];
