@@ -256,7 +256,7 @@ impl Backend for CandleBackend {
         Ok(Tensor::cat(&parts, 0)?)
     }
 
-    fn to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
+    fn to_host(&self, x: Tensor) -> Result<Vec<f32>> {
         Ok(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
     }
 }

@@ -653,8 +653,8 @@ impl Backend for CpuBackend {
         Ok(Mat { data, rows, cols })
     }
 
-    fn to_host(&self, x: &Mat) -> Result<Vec<f32>> {
-        Ok(x.data.clone())
+    fn to_host(&self, x: Mat) -> Result<Vec<f32>> {
+        Ok(x.data)
     }
 }
 
