@@ -252,7 +252,8 @@ impl<B: Backend> Decoder<B> {
             };
         }
         let x = b.rms_norm(&hs, &self.norm, cfg.rms_eps)?;
-        let logits = b.to_host(b.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)?)?;
+        let logits =
+            b.to_host(b.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)?)?;
         if items.len() == 1 {
             // The one item's rows are all of them: no copy.
             return Ok(vec![logits]);
