@@ -205,6 +205,10 @@ impl BenchConfig {
         if self.params.scenarios.is_empty() && self.params.depths.is_empty() {
             return bad("nothing to measure: no scenarios and no depths");
         }
+        // Every model reference parses before the command writes anything (its journal).
+        for m in &self.models {
+            ModelRef::parse(m, self.gguf_file.as_deref())?;
+        }
         Ok(())
     }
 

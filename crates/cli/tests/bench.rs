@@ -219,11 +219,21 @@ fn bench_errors_name_the_problem() {
             .contains("nope.gguf")
     );
 
+    // Run where the default results folder would appear: a refused run writes nothing.
+    let cwd = tempfile::tempdir().unwrap();
     let bad = |args: &[&str], needle: &str| {
-        let o = bakeoff(args);
+        let o = Command::new(env!("CARGO_BIN_EXE_bakeoff"))
+            .args(args)
+            .current_dir(cwd.path())
+            .output()
+            .unwrap();
         assert_eq!(o.status.code(), Some(1), "{args:?}");
         let e = text(&o.stderr);
         assert!(e.contains(needle), "{args:?}: {e}");
+        assert!(
+            !cwd.path().join("results").exists(),
+            "{args:?} left results/"
+        );
     };
     let m = a.to_str().unwrap();
     bad(
