@@ -581,13 +581,12 @@ unsafe fn block_avx2<T: KvElem, const R: usize>(
     let (hd, kv_dim) = (d.head_dim, d.kv_dim());
     let scale = _mm256_set1_ps(1.0 / (hd as f32).sqrt());
     let (rows, qp) = blk.rows_and_queries::<R>();
-    let kbase = |b: usize| blk.key_block(b);
     let sp = scores[..R * width].as_mut_ptr();
     // SAFETY (whole body): pointers are derived from slices whose bounds were checked above or
     // by the caller; every offset stays inside them.
     unsafe {
         for b in 0..width / KB {
-            let k0 = kbase(b);
+            let k0 = blk.key_block(b);
             let mut lo = [_mm256_setzero_ps(); R];
             let mut hi = [_mm256_setzero_ps(); R];
             for c in 0..hd {
@@ -608,7 +607,7 @@ unsafe fn block_avx2<T: KvElem, const R: usize>(
         // Softmax numerators, zero past each row's last visible key (lanes compared against
         // the limit, as AVX2 has no mask registers).
         let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let visible = |lim: usize, j: usize| {
+        let live = |lim: usize, j: usize| {
             let left = lim.saturating_sub(j).min(8) as i32;
             _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(left), lane))
         };
@@ -619,7 +618,7 @@ unsafe fn block_avx2<T: KvElem, const R: usize>(
             let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
             let mut mv = ninf;
             for j in (0..width).step_by(8) {
-                let x = _mm256_blendv_ps(ninf, _mm256_loadu_ps(s.add(j)), visible(lim, j));
+                let x = _mm256_blendv_ps(ninf, _mm256_loadu_ps(s.add(j)), live(lim, j));
                 mv = _mm256_max_ps(mv, x);
             }
             let mv = _mm256_max_ps(mv, _mm256_permute2f128_ps::<1>(mv, mv));
@@ -629,7 +628,7 @@ unsafe fn block_avx2<T: KvElem, const R: usize>(
             let mut sum = _mm256_setzero_ps();
             for j in (0..width).step_by(8) {
                 let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s.add(j)), mv));
-                let e = _mm256_and_ps(e, visible(lim, j));
+                let e = _mm256_and_ps(e, live(lim, j));
                 _mm256_storeu_ps(s.add(j), e);
                 sum = _mm256_add_ps(sum, e);
             }
