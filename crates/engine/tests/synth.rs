@@ -546,7 +546,14 @@ fn weight_cache_is_written_once_and_gives_the_same_logits() {
         };
         let mut plain = load_model_only(&path, &load_opts()).unwrap();
         let want = plain.forward(&PROMPT, false).unwrap();
-        let files = |d: &Path| std::fs::read_dir(d).map_or(0, |r| r.count());
+        // Entries only: a load that checked every matrix also writes the entry's stamp.
+        let files = |d: &Path| {
+            std::fs::read_dir(d).map_or(0, |r| {
+                r.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "bkpack"))
+                    .count()
+            })
+        };
         let before = files(&cache.dir);
         let mut first = load_model_only(&path, &with_cache).unwrap();
         assert_eq!(
@@ -574,12 +581,15 @@ fn weight_cache_is_written_once_and_gives_the_same_logits() {
         if !caps.avx2 {
             continue;
         }
-        // A flipped byte in the packed data (past the index, in the last matrix written) fails
-        // its CRC-32: the load packs that matrix from the model, computes the same logits, and
-        // deletes the entry; the next load writes it again.
+        // The second load checked every matrix and stamped the entry: the next one trusts it.
         let entry =
             bakeoff_engine::loader::packcache::PackCache::open(&cache, std::slice::from_ref(&path))
                 .unwrap();
+        assert!(entry.trusted(), "{quant}: a checked entry is not trusted");
+        // A flipped byte in the packed data (past the index, in the last matrix written),
+        // written in place, takes the stamp's trust away and fails its CRC-32: the load packs
+        // that matrix from the model, computes the same logits, and deletes the entry; the
+        // next load writes it again.
         let entry_path = entry.path().to_path_buf();
         drop((entry, first, second));
         let mut bytes = std::fs::read(&entry_path).unwrap();

@@ -15,6 +15,15 @@
 //! edited in place) is packed again from the model and the whole entry is deleted, to be
 //! rewritten by the next load. A cache that cannot be written costs nothing but the time.
 //!
+//! The checksums are read once, not at every load: hashing every matrix took half of a warm
+//! load (docs/benchmarks.md, "Warm load"). A load that finds every matrix intact writes a
+//! *stamp* beside the entry (`<key>.verified`: the file's device, inode, size, modification
+//! and status-change times); a later load whose entry still has that identity trusts it without
+//! hashing. Writing to the file in place, truncating it or replacing it changes one of them
+//! (the status-change time cannot be set back by a user), so such an entry is checked in full
+//! again; what a stamp does not catch is a disk that flips bits under an unchanged file, as no
+//! engine checks its model files at each load either.
+//!
 //! Entries are written to a `.bkpack-tmp-*` file renamed into place; a load killed mid-write
 //! leaves that temporary behind, and the next load deletes temporaries older than
 //! [`STALE_TEMP`], so the folder never keeps a model-sized orphan.
@@ -138,6 +147,13 @@ pub struct PackCache {
     pending: Mutex<Vec<Pending>>,
     /// A matrix failed its checksum: the entry is deleted at [`PackCache::persist`].
     corrupt: std::sync::atomic::AtomicBool,
+    /// The entry's stamp matched: its matrices are served without their checksums.
+    trusted: bool,
+    /// Matrices served after their checksum matched (every one of the index's: the entry is
+    /// stamped at [`PackCache::persist`]).
+    verified: std::sync::atomic::AtomicUsize,
+    /// The entry's identity after this load's own touch, which the stamp records.
+    identity: Option<String>,
 }
 
 impl PackCache {
@@ -162,21 +178,37 @@ impl PackCache {
         let path = dir.join(format!("{key}.bkpack"));
         remove_stale_temporaries(dir, STALE_TEMP);
         let existing = read_index(&path, &sources);
-        if existing.is_some() {
-            // The eviction order: modification time is the last use.
-            let _ = std::fs::File::options()
+        let (mut trusted, mut identity) = (false, None);
+        if let Some((_, _, mapped)) = &existing {
+            let stamp = std::fs::read_to_string(stamp_path(&path)).ok();
+            trusted = mapped.is_some() && stamp == *mapped;
+            // The eviction order: modification time is the last use. Touching the file moves
+            // its status-change time, so the identity a stamp records is read after the touch,
+            // through the same handle, and only if it is still the mapped file.
+            identity = std::fs::File::options()
                 .write(true)
                 .open(&path)
-                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                .and_then(|f| {
+                    f.set_modified(std::time::SystemTime::now())?;
+                    f.metadata()
+                })
+                .ok()
+                .and_then(|m| {
+                    let after = identity_of(&m)?;
+                    (Some(file_of(&after)) == mapped.as_deref().map(file_of)).then_some(after)
+                });
         }
         Some(PackCache {
             max_bytes: cache.max_bytes,
             free_reserve: cache.free_reserve,
             path,
             sources,
-            existing,
+            existing: existing.map(|(map, tensors, _)| (map, tensors)),
             pending: Mutex::new(Vec::new()),
             corrupt: std::sync::atomic::AtomicBool::new(false),
+            trusted,
+            verified: std::sync::atomic::AtomicUsize::new(0),
+            identity,
         })
     }
 
@@ -190,8 +222,9 @@ impl PackCache {
     }
 
     /// The packed bytes of `name` from the file, if it holds that matrix with this type, shape
-    /// and size, and `crc32` of them matches the one recorded when it was written. The caller
-    /// computes the CRC-32 (`crc32fast`), so it can spread the pass over its threads.
+    /// and size, and `crc32` of them matches the one recorded when it was written (not asked
+    /// when the entry's stamp matched). The caller computes the CRC-32 (`crc32fast`), so it can
+    /// spread the pass over its threads.
     pub fn get(
         &self,
         name: &str,
@@ -215,12 +248,22 @@ impl PackCache {
             start: e.offset as usize,
             len: e.len as usize,
         };
-        if crc32(&blob) != e.crc32 {
-            self.corrupt
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            return None;
+        if !self.trusted {
+            if crc32(&blob) != e.crc32 {
+                self.corrupt
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                return None;
+            }
+            self.verified
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Some(blob)
+    }
+
+    /// Whether the entry's matrices are served without reading their checksums (its stamp
+    /// matched).
+    pub fn trusted(&self) -> bool {
+        self.trusted
     }
 
     /// Whether a matrix read from the file failed its checksum (it was packed again instead).
@@ -247,11 +290,27 @@ impl PackCache {
 
     /// Writes the offered matrices to the file (through a temporary file renamed into place, so
     /// a reader never sees half of one). Does nothing when nothing was offered.
+    /// A hit whose matrices were all intact (or trusted) is stamped instead.
     pub fn persist(&self) -> std::io::Result<()> {
         if self.corrupt() {
+            let _ = std::fs::remove_file(stamp_path(&self.path));
             return match std::fs::remove_file(&self.path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
+            };
+        }
+        if let Some((_, tensors)) = &self.existing {
+            let all = self.trusted
+                || self.verified.load(std::sync::atomic::Ordering::Relaxed) == tensors.len();
+            let stamp = stamp_path(&self.path);
+            return match &self.identity {
+                Some(id) if all => std::fs::write(stamp, id),
+                // Not every matrix was checked, or the file could not be touched and
+                // described: the next load checks them all.
+                _ => match std::fs::remove_file(stamp) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                },
             };
         }
         let pending = match self.pending.lock() {
@@ -333,7 +392,7 @@ impl PackCache {
             )
         })?;
         for p in evict {
-            let _ = std::fs::remove_file(p);
+            remove_entry(&p);
         }
         let tmp = tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
@@ -380,6 +439,12 @@ fn prune(dir: &Path) {
     };
     for e in entries.flatten() {
         let p = e.path();
+        if p.extension().is_some_and(|x| x == "verified") {
+            if !p.with_extension("bkpack").exists() {
+                let _ = std::fs::remove_file(&p);
+            }
+            continue;
+        }
         if p.extension().is_none_or(|x| x != "bkpack") {
             continue;
         }
@@ -391,9 +456,50 @@ fn prune(dir: &Path) {
                 })
         });
         if !current {
-            let _ = std::fs::remove_file(&p);
+            remove_entry(&p);
         }
     }
+}
+
+/// Where the stamp of the entry at `pack` is kept.
+fn stamp_path(pack: &Path) -> PathBuf {
+    pack.with_extension("verified")
+}
+
+/// Deletes an entry and its stamp.
+fn remove_entry(pack: &Path) {
+    let _ = std::fs::remove_file(pack);
+    let _ = std::fs::remove_file(stamp_path(pack));
+}
+
+/// A file's identity for its stamp: device, inode and size, then (after a `|`, so the rest can
+/// be compared across a touch) modification and status-change times. Both times: the kernel
+/// stamps a write with a clock that may advance only once per tick, so a write right after the
+/// touch can leave the status-change time as it was, but not the modification time, which the
+/// touch set to the nanosecond.
+#[cfg(unix)]
+fn identity_of(m: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    Some(format!(
+        "{} {} {}|{}.{:09} {}.{:09}",
+        m.dev(),
+        m.ino(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec()
+    ))
+}
+
+/// The part of an identity a touch leaves alone.
+fn file_of(identity: &str) -> &str {
+    identity.split_once('|').map_or(identity, |i| i.0)
+}
+
+#[cfg(not(unix))]
+fn identity_of(_m: &std::fs::Metadata) -> Option<String> {
+    None
 }
 
 /// The entries in `dir` other than `except`: path, last use, size.
@@ -501,11 +607,14 @@ fn read_head(path: &Path) -> Option<Index> {
     serde_json::from_slice(&json).ok()
 }
 
-fn read_index(path: &Path, sources: &[String]) -> Option<(Arc<Mmap>, BTreeMap<String, Entry>)> {
+/// The mapped file, its index, and the identity ([`identity_of`]) of the file mapped.
+type Opened = (Arc<Mmap>, BTreeMap<String, Entry>, Option<String>);
+
+fn read_index(path: &Path, sources: &[String]) -> Option<Opened> {
     if !path.is_file() {
         return None;
     }
-    let map = map_huge(path)?;
+    let (map, identity) = map_huge(path)?;
     if map.len() < 16 || &map[..8] != MAGIC {
         return None;
     }
@@ -518,19 +627,20 @@ fn read_index(path: &Path, sources: &[String]) -> Option<(Arc<Mmap>, BTreeMap<St
             .is_some_and(|end| end <= map.len() as u64)
     });
     (index.layout == crate::kernels::packed::LAYOUT_VERSION && index.sources == sources && fits)
-        .then_some((map, index.tensors))
+        .then_some((map, index.tensors, identity))
 }
 
 /// Maps the file asking for huge pages, so copying a matrix out of it faults once per 2 MiB
 /// where the page cache holds large folios. Not populated: each matrix's pages come in as it is
 /// copied and are dropped after, so the file never adds its size to the resident memory.
-fn map_huge(path: &Path) -> Option<Arc<Mmap>> {
+fn map_huge(path: &Path) -> Option<(Arc<Mmap>, Option<String>)> {
     let file = std::fs::File::open(path).ok()?;
     // SAFETY: read-only map of a file bakeoff never writes in place (it is replaced by rename).
     let map = unsafe { memmap2::MmapOptions::new().map(&file) }.ok()?;
     #[cfg(target_os = "linux")]
     let _ = map.advise(memmap2::Advice::HugePage);
-    Some(Arc::new(map))
+    let identity = file.metadata().ok().as_ref().and_then(identity_of);
+    Some((Arc::new(map), identity))
 }
 
 #[cfg(test)]
@@ -663,6 +773,84 @@ mod tests {
         c.persist().unwrap();
         assert!(!path.exists(), "the corrupt entry is deleted");
         assert!(!PackCache::open(&cache, &files).unwrap().hit());
+    }
+
+    /// A load that finds every matrix intact stamps the entry, and the next load serves it
+    /// without reading the checksums; a file written in place loses the stamp's trust, so its
+    /// flipped byte is still caught. A load that checked only some matrices does not stamp.
+    #[cfg(unix)]
+    #[test]
+    fn a_verified_entry_is_trusted_until_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m.gguf");
+        std::fs::write(&model, b"weights").unwrap();
+        let files = vec![model];
+        let cache = wc(dir.path().join("cache"));
+        let c = PackCache::open(&cache, &files).unwrap();
+        c.offer("a", WeightType::Q4_0, 2, 64, &blob(&[1u8; 9000]));
+        c.offer("b", WeightType::Q4_0, 1, 64, &blob(&[2u8; 100]));
+        c.persist().unwrap();
+        let path = c.path().to_path_buf();
+        let stamp = stamp_path(&path);
+        assert!(
+            !stamp.exists(),
+            "a fresh write is stamped only once read back"
+        );
+
+        // Only one matrix asked for: no stamp.
+        let c = PackCache::open(&cache, &files).unwrap();
+        assert!(c.hit() && !c.trusted());
+        assert!(c.get("a", WeightType::Q4_0, 2, 64, 9000, crc).is_some());
+        c.persist().unwrap();
+        assert!(!stamp.exists(), "stamped after checking one matrix of two");
+
+        let hashed = std::sync::atomic::AtomicUsize::new(0);
+        let counting = |b: &Blob| {
+            hashed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crc(b)
+        };
+        let load = |expect_trusted: bool| {
+            let c = PackCache::open(&cache, &files).unwrap();
+            assert!(c.hit());
+            assert_eq!(c.trusted(), expect_trusted);
+            let a = c.get("a", WeightType::Q4_0, 2, 64, 9000, counting);
+            let b = c.get("b", WeightType::Q4_0, 1, 64, 100, counting);
+            c.persist().unwrap();
+            (a.map(|x| x.bytes().to_vec()), b.is_some())
+        };
+        assert_eq!(load(false), (Some(vec![1u8; 9000]), true));
+        assert_eq!(hashed.swap(0, std::sync::atomic::Ordering::Relaxed), 2);
+        assert!(stamp.exists(), "a fully checked entry is stamped");
+        for _ in 0..2 {
+            assert_eq!(load(true), (Some(vec![1u8; 9000]), true));
+            assert_eq!(hashed.load(std::sync::atomic::Ordering::Relaxed), 0);
+        }
+
+        // The same length, a flipped byte, written in place.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.iter().rposition(|&b| b == 1).unwrap();
+        bytes[at] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let c = PackCache::open(&cache, &files).unwrap();
+        assert!(
+            c.hit() && !c.trusted(),
+            "an edited file kept its stamp's trust"
+        );
+        assert!(c.get("a", WeightType::Q4_0, 2, 64, 9000, crc).is_none());
+        c.persist().unwrap();
+        assert!(
+            !path.exists() && !stamp.exists(),
+            "corrupt entry or its stamp left"
+        );
+
+        // A stamp whose entry is gone is pruned by the next write.
+        std::fs::write(&stamp, b"1 2 3|4.5 6.7").unwrap();
+        let other = dir.path().join("o.gguf");
+        std::fs::write(&other, b"o").unwrap();
+        let c = PackCache::open(&cache, std::slice::from_ref(&other)).unwrap();
+        c.offer("a", WeightType::Q4_0, 1, 32, &blob(&[3u8; 100]));
+        c.persist().unwrap();
+        assert!(!stamp.exists(), "orphan stamp left");
     }
 
     /// A write killed before its rename leaves a temporary; it is deleted once stale, and a
