@@ -746,24 +746,36 @@ mod tests {
         );
     }
 
-    /// A flipped byte in a cached matrix is caught: that matrix is not served, and the entry is
-    /// deleted so the next load writes it again.
-    #[test]
-    fn a_corrupted_matrix_is_not_served_and_its_entry_is_rewritten() {
-        let dir = tempfile::tempdir().unwrap();
-        let model = dir.path().join("m.gguf");
+    /// A model file in `dir` and its cache entry of two matrices, `a` (9000 bytes of 1) and `b`
+    /// (100 bytes of 2): the cache, the model's files and the entry's path.
+    fn two_matrix_entry(dir: &Path) -> (WeightCache, Vec<PathBuf>, PathBuf) {
+        let model = dir.join("m.gguf");
         std::fs::write(&model, b"weights").unwrap();
         let files = vec![model];
-        let cache = wc(dir.path().join("cache"));
+        let cache = wc(dir.join("cache"));
         let c = PackCache::open(&cache, &files).unwrap();
         c.offer("a", WeightType::Q4_0, 2, 64, &blob(&[1u8; 9000]));
         c.offer("b", WeightType::Q4_0, 1, 64, &blob(&[2u8; 100]));
         c.persist().unwrap();
         let path = c.path().to_path_buf();
-        let mut bytes = std::fs::read(&path).unwrap();
+        (cache, files, path)
+    }
+
+    /// Flips one bit of the last byte of matrix `a`, rewriting the file in place (same length).
+    fn flip_in_place(path: &Path) {
+        let mut bytes = std::fs::read(path).unwrap();
         let at = bytes.iter().rposition(|&b| b == 1).unwrap();
         bytes[at] ^= 0x10;
-        std::fs::write(&path, &bytes).unwrap();
+        std::fs::write(path, &bytes).unwrap();
+    }
+
+    /// A flipped byte in a cached matrix is caught: that matrix is not served, and the entry is
+    /// deleted so the next load writes it again.
+    #[test]
+    fn a_corrupted_matrix_is_not_served_and_its_entry_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, files, path) = two_matrix_entry(dir.path());
+        flip_in_place(&path);
 
         let c = PackCache::open(&cache, &files).unwrap();
         assert!(c.hit());
@@ -782,15 +794,7 @@ mod tests {
     #[test]
     fn a_verified_entry_is_trusted_until_the_file_changes() {
         let dir = tempfile::tempdir().unwrap();
-        let model = dir.path().join("m.gguf");
-        std::fs::write(&model, b"weights").unwrap();
-        let files = vec![model];
-        let cache = wc(dir.path().join("cache"));
-        let c = PackCache::open(&cache, &files).unwrap();
-        c.offer("a", WeightType::Q4_0, 2, 64, &blob(&[1u8; 9000]));
-        c.offer("b", WeightType::Q4_0, 1, 64, &blob(&[2u8; 100]));
-        c.persist().unwrap();
-        let path = c.path().to_path_buf();
+        let (cache, files, path) = two_matrix_entry(dir.path());
         let stamp = stamp_path(&path);
         assert!(
             !stamp.exists(),
@@ -826,11 +830,7 @@ mod tests {
             assert_eq!(hashed.load(std::sync::atomic::Ordering::Relaxed), 0);
         }
 
-        // The same length, a flipped byte, written in place.
-        let mut bytes = std::fs::read(&path).unwrap();
-        let at = bytes.iter().rposition(|&b| b == 1).unwrap();
-        bytes[at] ^= 0x10;
-        std::fs::write(&path, &bytes).unwrap();
+        flip_in_place(&path);
         let c = PackCache::open(&cache, &files).unwrap();
         assert!(
             c.hit() && !c.trusted(),
