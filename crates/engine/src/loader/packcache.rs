@@ -293,11 +293,8 @@ impl PackCache {
     /// A hit whose matrices were all intact (or trusted) is stamped instead.
     pub fn persist(&self) -> std::io::Result<()> {
         if self.corrupt() {
-            let _ = std::fs::remove_file(stamp_path(&self.path));
-            return match std::fs::remove_file(&self.path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            };
+            let _ = remove_if_present(&stamp_path(&self.path));
+            return remove_if_present(&self.path);
         }
         if let Some((_, tensors)) = &self.existing {
             let all = self.trusted
@@ -307,10 +304,7 @@ impl PackCache {
                 Some(id) if all => std::fs::write(stamp, id),
                 // Not every matrix was checked, or the file could not be touched and
                 // described: the next load checks them all.
-                _ => match std::fs::remove_file(stamp) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                    _ => Ok(()),
-                },
+                _ => remove_if_present(&stamp),
             };
         }
         let pending = match self.pending.lock() {
@@ -466,6 +460,14 @@ fn stamp_path(pack: &Path) -> PathBuf {
     pack.with_extension("verified")
 }
 
+/// Deletes a file; one that is not there is no error.
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Deletes an entry and its stamp.
 fn remove_entry(pack: &Path) {
     let _ = std::fs::remove_file(pack);
@@ -492,14 +494,14 @@ fn identity_of(m: &std::fs::Metadata) -> Option<String> {
     ))
 }
 
-/// The part of an identity a touch leaves alone.
-fn file_of(identity: &str) -> &str {
-    identity.split_once('|').map_or(identity, |i| i.0)
-}
-
 #[cfg(not(unix))]
 fn identity_of(_m: &std::fs::Metadata) -> Option<String> {
     None
+}
+
+/// The part of an identity a touch leaves alone.
+fn file_of(identity: &str) -> &str {
+    identity.split_once('|').map_or(identity, |i| i.0)
 }
 
 /// The entries in `dir` other than `except`: path, last use, size.
