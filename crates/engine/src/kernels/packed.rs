@@ -46,15 +46,16 @@
 //!   16..32 of each block (Q6_K scales groups of 16); steps 0..4 and 4..8 go to the two dot
 //!   chains the kernel keeps anyway, and the activations carry a quant sum per half block.
 //!
-//! The *K head* keeps the K-quants' own two-level scales instead of 16 f32 products: a K-quant
+//! The *K heads* keep the K-quants' own two-level scales instead of 16 products: a K-quant
 //! block of 256 values is 8 of our blocks, so lanes 0..8 and 8..16 of a superblock each share
-//! one f16 super-scale (`d`, and `dmin` for the offsets), and each lane has a 6- or 8-bit
-//! multiplier. The kernels multiply them out once per superblock (two conversions and a
-//! multiply per factor), and the products are those of ggml's dequantizer bit for bit (an f16
-//! times an integer below 2^8 is exact in f32). Bytes per 32 weights: Q4K 19 against Q4_K's 18,
-//! Q6 27 against Q6_K's 26.25, Q5K 23 against Q5_K's 22; with 16 f32 scales and offsets and the
-//! 5- and 6-bit values in whole bytes (the first version of this layout) they were 24, 40 and
-//! 40, and decode, which streams the weights, paid for every byte.
+//! one f16 super-scale (`d`, and `−dmin` for the offsets), and each lane has a small integer
+//! multiplier, stored as the file stores it: Q4_K's and Q5_K's 6-bit scales and mins and
+//! IQ4_XS's 6-bit scales and Q6_K's 8-bit ones as bytes. The kernels multiply them out once per superblock (one byte shuffle and two
+//! shifts rebuild 16 six-bit fields), and the products are those of ggml's dequantizer bit for
+//! bit (an f16 times an integer below 2^8 is exact in f32). A whole superblock then has the
+//! file's bytes exactly (Q4K 18 per 32 weights, Q5K 22, Q6 26.25) or close to them (I4K 17.25
+//! against 17). The earlier K head, four f32 super-factors and a byte per multiplier, took 19,
+//! 23, 27 and 19: decode streams every byte.
 
 use crate::WeightType;
 
@@ -63,7 +64,7 @@ use super::{BlockQ8, QK, f16_bits_to_f32};
 
 /// Version of this layout, part of the key of the packed-weights file (`loader::packcache`):
 /// change it with any change to the bytes `pack_row` writes.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Blocks per superblock (one per 32-bit lane of a 512-bit vector).
 pub const SB: usize = 16;
@@ -105,14 +106,82 @@ pub enum Head {
     F16,
     /// 16 f16 scales, then 16 f16 second factors.
     F16Pair,
-    /// The K-quants' two levels: 4 f32 super-factors (first factor of lanes 0..8, of lanes
-    /// 8..16, second factor of lanes 0..8, of lanes 8..16), then 16 i8 multipliers of the first
-    /// and 16 of the second; factor = super-factor · multiplier.
-    K,
+    /// Q4_K's and Q5_K's two levels: f16 super-factors `d` of lanes 0..8 and of lanes 8..16,
+    /// then `−dmin` of the same, then the 16 lanes' 6-bit scales and their 6-bit mins (12 bytes
+    /// each, [`six_bit`]); scale = `d · sc`, offset = `−dmin · m`. The same 32 bytes in a tail.
+    KScaleMin,
+    /// IQ4_XS's: f16 `d` of lanes 0..8 and 8..16, then the lanes' multipliers `ls − 32` as i8
+    /// (cut to `n` in a tail); both factors are `d · multiplier`. Bytes, not 6-bit fields: the
+    /// IQ4 kernels spend the shift ports on their nibbles already, and unpacking the fields
+    /// cost more decode time than the 4 bytes per superblock it saved.
+    KScale8,
+    /// Q6_K's: f16 `d` of lanes 0..8 and 8..16, then 16 i8 scales of the first half blocks
+    /// and 16 of the second (cut to `n` each in a tail of `n` lanes).
+    KHalves,
 }
 
-/// Bytes of a [`Head::K`].
-const K_HEAD_BYTES: usize = 16 + 2 * SB;
+/// Bytes of the super-factors of a K head: f16 values for lanes 0..8 and 8..16.
+pub const K_SUPER: usize = 4;
+/// Bytes of 16 six-bit fields.
+pub const SIX_BYTES: usize = 12;
+
+/// Where 16 lanes' 6-bit fields (Q4_K's and Q5_K's scales and mins) sit in their 12 bytes: lane `l` is bits `6l..6l + 6` of the
+/// little-endian string, so a lane's field spans at most two bytes, starting at byte
+/// `six_bit::byte(l)`; the kernels gather each lane's 4 bytes from there with one byte shuffle
+/// and shift its field to the top of the lane and back down.
+pub mod six_bit {
+    /// First byte of lane `l`'s field.
+    pub const fn byte(l: usize) -> usize {
+        6 * l / 8
+    }
+
+    /// Bit of that byte where the field starts.
+    pub const fn bit(l: usize) -> usize {
+        6 * l % 8
+    }
+
+    /// The byte-shuffle control putting bytes `byte(l)..byte(l) + 4` in 32-bit lane `l`
+    /// (indices within a 128-bit lane that holds the 16 head bytes).
+    pub const SHUFFLE: [u8; 64] = {
+        let mut t = [0u8; 64];
+        let mut i = 0;
+        while i < 64 {
+            let b = byte(i / 4) + i % 4;
+            t[i] = if b < 16 { b as u8 } else { 15 };
+            i += 1;
+        }
+        t
+    };
+
+    /// Left shifts putting lane `l`'s field in bits 26..32 (a right shift by 26 then drops
+    /// the other bits: two shifts, where a shift and a mask measured slower).
+    pub const TO_TOP: [i32; 16] = {
+        let mut t = [0i32; 16];
+        let mut l = 0;
+        while l < 16 {
+            t[l] = 26 - bit(l) as i32;
+            l += 1;
+        }
+        t
+    };
+
+    /// Lane `l`'s field of `s` (12 bytes), unsigned.
+    pub fn get(s: &[u8], l: usize) -> u8 {
+        let (b, k) = (byte(l), bit(l));
+        let w = s[b] as u16 | (s.get(b + 1).copied().unwrap_or(0) as u16) << 8;
+        ((w >> k) & 63) as u8
+    }
+
+    /// Sets lane `l`'s field of `s` (zero before) to the low 6 bits of `v`.
+    pub fn set(s: &mut [u8], l: usize, v: u8) {
+        let (b, k) = (byte(l), bit(l));
+        let w = ((v & 63) as u16) << k;
+        s[b] |= w as u8;
+        if w >> 8 != 0 {
+            s[b + 1] |= (w >> 8) as u8;
+        }
+    }
+}
 
 impl Layout {
     /// The layout a stored type is packed into, if any.
@@ -146,7 +215,9 @@ impl Layout {
         match self {
             Layout::Q8 | Layout::Q4 | Layout::Q5 | Layout::I4 => Head::F16,
             Layout::Q4M | Layout::Q5M => Head::F16Pair,
-            Layout::Q4K | Layout::Q6 | Layout::Q5K | Layout::I4K => Head::K,
+            Layout::Q4K | Layout::Q5K => Head::KScaleMin,
+            Layout::I4K => Head::KScale8,
+            Layout::Q6 => Head::KHalves,
         }
     }
 
@@ -156,12 +227,14 @@ impl Layout {
     }
 
     /// Bytes of the head of a superblock of `n` lanes (a row's tail): each per-lane vector
-    /// holds `n` entries; a K head keeps its four super-factors.
+    /// holds `n` entries; the K heads keep their super-factors, and their 6-bit strings whole.
     pub const fn head_bytes_n(self, n: usize) -> usize {
         match self.head() {
             Head::F16 => 2 * n,
             Head::F16Pair => 4 * n,
-            Head::K => K_HEAD_BYTES - 2 * SB + 2 * n,
+            Head::KScaleMin => 2 * (K_SUPER + SIX_BYTES),
+            Head::KScale8 => K_SUPER + n,
+            Head::KHalves => K_SUPER + 2 * n,
         }
     }
 
@@ -296,10 +369,15 @@ pub fn widen_tail(layout: Layout, n: usize, src: &[u8], out: &mut [u8]) {
             copy(out, 0, 0, 2 * n);
             copy(out, 2 * SB, 2 * n, 2 * n);
         }
-        Head::K => {
-            copy(out, 0, 0, 16);
-            copy(out, 16, 16, n);
-            copy(out, 16 + SB, 16 + n, n);
+        Head::KScaleMin => copy(out, 0, 0, layout.head_bytes()),
+        Head::KScale8 => {
+            copy(out, 0, 0, K_SUPER);
+            copy(out, K_SUPER, K_SUPER, n);
+        }
+        Head::KHalves => {
+            copy(out, 0, 0, K_SUPER);
+            copy(out, K_SUPER, K_SUPER, n);
+            copy(out, K_SUPER + SB, K_SUPER + n, n);
         }
     }
     let (hw, hn) = (layout.head_bytes(), layout.head_bytes_n(n));
@@ -312,14 +390,14 @@ pub fn widen_tail(layout: Layout, n: usize, src: &[u8], out: &mut [u8]) {
 /// One block of 32 values as the layouts store it: the quants (signed for Q8 and Q6, grid
 /// indices for I4, nibbles
 /// for Q4 and Q4M, signed for Q5, unsigned for Q5M), the scale as f16 bits (Q8, Q4, Q5; Q4M and Q5M with
-/// the offset's f16 bits), and for the K-quants the two factors as super-factor and
-/// multiplier: scale (or the first half's scale) `kf.0 · km.0`, offset (or the second half's
-/// scale) `kf.1 · km.1`.
+/// the offset's f16 bits), and for the K-quants the two factors as super-factor (f16 bits)
+/// and multiplier: scale (or the first half's scale) `kf.0 · km.0`, offset (or the second
+/// half's scale) `kf.1 · km.1`.
 struct Block32 {
     q: [i8; QK],
     scale16: u16,
     offset16: u16,
-    kf: (f32, f32),
+    kf: (u16, u16),
     km: (i8, i8),
 }
 
@@ -327,17 +405,15 @@ fn f16_at(b: &[u8], i: usize) -> u16 {
     u16::from_le_bytes([b[i], b[i + 1]])
 }
 
-/// Super-factors `(d, −dmin)` and multipliers `(sc, m)` of group `g` of a Q4_K or Q5_K block
-/// (`d dmin scales[12] …`): scale `d · sc` and offset `−dmin · m`, as ggml's dequantizer
-/// computes them (its `d · sc · q − dmin · m`).
-fn k4_factors(blk: &[u8], g: usize) -> ((f32, f32), (i8, i8)) {
-    let (d, dmin) = (
-        f16_bits_to_f32(f16_at(blk, 0)),
-        f16_bits_to_f32(f16_at(blk, 2)),
-    );
+/// Super-factors `(d, −dmin)` (f16 bits) and multipliers `(sc, m)` of group `g` of a Q4_K or
+/// Q5_K block (`d dmin scales[12] …`): scale `d · sc` and offset `−dmin · m`, as ggml's
+/// dequantizer computes them (its `d · sc · q − dmin · m`).
+fn k4_factors(blk: &[u8], g: usize) -> ((u16, u16), (i8, i8)) {
+    // Negating an f16 flips its sign bit, exactly.
+    let (d, neg_dmin) = (f16_at(blk, 0), f16_at(blk, 2) ^ 0x8000);
     let (s, m) = super::dequant::scale_min_k4(&blk[4..16]);
     // 6-bit scales and mins: 0..63, exact in i8.
-    ((d, -dmin), (s[g] as i8, m[g] as i8))
+    ((d, neg_dmin), (s[g] as i8, m[g] as i8))
 }
 
 /// Writes one token's activations (`src`, whole blocks of 32) into `dst` in the packed order of
@@ -359,7 +435,7 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
         q: [0; QK],
         scale16: 0,
         offset16: 0,
-        kf: (0.0, 0.0),
+        kf: (0, 0),
         km: (0, 0),
     };
     // ggml's Q4_0, Q4_1, Q5_0: value i < 16 is the low nibble of byte i, value i + 16 the high.
@@ -443,7 +519,7 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
             // goes to both halves of Q6's head.
             let blk = src.get((b / 8) * 136..(b / 8 + 1) * 136)?;
             let g = b % 8;
-            let d = f16_bits_to_f32(f16_at(blk, 0));
+            let d = f16_at(blk, 0);
             let scales_h = u16::from_le_bytes([blk[2], blk[3]]);
             let lo = (blk[4 + g / 2] >> (4 * (g % 2))) & 0x0f;
             let hi = ((scales_h >> (2 * g)) & 3) as u8;
@@ -457,7 +533,7 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
             // 256 values: `ql[128] qh[64] scales[16] d`, 16 groups of 16 with signed scales.
             let blk = src.get((b / 8) * 210..(b / 8 + 1) * 210)?;
             let (ql, qh, sc) = (&blk[..128], &blk[128..192], &blk[192..208]);
-            let d = f16_bits_to_f32(f16_at(blk, 208));
+            let d = f16_at(blk, 208);
             let g = b % 8;
             (k.kf, k.km) = ((d, d), (sc[2 * g] as i8, sc[2 * g + 1] as i8));
             for (j, q) in k.q.iter_mut().enumerate() {
@@ -482,13 +558,25 @@ fn write_head(head: &mut [u8], kind: Head, g: Geom, l: usize, k: &Block32) {
             head[2 * l..2 * l + 2].copy_from_slice(&k.scale16.to_le_bytes());
             head[2 * n + 2 * l..2 * n + 2 * l + 2].copy_from_slice(&k.offset16.to_le_bytes());
         }
-        Head::K => {
-            // Lanes 0..8 and 8..16 are one K-quant block each, with one pair of super-factors.
+        // Lanes 0..8 and 8..16 are one K-quant block each, with one set of super-factors.
+        Head::KScaleMin => {
             let h = l / 8;
-            head[4 * h..4 * h + 4].copy_from_slice(&k.kf.0.to_le_bytes());
-            head[8 + 4 * h..12 + 4 * h].copy_from_slice(&k.kf.1.to_le_bytes());
-            head[16 + l] = k.km.0 as u8;
-            head[16 + n + l] = k.km.1 as u8;
+            head[2 * h..2 * h + 2].copy_from_slice(&k.kf.0.to_le_bytes());
+            head[K_SUPER + 2 * h..K_SUPER + 2 * h + 2].copy_from_slice(&k.kf.1.to_le_bytes());
+            let strings = &mut head[2 * K_SUPER..];
+            six_bit::set(&mut strings[..SIX_BYTES], l, k.km.0 as u8);
+            six_bit::set(&mut strings[SIX_BYTES..], l, k.km.1 as u8);
+        }
+        Head::KScale8 => {
+            let h = l / 8;
+            head[2 * h..2 * h + 2].copy_from_slice(&k.kf.0.to_le_bytes());
+            head[K_SUPER + l] = k.km.0 as u8;
+        }
+        Head::KHalves => {
+            let h = l / 8;
+            head[2 * h..2 * h + 2].copy_from_slice(&k.kf.0.to_le_bytes());
+            head[K_SUPER + l] = k.km.0 as u8;
+            head[K_SUPER + n + l] = k.km.1 as u8;
         }
     }
 }
@@ -587,7 +675,8 @@ pub fn head_factors(layout: Layout, head: &[u8], l: usize) -> (f32, f32) {
 /// [`head_factors`] of a superblock of `n` lanes.
 #[inline(always)]
 fn head_factors_n(layout: Layout, head: &[u8], n: usize, l: usize) -> (f32, f32) {
-    let f32_at = |i: usize| f32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    let f16 = |i: usize| f16_bits_to_f32(f16_at(head, i));
+    let h = l / 8;
     match layout.head() {
         Head::F16 => {
             let d = f16_bits_to_f32(f16_at(head, 2 * l));
@@ -597,13 +686,21 @@ fn head_factors_n(layout: Layout, head: &[u8], n: usize, l: usize) -> (f32, f32)
             f16_bits_to_f32(f16_at(head, 2 * l)),
             f16_bits_to_f32(f16_at(head, 2 * n + 2 * l)),
         ),
-        Head::K => {
-            let h = l / 8;
+        Head::KScaleMin => {
+            let strings = &head[2 * K_SUPER..];
             (
-                f32_at(4 * h) * head[16 + l] as i8 as f32,
-                f32_at(8 + 4 * h) * head[16 + n + l] as i8 as f32,
+                f16(2 * h) * six_bit::get(&strings[..SIX_BYTES], l) as f32,
+                f16(K_SUPER + 2 * h) * six_bit::get(&strings[SIX_BYTES..], l) as f32,
             )
         }
+        Head::KScale8 => {
+            let d = f16(2 * h) * head[K_SUPER + l] as i8 as f32;
+            (d, d)
+        }
+        Head::KHalves => (
+            f16(2 * h) * head[K_SUPER + l] as i8 as f32,
+            f16(2 * h) * head[K_SUPER + n + l] as i8 as f32,
+        ),
     }
 }
 
@@ -776,8 +873,7 @@ pub(crate) mod tests {
     use super::*;
 
     /// A row's tail takes only its own lanes: the one-scale and scale-and-offset layouts are
-    /// then exactly ggml's size at every width, the K-quants their whole superblocks' size per
-    /// block.
+    /// then exactly ggml's size at every width, the K-quants too but for a tail's head.
     #[test]
     fn packed_rows_are_the_size_of_ggml_rows() {
         for cols in [512, 576, 800, 896, 1536, 4864, 8960] {
@@ -793,16 +889,18 @@ pub(crate) mod tests {
                 assert_eq!(row_bytes(dtype, cols), ggml, "{dtype:?} {cols}");
             }
             if cols.is_multiple_of(256) {
-                for (dtype, per_256) in [
-                    (WeightType::Q4K, 152),
-                    (WeightType::Q5K, 184),
-                    (WeightType::Q6K, 216),
-                    (WeightType::IQ4_XS, 152),
+                // Bytes over the file's per whole superblock (IQ4_XS's i8 multipliers, 4 more
+                // than its 6-bit ones) and in a tail of one K-quant block (the unused
+                // super-factors of the second, and Q4_K's and Q5_K's 6-bit strings of all 16
+                // lanes).
+                for (dtype, per_superblock, tail_extra) in [
+                    (WeightType::Q4K, 0, 16),
+                    (WeightType::Q5K, 0, 16),
+                    (WeightType::Q6K, 0, 2),
+                    (WeightType::IQ4_XS, 4, 4),
                 ] {
-                    // A tail of one K-quant block keeps the head's four super-factors, two of
-                    // them unused: 8 bytes.
-                    let tail = if cols % 512 == 256 { 8 } else { 0 };
-                    let want = cols / 256 * per_256 + tail;
+                    let tail = if cols % 512 == 256 { tail_extra } else { 0 };
+                    let want = cols / 256 * dtype.type_size() + cols / 512 * per_superblock + tail;
                     assert_eq!(row_bytes(dtype, cols), want, "{dtype:?} {cols}");
                 }
             }

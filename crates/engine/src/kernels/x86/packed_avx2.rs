@@ -88,7 +88,7 @@ unsafe fn load_half(p: *const u8, h: usize, g: G2) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn widen_tail_into(layout: Layout, p: *const u8, n: usize, buf: &mut [u8; SB_ROOM]) {
-    use crate::kernels::packed::{Head, SB};
+    use crate::kernels::packed::{Head, K_SUPER, SB};
     *buf = [0; SB_ROOM];
     let o = buf.as_mut_ptr();
     // SAFETY: the caller guarantees the tail's bytes at `p`. Reads cover whole 4-byte lanes
@@ -117,10 +117,15 @@ unsafe fn widen_tail_into(layout: Layout, p: *const u8, n: usize, buf: &mut [u8;
                 bytes(0, 0, 2 * n);
                 bytes(2 * SB, 2 * n, 2 * n);
             }
-            Head::K => {
-                lanes(0, 0, 4);
-                bytes(16, 16, n);
-                bytes(16 + SB, 16 + n, n);
+            Head::KScaleMin => lanes(0, 0, layout.head_bytes() / 4),
+            Head::KScale8 => {
+                lanes(0, 0, K_SUPER / 4);
+                bytes(K_SUPER, K_SUPER, n);
+            }
+            Head::KHalves => {
+                lanes(0, 0, K_SUPER / 4);
+                bytes(K_SUPER, K_SUPER, n);
+                bytes(K_SUPER + SB, K_SUPER + n, n);
             }
         }
         let (hw, hn) = (layout.head_bytes(), layout.head_bytes_n(n));
@@ -237,7 +242,7 @@ unsafe fn iq4_stored_half(quants: *const u8, st: usize, h: usize, g: G2) -> __m2
 /// The two factors (`packed::head_factors`) of lanes `8h..8h+8`.
 #[inline(always)]
 unsafe fn head_half(layout: Layout, sb: *const u8, h: usize, g: G2) -> (__m256, __m256) {
-    use crate::kernels::packed::Head;
+    use crate::kernels::packed::{Head, K_SUPER, SIX_BYTES};
     // SAFETY: the caller points at a packed superblock's head.
     unsafe {
         let f16 = |o: usize| {
@@ -263,21 +268,64 @@ unsafe fn head_half(layout: Layout, sb: *const u8, h: usize, g: G2) -> (__m256, 
                 (s, s)
             }
             Head::F16Pair => (f16(16 * h), f16(2 * g.n + 16 * h)),
-            Head::K => {
-                // Lanes 8h..8h+8 are one K-quant block: super-factors h and 2 + h.
-                let f = sb as *const f32;
-                // A K-quant block is 8 lanes: a tail has whole halves (`g.n` 8 here).
-                let m = |o: usize| {
-                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                        sb.add(o + 8 * h) as *const __m128i
-                    )))
-                };
+            // Lanes 8h..8h+8 are one K-quant block: super-factor h (and 2 + h for a second).
+            Head::KScaleMin => {
+                let at = 2 * K_SUPER;
                 (
-                    _mm256_mul_ps(_mm256_set1_ps(f.add(h).read_unaligned()), m(16)),
-                    _mm256_mul_ps(_mm256_set1_ps(f.add(2 + h).read_unaligned()), m(16 + g.n)),
+                    _mm256_mul_ps(k_super(sb, h), six_bit_half(sb.add(at), h)),
+                    _mm256_mul_ps(k_super(sb, 2 + h), six_bit_half(sb.add(at + SIX_BYTES), h)),
+                )
+            }
+            Head::KScale8 => {
+                let d = _mm256_mul_ps(k_super(sb, h), i8_half(sb.add(K_SUPER), h));
+                (d, d)
+            }
+            Head::KHalves => {
+                // A K-quant block is 8 lanes: a tail has whole halves (`g.n` 8 here).
+                let d = k_super(sb, h);
+                (
+                    _mm256_mul_ps(d, i8_half(sb.add(K_SUPER), h)),
+                    _mm256_mul_ps(d, i8_half(sb.add(K_SUPER + g.n), h)),
                 )
             }
         }
+    }
+}
+
+/// Lanes `8h..8h+8` of the i8 multipliers at `p` as f32.
+#[inline(always)]
+unsafe fn i8_half(p: *const u8, h: usize) -> __m256 {
+    // SAFETY: the caller guarantees the lanes' bytes at `p`; avx2 is enabled in every caller.
+    unsafe {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+            p.add(8 * h) as *const __m128i
+        )))
+    }
+}
+
+/// Super-factor `i` (f16 `i` of the head at `sb`) in all 8 lanes.
+#[inline(always)]
+unsafe fn k_super(sb: *const u8, i: usize) -> __m256 {
+    // SAFETY: the caller points at a K head (at least 8 bytes); f16c and avx2 are enabled in
+    // every caller.
+    unsafe {
+        let f = _mm_cvtph_ps(_mm_loadl_epi64(sb as *const __m128i));
+        _mm256_permutevar8x32_ps(_mm256_castps128_ps256(f), _mm256_set1_epi32(i as i32))
+    }
+}
+
+/// Lanes `8h..8h+8` of the 6-bit fields (`packed::six_bit`) of the 12 bytes at `p`, as f32.
+/// Reads 16 bytes (quants follow every head).
+#[inline(always)]
+unsafe fn six_bit_half(p: *const u8, h: usize) -> __m256 {
+    use crate::kernels::packed::six_bit;
+    // SAFETY: the caller guarantees 16 readable bytes at `p`; avx2 is enabled in every caller.
+    unsafe {
+        let v = _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i));
+        let ctl = _mm256_loadu_si256(six_bit::SHUFFLE.as_ptr().add(32 * h) as *const __m256i);
+        let top = _mm256_loadu_si256(six_bit::TO_TOP.as_ptr().add(8 * h) as *const __m256i);
+        let t = _mm256_sllv_epi32(_mm256_shuffle_epi8(v, ctl), top);
+        _mm256_cvtepi32_ps(_mm256_srli_epi32::<26>(t))
     }
 }
 

@@ -228,6 +228,11 @@ pub(super) unsafe fn for_each_operand(
 /// `kernel_speed`: 4 to 16 KiB all do; nothing, or L1 instead of L2, is slower).
 pub(super) const PREFETCH_AHEAD: usize = 8192;
 
+/// Bytes ahead that the decode kernel of the K layouts also requests into L1 (`kernel_speed`,
+/// 2 threads: 1 KiB gave Q4_K, Q5_K, Q6_K and IQ4_XS 5-10% more than none, 512 and 2048 less;
+/// Q4_0, Q8_0, Q4_1 and Q5_0 lost 1-3% with it and do without).
+pub(super) const PREFETCH_L1_AHEAD: usize = 1024;
+
 /// The packed layouts as const parameters of the decode kernels (see `packed::Layout`).
 pub const L_Q8: u8 = 0;
 pub const L_Q4: u8 = 1;
@@ -280,8 +285,8 @@ pub(super) unsafe fn packed_head(
     sb: *const u8,
     g: Geo,
 ) -> (__m512, __m512) {
-    use crate::kernels::packed::Head;
-    // SAFETY: the caller guarantees a packed superblock's head at `sb`.
+    use crate::kernels::packed::{Head, K_SUPER, SIX_BYTES};
+    // SAFETY: the caller guarantees a packed superblock's head at `sb`, with quants after it.
     unsafe {
         // `g.n` f16 values; zeros (zero scales) past them.
         let f16 = |o: usize| {
@@ -297,25 +302,77 @@ pub(super) unsafe fn packed_head(
                 (sw, sw)
             }
             Head::F16Pair => (f16(0), f16(2 * g.n)),
-            Head::K => {
-                // Lanes 0..8 take super-factor 0 (2 for the second factor), lanes 8..16 factor 1 (3).
-                let f = _mm512_zextps128_ps512(_mm_loadu_ps(sb as *const f32));
-                let lo = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-                let hi = _mm512_add_epi32(lo, _mm512_set1_epi32(2));
-                let m = |o: usize| {
-                    let b = if g.full() {
-                        _mm_loadu_si128(sb.add(o) as *const __m128i)
-                    } else {
-                        _mm_maskz_loadu_epi8(g.mask, sb.add(o) as *const i8)
-                    };
-                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b))
-                };
+            Head::KScaleMin => {
+                // [d of lanes 0..8, of 8..16, −dmin of lanes 0..8, of 8..16].
+                let f = k_super(_mm_loadl_epi64(sb as *const __m128i));
+                let hi = _mm512_add_epi32(K_LO, _mm512_set1_epi32(2));
+                let at = 2 * K_SUPER;
                 (
-                    _mm512_mul_ps(_mm512_permutexvar_ps(lo, f), m(16)),
-                    _mm512_mul_ps(_mm512_permutexvar_ps(hi, f), m(16 + g.n)),
+                    _mm512_mul_ps(_mm512_permutexvar_ps(K_LO, f), six_bit_factors(sb.add(at))),
+                    _mm512_mul_ps(
+                        _mm512_permutexvar_ps(hi, f),
+                        six_bit_factors(sb.add(at + SIX_BYTES)),
+                    ),
+                )
+            }
+            Head::KScale8 => {
+                let f = k_super(_mm_cvtsi32_si128((sb as *const i32).read_unaligned()));
+                let d = _mm512_mul_ps(
+                    _mm512_permutexvar_ps(K_LO, f),
+                    i8_factors(sb.add(K_SUPER), g),
+                );
+                (d, d)
+            }
+            Head::KHalves => {
+                let f = k_super(_mm_cvtsi32_si128((sb as *const i32).read_unaligned()));
+                let d = _mm512_permutexvar_ps(K_LO, f);
+                (
+                    _mm512_mul_ps(d, i8_factors(sb.add(K_SUPER), g)),
+                    _mm512_mul_ps(d, i8_factors(sb.add(K_SUPER + g.n), g)),
                 )
             }
         }
+    }
+}
+
+/// `g.n` i8 multipliers at `p` as f32 (zeros past them).
+#[inline(always)]
+unsafe fn i8_factors(p: *const u8, g: Geo) -> __m512 {
+    // SAFETY: the caller guarantees `g.n` bytes at `p`; the callers enable avx512bw.
+    unsafe {
+        let b = if g.full() {
+            _mm_loadu_si128(p as *const __m128i)
+        } else {
+            _mm_maskz_loadu_epi8(g.mask, p as *const i8)
+        };
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b))
+    }
+}
+
+/// Lane `l`'s index of its super-factor in a K head: 0 for lanes 0..8, 1 for 8..16.
+const K_LO: __m512i = unsafe {
+    std::mem::transmute::<[i32; 16], __m512i>([0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1])
+};
+
+/// A K head's f16 super-factors (the low 4 of `v`) as f32, in the low lanes.
+#[inline(always)]
+unsafe fn k_super(v: __m128i) -> __m512 {
+    // SAFETY: register arithmetic; the callers enable avx512f and f16c.
+    unsafe { _mm512_zextps128_ps512(_mm_cvtph_ps(v)) }
+}
+
+/// The 16 lanes' 6-bit fields (`packed::six_bit`) of the 12 bytes at `p`, as f32. Reads 16
+/// bytes (the packed layouts have quants after the head).
+#[inline(always)]
+pub(super) unsafe fn six_bit_factors(p: *const u8) -> __m512 {
+    use crate::kernels::packed::six_bit;
+    // SAFETY: the caller guarantees 16 readable bytes at `p`.
+    unsafe {
+        let v = _mm512_broadcast_i32x4(_mm_loadu_si128(p as *const __m128i));
+        let ctl = _mm512_loadu_si512(six_bit::SHUFFLE.as_ptr() as *const __m512i);
+        let top = _mm512_loadu_si512(six_bit::TO_TOP.as_ptr() as *const __m512i);
+        let t = _mm512_sllv_epi32(_mm512_shuffle_epi8(v, ctl), top);
+        _mm512_cvtepi32_ps(_mm512_srli_epi32::<26>(t))
     }
 }
 
@@ -403,9 +460,20 @@ unsafe fn superblock_dots<const L: u8, const TAIL: bool>(
             // bandwidth here; asking for the lines 8 KiB ahead into L2 closes most of the gap.
             // `wrapping_add`: prefetches past the end of the matrix are harmless, but must not
             // be pointer arithmetic out of bounds.
+            // The K layouts (a head to unpack per superblock, and planes to join or a grid to
+            // look up) also ask for the lines 1 KiB ahead into L1: their loads then stop
+            // waiting on L2 while the core works on the superblock before.
             let a = ws.wrapping_add(PREFETCH_AHEAD);
+            let near = ws.wrapping_add(PREFETCH_L1_AHEAD);
+            let to_l1 = !matches!(
+                layout.head(),
+                crate::kernels::packed::Head::F16 | crate::kernels::packed::Head::F16Pair
+            );
             for o in (0..sbb).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
+                if to_l1 {
+                    _mm_prefetch::<_MM_HINT_T0>(near.wrapping_add(o) as *const i8);
+                }
             }
             let mut p = [_mm512_setzero_si512(); 2];
             if layout.nibbles() && !layout.grid() {
