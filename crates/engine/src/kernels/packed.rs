@@ -49,9 +49,10 @@
 //! The *K heads* keep the K-quants' own two-level scales instead of 16 products: a K-quant
 //! block of 256 values is 8 of our blocks, so lanes 0..8 and 8..16 of a superblock each share
 //! one f16 super-scale (`d`, and `−dmin` for the offsets), and each lane has a small integer
-//! multiplier, stored as the file stores it: Q4_K's and Q5_K's 6-bit scales and mins and
-//! IQ4_XS's 6-bit scales and Q6_K's 8-bit ones as bytes. The kernels multiply them out once per superblock (one byte shuffle and two
-//! shifts rebuild 16 six-bit fields), and the products are those of ggml's dequantizer bit for
+//! multiplier: Q4_K's and Q5_K's 6-bit scales and mins as 6-bit fields, as the file stores
+//! them ([`six_bit`]), IQ4_XS's 6-bit scales and Q6_K's 8-bit ones as bytes. The kernels
+//! multiply them out once per superblock (one byte shuffle and two shifts rebuild 16 six-bit
+//! fields), and the products are those of ggml's dequantizer bit for
 //! bit (an f16 times an integer below 2^8 is exact in f32). A whole superblock then has the
 //! file's bytes exactly (Q4K 18 per 32 weights, Q5K 22, Q6 26.25) or close to them (I4K 17.25
 //! against 17). The earlier K head, four f32 super-factors and a byte per multiplier, took 19,
@@ -125,8 +126,9 @@ pub const K_SUPER: usize = 4;
 /// Bytes of 16 six-bit fields.
 pub const SIX_BYTES: usize = 12;
 
-/// Where 16 lanes' 6-bit fields (Q4_K's and Q5_K's scales and mins) sit in their 12 bytes: lane `l` is bits `6l..6l + 6` of the
-/// little-endian string, so a lane's field spans at most two bytes, starting at byte
+/// Where 16 lanes' 6-bit fields (Q4_K's and Q5_K's scales and mins) sit in their 12 bytes:
+/// lane `l` is bits `6l..6l + 6` of the little-endian string, so a lane's field spans at most
+/// two bytes, starting at byte
 /// `six_bit::byte(l)`; the kernels gather each lane's 4 bytes from there with one byte shuffle
 /// and shift its field to the top of the lane and back down.
 pub mod six_bit {
@@ -141,13 +143,13 @@ pub mod six_bit {
     }
 
     /// The byte-shuffle control putting bytes `byte(l)..byte(l) + 4` in 32-bit lane `l`
-    /// (indices within a 128-bit lane that holds the 16 head bytes).
+    /// (indices within a 128-bit lane that holds the 16 head bytes; at most `byte(15) + 3`,
+    /// 14).
     pub const SHUFFLE: [u8; 64] = {
         let mut t = [0u8; 64];
         let mut i = 0;
         while i < 64 {
-            let b = byte(i / 4) + i % 4;
-            t[i] = if b < 16 { b as u8 } else { 15 };
+            t[i] = (byte(i / 4) + i % 4) as u8;
             i += 1;
         }
         t
@@ -515,8 +517,8 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
             }
         }
         WeightType::IQ4_XS => {
-            // 256 values: `d scales_h scales_l[4] qs[128]`; group g's scale d · (6-bit − 32)
-            // goes to both halves of Q6's head.
+            // 256 values: `d scales_h scales_l[4] qs[128]`; group g's scale d · (6-bit − 32),
+            // the head's one factor.
             let blk = src.get((b / 8) * 136..(b / 8 + 1) * 136)?;
             let g = b % 8;
             let d = f16_at(blk, 0);
@@ -679,13 +681,10 @@ fn head_factors_n(layout: Layout, head: &[u8], n: usize, l: usize) -> (f32, f32)
     let h = l / 8;
     match layout.head() {
         Head::F16 => {
-            let d = f16_bits_to_f32(f16_at(head, 2 * l));
+            let d = f16(2 * l);
             (d, d)
         }
-        Head::F16Pair => (
-            f16_bits_to_f32(f16_at(head, 2 * l)),
-            f16_bits_to_f32(f16_at(head, 2 * n + 2 * l)),
-        ),
+        Head::F16Pair => (f16(2 * l), f16(2 * n + 2 * l)),
         Head::KScaleMin => {
             let strings = &head[2 * K_SUPER..];
             (

@@ -316,16 +316,11 @@ pub(super) unsafe fn packed_head(
                 )
             }
             Head::KScale8 => {
-                let f = k_super(_mm_cvtsi32_si128((sb as *const i32).read_unaligned()));
-                let d = _mm512_mul_ps(
-                    _mm512_permutexvar_ps(K_LO, f),
-                    i8_factors(sb.add(K_SUPER), g),
-                );
+                let d = _mm512_mul_ps(k_scale(sb), i8_factors(sb.add(K_SUPER), g));
                 (d, d)
             }
             Head::KHalves => {
-                let f = k_super(_mm_cvtsi32_si128((sb as *const i32).read_unaligned()));
-                let d = _mm512_permutexvar_ps(K_LO, f);
+                let d = k_scale(sb);
                 (
                     _mm512_mul_ps(d, i8_factors(sb.add(K_SUPER), g)),
                     _mm512_mul_ps(d, i8_factors(sb.add(K_SUPER + g.n), g)),
@@ -353,6 +348,17 @@ unsafe fn i8_factors(p: *const u8, g: Geo) -> __m512 {
 const K_LO: __m512i = unsafe {
     std::mem::transmute::<[i32; 16], __m512i>([0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1])
 };
+
+/// The super-scale of each lane of a K head with one super-factor per half (`KScale8`,
+/// `KHalves`: two f16 values at `sb`).
+#[inline(always)]
+unsafe fn k_scale(sb: *const u8) -> __m512 {
+    // SAFETY: the caller points at a K head; the callers enable avx512f and f16c.
+    unsafe {
+        let f = k_super(_mm_cvtsi32_si128((sb as *const i32).read_unaligned()));
+        _mm512_permutexvar_ps(K_LO, f)
+    }
+}
 
 /// A K head's f16 super-factors (the low 4 of `v`) as f32, in the low lanes.
 #[inline(always)]
@@ -458,17 +464,17 @@ unsafe fn superblock_dots<const L: u8, const TAIL: bool>(
             let x = xq.add(s * 512);
             // The hardware prefetcher alone leaves Q4_0 decode well below a plain read's
             // bandwidth here; asking for the lines 8 KiB ahead into L2 closes most of the gap.
-            // `wrapping_add`: prefetches past the end of the matrix are harmless, but must not
-            // be pointer arithmetic out of bounds.
             // The K layouts (a head to unpack per superblock, and planes to join or a grid to
             // look up) also ask for the lines 1 KiB ahead into L1: their loads then stop
             // waiting on L2 while the core works on the superblock before.
+            // `wrapping_add`: prefetches past the end of the matrix are harmless, but must not
+            // be pointer arithmetic out of bounds.
             let a = ws.wrapping_add(PREFETCH_AHEAD);
             let near = ws.wrapping_add(PREFETCH_L1_AHEAD);
-            let to_l1 = !matches!(
-                layout.head(),
-                crate::kernels::packed::Head::F16 | crate::kernels::packed::Head::F16Pair
-            );
+            let to_l1 = const {
+                use crate::kernels::packed::Head;
+                !matches!(layout_of(L).head(), Head::F16 | Head::F16Pair)
+            };
             for o in (0..sbb).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
                 if to_l1 {
