@@ -175,23 +175,6 @@ impl CpuBackend {
         }
         all.finalize()
     }
-
-    /// Copies a matrix from the packed-weights file into anonymous memory, rows split across
-    /// the pool, then drops the file's pages from this process: Q4_0 decoded 2-3% slower
-    /// straight from the mapped file than from anonymous huge pages; the copy keeps the speed
-    /// and still skips the repacking.
-    fn copy_to_anon(&self, src: &Blob) -> std::io::Result<Blob> {
-        use rayon::prelude::*;
-        let blob = Blob::anon(src.bytes().len(), |out| {
-            self.fill_releasing(src, RELEASE_WINDOW, out, RELEASE_WINDOW, |ow, sw| {
-                ow.par_chunks_mut(1 << 20)
-                    .zip(sw.par_chunks(1 << 20))
-                    .for_each(|(o, s)| o.copy_from_slice(s))
-            })
-        });
-        src.release_file();
-        blob
-    }
 }
 
 /// `[rows, cols]` activations.
@@ -379,19 +362,12 @@ impl Backend for CpuBackend {
                 .as_ref()
                 .and_then(|c| c.get(&m.name, m.dtype, m.rows, m.cols, len, |b| self.crc32(b)));
             if let Some(blob) = cached {
-                // Q8_0 decodes from the mapped file as fast as from a copy (the page cache
-                // holds it in large folios, mapped 2 MB at a time) and loads 5x faster that
-                // way; Q4_0 decoded 2-3% slower from the file, and its copy is smaller. The
-                // other packed types are larger than their files (docs/weight-types.md), so
-                // their copy would cost most of a warm load.
-                if m.dtype != WeightType::Q4_0 {
-                    blob.populate();
-                    m.data = blob;
-                } else {
-                    m.data = self
-                        .copy_to_anon(&blob)
-                        .map_err(|e| Error::tensor(&m.name, e.to_string()))?;
-                }
+                // Decoded straight from the mapping: the entry was written in whole 2 MiB
+                // chunks, so the page cache holds it in huge folios mapped 2 MiB at a time, and
+                // decode is as fast as from a copy in anonymous huge pages, which cost a warm
+                // load 0.2-0.9 s more on TinyLlama Q4_0 (docs/benchmarks.md, "Huge folios").
+                blob.populate();
+                m.data = blob;
             } else {
                 m.data.populate();
                 m.data = self

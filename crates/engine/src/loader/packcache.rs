@@ -1,12 +1,12 @@
-//! A file of repacked weights in a cache folder, so that loading a Q4_0 / Q8_0 model a second
-//! time copies its packed matrices instead of repacking them.
+//! A file of repacked weights in a cache folder, so that loading a quantized model a second
+//! time maps its packed matrices instead of repacking them.
 //!
 //! Repacking (see `kernels::packed`) rewrites every quantized matrix into fresh anonymous memory:
 //! 0.35–1.3 s per model on the reference VM, against llama.cpp's 0.06–0.6 s. The first load
 //! writes what it packed to one file; later loads of the same files (same paths, sizes and
-//! modification times) read it. The CPU backend copies each matrix out of the mapping into
-//! anonymous huge pages (`CpuBackend::copy_to_anon`) rather than decoding from the mapping
-//! itself, which was 2–7% slower per token; the copy halves the load time.
+//! modification times) map it and decode straight from the mapping. It is written in whole
+//! 2 MiB chunks ([`HugeChunks`]) so that the page cache holds it in huge folios, mapped 2 MiB
+//! at a time: decoding from small folios was up to a third slower per matrix.
 //!
 //! The file: the magic `BKPACK02`, the index length (u64 little-endian), the index (JSON, with
 //! each matrix's CRC-32), then each matrix at a 4 KiB-aligned offset. A file that is missing,

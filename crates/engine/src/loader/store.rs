@@ -109,19 +109,6 @@ impl Blob {
         }
     }
 
-    /// Drops every page of the file this window belongs to from this process (a file read
-    /// once and copied, like the packed-weights file: what the page cache mapped around the
-    /// windows, wherever it was, goes too).
-    pub fn release_file(&self) {
-        if let Blob::Mapped { map, .. } = self {
-            // SAFETY: as in `release_range`.
-            #[cfg(unix)]
-            let _ = unsafe {
-                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, map.len())
-            };
-        }
-    }
-
     /// [`Blob::release`] for bytes `off..off + len` of the window (whole pages around them).
     pub fn release_range(&self, off: usize, len: usize) {
         if let Blob::Mapped {
