@@ -5,12 +5,38 @@
 use std::time::Instant;
 
 /// Best-of-`reps` read bandwidth in GB/s over a buffer of `bytes` (make it far larger than the
-/// last-level cache), split evenly across `threads`.
+/// last-level cache), split evenly across `threads`, on huge pages: the packed weights are
+/// decoded from huge pages (the packed-weights file's huge folios, or anonymous huge pages), and
+/// on the reference VM 2 threads read 34 GB/s there against 26-30 GB/s on 4 KiB pages.
 pub fn stream_read_gbs(bytes: usize, threads: usize, reps: usize) -> f64 {
+    stream_read_gbs_on(bytes, threads, reps, true)
+}
+
+/// [`stream_read_gbs`] on huge pages (`huge`) or on the allocator's pages as they come.
+pub fn stream_read_gbs_on(bytes: usize, threads: usize, reps: usize, huge: bool) -> f64 {
+    const HUGE: usize = 2 << 20;
     let words = (bytes / 8).max(threads * 8);
+    let mut buf: Vec<u64> = Vec::with_capacity(words + HUGE / 8);
+    let skip = if huge {
+        (HUGE - buf.as_ptr() as usize % HUGE) % HUGE / 8
+    } else {
+        0
+    };
+    #[cfg(target_os = "linux")]
+    if huge {
+        // SAFETY: advice on pages of `buf`'s own allocation, none written yet.
+        unsafe {
+            libc::madvise(
+                buf.as_mut_ptr().add(skip) as *mut libc::c_void,
+                words * 8 / HUGE * HUGE,
+                libc::MADV_HUGEPAGE,
+            )
+        };
+    }
     // Written once so every page is backed before timing (untouched pages all map the zero page
     // and would read from cache).
-    let buf: Vec<u64> = (0..words as u64).collect();
+    buf.extend(0..(skip + words) as u64);
+    let buf = &buf[skip..];
     let threads = threads.max(1);
     let chunk = words.div_ceil(threads);
     let mut best = f64::MAX;
@@ -55,6 +81,14 @@ pub fn cap_tok_s(gbs: f64, bytes_per_token: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_page_sizes_give_a_bandwidth() {
+        for huge in [true, false] {
+            let g = stream_read_gbs_on(8 << 20, 2, 1, huge);
+            assert!(g.is_finite() && g > 0.0, "{huge}: {g}");
+        }
+    }
 
     #[test]
     fn sums_every_word() {

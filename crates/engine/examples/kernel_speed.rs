@@ -14,6 +14,7 @@ use bakeoff_engine::WeightType;
 use bakeoff_engine::kernels::matmul::{QMatrix, matmul};
 use bakeoff_engine::kernels::threads::Threads;
 use bakeoff_engine::kernels::{CpuCaps, packed};
+use bakeoff_engine::loader::store::Blob;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -115,7 +116,7 @@ fn main() {
             };
             let pk = packed::packable(dt, cols).then(|| pack(&m));
             let pm = pk.as_ref().map(|p| QMatrix {
-                data: p,
+                data: p.bytes(),
                 packed: true,
                 ..m
             });
@@ -164,13 +165,16 @@ fn main() {
 }
 
 /// The matrix in the packed layout the CPU backend builds at load.
-fn pack(m: &QMatrix<'_>) -> Vec<u8> {
+/// Packed into anonymous huge pages, where a model's packed matrices live (or in the page
+/// cache's huge folios, mapped the same way).
+fn pack(m: &QMatrix<'_>) -> Blob {
     let (rb, pb) = (m.row_bytes(), packed::row_bytes(m.dtype, m.cols));
-    let mut p = vec![0u8; m.rows * pb];
-    for (s, o) in m.data.chunks_exact(rb).zip(p.chunks_exact_mut(pb)) {
-        packed::pack_row(m.dtype, s, o);
-    }
-    p
+    Blob::anon(m.rows * pb, |p| {
+        for (s, o) in m.data.chunks_exact(rb).zip(p.chunks_exact_mut(pb)) {
+            packed::pack_row(m.dtype, s, o);
+        }
+    })
+    .expect("an anonymous mapping for the packed matrix")
 }
 
 /// `iters` rounds of 12 independent `vpdpbusd`; returns a value that depends on all of them.
