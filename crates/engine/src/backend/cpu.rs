@@ -664,7 +664,12 @@ mod tests {
     #[test]
     fn fused_products_equal_separate_ones() {
         let cols = 1024;
-        for dtype in [WeightType::Q4_0, WeightType::Q8_0, WeightType::F16] {
+        for dtype in [
+            WeightType::Q4_0,
+            WeightType::Q8_0,
+            WeightType::F16,
+            WeightType::BF16,
+        ] {
             let fast = CpuBackend::new(2, CpuCaps::detect()).unwrap();
             let plain = CpuBackend::new(1, CpuCaps::portable()).unwrap();
             let shapes = [40, 13, 7];
@@ -672,7 +677,7 @@ mod tests {
                 shapes
                     .iter()
                     .map(|&r| {
-                        let t = if dtype == WeightType::F16 {
+                        let t = if matches!(dtype, WeightType::F16 | WeightType::BF16) {
                             let q = quantized(WeightType::Q8_0, r, cols);
                             let mut v = vec![0f32; r * cols];
                             let m = b.matrix(q).unwrap();
@@ -683,7 +688,13 @@ mod tests {
                             }
                             let bytes: Vec<u8> = v
                                 .iter()
-                                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                                .flat_map(|x| {
+                                    if dtype == WeightType::BF16 {
+                                        half::bf16::from_f32(*x).to_le_bytes()
+                                    } else {
+                                        half::f16::from_f32(*x).to_le_bytes()
+                                    }
+                                })
                                 .collect();
                             RawTensor {
                                 name: "w".into(),

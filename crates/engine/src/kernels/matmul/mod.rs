@@ -546,23 +546,41 @@ fn packed_decode_as<const L: u8>(
     );
 }
 
-/// [`decode_rows`] for F16 weights with AVX-512 (`cols` a multiple of 16).
+/// [`decode_rows`] for F16 and BF16 weights with AVX-512 (`cols` a multiple of 16). BF16 went
+/// through the rayon pool's rows and an AVX2 dot product, at half the bandwidth cap: a
+/// TinyLlama-1.1B BF16 folder decoded at 48% of it (docs/benchmarks.md, "BF16 decode").
 #[cfg(target_arch = "x86_64")]
-fn f16_decode(pool: &Threads, caps: CpuCaps, mats: &[(&QMatrix<'_>, SyncPtr)], x: &[f32]) {
+fn half_decode(pool: &Threads, caps: CpuCaps, mats: &[(&QMatrix<'_>, SyncPtr)], x: &[f32]) {
     decode_rows(
         pool,
         mats,
-        // SAFETY: rows r..r+4 exist (`decode_rows`), hold `x.len()` f16 values (checked by
-        // `check` and the shape checks), avx512f detected by the caller.
-        |w, r| unsafe { super::x86::dot4_f16_avx512(w.row(r).as_ptr(), w.row_bytes(), x) },
-        |w, r| dot::dot_f16(caps, w.row(r), x),
+        // SAFETY: rows r..r+4 exist (`decode_rows`), hold `x.len()` 2-byte values of the
+        // matrix's type (checked by `check` and the shape checks, F16 or BF16 by
+        // `half_decodable`), avx512f detected by the caller.
+        |w, r| unsafe {
+            let p = w.row(r).as_ptr();
+            if w.dtype == WeightType::BF16 {
+                super::x86::dot4_bf16_avx512(p, w.row_bytes(), x)
+            } else {
+                super::x86::dot4_f16_avx512(p, w.row_bytes(), x)
+            }
+        },
+        |w, r| {
+            if w.dtype == WeightType::BF16 {
+                dot::dot_bf16(caps, w.row(r), x)
+            } else {
+                dot::dot_f16(caps, w.row(r), x)
+            }
+        },
     );
 }
 
-/// Whether [`f16_decode`] applies to a matrix.
+/// Whether [`half_decode`] applies to a matrix.
 #[cfg(target_arch = "x86_64")]
-fn f16_decodable(caps: CpuCaps, w: &QMatrix<'_>) -> bool {
-    caps.avx512vnni && w.dtype == WeightType::F16 && w.cols.is_multiple_of(16)
+fn half_decodable(caps: CpuCaps, w: &QMatrix<'_>) -> bool {
+    caps.avx512vnni
+        && matches!(w.dtype, WeightType::F16 | WeightType::BF16)
+        && w.cols.is_multiple_of(16)
 }
 
 /// Whether two matrices are read by the same packed kernel from the same quantized activations
@@ -624,7 +642,7 @@ pub fn matmul_many(
         && ws
             .iter()
             .zip(outs.iter())
-            .all(|(w, o)| f16_decodable(caps, w) && x.len() == w.cols && o.len() == w.rows)
+            .all(|(w, o)| half_decodable(caps, w) && x.len() == w.cols && o.len() == w.rows)
     {
         for w in ws {
             w.check()?;
@@ -634,7 +652,7 @@ pub fn matmul_many(
             .zip(outs.iter_mut())
             .map(|(w, o)| (*w, SyncPtr(o.as_mut_ptr())))
             .collect();
-        f16_decode(pool, caps, &mats, x);
+        half_decode(pool, caps, &mats, x);
         return Ok(());
     }
     // A prompt on AMX: the activations are rounded and laid out once for all the matrices.
@@ -801,8 +819,8 @@ pub fn matmul(
             dot::dot_f32_bytes(caps, w.row(r), &x[t * cols..(t + 1) * cols])
         }),
         #[cfg(target_arch = "x86_64")]
-        WeightType::F16 if n == 1 && f16_decodable(caps, w) => {
-            f16_decode(pool, caps, &[(w, SyncPtr(out.as_mut_ptr()))], x)
+        WeightType::F16 | WeightType::BF16 if n == 1 && half_decodable(caps, w) => {
+            half_decode(pool, caps, &[(w, SyncPtr(out.as_mut_ptr()))], x)
         }
         WeightType::F16 => par_rows(pool, w.rows, n, out, |r, t| {
             dot::dot_f16(caps, w.row(r), &x[t * cols..(t + 1) * cols])

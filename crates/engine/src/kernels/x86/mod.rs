@@ -215,15 +215,35 @@ pub unsafe fn dot_f16(w: &[u8], x: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
 pub unsafe fn dot4_f16_avx512(row: *const u8, row_bytes: usize, x: &[f32]) -> [f32; 4] {
     // SAFETY: the caller guarantees four rows of `cols` f16 values at `row`, `row_bytes` apart.
-    unsafe { std::array::from_fn(|i| stream_f16_row(row.add(i * row_bytes), x)) }
+    unsafe { std::array::from_fn(|i| stream_half_row::<false>(row.add(i * row_bytes), x)) }
 }
 
-/// One F16 row against one token: four independent FMA chains over 64 values per step.
+/// [`dot4_f16_avx512`] for BF16 rows (Hugging Face checkpoints' usual type): a bf16 value is
+/// the top half of an f32, so widening is a zero-extension and a shift.
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+pub unsafe fn dot4_bf16_avx512(row: *const u8, row_bytes: usize, x: &[f32]) -> [f32; 4] {
+    // SAFETY: the caller guarantees four rows of `cols` bf16 values at `row`, `row_bytes` apart.
+    unsafe { std::array::from_fn(|i| stream_half_row::<true>(row.add(i * row_bytes), x)) }
+}
+
+/// 16 half-precision values (bf16 when `BF16`, else f16) as f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
-unsafe fn stream_f16_row(w: *const u8, x: &[f32]) -> f32 {
+unsafe fn widen16<const BF16: bool>(h: __m256i) -> __m512 {
+    if BF16 {
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    } else {
+        _mm512_cvtph_ps(h)
+    }
+}
+
+/// One F16 (or, `BF16`, bf16) row against one token: four independent FMA chains over 64
+/// values per step.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+unsafe fn stream_half_row<const BF16: bool>(w: *const u8, x: &[f32]) -> f32 {
     let cols = x.len();
-    // SAFETY: the caller guarantees `cols` f16 values at `w`; `cols` is a multiple of 16.
+    // SAFETY: the caller guarantees `cols` 2-byte values at `w`; `cols` is a multiple of 16.
     unsafe {
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut c = 0;
@@ -233,8 +253,8 @@ unsafe fn stream_f16_row(w: *const u8, x: &[f32]) -> f32 {
             _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(64) as *const i8);
             for k in 0..2 {
                 let h = _mm512_loadu_si512(w.add(2 * c + 64 * k) as *const __m512i);
-                let lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
-                let hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(h));
+                let lo = widen16::<BF16>(_mm512_castsi512_si256(h));
+                let hi = widen16::<BF16>(_mm512_extracti64x4_epi64::<1>(h));
                 let x0 = _mm512_loadu_ps(x.as_ptr().add(c + 32 * k));
                 let x1 = _mm512_loadu_ps(x.as_ptr().add(c + 32 * k + 16));
                 acc[2 * k] = _mm512_fmadd_ps(lo, x0, acc[2 * k]);
@@ -245,7 +265,7 @@ unsafe fn stream_f16_row(w: *const u8, x: &[f32]) -> f32 {
         while c < cols {
             let h = _mm256_loadu_si256(w.add(2 * c) as *const __m256i);
             let x0 = _mm512_loadu_ps(x.as_ptr().add(c));
-            acc[0] = _mm512_fmadd_ps(_mm512_cvtph_ps(h), x0, acc[0]);
+            acc[0] = _mm512_fmadd_ps(widen16::<BF16>(h), x0, acc[0]);
             c += 16;
         }
         let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
