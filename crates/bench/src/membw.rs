@@ -6,8 +6,8 @@ use std::time::Instant;
 
 /// Best-of-`reps` read bandwidth in GB/s over a buffer of `bytes` (make it far larger than the
 /// last-level cache), split evenly across `threads`, on huge pages: the packed weights are
-/// decoded from huge pages (the packed-weights file's huge folios, or anonymous huge pages), and
-/// on the reference VM 2 threads read 34 GB/s there against 26-30 GB/s on 4 KiB pages.
+/// decoded from huge pages (the packed-weights file's huge folios, or anonymous huge pages), which
+/// read faster than 4 KiB pages (docs/bench.md, "Memory bandwidth and the decode cap").
 pub fn stream_read_gbs(bytes: usize, threads: usize, reps: usize) -> f64 {
     stream_read_gbs_on(bytes, threads, reps, true)
 }

@@ -364,8 +364,8 @@ impl Backend for CpuBackend {
             if let Some(blob) = cached {
                 // Decoded straight from the mapping: the entry was written in whole 2 MiB
                 // chunks, so the page cache holds it in huge folios mapped 2 MiB at a time, and
-                // decode is as fast as from a copy in anonymous huge pages, which cost a warm
-                // load 0.2-0.9 s more on TinyLlama Q4_0 (docs/benchmarks.md, "Huge folios").
+                // decode is as fast as from a copy in anonymous huge pages, which would only
+                // slow the load (docs/benchmarks.md, "Huge folios").
                 blob.populate();
                 m.data = blob;
             } else {

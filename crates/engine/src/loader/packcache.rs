@@ -6,7 +6,7 @@
 //! writes what it packed to one file; later loads of the same files (same paths, sizes and
 //! modification times) map it and decode straight from the mapping. It is written in whole
 //! 2 MiB chunks ([`HugeChunks`]) so that the page cache holds it in huge folios, mapped 2 MiB
-//! at a time: decoding from small folios was up to a third slower per matrix.
+//! at a time, which decode reads faster than small folios.
 //!
 //! The file: the magic `BKPACK02`, the index length (u64 little-endian), the index (JSON, with
 //! each matrix's CRC-32), then each matrix at a 4 KiB-aligned offset. A file that is missing,
@@ -639,9 +639,8 @@ const HUGE_CHUNK: usize = 2 << 20;
 /// the rest at the end). The page cache keeps a written file in folios the size of the writes
 /// that made them: written a matrix at a time, from offsets 4 KiB-aligned, every 2 MiB block
 /// holding a matrix boundary was left in small folios, and those blocks are mapped 4 KiB at a
-/// time, with a TLB miss per page and no hardware prefetch across pages. On the reference VM
-/// that was a quarter of Qwen2.5-1.5B Q4_K_M's entry, and its 191 MB output matrix streamed at
-/// 65% of the rate of the same matrix on huge pages (docs/benchmarks.md, "Huge folios").
+/// time, with a TLB miss per page and no hardware prefetch across pages: a matrix there streamed
+/// markedly slower than on huge pages (docs/benchmarks.md, "Huge folios").
 struct HugeChunks<W: Write> {
     sink: W,
     buf: Vec<u8>,

@@ -546,9 +546,9 @@ fn packed_decode_as<const L: u8>(
     );
 }
 
-/// [`decode_rows`] for F16 and BF16 weights with AVX-512 (`cols` a multiple of 16). BF16 went
-/// through the rayon pool's rows and an AVX2 dot product, at half the bandwidth cap: a
-/// TinyLlama-1.1B BF16 folder decoded at 48% of it (docs/benchmarks.md, "BF16 decode").
+/// [`decode_rows`] for F16 and BF16 weights with AVX-512 (`cols` a multiple of 16): one token's
+/// products on the spinning team, as for the packed types, rather than the rayon pool's rows,
+/// which left BF16 far under the bandwidth cap (docs/benchmarks.md, "BF16 decode").
 #[cfg(target_arch = "x86_64")]
 fn half_decode(pool: &Threads, caps: CpuCaps, mats: &[(&QMatrix<'_>, SyncPtr)], x: &[f32]) {
     decode_rows(
