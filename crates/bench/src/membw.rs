@@ -12,31 +12,35 @@ pub fn stream_read_gbs(bytes: usize, threads: usize, reps: usize) -> f64 {
     stream_read_gbs_on(bytes, threads, reps, true)
 }
 
-/// [`stream_read_gbs`] on huge pages (`huge`) or on the allocator's pages as they come.
+/// [`stream_read_gbs`] on huge pages (`huge`: the engine's own anonymous huge-page buffer, as
+/// the weights get) or on the allocator's pages as they come.
 pub fn stream_read_gbs_on(bytes: usize, threads: usize, reps: usize, huge: bool) -> f64 {
-    const HUGE: usize = 2 << 20;
+    use bakeoff_engine::loader::store::Blob;
     let words = (bytes / 8).max(threads * 8);
-    let mut buf: Vec<u64> = Vec::with_capacity(words + HUGE / 8);
-    let skip = if huge {
-        (HUGE - buf.as_ptr() as usize % HUGE) % HUGE / 8
-    } else {
-        0
-    };
-    #[cfg(target_os = "linux")]
-    if huge {
-        // SAFETY: advice on pages of `buf`'s own allocation, none written yet.
-        unsafe {
-            libc::madvise(
-                buf.as_mut_ptr().add(skip) as *mut libc::c_void,
-                words * 8 / HUGE * HUGE,
-                libc::MADV_HUGEPAGE,
-            )
-        };
-    }
     // Written once so every page is backed before timing (untouched pages all map the zero page
     // and would read from cache).
-    buf.extend(0..(skip + words) as u64);
-    let buf = &buf[skip..];
+    let blob = huge
+        .then(|| {
+            Blob::anon(words * 8, |b| {
+                for (i, w) in b.chunks_exact_mut(8).enumerate() {
+                    w.copy_from_slice(&(i as u64).to_ne_bytes());
+                }
+            })
+        })
+        .and_then(Result::ok);
+    // SAFETY: any 8 bytes are a valid u64; `align_to` puts whatever is misaligned in the prefix.
+    let mapped = blob
+        .as_ref()
+        .map(|b| unsafe { b.bytes().align_to::<u64>() });
+    let owned;
+    let buf: &[u64] = match mapped {
+        // A mapping starts on a page boundary, so it is all words.
+        Some(([], words_of_map, [])) => words_of_map,
+        _ => {
+            owned = (0..words as u64).collect::<Vec<u64>>();
+            &owned
+        }
+    };
     let threads = threads.max(1);
     let chunk = words.div_ceil(threads);
     let mut best = f64::MAX;
