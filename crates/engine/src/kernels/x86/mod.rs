@@ -248,7 +248,7 @@ unsafe fn stream_half_row<const BF16: bool>(w: *const u8, x: &[f32]) -> f32 {
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut c = 0;
         while c + 64 <= cols {
-            let a = w.wrapping_add(2 * c + PREFETCH_AHEAD);
+            let a = w.wrapping_add(2 * c + DECODE_PREFETCH_L2);
             _mm_prefetch::<_MM_HINT_T1>(a as *const i8);
             _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(64) as *const i8);
             for k in 0..2 {

@@ -224,14 +224,17 @@ pub(super) unsafe fn for_each_operand(
     }
 }
 
-/// Bytes ahead of the row being read that the decode kernel prefetches (measured with
-/// `kernel_speed`: 4 to 16 KiB all do; nothing, or L1 instead of L2, is slower).
+/// Bytes ahead of the row being read that the prompt tiles and the AVX2 decode kernels
+/// prefetch into L2 (measured with `kernel_speed` on 4 KiB pages: 4 to 16 KiB all do;
+/// nothing, or L1 instead of L2, is slower).
 pub(super) const PREFETCH_AHEAD: usize = 8192;
 
-/// Bytes ahead that the decode kernel of the K layouts also requests into L1 (`kernel_speed`,
-/// 2 threads: 1 KiB gave Q4_K, Q5_K, Q6_K and IQ4_XS 5-10% more than none, 512 and 2048 less;
-/// Q4_0, Q8_0, Q4_1 and Q5_0 lost 1-3% with it and do without).
-pub(super) const PREFETCH_L1_AHEAD: usize = 1024;
+/// Bytes ahead that the AVX-512 decode kernels (packed and half-precision) request into L2,
+/// and that the packed one also requests into L1. The distances that suited 4 KiB pages are
+/// not those that suit huge pages, where the weights are; these were chosen on huge pages, for
+/// every layout (docs/benchmarks.md, "Prefetch distance on huge pages").
+pub(super) const DECODE_PREFETCH_L2: usize = 3072;
+pub(super) const DECODE_PREFETCH_L1: usize = 512;
 
 /// The packed layouts as const parameters of the decode kernels (see `packed::Layout`).
 pub const L_Q8: u8 = 0;
@@ -387,7 +390,9 @@ pub(super) unsafe fn six_bit_factors(p: *const u8) -> __m512 {
 /// Reading the rows in turn makes the weights one forward stream: interleaving four rows
 /// superblock by superblock (which loads each activation operand once for the four) jumped
 /// between four places a row apart, and streamed 7% slower on two cores here (26.5 against
-/// 28.6 GB/s over 1.5 GB; the activations stay in L1 either way).
+/// 28.6 GB/s over 1.5 GB; the activations stay in L1 either way). The rows share one call and
+/// one horizontal reduction: most matrices of a small model are a few superblocks wide, and
+/// a call and a reduction per row held the core on setup and on each row's last sum.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn dot4_packed_vnni<const L: u8>(
     row: *const u8,
@@ -400,15 +405,59 @@ pub unsafe fn dot4_packed_vnni<const L: u8>(
     // SAFETY: the caller guarantees four packed rows of `blocks` blocks, `row_bytes` apart, at
     // `row`, and 512 quants and 16 factors per (whole or tail) superblock at xq, xd, xso.
     unsafe {
-        std::array::from_fn(|i| dot_packed_vnni::<L>(row.add(i * row_bytes), blocks, xq, xd, xso))
+        let sbb = const { layout_of(L).superblock_bytes() };
+        let (full, tail) = (blocks / 16, blocks % 16);
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for (i, a) in acc.iter_mut().enumerate() {
+            let w = row.add(i * row_bytes);
+            *a = superblock_dots::<L, false>(w, 0, full, xq, xd, xso, Geo::FULL, *a);
+            if tail > 0 {
+                let g = Geo::tail(tail);
+                *a = superblock_dots::<L, true>(w.add(full * sbb), full, 1, xq, xd, xso, g, *a);
+            }
+        }
+        reduce4(acc)
     }
+}
+
+/// The lane sums of four vectors: halves, then quarters of all four at once, then within the
+/// quarters.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn reduce4(a: [__m512; 4]) -> [f32; 4] {
+    // [a0 q0+q2, a0 q1+q3, a1 q0+q2, a1 q1+q3] (q: 128-bit quarters), and the same of a2, a3.
+    let x = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x44>(a[0], a[1]),
+        _mm512_shuffle_f32x4::<0xee>(a[0], a[1]),
+    );
+    let y = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x44>(a[2], a[3]),
+        _mm512_shuffle_f32x4::<0xee>(a[2], a[3]),
+    );
+    // Quarter k holds four partial sums of a_k.
+    let z = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x88>(x, y),
+        _mm512_shuffle_f32x4::<0xdd>(x, y),
+    );
+    let z = _mm512_add_ps(z, _mm512_permute_ps::<0x4e>(z));
+    let z = _mm512_add_ps(z, _mm512_permute_ps::<0xb1>(z));
+    let idx = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    let mut out = [0f32; 4];
+    // SAFETY: `out` has room for the four floats stored.
+    unsafe {
+        _mm_storeu_ps(
+            out.as_mut_ptr(),
+            _mm512_castps512_ps128(_mm512_permutexvar_ps(idx, z)),
+        )
+    };
+    out
 }
 
 /// One packed row (see `packed.rs`) of `blocks` blocks of 32 against one token's packed
 /// activations, the decode kernel: per superblock 8 `vpdpbusd` in two independent chains (low
 /// and high nibbles for Q4 and Q4M, even and odd steps for Q8) leave the 16 block sums in 16
-/// lanes, then one multiply and two FMAs apply the scales and the offsets; the lines 8 KiB
-/// ahead are requested into L2 as it goes. A tail superblock takes the same path with masked
+/// lanes, then one multiply and two FMAs apply the scales and the offsets; the lines
+/// ahead are requested into L2 and L1 as it goes. A tail superblock takes the same path with masked
 /// loads.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -462,24 +511,17 @@ unsafe fn superblock_dots<const L: u8, const TAIL: bool>(
             let sbb = layout.superblock_bytes_n(g.n);
             let hb = layout.head_bytes_n(g.n);
             let x = xq.add(s * 512);
-            // The hardware prefetcher alone leaves Q4_0 decode well below a plain read's
-            // bandwidth here; asking for the lines 8 KiB ahead into L2 closes most of the gap.
-            // The K layouts (a head to unpack per superblock, and planes to join or a grid to
-            // look up) also ask for the lines 1 KiB ahead into L1: their loads then stop
-            // waiting on L2 while the core works on the superblock before.
+            // The hardware prefetcher alone leaves decode well below a plain read's bandwidth
+            // here; asking for the lines a few KiB ahead into L2 closes most of the gap, and
+            // for those just ahead into L1 lets the loads stop waiting on L2 while the core
+            // works on the superblock before.
             // `wrapping_add`: prefetches past the end of the matrix are harmless, but must not
             // be pointer arithmetic out of bounds.
-            let a = ws.wrapping_add(PREFETCH_AHEAD);
-            let near = ws.wrapping_add(PREFETCH_L1_AHEAD);
-            let to_l1 = const {
-                use crate::kernels::packed::Head;
-                !matches!(layout_of(L).head(), Head::F16 | Head::F16Pair)
-            };
+            let a = ws.wrapping_add(DECODE_PREFETCH_L2);
+            let near = ws.wrapping_add(DECODE_PREFETCH_L1);
             for o in (0..sbb).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
-                if to_l1 {
-                    _mm_prefetch::<_MM_HINT_T0>(near.wrapping_add(o) as *const i8);
-                }
+                _mm_prefetch::<_MM_HINT_T0>(near.wrapping_add(o) as *const i8);
             }
             let mut p = [_mm512_setzero_si512(); 2];
             if layout.nibbles() && !layout.grid() {
