@@ -413,14 +413,15 @@ fn packed_tokens_avx2(
 /// One token against one or more matrices of the same type and width (Q, K and V; gate and
 /// up) in a single parallel region: the rows of all of them, four at a time, are one list of
 /// work, so the threads meet once per group instead of once per matrix, and the small K and V
-/// matrices do not leave a thread idle at their end. `f4(w, r)` computes rows `r..r+4` of `w`,
-/// `f1` one row of a last partial group.
+/// matrices do not leave a thread idle at their end. `f4(w, rows, row_bytes)` computes four
+/// consecutive rows of `w` (`rows` holds their bytes), `f1(w, row)` one row of a last partial
+/// group. The row length is worked out once per matrix, not per group.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn decode_rows(
     pool: &Threads,
     mats: &[(&QMatrix<'_>, SyncPtr)],
-    f4: impl Fn(&QMatrix<'_>, usize) -> [f32; 4] + Sync,
-    f1: impl Fn(&QMatrix<'_>, usize) -> f32 + Sync,
+    f4: impl Fn(&QMatrix<'_>, &[u8], usize) -> [f32; 4] + Sync,
+    f1: impl Fn(&QMatrix<'_>, &[u8]) -> f32 + Sync,
 ) {
     let quads: Vec<usize> = mats.iter().map(|(w, _)| w.rows.div_ceil(4)).collect();
     let total: usize = quads.iter().sum();
@@ -434,17 +435,18 @@ fn decode_rows(
         let mut base = 0;
         for ((w, out), &nq) in mats.iter().zip(&quads) {
             let (lo, hi) = (g0.max(base), g1.min(base + nq));
+            let rb = w.row_bytes();
             for g in lo..hi {
                 let r0 = 4 * (g - base);
                 // SAFETY: each output row is written by the one task that owns its group of
                 // four, and every row index is below `w.rows`, the length of `out`.
                 unsafe {
                     if r0 + 4 <= w.rows {
-                        let v = f4(w, r0);
+                        let v = f4(w, &w.data[r0 * rb..(r0 + 4) * rb], rb);
                         std::ptr::copy_nonoverlapping(v.as_ptr(), out.0.add(r0), 4);
                     } else {
                         for r in r0..w.rows {
-                            *out.0.add(r) = f1(w, r);
+                            *out.0.add(r) = f1(w, &w.data[r * rb..(r + 1) * rb]);
                         }
                     }
                 }
@@ -497,19 +499,19 @@ fn packed_decode_as<const L: u8>(
             pool,
             mats,
             // SAFETY (both): as below, with avx2 detected by the caller.
-            |w, r| unsafe {
+            |_, rows, rb| unsafe {
                 super::x86::dot4_packed_avx2::<L>(
-                    w.row(r).as_ptr(),
-                    w.row_bytes(),
+                    rows.as_ptr(),
+                    rb,
                     blocks,
                     a.qs.as_ptr(),
                     a.d.as_ptr(),
                     [a.so.as_ptr(), a.so2.as_ptr()],
                 )
             },
-            |w, r| unsafe {
+            |_, row| unsafe {
                 super::x86::dot_packed_avx2::<L>(
-                    w.row(r).as_ptr(),
+                    row.as_ptr(),
                     blocks,
                     a.qs.as_ptr(),
                     a.d.as_ptr(),
@@ -524,19 +526,19 @@ fn packed_decode_as<const L: u8>(
         // SAFETY (both): rows below `w.rows` hold packed rows of `blocks` blocks (checked by
         // `check`), the activations 512 quants and 16 factors per superblock; features
         // detected by the caller.
-        |w, r| unsafe {
+        |_, rows, rb| unsafe {
             super::x86::dot4_packed_vnni::<L>(
-                w.row(r).as_ptr(),
-                w.row_bytes(),
+                rows.as_ptr(),
+                rb,
                 blocks,
                 a.qs.as_ptr(),
                 a.d.as_ptr(),
                 [a.so.as_ptr(), a.so2.as_ptr()],
             )
         },
-        |w, r| unsafe {
+        |_, row| unsafe {
             super::x86::dot_packed_vnni::<L>(
-                w.row(r).as_ptr(),
+                row.as_ptr(),
                 blocks,
                 a.qs.as_ptr(),
                 a.d.as_ptr(),
@@ -554,22 +556,21 @@ fn half_decode(pool: &Threads, caps: CpuCaps, mats: &[(&QMatrix<'_>, SyncPtr)], 
     decode_rows(
         pool,
         mats,
-        // SAFETY: rows r..r+4 exist (`decode_rows`), hold `x.len()` 2-byte values of the
+        // SAFETY: `rows` holds four rows (`decode_rows`) of `x.len()` 2-byte values of the
         // matrix's type (checked by `check` and the shape checks, F16 or BF16 by
         // `half_decodable`), avx512f detected by the caller.
-        |w, r| unsafe {
-            let p = w.row(r).as_ptr();
+        |w, rows, rb| unsafe {
             if w.dtype == WeightType::BF16 {
-                super::x86::dot4_bf16_avx512(p, w.row_bytes(), x)
+                super::x86::dot4_bf16_avx512(rows.as_ptr(), rb, x)
             } else {
-                super::x86::dot4_f16_avx512(p, w.row_bytes(), x)
+                super::x86::dot4_f16_avx512(rows.as_ptr(), rb, x)
             }
         },
-        |w, r| {
+        |w, row| {
             if w.dtype == WeightType::BF16 {
-                dot::dot_bf16(caps, w.row(r), x)
+                dot::dot_bf16(caps, row, x)
             } else {
-                dot::dot_f16(caps, w.row(r), x)
+                dot::dot_f16(caps, row, x)
             }
         },
     );
