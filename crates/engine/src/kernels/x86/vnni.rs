@@ -405,16 +405,9 @@ pub unsafe fn dot4_packed_vnni<const L: u8>(
     // SAFETY: the caller guarantees four packed rows of `blocks` blocks, `row_bytes` apart, at
     // `row`, and 512 quants and 16 factors per (whole or tail) superblock at xq, xd, xso.
     unsafe {
-        let sbb = const { layout_of(L).superblock_bytes() };
-        let (full, tail) = (blocks / 16, blocks % 16);
         let mut acc = [_mm512_setzero_ps(); 4];
         for (i, a) in acc.iter_mut().enumerate() {
-            let w = row.add(i * row_bytes);
-            *a = superblock_dots::<L, false>(w, 0, full, xq, xd, xso, Geo::FULL, *a);
-            if tail > 0 {
-                let g = Geo::tail(tail);
-                *a = superblock_dots::<L, true>(w.add(full * sbb), full, 1, xq, xd, xso, g, *a);
-            }
+            *a = row_lanes::<L>(row.add(i * row_bytes), blocks, xq, xd, xso);
         }
         reduce4(acc)
     }
@@ -424,7 +417,7 @@ pub unsafe fn dot4_packed_vnni<const L: u8>(
 /// quarters.
 #[inline]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn reduce4(a: [__m512; 4]) -> [f32; 4] {
+unsafe fn reduce4(a: [__m512; 4]) -> [f32; 4] {
     // [a0 q0+q2, a0 q1+q3, a1 q0+q2, a1 q1+q3] (q: 128-bit quarters), and the same of a2, a3.
     let x = _mm512_add_ps(
         _mm512_shuffle_f32x4::<0x44>(a[0], a[1]),
@@ -456,8 +449,8 @@ pub(super) unsafe fn reduce4(a: [__m512; 4]) -> [f32; 4] {
 /// One packed row (see `packed.rs`) of `blocks` blocks of 32 against one token's packed
 /// activations, the decode kernel: per superblock 8 `vpdpbusd` in two independent chains (low
 /// and high nibbles for Q4 and Q4M, even and odd steps for Q8) leave the 16 block sums in 16
-/// lanes, then one multiply and two FMAs apply the scales and the offsets; the lines
-/// ahead are requested into L2 and L1 as it goes. A tail superblock takes the same path with masked
+/// lanes, then one multiply and two FMAs apply the scales and the offsets; the lines ahead
+/// are requested into L2 and L1 as it goes. A tail superblock takes the same path with masked
 /// loads.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -470,6 +463,20 @@ pub unsafe fn dot_packed_vnni<const L: u8>(
 ) -> f32 {
     // SAFETY: the caller guarantees a packed row of `blocks` blocks at `w`, and 512 quants and
     // 16 factors per superblock at xq, xd, xso.
+    unsafe { _mm512_reduce_add_ps(row_lanes::<L>(w, blocks, xq, xd, xso)) }
+}
+
+/// [`dot_packed_vnni`] before its horizontal sum: the row's 16 lane sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn row_lanes<const L: u8>(
+    w: *const u8,
+    blocks: usize,
+    xq: *const i8,
+    xd: *const f32,
+    xso: [*const f32; 2],
+) -> __m512 {
+    // SAFETY: as for `dot_packed_vnni`.
     unsafe {
         let sbb = const { layout_of(L).superblock_bytes() };
         let (full, tail) = (blocks / 16, blocks % 16);
@@ -479,7 +486,7 @@ pub unsafe fn dot_packed_vnni<const L: u8>(
             let g = Geo::tail(tail);
             acc = superblock_dots::<L, true>(w.add(full * sbb), full, 1, xq, xd, xso, g, acc);
         }
-        _mm512_reduce_add_ps(acc)
+        acc
     }
 }
 
