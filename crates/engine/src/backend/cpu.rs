@@ -5,7 +5,7 @@ use crate::WeightType;
 use super::Backend;
 use crate::kernels::kvbuf::{KvBuf, KvElem, KvType};
 use crate::kernels::matmul::{
-    QMatrix, matmul, matmul_many, matmul_owned, matmul_swiglu, swiglu_fuses,
+    QMatrix, decode_fronts, matmul, matmul_many, matmul_owned, matmul_swiglu, swiglu_fuses,
 };
 use crate::kernels::ops::{self, RopeTable};
 use crate::kernels::threads::Threads;
@@ -523,6 +523,13 @@ impl Backend for CpuBackend {
             .collect())
     }
 
+    fn read_ahead(&self, next: &[&CpuMatrix]) {
+        let views: Vec<QMatrix<'_>> = next.iter().map(|w| w.view()).collect();
+        let refs: Vec<&QMatrix<'_>> = views.iter().collect();
+        self.pool
+            .read_ahead(decode_fronts(&self.pool, self.caps, &refs));
+    }
+
     fn attention(
         &self,
         mut q: Mat,
@@ -752,6 +759,50 @@ mod tests {
             rows: n,
             cols,
         }
+    }
+
+    /// Each member reads ahead the rows its own first tasks will take: for two packed matrices
+    /// of one layout (one region) its share of both, for two layouts the first matrix's alone.
+    #[test]
+    fn read_ahead_spans_are_each_members_first_rows() {
+        let caps = CpuCaps::detect();
+        if !caps.avx2 {
+            return;
+        }
+        let b = CpuBackend::new(2, caps).unwrap();
+        let a = b.matrix(quantized(WeightType::Q4_0, 40, 512)).unwrap();
+        let c = b.matrix(quantized(WeightType::Q4_0, 24, 512)).unwrap();
+        let d = b.matrix(quantized(WeightType::Q8_0, 24, 512)).unwrap();
+        let (va, vc, vd) = (a.view(), c.view(), d.view());
+        assert!(va.packed && vc.packed && vd.packed);
+        let rb = va.row_bytes();
+        let at = |m: &QMatrix<'_>, row: usize| m.data.as_ptr() as usize + row * m.row_bytes();
+        // 16 groups of four rows in 4 tasks of 4 groups, two tasks per member: member 0 takes
+        // rows 0..32 of the first matrix, member 1 the last 8 and all 24 of the second.
+        let got = decode_fronts(&b.pool, caps, &[&va, &vc]);
+        let none = (0, 0);
+        assert_eq!(
+            got,
+            vec![
+                [(at(&va, 0), 32 * rb), none, none, none],
+                [(at(&va, 32), 8 * rb), (at(&vc, 0), 24 * rb), none, none],
+            ]
+        );
+        // Q4_0 then Q8_0: one product each, so the first region is the first matrix's 10
+        // groups in 3 tasks of 4: one task for member 0, two for member 1.
+        let got = decode_fronts(&b.pool, caps, &[&va, &vd]);
+        assert_eq!(
+            got,
+            vec![
+                [(at(&va, 0), 16 * rb), none, none, none],
+                [(at(&va, 16), 24 * rb), none, none, none],
+            ]
+        );
+        // A product that reads ahead gives what one that does not gives.
+        let x = acts(1, 512, 13);
+        let want = b.linear(&x, &a, None).unwrap();
+        b.read_ahead(&[&c, &a]);
+        assert_eq!(b.linear(&x, &a, None).unwrap().data, want.data);
     }
 
     /// The repacked matrices an AVX2 or VNNI processor loads must give what ggml's layout

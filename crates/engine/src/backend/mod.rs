@@ -95,6 +95,12 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Vec<Self::Act>> {
         ws.iter().map(|(w, b)| self.linear(x, w, *b)).collect()
     }
+    /// Says that the product after the coming one multiplies one token by `next` (as one
+    /// [`Backend::linear_many`]): a backend whose threads wait between products may start
+    /// reading those weights then. Only a hint; the default ignores it.
+    fn read_ahead(&self, next: &[&Self::Matrix]) {
+        let _ = next;
+    }
     /// Applies RoPE to `q` and `k`, appends `k`/`v` to the layer's cache and attends causally.
     #[allow(clippy::too_many_arguments)]
     fn attention(

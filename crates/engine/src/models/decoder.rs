@@ -179,10 +179,20 @@ impl<B: Backend> Decoder<B> {
         let b = &self.backend;
         let cfg = &self.cfg;
         let mut hs = b.embed(&self.embed, &ids)?;
+        let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        // One token's products are each followed by a wait (norms, attention, the other
+        // thread's last rows): the backend may read the next product's weights meanwhile.
+        let one = ids.len() == 1;
+        let ahead = |next: &[&B::Matrix]| {
+            if one {
+                b.read_ahead(next);
+            }
+        };
         // Each activation is dropped as soon as it is used (shadowed bindings would live to the
         // end of the layer): a 512-token prompt's peak memory is the sum of the live ones.
         for (li, l) in self.layers.iter().enumerate() {
             let x = b.rms_norm(&hs, &l.attn_norm, cfg.rms_eps)?;
+            ahead(&[&l.wo]);
             let [q, k, v]: [B::Act; 3] = b
                 .linear_many(
                     &x,
@@ -219,13 +229,19 @@ impl<B: Backend> Decoder<B> {
                 }
                 b.concat_rows(outs)?
             };
+            ahead(&[&l.gate, &l.up]);
             let o = b.linear(&a, &l.wo, None)?;
             drop(a);
             b.add_assign(&mut hs, &o)?;
             drop(o);
             let x = b.rms_norm(&hs, &l.mlp_norm, cfg.rms_eps)?;
+            ahead(&[&l.down]);
             let m = b.swiglu(&x, &l.gate, &l.up)?;
             drop(x);
+            match self.layers.get(li + 1) {
+                Some(n) => ahead(&[&n.wq, &n.wk, &n.wv]),
+                None => ahead(&[lm_head]),
+            }
             let d = b.linear_consuming(m, &l.down)?;
             b.add_assign(&mut hs, &d)?;
         }
@@ -252,8 +268,11 @@ impl<B: Backend> Decoder<B> {
             };
         }
         let x = b.rms_norm(&hs, &self.norm, cfg.rms_eps)?;
-        let logits =
-            b.to_host(b.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)?)?;
+        // The next token starts with the first layer's Q, K and V.
+        if let Some(l) = self.layers.first() {
+            ahead(&[&l.wq, &l.wk, &l.wv]);
+        }
+        let logits = b.to_host(b.linear(&x, lm_head, None)?)?;
         if items.len() == 1 {
             // The one item's rows are all of them: no copy.
             return Ok(vec![logits]);

@@ -425,11 +425,7 @@ fn decode_rows(
 ) {
     let quads: Vec<usize> = mats.iter().map(|(w, _)| w.rows.div_ceil(4)).collect();
     let total: usize = quads.iter().sum();
-    let threads = pool.current_num_threads().max(1);
-    // Small tasks let the faster thread take more when the other is interrupted (the machine
-    // is shared), without paying much per task.
-    let per_task = total.div_ceil(threads * 8).max(4);
-    let tasks = total.div_ceil(per_task);
+    let (per_task, tasks) = decode_split(total, pool.current_num_threads());
     let run = |ti: usize| {
         let (g0, g1) = (ti * per_task, ((ti + 1) * per_task).min(total));
         let mut base = 0;
@@ -455,7 +451,70 @@ fn decode_rows(
         }
     };
     // One token's regions are short and many: the spinning team, not the rayon pool.
-    pool.run(tasks, &run);
+    pool.run_reading_ahead(tasks, &run);
+}
+
+/// How [`decode_rows`] deals `total` groups of four rows to `threads` threads: groups per task,
+/// and tasks. Small tasks let the faster thread take more when the other is interrupted (the
+/// machine is shared), without paying much per task.
+fn decode_split(total: usize, threads: usize) -> (usize, usize) {
+    let per_task = total.div_ceil(threads.max(1) * 8).max(4);
+    (per_task, total.div_ceil(per_task))
+}
+
+/// Where each member of `pool`'s team starts reading when [`matmul_many`] multiplies one token
+/// by `ws`: the first bytes of its share of the first parallel region, for
+/// [`Threads::read_ahead`]. Empty where that product would not run on [`decode_rows`].
+#[cfg(target_arch = "x86_64")]
+pub fn decode_fronts(
+    pool: &Threads,
+    caps: CpuCaps,
+    ws: &[&QMatrix<'_>],
+) -> Vec<super::threads::Spans> {
+    let Some(w0) = ws.first() else {
+        return Vec::new();
+    };
+    // `matmul_many`'s choice: one region for packed matrices of one layout and width, or for
+    // F16/BF16 ones; else one product per matrix, of which the first comes next.
+    let packed = |w: &QMatrix<'_>| caps.avx2 && w.packed && same_layout(w, w0) && w.cols == w0.cols;
+    let together = ws.iter().all(|w| packed(w)) || ws.iter().all(|w| half_decodable(caps, w));
+    let mats: &[&QMatrix<'_>] = if together { ws } else { &ws[..1] };
+    if !(packed(w0) || half_decodable(caps, w0)) {
+        return Vec::new();
+    }
+    let quads: Vec<usize> = mats.iter().map(|w| w.rows.div_ceil(4)).collect();
+    let total: usize = quads.iter().sum();
+    let (per_task, tasks) = decode_split(total, pool.current_num_threads());
+    let members = pool.members();
+    (0..members)
+        .map(|m| {
+            let mine = super::threads::share(tasks, m, members);
+            let (g0, g1) = (mine.start * per_task, (mine.end * per_task).min(total));
+            let mut spans = [(0usize, 0usize); 4];
+            let (mut base, mut k) = (0, 0);
+            for (w, &nq) in mats.iter().zip(&quads) {
+                let (lo, hi) = (g0.max(base), g1.min(base + nq));
+                if lo < hi && k < spans.len() {
+                    let rb = w.row_bytes();
+                    let (r0, r1) = (4 * (lo - base), (4 * (hi - base)).min(w.rows));
+                    spans[k] = (w.data[r0 * rb..].as_ptr() as usize, (r1 - r0) * rb);
+                    k += 1;
+                }
+                base += nq;
+            }
+            spans
+        })
+        .collect()
+}
+
+/// Nothing to read ahead off x86-64: [`decode_rows`] does not run there.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn decode_fronts(
+    _pool: &Threads,
+    _caps: CpuCaps,
+    _ws: &[&QMatrix<'_>],
+) -> Vec<super::threads::Spans> {
+    Vec::new()
 }
 
 /// [`decode_rows`] with the packed kernels (VNNI, or AVX2 alone; the caller checked AVX2).
