@@ -671,13 +671,18 @@ mod tests {
     #[test]
     fn fused_products_equal_separate_ones() {
         let cols = 1024;
-        for dtype in [
+        // AVX2 alone as well: its F16/BF16 decode runs on the team too.
+        let levels = [CpuCaps::detect(), CpuCaps::avx2_only()];
+        for (dtype, caps) in [
             WeightType::Q4_0,
             WeightType::Q8_0,
             WeightType::F16,
             WeightType::BF16,
-        ] {
-            let fast = CpuBackend::new(2, CpuCaps::detect()).unwrap();
+        ]
+        .into_iter()
+        .flat_map(|d| levels.map(|c| (d, c)))
+        {
+            let fast = CpuBackend::new(2, caps).unwrap();
             let plain = CpuBackend::new(1, CpuCaps::portable()).unwrap();
             let shapes = [40, 13, 7];
             let mk = |b: &CpuBackend| -> Vec<CpuMatrix> {
@@ -731,7 +736,7 @@ mod tests {
                 let want = plain.linear(&x, &pm[i], biases[i]).unwrap();
                 assert_eq!((got.rows, got.cols), (1, shapes[i]));
                 let worst = crate::kernels::max_abs_diff(&got.data, &want.data);
-                assert!(worst < 2e-3, "{dtype:?} matrix {i}: {worst}");
+                assert!(worst < 2e-3, "{dtype:?} {caps:?} matrix {i}: {worst}");
             }
             // A prompt: the fused call (one activation layout for all matrices on AMX) gives
             // exactly what one product per matrix on the same backend gives.

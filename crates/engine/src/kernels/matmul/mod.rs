@@ -607,11 +607,34 @@ fn packed_decode_as<const L: u8>(
     );
 }
 
-/// [`decode_rows`] for F16 and BF16 weights with AVX-512 (`cols` a multiple of 16): one token's
-/// products on the spinning team, as for the packed types, rather than the rayon pool's rows,
-/// which left BF16 far under the bandwidth cap (docs/benchmarks.md, "BF16 decode").
+/// [`decode_rows`] for F16 and BF16 weights (`cols` a multiple of 16): one token's products on
+/// the spinning team, as for the packed types, rather than the rayon pool's rows, which left
+/// BF16 far under the bandwidth cap (docs/benchmarks.md, "BF16 decode"), with AVX-512 or with
+/// AVX2 alone.
 #[cfg(target_arch = "x86_64")]
 fn half_decode(pool: &Threads, caps: CpuCaps, mats: &[(&QMatrix<'_>, SyncPtr)], x: &[f32]) {
+    let one = |w: &QMatrix<'_>, row: &[u8]| {
+        if w.dtype == WeightType::BF16 {
+            dot::dot_bf16(caps, row, x)
+        } else {
+            dot::dot_f16(caps, row, x)
+        }
+    };
+    if !caps.avx512vnni {
+        return decode_rows(
+            pool,
+            mats,
+            // SAFETY: as below, with avx2, fma and f16c detected by the caller.
+            |w, rows, rb| unsafe {
+                if w.dtype == WeightType::BF16 {
+                    super::x86::dot4_half_avx2::<true>(rows.as_ptr(), rb, x)
+                } else {
+                    super::x86::dot4_half_avx2::<false>(rows.as_ptr(), rb, x)
+                }
+            },
+            one,
+        );
+    }
     decode_rows(
         pool,
         mats,
@@ -625,22 +648,14 @@ fn half_decode(pool: &Threads, caps: CpuCaps, mats: &[(&QMatrix<'_>, SyncPtr)], 
                 super::x86::dot4_f16_avx512(rows.as_ptr(), rb, x)
             }
         },
-        |w, row| {
-            if w.dtype == WeightType::BF16 {
-                dot::dot_bf16(caps, row, x)
-            } else {
-                dot::dot_f16(caps, row, x)
-            }
-        },
+        one,
     );
 }
 
 /// Whether [`half_decode`] applies to a matrix.
 #[cfg(target_arch = "x86_64")]
 fn half_decodable(caps: CpuCaps, w: &QMatrix<'_>) -> bool {
-    caps.avx512vnni
-        && matches!(w.dtype, WeightType::F16 | WeightType::BF16)
-        && w.cols.is_multiple_of(16)
+    caps.avx2 && matches!(w.dtype, WeightType::F16 | WeightType::BF16) && w.cols.is_multiple_of(16)
 }
 
 /// Whether two matrices are read by the same packed kernel from the same quantized activations

@@ -226,6 +226,64 @@ pub unsafe fn dot4_bf16_avx512(row: *const u8, row_bytes: usize, x: &[f32]) -> [
     unsafe { std::array::from_fn(|i| stream_half_row::<true>(row.add(i * row_bytes), x)) }
 }
 
+/// [`dot4_f16_avx512`] and [`dot4_bf16_avx512`] (`BF16`) with AVX2 alone: the same forward
+/// stream and L2 prefetch, in 256-bit steps.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot4_half_avx2<const BF16: bool>(
+    row: *const u8,
+    row_bytes: usize,
+    x: &[f32],
+) -> [f32; 4] {
+    // SAFETY: the caller guarantees four rows of `cols` half values at `row`, `row_bytes` apart.
+    unsafe { std::array::from_fn(|i| stream_half_row_avx2::<BF16>(row.add(i * row_bytes), x)) }
+}
+
+/// 8 half-precision values (bf16 when `BF16`, else f16) as f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen8<const BF16: bool>(h: __m128i) -> __m256 {
+    if BF16 {
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    } else {
+        _mm256_cvtph_ps(h)
+    }
+}
+
+/// One F16 (or, `BF16`, bf16) row against one token with AVX2: four independent FMA chains
+/// over 32 values (one cache line) per step.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn stream_half_row_avx2<const BF16: bool>(w: *const u8, x: &[f32]) -> f32 {
+    let cols = x.len();
+    // SAFETY: the caller guarantees `cols` 2-byte values at `w`; `cols` is a multiple of 16.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut c = 0;
+        while c + 32 <= cols {
+            _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(2 * c + DECODE_PREFETCH_L2) as *const i8);
+            for (k, a) in acc.iter_mut().enumerate() {
+                let h = _mm_loadu_si128(w.add(2 * (c + 8 * k)) as *const __m128i);
+                let xv = _mm256_loadu_ps(x.as_ptr().add(c + 8 * k));
+                *a = _mm256_fmadd_ps(widen8::<BF16>(h), xv, *a);
+            }
+            c += 32;
+        }
+        while c < cols {
+            let h = _mm_loadu_si128(w.add(2 * c) as *const __m128i);
+            acc[0] = _mm256_fmadd_ps(
+                widen8::<BF16>(h),
+                _mm256_loadu_ps(x.as_ptr().add(c)),
+                acc[0],
+            );
+            c += 8;
+        }
+        hsum(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ))
+    }
+}
+
 /// 16 half-precision values (bf16 when `BF16`, else f16) as f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
