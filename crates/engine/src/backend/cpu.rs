@@ -756,6 +756,42 @@ mod tests {
         }
     }
 
+    /// A row whose length is a multiple of 16 but not of the kernels' steps (64 values with
+    /// AVX-512, 32 with AVX2) ends in their tail loops, which must agree with the portable sum.
+    #[test]
+    fn half_precision_rows_with_a_tail_decode_exactly() {
+        let (rows, cols) = (9, 1040);
+        let plain = CpuBackend::new(1, CpuCaps::portable()).unwrap();
+        let x = acts(1, cols, 29);
+        for dtype in [WeightType::F16, WeightType::BF16] {
+            let bytes: Vec<u8> = (0..rows * cols)
+                .flat_map(|i| {
+                    let v = ((i * 37 % 101) as f32 - 50.0) / 64.0;
+                    if dtype == WeightType::BF16 {
+                        half::bf16::from_f32(v).to_le_bytes()
+                    } else {
+                        half::f16::from_f32(v).to_le_bytes()
+                    }
+                })
+                .collect();
+            let raw = || RawTensor {
+                name: "w".into(),
+                dtype,
+                shape: vec![rows, cols],
+                data: Blob::Owned(std::sync::Arc::new(bytes.clone())),
+            };
+            let want = plain
+                .linear(&x, &plain.matrix(raw()).unwrap(), None)
+                .unwrap();
+            for caps in [CpuCaps::detect(), CpuCaps::avx2_only()] {
+                let b = CpuBackend::new(2, caps).unwrap();
+                let got = b.linear(&x, &b.matrix(raw()).unwrap(), None).unwrap();
+                let worst = crate::kernels::max_abs_diff(&got.data, &want.data);
+                assert!(worst < 1e-3, "{dtype:?} {caps:?}: {worst}");
+            }
+        }
+    }
+
     /// `n` rows of a sawtooth in [-1, 1] with period `m`.
     fn acts(n: usize, cols: usize, m: usize) -> Mat {
         let h = (m / 2) as f32;
