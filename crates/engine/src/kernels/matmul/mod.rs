@@ -427,13 +427,12 @@ fn decode_rows(
     let total: usize = quads.iter().sum();
     let (per_task, tasks) = decode_split(total, pool.current_num_threads());
     let run = |ti: usize| {
-        let (g0, g1) = (ti * per_task, ((ti + 1) * per_task).min(total));
-        let mut base = 0;
-        for ((w, out), &nq) in mats.iter().zip(&quads) {
-            let (lo, hi) = (g0.max(base), g1.min(base + nq));
+        let task = ti * per_task..((ti + 1) * per_task).min(total);
+        for (i, groups) in groups_of(&quads, task) {
+            let (w, out) = &mats[i];
             let rb = w.row_bytes();
-            for g in lo..hi {
-                let r0 = 4 * (g - base);
+            for g in groups {
+                let r0 = 4 * g;
                 // SAFETY: each output row is written by the one task that owns its group of
                 // four, and every row index is below `w.rows`, the length of `out`.
                 unsafe {
@@ -447,11 +446,30 @@ fn decode_rows(
                     }
                 }
             }
-            base += nq;
         }
     };
     // One token's regions are short and many: the spinning team, not the rayon pool.
     pool.run_reading_ahead(tasks, &run);
+}
+
+/// The groups `range` covers of matrices of `quads` groups each, numbered across all of them:
+/// each matrix it reaches with its own group numbers there.
+fn groups_of(
+    quads: &[usize],
+    range: std::ops::Range<usize>,
+) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> + '_ {
+    quads
+        .iter()
+        .scan(0, |base, &nq| {
+            let b = *base;
+            *base += nq;
+            Some((b, nq))
+        })
+        .enumerate()
+        .filter_map(move |(i, (base, nq))| {
+            let (lo, hi) = (range.start.max(base), range.end.min(base + nq));
+            (lo < hi).then(|| (i, lo - base..hi - base))
+        })
 }
 
 /// How [`decode_rows`] deals `total` groups of four rows to `threads` threads: groups per task,
@@ -476,10 +494,9 @@ pub fn decode_fronts(
     };
     // `matmul_many`'s choice: one region for packed matrices of one layout and width, or for
     // F16/BF16 ones; else one product per matrix, of which the first comes next.
-    let packed = |w: &QMatrix<'_>| caps.avx2 && w.packed && same_layout(w, w0) && w.cols == w0.cols;
-    let together = ws.iter().all(|w| packed(w)) || ws.iter().all(|w| half_decodable(caps, w));
+    let together = packed_together(caps, ws) || ws.iter().all(|w| half_decodable(caps, w));
     let mats: &[&QMatrix<'_>] = if together { ws } else { &ws[..1] };
-    if !(packed(w0) || half_decodable(caps, w0)) {
+    if !(packed_together(caps, &ws[..1]) || half_decodable(caps, w0)) {
         return Vec::new();
     }
     let quads: Vec<usize> = mats.iter().map(|w| w.rows.div_ceil(4)).collect();
@@ -489,18 +506,12 @@ pub fn decode_fronts(
     (0..members)
         .map(|m| {
             let mine = super::threads::share(tasks, m, members);
-            let (g0, g1) = (mine.start * per_task, (mine.end * per_task).min(total));
+            let groups = mine.start * per_task..(mine.end * per_task).min(total);
             let mut spans = [(0usize, 0usize); 4];
-            let (mut base, mut k) = (0, 0);
-            for (w, &nq) in mats.iter().zip(&quads) {
-                let (lo, hi) = (g0.max(base), g1.min(base + nq));
-                if lo < hi && k < spans.len() {
-                    let rb = w.row_bytes();
-                    let (r0, r1) = (4 * (lo - base), (4 * (hi - base)).min(w.rows));
-                    spans[k] = (w.data[r0 * rb..].as_ptr() as usize, (r1 - r0) * rb);
-                    k += 1;
-                }
-                base += nq;
+            for (span, (i, g)) in spans.iter_mut().zip(groups_of(&quads, groups)) {
+                let (w, rb) = (mats[i], mats[i].row_bytes());
+                let (r0, r1) = (4 * g.start, (4 * g.end).min(w.rows));
+                *span = (w.data[r0 * rb..].as_ptr() as usize, (r1 - r0) * rb);
             }
             spans
         })
@@ -658,6 +669,17 @@ fn half_decodable(caps: CpuCaps, w: &QMatrix<'_>) -> bool {
     caps.avx2 && matches!(w.dtype, WeightType::F16 | WeightType::BF16) && w.cols.is_multiple_of(16)
 }
 
+/// Whether one token's products by `ws` (at least one) run as one packed region: packed
+/// matrices of one layout and width, on a processor with the packed kernels.
+#[cfg(target_arch = "x86_64")]
+fn packed_together(caps: CpuCaps, ws: &[&QMatrix<'_>]) -> bool {
+    caps.avx2
+        && ws.first().is_some_and(|w0| {
+            ws.iter()
+                .all(|w| w.packed && same_layout(w, w0) && w.cols == w0.cols)
+        })
+}
+
 /// Whether two matrices are read by the same packed kernel from the same quantized activations
 /// (Q5_0 shares Q8_0's).
 #[cfg(target_arch = "x86_64")]
@@ -683,10 +705,8 @@ pub fn matmul_many(
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(w0) = ws.first()
-        && caps.avx2
-        && ws
-            .iter()
-            .all(|w| w.packed && same_layout(w, w0) && w.cols == w0.cols && x.len() == w.cols)
+        && packed_together(caps, ws)
+        && x.len() == w0.cols
     {
         for (w, o) in ws.iter().zip(outs.iter()) {
             w.check()?;
