@@ -379,10 +379,13 @@ fn packed_layout_matches_ggml_layout() {
                         }
                     }
                 };
-                // Prompts on packed nibbles on AVX2 alone multiply the dequantized rows in f32
-                // with unrounded activations: the exact product, up to f32 summation.
-                let nibbles = packed::Layout::of(dtype).is_some_and(|l| l.nibbles() && !l.grid());
-                if n >= 16 && caps.avx2 && !caps.avx512vnni && nibbles {
+                // Prompts on packed nibbles whose tails the 8-bit tile would widen too much
+                // multiply the dequantized rows in f32 on AVX2 alone, with unrounded
+                // activations: the exact product, up to f32 summation.
+                if n >= 16
+                    && caps.avx2
+                    && bakeoff_engine::kernels::matmul::nibbles_on_f32_tiles(caps, &pm)
+                {
                     near_exact("f32 tiles", 1e-5, 1e-5);
                     continue;
                 }

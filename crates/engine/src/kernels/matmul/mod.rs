@@ -342,6 +342,20 @@ fn matmul_packed(
     Ok(())
 }
 
+/// Whether a prompt on packed nibble rows (Q4_0, Q4_1, Q4_K) takes the f32 tiles on AVX2 alone:
+/// the 8-bit tile widens a row's tail to a whole half superblock (8 blocks), and where that
+/// adds more than a quarter to the row's work (SmolLM2's 576-wide rows: a third) the f32 tiles,
+/// which take tails as they are, are the faster (docs/benchmarks.md, "AVX2 nibble prompt tile").
+pub fn nibbles_on_f32_tiles(caps: CpuCaps, w: &QMatrix<'_>) -> bool {
+    let nibbles = super::packed::Layout::of(w.dtype).is_some_and(|l| l.nibbles() && !l.grid());
+    let blocks = w.cols / QK;
+    let padded = match blocks % 16 {
+        0 => blocks,
+        t => blocks - t + if t <= 8 { 8 } else { 16 },
+    };
+    !caps.avx512vnni && nibbles && 4 * padded > 5 * blocks
+}
+
 /// Two or three tokens on packed rows with AVX2 (four and more take the tiles): the decode
 /// kernel once per token on each group of four rows, while those rows are in cache.
 #[cfg(target_arch = "x86_64")]
@@ -898,12 +912,10 @@ pub fn matmul(
     {
         return bf16_tiles(pool, w, x, n, out);
     }
-    // On AVX2 alone, prompts on packed nibbles run faster on the f32 tiles than on the 8-bit
-    // ones (docs/weight-types.md).
-    let nibbles = w.packed
-        && !caps.avx512vnni
-        && super::packed::Layout::of(w.dtype).is_some_and(|l| l.nibbles() && !l.grid());
-    if caps.avx2 && (!w.packed || nibbles) && ((dense && n >= 4) || (!dense && n >= 16)) {
+    if caps.avx2
+        && (!w.packed || nibbles_on_f32_tiles(caps, w))
+        && ((dense && n >= 4) || (!dense && n >= 16))
+    {
         return dense_tiles(pool, caps, w, x, n, out);
     }
     if w.packed {

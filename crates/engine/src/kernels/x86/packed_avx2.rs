@@ -475,9 +475,11 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
 ) -> [[f32; 2]; 4] {
     // SAFETY: as for `dot_packed_avx2`, for both rows and all four tokens.
     unsafe {
+        if matches!(const { layout_of(L).body() }, Layout::Q4 | Layout::Q4M) {
+            return tile2x4_nibbles_avx2::<L>(rows, blocks, xq, xd, xso);
+        }
         let layout = const { layout_of(L) };
         let (sbb, hb) = const { (layout_of(L).superblock_bytes(), layout_of(L).head_bytes()) };
-        let m4 = _mm256_set1_epi8(0x0f);
         let zero = _mm256_setzero_si256();
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
         let (full, tail) = (blocks / 16, blocks % 16);
@@ -504,22 +506,6 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
                 // Q6's values 16..32 (steps 4..8), under their own scale.
                 let mut p2 = [[zero; 2]; 4];
                 match layout.body() {
-                    Layout::Q4 | Layout::Q4M => {
-                        let mut s16 = [[zero; 2]; 4];
-                        for u in 0..4 {
-                            let z = [ldw(0, 64 * u), ldw(1, 64 * u)];
-                            let lo = z.map(|z| _mm256_and_si256(z, m4));
-                            let hi = z.map(|z| _mm256_and_si256(_mm256_srli_epi16::<4>(z), m4));
-                            for (t, s16) in s16.iter_mut().enumerate() {
-                                let (x0, x1) = (ldx(t, 2 * u), ldx(t, 2 * u + 1));
-                                for r in 0..2 {
-                                    let v = _mm256_add_epi16(pairs(lo[r], x0), pairs(hi[r], x1));
-                                    s16[r] = _mm256_add_epi16(s16[r], v);
-                                }
-                            }
-                        }
-                        p = s16.map(|a| a.map(|v| widen(v)));
-                    }
                     Layout::Q5 | Layout::Q5M => {
                         for half in 0..2 {
                             let mut s16 = [[zero; 2]; 4];
@@ -542,7 +528,7 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
                             }
                         }
                     }
-                    // Q8, Q6 (`body` is never Q4K, Q5K or Q8X).
+                    // Q8, Q6, I4 (`body` is never Q4K, Q5K or Q8X; Q4 and Q4M returned above).
                     _ => {
                         for st in 0..8 {
                             let z = if layout == Layout::Q6 {
@@ -595,6 +581,101 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
                             }
                             _ => {}
                         }
+                    }
+                }
+            }
+        }
+        acc.map(|a| a.map(|v| hsum(v)))
+    }
+}
+
+/// [`tile2x4_packed_avx2`] for the nibble layouts (Q4, Q4M and Q4K), written so that the
+/// sixteen AVX2 registers hold the hot loop: the eight 16-bit sums of a half superblock stay in
+/// registers while each row's low and then high nibbles are multiplied against the four tokens'
+/// activations, and the eight f32 totals, touched once per half superblock, live in memory
+/// (volatile accesses, so that LLVM does not promote them and spill the hot sums instead). The
+/// generic tile, with both nibble halves of both rows live at once, spilled in its inner loop
+/// and ran no faster than the f32 tiles.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile2x4_nibbles_avx2<const L: u8>(
+    rows: [*const u8; 2],
+    blocks: usize,
+    xq: [*const i8; 4],
+    xd: [*const f32; 4],
+    xso: [[*const f32; 2]; 4],
+) -> [[f32; 2]; 4] {
+    // SAFETY: as for `dot_packed_avx2`, for both rows and all four tokens.
+    unsafe {
+        let layout = const { layout_of(L) };
+        let (sbb, hb) = const { (layout_of(L).superblock_bytes(), layout_of(L).head_bytes()) };
+        let m4 = _mm256_set1_epi8(0x0f);
+        let zero = _mm256_setzero_si256();
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        let accp = acc.as_mut_ptr() as *mut __m256;
+        let (full, tail) = (blocks / 16, blocks % 16);
+        let mut tails = std::mem::MaybeUninit::<[[u8; SB_ROOM]; 2]>::uninit();
+        let tp = tails.as_mut_ptr() as *mut [u8; SB_ROOM];
+        if tail > 0 {
+            for (i, r) in rows.iter().enumerate() {
+                widen_tail_into(layout, r.add(full * sbb), tail, &mut *tp.add(i));
+            }
+        }
+        for s in 0..blocks.div_ceil(16) {
+            let w = if s == full {
+                [(*tp).as_ptr().add(hb), (*tp.add(1)).as_ptr().add(hb)]
+            } else {
+                [rows[0].add(s * sbb + hb), rows[1].add(s * sbb + hb)]
+            };
+            // A widened tail of at most 8 blocks has nothing in the second half.
+            let halves = if s == full && tail <= 8 { 1 } else { 2 };
+            for h in 0..halves {
+                let x = |t: usize, step: usize| {
+                    _mm256_loadu_si256(xq[t].add(s * 512 + 64 * step + 32 * h) as *const __m256i)
+                };
+                // 8 steps of nibbles against bytes: at most 8 · 2 · 15 · 127 in 16 bits.
+                let mut s16 = [[zero; 2]; 4];
+                for u in 0..4 {
+                    let z = [0, 1]
+                        .map(|r| _mm256_loadu_si256(w[r].add(64 * u + 32 * h) as *const __m256i));
+                    let lo = z.map(|z| _mm256_and_si256(z, m4));
+                    for (t, s16) in s16.iter_mut().enumerate() {
+                        let xv = x(t, 2 * u);
+                        for r in 0..2 {
+                            s16[r] = _mm256_add_epi16(s16[r], pairs(lo[r], xv));
+                        }
+                    }
+                    let hi = z.map(|z| _mm256_and_si256(_mm256_srli_epi16::<4>(z), m4));
+                    for (t, s16) in s16.iter_mut().enumerate() {
+                        let xv = x(t, 2 * u + 1);
+                        for r in 0..2 {
+                            s16[r] = _mm256_add_epi16(s16[r], pairs(hi[r], xv));
+                        }
+                    }
+                    // Each sum in a register here: without this LLVM reassociates the adds
+                    // into trees whose partial sums no longer fit the sixteen registers.
+                    for s16 in s16.iter_mut() {
+                        for v in s16.iter_mut() {
+                            std::arch::asm!(
+                                "/* {0} */",
+                                inout(ymm_reg) * v,
+                                options(pure, nomem, nostack)
+                            );
+                        }
+                    }
+                }
+                for r in 0..2 {
+                    let (sw, mw) = head_half(layout, w[r].sub(hb), h, G2::FULL);
+                    for (t, s16) in s16.iter().enumerate() {
+                        let d = _mm256_loadu_ps(xd[t].add(s * 16 + 8 * h));
+                        let so = _mm256_loadu_ps(xso[t][0].add(s * 16 + 8 * h));
+                        let a = accp.add(2 * t + r);
+                        let v = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(widen(s16[r])),
+                            _mm256_mul_ps(sw, d),
+                            a.read_volatile(),
+                        );
+                        // Q4's implied − 8 and Q4M's offsets: `so` holds 8 · d · Σq or −d · Σq.
+                        a.write_volatile(_mm256_fnmadd_ps(mw, so, v));
                     }
                 }
             }
