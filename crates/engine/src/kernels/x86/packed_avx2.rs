@@ -8,7 +8,8 @@
 //! over as many steps as cannot overflow before one `vpmaddwd` widens them; the layouts whose
 //! bytes are signed values stored + 128 (Q8, Q6) would overflow, so they are turned back into
 //! signed bytes and multiplied with llama.cpp's sign trick, which also makes their activation
-//! offset terms unnecessary.
+//! offset terms unnecessary. The prompt tile for Q6 takes its unsigned 6-bit values instead,
+//! two steps per 16-bit sum, with the offset from the activations' sums (`tile2x4_wide_avx2`).
 
 use super::vnni::{PREFETCH_AHEAD, layout_of};
 use super::*;
@@ -472,11 +473,18 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
     xq: [*const i8; 4],
     xd: [*const f32; 4],
     xso: [[*const f32; 2]; 4],
+    xio: [*const i32; 4],
 ) -> [[f32; 2]; 4] {
     // SAFETY: as for `dot_packed_avx2`, for both rows and all four tokens.
     unsafe {
-        if matches!(const { layout_of(L).body() }, Layout::Q4 | Layout::Q4M) {
-            return tile2x4_nibbles_avx2::<L>(rows, blocks, xq, xd, xso);
+        match const { layout_of(L).body() } {
+            Layout::Q4 | Layout::Q4M => {
+                return tile2x4_nibbles_avx2::<L>(rows, blocks, xq, xd, xso);
+            }
+            Layout::Q5 | Layout::Q5M | Layout::Q6 => {
+                return tile2x4_wide_avx2::<L>(rows, blocks, xq, xd, xso, xio);
+            }
+            _ => {}
         }
         let layout = const { layout_of(L) };
         let (sbb, hb) = const { (layout_of(L).superblock_bytes(), layout_of(L).head_bytes()) };
@@ -503,61 +511,23 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
                     _mm256_loadu_si256(xq[t].add(s * 512 + 64 * step + 32 * h) as *const __m256i)
                 };
                 let mut p = [[zero; 2]; 4];
-                // Q6's values 16..32 (steps 4..8), under their own scale.
-                let mut p2 = [[zero; 2]; 4];
-                match layout.body() {
-                    Layout::Q5 | Layout::Q5M => {
-                        for half in 0..2 {
-                            let mut s16 = [[zero; 2]; 4];
-                            for st in 4 * half..4 * half + 4 {
-                                let z = [
-                                    q5_half(w[0], st, h, G2::FULL),
-                                    q5_half(w[1], st, h, G2::FULL),
-                                ];
-                                for (t, s16) in s16.iter_mut().enumerate() {
-                                    let x = ldx(t, st);
-                                    for r in 0..2 {
-                                        s16[r] = _mm256_add_epi16(s16[r], pairs(z[r], x));
-                                    }
-                                }
-                            }
-                            for (p, s16) in p.iter_mut().zip(s16) {
-                                for r in 0..2 {
-                                    p[r] = _mm256_add_epi32(p[r], widen(s16[r]));
-                                }
-                            }
-                        }
-                    }
-                    // Q8, Q6, I4 (`body` is never Q4K, Q5K or Q8X; Q4 and Q4M returned above).
-                    _ => {
-                        for st in 0..8 {
-                            let z = if layout == Layout::Q6 {
-                                [
-                                    q6_stored_half(w[0], st, h, G2::FULL),
-                                    q6_stored_half(w[1], st, h, G2::FULL),
-                                ]
-                            } else if layout.grid() {
-                                [
-                                    iq4_stored_half(w[0], st, h, G2::FULL),
-                                    iq4_stored_half(w[1], st, h, G2::FULL),
-                                ]
-                            } else {
-                                [ldw(0, 64 * st), ldw(1, 64 * st)]
-                            };
-                            let sw = z.map(|z| _mm256_xor_si256(z, _mm256_set1_epi8(0x80u8 as i8)));
-                            let aw = sw.map(|v| _mm256_sign_epi8(v, v));
-                            let dst = if layout == Layout::Q6 && st >= 4 {
-                                &mut p2
-                            } else {
-                                &mut p
-                            };
-                            for (t, d) in dst.iter_mut().enumerate() {
-                                let x = ldx(t, st);
-                                for r in 0..2 {
-                                    let v = widen(pairs(aw[r], _mm256_sign_epi8(x, sw[r])));
-                                    d[r] = _mm256_add_epi32(d[r], v);
-                                }
-                            }
+                // Q8 and I4, signed bytes stored + 128 (the other layouts returned above).
+                for st in 0..8 {
+                    let z = if layout.grid() {
+                        [
+                            iq4_stored_half(w[0], st, h, G2::FULL),
+                            iq4_stored_half(w[1], st, h, G2::FULL),
+                        ]
+                    } else {
+                        [ldw(0, 64 * st), ldw(1, 64 * st)]
+                    };
+                    let sw = z.map(|z| _mm256_xor_si256(z, _mm256_set1_epi8(0x80u8 as i8)));
+                    let aw = sw.map(|v| _mm256_sign_epi8(v, v));
+                    for (t, d) in p.iter_mut().enumerate() {
+                        let x = ldx(t, st);
+                        for r in 0..2 {
+                            let v = widen(pairs(aw[r], _mm256_sign_epi8(x, sw[r])));
+                            d[r] = _mm256_add_epi32(d[r], v);
                         }
                     }
                 }
@@ -567,20 +537,9 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
                 ];
                 for t in 0..4 {
                     let d = _mm256_loadu_ps(xd[t].add(s * 16 + 8 * h));
-                    for (r, &(sw, mw)) in heads.iter().enumerate() {
+                    for (r, &(sw, _)) in heads.iter().enumerate() {
                         let a = &mut acc[t][r];
                         *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[t][r]), _mm256_mul_ps(sw, d), *a);
-                        match layout.body() {
-                            Layout::Q6 => {
-                                let f = _mm256_mul_ps(mw, d);
-                                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p2[t][r]), f, *a);
-                            }
-                            Layout::Q4 | Layout::Q4M | Layout::Q5 | Layout::Q5M => {
-                                let so = _mm256_loadu_ps(xso[t][0].add(s * 16 + 8 * h));
-                                *a = _mm256_fnmadd_ps(mw, so, *a);
-                            }
-                            _ => {}
-                        }
                     }
                 }
             }
@@ -676,6 +635,205 @@ unsafe fn tile2x4_nibbles_avx2<const L: u8>(
                         );
                         // Q4's implied − 8 and Q4M's offsets: `so` holds 8 · d · Σq or −d · Σq.
                         a.write_volatile(_mm256_fnmadd_ps(mw, so, v));
+                    }
+                }
+            }
+        }
+        acc.map(|a| a.map(|v| hsum(v)))
+    }
+}
+
+/// Steps `2U` and `2U + 1` (half `h`) of a whole Q5, Q5M or Q5K superblock's quants at `q`:
+/// the 5-bit values 0..31. The step pair is a constant, so that every shift is an immediate.
+#[inline(always)]
+unsafe fn q5_pair<const U: usize>(q: *const u8, h: usize) -> [__m256i; 2] {
+    // SAFETY: the caller points at a whole packed 5-bit superblock's quants.
+    unsafe {
+        let (m4, m) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x10));
+        let z = _mm256_loadu_si256(q.add(64 * U + 32 * h) as *const __m256i);
+        let hv = _mm256_loadu_si256(q.add(256 + 32 * h) as *const __m256i);
+        // Bits 2U and 2U + 1 of each byte to bit 4 (bits carried across bytes are masked off).
+        let (b0, b1) = match U {
+            0 => (_mm256_slli_epi16::<4>(hv), _mm256_slli_epi16::<3>(hv)),
+            1 => (_mm256_slli_epi16::<2>(hv), _mm256_slli_epi16::<1>(hv)),
+            2 => (hv, _mm256_srli_epi16::<1>(hv)),
+            _ => (_mm256_srli_epi16::<2>(hv), _mm256_srli_epi16::<3>(hv)),
+        };
+        [
+            _mm256_or_si256(_mm256_and_si256(z, m4), _mm256_and_si256(b0, m)),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(z), m4),
+                _mm256_and_si256(b1, m),
+            ),
+        ]
+    }
+}
+
+/// Steps `2U` and `2U + 1` (half `h`) of a whole Q6 superblock's quants at `q`: the 6-bit
+/// values 0..63, without the + 96 of [`q6_stored_half`].
+#[inline(always)]
+unsafe fn q6_pair<const U: usize>(q: *const u8, h: usize) -> [__m256i; 2] {
+    // SAFETY: the caller points at a whole packed Q6 superblock's quants.
+    unsafe {
+        let (m4, m) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
+        let z = _mm256_loadu_si256(q.add(64 * U + 32 * h) as *const __m256i);
+        let hv = _mm256_loadu_si256(q.add(256 + 64 * (U / 2) + 32 * h) as *const __m256i);
+        // Bits 2k, 2k + 1 of each byte (k = 2U mod 4 and the next) to bits 4, 5.
+        let (b0, b1) = if U.is_multiple_of(2) {
+            (_mm256_slli_epi16::<4>(hv), _mm256_slli_epi16::<2>(hv))
+        } else {
+            (hv, _mm256_srli_epi16::<2>(hv))
+        };
+        [
+            _mm256_or_si256(_mm256_and_si256(z, m4), _mm256_and_si256(b0, m)),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(z), m4),
+                _mm256_and_si256(b1, m),
+            ),
+        ]
+    }
+}
+
+/// Lanes `8h..8h+8` of the i8 multipliers at `p` as i16 pairs, one multiplier in both halves of
+/// each 32-bit lane: the second operand of `vpmaddwd`, which then scales and widens at once.
+#[inline(always)]
+unsafe fn i8_pairs_half(p: *const u8, h: usize) -> __m256i {
+    // SAFETY: the caller guarantees the lanes' bytes at `p`; avx2 is enabled in every caller.
+    unsafe {
+        let v = _mm_loadl_epi64(p.add(8 * h) as *const __m128i);
+        _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, v))
+    }
+}
+
+/// [`tile2x4_packed_avx2`] for the 5- and 6-bit layouts (Q5, Q5M, Q5K and Q6), written for the
+/// sixteen registers as [`tile2x4_nibbles_avx2`] is. The values are unsigned (Q6's without its
+/// stored + 96), so each product is one `vpmaddubsw` without the sign trick; two steps' pair
+/// sums fit 16 bits for either width, and one `vpmaddwd` per step pair widens them into eight
+/// 32-bit sums per tile that stay in registers over a half superblock. For Q6 that `vpmaddwd`
+/// multiplies by the blocks' i8 scales, so both of its half blocks add into one sum; the
+/// offsets of the unsigned values come from the activations' sums: Q5's `io` starts the integer
+/// sums, Q5M's and Q6's `so` (and `so2`) are subtracted in floats under their scales.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile2x4_wide_avx2<const L: u8>(
+    rows: [*const u8; 2],
+    blocks: usize,
+    xq: [*const i8; 4],
+    xd: [*const f32; 4],
+    xso: [[*const f32; 2]; 4],
+    xio: [*const i32; 4],
+) -> [[f32; 2]; 4] {
+    use crate::kernels::packed::K_SUPER;
+    // SAFETY: as for `dot_packed_avx2`, for both rows and all four tokens; `xio` holds
+    // `io_lanes` offsets per superblock where the layout has them.
+    unsafe {
+        let layout = const { layout_of(L) };
+        let (sbb, hb) = const { (layout_of(L).superblock_bytes(), layout_of(L).head_bytes()) };
+        let q6 = layout == Layout::Q6;
+        let iol = layout.io_lanes();
+        let zero = _mm256_setzero_si256();
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        let (full, tail) = (blocks / 16, blocks % 16);
+        let mut tails = std::mem::MaybeUninit::<[[u8; SB_ROOM]; 2]>::uninit();
+        let tp = tails.as_mut_ptr() as *mut [u8; SB_ROOM];
+        if tail > 0 {
+            for (i, r) in rows.iter().enumerate() {
+                widen_tail_into(layout, r.add(full * sbb), tail, &mut *tp.add(i));
+            }
+        }
+        for s in 0..blocks.div_ceil(16) {
+            let w = if s == full {
+                [(*tp).as_ptr().add(hb), (*tp.add(1)).as_ptr().add(hb)]
+            } else {
+                [rows[0].add(s * sbb + hb), rows[1].add(s * sbb + hb)]
+            };
+            // A widened tail of at most 8 blocks has nothing in the second half.
+            let halves = if s == full && tail <= 8 { 1 } else { 2 };
+            for h in 0..halves {
+                for r in 0..2 {
+                    let head = w[r].sub(hb);
+                    // The multipliers of each step pair's sums: Q6's block scales (values
+                    // 0..16 in steps 0..4, 16..32 in steps 4..8), else ones.
+                    let mul = if q6 {
+                        let sc = head.add(K_SUPER);
+                        [i8_pairs_half(sc, h), i8_pairs_half(sc.add(16), h)]
+                    } else {
+                        [_mm256_set1_epi16(1); 2]
+                    };
+                    // The activations' addresses hidden from LLVM per row: else it keeps the
+                    // first row's loads for the second, in spilled registers.
+                    let xs = xq.map(|p| {
+                        let mut a = p.add(s * 512 + 32 * h) as usize;
+                        // Not `pure`: a pure block is hoisted out of the row loop with the loads.
+                        std::arch::asm!("/* {0} */", inout(reg) a, options(nomem, nostack));
+                        a as *const i8
+                    });
+                    let x = |t: usize, step: usize| {
+                        _mm256_loadu_si256(xs[t].add(64 * step) as *const __m256i)
+                    };
+                    let mut sums = [zero; 4];
+                    if layout == Layout::Q5 {
+                        // Q5's − 16 · Σq starts the integer sums.
+                        for (t, s32) in sums.iter_mut().enumerate() {
+                            *s32 =
+                                _mm256_loadu_si256(xio[t].add(s * iol + 8 * h) as *const __m256i);
+                        }
+                    }
+                    // Step pairs `$a` and `$b`, which share Q6's block scale.
+                    macro_rules! step_quad {
+                        ($a:literal, $b:literal) => {
+                            let (za, zb) = if q6 {
+                                (q6_pair::<$a>(w[r], h), q6_pair::<$b>(w[r], h))
+                            } else {
+                                (q5_pair::<$a>(w[r], h), q5_pair::<$b>(w[r], h))
+                            };
+                            let m = mul[$a / 2];
+                            for (t, s32) in sums.iter_mut().enumerate() {
+                                // A pair's sums: at most 2 · 2 · 63 · 128 in 16 bits.
+                                let pa = _mm256_add_epi16(
+                                    pairs(za[0], x(t, 2 * $a)),
+                                    pairs(za[1], x(t, 2 * $a + 1)),
+                                );
+                                let pb = _mm256_add_epi16(
+                                    pairs(zb[0], x(t, 2 * $b)),
+                                    pairs(zb[1], x(t, 2 * $b + 1)),
+                                );
+                                let v = if q6 {
+                                    _mm256_add_epi32(_mm256_madd_epi16(pa, m), _mm256_madd_epi16(pb, m))
+                                } else {
+                                    // Four steps of 5-bit values: at most 4 · 2 · 31 · 128.
+                                    _mm256_madd_epi16(_mm256_add_epi16(pa, pb), m)
+                                };
+                                *s32 = _mm256_add_epi32(*s32, v);
+                            }
+                            // Each sum in a register (see `tile2x4_nibbles_avx2`).
+                            for v in sums.iter_mut() {
+                                std::arch::asm!(
+                                    "/* {0} */",
+                                    inout(ymm_reg) * v,
+                                    options(pure, nomem, nostack)
+                                );
+                            }
+                        };
+                    }
+                    step_quad!(0, 1);
+                    step_quad!(2, 3);
+                    let (sw, mw) = head_half(layout, head, h, G2::FULL);
+                    // The integer sums' factor: Q6's super-scale (its block scales are in
+                    // the sums), else the block scale.
+                    let f = if q6 { k_super(head, h) } else { sw };
+                    for (t, s32) in sums.iter().enumerate() {
+                        let d = _mm256_loadu_ps(xd[t].add(s * 16 + 8 * h));
+                        let a = &mut acc[t][r];
+                        *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*s32), _mm256_mul_ps(f, d), *a);
+                        let so = _mm256_loadu_ps(xso[t][0].add(s * 16 + 8 * h));
+                        if q6 {
+                            // The − 32 of both half blocks: `so`, `so2` hold 32 · d · Σq.
+                            let so2 = _mm256_loadu_ps(xso[t][1].add(s * 16 + 8 * h));
+                            *a = _mm256_fnmadd_ps(sw, so, _mm256_fnmadd_ps(mw, so2, *a));
+                        } else if layout.has_offset() {
+                            // Q5M's offsets: `so` holds −d · Σq.
+                            *a = _mm256_fnmadd_ps(mw, so, *a);
+                        }
                     }
                 }
             }
