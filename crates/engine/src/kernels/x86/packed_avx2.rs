@@ -462,78 +462,6 @@ pub unsafe fn dot_packed_avx2<const L: u8>(
     }
 }
 
-/// A prompt tile's two rows, superblock by superblock: a row's tail is widened
-/// ([`widen_tail_into`]) into `tails`, on the tile's stack, so that the tiles read whole
-/// superblocks only.
-struct TileRows {
-    rows: [*const u8; 2],
-    tails: *const [u8; SB_ROOM],
-    full: usize,
-    tail: usize,
-    sbb: usize,
-    hb: usize,
-}
-
-impl TileRows {
-    /// # Safety
-    /// `rows` must be two packed rows of `blocks` blocks in `layout`; AVX2. `tails` must
-    /// outlive the value.
-    #[inline(always)]
-    unsafe fn new(
-        layout: Layout,
-        rows: [*const u8; 2],
-        blocks: usize,
-        tails: &mut std::mem::MaybeUninit<[[u8; SB_ROOM]; 2]>,
-    ) -> Self {
-        let (sbb, hb) = (layout.superblock_bytes(), layout.head_bytes());
-        let (full, tail) = (blocks / 16, blocks % 16);
-        let tp = tails.as_mut_ptr() as *mut [u8; SB_ROOM];
-        // SAFETY: the tail's bytes follow the row's whole superblocks; `widen_tail_into`
-        // writes all of each buffer (uninitialized until then).
-        unsafe {
-            if tail > 0 {
-                for (i, r) in rows.iter().enumerate() {
-                    widen_tail_into(layout, r.add(full * sbb), tail, &mut *tp.add(i));
-                }
-            }
-        }
-        Self {
-            rows,
-            tails: tp,
-            full,
-            tail,
-            sbb,
-            hb,
-        }
-    }
-
-    /// Superblocks to read.
-    #[inline(always)]
-    fn superblocks(&self) -> usize {
-        self.full + usize::from(self.tail > 0)
-    }
-
-    /// Both rows' quants of superblock `s` (its head `hb` bytes before them), and how many
-    /// of its halves hold blocks: a widened tail of at most 8 blocks has nothing in the second.
-    #[inline(always)]
-    fn quants(&self, s: usize) -> ([*const u8; 2], usize) {
-        // SAFETY: `s` below `superblocks()`: a whole superblock of a row, or a widened tail.
-        unsafe {
-            if s == self.full {
-                let t = self.tails;
-                let w = [
-                    (*t).as_ptr().add(self.hb),
-                    (*t.add(1)).as_ptr().add(self.hb),
-                ];
-                (w, if self.tail <= 8 { 1 } else { 2 })
-            } else {
-                let o = s * self.sbb + self.hb;
-                ([self.rows[0].add(o), self.rows[1].add(o)], 2)
-            }
-        }
-    }
-}
-
 /// Two packed rows × four tokens, the prompt kernel: each unpacked weight operand feeds four
 /// products and each activation operand two, as in the VNNI tile, with the products summed as
 /// in [`dot_packed_avx2`] (so every path gives the same integer sums per block). The 8-bit
@@ -559,15 +487,22 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
             _ => {}
         }
         let layout = const { layout_of(L) };
-        let hb = const { layout_of(L).head_bytes() };
+        let (sbb, hb) = const { (layout_of(L).superblock_bytes(), layout_of(L).head_bytes()) };
         let zero = _mm256_setzero_si256();
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-        let mut tails = std::mem::MaybeUninit::uninit();
-        let tr = TileRows::new(layout, rows, blocks, &mut tails);
-        for s in 0..tr.superblocks() {
-            // Both halves always (a widened tail's empty one adds zeros): a constant count
-            // lets LLVM unroll this loop as before.
-            let (w, _) = tr.quants(s);
+        let (full, tail) = (blocks / 16, blocks % 16);
+        let mut tails = [[0u8; SB_ROOM]; 2];
+        if tail > 0 {
+            for (r, buf) in rows.iter().zip(&mut tails) {
+                widen_tail_into(layout, r.add(full * sbb), tail, buf);
+            }
+        }
+        let tails = (tail > 0).then_some(&tails);
+        for s in 0..blocks.div_ceil(16) {
+            let w = match tails {
+                Some(t) if s == full => [t[0].as_ptr().add(hb), t[1].as_ptr().add(hb)],
+                _ => [rows[0].add(s * sbb + hb), rows[1].add(s * sbb + hb)],
+            };
             for h in 0..2 {
                 let ldw = |r: usize, off: usize| {
                     _mm256_loadu_si256(w[r].add(off + 32 * h) as *const __m256i)
@@ -631,15 +566,27 @@ unsafe fn tile2x4_nibbles_avx2<const L: u8>(
     // SAFETY: as for `dot_packed_avx2`, for both rows and all four tokens.
     unsafe {
         let layout = const { layout_of(L) };
-        let hb = const { layout_of(L).head_bytes() };
+        let (sbb, hb) = const { (layout_of(L).superblock_bytes(), layout_of(L).head_bytes()) };
         let m4 = _mm256_set1_epi8(0x0f);
         let zero = _mm256_setzero_si256();
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
         let accp = acc.as_mut_ptr() as *mut __m256;
-        let mut tails = std::mem::MaybeUninit::uninit();
-        let tr = TileRows::new(layout, rows, blocks, &mut tails);
-        for s in 0..tr.superblocks() {
-            let (w, halves) = tr.quants(s);
+        let (full, tail) = (blocks / 16, blocks % 16);
+        let mut tails = std::mem::MaybeUninit::<[[u8; SB_ROOM]; 2]>::uninit();
+        let tp = tails.as_mut_ptr() as *mut [u8; SB_ROOM];
+        if tail > 0 {
+            for (i, r) in rows.iter().enumerate() {
+                widen_tail_into(layout, r.add(full * sbb), tail, &mut *tp.add(i));
+            }
+        }
+        for s in 0..blocks.div_ceil(16) {
+            let w = if s == full {
+                [(*tp).as_ptr().add(hb), (*tp.add(1)).as_ptr().add(hb)]
+            } else {
+                [rows[0].add(s * sbb + hb), rows[1].add(s * sbb + hb)]
+            };
+            // A widened tail of at most 8 blocks has nothing in the second half.
+            let halves = if s == full && tail <= 8 { 1 } else { 2 };
             for h in 0..halves {
                 let x = |t: usize, step: usize| {
                     _mm256_loadu_si256(xq[t].add(s * 512 + 64 * step + 32 * h) as *const __m256i)
@@ -780,15 +727,27 @@ unsafe fn tile2x4_wide_avx2<const L: u8>(
     // `io_lanes` offsets per superblock where the layout has them.
     unsafe {
         let layout = const { layout_of(L) };
-        let hb = const { layout_of(L).head_bytes() };
+        let (sbb, hb) = const { (layout_of(L).superblock_bytes(), layout_of(L).head_bytes()) };
         let q6 = layout == Layout::Q6;
         let iol = layout.io_lanes();
         let zero = _mm256_setzero_si256();
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-        let mut tails = std::mem::MaybeUninit::uninit();
-        let tr = TileRows::new(layout, rows, blocks, &mut tails);
-        for s in 0..tr.superblocks() {
-            let (w, halves) = tr.quants(s);
+        let (full, tail) = (blocks / 16, blocks % 16);
+        let mut tails = std::mem::MaybeUninit::<[[u8; SB_ROOM]; 2]>::uninit();
+        let tp = tails.as_mut_ptr() as *mut [u8; SB_ROOM];
+        if tail > 0 {
+            for (i, r) in rows.iter().enumerate() {
+                widen_tail_into(layout, r.add(full * sbb), tail, &mut *tp.add(i));
+            }
+        }
+        for s in 0..blocks.div_ceil(16) {
+            let w = if s == full {
+                [(*tp).as_ptr().add(hb), (*tp.add(1)).as_ptr().add(hb)]
+            } else {
+                [rows[0].add(s * sbb + hb), rows[1].add(s * sbb + hb)]
+            };
+            // A widened tail of at most 8 blocks has nothing in the second half.
+            let halves = if s == full && tail <= 8 { 1 } else { 2 };
             for h in 0..halves {
                 for r in 0..2 {
                     let head = w[r].sub(hb);
