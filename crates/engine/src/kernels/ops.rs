@@ -99,7 +99,7 @@ pub fn rope_from(
     }
 }
 
-/// Σ exp(x − m) over `x`: with the AVX-512 vector `exp` where the processor has it (within
+/// Σ exp(x − m) over `x`: with the AVX-512 or AVX2 vector `exp` where the processor has it (within
 /// about 1e-6 of the f64 sum, relative), else in f64. For the log-probability reported with
 /// each generated token, whose exact f64 sum over a 150k-entry vocabulary took about a twentieth
 /// of a small model's decode step; scoring (`sampling::log_sum_exp`) keeps the f64 sum.
@@ -108,6 +108,14 @@ pub fn sum_exp(x: &[f32], m: f32) -> f64 {
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: avx512f detected.
         return unsafe { super::x86::sum_exp_avx512(x, m) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+    {
+        // SAFETY: avx2, fma and f16c detected.
+        return unsafe { super::x86::sum_exp_avx2(x, m) };
     }
     sum_exp_scalar(x, m)
 }
@@ -122,6 +130,11 @@ pub fn silu_mul(caps: super::CpuCaps, gate: &mut [f32], up: &[f32]) {
     if caps.avx512vnni {
         // SAFETY: avx512f detected (implied by avx512vnni).
         return unsafe { super::x86::silu_mul_avx512(gate, up) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if caps.avx2 {
+        // SAFETY: avx2 and fma detected (`CpuCaps::avx2`).
+        return unsafe { super::x86::silu_mul_avx2(gate, up) };
     }
     let _ = caps;
     for (g, u) in gate.iter_mut().zip(up) {
@@ -140,27 +153,62 @@ mod tests {
             .map(|i| ((i as f32 * 0.618_034).fract() - 0.8) * 40.0)
             .collect();
         let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let (got, want) = (sum_exp(&x, m), sum_exp_scalar(&x, m));
-        assert!((got - want).abs() <= 1e-6 * want, "{got} vs {want}");
+        let want = sum_exp_scalar(&x, m);
         let mut y = x.clone();
         y[77] = f32::NAN;
-        assert!(sum_exp(&y, m).is_nan());
-        assert!(sum_exp(&[], 0.0) == 0.0);
+        // Every vector path this processor can run, not only the one `sum_exp` picks.
+        let mut paths: Vec<(&str, fn(&[f32], f32) -> f64)> = vec![("picked", sum_exp)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                // SAFETY: avx2, fma and f16c detected.
+                paths.push(("avx2", |x, m| unsafe {
+                    super::super::x86::sum_exp_avx2(x, m)
+                }));
+            }
+            if has!("avx512f") {
+                // SAFETY: avx512f detected.
+                paths.push(("avx512", |x, m| unsafe {
+                    super::super::x86::sum_exp_avx512(x, m)
+                }));
+            }
+        }
+        for (name, f) in paths {
+            let got = f(&x, m);
+            assert!((got - want).abs() <= 1e-6 * want, "{name}: {got} vs {want}");
+            assert!(f(&y, m).is_nan(), "{name}: a NaN logit must give NaN");
+            assert!(f(&[], 0.0) == 0.0, "{name}");
+            // Fewer values than one vector: the scalar remainder alone.
+            let short = f(&x[..5], m);
+            let short_want = sum_exp_scalar(&x[..5], m);
+            assert!((short - short_want).abs() <= 1e-9 * short_want, "{name}");
+        }
     }
 
     #[test]
     fn vector_silu_matches_the_scalar_one() {
         let g: Vec<f32> = (0..1003).map(|i| (i as f32 - 500.0) * 0.05).collect();
         let u: Vec<f32> = (0..1003).map(|i| 1.0 + (i % 7) as f32 * 0.1).collect();
+        use super::super::CpuCaps;
         let mut want = g.clone();
-        silu_mul(super::super::CpuCaps::portable(), &mut want, &u);
-        let mut got = g.clone();
-        silu_mul(super::super::CpuCaps::detect(), &mut got, &u);
-        for ((a, b), x) in got.iter().zip(&want).zip(&g) {
-            assert!(
-                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
-                "silu({x}): {a} vs {b}"
-            );
+        silu_mul(CpuCaps::portable(), &mut want, &u);
+        let detected = CpuCaps::detect();
+        // The AVX2 path too where the processor would take the AVX-512 one.
+        let mut caps = vec![detected];
+        if detected.avx2 {
+            caps.push(CpuCaps::avx2_only());
+        }
+        for c in caps {
+            let mut got = g.clone();
+            silu_mul(c, &mut got, &u);
+            for ((a, b), x) in got.iter().zip(&want).zip(&g) {
+                assert!(
+                    (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                    "{}: silu({x}): {a} vs {b}",
+                    c.describe()
+                );
+            }
         }
     }
 }

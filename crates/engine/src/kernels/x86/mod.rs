@@ -52,6 +52,59 @@ pub fn exp256(x: __m256) -> __m256 {
     _mm256_mul_ps(p, _mm256_castsi256_ps(two_n))
 }
 
+/// [`sum_exp_avx512`] on 8 lanes: `exp256` in f32 over 256 values at a time, those sums in
+/// f64; NaN if any x − m is NaN (the clamp inside `exp256` would hide it).
+#[target_feature(enable = "avx2,fma")]
+pub fn sum_exp_avx2(x: &[f32], m: f32) -> f64 {
+    let mv = _mm256_set1_ps(m);
+    let mut total = 0f64;
+    let mut nan = _mm256_setzero_ps();
+    for chunk in x.chunks(256) {
+        let mut acc = _mm256_setzero_ps();
+        let mut it = chunk.chunks_exact(8);
+        for c in &mut it {
+            // SAFETY: `c` holds 8 values.
+            let d = _mm256_sub_ps(unsafe { _mm256_loadu_ps(c.as_ptr()) }, mv);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(d, d));
+            acc = _mm256_add_ps(acc, exp256(d));
+        }
+        // SAFETY: avx2, fma and (implied by the callers' checks) f16c are available.
+        total += unsafe { hsum(acc) } as f64;
+        total += it
+            .remainder()
+            .iter()
+            .map(|&v| ((v - m) as f64).exp())
+            .sum::<f64>();
+    }
+    if _mm256_movemask_ps(nan) != 0 {
+        f64::NAN
+    } else {
+        total
+    }
+}
+
+/// `gate ← silu(gate) · up`, 8 lanes at a time ([`silu_mul_avx512`] without AVX-512).
+#[target_feature(enable = "avx2,fma")]
+pub fn silu_mul_avx2(gate: &mut [f32], up: &[f32]) {
+    let n = gate.len().min(up.len());
+    let mut i = 0;
+    let one = _mm256_set1_ps(1.0);
+    // SAFETY: every access stays below n.
+    unsafe {
+        while i + 8 <= n {
+            let g = _mm256_loadu_ps(gate.as_ptr().add(i));
+            let u = _mm256_loadu_ps(up.as_ptr().add(i));
+            let e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), g));
+            let s = _mm256_div_ps(g, _mm256_add_ps(one, e));
+            _mm256_storeu_ps(gate.as_mut_ptr().add(i), _mm256_mul_ps(s, u));
+            i += 8;
+        }
+    }
+    for (g, u) in gate[i..n].iter_mut().zip(&up[i..n]) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16_scale(p: *const u8) -> f32 {
