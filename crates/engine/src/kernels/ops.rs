@@ -157,7 +157,8 @@ mod tests {
         let mut y = x.clone();
         y[77] = f32::NAN;
         // Every vector path this processor can run, not only the one `sum_exp` picks.
-        let mut paths: Vec<(&str, fn(&[f32], f32) -> f64)> = vec![("picked", sum_exp)];
+        type SumExp = fn(&[f32], f32) -> f64;
+        let mut paths: Vec<(&str, SumExp)> = vec![("picked", sum_exp)];
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
