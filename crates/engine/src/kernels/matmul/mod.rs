@@ -356,6 +356,19 @@ pub fn nibbles_on_f32_tiles(caps: CpuCaps, w: &QMatrix<'_>) -> bool {
     !caps.avx512vnni && nibbles && 4 * padded > 5 * blocks
 }
 
+/// Whether the AVX2 decode kernel may read [`super::x86::TAIL_SLACK`] bytes past byte `end`
+/// of `w`'s data (the end of the rows it is given).
+#[cfg(target_arch = "x86_64")]
+fn slack_after(w: &QMatrix<'_>, end: usize) -> bool {
+    w.data.len() >= end + super::x86::TAIL_SLACK
+}
+
+/// Where `part`, a slice of `w`'s data, starts in it.
+#[cfg(target_arch = "x86_64")]
+fn offset_in(w: &QMatrix<'_>, part: &[u8]) -> usize {
+    part.as_ptr() as usize - w.data.as_ptr() as usize
+}
+
 /// Two or three tokens on packed rows with AVX2 (four and more take the tiles): the decode
 /// kernel once per token on each group of four rows, while those rows are in cache.
 #[cfg(target_arch = "x86_64")]
@@ -393,6 +406,7 @@ fn packed_tokens_avx2(
                         a.qs.as_ptr(),
                         a.d.as_ptr(),
                         [a.so.as_ptr(), a.so2.as_ptr()],
+                        slack_after(w, (r + 4) * w.row_bytes()),
                     )
                 }
             },
@@ -405,6 +419,7 @@ fn packed_tokens_avx2(
                         a.qs.as_ptr(),
                         a.d.as_ptr(),
                         [a.so.as_ptr(), a.so2.as_ptr()],
+                        slack_after(w, (r + 1) * w.row_bytes()),
                     )
                 }
             },
@@ -583,7 +598,7 @@ fn packed_decode_as<const L: u8>(
             pool,
             mats,
             // SAFETY (both): as below, with avx2 detected by the caller.
-            |_, rows, rb| unsafe {
+            |w, rows, rb| unsafe {
                 super::x86::dot4_packed_avx2::<L>(
                     rows.as_ptr(),
                     rb,
@@ -591,15 +606,17 @@ fn packed_decode_as<const L: u8>(
                     a.qs.as_ptr(),
                     a.d.as_ptr(),
                     [a.so.as_ptr(), a.so2.as_ptr()],
+                    slack_after(w, offset_in(w, rows) + 4 * rb),
                 )
             },
-            |_, row| unsafe {
+            |w, row| unsafe {
                 super::x86::dot_packed_avx2::<L>(
                     row.as_ptr(),
                     blocks,
                     a.qs.as_ptr(),
                     a.d.as_ptr(),
                     [a.so.as_ptr(), a.so2.as_ptr()],
+                    slack_after(w, offset_in(w, row) + row.len()),
                 )
             },
         );

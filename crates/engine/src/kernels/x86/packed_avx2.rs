@@ -16,7 +16,8 @@ use super::*;
 use crate::kernels::packed::Layout;
 
 /// Four consecutive packed rows against one token, one row after the other (one forward
-/// stream, as the VNNI kernel reads them).
+/// stream, as the VNNI kernel reads them). `slack`: at least [`TAIL_SLACK`] readable bytes of
+/// the same buffer follow the fourth row (the first three always have the next row after them).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot4_packed_avx2<const L: u8>(
     row: *const u8,
@@ -25,29 +26,46 @@ pub unsafe fn dot4_packed_avx2<const L: u8>(
     xq: *const i8,
     xd: *const f32,
     xso: [*const f32; 2],
+    slack: bool,
 ) -> [f32; 4] {
     // SAFETY: the caller guarantees four packed rows of `blocks` blocks, `row_bytes` apart, at
-    // `row`, and 512 quants and 16 factors per superblock at xq, xd, xso.
+    // `row`, the slack it claims after them, and 512 quants and 16 factors per superblock at
+    // xq, xd, xso.
     unsafe {
-        std::array::from_fn(|i| dot_packed_avx2::<L>(row.add(i * row_bytes), blocks, xq, xd, xso))
+        std::array::from_fn(|i| {
+            let slack = i < 3 || slack;
+            dot_packed_avx2::<L>(row.add(i * row_bytes), blocks, xq, xd, xso, slack)
+        })
     }
 }
+
+/// How far past a row's end the decode kernel may read when told it has slack: a tail's
+/// 32-byte halves start inside the tail, so at most 31 bytes beyond it.
+pub const TAIL_SLACK: usize = 32;
 
 /// Room for any layout's whole superblock.
 const SB_ROOM: usize = 576;
 
 /// Where a superblock's vectors lie, as `vnni::Geo`: a whole superblock has 64-byte steps; a
-/// row's tail of `n` lanes `4n`-byte steps, read with masked loads (each 256-bit half holds lanes
-/// `8h..8h+8` at byte `32h` of a step either way). The decode kernel passes [`G2::FULL`] as a
-/// constant for whole superblocks.
+/// row's tail of `n` lanes `4n`-byte steps (each 256-bit half holds lanes `8h..8h+8` at byte
+/// `32h` of a step either way), read with masked loads, or with whole ones where `over` says
+/// the bytes past the tail may be read: the lanes past it then hold whatever follows, whose
+/// integer sums (finite, and against the zeros `PackedActs` pads superblocks with) meet
+/// factors that stay masked to zero, since a stray f16 could be a NaN. The decode kernel
+/// passes [`G2::FULL`] as a constant for whole superblocks.
 #[derive(Clone, Copy)]
 struct G2 {
     v: usize,
     n: usize,
+    over: bool,
 }
 
 impl G2 {
-    const FULL: G2 = G2 { v: 64, n: 16 };
+    const FULL: G2 = G2 {
+        v: 64,
+        n: 16,
+        over: false,
+    };
 
     #[inline(always)]
     fn full(self) -> bool {
@@ -66,7 +84,7 @@ impl G2 {
 unsafe fn load_half(p: *const u8, h: usize, g: G2) -> __m256i {
     // SAFETY: the caller guarantees the step's `g.v` bytes at `p`; masked lanes are not read.
     unsafe {
-        if g.full() {
+        if g.full() || g.over {
             _mm256_loadu_si256(p.add(32 * h) as *const __m256i)
         } else {
             let m = _mm256_cmpgt_epi32(
@@ -423,7 +441,9 @@ macro_rules! superblock_dots_avx2 {
 }
 
 /// One packed row of `blocks` blocks against one token's packed activations; see the module
-/// comment. Lines 8 KiB ahead are requested into L2 as for the VNNI kernel.
+/// comment. Lines 8 KiB ahead are requested into L2 as for the VNNI kernel. With `slack` (at
+/// least [`TAIL_SLACK`] readable bytes of the same buffer after the row) a tail is read with
+/// whole loads: masked ones made a row's tail cost about two whole superblocks.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_packed_avx2<const L: u8>(
@@ -432,31 +452,26 @@ pub unsafe fn dot_packed_avx2<const L: u8>(
     xq: *const i8,
     xd: *const f32,
     xso: [*const f32; 2],
+    slack: bool,
 ) -> f32 {
-    // SAFETY: the caller guarantees a packed row of `blocks` blocks at `w`, and 512 quants
-    // and 16 factors per superblock at xq, xd, xso.
+    // SAFETY: the caller guarantees a packed row of `blocks` blocks at `w`, the slack it
+    // claims after it, and 512 quants and 16 factors per superblock at xq, xd, xso, zero past
+    // the row's blocks.
     unsafe {
         let sbb = const { layout_of(L).superblock_bytes() };
         let (full, tail) = (blocks / 16, blocks % 16);
         let mut acc = [_mm256_setzero_ps(); 2];
         superblock_dots_avx2!(L, false, w, 0, full, xq, xd, xso, G2::FULL, &mut acc);
         if tail > 0 {
-            let g = G2 {
-                v: 4 * tail,
-                n: tail,
-            };
-            superblock_dots_avx2!(
-                L,
-                true,
-                w.add(full * sbb),
-                full,
-                1,
-                xq,
-                xd,
-                xso,
-                g,
-                &mut acc
-            );
+            let (v, n, at) = (4 * tail, tail, w.add(full * sbb));
+            // Two expansions, so that `over` is a constant in each.
+            if slack {
+                let g = G2 { v, n, over: true };
+                superblock_dots_avx2!(L, true, at, full, 1, xq, xd, xso, g, &mut acc);
+            } else {
+                let g = G2 { v, n, over: false };
+                superblock_dots_avx2!(L, true, at, full, 1, xq, xd, xso, g, &mut acc);
+            }
         }
         hsum(_mm256_add_ps(acc[0], acc[1]))
     }
@@ -873,6 +888,121 @@ mod tests {
             // SAFETY: a packed tail of n lanes; AVX2 detected above.
             unsafe { widen_tail_into(layout, tail.as_ptr(), n, &mut got) };
             assert_eq!(&got[..want.len()], &want[..], "{dtype:?} tail of {n}");
+        }
+    }
+
+    /// `rows` rows of `dtype` at `cols` in ggml's layout: candle's quantization where it has
+    /// one, else random blocks whose leading f16 scale is 1/128 (IQ4_NL, IQ4_XS).
+    fn ggml_rows(dtype: WeightType, rows: usize, cols: usize) -> Vec<u8> {
+        let vals: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+            .collect();
+        if let Some(t) = dtype.to_candle() {
+            let x = candle_core::Tensor::from_slice(&vals, (rows, cols), &candle_core::Device::Cpu)
+                .unwrap();
+            return candle_core::quantized::QTensor::quantize(&x, t)
+                .unwrap()
+                .data()
+                .unwrap()
+                .to_vec();
+        }
+        let n = rows * cols / dtype.block_size() * dtype.type_size();
+        let mut b: Vec<u8> = (0..n).map(|i| (i * 7919 % 251) as u8).collect();
+        for blk in b.chunks_exact_mut(dtype.type_size()) {
+            blk[..2].copy_from_slice(&half::f16::from_f32(1.0 / 128.0).to_le_bytes());
+        }
+        b
+    }
+
+    /// Each of four rows with the tail read by whole loads past its end (`slack`) and by masked
+    /// loads, against activations that are zero past the row's blocks.
+    fn with_and_without_slack<const L: u8>(
+        pk: &[u8],
+        pb: usize,
+        blocks: usize,
+        a: &packed::PackedActs,
+    ) -> [[f32; 4]; 2] {
+        let (xq, xd, xso) = (a.qs.as_ptr(), a.d.as_ptr(), [a.so.as_ptr(), a.so2.as_ptr()]);
+        // SAFETY: four packed rows of `blocks` blocks and TAIL_SLACK bytes after them; the
+        // activations cover whole superblocks; AVX2 detected by the caller.
+        unsafe {
+            let over = dot4_packed_avx2::<L>(pk.as_ptr(), pb, blocks, xq, xd, xso, true);
+            let one: [f32; 4] = std::array::from_fn(|i| {
+                dot_packed_avx2::<L>(pk.as_ptr().add(i * pb), blocks, xq, xd, xso, true)
+            });
+            assert_eq!(over.map(f32::to_bits), one.map(f32::to_bits));
+            let masked: [f32; 4] = std::array::from_fn(|i| {
+                dot_packed_avx2::<L>(pk.as_ptr().add(i * pb), blocks, xq, xd, xso, false)
+            });
+            [over, masked]
+        }
+    }
+
+    /// A tail read with whole loads gives, bit for bit, what masked loads give, whatever the
+    /// bytes past it hold (the next row, or garbage after the last one): every layout, tails of
+    /// 2 to 12 blocks.
+    #[test]
+    fn whole_loads_past_a_tail_change_nothing() {
+        if !std::arch::is_x86_feature_detected!("avx2")
+            || !std::arch::is_x86_feature_detected!("fma")
+            || !std::arch::is_x86_feature_detected!("f16c")
+        {
+            return;
+        }
+        use crate::kernels::x86::{
+            L_I4, L_I4K, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8,
+        };
+        for (dtype, cols) in [
+            (WeightType::Q4_0, 800),
+            (WeightType::Q4_1, 576),
+            (WeightType::Q5_0, 896),
+            (WeightType::Q5_1, 800),
+            (WeightType::Q8_0, 576),
+            (WeightType::IQ4_NL, 800),
+            (WeightType::Q4K, 4864),
+            (WeightType::Q5K, 768),
+            (WeightType::Q6K, 4864),
+            (WeightType::IQ4_XS, 768),
+        ] {
+            let bytes = ggml_rows(dtype, 4, cols);
+            let (rb, pb) = (bytes.len() / 4, packed::row_bytes(dtype, cols));
+            for fill in [0x00u8, 0xff, 0x7c] {
+                let mut pk = vec![fill; 4 * pb + TAIL_SLACK];
+                for (s, o) in bytes.chunks_exact(rb).zip(pk.chunks_exact_mut(pb)) {
+                    packed::pack_row(dtype, s, o);
+                }
+                let x: Vec<f32> = (0..cols)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                    .collect();
+                let mut q = vec![crate::kernels::BlockQ8::default(); cols / crate::kernels::QK];
+                crate::kernels::quantize_row_q8(&x, &mut q);
+                let a = packed::PackedActs::new(&q, dtype);
+                let blocks = cols / crate::kernels::QK;
+                let r = match crate::kernels::x86::layout_code(Layout::of(dtype).unwrap()) {
+                    L_Q4 => with_and_without_slack::<L_Q4>(&pk, pb, blocks, &a),
+                    L_Q8 => with_and_without_slack::<L_Q8>(&pk, pb, blocks, &a),
+                    L_Q4M => with_and_without_slack::<L_Q4M>(&pk, pb, blocks, &a),
+                    L_Q6 => with_and_without_slack::<L_Q6>(&pk, pb, blocks, &a),
+                    L_Q4K => with_and_without_slack::<L_Q4K>(&pk, pb, blocks, &a),
+                    L_Q5K => with_and_without_slack::<L_Q5K>(&pk, pb, blocks, &a),
+                    L_I4K => with_and_without_slack::<L_I4K>(&pk, pb, blocks, &a),
+                    L_Q5 => with_and_without_slack::<L_Q5>(&pk, pb, blocks, &a),
+                    L_I4 => with_and_without_slack::<L_I4>(&pk, pb, blocks, &a),
+                    L_Q5M => with_and_without_slack::<L_Q5M>(&pk, pb, blocks, &a),
+                    c => panic!("layout code {c}"),
+                };
+                assert!(
+                    r[1].iter().all(|v| v.is_finite() && *v != 0.0),
+                    "{dtype:?}: {r:?}"
+                );
+                assert_eq!(
+                    r[0].map(f32::to_bits),
+                    r[1].map(f32::to_bits),
+                    "{dtype:?} at {cols}, bytes past the rows {fill:#x}: {:?} vs {:?}",
+                    r[0],
+                    r[1]
+                );
+            }
         }
     }
 }
