@@ -157,6 +157,36 @@ impl Sampler {
         &self.params
     }
 
+    /// How many of the most likely tokens top-k, top-p and min-p keep (at least one), given
+    /// the first `head.len()` of the `n` probabilities sorted; `None` if that head is too short
+    /// to tell.
+    fn cut(&self, head: &[(u32, f32)], n: usize) -> Option<usize> {
+        let m = head.len();
+        let mut keep = n;
+        if self.params.top_k > 0 {
+            keep = keep.min(self.params.top_k);
+        }
+        if self.params.top_p < 1.0 {
+            let mut acc = 0.0;
+            for (i, p) in head.iter().enumerate().take(keep) {
+                acc += p.1;
+                if acc >= self.params.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        if self.params.min_p > 0.0 {
+            let floor = head[0].1 * self.params.min_p;
+            let above = head.iter().take_while(|p| p.1 >= floor).count();
+            // All of the head above the floor: more may be further on.
+            if above < m || m == n {
+                keep = keep.min(above.max(1));
+            }
+        }
+        (keep <= m).then_some(keep.max(1))
+    }
+
     /// Picks a token from `logits` (modified in place); `context` feeds the repetition penalty.
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32]) -> Sampled {
         if self.params.repetition_penalty != 1.0 {
@@ -201,34 +231,25 @@ impl Sampler {
         }
         let needs_sort =
             self.params.top_k > 0 || self.params.top_p < 1.0 || self.params.min_p > 0.0;
-        if needs_sort {
-            self.probs
-                .sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            let mut keep = self.probs.len();
-            if self.params.top_k > 0 {
-                keep = keep.min(self.params.top_k);
-            }
-            if self.params.top_p < 1.0 {
-                let mut acc = 0.0;
-                for (i, p) in self.probs.iter().enumerate().take(keep) {
-                    acc += p.1;
-                    if acc >= self.params.top_p {
-                        keep = i + 1;
-                        break;
-                    }
+        if needs_sort && !self.probs.is_empty() {
+            // The kept tokens are a short head of the sorted vocabulary: sorting all of it
+            // (150k entries for Qwen2.5) took longer than a small model's forward pass. The head
+            // is sorted in growing prefixes, each selected in linear time, until the cut falls
+            // inside one; the order is total, so every prefix is that of the full sort.
+            let by_prob = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+            let n = self.probs.len();
+            let mut m = 64.min(n);
+            let keep = loop {
+                if m < n {
+                    self.probs.select_nth_unstable_by(m - 1, by_prob);
                 }
-            }
-            if self.params.min_p > 0.0 {
-                let floor = self.probs[0].1 * self.params.min_p;
-                keep = keep.min(
-                    self.probs
-                        .iter()
-                        .take_while(|p| p.1 >= floor)
-                        .count()
-                        .max(1),
-                );
-            }
-            self.probs.truncate(keep.max(1));
+                self.probs[..m].sort_unstable_by(by_prob);
+                match self.cut(&self.probs[..m], n) {
+                    Some(keep) => break keep,
+                    None => m = (m * 8).min(n),
+                }
+            };
+            self.probs.truncate(keep);
         }
         let total: f32 = self.probs.iter().map(|p| p.1).sum();
         let mut r = self.rng.random::<f32>() * total;
@@ -279,6 +300,92 @@ mod tests {
             let got = s.sample(&mut logits.clone(), &[positive]);
             assert_eq!(got.id, positive, "the penalised-up token dominates");
             assert!(got.logprob.is_finite());
+        }
+    }
+
+    /// The filters as first written, on the whole vocabulary sorted: what the partial sorts must
+    /// reproduce, token for token.
+    fn full_sort_sample(params: &SamplingParams, rng: &mut StdRng, logits: &[f32]) -> u32 {
+        let t = params.temperature as f64;
+        let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut probs: Vec<(u32, f32)> = Vec::new();
+        let mut sum = 0f64;
+        for (i, &l) in logits.iter().enumerate() {
+            let p = ((l - m) as f64 / t).exp();
+            sum += p;
+            probs.push((i as u32, p as f32));
+        }
+        for p in probs.iter_mut() {
+            p.1 = (p.1 as f64 / sum) as f32;
+        }
+        probs.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut keep = probs.len();
+        if params.top_k > 0 {
+            keep = keep.min(params.top_k);
+        }
+        if params.top_p < 1.0 {
+            let mut acc = 0.0;
+            for (i, p) in probs.iter().enumerate().take(keep) {
+                acc += p.1;
+                if acc >= params.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        if params.min_p > 0.0 {
+            let floor = probs[0].1 * params.min_p;
+            keep = keep.min(probs.iter().take_while(|p| p.1 >= floor).count().max(1));
+        }
+        probs.truncate(keep.max(1));
+        let total: f32 = probs.iter().map(|p| p.1).sum();
+        let mut r = rng.random::<f32>() * total;
+        let mut id = probs[probs.len() - 1].0;
+        for &(i, p) in &probs {
+            if r < p {
+                id = i;
+                break;
+            }
+            r -= p;
+        }
+        id
+    }
+
+    /// Sorting only the head the filters keep picks what sorting everything picked, for heads
+    /// inside the first prefix and past several (flat distributions keep thousands of tokens).
+    #[test]
+    fn partial_sorts_pick_what_the_full_sort_picked() {
+        for vocab in [7usize, 300, 5000, 151_936] {
+            for (spread, temperature) in [(8.0f32, 0.7f32), (0.5, 1.0), (0.0, 1.3)] {
+                let logits: Vec<f32> = (0..vocab)
+                    .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * spread)
+                    .collect();
+                for (top_k, top_p, min_p) in [
+                    (0, 0.9, 0.0),
+                    (0, 0.999, 0.0),
+                    (40, 1.0, 0.0),
+                    (1000, 0.95, 0.0),
+                    (0, 1.0, 0.05),
+                    (0, 1.0, 0.9),
+                    (50, 0.8, 0.1),
+                ] {
+                    let params = SamplingParams {
+                        temperature,
+                        top_k,
+                        top_p,
+                        min_p,
+                        seed: vocab as u64 + top_k as u64,
+                        ..Default::default()
+                    };
+                    let mut s = Sampler::new(params.clone()).unwrap();
+                    let mut rng = StdRng::seed_from_u64(params.seed);
+                    for step in 0..5 {
+                        let got = s.sample(&mut logits.clone(), &[]).id;
+                        let want = full_sort_sample(&params, &mut rng, &logits);
+                        assert_eq!(got, want, "vocab {vocab}, {params:?}, step {step}");
+                    }
+                }
+            }
         }
     }
 
