@@ -443,7 +443,7 @@ macro_rules! superblock_dots_avx2 {
 /// One packed row of `blocks` blocks against one token's packed activations; see the module
 /// comment. Lines 8 KiB ahead are requested into L2 as for the VNNI kernel. With `slack` (at
 /// least [`TAIL_SLACK`] readable bytes of the same buffer after the row) a tail is read with
-/// whole loads: masked ones made a row's tail cost about two whole superblocks.
+/// whole loads: masked loads at every step slowed the rows with a tail.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_packed_avx2<const L: u8>(
