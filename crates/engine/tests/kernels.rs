@@ -275,6 +275,11 @@ fn packed_layout_matches_ggml_layout() {
         // SmolLM2-135M's rows: a tail of 2 blocks after one whole superblock.
         (WeightType::Q4_1, 576),
         (WeightType::Q8_0, 576),
+        // Rows of a tail alone, which prompts on AVX2 alone multiply in f32 (nibbles) or in
+        // the 8-bit tile widened (Q8_0).
+        (WeightType::Q4_1, 96),
+        (WeightType::Q4_0, 64),
+        (WeightType::Q8_0, 96),
     ] {
         assert!(packed::packable(dtype, cols), "{dtype:?}");
         let w = rand_vec(rows * cols, 7);

@@ -344,8 +344,9 @@ fn matmul_packed(
 
 /// Whether a prompt on packed nibble rows (Q4_0, Q4_1, Q4_K) takes the f32 tiles on AVX2 alone:
 /// the 8-bit tile widens a row's tail to a whole half superblock (8 blocks), and where that
-/// adds more than a quarter to the row's work (SmolLM2's 576-wide rows: a third) the f32 tiles,
-/// which take tails as they are, are the faster (docs/benchmarks.md, "AVX2 nibble prompt tile").
+/// more than doubles the row's work (rows of 3 blocks and fewer) the f32 tiles, which take
+/// tails as they are, are the faster (docs/benchmarks.md, "The AVX2 prompt tiles' tails and
+/// sums").
 pub fn nibbles_on_f32_tiles(caps: CpuCaps, w: &QMatrix<'_>) -> bool {
     let nibbles = super::packed::Layout::of(w.dtype).is_some_and(|l| l.nibbles() && !l.grid());
     let blocks = w.cols / QK;
@@ -353,7 +354,7 @@ pub fn nibbles_on_f32_tiles(caps: CpuCaps, w: &QMatrix<'_>) -> bool {
         0 => blocks,
         t => blocks - t + if t <= 8 { 8 } else { 16 },
     };
-    !caps.avx512vnni && nibbles && 4 * padded > 5 * blocks
+    !caps.avx512vnni && nibbles && padded > 2 * blocks
 }
 
 /// Whether the AVX2 decode kernel may read [`super::x86::TAIL_SLACK`] bytes past byte `end`

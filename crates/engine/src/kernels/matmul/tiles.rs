@@ -83,6 +83,7 @@ pub(super) fn tiles_packed(
     blocks: usize,
     out: &mut [f32],
 ) {
+    use crate::kernels::x86::{SB_ROOM, widen_tail_into};
     let rows = w.rows;
     let threads = pool.current_num_threads().max(1);
     let pairs = rows.div_ceil(2);
@@ -92,6 +93,28 @@ pub(super) fn tiles_packed(
     let run = |ti: usize| {
         let p = ptr;
         let (p0, p1) = (ti * per_task, ((ti + 1) * per_task).min(pairs));
+        let pair_rows = |pair: usize| {
+            let r0 = 2 * pair;
+            [r0, (r0 + 1).min(rows - 1)]
+        };
+        // The AVX2 tiles read whole superblocks: each row's tail widened into one here, once
+        // for all the tokens, not in every tile (for every four tokens again).
+        let tail = blocks % 16;
+        let tails: Vec<[u8; SB_ROOM]> = if vnni || tail == 0 {
+            Vec::new()
+        } else {
+            let at = blocks / 16 * layout.superblock_bytes();
+            (p0..p1)
+                .flat_map(pair_rows)
+                .map(|r| {
+                    let mut buf = [0u8; SB_ROOM];
+                    // SAFETY: row r is a packed row of `blocks` blocks, whose tail of `tail`
+                    // lanes starts at `at`; AVX2 detected by the caller.
+                    unsafe { widen_tail_into(layout, w.row(r).as_ptr().add(at), tail, &mut buf) };
+                    buf
+                })
+                .collect()
+        };
         for t in (0..n).step_by(4) {
             let a = &acts[t..t + 4];
             let xq = [0, 1, 2, 3].map(|i| a[i].qs.as_ptr());
@@ -99,9 +122,12 @@ pub(super) fn tiles_packed(
             let xso = [0, 1, 2, 3].map(|i| [a[i].so.as_ptr(), a[i].so2.as_ptr()]);
             let xio = [0, 1, 2, 3].map(|i| a[i].io.as_ptr());
             for pair in p0..p1 {
-                let r0 = 2 * pair;
-                let r1 = (r0 + 1).min(rows - 1);
+                let [r0, r1] = pair_rows(pair);
                 let rows2 = [w.row(r0).as_ptr(), w.row(r1).as_ptr()];
+                let tl = match tails.get(2 * (pair - p0)..2 * (pair - p0) + 2) {
+                    Some([a, b]) => [a.as_ptr(), b.as_ptr()],
+                    _ => [std::ptr::null(); 2],
+                };
                 // SAFETY: rows r0, r1 < rows are packed rows of `blocks` blocks; the four tokens'
                 // activations exist (padded with zeros); features detected by the caller.
                 let v = unsafe {
@@ -120,16 +146,16 @@ pub(super) fn tiles_packed(
                         (true, L_Q5) => tile::<L_Q5>(rows2, blocks, xq, xd, xso, xio),
                         (true, L_I4) => tile::<L_I4>(rows2, blocks, xq, xd, xso, xio),
                         (true, _) => tile::<L_Q5M>(rows2, blocks, xq, xd, xso, xio),
-                        (false, L_Q4) => tile2::<L_Q4>(rows2, blocks, xq, xd, xso, xio),
-                        (false, L_Q8) => tile2::<L_Q8>(rows2, blocks, xq, xd, xso, xio),
-                        (false, L_Q4M) => tile2::<L_Q4M>(rows2, blocks, xq, xd, xso, xio),
-                        (false, L_Q6) => tile2::<L_Q6>(rows2, blocks, xq, xd, xso, xio),
-                        (false, L_Q4K) => tile2::<L_Q4K>(rows2, blocks, xq, xd, xso, xio),
-                        (false, L_Q5K) => tile2::<L_Q5K>(rows2, blocks, xq, xd, xso, xio),
-                        (false, L_I4K) => tile2::<L_I4K>(rows2, blocks, xq, xd, xso, xio),
-                        (false, L_Q5) => tile2::<L_Q5>(rows2, blocks, xq, xd, xso, xio),
-                        (false, L_I4) => tile2::<L_I4>(rows2, blocks, xq, xd, xso, xio),
-                        (false, _) => tile2::<L_Q5M>(rows2, blocks, xq, xd, xso, xio),
+                        (false, L_Q4) => tile2::<L_Q4>(rows2, blocks, tl, xq, xd, xso, xio),
+                        (false, L_Q8) => tile2::<L_Q8>(rows2, blocks, tl, xq, xd, xso, xio),
+                        (false, L_Q4M) => tile2::<L_Q4M>(rows2, blocks, tl, xq, xd, xso, xio),
+                        (false, L_Q6) => tile2::<L_Q6>(rows2, blocks, tl, xq, xd, xso, xio),
+                        (false, L_Q4K) => tile2::<L_Q4K>(rows2, blocks, tl, xq, xd, xso, xio),
+                        (false, L_Q5K) => tile2::<L_Q5K>(rows2, blocks, tl, xq, xd, xso, xio),
+                        (false, L_I4K) => tile2::<L_I4K>(rows2, blocks, tl, xq, xd, xso, xio),
+                        (false, L_Q5) => tile2::<L_Q5>(rows2, blocks, tl, xq, xd, xso, xio),
+                        (false, L_I4) => tile2::<L_I4>(rows2, blocks, tl, xq, xd, xso, xio),
+                        (false, _) => tile2::<L_Q5M>(rows2, blocks, tl, xq, xd, xso, xio),
                     }
                 };
                 for (dt, vt) in v.iter().enumerate().take((n - t).min(4)) {

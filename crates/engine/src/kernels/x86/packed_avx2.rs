@@ -44,7 +44,7 @@ pub unsafe fn dot4_packed_avx2<const L: u8>(
 pub const TAIL_SLACK: usize = 32;
 
 /// Room for any layout's whole superblock.
-const SB_ROOM: usize = 576;
+pub const SB_ROOM: usize = 576;
 
 /// Where a superblock's vectors lie, as `vnni::Geo`: a whole superblock has 64-byte steps; a
 /// row's tail of `n` lanes `4n`-byte steps (each 256-bit half holds lanes `8h..8h+8` at byte
@@ -106,7 +106,7 @@ unsafe fn load_half(p: *const u8, h: usize, g: G2) -> __m256i {
 /// `p` must point at a packed tail superblock of `n` (1..16) lanes in `layout`; AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn widen_tail_into(layout: Layout, p: *const u8, n: usize, buf: &mut [u8; SB_ROOM]) {
+pub unsafe fn widen_tail_into(layout: Layout, p: *const u8, n: usize, buf: &mut [u8; SB_ROOM]) {
     use crate::kernels::packed::{Head, K_SUPER, SB};
     *buf = [0; SB_ROOM];
     let o = buf.as_mut_ptr();
@@ -480,24 +480,29 @@ pub unsafe fn dot_packed_avx2<const L: u8>(
 /// Two packed rows × four tokens, the prompt kernel: each unpacked weight operand feeds four
 /// products and each activation operand two, as in the VNNI tile, with the products summed as
 /// in [`dot_packed_avx2`] (so every path gives the same integer sums per block). The 8-bit
-/// products do 32 multiply-adds per instruction where the f32 tiles do 8.
+/// products do 32 multiply-adds per instruction where the f32 tiles do 8. The rows' tails come
+/// widened into whole superblocks ([`widen_tail_into`], once per row by the caller) in
+/// `tails`, read where `blocks` is not a multiple of 16.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn tile2x4_packed_avx2<const L: u8>(
     rows: [*const u8; 2],
     blocks: usize,
+    tails: [*const u8; 2],
     xq: [*const i8; 4],
     xd: [*const f32; 4],
     xso: [[*const f32; 2]; 4],
     xio: [*const i32; 4],
 ) -> [[f32; 2]; 4] {
-    // SAFETY: as for `dot_packed_avx2`, for both rows and all four tokens.
+    // SAFETY: as for `dot_packed_avx2`, for both rows and all four tokens; where `blocks` is
+    // not a whole number of superblocks, `tails` hold the rows' tails widened by
+    // [`widen_tail_into`].
     unsafe {
         match const { layout_of(L).body() } {
             Layout::Q4 | Layout::Q4M => {
-                return tile2x4_nibbles_avx2::<L>(rows, blocks, xq, xd, xso);
+                return tile2x4_nibbles_avx2::<L>(rows, blocks, tails, xq, xd, xso);
             }
             Layout::Q5 | Layout::Q5M | Layout::Q6 => {
-                return tile2x4_wide_avx2::<L>(rows, blocks, xq, xd, xso, xio);
+                return tile2x4_wide_avx2::<L>(rows, blocks, tails, xq, xd, xso, xio);
             }
             _ => {}
         }
@@ -505,18 +510,12 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
         let (sbb, hb) = const { (layout_of(L).superblock_bytes(), layout_of(L).head_bytes()) };
         let zero = _mm256_setzero_si256();
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-        let (full, tail) = (blocks / 16, blocks % 16);
-        let mut tails = [[0u8; SB_ROOM]; 2];
-        if tail > 0 {
-            for (r, buf) in rows.iter().zip(&mut tails) {
-                widen_tail_into(layout, r.add(full * sbb), tail, buf);
-            }
-        }
-        let tails = (tail > 0).then_some(&tails);
+        let full = blocks / 16;
         for s in 0..blocks.div_ceil(16) {
-            let w = match tails {
-                Some(t) if s == full => [t[0].as_ptr().add(hb), t[1].as_ptr().add(hb)],
-                _ => [rows[0].add(s * sbb + hb), rows[1].add(s * sbb + hb)],
+            let w = if s == full {
+                [tails[0].add(hb), tails[1].add(hb)]
+            } else {
+                [rows[0].add(s * sbb + hb), rows[1].add(s * sbb + hb)]
             };
             for h in 0..2 {
                 let ldw = |r: usize, off: usize| {
@@ -559,8 +558,28 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
                 }
             }
         }
-        acc.map(|a| a.map(|v| hsum(v)))
+        tile_sums(acc)
     }
+}
+
+/// The lane sums of a tile's eight accumulators, `[token][row]`: one transposing reduction
+/// (three rounds of `vhaddps`, then the 128-bit halves added) instead of eight separate ones,
+/// which LLVM left as calls through memory, a cost on short rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_sums(acc: [[__m256; 2]; 4]) -> [[f32; 2]; 4] {
+    let [[a0, a1], [a2, a3], [a4, a5], [a6, a7]] = acc;
+    let b0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    let b1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+    // b0 holds a0..a3's sums over lanes 0..4 then over lanes 4..8; b1 a4..a7's.
+    let v = _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(b0, b1),
+        _mm256_permute2f128_ps::<0x31>(b0, b1),
+    );
+    let mut out = [[0f32; 2]; 4];
+    // SAFETY: `out` is eight contiguous f32.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr() as *mut f32, v) };
+    out
 }
 
 /// [`tile2x4_packed_avx2`] for the nibble layouts (Q4, Q4M and Q4K), written so that the
@@ -574,6 +593,7 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
 unsafe fn tile2x4_nibbles_avx2<const L: u8>(
     rows: [*const u8; 2],
     blocks: usize,
+    tails: [*const u8; 2],
     xq: [*const i8; 4],
     xd: [*const f32; 4],
     xso: [[*const f32; 2]; 4],
@@ -587,16 +607,9 @@ unsafe fn tile2x4_nibbles_avx2<const L: u8>(
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
         let accp = acc.as_mut_ptr() as *mut __m256;
         let (full, tail) = (blocks / 16, blocks % 16);
-        let mut tails = std::mem::MaybeUninit::<[[u8; SB_ROOM]; 2]>::uninit();
-        let tp = tails.as_mut_ptr() as *mut [u8; SB_ROOM];
-        if tail > 0 {
-            for (i, r) in rows.iter().enumerate() {
-                widen_tail_into(layout, r.add(full * sbb), tail, &mut *tp.add(i));
-            }
-        }
         for s in 0..blocks.div_ceil(16) {
             let w = if s == full {
-                [(*tp).as_ptr().add(hb), (*tp.add(1)).as_ptr().add(hb)]
+                [tails[0].add(hb), tails[1].add(hb)]
             } else {
                 [rows[0].add(s * sbb + hb), rows[1].add(s * sbb + hb)]
             };
@@ -654,7 +667,7 @@ unsafe fn tile2x4_nibbles_avx2<const L: u8>(
                 }
             }
         }
-        acc.map(|a| a.map(|v| hsum(v)))
+        tile_sums(acc)
     }
 }
 
@@ -732,6 +745,7 @@ unsafe fn i8_pairs_half(p: *const u8, h: usize) -> __m256i {
 unsafe fn tile2x4_wide_avx2<const L: u8>(
     rows: [*const u8; 2],
     blocks: usize,
+    tails: [*const u8; 2],
     xq: [*const i8; 4],
     xd: [*const f32; 4],
     xso: [[*const f32; 2]; 4],
@@ -748,16 +762,9 @@ unsafe fn tile2x4_wide_avx2<const L: u8>(
         let zero = _mm256_setzero_si256();
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
         let (full, tail) = (blocks / 16, blocks % 16);
-        let mut tails = std::mem::MaybeUninit::<[[u8; SB_ROOM]; 2]>::uninit();
-        let tp = tails.as_mut_ptr() as *mut [u8; SB_ROOM];
-        if tail > 0 {
-            for (i, r) in rows.iter().enumerate() {
-                widen_tail_into(layout, r.add(full * sbb), tail, &mut *tp.add(i));
-            }
-        }
         for s in 0..blocks.div_ceil(16) {
             let w = if s == full {
-                [(*tp).as_ptr().add(hb), (*tp.add(1)).as_ptr().add(hb)]
+                [tails[0].add(hb), tails[1].add(hb)]
             } else {
                 [rows[0].add(s * sbb + hb), rows[1].add(s * sbb + hb)]
             };
@@ -853,7 +860,7 @@ unsafe fn tile2x4_wide_avx2<const L: u8>(
                 }
             }
         }
-        acc.map(|a| a.map(|v| hsum(v)))
+        tile_sums(acc)
     }
 }
 
