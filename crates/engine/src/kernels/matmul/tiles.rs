@@ -83,7 +83,7 @@ pub(super) fn tiles_packed(
     blocks: usize,
     out: &mut [f32],
 ) {
-    use crate::kernels::x86::{SB_ROOM, widen_tail_into};
+    use crate::kernels::x86::{SB_ROOM, TileRows, widen_tail_into};
     let rows = w.rows;
     let threads = pool.current_num_threads().max(1);
     let pairs = rows.div_ceil(2);
@@ -124,9 +124,13 @@ pub(super) fn tiles_packed(
             for pair in p0..p1 {
                 let [r0, r1] = pair_rows(pair);
                 let rows2 = [w.row(r0).as_ptr(), w.row(r1).as_ptr()];
-                let tl = match tails.get(2 * (pair - p0)..2 * (pair - p0) + 2) {
-                    Some([a, b]) => [a.as_ptr(), b.as_ptr()],
-                    _ => [std::ptr::null(); 2],
+                let tr = TileRows {
+                    at: rows2,
+                    tails: match tails.get(2 * (pair - p0)..2 * (pair - p0) + 2) {
+                        Some([a, b]) => [a.as_ptr(), b.as_ptr()],
+                        _ => [std::ptr::null(); 2],
+                    },
+                    ahead: t == 0,
                 };
                 // SAFETY: rows r0, r1 < rows are packed rows of `blocks` blocks; the four tokens'
                 // activations exist (padded with zeros); features detected by the caller.
@@ -146,16 +150,16 @@ pub(super) fn tiles_packed(
                         (true, L_Q5) => tile::<L_Q5>(rows2, blocks, xq, xd, xso, xio),
                         (true, L_I4) => tile::<L_I4>(rows2, blocks, xq, xd, xso, xio),
                         (true, _) => tile::<L_Q5M>(rows2, blocks, xq, xd, xso, xio),
-                        (false, L_Q4) => tile2::<L_Q4>(rows2, blocks, tl, xq, xd, xso, xio),
-                        (false, L_Q8) => tile2::<L_Q8>(rows2, blocks, tl, xq, xd, xso, xio),
-                        (false, L_Q4M) => tile2::<L_Q4M>(rows2, blocks, tl, xq, xd, xso, xio),
-                        (false, L_Q6) => tile2::<L_Q6>(rows2, blocks, tl, xq, xd, xso, xio),
-                        (false, L_Q4K) => tile2::<L_Q4K>(rows2, blocks, tl, xq, xd, xso, xio),
-                        (false, L_Q5K) => tile2::<L_Q5K>(rows2, blocks, tl, xq, xd, xso, xio),
-                        (false, L_I4K) => tile2::<L_I4K>(rows2, blocks, tl, xq, xd, xso, xio),
-                        (false, L_Q5) => tile2::<L_Q5>(rows2, blocks, tl, xq, xd, xso, xio),
-                        (false, L_I4) => tile2::<L_I4>(rows2, blocks, tl, xq, xd, xso, xio),
-                        (false, _) => tile2::<L_Q5M>(rows2, blocks, tl, xq, xd, xso, xio),
+                        (false, L_Q4) => tile2::<L_Q4>(tr, blocks, xq, xd, xso, xio),
+                        (false, L_Q8) => tile2::<L_Q8>(tr, blocks, xq, xd, xso, xio),
+                        (false, L_Q4M) => tile2::<L_Q4M>(tr, blocks, xq, xd, xso, xio),
+                        (false, L_Q6) => tile2::<L_Q6>(tr, blocks, xq, xd, xso, xio),
+                        (false, L_Q4K) => tile2::<L_Q4K>(tr, blocks, xq, xd, xso, xio),
+                        (false, L_Q5K) => tile2::<L_Q5K>(tr, blocks, xq, xd, xso, xio),
+                        (false, L_I4K) => tile2::<L_I4K>(tr, blocks, xq, xd, xso, xio),
+                        (false, L_Q5) => tile2::<L_Q5>(tr, blocks, xq, xd, xso, xio),
+                        (false, L_I4) => tile2::<L_I4>(tr, blocks, xq, xd, xso, xio),
+                        (false, _) => tile2::<L_Q5M>(tr, blocks, xq, xd, xso, xio),
                     }
                 };
                 for (dt, vt) in v.iter().enumerate().take((n - t).min(4)) {

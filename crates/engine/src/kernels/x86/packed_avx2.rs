@@ -477,46 +477,84 @@ pub unsafe fn dot_packed_avx2<const L: u8>(
     }
 }
 
+/// The two weight rows of a prompt tile.
+#[derive(Clone, Copy)]
+pub struct TileRows {
+    /// The packed rows.
+    pub at: [*const u8; 2],
+    /// Their tails widened into whole superblocks by [`widen_tail_into`] (once per row by the
+    /// caller, not in every tile), read where the rows end in a tail.
+    pub tails: [*const u8; 2],
+    /// Whether to request the weights' lines [`PREFETCH_AHEAD`] bytes on into L2 as they are
+    /// read, as the VNNI tile does: the first pass over the rows streams them from memory, and
+    /// a batch of a few tokens (continuous batching) is bound by that stream as one token is;
+    /// later passes find them in the caches.
+    pub ahead: bool,
+}
+
+impl TileRows {
+    /// Both rows' quants of superblock `s` (the tails' where `s == full`, the whole
+    /// superblocks' count), their lines ahead requested first where asked.
+    ///
+    /// # Safety
+    /// Superblock `s` must exist in both rows of layout `L`, and the tails where `s == full`.
+    #[inline(always)]
+    unsafe fn quants<const L: u8>(self, s: usize, full: usize) -> [*const u8; 2] {
+        let (sbb, hb) = const { (layout_of(L).superblock_bytes(), layout_of(L).head_bytes()) };
+        if self.ahead {
+            for r in self.at {
+                // `wrapping_add`: past the end of the matrix the requests are harmless but must
+                // not be pointer arithmetic out of bounds.
+                let a = r.wrapping_add(s * sbb + PREFETCH_AHEAD);
+                for o in (0..sbb).step_by(64) {
+                    // SAFETY: a prefetch reads nothing and cannot fault.
+                    unsafe { _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8) };
+                }
+            }
+        }
+        // SAFETY: the caller guarantees superblock `s` (or the tails).
+        unsafe {
+            if s == full {
+                self.tails.map(|t| t.add(hb))
+            } else {
+                self.at.map(|r| r.add(s * sbb + hb))
+            }
+        }
+    }
+}
+
 /// Two packed rows × four tokens, the prompt kernel: each unpacked weight operand feeds four
 /// products and each activation operand two, as in the VNNI tile, with the products summed as
 /// in [`dot_packed_avx2`] (so every path gives the same integer sums per block). The 8-bit
-/// products do 32 multiply-adds per instruction where the f32 tiles do 8. The rows' tails come
-/// widened into whole superblocks ([`widen_tail_into`], once per row by the caller) in
-/// `tails`, read where `blocks` is not a multiple of 16.
+/// products do 32 multiply-adds per instruction where the f32 tiles do 8.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn tile2x4_packed_avx2<const L: u8>(
-    rows: [*const u8; 2],
+    rows: TileRows,
     blocks: usize,
-    tails: [*const u8; 2],
     xq: [*const i8; 4],
     xd: [*const f32; 4],
     xso: [[*const f32; 2]; 4],
     xio: [*const i32; 4],
 ) -> [[f32; 2]; 4] {
     // SAFETY: as for `dot_packed_avx2`, for both rows and all four tokens; where `blocks` is
-    // not a whole number of superblocks, `tails` hold the rows' tails widened by
-    // [`widen_tail_into`].
+    // not a whole number of superblocks, `rows.tails` hold the rows' tails widened.
     unsafe {
         match const { layout_of(L).body() } {
             Layout::Q4 | Layout::Q4M => {
-                return tile2x4_nibbles_avx2::<L>(rows, blocks, tails, xq, xd, xso);
+                return tile2x4_nibbles_avx2::<L>(rows, blocks, xq, xd, xso);
             }
             Layout::Q5 | Layout::Q5M | Layout::Q6 => {
-                return tile2x4_wide_avx2::<L>(rows, blocks, tails, xq, xd, xso, xio);
+                return tile2x4_wide_avx2::<L>(rows, blocks, xq, xd, xso, xio);
             }
             _ => {}
         }
         let layout = const { layout_of(L) };
-        let (sbb, hb) = const { (layout_of(L).superblock_bytes(), layout_of(L).head_bytes()) };
+        let hb = const { layout_of(L).head_bytes() };
         let zero = _mm256_setzero_si256();
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
         let full = blocks / 16;
         for s in 0..blocks.div_ceil(16) {
-            let w = if s == full {
-                [tails[0].add(hb), tails[1].add(hb)]
-            } else {
-                [rows[0].add(s * sbb + hb), rows[1].add(s * sbb + hb)]
-            };
+            let w = rows.quants::<L>(s, full);
             for h in 0..2 {
                 let ldw = |r: usize, off: usize| {
                     _mm256_loadu_si256(w[r].add(off + 32 * h) as *const __m256i)
@@ -591,9 +629,8 @@ unsafe fn tile_sums(acc: [[__m256; 2]; 4]) -> [[f32; 2]; 4] {
 /// and ran no faster than the f32 tiles.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile2x4_nibbles_avx2<const L: u8>(
-    rows: [*const u8; 2],
+    rows: TileRows,
     blocks: usize,
-    tails: [*const u8; 2],
     xq: [*const i8; 4],
     xd: [*const f32; 4],
     xso: [[*const f32; 2]; 4],
@@ -601,18 +638,14 @@ unsafe fn tile2x4_nibbles_avx2<const L: u8>(
     // SAFETY: as for `dot_packed_avx2`, for both rows and all four tokens.
     unsafe {
         let layout = const { layout_of(L) };
-        let (sbb, hb) = const { (layout_of(L).superblock_bytes(), layout_of(L).head_bytes()) };
+        let hb = const { layout_of(L).head_bytes() };
         let m4 = _mm256_set1_epi8(0x0f);
         let zero = _mm256_setzero_si256();
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
         let accp = acc.as_mut_ptr() as *mut __m256;
         let (full, tail) = (blocks / 16, blocks % 16);
         for s in 0..blocks.div_ceil(16) {
-            let w = if s == full {
-                [tails[0].add(hb), tails[1].add(hb)]
-            } else {
-                [rows[0].add(s * sbb + hb), rows[1].add(s * sbb + hb)]
-            };
+            let w = rows.quants::<L>(s, full);
             // A widened tail of at most 8 blocks has nothing in the second half.
             let halves = if s == full && tail <= 8 { 1 } else { 2 };
             for h in 0..halves {
@@ -743,9 +776,8 @@ unsafe fn i8_pairs_half(p: *const u8, h: usize) -> __m256i {
 /// sums, Q5M's and Q6's `so` (and `so2`) are subtracted in floats under their scales.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile2x4_wide_avx2<const L: u8>(
-    rows: [*const u8; 2],
+    rows: TileRows,
     blocks: usize,
-    tails: [*const u8; 2],
     xq: [*const i8; 4],
     xd: [*const f32; 4],
     xso: [[*const f32; 2]; 4],
@@ -756,18 +788,14 @@ unsafe fn tile2x4_wide_avx2<const L: u8>(
     // `io_lanes` offsets per superblock where the layout has them.
     unsafe {
         let layout = const { layout_of(L) };
-        let (sbb, hb) = const { (layout_of(L).superblock_bytes(), layout_of(L).head_bytes()) };
+        let hb = const { layout_of(L).head_bytes() };
         let q6 = layout == Layout::Q6;
         let iol = layout.io_lanes();
         let zero = _mm256_setzero_si256();
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
         let (full, tail) = (blocks / 16, blocks % 16);
         for s in 0..blocks.div_ceil(16) {
-            let w = if s == full {
-                [tails[0].add(hb), tails[1].add(hb)]
-            } else {
-                [rows[0].add(s * sbb + hb), rows[1].add(s * sbb + hb)]
-            };
+            let w = rows.quants::<L>(s, full);
             // A widened tail of at most 8 blocks has nothing in the second half.
             let halves = if s == full && tail <= 8 { 1 } else { 2 };
             for h in 0..halves {
