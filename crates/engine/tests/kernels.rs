@@ -317,7 +317,9 @@ fn packed_layout_matches_ggml_layout() {
             data: &pk,
             ..ggml
         };
-        for n in [1, 2, 5, 20] {
+        // 4 tokens: one group of the prompt tiles, which then unpack K heads in the tile; 5
+        // and 20 take them unpacked once per row.
+        for n in [1, 2, 4, 5, 20] {
             let x = rand_vec(n * cols, 8 + n as u64);
             let mut want = vec![0f32; n * rows];
             // bakeoff's own Q4_0 / Q8_0 kernels quantize the activations exactly as the packed

@@ -83,7 +83,9 @@ pub(super) fn tiles_packed(
     blocks: usize,
     out: &mut [f32],
 ) {
-    use crate::kernels::x86::{SB_ROOM, TileRows, widen_tail_into};
+    use crate::kernels::x86::{
+        SB_ROOM, TileRows, k_head_factors_into, precomputed_heads, widen_tail_into,
+    };
     let rows = w.rows;
     let threads = pool.current_num_threads().max(1);
     let pairs = rows.div_ceil(2);
@@ -115,6 +117,26 @@ pub(super) fn tiles_packed(
                 })
                 .collect()
         };
+        // The K heads' factors unpacked once per row here too, not in every tile (for every
+        // four tokens again); with a single group of four there is nothing to share.
+        let nsb = blocks.div_ceil(16);
+        let heads: Vec<[f32; 16]> = if vnni || !precomputed_heads(layout) || n <= 4 {
+            Vec::new()
+        } else {
+            let mut v = vec![[0f32; 16]; 2 * nsb * 2 * (p1 - p0)];
+            for (i, (r, out)) in (p0..p1)
+                .flat_map(pair_rows)
+                .zip(v.chunks_exact_mut(2 * nsb))
+                .enumerate()
+            {
+                let tail = tails.get(i).map_or(std::ptr::null(), |t| t.as_ptr());
+                // SAFETY: row r is a packed row of `blocks` blocks, `tail` its widened tail
+                // where it has one; `out` holds two entries per superblock; AVX2 detected by
+                // the caller.
+                unsafe { k_head_factors_into(layout, w.row(r).as_ptr(), tail, blocks, out) };
+            }
+            v
+        };
         for t in (0..n).step_by(4) {
             let a = &acts[t..t + 4];
             let xq = [0, 1, 2, 3].map(|i| a[i].qs.as_ptr());
@@ -131,6 +153,15 @@ pub(super) fn tiles_packed(
                         _ => [std::ptr::null(); 2],
                     },
                     ahead: t == 0,
+                    heads: if heads.is_empty() {
+                        [std::ptr::null(); 2]
+                    } else {
+                        let i = 2 * (pair - p0);
+                        [
+                            heads[2 * nsb * i..].as_ptr(),
+                            heads[2 * nsb * (i + 1)..].as_ptr(),
+                        ]
+                    },
                 };
                 // SAFETY: rows r0, r1 < rows are packed rows of `blocks` blocks; the four tokens'
                 // activations exist (padded with zeros); features detected by the caller.

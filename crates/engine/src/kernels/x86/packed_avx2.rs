@@ -490,6 +490,10 @@ pub struct TileRows {
     /// a batch of a few tokens (continuous batching) is bound by that stream as one token is;
     /// later passes find them in the caches.
     pub ahead: bool,
+    /// The rows' K-head factors written by [`k_head_factors_into`] (null: unpacked in the
+    /// tile): a K head's 6-bit fields took about a tenth of the nibble tile's time when unpacked
+    /// again for every four tokens.
+    pub heads: [*const [f32; 16]; 2],
 }
 
 impl TileRows {
@@ -518,6 +522,72 @@ impl TileRows {
                 self.tails.map(|t| t.add(hb))
             } else {
                 self.at.map(|r| r.add(s * sbb + hb))
+            }
+        }
+    }
+
+    /// Row `r`'s two factors of half `h` of superblock `s` (`head_half`), precomputed where
+    /// the caller has them.
+    ///
+    /// # Safety
+    /// As for [`TileRows::quants`]; `head` must point at that superblock's head.
+    #[inline(always)]
+    unsafe fn factors(
+        self,
+        layout: Layout,
+        r: usize,
+        s: usize,
+        h: usize,
+        head: *const u8,
+    ) -> (__m256, __m256) {
+        // SAFETY: the caller's heads hold two entries per superblock of the rows; otherwise
+        // `head` is the superblock's head.
+        unsafe {
+            let f = self.heads[r];
+            if f.is_null() {
+                head_half(layout, head, h, G2::FULL)
+            } else {
+                let p = f.add(2 * s + h) as *const f32;
+                (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+            }
+        }
+    }
+}
+
+/// Whether the AVX2 prompt tiles take a layout's head factors precomputed: the K heads of two
+/// factors, whose fields cost shuffles, shifts and conversions to unpack (IQ4_XS's single
+/// factor measured no faster precomputed).
+pub const fn precomputed_heads(layout: Layout) -> bool {
+    use crate::kernels::packed::Head;
+    matches!(layout.head(), Head::KScaleMin | Head::KHalves)
+}
+
+/// The head factors (`head_half`, the scale's then the second's 8 lanes) of every half of a
+/// packed row's superblocks, its tail's from `tail` (the tail widened by [`widen_tail_into`]),
+/// into `out`, two entries per superblock.
+///
+/// # Safety
+/// `row` must be a packed row of `blocks` blocks in `layout`, `tail` its widened tail where
+/// `blocks` is not a multiple of 16; `out` must hold `2 * blocks.div_ceil(16)` entries; AVX2,
+/// FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn k_head_factors_into(
+    layout: Layout,
+    row: *const u8,
+    tail: *const u8,
+    blocks: usize,
+    out: &mut [[f32; 16]],
+) {
+    let (full, sbb) = (blocks / 16, layout.superblock_bytes());
+    for s in 0..blocks.div_ceil(16) {
+        // SAFETY: superblock s of the row, or its widened tail, as the caller guarantees.
+        unsafe {
+            let head = if s == full { tail } else { row.add(s * sbb) };
+            for h in 0..2 {
+                let (a, b) = head_half(layout, head, h, G2::FULL);
+                let o = out[2 * s + h].as_mut_ptr();
+                _mm256_storeu_ps(o, a);
+                _mm256_storeu_ps(o.add(8), b);
             }
         }
     }
@@ -684,7 +754,7 @@ unsafe fn tile2x4_nibbles_avx2<const L: u8>(
                     }
                 }
                 for r in 0..2 {
-                    let (sw, mw) = head_half(layout, w[r].sub(hb), h, G2::FULL);
+                    let (sw, mw) = rows.factors(layout, r, s, h, w[r].sub(hb));
                     for (t, s16) in s16.iter().enumerate() {
                         let d = _mm256_loadu_ps(xd[t].add(s * 16 + 8 * h));
                         let so = _mm256_loadu_ps(xso[t][0].add(s * 16 + 8 * h));
@@ -867,7 +937,7 @@ unsafe fn tile2x4_wide_avx2<const L: u8>(
                     }
                     step_quad!(0, 1);
                     step_quad!(2, 3);
-                    let (sw, mw) = head_half(layout, head, h, G2::FULL);
+                    let (sw, mw) = rows.factors(layout, r, s, h, head);
                     // The integer sums' factor: Q6's super-scale (its block scales are in
                     // the sums), else the block scale.
                     let f = if q6 { k_super(head, h) } else { sw };
