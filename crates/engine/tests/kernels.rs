@@ -263,6 +263,10 @@ fn packed_layout_matches_ggml_layout() {
         (WeightType::Q5_0, 1600),
         (WeightType::Q5_1, 1600),
         (WeightType::Q5K, 4864),
+        // Past 64 blocks the AVX2 5-bit prompt tile takes two rows against four tokens, below
+        // one row against eight.
+        (WeightType::Q5_0, 2400),
+        (WeightType::Q5_1, 2400),
         (WeightType::IQ4_XS, 4864),
         (WeightType::IQ4_NL, 800),
         (WeightType::IQ4_XS, 768),

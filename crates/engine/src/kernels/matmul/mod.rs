@@ -319,7 +319,8 @@ fn matmul_packed(
             .map(|b| PackedActs::new(b, w.dtype))
             .collect();
         if n >= 4 {
-            acts.resize(n.div_ceil(4) * 4, PackedActs::zeros(nsb));
+            // Whole groups of tokens for the tiles: four, or eight for the 5- and 6-bit rows.
+            acts.resize(n.div_ceil(8) * 8, PackedActs::zeros(nsb));
             tiles_packed(pool, false, w, &acts, n, layout, nb, out);
         } else if n == 1 {
             packed_decode(

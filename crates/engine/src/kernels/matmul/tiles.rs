@@ -84,7 +84,8 @@ pub(super) fn tiles_packed(
     out: &mut [f32],
 ) {
     use crate::kernels::x86::{
-        SB_ROOM, TileRows, k_head_factors_into, precomputed_heads, widen_tail_into,
+        SB_ROOM, TileRows, k_head_factors_into, one_row_eight_tokens, precomputed_heads,
+        widen_tail_into,
     };
     let rows = w.rows;
     let threads = pool.current_num_threads().max(1);
@@ -137,6 +138,50 @@ pub(super) fn tiles_packed(
             }
             v
         };
+        let row_at = |i: usize, r: usize| TileRows {
+            at: [w.row(r).as_ptr(); 2],
+            tails: [tails.get(i).map_or(std::ptr::null(), |t| t.as_ptr()); 2],
+            ahead: false,
+            heads: [if heads.is_empty() {
+                std::ptr::null()
+            } else {
+                heads[2 * nsb * i..].as_ptr()
+            }; 2],
+        };
+        if !vnni && one_row_eight_tokens(layout, blocks) {
+            for t in (0..n).step_by(8) {
+                let a = &acts[t..t + 8];
+                let xq: [_; 8] = std::array::from_fn(|i| a[i].qs.as_ptr());
+                let xd: [_; 8] = std::array::from_fn(|i| a[i].d.as_ptr());
+                let xso: [_; 8] = std::array::from_fn(|i| [a[i].so.as_ptr(), a[i].so2.as_ptr()]);
+                let xio: [_; 8] = std::array::from_fn(|i| a[i].io.as_ptr());
+                for r in 2 * p0..(2 * p1).min(rows) {
+                    let tr = TileRows {
+                        ahead: t == 0,
+                        ..row_at(r - 2 * p0, r)
+                    };
+                    // SAFETY: row r < rows is a packed row of `blocks` blocks, with its tail and
+                    // heads as `tr` says; the eight tokens' activations exist (padded with
+                    // zeros); AVX2 detected by the caller.
+                    let v = unsafe {
+                        use crate::kernels::x86::{
+                            L_Q5, L_Q5K, L_Q5M, L_Q6, tile1x8_wide_avx2 as tile,
+                        };
+                        match crate::kernels::x86::layout_code(layout) {
+                            L_Q5 => tile::<L_Q5>(tr, blocks, xq, xd, xso, xio),
+                            L_Q5M => tile::<L_Q5M>(tr, blocks, xq, xd, xso, xio),
+                            L_Q5K => tile::<L_Q5K>(tr, blocks, xq, xd, xso, xio),
+                            _ => tile::<L_Q6>(tr, blocks, xq, xd, xso, xio),
+                        }
+                    };
+                    for (dt, val) in v.iter().enumerate().take(n - t) {
+                        // SAFETY: (t+dt, r) is inside the buffer and owned by this task.
+                        unsafe { *p.0.add((t + dt) * rows + r) = *val };
+                    }
+                }
+            }
+            return;
+        }
         for t in (0..n).step_by(4) {
             let a = &acts[t..t + 4];
             let xq = [0, 1, 2, 3].map(|i| a[i].qs.as_ptr());

@@ -962,6 +962,130 @@ unsafe fn tile2x4_wide_avx2<const L: u8>(
     }
 }
 
+/// Whether the AVX2 prompt tiles of rows of `blocks` blocks in a layout take one row against
+/// eight tokens ([`tile1x8_wide_avx2`]) rather than two rows against four: the 5- and 6-bit
+/// values cost about as many instructions to unpack as their products against four tokens
+/// take, so eight tokens share them better, as long as the eight tokens' activations stay
+/// in L1 (16 KiB of quants at 64 blocks; at 88 blocks and more the 2x4 tile was the faster).
+pub const fn one_row_eight_tokens(layout: Layout, blocks: usize) -> bool {
+    matches!(layout.body(), Layout::Q5 | Layout::Q5M | Layout::Q6) && blocks <= 64
+}
+
+/// One packed row × eight tokens for the 5- and 6-bit layouts (Q5, Q5M, Q5K and Q6): as
+/// [`tile2x4_wide_avx2`] does for each of its rows, against twice the tokens, so that each
+/// step's unpacked values feed eight products. The row is `rows.at[0]` (with `tails[0]` and
+/// `heads[0]`); the results are in token order.
+///
+/// # Safety
+/// As for [`tile2x4_packed_avx2`], for the first row of `rows` and all eight tokens.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile1x8_wide_avx2<const L: u8>(
+    rows: TileRows,
+    blocks: usize,
+    xq: [*const i8; 8],
+    xd: [*const f32; 8],
+    xso: [[*const f32; 2]; 8],
+    xio: [*const i32; 8],
+) -> [f32; 8] {
+    use crate::kernels::packed::K_SUPER;
+    // SAFETY: as for `tile2x4_wide_avx2`, for one row and eight tokens.
+    unsafe {
+        let layout = const { layout_of(L) };
+        let hb = const { layout_of(L).head_bytes() };
+        let q6 = layout == Layout::Q6;
+        let iol = layout.io_lanes();
+        let zero = _mm256_setzero_si256();
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let (full, tail) = (blocks / 16, blocks % 16);
+        for s in 0..blocks.div_ceil(16) {
+            let w = rows.quants::<L>(s, full)[0];
+            // A widened tail of at most 8 blocks has nothing in the second half.
+            let halves = if s == full && tail <= 8 { 1 } else { 2 };
+            for h in 0..halves {
+                let head = w.sub(hb);
+                let mul = if q6 {
+                    let sc = head.add(K_SUPER);
+                    [i8_pairs_half(sc, h), i8_pairs_half(sc.add(16), h)]
+                } else {
+                    [_mm256_set1_epi16(1); 2]
+                };
+                let x = |t: usize, step: usize| {
+                    _mm256_loadu_si256(xq[t].add(s * 512 + 64 * step + 32 * h) as *const __m256i)
+                };
+                let mut sums = [zero; 8];
+                if layout == Layout::Q5 {
+                    // Q5's − 16 · Σq starts the integer sums.
+                    for (t, s32) in sums.iter_mut().enumerate() {
+                        *s32 = _mm256_loadu_si256(xio[t].add(s * iol + 8 * h) as *const __m256i);
+                    }
+                }
+                // Step pairs `$a` and `$b`, which share Q6's block scale.
+                macro_rules! step_quad {
+                    ($a:literal, $b:literal) => {
+                        let (za, zb) = if q6 {
+                            (q6_pair::<$a>(w, h), q6_pair::<$b>(w, h))
+                        } else {
+                            (q5_pair::<$a>(w, h), q5_pair::<$b>(w, h))
+                        };
+                        let m = mul[$a / 2];
+                        for (t, s32) in sums.iter_mut().enumerate() {
+                            // A pair's sums: at most 2 · 2 · 63 · 128 in 16 bits.
+                            let pa = _mm256_add_epi16(
+                                pairs(za[0], x(t, 2 * $a)),
+                                pairs(za[1], x(t, 2 * $a + 1)),
+                            );
+                            let pb = _mm256_add_epi16(
+                                pairs(zb[0], x(t, 2 * $b)),
+                                pairs(zb[1], x(t, 2 * $b + 1)),
+                            );
+                            let v = if q6 {
+                                _mm256_add_epi32(_mm256_madd_epi16(pa, m), _mm256_madd_epi16(pb, m))
+                            } else {
+                                // Four steps of 5-bit values: at most 4 · 2 · 31 · 128.
+                                _mm256_madd_epi16(_mm256_add_epi16(pa, pb), m)
+                            };
+                            *s32 = _mm256_add_epi32(*s32, v);
+                        }
+                        // Each sum in a register (see `tile2x4_nibbles_avx2`).
+                        for v in sums.iter_mut() {
+                            std::arch::asm!(
+                                "/* {0} */",
+                                inout(ymm_reg) * v,
+                                options(pure, nomem, nostack)
+                            );
+                        }
+                    };
+                }
+                step_quad!(0, 1);
+                step_quad!(2, 3);
+                let (sw, mw) = rows.factors(layout, 0, s, h, head);
+                // The integer sums' factor: Q6's super-scale (its block scales are in the
+                // sums), else the block scale.
+                let f = if q6 { k_super(head, h) } else { sw };
+                for (t, s32) in sums.iter().enumerate() {
+                    let d = _mm256_loadu_ps(xd[t].add(s * 16 + 8 * h));
+                    let a = &mut acc[t];
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*s32), _mm256_mul_ps(f, d), *a);
+                    let so = _mm256_loadu_ps(xso[t][0].add(s * 16 + 8 * h));
+                    if q6 {
+                        // The − 32 of both half blocks: `so`, `so2` hold 32 · d · Σq.
+                        let so2 = _mm256_loadu_ps(xso[t][1].add(s * 16 + 8 * h));
+                        *a = _mm256_fnmadd_ps(sw, so, _mm256_fnmadd_ps(mw, so2, *a));
+                    } else if layout.has_offset() {
+                        // Q5M's offsets: `so` holds −d · Σq.
+                        *a = _mm256_fnmadd_ps(mw, so, *a);
+                    }
+                }
+            }
+        }
+        let [a0, a1, a2, a3, a4, a5, a6, a7] = acc;
+        let v = tile_sums([[a0, a1], [a2, a3], [a4, a5], [a6, a7]]);
+        [
+            v[0][0], v[0][1], v[1][0], v[1][1], v[2][0], v[2][1], v[3][0], v[3][1],
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
