@@ -84,8 +84,7 @@ pub(super) fn tiles_packed(
     out: &mut [f32],
 ) {
     use crate::kernels::x86::{
-        SB_ROOM, TileRows, k_head_factors_into, one_row_eight_tokens, precomputed_heads,
-        widen_tail_into,
+        SB_ROOM, TileRows, one_row_eight_tokens, precomputed_heads, widen_tail_into,
     };
     let rows = w.rows;
     let threads = pool.current_num_threads().max(1);
@@ -118,35 +117,32 @@ pub(super) fn tiles_packed(
                 })
                 .collect()
         };
-        // The K heads' factors unpacked once per row here too, not in every tile (for every
-        // four tokens again); with a single group of four there is nothing to share.
+        // Room for the K heads' factors, unpacked once per row on the first pass and read
+        // by the later ones, not again for every group of tokens; with a single group there
+        // is nothing to share.
         let nsb = blocks.div_ceil(16);
-        let heads: Vec<[f32; 16]> = if vnni || !precomputed_heads(layout) || n <= 4 {
+        let mut heads: Vec<[f32; 16]> = if vnni || !precomputed_heads(layout) || n <= 4 {
             Vec::new()
         } else {
-            let mut v = vec![[0f32; 16]; 2 * nsb * 2 * (p1 - p0)];
-            for (i, (r, out)) in (p0..p1)
-                .flat_map(pair_rows)
-                .zip(v.chunks_exact_mut(2 * nsb))
-                .enumerate()
-            {
-                let tail = tails.get(i).map_or(std::ptr::null(), |t| t.as_ptr());
-                // SAFETY: row r is a packed row of `blocks` blocks, `tail` its widened tail
-                // where it has one; `out` holds two entries per superblock; AVX2 detected by
-                // the caller.
-                unsafe { k_head_factors_into(layout, w.row(r).as_ptr(), tail, blocks, out) };
+            vec![[0f32; 16]; 2 * nsb * 2 * (p1 - p0)]
+        };
+        let heads_at = heads.as_mut_ptr();
+        let has_heads = !heads.is_empty();
+        // Row entry `i` (row `r`) of the task's tails and heads.
+        let heads_of = |i: usize| {
+            if has_heads {
+                // In bounds: `heads` holds 2 · nsb entries per row entry.
+                heads_at.wrapping_add(2 * nsb * i)
+            } else {
+                std::ptr::null_mut()
             }
-            v
         };
         let row_at = |i: usize, r: usize| TileRows {
             at: [w.row(r).as_ptr(); 2],
             tails: [tails.get(i).map_or(std::ptr::null(), |t| t.as_ptr()); 2],
             ahead: false,
-            heads: [if heads.is_empty() {
-                std::ptr::null()
-            } else {
-                heads[2 * nsb * i..].as_ptr()
-            }; 2],
+            heads: [heads_of(i); 2],
+            fill: false,
         };
         if !vnni && one_row_eight_tokens(layout, blocks) {
             for t in (0..n).step_by(8) {
@@ -158,6 +154,7 @@ pub(super) fn tiles_packed(
                 for r in 2 * p0..(2 * p1).min(rows) {
                     let tr = TileRows {
                         ahead: t == 0,
+                        fill: t == 0,
                         ..row_at(r - 2 * p0, r)
                     };
                     // SAFETY: row r < rows is a packed row of `blocks` blocks, with its tail and
@@ -198,15 +195,8 @@ pub(super) fn tiles_packed(
                         _ => [std::ptr::null(); 2],
                     },
                     ahead: t == 0,
-                    heads: if heads.is_empty() {
-                        [std::ptr::null(); 2]
-                    } else {
-                        let i = 2 * (pair - p0);
-                        [
-                            heads[2 * nsb * i..].as_ptr(),
-                            heads[2 * nsb * (i + 1)..].as_ptr(),
-                        ]
-                    },
+                    heads: [heads_of(2 * (pair - p0)), heads_of(2 * (pair - p0) + 1)],
+                    fill: t == 0,
                 };
                 // SAFETY: rows r0, r1 < rows are packed rows of `blocks` blocks; the four tokens'
                 // activations exist (padded with zeros); features detected by the caller.

@@ -490,10 +490,14 @@ pub struct TileRows {
     /// a batch of a few tokens (continuous batching) is bound by that stream as one token is;
     /// later passes find them in the caches.
     pub ahead: bool,
-    /// The rows' K-head factors written by [`k_head_factors_into`] (null: unpacked in the
-    /// tile): a K head's 6-bit fields took about a tenth of the nibble tile's time when unpacked
-    /// again for every four tokens.
-    pub heads: [*const [f32; 16]; 2],
+    /// Room for the rows' K-head factors, two entries per superblock (null: unpacked in the
+    /// tile every time): a K head's 6-bit fields took about a tenth of the nibble tile's time
+    /// when unpacked again for every four tokens. The tile writes them where `fill` says,
+    /// on its first pass over the rows, and reads them after (a pass of their own before the
+    /// tiles waited on memory: 8-token batches ran at 0.7-0.8x).
+    pub heads: [*mut [f32; 16]; 2],
+    /// Whether this pass unpacks the heads into `heads` rather than reading them.
+    pub fill: bool,
 }
 
 impl TileRows {
@@ -526,11 +530,13 @@ impl TileRows {
         }
     }
 
-    /// Row `r`'s two factors of half `h` of superblock `s` (`head_half`), precomputed where
-    /// the caller has them.
+    /// Row `r`'s two factors of half `h` of superblock `s` (`head_half`), unpacked from `head`
+    /// (and kept where `heads` has room and `fill` asks) or read back.
     ///
     /// # Safety
-    /// As for [`TileRows::quants`]; `head` must point at that superblock's head.
+    /// As for [`TileRows::quants`]; `head` must point at that superblock's head, `heads[r]`
+    /// (where not null) hold two entries per superblock of the row, filled by an earlier pass
+    /// unless this one fills them.
     #[inline(always)]
     unsafe fn factors(
         self,
@@ -540,14 +546,19 @@ impl TileRows {
         h: usize,
         head: *const u8,
     ) -> (__m256, __m256) {
-        // SAFETY: the caller's heads hold two entries per superblock of the rows; otherwise
-        // `head` is the superblock's head.
+        // SAFETY: as the caller guarantees.
         unsafe {
             let f = self.heads[r];
             if f.is_null() {
-                head_half(layout, head, h, G2::FULL)
+                return head_half(layout, head, h, G2::FULL);
+            }
+            let p = f.add(2 * s + h) as *mut f32;
+            if self.fill {
+                let (a, b) = head_half(layout, head, h, G2::FULL);
+                _mm256_storeu_ps(p, a);
+                _mm256_storeu_ps(p.add(8), b);
+                (a, b)
             } else {
-                let p = f.add(2 * s + h) as *const f32;
                 (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
             }
         }
@@ -560,37 +571,6 @@ impl TileRows {
 pub const fn precomputed_heads(layout: Layout) -> bool {
     use crate::kernels::packed::Head;
     matches!(layout.head(), Head::KScaleMin | Head::KHalves)
-}
-
-/// The head factors (`head_half`, the scale's then the second's 8 lanes) of every half of a
-/// packed row's superblocks, its tail's from `tail` (the tail widened by [`widen_tail_into`]),
-/// into `out`, two entries per superblock.
-///
-/// # Safety
-/// `row` must be a packed row of `blocks` blocks in `layout`, `tail` its widened tail where
-/// `blocks` is not a multiple of 16; `out` must hold `2 * blocks.div_ceil(16)` entries; AVX2,
-/// FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn k_head_factors_into(
-    layout: Layout,
-    row: *const u8,
-    tail: *const u8,
-    blocks: usize,
-    out: &mut [[f32; 16]],
-) {
-    let (full, sbb) = (blocks / 16, layout.superblock_bytes());
-    for s in 0..blocks.div_ceil(16) {
-        // SAFETY: superblock s of the row, or its widened tail, as the caller guarantees.
-        unsafe {
-            let head = if s == full { tail } else { row.add(s * sbb) };
-            for h in 0..2 {
-                let (a, b) = head_half(layout, head, h, G2::FULL);
-                let o = out[2 * s + h].as_mut_ptr();
-                _mm256_storeu_ps(o, a);
-                _mm256_storeu_ps(o.add(8), b);
-            }
-        }
-    }
 }
 
 /// Two packed rows × four tokens, the prompt kernel: each unpacked weight operand feeds four
