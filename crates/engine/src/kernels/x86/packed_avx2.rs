@@ -954,7 +954,10 @@ pub const fn one_row_eight_tokens(layout: Layout, blocks: usize) -> bool {
 /// One packed row × eight tokens for the 5- and 6-bit layouts (Q5, Q5M, Q5K and Q6): as
 /// [`tile2x4_wide_avx2`] does for each of its rows, against twice the tokens, so that each
 /// step's unpacked values feed eight products. The row is `rows.at[0]` (with `tails[0]` and
-/// `heads[0]`); the results are in token order.
+/// `heads[0]`); the results are in token order. The half-superblock body repeats the 2x4
+/// tile's on purpose: one function for both, inlined, compiled to much slower loops
+/// (docs/benchmarks.md, "The AVX2 prompt tiles' K heads, and 5- and 6-bit rows against eight
+/// tokens").
 ///
 /// # Safety
 /// As for [`tile2x4_packed_avx2`], for the first row of `rows` and all eight tokens.
