@@ -137,12 +137,11 @@ pub(super) fn tiles_packed(
                 std::ptr::null_mut()
             }
         };
-        let row_at = |i: usize, r: usize| TileRows {
+        let row_at = |i: usize, r: usize, first: bool| TileRows {
             at: [w.row(r).as_ptr(); 2],
             tails: [tails.get(i).map_or(std::ptr::null(), |t| t.as_ptr()); 2],
-            ahead: false,
+            first,
             heads: [heads_of(i); 2],
-            fill: false,
         };
         if !vnni && one_row_eight_tokens(layout, blocks) {
             for t in (0..n).step_by(8) {
@@ -152,11 +151,7 @@ pub(super) fn tiles_packed(
                 let xso: [_; 8] = std::array::from_fn(|i| [a[i].so.as_ptr(), a[i].so2.as_ptr()]);
                 let xio: [_; 8] = std::array::from_fn(|i| a[i].io.as_ptr());
                 for r in 2 * p0..(2 * p1).min(rows) {
-                    let tr = TileRows {
-                        ahead: t == 0,
-                        fill: t == 0,
-                        ..row_at(r - 2 * p0, r)
-                    };
+                    let tr = row_at(r - 2 * p0, r, t == 0);
                     // SAFETY: row r < rows is a packed row of `blocks` blocks, with its tail and
                     // heads as `tr` says; the eight tokens' activations exist (padded with
                     // zeros); AVX2 detected by the caller.
@@ -194,9 +189,8 @@ pub(super) fn tiles_packed(
                         Some([a, b]) => [a.as_ptr(), b.as_ptr()],
                         _ => [std::ptr::null(); 2],
                     },
-                    ahead: t == 0,
+                    first: t == 0,
                     heads: [heads_of(2 * (pair - p0)), heads_of(2 * (pair - p0) + 1)],
-                    fill: t == 0,
                 };
                 // SAFETY: rows r0, r1 < rows are packed rows of `blocks` blocks; the four tokens'
                 // activations exist (padded with zeros); features detected by the caller.

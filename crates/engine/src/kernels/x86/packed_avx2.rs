@@ -485,31 +485,30 @@ pub struct TileRows {
     /// Their tails widened into whole superblocks by [`widen_tail_into`] (once per row by the
     /// caller, not in every tile), read where the rows end in a tail.
     pub tails: [*const u8; 2],
-    /// Whether to request the weights' lines [`PREFETCH_AHEAD`] bytes on into L2 as they are
-    /// read, as the VNNI tile does: the first pass over the rows streams them from memory, and
-    /// a batch of a few tokens (continuous batching) is bound by that stream as one token is;
-    /// later passes find them in the caches.
-    pub ahead: bool,
+    /// Whether this is the first pass over the rows (the first group of tokens). It requests
+    /// the weights' lines [`PREFETCH_AHEAD`] bytes on into L2 as they are read, as the VNNI
+    /// tile does: the first pass streams them from memory, and a batch of a few tokens
+    /// (continuous batching) is bound by that stream as one token is; later passes find them
+    /// in the caches. It also unpacks the K heads into `heads`, which later passes read.
+    pub first: bool,
     /// Room for the rows' K-head factors, two entries per superblock (null: unpacked in the
-    /// tile every time): a K head's 6-bit fields took about a tenth of the nibble tile's time
-    /// when unpacked again for every four tokens. The tile writes them where `fill` says,
-    /// on its first pass over the rows, and reads them after (a pass of their own before the
-    /// tiles waited on memory: 8-token batches ran at 0.7-0.8x).
+    /// tile every time): unpacking a K head's 6-bit fields again for every four tokens was a
+    /// measurable share of the tile's time. They are filled on the first pass rather than in
+    /// a pass of their own, which waited on memory (docs/benchmarks.md, "The AVX2 prompt
+    /// tiles' K heads, and 5- and 6-bit rows against eight tokens").
     pub heads: [*mut [f32; 16]; 2],
-    /// Whether this pass unpacks the heads into `heads` rather than reading them.
-    pub fill: bool,
 }
 
 impl TileRows {
     /// Both rows' quants of superblock `s` (the tails' where `s == full`, the whole
-    /// superblocks' count), their lines ahead requested first where asked.
+    /// superblocks' count), their lines ahead requested first on the first pass.
     ///
     /// # Safety
     /// Superblock `s` must exist in both rows of layout `L`, and the tails where `s == full`.
     #[inline(always)]
     unsafe fn quants<const L: u8>(self, s: usize, full: usize) -> [*const u8; 2] {
         let (sbb, hb) = const { (layout_of(L).superblock_bytes(), layout_of(L).head_bytes()) };
-        if self.ahead {
+        if self.first {
             for r in self.at {
                 // `wrapping_add`: past the end of the matrix the requests are harmless but must
                 // not be pointer arithmetic out of bounds.
@@ -531,7 +530,7 @@ impl TileRows {
     }
 
     /// Row `r`'s two factors of half `h` of superblock `s` (`head_half`), unpacked from `head`
-    /// (and kept where `heads` has room and `fill` asks) or read back.
+    /// (and kept where `heads` has room, on the first pass) or read back.
     ///
     /// # Safety
     /// As for [`TileRows::quants`]; `head` must point at that superblock's head, `heads[r]`
@@ -553,7 +552,7 @@ impl TileRows {
                 return head_half(layout, head, h, G2::FULL);
             }
             let p = f.add(2 * s + h) as *mut f32;
-            if self.fill {
+            if self.first {
                 let (a, b) = head_half(layout, head, h, G2::FULL);
                 _mm256_storeu_ps(p, a);
                 _mm256_storeu_ps(p.add(8), b);
@@ -946,7 +945,7 @@ unsafe fn tile2x4_wide_avx2<const L: u8>(
 /// eight tokens ([`tile1x8_wide_avx2`]) rather than two rows against four: the 5- and 6-bit
 /// values cost about as many instructions to unpack as their products against four tokens
 /// take, so eight tokens share them better, as long as the eight tokens' activations stay
-/// in L1 (16 KiB of quants at 64 blocks; at 88 blocks and more the 2x4 tile was the faster).
+/// in L1 (16 KiB of quants at 64 blocks; past that the 2x4 tile measured the faster).
 pub const fn one_row_eight_tokens(layout: Layout, blocks: usize) -> bool {
     matches!(layout.body(), Layout::Q5 | Layout::Q5M | Layout::Q6) && blocks <= 64
 }
