@@ -50,30 +50,35 @@ fn main() {
     ];
     println!("threads {threads}, best = {}", best.describe());
     #[cfg(target_arch = "x86_64")]
-    if best.avx512vnni {
-        // The ceiling of the integer prompt tiles: `vpdpbusd` alone, 12 independent chains per
-        // thread (more than its latency times its throughput), no loads.
-        let t = Instant::now();
-        let iters = 50_000_000u64;
-        let sum = std::sync::atomic::AtomicI64::new(0);
-        // One OS thread each, all at once (the pool's team may run a short job on fewer).
-        std::thread::scope(|sc| {
-            for _ in 0..threads {
-                sc.spawn(|| {
-                    // SAFETY: AVX-512 VNNI detected above.
-                    let v = unsafe { dpbusd_chains(iters) };
-                    sum.fetch_add(v, std::sync::atomic::Ordering::Relaxed);
-                });
-            }
-        });
-        let s = t.elapsed().as_secs_f64();
-        let dots = 12.0 * iters as f64 * threads as f64;
-        println!(
-            "vpdpbusd peak: {:.2} G/s on {threads} threads = {:.0} int8 GOP/s (2 x 64 per instruction; check {})",
-            dots / s / 1e9,
-            dots * 128.0 / s / 1e9,
-            sum.load(std::sync::atomic::Ordering::Relaxed) != 0
-        );
+    {
+        // The ceilings of the integer prompt tiles: their multiply instructions alone, 12
+        // independent chains per thread (more than latency times throughput), no loads.
+        if best.avx2 {
+            // `vpmaddubsw` (32 byte products) alone bounds the AVX2 tiles, which add several
+            // steps' 16-bit sums before one widening `vpmaddwd` (eight for 4-bit values, four for
+            // 5-bit ones); paired with a `vpmaddwd` each, it is the bound of a product widened at
+            // every step, as ggml's AVX2 dot products are.
+            // SAFETY: AVX2 detected.
+            let (alone, check) = peak(threads, |n| unsafe { maddubs_chains::<false>(n) });
+            // SAFETY: AVX2 detected.
+            let (paired, check2) = peak(threads, |n| unsafe { maddubs_chains::<true>(n) });
+            println!(
+                "vpmaddubsw peak: {:.2} G/s on {threads} threads = {:.0} int8 GOP/s (2 x 32 per instruction); with a vpmaddwd each: {:.0} GOP/s (check {})",
+                alone / 1e9,
+                alone * 64.0 / 1e9,
+                paired * 64.0 / 1e9,
+                check && check2
+            );
+        }
+        if best.avx512vnni {
+            // SAFETY: AVX-512 VNNI detected.
+            let (per_s, check) = peak(threads, |n| unsafe { dpbusd_chains(n) });
+            println!(
+                "vpdpbusd peak: {:.2} G/s on {threads} threads = {:.0} int8 GOP/s (2 x 64 per instruction; check {check})",
+                per_s / 1e9,
+                per_s * 128.0 / 1e9,
+            );
+        }
     }
     for dt in types {
         let bpe = dt.type_size() as f64 / dt.block_size() as f64;
@@ -175,6 +180,109 @@ fn pack(m: &QMatrix<'_>) -> Blob {
         }
     })
     .expect("an anonymous mapping for the packed matrix")
+}
+
+/// Runs `chains(iters)` (12 independent chains of `iters` steps) on `threads` OS threads at once
+/// (the pool's team may run a short job on fewer); returns the steps per second of all of them
+/// and whether their results were non-zero.
+#[cfg(target_arch = "x86_64")]
+fn peak(threads: usize, chains: impl Fn(u64) -> i64 + Sync) -> (f64, bool) {
+    let iters = 50_000_000u64;
+    let sum = std::sync::atomic::AtomicI64::new(0);
+    let t = Instant::now();
+    std::thread::scope(|sc| {
+        for _ in 0..threads {
+            sc.spawn(|| {
+                sum.fetch_add(chains(iters), std::sync::atomic::Ordering::Relaxed);
+            });
+        }
+    });
+    let steps = 12.0 * iters as f64 * threads as f64;
+    (
+        steps / t.elapsed().as_secs_f64(),
+        sum.load(std::sync::atomic::Ordering::Relaxed) != 0,
+    )
+}
+
+/// `iters` rounds of 12 independent `vpmaddubsw`, each followed by a `vpmaddwd` where `WIDEN`;
+/// returns a value that depends on the last round. Written out in assembly: as intrinsics the
+/// compiler merges steps of equal operands, and chaining each step's result into the next
+/// measured the chains' latency rather than the ports' throughput.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn maddubs_chains<const WIDEN: bool>(iters: u64) -> i64 {
+    use std::arch::x86_64::*;
+    let (w, x, ones) = (
+        _mm256_set1_epi8(3),
+        _mm256_set1_epi8(5),
+        _mm256_set1_epi16(1),
+    );
+    let mut out = _mm256_setzero_si256();
+    macro_rules! rounds {
+        ($($step:literal),+) => {
+            for _ in 0..iters {
+                // SAFETY: register-only AVX2 instructions; every register written is declared.
+                // Not `pure`: the same inputs every round, and each round must run.
+                unsafe {
+                    std::arch::asm!(
+                        $($step),+,
+                        w = in(ymm_reg) w, x = in(ymm_reg) x, o = in(ymm_reg) ones,
+                        out = out(ymm_reg) out,
+                        t0 = out(ymm_reg) _, t1 = out(ymm_reg) _, t2 = out(ymm_reg) _,
+                        t3 = out(ymm_reg) _, t4 = out(ymm_reg) _, t5 = out(ymm_reg) _,
+                        t6 = out(ymm_reg) _, t7 = out(ymm_reg) _, t8 = out(ymm_reg) _,
+                        t9 = out(ymm_reg) _, t10 = out(ymm_reg) _,
+                        options(nomem, nostack),
+                    );
+                }
+            }
+        };
+    }
+    if WIDEN {
+        rounds!(
+            "vpmaddubsw {t0}, {w}, {x}",
+            "vpmaddwd {t0}, {t0}, {o}",
+            "vpmaddubsw {t1}, {w}, {x}",
+            "vpmaddwd {t1}, {t1}, {o}",
+            "vpmaddubsw {t2}, {w}, {x}",
+            "vpmaddwd {t2}, {t2}, {o}",
+            "vpmaddubsw {t3}, {w}, {x}",
+            "vpmaddwd {t3}, {t3}, {o}",
+            "vpmaddubsw {t4}, {w}, {x}",
+            "vpmaddwd {t4}, {t4}, {o}",
+            "vpmaddubsw {t5}, {w}, {x}",
+            "vpmaddwd {t5}, {t5}, {o}",
+            "vpmaddubsw {t6}, {w}, {x}",
+            "vpmaddwd {t6}, {t6}, {o}",
+            "vpmaddubsw {t7}, {w}, {x}",
+            "vpmaddwd {t7}, {t7}, {o}",
+            "vpmaddubsw {t8}, {w}, {x}",
+            "vpmaddwd {t8}, {t8}, {o}",
+            "vpmaddubsw {t9}, {w}, {x}",
+            "vpmaddwd {t9}, {t9}, {o}",
+            "vpmaddubsw {t10}, {w}, {x}",
+            "vpmaddwd {t10}, {t10}, {o}",
+            "vpmaddubsw {out}, {w}, {x}",
+            "vpmaddwd {out}, {out}, {o}"
+        );
+    } else {
+        rounds!(
+            "vpmaddubsw {t0}, {w}, {x}",
+            "vpmaddubsw {t1}, {w}, {x}",
+            "vpmaddubsw {t2}, {w}, {x}",
+            "vpmaddubsw {t3}, {w}, {x}",
+            "vpmaddubsw {t4}, {w}, {x}",
+            "vpmaddubsw {t5}, {w}, {x}",
+            "vpmaddubsw {t6}, {w}, {x}",
+            "vpmaddubsw {t7}, {w}, {x}",
+            "vpmaddubsw {t8}, {w}, {x}",
+            "vpmaddubsw {t9}, {w}, {x}",
+            "vpmaddubsw {t10}, {w}, {x}",
+            "vpmaddubsw {out}, {w}, {x}",
+            "/* {o} */"
+        );
+    }
+    _mm256_extract_epi32::<0>(out) as i64
 }
 
 /// `iters` rounds of 12 independent `vpdpbusd`; returns a value that depends on all of them.
