@@ -509,7 +509,9 @@ impl TileRows {
     unsafe fn quants<const L: u8>(self, s: usize, full: usize) -> [*const u8; 2] {
         let (sbb, hb) = const { (layout_of(L).superblock_bytes(), layout_of(L).head_bytes()) };
         if self.first {
-            for r in self.at {
+            // A row given twice (one row against eight tokens, an odd last row) is requested once.
+            let distinct = if self.at[1] == self.at[0] { 1 } else { 2 };
+            for &r in &self.at[..distinct] {
                 // `wrapping_add`: past the end of the matrix the requests are harmless but must
                 // not be pointer arithmetic out of bounds.
                 let a = r.wrapping_add(s * sbb + PREFETCH_AHEAD);
