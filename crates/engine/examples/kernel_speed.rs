@@ -111,6 +111,13 @@ fn main() {
             Err(_) => tests.push(("prefill".into(), 2048, 2048, 256)),
         }
         for (test, rows, cols, n) in tests {
+            if !cols.is_multiple_of(dt.block_size()) {
+                println!(
+                    "{dt:?} {test}: skipped, {cols} columns are not a whole number of {}-value blocks",
+                    dt.block_size()
+                );
+                continue;
+            }
             let bytes = vec![0x11u8; (rows as f64 * cols as f64 * bpe) as usize];
             let m = QMatrix {
                 dtype: dt,
