@@ -52,7 +52,7 @@ fn main() {
     #[cfg(target_arch = "x86_64")]
     {
         // The ceilings of the integer prompt tiles: their multiply instructions alone, 12
-        // independent chains per thread (more than latency times throughput), no loads.
+        // independent ones in flight per thread (more than latency times throughput), no loads.
         if best.avx2 {
             // `vpmaddubsw` (32 byte products) alone bounds the AVX2 tiles, which add several
             // steps' 16-bit sums before one widening `vpmaddwd` (eight for 4-bit values, four for
@@ -189,7 +189,7 @@ fn pack(m: &QMatrix<'_>) -> Blob {
     .expect("an anonymous mapping for the packed matrix")
 }
 
-/// Runs `chains(iters)` (12 independent chains of `iters` steps) on `threads` OS threads at once
+/// Runs `chains(iters)` (`iters` rounds of 12 independent steps) on `threads` OS threads at once
 /// (the pool's team may run a short job on fewer); returns the steps per second of all of them
 /// and whether their results were non-zero.
 #[cfg(target_arch = "x86_64")]
