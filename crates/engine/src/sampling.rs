@@ -64,6 +64,9 @@ impl SamplingParams {
 pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,
+    /// The probabilities of the whole vocabulary at the sampling temperature, by token id.
+    dist: Vec<f32>,
+    /// The tokens the filters look at, with their probabilities.
     probs: Vec<(u32, f32)>,
 }
 
@@ -142,6 +145,43 @@ pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
         .collect()
 }
 
+/// The share of the likeliest token's probability above which tokens are sorted first when a
+/// filter applies ([`Sampler::keep`]): the heads that top-p, min-p and small top-k keep are
+/// almost always inside it.
+const HEAD_SHARE: f32 = 1.0 / 4096.0;
+
+/// The order of the filters: likeliest first, ties by token id.
+fn by_prob(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// `out ←` softmax(`logits` / T), `m` their maximum: the vector `exp`
+/// (`kernels::ops::exp_in_place`), whose f64 sum is that of the scalar one within about 1e-6.
+/// Divided, not multiplied by 1/T: at T = 1e-40 the inverse is infinite and 0 · ∞ is NaN, while
+/// 0 / T keeps the most likely token at probability 1 (greedy, as the limit is).
+fn softmax_at(logits: &[f32], m: f32, t: f32, out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(logits.iter().map(|&l| (l - m) / t));
+    let inv = (1.0 / crate::kernels::ops::exp_in_place(out)) as f32;
+    out.iter_mut().for_each(|p| *p *= inv);
+}
+
+/// A token drawn from `probs` in their order, in proportion to their probabilities (the last
+/// one where rounding leaves the draw past them all).
+fn pick(rng: &mut StdRng, probs: impl Iterator<Item = (u32, f32)> + Clone) -> u32 {
+    let total: f32 = probs.clone().map(|p| p.1).sum();
+    let mut r = rng.random::<f32>() * total;
+    let mut id = 0;
+    for (i, p) in probs {
+        id = i;
+        if r < p {
+            break;
+        }
+        r -= p;
+    }
+    id
+}
+
 impl Sampler {
     pub fn new(params: SamplingParams) -> Result<Self> {
         params.validate()?;
@@ -149,6 +189,7 @@ impl Sampler {
         Ok(Self {
             params,
             rng,
+            dist: Vec::new(),
             probs: Vec::new(),
         })
     }
@@ -187,6 +228,31 @@ impl Sampler {
         (keep <= m).then_some(keep.max(1))
     }
 
+    /// How many tokens the filters keep, from the candidates in `probs` (a prefix of the
+    /// vocabulary of `n` tokens in the order of [`by_prob`], not yet sorted), which it leaves
+    /// with that many sorted first; `None` if the candidates are too few to tell. Sorting all
+    /// 150k entries of Qwen2.5's vocabulary took longer than a small model's forward pass, so
+    /// the head is sorted in growing prefixes, each selected in linear time, until the cut
+    /// falls inside one; the order is total, so every prefix is that of the full sort.
+    fn keep(&mut self, n: usize) -> Option<usize> {
+        let c = self.probs.len();
+        if c == 0 {
+            return None;
+        }
+        let mut m = 64.min(c);
+        loop {
+            if m < c {
+                self.probs.select_nth_unstable_by(m - 1, by_prob);
+            }
+            self.probs[..m].sort_unstable_by(by_prob);
+            match self.cut(&self.probs[..m], n) {
+                Some(keep) => return Some(keep),
+                None if m == c => return None,
+                None => m = (m * 8).min(c),
+            }
+        }
+    }
+
     /// Picks a token from `logits` (modified in place); `context` feeds the repetition penalty.
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32]) -> Sampled {
         if self.params.repetition_penalty != 1.0 {
@@ -215,52 +281,38 @@ impl Sampler {
                 logprob: sampled_logprob(logits, id, m),
             };
         }
-        // Divided, not multiplied by 1/T: at T = 1e-40 the inverse is infinite and 0 · ∞ is NaN,
-        // while 0 / T keeps the most likely token at probability 1 (greedy, as the limit is).
-        let t = self.params.temperature as f64;
         let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        self.probs.clear();
-        let mut sum = 0f64;
-        for (i, &l) in logits.iter().enumerate() {
-            let p = ((l - m) as f64 / t).exp();
-            sum += p;
-            self.probs.push((i as u32, p as f32));
-        }
-        for p in self.probs.iter_mut() {
-            p.1 = (p.1 as f64 / sum) as f32;
-        }
+        softmax_at(logits, m, self.params.temperature, &mut self.dist);
         let needs_sort =
             self.params.top_k > 0 || self.params.top_p < 1.0 || self.params.min_p > 0.0;
-        if needs_sort && !self.probs.is_empty() {
-            // The kept tokens are a short head of the sorted vocabulary: sorting all of it
-            // (150k entries for Qwen2.5) took longer than a small model's forward pass. The head
-            // is sorted in growing prefixes, each selected in linear time, until the cut falls
-            // inside one; the order is total, so every prefix is that of the full sort.
-            let by_prob = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-            let n = self.probs.len();
-            let mut m = 64.min(n);
-            let keep = loop {
-                if m < n {
-                    self.probs.select_nth_unstable_by(m - 1, by_prob);
-                }
-                self.probs[..m].sort_unstable_by(by_prob);
-                match self.cut(&self.probs[..m], n) {
-                    Some(keep) => break keep,
-                    None => m = (m * 8).min(n),
+        let id = if needs_sort && !self.dist.is_empty() {
+            let n = self.dist.len();
+            // The kept tokens are a short head of the sorted vocabulary. First only the tokens at
+            // least HEAD_SHARE as likely as the likeliest are sorted: every token left out is
+            // less likely than every one in, so they are a prefix of the full order, which
+            // decides the cut unless the filters reach past it (a flat distribution, a large
+            // top-k); then the whole vocabulary does.
+            let floor = self.dist.iter().fold(0f32, |a, &b| a.max(b)) * HEAD_SHARE;
+            self.probs.clear();
+            self.probs.extend(
+                (0..n as u32)
+                    .zip(self.dist.iter().copied())
+                    .filter(|&(_, p)| p >= floor),
+            );
+            let keep = match self.keep(n) {
+                Some(keep) => keep,
+                None => {
+                    self.probs.clear();
+                    self.probs
+                        .extend((0..n as u32).zip(self.dist.iter().copied()));
+                    self.keep(n).unwrap_or(n)
                 }
             };
             self.probs.truncate(keep);
-        }
-        let total: f32 = self.probs.iter().map(|p| p.1).sum();
-        let mut r = self.rng.random::<f32>() * total;
-        let mut id = self.probs[self.probs.len() - 1].0;
-        for &(i, p) in &self.probs {
-            if r < p {
-                id = i;
-                break;
-            }
-            r -= p;
-        }
+            pick(&mut self.rng, self.probs.iter().copied())
+        } else {
+            pick(&mut self.rng, (0..).zip(self.dist.iter().copied()))
+        };
         // The reported log-probability is the model's, at temperature 1.
         Sampled {
             id,
@@ -306,18 +358,10 @@ mod tests {
     /// The filters as first written, on the whole vocabulary sorted: what the partial sorts must
     /// reproduce, token for token.
     fn full_sort_sample(params: &SamplingParams, rng: &mut StdRng, logits: &[f32]) -> u32 {
-        let t = params.temperature as f64;
         let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut probs: Vec<(u32, f32)> = Vec::new();
-        let mut sum = 0f64;
-        for (i, &l) in logits.iter().enumerate() {
-            let p = ((l - m) as f64 / t).exp();
-            sum += p;
-            probs.push((i as u32, p as f32));
-        }
-        for p in probs.iter_mut() {
-            p.1 = (p.1 as f64 / sum) as f32;
-        }
+        let mut dist = Vec::new();
+        softmax_at(logits, m, params.temperature, &mut dist);
+        let mut probs: Vec<(u32, f32)> = (0..).zip(dist).collect();
         probs.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let mut keep = probs.len();
         if params.top_k > 0 {
@@ -356,7 +400,8 @@ mod tests {
     #[test]
     fn partial_sorts_pick_what_the_full_sort_picked() {
         for vocab in [7usize, 300, 5000, 151_936] {
-            for (spread, temperature) in [(8.0f32, 0.7f32), (0.5, 1.0), (0.0, 1.3)] {
+            // A spread of 40 leaves fewer tokens near the likeliest than a top-k of 1000 keeps.
+            for (spread, temperature) in [(8.0f32, 0.7f32), (0.5, 1.0), (0.0, 1.3), (40.0, 0.7)] {
                 let logits: Vec<f32> = (0..vocab)
                     .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * spread)
                     .collect();

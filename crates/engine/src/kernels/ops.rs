@@ -104,25 +104,71 @@ pub fn rope_from(
 /// each generated token, whose exact f64 sum over a 150k-entry vocabulary took about a twentieth
 /// of a small model's decode step; scoring (`sampling::log_sum_exp`) keeps the f64 sum.
 pub fn sum_exp(x: &[f32], m: f32) -> f64 {
+    // SAFETY: `x.len()` values at `x`; nothing is written.
+    unsafe { exp_pass::<false>(x.as_ptr(), x.len(), m, std::ptr::null_mut()) }
+}
+
+/// `x ← exp(x)` (0 below about −87, where f32 leaves its normal range), returning Σ exp(x) as
+/// [`sum_exp`] does: temperature sampling's softmax over the whole vocabulary at every step,
+/// where an f64 `exp` per token was a visible share of a small model's decode step.
+pub fn exp_in_place(x: &mut [f32]) -> f64 {
+    let p = x.as_mut_ptr();
+    // SAFETY: `x.len()` values readable and writable at `p`; each is read before it is written.
+    unsafe { exp_pass::<true>(p, x.len(), 0.0, p) }
+}
+
+/// Σ exp(x − m) over the `n` values at `x`, each term also written to `out` with `STORE` (the
+/// kernels of `x86` on the vector paths).
+///
+/// # Safety
+/// `n` values readable at `x`, and with `STORE` writable at `out` (which may be `x`).
+unsafe fn exp_pass<const STORE: bool>(x: *const f32, n: usize, m: f32, out: *mut f32) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: avx512f detected.
-        return unsafe { super::x86::sum_exp_avx512(x, m) };
+        // SAFETY: avx512f detected; the caller guarantees the memory.
+        return unsafe { super::x86::exp_pass_avx512::<STORE>(x, n, m, out) };
     }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
         && std::arch::is_x86_feature_detected!("f16c")
     {
-        // SAFETY: avx2, fma and f16c detected.
-        return unsafe { super::x86::sum_exp_avx2(x, m) };
+        // SAFETY: avx2, fma and f16c detected; the caller guarantees the memory.
+        return unsafe { super::x86::exp_pass_avx2::<STORE>(x, n, m, out) };
     }
-    sum_exp_scalar(x, m)
+    // SAFETY: as the caller guarantees.
+    unsafe { exp_pass_scalar::<STORE>(x, n, m, out) }
 }
 
-fn sum_exp_scalar(x: &[f32], m: f32) -> f64 {
-    x.iter().map(|&v| (v as f64 - m as f64).exp()).sum()
+/// [`exp_pass`] in f64, one value at a time: the portable path, the vector ones' remainders and
+/// the tests' reference.
+///
+/// # Safety
+/// As for [`exp_pass`].
+pub(super) unsafe fn exp_pass_scalar<const STORE: bool>(
+    x: *const f32,
+    n: usize,
+    m: f32,
+    out: *mut f32,
+) -> f64 {
+    let mut total = 0f64;
+    for j in 0..n {
+        // SAFETY: j < n.
+        let d = unsafe { *x.add(j) } - m;
+        let e = if d < EXP_FLOOR { 0.0 } else { (d as f64).exp() };
+        if STORE {
+            // SAFETY: j < n.
+            unsafe { *out.add(j) = e as f32 };
+        }
+        total += e;
+    }
+    total
 }
+
+/// Below this, `exp` is taken as 0: f32's normal range ends about here, and the vector `exp`s
+/// clamp their argument to it, so that they would give about 1.6e-38 for anything smaller (at
+/// temperature 1e-40 every token but the likeliest would keep that much).
+pub const EXP_FLOOR: f32 = -87.0;
 
 /// `gate ← silu(gate) · up`, the SwiGLU activation.
 pub fn silu_mul(caps: super::CpuCaps, gate: &mut [f32], up: &[f32]) {
@@ -146,45 +192,86 @@ pub fn silu_mul(caps: super::CpuCaps, gate: &mut [f32], up: &[f32]) {
 mod tests {
     use super::*;
 
+    /// Every exp pass this processor can run (not only the one `sum_exp` picks) against the
+    /// f64 one: the sum, and with STORE each term.
     #[test]
-    fn vector_exp_sum_matches_the_f64_one() {
-        // A vocabulary-sized row of logits over a wide range, with a remainder past the 16s.
-        let x: Vec<f32> = (0..151_939)
+    fn vector_exp_passes_match_the_f64_one() {
+        // A vocabulary-sized row of logits over a wide range, with a remainder past the 16s, and
+        // values below the floor, down to −∞.
+        let mut x: Vec<f32> = (0..151_939)
             .map(|i| ((i as f32 * 0.618_034).fract() - 0.8) * 40.0)
             .collect();
+        x[5] = f32::NEG_INFINITY;
+        x[6] = -300.0;
         let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let want = sum_exp_scalar(&x, m);
-        let mut y = x.clone();
-        y[77] = f32::NAN;
-        // Every vector path this processor can run, not only the one `sum_exp` picks.
-        type SumExp = fn(&[f32], f32) -> f64;
-        let mut paths: Vec<(&str, SumExp)> = vec![("picked", sum_exp)];
+        let want_terms: Vec<f32> = x
+            .iter()
+            .map(|&v| {
+                if v - m < EXP_FLOOR {
+                    0.0
+                } else {
+                    ((v - m) as f64).exp() as f32
+                }
+            })
+            .collect();
+        // SAFETY: `x.len()` values; nothing written.
+        let want =
+            unsafe { exp_pass_scalar::<false>(x.as_ptr(), x.len(), m, std::ptr::null_mut()) };
+        let naive: f64 = x.iter().map(|&v| ((v - m) as f64).exp()).sum();
+        assert!((want - naive).abs() <= 1e-12 * naive);
+        type Pass = unsafe fn(*const f32, usize, f32, *mut f32) -> f64;
+        let mut paths: Vec<(&str, Pass, Pass)> =
+            vec![("picked", exp_pass::<false>, exp_pass::<true>)];
         #[cfg(target_arch = "x86_64")]
         {
+            use super::super::x86;
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") && has!("f16c") {
-                // SAFETY: avx2, fma and f16c detected.
-                paths.push(("avx2", |x, m| unsafe {
-                    super::super::x86::sum_exp_avx2(x, m)
-                }));
+                paths.push((
+                    "avx2",
+                    x86::exp_pass_avx2::<false>,
+                    x86::exp_pass_avx2::<true>,
+                ));
             }
             if has!("avx512f") {
-                // SAFETY: avx512f detected.
-                paths.push(("avx512", |x, m| unsafe {
-                    super::super::x86::sum_exp_avx512(x, m)
-                }));
+                paths.push((
+                    "avx512",
+                    x86::exp_pass_avx512::<false>,
+                    x86::exp_pass_avx512::<true>,
+                ));
             }
         }
-        for (name, f) in paths {
-            let got = f(&x, m);
+        let mut y = x.clone();
+        y[77] = f32::NAN;
+        for (name, sum, store) in paths {
+            // SAFETY (all calls): the lengths given are those of the slices, `out` is null
+            // without STORE; the features were detected above.
+            let got = unsafe { sum(x.as_ptr(), x.len(), m, std::ptr::null_mut()) };
             assert!((got - want).abs() <= 1e-6 * want, "{name}: {got} vs {want}");
-            assert!(f(&y, m).is_nan(), "{name}: a NaN logit must give NaN");
-            assert!(f(&[], 0.0) == 0.0, "{name}");
-            // Fewer values than one vector: the scalar remainder alone.
-            let short = f(&x[..5], m);
-            let short_want = sum_exp_scalar(&x[..5], m);
-            assert!((short - short_want).abs() <= 1e-9 * short_want, "{name}");
+            let mut terms = vec![f32::NAN; x.len()];
+            let stored = unsafe { store(x.as_ptr(), x.len(), m, terms.as_mut_ptr()) };
+            assert!(
+                (stored - want).abs() <= 1e-6 * want,
+                "{name}: {stored} vs {want}"
+            );
+            for (i, (a, b)) in terms.iter().zip(&want_terms).enumerate() {
+                assert!((a - b).abs() <= 1e-6 * b, "{name}: term {i}: {a} vs {b}");
+            }
+            let nan = unsafe { sum(y.as_ptr(), y.len(), m, std::ptr::null_mut()) };
+            assert!(nan.is_nan(), "{name}: a NaN logit must give NaN");
+            let empty = unsafe { sum(x.as_ptr(), 0, 0.0, std::ptr::null_mut()) };
+            assert!(empty == 0.0, "{name}");
         }
+        // In place, as the sampler calls it: the same terms.
+        let mut z: Vec<f32> = x.iter().map(|&v| v - m).collect();
+        let total = exp_in_place(&mut z);
+        assert!((total - want).abs() <= 1e-6 * want);
+        assert!(
+            z.iter()
+                .zip(&want_terms)
+                .all(|(a, b)| (a - b).abs() <= 1e-6 * b)
+        );
+        assert!((sum_exp(&x, m) - want).abs() <= 1e-6 * want);
     }
 
     #[test]

@@ -291,29 +291,49 @@ pub fn exp512(x: __m512) -> __m512 {
     _mm512_scalef_ps(p, n)
 }
 
-/// Σ exp(x − m) over `x` with [`exp512`] (relative error about 2e-7 per term), 16 lanes summed
-/// in f32 over 256 values at a time and those sums in f64; NaN if any x − m is NaN (as the
-/// scalar sum would be, where `exp512`'s clamping would hide it).
+/// Σ exp(x − m) over the `n` values at `x` with [`exp512`] (relative error about 2e-7 per
+/// term), 16 lanes summed in f32 over 256 values at a time and those sums in f64; NaN if any
+/// x − m is NaN (as the scalar sum would be, where `exp512`'s clamping would hide it). Terms
+/// below [`super::super::ops::EXP_FLOOR`] count as 0. With `STORE` each term is also written to `out`, which
+/// may be `x` itself (each value is read before its place is written).
+///
+/// # Safety
+/// `n` values readable at `x`, and with `STORE` writable at `out`; AVX-512F.
 #[target_feature(enable = "avx512f")]
-pub fn sum_exp_avx512(x: &[f32], m: f32) -> f64 {
-    let mv = _mm512_set1_ps(m);
+pub unsafe fn exp_pass_avx512<const STORE: bool>(
+    x: *const f32,
+    n: usize,
+    m: f32,
+    out: *mut f32,
+) -> f64 {
+    let (mv, lo) = (
+        _mm512_set1_ps(m),
+        _mm512_set1_ps(super::super::ops::EXP_FLOOR),
+    );
     let mut total = 0f64;
     let mut nan: __mmask16 = 0;
-    for chunk in x.chunks(256) {
+    let mut i = 0;
+    while i < n {
+        let end = (i + 256).min(n);
         let mut acc = _mm512_setzero_ps();
-        let mut it = chunk.chunks_exact(16);
-        for c in &mut it {
-            // SAFETY: `c` holds 16 values.
-            let d = _mm512_sub_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }, mv);
+        while i + 16 <= end {
+            // SAFETY: i + 16 <= n values at `x` (and room at `out` with STORE).
+            let d = _mm512_sub_ps(unsafe { _mm512_loadu_ps(x.add(i)) }, mv);
             nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(d, d);
-            acc = _mm512_add_ps(acc, exp512(d));
+            let e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(d, lo), exp512(d));
+            if STORE {
+                // SAFETY: as above.
+                unsafe { _mm512_storeu_ps(out.add(i), e) };
+            }
+            acc = _mm512_add_ps(acc, e);
+            i += 16;
         }
         total += _mm512_reduce_add_ps(acc) as f64;
-        total += it
-            .remainder()
-            .iter()
-            .map(|&v| ((v - m) as f64).exp())
-            .sum::<f64>();
+        // SAFETY: i < end <= n; `wrapping_add`: `out` is null without STORE.
+        total += unsafe {
+            super::super::ops::exp_pass_scalar::<STORE>(x.add(i), end - i, m, out.wrapping_add(i))
+        };
+        i = end;
     }
     if nan != 0 { f64::NAN } else { total }
 }

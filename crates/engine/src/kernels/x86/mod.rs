@@ -52,29 +52,43 @@ pub fn exp256(x: __m256) -> __m256 {
     _mm256_mul_ps(p, _mm256_castsi256_ps(two_n))
 }
 
-/// [`sum_exp_avx512`] on 8 lanes: `exp256` in f32 over 256 values at a time, those sums in
-/// f64; NaN if any x − m is NaN (the clamp inside `exp256` would hide it).
+/// [`exp_pass_avx512`] on 8 lanes, with [`exp256`].
+///
+/// # Safety
+/// As for [`exp_pass_avx512`]; AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-pub fn sum_exp_avx2(x: &[f32], m: f32) -> f64 {
-    let mv = _mm256_set1_ps(m);
+pub unsafe fn exp_pass_avx2<const STORE: bool>(
+    x: *const f32,
+    n: usize,
+    m: f32,
+    out: *mut f32,
+) -> f64 {
+    let (mv, lo) = (_mm256_set1_ps(m), _mm256_set1_ps(super::ops::EXP_FLOOR));
     let mut total = 0f64;
     let mut nan = _mm256_setzero_ps();
-    for chunk in x.chunks(256) {
+    let mut i = 0;
+    while i < n {
+        let end = (i + 256).min(n);
         let mut acc = _mm256_setzero_ps();
-        let mut it = chunk.chunks_exact(8);
-        for c in &mut it {
-            // SAFETY: `c` holds 8 values.
-            let d = _mm256_sub_ps(unsafe { _mm256_loadu_ps(c.as_ptr()) }, mv);
+        while i + 8 <= end {
+            // SAFETY: i + 8 <= n values at `x` (and room at `out` with STORE).
+            let d = _mm256_sub_ps(unsafe { _mm256_loadu_ps(x.add(i)) }, mv);
             nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(d, d));
-            acc = _mm256_add_ps(acc, exp256(d));
+            let e = _mm256_and_ps(exp256(d), _mm256_cmp_ps::<_CMP_GE_OQ>(d, lo));
+            if STORE {
+                // SAFETY: as above.
+                unsafe { _mm256_storeu_ps(out.add(i), e) };
+            }
+            acc = _mm256_add_ps(acc, e);
+            i += 8;
         }
         // SAFETY: avx2, fma and (implied by the callers' checks) f16c are available.
         total += unsafe { hsum(acc) } as f64;
-        total += it
-            .remainder()
-            .iter()
-            .map(|&v| ((v - m) as f64).exp())
-            .sum::<f64>();
+        // SAFETY: i < end <= n; `wrapping_add`: `out` is null without STORE.
+        total += unsafe {
+            super::ops::exp_pass_scalar::<STORE>(x.add(i), end - i, m, out.wrapping_add(i))
+        };
+        i = end;
     }
     if _mm256_movemask_ps(nan) != 0 {
         f64::NAN
