@@ -68,6 +68,8 @@ pub struct Sampler {
     dist: Vec<f32>,
     /// The tokens the filters look at, with their probabilities.
     probs: Vec<(u32, f32)>,
+    /// A bit per token of the vocabulary: already penalised in this call (all clear between).
+    seen: Vec<u64>,
 }
 
 /// The chosen token and its log-probability under the model (before any sampling filter).
@@ -191,6 +193,7 @@ impl Sampler {
             rng,
             dist: Vec::new(),
             probs: Vec::new(),
+            seen: Vec::new(),
         })
     }
 
@@ -257,15 +260,26 @@ impl Sampler {
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32]) -> Sampled {
         if self.params.repetition_penalty != 1.0 {
             let p = self.params.repetition_penalty;
-            let mut seen = std::collections::HashSet::new();
+            // Each token once, however often the context holds it: marked in a bit per token
+            // of the vocabulary, kept between calls and cleared after each (a hash set per call
+            // cost more the longer the context).
+            self.seen
+                .resize(self.seen.len().max(logits.len().div_ceil(64)), 0);
             for &t in context {
+                let (w, bit) = (t as usize / 64, 1u64 << (t % 64));
                 if let Some(l) = logits.get_mut(t as usize)
-                    && seen.insert(t)
+                    && self.seen[w] & bit == 0
                 {
+                    self.seen[w] |= bit;
                     // Kept finite: a tiny penalty would otherwise make a logit infinite, and
                     // the softmax of infinities is NaN.
                     let v = if *l > 0.0 { *l / p } else { *l * p };
                     *l = v.clamp(-f32::MAX, f32::MAX);
+                }
+            }
+            for &t in context {
+                if let Some(w) = self.seen.get_mut(t as usize / 64) {
+                    *w = 0;
                 }
             }
         }
@@ -506,9 +520,19 @@ mod tests {
         })
         .unwrap();
         let mut l = vec![3.0, 2.0, -1.0];
-        // token 0 seen twice is penalised once: 3/2 = 1.5 < 2.0, so greedy picks 1.
-        assert_eq!(s.sample(&mut l, &[0, 0, 2]).id, 1);
+        // token 0 seen twice is penalised once: 3/2 = 1.5 < 2.0, so greedy picks 1; an id
+        // past the vocabulary is ignored.
+        assert_eq!(s.sample(&mut l, &[0, 0, 2, 70]).id, 1);
         assert_eq!(l, vec![1.5, 2.0, -2.0]);
+        // The next call starts afresh: only its own context counts, once per token.
+        let mut l = vec![3.0, 2.0, -1.0];
+        assert_eq!(s.sample(&mut l, &[0, 1, 1]).id, 0);
+        assert_eq!(l, vec![1.5, 1.0, -1.0]);
+        // Ids 64 and 128 apart share no bit.
+        let mut l = vec![1.0f32; 200];
+        s.sample(&mut l, &[5, 69, 133, 69]);
+        let hit: Vec<usize> = (0..200).filter(|&i| l[i] != 1.0).collect();
+        assert_eq!(hit, vec![5, 69, 133]);
     }
 
     #[test]
