@@ -261,6 +261,11 @@ mod tests {
             assert!(nan.is_nan(), "{name}: a NaN logit must give NaN");
             let empty = unsafe { sum(x.as_ptr(), 0, 0.0, std::ptr::null_mut()) };
             assert!(empty == 0.0, "{name}");
+            // Fewer values than one vector: the scalar remainder alone.
+            let short = unsafe { sum(x.as_ptr(), 5, m, std::ptr::null_mut()) };
+            let short_want =
+                unsafe { exp_pass_scalar::<false>(x.as_ptr(), 5, m, std::ptr::null_mut()) };
+            assert!((short - short_want).abs() <= 1e-9 * short_want, "{name}");
         }
         // In place, as the sampler calls it: the same terms.
         let mut z: Vec<f32> = x.iter().map(|&v| v - m).collect();
