@@ -160,12 +160,14 @@ fn by_prob(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
 /// `out ←` softmax(`logits` / T), `m` their maximum: the vector `exp`
 /// (`kernels::ops::exp_in_place`), whose f64 sum is that of the scalar one within about 1e-6.
 /// Divided, not multiplied by 1/T: at T = 1e-40 the inverse is infinite and 0 · ∞ is NaN, while
-/// 0 / T keeps the most likely token at probability 1 (greedy, as the limit is).
-fn softmax_at(logits: &[f32], m: f32, t: f32, out: &mut Vec<f32>) {
+/// 0 / T keeps the most likely token at probability 1 (greedy, as the limit is). Returns the
+/// likeliest token's probability (its `exp` is 1).
+fn softmax_at(logits: &[f32], m: f32, t: f32, out: &mut Vec<f32>) -> f32 {
     out.clear();
     out.extend(logits.iter().map(|&l| (l - m) / t));
     let inv = (1.0 / crate::kernels::ops::exp_in_place(out)) as f32;
     out.iter_mut().for_each(|p| *p *= inv);
+    inv
 }
 
 /// A token drawn from `probs` in their order, in proportion to their probabilities (the last
@@ -296,7 +298,7 @@ impl Sampler {
             };
         }
         let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        softmax_at(logits, m, self.params.temperature, &mut self.dist);
+        let top = softmax_at(logits, m, self.params.temperature, &mut self.dist);
         let needs_sort =
             self.params.top_k > 0 || self.params.top_p < 1.0 || self.params.min_p > 0.0;
         let id = if needs_sort && !self.dist.is_empty() {
@@ -306,7 +308,7 @@ impl Sampler {
             // less likely than every one in, so they are a prefix of the full order, which
             // decides the cut unless the filters reach past it (a flat distribution, a large
             // top-k); then the whole vocabulary does.
-            let floor = self.dist.iter().fold(0f32, |a, &b| a.max(b)) * HEAD_SHARE;
+            let floor = top * HEAD_SHARE;
             self.probs.clear();
             self.probs.extend(
                 (0..n as u32)

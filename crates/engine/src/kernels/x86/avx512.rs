@@ -294,8 +294,8 @@ pub fn exp512(x: __m512) -> __m512 {
 /// Σ exp(x − m) over the `n` values at `x` with [`exp512`] (relative error about 2e-7 per
 /// term), 16 lanes summed in f32 over 256 values at a time and those sums in f64; NaN if any
 /// x − m is NaN (as the scalar sum would be, where `exp512`'s clamping would hide it). Terms
-/// below [`super::super::ops::EXP_FLOOR`] count as 0. With `STORE` each term is also written to `out`, which
-/// may be `x` itself (each value is read before its place is written).
+/// below [`super::super::ops::EXP_FLOOR`] count as 0. With `STORE` each term is also written
+/// to `out`, which may be `x` itself (each value is read before its place is written).
 ///
 /// # Safety
 /// `n` values readable at `x`, and with `STORE` writable at `out`; AVX-512F.
