@@ -385,7 +385,12 @@ impl Backend for CpuBackend {
     }
 
     fn vector(&self, t: RawTensor) -> Result<Vec<f32>> {
-        t.to_f32()
+        let v = t.to_f32()?;
+        // A norm's few kilobytes sit between matrices that the packed-weights file serves, and
+        // reading them maps the page cache's whole large folio around them: thirty layers' norms
+        // kept most of a GGUF file's pages resident beside their packed copies through the load.
+        t.data.release_around();
+        Ok(v)
     }
 
     fn new_cache(&self, cfg: &DecoderConfig) -> Result<KvCache> {
@@ -872,5 +877,62 @@ mod tests {
                 assert!(worst < 1e-3, "{dtype:?} n={n}: {worst}");
             }
         }
+    }
+
+    /// Resident kilobytes of this process's mapping that starts at `addr`, from smaps.
+    #[cfg(target_os = "linux")]
+    fn mapping_rss_kib(addr: usize) -> Option<u64> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let head = format!("{addr:x}-");
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head)).skip(1);
+        lines
+            .find(|l| l.starts_with("Rss:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// A norm read out of a mapped file leaves none of the file's pages resident: they sit
+    /// between matrices the packed-weights file serves, and the page cache maps whole large
+    /// folios around them.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_vector_read_from_a_mapped_file_leaves_no_pages_resident() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weights.bin");
+        let norm: Vec<f32> = (0..576).map(|i| i as f32 * 0.5).collect();
+        let offset = 3 << 20;
+        let mut bytes = vec![7u8; 8 << 20];
+        for (i, v) in norm.iter().enumerate() {
+            bytes[offset + 4 * i..offset + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(&bytes)
+            .unwrap();
+        let map = crate::loader::store::map_file(&path, false).unwrap();
+        let addr = map.as_ptr() as usize;
+        // Another page of the file mapped on purpose: the release covers the norm's
+        // neighbourhood too.
+        let _ = std::hint::black_box(map[offset + (64 << 10)]);
+        assert!(
+            mapping_rss_kib(addr).unwrap() > 0,
+            "the probe page was not mapped"
+        );
+        let t = RawTensor {
+            name: "model.norm.weight".into(),
+            dtype: WeightType::F32,
+            shape: vec![norm.len()],
+            data: Blob::Mapped {
+                map: map.clone(),
+                start: offset,
+                len: 4 * norm.len(),
+            },
+        };
+        let cpu = CpuBackend::new(1, CpuCaps::detect()).unwrap();
+        assert_eq!(cpu.vector(t).unwrap(), norm);
+        assert_eq!(mapping_rss_kib(addr), Some(0));
     }
 }
