@@ -139,11 +139,13 @@ pub fn attention<T: KvElem>(
     let parts_ptr = SyncPtr(parts.as_mut_ptr());
     let out_ptr = SyncPtr(out.as_mut_ptr());
     let run = |scratch: &mut Vec<f32>, task: usize| {
-        let (kvh, b, c) = (
-            task / (blocks * chunks),
-            task / chunks % blocks,
-            task % chunks,
-        );
+        // Key ranges outermost: the team deals each member a contiguous run of tasks, so a
+        // member takes every head of the same positions, whose keys and values are neighbours
+        // in the caches (the hardware prefetcher's lines past one head's are the next one's).
+        let (c, rest) = (task / (kv_heads * blocks), task % (kv_heads * blocks));
+        let (kvh, b) = (rest / blocks, rest % blocks);
+        // Where the task's partial softmax goes: `merge_ranges` reads them head by head.
+        let slot = (kvh * blocks + b) * chunks + c;
         let r0 = b * RB;
         let live = (rows - r0).min(RB);
         let rs: [usize; RB] = std::array::from_fn(|i| (r0 + i).min(rows - 1));
@@ -169,6 +171,7 @@ pub fn attention<T: KvElem>(
             rs,
             start,
             width,
+            stream: n == 1,
         };
         let normalize = chunks == 1;
         let mut stats = [0f32; 2 * RB];
@@ -182,15 +185,28 @@ pub fn attention<T: KvElem>(
             // row count is a constant of each instance rather than always `RB`.
             unsafe {
                 let st = &mut stats;
-                match live {
-                    1 => block_avx512::<T, 1>(&blk, scores, acc, st, normalize),
-                    2 => block_avx512::<T, 2>(&blk, scores, acc, st, normalize),
-                    3 => block_avx512::<T, 3>(&blk, scores, acc, st, normalize),
-                    4 => block_avx512::<T, 4>(&blk, scores, acc, st, normalize),
-                    5 => block_avx512::<T, 5>(&blk, scores, acc, st, normalize),
-                    6 => block_avx512::<T, 6>(&blk, scores, acc, st, normalize),
-                    7 => block_avx512::<T, 7>(&blk, scores, acc, st, normalize),
-                    _ => block_avx512::<T, RB>(&blk, scores, acc, st, normalize),
+                if blk.stream {
+                    match live {
+                        1 => block_avx512::<T, 1, true>(&blk, scores, acc, st, normalize),
+                        2 => block_avx512::<T, 2, true>(&blk, scores, acc, st, normalize),
+                        3 => block_avx512::<T, 3, true>(&blk, scores, acc, st, normalize),
+                        4 => block_avx512::<T, 4, true>(&blk, scores, acc, st, normalize),
+                        5 => block_avx512::<T, 5, true>(&blk, scores, acc, st, normalize),
+                        6 => block_avx512::<T, 6, true>(&blk, scores, acc, st, normalize),
+                        7 => block_avx512::<T, 7, true>(&blk, scores, acc, st, normalize),
+                        _ => block_avx512::<T, RB, true>(&blk, scores, acc, st, normalize),
+                    }
+                } else {
+                    match live {
+                        1 => block_avx512::<T, 1, false>(&blk, scores, acc, st, normalize),
+                        2 => block_avx512::<T, 2, false>(&blk, scores, acc, st, normalize),
+                        3 => block_avx512::<T, 3, false>(&blk, scores, acc, st, normalize),
+                        4 => block_avx512::<T, 4, false>(&blk, scores, acc, st, normalize),
+                        5 => block_avx512::<T, 5, false>(&blk, scores, acc, st, normalize),
+                        6 => block_avx512::<T, 6, false>(&blk, scores, acc, st, normalize),
+                        7 => block_avx512::<T, 7, false>(&blk, scores, acc, st, normalize),
+                        _ => block_avx512::<T, RB, false>(&blk, scores, acc, st, normalize),
+                    }
                 }
             };
         } else {
@@ -203,9 +219,10 @@ pub fn attention<T: KvElem>(
         }
         if !normalize {
             let p = parts_ptr;
-            // SAFETY: each task owns its `part_len` floats of `parts`.
+            // SAFETY: each task owns its `part_len` floats of `parts` (`slot` is a bijection
+            // of `task`).
             unsafe {
-                let dst = p.0.add(task * part_len);
+                let dst = p.0.add(slot * part_len);
                 std::ptr::copy_nonoverlapping(stats.as_ptr(), dst, 2 * live);
                 std::ptr::copy_nonoverlapping(acc.as_ptr(), dst.add(2 * RB), live * head_dim);
             }
@@ -308,6 +325,9 @@ struct Block<'a, T> {
     /// The keys this call covers: `width` positions from `start`, both multiples of [`KB`].
     start: usize,
     width: usize,
+    /// Decoding: the keys and values are read once, so the kernel asks for them ahead (a
+    /// prompt's blocks of queries read them again and again from the caches).
+    stream: bool,
 }
 
 impl<T: KvElem> Block<'_, T> {
@@ -356,6 +376,7 @@ fn block_portable<T: KvElem>(
         rs,
         start,
         width,
+        ..
     } = *b;
     let (hd, kv_dim) = (d.head_dim, d.kv_dim());
     let scale = 1.0 / (hd as f32).sqrt();
@@ -411,7 +432,7 @@ use std::arch::x86_64::*;
 /// the caches must hold every position the rows may see.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn block_avx512<T: KvElem, const R: usize>(
+unsafe fn block_avx512<T: KvElem, const R: usize, const STREAM: bool>(
     blk: &Block<'_, T>,
     scores: &mut [f32],
     acc: &mut [f32],
@@ -432,15 +453,35 @@ unsafe fn block_avx512<T: KvElem, const R: usize>(
     let nblk = width / KB;
     let kbase = |b: usize| blk.key_block(b);
     let sp = scores.as_mut_ptr();
+    // Decoding (`STREAM`), the head's key blocks are read once, a few kilobytes apart (the other
+    // heads' blocks sit between them), which the hardware prefetcher follows poorly: each pass
+    // over two blocks asks for the two blocks `KEY_AHEAD` further on, a line or two per step.
+    // A prompt's blocks of queries read the same keys again from the caches, and its eight
+    // rows' query pointers need the registers the prefetch would take.
+    let (k_first, k_stride) = (kbase(0) as usize, kv_dim * KB * size_of::<T>());
+    let lines = (hd * KB * size_of::<T>()).div_ceil(64);
+    let per_step = (2 * lines).div_ceil(hd);
     // SAFETY (whole body): pointers are derived from slices whose bounds were checked above or
-    // by the caller; every offset stays inside them.
+    // by the caller; every offset stays inside them (a prefetch's address need not: it never
+    // faults).
     unsafe {
         let mut b = 0;
         while b + 2 <= nblk {
             let (k0, k1) = (kbase(b), kbase(b + 1));
             let mut a0 = [_mm512_setzero_ps(); R];
             let mut a1 = [_mm512_setzero_ps(); R];
+            let ahead = k_first + (b + KEY_AHEAD) * k_stride;
             for c in 0..hd {
+                if STREAM {
+                    for l in c * per_step..((c + 1) * per_step).min(2 * lines) {
+                        let at = if l < lines {
+                            ahead + 64 * l
+                        } else {
+                            ahead + k_stride + 64 * (l - lines)
+                        };
+                        _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
+                    }
+                }
                 let x0 = load16(k0.add(c * KB));
                 let x1 = load16(k1.add(c * KB));
                 for i in 0..R {
@@ -501,14 +542,59 @@ unsafe fn block_avx512<T: KvElem, const R: usize>(
         }
         let len = blk.visible(&rows);
         let vb = v[start * kv_dim + kvh * hd..].as_ptr();
+        // As many columns per pass over the values as the registers hold (each pass streams
+        // every row): four vectors for up to four rows, three beyond.
+        let widest = if R <= 4 { 4 } else { 3 };
         let mut c0 = 0;
         while c0 < hd {
-            match (hd - c0) / 16 {
-                1 => pv_chunk::<T, 1, R>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
-                2 => pv_chunk::<T, 2, R>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
-                _ => pv_chunk::<T, 3, R>(vb.add(c0), kv_dim, sp, width, len, &inv, acc, hd, c0),
+            let w = ((hd - c0) / 16).min(widest);
+            match w {
+                1 => pv_chunk::<T, 1, R, STREAM>(
+                    vb.add(c0),
+                    kv_dim,
+                    sp,
+                    width,
+                    len,
+                    &inv,
+                    acc,
+                    hd,
+                    c0,
+                ),
+                2 => pv_chunk::<T, 2, R, STREAM>(
+                    vb.add(c0),
+                    kv_dim,
+                    sp,
+                    width,
+                    len,
+                    &inv,
+                    acc,
+                    hd,
+                    c0,
+                ),
+                3 => pv_chunk::<T, 3, R, STREAM>(
+                    vb.add(c0),
+                    kv_dim,
+                    sp,
+                    width,
+                    len,
+                    &inv,
+                    acc,
+                    hd,
+                    c0,
+                ),
+                _ => pv_chunk::<T, 4, R, STREAM>(
+                    vb.add(c0),
+                    kv_dim,
+                    sp,
+                    width,
+                    len,
+                    &inv,
+                    acc,
+                    hd,
+                    c0,
+                ),
             }
-            c0 += 48.min(hd - c0);
+            c0 += 16 * w;
         }
     }
 }
@@ -698,6 +784,14 @@ unsafe fn load16<T: KvElem>(p: *const T) -> __m512 {
     }
 }
 
+/// Key blocks ahead of the pair being scored that the AVX-512 kernel asks for.
+#[cfg(target_arch = "x86_64")]
+const KEY_AHEAD: usize = 4;
+
+/// Value rows ahead of the one being accumulated that the AVX-512 kernel asks for.
+#[cfg(target_arch = "x86_64")]
+const VALUE_AHEAD: usize = 32;
+
 /// Lanes `j..j+16` that lie below `lim`.
 #[cfg(target_arch = "x86_64")]
 #[inline]
@@ -714,7 +808,7 @@ fn lane_mask(lim: usize, j: usize) -> __mmask16 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn pv_chunk<T: KvElem, const W: usize, const R: usize>(
+unsafe fn pv_chunk<T: KvElem, const W: usize, const R: usize, const AHEAD: bool>(
     v: *const T,
     kv_dim: usize,
     p: *const f32,
@@ -728,8 +822,18 @@ unsafe fn pv_chunk<T: KvElem, const W: usize, const R: usize>(
     // SAFETY: see the function's contract.
     unsafe {
         let mut a = [[_mm512_setzero_ps(); W]; R];
+        let row_lines = if AHEAD {
+            (16 * W * size_of::<T>()).div_ceil(64)
+        } else {
+            0
+        };
         for j in 0..len {
             let vr = v.add(j * kv_dim);
+            // Rows are `kv_dim` apart, of which this head reads a line or two.
+            let ahead = (vr as usize).wrapping_add(VALUE_AHEAD * kv_dim * size_of::<T>());
+            for l in 0..row_lines {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * l) as *const i8);
+            }
             let x: [__m512; W] = std::array::from_fn(|w| load16(vr.add(16 * w)));
             for (i, ai) in a.iter_mut().enumerate() {
                 let pv = _mm512_set1_ps(*p.add(i * width + j));
@@ -806,8 +910,9 @@ mod tests {
     /// sizes that take every value-chunk width, and a prompt appended to an existing cache.
     #[test]
     fn blocked_attention_matches_the_textbook() {
-        // Every row count a block can have, 1 to 8, comes up among these shapes; decode at 200
-        // and 700 positions splits the keys into ranges (2 or 3 threads, 1 to 4 KV heads).
+        // Every row count a block can have, 1 to 8, comes up among these shapes, and the value
+        // passes of one to four vectors; decode at 200 and 700 positions splits the keys into
+        // ranges (2 or 3 threads, 1 to 4 KV heads).
         // Half-precision caches against the textbook on the same keys and values rounded to f16:
         // the kernels convert exactly, so the bound is the same.
         for threads in [2, 3] {
@@ -827,6 +932,7 @@ mod tests {
             (3, 1, 40),
             (2, 1, 32),
             (9, 3, 64),
+            (4, 2, 128),
         ];
         for (heads, kv_heads, hd) in shapes {
             for (pos, n) in [(0, 1), (0, 37), (20, 1), (33, 5), (200, 1), (700, 1)] {
