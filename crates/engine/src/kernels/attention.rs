@@ -180,33 +180,12 @@ pub fn attention<T: KvElem>(
             block_avx2_rows(&blk, scores, acc, &mut stats, normalize);
         } else if simd {
             // SAFETY: avx512f detected (implied by avx512vnni); the slices hold what the asserts
-            // above checked, and head_dim is a multiple of 16. Each arm passes `live` rows.
-            // Decode's block is one group of heads (3 for SmolLM2, 6 for Qwen2.5-1.5B), so the
-            // row count is a constant of each instance rather than always `RB`.
+            // above checked, and head_dim is a multiple of 16.
             unsafe {
-                let st = &mut stats;
                 if blk.stream {
-                    match live {
-                        1 => block_avx512::<T, 1, true>(&blk, scores, acc, st, normalize),
-                        2 => block_avx512::<T, 2, true>(&blk, scores, acc, st, normalize),
-                        3 => block_avx512::<T, 3, true>(&blk, scores, acc, st, normalize),
-                        4 => block_avx512::<T, 4, true>(&blk, scores, acc, st, normalize),
-                        5 => block_avx512::<T, 5, true>(&blk, scores, acc, st, normalize),
-                        6 => block_avx512::<T, 6, true>(&blk, scores, acc, st, normalize),
-                        7 => block_avx512::<T, 7, true>(&blk, scores, acc, st, normalize),
-                        _ => block_avx512::<T, RB, true>(&blk, scores, acc, st, normalize),
-                    }
+                    block_avx512_rows::<T, true>(&blk, scores, acc, &mut stats, normalize)
                 } else {
-                    match live {
-                        1 => block_avx512::<T, 1, false>(&blk, scores, acc, st, normalize),
-                        2 => block_avx512::<T, 2, false>(&blk, scores, acc, st, normalize),
-                        3 => block_avx512::<T, 3, false>(&blk, scores, acc, st, normalize),
-                        4 => block_avx512::<T, 4, false>(&blk, scores, acc, st, normalize),
-                        5 => block_avx512::<T, 5, false>(&blk, scores, acc, st, normalize),
-                        6 => block_avx512::<T, 6, false>(&blk, scores, acc, st, normalize),
-                        7 => block_avx512::<T, 7, false>(&blk, scores, acc, st, normalize),
-                        _ => block_avx512::<T, RB, false>(&blk, scores, acc, st, normalize),
-                    }
+                    block_avx512_rows::<T, false>(&blk, scores, acc, &mut stats, normalize)
                 }
             };
         } else {
@@ -423,9 +402,37 @@ use super::x86::exp512;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// [`block_portable`] with AVX-512: scores 16 keys × 4 rows per pass over the head dimension
-/// (two key blocks at a time, so eight FMA chains hide the latency), a vector softmax, and the
-/// weighted sum 64 value columns × 4 rows at a time.
+/// [`block_avx512`] for the block's row count, a constant of each instance: decode's block is
+/// one group of heads (3 for SmolLM2, 6 for Qwen2.5-1.5B) rather than always [`RB`] rows.
+///
+/// # Safety
+/// As for [`block_avx512`], but for the row count, which this call matches.
+#[cfg(target_arch = "x86_64")]
+unsafe fn block_avx512_rows<T: KvElem, const STREAM: bool>(
+    blk: &Block<'_, T>,
+    scores: &mut [f32],
+    acc: &mut [f32],
+    st: &mut [f32; 2 * RB],
+    normalize: bool,
+) {
+    // SAFETY: each arm passes a block of exactly its `R` rows; the rest is the caller's.
+    unsafe {
+        match blk.rs.len() {
+            1 => block_avx512::<T, 1, STREAM>(blk, scores, acc, st, normalize),
+            2 => block_avx512::<T, 2, STREAM>(blk, scores, acc, st, normalize),
+            3 => block_avx512::<T, 3, STREAM>(blk, scores, acc, st, normalize),
+            4 => block_avx512::<T, 4, STREAM>(blk, scores, acc, st, normalize),
+            5 => block_avx512::<T, 5, STREAM>(blk, scores, acc, st, normalize),
+            6 => block_avx512::<T, 6, STREAM>(blk, scores, acc, st, normalize),
+            7 => block_avx512::<T, 7, STREAM>(blk, scores, acc, st, normalize),
+            _ => block_avx512::<T, RB, STREAM>(blk, scores, acc, st, normalize),
+        }
+    }
+}
+
+/// [`block_portable`] with AVX-512: scores 16 keys × `R` rows per pass over the head dimension
+/// (two key blocks at a time, so the FMA chains hide the latency), a vector softmax, and the
+/// weighted sum of 64 value columns (48 beyond four rows) at a time.
 ///
 /// # Safety
 /// AVX-512F must be available, `head_dim` a multiple of 16, the block must have `R` rows, and
