@@ -555,51 +555,26 @@ unsafe fn block_avx512<T: KvElem, const R: usize, const STREAM: bool>(
         let mut c0 = 0;
         while c0 < hd {
             let w = ((hd - c0) / 16).min(widest);
+            macro_rules! pass {
+                ($w:literal) => {
+                    pv_chunk::<T, $w, R, STREAM>(
+                        vb.add(c0),
+                        kv_dim,
+                        sp,
+                        width,
+                        len,
+                        &inv,
+                        acc,
+                        hd,
+                        c0,
+                    )
+                };
+            }
             match w {
-                1 => pv_chunk::<T, 1, R, STREAM>(
-                    vb.add(c0),
-                    kv_dim,
-                    sp,
-                    width,
-                    len,
-                    &inv,
-                    acc,
-                    hd,
-                    c0,
-                ),
-                2 => pv_chunk::<T, 2, R, STREAM>(
-                    vb.add(c0),
-                    kv_dim,
-                    sp,
-                    width,
-                    len,
-                    &inv,
-                    acc,
-                    hd,
-                    c0,
-                ),
-                3 => pv_chunk::<T, 3, R, STREAM>(
-                    vb.add(c0),
-                    kv_dim,
-                    sp,
-                    width,
-                    len,
-                    &inv,
-                    acc,
-                    hd,
-                    c0,
-                ),
-                _ => pv_chunk::<T, 4, R, STREAM>(
-                    vb.add(c0),
-                    kv_dim,
-                    sp,
-                    width,
-                    len,
-                    &inv,
-                    acc,
-                    hd,
-                    c0,
-                ),
+                1 => pass!(1),
+                2 => pass!(2),
+                3 => pass!(3),
+                _ => pass!(4),
             }
             c0 += 16 * w;
         }
