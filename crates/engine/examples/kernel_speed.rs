@@ -7,13 +7,16 @@
 //! The decode matrix is about 1 GB and 2048 columns, streamed from memory; `BAKEOFF_KS_DECODE_BYTES`
 //! and `BAKEOFF_KS_DECODE_COLS` change both (a matrix that fits the caches times the kernel's own
 //! rate rather than the memory's, e.g. 4000000 bytes at 1536 columns, a 1.5B model's rows).
+//! `BAKEOFF_KS_AHEAD="3072:512,6144:0"` times the best packed decode once per prefetch distance
+//! (bytes ahead into L2 : into L1, 0 for none) instead of the paths, alternating in one run, to
+//! choose `DecodeAhead` on a new processor.
 
 use std::time::Instant;
 
 use bakeoff_engine::WeightType;
 use bakeoff_engine::kernels::matmul::{QMatrix, matmul};
 use bakeoff_engine::kernels::threads::Threads;
-use bakeoff_engine::kernels::{CpuCaps, packed};
+use bakeoff_engine::kernels::{CpuCaps, DecodeAhead, packed};
 use bakeoff_engine::loader::store::Blob;
 
 fn main() {
@@ -42,6 +45,14 @@ fn main() {
         None => all.to_vec(),
     };
     let pool = Threads::new(threads).expect("threads");
+    let aheads: Option<Vec<(usize, usize)>> = std::env::var("BAKEOFF_KS_AHEAD").ok().map(|v| {
+        v.split(',')
+            .map(|d| {
+                let (l2, l1) = d.split_once(':').expect("BAKEOFF_KS_AHEAD: L2:L1,...");
+                (l2.parse().expect("L2 bytes"), l1.parse().expect("L1 bytes"))
+            })
+            .collect()
+    });
     let best = CpuCaps::detect();
     // Prompts: AMX (where present) takes both layouts, so the other paths are timed without it.
     let paths = [
@@ -135,7 +146,18 @@ fn main() {
             let x = vec![0.25f32; n * cols];
             let mut out = vec![0f32; n * rows];
             let mut cells: Vec<(String, &QMatrix<'_>, CpuCaps)> = Vec::new();
-            for (name, caps) in paths {
+            if let (1, Some(pm), Some(list)) = (n, &pm, &aheads) {
+                for &d in list {
+                    let ahead = DecodeAhead {
+                        bytes: d,
+                        narrow: d,
+                    };
+                    let name = format!("ahead {}:{}", d.0, d.1);
+                    cells.push((name, pm, CpuCaps { ahead, ..best }));
+                }
+            }
+            let by_path = cells.is_empty();
+            for (name, caps) in paths.into_iter().filter(|_| by_path) {
                 if name == "best" && caps == CpuCaps::avx2_only() {
                     continue;
                 }

@@ -6,7 +6,7 @@ use bakeoff_engine::WeightType;
 use bakeoff_engine::kernels::dequant::dequantize_into;
 use bakeoff_engine::kernels::matmul::{QMatrix, matmul};
 use bakeoff_engine::kernels::threads::Threads;
-use bakeoff_engine::kernels::{CpuCaps, ops};
+use bakeoff_engine::kernels::{CpuCaps, DecodeAhead, ops};
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 
@@ -361,10 +361,20 @@ fn packed_layout_matches_ggml_layout() {
                     }
                 }
             }
+            // The other vendor's decode distances too: with an L1 request and without.
+            let other = CpuCaps {
+                ahead: if CpuCaps::detect().ahead == DecodeAhead::AMD {
+                    DecodeAhead::INTEL
+                } else {
+                    DecodeAhead::AMD
+                },
+                ..CpuCaps::detect()
+            };
             for (caps, threads) in [
                 (CpuCaps::portable(), 1),
                 (CpuCaps::detect(), 1),
                 (CpuCaps::detect(), 3),
+                (other, 1),
                 (CpuCaps::avx2_only(), 1),
                 (CpuCaps::avx2_only(), 3),
             ] {

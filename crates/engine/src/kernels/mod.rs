@@ -29,6 +29,48 @@ pub struct CpuCaps {
     /// AMX tiles with bf16 (Sapphire Rapids and later), granted by the OS: prefill tiles. Only
     /// [`CpuCaps::detect`] sets it, after asking the OS for the tile state.
     pub amx: bool,
+    /// How far ahead the AVX-512 decode kernels ask for weights, chosen for the processor.
+    pub ahead: DecodeAhead,
+}
+
+/// Bytes ahead of the weights being read that the AVX-512 packed decode kernels request into
+/// L2 and into L1 (0: no L1 request), for Q8 rows and for the other layouts. The distances that
+/// stream fastest differ between processors and between layouts, so they are chosen at run
+/// time with the kernels (docs/benchmarks.md, "Prefetch distance on Zen 4").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeAhead {
+    /// Q8 rows: `(l2, l1)`.
+    pub bytes: (usize, usize),
+    /// The 4-, 5- and 6-bit and grid layouts: `(l2, l1)`.
+    pub narrow: (usize, usize),
+}
+
+impl DecodeAhead {
+    /// Chosen on Intel Xeon (Sapphire Rapids class) on huge pages, where the weights are; also
+    /// the choice on processors not measured.
+    pub const INTEL: Self = DecodeAhead {
+        bytes: (3072, 512),
+        narrow: (3072, 512),
+    };
+    /// Chosen on AMD Zen 4 on huge pages: the narrow layouts stream faster from further ahead
+    /// and without the L1 request, Q8 rows as on Intel.
+    pub const AMD: Self = DecodeAhead {
+        bytes: (3072, 512),
+        narrow: (6144, 0),
+    };
+
+    /// The distances for this processor's vendor.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // The vendor string's registers in cpuid's order: "Auth" "enti" "cAMD".
+            let v = std::arch::x86_64::__cpuid(0);
+            if (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163) {
+                return Self::AMD;
+            }
+        }
+        Self::INTEL
+    }
 }
 
 impl CpuCaps {
@@ -49,6 +91,7 @@ impl CpuCaps {
                 avx512vnni,
                 avx512bf16,
                 amx: avx512bf16 && amx::available(),
+                ahead: DecodeAhead::detect(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -58,6 +101,7 @@ impl CpuCaps {
                 avx512vnni: false,
                 avx512bf16: false,
                 amx: false,
+                ahead: DecodeAhead::INTEL,
             }
         }
     }
@@ -69,6 +113,7 @@ impl CpuCaps {
             avx512vnni: false,
             avx512bf16: false,
             amx: false,
+            ahead: DecodeAhead::INTEL,
         }
     }
 
@@ -80,6 +125,7 @@ impl CpuCaps {
             avx512vnni: false,
             avx512bf16: false,
             amx: false,
+            ahead: d.ahead,
         }
     }
 
@@ -266,6 +312,27 @@ impl<T> std::ops::DerefMut for Aligned64<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The decode distances follow the vendor the kernel reports (Linux's `vendor_id`): AMD's
+    /// table on AMD processors, Intel's on the others.
+    #[test]
+    fn decode_distances_follow_the_vendor() {
+        let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+            return;
+        };
+        let vendor = info
+            .lines()
+            .find_map(|l| l.strip_prefix("vendor_id"))
+            .map(|v| v.trim_start_matches([' ', '\t', ':']).trim());
+        let want = if vendor == Some("AuthenticAMD") {
+            DecodeAhead::AMD
+        } else {
+            DecodeAhead::INTEL
+        };
+        assert_eq!(DecodeAhead::detect(), want, "vendor {vendor:?}");
+        assert_eq!(CpuCaps::detect().ahead, want);
+        assert_eq!(CpuCaps::avx2_only().ahead, want);
+    }
 
     /// The SIMD Q8_K quantizer writes the portable one's bytes: ties, a negative largest
     /// value, a superblock of zeros, and +a before -a (the first of equal magnitudes sets the

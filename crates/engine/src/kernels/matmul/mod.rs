@@ -570,32 +570,31 @@ fn packed_decode(
     blocks: usize,
 ) {
     use super::x86::{L_I4, L_I4K, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8};
-    let vnni = caps.avx512vnni;
     // The layout is a constant of each kernel: with it a run-time value, the kernel's offsets
     // and prefetch loop were computed per superblock, which cost 7% of Q4_0's streaming rate.
     match super::x86::layout_code(layout) {
-        L_Q4 => packed_decode_as::<L_Q4>(pool, vnni, mats, a, blocks),
-        L_Q8 => packed_decode_as::<L_Q8>(pool, vnni, mats, a, blocks),
-        L_Q4M => packed_decode_as::<L_Q4M>(pool, vnni, mats, a, blocks),
-        L_Q6 => packed_decode_as::<L_Q6>(pool, vnni, mats, a, blocks),
-        L_Q4K => packed_decode_as::<L_Q4K>(pool, vnni, mats, a, blocks),
-        L_Q5K => packed_decode_as::<L_Q5K>(pool, vnni, mats, a, blocks),
-        L_I4K => packed_decode_as::<L_I4K>(pool, vnni, mats, a, blocks),
-        L_Q5 => packed_decode_as::<L_Q5>(pool, vnni, mats, a, blocks),
-        L_I4 => packed_decode_as::<L_I4>(pool, vnni, mats, a, blocks),
-        _ => packed_decode_as::<L_Q5M>(pool, vnni, mats, a, blocks),
+        L_Q4 => packed_decode_as::<L_Q4>(pool, caps, mats, a, blocks),
+        L_Q8 => packed_decode_as::<L_Q8>(pool, caps, mats, a, blocks),
+        L_Q4M => packed_decode_as::<L_Q4M>(pool, caps, mats, a, blocks),
+        L_Q6 => packed_decode_as::<L_Q6>(pool, caps, mats, a, blocks),
+        L_Q4K => packed_decode_as::<L_Q4K>(pool, caps, mats, a, blocks),
+        L_Q5K => packed_decode_as::<L_Q5K>(pool, caps, mats, a, blocks),
+        L_I4K => packed_decode_as::<L_I4K>(pool, caps, mats, a, blocks),
+        L_Q5 => packed_decode_as::<L_Q5>(pool, caps, mats, a, blocks),
+        L_I4 => packed_decode_as::<L_I4>(pool, caps, mats, a, blocks),
+        _ => packed_decode_as::<L_Q5M>(pool, caps, mats, a, blocks),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 fn packed_decode_as<const L: u8>(
     pool: &Threads,
-    vnni: bool,
+    caps: CpuCaps,
     mats: &[(&QMatrix<'_>, SyncPtr)],
     a: &super::packed::PackedActs,
     blocks: usize,
 ) {
-    if !vnni {
+    if !caps.avx512vnni {
         return decode_rows(
             pool,
             mats,
@@ -623,6 +622,11 @@ fn packed_decode_as<const L: u8>(
             },
         );
     }
+    let ahead = if L == super::x86::L_Q8 {
+        caps.ahead.bytes
+    } else {
+        caps.ahead.narrow
+    };
     decode_rows(
         pool,
         mats,
@@ -637,6 +641,7 @@ fn packed_decode_as<const L: u8>(
                 a.qs.as_ptr(),
                 a.d.as_ptr(),
                 [a.so.as_ptr(), a.so2.as_ptr()],
+                ahead,
             )
         },
         |_, row| unsafe {
@@ -646,6 +651,7 @@ fn packed_decode_as<const L: u8>(
                 a.qs.as_ptr(),
                 a.d.as_ptr(),
                 [a.so.as_ptr(), a.so2.as_ptr()],
+                ahead,
             )
         },
     );

@@ -229,12 +229,11 @@ pub(super) unsafe fn for_each_operand(
 /// nothing, or L1 instead of L2, is slower).
 pub(super) const PREFETCH_AHEAD: usize = 8192;
 
-/// Bytes ahead that the AVX-512 decode kernels (packed and half-precision) request into L2,
-/// and that the packed one also requests into L1. The distances that suited 4 KiB pages are
-/// not those that suit huge pages, where the weights are; these were chosen on huge pages, for
-/// every layout (docs/benchmarks.md, "Prefetch distance on huge pages").
+/// Bytes ahead that the AVX-512 half-precision decode kernels request into L2 (the packed ones
+/// take theirs from `CpuCaps::ahead`). The distances that suited 4 KiB pages are not those that
+/// suit huge pages, where the weights are; this one was chosen on huge pages
+/// (docs/benchmarks.md, "Prefetch distance on huge pages").
 pub(super) const DECODE_PREFETCH_L2: usize = 3072;
-pub(super) const DECODE_PREFETCH_L1: usize = 512;
 
 /// The packed layouts as const parameters of the decode kernels (see `packed::Layout`).
 pub const L_Q8: u8 = 0;
@@ -401,13 +400,14 @@ pub unsafe fn dot4_packed_vnni<const L: u8>(
     xq: *const i8,
     xd: *const f32,
     xso: [*const f32; 2],
+    ahead: (usize, usize),
 ) -> [f32; 4] {
     // SAFETY: the caller guarantees four packed rows of `blocks` blocks, `row_bytes` apart, at
     // `row`, and 512 quants and 16 factors per (whole or tail) superblock at xq, xd, xso.
     unsafe {
         let mut acc = [_mm512_setzero_ps(); 4];
         for (i, a) in acc.iter_mut().enumerate() {
-            *a = row_lanes::<L>(row.add(i * row_bytes), blocks, xq, xd, xso);
+            *a = row_lanes::<L>(row.add(i * row_bytes), blocks, xq, xd, xso, ahead);
         }
         reduce4(acc)
     }
@@ -450,8 +450,8 @@ unsafe fn reduce4(a: [__m512; 4]) -> [f32; 4] {
 /// activations, the decode kernel: per superblock 8 `vpdpbusd` in two independent chains (low
 /// and high nibbles for Q4 and Q4M, even and odd steps for Q8) leave the 16 block sums in 16
 /// lanes, then one multiply and two FMAs apply the scales and the offsets; the lines ahead
-/// are requested into L2 and L1 as it goes. A tail superblock takes the same path with masked
-/// loads.
+/// are requested into L2 and L1 as it goes, `ahead` bytes ahead (`(l2, l1)`, l1 0 for none).
+/// A tail superblock takes the same path with masked loads.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn dot_packed_vnni<const L: u8>(
@@ -460,10 +460,11 @@ pub unsafe fn dot_packed_vnni<const L: u8>(
     xq: *const i8,
     xd: *const f32,
     xso: [*const f32; 2],
+    ahead: (usize, usize),
 ) -> f32 {
     // SAFETY: the caller guarantees a packed row of `blocks` blocks at `w`, and 512 quants and
     // 16 factors per superblock at xq, xd, xso.
-    unsafe { _mm512_reduce_add_ps(row_lanes::<L>(w, blocks, xq, xd, xso)) }
+    unsafe { _mm512_reduce_add_ps(row_lanes::<L>(w, blocks, xq, xd, xso, ahead)) }
 }
 
 /// [`dot_packed_vnni`] before its horizontal sum: the row's 16 lane sums.
@@ -475,16 +476,18 @@ unsafe fn row_lanes<const L: u8>(
     xq: *const i8,
     xd: *const f32,
     xso: [*const f32; 2],
+    ahead: (usize, usize),
 ) -> __m512 {
     // SAFETY: as for `dot_packed_vnni`.
     unsafe {
         let sbb = const { layout_of(L).superblock_bytes() };
         let (full, tail) = (blocks / 16, blocks % 16);
         let mut acc = _mm512_setzero_ps();
-        acc = superblock_dots::<L, false>(w, 0, full, xq, xd, xso, Geo::FULL, acc);
+        let x = Acts1 { xq, xd, xso };
+        acc = superblock_dots::<L, false>(w, 0, full, x, Geo::FULL, ahead, acc);
         if tail > 0 {
             let g = Geo::tail(tail);
-            acc = superblock_dots::<L, true>(w.add(full * sbb), full, 1, xq, xd, xso, g, acc);
+            acc = superblock_dots::<L, true>(w.add(full * sbb), full, 1, x, g, ahead, acc);
         }
         acc
     }
@@ -497,19 +500,18 @@ unsafe fn row_lanes<const L: u8>(
 // superblocks' loads plain and their offsets constant where it is not inlined.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn superblock_dots<const L: u8, const TAIL: bool>(
     w: *const u8,
     s0: usize,
     count: usize,
-    xq: *const i8,
-    xd: *const f32,
-    xso: [*const f32; 2],
+    x: Acts1,
     g: Geo,
+    (l2, l1): (usize, usize),
     mut acc: __m512,
 ) -> __m512 {
     // SAFETY: as for `dot_packed_vnni`.
     unsafe {
+        let Acts1 { xq, xd, xso } = x;
         let g = if TAIL { g } else { Geo::FULL };
         let stride = const { layout_of(L).superblock_bytes() };
         for i in 0..count {
@@ -524,11 +526,13 @@ unsafe fn superblock_dots<const L: u8, const TAIL: bool>(
             // works on the superblock before.
             // `wrapping_add`: prefetches past the end of the matrix are harmless, but must not
             // be pointer arithmetic out of bounds.
-            let a = ws.wrapping_add(DECODE_PREFETCH_L2);
-            let near = ws.wrapping_add(DECODE_PREFETCH_L1);
+            let a = ws.wrapping_add(l2);
+            let near = ws.wrapping_add(l1);
             for o in (0..sbb).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(near.wrapping_add(o) as *const i8);
+                if l1 > 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(near.wrapping_add(o) as *const i8);
+                }
             }
             let mut p = [_mm512_setzero_si512(); 2];
             if layout.nibbles() && !layout.grid() {
@@ -581,6 +585,15 @@ unsafe fn superblock_dots<const L: u8, const TAIL: bool>(
         }
         acc
     }
+}
+
+/// One token's packed activations (`PackedActs`): quants, block scales, float offsets (two
+/// sets for Q6's half blocks).
+#[derive(Clone, Copy)]
+struct Acts1 {
+    xq: *const i8,
+    xd: *const f32,
+    xso: [*const f32; 2],
 }
 
 /// Four tokens' packed activations (`PackedActs`): quants, block scales, float offsets (two
