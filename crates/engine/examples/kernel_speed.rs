@@ -7,9 +7,9 @@
 //! The decode matrix is about 1 GB and 2048 columns, streamed from memory; `BAKEOFF_KS_DECODE_BYTES`
 //! and `BAKEOFF_KS_DECODE_COLS` change both (a matrix that fits the caches times the kernel's own
 //! rate rather than the memory's, e.g. 4000000 bytes at 1536 columns, a 1.5B model's rows).
-//! `BAKEOFF_KS_AHEAD="3072:512,6144:0"` times the best packed decode once per prefetch distance
-//! (bytes ahead into L2 : into L1, 0 for none) instead of the paths, alternating in one run, to
-//! choose `DecodeAhead` on a new processor.
+//! `BAKEOFF_KS_AHEAD="3072:512,6144:0"` times the best decode kernel once per prefetch distance
+//! (bytes ahead into L2 : into L1, 0 for none; F16 and BF16 take the L2 distance alone) instead
+//! of the paths, alternating in one run, to choose `DecodeAhead` on a new processor.
 
 use std::time::Instant;
 
@@ -146,14 +146,16 @@ fn main() {
             let x = vec![0.25f32; n * cols];
             let mut out = vec![0f32; n * rows];
             let mut cells: Vec<(String, &QMatrix<'_>, CpuCaps)> = Vec::new();
-            if let (1, Some(pm), Some(list)) = (n, &pm, &aheads) {
+            if let (1, Some(list)) = (n, &aheads) {
                 for &d in list {
                     let ahead = DecodeAhead {
                         bytes: d,
                         narrow: d,
+                        half: d.0,
                     };
                     let name = format!("ahead {}:{}", d.0, d.1);
-                    cells.push((name, pm, CpuCaps { ahead, ..best }));
+                    let w = pm.as_ref().unwrap_or(&m);
+                    cells.push((name, w, CpuCaps { ahead, ..best }));
                 }
             }
             let by_path = cells.is_empty();

@@ -34,7 +34,8 @@ pub struct CpuCaps {
 }
 
 /// Bytes ahead of the weights being read that the AVX-512 packed decode kernels request into
-/// L2 and into L1 (0: no L1 request), for Q8 rows and for the other layouts. The distances that
+/// L2 and into L1 (0: no L1 request), for Q8 rows and for the other layouts, and that the F16 and
+/// BF16 decode kernels request into L2. The distances that
 /// stream fastest differ between processors and between layouts, so they are chosen at run
 /// time with the kernels (docs/benchmarks.md, "Prefetch distance on Zen 4").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +44,8 @@ pub struct DecodeAhead {
     pub bytes: (usize, usize),
     /// The 4-, 5- and 6-bit and grid layouts: `(l2, l1)`.
     pub narrow: (usize, usize),
+    /// F16 and BF16 rows: into L2 only.
+    pub half: usize,
 }
 
 impl DecodeAhead {
@@ -51,12 +54,14 @@ impl DecodeAhead {
     pub const INTEL: Self = DecodeAhead {
         bytes: (3072, 512),
         narrow: (3072, 512),
+        half: 3072,
     };
-    /// Chosen on AMD Zen 4 on huge pages: the narrow layouts stream faster from further ahead
-    /// and without the L1 request, Q8 rows as on Intel.
+    /// Chosen on AMD Zen 4 on huge pages: the narrow layouts and the half-precision rows stream
+    /// faster from further ahead, the narrow ones without the L1 request; Q8 rows as on Intel.
     pub const AMD: Self = DecodeAhead {
         bytes: (3072, 512),
         narrow: (6144, 0),
+        half: 6144,
     };
 
     /// The distances for this processor's vendor.

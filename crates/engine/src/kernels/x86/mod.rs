@@ -280,17 +280,27 @@ pub unsafe fn dot_f16(w: &[u8], x: &[f32]) -> f32 {
 /// one row after the other so the weights are one forward stream (as in the packed kernel;
 /// interleaving the four rows 64 bytes at a time streamed slower), with the same L2 prefetch.
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
-pub unsafe fn dot4_f16_avx512(row: *const u8, row_bytes: usize, x: &[f32]) -> [f32; 4] {
+pub unsafe fn dot4_f16_avx512(
+    row: *const u8,
+    row_bytes: usize,
+    x: &[f32],
+    ahead: usize,
+) -> [f32; 4] {
     // SAFETY: the caller guarantees four rows of `cols` f16 values at `row`, `row_bytes` apart.
-    unsafe { std::array::from_fn(|i| stream_half_row::<false>(row.add(i * row_bytes), x)) }
+    unsafe { std::array::from_fn(|i| stream_half_row::<false>(row.add(i * row_bytes), x, ahead)) }
 }
 
 /// [`dot4_f16_avx512`] for BF16 rows (Hugging Face checkpoints' usual type): a bf16 value is
 /// the top half of an f32, so widening is a zero-extension and a shift.
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
-pub unsafe fn dot4_bf16_avx512(row: *const u8, row_bytes: usize, x: &[f32]) -> [f32; 4] {
+pub unsafe fn dot4_bf16_avx512(
+    row: *const u8,
+    row_bytes: usize,
+    x: &[f32],
+    ahead: usize,
+) -> [f32; 4] {
     // SAFETY: the caller guarantees four rows of `cols` bf16 values at `row`, `row_bytes` apart.
-    unsafe { std::array::from_fn(|i| stream_half_row::<true>(row.add(i * row_bytes), x)) }
+    unsafe { std::array::from_fn(|i| stream_half_row::<true>(row.add(i * row_bytes), x, ahead)) }
 }
 
 /// [`dot4_f16_avx512`] and [`dot4_bf16_avx512`] (`BF16`) with AVX2 alone: the same forward
@@ -363,17 +373,17 @@ unsafe fn widen16<const BF16: bool>(h: __m256i) -> __m512 {
 }
 
 /// One F16 (or, `BF16`, bf16) row against one token: four independent FMA chains over 64
-/// values per step.
+/// values per step, the lines `ahead` bytes on requested into L2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
-unsafe fn stream_half_row<const BF16: bool>(w: *const u8, x: &[f32]) -> f32 {
+unsafe fn stream_half_row<const BF16: bool>(w: *const u8, x: &[f32], ahead: usize) -> f32 {
     let cols = x.len();
     // SAFETY: the caller guarantees `cols` 2-byte values at `w`; `cols` is a multiple of 16.
     unsafe {
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut c = 0;
         while c + 64 <= cols {
-            let a = w.wrapping_add(2 * c + DECODE_PREFETCH_L2);
+            let a = w.wrapping_add(2 * c + ahead);
             _mm_prefetch::<_MM_HINT_T1>(a as *const i8);
             _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(64) as *const i8);
             for k in 0..2 {

@@ -229,7 +229,7 @@ pub(super) unsafe fn for_each_operand(
 /// nothing, or L1 instead of L2, is slower).
 pub(super) const PREFETCH_AHEAD: usize = 8192;
 
-/// Bytes ahead that the AVX-512 half-precision decode kernels request into L2 (the packed ones
+/// Bytes ahead that the AVX2 half-precision decode kernel requests into L2 (the AVX-512 ones
 /// take theirs from `CpuCaps::ahead`). The distances that suited 4 KiB pages are not those that
 /// suit huge pages, where the weights are; this one was chosen on huge pages
 /// (docs/benchmarks.md, "Prefetch distance on huge pages").
