@@ -693,9 +693,9 @@ fn half_decode(pool: &Threads, caps: CpuCaps, mats: &[(&QMatrix<'_>, SyncPtr)], 
         // `half_decodable`), avx512f detected by the caller.
         |w, rows, rb| unsafe {
             if w.dtype == WeightType::BF16 {
-                super::x86::dot4_bf16_avx512(rows.as_ptr(), rb, x, caps.ahead.half)
+                super::x86::dot4_half_avx512::<true>(rows.as_ptr(), rb, x, caps.ahead.half)
             } else {
-                super::x86::dot4_f16_avx512(rows.as_ptr(), rb, x, caps.ahead.half)
+                super::x86::dot4_half_avx512::<false>(rows.as_ptr(), rb, x, caps.ahead.half)
             }
         },
         one,

@@ -276,35 +276,24 @@ pub unsafe fn dot_f16(w: &[u8], x: &[f32]) -> f32 {
     }
 }
 
-/// Four consecutive F16 rows (`row_bytes` apart, `cols` a multiple of 16) against one token,
-/// one row after the other so the weights are one forward stream (as in the packed kernel;
-/// interleaving the four rows 64 bytes at a time streamed slower), with the same L2 prefetch.
+/// Four consecutive F16 (or, `BF16`, bf16: Hugging Face checkpoints' usual type, widened by a
+/// zero-extension and a shift) rows (`row_bytes` apart, `cols` a multiple of 16) against one
+/// token, one row after the other so the weights are one forward stream (as in the packed
+/// kernel; interleaving the four rows 64 bytes at a time streamed slower), the lines `ahead`
+/// bytes on requested into L2.
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
-pub unsafe fn dot4_f16_avx512(
+pub unsafe fn dot4_half_avx512<const BF16: bool>(
     row: *const u8,
     row_bytes: usize,
     x: &[f32],
     ahead: usize,
 ) -> [f32; 4] {
-    // SAFETY: the caller guarantees four rows of `cols` f16 values at `row`, `row_bytes` apart.
-    unsafe { std::array::from_fn(|i| stream_half_row::<false>(row.add(i * row_bytes), x, ahead)) }
+    // SAFETY: the caller guarantees four rows of `cols` half values at `row`, `row_bytes` apart.
+    unsafe { std::array::from_fn(|i| stream_half_row::<BF16>(row.add(i * row_bytes), x, ahead)) }
 }
 
-/// [`dot4_f16_avx512`] for BF16 rows (Hugging Face checkpoints' usual type): a bf16 value is
-/// the top half of an f32, so widening is a zero-extension and a shift.
-#[target_feature(enable = "avx2,fma,f16c,avx512f")]
-pub unsafe fn dot4_bf16_avx512(
-    row: *const u8,
-    row_bytes: usize,
-    x: &[f32],
-    ahead: usize,
-) -> [f32; 4] {
-    // SAFETY: the caller guarantees four rows of `cols` bf16 values at `row`, `row_bytes` apart.
-    unsafe { std::array::from_fn(|i| stream_half_row::<true>(row.add(i * row_bytes), x, ahead)) }
-}
-
-/// [`dot4_f16_avx512`] and [`dot4_bf16_avx512`] (`BF16`) with AVX2 alone: the same forward
-/// stream and L2 prefetch, in 256-bit steps.
+/// [`dot4_half_avx512`] with AVX2 alone: the same forward stream and L2 prefetch, in 256-bit
+/// steps.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot4_half_avx2<const BF16: bool>(
     row: *const u8,
