@@ -782,7 +782,8 @@ fn lane_mask(lim: usize, j: usize) -> __mmask16 {
     ((1u32 << k) - 1) as __mmask16
 }
 
-/// `acc[i][c0..c0+16W] = inv[i] · Σ_j p[i][j] · v[j][c0..c0+16W]` for the block's rows.
+/// `acc[i][c0..c0+16W] = inv[i] · Σ_j p[i][j] · v[j][c0..c0+16W]` for the block's rows;
+/// decoding (`STREAM`, as in [`block_avx512`]), the rows [`VALUE_AHEAD`] on are asked for.
 ///
 /// # Safety
 /// AVX-512F; `v` points at column `c0` of the KV head in the value cache, which holds `len`
@@ -790,7 +791,7 @@ fn lane_mask(lim: usize, j: usize) -> __mmask16 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn pv_chunk<T: KvElem, const W: usize, const R: usize, const AHEAD: bool>(
+unsafe fn pv_chunk<T: KvElem, const W: usize, const R: usize, const STREAM: bool>(
     v: *const T,
     kv_dim: usize,
     p: *const f32,
@@ -804,7 +805,7 @@ unsafe fn pv_chunk<T: KvElem, const W: usize, const R: usize, const AHEAD: bool>
     // SAFETY: see the function's contract.
     unsafe {
         let mut a = [[_mm512_setzero_ps(); W]; R];
-        let row_lines = if AHEAD {
+        let row_lines = if STREAM {
             (16 * W * size_of::<T>()).div_ceil(64)
         } else {
             0
