@@ -7,6 +7,7 @@
 //! The decode matrix is about 1 GB and 2048 columns, streamed from memory; `BAKEOFF_KS_DECODE_BYTES`
 //! and `BAKEOFF_KS_DECODE_COLS` change both (a matrix that fits the caches times the kernel's own
 //! rate rather than the memory's, e.g. 4000000 bytes at 1536 columns, a 1.5B model's rows).
+//! `BAKEOFF_KS_TOKENS` sets the prefill tests' token count (256; 8 times continuous batching).
 //! `BAKEOFF_KS_AHEAD="3072:512,6144:0"` times the best decode kernel once per prefetch distance
 //! (bytes ahead into L2 : into L1, 0 for none; F16 and BF16 take the L2 distance alone) instead
 //! of the paths, alternating in one run, to choose `DecodeAhead` on a new processor.
@@ -111,15 +112,19 @@ fn main() {
             decode_cols,
             1,
         )];
+        let tokens: usize = std::env::var("BAKEOFF_KS_TOKENS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256);
         match std::env::var("BAKEOFF_KS_PREFILL") {
             Ok(shapes) => {
                 for sh in shapes.split(',') {
                     let (r, c) = sh.split_once('x').expect("BAKEOFF_KS_PREFILL: ROWSxCOLS");
                     let (r, c) = (r.parse().expect("rows"), c.parse().expect("cols"));
-                    tests.push((format!("prefill {r}x{c}"), r, c, 256));
+                    tests.push((format!("prefill {r}x{c}"), r, c, tokens));
                 }
             }
-            Err(_) => tests.push(("prefill".into(), 2048, 2048, 256)),
+            Err(_) => tests.push(("prefill".into(), 2048, 2048, tokens)),
         }
         for (test, rows, cols, n) in tests {
             if !cols.is_multiple_of(dt.block_size()) {

@@ -180,11 +180,44 @@ pub(super) fn tiles_packed(
             let xd = [0, 1, 2, 3].map(|i| a[i].d.as_ptr());
             let xso = [0, 1, 2, 3].map(|i| [a[i].so.as_ptr(), a[i].so2.as_ptr()]);
             let xio = [0, 1, 2, 3].map(|i| a[i].io.as_ptr());
+            if vnni {
+                use crate::kernels::x86::{
+                    Acts, L_I4, L_I4K, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q6, L_Q8, TileOut,
+                    tiles2x4_packed_vnni as tiles,
+                };
+                let (at, rb, x) = (w.data.as_ptr(), w.row_bytes(), Acts { xq, xd, xso, xio });
+                let o = TileOut {
+                    // In bounds: token t < n of the output's n rows.
+                    at: p.0.wrapping_add(t * rows),
+                    stride: rows,
+                    tokens: (n - t).min(4),
+                };
+                // SAFETY: the rows of pairs p0..p1 are packed rows of `blocks` blocks, whose
+                // outputs belong to this task; the four tokens' activations exist (padded with
+                // zeros); AVX-512 VNNI detected by the caller.
+                unsafe {
+                    match crate::kernels::x86::layout_code(layout) {
+                        L_Q4 => tiles::<L_Q4>(at, rb, rows, p0..p1, blocks, x, o),
+                        L_Q8 => tiles::<L_Q8>(at, rb, rows, p0..p1, blocks, x, o),
+                        L_Q4M => tiles::<L_Q4M>(at, rb, rows, p0..p1, blocks, x, o),
+                        L_Q6 => tiles::<L_Q6>(at, rb, rows, p0..p1, blocks, x, o),
+                        L_Q4K => tiles::<L_Q4K>(at, rb, rows, p0..p1, blocks, x, o),
+                        L_Q5K => tiles::<L_Q5K>(at, rb, rows, p0..p1, blocks, x, o),
+                        L_I4K => tiles::<L_I4K>(at, rb, rows, p0..p1, blocks, x, o),
+                        L_Q5 => tiles::<L_Q5>(at, rb, rows, p0..p1, blocks, x, o),
+                        L_I4 => tiles::<L_I4>(at, rb, rows, p0..p1, blocks, x, o),
+                        _ => {
+                            use crate::kernels::x86::L_Q5M;
+                            tiles::<L_Q5M>(at, rb, rows, p0..p1, blocks, x, o)
+                        }
+                    }
+                }
+                continue;
+            }
             for pair in p0..p1 {
                 let [r0, r1] = pair_rows(pair);
-                let rows2 = [w.row(r0).as_ptr(), w.row(r1).as_ptr()];
                 let tr = TileRows {
-                    at: rows2,
+                    at: [w.row(r0).as_ptr(), w.row(r1).as_ptr()],
                     tails: match tails.get(2 * (pair - p0)..2 * (pair - p0) + 2) {
                         Some([a, b]) => [a.as_ptr(), b.as_ptr()],
                         _ => [std::ptr::null(); 2],
@@ -193,33 +226,23 @@ pub(super) fn tiles_packed(
                     heads: [heads_of(2 * (pair - p0)), heads_of(2 * (pair - p0) + 1)],
                 };
                 // SAFETY: rows r0, r1 < rows are packed rows of `blocks` blocks; the four tokens'
-                // activations exist (padded with zeros); features detected by the caller.
+                // activations exist (padded with zeros); AVX2 detected by the caller.
                 let v = unsafe {
                     use crate::kernels::x86::{
                         L_I4, L_I4K, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8,
-                        tile2x4_packed_avx2 as tile2, tile2x4_packed_vnni as tile,
+                        tile2x4_packed_avx2 as tile,
                     };
-                    match (vnni, crate::kernels::x86::layout_code(layout)) {
-                        (true, L_Q4) => tile::<L_Q4>(rows2, blocks, xq, xd, xso, xio),
-                        (true, L_Q8) => tile::<L_Q8>(rows2, blocks, xq, xd, xso, xio),
-                        (true, L_Q4M) => tile::<L_Q4M>(rows2, blocks, xq, xd, xso, xio),
-                        (true, L_Q6) => tile::<L_Q6>(rows2, blocks, xq, xd, xso, xio),
-                        (true, L_Q4K) => tile::<L_Q4K>(rows2, blocks, xq, xd, xso, xio),
-                        (true, L_Q5K) => tile::<L_Q5K>(rows2, blocks, xq, xd, xso, xio),
-                        (true, L_I4K) => tile::<L_I4K>(rows2, blocks, xq, xd, xso, xio),
-                        (true, L_Q5) => tile::<L_Q5>(rows2, blocks, xq, xd, xso, xio),
-                        (true, L_I4) => tile::<L_I4>(rows2, blocks, xq, xd, xso, xio),
-                        (true, _) => tile::<L_Q5M>(rows2, blocks, xq, xd, xso, xio),
-                        (false, L_Q4) => tile2::<L_Q4>(tr, blocks, xq, xd, xso, xio),
-                        (false, L_Q8) => tile2::<L_Q8>(tr, blocks, xq, xd, xso, xio),
-                        (false, L_Q4M) => tile2::<L_Q4M>(tr, blocks, xq, xd, xso, xio),
-                        (false, L_Q6) => tile2::<L_Q6>(tr, blocks, xq, xd, xso, xio),
-                        (false, L_Q4K) => tile2::<L_Q4K>(tr, blocks, xq, xd, xso, xio),
-                        (false, L_Q5K) => tile2::<L_Q5K>(tr, blocks, xq, xd, xso, xio),
-                        (false, L_I4K) => tile2::<L_I4K>(tr, blocks, xq, xd, xso, xio),
-                        (false, L_Q5) => tile2::<L_Q5>(tr, blocks, xq, xd, xso, xio),
-                        (false, L_I4) => tile2::<L_I4>(tr, blocks, xq, xd, xso, xio),
-                        (false, _) => tile2::<L_Q5M>(tr, blocks, xq, xd, xso, xio),
+                    match crate::kernels::x86::layout_code(layout) {
+                        L_Q4 => tile::<L_Q4>(tr, blocks, xq, xd, xso, xio),
+                        L_Q8 => tile::<L_Q8>(tr, blocks, xq, xd, xso, xio),
+                        L_Q4M => tile::<L_Q4M>(tr, blocks, xq, xd, xso, xio),
+                        L_Q6 => tile::<L_Q6>(tr, blocks, xq, xd, xso, xio),
+                        L_Q4K => tile::<L_Q4K>(tr, blocks, xq, xd, xso, xio),
+                        L_Q5K => tile::<L_Q5K>(tr, blocks, xq, xd, xso, xio),
+                        L_I4K => tile::<L_I4K>(tr, blocks, xq, xd, xso, xio),
+                        L_Q5 => tile::<L_Q5>(tr, blocks, xq, xd, xso, xio),
+                        L_I4 => tile::<L_I4>(tr, blocks, xq, xd, xso, xio),
+                        _ => tile::<L_Q5M>(tr, blocks, xq, xd, xso, xio),
                     }
                 };
                 for (dt, vt) in v.iter().enumerate().take((n - t).min(4)) {
@@ -231,7 +254,10 @@ pub(super) fn tiles_packed(
             }
         }
     };
-    run_tasks(pool, tasks, threads, run);
+    // On the decode team, not the rayon pool: a batch of a few tokens (continuous batching)
+    // makes a region of a few hundred microseconds per matrix, where waking rayon's parked
+    // workers is a cost the spinning team does not pay; prompts' long regions mind neither.
+    pool.run(tasks, &run);
 }
 
 /// Row `r` of a packed matrix rounded to bf16 in the packed order

@@ -599,11 +599,55 @@ struct Acts1 {
 /// Four tokens' packed activations (`PackedActs`): quants, block scales, float offsets (two
 /// sets for Q6's half blocks), integer offsets.
 #[derive(Clone, Copy)]
-struct Acts {
-    xq: [*const i8; 4],
-    xd: [*const f32; 4],
-    xso: [[*const f32; 2]; 4],
-    xio: [*const i32; 4],
+pub struct Acts {
+    pub xq: [*const i8; 4],
+    pub xd: [*const f32; 4],
+    pub xso: [[*const f32; 2]; 4],
+    pub xio: [*const i32; 4],
+}
+
+/// Where [`tiles2x4_packed_vnni`] writes: row `r`, token `t` of four at `at + t · stride + r`,
+/// the first `tokens` tokens of the four.
+#[derive(Clone, Copy)]
+pub struct TileOut {
+    pub at: *mut f32,
+    pub stride: usize,
+    pub tokens: usize,
+}
+
+/// [`tile2x4_packed_vnni`] for the row pairs `pairs` of a packed matrix of `rows` rows
+/// (`row_bytes` apart, from `w`; an odd last row is paired with itself), written to `out`.
+/// One call per group of four tokens: a call per pair spent a few percent of a prompt's
+/// products on its arguments and its dispatch.
+///
+/// # Safety
+/// As for [`tile2x4_packed_vnni`], for every row; `out` must have room for every (token, row)
+/// written, and no other thread write them.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn tiles2x4_packed_vnni<const L: u8>(
+    w: *const u8,
+    row_bytes: usize,
+    rows: usize,
+    pairs: std::ops::Range<usize>,
+    blocks: usize,
+    x: Acts,
+    out: TileOut,
+) {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        let Acts { xq, xd, xso, xio } = x;
+        for pair in pairs {
+            let r0 = 2 * pair;
+            let r1 = (r0 + 1).min(rows - 1);
+            let at = [w.add(r0 * row_bytes), w.add(r1 * row_bytes)];
+            let v = tile2x4_packed_vnni::<L>(at, blocks, xq, xd, xso, xio);
+            for (dt, vt) in v.iter().enumerate().take(out.tokens) {
+                for (i, val) in vt.iter().enumerate().take(r1 - r0 + 1) {
+                    *out.at.add(dt * out.stride + r0 + i) = *val;
+                }
+            }
+        }
+    }
 }
 
 /// Two packed rows × four tokens: each weight operand feeds four `vpdpbusd`, each activation
@@ -611,6 +655,7 @@ struct Acts {
 /// instructions (64 multiply-adds each, about five times f32 FMA on this class of processor).
 /// `rows[i]` points at row i (of `blocks` blocks), `xq/xd/xso[t]` at token t's packed
 /// activations.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn tile2x4_packed_vnni<const L: u8>(
     rows: [*const u8; 2],
