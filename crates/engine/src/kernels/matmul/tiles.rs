@@ -174,6 +174,31 @@ pub(super) fn tiles_packed(
             }
             return;
         }
+        // The VNNI tiles' K head factors, unpacked once per row for all the groups of tokens.
+        // Not on rows so wide that four tokens' activations fill much of the L1 cache (more
+        // than 4096 columns): there reading the factors back cost more than unpacking them.
+        let vnni_heads: crate::kernels::packed::Lines<f32> =
+            if vnni && precomputed_heads(layout) && n > 4 && blocks <= 128 {
+                use crate::kernels::x86::{L_Q4K, L_Q5K, L_Q6, heads_len, unpack_heads_vnni};
+                let per_row = heads_len(blocks);
+                let mut h = crate::kernels::packed::Lines::zeroed(2 * (p1 - p0) * per_row);
+                for (i, r) in (p0..p1).flat_map(pair_rows).enumerate() {
+                    let (row, o) = (w.row(r).as_ptr(), h[i * per_row..].as_mut_ptr());
+                    // SAFETY: row r is a packed row of `blocks` blocks in `layout`, `o` has
+                    // room for its factors; AVX-512 VNNI detected by the caller.
+                    unsafe {
+                        match crate::kernels::x86::layout_code(layout) {
+                            L_Q4K => unpack_heads_vnni::<L_Q4K>(row, blocks, o),
+                            L_Q5K => unpack_heads_vnni::<L_Q5K>(row, blocks, o),
+                            L_Q6 => unpack_heads_vnni::<L_Q6>(row, blocks, o),
+                            _ => unreachable!("precomputed_heads covers Q4K, Q5K and Q6"),
+                        }
+                    }
+                }
+                h
+            } else {
+                crate::kernels::packed::Lines::zeroed(0)
+            };
         for t in (0..n).step_by(4) {
             let a = &acts[t..t + 4];
             let xq = [0, 1, 2, 3].map(|i| a[i].qs.as_ptr());
@@ -186,6 +211,8 @@ pub(super) fn tiles_packed(
                     tiles2x4_packed_vnni as tiles,
                 };
                 let (at, rb, x) = (w.data.as_ptr(), w.row_bytes(), Acts { xq, xd, xso, xio });
+                let h = vnni_heads.as_ptr();
+                let pre = !vnni_heads.is_empty();
                 let o = TileOut {
                     // In bounds: token t < n of the output's n rows.
                     at: p.0.wrapping_add(t * rows),
@@ -197,18 +224,21 @@ pub(super) fn tiles_packed(
                 // zeros); AVX-512 VNNI detected by the caller.
                 unsafe {
                     match crate::kernels::x86::layout_code(layout) {
-                        L_Q4 => tiles::<L_Q4>(at, rb, rows, p0..p1, blocks, x, o),
-                        L_Q8 => tiles::<L_Q8>(at, rb, rows, p0..p1, blocks, x, o),
-                        L_Q4M => tiles::<L_Q4M>(at, rb, rows, p0..p1, blocks, x, o),
-                        L_Q6 => tiles::<L_Q6>(at, rb, rows, p0..p1, blocks, x, o),
-                        L_Q4K => tiles::<L_Q4K>(at, rb, rows, p0..p1, blocks, x, o),
-                        L_Q5K => tiles::<L_Q5K>(at, rb, rows, p0..p1, blocks, x, o),
-                        L_I4K => tiles::<L_I4K>(at, rb, rows, p0..p1, blocks, x, o),
-                        L_Q5 => tiles::<L_Q5>(at, rb, rows, p0..p1, blocks, x, o),
-                        L_I4 => tiles::<L_I4>(at, rb, rows, p0..p1, blocks, x, o),
+                        L_Q4 => tiles::<L_Q4, false>(at, rb, rows, p0..p1, blocks, x, h, o),
+                        L_Q8 => tiles::<L_Q8, false>(at, rb, rows, p0..p1, blocks, x, h, o),
+                        L_Q4M => tiles::<L_Q4M, false>(at, rb, rows, p0..p1, blocks, x, h, o),
+                        L_Q6 if pre => tiles::<L_Q6, true>(at, rb, rows, p0..p1, blocks, x, h, o),
+                        L_Q6 => tiles::<L_Q6, false>(at, rb, rows, p0..p1, blocks, x, h, o),
+                        L_Q4K if pre => tiles::<L_Q4K, true>(at, rb, rows, p0..p1, blocks, x, h, o),
+                        L_Q4K => tiles::<L_Q4K, false>(at, rb, rows, p0..p1, blocks, x, h, o),
+                        L_Q5K if pre => tiles::<L_Q5K, true>(at, rb, rows, p0..p1, blocks, x, h, o),
+                        L_Q5K => tiles::<L_Q5K, false>(at, rb, rows, p0..p1, blocks, x, h, o),
+                        L_I4K => tiles::<L_I4K, false>(at, rb, rows, p0..p1, blocks, x, h, o),
+                        L_Q5 => tiles::<L_Q5, false>(at, rb, rows, p0..p1, blocks, x, h, o),
+                        L_I4 => tiles::<L_I4, false>(at, rb, rows, p0..p1, blocks, x, h, o),
                         _ => {
                             use crate::kernels::x86::L_Q5M;
-                            tiles::<L_Q5M>(at, rb, rows, p0..p1, blocks, x, o)
+                            tiles::<L_Q5M, false>(at, rb, rows, p0..p1, blocks, x, h, o)
                         }
                     }
                 }

@@ -384,6 +384,60 @@ pub(super) unsafe fn six_bit_factors(p: *const u8) -> __m512 {
     }
 }
 
+/// Floats of one row's unpacked head factors for [`tiles2x4_packed_vnni`]: both factors'
+/// 16 lanes per superblock, a tail included.
+pub const fn heads_len(blocks: usize) -> usize {
+    32 * blocks.div_ceil(16)
+}
+
+/// A packed row's head factors ([`packed_head`]) per superblock, tail included, into `out`
+/// ([`heads_len`] floats): the K layouts' factors take a few shuffles, conversions and
+/// multiplies per superblock, which a prompt tile otherwise pays again for every four tokens.
+///
+/// # Safety
+/// `row` is a packed row of `blocks` blocks in layout `L`; `out` has room for
+/// [`heads_len`]`(blocks)` floats.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn unpack_heads_vnni<const L: u8>(row: *const u8, blocks: usize, out: *mut f32) {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        let layout = const { layout_of(L) };
+        let sbb = layout.superblock_bytes();
+        let (full, tail) = (blocks / 16, blocks % 16);
+        for s in 0..full + usize::from(tail > 0) {
+            let g = if s < full { Geo::FULL } else { Geo::tail(tail) };
+            let (a, b) = packed_head(layout, row.add(s * sbb), g);
+            _mm512_storeu_ps(out.add(32 * s), a);
+            _mm512_storeu_ps(out.add(32 * s + 16), b);
+        }
+    }
+}
+
+/// Both rows' head factors of superblock `s`: read from `heads` ([`unpack_heads_vnni`]), or
+/// unpacked from the rows' heads at `w`.
+#[inline(always)]
+unsafe fn row_heads<const PRE: bool>(
+    layout: crate::kernels::packed::Layout,
+    w: [*const u8; 2],
+    g: Geo,
+    heads: [*const f32; 2],
+    s: usize,
+) -> [(__m512, __m512); 2] {
+    // SAFETY: the caller's (`tile_superblocks`); the callers enable avx512f.
+    unsafe {
+        if PRE {
+            heads.map(|h| {
+                (
+                    _mm512_loadu_ps(h.add(32 * s)),
+                    _mm512_loadu_ps(h.add(32 * s + 16)),
+                )
+            })
+        } else {
+            [packed_head(layout, w[0], g), packed_head(layout, w[1], g)]
+        }
+    }
+}
+
 /// Four consecutive packed rows against one token, one row after the other.
 ///
 /// Reading the rows in turn makes the weights one forward stream: interleaving four rows
@@ -618,29 +672,42 @@ pub struct TileOut {
 /// [`tile2x4_packed_vnni`] for the row pairs `pairs` of a packed matrix of `rows` rows
 /// (`row_bytes` apart, from `w`; an odd last row is paired with itself), written to `out`.
 /// One call per group of four tokens: a call per pair spent a few percent of a prompt's
-/// products on its arguments and its dispatch.
+/// products on its arguments and its dispatch. With `PRE`, the rows' head factors are read
+/// from `heads` ([`unpack_heads_vnni`] of each pair's two rows in turn, from the first pair's)
+/// instead of unpacked again for every group of tokens.
 ///
 /// # Safety
 /// As for [`tile2x4_packed_vnni`], for every row; `out` must have room for every (token, row)
-/// written, and no other thread write them.
+/// written, and no other thread write them; with `PRE`, `heads` holds the factors of every
+/// pair's rows.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn tiles2x4_packed_vnni<const L: u8>(
+pub unsafe fn tiles2x4_packed_vnni<const L: u8, const PRE: bool>(
     w: *const u8,
     row_bytes: usize,
     rows: usize,
     pairs: std::ops::Range<usize>,
     blocks: usize,
     x: Acts,
+    heads: *const f32,
     out: TileOut,
 ) {
     // SAFETY: as the caller guarantees.
     unsafe {
         let Acts { xq, xd, xso, xio } = x;
+        let per_row = heads_len(blocks);
+        let first = pairs.start;
         for pair in pairs {
             let r0 = 2 * pair;
             let r1 = (r0 + 1).min(rows - 1);
             let at = [w.add(r0 * row_bytes), w.add(r1 * row_bytes)];
-            let v = tile2x4_packed_vnni::<L>(at, blocks, xq, xd, xso, xio);
+            let h = if PRE {
+                let h0 = heads.add(2 * (pair - first) * per_row);
+                [h0, h0.add(per_row)]
+            } else {
+                [std::ptr::null(); 2]
+            };
+            let v = tile2x4_packed_vnni::<L, PRE>(at, blocks, xq, xd, xso, xio, h);
             for (dt, vt) in v.iter().enumerate().take(out.tokens) {
                 for (i, val) in vt.iter().enumerate().take(r1 - r0 + 1) {
                     *out.at.add(dt * out.stride + r0 + i) = *val;
@@ -655,28 +722,31 @@ pub unsafe fn tiles2x4_packed_vnni<const L: u8>(
 /// instructions (64 multiply-adds each, about five times f32 FMA on this class of processor).
 /// `rows[i]` points at row i (of `blocks` blocks), `xq/xd/xso[t]` at token t's packed
 /// activations.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn tile2x4_packed_vnni<const L: u8>(
+pub unsafe fn tile2x4_packed_vnni<const L: u8, const PRE: bool>(
     rows: [*const u8; 2],
     blocks: usize,
     xq: [*const i8; 4],
     xd: [*const f32; 4],
     xso: [[*const f32; 2]; 4],
     xio: [*const i32; 4],
+    heads: [*const f32; 2],
 ) -> [[f32; 2]; 4] {
     // SAFETY: as for `dot_packed_vnni`, for both rows and all four tokens, and the layout's
-    // integer offsets (`Layout::io_lanes`) per superblock at xio.
+    // integer offsets (`Layout::io_lanes`) per superblock at xio; with `PRE`, each row's
+    // unpacked head factors at `heads`.
     unsafe {
         let sbb = const { layout_of(L).superblock_bytes() };
         let (full, tail) = (blocks / 16, blocks % 16);
         let mut acc = [[_mm512_setzero_ps(); 2]; 4];
         let x = Acts { xq, xd, xso, xio };
-        tile_superblocks::<L, false>(rows, 0, full, x, Geo::FULL, &mut acc);
+        tile_superblocks::<L, false, PRE>(rows, 0, full, x, Geo::FULL, heads, &mut acc);
         if tail > 0 {
             let w = [rows[0].add(full * sbb), rows[1].add(full * sbb)];
             let g = Geo::tail(tail);
-            tile_superblocks::<L, true>(w, full, 1, x, g, &mut acc);
+            tile_superblocks::<L, true, PRE>(w, full, 1, x, g, heads, &mut acc);
         }
         let mut out = [[0f32; 2]; 4];
         for (o, a) in out.iter_mut().zip(acc) {
@@ -693,12 +763,13 @@ pub unsafe fn tile2x4_packed_vnni<const L: u8>(
 /// (see [`superblock_dots`] for the attributes).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_superblocks<const L: u8, const TAIL: bool>(
+unsafe fn tile_superblocks<const L: u8, const TAIL: bool, const PRE: bool>(
     rows: [*const u8; 2],
     s0: usize,
     count: usize,
     x: Acts,
     g: Geo,
+    heads: [*const f32; 2],
     acc: &mut [[__m512; 2]; 4],
 ) {
     // SAFETY: as for `tile2x4_packed_vnni`.
@@ -732,7 +803,7 @@ unsafe fn tile_superblocks<const L: u8, const TAIL: bool>(
                 // Each half block under its own scale, one half after the other: with both
                 // halves' sums live at once (16 accumulators beside the 8 sums and 8 operands)
                 // the registers spilled, and Q6_K prompts ran at half of Q4_K's rate.
-                let heads = [packed_head(layout, w0, g), packed_head(layout, w1, g)];
+                let heads = row_heads::<PRE>(layout, [w0, w1], g, heads, s);
                 // `half` picks the step range, the factor and each token's offset sums alike.
                 #[allow(clippy::needless_range_loop)]
                 for half in 0..2 {
@@ -785,7 +856,7 @@ unsafe fn tile_superblocks<const L: u8, const TAIL: bool>(
                     p[t][1] = _mm512_dpbusd_epi32(p[t][1], wq1, xv);
                 }
             });
-            let heads = [packed_head(layout, w0, g), packed_head(layout, w1, g)];
+            let heads = row_heads::<PRE>(layout, [w0, w1], g, heads, s);
             for t in 0..4 {
                 let d = _mm512_loadu_ps(xd[t].add(s * 16));
                 for r in 0..2 {
