@@ -263,6 +263,11 @@ fn packed_layout_matches_ggml_layout() {
         (WeightType::Q5_0, 1600),
         (WeightType::Q5_1, 1600),
         (WeightType::Q5K, 4864),
+        // K rows of at most 4096 columns, whose heads the VNNI prompt tile reads unpacked once
+        // per row (a whole superblock, a tail of 8 blocks, five superblocks).
+        (WeightType::Q4K, 1536),
+        (WeightType::Q5K, 1792),
+        (WeightType::Q6K, 2560),
         // Past 64 blocks the AVX2 5-bit prompt tile takes two rows against four tokens, below
         // one row against eight.
         (WeightType::Q5_0, 2400),
@@ -370,10 +375,18 @@ fn packed_layout_matches_ggml_layout() {
                 },
                 ..CpuCaps::detect()
             };
+            // The 8-bit VNNI prompt tiles where AMX or the bf16 tiles would take the prompt.
+            let vnni_tiles = CpuCaps {
+                amx: false,
+                avx512bf16: false,
+                ..CpuCaps::detect()
+            };
             for (caps, threads) in [
                 (CpuCaps::portable(), 1),
                 (CpuCaps::detect(), 1),
                 (CpuCaps::detect(), 3),
+                (vnni_tiles, 1),
+                (vnni_tiles, 3),
                 (other, 1),
                 (CpuCaps::avx2_only(), 1),
                 (CpuCaps::avx2_only(), 3),

@@ -174,11 +174,14 @@ pub(super) fn tiles_packed(
             }
             return;
         }
-        // The VNNI tiles' K head factors, unpacked once per row for all the groups of tokens.
-        // Not on rows so wide that four tokens' activations fill much of the L1 cache (more
-        // than 4096 columns): there reading the factors back cost more than unpacking them.
+        // The VNNI tiles' K head factors, unpacked once per row for all the groups of tokens
+        // of a prompt. Not for a batch of a few tokens (continuous batching), where the pass
+        // that unpacks them reads the rows from memory with nothing to overlap it (eight
+        // streams' steps measured slower), nor on rows so wide that four tokens' activations
+        // fill much of the L1 cache (more than 4096 columns), where reading the factors back
+        // cost more than unpacking them.
         let vnni_heads: crate::kernels::packed::Lines<f32> =
-            if vnni && precomputed_heads(layout) && n > 4 && blocks <= 128 {
+            if vnni && precomputed_heads(layout) && n >= 16 && blocks <= 128 {
                 use crate::kernels::x86::{L_Q4K, L_Q5K, L_Q6, heads_len, unpack_heads_vnni};
                 let per_row = heads_len(blocks);
                 let mut h = crate::kernels::packed::Lines::zeroed(2 * (p1 - p0) * per_row);
