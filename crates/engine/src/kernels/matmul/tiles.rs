@@ -177,11 +177,9 @@ pub(super) fn tiles_packed(
         // The VNNI tiles' K head factors, unpacked once per row for all the groups of tokens
         // of a prompt. Not for a batch of a few tokens (continuous batching), where the pass
         // that unpacks them reads the rows from memory with nothing to overlap it (eight
-        // streams' steps measured slower), nor on rows so wide that four tokens' activations
-        // fill much of the L1 cache (more than 4096 columns), where reading the factors back
-        // cost more than unpacking them.
+        // streams' steps measured slower).
         let vnni_heads: crate::kernels::packed::Lines<f32> =
-            if vnni && precomputed_heads(layout) && n >= 16 && blocks <= 128 {
+            if vnni && precomputed_heads(layout) && n >= 16 {
                 use crate::kernels::x86::{L_Q4K, L_Q5K, L_Q6, heads_len, unpack_heads_vnni};
                 let per_row = heads_len(blocks);
                 let mut h = crate::kernels::packed::Lines::zeroed(2 * (p1 - p0) * per_row);
@@ -211,37 +209,56 @@ pub(super) fn tiles_packed(
             if vnni {
                 use crate::kernels::x86::{
                     Acts, L_I4, L_I4K, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q6, L_Q8, TileOut,
-                    tiles2x4_packed_vnni as tiles,
+                    heads_len, tiles2x4_packed_vnni as tiles,
                 };
-                let (at, rb, x) = (w.data.as_ptr(), w.row_bytes(), Acts { xq, xd, xso, xio });
-                let h = vnni_heads.as_ptr();
+                // Blocks of a stretch of columns: eight superblocks, four tokens' activations
+                // (16 KiB) half of a 32 KiB L1 data cache.
+                const SPAN: usize = 128;
+                let rb = w.row_bytes();
                 let pre = !vnni_heads.is_empty();
-                let o = TileOut {
-                    // In bounds: token t < n of the output's n rows.
-                    at: p.0.wrapping_add(t * rows),
-                    stride: rows,
-                    tokens: (n - t).min(4),
-                };
-                // SAFETY: the rows of pairs p0..p1 are packed rows of `blocks` blocks, whose
-                // outputs belong to this task; the four tokens' activations exist (padded with
-                // zeros); AVX-512 VNNI detected by the caller.
-                unsafe {
-                    match crate::kernels::x86::layout_code(layout) {
-                        L_Q4 => tiles::<L_Q4, false>(at, rb, rows, p0..p1, blocks, x, h, o),
-                        L_Q8 => tiles::<L_Q8, false>(at, rb, rows, p0..p1, blocks, x, h, o),
-                        L_Q4M => tiles::<L_Q4M, false>(at, rb, rows, p0..p1, blocks, x, h, o),
-                        L_Q6 if pre => tiles::<L_Q6, true>(at, rb, rows, p0..p1, blocks, x, h, o),
-                        L_Q6 => tiles::<L_Q6, false>(at, rb, rows, p0..p1, blocks, x, h, o),
-                        L_Q4K if pre => tiles::<L_Q4K, true>(at, rb, rows, p0..p1, blocks, x, h, o),
-                        L_Q4K => tiles::<L_Q4K, false>(at, rb, rows, p0..p1, blocks, x, h, o),
-                        L_Q5K if pre => tiles::<L_Q5K, true>(at, rb, rows, p0..p1, blocks, x, h, o),
-                        L_Q5K => tiles::<L_Q5K, false>(at, rb, rows, p0..p1, blocks, x, h, o),
-                        L_I4K => tiles::<L_I4K, false>(at, rb, rows, p0..p1, blocks, x, h, o),
-                        L_Q5 => tiles::<L_Q5, false>(at, rb, rows, p0..p1, blocks, x, h, o),
-                        L_I4 => tiles::<L_I4, false>(at, rb, rows, p0..p1, blocks, x, h, o),
-                        _ => {
-                            use crate::kernels::x86::L_Q5M;
-                            tiles::<L_Q5M, false>(at, rb, rows, p0..p1, blocks, x, h, o)
+                // Rows wider than `SPAN` blocks in stretches of it, each stretch for all the
+                // task's rows before the next: four tokens' activations over a whole 8960-wide
+                // row (35 KB) left the L1 cache for every row.
+                for c0 in (0..blocks).step_by(SPAN) {
+                    let (cb, s0) = ((blocks - c0).min(SPAN), c0 / 16);
+                    let at = w.data.as_ptr().wrapping_add(s0 * layout.superblock_bytes());
+                    let io = s0 * layout.io_lanes();
+                    let x = Acts {
+                        xq: xq.map(|q| q.wrapping_add(s0 * 512)),
+                        xd: xd.map(|d| d.wrapping_add(s0 * 16)),
+                        xso: xso.map(|so| so.map(|o| o.wrapping_add(s0 * 16))),
+                        xio: xio.map(|o| o.wrapping_add(io)),
+                    };
+                    let h = (vnni_heads.as_ptr().wrapping_add(32 * s0), heads_len(blocks));
+                    let o = TileOut {
+                        // In bounds: token t < n of the output's n rows.
+                        at: p.0.wrapping_add(t * rows),
+                        stride: rows,
+                        tokens: (n - t).min(4),
+                        add: c0 > 0,
+                    };
+                    // SAFETY: the rows of pairs p0..p1 are packed rows of `blocks` blocks, whose
+                    // outputs belong to this task; from superblock s0 on they hold `cb` blocks,
+                    // as do the four tokens' activations (padded with zeros) and the heads;
+                    // AVX-512 VNNI detected by the caller.
+                    unsafe {
+                        match crate::kernels::x86::layout_code(layout) {
+                            L_Q4 => tiles::<L_Q4, false>(at, rb, rows, p0..p1, cb, x, h, o),
+                            L_Q8 => tiles::<L_Q8, false>(at, rb, rows, p0..p1, cb, x, h, o),
+                            L_Q4M => tiles::<L_Q4M, false>(at, rb, rows, p0..p1, cb, x, h, o),
+                            L_Q6 if pre => tiles::<L_Q6, true>(at, rb, rows, p0..p1, cb, x, h, o),
+                            L_Q6 => tiles::<L_Q6, false>(at, rb, rows, p0..p1, cb, x, h, o),
+                            L_Q4K if pre => tiles::<L_Q4K, true>(at, rb, rows, p0..p1, cb, x, h, o),
+                            L_Q4K => tiles::<L_Q4K, false>(at, rb, rows, p0..p1, cb, x, h, o),
+                            L_Q5K if pre => tiles::<L_Q5K, true>(at, rb, rows, p0..p1, cb, x, h, o),
+                            L_Q5K => tiles::<L_Q5K, false>(at, rb, rows, p0..p1, cb, x, h, o),
+                            L_I4K => tiles::<L_I4K, false>(at, rb, rows, p0..p1, cb, x, h, o),
+                            L_Q5 => tiles::<L_Q5, false>(at, rb, rows, p0..p1, cb, x, h, o),
+                            L_I4 => tiles::<L_I4, false>(at, rb, rows, p0..p1, cb, x, h, o),
+                            _ => {
+                                use crate::kernels::x86::L_Q5M;
+                                tiles::<L_Q5M, false>(at, rb, rows, p0..p1, cb, x, h, o)
+                            }
                         }
                     }
                 }

@@ -661,20 +661,22 @@ pub struct Acts {
 }
 
 /// Where [`tiles2x4_packed_vnni`] writes: row `r`, token `t` of four at `at + t · stride + r`,
-/// the first `tokens` tokens of the four.
+/// the first `tokens` tokens of the four; `add` adds to what is there (a later stretch of
+/// columns) instead of storing.
 #[derive(Clone, Copy)]
 pub struct TileOut {
     pub at: *mut f32,
     pub stride: usize,
     pub tokens: usize,
+    pub add: bool,
 }
 
 /// [`tile2x4_packed_vnni`] for the row pairs `pairs` of a packed matrix of `rows` rows
 /// (`row_bytes` apart, from `w`; an odd last row is paired with itself), written to `out`.
 /// One call per group of four tokens: a call per pair spent a few percent of a prompt's
 /// products on its arguments and its dispatch. With `PRE`, the rows' head factors are read
-/// from `heads` ([`unpack_heads_vnni`] of each pair's two rows in turn, from the first pair's)
-/// instead of unpacked again for every group of tokens.
+/// from `heads.0` ([`unpack_heads_vnni`] of each pair's two rows in turn, from the first
+/// pair's, `heads.1` floats apart) instead of unpacked again for every group of tokens.
 ///
 /// # Safety
 /// As for [`tile2x4_packed_vnni`], for every row; `out` must have room for every (token, row)
@@ -689,13 +691,13 @@ pub unsafe fn tiles2x4_packed_vnni<const L: u8, const PRE: bool>(
     pairs: std::ops::Range<usize>,
     blocks: usize,
     x: Acts,
-    heads: *const f32,
+    heads: (*const f32, usize),
     out: TileOut,
 ) {
     // SAFETY: as the caller guarantees.
     unsafe {
         let Acts { xq, xd, xso, xio } = x;
-        let per_row = heads_len(blocks);
+        let (heads, per_row) = heads;
         let first = pairs.start;
         for pair in pairs {
             let r0 = 2 * pair;
@@ -710,7 +712,8 @@ pub unsafe fn tiles2x4_packed_vnni<const L: u8, const PRE: bool>(
             let v = tile2x4_packed_vnni::<L, PRE>(at, blocks, xq, xd, xso, xio, h);
             for (dt, vt) in v.iter().enumerate().take(out.tokens) {
                 for (i, val) in vt.iter().enumerate().take(r1 - r0 + 1) {
-                    *out.at.add(dt * out.stride + r0 + i) = *val;
+                    let o = out.at.add(dt * out.stride + r0 + i);
+                    *o = if out.add { *o + *val } else { *val };
                 }
             }
         }
