@@ -696,7 +696,6 @@ pub unsafe fn tiles2x4_packed_vnni<const L: u8, const PRE: bool>(
 ) {
     // SAFETY: as the caller guarantees.
     unsafe {
-        let Acts { xq, xd, xso, xio } = x;
         let (heads, per_row) = heads;
         let first = pairs.start;
         for pair in pairs {
@@ -709,7 +708,7 @@ pub unsafe fn tiles2x4_packed_vnni<const L: u8, const PRE: bool>(
             } else {
                 [std::ptr::null(); 2]
             };
-            let v = tile2x4_packed_vnni::<L, PRE>(at, blocks, xq, xd, xso, xio, h);
+            let v = tile2x4_packed_vnni::<L, PRE>(at, blocks, x, h);
             for (dt, vt) in v.iter().enumerate().take(out.tokens) {
                 for (i, val) in vt.iter().enumerate().take(r1 - r0 + 1) {
                     let o = out.at.add(dt * out.stride + r0 + i);
@@ -723,18 +722,14 @@ pub unsafe fn tiles2x4_packed_vnni<const L: u8, const PRE: bool>(
 /// Two packed rows × four tokens: each weight operand feeds four `vpdpbusd`, each activation
 /// operand two, so the nibble unpacking and the loads are shared and the kernel runs on the dot
 /// instructions (64 multiply-adds each, about five times f32 FMA on this class of processor).
-/// `rows[i]` points at row i (of `blocks` blocks), `xq/xd/xso[t]` at token t's packed
+/// `rows[i]` points at row i (of `blocks` blocks), `x`'s pointers `[t]` at token t's packed
 /// activations.
-#[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn tile2x4_packed_vnni<const L: u8, const PRE: bool>(
+unsafe fn tile2x4_packed_vnni<const L: u8, const PRE: bool>(
     rows: [*const u8; 2],
     blocks: usize,
-    xq: [*const i8; 4],
-    xd: [*const f32; 4],
-    xso: [[*const f32; 2]; 4],
-    xio: [*const i32; 4],
+    x: Acts,
     heads: [*const f32; 2],
 ) -> [[f32; 2]; 4] {
     // SAFETY: as for `dot_packed_vnni`, for both rows and all four tokens, and the layout's
@@ -744,7 +739,6 @@ pub unsafe fn tile2x4_packed_vnni<const L: u8, const PRE: bool>(
         let sbb = const { layout_of(L).superblock_bytes() };
         let (full, tail) = (blocks / 16, blocks % 16);
         let mut acc = [[_mm512_setzero_ps(); 2]; 4];
-        let x = Acts { xq, xd, xso, xio };
         tile_superblocks::<L, false, PRE>(rows, 0, full, x, Geo::FULL, heads, &mut acc);
         if tail > 0 {
             let w = [rows[0].add(full * sbb), rows[1].add(full * sbb)];
