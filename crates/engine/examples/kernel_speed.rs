@@ -8,7 +8,7 @@
 //! and `BAKEOFF_KS_DECODE_COLS` change both (a matrix that fits the caches times the kernel's own
 //! rate rather than the memory's, e.g. 4000000 bytes at 1536 columns, a 1.5B model's rows).
 //! `BAKEOFF_KS_TOKENS` sets the prefill tests' token count (256; 8 times continuous batching).
-//! On AVX-512 BF16 without AMX, prompts on packed rows narrower than `PACKED_VNNI_PROMPT_COLS`
+//! On AVX-512 BF16 without AMX, prompts on packed rows that `vnni_prompt_rows` leaves to them
 //! take the bf16 tiles; the "vnni packed" cell times the 8-bit VNNI tile on them as well.
 //! `BAKEOFF_KS_AHEAD="3072:512,6144:0"` times the best decode kernel once per prefetch distance
 //! (bytes ahead into L2 : into L1, 0 for none; F16 and BF16 take the L2 distance alone) instead
@@ -175,7 +175,7 @@ fn main() {
                     cells.push((format!("{name} packed"), pm, caps));
                 }
             }
-            // The 8-bit VNNI tile where the bf16 one takes narrow packed rows, to weigh the two.
+            // The 8-bit VNNI tile where the bf16 one may take packed rows, to weigh the two.
             if best.avx512bf16
                 && best.avx512vnni
                 && n > 1

@@ -259,7 +259,7 @@ fn packed_layout_matches_ggml_layout() {
         (WeightType::Q6K, 4864),
         (WeightType::Q5_1, 800),
         (WeightType::Q5K, 768),
-        // Wide enough for the 8-bit VNNI prompt tiles (PACKED_VNNI_PROMPT_COLS).
+        // Wide enough for the 8-bit VNNI prompt tiles (`vnni_prompt_rows`).
         (WeightType::Q5_0, 1600),
         (WeightType::Q5_1, 1600),
         (WeightType::Q5K, 4864),
@@ -429,7 +429,7 @@ fn packed_layout_matches_ggml_layout() {
                 let bf16 = n >= 16
                     && (caps.amx
                         || (caps.avx512bf16
-                            && cols < bakeoff_engine::kernels::matmul::PACKED_VNNI_PROMPT_COLS));
+                            && !bakeoff_engine::kernels::matmul::vnni_prompt_rows(&pm)));
                 if bf16 {
                     near_exact("bf16", 1.01 / 256.0, 1e-4);
                     continue;
@@ -446,6 +446,98 @@ fn packed_layout_matches_ggml_layout() {
                     worst <= tol,
                     "{dtype:?} packed n={n} {caps:?} x{threads}: max error {worst}"
                 );
+            }
+        }
+    }
+}
+
+/// Several matrices multiplied with the same activations (Q, K and V; gate and up): where they
+/// share a type the packed kernels quantize and lay out the activations once for all of them,
+/// and each product must be exactly the one a call of its own gives; matrices of other types
+/// (a Q8_0 V beside Q5_0 Q and K) or on other kernels take calls of their own. The 2048-row
+/// Q5_0 matrix is tall enough for the VNNI prompt tiles at 896 columns.
+#[test]
+fn products_sharing_activations_equal_separate_ones() {
+    use bakeoff_engine::kernels::matmul::matmul_many;
+    use bakeoff_engine::kernels::packed;
+    let packed_matrix = |dtype: WeightType, rows: usize, cols: usize, seed: u64| {
+        let w = rand_vec(rows * cols, seed);
+        let bytes = encode(dtype, &w, rows, cols);
+        let rb = bytes.len() / rows;
+        let pb = packed::row_bytes(dtype, cols);
+        let mut pk = vec![0u8; rows * pb];
+        for (s, o) in bytes.chunks_exact(rb).zip(pk.chunks_exact_mut(pb)) {
+            packed::pack_row(dtype, s, o);
+        }
+        (dtype, rows, cols, pk)
+    };
+    let sets = [
+        vec![
+            packed_matrix(WeightType::Q5_0, 2048, 896, 1),
+            packed_matrix(WeightType::Q5_0, 45, 896, 2),
+        ],
+        vec![
+            packed_matrix(WeightType::Q5_0, 64, 896, 3),
+            packed_matrix(WeightType::Q5_0, 16, 896, 4),
+            packed_matrix(WeightType::Q8_0, 16, 896, 5),
+        ],
+        vec![
+            packed_matrix(WeightType::Q4K, 64, 1536, 6),
+            packed_matrix(WeightType::Q4K, 16, 1536, 7),
+            packed_matrix(WeightType::Q4K, 16, 1536, 8),
+        ],
+        vec![
+            packed_matrix(WeightType::Q4_1, 40, 576, 9),
+            packed_matrix(WeightType::Q4_1, 24, 576, 10),
+        ],
+    ];
+    let vnni_tiles = CpuCaps {
+        amx: false,
+        avx512bf16: false,
+        ..CpuCaps::detect()
+    };
+    for set in &sets {
+        let ms: Vec<QMatrix<'_>> = set
+            .iter()
+            .map(|(dtype, rows, cols, pk)| QMatrix {
+                dtype: *dtype,
+                rows: *rows,
+                cols: *cols,
+                data: pk,
+                packed: true,
+            })
+            .collect();
+        let ws: Vec<&QMatrix<'_>> = ms.iter().collect();
+        let cols = ms[0].cols;
+        for n in [2, 5, 20] {
+            let x = rand_vec(n * cols, 11 + n as u64);
+            for (caps, threads) in [
+                (CpuCaps::detect(), 1),
+                (CpuCaps::detect(), 3),
+                (vnni_tiles, 2),
+                (CpuCaps::avx2_only(), 1),
+                (CpuCaps::avx2_only(), 3),
+                (CpuCaps::portable(), 1),
+            ] {
+                let p = pool(threads);
+                let mut together: Vec<Vec<f32>> =
+                    ms.iter().map(|m| vec![0f32; n * m.rows]).collect();
+                let mut outs: Vec<&mut [f32]> =
+                    together.iter_mut().map(|o| o.as_mut_slice()).collect();
+                matmul_many(&p, caps, &ws, &x, &mut outs).unwrap();
+                for (m, got) in ms.iter().zip(&together) {
+                    let mut alone = vec![0f32; n * m.rows];
+                    matmul(&p, caps, m, &x, n, &mut alone).unwrap();
+                    assert!(
+                        got.iter()
+                            .zip(&alone)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{:?} {}x{} n={n} {caps:?} x{threads}: differs from its own product",
+                        m.dtype,
+                        m.rows,
+                        m.cols
+                    );
+                }
             }
         }
     }

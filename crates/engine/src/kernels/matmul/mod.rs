@@ -285,61 +285,78 @@ fn matmul_packed(
     n: usize,
     out: &mut [f32],
 ) -> Result<(), String> {
-    use super::packed::{self, PackedActs};
-    let nb = w.cols / QK;
-    let xq = quantize_q8(pool, caps, x, n, w.cols, ActQuant::of(w.dtype));
-    let nsb = packed::superblocks(w.cols);
-    let layout =
-        packed::Layout::of(w.dtype).ok_or_else(|| format!("{:?} has no packed layout", w.dtype))?;
-    #[cfg(target_arch = "x86_64")]
-    if caps.avx512vnni {
-        let mut acts: Vec<PackedActs> = xq
-            .chunks_exact(nb)
-            .map(|b| PackedActs::new(b, w.dtype))
-            .collect();
-        if n == 1 {
-            packed_decode(
-                pool,
-                caps,
-                &[(w, SyncPtr(out.as_mut_ptr()))],
-                &acts[0],
-                layout,
-                nb,
-            );
-            return Ok(());
-        }
-        acts.resize(n.div_ceil(4) * 4, PackedActs::zeros(nsb));
-        tiles_packed(pool, true, w, &acts, n, layout, nb, out);
-        return Ok(());
-    }
     #[cfg(target_arch = "x86_64")]
     if caps.avx2 {
-        let mut acts: Vec<PackedActs> = xq
-            .chunks_exact(nb)
-            .map(|b| PackedActs::new(b, w.dtype))
-            .collect();
-        if n >= 4 {
-            // Whole groups of tokens for the tiles: four, or eight for the 5- and 6-bit rows.
-            acts.resize(n.div_ceil(8) * 8, PackedActs::zeros(nsb));
-            tiles_packed(pool, false, w, &acts, n, layout, nb, out);
-        } else if n == 1 {
-            packed_decode(
-                pool,
-                caps,
-                &[(w, SyncPtr(out.as_mut_ptr()))],
-                &acts[0],
-                layout,
-                nb,
-            );
-        } else {
-            packed_tokens_avx2(pool, w, &acts, layout, nb, out);
-        }
-        return Ok(());
+        let acts = packed_acts(pool, caps, w.dtype, x, n, w.cols);
+        return packed_products(pool, caps, w, &acts, n, out);
     }
-    let _ = (caps, nsb, layout);
+    let nb = w.cols / QK;
+    let xq = quantize_q8(pool, caps, x, n, w.cols, ActQuant::of(w.dtype));
     par_rows(pool, w.rows, n, out, |r, t| {
-        packed::dot_row(w.dtype, w.row(r), &xq[t * nb..(t + 1) * nb])
+        super::packed::dot_row(w.dtype, w.row(r), &xq[t * nb..(t + 1) * nb])
     });
+    Ok(())
+}
+
+/// `n` tokens' activations as the packed kernels read them for rows of `dtype`: quantized as
+/// ggml does for that type, laid out per superblock, and padded with zero tokens to the tiles'
+/// whole groups (four for the VNNI tiles, eight for the AVX2 ones).
+#[cfg(target_arch = "x86_64")]
+fn packed_acts(
+    pool: &Threads,
+    caps: CpuCaps,
+    dtype: WeightType,
+    x: &[f32],
+    n: usize,
+    cols: usize,
+) -> Vec<super::packed::PackedActs> {
+    use super::packed::{self, PackedActs};
+    let nb = cols / QK;
+    let xq = quantize_q8(pool, caps, x, n, cols, ActQuant::of(dtype));
+    let lay = |b: &[BlockQ8]| PackedActs::new(b, dtype);
+    let mut acts: Vec<PackedActs> = if n >= 16 {
+        // On every thread: laid out on the calling one alone, a prompt's activations were a
+        // fixed cost of each product that a short matrix's few rows did not amortize.
+        pool.install(|| xq.par_chunks_exact(nb).map(lay).collect())
+    } else {
+        xq.chunks_exact(nb).map(lay).collect()
+    };
+    let group = match n {
+        1 => 1,
+        _ if caps.avx512vnni => 4,
+        n if n >= 4 => 8,
+        _ => 1,
+    };
+    acts.resize(
+        n.div_ceil(group) * group,
+        PackedActs::zeros(packed::superblocks(cols)),
+    );
+    acts
+}
+
+/// The products of packed rows with activations from [`packed_acts`] (for `w.dtype`).
+#[cfg(target_arch = "x86_64")]
+fn packed_products(
+    pool: &Threads,
+    caps: CpuCaps,
+    w: &QMatrix<'_>,
+    acts: &[super::packed::PackedActs],
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), String> {
+    let nb = w.cols / QK;
+    let layout = super::packed::Layout::of(w.dtype)
+        .ok_or_else(|| format!("{:?} has no packed layout", w.dtype))?;
+    if n == 1 {
+        let mats = [(w, SyncPtr(out.as_mut_ptr()))];
+        packed_decode(pool, caps, &mats, &acts[0], layout, nb);
+    } else if caps.avx512vnni {
+        tiles_packed(pool, true, w, acts, n, layout, nb, out);
+    } else if n >= 4 {
+        tiles_packed(pool, false, w, acts, n, layout, nb, out);
+    } else {
+        packed_tokens_avx2(pool, w, acts, layout, nb, out);
+    }
     Ok(())
 }
 
@@ -809,6 +826,37 @@ pub fn matmul_many(
             return Ok(());
         }
     }
+    // A prompt on packed rows of one type: the activations are quantized and laid out once.
+    #[cfg(target_arch = "x86_64")]
+    if let Some(w0) = ws.first() {
+        let n = x.len() / w0.cols.max(1);
+        if ws.len() > 1
+            && n > 1
+            && caps.avx2
+            && x.len() == n * w0.cols
+            && ws.iter().all(|w| {
+                w.dtype == w0.dtype
+                    && w.cols == w0.cols
+                    && prompt_route(caps, w, n) == Route::Packed
+            })
+        {
+            for (w, o) in ws.iter().zip(outs.iter()) {
+                w.check()?;
+                if o.len() != n * w.rows {
+                    return Err(format!(
+                        "matmul shapes: out has {} values for {n}x{}",
+                        o.len(),
+                        w.rows
+                    ));
+                }
+            }
+            let acts = packed_acts(pool, caps, w0.dtype, x, n, w0.cols);
+            for (w, o) in ws.iter().zip(outs.iter_mut()) {
+                packed_products(pool, caps, w, &acts, n, o)?;
+            }
+            return Ok(());
+        }
+    }
     for (w, o) in ws.iter().zip(outs.iter_mut()) {
         let n = x.len() / w.cols.max(1);
         matmul(pool, caps, w, x, n, o)?;
@@ -866,12 +914,24 @@ pub fn swiglu_fuses(caps: CpuCaps, gate: &QMatrix<'_>, up: &QMatrix<'_>, n: usiz
     }
 }
 
-/// From this width up, prompts on packed rows run on the 8-bit VNNI tiles rather than bf16 ones.
-/// Measured on 512-token prompts, 2 threads, AVX-512 BF16 without AMX: the VNNI tiles were
-/// 1.6x the bf16 ones on TinyLlama's 2048-wide Q4_0 matrices and 1.15x on Q8_0, even at 1536
-/// (Qwen2.5-1.5B), and 0.7x at 896 (Qwen2.5-0.5B) and 576 (SmolLM2), where the per-superblock
-/// work of the 2×4 tiles weighs more than the bf16 conversion.
+/// From this width up, prompts on packed rows run on the 8-bit VNNI tiles rather than the bf16
+/// ones (AVX-512 BF16 without AMX): on narrower rows the 2×4 tiles' per-superblock work weighs
+/// more than the bf16 tiles' conversion (docs/benchmarks.md, "Prompt tiles on Zen 4").
 pub const PACKED_VNNI_PROMPT_COLS: usize = 1536;
+
+/// Rows from half that width take the VNNI tiles as well in matrices of at least this many
+/// rows (Qwen2.5-0.5B's 4864×896 gate and up): a product's fixed work, the activations'
+/// quantization and the tasks' start, is spread over enough rows there, and not over the
+/// 128 or 896 of its K, V, Q and output matrices (docs/benchmarks.md, "VNNI prompt tiles on
+/// 896-wide rows").
+pub const PACKED_VNNI_PROMPT_ROWS: usize = 2048;
+
+/// Whether a prompt on these packed rows runs on the 8-bit VNNI tiles rather than the bf16
+/// ones (AVX-512 BF16 without AMX).
+pub fn vnni_prompt_rows(w: &QMatrix<'_>) -> bool {
+    w.cols >= PACKED_VNNI_PROMPT_COLS
+        || (w.cols >= PACKED_VNNI_PROMPT_COLS / 2 && w.rows >= PACKED_VNNI_PROMPT_ROWS)
+}
 
 /// [`matmul`] of activations the caller no longer needs: on AMX they are freed once rounded to
 /// bf16, before the products, so a prompt's SwiGLU output (18 MB for 512 tokens of Qwen2.5) is
@@ -894,6 +954,58 @@ pub fn matmul_owned(
     matmul(pool, caps, w, &x, n, out)
 }
 
+/// Which kernel [`matmul`] runs `n` tokens on `w` with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// AMX tiles on bf16 (prompts).
+    #[cfg(target_arch = "x86_64")]
+    Amx,
+    /// AVX-512 bf16 tiles (prompts).
+    #[cfg(target_arch = "x86_64")]
+    Bf16Tiles,
+    /// f32 tiles on rows converted once per call (prompts).
+    DenseTiles,
+    /// The packed kernels on 8-bit activations ([`matmul_packed`]).
+    Packed,
+    /// One product per row and token in the weights' own format.
+    Rows,
+}
+
+fn prompt_route(caps: CpuCaps, w: &QMatrix<'_>, n: usize) -> Route {
+    // Dense tiles pay one conversion per weight per call, so they win once it is spread over
+    // enough tokens: at 4 for 16/32-bit weights, at 16 for quantized ones (which then also keep
+    // the activations in f32 instead of rounding them to 8 bits).
+    let dense = matches!(
+        w.dtype,
+        WeightType::F32 | WeightType::F16 | WeightType::BF16
+    );
+    // bf16 tiles for prompts on weights that have at most bf16's precision already (BF16) or
+    // are quantized; F32 and F16 weights keep exact f32 products.
+    #[cfg(target_arch = "x86_64")]
+    if amx_applies(caps, w, n) {
+        return Route::Amx;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if caps.avx512bf16
+        && n >= 16
+        && !(w.packed && vnni_prompt_rows(w))
+        && w.cols.is_multiple_of(32)
+        && !matches!(w.dtype, WeightType::F32 | WeightType::F16)
+    {
+        return Route::Bf16Tiles;
+    }
+    if caps.avx2
+        && (!w.packed || nibbles_on_f32_tiles(caps, w))
+        && ((dense && n >= 4) || (!dense && n >= 16))
+    {
+        return Route::DenseTiles;
+    }
+    if w.packed {
+        return Route::Packed;
+    }
+    Route::Rows
+}
+
 /// `out[t][r] = Σ_c x[t][c] · W[r][c]` for `n` activation rows.
 pub fn matmul(
     pool: &Threads,
@@ -914,37 +1026,17 @@ pub fn matmul(
         ));
     }
     let cols = w.cols;
-    // Dense tiles pay one conversion per weight per call, so they win once it is spread over
-    // enough tokens: at 4 for 16/32-bit weights, at 16 for quantized ones (which then also keep
-    // the activations in f32 instead of rounding them to 8 bits).
-    let dense = matches!(
-        w.dtype,
-        WeightType::F32 | WeightType::F16 | WeightType::BF16
-    );
-    // bf16 tiles for prompts on weights that have at most bf16's precision already (BF16) or
-    // are quantized; F32 and F16 weights keep exact f32 products.
-    #[cfg(target_arch = "x86_64")]
-    if amx_applies(caps, w, n) {
-        let acts = AmxActs::new(pool, x, n, w.cols, w.packed);
-        return amx_tiles(pool, caps, w, None, &acts, out);
-    }
-    #[cfg(target_arch = "x86_64")]
-    if caps.avx512bf16
-        && n >= 16
-        && !(w.packed && w.cols >= PACKED_VNNI_PROMPT_COLS)
-        && w.cols.is_multiple_of(32)
-        && !matches!(w.dtype, WeightType::F32 | WeightType::F16)
-    {
-        return bf16_tiles(pool, w, x, n, out);
-    }
-    if caps.avx2
-        && (!w.packed || nibbles_on_f32_tiles(caps, w))
-        && ((dense && n >= 4) || (!dense && n >= 16))
-    {
-        return dense_tiles(pool, caps, w, x, n, out);
-    }
-    if w.packed {
-        return matmul_packed(pool, caps, w, x, n, out);
+    match prompt_route(caps, w, n) {
+        #[cfg(target_arch = "x86_64")]
+        Route::Amx => {
+            let acts = AmxActs::new(pool, x, n, w.cols, w.packed);
+            return amx_tiles(pool, caps, w, None, &acts, out);
+        }
+        #[cfg(target_arch = "x86_64")]
+        Route::Bf16Tiles => return bf16_tiles(pool, w, x, n, out),
+        Route::DenseTiles => return dense_tiles(pool, caps, w, x, n, out),
+        Route::Packed => return matmul_packed(pool, caps, w, x, n, out),
+        Route::Rows => {}
     }
     match w.dtype {
         WeightType::F32 => par_rows(pool, w.rows, n, out, |r, t| {
