@@ -4,7 +4,7 @@
 //! their upstream formats ([`data`]), items chosen by a frozen hash rule ([`select`]),
 //! log-likelihood multiple choice, generative exact match, IFEval's checkers ([`ifeval`]),
 //! sandboxed code execution ([`sandbox`], [`code`]), perplexity and generation hygiene; each
-//! component with n, a 95% Wilson interval and the 1-10 mapping ([`stats`], [`score`]); paired
+//! component with n, a 95% Wilson interval and the 1-10 mapping ([`bakeoff_record::paired`], [`score`]); paired
 //! tests between models; an optional judge ([`judge`]); and a JSONL audit trail ([`audit`]).
 //! See docs/eval.md.
 

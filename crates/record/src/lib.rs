@@ -6,7 +6,7 @@
 //! - [`model`]: which model a record is about ([`ModelIdentity`]).
 //! - [`header`]: the kind and schema version every results file starts with, and the one
 //!   function that recognises a results file ([`ResultsFile::parse`]).
-//! - [`bench`], [`eval`], [`compare`], [`quantize`], [`routing`]: each results file's schema,
+//! - [`bench`](mod@bench), [`eval`], [`compare`], [`quantize`], [`routing`]: each results file's schema,
 //!   declared once.
 //! - [`stats`] (estimates with 95% intervals), [`paired`] (paired tests, the 1-10 scale),
 //!   [`hash`] (SHA-256 as hex), [`nan`] (NaN-as-null readers), [`time`] (UTC dates).

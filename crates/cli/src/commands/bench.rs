@@ -58,7 +58,7 @@ pub struct BenchArgs {
     /// Tokens generated at each depth.
     #[arg(long, default_value_t = 32)]
     pub depth_tokens: usize,
-    /// The results file (JSON; default: results/bench-<time>.json).
+    /// The results file (JSON; default: results/bench-TIME.json, TIME the start in UTC).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// What to print on stdout: table, json, jsonl, csv or md.

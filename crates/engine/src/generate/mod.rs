@@ -1,7 +1,7 @@
 //! The one generation core. Every token bakeoff generates, for the CLI, bench, eval and the
 //! server, comes out of [`Scheduler::step`]:
 //!
-//! - a [`Sequence`](sequence) owns one request's sampler, detokenizer, stop matcher, finish
+//! - a `Sequence` (`sequence.rs`) owns one request's sampler, detokenizer, stop matcher, finish
 //!   logic and timings;
 //! - the [`Scheduler`] owns the KV-cache slots, prefix reuse, chunked prefill and the batched
 //!   forward pass;

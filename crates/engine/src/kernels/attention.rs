@@ -6,7 +6,7 @@
 //! `exp` per score took about a quarter of a 512-token prompt). Values stay position-major
 //! (`[pos][kv_dim]`): the weighted sum reads one value row per key for all query rows at once.
 //!
-//! Work is split by KV head and blocks of [`RB`] query rows, a row being one (token, head of
+//! Work is split by KV head and blocks of `RB` query rows, a row being one (token, head of
 //! the group) pair: the heads that share a KV head read its keys and values once per block
 //! instead of once each, in decode as in prompts. In decode, where that leaves fewer tasks than
 //! threads or a count that does not divide over them, each head's keys are also split into

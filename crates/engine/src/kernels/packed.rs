@@ -787,7 +787,7 @@ pub fn dot_row(dtype: WeightType, row: &[u8], x: &[BlockQ8]) -> f32 {
 
 /// One token's activations laid out like a packed superblock: per superblock 8 steps of 64
 /// quants (lane `l` = block `l`), then the kernels' per-lane factors: `d` (block scale) and
-/// `so` (block scale × quant sum × the layout's [`Layout::act_offset`]; for Q6 the sum of
+/// `so` (block scale × quant sum × the layout's `Layout::act_offset`; for Q6 the sum of
 /// values 0..16, with `so2` that of values 16..32). Missing blocks of a padded superblock are
 /// zeros. `io` holds the same offsets in integers for the layouts whose offset is a constant
 /// of the type (all but Q4M, Q5M and their K forms): `−offset · quant sum`, per superblock 16

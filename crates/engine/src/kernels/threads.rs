@@ -103,7 +103,7 @@ impl Threads {
     }
 
     /// Says where each member's share of a coming region starts (one [`Spans`] per member, of
-    /// which it reads at most [`AHEAD_BYTES`]): after the next [`Threads::run_reading_ahead`] region, a
+    /// which it reads at most `AHEAD_BYTES`): after the next [`Threads::run_reading_ahead`] region, a
     /// member that has no task left reads its stretch into its cache until the region after
     /// it starts (a worker) or its last worker is done (the caller). The waits between a
     /// token's products then load weights instead of leaving the memory bus idle.

@@ -5,7 +5,7 @@
 //! 0.35–1.3 s per model on the reference VM, against llama.cpp's 0.06–0.6 s. The first load
 //! writes what it packed to one file; later loads of the same files (same paths, sizes and
 //! modification times) map it and decode straight from the mapping. It is written in whole
-//! 2 MiB chunks ([`HugeChunks`]) so that the page cache holds it in huge folios, mapped 2 MiB
+//! 2 MiB chunks (`HugeChunks`) so that the page cache holds it in huge folios, mapped 2 MiB
 //! at a time, which decode reads faster than small folios.
 //!
 //! The file: the magic `BKPACK02`, the index length (u64 little-endian), the index (JSON, with

@@ -530,7 +530,7 @@ fn decode_split(total: usize, threads: usize) -> (usize, usize) {
 
 /// Where each member of `pool`'s team starts reading when [`matmul_many`] multiplies one token
 /// by `ws`: the first bytes of its share of the first parallel region, for
-/// [`Threads::read_ahead`]. Empty where that product would not run on [`decode_rows`].
+/// [`Threads::read_ahead`]. Empty where that product would not run on `decode_rows`.
 #[cfg(target_arch = "x86_64")]
 pub fn decode_fronts(
     pool: &Threads,
