@@ -835,20 +835,11 @@ pub fn matmul_many(
             && caps.avx2
             && x.len() == n * w0.cols
             && ws.iter().all(|w| {
-                w.dtype == w0.dtype
-                    && w.cols == w0.cols
-                    && prompt_route(caps, w, n) == Route::Packed
+                w.dtype == w0.dtype && w.cols == w0.cols && route(caps, w, n) == Route::Packed
             })
         {
             for (w, o) in ws.iter().zip(outs.iter()) {
-                w.check()?;
-                if o.len() != n * w.rows {
-                    return Err(format!(
-                        "matmul shapes: out has {} values for {n}x{}",
-                        o.len(),
-                        w.rows
-                    ));
-                }
+                check_product(w, x, n, o)?;
             }
             let acts = packed_acts(pool, caps, w0.dtype, x, n, w0.cols);
             for (w, o) in ws.iter().zip(outs.iter_mut()) {
@@ -971,7 +962,7 @@ enum Route {
     Rows,
 }
 
-fn prompt_route(caps: CpuCaps, w: &QMatrix<'_>, n: usize) -> Route {
+fn route(caps: CpuCaps, w: &QMatrix<'_>, n: usize) -> Route {
     // Dense tiles pay one conversion per weight per call, so they win once it is spread over
     // enough tokens: at 4 for 16/32-bit weights, at 16 for quantized ones (which then also keep
     // the activations in f32 instead of rounding them to 8 bits).
@@ -1006,15 +997,8 @@ fn prompt_route(caps: CpuCaps, w: &QMatrix<'_>, n: usize) -> Route {
     Route::Rows
 }
 
-/// `out[t][r] = Σ_c x[t][c] · W[r][c]` for `n` activation rows.
-pub fn matmul(
-    pool: &Threads,
-    caps: CpuCaps,
-    w: &QMatrix<'_>,
-    x: &[f32],
-    n: usize,
-    out: &mut [f32],
-) -> Result<(), String> {
+/// The matrix is well formed and `x`, `out` hold `n` rows of its columns and of its rows.
+fn check_product(w: &QMatrix<'_>, x: &[f32], n: usize, out: &[f32]) -> Result<(), String> {
     w.check()?;
     if x.len() != n * w.cols || out.len() != n * w.rows {
         return Err(format!(
@@ -1025,8 +1009,21 @@ pub fn matmul(
             w.rows
         ));
     }
+    Ok(())
+}
+
+/// `out[t][r] = Σ_c x[t][c] · W[r][c]` for `n` activation rows.
+pub fn matmul(
+    pool: &Threads,
+    caps: CpuCaps,
+    w: &QMatrix<'_>,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), String> {
+    check_product(w, x, n, out)?;
     let cols = w.cols;
-    match prompt_route(caps, w, n) {
+    match route(caps, w, n) {
         #[cfg(target_arch = "x86_64")]
         Route::Amx => {
             let acts = AmxActs::new(pool, x, n, w.cols, w.packed);
