@@ -33,6 +33,7 @@ fn main() {
         WeightType::Q4K,
         WeightType::Q5K,
         WeightType::Q6K,
+        WeightType::Q3K,
         WeightType::IQ4_XS,
         WeightType::F16,
         WeightType::BF16,

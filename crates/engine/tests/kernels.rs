@@ -154,6 +154,7 @@ fn iq4_matrices_multiply_as_their_dequantized_values() {
 fn k_quants_run_through_candle_blocks() {
     check(WeightType::Q4K, 256, 0.02);
     check(WeightType::Q6K, 256, 0.02);
+    check(WeightType::Q3K, 256, 0.05);
 }
 
 #[test]
@@ -257,6 +258,10 @@ fn packed_layout_matches_ggml_layout() {
         (WeightType::Q4K, 4864),
         (WeightType::Q6K, 768),
         (WeightType::Q6K, 4864),
+        // Q3_K: Q6_K's head and half blocks, 3-bit values in a 2-bit and a bit plane.
+        (WeightType::Q3K, 768),
+        (WeightType::Q3K, 4864),
+        (WeightType::Q3K, 2560),
         (WeightType::Q5_1, 800),
         (WeightType::Q5K, 768),
         // Wide enough for the 8-bit VNNI prompt tiles (`vnni_prompt_rows`).
@@ -567,6 +572,7 @@ fn amx_tiles_agree_with_avx512_bf16_tiles() {
         (WeightType::IQ4_XS, 33, 512, 21),
         (WeightType::BF16, 64, 96, 33),
         (WeightType::Q6K, 17, 256, 64),
+        (WeightType::Q3K, 17, 768, 21),
         // Groups of four 32-row blocks, a partial last group and a partial token block.
         (WeightType::Q8_0, 300, 256, 70),
     ] {
@@ -638,6 +644,7 @@ fn fused_swiglu_equals_two_products_and_silu() {
         (WeightType::Q4_1, 37, 800, 16),
         (WeightType::Q5_0, 45, 800, 17),
         (WeightType::Q6K, 33, 512, 18),
+        (WeightType::Q3K, 33, 768, 9),
         (WeightType::Q5K, 33, 512, 19),
         (WeightType::IQ4_XS, 33, 512, 17),
     ] {

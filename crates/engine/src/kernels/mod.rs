@@ -454,6 +454,7 @@ mod tests {
                 WeightType::Q4_1,
                 WeightType::Q4K,
                 WeightType::Q6K,
+                WeightType::Q3K,
                 WeightType::Q5_1,
                 WeightType::Q5K,
                 WeightType::IQ4_NL,
@@ -477,8 +478,12 @@ mod tests {
             } else {
                 1
             };
-            // Q6_K keeps its f16 scale at the end of the block.
-            let at = if dtype == WeightType::Q6K { 208 } else { 0 };
+            // Q6_K and Q3_K keep their f16 scale at the end of the block.
+            let at = match dtype {
+                WeightType::Q6K => 208,
+                WeightType::Q3K => 108,
+                _ => 0,
+            };
             for blk in src.chunks_exact_mut(dtype.type_size()) {
                 for h in 0..halves {
                     let v = half::f16::from_f32(0.01 + 0.003 * (blk[4] as f32));

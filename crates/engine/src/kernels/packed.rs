@@ -45,6 +45,12 @@
 //!   a shift and one ternary-logic instruction. Its K head's two factors scale values 0..16 and
 //!   16..32 of each block (Q6_K scales groups of 16); steps 0..4 and 4..8 go to the two dot
 //!   chains the kernel keeps anyway, and the activations carry a quant sum per half block.
+//! - Q3_K into *Q3*: Q6's head and half blocks, with 3-bit values (0..7, the − 4 taken off
+//!   through the activation sums as Q6's − 32) in a 2-bit plane and a bit plane: the low 2 bits
+//!   of steps `4c..4c+4` as bit pairs `2k, 2k+1` of a 64-byte chunk `c` (Q6's high-bit plane),
+//!   the third bit of step `s` as bit `s` of one more chunk (Q5's bit plane). 14.25 bytes per
+//!   32 weights against the file's 13.75 (the i8 scales take 2 bytes where Q3_K's 6-bit ones
+//!   take 1.5).
 //!
 //! The *K heads* keep the K-quants' own two-level scales instead of 16 products: a K-quant
 //! block of 256 values is 8 of our blocks, so lanes 0..8 and 8..16 of a superblock each share
@@ -65,7 +71,7 @@ use super::{BlockQ8, QK, f16_bits_to_f32};
 
 /// Version of this layout, part of the key of the packed-weights file (`loader::packcache`):
 /// change it with any change to the bytes `pack_row` writes.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Blocks per superblock (one per 32-bit lane of a 512-bit vector).
 pub const SB: usize = 16;
@@ -97,6 +103,8 @@ pub enum Layout {
     Q5M,
     /// Q5M's planes under a K head: Q5_K.
     Q5K,
+    /// 3-bit values in a 2-bit plane and a bit plane, under Q6's head: Q3_K.
+    Q3,
 }
 
 /// How a superblock's head stores its 16 lanes' two factors (scale and offset, or the scales
@@ -199,6 +207,7 @@ impl Layout {
             WeightType::IQ4_XS => Some(Layout::I4K),
             WeightType::Q5_1 => Some(Layout::Q5M),
             WeightType::Q5K => Some(Layout::Q5K),
+            WeightType::Q3K => Some(Layout::Q3),
             _ => None,
         }
     }
@@ -219,7 +228,7 @@ impl Layout {
             Layout::Q4M | Layout::Q5M => Head::F16Pair,
             Layout::Q4K | Layout::Q5K => Head::KScaleMin,
             Layout::I4K => Head::KScale8,
-            Layout::Q6 => Head::KHalves,
+            Layout::Q6 | Layout::Q3 => Head::KHalves,
         }
     }
 
@@ -251,6 +260,7 @@ impl Layout {
                 Layout::Q4 | Layout::Q4M | Layout::I4 => QK / 2,
                 Layout::Q5 | Layout::Q5M => QK * 5 / 8,
                 Layout::Q6 => QK * 3 / 4,
+                Layout::Q3 => QK * 3 / 8,
                 _ => QK,
             }
     }
@@ -271,6 +281,12 @@ impl Layout {
         matches!(self.body(), Layout::Q5 | Layout::Q5M)
     }
 
+    /// Whether the two factors scale the two half blocks (values 0..16 and 16..32) of each lane:
+    /// Q6 and Q3, whose K-quants scale groups of 16.
+    pub const fn halves(self) -> bool {
+        matches!(self, Layout::Q6 | Layout::Q3)
+    }
+
     /// Whether the second factor is an offset added per block (value = scale · q + offset).
     pub const fn has_offset(self) -> bool {
         matches!(self.body(), Layout::Q4M | Layout::Q5M)
@@ -286,6 +302,7 @@ impl Layout {
             Layout::Q5 => 16.0,
             Layout::Q4M | Layout::Q5M => -1.0,
             Layout::Q6 => 32.0,
+            Layout::Q3 => 4.0,
             _ => 128.0,
         }
     }
@@ -293,11 +310,7 @@ impl Layout {
     /// Integer offsets per superblock in [`PackedActs::io`]: one per lane, two for Q6's half
     /// blocks.
     pub const fn io_lanes(self) -> usize {
-        if matches!(self, Layout::Q6) {
-            2 * SB
-        } else {
-            SB
-        }
+        if self.halves() { 2 * SB } else { SB }
     }
 
     fn of_packed(dtype: WeightType) -> Layout {
@@ -546,9 +559,36 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
                 *q = (lo | (hi << 4)) as i8 - 32;
             }
         }
+        WeightType::Q3K => {
+            // 256 values: `hmask[32] qs[64] scales[12] d`; value 128h + 32j + l is bits 2j, 2j+1
+            // of qs[32h + l], less 4 where bit 4h + j of hmask[l] is clear; 16 groups of 16
+            // with signed 6-bit scales.
+            let blk = src.get((b / 8) * 110..(b / 8 + 1) * 110)?;
+            let (hmask, qs) = (&blk[..32], &blk[32..96]);
+            let sc = q3k_scales(&blk[96..108]);
+            let d = f16_at(blk, 108);
+            let g = b % 8;
+            (k.kf, k.km) = ((d, d), (sc[2 * g], sc[2 * g + 1]));
+            let (h, j) = (g / 4, g % 4);
+            for (l, q) in k.q.iter_mut().enumerate() {
+                let low = (qs[32 * h + l] >> (2 * j)) & 3;
+                let high = (hmask[l] >> g) & 1;
+                *q = (low | (high << 2)) as i8 - 4;
+            }
+        }
         other => panic!("{other:?} has no packed layout"),
     }
     Some(k)
+}
+
+/// Q3_K's 16 scales (`scales[12]`: low 4 bits in bytes 0..8, high 2 bits in bytes 8..12), less
+/// 32: −32..31, as ggml's dequantizer uses them.
+fn q3k_scales(sc: &[u8]) -> [i8; 16] {
+    std::array::from_fn(|j| {
+        let lo = (sc[j % 8] >> (4 * (j / 8))) & 0x0f;
+        let hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
+        (lo | (hi << 4)) as i8 - 32
+    })
 }
 
 /// Writes block `l`'s factors into the head of a superblock of `g.n` lanes.
@@ -616,6 +656,15 @@ pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
                         quants[4 * v + 4 * l + j] |= (q >> 4) << s;
                     }
                 }
+            } else if layout == Layout::Q3 {
+                let u = k.q.map(|q| (q + 4) as u8);
+                for s in 0..STEPS {
+                    for j in 0..4 {
+                        let q = u[4 * s + j];
+                        quants[v * (s / 4) + 4 * l + j] |= (q & 3) << (2 * (s % 4));
+                        quants[2 * v + 4 * l + j] |= (q >> 2) << s;
+                    }
+                }
             } else if layout == Layout::Q6 {
                 let u = k.q.map(|q| (q + 32) as u8);
                 for s in 0..STEPS {
@@ -639,7 +688,7 @@ pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
 }
 
 /// The quant of value `i` (0..32) of lane `l` in a packed superblock of `g.n` lanes: signed
-/// (offset taken off) for Q8, Q6, Q5 and Q4, unsigned for Q4M and Q5M.
+/// (offset taken off) for Q8, Q6, Q5, Q4 and Q3, unsigned for Q4M and Q5M.
 #[inline(always)]
 fn packed_quant(layout: Layout, quants: &[u8], g: Geom, l: usize, i: usize) -> i32 {
     let (s, j, v) = (i / 4, i % 4, g.v());
@@ -648,6 +697,11 @@ fn packed_quant(layout: Layout, quants: &[u8], g: Geom, l: usize, i: usize) -> i
             let lo = (quants[v * (s / 2) + 4 * l + j] >> (4 * (s % 2))) & 0x0f;
             let hi = (quants[4 * v + v * (s / 4) + 4 * l + j] >> (2 * (s % 4))) & 3;
             (lo | (hi << 4)) as i32 - 32
+        }
+        Layout::Q3 => {
+            let lo = (quants[v * (s / 4) + 4 * l + j] >> (2 * (s % 4))) & 3;
+            let hi = (quants[2 * v + 4 * l + j] >> s) & 1;
+            (lo | (hi << 2)) as i32 - 4
         }
         Layout::Q4 | Layout::Q4M | Layout::I4 => {
             let byte = quants[v * (i / 8) + 4 * l + i % 4];
@@ -669,7 +723,7 @@ fn packed_quant(layout: Layout, quants: &[u8], g: Geom, l: usize, i: usize) -> i
 }
 
 /// The two factors of lane `l` of a whole superblock's head: scale and offset (Q4M, Q4K, Q5M,
-/// Q5K), the scales of the two halves (Q6), or the scale twice (Q8, Q4).
+/// Q5K), the scales of the two halves (Q6, Q3), or the scale twice (Q8, Q4).
 pub fn head_factors(layout: Layout, head: &[u8], l: usize) -> (f32, f32) {
     head_factors_n(layout, head, SB, l)
 }
@@ -749,7 +803,7 @@ fn dequantize_superblock(layout: Layout, g: Geom, head: &[u8], quants: &[u8], ou
             let q = packed_quant(layout, quants, g, l, i) as f32;
             *o = if layout.has_offset() {
                 d * q + m
-            } else if layout == Layout::Q6 && i >= QK / 2 {
+            } else if layout.halves() && i >= QK / 2 {
                 m * q
             } else {
                 d * q
@@ -773,7 +827,7 @@ pub fn dot_row(dtype: WeightType, row: &[u8], x: &[BlockQ8]) -> f32 {
                     .sum::<i32>() as f32
             };
             let (d, m) = head_factors_n(layout, head, g.n, l);
-            acc += if layout == Layout::Q6 {
+            acc += if layout.halves() {
                 d * xb.d * dot(0..QK / 2) + m * xb.d * dot(QK / 2..QK)
             } else if layout.has_offset() {
                 d * xb.d * dot(0..QK) + m * xb.s
@@ -787,11 +841,11 @@ pub fn dot_row(dtype: WeightType, row: &[u8], x: &[BlockQ8]) -> f32 {
 
 /// One token's activations laid out like a packed superblock: per superblock 8 steps of 64
 /// quants (lane `l` = block `l`), then the kernels' per-lane factors: `d` (block scale) and
-/// `so` (block scale × quant sum × the layout's `Layout::act_offset`; for Q6 the sum of
+/// `so` (block scale × quant sum × the layout's `Layout::act_offset`; for Q6 and Q3 the sum of
 /// values 0..16, with `so2` that of values 16..32). Missing blocks of a padded superblock are
 /// zeros. `io` holds the same offsets in integers for the layouts whose offset is a constant
 /// of the type (all but Q4M, Q5M and their K forms): `−offset · quant sum`, per superblock 16
-/// lanes of whole blocks, or for Q6 16 lanes of values 0..16 then 16 of values 16..32
+/// lanes of whole blocks, or for Q6 and Q3 16 lanes of values 0..16 then 16 of values 16..32
 /// ([`Layout::io_lanes`]); the VNNI prompt tile starts its integer sums there instead of
 /// subtracting `so` in floats.
 #[derive(Clone, Debug)]
@@ -885,7 +939,7 @@ impl PackedActs {
                 qs[at..at + 4].copy_from_slice(&xb.qs[4 * s..4 * s + 4]);
             }
             d[b] = xb.d;
-            if layout == Layout::Q6 {
+            if layout.halves() {
                 let half = |r: std::ops::Range<usize>| xb.qs[r].iter().map(|&q| q as i32).sum();
                 let (a, z): (i32, i32) = (half(0..QK / 2), half(QK / 2..QK));
                 so[b] = xb.d * a as f32 * offset;
@@ -949,14 +1003,15 @@ pub(crate) mod tests {
                 assert_eq!(row_bytes(dtype, cols), ggml, "{dtype:?} {cols}");
             }
             if cols.is_multiple_of(256) {
-                // Bytes over the file's per whole superblock (IQ4_XS's i8 multipliers, 4 more
-                // than its 6-bit ones) and in a tail of one K-quant block (the unused
-                // super-factors of the second, and Q4_K's and Q5_K's 6-bit strings of all 16
-                // lanes).
+                // Bytes over the file's per whole superblock (IQ4_XS's and Q3_K's i8
+                // multipliers, 4 and 8 more than their 6-bit ones) and in a tail of one K-quant
+                // block (the unused super-factors of the second, Q4_K's and Q5_K's 6-bit strings
+                // of all 16 lanes, Q3_K's 16 scale bytes against 12).
                 for (dtype, per_superblock, tail_extra) in [
                     (WeightType::Q4K, 0, 16),
                     (WeightType::Q5K, 0, 16),
                     (WeightType::Q6K, 0, 2),
+                    (WeightType::Q3K, 8, 6),
                     (WeightType::IQ4_XS, 4, 4),
                 ] {
                     let tail = if cols % 512 == 256 { tail_extra } else { 0 };
@@ -988,6 +1043,7 @@ pub(crate) mod tests {
             (WeightType::Q5_0, 12),
             (WeightType::Q4K, 8),
             (WeightType::Q6K, 8),
+            (WeightType::Q3K, 8),
             (WeightType::IQ4_XS, 8),
         ] {
             let layout = Layout::of(dtype).unwrap();

@@ -197,6 +197,7 @@ unsafe fn superblock_to_bf16<const TAIL: bool>(
             Layout::Q4 => 8,
             Layout::Q4M | Layout::Q5M => 0,
             Layout::Q6 => 32,
+            Layout::Q3 => 4,
             Layout::Q5 => 16,
             _ => 128,
         });
@@ -230,6 +231,8 @@ unsafe fn superblock_to_bf16<const TAIL: bool>(
         for s in 0..8 {
             let bytes = if layout == Layout::Q6 {
                 super::vnni::q6_operand(q, s, g)
+            } else if layout == Layout::Q3 {
+                super::vnni::q3_operand(q, s, g)
             } else if layout.five_bit() {
                 super::vnni::q5_operand(q, s, g)
             } else if layout.grid() {
@@ -257,7 +260,9 @@ unsafe fn superblock_to_bf16<const TAIL: bool>(
                         _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sc[c], mn[c])
                     }
                     // Steps 4..8 are values 16..32, under the second scale.
-                    Layout::Q6 if s >= 4 => _mm512_mul_ps(_mm512_cvtepi32_ps(v), mn[c]),
+                    Layout::Q6 | Layout::Q3 if s >= 4 => {
+                        _mm512_mul_ps(_mm512_cvtepi32_ps(v), mn[c])
+                    }
                     _ => _mm512_mul_ps(_mm512_cvtepi32_ps(v), sc[c]),
                 };
                 _mm256_storeu_si256(

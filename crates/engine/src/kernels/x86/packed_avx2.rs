@@ -218,6 +218,36 @@ unsafe fn q6_stored_half(quants: *const u8, st: usize, h: usize, g: G2) -> __m25
     }
 }
 
+/// Half `h` of step `st` of a Q3 superblock's 3-bit values 0..7 (`packed.rs`): bits
+/// `2(st % 4)`, `2(st % 4) + 1` of 2-bit chunk `st / 4` | bit `st` of the bit plane << 2.
+#[inline(always)]
+unsafe fn q3_half(quants: *const u8, st: usize, h: usize, g: G2) -> __m256i {
+    // SAFETY: the caller points at a packed Q3 superblock's quants.
+    unsafe {
+        let c = load_half(quants.add(g.v * (st / 4)), h, g);
+        let lo = match st % 4 {
+            0 => c,
+            1 => _mm256_srli_epi16::<2>(c),
+            2 => _mm256_srli_epi16::<4>(c),
+            _ => _mm256_srli_epi16::<6>(c),
+        };
+        // Bit st of each byte to bit 2 (bits carried across bytes are masked off), as in
+        // `vnni::q3_operand`: the half by a register count, the step in it by an immediate.
+        let hv = load_half(quants.add(2 * g.v), h, g);
+        let hv = _mm256_srl_epi16(hv, _mm_cvtsi64_si128(4 * (st / 4) as i64));
+        let hv = match st % 4 {
+            0 => _mm256_slli_epi16::<2>(hv),
+            1 => _mm256_slli_epi16::<1>(hv),
+            2 => hv,
+            _ => _mm256_srli_epi16::<1>(hv),
+        };
+        _mm256_or_si256(
+            _mm256_and_si256(lo, _mm256_set1_epi8(0x03)),
+            _mm256_and_si256(hv, _mm256_set1_epi8(0x04)),
+        )
+    }
+}
+
 /// Half `h` of step `st` of a Q5, Q5M or Q5K superblock's quants (`packed.rs`): the 5-bit
 /// values 0..31.
 #[inline(always)]
@@ -379,7 +409,7 @@ macro_rules! superblock_dots_avx2 {
                 let ld = |p: *const u8| load_half(p, h, g);
                 let xs =
                     |step: usize| _mm256_loadu_si256(x.add(64 * step + 32 * h) as *const __m256i);
-                // p[0]: the block sums (Q6: of values 0..16), p[1]: Q6's values 16..32.
+                // p[0]: the block sums (Q6, Q3: of values 0..16), p[1]: their values 16..32.
                 let mut p = [_mm256_setzero_si256(); 2];
                 match layout.body() {
                     Layout::Q4 | Layout::Q4M => {
@@ -404,6 +434,17 @@ macro_rules! superblock_dots_avx2 {
                             p[0] = _mm256_add_epi32(p[0], widen(s16));
                         }
                     }
+                    // 3-bit values: a half block's four steps in 16 bits (4 · 2 · 7 · 127); the − 4
+                    // comes off through `so` and `so2`, as Q6's − 32 does in the prompt tile.
+                    Layout::Q3 => {
+                        for (c, half) in p.iter_mut().enumerate() {
+                            let mut s16 = _mm256_setzero_si256();
+                            for st in 4 * c..4 * c + 4 {
+                                s16 = _mm256_add_epi16(s16, pairs(q3_half(q, st, h, g), xs(st)));
+                            }
+                            *half = widen(s16);
+                        }
+                    }
                     // Q8, Q6 (`body` is never Q4K, Q5K or Q8X).
                     _ => {
                         for st in 0..8 {
@@ -425,6 +466,16 @@ macro_rules! superblock_dots_avx2 {
                     Layout::Q6 => {
                         let f = _mm256_mul_ps(mw, xdv);
                         *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[1]), f, *acc);
+                    }
+                    // The second half's products, then both halves' − 4: `so` and `so2` hold
+                    // 4 · d · Σq of each half.
+                    Layout::Q3 => {
+                        let f = _mm256_mul_ps(mw, xdv);
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[1]), f, *acc);
+                        let so = _mm256_loadu_ps(xso[0].add(s * 16 + 8 * h));
+                        let so2 = _mm256_loadu_ps(xso[1].add(s * 16 + 8 * h));
+                        *acc = _mm256_fnmadd_ps(sw, so, *acc);
+                        *acc = _mm256_fnmadd_ps(mw, so2, *acc);
                     }
                     // Q4's implied − 8, Q5's − 16 and Q4M/Q5M's offsets: `so` holds 8 · d · Σq,
                     // 16 · d · Σq or −d · Σq.
@@ -594,7 +645,7 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
             Layout::Q4 | Layout::Q4M => {
                 return tile2x4_nibbles_avx2::<L>(rows, blocks, xq, xd, xso);
             }
-            Layout::Q5 | Layout::Q5M | Layout::Q6 => {
+            Layout::Q5 | Layout::Q5M | Layout::Q6 | Layout::Q3 => {
                 return tile2x4_wide_avx2::<L>(rows, blocks, xq, xd, xso, xio);
             }
             _ => {}
@@ -806,6 +857,35 @@ unsafe fn q6_pair<const U: usize>(q: *const u8, h: usize) -> [__m256i; 2] {
     }
 }
 
+/// Steps `2U` and `2U + 1` (half `h`) of a whole Q3 superblock's quants at `q`: the 3-bit
+/// values 0..7.
+#[inline(always)]
+unsafe fn q3_pair<const U: usize>(q: *const u8, h: usize) -> [__m256i; 2] {
+    // SAFETY: the caller points at a whole packed Q3 superblock's quants.
+    unsafe {
+        let (m2, m) = (_mm256_set1_epi8(0x03), _mm256_set1_epi8(0x04));
+        let c = _mm256_loadu_si256(q.add(64 * (U / 2) + 32 * h) as *const __m256i);
+        let hv = _mm256_loadu_si256(q.add(128 + 32 * h) as *const __m256i);
+        // Bit pairs 4(U mod 2) and 4(U mod 2) + 2 of the 2-bit chunk to bits 0, 1; bits 2U and
+        // 2U + 1 of the bit plane to bit 2 (bits carried across bytes are masked off).
+        let (c0, c1) = if U.is_multiple_of(2) {
+            (c, _mm256_srli_epi16::<2>(c))
+        } else {
+            (_mm256_srli_epi16::<4>(c), _mm256_srli_epi16::<6>(c))
+        };
+        let (b0, b1) = match U {
+            0 => (_mm256_slli_epi16::<2>(hv), _mm256_slli_epi16::<1>(hv)),
+            1 => (hv, _mm256_srli_epi16::<1>(hv)),
+            2 => (_mm256_srli_epi16::<2>(hv), _mm256_srli_epi16::<3>(hv)),
+            _ => (_mm256_srli_epi16::<4>(hv), _mm256_srli_epi16::<5>(hv)),
+        };
+        [
+            _mm256_or_si256(_mm256_and_si256(c0, m2), _mm256_and_si256(b0, m)),
+            _mm256_or_si256(_mm256_and_si256(c1, m2), _mm256_and_si256(b1, m)),
+        ]
+    }
+}
+
 /// Lanes `8h..8h+8` of the i8 multipliers at `p` as i16 pairs, one multiplier in both halves of
 /// each 32-bit lane: the second operand of `vpmaddwd`, which then scales and widens at once.
 #[inline(always)]
@@ -840,7 +920,8 @@ unsafe fn tile2x4_wide_avx2<const L: u8>(
     unsafe {
         let layout = const { layout_of(L) };
         let hb = const { layout_of(L).head_bytes() };
-        let q6 = layout == Layout::Q6;
+        // Q6 and Q3: a scale per half block.
+        let q6 = layout.halves();
         let iol = layout.io_lanes();
         let zero = _mm256_setzero_si256();
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
@@ -882,7 +963,9 @@ unsafe fn tile2x4_wide_avx2<const L: u8>(
                     // Step pairs `$a` and `$b`, which share Q6's block scale.
                     macro_rules! step_quad {
                         ($a:literal, $b:literal) => {
-                            let (za, zb) = if q6 {
+                            let (za, zb) = if layout == Layout::Q3 {
+                                (q3_pair::<$a>(w[r], h), q3_pair::<$b>(w[r], h))
+                            } else if q6 {
                                 (q6_pair::<$a>(w[r], h), q6_pair::<$b>(w[r], h))
                             } else {
                                 (q5_pair::<$a>(w[r], h), q5_pair::<$b>(w[r], h))
@@ -949,7 +1032,10 @@ unsafe fn tile2x4_wide_avx2<const L: u8>(
 /// take, so eight tokens share them better, as long as the eight tokens' activations stay
 /// in L1 (16 KiB of quants at 64 blocks; past that the 2x4 tile measured the faster).
 pub const fn one_row_eight_tokens(layout: Layout, blocks: usize) -> bool {
-    matches!(layout.body(), Layout::Q5 | Layout::Q5M | Layout::Q6) && blocks <= 64
+    matches!(
+        layout.body(),
+        Layout::Q5 | Layout::Q5M | Layout::Q6 | Layout::Q3
+    ) && blocks <= 64
 }
 
 /// One packed row × eight tokens for the 5- and 6-bit layouts (Q5, Q5M, Q5K and Q6): as
@@ -976,7 +1062,8 @@ pub unsafe fn tile1x8_wide_avx2<const L: u8>(
     unsafe {
         let layout = const { layout_of(L) };
         let hb = const { layout_of(L).head_bytes() };
-        let q6 = layout == Layout::Q6;
+        // Q6 and Q3: a scale per half block.
+        let q6 = layout.halves();
         let iol = layout.io_lanes();
         let zero = _mm256_setzero_si256();
         let mut acc = [_mm256_setzero_ps(); 8];
@@ -1006,7 +1093,9 @@ pub unsafe fn tile1x8_wide_avx2<const L: u8>(
                 // Step pairs `$a` and `$b`, which share Q6's block scale.
                 macro_rules! step_quad {
                     ($a:literal, $b:literal) => {
-                        let (za, zb) = if q6 {
+                        let (za, zb) = if layout == Layout::Q3 {
+                            (q3_pair::<$a>(w, h), q3_pair::<$b>(w, h))
+                        } else if q6 {
                             (q6_pair::<$a>(w, h), q6_pair::<$b>(w, h))
                         } else {
                             (q5_pair::<$a>(w, h), q5_pair::<$b>(w, h))
@@ -1163,7 +1252,7 @@ mod tests {
             return;
         }
         use crate::kernels::x86::{
-            L_I4, L_I4K, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8,
+            L_I4, L_I4K, L_Q3, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8,
         };
         for (dtype, cols) in [
             (WeightType::Q4_0, 800),
@@ -1175,6 +1264,7 @@ mod tests {
             (WeightType::Q4K, 4864),
             (WeightType::Q5K, 768),
             (WeightType::Q6K, 4864),
+            (WeightType::Q3K, 4864),
             (WeightType::IQ4_XS, 768),
         ] {
             let bytes = ggml_rows(dtype, 4, cols);
@@ -1196,6 +1286,7 @@ mod tests {
                     L_Q8 => with_and_without_slack::<L_Q8>(&pk, pb, blocks, &a),
                     L_Q4M => with_and_without_slack::<L_Q4M>(&pk, pb, blocks, &a),
                     L_Q6 => with_and_without_slack::<L_Q6>(&pk, pb, blocks, &a),
+                    L_Q3 => with_and_without_slack::<L_Q3>(&pk, pb, blocks, &a),
                     L_Q4K => with_and_without_slack::<L_Q4K>(&pk, pb, blocks, &a),
                     L_Q5K => with_and_without_slack::<L_Q5K>(&pk, pb, blocks, &a),
                     L_I4K => with_and_without_slack::<L_I4K>(&pk, pb, blocks, &a),

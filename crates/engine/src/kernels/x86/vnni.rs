@@ -160,6 +160,50 @@ pub(super) unsafe fn q6_operand(quants: *const u8, st: usize, g: Geo) -> __m512i
     }
 }
 
+/// Step `st`'s 64 unsigned bytes of a Q3 superblock's quants (`packed.rs`): the 3-bit values,
+/// bits `2(st % 4)`, `2(st % 4) + 1` of 2-bit chunk `st / 4` | bit `st` of the bit plane << 2.
+#[inline(always)]
+pub(super) unsafe fn q3_operand(quants: *const u8, st: usize, g: Geo) -> __m512i {
+    // SAFETY: the caller guarantees a packed Q3 superblock's quants at `quants`.
+    unsafe {
+        let c = load_step(quants.add(g.v * (st / 4)), g);
+        let lo = match st % 4 {
+            0 => c,
+            1 => _mm512_srli_epi16::<2>(c),
+            2 => _mm512_srli_epi16::<4>(c),
+            _ => _mm512_srli_epi16::<6>(c),
+        };
+        // Bit st of each byte to bit 2 (bits carried across bytes are masked off): the half's
+        // 4 bits by a shift whose count is a register (the prompt tile does not unroll its loop
+        // over the halves, and a `match` on `st` there became a jump per operand), then the
+        // step's place in its half by an immediate.
+        let h = load_step(quants.add(2 * g.v), g);
+        let h = _mm512_srl_epi16(h, _mm_cvtsi64_si128(4 * (st / 4) as i64));
+        let h = match st % 4 {
+            0 => _mm512_slli_epi16::<2>(h),
+            1 => _mm512_slli_epi16::<1>(h),
+            2 => h,
+            _ => _mm512_srli_epi16::<1>(h),
+        };
+        let lo = _mm512_and_si512(lo, _mm512_set1_epi8(0x03));
+        // lo | (h & 0x04), as in `q6_operand`.
+        _mm512_ternarylogic_epi32::<0xF8>(lo, h, _mm512_set1_epi8(0x04))
+    }
+}
+
+/// Step `st`'s operand of a layout whose lanes' halves have their own scales (Q6, Q3).
+#[inline(always)]
+pub(super) unsafe fn halves_operand<const L: u8>(quants: *const u8, st: usize, g: Geo) -> __m512i {
+    // SAFETY: the caller guarantees a packed Q6 or Q3 superblock's quants at `quants`.
+    unsafe {
+        if L == L_Q3 {
+            q3_operand(quants, st, g)
+        } else {
+            q6_operand(quants, st, g)
+        }
+    }
+}
+
 /// Step `st`'s 64 unsigned bytes of a Q5, Q5M or Q5K superblock's quants (`packed.rs`): the
 /// 5-bit values, low nibble | bit `st` of the bit plane << 4.
 #[inline(always)]
@@ -187,7 +231,7 @@ pub(super) unsafe fn q5_operand(quants: *const u8, st: usize, g: Geo) -> __m512i
 
 /// The `STEPS` dot-product operands of one packed superblock row, handed to `f` in order:
 /// the byte layouts load them, the nibble ones split each 64-byte chunk into low and high
-/// nibbles, the 5- and 6-bit ones join their planes, I4 looks its indices up in the grid.
+/// nibbles, the 3-, 5- and 6-bit ones join their planes, I4 looks its indices up in the grid.
 #[inline(always)]
 pub(super) unsafe fn for_each_operand(
     layout: crate::kernels::packed::Layout,
@@ -200,6 +244,10 @@ pub(super) unsafe fn for_each_operand(
         if layout == crate::kernels::packed::Layout::Q6 {
             for st in 0..8 {
                 f(st, q6_operand(quants, st, g));
+            }
+        } else if layout == crate::kernels::packed::Layout::Q3 {
+            for st in 0..8 {
+                f(st, q3_operand(quants, st, g));
             }
         } else if layout.five_bit() {
             for st in 0..8 {
@@ -246,6 +294,12 @@ pub const L_Q5K: u8 = 6;
 pub const L_I4K: u8 = 7;
 pub const L_Q5: u8 = 8;
 pub const L_I4: u8 = 9;
+pub const L_Q3: u8 = 10;
+
+/// Whether layout `code`'s lanes have a scale per half block (Q6, Q3).
+pub const fn halves(code: u8) -> bool {
+    code == L_Q6 || code == L_Q3
+}
 
 pub fn layout_code(l: crate::kernels::packed::Layout) -> u8 {
     use crate::kernels::packed::Layout;
@@ -260,6 +314,7 @@ pub fn layout_code(l: crate::kernels::packed::Layout) -> u8 {
         Layout::I4K => L_I4K,
         Layout::Q5 => L_Q5,
         Layout::I4 => L_I4,
+        Layout::Q3 => L_Q3,
     }
 }
 
@@ -275,6 +330,7 @@ pub(super) const fn layout_of(code: u8) -> crate::kernels::packed::Layout {
         L_Q5K => Layout::Q5K,
         L_I4K => Layout::I4K,
         L_Q5 => Layout::Q5,
+        L_Q3 => Layout::Q3,
         _ => Layout::I4,
     }
 }
@@ -608,8 +664,8 @@ unsafe fn superblock_dots<const L: u8, const TAIL: bool>(
             } else {
                 for st in 0..8 {
                     let xv = _mm512_loadu_si512(x.add(64 * st) as *const __m512i);
-                    let z = if L == L_Q6 {
-                        q6_operand(ws.add(hb), st, g)
+                    let z = if halves(L) {
+                        halves_operand::<L>(ws.add(hb), st, g)
                     } else if layout.five_bit() {
                         q5_operand(ws.add(hb), st, g)
                     } else if layout.grid() {
@@ -617,15 +673,15 @@ unsafe fn superblock_dots<const L: u8, const TAIL: bool>(
                     } else {
                         load_step(ws.add(hb + g.v * st), g)
                     };
-                    // Q6: the chains are the two half blocks, each with its own scale.
-                    let c = if L == L_Q6 { st / 4 } else { st % 2 };
+                    // Q6, Q3: the chains are the two half blocks, each with its own scale.
+                    let c = if halves(L) { st / 4 } else { st % 2 };
                     p[c] = _mm512_dpbusd_epi32(p[c], z, xv);
                 }
             }
             let (sw, mw) = packed_head(layout, ws, g);
             let xdv = _mm512_loadu_ps(xd.add(s * 16));
             let so = _mm512_loadu_ps(xso[0].add(s * 16));
-            if L == L_Q6 {
+            if halves(L) {
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[0]), _mm512_mul_ps(sw, xdv), acc);
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[1]), _mm512_mul_ps(mw, xdv), acc);
                 acc = _mm512_fnmadd_ps(sw, so, acc);
@@ -829,7 +885,7 @@ unsafe fn tile_superblocks<const L: u8, const TAIL: bool, const PRE: bool>(
                     _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
                 }
             }
-            if L == L_Q6 {
+            if halves(L) {
                 // Each half block under its own scale, one half after the other: with both
                 // halves' sums live at once (16 accumulators beside the 8 sums and 8 operands)
                 // the registers spilled, and Q6_K prompts ran at half of Q4_K's rate.
@@ -841,11 +897,15 @@ unsafe fn tile_superblocks<const L: u8, const TAIL: bool, const PRE: bool>(
                         let o = _mm512_loadu_si512(xio[t].add(s * 32 + 16 * half) as *const _);
                         [o, o]
                     });
-                    let ops1: [__m512i; 4] =
-                        std::array::from_fn(|k| q6_operand(w1.add(hb), 4 * half + k, g));
+                    // A loop, not `array::from_fn`: Q3's operand in its closure was compiled as
+                    // a call per operand.
+                    let mut ops1 = [_mm512_setzero_si512(); 4];
+                    for (k, op) in ops1.iter_mut().enumerate() {
+                        *op = halves_operand::<L>(w1.add(hb), 4 * half + k, g);
+                    }
                     for (k, &wq1) in ops1.iter().enumerate() {
                         let step = 4 * half + k;
-                        let wq0 = q6_operand(w0.add(hb), step, g);
+                        let wq0 = halves_operand::<L>(w0.add(hb), step, g);
                         for t in 0..4 {
                             let xv = _mm512_loadu_si512(
                                 xq[t].add(s * 512 + 64 * step) as *const __m512i
