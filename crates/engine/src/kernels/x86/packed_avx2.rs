@@ -232,7 +232,8 @@ unsafe fn q3_half(quants: *const u8, st: usize, h: usize, g: G2) -> __m256i {
             _ => _mm256_srli_epi16::<6>(c),
         };
         // Bit st of each byte to bit 2 (bits carried across bytes are masked off), as in
-        // `vnni::q3_operand`: the half by a register count, the step in it by an immediate.
+        // `vnni::q3_operand`: the half by a shift whose count need not be a constant, the step in
+        // it by an immediate.
         let hv = load_half(quants.add(2 * g.v), h, g);
         let hv = _mm256_srl_epi16(hv, _mm_cvtsi64_si128(4 * (st / 4) as i64));
         let hv = match st % 4 {

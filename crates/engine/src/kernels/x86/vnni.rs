@@ -173,10 +173,9 @@ pub(super) unsafe fn q3_operand(quants: *const u8, st: usize, g: Geo) -> __m512i
             2 => _mm512_srli_epi16::<4>(c),
             _ => _mm512_srli_epi16::<6>(c),
         };
-        // Bit st of each byte to bit 2 (bits carried across bytes are masked off): the half's
-        // 4 bits by a shift whose count is a register (the prompt tile does not unroll its loop
-        // over the halves, and a `match` on `st` there became a jump per operand), then the
-        // step's place in its half by an immediate.
+        // Bit st of each byte to bit 2 (bits carried across bytes are masked off): past the
+        // half's 4 bits by a shift whose count need not be a constant (the prompt tile's loop
+        // over the halves), then the step's place in its half by an immediate.
         let h = load_step(quants.add(2 * g.v), g);
         let h = _mm512_srl_epi16(h, _mm_cvtsi64_si128(4 * (st / 4) as i64));
         let h = match st % 4 {
@@ -295,11 +294,6 @@ pub const L_I4K: u8 = 7;
 pub const L_Q5: u8 = 8;
 pub const L_I4: u8 = 9;
 pub const L_Q3: u8 = 10;
-
-/// Whether layout `code`'s lanes have a scale per half block (Q6, Q3).
-pub const fn halves(code: u8) -> bool {
-    code == L_Q6 || code == L_Q3
-}
 
 pub fn layout_code(l: crate::kernels::packed::Layout) -> u8 {
     use crate::kernels::packed::Layout;
@@ -664,7 +658,7 @@ unsafe fn superblock_dots<const L: u8, const TAIL: bool>(
             } else {
                 for st in 0..8 {
                     let xv = _mm512_loadu_si512(x.add(64 * st) as *const __m512i);
-                    let z = if halves(L) {
+                    let z = if layout.halves() {
                         halves_operand::<L>(ws.add(hb), st, g)
                     } else if layout.five_bit() {
                         q5_operand(ws.add(hb), st, g)
@@ -674,14 +668,14 @@ unsafe fn superblock_dots<const L: u8, const TAIL: bool>(
                         load_step(ws.add(hb + g.v * st), g)
                     };
                     // Q6, Q3: the chains are the two half blocks, each with its own scale.
-                    let c = if halves(L) { st / 4 } else { st % 2 };
+                    let c = if layout.halves() { st / 4 } else { st % 2 };
                     p[c] = _mm512_dpbusd_epi32(p[c], z, xv);
                 }
             }
             let (sw, mw) = packed_head(layout, ws, g);
             let xdv = _mm512_loadu_ps(xd.add(s * 16));
             let so = _mm512_loadu_ps(xso[0].add(s * 16));
-            if halves(L) {
+            if layout.halves() {
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[0]), _mm512_mul_ps(sw, xdv), acc);
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[1]), _mm512_mul_ps(mw, xdv), acc);
                 acc = _mm512_fnmadd_ps(sw, so, acc);
@@ -885,7 +879,7 @@ unsafe fn tile_superblocks<const L: u8, const TAIL: bool, const PRE: bool>(
                     _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
                 }
             }
-            if halves(L) {
+            if layout.halves() {
                 // Each half block under its own scale, one half after the other: with both
                 // halves' sums live at once (16 accumulators beside the 8 sums and 8 operands)
                 // the registers spilled, and Q6_K prompts ran at half of Q4_K's rate.
