@@ -34,6 +34,7 @@ fn main() {
         WeightType::Q5K,
         WeightType::Q6K,
         WeightType::Q3K,
+        WeightType::Q2K,
         WeightType::IQ4_XS,
         WeightType::F16,
         WeightType::BF16,

@@ -262,6 +262,12 @@ fn packed_layout_matches_ggml_layout() {
         (WeightType::Q3K, 768),
         (WeightType::Q3K, 4864),
         (WeightType::Q3K, 2560),
+        // Q2_K: 2-bit values under a scale and a min per half block; a tail, whole
+        // superblocks on the VNNI prompt tiles, and the bf16 tiles' narrow rows.
+        (WeightType::Q2K, 768),
+        (WeightType::Q2K, 4864),
+        (WeightType::Q2K, 1536),
+        (WeightType::Q2K, 1024),
         (WeightType::Q5_1, 800),
         (WeightType::Q5K, 768),
         // Wide enough for the 8-bit VNNI prompt tiles (`vnni_prompt_rows`).
@@ -573,6 +579,7 @@ fn amx_tiles_agree_with_avx512_bf16_tiles() {
         (WeightType::BF16, 64, 96, 33),
         (WeightType::Q6K, 17, 256, 64),
         (WeightType::Q3K, 17, 768, 21),
+        (WeightType::Q2K, 17, 768, 21),
         // Groups of four 32-row blocks, a partial last group and a partial token block.
         (WeightType::Q8_0, 300, 256, 70),
     ] {
@@ -645,6 +652,7 @@ fn fused_swiglu_equals_two_products_and_silu() {
         (WeightType::Q5_0, 45, 800, 17),
         (WeightType::Q6K, 33, 512, 18),
         (WeightType::Q3K, 33, 768, 9),
+        (WeightType::Q2K, 33, 1536, 9),
         (WeightType::Q5K, 33, 512, 19),
         (WeightType::IQ4_XS, 33, 512, 17),
     ] {

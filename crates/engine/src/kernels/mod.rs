@@ -455,6 +455,7 @@ mod tests {
                 WeightType::Q4K,
                 WeightType::Q6K,
                 WeightType::Q3K,
+                WeightType::Q2K,
                 WeightType::Q5_1,
                 WeightType::Q5K,
                 WeightType::IQ4_NL,
@@ -472,7 +473,11 @@ mod tests {
                 .collect();
             let halves = if matches!(
                 dtype,
-                WeightType::Q4_1 | WeightType::Q4K | WeightType::Q5_1 | WeightType::Q5K
+                WeightType::Q4_1
+                    | WeightType::Q4K
+                    | WeightType::Q5_1
+                    | WeightType::Q5K
+                    | WeightType::Q2K
             ) {
                 2
             } else {
@@ -482,6 +487,7 @@ mod tests {
             let at = match dtype {
                 WeightType::Q6K => 208,
                 WeightType::Q3K => 108,
+                WeightType::Q2K => 80,
                 _ => 0,
             };
             for blk in src.chunks_exact_mut(dtype.type_size()) {

@@ -51,6 +51,11 @@
 //!   the third bit of step `s` as bit `s` of one more chunk (Q5's bit plane). 14.25 bytes per
 //!   32 weights against the file's 13.75 (the i8 scales take 2 bytes where Q3_K's 6-bit ones
 //!   take 1.5).
+//! - Q2_K into *Q2*: its 2-bit values (0..3) in Q3's 2-bit plane, under a head with a scale
+//!   and a min per half block, as the file stores them: the f16 super-scale and super-min of
+//!   each K-quant block, then per lane a byte `scale | min << 4` for each half block (value =
+//!   `d · scale · q − dmin · min`). 10.5 bytes per 32 weights, the file's. The min is applied
+//!   through the activations' half-block sums, as Q4_1's offset through the block sums.
 //!
 //! The *K heads* keep the K-quants' own two-level scales instead of 16 products: a K-quant
 //! block of 256 values is 8 of our blocks, so lanes 0..8 and 8..16 of a superblock each share
@@ -71,7 +76,7 @@ use super::{BlockQ8, QK, f16_bits_to_f32};
 
 /// Version of this layout, part of the key of the packed-weights file (`loader::packcache`):
 /// change it with any change to the bytes `pack_row` writes.
-pub const LAYOUT_VERSION: u32 = 9;
+pub const LAYOUT_VERSION: u32 = 10;
 
 /// Blocks per superblock (one per 32-bit lane of a 512-bit vector).
 pub const SB: usize = 16;
@@ -105,6 +110,9 @@ pub enum Layout {
     Q5K,
     /// 3-bit values in a 2-bit plane and a bit plane, under Q6's head: Q3_K.
     Q3,
+    /// 2-bit values in Q3's 2-bit plane, under a K head with a scale and a min per half
+    /// block: Q2_K.
+    Q2,
 }
 
 /// How a superblock's head stores its 16 lanes' two factors (scale and offset, or the scales
@@ -127,6 +135,11 @@ pub enum Head {
     /// Q6_K's: f16 `d` of lanes 0..8 and 8..16, then 16 i8 scales of the first half blocks
     /// and 16 of the second (cut to `n` each in a tail of `n` lanes).
     KHalves,
+    /// Q2_K's: f16 `d` of lanes 0..8 and 8..16, then `−dmin` of the same, then 16 bytes
+    /// `scale | min << 4` (4-bit fields) of the first half blocks and 16 of the second (cut to
+    /// `n` each in a tail); the halves' scales `d · scale`, their offsets `−dmin · min`
+    /// ([`head_offsets`]).
+    KHalvesMin,
 }
 
 /// Bytes of the super-factors of a K head: f16 values for lanes 0..8 and 8..16.
@@ -208,6 +221,7 @@ impl Layout {
             WeightType::Q5_1 => Some(Layout::Q5M),
             WeightType::Q5K => Some(Layout::Q5K),
             WeightType::Q3K => Some(Layout::Q3),
+            WeightType::Q2K => Some(Layout::Q2),
             _ => None,
         }
     }
@@ -229,6 +243,7 @@ impl Layout {
             Layout::Q4K | Layout::Q5K => Head::KScaleMin,
             Layout::I4K => Head::KScale8,
             Layout::Q6 | Layout::Q3 => Head::KHalves,
+            Layout::Q2 => Head::KHalvesMin,
         }
     }
 
@@ -246,6 +261,7 @@ impl Layout {
             Head::KScaleMin => 2 * (K_SUPER + SIX_BYTES),
             Head::KScale8 => K_SUPER + n,
             Head::KHalves => K_SUPER + 2 * n,
+            Head::KHalvesMin => 2 * K_SUPER + 2 * n,
         }
     }
 
@@ -261,6 +277,7 @@ impl Layout {
                 Layout::Q5 | Layout::Q5M => QK * 5 / 8,
                 Layout::Q6 => QK * 3 / 4,
                 Layout::Q3 => QK * 3 / 8,
+                Layout::Q2 => QK / 4,
                 _ => QK,
             }
     }
@@ -282,9 +299,16 @@ impl Layout {
     }
 
     /// Whether the two factors scale the two half blocks (values 0..16 and 16..32) of each lane:
-    /// Q6 and Q3, whose K-quants scale groups of 16.
+    /// Q6, Q3 and Q2, whose K-quants scale groups of 16.
     pub const fn halves(self) -> bool {
-        matches!(self, Layout::Q6 | Layout::Q3)
+        matches!(self, Layout::Q6 | Layout::Q3 | Layout::Q2)
+    }
+
+    /// Whether the half blocks have offsets of their own ([`head_offsets`]) besides their
+    /// scales: Q2 (Q2_K's mins). The activations' `so` and `so2` then hold `−d · Σq` of each
+    /// half, and the kernels subtract `offset · so` as for Q4M.
+    pub const fn half_mins(self) -> bool {
+        matches!(self, Layout::Q2)
     }
 
     /// Whether the second factor is an offset added per block (value = scale · q + offset).
@@ -303,6 +327,7 @@ impl Layout {
             Layout::Q4M | Layout::Q5M => -1.0,
             Layout::Q6 => 32.0,
             Layout::Q3 => 4.0,
+            Layout::Q2 => -1.0,
             _ => 128.0,
         }
     }
@@ -394,6 +419,11 @@ pub fn widen_tail(layout: Layout, n: usize, src: &[u8], out: &mut [u8]) {
             copy(out, K_SUPER, K_SUPER, n);
             copy(out, K_SUPER + SB, K_SUPER + n, n);
         }
+        Head::KHalvesMin => {
+            copy(out, 0, 0, 2 * K_SUPER);
+            copy(out, 2 * K_SUPER, 2 * K_SUPER, n);
+            copy(out, 2 * K_SUPER + SB, 2 * K_SUPER + n, n);
+        }
     }
     let (hw, hn) = (layout.head_bytes(), layout.head_bytes_n(n));
     let vectors = (layout.superblock_bytes() - hw) / 64;
@@ -407,7 +437,8 @@ pub fn widen_tail(layout: Layout, n: usize, src: &[u8], out: &mut [u8]) {
 /// for Q4 and Q4M, signed for Q5, unsigned for Q5M), the scale as f16 bits (Q8, Q4, Q5; Q4M and Q5M with
 /// the offset's f16 bits), and for the K-quants the two factors as super-factor (f16 bits)
 /// and multiplier: scale (or the first half's scale) `kf.0 · km.0`, offset (or the second
-/// half's scale) `kf.1 · km.1`.
+/// half's scale) `kf.1 · km.1`; for Q2_K, `kf` is `(d, −dmin)` and `km` the two half blocks'
+/// bytes `scale | min << 4`.
 struct Block32 {
     q: [i8; QK],
     scale16: u16,
@@ -576,6 +607,19 @@ fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
                 *q = (low | (high << 2)) as i8 - 4;
             }
         }
+        WeightType::Q2K => {
+            // 256 values: `scales[16] qs[64] d dmin`; value 128h + 32j + l is bits 2j, 2j+1
+            // of qs[32h + l]; 16 groups of 16, each with a byte `scale | min << 4`.
+            let blk = src.get((b / 8) * 84..(b / 8 + 1) * 84)?;
+            let (sc, qs) = (&blk[..16], &blk[16..80]);
+            let g = b % 8;
+            k.kf = (f16_at(blk, 80), f16_at(blk, 82) ^ 0x8000);
+            k.km = (sc[2 * g] as i8, sc[2 * g + 1] as i8);
+            let (h, j) = (g / 4, g % 4);
+            for (l, q) in k.q.iter_mut().enumerate() {
+                *q = ((qs[32 * h + l] >> (2 * j)) & 3) as i8;
+            }
+        }
         other => panic!("{other:?} has no packed layout"),
     }
     Some(k)
@@ -620,6 +664,13 @@ fn write_head(head: &mut [u8], kind: Head, g: Geom, l: usize, k: &Block32) {
             head[K_SUPER + l] = k.km.0 as u8;
             head[K_SUPER + n + l] = k.km.1 as u8;
         }
+        Head::KHalvesMin => {
+            let h = l / 8;
+            head[2 * h..2 * h + 2].copy_from_slice(&k.kf.0.to_le_bytes());
+            head[K_SUPER + 2 * h..K_SUPER + 2 * h + 2].copy_from_slice(&k.kf.1.to_le_bytes());
+            head[2 * K_SUPER + l] = k.km.0 as u8;
+            head[2 * K_SUPER + n + l] = k.km.1 as u8;
+        }
     }
 }
 
@@ -656,13 +707,17 @@ pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
                         quants[4 * v + 4 * l + j] |= (q >> 4) << s;
                     }
                 }
-            } else if layout == Layout::Q3 {
-                let u = k.q.map(|q| (q + 4) as u8);
+            } else if layout == Layout::Q3 || layout == Layout::Q2 {
+                // Q2's values are unsigned, Q3's signed (− 4); Q2 has no bit plane.
+                let bias = if layout == Layout::Q3 { 4 } else { 0 };
+                let u = k.q.map(|q| (q + bias) as u8);
                 for s in 0..STEPS {
                     for j in 0..4 {
                         let q = u[4 * s + j];
                         quants[v * (s / 4) + 4 * l + j] |= (q & 3) << (2 * (s % 4));
-                        quants[2 * v + 4 * l + j] |= (q >> 2) << s;
+                        if layout == Layout::Q3 {
+                            quants[2 * v + 4 * l + j] |= (q >> 2) << s;
+                        }
                     }
                 }
             } else if layout == Layout::Q6 {
@@ -688,7 +743,7 @@ pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
 }
 
 /// The quant of value `i` (0..32) of lane `l` in a packed superblock of `g.n` lanes: signed
-/// (offset taken off) for Q8, Q6, Q5, Q4 and Q3, unsigned for Q4M and Q5M.
+/// (offset taken off) for Q8, Q6, Q5, Q4 and Q3, unsigned for Q4M, Q5M and Q2.
 #[inline(always)]
 fn packed_quant(layout: Layout, quants: &[u8], g: Geom, l: usize, i: usize) -> i32 {
     let (s, j, v) = (i / 4, i % 4, g.v());
@@ -703,6 +758,7 @@ fn packed_quant(layout: Layout, quants: &[u8], g: Geom, l: usize, i: usize) -> i
             let hi = (quants[2 * v + 4 * l + j] >> s) & 1;
             (lo | (hi << 2)) as i32 - 4
         }
+        Layout::Q2 => ((quants[v * (s / 4) + 4 * l + j] >> (2 * (s % 4))) & 3) as i32,
         Layout::Q4 | Layout::Q4M | Layout::I4 => {
             let byte = quants[v * (i / 8) + 4 * l + i % 4];
             let n = if i % 8 < 4 { byte & 0x0f } else { byte >> 4 };
@@ -723,7 +779,7 @@ fn packed_quant(layout: Layout, quants: &[u8], g: Geom, l: usize, i: usize) -> i
 }
 
 /// The two factors of lane `l` of a whole superblock's head: scale and offset (Q4M, Q4K, Q5M,
-/// Q5K), the scales of the two halves (Q6, Q3), or the scale twice (Q8, Q4).
+/// Q5K), the scales of the two halves (Q6, Q3, Q2), or the scale twice (Q8, Q4).
 pub fn head_factors(layout: Layout, head: &[u8], l: usize) -> (f32, f32) {
     head_factors_n(layout, head, SB, l)
 }
@@ -754,7 +810,30 @@ fn head_factors_n(layout: Layout, head: &[u8], n: usize, l: usize) -> (f32, f32)
             f16(2 * h) * head[K_SUPER + l] as i8 as f32,
             f16(2 * h) * head[K_SUPER + n + l] as i8 as f32,
         ),
+        Head::KHalvesMin => (
+            f16(2 * h) * (head[2 * K_SUPER + l] & 0x0f) as f32,
+            f16(2 * h) * (head[2 * K_SUPER + n + l] & 0x0f) as f32,
+        ),
     }
+}
+
+/// The offsets of lane `l`'s two half blocks in a whole superblock's head, for layouts with
+/// [`Layout::half_mins`] (Q2: `−dmin · min`, exact as the scales are); zeros for the others.
+pub fn head_offsets(layout: Layout, head: &[u8], l: usize) -> (f32, f32) {
+    head_offsets_n(layout, head, SB, l)
+}
+
+/// [`head_offsets`] of a superblock of `n` lanes.
+#[inline(always)]
+fn head_offsets_n(layout: Layout, head: &[u8], n: usize, l: usize) -> (f32, f32) {
+    if layout.head() != Head::KHalvesMin {
+        return (0.0, 0.0);
+    }
+    let m = f16_bits_to_f32(f16_at(head, K_SUPER + 2 * (l / 8)));
+    (
+        m * (head[2 * K_SUPER + l] >> 4) as f32,
+        m * (head[2 * K_SUPER + n + l] >> 4) as f32,
+    )
 }
 
 /// Blocks of 32 values in a packed row of `bytes` bytes.
@@ -799,10 +878,14 @@ fn dequantize_superblock(layout: Layout, g: Geom, head: &[u8], quants: &[u8], ou
             return;
         };
         let (d, m) = head_factors_n(layout, head, g.n, l);
+        let (o0, o1) = head_offsets_n(layout, head, g.n, l);
         for (i, o) in o.iter_mut().enumerate() {
             let q = packed_quant(layout, quants, g, l, i) as f32;
             *o = if layout.has_offset() {
                 d * q + m
+            } else if layout.half_mins() {
+                // ggml's `dl · q − ml`: the product is exact, so the one rounding is ggml's.
+                if i < QK / 2 { d * q + o0 } else { m * q + o1 }
             } else if layout.halves() && i >= QK / 2 {
                 m * q
             } else {
@@ -827,7 +910,16 @@ pub fn dot_row(dtype: WeightType, row: &[u8], x: &[BlockQ8]) -> f32 {
                     .sum::<i32>() as f32
             };
             let (d, m) = head_factors_n(layout, head, g.n, l);
-            acc += if layout.halves() {
+            let (o0, o1) = head_offsets_n(layout, head, g.n, l);
+            let sum = |r: std::ops::Range<usize>| -> f32 {
+                xb.qs[r].iter().map(|&q| q as i32).sum::<i32>() as f32
+            };
+            acc += if layout.half_mins() {
+                d * xb.d * dot(0..QK / 2)
+                    + m * xb.d * dot(QK / 2..QK)
+                    + o0 * xb.d * sum(0..QK / 2)
+                    + o1 * xb.d * sum(QK / 2..QK)
+            } else if layout.halves() {
                 d * xb.d * dot(0..QK / 2) + m * xb.d * dot(QK / 2..QK)
             } else if layout.has_offset() {
                 d * xb.d * dot(0..QK) + m * xb.s
@@ -1006,12 +1098,14 @@ pub(crate) mod tests {
                 // Bytes over the file's per whole superblock (IQ4_XS's and Q3_K's i8
                 // multipliers, 4 and 8 more than their 6-bit ones) and in a tail of one K-quant
                 // block (the unused super-factors of the second, Q4_K's and Q5_K's 6-bit strings
-                // of all 16 lanes, Q3_K's 16 scale bytes against 12).
+                // of all 16 lanes, Q3_K's 16 scale bytes against 12, Q2_K's unused super-factors
+                // of the second block).
                 for (dtype, per_superblock, tail_extra) in [
                     (WeightType::Q4K, 0, 16),
                     (WeightType::Q5K, 0, 16),
                     (WeightType::Q6K, 0, 2),
                     (WeightType::Q3K, 8, 6),
+                    (WeightType::Q2K, 0, 4),
                     (WeightType::IQ4_XS, 4, 4),
                 ] {
                     let tail = if cols % 512 == 256 { tail_extra } else { 0 };
@@ -1044,6 +1138,7 @@ pub(crate) mod tests {
             (WeightType::Q4K, 8),
             (WeightType::Q6K, 8),
             (WeightType::Q3K, 8),
+            (WeightType::Q2K, 8),
             (WeightType::IQ4_XS, 8),
         ] {
             let layout = Layout::of(dtype).unwrap();

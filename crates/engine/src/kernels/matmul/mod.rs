@@ -355,7 +355,8 @@ fn packed_products(
     } else if n >= 4 {
         tiles_packed(pool, false, w, acts, n, layout, nb, out);
     } else {
-        packed_tokens_avx2(pool, w, acts, layout, nb, out);
+        // The activations padded to the tiles' groups of tokens: the first `n` are the tokens.
+        packed_tokens_avx2(pool, w, &acts[..n], layout, nb, out);
     }
     Ok(())
 }
@@ -399,7 +400,7 @@ fn packed_tokens_avx2(
     blocks: usize,
     out: &mut [f32],
 ) {
-    use super::x86::{L_I4, L_I4K, L_Q3, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8};
+    use super::x86::{L_I4, L_I4K, L_Q2, L_Q3, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8};
     fn run<const L: u8>(
         pool: &Threads,
         w: &QMatrix<'_>,
@@ -450,6 +451,7 @@ fn packed_tokens_avx2(
         L_Q4M => run::<L_Q4M>(pool, w, acts, blocks, out),
         L_Q6 => run::<L_Q6>(pool, w, acts, blocks, out),
         L_Q3 => run::<L_Q3>(pool, w, acts, blocks, out),
+        L_Q2 => run::<L_Q2>(pool, w, acts, blocks, out),
         L_Q4K => run::<L_Q4K>(pool, w, acts, blocks, out),
         L_Q5K => run::<L_Q5K>(pool, w, acts, blocks, out),
         L_I4K => run::<L_I4K>(pool, w, acts, blocks, out),
@@ -587,7 +589,7 @@ fn packed_decode(
     layout: super::packed::Layout,
     blocks: usize,
 ) {
-    use super::x86::{L_I4, L_I4K, L_Q3, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8};
+    use super::x86::{L_I4, L_I4K, L_Q2, L_Q3, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8};
     // The layout is a constant of each kernel: with it a run-time value, the kernel's offsets
     // and prefetch loop were computed per superblock, which cost 7% of Q4_0's streaming rate.
     match super::x86::layout_code(layout) {
@@ -596,6 +598,7 @@ fn packed_decode(
         L_Q4M => packed_decode_as::<L_Q4M>(pool, caps, mats, a, blocks),
         L_Q6 => packed_decode_as::<L_Q6>(pool, caps, mats, a, blocks),
         L_Q3 => packed_decode_as::<L_Q3>(pool, caps, mats, a, blocks),
+        L_Q2 => packed_decode_as::<L_Q2>(pool, caps, mats, a, blocks),
         L_Q4K => packed_decode_as::<L_Q4K>(pool, caps, mats, a, blocks),
         L_Q5K => packed_decode_as::<L_Q5K>(pool, caps, mats, a, blocks),
         L_I4K => packed_decode_as::<L_I4K>(pool, caps, mats, a, blocks),

@@ -157,10 +157,11 @@ pub(super) fn tiles_packed(
                     // zeros); AVX2 detected by the caller.
                     let v = unsafe {
                         use crate::kernels::x86::{
-                            L_Q3, L_Q5, L_Q5K, L_Q5M, L_Q6, tile1x8_wide_avx2 as tile,
+                            L_Q2, L_Q3, L_Q5, L_Q5K, L_Q5M, L_Q6, tile1x8_wide_avx2 as tile,
                         };
                         match crate::kernels::x86::layout_code(layout) {
                             L_Q3 => tile::<L_Q3>(tr, blocks, xq, xd, xso, xio),
+                            L_Q2 => tile::<L_Q2>(tr, blocks, xq, xd, xso, xio),
                             L_Q5 => tile::<L_Q5>(tr, blocks, xq, xd, xso, xio),
                             L_Q5M => tile::<L_Q5M>(tr, blocks, xq, xd, xso, xio),
                             L_Q5K => tile::<L_Q5K>(tr, blocks, xq, xd, xso, xio),
@@ -180,9 +181,11 @@ pub(super) fn tiles_packed(
         // that unpacks them reads the rows from memory with nothing to overlap it (eight
         // streams' steps measured slower).
         let vnni_heads: crate::kernels::packed::Lines<f32> =
-            if vnni && precomputed_heads(layout) && n >= 16 {
-                use crate::kernels::x86::{L_Q3, L_Q4K, L_Q5K, L_Q6, heads_len, unpack_heads_vnni};
-                let per_row = heads_len(blocks);
+            if vnni && (precomputed_heads(layout) || layout.half_mins()) && n >= 16 {
+                use crate::kernels::x86::{
+                    L_Q2, L_Q3, L_Q4K, L_Q5K, L_Q6, heads_len, unpack_heads_vnni,
+                };
+                let per_row = heads_len(layout, blocks);
                 let mut h = crate::kernels::packed::Lines::zeroed(2 * (p1 - p0) * per_row);
                 for (i, r) in (p0..p1).flat_map(pair_rows).enumerate() {
                     let (row, o) = (w.row(r).as_ptr(), h[i * per_row..].as_mut_ptr());
@@ -194,7 +197,8 @@ pub(super) fn tiles_packed(
                             L_Q5K => unpack_heads_vnni::<L_Q5K>(row, blocks, o),
                             L_Q6 => unpack_heads_vnni::<L_Q6>(row, blocks, o),
                             L_Q3 => unpack_heads_vnni::<L_Q3>(row, blocks, o),
-                            _ => unreachable!("precomputed_heads covers Q4K, Q5K, Q6 and Q3"),
+                            L_Q2 => unpack_heads_vnni::<L_Q2>(row, blocks, o),
+                            _ => unreachable!("precomputed_heads covers Q4K, Q5K, Q6, Q3 and Q2"),
                         }
                     }
                 }
@@ -210,8 +214,8 @@ pub(super) fn tiles_packed(
             let xio = [0, 1, 2, 3].map(|i| a[i].io.as_ptr());
             if vnni {
                 use crate::kernels::x86::{
-                    Acts, L_I4, L_I4K, L_Q3, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q6, L_Q8, TileOut,
-                    heads_len, tiles2x4_packed_vnni as tiles,
+                    Acts, L_I4, L_I4K, L_Q2, L_Q3, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q6, L_Q8,
+                    TileOut, head_floats, heads_len, tiles2x4_packed_vnni as tiles,
                 };
                 // Blocks of a stretch of columns: eight superblocks, four tokens' activations
                 // (16 KiB) half of a 32 KiB L1 data cache.
@@ -231,7 +235,10 @@ pub(super) fn tiles_packed(
                         xso: xso.map(|so| so.map(|o| o.wrapping_add(s0 * 16))),
                         xio: xio.map(|o| o.wrapping_add(io)),
                     };
-                    let h = (vnni_heads.as_ptr().wrapping_add(32 * s0), heads_len(blocks));
+                    let h = (
+                        vnni_heads.as_ptr().wrapping_add(head_floats(layout) * s0),
+                        heads_len(layout, blocks),
+                    );
                     let o = TileOut {
                         // In bounds: token t < n of the output's n rows.
                         at: p.0.wrapping_add(t * rows),
@@ -252,6 +259,8 @@ pub(super) fn tiles_packed(
                             L_Q6 => tiles::<L_Q6, false>(at, rb, rows, p0..p1, cb, x, h, o),
                             L_Q3 if pre => tiles::<L_Q3, true>(at, rb, rows, p0..p1, cb, x, h, o),
                             L_Q3 => tiles::<L_Q3, false>(at, rb, rows, p0..p1, cb, x, h, o),
+                            L_Q2 if pre => tiles::<L_Q2, true>(at, rb, rows, p0..p1, cb, x, h, o),
+                            L_Q2 => tiles::<L_Q2, false>(at, rb, rows, p0..p1, cb, x, h, o),
                             L_Q4K if pre => tiles::<L_Q4K, true>(at, rb, rows, p0..p1, cb, x, h, o),
                             L_Q4K => tiles::<L_Q4K, false>(at, rb, rows, p0..p1, cb, x, h, o),
                             L_Q5K if pre => tiles::<L_Q5K, true>(at, rb, rows, p0..p1, cb, x, h, o),
@@ -283,8 +292,8 @@ pub(super) fn tiles_packed(
                 // activations exist (padded with zeros); AVX2 detected by the caller.
                 let v = unsafe {
                     use crate::kernels::x86::{
-                        L_I4, L_I4K, L_Q3, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8,
-                        tile2x4_packed_avx2 as tile,
+                        L_I4, L_I4K, L_Q2, L_Q3, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6,
+                        L_Q8, tile2x4_packed_avx2 as tile,
                     };
                     match crate::kernels::x86::layout_code(layout) {
                         L_Q4 => tile::<L_Q4>(tr, blocks, xq, xd, xso, xio),
@@ -292,6 +301,7 @@ pub(super) fn tiles_packed(
                         L_Q4M => tile::<L_Q4M>(tr, blocks, xq, xd, xso, xio),
                         L_Q6 => tile::<L_Q6>(tr, blocks, xq, xd, xso, xio),
                         L_Q3 => tile::<L_Q3>(tr, blocks, xq, xd, xso, xio),
+                        L_Q2 => tile::<L_Q2>(tr, blocks, xq, xd, xso, xio),
                         L_Q4K => tile::<L_Q4K>(tr, blocks, xq, xd, xso, xio),
                         L_Q5K => tile::<L_Q5K>(tr, blocks, xq, xd, xso, xio),
                         L_I4K => tile::<L_I4K>(tr, blocks, xq, xd, xso, xio),

@@ -195,7 +195,7 @@ unsafe fn superblock_to_bf16<const TAIL: bool>(
         let g = if TAIL { g } else { super::vnni::Geo::FULL };
         let offset = _mm512_set1_epi32(match layout.body() {
             Layout::Q4 => 8,
-            Layout::Q4M | Layout::Q5M => 0,
+            Layout::Q4M | Layout::Q5M | Layout::Q2 => 0,
             Layout::Q6 => 32,
             Layout::Q3 => 4,
             Layout::Q5 => 16,
@@ -227,12 +227,21 @@ unsafe fn superblock_to_bf16<const TAIL: bool>(
         let (d, m) = packed_head(layout, sb, g);
         let sc: [__m512; 4] = std::array::from_fn(|c| _mm512_permutexvar_ps(idx[c], d));
         let mn: [__m512; 4] = std::array::from_fn(|c| _mm512_permutexvar_ps(idx[c], m));
+        // Q2's half blocks' offsets (zeros for the other layouts, unused).
+        let off: [[__m512; 4]; 2] = if layout.half_mins() {
+            let (o0, o1) = super::vnni::packed_offsets(sb, g);
+            [o0, o1].map(|o| std::array::from_fn(|c| _mm512_permutexvar_ps(idx[c], o)))
+        } else {
+            [[_mm512_setzero_ps(); 4]; 2]
+        };
         let q = sb.add(layout.head_bytes_n(g.n));
         for s in 0..8 {
             let bytes = if layout == Layout::Q6 {
                 super::vnni::q6_operand(q, s, g)
             } else if layout == Layout::Q3 {
                 super::vnni::q3_operand(q, s, g)
+            } else if layout == Layout::Q2 {
+                super::vnni::q2_operand(q, s, g)
             } else if layout.five_bit() {
                 super::vnni::q5_operand(q, s, g)
             } else if layout.grid() {
@@ -256,6 +265,11 @@ unsafe fn superblock_to_bf16<const TAIL: bool>(
             for (c, part) in parts.into_iter().enumerate() {
                 let v = _mm512_sub_epi32(_mm512_cvtepu8_epi32(part), offset);
                 let f = match layout.body() {
+                    // Values 0..16 under the first half's scale and offset, 16..32 the second's.
+                    Layout::Q2 => {
+                        let (sh, oh) = if s >= 4 { (mn, off[1]) } else { (sc, off[0]) };
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sh[c], oh[c])
+                    }
                     Layout::Q4M | Layout::Q5M => {
                         _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sc[c], mn[c])
                     }

@@ -146,6 +146,11 @@ pub unsafe fn widen_tail_into(layout: Layout, p: *const u8, n: usize, buf: &mut 
                 bytes(K_SUPER, K_SUPER, n);
                 bytes(K_SUPER + SB, K_SUPER + n, n);
             }
+            Head::KHalvesMin => {
+                lanes(0, 0, 2 * K_SUPER / 4);
+                bytes(2 * K_SUPER, 2 * K_SUPER, n);
+                bytes(2 * K_SUPER + SB, 2 * K_SUPER + n, n);
+            }
         }
         let (hw, hn) = (layout.head_bytes(), layout.head_bytes_n(n));
         for v in 0..(layout.superblock_bytes() - hw) / 64 {
@@ -249,6 +254,23 @@ unsafe fn q3_half(quants: *const u8, st: usize, h: usize, g: G2) -> __m256i {
     }
 }
 
+/// Half `h` of step `st` of a Q2 superblock's 2-bit values 0..3 (`packed.rs`): bits
+/// `2(st % 4)`, `2(st % 4) + 1` of 2-bit chunk `st / 4`.
+#[inline(always)]
+unsafe fn q2_half(quants: *const u8, st: usize, h: usize, g: G2) -> __m256i {
+    // SAFETY: the caller points at a packed Q2 superblock's quants.
+    unsafe {
+        let c = load_half(quants.add(g.v * (st / 4)), h, g);
+        let lo = match st % 4 {
+            0 => c,
+            1 => _mm256_srli_epi16::<2>(c),
+            2 => _mm256_srli_epi16::<4>(c),
+            _ => _mm256_srli_epi16::<6>(c),
+        };
+        _mm256_and_si256(lo, _mm256_set1_epi8(0x03))
+    }
+}
+
 /// Half `h` of step `st` of a Q5, Q5M or Q5K superblock's quants (`packed.rs`): the 5-bit
 /// values 0..31.
 #[inline(always)]
@@ -338,7 +360,40 @@ unsafe fn head_half(layout: Layout, sb: *const u8, h: usize, g: G2) -> (__m256, 
                     _mm256_mul_ps(d, i8_half(sb.add(K_SUPER + g.n), h)),
                 )
             }
+            Head::KHalvesMin => {
+                let (d, at) = (k_super(sb, h), 2 * K_SUPER);
+                (
+                    _mm256_mul_ps(d, nibble_half_factors::<0>(sb.add(at), h)),
+                    _mm256_mul_ps(d, nibble_half_factors::<0>(sb.add(at + g.n), h)),
+                )
+            }
         }
+    }
+}
+
+/// The offsets (`packed::head_offsets`) of lanes `8h..8h+8`'s two half blocks, for a layout
+/// with `Layout::half_mins` (Q2: `−dmin · min`).
+#[inline(always)]
+unsafe fn offsets_half(sb: *const u8, h: usize, g: G2) -> (__m256, __m256) {
+    use crate::kernels::packed::K_SUPER;
+    // SAFETY: the caller points at a `KHalvesMin` head.
+    unsafe {
+        let (m, at) = (k_super(sb, 2 + h), 2 * K_SUPER);
+        (
+            _mm256_mul_ps(m, nibble_half_factors::<4>(sb.add(at), h)),
+            _mm256_mul_ps(m, nibble_half_factors::<4>(sb.add(at + g.n), h)),
+        )
+    }
+}
+
+/// Lanes `8h..8h+8` of the 4-bit fields at bit `SHIFT` of the bytes at `p`, as f32.
+#[inline(always)]
+unsafe fn nibble_half_factors<const SHIFT: i32>(p: *const u8, h: usize) -> __m256 {
+    // SAFETY: the caller guarantees the lanes' bytes at `p`; avx2 is enabled in every caller.
+    unsafe {
+        let b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8 * h) as *const __m128i));
+        let v = _mm256_and_si256(_mm256_srli_epi32::<SHIFT>(b), _mm256_set1_epi32(0x0f));
+        _mm256_cvtepi32_ps(v)
     }
 }
 
@@ -446,6 +501,17 @@ macro_rules! superblock_dots_avx2 {
                             *half = widen(s16);
                         }
                     }
+                    // 2-bit values: a half block's four steps in 16 bits (4 · 2 · 3 · 127); the
+                    // mins come off through `so` and `so2`.
+                    Layout::Q2 => {
+                        for (c, half) in p.iter_mut().enumerate() {
+                            let mut s16 = _mm256_setzero_si256();
+                            for st in 4 * c..4 * c + 4 {
+                                s16 = _mm256_add_epi16(s16, pairs(q2_half(q, st, h, g), xs(st)));
+                            }
+                            *half = widen(s16);
+                        }
+                    }
                     // Q8, Q6 (`body` is never Q4K, Q5K or Q8X).
                     _ => {
                         for st in 0..8 {
@@ -477,6 +543,17 @@ macro_rules! superblock_dots_avx2 {
                         let so2 = _mm256_loadu_ps(xso[1].add(s * 16 + 8 * h));
                         *acc = _mm256_fnmadd_ps(sw, so, *acc);
                         *acc = _mm256_fnmadd_ps(mw, so2, *acc);
+                    }
+                    // The second half's products, then both halves' mins: `so` and `so2` hold
+                    // −d · Σq of each half.
+                    Layout::Q2 => {
+                        let f = _mm256_mul_ps(mw, xdv);
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[1]), f, *acc);
+                        let (o0, o1) = offsets_half(ws, h, g);
+                        let so = _mm256_loadu_ps(xso[0].add(s * 16 + 8 * h));
+                        let so2 = _mm256_loadu_ps(xso[1].add(s * 16 + 8 * h));
+                        *acc = _mm256_fnmadd_ps(o0, so, *acc);
+                        *acc = _mm256_fnmadd_ps(o1, so2, *acc);
                     }
                     // Q4's implied − 8, Q5's − 16 and Q4M/Q5M's offsets: `so` holds 8 · d · Σq,
                     // 16 · d · Σq or −d · Σq.
@@ -646,7 +723,7 @@ pub unsafe fn tile2x4_packed_avx2<const L: u8>(
             Layout::Q4 | Layout::Q4M => {
                 return tile2x4_nibbles_avx2::<L>(rows, blocks, xq, xd, xso);
             }
-            Layout::Q5 | Layout::Q5M | Layout::Q6 | Layout::Q3 => {
+            Layout::Q5 | Layout::Q5M | Layout::Q6 | Layout::Q3 | Layout::Q2 => {
                 return tile2x4_wide_avx2::<L>(rows, blocks, xq, xd, xso, xio);
             }
             _ => {}
@@ -887,6 +964,24 @@ unsafe fn q3_pair<const U: usize>(q: *const u8, h: usize) -> [__m256i; 2] {
     }
 }
 
+/// Steps `2U` and `2U + 1` (half `h`) of a whole Q2 superblock's quants at `q`: the 2-bit
+/// values 0..3.
+#[inline(always)]
+unsafe fn q2_pair<const U: usize>(q: *const u8, h: usize) -> [__m256i; 2] {
+    // SAFETY: the caller points at a whole packed Q2 superblock's quants.
+    unsafe {
+        let m2 = _mm256_set1_epi8(0x03);
+        let c = _mm256_loadu_si256(q.add(64 * (U / 2) + 32 * h) as *const __m256i);
+        // Bit pairs 4(U mod 2) and 4(U mod 2) + 2 to bits 0, 1.
+        let (c0, c1) = if U.is_multiple_of(2) {
+            (c, _mm256_srli_epi16::<2>(c))
+        } else {
+            (_mm256_srli_epi16::<4>(c), _mm256_srli_epi16::<6>(c))
+        };
+        [_mm256_and_si256(c0, m2), _mm256_and_si256(c1, m2)]
+    }
+}
+
 /// Lanes `8h..8h+8` of the i8 multipliers at `p` as i16 pairs, one multiplier in both halves of
 /// each 32-bit lane: the second operand of `vpmaddwd`, which then scales and widens at once.
 #[inline(always)]
@@ -898,7 +993,21 @@ unsafe fn i8_pairs_half(p: *const u8, h: usize) -> __m256i {
     }
 }
 
-/// [`tile2x4_packed_avx2`] for the 5- and 6-bit layouts (Q5, Q5M, Q5K and Q6), written for the
+/// Lanes `8h..8h+8` of the low 4-bit fields of the bytes at `p` (Q2's scales), each twice, as
+/// 16-bit multipliers of step-pair sums (as [`i8_pairs_half`]).
+#[inline(always)]
+unsafe fn nibble_pairs_half(p: *const u8, h: usize) -> __m256i {
+    // SAFETY: as for `i8_pairs_half`.
+    unsafe {
+        let v = _mm_and_si128(
+            _mm_loadl_epi64(p.add(8 * h) as *const __m128i),
+            _mm_set1_epi8(0x0f),
+        );
+        _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(v, v))
+    }
+}
+
+/// [`tile2x4_packed_avx2`] for the 5- and 6-bit layouts (Q5, Q5M, Q5K and Q6) and Q3 and Q2, written for the
 /// sixteen registers as [`tile2x4_nibbles_avx2`] is. The values are unsigned (Q6's without its
 /// stored + 96), so each product is one `vpmaddubsw` without the sign trick; two steps' pair
 /// sums fit 16 bits for either width, and one `vpmaddwd` per step pair widens them into eight
@@ -936,7 +1045,11 @@ unsafe fn tile2x4_wide_avx2<const L: u8>(
                     let head = w[r].sub(hb);
                     // The multipliers of each step pair's sums: Q6's block scales (values
                     // 0..16 in steps 0..4, 16..32 in steps 4..8), else ones.
-                    let mul = if q6 {
+                    let mul = if layout.half_mins() {
+                        // Q2's scales, the low nibbles of the head's bytes.
+                        let sc = head.add(2 * K_SUPER);
+                        [nibble_pairs_half(sc, h), nibble_pairs_half(sc.add(16), h)]
+                    } else if q6 {
                         let sc = head.add(K_SUPER);
                         [i8_pairs_half(sc, h), i8_pairs_half(sc.add(16), h)]
                     } else {
@@ -966,6 +1079,8 @@ unsafe fn tile2x4_wide_avx2<const L: u8>(
                         ($a:literal, $b:literal) => {
                             let (za, zb) = if layout == Layout::Q3 {
                                 (q3_pair::<$a>(w[r], h), q3_pair::<$b>(w[r], h))
+                            } else if layout == Layout::Q2 {
+                                (q2_pair::<$a>(w[r], h), q2_pair::<$b>(w[r], h))
                             } else if q6 {
                                 (q6_pair::<$a>(w[r], h), q6_pair::<$b>(w[r], h))
                             } else {
@@ -1002,7 +1117,12 @@ unsafe fn tile2x4_wide_avx2<const L: u8>(
                     }
                     step_quad!(0, 1);
                     step_quad!(2, 3);
-                    let (sw, mw) = rows.factors(layout, r, s, h, head);
+                    // Q2: its halves' offsets, which its mins take the place of Q6's − 32 with.
+                    let (sw, mw) = if layout.half_mins() {
+                        offsets_half(head, h, G2::FULL)
+                    } else {
+                        rows.factors(layout, r, s, h, head)
+                    };
                     // The integer sums' factor: Q6's super-scale (its block scales are in
                     // the sums), else the block scale.
                     let f = if q6 { k_super(head, h) } else { sw };
@@ -1012,7 +1132,8 @@ unsafe fn tile2x4_wide_avx2<const L: u8>(
                         *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*s32), _mm256_mul_ps(f, d), *a);
                         let so = _mm256_loadu_ps(xso[t][0].add(s * 16 + 8 * h));
                         if q6 {
-                            // The − 32 of both half blocks: `so`, `so2` hold 32 · d · Σq.
+                            // The − 32 of both half blocks: `so`, `so2` hold 32 · d · Σq (Q3:
+                            // 4 · d · Σq, Q2: −d · Σq).
                             let so2 = _mm256_loadu_ps(xso[t][1].add(s * 16 + 8 * h));
                             *a = _mm256_fnmadd_ps(sw, so, _mm256_fnmadd_ps(mw, so2, *a));
                         } else if layout.has_offset() {
@@ -1035,11 +1156,11 @@ unsafe fn tile2x4_wide_avx2<const L: u8>(
 pub const fn one_row_eight_tokens(layout: Layout, blocks: usize) -> bool {
     matches!(
         layout.body(),
-        Layout::Q5 | Layout::Q5M | Layout::Q6 | Layout::Q3
+        Layout::Q5 | Layout::Q5M | Layout::Q6 | Layout::Q3 | Layout::Q2
     ) && blocks <= 64
 }
 
-/// One packed row × eight tokens for the 5- and 6-bit layouts (Q5, Q5M, Q5K and Q6): as
+/// One packed row × eight tokens for the 5- and 6-bit layouts (Q5, Q5M, Q5K and Q6) and Q3 and Q2: as
 /// [`tile2x4_wide_avx2`] does for each of its rows, against twice the tokens, so that each
 /// step's unpacked values feed eight products. The row is `rows.at[0]` (with `tails[0]` and
 /// `heads[0]`); the results are in token order. The half-superblock body repeats the 2x4
@@ -1075,7 +1196,11 @@ pub unsafe fn tile1x8_wide_avx2<const L: u8>(
             let halves = if s == full && tail <= 8 { 1 } else { 2 };
             for h in 0..halves {
                 let head = w.sub(hb);
-                let mul = if q6 {
+                let mul = if layout.half_mins() {
+                    // Q2's scales, the low nibbles of the head's bytes.
+                    let sc = head.add(2 * K_SUPER);
+                    [nibble_pairs_half(sc, h), nibble_pairs_half(sc.add(16), h)]
+                } else if q6 {
                     let sc = head.add(K_SUPER);
                     [i8_pairs_half(sc, h), i8_pairs_half(sc.add(16), h)]
                 } else {
@@ -1096,6 +1221,8 @@ pub unsafe fn tile1x8_wide_avx2<const L: u8>(
                     ($a:literal, $b:literal) => {
                         let (za, zb) = if layout == Layout::Q3 {
                             (q3_pair::<$a>(w, h), q3_pair::<$b>(w, h))
+                        } else if layout == Layout::Q2 {
+                            (q2_pair::<$a>(w, h), q2_pair::<$b>(w, h))
                         } else if q6 {
                             (q6_pair::<$a>(w, h), q6_pair::<$b>(w, h))
                         } else {
@@ -1132,7 +1259,12 @@ pub unsafe fn tile1x8_wide_avx2<const L: u8>(
                 }
                 step_quad!(0, 1);
                 step_quad!(2, 3);
-                let (sw, mw) = rows.factors(layout, 0, s, h, head);
+                // Q2: its halves' offsets, which its mins take the place of Q6's − 32 with.
+                let (sw, mw) = if layout.half_mins() {
+                    offsets_half(head, h, G2::FULL)
+                } else {
+                    rows.factors(layout, 0, s, h, head)
+                };
                 // The integer sums' factor: Q6's super-scale (its block scales are in the
                 // sums), else the block scale.
                 let f = if q6 { k_super(head, h) } else { sw };
@@ -1142,7 +1274,8 @@ pub unsafe fn tile1x8_wide_avx2<const L: u8>(
                     *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*s32), _mm256_mul_ps(f, d), *a);
                     let so = _mm256_loadu_ps(xso[t][0].add(s * 16 + 8 * h));
                     if q6 {
-                        // The − 32 of both half blocks: `so`, `so2` hold 32 · d · Σq.
+                        // The − 32 of both half blocks: `so`, `so2` hold 32 · d · Σq (Q3:
+                        // 4 · d · Σq, Q2: −d · Σq).
                         let so2 = _mm256_loadu_ps(xso[t][1].add(s * 16 + 8 * h));
                         *a = _mm256_fnmadd_ps(sw, so, _mm256_fnmadd_ps(mw, so2, *a));
                     } else if layout.has_offset() {
@@ -1253,7 +1386,7 @@ mod tests {
             return;
         }
         use crate::kernels::x86::{
-            L_I4, L_I4K, L_Q3, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8,
+            L_I4, L_I4K, L_Q2, L_Q3, L_Q4, L_Q4K, L_Q4M, L_Q5, L_Q5K, L_Q5M, L_Q6, L_Q8,
         };
         for (dtype, cols) in [
             (WeightType::Q4_0, 800),
@@ -1266,6 +1399,7 @@ mod tests {
             (WeightType::Q5K, 768),
             (WeightType::Q6K, 4864),
             (WeightType::Q3K, 4864),
+            (WeightType::Q2K, 4864),
             (WeightType::IQ4_XS, 768),
         ] {
             let bytes = ggml_rows(dtype, 4, cols);
@@ -1288,6 +1422,7 @@ mod tests {
                     L_Q4M => with_and_without_slack::<L_Q4M>(&pk, pb, blocks, &a),
                     L_Q6 => with_and_without_slack::<L_Q6>(&pk, pb, blocks, &a),
                     L_Q3 => with_and_without_slack::<L_Q3>(&pk, pb, blocks, &a),
+                    L_Q2 => with_and_without_slack::<L_Q2>(&pk, pb, blocks, &a),
                     L_Q4K => with_and_without_slack::<L_Q4K>(&pk, pb, blocks, &a),
                     L_Q5K => with_and_without_slack::<L_Q5K>(&pk, pb, blocks, &a),
                     L_I4K => with_and_without_slack::<L_I4K>(&pk, pb, blocks, &a),

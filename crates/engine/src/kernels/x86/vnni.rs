@@ -190,13 +190,32 @@ pub(super) unsafe fn q3_operand(quants: *const u8, st: usize, g: Geo) -> __m512i
     }
 }
 
-/// Step `st`'s operand of a layout whose lanes' halves have their own scales (Q6, Q3).
+/// Step `st`'s 64 unsigned bytes of a Q2 superblock's quants (`packed.rs`): the 2-bit values,
+/// bits `2(st % 4)`, `2(st % 4) + 1` of 2-bit chunk `st / 4`.
+#[inline(always)]
+pub(super) unsafe fn q2_operand(quants: *const u8, st: usize, g: Geo) -> __m512i {
+    // SAFETY: the caller guarantees a packed Q2 superblock's quants at `quants`.
+    unsafe {
+        let c = load_step(quants.add(g.v * (st / 4)), g);
+        let lo = match st % 4 {
+            0 => c,
+            1 => _mm512_srli_epi16::<2>(c),
+            2 => _mm512_srli_epi16::<4>(c),
+            _ => _mm512_srli_epi16::<6>(c),
+        };
+        _mm512_and_si512(lo, _mm512_set1_epi8(0x03))
+    }
+}
+
+/// Step `st`'s operand of a layout whose lanes' halves have their own scales (Q6, Q3, Q2).
 #[inline(always)]
 pub(super) unsafe fn halves_operand<const L: u8>(quants: *const u8, st: usize, g: Geo) -> __m512i {
-    // SAFETY: the caller guarantees a packed Q6 or Q3 superblock's quants at `quants`.
+    // SAFETY: the caller guarantees a packed Q6, Q3 or Q2 superblock's quants at `quants`.
     unsafe {
         if L == L_Q3 {
             q3_operand(quants, st, g)
+        } else if L == L_Q2 {
+            q2_operand(quants, st, g)
         } else {
             q6_operand(quants, st, g)
         }
@@ -294,6 +313,7 @@ pub const L_I4K: u8 = 7;
 pub const L_Q5: u8 = 8;
 pub const L_I4: u8 = 9;
 pub const L_Q3: u8 = 10;
+pub const L_Q2: u8 = 11;
 
 pub fn layout_code(l: crate::kernels::packed::Layout) -> u8 {
     use crate::kernels::packed::Layout;
@@ -309,6 +329,7 @@ pub fn layout_code(l: crate::kernels::packed::Layout) -> u8 {
         Layout::Q5 => L_Q5,
         Layout::I4 => L_I4,
         Layout::Q3 => L_Q3,
+        Layout::Q2 => L_Q2,
     }
 }
 
@@ -325,6 +346,7 @@ pub(super) const fn layout_of(code: u8) -> crate::kernels::packed::Layout {
         L_I4K => Layout::I4K,
         L_Q5 => Layout::Q5,
         L_Q3 => Layout::Q3,
+        L_Q2 => Layout::Q2,
         _ => Layout::I4,
     }
 }
@@ -378,7 +400,49 @@ pub(super) unsafe fn packed_head(
                     _mm512_mul_ps(d, i8_factors(sb.add(K_SUPER + g.n), g)),
                 )
             }
+            Head::KHalvesMin => {
+                let d = k_scale(sb);
+                let at = 2 * K_SUPER;
+                (
+                    _mm512_mul_ps(d, nibble_factors::<0>(sb.add(at), g)),
+                    _mm512_mul_ps(d, nibble_factors::<0>(sb.add(at + g.n), g)),
+                )
+            }
         }
+    }
+}
+
+/// The 16 lanes' offsets of their two half blocks (`packed::head_offsets`) for a layout with
+/// `Layout::half_mins` (Q2: `−dmin · min`).
+#[inline(always)]
+pub(super) unsafe fn packed_offsets(sb: *const u8, g: Geo) -> (__m512, __m512) {
+    // SAFETY: as for `half_offsets`.
+    unsafe { (half_offsets(sb, g, 0), half_offsets(sb, g, 1)) }
+}
+
+/// The 16 lanes' offsets of half block `half` (0 or 1) of [`packed_offsets`].
+#[inline(always)]
+pub(super) unsafe fn half_offsets(sb: *const u8, g: Geo, half: usize) -> __m512 {
+    use crate::kernels::packed::K_SUPER;
+    // SAFETY: the caller guarantees a `KHalvesMin` head at `sb`.
+    unsafe {
+        let m = k_scale(sb.add(K_SUPER));
+        _mm512_mul_ps(m, nibble_factors::<4>(sb.add(2 * K_SUPER + half * g.n), g))
+    }
+}
+
+/// The 4-bit fields at bit `SHIFT` of the `g.n` bytes at `p`, as f32 (zeros past them).
+#[inline(always)]
+unsafe fn nibble_factors<const SHIFT: u32>(p: *const u8, g: Geo) -> __m512 {
+    // SAFETY: the caller guarantees `g.n` bytes at `p`; the callers enable avx512bw.
+    unsafe {
+        let b = if g.full() {
+            _mm_loadu_si128(p as *const __m128i)
+        } else {
+            _mm_maskz_loadu_epi8(g.mask, p as *const i8)
+        };
+        let v = _mm512_srli_epi32::<SHIFT>(_mm512_cvtepu8_epi32(b));
+        _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0x0f)))
     }
 }
 
@@ -434,10 +498,16 @@ pub(super) unsafe fn six_bit_factors(p: *const u8) -> __m512 {
     }
 }
 
-/// Floats of one row's unpacked head factors for [`tiles2x4_packed_vnni`]: both factors'
-/// 16 lanes per superblock, a tail included.
-pub const fn heads_len(blocks: usize) -> usize {
-    32 * blocks.div_ceil(16)
+/// Floats per superblock of a row's unpacked head factors for [`tiles2x4_packed_vnni`]: both
+/// factors' 16 lanes, and for a layout with `Layout::half_mins` (Q2) both halves' offsets.
+pub const fn head_floats(layout: crate::kernels::packed::Layout) -> usize {
+    if layout.half_mins() { 64 } else { 32 }
+}
+
+/// Floats of one row's unpacked head factors ([`head_floats`] per superblock, a tail
+/// included).
+pub const fn heads_len(layout: crate::kernels::packed::Layout, blocks: usize) -> usize {
+    head_floats(layout) * blocks.div_ceil(16)
 }
 
 /// A packed row's head factors ([`packed_head`]) per superblock, tail included, into `out`
@@ -446,7 +516,7 @@ pub const fn heads_len(blocks: usize) -> usize {
 ///
 /// # Safety
 /// `row` is a packed row of `blocks` blocks in layout `L`; `out` has room for
-/// [`heads_len`]`(blocks)` floats.
+/// [`heads_len`]`(blocks)` floats for its layout.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn unpack_heads_vnni<const L: u8>(row: *const u8, blocks: usize, out: *mut f32) {
     // SAFETY: as the caller guarantees.
@@ -457,8 +527,14 @@ pub unsafe fn unpack_heads_vnni<const L: u8>(row: *const u8, blocks: usize, out:
         for s in 0..full + usize::from(tail > 0) {
             let g = if s < full { Geo::FULL } else { Geo::tail(tail) };
             let (a, b) = packed_head(layout, row.add(s * sbb), g);
-            _mm512_storeu_ps(out.add(32 * s), a);
-            _mm512_storeu_ps(out.add(32 * s + 16), b);
+            let o = out.add(head_floats(layout) * s);
+            _mm512_storeu_ps(o, a);
+            _mm512_storeu_ps(o.add(16), b);
+            if layout.half_mins() {
+                let (c, d) = packed_offsets(row.add(s * sbb), g);
+                _mm512_storeu_ps(o.add(32), c);
+                _mm512_storeu_ps(o.add(48), d);
+            }
         }
     }
 }
@@ -478,8 +554,8 @@ unsafe fn row_heads<const PRE: bool>(
         if PRE {
             heads.map(|h| {
                 (
-                    _mm512_loadu_ps(h.add(32 * s)),
-                    _mm512_loadu_ps(h.add(32 * s + 16)),
+                    _mm512_loadu_ps(h.add(head_floats(layout) * s)),
+                    _mm512_loadu_ps(h.add(head_floats(layout) * s + 16)),
                 )
             })
         } else {
@@ -678,8 +754,15 @@ unsafe fn superblock_dots<const L: u8, const TAIL: bool>(
             if layout.halves() {
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[0]), _mm512_mul_ps(sw, xdv), acc);
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[1]), _mm512_mul_ps(mw, xdv), acc);
-                acc = _mm512_fnmadd_ps(sw, so, acc);
-                acc = _mm512_fnmadd_ps(mw, _mm512_loadu_ps(xso[1].add(s * 16)), acc);
+                // Q6's − 32 and Q3's − 4 are the scales times a constant (in `so`, `so2`); Q2's
+                // mins have factors of their own.
+                let (o0, o1) = if layout.half_mins() {
+                    packed_offsets(ws, g)
+                } else {
+                    (sw, mw)
+                };
+                acc = _mm512_fnmadd_ps(o0, so, acc);
+                acc = _mm512_fnmadd_ps(o1, _mm512_loadu_ps(xso[1].add(s * 16)), acc);
             } else {
                 let d = _mm512_mul_ps(sw, xdv);
                 let sum = _mm512_add_epi32(p[0], p[1]);
@@ -883,12 +966,16 @@ unsafe fn tile_superblocks<const L: u8, const TAIL: bool, const PRE: bool>(
                 // Each half block under its own scale, one half after the other: with both
                 // halves' sums live at once (16 accumulators beside the 8 sums and 8 operands)
                 // the registers spilled, and Q6_K prompts ran at half of Q4_K's rate.
-                let heads = row_heads::<PRE>(layout, [w0, w1], g, heads, s);
+                let factors = row_heads::<PRE>(layout, [w0, w1], g, heads, s);
                 // `half` picks the step range, the factor and each token's offset sums alike.
                 #[allow(clippy::needless_range_loop)]
                 for half in 0..2 {
                     let mut p: [[__m512i; 2]; 4] = std::array::from_fn(|t| {
-                        let o = _mm512_loadu_si512(xio[t].add(s * 32 + 16 * half) as *const _);
+                        let o = if layout.half_mins() {
+                            _mm512_setzero_si512()
+                        } else {
+                            _mm512_loadu_si512(xio[t].add(s * 32 + 16 * half) as *const _)
+                        };
                         [o, o]
                     });
                     // A loop, not `array::from_fn`: Q3's operand in its closure was compiled as
@@ -911,12 +998,31 @@ unsafe fn tile_superblocks<const L: u8, const TAIL: bool, const PRE: bool>(
                     for t in 0..4 {
                         let d = _mm512_loadu_ps(xd[t].add(s * 16));
                         for r in 0..2 {
-                            let f = if half == 0 { heads[r].0 } else { heads[r].1 };
+                            let f = if half == 0 {
+                                factors[r].0
+                            } else {
+                                factors[r].1
+                            };
                             acc[t][r] = _mm512_fmadd_ps(
                                 _mm512_cvtepi32_ps(p[t][r]),
                                 _mm512_mul_ps(f, d),
                                 acc[t][r],
                             );
+                        }
+                    }
+                    // Q2's mins: a factor per row and half, against each token's half sums.
+                    if layout.half_mins() {
+                        let o = if PRE {
+                            let at = 64 * s + 32 + 16 * half;
+                            [0, 1].map(|r| _mm512_loadu_ps(heads[r].add(at)))
+                        } else {
+                            [half_offsets(w0, g, half), half_offsets(w1, g, half)]
+                        };
+                        for t in 0..4 {
+                            let so = _mm512_loadu_ps(xso[t][half].add(s * 16));
+                            for (r, &o) in o.iter().enumerate() {
+                                acc[t][r] = _mm512_fnmadd_ps(o, so, acc[t][r]);
+                            }
                         }
                     }
                 }
