@@ -223,19 +223,13 @@ unsafe fn q6_stored_half(quants: *const u8, st: usize, h: usize, g: G2) -> __m25
     }
 }
 
-/// Half `h` of step `st` of a Q3 superblock's 3-bit values 0..7 (`packed.rs`): bits
-/// `2(st % 4)`, `2(st % 4) + 1` of 2-bit chunk `st / 4` | bit `st` of the bit plane << 2.
+/// Half `h` of step `st` of a Q3 superblock's 3-bit values 0..7 (`packed.rs`): Q2's values |
+/// bit `st` of the bit plane << 2.
 #[inline(always)]
 unsafe fn q3_half(quants: *const u8, st: usize, h: usize, g: G2) -> __m256i {
     // SAFETY: the caller points at a packed Q3 superblock's quants.
     unsafe {
-        let c = load_half(quants.add(g.v * (st / 4)), h, g);
-        let lo = match st % 4 {
-            0 => c,
-            1 => _mm256_srli_epi16::<2>(c),
-            2 => _mm256_srli_epi16::<4>(c),
-            _ => _mm256_srli_epi16::<6>(c),
-        };
+        let lo = q2_half(quants, st, h, g);
         // Bit st of each byte to bit 2 (bits carried across bytes are masked off), as in
         // `vnni::q3_operand`: the half by a shift whose count need not be a constant, the step in
         // it by an immediate.
@@ -247,10 +241,7 @@ unsafe fn q3_half(quants: *const u8, st: usize, h: usize, g: G2) -> __m256i {
             2 => hv,
             _ => _mm256_srli_epi16::<1>(hv),
         };
-        _mm256_or_si256(
-            _mm256_and_si256(lo, _mm256_set1_epi8(0x03)),
-            _mm256_and_si256(hv, _mm256_set1_epi8(0x04)),
-        )
+        _mm256_or_si256(lo, _mm256_and_si256(hv, _mm256_set1_epi8(0x04)))
     }
 }
 
@@ -258,7 +249,7 @@ unsafe fn q3_half(quants: *const u8, st: usize, h: usize, g: G2) -> __m256i {
 /// `2(st % 4)`, `2(st % 4) + 1` of 2-bit chunk `st / 4`.
 #[inline(always)]
 unsafe fn q2_half(quants: *const u8, st: usize, h: usize, g: G2) -> __m256i {
-    // SAFETY: the caller points at a packed Q2 superblock's quants.
+    // SAFETY: the caller points at a packed Q2 (or Q3) superblock's quants.
     unsafe {
         let c = load_half(quants.add(g.v * (st / 4)), h, g);
         let lo = match st % 4 {

@@ -161,18 +161,12 @@ pub(super) unsafe fn q6_operand(quants: *const u8, st: usize, g: Geo) -> __m512i
 }
 
 /// Step `st`'s 64 unsigned bytes of a Q3 superblock's quants (`packed.rs`): the 3-bit values,
-/// bits `2(st % 4)`, `2(st % 4) + 1` of 2-bit chunk `st / 4` | bit `st` of the bit plane << 2.
+/// Q2's values | bit `st` of the bit plane << 2.
 #[inline(always)]
 pub(super) unsafe fn q3_operand(quants: *const u8, st: usize, g: Geo) -> __m512i {
     // SAFETY: the caller guarantees a packed Q3 superblock's quants at `quants`.
     unsafe {
-        let c = load_step(quants.add(g.v * (st / 4)), g);
-        let lo = match st % 4 {
-            0 => c,
-            1 => _mm512_srli_epi16::<2>(c),
-            2 => _mm512_srli_epi16::<4>(c),
-            _ => _mm512_srli_epi16::<6>(c),
-        };
+        let lo = q2_operand(quants, st, g);
         // Bit st of each byte to bit 2 (bits carried across bytes are masked off): past the
         // half's 4 bits by a shift whose count need not be a constant (the prompt tile's loop
         // over the halves), then the step's place in its half by an immediate.
@@ -184,7 +178,6 @@ pub(super) unsafe fn q3_operand(quants: *const u8, st: usize, g: Geo) -> __m512i
             2 => h,
             _ => _mm512_srli_epi16::<1>(h),
         };
-        let lo = _mm512_and_si512(lo, _mm512_set1_epi8(0x03));
         // lo | (h & 0x04), as in `q6_operand`.
         _mm512_ternarylogic_epi32::<0xF8>(lo, h, _mm512_set1_epi8(0x04))
     }
@@ -194,7 +187,7 @@ pub(super) unsafe fn q3_operand(quants: *const u8, st: usize, g: Geo) -> __m512i
 /// bits `2(st % 4)`, `2(st % 4) + 1` of 2-bit chunk `st / 4`.
 #[inline(always)]
 pub(super) unsafe fn q2_operand(quants: *const u8, st: usize, g: Geo) -> __m512i {
-    // SAFETY: the caller guarantees a packed Q2 superblock's quants at `quants`.
+    // SAFETY: the caller guarantees a packed Q2 (or Q3) superblock's quants at `quants`.
     unsafe {
         let c = load_step(quants.add(g.v * (st / 4)), g);
         let lo = match st % 4 {
