@@ -704,34 +704,53 @@ fn nibble_word(qs: &[u8], u: usize, high: bool) -> u32 {
 /// block and places it, and Q4_K, most of a Q4_K_M file, is what a load without the
 /// packed-weights file spends its time on.
 fn pack_row_q4k(src: &[u8], out: &mut [u8]) {
-    let layout = Layout::Q4K;
+    for_each_k_block(WeightType::Q4K, src, out, |head, quants, v, l0, blk| {
+        let kb = l0 / 8;
+        let (d, neg_dmin) = (f16_at(blk, 0), f16_at(blk, 2) ^ 0x8000);
+        head[2 * kb..2 * kb + 2].copy_from_slice(&d.to_le_bytes());
+        head[K_SUPER + 2 * kb..K_SUPER + 2 * kb + 2].copy_from_slice(&neg_dmin.to_le_bytes());
+        let (sc, mn) = super::dequant::scale_min_k4(&blk[4..16]);
+        let strings = &mut head[2 * K_SUPER..];
+        for g in 0..8 {
+            let l = l0 + g;
+            six_bit::set(&mut strings[..SIX_BYTES], l, sc[g]);
+            six_bit::set(&mut strings[SIX_BYTES..], l, mn[g]);
+            // Group g's values are the low (g even) or high nibbles of 32 bytes.
+            let qs = &blk[16 + (g / 2) * 32..][..32];
+            for u in 0..STEPS / 2 {
+                let w = nibble_word(qs, u, g % 2 == 1);
+                quants[v * u + 4 * l..v * u + 4 * l + 4].copy_from_slice(&w.to_le_bytes());
+            }
+        }
+    });
+}
+
+/// Calls `f(head, quants, v, l0, blk)` for each K-quant block `blk` (the file's bytes) of a row
+/// of `dtype`, with the head and quants of the superblock it is packed into (lanes `l0..l0 + 8`,
+/// `v` bytes per step vector: `4n` in a tail of `n` lanes), after zeroing `out`.
+fn for_each_k_block(
+    dtype: WeightType,
+    src: &[u8],
+    out: &mut [u8],
+    mut f: impl FnMut(&mut [u8], &mut [u8], usize, usize, &[u8]),
+) {
+    let layout = Layout::of_packed(dtype);
+    let ts = dtype.type_size();
     out.fill(0);
-    let blocks = src.len() / 144 * 8;
-    debug_assert_eq!(out.len(), row_bytes(WeightType::Q4K, blocks * QK));
+    let blocks = src.len() / ts * 8;
+    debug_assert_eq!(out.len(), row_bytes(dtype, blocks * QK));
     for (si, (at, n)) in superblock_spans(layout, blocks).enumerate() {
         let sb = &mut out[at..at + layout.superblock_bytes_n(n)];
         let (head, quants) = sb.split_at_mut(layout.head_bytes_n(n));
-        let v = Geom { n }.v();
-        // Lanes 8kb..8kb + 8 are the 8 groups of K-quant block kb (a tail has 8 lanes).
+        // A K-quant block is 8 lanes; a tail has one.
         for kb in 0..n / 8 {
-            let blk = &src[(2 * si + kb) * 144..][..144];
-            let (d, neg_dmin) = (f16_at(blk, 0), f16_at(blk, 2) ^ 0x8000);
-            head[2 * kb..2 * kb + 2].copy_from_slice(&d.to_le_bytes());
-            head[K_SUPER + 2 * kb..K_SUPER + 2 * kb + 2].copy_from_slice(&neg_dmin.to_le_bytes());
-            let (sc, mn) = super::dequant::scale_min_k4(&blk[4..16]);
-            let strings = &mut head[2 * K_SUPER..];
-            for g in 0..8 {
-                let l = 8 * kb + g;
-                six_bit::set(&mut strings[..SIX_BYTES], l, sc[g]);
-                six_bit::set(&mut strings[SIX_BYTES..], l, mn[g]);
-                // Group g's values are the low (g even) or high nibbles of 32 bytes; step pair
-                // u of the lane takes values 8u..8u + 4 (low nibbles) and 8u + 4..8u + 8 (high).
-                let qs = &blk[16 + (g / 2) * 32..][..32];
-                for u in 0..STEPS / 2 {
-                    let w = nibble_word(qs, u, g % 2 == 1);
-                    quants[v * u + 4 * l..v * u + 4 * l + 4].copy_from_slice(&w.to_le_bytes());
-                }
-            }
+            f(
+                head,
+                quants,
+                Geom { n }.v(),
+                8 * kb,
+                &src[(2 * si + kb) * ts..][..ts],
+            );
         }
     }
 }
@@ -739,45 +758,35 @@ fn pack_row_q4k(src: &[u8], out: &mut [u8]) {
 /// [`pack_row`] for Q6_K, four bytes at a time (see [`pack_row_q4k`]; Q6_K is the rest of a
 /// Q4_K_M file's matrices, its output among them).
 fn pack_row_q6k(src: &[u8], out: &mut [u8]) {
-    let layout = Layout::Q6;
-    out.fill(0);
-    let blocks = src.len() / 210 * 8;
-    debug_assert_eq!(out.len(), row_bytes(WeightType::Q6K, blocks * QK));
-    for (si, (at, n)) in superblock_spans(layout, blocks).enumerate() {
-        let sb = &mut out[at..at + layout.superblock_bytes_n(n)];
-        let (head, quants) = sb.split_at_mut(layout.head_bytes_n(n));
-        let v = Geom { n }.v();
-        for kb in 0..n / 8 {
-            // `ql[128] qh[64] scales[16] d`: value 32g + t of the block (t < 32) has its low 4
-            // bits in ql[64(g/4) + 32(g%2) + t] at bit 4((g%4)/2), its top 2 in qh[32(g/4) + t]
-            // at bit 2(g%4), and values 32g..32g + 16 and 32g + 16..32g + 32 the scales 2g and
-            // 2g + 1. The stored values are unsigned (value + 32), as the file's are.
-            let blk = &src[(2 * si + kb) * 210..][..210];
-            let (ql, qh, sc) = (&blk[..128], &blk[128..192], &blk[192..208]);
-            head[2 * kb..2 * kb + 2].copy_from_slice(&blk[208..210]);
-            for g in 0..8 {
-                let l = 8 * kb + g;
-                head[K_SUPER + l] = sc[2 * g];
-                head[K_SUPER + n + l] = sc[2 * g + 1];
-                let low = &ql[64 * (g / 4) + 32 * (g % 2)..][..32];
-                for u in 0..STEPS / 2 {
-                    let w = nibble_word(low, u, (g % 4) / 2 == 1);
-                    quants[v * u + 4 * l..v * u + 4 * l + 4].copy_from_slice(&w.to_le_bytes());
+    for_each_k_block(WeightType::Q6K, src, out, |head, quants, v, l0, blk| {
+        // `ql[128] qh[64] scales[16] d`: value 32g + t of the block (t < 32) has its low 4 bits
+        // in ql[64(g/4) + 32(g%2) + t] at bit 4((g%4)/2), its top 2 in qh[32(g/4) + t] at bit
+        // 2(g%4), and values 32g..32g + 16 and 32g + 16..32g + 32 the scales 2g and 2g + 1. The
+        // stored values are unsigned (value + 32), as the file's are.
+        let (n, kb) = (v / 4, l0 / 8);
+        let (ql, qh, sc) = (&blk[..128], &blk[128..192], &blk[192..208]);
+        head[2 * kb..2 * kb + 2].copy_from_slice(&blk[208..210]);
+        for g in 0..8 {
+            let l = l0 + g;
+            head[K_SUPER + l] = sc[2 * g];
+            head[K_SUPER + n + l] = sc[2 * g + 1];
+            let low = &ql[64 * (g / 4) + 32 * (g % 2)..][..32];
+            for u in 0..STEPS / 2 {
+                let w = nibble_word(low, u, (g % 4) / 2 == 1);
+                quants[v * u + 4 * l..v * u + 4 * l + 4].copy_from_slice(&w.to_le_bytes());
+            }
+            // The 2-bit plane: chunk c holds steps 4c..4c + 4, step 4c + k in bits 2k, 2k + 1.
+            let top = &qh[32 * (g / 4)..][..32];
+            for c in 0..2 {
+                let mut w = 0u32;
+                for k in 0..4 {
+                    w |= ((word(top, 16 * c + 4 * k) >> (2 * (g % 4))) & 0x0303_0303) << (2 * k);
                 }
-                // The 2-bit plane: chunk c holds steps 4c..4c + 4, step 4c + k in bits 2k, 2k + 1.
-                let top = &qh[32 * (g / 4)..][..32];
-                for c in 0..2 {
-                    let mut w = 0u32;
-                    for k in 0..4 {
-                        w |=
-                            ((word(top, 16 * c + 4 * k) >> (2 * (g % 4))) & 0x0303_0303) << (2 * k);
-                    }
-                    let at = 4 * v + v * c + 4 * l;
-                    quants[at..at + 4].copy_from_slice(&w.to_le_bytes());
-                }
+                let at = 4 * v + v * c + 4 * l;
+                quants[at..at + 4].copy_from_slice(&w.to_le_bytes());
             }
         }
-    }
+    });
 }
 
 /// [`pack_row`] by way of each block's values ([`source_block`]): every type.
@@ -1238,23 +1247,22 @@ pub(crate) mod tests {
     /// for whole superblocks and tails.
     #[test]
     fn k_quant_words_pack_as_values_do() {
-        for cols in [256, 512, 768, 1536, 4864, 8960] {
-            let src: Vec<u8> = (0..cols / 256 * 144)
-                .map(|i| (i * 7919 % 251) as u8)
-                .collect();
-            let n = row_bytes(WeightType::Q4K, cols);
-            let (mut a, mut b) = (vec![0xa5u8; n], vec![0x5au8; n]);
-            pack_row_q4k(&src, &mut a);
-            pack_row_values(WeightType::Q4K, &src, &mut b);
-            assert_eq!(a, b, "{cols}");
-            let src: Vec<u8> = (0..cols / 256 * 210)
-                .map(|i| (i * 7919 % 251) as u8)
-                .collect();
-            let n = row_bytes(WeightType::Q6K, cols);
-            let (mut a, mut b) = (vec![0xa5u8; n], vec![0x5au8; n]);
-            pack_row_q6k(&src, &mut a);
-            pack_row_values(WeightType::Q6K, &src, &mut b);
-            assert_eq!(a, b, "Q6_K {cols}");
+        type Packer = fn(&[u8], &mut [u8]);
+        let fast: [(WeightType, Packer); 2] = [
+            (WeightType::Q4K, pack_row_q4k),
+            (WeightType::Q6K, pack_row_q6k),
+        ];
+        for (dtype, pack) in fast {
+            for cols in [256, 512, 768, 1536, 4864, 8960] {
+                let src: Vec<u8> = (0..cols / 256 * dtype.type_size())
+                    .map(|i| (i * 7919 % 251) as u8)
+                    .collect();
+                let n = row_bytes(dtype, cols);
+                let (mut a, mut b) = (vec![0xa5u8; n], vec![0x5au8; n]);
+                pack(&src, &mut a);
+                pack_row_values(dtype, &src, &mut b);
+                assert_eq!(a, b, "{dtype:?} {cols}");
+            }
         }
     }
 
