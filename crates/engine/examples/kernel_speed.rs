@@ -7,6 +7,8 @@
 //! The decode matrix is about 1 GB and 2048 columns, streamed from memory; `BAKEOFF_KS_DECODE_BYTES`
 //! and `BAKEOFF_KS_DECODE_COLS` change both (a matrix that fits the caches times the kernel's own
 //! rate rather than the memory's, e.g. 4000000 bytes at 1536 columns, a 1.5B model's rows).
+//! The decode test also prints the rate at which one thread packs its matrix (as a load without
+//! the packed-weights file does, into fresh anonymous pages).
 //! `BAKEOFF_KS_TOKENS` sets the prefill tests' token count (256; 8 times continuous batching).
 //! On AVX-512 BF16 without AMX, prompts on packed rows that `vnni_prompt_rows` leaves to them
 //! take the bf16 tiles; the "vnni packed" cell times the 8-bit VNNI tile on them as well.
@@ -146,7 +148,15 @@ fn main() {
                 data: &bytes,
                 packed: false,
             };
+            let t = Instant::now();
             let pk = packed::packable(dt, cols).then(|| pack(&m));
+            if pk.is_some() && n == 1 {
+                let s = t.elapsed().as_secs_f64();
+                println!(
+                    "{dt:?} {test}: packed on one thread at {:.0} MB/s of the file's bytes",
+                    bytes.len() as f64 / s / 1e6
+                );
+            }
             let pm = pk.as_ref().map(|p| QMatrix {
                 data: p.bytes(),
                 packed: true,

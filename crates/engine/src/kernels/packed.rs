@@ -678,7 +678,14 @@ fn write_head(head: &mut [u8], kind: Head, g: Geom, l: usize, k: &Block32) {
 pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
     match dtype {
         WeightType::Q4K => pack_row_q4k(src, out),
+        WeightType::Q5K => pack_row_q5k(src, out),
         WeightType::Q6K => pack_row_q6k(src, out),
+        WeightType::Q4_0
+        | WeightType::Q4_1
+        | WeightType::Q5_0
+        | WeightType::Q5_1
+        | WeightType::Q8_0
+        | WeightType::IQ4_NL => pack_row_blocks(dtype, src, out),
         _ => pack_row_values(dtype, src, out),
     }
 }
@@ -700,57 +707,138 @@ fn nibble_word(qs: &[u8], u: usize, high: bool) -> u32 {
     }
 }
 
+/// Writes `w` at byte `at` of `quants`, little-endian.
+fn put(quants: &mut [u8], at: usize, w: u32) {
+    quants[at..at + 4].copy_from_slice(&w.to_le_bytes());
+}
+
+/// Writes a Q4_K or Q5_K block's super-factors `(d, −dmin)` and its eight groups' 6-bit scales
+/// and mins (`d dmin scales[12]`) into the head for lanes `l0..l0 + 8`.
+fn k4_head(head: &mut [u8], l0: usize, blk: &[u8]) {
+    let kb = l0 / 8;
+    // Negating an f16 flips its sign bit, exactly.
+    let (d, neg_dmin) = (f16_at(blk, 0), f16_at(blk, 2) ^ 0x8000);
+    head[2 * kb..2 * kb + 2].copy_from_slice(&d.to_le_bytes());
+    head[K_SUPER + 2 * kb..K_SUPER + 2 * kb + 2].copy_from_slice(&neg_dmin.to_le_bytes());
+    let (sc, mn) = super::dequant::scale_min_k4(&blk[4..16]);
+    let strings = &mut head[2 * K_SUPER..];
+    for g in 0..8 {
+        six_bit::set(&mut strings[..SIX_BYTES], l0 + g, sc[g]);
+        six_bit::set(&mut strings[SIX_BYTES..], l0 + g, mn[g]);
+    }
+}
+
 /// [`pack_row`] for Q4_K, four bytes at a time: the general path builds each value of each
 /// block and places it, and Q4_K, most of a Q4_K_M file, is what a load without the
 /// packed-weights file spends its time on.
 fn pack_row_q4k(src: &[u8], out: &mut [u8]) {
-    for_each_k_block(WeightType::Q4K, src, out, |head, quants, v, l0, blk| {
-        let kb = l0 / 8;
-        let (d, neg_dmin) = (f16_at(blk, 0), f16_at(blk, 2) ^ 0x8000);
-        head[2 * kb..2 * kb + 2].copy_from_slice(&d.to_le_bytes());
-        head[K_SUPER + 2 * kb..K_SUPER + 2 * kb + 2].copy_from_slice(&neg_dmin.to_le_bytes());
-        let (sc, mn) = super::dequant::scale_min_k4(&blk[4..16]);
-        let strings = &mut head[2 * K_SUPER..];
+    for_each_block(WeightType::Q4K, src, out, |head, quants, v, l0, blk| {
+        k4_head(head, l0, blk);
         for g in 0..8 {
             let l = l0 + g;
-            six_bit::set(&mut strings[..SIX_BYTES], l, sc[g]);
-            six_bit::set(&mut strings[SIX_BYTES..], l, mn[g]);
             // Group g's values are the low (g even) or high nibbles of 32 bytes.
             let qs = &blk[16 + (g / 2) * 32..][..32];
             for u in 0..STEPS / 2 {
-                let w = nibble_word(qs, u, g % 2 == 1);
-                quants[v * u + 4 * l..v * u + 4 * l + 4].copy_from_slice(&w.to_le_bytes());
+                put(quants, v * u + 4 * l, nibble_word(qs, u, g % 2 == 1));
             }
         }
     });
 }
 
-/// Calls `f(head, quants, v, l0, blk)` for each K-quant block `blk` (the file's bytes) of a row
-/// of `dtype`, with the head and quants of the superblock it is packed into (lanes `l0..l0 + 8`,
-/// `v` bytes per step vector: `4n` in a tail of `n` lanes), after zeroing `out`.
-fn for_each_k_block(
+/// [`pack_row`] for Q5_K, four bytes at a time (see [`pack_row_q4k`]).
+fn pack_row_q5k(src: &[u8], out: &mut [u8]) {
+    for_each_block(WeightType::Q5K, src, out, |head, quants, v, l0, blk| {
+        // `d dmin scales[12] qh[32] qs[128]`: Q4_K's groups, value t of group g with its fifth
+        // bit at bit g of qh[t].
+        k4_head(head, l0, blk);
+        let (qh, qs) = (&blk[16..48], &blk[48..176]);
+        for g in 0..8 {
+            let l = l0 + g;
+            let low = &qs[(g / 2) * 32..][..32];
+            for u in 0..STEPS / 2 {
+                put(quants, v * u + 4 * l, nibble_word(low, u, g % 2 == 1));
+            }
+            // The bit plane: byte j's bit s is value 4s + j's fifth bit.
+            let mut w = 0u32;
+            for s in 0..STEPS {
+                w |= ((word(qh, 4 * s) >> g) & 0x0101_0101) << s;
+            }
+            put(quants, 4 * v + 4 * l, w);
+        }
+    });
+}
+
+/// The bit plane's word of a block whose 32 fifth bits are the bits of `qh` (Q5_0's and Q5_1's
+/// `qh`, value i's at bit i): byte j's bit s is bit 4s + j of `qh`.
+fn fifth_bits(qh: u32) -> u32 {
+    let mut w = 0u32;
+    for s in 0..STEPS {
+        // Bit j of the nibble to bit 8j: the four shifted copies the product adds do not
+        // overlap, so nothing carries.
+        w |= (((qh >> (4 * s)) & 0x0f).wrapping_mul(0x0020_4081) & 0x0101_0101) << s;
+    }
+    w
+}
+
+/// [`pack_row`] for the types of 32-value blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL), four
+/// bytes at a time: Q5_0 and Q8_0 are most of llama.cpp's mix of the small Qwen models, Q4_1
+/// all of SmolLM2's file.
+fn pack_row_blocks(dtype: WeightType, src: &[u8], out: &mut [u8]) {
+    let layout = Layout::of_packed(dtype);
+    // Where the quants start in a block, and where Q5_0's and Q5_1's `qh` is.
+    let (qs_at, qh_at) = match dtype {
+        WeightType::Q4_0 | WeightType::IQ4_NL | WeightType::Q8_0 => (2, None),
+        WeightType::Q4_1 => (4, None),
+        WeightType::Q5_0 => (6, Some(2)),
+        WeightType::Q5_1 => (8, Some(4)),
+        other => unreachable!("{other:?} is not a type of 32-value blocks"),
+    };
+    for_each_block(dtype, src, out, |head, quants, v, l, blk| {
+        let n = v / 4;
+        head[2 * l..2 * l + 2].copy_from_slice(&blk[..2]);
+        if layout.head() == Head::F16Pair {
+            head[2 * n + 2 * l..2 * n + 2 * l + 2].copy_from_slice(&blk[2..4]);
+        }
+        let qs = &blk[qs_at..];
+        if dtype == WeightType::Q8_0 {
+            // Signed values are stored + 128.
+            for s in 0..STEPS {
+                put(quants, v * s + 4 * l, word(qs, 4 * s) ^ 0x8080_8080);
+            }
+            return;
+        }
+        // Value i < 16 is the low nibble of byte i, value i + 16 the high one; Q5_0's values,
+        // stored + 16, are then the file's 5-bit ones.
+        for u in 0..STEPS / 2 {
+            put(quants, v * u + 4 * l, nibble_word(qs, u % 2, u >= 2));
+        }
+        if let Some(at) = qh_at {
+            put(quants, 4 * v + 4 * l, fifth_bits(word(blk, at)));
+        }
+    });
+}
+
+/// Calls `f(head, quants, v, l0, blk)` for each block `blk` (the file's bytes) of a row of
+/// `dtype`, with the head and quants of the superblock it is packed into (lanes `l0..l0 + w`,
+/// `w` the block's values over 32: 8 for a K-quant block, else 1; `v` bytes per step vector:
+/// `4n` in a tail of `n` lanes), after zeroing `out`.
+fn for_each_block(
     dtype: WeightType,
     src: &[u8],
     out: &mut [u8],
     mut f: impl FnMut(&mut [u8], &mut [u8], usize, usize, &[u8]),
 ) {
     let layout = Layout::of_packed(dtype);
-    let ts = dtype.type_size();
+    let (ts, w) = (dtype.type_size(), dtype.block_size() / QK);
     out.fill(0);
-    let blocks = src.len() / ts * 8;
+    let blocks = src.len() / ts * w;
     debug_assert_eq!(out.len(), row_bytes(dtype, blocks * QK));
     for (si, (at, n)) in superblock_spans(layout, blocks).enumerate() {
         let sb = &mut out[at..at + layout.superblock_bytes_n(n)];
         let (head, quants) = sb.split_at_mut(layout.head_bytes_n(n));
-        // A K-quant block is 8 lanes; a tail has one.
-        for kb in 0..n / 8 {
-            f(
-                head,
-                quants,
-                Geom { n }.v(),
-                8 * kb,
-                &src[(2 * si + kb) * ts..][..ts],
-            );
+        for b in 0..n / w {
+            let blk = &src[(si * SB / w + b) * ts..][..ts];
+            f(head, quants, Geom { n }.v(), w * b, blk);
         }
     }
 }
@@ -758,7 +846,7 @@ fn for_each_k_block(
 /// [`pack_row`] for Q6_K, four bytes at a time (see [`pack_row_q4k`]; Q6_K is the rest of a
 /// Q4_K_M file's matrices, its output among them).
 fn pack_row_q6k(src: &[u8], out: &mut [u8]) {
-    for_each_k_block(WeightType::Q6K, src, out, |head, quants, v, l0, blk| {
+    for_each_block(WeightType::Q6K, src, out, |head, quants, v, l0, blk| {
         // `ql[128] qh[64] scales[16] d`: value 32g + t of the block (t < 32) has its low 4 bits
         // in ql[64(g/4) + 32(g%2) + t] at bit 4((g%4)/2), its top 2 in qh[32(g/4) + t] at bit
         // 2(g%4), and values 32g..32g + 16 and 32g + 16..32g + 32 the scales 2g and 2g + 1. The
@@ -1243,23 +1331,31 @@ pub(crate) mod tests {
         (src, row)
     }
 
-    /// The Q4_K and Q6_K paths that pack four bytes at a time write what the general one does,
-    /// for whole superblocks and tails.
+    /// The paths that pack four bytes at a time write what the general one does, for whole
+    /// superblocks and tails.
     #[test]
-    fn k_quant_words_pack_as_values_do() {
-        type Packer = fn(&[u8], &mut [u8]);
-        let fast: [(WeightType, Packer); 2] = [
-            (WeightType::Q4K, pack_row_q4k),
-            (WeightType::Q6K, pack_row_q6k),
-        ];
-        for (dtype, pack) in fast {
-            for cols in [256, 512, 768, 1536, 4864, 8960] {
-                let src: Vec<u8> = (0..cols / 256 * dtype.type_size())
+    fn words_pack_as_values_do() {
+        for dtype in [
+            WeightType::Q4K,
+            WeightType::Q5K,
+            WeightType::Q6K,
+            WeightType::Q4_0,
+            WeightType::Q4_1,
+            WeightType::Q5_0,
+            WeightType::Q5_1,
+            WeightType::Q8_0,
+            WeightType::IQ4_NL,
+        ] {
+            for cols in [256usize, 512, 576, 768, 800, 896, 1536, 4864, 8960] {
+                if !cols.is_multiple_of(dtype.block_size()) {
+                    continue;
+                }
+                let src: Vec<u8> = (0..cols / dtype.block_size() * dtype.type_size())
                     .map(|i| (i * 7919 % 251) as u8)
                     .collect();
                 let n = row_bytes(dtype, cols);
                 let (mut a, mut b) = (vec![0xa5u8; n], vec![0x5au8; n]);
-                pack(&src, &mut a);
+                pack_row(dtype, &src, &mut a);
                 pack_row_values(dtype, &src, &mut b);
                 assert_eq!(a, b, "{dtype:?} {cols}");
             }
