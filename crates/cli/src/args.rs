@@ -34,7 +34,7 @@ pub struct ModelArgs {
     /// CPU kernels: best (default), no-amx, avx2 or portable; lower levels are for comparing paths.
     #[arg(long, default_value = "best")]
     pub cpu_kernels: String,
-    /// Repack Q4_0 / Q8_0 weights at load instead of reading them from the packed-weights file in
+    /// Repack the quantized matrices at load instead of reading them from the packed-weights file in
     /// $BAKEOFF_WEIGHT_CACHE (default: the user cache folder, bakeoff/packed; "off" disables).
     #[arg(long)]
     pub no_weight_cache: bool,

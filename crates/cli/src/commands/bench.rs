@@ -67,7 +67,8 @@ pub struct BenchArgs {
     /// Do not drop the page cache to measure a cold load.
     #[arg(long)]
     pub no_cold_load: bool,
-    /// Repack Q4_0 / Q8_0 weights at every load instead of copying them from the packed-weights file.
+    /// Repack the quantized matrices at every load instead of reading them from the packed-weights
+    /// file.
     #[arg(long)]
     pub no_weight_cache: bool,
     /// Element type of the CPU KV cache: auto (default: f16 where a SIMD attention kernel runs,
