@@ -75,13 +75,15 @@ fn add_tokens(tk: &mut tokenizers::Tokenizer, added: &[Added]) -> Result<()> {
     Ok(())
 }
 
-fn vocab_map(tokens: &[String]) -> Vocab {
+/// The vocabulary's map from piece to id, taking the pieces (a Qwen vocabulary is 151,665 of
+/// them, and copying them was a visible part of a load).
+fn vocab_map(tokens: Vec<String>) -> Vocab {
     let mut v = Vocab::default();
     v.reserve(tokens.len());
-    for (i, t) in tokens.iter().enumerate() {
+    for (i, t) in tokens.into_iter().enumerate() {
         // First occurrence wins so that a duplicated string keeps its lowest id, as llama.cpp
         // resolves text to token.
-        v.entry(t.clone()).or_insert(i as u32);
+        v.entry(t).or_insert(i as u32);
     }
     v
 }
@@ -225,7 +227,7 @@ fn mulmod(a: u64, b: u64) -> u64 {
 /// drop the `▁` of text that starts with a space. Without `add_space_prefix` nothing is
 /// prepended.
 pub(crate) fn llama_spm(
-    tokens: &[String],
+    tokens: Vec<String>,
     merges: Merges,
     unk: Option<&str>,
     added: &[Added],
@@ -318,7 +320,7 @@ fn bos_eos_processor(
 /// Qwen2's byte-level BPE, identical to Qwen2/Qwen2.5's tokenizer.json (NFC normalizer
 /// included, which llama.cpp does not apply; the GGUF path leaves it out).
 pub(crate) fn qwen2_bpe(
-    tokens: &[String],
+    tokens: Vec<String>,
     merges: Merges,
     added: &[Added],
 ) -> Result<tokenizers::Tokenizer> {
@@ -333,7 +335,7 @@ pub(crate) fn qwen2_bpe(
 /// piece that is itself a token as that token without merging (llama.cpp and Llama-3's
 /// tokenizer.json both do this). No normalizer: llama.cpp applies none to byte-level vocabularies.
 pub(crate) fn byte_level_bpe(
-    tokens: &[String],
+    tokens: Vec<String>,
     merges: Merges,
     added: &[Added],
     patterns: &[&str],

@@ -444,12 +444,15 @@ pub(super) fn from_metadata(md: &HashMap<String, Value>, path: &Path) -> Result<
         });
     }
 
+    // Owned, as the vocabulary's pieces go to the tokenizer.
     let bos_p = bos
         .filter(|_| add_bos)
-        .map(|b| (b, tokens[b as usize].as_str()));
+        .map(|b| (b, tokens[b as usize].clone()));
     let eos_p = eos_id
         .filter(|_| add_eos)
-        .map(|e| (e, tokens[e as usize].as_str()));
+        .map(|e| (e, tokens[e as usize].clone()));
+    let bos_p = bos_p.as_ref().map(|(b, t)| (*b, t.as_str()));
+    let eos_p = eos_p.as_ref().map(|(e, t)| (*e, t.as_str()));
     let inner = match bpe {
         None => {
             let add_space_prefix = matches!(
@@ -469,11 +472,11 @@ pub(super) fn from_metadata(md: &HashMap<String, Value>, path: &Path) -> Result<
                 )));
             }
             let merges = build::spm_merges(&tokens, &scores, &types)?;
-            let unk_tok = unk.map(|u| tokens[u as usize].as_str());
+            let unk_tok = unk.map(|u| tokens[u as usize].clone());
             build::llama_spm(
-                &tokens,
+                tokens,
                 merges,
-                unk_tok,
+                unk_tok.as_deref(),
                 &added,
                 add_space_prefix,
                 bos_p,
@@ -500,7 +503,7 @@ pub(super) fn from_metadata(md: &HashMap<String, Value>, path: &Path) -> Result<
                 })
                 .collect::<Result<Vec<_>>>()?;
             build::byte_level_bpe(
-                &tokens,
+                tokens,
                 merges,
                 &added,
                 spec.patterns,
@@ -521,7 +524,9 @@ pub(super) fn from_metadata(md: &HashMap<String, Value>, path: &Path) -> Result<
         }
         _ => None,
     };
-    let mut t = Tokenizer::assemble(inner, family, bos, eos, unk, pad, add_bos);
+    // Every id, added tokens included, indexes the file's vocabulary.
+    let mut t = Tokenizer::assemble(inner, family, bos, eos, unk, add_bos, n);
+    t.pad = pad;
     t.kind = Some(kind);
     t.add_eos = add_eos;
     Ok(t)

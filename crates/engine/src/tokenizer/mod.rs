@@ -127,17 +127,9 @@ impl Tokenizer {
         bos: Option<u32>,
         eos: Vec<u32>,
         unk: Option<u32>,
-        pad: Option<u32>,
         add_bos: bool,
+        vocab_size: usize,
     ) -> Self {
-        // Ids, not a count: added tokens may sit past the model vocabulary, and GGUF
-        // vocabularies are padded to the embedding size.
-        let vocab_size = inner
-            .get_vocab(true)
-            .values()
-            .copied()
-            .max()
-            .map_or(0, |m| m as usize + 1);
         let kind = detect_kind(&inner);
         Tokenizer {
             inner,
@@ -148,10 +140,21 @@ impl Tokenizer {
             bos,
             eos,
             unk,
-            pad,
+            pad: None,
             add_bos,
             vocab_size,
         }
+    }
+
+    /// One past the largest id of `inner`'s vocabulary, added tokens included: ids, not a
+    /// count, since added tokens may sit past the model vocabulary.
+    fn id_bound(inner: &tokenizers::Tokenizer) -> usize {
+        inner
+            .get_vocab(true)
+            .values()
+            .copied()
+            .max()
+            .map_or(0, |m| m as usize + 1)
     }
 
     /// Wraps an existing `tokenizers::Tokenizer`; special ids are guessed from token names as in
@@ -180,7 +183,8 @@ impl Tokenizer {
             (Some(b), Ok(e)) => e.get_ids().first() == Some(&b),
             _ => false,
         };
-        Self::assemble(inner, family, bos, eos, unk, None, add_bos)
+        let n = Self::id_bound(&inner);
+        Self::assemble(inner, family, bos, eos, unk, add_bos, n)
     }
 
     /// Loads a tokenizer.json. BOS is `<s>` when it is a special token; EOS ids are every one of
@@ -225,8 +229,9 @@ impl Tokenizer {
                     content: t.to_string(),
                     special: true,
                 });
+                let n = tokens.len();
                 let inner = build::llama_spm(
-                    &tokens,
+                    tokens,
                     Vec::new(),
                     Some("<unk>"),
                     &added,
@@ -240,8 +245,8 @@ impl Tokenizer {
                     Some(1),
                     vec![2],
                     Some(0),
-                    None,
                     true,
+                    n,
                 ))
             }
             TokenizerFamily::Qwen2 => {
@@ -260,17 +265,13 @@ impl Tokenizer {
                     })
                     .collect();
                 tokens.extend(specials.iter().map(|s| s.to_string()));
-                let inner = build::qwen2_bpe(&tokens, Vec::new(), &added)?;
+                let n = tokens.len();
+                let inner = build::qwen2_bpe(tokens, Vec::new(), &added)?;
                 // As Qwen2.5-Instruct's generation_config: end of turn, then end of text.
-                Ok(Self::assemble(
-                    inner,
-                    Some(family),
-                    None,
-                    vec![258, 256],
-                    None,
-                    Some(256),
-                    false,
-                ))
+                let mut t =
+                    Self::assemble(inner, Some(family), None, vec![258, 256], None, false, n);
+                t.pad = Some(256);
+                Ok(t)
             }
         }
     }
