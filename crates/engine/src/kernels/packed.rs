@@ -439,6 +439,7 @@ pub fn widen_tail(layout: Layout, n: usize, src: &[u8], out: &mut [u8]) {
 /// and multiplier: scale (or the first half's scale) `kf.0 · km.0`, offset (or the second
 /// half's scale) `kf.1 · km.1`; for Q2_K, `kf` is `(d, −dmin)` and `km` the two half blocks'
 /// bytes `scale | min << 4`.
+#[cfg(test)]
 struct Block32 {
     q: [i8; QK],
     scale16: u16,
@@ -454,6 +455,7 @@ fn f16_at(b: &[u8], i: usize) -> u16 {
 /// Super-factors `(d, −dmin)` (f16 bits) and multipliers `(sc, m)` of group `g` of a Q4_K or
 /// Q5_K block (`d dmin scales[12] …`): scale `d · sc` and offset `−dmin · m`, as ggml's
 /// dequantizer computes them (its `d · sc · q − dmin · m`).
+#[cfg(test)]
 fn k4_factors(blk: &[u8], g: usize) -> ((u16, u16), (i8, i8)) {
     // Negating an f16 flips its sign bit, exactly.
     let (d, neg_dmin) = (f16_at(blk, 0), f16_at(blk, 2) ^ 0x8000);
@@ -476,6 +478,7 @@ pub fn to_packed_order(src: &[f32], dst: &mut [f32]) {
 }
 
 /// Block `b` (of 32 values) of a row stored as `dtype`, or None past the row's end.
+#[cfg(test)]
 fn source_block(dtype: WeightType, src: &[u8], b: usize) -> Option<Block32> {
     let mut k = Block32 {
         q: [0; QK],
@@ -636,6 +639,7 @@ fn q3k_scales(sc: &[u8]) -> [i8; 16] {
 }
 
 /// Writes block `l`'s factors into the head of a superblock of `g.n` lanes.
+#[cfg(test)]
 fn write_head(head: &mut [u8], kind: Head, g: Geom, l: usize, k: &Block32) {
     let n = g.n;
     match kind {
@@ -680,13 +684,16 @@ pub fn pack_row(dtype: WeightType, src: &[u8], out: &mut [u8]) {
         WeightType::Q4K => pack_row_q4k(src, out),
         WeightType::Q5K => pack_row_q5k(src, out),
         WeightType::Q6K => pack_row_q6k(src, out),
+        WeightType::Q3K => pack_row_q3k(src, out),
+        WeightType::Q2K => pack_row_q2k(src, out),
+        WeightType::IQ4_XS => pack_row_iq4xs(src, out),
         WeightType::Q4_0
         | WeightType::Q4_1
         | WeightType::Q5_0
         | WeightType::Q5_1
         | WeightType::Q8_0
         | WeightType::IQ4_NL => pack_row_blocks(dtype, src, out),
-        _ => pack_row_values(dtype, src, out),
+        other => panic!("{other:?} has no packed layout"),
     }
 }
 
@@ -758,12 +765,7 @@ fn pack_row_q5k(src: &[u8], out: &mut [u8]) {
             for u in 0..STEPS / 2 {
                 put(quants, v * u + 4 * l, nibble_word(low, u, g % 2 == 1));
             }
-            // The bit plane: byte j's bit s is value 4s + j's fifth bit.
-            let mut w = 0u32;
-            for s in 0..STEPS {
-                w |= ((word(qh, 4 * s) >> g) & 0x0101_0101) << s;
-            }
-            put(quants, 4 * v + 4 * l, w);
+            put(quants, 4 * v + 4 * l, bit_word(qh, g));
         }
     });
 }
@@ -860,24 +862,108 @@ fn pack_row_q6k(src: &[u8], out: &mut [u8]) {
             head[K_SUPER + n + l] = sc[2 * g + 1];
             let low = &ql[64 * (g / 4) + 32 * (g % 2)..][..32];
             for u in 0..STEPS / 2 {
-                let w = nibble_word(low, u, (g % 4) / 2 == 1);
-                quants[v * u + 4 * l..v * u + 4 * l + 4].copy_from_slice(&w.to_le_bytes());
+                put(quants, v * u + 4 * l, nibble_word(low, u, (g % 4) / 2 == 1));
             }
-            // The 2-bit plane: chunk c holds steps 4c..4c + 4, step 4c + k in bits 2k, 2k + 1.
             let top = &qh[32 * (g / 4)..][..32];
             for c in 0..2 {
-                let mut w = 0u32;
-                for k in 0..4 {
-                    w |= ((word(top, 16 * c + 4 * k) >> (2 * (g % 4))) & 0x0303_0303) << (2 * k);
-                }
-                let at = 4 * v + v * c + 4 * l;
-                quants[at..at + 4].copy_from_slice(&w.to_le_bytes());
+                put(
+                    quants,
+                    4 * v + v * c + 4 * l,
+                    two_bit_word(top, c, 2 * (g % 4)),
+                );
             }
         }
     });
 }
 
-/// [`pack_row`] by way of each block's values ([`source_block`]): every type.
+/// A 2-bit plane's word: chunk `c` of a lane holds steps 4c..4c + 4, step 4c + k in bits 2k,
+/// 2k + 1, where value t of the lane is bits `shift`, `shift + 1` of `b[t]` (32 bytes).
+fn two_bit_word(b: &[u8], c: usize, shift: usize) -> u32 {
+    let mut w = 0u32;
+    for k in 0..4 {
+        w |= ((word(b, 16 * c + 4 * k) >> shift) & 0x0303_0303) << (2 * k);
+    }
+    w
+}
+
+/// A bit plane's word: byte j's bit s is value 4s + j's bit, bit `g` of `b[4s + j]` (32 bytes;
+/// Q5_K's `qh`, Q3_K's `hmask`).
+fn bit_word(b: &[u8], g: usize) -> u32 {
+    let mut w = 0u32;
+    for s in 0..STEPS {
+        w |= ((word(b, 4 * s) >> g) & 0x0101_0101) << s;
+    }
+    w
+}
+
+/// [`pack_row`] for Q3_K, four bytes at a time (see [`pack_row_q4k`]).
+fn pack_row_q3k(src: &[u8], out: &mut [u8]) {
+    for_each_block(WeightType::Q3K, src, out, |head, quants, v, l0, blk| {
+        // `hmask[32] qs[64] scales[12] d`: value t of group g has its low 2 bits at bit 2(g%4) of
+        // qs[32(g/4) + t], its third at bit g of hmask[t]; stored as those 3 bits (value + 4).
+        let (n, kb) = (v / 4, l0 / 8);
+        let (hmask, qs) = (&blk[..32], &blk[32..96]);
+        let sc = q3k_scales(&blk[96..108]);
+        head[2 * kb..2 * kb + 2].copy_from_slice(&blk[108..110]);
+        for g in 0..8 {
+            let l = l0 + g;
+            head[K_SUPER + l] = sc[2 * g] as u8;
+            head[K_SUPER + n + l] = sc[2 * g + 1] as u8;
+            let low = &qs[32 * (g / 4)..][..32];
+            for c in 0..2 {
+                put(quants, v * c + 4 * l, two_bit_word(low, c, 2 * (g % 4)));
+            }
+            put(quants, 2 * v + 4 * l, bit_word(hmask, g));
+        }
+    });
+}
+
+/// [`pack_row`] for Q2_K, four bytes at a time (see [`pack_row_q4k`]).
+fn pack_row_q2k(src: &[u8], out: &mut [u8]) {
+    for_each_block(WeightType::Q2K, src, out, |head, quants, v, l0, blk| {
+        // `scales[16] qs[64] d dmin`: value t of group g is bits 2(g%4), 2(g%4) + 1 of
+        // qs[32(g/4) + t]; each half group has a byte `scale | min << 4`.
+        let (n, kb) = (v / 4, l0 / 8);
+        let (sc, qs) = (&blk[..16], &blk[16..80]);
+        let neg_dmin = f16_at(blk, 82) ^ 0x8000;
+        head[2 * kb..2 * kb + 2].copy_from_slice(&blk[80..82]);
+        head[K_SUPER + 2 * kb..K_SUPER + 2 * kb + 2].copy_from_slice(&neg_dmin.to_le_bytes());
+        for g in 0..8 {
+            let l = l0 + g;
+            head[2 * K_SUPER + l] = sc[2 * g];
+            head[2 * K_SUPER + n + l] = sc[2 * g + 1];
+            let low = &qs[32 * (g / 4)..][..32];
+            for c in 0..2 {
+                put(quants, v * c + 4 * l, two_bit_word(low, c, 2 * (g % 4)));
+            }
+        }
+    });
+}
+
+/// [`pack_row`] for IQ4_XS, four bytes at a time (see [`pack_row_q4k`]).
+fn pack_row_iq4xs(src: &[u8], out: &mut [u8]) {
+    for_each_block(WeightType::IQ4_XS, src, out, |head, quants, v, l0, blk| {
+        // `d scales_h scales_l[4] qs[128]`: group g's multiplier is its 6-bit scale − 32 (low 4
+        // bits in scales_l, top 2 in scales_h), its 32 grid indices nibbles of qs[16g..16g + 16].
+        let kb = l0 / 8;
+        head[2 * kb..2 * kb + 2].copy_from_slice(&blk[..2]);
+        let scales_h = u16::from_le_bytes([blk[2], blk[3]]);
+        for g in 0..8 {
+            let l = l0 + g;
+            let lo = (blk[4 + g / 2] >> (4 * (g % 2))) & 0x0f;
+            let hi = ((scales_h >> (2 * g)) & 3) as u8;
+            head[K_SUPER + l] = ((lo | (hi << 4)) as i8 - 32) as u8;
+            let qs = &blk[8 + 16 * g..][..16];
+            for u in 0..STEPS / 2 {
+                put(quants, v * u + 4 * l, nibble_word(qs, u % 2, u >= 2));
+            }
+        }
+    });
+}
+
+/// [`pack_row`] by way of each block's values ([`source_block`]), one value at a time: the
+/// plain statement of every layout, which the word packers are tested against.
+#[cfg(test)]
 fn pack_row_values(dtype: WeightType, src: &[u8], out: &mut [u8]) {
     let layout = Layout::of_packed(dtype);
     out.fill(0);
@@ -1345,6 +1431,9 @@ pub(crate) mod tests {
             WeightType::Q5_1,
             WeightType::Q8_0,
             WeightType::IQ4_NL,
+            WeightType::Q3K,
+            WeightType::Q2K,
+            WeightType::IQ4_XS,
         ] {
             for cols in [256usize, 512, 576, 768, 800, 896, 1536, 4864, 8960] {
                 if !cols.is_multiple_of(dtype.block_size()) {
