@@ -1367,19 +1367,22 @@ pub const IQ4_LUT_U8: [u8; 16] = {
 pub(crate) mod tests {
     use super::*;
 
+    /// The packed types of 32-value blocks.
+    const BLOCK_TYPES: [WeightType; 6] = [
+        WeightType::Q4_0,
+        WeightType::Q4_1,
+        WeightType::Q5_0,
+        WeightType::Q5_1,
+        WeightType::Q8_0,
+        WeightType::IQ4_NL,
+    ];
+
     /// A row's tail takes only its own lanes: the one-scale and scale-and-offset layouts are
     /// then exactly ggml's size at every width, the K-quants too but for a tail's head.
     #[test]
     fn packed_rows_are_the_size_of_ggml_rows() {
         for cols in [512, 576, 800, 896, 1536, 4864, 8960] {
-            for dtype in [
-                WeightType::Q4_0,
-                WeightType::Q4_1,
-                WeightType::Q5_0,
-                WeightType::Q5_1,
-                WeightType::Q8_0,
-                WeightType::IQ4_NL,
-            ] {
+            for dtype in BLOCK_TYPES {
                 let ggml = cols / dtype.block_size() * dtype.type_size();
                 assert_eq!(row_bytes(dtype, cols), ggml, "{dtype:?} {cols}");
             }
@@ -1421,20 +1424,11 @@ pub(crate) mod tests {
     /// superblocks and tails.
     #[test]
     fn words_pack_as_values_do() {
-        for dtype in [
-            WeightType::Q4K,
-            WeightType::Q5K,
-            WeightType::Q6K,
-            WeightType::Q4_0,
-            WeightType::Q4_1,
-            WeightType::Q5_0,
-            WeightType::Q5_1,
-            WeightType::Q8_0,
-            WeightType::IQ4_NL,
-            WeightType::Q3K,
-            WeightType::Q2K,
-            WeightType::IQ4_XS,
-        ] {
+        let packed = WeightType::ALL
+            .into_iter()
+            .filter(|&t| Layout::of(t).is_some());
+        assert_eq!(packed.clone().count(), 12);
+        for dtype in packed {
             for cols in [256usize, 512, 576, 768, 800, 896, 1536, 4864, 8960] {
                 if !cols.is_multiple_of(dtype.block_size()) {
                     continue;
