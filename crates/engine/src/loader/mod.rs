@@ -593,7 +593,8 @@ fn open_gguf(path: &Path) -> Result<Parts> {
     }
     cfg.tied_embeddings = !store.has("lm_head.weight");
     apply_rope_freqs(&mut cfg, &store, path)?;
-    let tokenizer = Tokenizer::from_gguf(&store.content, path)?;
+    let template = md.str("tokenizer.chat_template").ok().map(str::to_string);
+    let tokenizer = Tokenizer::from_gguf_taking(&mut store.content, path)?;
     if cfg.vocab_size == 0 {
         cfg.vocab_size = tokenizer.vocab_size();
     }
@@ -609,7 +610,6 @@ fn open_gguf(path: &Path) -> Result<Parts> {
             }
         }
     }
-    let template = md.str("tokenizer.chat_template").ok().map(str::to_string);
     // As llama.cpp decides it: the file's add_bos_token, else the tokenizer kind's default
     // (SentencePiece and llama-bpe add BOS; smollm and qwen2 do not).
     let add_bos = tokenizer.adds_bos();

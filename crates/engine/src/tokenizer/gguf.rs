@@ -90,6 +90,9 @@ pub fn upgrade_to_qwen25(metadata: &mut HashMap<String, Value>) -> Result<()> {
 struct Meta<'a> {
     md: &'a HashMap<String, Value>,
     path: &'a Path,
+    /// Values taken out of the file's metadata, whose strings move into the tokenizer instead
+    /// of being copied (the vocabulary and merges: 151,665 each in a Qwen file).
+    taken: std::cell::RefCell<Vec<(&'static str, Value)>>,
 }
 
 impl Meta<'_> {
@@ -120,6 +123,32 @@ impl Meta<'_> {
     }
 
     fn strings(&self, key: &str) -> Result<Option<Vec<String>>> {
+        let taken = {
+            let mut t = self.taken.borrow_mut();
+            t.iter()
+                .position(|(k, _)| *k == key)
+                .map(|i| t.swap_remove(i).1)
+        };
+        if let Some(v) = taken {
+            let Value::Array(a) = v else {
+                return Err(self.err(format!(
+                    "{key}: expected an array, found {:?}",
+                    v.value_type()
+                )));
+            };
+            return a
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(s),
+                    v => Err(self.err(format!(
+                        "{key}[{i}]: expected a string, found {:?}",
+                        v.value_type()
+                    ))),
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some);
+        }
         let Some(a) = self.array(key)? else {
             return Ok(None);
         };
@@ -301,7 +330,32 @@ const LLAMA_CPP_EOG_NAMES: &[&str] = &[
 ];
 
 pub(super) fn from_metadata(md: &HashMap<String, Value>, path: &Path) -> Result<Tokenizer> {
-    let m = Meta { md, path };
+    build(md, path, Vec::new())
+}
+
+/// [`from_metadata`], taking the vocabulary and merges out of `md` so that their strings move
+/// into the tokenizer.
+pub(super) fn from_metadata_taking(
+    md: &mut HashMap<String, Value>,
+    path: &Path,
+) -> Result<Tokenizer> {
+    let taken = ["tokenizer.ggml.tokens", "tokenizer.ggml.merges"]
+        .into_iter()
+        .filter_map(|k| md.remove(k).map(|v| (k, v)))
+        .collect();
+    build(md, path, taken)
+}
+
+fn build(
+    md: &HashMap<String, Value>,
+    path: &Path,
+    taken: Vec<(&'static str, Value)>,
+) -> Result<Tokenizer> {
+    let m = Meta {
+        md,
+        path,
+        taken: std::cell::RefCell::new(taken),
+    };
     let model = m
         .str("tokenizer.ggml.model")?
         .ok_or_else(|| m.err("no tokenizer.ggml.model: this GGUF file carries no tokenizer"))?;

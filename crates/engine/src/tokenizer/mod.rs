@@ -203,6 +203,13 @@ impl Tokenizer {
         gguf::from_metadata(&content.metadata, path)
     }
 
+    /// As [`Tokenizer::from_gguf`], taking the vocabulary and merges out of the file's metadata
+    /// (`tokenizer.ggml.tokens` and `tokenizer.ggml.merges` are gone from it afterwards, even
+    /// on an error): the loader's way, which moves their strings instead of copying them.
+    pub fn from_gguf_taking(content: &mut GgufContent, path: &Path) -> Result<Self> {
+        gguf::from_metadata_taking(&mut content.metadata, path)
+    }
+
     /// As [`Tokenizer::from_gguf`], from the metadata map alone.
     pub fn from_gguf_metadata(metadata: &HashMap<String, Value>, path: &Path) -> Result<Self> {
         gguf::from_metadata(metadata, path)
