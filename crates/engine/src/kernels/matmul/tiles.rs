@@ -84,7 +84,8 @@ pub(super) fn tiles_packed(
     out: &mut [f32],
 ) {
     use crate::kernels::x86::{
-        SB_ROOM, TileRows, one_row_eight_tokens, precomputed_heads, widen_tail_into,
+        SB_ROOM, TileRows, one_row_eight_tokens, precomputed_heads, vnni_unpacked_heads,
+        widen_tail_into,
     };
     let rows = w.rows;
     let threads = pool.current_num_threads().max(1);
@@ -181,7 +182,7 @@ pub(super) fn tiles_packed(
         // that unpacks them reads the rows from memory with nothing to overlap it (eight
         // streams' steps measured slower).
         let vnni_heads: crate::kernels::packed::Lines<f32> =
-            if vnni && (precomputed_heads(layout) || layout.half_mins()) && n >= 16 {
+            if vnni && vnni_unpacked_heads(layout) && n >= 16 {
                 use crate::kernels::x86::{
                     L_Q2, L_Q3, L_Q4K, L_Q5K, L_Q6, heads_len, unpack_heads_vnni,
                 };
@@ -198,7 +199,7 @@ pub(super) fn tiles_packed(
                             L_Q6 => unpack_heads_vnni::<L_Q6>(row, blocks, o),
                             L_Q3 => unpack_heads_vnni::<L_Q3>(row, blocks, o),
                             L_Q2 => unpack_heads_vnni::<L_Q2>(row, blocks, o),
-                            _ => unreachable!("precomputed_heads covers Q4K, Q5K, Q6, Q3 and Q2"),
+                            _ => unreachable!("vnni_unpacked_heads is Q4K, Q5K, Q6, Q3 and Q2"),
                         }
                     }
                 }

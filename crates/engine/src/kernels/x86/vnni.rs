@@ -491,6 +491,17 @@ pub(super) unsafe fn six_bit_factors(p: *const u8) -> __m512 {
     }
 }
 
+/// Whether [`tiles2x4_packed_vnni`] takes a layout's head factors unpacked once per row
+/// ([`unpack_heads_vnni`]): the K heads whose two factors (and Q2's offsets) take fields,
+/// shuffles and conversions to unpack; the one-factor heads read their f16 values as they are.
+pub const fn vnni_unpacked_heads(layout: crate::kernels::packed::Layout) -> bool {
+    use crate::kernels::packed::Head;
+    matches!(
+        layout.head(),
+        Head::KScaleMin | Head::KHalves | Head::KHalvesMin
+    )
+}
+
 /// Floats per superblock of a row's unpacked head factors for [`tiles2x4_packed_vnni`]: both
 /// factors' 16 lanes, and for a layout with `Layout::half_mins` (Q2) both halves' offsets.
 pub const fn head_floats(layout: crate::kernels::packed::Layout) -> usize {
