@@ -613,15 +613,10 @@ fn open_gguf(path: &Path) -> Result<Parts> {
     // As llama.cpp decides it: the file's add_bos_token, else the tokenizer kind's default
     // (SentencePiece and llama-bpe add BOS; smollm and qwen2 do not).
     let add_bos = tokenizer.adds_bos();
-    // The vocabulary and merges now live in the tokenizer; as metadata values they were tens
-    // of megabytes (Qwen2.5: 151,665 of each) held through the weight load and the first
+    // The vocabulary and merges went into the tokenizer; the scores and token types it was
+    // built from, as metadata values, would be held through the weight load and the first
     // prompt, the process's peak.
-    for key in [
-        "tokenizer.ggml.tokens",
-        "tokenizer.ggml.merges",
-        "tokenizer.ggml.scores",
-        "tokenizer.ggml.token_type",
-    ] {
+    for key in ["tokenizer.ggml.scores", "tokenizer.ggml.token_type"] {
         store.content.metadata.remove(key);
     }
     let bos_token = cfg.bos_token_id.and_then(|id| tokenizer.id_to_token(id));

@@ -115,11 +115,15 @@ impl Meta<'_> {
         match self.md.get(key) {
             None => Ok(None),
             Some(Value::Array(a)) => Ok(Some(a)),
-            Some(v) => Err(self.err(format!(
-                "{key}: expected an array, found {:?}",
-                v.value_type()
-            ))),
+            Some(v) => Err(self.not_array(key, v)),
         }
+    }
+
+    fn not_array(&self, key: &str, v: &Value) -> Error {
+        self.err(format!(
+            "{key}: expected an array, found {:?}",
+            v.value_type()
+        ))
     }
 
     fn strings(&self, key: &str) -> Result<Option<Vec<String>>> {
@@ -129,33 +133,20 @@ impl Meta<'_> {
                 .position(|(k, _)| *k == key)
                 .map(|i| t.swap_remove(i).1)
         };
-        if let Some(v) = taken {
-            let Value::Array(a) = v else {
-                return Err(self.err(format!(
-                    "{key}: expected an array, found {:?}",
-                    v.value_type()
-                )));
-            };
-            return a
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| match v {
-                    Value::String(s) => Ok(s),
-                    v => Err(self.err(format!(
-                        "{key}[{i}]: expected a string, found {:?}",
-                        v.value_type()
-                    ))),
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(Some);
-        }
-        let Some(a) = self.array(key)? else {
-            return Ok(None);
+        // A taken array's strings move out; one still in the metadata is copied.
+        let values = match taken {
+            Some(Value::Array(a)) => a,
+            Some(v) => return Err(self.not_array(key, &v)),
+            None => match self.array(key)? {
+                Some(a) => a.to_vec(),
+                None => return Ok(None),
+            },
         };
-        a.iter()
+        values
+            .into_iter()
             .enumerate()
             .map(|(i, v)| match v {
-                Value::String(s) => Ok(s.clone()),
+                Value::String(s) => Ok(s),
                 v => Err(self.err(format!(
                     "{key}[{i}]: expected a string, found {:?}",
                     v.value_type()
