@@ -4,6 +4,8 @@
 //!
 //!   cargo run --release -p bakeoff-engine --example kernel_speed [threads] [TYPE,...]
 //!
+//! Types by ggml's names or `WeightType`'s (q4_k or Q4K, iq4_xs, f16); an unknown one stops the run.
+//!
 //! The decode matrix is about 1 GB and 2048 columns, streamed from memory; `BAKEOFF_KS_DECODE_BYTES`
 //! and `BAKEOFF_KS_DECODE_COLS` change both (a matrix that fits the caches times the kernel's own
 //! rate rather than the memory's, e.g. 4000000 bytes at 1536 columns, a 1.5B model's rows).
@@ -41,12 +43,23 @@ fn main() {
         WeightType::F16,
         WeightType::BF16,
     ];
+    // Names as ggml writes them or as `WeightType` prints them (q4_k, Q4_K, Q4K); a name that
+    // is none of them stops the run, as a run that timed nothing said nothing.
+    let key = |n: &str| n.replace('_', "").to_ascii_lowercase();
     let types: Vec<WeightType> = match args.next() {
-        Some(list) => all
-            .into_iter()
-            .filter(|t| {
-                list.split(',')
-                    .any(|n| n.eq_ignore_ascii_case(&format!("{t:?}")))
+        Some(list) => list
+            .split(',')
+            .map(|n| {
+                all.into_iter()
+                    .find(|t| key(&format!("{t:?}")) == key(n))
+                    .unwrap_or_else(|| {
+                        let known: Vec<String> = all.iter().map(|t| format!("{t:?}")).collect();
+                        eprintln!(
+                            "kernel_speed: unknown type {n:?}; known: {}",
+                            known.join(", ")
+                        );
+                        std::process::exit(2)
+                    })
             })
             .collect(),
         None => all.to_vec(),
