@@ -244,6 +244,9 @@ fn run_local(
         weight_cache: job.weight_cache.clone(),
         kv_cache: job.kv_cache,
         prefill_chunk: bakeoff_engine::generate::DEFAULT_PREFILL_CHUNK,
+        // A load's measured time includes the packed-weights file it writes, and no measured
+        // prompt shares the machine with that write.
+        background_cache_write: false,
     };
     // First load: cold when the page cache can be dropped. It also names the files to hash.
     let cold = job.cold_load && env::can_drop_caches();

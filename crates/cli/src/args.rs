@@ -85,11 +85,21 @@ impl ModelArgs {
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!("--kv-cache: {e}"))?,
             prefill_chunk: self.prefill_chunk,
+            background_cache_write: false,
         })
     }
 
     pub fn load(&self, progress: bool) -> Result<LoadedModel> {
-        let opts = self.options(progress)?;
+        self.load_with(progress, false)
+    }
+
+    /// [`ModelArgs::load`], with a first load's packed-weights file written in the background
+    /// when `background_cache_write` (an interactive chat, which waits for its first prompt).
+    pub fn load_with(&self, progress: bool, background_cache_write: bool) -> Result<LoadedModel> {
+        let opts = LoadOptions {
+            background_cache_write,
+            ..self.options(progress)?
+        };
         bakeoff_engine::loader::load(&self.model, self.gguf_file.as_deref(), &opts)
             .with_context(|| format!("cannot load model `{}`", self.model))
     }

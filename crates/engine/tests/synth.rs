@@ -527,6 +527,44 @@ fn q8_0_follows_f32_greedy() {
     }
 }
 
+/// A first load writes the packed-weights file on a thread of its own: the file is whole, and
+/// no temporary is left, once the model is dropped, even by a load that never ran a token.
+#[test]
+fn weight_cache_written_in_the_background_is_whole_when_the_model_is_dropped() {
+    if !bakeoff_engine::kernels::CpuCaps::detect().avx2 {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = bakeoff_engine::loader::packcache::WeightCache {
+        free_reserve: 0,
+        ..bakeoff_engine::loader::packcache::WeightCache::new(dir.path().join("packed"))
+    };
+    let (path, _) = make(
+        dir.path(),
+        Preset::TinyLlama,
+        SynthFormat::Gguf,
+        SynthQuant::Q4_0,
+        3,
+    );
+    let with_cache = LoadOptions {
+        weight_cache: Some(cache.clone()),
+        ..load_opts()
+    };
+    drop(load_model_only(&path, &with_cache).unwrap());
+    let entry =
+        bakeoff_engine::loader::packcache::PackCache::open(&cache, std::slice::from_ref(&path));
+    assert!(
+        entry.is_some_and(|e| e.hit()),
+        "no whole entry after the drop"
+    );
+    let temporaries = std::fs::read_dir(&cache.dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".bkpack-tmp-"))
+        .count();
+    assert_eq!(temporaries, 0, "a temporary was left");
+}
+
 /// The packed-weights file (processors with AVX2 and up): the first load of a Q4_0 / Q8_0 model writes it, the second maps
 /// it, and both compute exactly what a load without it computes.
 #[test]

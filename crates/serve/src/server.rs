@@ -61,6 +61,8 @@ pub fn build_state(
                     kv_cache: settings.kv_cache,
                     // The engine replaces the scheduler with its own (`engine.prefill_chunk`).
                     prefill_chunk: bakeoff_engine::generate::DEFAULT_PREFILL_CHUNK,
+                    // Written while the server waits for its first request.
+                    background_cache_write: true,
                 };
                 eprintln!("loading `{id}` ({}) from {src} ...", tier.as_str());
                 let lm =

@@ -74,7 +74,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
     let interactive = std::io::stdin().is_terminal();
     let mut sides = vec![Side {
         name: short_name(&a.model.model),
-        lm: a.model.load(true)?,
+        lm: a.model.load_with(true, true)?,
     }];
     if let Some(vs) = &a.vs {
         let b = ModelArgs {
@@ -87,7 +87,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
         }
         sides.push(Side {
             name,
-            lm: b.load(true)?,
+            lm: b.load_with(true, true)?,
         });
     }
     // The line editor installs its own SIGINT handler when it is created (and keeps it until

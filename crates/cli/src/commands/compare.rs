@@ -531,6 +531,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         weight_cache: bakeoff_engine::loader::default_weight_cache()?,
         kv_cache: Default::default(),
         prefill_chunk: bakeoff_engine::generate::DEFAULT_PREFILL_CHUNK,
+        background_cache_write: false,
     };
     let ans = answers(
         &models,

@@ -252,6 +252,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         weight_cache: bakeoff_engine::loader::default_weight_cache()?,
         kv_cache: Default::default(),
         prefill_chunk: bakeoff_engine::generate::DEFAULT_PREFILL_CHUNK,
+        background_cache_write: false,
     };
 
     // The judge is checked before any model runs.

@@ -20,6 +20,8 @@ pub struct CpuBackend {
     caps: CpuCaps,
     pack_cache: Option<std::sync::Arc<PackCache>>,
     kv_type: KvType,
+    /// The thread writing the packed-weights file ([`CpuBackend::persist_in_background`]).
+    cache_writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Rows per task when the per-token operations (norms, rotations, SwiGLU, residual adds, zeroed
@@ -110,7 +112,56 @@ impl CpuBackend {
             caps,
             pack_cache: None,
             kv_type: KvType::default(),
+            cache_writer: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Writes the matrices packed at load to the packed-weights file on a thread of its own
+    /// (nothing when there is no file or it was read): a first load returns without the
+    /// write, which takes a second or more for a 1.5B model when the disk is slow, so a chat
+    /// or a server is ready while it goes on. The first forward pass waits for it
+    /// ([`Backend::settle`]), so no product or measurement shares the machine with it, and so
+    /// does dropping the backend, so a short run still leaves the file whole. With `report`,
+    /// a file that could not be written is reported on stderr (a full disk or a read-only
+    /// folder costs later loads their time, not this one).
+    pub fn persist_in_background(&self, report: bool) {
+        let Some(cache) = self.pack_cache.clone() else {
+            return;
+        };
+        let write = move || {
+            if let Err(e) = cache.persist()
+                && report
+            {
+                eprintln!(
+                    "bakeoff: packed weights not cached in {}: {e}",
+                    cache.path().parent().unwrap_or(cache.path()).display()
+                );
+            }
+        };
+        let mut slot = self.cache_writer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = slot.take() {
+            let _ = h.join();
+        }
+        match std::thread::Builder::new()
+            .name("bakeoff-pack-write".into())
+            .spawn(write.clone())
+        {
+            Ok(h) => *slot = Some(h),
+            // No thread to be had: written here, as before.
+            Err(_) => write(),
+        }
+    }
+
+    fn join_cache_writer(&self) {
+        let handle = self
+            .cache_writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            // The writer reports its own errors; a panic in it loses the file, not the model.
+            let _ = h.join();
+        }
     }
 
     /// The KV cache's element type ([`KvType::Auto`] unless set).
@@ -318,7 +369,17 @@ impl KvCache {
     }
 }
 
+impl Drop for CpuBackend {
+    fn drop(&mut self) {
+        self.join_cache_writer();
+    }
+}
+
 impl Backend for CpuBackend {
+    fn settle(&self) {
+        self.join_cache_writer();
+    }
+
     type Act = Mat;
     type Matrix = CpuMatrix;
     type Vector = Vec<f32>;

@@ -59,6 +59,9 @@ pub trait Backend: Send + Sync + 'static {
     fn pool(&self) -> Option<std::sync::Arc<crate::kernels::threads::Threads>> {
         None
     }
+    /// Waits for work the backend left running in the background at load (the CPU backend's
+    /// packed-weights file), so that no forward pass shares the machine with it.
+    fn settle(&self) {}
     fn matrix(&self, t: RawTensor) -> Result<Self::Matrix>;
     fn vector(&self, t: RawTensor) -> Result<Self::Vector>;
     fn new_cache(&self, cfg: &DecoderConfig) -> Result<Self::Cache>;

@@ -141,6 +141,11 @@ pub struct LoadOptions {
     /// ([`crate::generate::DEFAULT_PREFILL_CHUNK`] by default): what bounds a long prompt's
     /// activations.
     pub prefill_chunk: usize,
+    /// Write a first load's packed-weights file on a thread of its own, waited for by the
+    /// first forward pass, instead of before the load returns: for a chat or a server, which
+    /// wait for their first prompt meanwhile. Off, a load's time includes the write and a
+    /// first prompt's latency does not.
+    pub background_cache_write: bool,
 }
 
 impl Default for LoadOptions {
@@ -155,6 +160,7 @@ impl Default for LoadOptions {
             weight_cache: None,
             kv_cache: Default::default(),
             prefill_chunk: crate::generate::DEFAULT_PREFILL_CHUNK,
+            background_cache_write: false,
         }
     }
 }
@@ -354,17 +360,11 @@ pub fn build_model(
                 .with_pack_cache(cache.clone())
                 .with_kv_type(opts.kv_cache);
             let model = Decoder::load(cfg.clone(), store, backend, transform, progress)?;
-            if let Some(c) = cache {
-                // The cache only saves time on later loads; a full disk or a read-only folder
-                // must not fail this one, but a user watching the load is told.
-                if let Err(e) = c.persist()
-                    && opts.progress
-                {
-                    eprintln!(
-                        "bakeoff: packed weights not cached in {}: {e}",
-                        c.path().parent().unwrap_or(c.path()).display()
-                    );
-                }
+            // The cache only saves time on later loads; a full disk or a read-only folder must
+            // not fail this one, but a user watching the load is told.
+            model.backend().persist_in_background(opts.progress);
+            if !opts.background_cache_write {
+                crate::backend::Backend::settle(model.backend());
             }
             Box::new(model)
         }

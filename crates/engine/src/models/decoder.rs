@@ -139,6 +139,7 @@ impl<B: Backend> Decoder<B> {
     /// The shared forward pass over one or more sequences; returns per item the logits of its
     /// last token, or of every token when its `all` flag is set.
     fn run(&mut self, items: &[(usize, &[u32])], all: &[bool]) -> Result<Vec<Vec<f32>>> {
+        self.backend.settle();
         match self.backend.pool() {
             Some(pool) => pool.install(|| self.run_inner(items, all)),
             None => self.run_inner(items, all),
