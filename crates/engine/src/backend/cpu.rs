@@ -119,11 +119,11 @@ impl CpuBackend {
     /// Writes the matrices packed at load to the packed-weights file on a thread of its own
     /// (nothing when there is no file or it was read): a first load returns without the
     /// write, which can take longer than the load itself when the kernel holds back a writer
-    /// of that many dirty pages, so a chat or a server is ready while it goes on. The first forward pass waits for it
-    /// ([`Backend::settle`]), so no product or measurement shares the machine with it, and so
-    /// does dropping the backend, so a short run still leaves the file whole. With `report`,
-    /// a file that could not be written is reported on stderr (a full disk or a read-only
-    /// folder costs later loads their time, not this one).
+    /// of that many dirty pages, so a chat or a server is ready while it goes on. The first
+    /// forward pass waits for it ([`Backend::settle`]), so no product or measurement shares
+    /// the machine with it, and so does dropping the backend, so a short run still leaves the
+    /// file whole. With `report`, a file that could not be written is reported on stderr (a
+    /// full disk or a read-only folder costs later loads their time, not this one).
     pub fn persist_in_background(&self, report: bool) {
         let Some(cache) = self.pack_cache.clone() else {
             return;
