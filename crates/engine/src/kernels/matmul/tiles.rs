@@ -235,6 +235,7 @@ pub(super) fn tiles_packed(
                         xd: xd.map(|d| d.wrapping_add(s0 * 16)),
                         xso: xso.map(|so| so.map(|o| o.wrapping_add(s0 * 16))),
                         xio: xio.map(|o| o.wrapping_add(io)),
+                        fetch: t == 0,
                     };
                     let h = (
                         vnni_heads.as_ptr().wrapping_add(head_floats(layout) * s0),

@@ -795,6 +795,9 @@ pub struct Acts {
     pub xd: [*const f32; 4],
     pub xso: [[*const f32; 2]; 4],
     pub xio: [*const i32; 4],
+    /// Whether the tile requests the rows' lines ahead into L2: for the first group of tokens
+    /// over a task's rows, which brings them from memory; the later groups find them in L2.
+    pub fetch: bool,
 }
 
 /// Where [`tiles2x4_packed_vnni`] writes: row `r`, token `t` of four at `at + t · stride + r`,
@@ -941,7 +944,13 @@ unsafe fn tile_superblocks<const L: u8, const TAIL: bool, const PRE: bool>(
 ) {
     // SAFETY: as for `tile2x4_packed_vnni`.
     unsafe {
-        let Acts { xq, xd, xso, xio } = x;
+        let Acts {
+            xq,
+            xd,
+            xso,
+            xio,
+            fetch,
+        } = x;
         // Where the offset is a constant of the type, the integer sums start at
         // `−offset · Σ quants` (`PackedActs::io`) and no float multiply-add subtracts it: float
         // multiply-adds run on the ports of `vpdpbusd` on this class of processor (Zen 4), and
@@ -960,10 +969,12 @@ unsafe fn tile_superblocks<const L: u8, const TAIL: bool, const PRE: bool>(
             let (sbb, hb) = (layout.superblock_bytes_n(g.n), layout.head_bytes_n(g.n));
             // As in the decode kernel: a batch of a few tokens (continuous batching) is bound by
             // the weight stream, which stalled on its loads without the lines requested ahead.
-            for w in [w0, w1] {
-                let a = w.wrapping_add(PREFETCH_AHEAD);
-                for o in (0..sbb).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
+            if fetch {
+                for w in [w0, w1] {
+                    let a = w.wrapping_add(PREFETCH_AHEAD);
+                    for o in (0..sbb).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(o) as *const i8);
+                    }
                 }
             }
             if layout.halves() {
