@@ -11,7 +11,8 @@
 //! rate rather than the memory's, e.g. 4000000 bytes at 1536 columns, a 1.5B model's rows).
 //! The decode test also prints the rate at which one thread packs its matrix (as a load without
 //! the packed-weights file does, into fresh anonymous pages).
-//! `BAKEOFF_KS_TOKENS` sets the prefill tests' token count (256; 8 times continuous batching).
+//! `BAKEOFF_KS_TOKENS` sets the prefill tests' token count (256; 8 times continuous batching);
+//! `BAKEOFF_KS_PREFILL="ROWSxCOLS,..."` their shapes (one 2048x2048 without it), `none` for decode alone.
 //! On AVX-512 BF16 without AMX, prompts on packed rows that `vnni_prompt_rows` leaves to them
 //! take the bf16 tiles; the "vnni packed" cell times the 8-bit VNNI tile on them as well.
 //! `BAKEOFF_KS_AHEAD="3072:512,6144:0"` times the best decode kernel once per prefetch distance
@@ -64,12 +65,32 @@ fn main() {
             .collect(),
         None => all.to_vec(),
     };
+    // "none" (or nothing) times decode alone.
+    let prefill: Option<Vec<(usize, usize)>> = std::env::var("BAKEOFF_KS_PREFILL").ok().map(|v| {
+        v.split(',')
+            .filter(|sh| !sh.is_empty() && *sh != "none")
+            .map(|sh| {
+                sh.split_once('x')
+                    .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
+                    .unwrap_or_else(|| {
+                        eprintln!("kernel_speed: BAKEOFF_KS_PREFILL wants ROWSxCOLS,... or none, not {sh:?}");
+                        std::process::exit(2)
+                    })
+            })
+            .collect()
+    });
     let pool = Threads::new(threads).expect("threads");
     let aheads: Option<Vec<(usize, usize)>> = std::env::var("BAKEOFF_KS_AHEAD").ok().map(|v| {
         v.split(',')
             .map(|d| {
-                let (l2, l1) = d.split_once(':').expect("BAKEOFF_KS_AHEAD: L2:L1,...");
-                (l2.parse().expect("L2 bytes"), l1.parse().expect("L1 bytes"))
+                d.split_once(':')
+                    .and_then(|(l2, l1)| Some((l2.parse().ok()?, l1.parse().ok()?)))
+                    .unwrap_or_else(|| {
+                        eprintln!(
+                            "kernel_speed: BAKEOFF_KS_AHEAD wants L2:L1,... in bytes, not {d:?}"
+                        );
+                        std::process::exit(2)
+                    })
             })
             .collect()
     });
@@ -135,15 +156,13 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(256);
-        match std::env::var("BAKEOFF_KS_PREFILL") {
-            Ok(shapes) => {
-                for sh in shapes.split(',') {
-                    let (r, c) = sh.split_once('x').expect("BAKEOFF_KS_PREFILL: ROWSxCOLS");
-                    let (r, c) = (r.parse().expect("rows"), c.parse().expect("cols"));
+        match &prefill {
+            Some(shapes) => {
+                for &(r, c) in shapes {
                     tests.push((format!("prefill {r}x{c}"), r, c, tokens));
                 }
             }
-            Err(_) => tests.push(("prefill".into(), 2048, 2048, tokens)),
+            None => tests.push(("prefill".into(), 2048, 2048, tokens)),
         }
         for (test, rows, cols, n) in tests {
             if !cols.is_multiple_of(dt.block_size()) {
