@@ -953,7 +953,7 @@ unsafe fn tile_superblocks<const L: u8, const TAIL: bool, const PRE: bool>(
         } = x;
         // Where the offset is a constant of the type, the integer sums start at
         // `−offset · Σ quants` (`PackedActs::io`) and no float multiply-add subtracts it: float
-        // multiply-adds run on the ports of `vpdpbusd` on this class of processor (Zen 4), and
+        // multiply-adds run on the ports of `vpdpbusd` on Zen 4 and Zen 5, and
         // the Q6 tile spent one on its offsets for every four dot instructions.
         let symmetric = const { !layout_of(L).has_offset() };
         let g = if TAIL { g } else { Geo::FULL };
