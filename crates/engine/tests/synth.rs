@@ -548,6 +548,7 @@ fn weight_cache_written_in_the_background_is_whole_when_the_model_is_dropped() {
     );
     let with_cache = LoadOptions {
         weight_cache: Some(cache.clone()),
+        background_cache_write: true,
         ..load_opts()
     };
     drop(load_model_only(&path, &with_cache).unwrap());
